@@ -1,0 +1,1 @@
+"""puma-async: three-party secure inference of LLaMA-family models (after PUMA)."""
