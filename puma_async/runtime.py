@@ -1,0 +1,459 @@
+"""The party runtime: each role is a Trio task graph of protocol steps.
+
+A protocol step is ``async def step(ctx: Context, ...)``. All computing parties run the same
+program (SPMD) and name every message by its *step path* — the parent's path plus the child
+index, fixed when a child step is created by :meth:`Context.gather` — and a per-step sequence
+number. So the parties agree on every message key whatever order Trio schedules tasks in, and
+independent steps run concurrently (round overlapping) without any coordination.
+
+Around the program, :func:`open_party` runs one reader task (frames from the transport into the
+:class:`~puma_async.mailbox.Mailbox`) and one writer task per peer (coalescing the envelopes
+ready for that peer into one frame). If the program fails, the party sends an ``Abort`` to its
+peers, which stop with :class:`~puma_async.errors.PeerAbortedError` naming it and the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
+
+import numpy as np
+import structlog
+import trio
+
+from puma_async import codec
+from puma_async.codec import Abort, Arrays, Envelope, Message, StepPath, format_path
+from puma_async.errors import (
+    PeerAbortedError,
+    PeerDisconnectedError,
+    PeerTimeoutError,
+    ProtocolError,
+)
+from puma_async.mailbox import Mailbox
+from puma_async.roles import role_name
+from puma_async.stats import PartyStats, StatsRecorder
+from puma_async.transports.base import Transport
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 120.0
+DEFAULT_PHASE = "online"
+
+log = structlog.get_logger("puma_async.runtime")
+
+
+class PartyRuntime:
+    """State shared by all steps of one role: transport, mailbox, outboxes, statistics."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        session: bytes,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES,
+    ):
+        self.transport = transport
+        self.role = transport.role
+        self.peers = tuple(transport.peers)
+        self.session = session
+        self.timeout = timeout
+        self.max_frame_bytes = max_frame_bytes
+        self.mailbox = Mailbox(self.role)
+        self.stats = StatsRecorder(self.role)
+        self.shared: dict[str, Any] = {}
+        self._outboxes = {}
+        self._outbox_receivers = {}
+        for peer in self.peers:
+            send, receive = trio.open_memory_channel[bytes](math.inf)
+            self._outboxes[peer] = send
+            self._outbox_receivers[peer] = receive
+        self.finished_peers: set[int] = set()
+        self.reader_done = trio.Event()
+
+    # -- I/O tasks ---------------------------------------------------------------------
+
+    def enqueue(self, peer: int, encoded_envelope: bytes) -> None:
+        if peer not in self._outboxes:
+            raise ProtocolError(f"{role_name(peer)} is not a peer of {role_name(self.role)}")
+        self._outboxes[peer].send_nowait(encoded_envelope)
+
+    async def write_frames(self, peer: int) -> None:
+        """Send everything queued for ``peer``, coalescing what is ready into one frame."""
+        receive = self._outbox_receivers[peer]
+        async for first in receive:
+            batch = [first]
+            while True:
+                try:
+                    batch.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            frame = codec.frame_from_encoded(batch)
+            self.stats.frame_sent(peer, len(frame))
+            try:
+                await self.transport.send(peer, frame)
+            except Exception as exc:  # any transport failure means this peer is gone
+                self.mailbox.fail_all(PeerDisconnectedError(f"send failed: {exc}", peer=peer))
+                async for _ in receive:  # keep accepting (and dropping) until closed
+                    pass
+                return
+        with contextlib.suppress(Exception):  # a peer that is already gone needs no goodbye
+            await self.transport.close_peer(peer)
+
+    async def read_frames(self) -> None:
+        """Decode incoming frames into the mailbox until every peer has finished.
+
+        Failures (a bad frame, a broken connection, an ``Abort``) fail the mailbox, so every
+        pending and future receive raises them, naming the peer and the step.
+        """
+        try:
+            while self.finished_peers < set(self.peers):
+                peer, frame = await self.transport.receive()
+                if frame is None:
+                    self.finished_peers.add(peer)
+                    self.mailbox.fail_peer(
+                        peer, PeerDisconnectedError("peer finished or disconnected", peer=peer)
+                    )
+                    continue
+                for env in codec.decode_frame(
+                    frame, session=self.session, sender=peer, receiver=self.role,
+                    max_bytes=self.max_frame_bytes,
+                ):
+                    if isinstance(env.message, Abort):
+                        raise PeerAbortedError(
+                            f"peer aborted: {env.message.reason}", peer=peer,
+                            step=env.message.step,
+                        )
+                    self.mailbox.deliver(env)
+        except ProtocolError as exc:
+            self.mailbox.fail_all(exc)
+        finally:
+            self.reader_done.set()
+
+    async def close_outboxes(self) -> None:
+        for send in self._outboxes.values():
+            await send.aclose()
+
+    async def abort(self, reason: str, step: str) -> None:
+        """Queue an ``Abort`` after whatever is still queued for each peer, then close."""
+        for peer, send in self._outboxes.items():
+            env = Envelope(self.session, self.role, peer, (), 0, 0, Abort(reason, step))
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                send.send_nowait(codec.encode_envelope(env))
+        await self.close_outboxes()
+
+    def check_unexpected(self) -> None:
+        leftover = self.mailbox.unexpected()
+        if leftover:
+            sender, path, seq = leftover[0]
+            raise ProtocolError(
+                f"{len(leftover)} unexpected message(s) never received, first seq {seq}",
+                peer=sender, step=format_path(path),
+            )
+
+
+class Context:
+    """One protocol step's handle on its party: send/receive, child steps, scopes, labels.
+
+    Attributes: ``role`` (this party's role id), ``path`` (the step path), ``clock`` (rounds on
+    this step's causal path so far).
+    """
+
+    def __init__(
+        self,
+        runtime: PartyRuntime,
+        path: StepPath = (),
+        *,
+        clock: int = 0,
+        scope: tuple[str, ...] = (),
+        phase: str = DEFAULT_PHASE,
+    ):
+        self.runtime = runtime
+        self.path = path
+        self.clock = clock
+        self.frontier = clock
+        self._scope = scope
+        self._phase = phase
+        self._phase_start = clock
+        self._children = 0
+        self._send_seq: dict[int, int] = defaultdict(int)
+        self._recv_seq: dict[int, int] = defaultdict(int)
+        self._labels: dict[bytes, int] = defaultdict(int)
+
+    # -- identity ----------------------------------------------------------------------
+
+    @property
+    def role(self) -> int:
+        return self.runtime.role
+
+    @property
+    def session(self) -> bytes:
+        return self.runtime.session
+
+    @property
+    def shared(self) -> dict[str, Any]:
+        """Per-party state shared by all steps (e.g. the protocol layer's PRG keys)."""
+        return self.runtime.shared
+
+    @property
+    def scope_name(self) -> str:
+        return ".".join(self._scope)
+
+    @property
+    def phase_name(self) -> str:
+        return self._phase
+
+    @property
+    def step_name(self) -> str:
+        return format_path(self.path)
+
+    # -- messages ----------------------------------------------------------------------
+
+    async def send(self, to: int, message: Message) -> None:
+        """Send ``message`` to role ``to`` as the next message of this step to that peer.
+
+        Never blocks: the message is encoded (so later changes to its arrays do not matter)
+        and queued for the peer's writer task.
+        """
+        seq = self._send_seq[to]
+        self._send_seq[to] = seq + 1
+        round_ = self.clock + 1
+        env = Envelope(self.session, self.role, to, self.path, seq, round_, message)
+        self.runtime.enqueue(to, codec.encode_envelope(env))
+        self.frontier = max(self.frontier, round_)
+        self.runtime.stats.sent(
+            self._phase, self.scope_name, to, codec.message_nbytes(message), round_
+        )
+
+    async def recv(self, frm: int) -> Message:
+        """Receive the next message of this step from role ``frm`` (waits up to the timeout)."""
+        seq = self._recv_seq[frm]
+        self._recv_seq[frm] = seq + 1
+        key = (frm, self.path, seq)
+        with trio.move_on_after(self.runtime.timeout) as cancel:
+            env = await self.runtime.mailbox.take(key)
+        if cancel.cancelled_caught:
+            raise PeerTimeoutError(
+                f"no message seq {seq} within {self.runtime.timeout:g} s",
+                peer=frm, step=self.step_name,
+            )
+        self.clock = max(self.clock, env.round)
+        self.frontier = max(self.frontier, self.clock)
+        self.runtime.stats.received(
+            self._phase, self.scope_name, frm, codec.message_nbytes(env.message), env.round
+        )
+        return env.message
+
+    async def send_arrays(self, to: int, *arrays: np.ndarray) -> None:
+        """Send arrays (numpy scalars become 0-d arrays) as one :class:`Arrays` message."""
+        await self.send(to, Arrays(tuple(np.asarray(a) for a in arrays)))
+
+    async def recv_arrays(self, frm: int, count: int | None = None) -> tuple[np.ndarray, ...]:
+        """Receive an :class:`Arrays` message (optionally checking how many arrays it holds)."""
+        msg = await self.recv(frm)
+        if not isinstance(msg, Arrays) or (count is not None and len(msg.arrays) != count):
+            raise ProtocolError(
+                f"expected {count if count is not None else 'some'} arrays, "
+                f"got {type(msg).__name__}",
+                peer=frm, step=self.step_name,
+            )
+        return msg.arrays
+
+    async def recv_array(self, frm: int) -> np.ndarray:
+        (array,) = await self.recv_arrays(frm, 1)
+        return array
+
+    # -- structure ---------------------------------------------------------------------
+
+    def child(self) -> Context:
+        """A new child step (path = this path + next child index), starting at this clock."""
+        index = self._children
+        self._children += 1
+        return Context(
+            self.runtime, (*self.path, index), clock=self.clock, scope=self._scope,
+            phase=self._phase,
+        )
+
+    def join(self, children: Sequence[Context]) -> None:
+        """Merge finished children's round clocks back into this step."""
+        for c in children:
+            self.clock = max(self.clock, c.clock)
+            self.frontier = max(self.frontier, c.frontier)
+
+    async def gather(self, *steps: Callable[[Context], Awaitable[Any]]) -> list[Any]:
+        """Run independent steps concurrently, each in its own child step; their results.
+
+        Child paths are fixed here, in argument order, before any of them starts, so all
+        parties agree on them. Rounds of the whole equal those of the longest step.
+        """
+        children = [self.child() for _ in steps]
+        results: list[Any] = [None] * len(steps)
+
+        async def run(i: int) -> None:
+            results[i] = await steps[i](children[i])
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(len(steps)):
+                    nursery.start_soon(run, i)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        self.join(children)
+        return results
+
+    async def run_sequentially(
+        self, *steps: Callable[[Context], Awaitable[Any]]
+    ) -> list[Any]:
+        """Like :meth:`gather` (same child paths and messages) but one after the other.
+
+        Used to measure what round overlapping saves.
+        """
+        results = []
+        for step in steps:
+            child = self.child()
+            results.append(await step(child))
+            self.join([child])
+        return results
+
+    @contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        """Attribute traffic and rounds inside to the nested scope ``outer.name``."""
+        outer = self._scope
+        self._scope = (*outer, *name.split("."))
+        start = self.clock
+        try:
+            yield
+        finally:
+            self.runtime.stats.scope_rounds(self._phase, self.scope_name, self.frontier - start)
+            self._scope = outer
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Attribute traffic and rounds inside to phase ``name`` ('setup', 'online')."""
+        outer = self._phase
+        self._close_phase_span()
+        self._phase = name
+        try:
+            yield
+        finally:
+            self._close_phase_span()
+            self._phase = outer
+
+    def _close_phase_span(self) -> None:
+        self.runtime.stats.phase_rounds(self._phase, self.frontier - self._phase_start)
+        self._phase_start = self.frontier
+
+    def label(self, purpose: bytes = b"") -> bytes:
+        """A label for a PRG draw, unique within the session and equal at every party.
+
+        It names this step path, the purpose and how many labels of that purpose this step
+        drew before; parties that share a key must draw the same labels in the same order
+        within a step (child steps keep concurrent draws apart).
+        """
+        count = self._labels[purpose]
+        self._labels[purpose] = count + 1
+        return codec.packb([list(self.path), purpose, count])
+
+    def finish(self) -> None:
+        """Close the root step's phase span (called by the runtime at the end)."""
+        self._close_phase_span()
+
+
+@asynccontextmanager
+async def open_party(
+    transport: Transport,
+    *,
+    session: bytes,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES,
+) -> AsyncIterator[Context]:
+    """Run the reader and writer tasks of one role around the block; yields the root step.
+
+    On a clean exit every queued frame is flushed, peers are told we are done, and we wait
+    (up to the timeout) for every peer to finish too, so that a late failure of a peer or a
+    message nobody received is reported (:class:`ProtocolError`) instead of lost. On an error,
+    peers get an ``Abort`` naming the error and the step, and the error propagates.
+    """
+    runtime = PartyRuntime(
+        transport, session=session, timeout=timeout, max_frame_bytes=max_frame_bytes
+    )
+    root = Context(runtime)
+    failure: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runtime.read_frames)
+        writers_done = trio.Event()
+
+        async def run_writers() -> None:
+            async with trio.open_nursery() as inner:
+                for peer in runtime.peers:
+                    inner.start_soon(runtime.write_frames, peer)
+            writers_done.set()
+
+        nursery.start_soon(run_writers)
+        started = trio.current_time()
+        try:
+            yield root
+            elapsed = trio.current_time() - started
+            root.finish()
+            await runtime.close_outboxes()
+            with trio.move_on_after(timeout):
+                await writers_done.wait()
+                await runtime.reader_done.wait()
+            if runtime.mailbox.failure is not None:
+                raise runtime.mailbox.failure
+            unfinished = set(runtime.peers) - runtime.finished_peers
+            if unfinished:
+                raise PeerTimeoutError(
+                    f"peers {sorted(unfinished)} did not finish within {timeout:g} s"
+                )
+            runtime.check_unexpected()
+            runtime.shared["stats"] = runtime.stats.snapshot(elapsed)
+        except BaseException as exc:
+            failure = exc
+            step = exc.step if isinstance(exc, ProtocolError) and exc.step else root.step_name
+            reason = _describe(exc, runtime.role)
+            log.warning("party failed", role=role_name(runtime.role), error=reason, step=step)
+            with trio.CancelScope(shield=True), trio.move_on_after(min(timeout, 5.0)):
+                await runtime.abort(reason, step)
+                await writers_done.wait()
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first real error of a nursery's group (what a failing child step raised)."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    return (real or leaves)[0]
+
+
+def _describe(exc: BaseException, role: int) -> str:
+    if isinstance(exc, trio.Cancelled):
+        return f"{role_name(role)} was cancelled"
+    return f"{role_name(role)}: {type(exc).__name__}: {exc}"
+
+
+async def run_party(
+    program: Callable[[Context], Awaitable[T]],
+    transport: Transport,
+    *,
+    session: bytes,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[T, PartyStats]:
+    """Run ``program`` as one role over ``transport``; its result and statistics."""
+    async with open_party(transport, session=session, timeout=timeout) as ctx:
+        result = await program(ctx)
+    return result, ctx.runtime.shared["stats"]

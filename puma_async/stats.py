@@ -1,0 +1,171 @@
+"""Communication accounting: bytes, messages and rounds per phase, scope and peer.
+
+*Bytes* are payload bytes (the raw bytes of the arrays a message carries; the encoded size for
+other messages), which is what MPC papers and SPU report; *wire bytes* add the envelope and
+frame overhead. *Rounds* are the critical-path depth of communication: a message sent after
+receiving one of round r is in round r + 1. A scope's rounds are the growth of that depth
+while the scope was open, summed over its entries; scopes are inclusive (``layer3`` contains
+``layer3.attn``). Phases (``setup``, ``online``) are exclusive: switching phase pauses the
+outer one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import defaultdict
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Totals:
+    """Summed counts of one selection (a phase, a scope, a peer, or everything)."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    rounds: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrafficEntry:
+    phase: str
+    scope: str
+    peer: int
+    bytes_sent: int
+    bytes_received: int
+    messages_sent: int
+    messages_received: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundsEntry:
+    phase: str
+    scope: str
+    rounds: int
+
+
+def _in_scope(scope: str, prefix: str | None) -> bool:
+    return prefix is None or scope == prefix or scope.startswith(prefix + ".")
+
+
+@dataclasses.dataclass(frozen=True)
+class PartyStats:
+    """Immutable statistics of one role: traffic, rounds and the program's wall time."""
+
+    role: int
+    traffic: tuple[TrafficEntry, ...]
+    scope_rounds: tuple[RoundsEntry, ...]
+    phase_rounds: tuple[tuple[str, int], ...]
+    max_round: int
+    wire_bytes_sent: tuple[tuple[int, int], ...]
+    frames_sent: tuple[tuple[int, int], ...]
+    seconds: float = 0.0
+
+    def totals(
+        self, *, phase: str | None = None, scope: str | None = None, peer: int | None = None
+    ) -> Totals:
+        """Counts of the entries matching ``phase``, ``scope`` (prefix) and ``peer``.
+
+        Rounds: of the scope when one is given (that exact scope), else of the phase, else the
+        whole run's critical-path depth; a ``peer`` selection has no rounds of its own (0).
+        """
+        sums = [0, 0, 0, 0]
+        for e in self.traffic:
+            if (phase is None or e.phase == phase) and _in_scope(e.scope, scope) and (
+                peer is None or e.peer == peer
+            ):
+                for i, v in enumerate(
+                    (e.bytes_sent, e.bytes_received, e.messages_sent, e.messages_received)
+                ):
+                    sums[i] += v
+        if peer is not None:
+            rounds = 0
+        elif scope is not None:
+            rounds = sum(
+                r.rounds for r in self.scope_rounds
+                if r.scope == scope and (phase is None or r.phase == phase)
+            )
+        elif phase is not None:
+            rounds = dict(self.phase_rounds).get(phase, 0)
+        else:
+            rounds = self.max_round
+        return Totals(*sums, rounds=rounds)
+
+    def scopes(self) -> list[str]:
+        return sorted({e.scope for e in self.traffic} | {r.scope for r in self.scope_rounds})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "seconds": self.seconds,
+            "max_round": self.max_round,
+            "phase_rounds": dict(self.phase_rounds),
+            "totals": dataclasses.asdict(self.totals()),
+            "phases": {
+                phase: dataclasses.asdict(self.totals(phase=phase))
+                for phase in sorted({e.phase for e in self.traffic} | set(dict(self.phase_rounds)))
+            },
+            "traffic": [dataclasses.asdict(e) for e in self.traffic],
+            "scope_rounds": [dataclasses.asdict(r) for r in self.scope_rounds],
+            "wire_bytes_sent": {str(p): b for p, b in self.wire_bytes_sent},
+            "frames_sent": {str(p): n for p, n in self.frames_sent},
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+class StatsRecorder:
+    """The mutable counters a party runtime updates; :meth:`snapshot` freezes them."""
+
+    def __init__(self, role: int):
+        self.role = role
+        self._traffic: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        self._scope_rounds: dict[tuple[str, str], int] = defaultdict(int)
+        self._phase_rounds: dict[str, int] = defaultdict(int)
+        self._wire: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        self.max_round = 0
+
+    def sent(self, phase: str, scope: str, peer: int, nbytes: int, round_: int) -> None:
+        counts = self._traffic[(phase, scope, peer)]
+        counts[0] += nbytes
+        counts[2] += 1
+        self.max_round = max(self.max_round, round_)
+
+    def received(self, phase: str, scope: str, peer: int, nbytes: int, round_: int) -> None:
+        counts = self._traffic[(phase, scope, peer)]
+        counts[1] += nbytes
+        counts[3] += 1
+        self.max_round = max(self.max_round, round_)
+
+    def frame_sent(self, peer: int, nbytes: int) -> None:
+        wire = self._wire[peer]
+        wire[0] += nbytes
+        wire[1] += 1
+
+    def scope_rounds(self, phase: str, scope: str, rounds: int) -> None:
+        self._scope_rounds[(phase, scope)] += rounds
+
+    def phase_rounds(self, phase: str, rounds: int) -> None:
+        self._phase_rounds[phase] += rounds
+
+    def snapshot(self, seconds: float = 0.0) -> PartyStats:
+        """Freeze the counters; ``seconds`` is the program's wall time."""
+        return PartyStats(
+            seconds=seconds,
+            role=self.role,
+            traffic=tuple(
+                TrafficEntry(phase, scope, peer, *counts)
+                for (phase, scope, peer), counts in sorted(self._traffic.items())
+            ),
+            scope_rounds=tuple(
+                RoundsEntry(phase, scope, n)
+                for (phase, scope), n in sorted(self._scope_rounds.items())
+            ),
+            phase_rounds=tuple(sorted(self._phase_rounds.items())),
+            max_round=self.max_round,
+            wire_bytes_sent=tuple(sorted((p, w[0]) for p, w in self._wire.items())),
+            frames_sent=tuple(sorted((p, w[1]) for p, w in self._wire.items())),
+        )

@@ -1,0 +1,325 @@
+"""Party runtime: message matching, concurrent steps, rounds and bytes, failures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from puma_async import codec
+from puma_async.codec import Arrays, Envelope, Value
+from puma_async.errors import (
+    PeerAbortedError,
+    PeerDisconnectedError,
+    PeerTimeoutError,
+    ProtocolError,
+    RunFailedError,
+)
+from puma_async.roles import PARTIES, next_party, prev_party
+from puma_async.runner import run_local
+from puma_async.runtime import Context
+from puma_async.transports.base import Transport
+
+
+def spmd(program):
+    return {p: program for p in PARTIES}
+
+
+def run(program, **kw):
+    return run_local(spmd(program), clock=trio.testing.MockClock(autojump_threshold=0), **kw)
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3, 7])
+def test_value_passed_around_the_ring_counts_one_round_per_hop(hops: int) -> None:
+    async def program(ctx: Context) -> int:
+        value = np.zeros(4, dtype=np.uint64)
+        for hop in range(hops):
+            sender = hop % 3
+            if ctx.role == sender:
+                await ctx.send_arrays(next_party(sender), value + 1)
+            elif ctx.role == next_party(sender):
+                value = await ctx.recv_array(sender)
+        return int(value[0])
+
+    result = run(program)
+    final_holder = hops % 3
+    assert result.results[final_holder] == hops
+    assert max(s.max_round for s in result.stats.values()) == hops
+    for p in PARTIES:
+        sends = sum(1 for h in range(hops) if h % 3 == p)
+        totals = result.stats[p].totals()
+        assert totals.messages_sent == sends
+        assert totals.bytes_sent == 32 * sends
+        assert totals.messages_received == sum(1 for h in range(hops) if (h + 1) % 3 == p)
+
+
+def test_one_exchange_is_one_round_and_next_is_two() -> None:
+    async def program(ctx: Context) -> int:
+        for _ in range(2):
+            await ctx.send_arrays(prev_party(ctx.role), np.arange(3, dtype=np.uint64))
+            await ctx.recv_array(next_party(ctx.role))
+        return ctx.clock
+
+    result = run(program)
+    assert all(r == 2 for r in result.results.values())
+    for stats in result.stats.values():
+        assert stats.totals() == stats.totals(phase="online")
+        assert stats.totals().bytes_sent == stats.totals().bytes_received == 48
+        assert stats.totals().rounds == 2
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 5), min_size=6, max_size=6), min_size=3, max_size=3),
+       st.integers(2, 6))
+def test_concurrent_steps_under_random_delays_get_their_own_messages(
+    delays: list[list[int]], n_steps: int
+) -> None:
+    """Each child step sleeps a party-specific random time between its messages."""
+
+    async def step(ctx: Context, index: int) -> list[int]:
+        got = []
+        for k in range(2):
+            await trio.sleep(delays[ctx.role][(index + k) % 6] / 1000)
+            await ctx.send(next_party(ctx.role), Value([index, k, ctx.role]))
+            msg = await ctx.recv(prev_party(ctx.role))
+            got.append(msg.value)
+        return got
+
+    async def program(ctx: Context) -> list:
+        steps = [lambda c, i=i: step(c, i) for i in range(n_steps)]
+        return await ctx.gather(*steps)
+
+    result = run(program)
+    for p in PARTIES:
+        for index, got in enumerate(result.results[p]):
+            assert got == [[index, k, prev_party(p)] for k in range(2)]
+        assert result.stats[p].max_round == 2
+
+
+def test_gather_overlaps_rounds_and_sequential_does_not() -> None:
+    async def exchange(ctx: Context) -> None:
+        await ctx.send_arrays(next_party(ctx.role), np.zeros(1, np.uint64))
+        await ctx.recv_array(prev_party(ctx.role))
+
+    async def concurrent(ctx: Context) -> None:
+        await ctx.gather(exchange, exchange, exchange)
+
+    async def sequential(ctx: Context) -> None:
+        await ctx.run_sequentially(exchange, exchange, exchange)
+
+    for program, rounds, latency in ((concurrent, 1, 0.01), (sequential, 3, 0.03)):
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        result = run_local(spmd(program), clock=clock, latency=0.01)
+        assert all(s.max_round == rounds for s in result.stats.values())
+        assert result.seconds == pytest.approx(latency, abs=1e-6)
+
+
+def test_emulated_bandwidth_serialises_frames() -> None:
+    async def program(ctx: Context) -> None:
+        if ctx.role == 0:
+            await ctx.send_arrays(1, np.zeros(125_000, np.uint64))  # 1 MB
+        elif ctx.role == 1:
+            await ctx.recv_array(0)
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    result = run_local(spmd(program), clock=clock, latency=0.001, bandwidth=100e6)
+    assert result.seconds == pytest.approx(0.001 + 0.01, rel=0.01)
+
+
+def test_scopes_and_phases_are_attributed() -> None:
+    async def program(ctx: Context) -> None:
+        with ctx.phase("setup"), ctx.scope("keys"):
+            await ctx.send_arrays(next_party(ctx.role), np.zeros(2, np.uint64))
+            await ctx.recv_array(prev_party(ctx.role))
+        with ctx.scope("layer0"):
+            with ctx.scope("attn.softmax"):
+                for _ in range(3):
+                    await ctx.send_arrays(next_party(ctx.role), np.zeros(1, np.uint64))
+                    await ctx.recv_array(prev_party(ctx.role))
+            with ctx.scope("mlp"):
+                await ctx.send_arrays(next_party(ctx.role), np.zeros(4, np.uint64))
+                await ctx.recv_array(prev_party(ctx.role))
+
+    result = run(program)
+    stats = result.stats[0]
+    assert stats.totals(phase="setup").bytes_sent == 16
+    assert stats.totals(phase="setup").rounds == 1
+    assert stats.totals(phase="online").rounds == 4
+    assert stats.totals(scope="layer0.attn.softmax").rounds == 3
+    assert stats.totals(scope="layer0.attn.softmax").bytes_sent == 24
+    assert stats.totals(scope="layer0").bytes_sent == 56
+    assert stats.totals(scope="layer0").rounds == 4
+    assert stats.totals(scope="layer0.mlp").rounds == 1
+    assert stats.max_round == 5
+    assert stats.totals(peer=1).bytes_sent == 72
+    data = json.loads(stats.to_json())
+    assert data["phases"]["setup"]["bytes_sent"] == 16
+    assert data["phase_rounds"] == {"online": 4, "setup": 1}
+    assert "layer0.attn.softmax" in stats.scopes()
+    with pytest.raises(AttributeError):
+        stats.max_round = 3  # type: ignore[misc]
+
+
+def test_labels_are_deterministic_and_distinct() -> None:
+    async def program(ctx: Context) -> list[bytes]:
+        labels = [ctx.label(b"a"), ctx.label(b"a"), ctx.label(b"b")]
+        children = await ctx.gather(
+            lambda c: _label(c), lambda c: _label(c)
+        )
+        return labels + children
+
+    async def _label(ctx: Context) -> bytes:
+        await trio.sleep(0.001 * ctx.role)
+        return ctx.label(b"a")
+
+    result = run(program)
+    first = result.results[0]
+    assert len(set(first)) == len(first)
+    assert all(result.results[p] == first for p in PARTIES)
+
+
+# ---------------------------------------------------------------------- failures
+
+
+def test_failing_party_aborts_the_others_naming_it() -> None:
+    async def program(ctx: Context) -> None:
+        if ctx.role == 1:
+            child = ctx.child()
+            child.child()
+            raise ValueError("boom")
+        await ctx.recv_array(1)
+
+    with pytest.raises(RunFailedError) as info:
+        run(program, timeout=1000)
+    errors = info.value.errors
+    assert info.value.root_role == 1
+    assert isinstance(info.value.root_cause, ValueError)
+    for p in (0, 2):
+        assert isinstance(errors[p], PeerAbortedError)
+        assert errors[p].peer == 1
+        assert "boom" in str(errors[p])
+
+
+def test_silent_peer_times_out_naming_peer_and_step() -> None:
+    async def program(ctx: Context) -> None:
+        if ctx.role == 0:
+            await ctx.gather(lambda c: c.recv(2))
+        elif ctx.role == 2:
+            await ctx.recv(0)  # waits for P0, which waits for P2: neither sends
+
+    with pytest.raises(RunFailedError) as info:
+        run(program, timeout=5)
+    err = info.value.errors[0]
+    assert isinstance(err, PeerTimeoutError)
+    assert err.peer == 2 and err.step == "0"
+    assert "within 5 s" in str(err)
+    assert isinstance(info.value.errors[2], (PeerAbortedError, PeerTimeoutError))
+
+
+def test_crashed_peer_without_abort_is_a_disconnect() -> None:
+    async def program(ctx: Context) -> None:
+        if ctx.role == 2:  # vanish without an abort, as a killed process would
+            for peer in (0, 1):
+                await ctx.runtime.transport.close_peer(peer)
+            return
+        await ctx.recv(2)
+
+    with pytest.raises(RunFailedError) as info:
+        run(program, timeout=3)
+    for p in (0, 1):
+        assert isinstance(info.value.errors[p], PeerDisconnectedError)
+        assert info.value.errors[p].peer == 2
+
+
+class _Tamper(Transport):
+    """Wraps a transport and rewrites the frames this role sends."""
+
+    def __init__(self, inner: Transport, rewrite):
+        self.inner, self.rewrite = inner, rewrite
+        self.role, self.peers = inner.role, inner.peers
+
+    async def send(self, peer: int, frame: bytes) -> None:
+        for out in self.rewrite(self.role, peer, frame):
+            await self.inner.send(peer, out)
+
+    async def receive(self):
+        return await self.inner.receive()
+
+    async def close_peer(self, peer: int) -> None:
+        await self.inner.close_peer(peer)
+
+
+async def _exchange(ctx: Context) -> None:
+    await ctx.send_arrays(next_party(ctx.role), np.zeros(2, np.uint64))
+    await ctx.recv_array(prev_party(ctx.role))
+
+
+def _run_tampered(rewrite):
+    return run_local(
+        spmd(_exchange), clock=trio.testing.MockClock(autojump_threshold=0), timeout=5,
+        wrap_transport=lambda t: _Tamper(t, rewrite),
+    )
+
+
+def test_duplicate_message_is_a_protocol_error() -> None:
+    with pytest.raises(RunFailedError) as info:
+        _run_tampered(lambda role, peer, frame: [frame, frame] if role == 0 else [frame])
+    assert isinstance(info.value.errors[1], ProtocolError)
+    assert "duplicate" in str(info.value.errors[1])
+
+
+def test_unexpected_message_is_a_protocol_error() -> None:
+    def add_extra(role: int, peer: int, frame: bytes) -> list[bytes]:
+        envs = codec.decode_frame(frame)
+        extra = Envelope(envs[0].session, role, peer, (7,), 0, 1, Value(1))
+        return [codec.encode_frame([*envs, extra])]
+
+    with pytest.raises(RunFailedError) as info:
+        _run_tampered(add_extra)
+    assert "unexpected message" in str(info.value.errors[1])
+    assert info.value.errors[1].step == "7"
+
+
+def test_garbage_frame_fails_with_decode_error_naming_peer() -> None:
+    with pytest.raises(RunFailedError) as info:
+        _run_tampered(lambda role, peer, frame: [b"\xc1garbage"] if role == 2 else [frame])
+    err = info.value.errors[0]
+    assert "DecodeError" in type(err).__name__ and err.peer == 2
+
+
+def test_wrong_session_is_refused() -> None:
+    def resession(role: int, peer: int, frame: bytes) -> list[bytes]:
+        envs = codec.decode_frame(frame)
+        return [codec.encode_frame([
+            Envelope(b"other", e.sender, e.receiver, e.path, e.seq, e.round, e.message)
+            for e in envs
+        ])]
+
+    with pytest.raises(RunFailedError) as info:
+        _run_tampered(lambda r, p, f: resession(r, p, f) if r == 0 else [f])
+    assert "session" in str(info.value.errors[1])
+
+
+def test_recv_arrays_checks_the_message_type() -> None:
+    async def program(ctx: Context) -> None:
+        await ctx.send(next_party(ctx.role), Value("not arrays"))
+        await ctx.recv_array(prev_party(ctx.role))
+
+    with pytest.raises(RunFailedError, match="expected 1 arrays"):
+        run(program, timeout=5)
+
+
+def test_arrays_are_copied_at_send_time() -> None:
+    async def program(ctx: Context) -> int:
+        a = np.zeros(3, np.uint64)
+        await ctx.send(next_party(ctx.role), Arrays((a,)))
+        a[:] = 9
+        got = await ctx.recv_array(prev_party(ctx.role))
+        return int(got.sum())
+
+    assert all(v == 0 for v in run(program).results.values())

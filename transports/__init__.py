@@ -1,0 +1,1 @@
+"""Transports: how frames move between roles (in-memory, TCP with mutual TLS, recording)."""

@@ -1,0 +1,40 @@
+"""The one small interface every transport implements.
+
+A transport moves opaque frames (``bytes``) between roles. It knows nothing of protocols,
+messages or step paths: the party runtime encodes frames and runs one writer task per peer,
+so ``send`` is only ever called by one task per peer at a time.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+
+class Transport(abc.ABC):
+    """Frames between this role and its peers.
+
+    ``receive`` yields frames from any peer in arrival order (per peer, frames arrive in the
+    order they were sent). It returns ``(peer, None)`` once when a peer's side has ended, and
+    raises :class:`~puma_async.errors.PeerDisconnectedError` for a connection that broke.
+    """
+
+    role: int
+    peers: Sequence[int]
+
+    @abc.abstractmethod
+    async def send(self, peer: int, frame: bytes) -> None:
+        """Send one frame to ``peer`` (may wait for flow control or emulated bandwidth)."""
+
+    @abc.abstractmethod
+    async def receive(self) -> tuple[int, bytes | None]:
+        """The next frame from any peer, or ``(peer, None)`` when that peer has finished."""
+
+    @abc.abstractmethod
+    async def close_peer(self, peer: int) -> None:
+        """Tell ``peer`` we will send nothing more (it then receives ``(our role, None)``)."""
+
+    async def aclose(self) -> None:
+        """Release the transport's resources; further sends fail."""
+        for peer in self.peers:
+            await self.close_peer(peer)

@@ -1,0 +1,114 @@
+"""In-memory transport: all roles in one process over Trio memory channels.
+
+Optional emulation of a network link (per direction): one-way ``latency`` in seconds and
+``bandwidth`` in bytes per second, with frames serialised on the link as on a real wire. With
+both left at zero frames are handed over directly, which is what tests and
+``python -m puma_async.local`` use; benchmarks set them to show round overlapping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+
+from puma_async.errors import PeerDisconnectedError
+from puma_async.transports.base import Transport
+
+_Item = tuple[int, bytes | None]
+
+
+class _Link:
+    """One direction between two roles: FIFO delivery after emulated serialisation + latency."""
+
+    def __init__(self, latency: float, bandwidth: float, inbox: trio.MemorySendChannel[_Item]):
+        self.latency = latency
+        self.bandwidth = bandwidth
+        self.inbox = inbox
+        self.free_at = 0.0
+        self.pending_send, self.pending_receive = trio.open_memory_channel[
+            tuple[float, _Item]
+        ](math.inf)
+
+    @property
+    def emulated(self) -> bool:
+        return self.latency > 0 or self.bandwidth > 0
+
+    def schedule(self, item: _Item) -> None:
+        now = trio.current_time()
+        size = len(item[1]) if item[1] is not None else 0
+        start = max(now, self.free_at)
+        self.free_at = start + (size / self.bandwidth if self.bandwidth > 0 else 0.0)
+        self.pending_send.send_nowait((self.free_at + self.latency, item))
+
+    async def deliver(self) -> None:
+        async for deliver_at, item in self.pending_receive:
+            await trio.sleep_until(deliver_at)
+            await self.inbox.send(item)
+
+
+class MemoryTransport(Transport):
+    """One role's endpoint of a :class:`MemoryNetwork`."""
+
+    def __init__(self, role: int, peers: Sequence[int], network: MemoryNetwork):
+        self.role = role
+        self.peers = tuple(peers)
+        self._network = network
+        self._closed: set[int] = set()
+
+    async def send(self, peer: int, frame: bytes) -> None:
+        if peer in self._closed:
+            raise PeerDisconnectedError("send after the link was closed", peer=peer)
+        await self._network.put(self.role, peer, (self.role, frame))
+
+    async def receive(self) -> tuple[int, bytes | None]:
+        return await self._network.inboxes_receive[self.role].receive()
+
+    async def close_peer(self, peer: int) -> None:
+        if peer not in self._closed:
+            self._closed.add(peer)
+            await self._network.put(self.role, peer, (self.role, None))
+
+
+class MemoryNetwork:
+    """Fully connected roles in one process; use :func:`open_memory_network`."""
+
+    def __init__(self, roles: Sequence[int], latency: float, bandwidth: float):
+        self.roles = tuple(roles)
+        self.inboxes_send: dict[int, trio.MemorySendChannel[_Item]] = {}
+        self.inboxes_receive: dict[int, trio.MemoryReceiveChannel[_Item]] = {}
+        for role in self.roles:
+            self.inboxes_send[role], self.inboxes_receive[role] = trio.open_memory_channel[
+                _Item
+            ](math.inf)
+        self.links = {
+            (a, b): _Link(latency, bandwidth, self.inboxes_send[b])
+            for a in self.roles for b in self.roles if a != b
+        }
+
+    async def put(self, sender: int, receiver: int, item: _Item) -> None:
+        link = self.links[(sender, receiver)]
+        if link.emulated:
+            link.schedule(item)
+        else:
+            link.inbox.send_nowait(item)
+        await trio.lowlevel.checkpoint()
+
+    def endpoint(self, role: int) -> MemoryTransport:
+        return MemoryTransport(role, [r for r in self.roles if r != role], self)
+
+
+@asynccontextmanager
+async def open_memory_network(
+    roles: Sequence[int], *, latency: float = 0.0, bandwidth: float = 0.0
+) -> AsyncIterator[MemoryNetwork]:
+    """A fully connected in-memory network of ``roles``; emulated links run in a nursery."""
+    network = MemoryNetwork(roles, latency, bandwidth)
+    async with trio.open_nursery() as nursery:
+        if latency > 0 or bandwidth > 0:
+            for link in network.links.values():
+                nursery.start_soon(link.deliver)
+        yield network
+        nursery.cancel_scope.cancel()
