@@ -1,0 +1,652 @@
+"""TCP transport: length-prefixed frames over Trio streams, mutual TLS between roles.
+
+Wire format
+-----------
+Every unit on a connection is an 8-byte little-endian length followed by that many bytes.
+The length ``2**64 - 1`` is reserved: it marks the end of the stream (what
+:meth:`TcpTransport.close_peer` sends). An in-band marker rather than a TCP half-close,
+because TLS streams cannot be half-closed in Trio and because, under TLS, the marker is
+authenticated: a connection that ends without it (a crash, a reset, a truncation by an
+attacker) is reported as :class:`PeerDisconnectedError`, never mistaken for a clean end.
+The receiver checks a length against ``max_frame_bytes`` before allocating anything.
+
+Topology
+--------
+``addresses`` maps every role of the session to its ``(host, port)``. For each pair of roles
+the **higher role connects to the lower one**: role r listens on its own address for the roles
+above it (the highest role does not listen) and dials the roles below it. Dialling retries with
+exponential backoff until ``connect_timeout``; accepting waits as long.
+
+Handshake (per connection, bounded by ``handshake_timeout``)
+------------------------------------------------------------
+1. With TLS: a TLS 1.3 handshake, both sides presenting certificates of the cluster CA
+   (:mod:`puma_async.transports.tls`); the role in the peer's certificate is read.
+2. Both sides send a :class:`~puma_async.codec.Hello` (protocol version, session id, role,
+   configuration digest) and check the peer's: same version, session and digest, the role
+   expected on this connection, and (with TLS) the role of its certificate.
+3. Both sides send a verdict, ``Value("accept")`` or ``Abort(reason, "handshake")``, and wait
+   for the peer's, so a rejected side learns why and no protocol frame moves before both
+   accepted.
+
+A mismatch in step 2 (a peer of this cluster with another session, configuration, version or
+role) fails the open on both sides with :class:`HandshakeError`. A connection that fails
+earlier (no TLS, a certificate of another CA, garbage, silence) is dropped and the listener
+keeps waiting; if the expected peers have not connected by the deadline, the error lists those
+rejected connections. Plain TCP needs ``allow_plain=True``: it authenticates nobody and
+encrypts nothing, so it is for tests and benchmarks on a trusted host only.
+
+Leave :func:`open_tcp_transport` after ``receive()`` has returned ``(peer, None)`` for every
+peer (the party runtime does): on a clean exit the end marker is sent to every peer and the
+connections are closed; on an exception they are dropped without it, so peers see
+:class:`PeerDisconnectedError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+
+import structlog
+import trio
+
+from puma_async.codec import (
+    DEFAULT_MAX_FRAME_BYTES,
+    VERSION,
+    Abort,
+    Hello,
+    Value,
+    decode_message,
+    encode_message,
+)
+from puma_async.errors import (
+    DecodeError,
+    HandshakeError,
+    PeerDisconnectedError,
+    ProtocolError,
+    PumaError,
+)
+from puma_async.transports.base import Transport
+from puma_async.transports.tls import TlsConfig, client_context, peer_role_from_cert, server_context
+
+HEADER_BYTES = 8
+END_OF_STREAM = (1 << 64) - 1
+MAX_HANDSHAKE_BYTES = 4096
+_RECEIVE_CHUNK = 1 << 16  # read at least this much at a time: many small frames per syscall
+_MAX_RECEIVE = 1 << 20  # read at most this much at a time: recv() allocates what it is asked
+_COALESCE_BYTES = 1 << 16  # below this, header and frame go out in one write
+_ACCEPT = "accept"
+_CLOSE_TIMEOUT = 5.0
+
+log = structlog.get_logger("puma_async.transports.tcp")
+
+_Item = tuple[int, bytes | None] | ProtocolError
+
+
+class TcpSetupError(PumaError):
+    """The TCP transport could not be set up: a port in use, a peer that never came up."""
+
+
+class _RejectedConnection(Exception):
+    """An incoming connection failed before a valid Hello: dropped, the listener keeps waiting."""
+
+
+class _StreamEnded(Exception):
+    """The stream ended (EOF) on a frame boundary."""
+
+
+class _FrameReader:
+    """Reads length-prefixed units from one stream, buffering what it reads ahead."""
+
+    def __init__(self, stream: trio.abc.Stream):
+        self.stream = stream
+        self._buffer = bytearray()
+
+    async def read_length(self) -> int:
+        """The next length prefix; :class:`_StreamEnded` on EOF before any byte of it."""
+        if not self._buffer:
+            data = await self.stream.receive_some(_RECEIVE_CHUNK)
+            if not data:
+                raise _StreamEnded
+            self._buffer += data
+        return int.from_bytes(await self.read_exactly(HEADER_BYTES), "little")
+
+    async def read_exactly(self, count: int) -> bytes:
+        """``count`` bytes; :class:`PeerDisconnectedError` if the stream ends before."""
+        buffer = self._buffer
+        if len(buffer) >= count:
+            data = bytes(buffer[:count])
+            del buffer[:count]
+            return data
+        chunks = [bytes(buffer)]
+        have = len(buffer)
+        buffer.clear()
+        while have < count:
+            want = count - have
+            data = await self.stream.receive_some(min(max(want, _RECEIVE_CHUNK), _MAX_RECEIVE))
+            if not data:
+                raise PeerDisconnectedError(
+                    f"connection closed after {have} of {count} bytes of a frame"
+                )
+            if len(data) > want:
+                chunks.append(data[:want])
+                buffer += memoryview(data)[want:]
+                have = count
+            else:
+                chunks.append(data)
+                have += len(data)
+        return b"".join(chunks)
+
+
+@dataclasses.dataclass
+class _Connection:
+    """One established, handshaken connection to a peer."""
+
+    peer: int
+    address: str
+    stream: trio.abc.Stream
+    reader: _FrameReader
+    send_lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
+    send_closed: bool = False
+
+
+class TcpTransport(Transport):
+    """Frames to and from the peers of one role over established connections.
+
+    Made by :func:`open_tcp_transport`, which also runs one reader task per connection; the
+    readers feed a bounded channel (``max_buffered_frames``) that :meth:`receive` reads, so a
+    party that stops receiving pushes back on its peers through TCP flow control.
+    """
+
+    def __init__(
+        self,
+        role: int,
+        connections: Mapping[int, _Connection],
+        *,
+        max_frame_bytes: int,
+        max_buffered_frames: int,
+    ):
+        self.role = role
+        self.peers = tuple(sorted(connections))
+        self.max_frame_bytes = max_frame_bytes
+        self._connections = dict(connections)
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Item](max_buffered_frames)
+        self._readers_scope = trio.CancelScope()
+        self._readers_done = trio.Event()
+
+    async def send(self, peer: int, frame: bytes) -> None:
+        conn = self._connection(peer)
+        if len(frame) > self.max_frame_bytes:
+            raise ProtocolError(
+                f"frame of {len(frame)} bytes exceeds the limit of {self.max_frame_bytes}",
+                peer=peer,
+            )
+        header = len(frame).to_bytes(HEADER_BYTES, "little")
+        async with conn.send_lock:
+            if conn.send_closed:
+                raise PeerDisconnectedError("send after the connection was closed", peer=peer)
+            try:
+                if len(frame) < _COALESCE_BYTES:
+                    await conn.stream.send_all(header + frame)
+                else:
+                    await conn.stream.send_all(header)
+                    await conn.stream.send_all(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                conn.send_closed = True
+                raise PeerDisconnectedError(
+                    f"connection to {conn.address} broke while sending: {_cause(exc)}", peer=peer
+                ) from exc
+
+    async def receive(self) -> tuple[int, bytes | None]:
+        try:
+            item = await self._inbox.receive()
+        except trio.EndOfChannel:
+            raise PeerDisconnectedError("every peer connection has ended") from None
+        if isinstance(item, ProtocolError):
+            raise item
+        return item
+
+    async def close_peer(self, peer: int) -> None:
+        """Send the end-of-stream marker after any frame being sent (idempotent)."""
+        conn = self._connection(peer)
+        async with conn.send_lock:
+            if conn.send_closed:
+                return
+            conn.send_closed = True
+            try:
+                await conn.stream.send_all(END_OF_STREAM.to_bytes(HEADER_BYTES, "little"))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise PeerDisconnectedError(
+                    f"connection to {conn.address} broke while closing: {_cause(exc)}", peer=peer
+                ) from exc
+
+    async def aclose(self) -> None:
+        """Send the end marker to every peer still open, stop the readers, close everything."""
+        with trio.CancelScope(shield=True):
+            for peer in self.peers:
+                # A peer already gone needs no end marker.
+                with trio.move_on_after(_CLOSE_TIMEOUT), contextlib.suppress(PeerDisconnectedError):
+                    await self.close_peer(peer)
+            self._readers_scope.cancel()
+            await self._readers_done.wait()
+            for conn in self._connections.values():
+                with trio.move_on_after(_CLOSE_TIMEOUT) as scope:
+                    await conn.stream.aclose()
+                if scope.cancelled_caught:
+                    await trio.aclose_forcefully(conn.stream)
+
+    async def abort(self) -> None:
+        """Drop every connection without the end marker (peers see a disconnect)."""
+        self._readers_scope.cancel()
+        for conn in self._connections.values():
+            conn.send_closed = True
+            await trio.aclose_forcefully(conn.stream)
+
+    def _connection(self, peer: int) -> _Connection:
+        try:
+            return self._connections[peer]
+        except KeyError:
+            raise ProtocolError(f"role {peer} is not a peer of role {self.role}") from None
+
+    async def run_readers(self) -> None:
+        """Run one reader task per connection until they end or the transport is closed."""
+        try:
+            with self._readers_scope, self._inbox_send:
+                async with trio.open_nursery() as nursery:
+                    for peer in self.peers:
+                        nursery.start_soon(self._read, peer, self._inbox_send.clone())
+        finally:
+            self._readers_done.set()
+
+    async def _read(self, peer: int, inbox: trio.MemorySendChannel[_Item]) -> None:
+        """Reader task of one connection: frames into the inbox, then its end or its failure."""
+        conn = self._connections[peer]
+        async with inbox:
+            try:
+                while True:
+                    try:
+                        length = await conn.reader.read_length()
+                    except _StreamEnded:
+                        raise PeerDisconnectedError(
+                            f"connection from {conn.address} closed without an end-of-stream "
+                            "marker"
+                        ) from None
+                    if length == END_OF_STREAM:
+                        await inbox.send((peer, None))
+                        return
+                    if length > self.max_frame_bytes:
+                        raise DecodeError(
+                            f"frame of {length} bytes exceeds the limit of {self.max_frame_bytes}",
+                            peer=peer,
+                        )
+                    await inbox.send((peer, await conn.reader.read_exactly(length)))
+            except trio.ClosedResourceError:
+                return  # we closed this connection ourselves
+            except trio.BrokenResourceError as exc:
+                await inbox.send(PeerDisconnectedError(
+                    f"connection from {conn.address} broke: {_cause(exc)}", peer=peer
+                ))
+            except ProtocolError as exc:
+                await inbox.send(type(exc)(exc.reason, peer=peer))
+
+
+def _cause(exc: BaseException) -> str:
+    """The underlying OS or SSL error of a Trio resource error, for messages."""
+    cause = exc.__cause__ or exc.__context__
+    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc) or "closed"
+
+
+def _format_address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """Everything the connection setup of one role needs."""
+
+    role: int
+    addresses: Mapping[int, tuple[str, int]]
+    hello: Hello
+    tls: TlsConfig | None
+    connect_timeout: float
+    handshake_timeout: float
+    retry_initial: float
+    retry_max: float
+
+
+def _hello_mismatch(setup: _Setup, hello: Hello, expected: set[int], cert_role: int | None
+                    ) -> str | None:
+    """Why a peer's Hello is not acceptable on this connection, or None."""
+    ours = setup.hello
+    if hello.version != ours.version:
+        return f"protocol version {hello.version}, expected {ours.version}"
+    if hello.session != ours.session:
+        return f"session id {hello.session.hex()} differs from ours {ours.session.hex()}"
+    if hello.role not in expected:
+        wanted = " or ".join(map(str, sorted(expected))) or "none"
+        return f"peer says it is role {hello.role}, expected role {wanted} on this connection"
+    if cert_role is not None and cert_role != hello.role:
+        return f"peer certificate is for role {cert_role} but its Hello claims role {hello.role}"
+    if hello.config_digest != ours.config_digest:
+        return (
+            f"configuration digest {hello.config_digest.hex()} differs from ours "
+            f"{ours.config_digest.hex()}"
+        )
+    return None
+
+
+async def _send_unit(stream: trio.abc.Stream, data: bytes) -> None:
+    await stream.send_all(len(data).to_bytes(HEADER_BYTES, "little") + data)
+
+
+async def _read_unit(reader: _FrameReader, *, tls: bool) -> bytes:
+    """One small handshake unit; a TLS record arriving at a plain side is named as such."""
+    try:
+        length = await reader.read_length()
+    except _StreamEnded:
+        hint = "" if tls else " (does the peer require TLS?)"
+        raise HandshakeError(f"connection closed during the handshake{hint}") from None
+    if length > MAX_HANDSHAKE_BYTES:
+        if not tls and length & 0xFFFF == 0x0316:  # a TLS handshake record: 16 03 ..
+            raise HandshakeError("peer started a TLS handshake but this side runs plain TCP")
+        raise HandshakeError(f"handshake message of {length} bytes is too large")
+    return await reader.read_exactly(length)
+
+
+async def _handshake(
+    setup: _Setup,
+    stream: trio.SocketStream,
+    *,
+    expected: set[int],
+    server_hostname: str | None,
+    on_hello: Callable[[Hello], None] = lambda hello: None,
+) -> tuple[int, trio.abc.Stream, _FrameReader]:
+    """Secure the connection, exchange and check Hellos and verdicts; the peer's role.
+
+    Raises :class:`_RejectedConnection` for failures before a valid Hello arrived and
+    :class:`HandshakeError` for a mismatching Hello or a peer's rejection. ``on_hello`` may
+    raise HandshakeError to reject a Hello that passed the checks (e.g. a duplicate role).
+    """
+    secured: trio.abc.Stream = stream
+    cert_role: int | None = None
+    try:
+        if setup.tls is not None:
+            context = (
+                client_context(setup.tls) if server_hostname is not None
+                else server_context(setup.tls)
+            )
+            ssl_stream = trio.SSLStream(
+                stream, context, server_side=server_hostname is None,
+                server_hostname=server_hostname,
+            )
+            secured = ssl_stream
+            await ssl_stream.do_handshake()
+            cert_role = peer_role_from_cert(ssl_stream, cluster=setup.tls.cluster)
+        reader = _FrameReader(secured)
+        await _send_unit(secured, encode_message(setup.hello))
+        hello = decode_message(
+            await _read_unit(reader, tls=setup.tls is not None), max_bytes=MAX_HANDSHAKE_BYTES
+        )
+        if not isinstance(hello, Hello):
+            raise HandshakeError(f"expected a Hello, got {type(hello).__name__}")
+    except (HandshakeError, DecodeError, PeerDisconnectedError) as exc:
+        raise _RejectedConnection(str(exc)) from exc
+    except trio.BrokenResourceError as exc:
+        hint = (
+            " (does the peer run without TLS, or with a certificate of another cluster CA?)"
+            if setup.tls is not None else ""
+        )
+        raise _RejectedConnection(f"TLS handshake failed: {_cause(exc)}{hint}") from exc
+
+    problem = _hello_mismatch(setup, hello, expected, cert_role)
+    if problem is None:
+        try:
+            on_hello(hello)
+        except HandshakeError as exc:
+            problem = exc.reason
+    verdict = Value(_ACCEPT) if problem is None else Abort(problem, "handshake")
+    try:
+        await _send_unit(secured, encode_message(verdict))
+        # Waiting for the peer's verdict also lets our rejection reach it before we close.
+        answer = decode_message(await _read_unit(reader, tls=setup.tls is not None))
+    except (HandshakeError, DecodeError, PeerDisconnectedError, trio.BrokenResourceError) as exc:
+        if problem is not None:
+            raise HandshakeError(problem, peer=hello.role) from None
+        raise HandshakeError(
+            f"connection failed during the handshake: {exc}", peer=hello.role
+        ) from exc
+    if problem is not None:
+        raise HandshakeError(problem, peer=hello.role)
+    if isinstance(answer, Abort):
+        raise HandshakeError(f"peer rejected the handshake: {answer.reason}", peer=hello.role)
+    if answer != Value(_ACCEPT):
+        raise HandshakeError("peer sent no valid handshake verdict", peer=hello.role)
+    return hello.role, secured, reader
+
+
+def _nodelay(stream: trio.SocketStream) -> None:
+    """Frames are written whole; do not let Nagle hold back a small one."""
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+
+
+async def _dial(setup: _Setup, peer: int, deadline: float) -> _Connection:
+    """Connect to ``peer`` (retrying with backoff until ``deadline``) and handshake."""
+    host, port = setup.addresses[peer]
+    where = _format_address((host, port))
+    delay = setup.retry_initial
+    attempts = 0
+    last_error: OSError | None = None
+    stream: trio.SocketStream | None = None
+    while stream is None:
+        attempts += 1
+        with trio.move_on_at(deadline):
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                last_error = exc
+        now = trio.current_time()
+        if stream is None:
+            if now + delay > deadline:
+                reason = f" (last error: {last_error})" if last_error is not None else ""
+                raise TcpSetupError(
+                    f"peer {peer} at {where} never came up after {attempts} attempts "
+                    f"in {setup.connect_timeout:g} s{reason}"
+                )
+            await trio.sleep(delay)
+            delay = min(delay * 2, setup.retry_max)
+    _nodelay(stream)
+    try:
+        with trio.fail_after(setup.handshake_timeout):
+            role, secured, reader = await _handshake(
+                setup, stream, expected={peer}, server_hostname=host,
+            )
+    except _RejectedConnection as exc:
+        await trio.aclose_forcefully(stream)
+        raise HandshakeError(f"handshake with {where} failed: {exc}", peer=peer) from exc.__cause__
+    except trio.TooSlowError:
+        await trio.aclose_forcefully(stream)
+        raise HandshakeError(
+            f"no handshake from {where} within {setup.handshake_timeout:g} s", peer=peer
+        ) from None
+    except HandshakeError:
+        await trio.aclose_forcefully(stream)
+        raise
+    return _Connection(role, where, secured, reader)
+
+
+async def _accept(
+    setup: _Setup, listeners: list[trio.SocketListener], expected: set[int], deadline: float
+) -> dict[int, _Connection]:
+    """Accept and handshake the roles in ``expected`` until all came or ``deadline`` passed."""
+    connections: dict[int, _Connection] = {}
+    rejected: list[str] = []
+    fatal: list[HandshakeError] = []
+    pending = set(expected)
+    claimed: set[int] = set()
+    where = _format_address(setup.addresses[setup.role])
+
+    def claim(hello: Hello) -> None:
+        if hello.role in claimed:
+            raise HandshakeError(f"role {hello.role} is already connected")
+        claimed.add(hello.role)
+
+    async with trio.open_nursery() as nursery:
+
+        async def handle(stream: trio.SocketStream) -> None:
+            _nodelay(stream)
+            try:
+                remote = _format_address(stream.socket.getpeername()[:2])
+            except OSError:
+                remote = "<unknown>"
+            try:
+                with trio.fail_after(setup.handshake_timeout):
+                    role, secured, reader = await _handshake(
+                        setup, stream, expected=expected, server_hostname=None, on_hello=claim
+                    )
+            except (_RejectedConnection, trio.TooSlowError) as exc:
+                reason = str(exc) or f"no handshake within {setup.handshake_timeout:g} s"
+                log.warning("rejected connection", role=setup.role, remote=remote, error=reason)
+                rejected.append(f"{remote}: {reason}")
+                await trio.aclose_forcefully(stream)
+                return
+            except HandshakeError as exc:
+                await trio.aclose_forcefully(stream)
+                fatal.append(HandshakeError(f"handshake from {remote} failed: {exc.reason}",
+                                            peer=exc.peer))
+                nursery.cancel_scope.cancel()
+                return
+            connections[role] = _Connection(role, remote, secured, reader)
+            pending.discard(role)
+            if not pending:
+                nursery.cancel_scope.cancel()
+
+        async def serve(listener: trio.SocketListener) -> None:
+            while True:
+                nursery.start_soon(handle, await listener.accept())
+
+        nursery.cancel_scope.deadline = deadline
+        for listener in listeners:
+            nursery.start_soon(serve, listener)
+
+    if fatal or pending:
+        for conn in connections.values():
+            await trio.aclose_forcefully(conn.stream)
+    if fatal:
+        raise fatal[0]
+    if pending:
+        message = (
+            f"peers {sorted(pending)} did not connect to {where} within "
+            f"{setup.connect_timeout:g} s"
+        )
+        if rejected:
+            raise HandshakeError(f"{message}; rejected connections: {'; '.join(rejected)}")
+        raise TcpSetupError(message)
+    return connections
+
+
+async def _connect_all(setup: _Setup) -> dict[int, _Connection]:
+    """All connections of one role: listen for higher roles, dial lower ones, concurrently."""
+    role = setup.role
+    higher = {p for p in setup.addresses if p > role}
+    lower = sorted(p for p in setup.addresses if p < role)
+    deadline = trio.current_time() + setup.connect_timeout
+    listeners: list[trio.SocketListener] = []
+    if higher:
+        host, port = setup.addresses[role]
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise TcpSetupError(
+                f"role {role} cannot listen on {_format_address((host, port))}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+
+    connections: dict[int, _Connection] = {}
+    errors: list[Exception] = []
+    async with trio.open_nursery() as nursery:
+
+        async def guarded(task: Callable[[], Awaitable[dict[int, _Connection]]]) -> None:
+            try:
+                connections.update(await task())
+            except Exception as exc:  # first failure wins; the others are cancelled
+                errors.append(exc)
+                nursery.cancel_scope.cancel()
+
+        if higher:
+            nursery.start_soon(guarded, lambda: _accept(setup, listeners, higher, deadline))
+        for peer in lower:
+            async def dial(peer: int = peer) -> dict[int, _Connection]:
+                return {peer: await _dial(setup, peer, deadline)}
+            nursery.start_soon(guarded, dial)
+    for listener in listeners:
+        await listener.aclose()
+    if errors:
+        for conn in connections.values():
+            await trio.aclose_forcefully(conn.stream)
+        raise errors[0]
+    return connections
+
+
+@asynccontextmanager
+async def open_tcp_transport(
+    role: int,
+    addresses: Mapping[int, tuple[str, int]],
+    *,
+    session: bytes,
+    config_digest: bytes,
+    tls: TlsConfig | None,
+    allow_plain: bool = False,
+    connect_timeout: float = 60.0,
+    handshake_timeout: float = 10.0,
+    retry_initial: float = 0.05,
+    retry_max: float = 2.0,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    max_buffered_frames: int = 64,
+) -> AsyncIterator[TcpTransport]:
+    """Connect ``role`` to every other role in ``addresses``; yields the transport.
+
+    See the module docstring for topology, handshake and shutdown. ``tls=None`` is refused
+    unless ``allow_plain``. ``max_buffered_frames`` bounds the received frames waiting for
+    :meth:`TcpTransport.receive` (0: unbounded). Raises :class:`HandshakeError` for a peer
+    that fails the handshake and :class:`TcpSetupError` for a port in use or a peer that never
+    came up.
+    """
+    if role not in addresses:
+        raise ValueError(f"role {role} has no address in {dict(addresses)}")
+    if len(addresses) < 2:
+        raise ValueError("a TCP transport needs at least one peer")
+    if tls is None and not allow_plain:
+        raise ValueError(
+            "plain TCP is refused: pass tls=TlsConfig(...) (see puma_async.transports.tls), "
+            "or allow_plain=True for tests on a trusted host"
+        )
+    if not 0 < max_frame_bytes < END_OF_STREAM:
+        raise ValueError(f"max_frame_bytes must be in 1..2**64-2, got {max_frame_bytes}")
+    setup = _Setup(
+        role, dict(addresses), Hello(VERSION, session, role, config_digest), tls,
+        connect_timeout, handshake_timeout, retry_initial, retry_max,
+    )
+    connections = await _connect_all(setup)
+    transport = TcpTransport(
+        role, connections, max_frame_bytes=max_frame_bytes,
+        max_buffered_frames=max_buffered_frames if max_buffered_frames > 0 else math.inf,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport.run_readers)
+            try:
+                yield transport
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await transport.abort()
+                raise
+            await transport.aclose()
+    except BaseExceptionGroup as group:
+        # Readers never raise, so the group holds the body's own exception: re-raise it bare.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
