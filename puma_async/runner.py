@@ -46,6 +46,8 @@ async def run_roles(
     bandwidth: float = 0.0,
     timeout: float = DEFAULT_TIMEOUT,
     wrap_transport: TransportWrapper | None = None,
+    entropy: Mapping[int, bytes] | None = None,
+    sequential: bool = False,
 ) -> LocalRun:
     """Run ``programs`` (role id -> program) concurrently; see :func:`run_local`."""
     session = session if session is not None else secrets.token_bytes(16)
@@ -62,7 +64,8 @@ async def run_roles(
                 transport = wrap_transport(transport)
             try:
                 results[role], stats[role] = await run_party(
-                    programs[role], transport, session=session, timeout=timeout
+                    programs[role], transport, session=session, timeout=timeout,
+                    entropy=entropy.get(role) if entropy else None, sequential=sequential,
                 )
             except Exception as exc:
                 errors[role] = exc
@@ -82,6 +85,8 @@ def run_local(
 
     Options: ``session`` (bytes; random by default), ``latency`` and ``bandwidth`` (emulated
     per link), ``timeout`` (receive timeout, seconds), ``wrap_transport`` (e.g. recording),
-    ``clock`` (a Trio clock, e.g. ``trio.testing.MockClock`` for virtual time in tests).
+    ``clock`` (a Trio clock, e.g. ``trio.testing.MockClock`` for virtual time in tests),
+    ``entropy`` (role -> 32 bytes seeding that role's fresh keys, for reproducible runs),
+    ``sequential`` (no round overlapping: every ``gather`` runs its steps one by one).
     """
     return trio.run(lambda: run_roles(programs, **options), clock=clock)

@@ -15,7 +15,9 @@ peers, which stop with :class:`~puma_async.errors.PeerAbortedError` naming it an
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import secrets
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -55,8 +57,12 @@ class PartyRuntime:
         session: bytes,
         timeout: float = DEFAULT_TIMEOUT,
         max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES,
+        entropy: bytes | None = None,
+        sequential: bool = False,
     ):
         self.transport = transport
+        self.sequential = sequential
+        self.entropy = entropy if entropy is not None else secrets.token_bytes(32)
         self.role = transport.role
         self.peers = tuple(transport.peers)
         self.session = session
@@ -287,8 +293,12 @@ class Context:
         """Run independent steps concurrently, each in its own child step; their results.
 
         Child paths are fixed here, in argument order, before any of them starts, so all
-        parties agree on them. Rounds of the whole equal those of the longest step.
+        parties agree on them. Rounds of the whole equal those of the longest step. With the
+        runtime's ``sequential`` switch on, the steps run one after the other instead (same
+        messages; used to measure what overlapping saves).
         """
+        if self.runtime.sequential:
+            return await self.run_sequentially(*steps)
         children = [self.child() for _ in steps]
         results: list[Any] = [None] * len(steps)
 
@@ -307,10 +317,7 @@ class Context:
     async def run_sequentially(
         self, *steps: Callable[[Context], Awaitable[Any]]
     ) -> list[Any]:
-        """Like :meth:`gather` (same child paths and messages) but one after the other.
-
-        Used to measure what round overlapping saves.
-        """
+        """Like :meth:`gather` (same child paths and messages) but one after the other."""
         results = []
         for step in steps:
             child = self.child()
@@ -357,6 +364,16 @@ class Context:
         self._labels[purpose] = count + 1
         return codec.packb([list(self.path), purpose, count])
 
+    def fresh_key(self, size: int = 16) -> bytes:
+        """A new secret key for this party (PRG keys, input seeds).
+
+        Derived from the party's ``entropy`` (32 random bytes per run unless given) and a label
+        of this step, so a party re-run from a trace with the same entropy draws the same keys.
+        """
+        return hashlib.blake2b(
+            self.label(b"key"), key=self.runtime.entropy, digest_size=size
+        ).digest()
+
     def finish(self) -> None:
         """Close the root step's phase span (called by the runtime at the end)."""
         self._close_phase_span()
@@ -369,6 +386,8 @@ async def open_party(
     session: bytes,
     timeout: float = DEFAULT_TIMEOUT,
     max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES,
+    entropy: bytes | None = None,
+    sequential: bool = False,
 ) -> AsyncIterator[Context]:
     """Run the reader and writer tasks of one role around the block; yields the root step.
 
@@ -378,7 +397,8 @@ async def open_party(
     peers get an ``Abort`` naming the error and the step, and the error propagates.
     """
     runtime = PartyRuntime(
-        transport, session=session, timeout=timeout, max_frame_bytes=max_frame_bytes
+        transport, session=session, timeout=timeout, max_frame_bytes=max_frame_bytes,
+        entropy=entropy, sequential=sequential,
     )
     root = Context(runtime)
     failure: BaseException | None = None
@@ -452,8 +472,16 @@ async def run_party(
     *,
     session: bytes,
     timeout: float = DEFAULT_TIMEOUT,
+    entropy: bytes | None = None,
+    sequential: bool = False,
 ) -> tuple[T, PartyStats]:
-    """Run ``program`` as one role over ``transport``; its result and statistics."""
-    async with open_party(transport, session=session, timeout=timeout) as ctx:
+    """Run ``program`` as one role over ``transport``; its result and statistics.
+
+    ``entropy`` seeds the party's fresh keys (random if None; give it to replay a trace);
+    ``sequential`` makes :meth:`Context.gather` run its steps one after the other.
+    """
+    async with open_party(
+        transport, session=session, timeout=timeout, entropy=entropy, sequential=sequential
+    ) as ctx:
         result = await program(ctx)
     return result, ctx.runtime.shared["stats"]

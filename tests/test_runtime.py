@@ -112,11 +112,14 @@ def test_gather_overlaps_rounds_and_sequential_does_not() -> None:
     async def sequential(ctx: Context) -> None:
         await ctx.run_sequentially(exchange, exchange, exchange)
 
-    for program, rounds, latency in ((concurrent, 1, 0.01), (sequential, 3, 0.03)):
+    cases = [(concurrent, False, 1), (sequential, False, 3), (concurrent, True, 3)]
+    for program, forced_sequential, rounds in cases:
         clock = trio.testing.MockClock(autojump_threshold=0)
-        result = run_local(spmd(program), clock=clock, latency=0.01)
+        result = run_local(
+            spmd(program), clock=clock, latency=0.01, sequential=forced_sequential
+        )
         assert all(s.max_round == rounds for s in result.stats.values())
-        assert result.seconds == pytest.approx(latency, abs=1e-6)
+        assert result.seconds == pytest.approx(0.01 * rounds, abs=1e-6)
 
 
 def test_emulated_bandwidth_serialises_frames() -> None:
