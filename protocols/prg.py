@@ -1,0 +1,102 @@
+"""Cryptographic pseudorandom generator: AES in counter mode, addressed by labels.
+
+``Prg(key).ring(label, shape)`` is a pure function of (key, label, number of elements): the
+keystream of AES-CTR under ``key`` with the 16-byte initial counter block
+BLAKE2b-128(kind || label, personalisation "puma-async-prg"), read as little-endian words.
+Concurrent protocol steps draw their randomness in different orders at different parties, so
+nothing here is stateful: two parties holding the same key get the same array for the same
+label whatever else they drew before.
+
+Promises and caveats:
+- prefix consistency: ``ring(l, (n,))`` is the first n words of ``ring(l, (n + m,))``, and a
+  shape only reshapes the stream. A label must therefore never be reused for a different
+  purpose, whatever the shape (the protocol layer derives labels from unique step paths).
+- ``ring``, ``bits`` and ``bytes`` are domain-separated (the kind byte), so the same label
+  gives independent streams in each.
+- 128-bit counter blocks from a 128-bit hash: streams of distinct labels overlap only with
+  negligible probability (about (labels^2 * blocks) / 2^128).
+- cost: one AES-NI/VAES pass through OpenSSL plus one hash per call: 4-7 GB/s per core here
+  for 128 KiB-8 MiB draws (AES-128; AES-256 ~30% slower), less for huge draws (page faults).
+  ``cryptography`` releases the GIL while OpenSSL runs: two threads draw twice as fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from .ring import RING_DTYPE, RingArray
+
+KEY_SIZES = (16, 32)
+_KIND_RING = b"r"
+_KIND_BITS = b"b"
+_KIND_BYTES = b"y"
+_PERSON = b"puma-async-prg"
+_CHUNK = 1 << 20  # bytes of keystream per OpenSSL call: the zero input stays in cache
+_ZEROS = memoryview(bytes(_CHUNK))
+
+
+Bytes = bytes  # for annotations inside Prg, where ``bytes`` names the method
+
+
+def new_key(size: int = 16) -> bytes:
+    """A fresh uniformly random AES key (16 bytes: AES-128; 32: AES-256) from ``secrets``."""
+    if size not in KEY_SIZES:
+        raise ValueError(f"key size must be one of {KEY_SIZES}, got {size}")
+    return secrets.token_bytes(size)
+
+
+def _count(shape: int | tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    return shape, math.prod(shape)
+
+
+class Prg:
+    """AES-CTR keystreams addressed by (kind, label); thread-safe (holds only the key)."""
+
+    __slots__ = ("_algorithm",)
+
+    def __init__(self, key: Bytes) -> None:
+        if len(key) not in KEY_SIZES:
+            raise ValueError(f"AES key must be {KEY_SIZES} bytes, got {len(key)}")
+        self._algorithm = algorithms.AES(bytes(key))
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Prg(<AES-{8 * len(self._algorithm.key)} key>)"
+
+    def _stream(self, kind: Bytes, label: Bytes, nbytes: int) -> npt.NDArray[np.uint8]:
+        if not isinstance(label, bytes):
+            raise TypeError(f"label must be bytes, got {type(label).__name__}")
+        nonce = hashlib.blake2b(kind + label, digest_size=16, person=_PERSON).digest()
+        encryptor = Cipher(self._algorithm, modes.CTR(nonce)).encryptor()
+        out = np.empty(nbytes, dtype=np.uint8)
+        view = memoryview(out)
+        for lo in range(0, nbytes, _CHUNK):  # keystream = AES-CTR of zeros, written in place
+            hi = min(nbytes, lo + _CHUNK)
+            encryptor.update_into(_ZEROS[: hi - lo], view[lo:hi])
+        return out
+
+    def _words(self, kind: Bytes, label: Bytes, shape: int | tuple[int, ...]) -> RingArray:
+        shape, n = _count(shape)
+        words = self._stream(kind, label, 8 * n).view("<u8")  # little-endian on every host
+        return words.astype(RING_DTYPE, copy=False).reshape(shape)
+
+    def ring(self, label: Bytes, shape: int | tuple[int, ...]) -> RingArray:
+        """Uniform elements of Z_2^64 for ``label`` (little-endian 8-byte words of the stream)."""
+        return self._words(_KIND_RING, label, shape)
+
+    def bits(self, label: Bytes, shape: int | tuple[int, ...]) -> RingArray:
+        """Uniform 64-bit words for packed boolean shares (a stream separate from ``ring``)."""
+        return self._words(_KIND_BITS, label, shape)
+
+    def bytes(self, label: Bytes, n: int) -> Bytes:
+        """``n`` uniform bytes for ``label`` (a stream separate from ``ring`` and ``bits``)."""
+        _, n = _count(n)
+        return self._stream(_KIND_BYTES, label, n).tobytes()
