@@ -1,0 +1,92 @@
+"""Evaluate one secure function on plaintext inputs, all roles in one process.
+
+The client secret-shares the inputs, the three parties run ``fn`` on the shares inside the
+scope ``op`` (phase ``online``), and the client alone learns the outputs. Used by tests (to
+compare a protocol with plaintext numpy) and by benchmarks (to measure it); key and seed
+set-up are in phase ``setup``, input sharing and output opening in scope ``io``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from puma_async.codec import Value
+from puma_async.errors import ProtocolError
+from puma_async.roles import CLIENT, PARTIES
+from puma_async.runner import run_local
+from puma_async.runtime import Context
+from puma_async.stats import PartyStats, Totals
+
+from .io import reveal_to, share_input
+from .randomness import setup_input_seeds, setup_keys
+from .ring import RingArray, to_ring
+from .shares import AShare
+
+SecureFn = Callable[..., Awaitable[AShare | Sequence[AShare]]]
+OP_SCOPE = "op"
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Opened outputs (ring elements) and the run's statistics by role."""
+
+    outputs: tuple[RingArray, ...]
+    stats: dict[int, PartyStats]
+    seconds: float
+
+    def cost(self, party: int = 0) -> Totals:
+        """Bytes, messages and rounds of ``fn`` alone at ``party``."""
+        return self.stats[party].totals(phase="online", scope=OP_SCOPE)
+
+    def bytes_all_parties(self) -> int:
+        """Bytes sent by P_0, P_1 and P_2 together inside ``fn``."""
+        return sum(self.cost(p).bytes_sent for p in PARTIES)
+
+
+async def _setup(ctx: Context) -> None:
+    with ctx.phase("setup"):
+        if ctx.role in PARTIES:
+            await setup_keys(ctx)
+        await setup_input_seeds(ctx, CLIENT)
+
+
+def evaluate(
+    fn: SecureFn, *inputs: Any, latency: float = 0.0, timeout: float = 120.0, **kwargs: Any
+) -> Evaluation:
+    """Run ``fn(ctx, *shares, **kwargs)`` on secret-shared ``inputs`` (ring arrays).
+
+    ``fn`` returns one :class:`AShare` or a sequence of them; the client gets them opened.
+    """
+    arrays = [to_ring(np.asarray(x)) for x in inputs]
+
+    async def program(ctx: Context) -> Any:
+        await _setup(ctx)
+        with ctx.scope("io"):
+            shares = [
+                await share_input(ctx, CLIENT, a.shape, a if ctx.role == CLIENT else None)
+                for a in arrays
+            ]
+        if ctx.role == CLIENT:
+            shapes = await ctx.recv(0)
+            if not isinstance(shapes, Value):
+                raise ProtocolError("expected the output shapes", peer=0, step=ctx.step_name)
+            with ctx.scope("io"):
+                return tuple([await reveal_to(ctx, None, CLIENT, s) for s in shapes.value])
+        with ctx.scope(OP_SCOPE):
+            out = await fn(ctx, *shares, **kwargs)
+        outs = [out] if isinstance(out, AShare) else list(out)
+        if ctx.role == 0:
+            await ctx.send(CLIENT, Value([list(o.shape) for o in outs]))
+        with ctx.scope("io"):
+            for o in outs:
+                await reveal_to(ctx, o, CLIENT, o.shape)
+        return None
+
+    run = run_local(
+        {role: program for role in (*PARTIES, CLIENT)}, latency=latency, timeout=timeout
+    )
+    return Evaluation(run.results[CLIENT], dict(run.stats), run.seconds)

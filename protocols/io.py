@@ -1,0 +1,106 @@
+"""Getting secrets in and out: input sharing by an owner, opening to parties or a role.
+
+Inputs: the owner (model owner, client, or any role outside the three parties) derives x_0 and
+x_1 from the seeds of :func:`.randomness.setup_input_seeds` and sends only x_2 = x - x_0 - x_1
+to P_1 and P_2: 2 elements per input element from the owner, 1 round, 0 from the parties.
+
+Openings (1 round each):
+- :func:`reveal`: to all three parties; each party sends 1 element per element.
+- :func:`reveal_to_party`: to one party P_j; P_{j+1} sends 1 element per element.
+- :func:`reveal_to`: to an output role (the client); P_0 sends x_0 + x_1, P_1 sends x_2:
+  2 elements per element in all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from puma_async.errors import ProtocolError
+from puma_async.roles import PARTIES, next_party, prev_party
+from puma_async.runtime import Context
+
+from . import ring
+from .randomness import input_seeds
+from .ring import RING_DTYPE, RingArray, to_ring
+from .shares import AShare
+
+
+def _check_shape(ctx: Context, array: np.ndarray, shape: Sequence[int], peer: int) -> RingArray:
+    if array.dtype != RING_DTYPE or array.shape != tuple(shape):
+        raise ProtocolError(
+            f"expected a uint64 array of shape {tuple(shape)}, got {array.dtype} {array.shape}",
+            peer=peer, step=ctx.step_name,
+        )
+    return array
+
+
+async def share_input(
+    ctx: Context, owner: int, shape: Sequence[int], value: RingArray | None = None
+) -> AShare | None:
+    """Secret-share ``value`` (ring elements, known to ``owner`` only) among P_0, P_1, P_2.
+
+    Run by the owner (with ``value``) and by the three parties (with the public ``shape``);
+    the parties get their :class:`AShare`, the owner gets None.
+    """
+    shape = tuple(int(d) for d in shape)
+    label = ctx.label(b"input")
+    if ctx.role == owner:
+        if value is None or np.shape(value) != shape:
+            raise ValueError(f"input owner must give a value of shape {shape}")
+        s0, s1 = input_seeds(ctx, owner)  # type: ignore[misc]
+        x2 = ring.sub(ring.sub(to_ring(value), s0.ring(label, shape)), s1.ring(label, shape))
+        for party in (1, 2):
+            await ctx.send_arrays(party, x2)
+        return None
+    if ctx.role not in PARTIES:
+        return None
+    seeds = input_seeds(ctx, owner)
+    me = ctx.role
+    if me == 0:
+        return AShare(seeds[0].ring(label, shape), seeds[1].ring(label, shape))  # type: ignore[index]
+    x2 = _check_shape(ctx, await ctx.recv_array(owner), shape, owner)
+    if me == 1:
+        return AShare(seeds[1].ring(label, shape), x2)  # type: ignore[index]
+    return AShare(x2, seeds[0].ring(label, shape))  # type: ignore[index]
+
+
+async def reveal(ctx: Context, x: AShare) -> RingArray:
+    """Open x to all three parties (each sends its second half to the previous party)."""
+    me = ctx.role
+    await ctx.send_arrays(prev_party(me), x.second)
+    missing = _check_shape(ctx, await ctx.recv_array(next_party(me)), x.shape, next_party(me))
+    return ring.add(ring.add(x.first, x.second), missing)
+
+
+async def reveal_to_party(ctx: Context, x: AShare, party: int) -> RingArray | None:
+    """Open x to party ``party`` only; the others get None."""
+    me = ctx.role
+    if me == next_party(party):
+        await ctx.send_arrays(party, x.second)
+    if me != party:
+        return None
+    missing = _check_shape(ctx, await ctx.recv_array(next_party(me)), x.shape, next_party(me))
+    return ring.add(ring.add(x.first, x.second), missing)
+
+
+async def reveal_to(
+    ctx: Context, x: AShare | None, role: int, shape: Sequence[int]
+) -> RingArray | None:
+    """Open x to ``role`` (outside the parties, e.g. the client), which gets the value.
+
+    Run by the three parties (with their share) and by ``role`` (with ``x=None`` and the
+    public ``shape``).
+    """
+    me = ctx.role
+    if me == 0 and x is not None:
+        await ctx.send_arrays(role, ring.add(x.first, x.second))
+    elif me == 1 and x is not None:
+        await ctx.send_arrays(role, x.second)
+    if me != role:
+        return None
+    shape = tuple(int(d) for d in shape)
+    x01 = _check_shape(ctx, await ctx.recv_array(0), shape, 0)
+    x2 = _check_shape(ctx, await ctx.recv_array(1), shape, 1)
+    return ring.add(x01, x2)
