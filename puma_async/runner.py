@@ -1,4 +1,5 @@
-"""Run several roles in one ``trio.run`` over the in-memory transport.
+"""Run several roles in one process: one ``trio.run`` over the in-memory transport, or one
+event loop per role in threads (:func:`run_threaded`).
 
 Used by tests, ``python -m puma_async.local`` and the benchmarks. Every role runs its own
 program with its own :class:`~puma_async.runtime.Context`; a role that fails does not cancel
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -20,6 +22,7 @@ from puma_async.runtime import DEFAULT_TIMEOUT, Context, run_party
 from puma_async.stats import PartyStats
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
+from puma_async.transports.threads import ThreadNetwork
 
 Program = Callable[[Context], Awaitable[Any]]
 TransportWrapper = Callable[[Transport], Transport]
@@ -38,6 +41,50 @@ class LocalRun:
         return max(s.seconds for s in self.stats.values())
 
 
+@dataclasses.dataclass
+class _Roles:
+    """The roles of one run and what became of each; :meth:`run_role` runs one of them."""
+
+    programs: Mapping[int, Program]
+    session: bytes
+    timeout: float
+    wrap_transport: TransportWrapper | None
+    entropy: Mapping[int, bytes] | None
+    sequential: bool
+    results: dict[int, Any] = dataclasses.field(default_factory=dict)
+    stats: dict[int, PartyStats] = dataclasses.field(default_factory=dict)
+    errors: dict[int, BaseException] = dataclasses.field(default_factory=dict)
+
+    async def run_role(self, role: int, transport: Transport) -> None:
+        if self.wrap_transport is not None:
+            transport = self.wrap_transport(transport)
+        try:
+            self.results[role], self.stats[role] = await run_party(
+                self.programs[role], transport, session=self.session, timeout=self.timeout,
+                entropy=self.entropy.get(role) if self.entropy else None,
+                sequential=self.sequential,
+            )
+        except Exception as exc:
+            self.errors[role] = exc
+
+    def outcome(self) -> LocalRun:
+        if self.errors:
+            raise RunFailedError(self.errors)
+        return LocalRun(self.results, self.stats)
+
+
+def _roles(
+    programs: Mapping[int, Program],
+    session: bytes | None,
+    timeout: float,
+    wrap_transport: TransportWrapper | None,
+    entropy: Mapping[int, bytes] | None,
+    sequential: bool,
+) -> _Roles:
+    session = session if session is not None else secrets.token_bytes(16)
+    return _Roles(programs, session, timeout, wrap_transport, entropy, sequential)
+
+
 async def run_roles(
     programs: Mapping[int, Program],
     *,
@@ -49,33 +96,49 @@ async def run_roles(
     entropy: Mapping[int, bytes] | None = None,
     sequential: bool = False,
 ) -> LocalRun:
-    """Run ``programs`` (role id -> program) concurrently; see :func:`run_local`."""
-    session = session if session is not None else secrets.token_bytes(16)
-    results: dict[int, Any] = {}
-    stats: dict[int, PartyStats] = {}
-    errors: dict[int, BaseException] = {}
+    """Run ``programs`` (role id -> program) concurrently in this event loop; see
+    :func:`run_local`."""
+    roles = _roles(programs, session, timeout, wrap_transport, entropy, sequential)
     async with open_memory_network(
         list(programs), latency=latency, bandwidth=bandwidth
-    ) as network:
+    ) as network, trio.open_nursery() as nursery:
+        for role in programs:
+            nursery.start_soon(roles.run_role, role, network.endpoint(role))
+    return roles.outcome()
 
-        async def run_role(role: int) -> None:
-            transport: Transport = network.endpoint(role)
-            if wrap_transport is not None:
-                transport = wrap_transport(transport)
-            try:
-                results[role], stats[role] = await run_party(
-                    programs[role], transport, session=session, timeout=timeout,
-                    entropy=entropy.get(role) if entropy else None, sequential=sequential,
-                )
-            except Exception as exc:
-                errors[role] = exc
 
-        async with trio.open_nursery() as nursery:
-            for role in programs:
-                nursery.start_soon(run_role, role)
-    if errors:
-        raise RunFailedError(errors)
-    return LocalRun(results, stats)
+def run_threaded(
+    programs: Mapping[int, Program],
+    *,
+    session: bytes | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    wrap_transport: TransportWrapper | None = None,
+    entropy: Mapping[int, bytes] | None = None,
+    sequential: bool = False,
+) -> LocalRun:
+    """Run each role in its own thread and event loop (:mod:`~puma_async.transports.threads`).
+
+    Same results as :func:`run_local`, but the parties' numpy work (which releases the GIL)
+    runs on several cores at once. No emulated latency; options as for :func:`run_local`.
+    """
+    roles = _roles(programs, session, timeout, wrap_transport, entropy, sequential)
+    network = ThreadNetwork(list(programs))
+
+    def run_in_thread(role: int) -> None:
+        async def main() -> None:
+            await roles.run_role(role, network.endpoint(role))
+
+        trio.run(main)
+
+    threads = [
+        threading.Thread(target=run_in_thread, args=(role,), name=f"puma-role-{role}")
+        for role in programs
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return roles.outcome()
 
 
 def run_local(

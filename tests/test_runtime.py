@@ -21,7 +21,7 @@ from puma_async.errors import (
     RunFailedError,
 )
 from puma_async.roles import PARTIES, next_party, prev_party
-from puma_async.runner import run_local
+from puma_async.runner import run_local, run_threaded
 from puma_async.runtime import Context
 from puma_async.transports.base import Transport
 
@@ -326,3 +326,30 @@ def test_arrays_are_copied_at_send_time() -> None:
         return int(got.sum())
 
     assert all(v == 0 for v in run(program).results.values())
+
+
+def test_threaded_runner_matches_the_in_memory_one() -> None:
+    async def program(ctx: Context) -> list:
+        async def step(c: Context, i: int) -> int:
+            await c.send_arrays(next_party(c.role), np.full(3, i + c.role, np.uint64))
+            return int((await c.recv_array(prev_party(c.role)))[0])
+
+        return await ctx.gather(*[lambda c, i=i: step(c, i) for i in range(5)])
+
+    threaded = run_threaded(spmd(program))
+    in_memory = run(program)
+    assert threaded.results == in_memory.results
+    for p in PARTIES:
+        assert threaded.stats[p].totals() == in_memory.stats[p].totals()
+
+
+def test_threaded_runner_reports_failures() -> None:
+    async def program(ctx: Context) -> None:
+        if ctx.role == 2:
+            raise ValueError("thread boom")
+        await ctx.recv(2)
+
+    with pytest.raises(RunFailedError) as info:
+        run_threaded(spmd(program), timeout=30)
+    assert info.value.root_role == 2
+    assert all(isinstance(info.value.errors[p], PeerAbortedError) for p in (0, 1))
