@@ -1,0 +1,210 @@
+"""Multiplication and matmul of shares against plaintext numpy, with exact costs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from puma_async.protocols.arith import (
+    matmul,
+    matmul_fxp,
+    matmul_public,
+    matmul_public_fxp,
+    mul,
+    mul_fxp,
+    mul_public_fxp,
+    square,
+    square_fxp,
+)
+from puma_async.protocols.evaluate import evaluate
+from puma_async.protocols.fixedpoint import FixedPoint
+from puma_async.protocols.shares import AShare
+from puma_async.runtime import Context
+
+F = 18
+FX = FixedPoint(F)
+seeds = st.integers(0, 2**32 - 1)
+
+
+def ring(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.integers(0, 2**64, shape, dtype=np.uint64, endpoint=False)
+
+
+def signed(a: np.ndarray) -> np.ndarray:
+    return a.view(np.int64)
+
+
+def assert_within_ulp(got: np.ndarray, exact: np.ndarray) -> None:
+    """got - floor(exact / 2^F) in {0, 1} for the exact (int64) ring product."""
+    assert got.shape == exact.shape
+    diff = signed(got) - (exact >> F)
+    assert set(np.unique(diff).tolist()) <= {0, 1}, np.unique(diff)
+
+
+def operands(rng: np.random.Generator, shape: tuple[int, ...], bits: int) -> np.ndarray:
+    """Signed ring values with log-uniform magnitudes below 2^bits."""
+    mags = np.floor(2.0 ** rng.uniform(0, bits, shape)).astype(np.int64)
+    return np.where(rng.random(shape) < 0.5, -mags, mags)
+
+
+shapes = st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, shape=shapes, broadcast=st.booleans())
+def test_ring_mul_and_square(seed: int, shape: tuple[int, ...], broadcast: bool) -> None:
+    rng = np.random.default_rng(seed)
+    x = ring(rng, shape)
+    y = ring(rng, shape[1:] if broadcast else shape)
+
+    async def fn(ctx: Context, a: AShare, b: AShare) -> list[AShare]:
+        return [await mul(ctx, a, b), await mul(ctx, b, a), await square(ctx, a)]
+
+    e = evaluate(fn, x, y)
+    for got, want in zip(e.outputs, (x * y, y * x, x * x), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=seeds,
+    batch=st.sampled_from([(), (2,), (2, 3)]),
+    batch_y=st.booleans(),
+    m=st.integers(1, 20),
+    k=st.integers(1, 9),
+    n=st.integers(1, 6),
+)
+def test_ring_matmul(
+    seed: int, batch: tuple[int, ...], batch_y: bool, m: int, k: int, n: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    x, y = ring(rng, (*batch, m, k)), ring(rng, (*(batch if batch_y else ()), k, n))
+    w = ring(rng, (k, m))
+
+    async def fn(ctx: Context, a: AShare, b: AShare) -> list[AShare]:
+        return [
+            await matmul(ctx, a, b),
+            await matmul_public(ctx, a, y),
+            await matmul_public(ctx, w, a),
+        ]
+
+    e = evaluate(fn, x, y)
+    for got, want in zip(e.outputs, (x @ y, x @ y, w @ x), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, shape=shapes.filter(lambda s: len(s) > 0), bits_x=st.integers(0, 61))
+def test_mul_fxp_within_one_ulp(seed: int, shape: tuple[int, ...], bits_x: int) -> None:
+    """Magnitudes from tiny to |x y| < 2^62, both orders, and squares (|x| < 2^31)."""
+    rng = np.random.default_rng(seed)
+    x = operands(rng, shape, bits_x)
+    y = operands(rng, shape, 62 - bits_x)
+    exact = x * y
+    edge = np.array([2**31 - 1, -(2**31)], np.int64)
+
+    async def fn(ctx: Context, a: AShare, b: AShare, c: AShare) -> list[AShare]:
+        return [
+            await mul_fxp(ctx, a, b),
+            await mul_fxp(ctx, b, a),
+            await square_fxp(ctx, c),
+            await mul_fxp(ctx, c, c),
+        ]
+
+    sq = x.ravel() >> max(0, bits_x - 31)
+    e = evaluate(fn, x, y, np.concatenate([sq, edge]))
+    assert_within_ulp(e.outputs[0], exact)
+    assert_within_ulp(e.outputs[1], exact)
+    sq_exact = np.concatenate([sq, edge]) ** 2
+    assert_within_ulp(e.outputs[2], sq_exact)
+    assert_within_ulp(e.outputs[3], sq_exact)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=seeds,
+    batch=st.sampled_from([(), (3,)]),
+    m=st.integers(1, 20),
+    k=st.integers(1, 40),
+    n=st.integers(1, 6),
+    scale=st.floats(1e-3, 1e3),
+)
+def test_matmul_fxp_within_one_ulp(
+    seed: int, batch: tuple[int, ...], m: int, k: int, n: int, scale: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = FX.encode(rng.normal(0, scale, (*batch, m, k)))
+    y = FX.encode(rng.normal(0, 1 / scale, (*batch, k, n)))
+    wf = rng.normal(0, 1, (k, n))
+    exact = signed(x) @ signed(y)
+    exact_pub = signed(x) @ signed(FX.encode(wf))
+    exact_left = signed(FX.encode(wf.T)) @ signed(x).swapaxes(-1, -2)
+
+    async def fn(ctx: Context, a: AShare, b: AShare) -> list[AShare]:
+        return [
+            await matmul_fxp(ctx, a, b),
+            await matmul_public_fxp(ctx, a, wf),
+            await matmul_public_fxp(ctx, wf.T, a.transpose(*range(a.first.ndim - 2),
+                                                          a.first.ndim - 1, a.first.ndim - 2)),
+        ]
+
+    e = evaluate(fn, x, y)
+    assert_within_ulp(e.outputs[0], exact)
+    assert_within_ulp(e.outputs[1], exact_pub)
+    assert_within_ulp(e.outputs[2], exact_left)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=seeds, n=st.integers(1, 30), broadcast=st.booleans())
+def test_mul_public_fxp(seed: int, n: int, broadcast: bool) -> None:
+    rng = np.random.default_rng(seed)
+    x = FX.encode(rng.normal(0, 100, (2, n)))
+    c = rng.normal(0, 100, n if broadcast else (2, n))
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        return await mul_public_fxp(ctx, a, c)
+
+    e = evaluate(fn, x)
+    assert_within_ulp(e.outputs[0], signed(x) * signed(np.broadcast_to(FX.encode(c), x.shape)))
+
+
+def test_mul_and_matmul_costs() -> None:
+    rng = np.random.default_rng(0)
+    x, y = ring(rng, (4, 30)), ring(rng, (30, 5))
+
+    async def elementwise(ctx: Context, a: AShare) -> AShare:
+        return await mul(ctx, a, a)
+
+    async def product(ctx: Context, a: AShare, b: AShare) -> AShare:
+        return await matmul(ctx, a, b)
+
+    async def local(ctx: Context, a: AShare) -> AShare:
+        return await matmul_public(ctx, a, y)
+
+    e_mul, e_mm, e_loc = evaluate(elementwise, x), evaluate(product, x, y), evaluate(local, x)
+    for p in range(3):
+        assert e_mul.cost(p).rounds == 1 and e_mul.cost(p).messages_sent == 1
+        assert e_mul.cost(p).bytes_sent == 8 * x.size  # one element per element
+        assert e_mm.cost(p).rounds == 1 and e_mm.cost(p).messages_sent == 1
+        assert e_mm.cost(p).bytes_sent == 8 * 4 * 5  # one element per output element
+        assert e_loc.cost(p).bytes_sent == 0 and e_loc.cost(p).rounds == 0
+
+
+def test_matmul_fxp_cost_and_public_needs_one_secret() -> None:
+    rng = np.random.default_rng(1)
+    x, y = FX.encode(rng.normal(size=(6, 8))), FX.encode(rng.normal(size=(8, 4)))
+
+    async def fn(ctx: Context, a: AShare, b: AShare) -> AShare:
+        return await matmul_fxp(ctx, a, b)
+
+    e = evaluate(fn, x, y)
+    assert [e.cost(p).rounds for p in range(3)] == [2, 2, 2]
+    assert e.bytes_all_parties() == 40 * 24 + F * 24 // 8
+
+    async def bad(ctx: Context, a: AShare, b: AShare) -> AShare:
+        return await matmul_public(ctx, a, b)
+
+    with pytest.raises(Exception, match="one secret"):
+        evaluate(bad, x, y)

@@ -1,0 +1,158 @@
+"""Truncation: within one ulp over the whole range |x| < 2^62, exact costs, 10^6 products."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from puma_async.protocols.arith import mul, mul_fxp
+from puma_async.protocols.evaluate import evaluate
+from puma_async.protocols.fixedpoint import FixedPoint
+from puma_async.protocols.shares import AShare
+from puma_async.protocols.trunc import FIXED_POINT_KEY, fixed_point, truncate
+from puma_async.runtime import Context
+
+LIMIT = 2**62
+
+
+def signed(a: np.ndarray) -> np.ndarray:
+    return a.view(np.int64)
+
+
+def spread(rng: np.random.Generator, n: int, max_bits: int) -> np.ndarray:
+    """n signed integers with magnitudes log-uniform up to 2^max_bits (plus 0 and the edges)."""
+    mags = np.floor(2.0 ** rng.uniform(0, max_bits, n)).astype(np.int64)
+    mags = np.minimum(mags, (1 << max_bits) - 1)
+    values = np.where(rng.random(n) < 0.5, -mags, mags)
+    values[: min(n, 3)] = [0, (1 << max_bits) - 1, -(1 << max_bits)][: min(n, 3)]
+    return values
+
+
+def assert_within_ulp(got: np.ndarray, x: np.ndarray, bits: int) -> np.ndarray:
+    """got - floor(x / 2^bits) must be 0 or 1 everywhere; returns the differences."""
+    diff = signed(got) - (signed(x) >> bits)
+    assert set(np.unique(diff).tolist()) <= {0, 1}, np.unique(diff)
+    return diff
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 40),
+    bits=st.integers(0, 62),
+    max_bits=st.integers(0, 62),
+)
+def test_truncate_within_one_ulp(seed: int, n: int, bits: int, max_bits: int) -> None:
+    x = spread(np.random.default_rng(seed), n, max_bits).view(np.uint64)
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        return await truncate(ctx, a, bits)
+
+    e = evaluate(fn, x)
+    diff = assert_within_ulp(e.outputs[0], x, bits)
+    if bits == 0:
+        assert not diff.any()
+
+
+def test_truncate_edges_and_shapes() -> None:
+    x = np.array([[-LIMIT, LIMIT - 1, -1, 0], [1, 2**40 + 3, -(2**40) - 3, 7]], np.int64)
+
+    async def fn(ctx: Context, a: AShare) -> list[AShare]:
+        return [await truncate(ctx, a, b) for b in (1, 18, 61, 62)] + [await truncate(ctx, a[0, 0])]
+
+    e = evaluate(fn, x)
+    for got, bits in zip(e.outputs, (1, 18, 61, 62), strict=False):
+        assert got.shape == x.shape
+        assert_within_ulp(got, x.view(np.uint64), bits)
+    assert e.outputs[-1].shape == ()
+    assert signed(e.outputs[-1]) in (-(2**44), -(2**44) + 1)
+
+
+def test_truncate_cost() -> None:
+    n, bits = 2400, 18
+    m = n // 3
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        return await truncate(ctx, a, bits)
+
+    e = evaluate(fn, np.arange(n, dtype=np.uint64))
+    for p in range(3):
+        cost = e.cost(p)
+        assert cost.rounds == 2
+        assert cost.messages_sent == 3
+        # as dealer 8 m + bits m / 8 (packed bit planes), as openers 8 m each
+        assert cost.bytes_sent == 24 * m + bits * m // 8
+    assert e.bytes_all_parties() == 24 * n + bits * n // 8
+
+
+def test_fused_mul_truncation_cost() -> None:
+    n, bits = 2400, 18
+    m = n // 3
+
+    async def fn(ctx: Context, a: AShare, b: AShare) -> AShare:
+        return await mul_fxp(ctx, a, b)
+
+    e = evaluate(fn, np.arange(n, dtype=np.uint64), np.arange(n, dtype=np.uint64))
+    for p in range(3):
+        cost = e.cost(p)
+        assert cost.rounds == 2
+        assert cost.messages_sent == 4
+        assert cost.bytes_sent == 40 * m + bits * m // 8
+
+
+def test_invalid_bits() -> None:
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        return await truncate(ctx, a, 63)
+
+    with pytest.raises(Exception, match="truncation bits"):
+        evaluate(fn, np.zeros(3, np.uint64))
+
+
+def test_session_fixed_point_setting() -> None:
+    fx = FixedPoint(12)
+    x, y = fx.encode([1.5, -2.25]), fx.encode([3.0, 0.5])
+
+    async def fn(ctx: Context, a: AShare, b: AShare) -> AShare:
+        ctx.shared[FIXED_POINT_KEY] = fx
+        assert fixed_point(ctx) == fx
+        return await mul_fxp(ctx, a, b)
+
+    e = evaluate(fn, x, y)
+    np.testing.assert_allclose(fx.decode(e.outputs[0]), [4.5, -1.125], atol=2**-12)
+
+
+def test_million_truncations_never_exceed_one_ulp() -> None:
+    """10^6 fused products and 10^6 separate truncations, magnitudes up to |x y| < 2^62."""
+    rng = np.random.default_rng(2024)
+    n, f = 10**6, 18
+    bx = rng.integers(0, 62, n)  # bits of x; y gets at most 61 - bx, so |x y| < 2^62
+    x = spread(rng, n, 62) >> (62 - bx)
+    y = spread(rng, n, 62) >> (62 - (61 - bx))
+    product = x * y
+    assert np.abs(product).max() < LIMIT
+
+    async def fn(ctx: Context, a: AShare, b: AShare, p: AShare) -> list[AShare]:
+        return [await mul_fxp(ctx, a, b), await truncate(ctx, p), await mul(ctx, a, b)]
+
+    e = evaluate(fn, x, y, product)
+    np.testing.assert_array_equal(e.outputs[2], product.view(np.uint64))
+    fused = assert_within_ulp(e.outputs[0], product.view(np.uint64), f)
+    assert_within_ulp(e.outputs[1], product.view(np.uint64), f)
+    # stochastic rounding: rounds up with probability (x mod 2^f) / 2^f, so unbiased
+    frac = (product & ((1 << f) - 1)) / 2.0**f
+    assert abs(fused.mean() - frac.mean()) < 0.005
+
+
+def test_stochastic_rounding_is_unbiased() -> None:
+    n, f = 60000, 18
+    x = np.full(n, 13, np.int64)
+    quarter = np.full(n, 1 << (f - 2), np.int64)  # x * quarter / 2^f = 3.25 ulps
+
+    async def fn(ctx: Context, a: AShare, b: AShare) -> AShare:
+        return await mul_fxp(ctx, a, b)
+
+    e = evaluate(fn, x, quarter)
+    diff = assert_within_ulp(e.outputs[0], (x * quarter).view(np.uint64), f)
+    assert abs(diff.mean() - 0.25) < 0.01
