@@ -1,0 +1,195 @@
+"""Comparisons, bit-to-arithmetic conversion and selection on arithmetic shares.
+
+Results are arithmetic shares of 0 or 1 (ring values; for a fixed-point 1.0 multiply by the
+public 2^f). Comparisons take the MSB (or the zero test) of the difference with
+:mod:`.boolean`, which all three parties run while they prepare a random bit r in both
+boolean and arithmetic form; the bit c = result ^ r is then opened and the arithmetic result
+is c + r - 2 c r, so the conversion adds a single round.
+
+**Range.** ``less_than(x, y)`` is [x < y] for x, y read as two's-complement signed integers,
+computed as the MSB of x - y mod 2^64. It is exact (never wrong: no probabilistic step)
+whenever the true difference x - y lies in [-2^63, 2^63); ``greater_than`` (the MSB of y - x)
+whenever it lies in (-2^63, 2^63]. So every comparison is exact when |x - y| < 2^63, in
+particular whenever x and y both lie in [-2^62, 2^62]; outside, the result is the MSB of the
+wrapped difference. (No single MSB can be exact on all 2^64 differences for both: [d < 0]
+splits them in halves, [d > 0] does not.) Equality is exact for all ring values. Fixed-point
+values compare as their encodings do.
+
+Costs per element (all three parties together; per-party splits in each docstring):
+
+=========================  ======  ==================================================
+function                   rounds  bytes (all parties)
+=========================  ======  ==================================================
+``bit_to_arith``           2       24 (one ring element per party)
+``less_than`` & co.        8       66.25 (41.9 MSB + 24 random bit + 3 bits opened)
+``equal`` & co.            8       56 (31.6 zero test + 24 + 3 bits)
+``select``                 1       24 (one multiplication)
+``relu``                   8       90.25 (is_negative + one multiplication alongside)
+=========================  ======  ==================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from puma_async.runtime import Context
+
+from .arith import mul
+from .boolean import (
+    is_zero_packed,
+    key_prg,
+    msb_packed,
+    open_bits,
+    packed_words,
+    recv_words,
+    unpack_bits,
+)
+from .randomness import random_bshare
+from .ring import neg, to_ring
+from .shares import AShare, BShare, public_share
+
+PackedTest = Callable[[Context, AShare], Awaitable[BShare]]
+
+
+async def bit_to_arith(ctx: Context, b: BShare) -> AShare:
+    """Arithmetic shares of the bit in bit 0 of each word of ``b`` (other bits ignored).
+
+    b = d ^ e with d = b_0 ^ b_1 known to P_0 and e = b_2 known to P_1, P_2, so
+    b = d + e - 2 d e. P_0 shares d as (d - R, R, 0) with R from k_1 (sending d - R to P_2);
+    then d e = R e + (d - R) e, whose halves P_1 and P_2 know, is reshared with masks from
+    k_0 and k_2. Cost: 2 rounds; each party sends one ring element per bit (24 bytes in all).
+    """
+    me = ctx.role
+    shape, b = b.shape, b.map(np.ravel)  # 0-d: send 1-d arrays
+    one = np.uint64(1)
+    label_r, label_m0, label_m2 = (ctx.label(p) for p in (b"b2a.r", b"b2a.m0", b"b2a.m2"))
+    if me == 0:
+        d = (b.first ^ b.second) & one
+        r = key_prg(ctx, 1).ring(label_r, b.shape)
+        d0 = d - r
+        await ctx.send_arrays(2, d0)
+        m0 = key_prg(ctx, 0).ring(label_m0, b.shape)
+        y1 = await recv_words(ctx, 1, b.shape)
+        return AShare(d0 - (m0 << one), r - (y1 << one)).reshape(shape)
+    m2 = key_prg(ctx, 2).ring(label_m2, b.shape)
+    if me == 1:
+        e = b.second & one
+        r = key_prg(ctx, 1).ring(label_r, b.shape)
+        y1 = r * e - m2
+        await ctx.send_arrays(0, y1)
+        y2 = await recv_words(ctx, 2, b.shape)
+        return AShare(r - (y1 << one), e - (y2 << one)).reshape(shape)
+    e = b.first & one
+    d0 = await recv_words(ctx, 0, b.shape)
+    m0 = key_prg(ctx, 0).ring(label_m0, b.shape)
+    y2 = d0 * e + m2 - m0
+    await ctx.send_arrays(1, y2)
+    return AShare(e - (y2 << one), d0 - (m0 << one)).reshape(shape)
+
+
+async def random_bit(ctx: Context, n: int) -> tuple[BShare, AShare]:
+    """A uniformly random bit per element, unknown to every party, in both forms.
+
+    Boolean: one packed row (W = ceil(n / 64) words); arithmetic: n ring elements.
+    Independent of any input, so it runs alongside the computation that needs it.
+    Cost: that of :func:`bit_to_arith` (2 rounds, 8 bytes per element per party).
+    """
+    packed = random_bshare(ctx, (packed_words(n),))
+    return packed, await bit_to_arith(ctx, packed.map(unpack_bits, n))
+
+
+async def _test_to_arith(
+    ctx: Context, x: AShare, test: PackedTest, times: AShare | None = None
+) -> AShare:
+    """[test(x)] as arithmetic 0/1 shares of x's shape, or [test(x)] * ``times`` if given.
+
+    The test runs alongside a random bit r (times ``times``, one multiplication, also
+    alongside); c = test ^ r is opened (1 round) and the result is c + (1 - 2c) r (times t:
+    c t + (1 - 2c) r t), local.
+    """
+    n = x.size
+
+    async def mask(c: Context) -> tuple[BShare, AShare]:
+        r_bool, r_arith = await random_bit(c, n)
+        return r_bool, r_arith if times is None else await mul(c, r_arith, times.reshape(n))
+
+    (bit, (r_bool, r_arith)) = await ctx.gather(lambda c: test(c, x.reshape(n)), mask)
+    c = unpack_bits(await open_bits(ctx, bit ^ r_bool), n)
+    sign = to_ring(np.int64(1) - (c.view(np.int64) << 1))  # 1 - 2c
+    base = public_share(ctx.role, c) if times is None else times.reshape(n).scale(c)
+    return (r_arith.scale(sign) + base).reshape(x.shape)
+
+
+async def is_negative(ctx: Context, x: AShare) -> AShare:
+    """[x < 0] for x read as a signed 64-bit value (its MSB): exact for every ring value.
+
+    Cost: 8 rounds; 22.1 bytes per element sent by each party (66.25 in all: 41.9 for the
+    MSB, 24 for the random bit, 3 bits opened).
+    """
+    return await _test_to_arith(ctx, x, msb_packed)
+
+
+async def less_than(ctx: Context, x: AShare, y: AShare) -> AShare:
+    """[x < y], exact when x - y (as integers) is in [-2^63, 2^63). Cost: as is_negative."""
+    return await is_negative(ctx, x - y)
+
+
+async def greater_than(ctx: Context, x: AShare, y: AShare) -> AShare:
+    """[x > y], exact when x - y is in (-2^63, 2^63]. Cost: as is_negative."""
+    return await is_negative(ctx, y - x)
+
+
+async def less_than_public(ctx: Context, x: AShare, c: Any) -> AShare:
+    """[x < c] for public ring values c (broadcast), exact when x - c is in [-2^63, 2^63).
+
+    Cost: as is_negative.
+    """
+    return await is_negative(ctx, x.add_public(ctx.role, neg(c)))
+
+
+async def greater_than_public(ctx: Context, x: AShare, c: Any) -> AShare:
+    """[x > c] for public ring values c, exact when x - c is in (-2^63, 2^63].
+
+    Cost: as is_negative.
+    """
+    return await is_negative(ctx, (-x).add_public(ctx.role, c))
+
+
+async def equal(ctx: Context, x: AShare, y: AShare) -> AShare:
+    """[x == y] (mod 2^64): exact for all ring values.
+
+    Cost: 8 rounds; 18.7 bytes per element sent by each party (56 in all).
+    """
+    return await _test_to_arith(ctx, x - y, is_zero_packed)
+
+
+async def equal_public(ctx: Context, x: AShare, c: Any) -> AShare:
+    """[x == c] for public ring values c (broadcast). Cost: as equal."""
+    return await _test_to_arith(ctx, x.add_public(ctx.role, neg(c)), is_zero_packed)
+
+
+async def select(ctx: Context, b: AShare, x: AShare, y: AShare) -> AShare:
+    """b ? x : y = y + b (x - y) for arithmetic 0/1 shares b (any x, y: no truncation).
+
+    Cost: 1 round, one multiplication (one ring element per element per party).
+    """
+    return y + await mul(ctx, b, x - y)
+
+
+async def relu(ctx: Context, x: AShare) -> AShare:
+    """max(x, 0) = x - [x < 0] x, exact for every ring value read as signed (no truncation).
+
+    The product runs on the random bit alongside the MSB, so it costs no extra round.
+    Cost: 8 rounds; is_negative's bytes plus one ring element per element per party
+    (90.25 bytes per element in all).
+    """
+    return x - await _test_to_arith(ctx, x, msb_packed, times=x)
+
+
+__all__ = [
+    "bit_to_arith", "equal", "equal_public", "greater_than", "greater_than_public",
+    "is_negative", "less_than", "less_than_public", "random_bit", "relu", "select",
+]
