@@ -1,0 +1,175 @@
+"""Benchmark secure operations: time, bytes (all parties together) and rounds.
+
+A registry of named benchmarks (:data:`BENCHMARKS`, add one with :func:`benchmark`); each runs
+its op with the three parties and the client in one process (in-memory transport, no
+latency) through :func:`~puma_async.protocols.evaluate.evaluate` and reports the op alone:
+seconds from the first party entering it to the last one leaving it (best of ``--repeats``),
+payload bytes sent by P0, P1 and P2 together, and rounds (critical path). Where PUMA's SPU was
+measured on this machine class (same setting: three parties in one process), its figures are
+printed beside ours.
+
+    python benchmarks/ops.py [--only NAME ...] [--repeats N] [--out PATH]
+
+Results go to ``benchmarks/results/ops.json`` (merged: ``--only`` updates its entries and keeps
+the others).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from puma_async.protocols.arith import matmul_fxp, mul_fxp
+from puma_async.protocols.evaluate import Evaluation, SecureFn, evaluate
+from puma_async.protocols.fixedpoint import FixedPoint
+from puma_async.protocols.ringmatmul import ring_matmul
+from puma_async.runtime import Context
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ops.json"
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A named benchmark: ``run(repeats)`` returns its figures; ``spu`` the reference ones."""
+
+    name: str
+    description: str
+    run: Callable[[int], Result]
+    spu: Result | None = None
+
+
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def benchmark(
+    name: str, description: str, spu: Result | None = None
+) -> Callable[[Callable[[int], Result]], Callable[[int], Result]]:
+    """Decorator: register ``run(repeats) -> figures`` under ``name``."""
+
+    def register(run: Callable[[int], Result]) -> Callable[[int], Result]:
+        if name in BENCHMARKS:
+            raise ValueError(f"benchmark {name!r} registered twice")
+        BENCHMARKS[name] = Benchmark(name, description, run, spu)
+        return run
+
+    return register
+
+
+def measure_op(fn: SecureFn, *inputs: np.ndarray, repeats: int) -> tuple[Result, Evaluation]:
+    """Run ``fn`` on secret-shared ``inputs`` ``repeats`` times; figures of the fastest run."""
+    spans: dict[int, tuple[float, float]] = {}
+
+    async def timed(ctx: Context, *shares: Any) -> Any:
+        start = time.perf_counter()
+        out = await fn(ctx, *shares)
+        spans[ctx.role] = (start, time.perf_counter())
+        return out
+
+    best: tuple[float, Evaluation] | None = None
+    for _ in range(repeats):
+        spans.clear()
+        e = evaluate(timed, *inputs)
+        seconds = max(s[1] for s in spans.values()) - min(s[0] for s in spans.values())
+        if best is None or seconds < best[0]:
+            best = (seconds, e)
+    assert best is not None
+    seconds, e = best
+    return {
+        "seconds": seconds,
+        "bytes_all_parties": e.bytes_all_parties(),
+        "bytes_per_party": [e.cost(p).bytes_sent for p in range(3)],
+        "rounds": max(e.cost(p).rounds for p in range(3)),
+    }, e
+
+
+def _max_ulp_error(got: np.ndarray, exact_scaled: np.ndarray) -> float:
+    return float(np.max(np.abs(got.view(np.int64) - exact_scaled))) if got.size else 0.0
+
+
+@benchmark(
+    "matmul_fxp_128x768x768",
+    "secret x secret (128x768)@(768x768) fixed-point matmul with truncation",
+    spu={"seconds": 0.22, "bytes_all_parties": 5.1e6},
+)
+def bench_matmul_fxp(repeats: int) -> Result:
+    fx = FixedPoint()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, (128, 768))
+    w = rng.uniform(-0.1, 0.1, (768, 768))
+    xe, we = fx.encode(x), fx.encode(w)
+    result, e = measure_op(matmul_fxp, xe, we, repeats=repeats)
+    exact = xe.view(np.int64) @ we.view(np.int64)  # |sum| < 2^62: int64 exact
+    result["max_error_ulp"] = _max_ulp_error(e.outputs[0], exact >> fx.frac_bits)
+    return result
+
+
+@benchmark("mul_fxp_1e6", "10^6 fixed-point multiplications with truncation")
+def bench_mul_fxp(repeats: int) -> Result:
+    fx = FixedPoint()
+    rng = np.random.default_rng(1)
+    n = 10**6
+    x, y = fx.encode(rng.normal(0, 100, n)), fx.encode(rng.normal(0, 100, n))
+    result, e = measure_op(mul_fxp, x, y, repeats=repeats)
+    exact = (x.view(np.int64) * y.view(np.int64)) >> fx.frac_bits
+    result["max_error_ulp"] = _max_ulp_error(e.outputs[0], exact)
+    result["per_second"] = n / result["seconds"]
+    return result
+
+
+@benchmark("ring_matmul_rate", "local exact ring matmul (128x1536)@(1536x768), one call")
+def bench_ring_matmul(repeats: int) -> Result:
+    rng = np.random.default_rng(2)
+    m, k, n = 128, 1536, 768  # the shape one party multiplies in the matmul benchmark
+    a = rng.integers(0, 2**64, (m, k), dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, 2**64, (k, n), dtype=np.uint64, endpoint=False)
+    ring_matmul(a, b)  # warm-up
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ring_matmul(a, b)
+        runs.append(time.perf_counter() - start)
+    return {"seconds": min(runs), "gmacs_per_second": m * k * n / min(runs) / 1e9}
+
+
+def _show(bench: Benchmark, result: Result) -> None:
+    figures = "  ".join(
+        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in result.items()
+    )
+    print(f"{bench.name}: {figures}")
+    if bench.spu:
+        spu = "  ".join(f"{key} {value:.4g}" for key, value in bench.spu.items())
+        print(f"{'':{len(bench.name)}}  SPU (PUMA) reference: {spu}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), metavar="NAME",
+                        help=f"run only these (repeatable): {', '.join(sorted(BENCHMARKS))}")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results["machine"] = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    for name in args.only or list(BENCHMARKS):
+        bench = BENCHMARKS[name]
+        result = bench.run(args.repeats)
+        _show(bench, result)
+        results[name] = {"description": bench.description, **result,
+                         **({"spu": bench.spu} if bench.spu else {})}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
