@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from puma_async.protocols import compare
 from puma_async.protocols.arith import matmul_fxp, mul_fxp
 from puma_async.protocols.evaluate import Evaluation, SecureFn, evaluate
 from puma_async.protocols.fixedpoint import FixedPoint
@@ -122,6 +123,36 @@ def bench_mul_fxp(repeats: int) -> Result:
     exact = (x.view(np.int64) * y.view(np.int64)) >> fx.frac_bits
     result["max_error_ulp"] = _max_ulp_error(e.outputs[0], exact)
     result["per_second"] = n / result["seconds"]
+    return result
+
+
+def _comparison_inputs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform pairs in [-2^62, 2^62], a quarter equal and a quarter off by one."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(-(2**62), 2**62, n, endpoint=True)
+    y = rng.integers(-(2**62), 2**62, n, endpoint=True)
+    y[::4] = x[::4]
+    y[1::4] = x[1::4] + 1
+    return x, y
+
+
+@benchmark(
+    "less_than_1e6",
+    "10^6 secret < secret comparisons (a quarter equal, a quarter off by one)",
+    spu={"seconds": 1.62, "bytes_all_parties": 108e6, "wrong": 2},
+)
+def bench_less_than(repeats: int) -> Result:
+    x, y = _comparison_inputs(10**6)
+    result, e = measure_op(compare.less_than, x, y, repeats=repeats)
+    result["wrong"] = int(np.count_nonzero(e.outputs[0] != (x < y)))
+    return result
+
+
+@benchmark("equal_1e6", "10^6 secret == secret tests (a quarter equal)")
+def bench_equal(repeats: int) -> Result:
+    x, y = _comparison_inputs(10**6)
+    result, e = measure_op(compare.equal, x, y, repeats=repeats)
+    result["wrong"] = int(np.count_nonzero(e.outputs[0] != (x == y)))
     return result
 
 
