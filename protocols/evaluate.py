@@ -54,12 +54,10 @@ async def _setup(ctx: Context) -> None:
         await setup_input_seeds(ctx, CLIENT)
 
 
-def evaluate(
-    fn: SecureFn, *inputs: Any, latency: float = 0.0, timeout: float = 120.0, **kwargs: Any
-) -> Evaluation:
-    """Run ``fn(ctx, *shares, **kwargs)`` on secret-shared ``inputs`` (ring arrays).
+def evaluation_program(fn: SecureFn, *inputs: Any, **kwargs: Any) -> Callable[[Context], Any]:
+    """The program every role runs to evaluate ``fn`` on ``inputs`` (any transport).
 
-    ``fn`` returns one :class:`AShare` or a sequence of them; the client gets them opened.
+    The client's result is the tuple of opened outputs; the parties' is None.
     """
     arrays = [to_ring(np.asarray(x)) for x in inputs]
 
@@ -86,6 +84,17 @@ def evaluate(
                 await reveal_to(ctx, o, CLIENT, o.shape)
         return None
 
+    return program
+
+
+def evaluate(
+    fn: SecureFn, *inputs: Any, latency: float = 0.0, timeout: float = 120.0, **kwargs: Any
+) -> Evaluation:
+    """Run ``fn(ctx, *shares, **kwargs)`` on secret-shared ``inputs`` (ring arrays).
+
+    ``fn`` returns one :class:`AShare` or a sequence of them; the client gets them opened.
+    """
+    program = evaluation_program(fn, *inputs, **kwargs)
     run = run_local(
         {role: program for role in (*PARTIES, CLIENT)}, latency=latency, timeout=timeout
     )

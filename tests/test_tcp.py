@@ -21,6 +21,12 @@ import trio
 
 from puma_async.codec import Arrays
 from puma_async.errors import DecodeError, HandshakeError, PeerDisconnectedError
+from puma_async.protocols.arith import mul_fxp
+from puma_async.protocols.compare import less_than
+from puma_async.protocols.evaluate import evaluation_program
+from puma_async.protocols.fixedpoint import FixedPoint
+from puma_async.protocols.shares import AShare
+from puma_async.roles import CLIENT
 from puma_async.runtime import Context, run_party
 from puma_async.transports.tcp import TcpSetupError, TcpTransport, open_tcp_transport
 from puma_async.transports.tls import (
@@ -203,6 +209,29 @@ async def test_party_runtime_over_tls(pki: ClusterPki) -> None:
 
     results = await run_roles(dict.fromkeys([0, 1, 2], body), tls_options(pki, [0, 1, 2]))
     assert results == {0: 2, 1: 0, 2: 1}
+
+
+async def test_secure_protocols_over_tls_match_in_memory(pki: ClusterPki) -> None:
+    """Fixed-point products and comparisons between three parties and a client over TLS."""
+    fx = FixedPoint()
+    rng = np.random.default_rng(5)
+    x, y = fx.encode(rng.normal(0, 50, 500)), fx.encode(rng.normal(0, 50, 500))
+
+    async def fn(ctx: Context, a: AShare, b: AShare) -> list[AShare]:
+        return await ctx.gather(lambda c: mul_fxp(c, a, b), lambda c: less_than(c, a, b))
+
+    program = evaluation_program(fn, x, y)
+
+    async def body(transport: TcpTransport) -> Any:
+        result, _ = await run_party(program, transport, session=SESSION, timeout=30)
+        return result
+
+    roles = [0, 1, 2, CLIENT]
+    results = await run_roles(dict.fromkeys(roles, body), tls_options(pki, roles))
+    product, less = results[CLIENT]
+    exact = (x.view(np.int64) * y.view(np.int64)) >> fx.frac_bits
+    assert np.max(np.abs(product.view(np.int64) - exact)) <= 1
+    np.testing.assert_array_equal(less, x.view(np.int64) < y.view(np.int64))
 
 
 # ----------------------------------------------------------------------------- handshake
