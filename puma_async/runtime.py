@@ -43,6 +43,7 @@ from puma_async.transports.base import Transport
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_PHASE = "online"
+COALESCE_BYTES = 8 << 20  # envelopes ready together share a frame up to this size
 
 log = structlog.get_logger("puma_async.runtime")
 
@@ -88,15 +89,27 @@ class PartyRuntime:
         self._outboxes[peer].send_nowait(encoded_envelope)
 
     async def write_frames(self, peer: int) -> None:
-        """Send everything queued for ``peer``, coalescing what is ready into one frame."""
+        """Send everything queued for ``peer``, coalescing what is ready into frames of up to
+        :data:`COALESCE_BYTES` (a larger envelope travels alone)."""
         receive = self._outbox_receivers[peer]
-        async for first in receive:
-            batch = [first]
-            while True:
+        held: bytes | None = None
+        while True:
+            if held is None:
                 try:
-                    batch.append(receive.receive_nowait())
+                    held = await receive.receive()
+                except trio.EndOfChannel:
+                    break
+            batch, size, held = [held], len(held), None
+            while size < COALESCE_BYTES:
+                try:
+                    item = receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+                if size + len(item) > COALESCE_BYTES:
+                    held = item  # starts the next frame
+                    break
+                batch.append(item)
+                size += len(item)
             frame = codec.frame_from_encoded(batch)
             self.stats.frame_sent(peer, len(frame))
             try:

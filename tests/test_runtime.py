@@ -353,3 +353,23 @@ def test_threaded_runner_reports_failures() -> None:
         run_threaded(spmd(program), timeout=30)
     assert info.value.root_role == 2
     assert all(isinstance(info.value.errors[p], PeerAbortedError) for p in (0, 1))
+
+
+def test_ready_envelopes_are_coalesced_up_to_the_frame_cap() -> None:
+    big = np.zeros((5 << 20) // 8, np.uint64)  # 5 MiB: two never share a frame
+
+    async def program(ctx: Context) -> None:
+        if ctx.role == 0:
+            for i in range(10):
+                await ctx.send(1, Value(i))
+            await trio.sleep(0.01)
+            for _ in range(3):
+                await ctx.send_arrays(2, big)
+        elif ctx.role == 1:
+            assert [(await ctx.recv(0)).value for _ in range(10)] == list(range(10))
+        else:
+            for _ in range(3):
+                await ctx.recv_array(0)
+
+    stats = run(program).stats[0]
+    assert dict(stats.frames_sent) == {1: 1, 2: 3}
