@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -22,28 +22,45 @@ from . import ring
 from .ring import RING_DTYPE, RingArray, to_ring
 
 
-def _same_shape(a: np.ndarray, b: np.ndarray) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"share halves of different shapes {a.shape} and {b.shape}")
-
-
 @dataclasses.dataclass(frozen=True)
-class AShare:
-    """One party's arithmetic replicated share: ``first`` = x_i, ``second`` = x_{i+1}."""
+class _SharePair:
+    """The two halves one party holds: ``first`` = x_i, ``second`` = x_{i+1}."""
 
     first: RingArray
     second: RingArray
 
     def __post_init__(self) -> None:
-        _same_shape(self.first, self.second)
+        if np.shape(self.first) != np.shape(self.second):
+            raise ValueError(
+                f"share halves of different shapes {np.shape(self.first)} and "
+                f"{np.shape(self.second)}"
+            )
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.first.shape
+        return np.shape(self.first)
 
     @property
     def size(self) -> int:
-        return int(self.first.size)
+        return int(np.size(self.first))
+
+    def map(self, fn: Any, *args: Any, **kwargs: Any) -> Self:
+        """Apply the same linear, shape-only or indexing function to both halves."""
+        return type(self)(fn(self.first, *args, **kwargs), fn(self.second, *args, **kwargs))
+
+    def __getitem__(self, index: Any) -> Self:
+        return type(self)(self.first[index], self.second[index])
+
+    def reshape(self, *shape: Any) -> Self:
+        return self.map(np.reshape, shape[0] if len(shape) == 1 else shape)
+
+    def transpose(self, *axes: int) -> Self:
+        return self.map(np.transpose, axes or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class AShare(_SharePair):
+    """One party's arithmetic replicated share: ``first`` = x_i, ``second`` = x_{i+1}."""
 
     def __add__(self, other: AShare) -> AShare:
         return AShare(ring.add(self.first, other.first), ring.add(self.second, other.second))
@@ -53,19 +70,6 @@ class AShare:
 
     def __neg__(self) -> AShare:
         return AShare(ring.neg(self.first), ring.neg(self.second))
-
-    def map(self, fn: Any, *args: Any, **kwargs: Any) -> AShare:
-        """Apply the same linear, shape-only or indexing function to both halves."""
-        return AShare(fn(self.first, *args, **kwargs), fn(self.second, *args, **kwargs))
-
-    def __getitem__(self, index: Any) -> AShare:
-        return AShare(self.first[index], self.second[index])
-
-    def reshape(self, *shape: Any) -> AShare:
-        return self.map(np.reshape, shape[0] if len(shape) == 1 else shape)
-
-    def transpose(self, *axes: int) -> AShare:
-        return self.map(np.transpose, axes or None)
 
     def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> AShare:
         return self.map(np.sum, axis=axis, dtype=RING_DTYPE, keepdims=keepdims)
@@ -80,18 +84,8 @@ class AShare:
 
 
 @dataclasses.dataclass(frozen=True)
-class BShare:
+class BShare(_SharePair):
     """One party's boolean replicated share, XOR-shared uint64 words: (b_i, b_{i+1})."""
-
-    first: RingArray
-    second: RingArray
-
-    def __post_init__(self) -> None:
-        _same_shape(self.first, self.second)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.first.shape
 
     def __xor__(self, other: BShare) -> BShare:
         return BShare(self.first ^ other.first, self.second ^ other.second)
@@ -113,11 +107,6 @@ class BShare:
     def shift_right(self, k: int) -> BShare:
         return BShare(self.first >> np.uint64(k), self.second >> np.uint64(k))
 
-    def map(self, fn: Any, *args: Any, **kwargs: Any) -> BShare:
-        return BShare(fn(self.first, *args, **kwargs), fn(self.second, *args, **kwargs))
-
-    def __getitem__(self, index: Any) -> BShare:
-        return BShare(self.first[index], self.second[index])
 
 
 def stack(shares: Sequence[AShare], axis: int = 0) -> AShare:
