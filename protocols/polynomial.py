@@ -1,0 +1,186 @@
+"""Polynomials and piecewise polynomials of secret fixed-point values.
+
+One evaluator serves every polynomial approximation in puma-async (GeLU, SiLU, negExp,
+reciprocal, rsqrt; the last two finish with :func:`.reciprocal.dot_fxp` instead of a linear
+form):
+
+- :func:`powers` computes the powers u^k a polynomial needs with the least multiplicative
+  depth: u^k in round ceil(log2 k), all products of one depth in one batched multiplication
+  and one batched truncation (u^k = u^(2^(d-1)) * u^(k - 2^(d-1))).
+- :func:`linear_forms` takes public linear combinations of shares (the powers, and any other
+  term such as x/2) with a single truncation for all of them: coefficients are scaled as far
+  as the ring allows (term bounds are public), so no precision is lost to rounding them.
+- :func:`piecewise` evaluates the breakpoint comparisons (one batched comparison) and the
+  pieces *concurrently* (:meth:`Context.gather`); each comparison bit multiplies the
+  difference of its neighbouring pieces *alongside* the comparison (:func:`below_times`).
+
+Costs (bytes sent by all parties together, per element): powers of degree n: ceil(log2 n)
+levels of one fused multiplication+truncation (:func:`.arith.mul_fxp`: 2 rounds, ~44 bytes
+per power); linear_forms: one truncation (2 rounds, ~27 bytes per form); piecewise:
+max(comparison (8), pieces + 1) rounds, 90 bytes per breakpoint. Pieces that are garbage
+outside their interval (overflowing powers of large inputs) are fine: ring arithmetic is
+exact, so b * (P_i - P_{i-1}) cancels them exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+import numpy as np
+
+from puma_async.runtime import Context
+
+from .arith import fixed_point, mul, mul_fxp, truncate
+from .boolean import msb_packed, open_bits, unpack_bits
+from .compare import random_bit
+from .ring import RING_DTYPE, neg, to_ring
+from .shares import AShare, stack
+
+HEADROOM_BITS = 61
+"""Linear combinations are scaled to stay below 2^61 in magnitude (truncation needs < 2^62)."""
+
+Pieces = Callable[[Context], Awaitable[Sequence[AShare]]]
+
+
+def zeros_like(x: AShare) -> AShare:
+    """A sharing of zero of x's shape (no communication)."""
+    return AShare(np.zeros(x.shape, RING_DTYPE), np.zeros(x.shape, RING_DTYPE))
+
+
+def repeat_last(share: AShare, n: int) -> AShare:
+    """Repeat a share of shape s as shape (*s, n) (local)."""
+    return share.map(lambda a: np.ascontiguousarray(np.broadcast_to(a[..., None], (*a.shape, n))))
+
+
+def _plan(degrees: Iterable[int]) -> list[list[tuple[int, int, int]]]:
+    """Products (k, a, b) with k = a + b, grouped by depth, that yield every wanted power."""
+    wanted = {int(k) for k in degrees if k > 1}
+    steps: dict[int, tuple[int, int]] = {}
+    while wanted:
+        k = wanted.pop()
+        if k in steps:
+            continue
+        a = 1 << ((k - 1).bit_length() - 1)
+        steps[k] = (a, k - a)
+        wanted |= {p for p in (a, k - a) if p > 1 and p not in steps}
+    levels: dict[int, list[tuple[int, int, int]]] = {}
+    for k, (a, b) in sorted(steps.items()):
+        levels.setdefault((k - 1).bit_length(), []).append((k, a, b))
+    return [levels[d] for d in sorted(levels)]
+
+
+async def powers(
+    ctx: Context, u: AShare, degrees: Iterable[int], *, frac: int
+) -> dict[int, AShare]:
+    """u^k for every k in ``degrees`` (and u^1), all with ``frac`` fractional bits.
+
+    Cost: ceil(log2 max k) rounds of one multiplication and one truncation; one element
+    (of each) per power computed. Needs |u^a * u^b| * 2^(2 frac) < 2^62 on the valid range.
+    """
+    out = {1: u}
+    for level in _plan(degrees):
+        lhs = stack([out[a] for _, a, _ in level])
+        rhs = stack([out[b] for _, _, b in level])
+        prods = await mul_fxp(ctx, lhs, rhs, bits=frac)
+        for i, (k, _, _) in enumerate(level):
+            out[k] = prods[i]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """A share in a linear form: ``frac`` fractional bits, |value| <= ``bound`` where it matters."""
+
+    share: AShare
+    frac: int
+    bound: float
+
+
+async def linear_forms(
+    ctx: Context,
+    terms: Sequence[Term],
+    coefficients: Sequence[Sequence[float]],
+    constants: Sequence[float],
+    *,
+    frac_out: int,
+) -> list[AShare]:
+    """For each row i: constants[i] + sum_j coefficients[i][j] * terms[j], at ``frac_out`` bits.
+
+    All rows share one scale 2^Q, the largest keeping every row below 2^61 given the terms'
+    bounds; coefficient j is the integer round(c * 2^(Q - frac_j)). Cost: one truncation by
+    Q - frac_out (0 rounds if Q == frac_out).
+    """
+    coef = np.asarray(coefficients, dtype=np.float64)
+    const = np.asarray(constants, dtype=np.float64)
+    bounds = np.array([t.bound for t in terms])
+    peak = float(np.max(np.abs(coef) @ bounds + np.abs(const)))
+    q = HEADROOM_BITS - max(0, math.ceil(math.log2(peak)))
+    if q < frac_out or any(q - t.frac < 8 for t in terms):
+        raise ValueError(f"linear form too large for the ring (scale 2^{q})")
+    rows = []
+    for i in range(coef.shape[0]):
+        acc = zeros_like(terms[0].share).add_public(ctx.role, _ring_int(const[i] * 2.0**q))
+        for c, t in zip(coef[i], terms, strict=True):
+            if c:
+                acc = acc + t.share.scale(_ring_int(c * 2.0 ** (q - t.frac)))
+        rows.append(acc)
+    out = await truncate(ctx, stack(rows), bits=q - frac_out) if q > frac_out else stack(rows)
+    return [out[i] for i in range(len(rows))]
+
+
+def _ring_int(v: float) -> np.uint64:
+    return np.int64(round(v)).view(np.uint64)
+
+
+async def below_times(
+    ctx: Context, x: AShare, factor: Callable[[Context], Awaitable[AShare]]
+) -> AShare:
+    """[x < 0] * factor elementwise (x signed; factor of x's shape, computed concurrently).
+
+    The MSB of x runs alongside factor(ctx), a random bit r (boolean and arithmetic) and
+    r * factor; c = MSB ^ r is then opened and the product is c f + (1 - 2c) r f, locally.
+    Rounds: max(MSB + 1, factor + 1) (the comparison's 8 when factor is ready in time).
+    Bytes: those of :func:`.compare.is_negative` plus one multiplication.
+    """
+    n = x.size
+    bit, f, (r_bool, r_arith) = await ctx.gather(
+        lambda c: msb_packed(c, x.reshape(n)), factor, lambda c: random_bit(c, n)
+    )
+    f = f.reshape(n)
+    packed, rf = await ctx.gather(
+        lambda c: open_bits(c, bit ^ r_bool), lambda c: mul(c, r_arith, f)
+    )
+    opened = unpack_bits(packed, n)
+    sign = to_ring(np.int64(1) - (opened.view(np.int64) << 1))  # 1 - 2c
+    return (f.scale(opened) + rf.scale(sign)).reshape(x.shape)
+
+
+async def piecewise(
+    ctx: Context, x: AShare, breakpoints: Sequence[float], pieces: Pieces
+) -> AShare:
+    """The piece of each element: pieces[i] on [t_{i-1}, t_i) (t_{-1} = -inf, t_n = +inf).
+
+    ``pieces(ctx)`` returns the n + 1 piece values for all elements; it runs concurrently with
+    one batched comparison of x with the n breakpoints, and the result
+    P_n - sum_i [x < t_i] (P_{i+1} - P_i) costs one multiplication per breakpoint, also
+    alongside (:func:`below_times`). Exact selection for |x| < 2^62.
+    Rounds: max(comparison (8), pieces + 1).
+    """
+    fx = fixed_point(ctx)
+    shifted = repeat_last(x, len(breakpoints)).add_public(ctx.role, neg(fx.encode(breakpoints)))
+    values: list[AShare] = []
+
+    async def steps(c: Context) -> AShare:
+        values.extend(await pieces(c))
+        return stack([values[i + 1] - values[i] for i in range(len(breakpoints))])
+
+    below = await below_times(ctx, shifted.map(np.moveaxis, -1, 0), steps)
+    return values[-1] - below.sum(axis=0)
+
+
+__all__ = [
+    "HEADROOM_BITS", "Term", "below_times", "linear_forms", "piecewise", "powers",
+    "repeat_last", "zeros_like",
+]
