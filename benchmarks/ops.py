@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -28,12 +29,16 @@ from typing import Any
 import numpy as np
 
 from puma_async.protocols import compare
+from puma_async.protocols.activations import gelu, silu
 from puma_async.protocols.arith import matmul_fxp, mul_fxp
 from puma_async.protocols.evaluate import Evaluation, SecureFn, evaluate
 from puma_async.protocols.fixedpoint import FixedPoint
+from puma_async.protocols.norms import layer_norm, rms_norm
 from puma_async.protocols.ringmatmul import ring_matmul
+from puma_async.protocols.softmax import softmax
 from puma_async.runtime import Context
 
+_erf = np.vectorize(math.erf)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ops.json"
 Result = dict[str, Any]
 
@@ -89,6 +94,7 @@ def measure_op(fn: SecureFn, *inputs: np.ndarray, repeats: int) -> tuple[Result,
         "bytes_all_parties": e.bytes_all_parties(),
         "bytes_per_party": [e.cost(p).bytes_sent for p in range(3)],
         "rounds": max(e.cost(p).rounds for p in range(3)),
+        "messages_p0": e.cost(0).messages_sent,
     }, e
 
 
@@ -169,6 +175,85 @@ def bench_ring_matmul(repeats: int) -> Result:
         ring_matmul(a, b)
         runs.append(time.perf_counter() - start)
     return {"seconds": min(runs), "gmacs_per_second": m * k * n / min(runs) / 1e9}
+
+
+# ---------------------------------------------------------------------------- non-linear
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1 + np.exp(-x))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _rms(x: np.ndarray) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-5)
+
+
+def _layer(x: np.ndarray) -> np.ndarray:
+    c = x - x.mean(axis=-1, keepdims=True)
+    return c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + 1e-5)
+
+
+def _normal(scale: float) -> Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]:
+    return lambda rng, shape: rng.normal(0, scale, shape)
+
+
+def _residual_rows(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Residual-stream-like rows; the first carries a massive activation (SmolLM2: ~22,500)."""
+    x = rng.normal(0, 1.0, shape)
+    x[0, 0] = 22_500.0
+    return x
+
+
+def _with_method(fn: Callable[..., Any], method: str) -> SecureFn:
+    async def op(ctx: Context, x: Any) -> Any:
+        return await fn(ctx, x, method=method)
+
+    return op
+
+
+_SPU_GELU = {"seconds": 2.85, "bytes_all_parties": 362e6, "messages_p0": 55}
+_SPU_SILU = {"seconds": 0.10, "bytes_all_parties": 10.3e6, "messages_p0": 50}
+_NONLINEAR = [
+    ("gelu_puma", (128, 3072), _with_method(gelu, "puma"), _normal(2.0), _gelu, _SPU_GELU),
+    ("gelu", (128, 3072), _with_method(gelu, "accurate"), _normal(2.0), _gelu, _SPU_GELU),
+    ("softmax", (12, 128, 128), softmax, _normal(3.0), _softmax,
+     {"seconds": 0.72, "bytes_all_parties": 102e6, "messages_p0": 148}),
+    ("silu_puma", (8, 1536), _with_method(silu, "puma"), _normal(3.0), _silu, _SPU_SILU),
+    ("silu", (8, 1536), _with_method(silu, "accurate"), _normal(3.0), _silu, _SPU_SILU),
+    ("silu", (128, 1536), _with_method(silu, "accurate"), _normal(3.0), _silu, None),
+    ("rms_norm", (8, 576), rms_norm, _residual_rows, _rms,
+     {"seconds": 0.014, "bytes_all_parties": 0.73e6, "messages_p0": 57}),
+    ("layer_norm", (128, 768), layer_norm, _residual_rows, _layer, None),
+]
+
+
+def _register_nonlinear(
+    name: str, shape: tuple[int, ...], op: SecureFn,
+    inputs: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray],
+    reference: Callable[[np.ndarray], np.ndarray], spu: Result | None,
+) -> None:
+    fx = FixedPoint()
+
+    @benchmark(f"{name}_{'x'.join(map(str, shape))}", f"{name} on {shape}", spu=spu)
+    def run(repeats: int) -> Result:
+        x = fx.encode(inputs(np.random.default_rng(0), shape))
+        result, e = measure_op(op, x, repeats=repeats)
+        error = np.abs(fx.decode(e.outputs[0]) - reference(fx.decode(x)))
+        result["max_abs_error"] = float(error.max())
+        return result
+
+
+for _case in _NONLINEAR:
+    _register_nonlinear(*_case)
 
 
 def _show(bench: Benchmark, result: Result) -> None:
