@@ -30,7 +30,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import trio
 
 from puma_async.runtime import Context
 
@@ -41,6 +40,11 @@ from .ringmatmul import ring_matmul
 from .shares import AShare
 from .trunc import fixed_point, offload, resolve_bits, truncate, truncate_additive
 
+MACS_PER_ELEMENT = 16
+"""A ring multiply-add in a matmul kernel costs about 1/16 of an element-wise op's pass, so a
+matmul is offloaded to a thread from 16 x OFFLOAD_MIN_ELEMENTS multiply-adds (a thread hop
+costs more than a small product)."""
+
 
 def _mul_local(x: AShare, y: AShare) -> RingArray:
     return ring.add(ring.mul(ring.add(x.first, x.second), y.first), ring.mul(x.first, y.second))
@@ -48,6 +52,13 @@ def _mul_local(x: AShare, y: AShare) -> RingArray:
 
 def _square_local(x: AShare) -> RingArray:
     return ring.mul(x.first, ring.add(x.first, ring.add(x.second, x.second)))
+
+
+def _matmul_work(a: AShare | RingArray, b: AShare | RingArray) -> int:
+    """Multiply-adds of a @ b (broadcast batch included), scaled to offload's element units."""
+    m, k = np.shape(a)[-2:]
+    batch = np.broadcast_shapes(np.shape(a)[:-2], np.shape(b)[:-2])
+    return int(np.prod(batch, dtype=np.int64)) * m * k * np.shape(b)[-1] // MACS_PER_ELEMENT
 
 
 def _matmul_local(x: AShare, y: AShare) -> RingArray:
@@ -76,7 +87,7 @@ async def square(ctx: Context, x: AShare) -> AShare:
 
 async def matmul(ctx: Context, x: AShare, y: AShare) -> AShare:
     """x @ y in the ring. 1 round, 1 element per output element per party."""
-    return await _finish(ctx, await trio.to_thread.run_sync(_matmul_local, x, y), 0)
+    return await _finish(ctx, await offload(_matmul_local, x, y, size=_matmul_work(x, y)), 0)
 
 
 async def mul_fxp(ctx: Context, x: AShare, y: AShare, bits: int | None = None) -> AShare:
@@ -101,7 +112,8 @@ async def matmul_fxp(ctx: Context, x: AShare, y: AShare, bits: int | None = None
     2 rounds; 40 + bits/8 bytes per output element from all parties together.
     """
     bits = resolve_bits(ctx, bits)
-    return await _finish(ctx, await trio.to_thread.run_sync(_matmul_local, x, y), bits)
+    z = await offload(_matmul_local, x, y, size=_matmul_work(x, y))
+    return await _finish(ctx, z, bits)
 
 
 def _matmul_public_local(a: AShare | RingArray, b: AShare | RingArray) -> AShare:
@@ -120,7 +132,7 @@ async def matmul_public(
     """a @ b in the ring with exactly one operand public (a ring array). Local: 0 rounds."""
     if isinstance(a, AShare) == isinstance(b, AShare):
         raise TypeError("matmul_public needs one secret (AShare) and one public operand")
-    return await trio.to_thread.run_sync(_matmul_public_local, a, b)
+    return await offload(_matmul_public_local, a, b, size=_matmul_work(a, b))
 
 
 async def matmul_public_fxp(
