@@ -1,0 +1,361 @@
+"""Secure LLaMA layers on replicated shares: embedding, RMSNorm, RoPE, GQA attention, SwiGLU.
+
+All three parties run these steps (SPMD) on their shares of the weights and of the residual
+stream (fixed point, f = 18 fractional bits, rows = token positions). The architecture,
+shapes, positions and the causal mask are public; weights, tokens and activations are not.
+
+Weight layout (:class:`SecureModel`, built once per session by :func:`receive_weights`):
+
+- Every projection W (k, n) used as ``x @ W`` is held as a :class:`SecureWeight`: the party's
+  two halves stacked as rows [W_i; W_{i+1}] (2k, n) in one C-contiguous array, so that the
+  ABY3 product (x_i + x_{i+1}) W_i + x_i W_{i+1} is one ring matmul of inner size 2k on the
+  stored array, with no per-call copy of the weight (only the small activation side is
+  concatenated). Q, K and V share one matrix (hidden, q + 2 kv), gate and up another
+  (hidden, 2 ffn): one product, one message and one truncation each, which overlaps their
+  rounds completely (better than running three products side by side in ``ctx.gather``).
+- The embedding E (vocab, hidden) is held side by side, [E_i | E_{i+1}] (vocab, 2 hidden):
+  the token lookup is one-hot (client-shared, integer) @ E and the tied LM head is
+  E @ h^T, both one ring matmul reading E once, with no transposed copy of the table.
+
+Costs per layer for n new tokens and T cached + new positions (per party; R = rounds;
+M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith`` and
+``trunc``): RMSNorm (norms: ~25 R), QKV (M, n (q + 2kv) outputs), RoPE (truncation: 2 R,
+~8 bytes per q/k element), scores and P @ V (2 x 2 R, all heads batched by key/value group),
+softmax (softmax: ~9 log2 T + 30 R, with the public causal mask), output projection (M),
+RMSNorm, gate/up (M), SiLU (activations: ~12 R), SiLU x up (2 R), down (M).
+Embedding: 1 round, n hidden elements; head (last position only): RMSNorm + M on vocab outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from puma_async.errors import ContextLengthError
+from puma_async.model.config import LlamaConfig
+from puma_async.model.reference import rope_tables
+from puma_async.model.weights import LlamaWeights
+from puma_async.runtime import Context
+
+from .activations import silu
+from .arith import fixed_point, matmul_fxp, mul_fxp
+from .norms import rms_norm
+from .randomness import zero_share
+from .ring import RingArray
+from .ringmatmul import ring_matmul
+from .shares import AShare
+from .softmax import softmax
+from .trunc import resolve_bits, truncate, truncate_additive
+
+# ----------------------------------------------------------------------------- weights
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureWeight:
+    """One party's share of a matrix W (k, n): rows [W_i; W_{i+1}] of one (2k, n) array."""
+
+    stacked: RingArray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The shape (k, n) of W."""
+        rows, cols = self.stacked.shape
+        return rows // 2, cols
+
+    @classmethod
+    def from_share(cls, share: AShare) -> SecureWeight:
+        """Stack a weight's share halves once (a copy at set-up, none afterwards)."""
+        return cls(np.concatenate([share.first, share.second], axis=0))
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureLayer:
+    """One decoder block's weight shares (norm gains as plain shares)."""
+
+    attn_norm: AShare  # (hidden,)
+    wqkv: SecureWeight  # (hidden, q_dim + 2 kv_dim)
+    wo: SecureWeight  # (q_dim, hidden)
+    ffn_norm: AShare  # (hidden,)
+    w_gate_up: SecureWeight  # (hidden, 2 ffn)
+    w_down: SecureWeight  # (ffn, hidden)
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureModel:
+    """A party's shares of a whole model; ``lm_head`` is None when tied to the embedding."""
+
+    config: LlamaConfig
+    embed: RingArray  # [E_i | E_{i+1}], (vocab, 2 hidden)
+    layers: tuple[SecureLayer, ...]
+    final_norm: AShare  # (hidden,)
+    lm_head: SecureWeight | None  # (hidden, vocab) when untied
+
+
+def weight_plan(config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """The public order and shapes in which the model owner shares the weights."""
+    h, q, kv, f = config.hidden, config.q_dim, config.kv_dim, config.ffn
+    plan: list[tuple[str, tuple[int, ...]]] = [("embed", (config.vocab, h))]
+    for i in range(config.n_layers):
+        plan += [
+            (f"layer{i}.attn_norm", (h,)), (f"layer{i}.wqkv", (h, q + 2 * kv)),
+            (f"layer{i}.wo", (q, h)), (f"layer{i}.ffn_norm", (h,)),
+            (f"layer{i}.w_gate_up", (h, 2 * f)), (f"layer{i}.w_down", (f, h)),
+        ]
+    plan.append(("final_norm", (h,)))
+    if not config.tied_embeddings:
+        plan.append(("lm_head", (h, config.vocab)))
+    return plan
+
+
+def weight_tensors(weights: LlamaWeights) -> Iterator[npt.NDArray[np.floating]]:
+    """The model owner's plaintext tensors in :func:`weight_plan` order (fused lazily)."""
+    yield weights.embed
+    for layer in weights.layers:
+        yield layer.attn_norm
+        yield np.concatenate([layer.wq, layer.wk, layer.wv], axis=1)
+        yield layer.wo
+        yield layer.ffn_norm
+        yield np.concatenate([layer.w_gate, layer.w_up], axis=1)
+        yield layer.w_down
+    yield weights.final_norm
+    if not weights.config.tied_embeddings:
+        yield weights.lm_head
+
+
+Stored = AShare | SecureWeight | RingArray
+
+
+def store_share(name: str, share: AShare) -> Stored:
+    """A weight share in its stored form: norm gains as is, the embedding side by side,
+    projections stacked (one copy at set-up, none afterwards; drop ``share`` afterwards)."""
+    if name == "embed":
+        return np.concatenate([share.first, share.second], axis=1)
+    if share.first.ndim == 1:
+        return share
+    return SecureWeight.from_share(share)
+
+
+def assemble_model(config: LlamaConfig, stored: dict[str, Stored]) -> SecureModel:
+    """A party's :class:`SecureModel` from its :func:`store_share` results by plan name."""
+
+    def get(name: str, kind: type) -> Any:
+        value = stored[name]
+        if not isinstance(value, kind):
+            raise TypeError(f"weight {name!r} is a {type(value).__name__}, not {kind.__name__}")
+        return value
+
+    layers = tuple(
+        SecureLayer(
+            get(f"layer{i}.attn_norm", AShare), get(f"layer{i}.wqkv", SecureWeight),
+            get(f"layer{i}.wo", SecureWeight), get(f"layer{i}.ffn_norm", AShare),
+            get(f"layer{i}.w_gate_up", SecureWeight), get(f"layer{i}.w_down", SecureWeight),
+        )
+        for i in range(config.n_layers)
+    )
+    head = None if config.tied_embeddings else get("lm_head", SecureWeight)
+    return SecureModel(
+        config, get("embed", np.ndarray), layers, get("final_norm", AShare), head
+    )
+
+
+# ----------------------------------------------------------------------------- products
+
+
+async def _product(ctx: Context, left: RingArray, right: RingArray, bits: int) -> AShare:
+    """Mask a local product share z_i = left @ right with a zero-sharing, truncate by bits."""
+    z = await trio.to_thread.run_sync(ring_matmul, left, right)
+    return await truncate_additive(ctx, z + zero_share(ctx, z.shape), bits)
+
+
+async def weight_matmul(
+    ctx: Context, x: AShare, w: SecureWeight, bits: int | None = None
+) -> AShare:
+    """x @ W for activations x (..., k) and a stacked weight: as ``arith.matmul_fxp``.
+
+    z_i = [x_i + x_{i+1} | x_i] @ [W_i; W_{i+1}]: one ring matmul on the stored weight.
+    Cost: 2 rounds (1 without truncation, bits = 0); about 14 bytes per output per party.
+    """
+    left = np.concatenate([x.first + x.second, x.first], axis=-1)
+    return await _product(ctx, left, w.stacked, resolve_bits(ctx, bits))
+
+
+async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare) -> AShare:
+    """Rows of E selected by secret one-hot rows (n, vocab): exact, no truncation.
+
+    z_i = (o_i + o_{i+1}) E_i + o_i E_{i+1}, read off one product [o_i + o_{i+1}; o_i] @
+    [E_i | E_{i+1}] (E read once). Cost: 1 round, n hidden elements per party.
+    """
+    n, h = one_hot.shape[0], model.config.hidden
+    left = np.concatenate([one_hot.first + one_hot.second, one_hot.first], axis=0)
+    both = await trio.to_thread.run_sync(ring_matmul, left, model.embed)
+    z = both[:n, :h] + both[n:, h:]
+    return await truncate_additive(ctx, z + zero_share(ctx, z.shape), 0)
+
+
+async def lm_head(ctx: Context, model: SecureModel, x: AShare) -> AShare:
+    """Logits (n, vocab) of normalised rows x (n, hidden): tied (E @ x^T) or untied head.
+
+    Cost: 2 rounds; about 14 bytes per logit per party.
+    """
+    if model.lm_head is not None:
+        return await weight_matmul(ctx, x, model.lm_head)
+    # z_i^T = E_i (x_i + x_{i+1})^T + E_{i+1} x_i^T = [E_i | E_{i+1}] @ [(x_i + x_{i+1})^T; x_i^T]
+    right = np.concatenate([x.first + x.second, x.first], axis=-1).T.copy()
+    out = await _product(ctx, model.embed, right, resolve_bits(ctx, None))
+    return out.transpose()
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+@dataclasses.dataclass
+class SecureKVCache:
+    """Shares of every layer's rotated keys and values, (n_kv_heads, length, head_dim)."""
+
+    keys: list[AShare | None]
+    values: list[AShare | None]
+
+    @classmethod
+    def empty(cls, config: LlamaConfig) -> SecureKVCache:
+        return cls([None] * config.n_layers, [None] * config.n_layers)
+
+    @property
+    def length(self) -> int:
+        """Positions cached (public)."""
+        first = self.keys[0] if self.keys else None
+        return 0 if first is None else first.shape[1]
+
+    def append(self, index: int, k: AShare, v: AShare) -> tuple[AShare, AShare]:
+        """Add new positions (n_kv, n, d) to layer ``index``; all its keys and values."""
+        old_k, old_v = self.keys[index], self.values[index]
+        if old_k is not None and old_v is not None:
+            k = AShare(*(np.concatenate(p, axis=1) for p in zip(
+                (old_k.first, old_k.second), (k.first, k.second), strict=True)))
+            v = AShare(*(np.concatenate(p, axis=1) for p in zip(
+                (old_v.first, old_v.second), (v.first, v.second), strict=True)))
+        self.keys[index], self.values[index] = k, v
+        return k, v
+
+
+@dataclasses.dataclass(frozen=True)
+class Rope:
+    """Public rotary tables for n positions, encoded for q and k heads side by side.
+
+    ``cos`` and ``signed_sin`` have shape (n, n_heads + n_kv_heads, head_dim); the query
+    heads' entries carry 1/sqrt(head_dim), the attention scale, for free.
+    """
+
+    cos: RingArray
+    signed_sin: RingArray
+
+    @classmethod
+    def at(cls, ctx: Context, config: LlamaConfig, start: int, n: int) -> Rope:
+        fx = fixed_point(ctx)
+        cos, sin = rope_tables(config, np.arange(start, start + n))  # (n, d)
+        half = config.head_dim // 2
+        sin = np.concatenate([-sin[:, :half], sin[:, half:]], axis=-1)  # rotate_half's sign
+        heads = np.array([config.head_dim ** -0.5] * config.n_heads + [1.0] * config.n_kv_heads)
+        scale = heads[None, :, None]
+        return cls(fx.encode(cos[:, None, :] * scale), fx.encode(sin[:, None, :] * scale))
+
+
+async def apply_rope(ctx: Context, qk: AShare, rope: Rope) -> AShare:
+    """x cos + rotate_half(x) sin on (n, heads, d): local products, one truncation (2 R)."""
+    half = qk.shape[-1] // 2
+    swapped = qk.map(lambda a: np.concatenate([a[..., half:], a[..., :half]], axis=-1))
+    return await truncate(ctx, qk.scale(rope.cos) + swapped.scale(rope.signed_sin))
+
+
+def causal_mask(start: int, n: int, total: int, repeats: int) -> npt.NDArray[np.bool_]:
+    """(repeats * n, total): row r * n + t (query position start + t) sees keys <= it."""
+    visible = np.arange(total)[None, :] <= start + np.arange(n)[:, None]
+    return np.tile(visible, (repeats, 1))
+
+
+async def attention(
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, x: AShare, rope: Rope,
+    cache: SecureKVCache, index: int,
+) -> AShare:
+    """Grouped-query causal self-attention of the new rows x (n, hidden), with the cache.
+
+    All query heads of one key/value group form one batched product against that group's
+    keys (no copies of K or V per query head); one softmax over every head and row.
+    """
+    n, d = x.shape[0], config.head_dim
+    heads, groups, rep = config.n_heads, config.n_kv_heads, config.n_rep
+    h = await rms_norm(ctx, x, layer.attn_norm, eps=config.rms_eps)
+    qkv = await weight_matmul(ctx, h, layer.wqkv)
+    split = (heads + groups) * d
+    qk = await apply_rope(ctx, qkv[:, :split].reshape(n, heads + groups, d), rope)
+    k_new = qk[:, heads:].transpose(1, 0, 2)  # (groups, n, d)
+    v_new = qkv[:, split:].reshape(n, groups, d).transpose(1, 0, 2)
+    keys, values = cache.append(index, k_new.map(np.ascontiguousarray),
+                                v_new.map(np.ascontiguousarray))
+    total = keys.shape[1]
+    start = total - n  # this layer's positions before the new rows
+    q = qk[:, :heads].reshape(n, groups, rep, d).transpose(1, 2, 0, 3).reshape(groups, rep * n, d)
+    scores = await matmul_fxp(ctx, q, keys.transpose(0, 2, 1))  # (groups, rep n, total)
+    probs = await softmax(ctx, scores, mask=causal_mask(start, n, total, rep))
+    out = await matmul_fxp(ctx, probs, values)  # (groups, rep n, d)
+    out = out.reshape(groups, rep, n, d).transpose(2, 0, 1, 3).reshape(n, heads * d)
+    return await weight_matmul(ctx, out, layer.wo)
+
+
+async def mlp(ctx: Context, config: LlamaConfig, layer: SecureLayer, x: AShare) -> AShare:
+    """SwiGLU: (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and up in one product."""
+    h = await rms_norm(ctx, x, layer.ffn_norm, eps=config.rms_eps)
+    gate_up = await weight_matmul(ctx, h, layer.w_gate_up)
+    f = config.ffn
+    gate = gate_up.map(lambda a: np.ascontiguousarray(a[..., :f]))
+    up = gate_up.map(lambda a: np.ascontiguousarray(a[..., f:]))
+    return await weight_matmul(ctx, await mul_fxp(ctx, await silu(ctx, gate), up), layer.w_down)
+
+
+async def decoder_layer(
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, x: AShare, rope: Rope,
+    cache: SecureKVCache, index: int,
+) -> AShare:
+    """One block on the residual stream x (n, hidden); appends its keys/values to the cache."""
+    with ctx.scope("attn"):
+        x = x + await attention(ctx, config, layer, x, rope, cache, index)
+    with ctx.scope("mlp"):
+        return x + await mlp(ctx, config, layer, x)
+
+
+async def forward(
+    ctx: Context, model: SecureModel, one_hot: AShare, cache: SecureKVCache
+) -> AShare:
+    """Logits (1, vocab) at the last of n new tokens (one-hot rows (n, vocab)).
+
+    The tokens continue at position ``cache.length``; the cache is extended. Scopes:
+    ``embed``, ``layer{i}.attn``, ``layer{i}.mlp``, ``head``. Raises ContextLengthError
+    (before any message) if the cache plus the new tokens exceed the context length.
+    """
+    config = model.config
+    n, start = one_hot.shape[0], cache.length
+    if start + n > config.context_length:
+        raise ContextLengthError(
+            f"{start} cached + {n} new tokens exceed the context length {config.context_length}"
+        )
+    rope = Rope.at(ctx, config, start, n)
+    with ctx.scope("embed"):
+        x = await embed_tokens(ctx, model, one_hot)
+    for i, layer in enumerate(model.layers):
+        with ctx.scope(f"layer{i}"):
+            x = await decoder_layer(ctx, config, layer, x, rope, cache, i)
+    with ctx.scope("head"):
+        last = await rms_norm(ctx, x[n - 1 :], model.final_norm, eps=config.rms_eps)
+        return await lm_head(ctx, model, last)
+
+
+__all__ = [
+    "Rope", "SecureKVCache", "SecureLayer", "SecureModel", "SecureWeight",
+    "Stored", "apply_rope", "assemble_model", "attention", "causal_mask", "decoder_layer",
+    "embed_tokens", "forward", "lm_head", "mlp", "store_share", "weight_matmul", "weight_plan",
+    "weight_tensors",
+]

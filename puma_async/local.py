@@ -1,0 +1,264 @@
+"""``python -m puma_async.local``: secure generation with all five roles in this process.
+
+With no arguments it runs SmolLM2-135M-Instruct on "The capital of France is" and generates
+4 tokens securely (the weights are shared once, then the prompt pass and one pass per new
+token on a secret-shared KV cache), printing progress to stderr, then the text and, per
+token, its wall time, bytes sent by each party and rounds.
+
+Options: ``--prompt TEXT`` (repeatable), ``--prompt-file FILE`` (one prompt a line; all in
+one session), ``--chat`` (wrap prompts in the model's chat template), ``--max-new-tokens N``,
+``--temperature T`` and ``--seed S`` (sampling on the client; 0 = greedy), ``--model PATH``
+(a LLaMA GGUF; ``tiny`` = a small random-weight model with a byte tokenizer, ids = bytes mod
+64), ``--compare`` (also the plaintext float64 reference: its own generation, top-1
+agreement and max |logit error| of the secure logits on the same prefixes), ``--json``
+(machine-readable results on stdout). Errors (a bad model file, a too-long prompt) are
+reported in one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from puma_async.errors import ContextLengthError, ModelFileError, RunFailedError
+from puma_async.model import (
+    KVCache,
+    LlamaWeights,
+    Tokenizer,
+    forward,
+    load_gguf,
+    random_weights,
+    tiny_config,
+)
+from puma_async.roles import PARTIES
+from puma_async.session import (
+    GenerationOptions,
+    Progress,
+    SessionResult,
+    check_prompts,
+    pick_token,
+    run_session,
+)
+
+DEFAULT_PROMPT = "The capital of France is"
+DEFAULT_NEW_TOKENS = 4
+
+
+class ByteTokenizer:
+    """The ``tiny`` model's stand-in tokenizer: ids = UTF-8 bytes mod vocab."""
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+        self.eos_id: int | None = None
+
+    def encode(self, text: str) -> list[int]:
+        return [b % self.vocab for b in text.encode()]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(f"<{i}>" for i in ids)
+
+    def apply_chat_template(self, text: str) -> str:
+        return text
+
+
+@dataclass
+class Loaded:
+    weights: LlamaWeights
+    tokenizer: Tokenizer | ByteTokenizer
+    name: str
+
+
+def load_model(spec: str | None) -> Loaded:
+    """The model named by ``--model`` (None: SmolLM2-135M-Instruct); ModelFileError if bad."""
+    if spec == "tiny":
+        weights = random_weights(tiny_config(), seed=0)
+        return Loaded(weights, ByteTokenizer(weights.config.vocab), "tiny (random weights)")
+    weights = load_gguf(spec)
+    tokenizer = Tokenizer.from_gguf(spec)
+    return Loaded(weights, tokenizer, Path(spec).name if spec else "SmolLM2-135M-Instruct")
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        try:
+            text = Path(args.prompt_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read prompt file: {exc}") from exc
+        prompts += [line for line in text.splitlines() if line.strip()]
+    return prompts or [DEFAULT_PROMPT]
+
+
+def compare(
+    weights: LlamaWeights, result: SessionResult, options: GenerationOptions
+) -> list[dict[str, Any]]:
+    """Per prompt: the plaintext generation (same options and seed) and, on the secure
+    run's own prefixes, top-1 agreement and the max |logit error| of the secure logits."""
+    w64 = weights.astype(np.float64)
+    rng = np.random.default_rng(options.seed)
+    out = []
+    for prompt in result.prompts:
+        cache = KVCache.empty(weights.config)
+        logits = forward(w64, list(prompt.prompt_ids), cache)[-1]
+        agree, errors = [], []
+        for record in prompt.records:
+            agree.append(int(np.argmax(logits)) == int(np.argmax(record.logits)))
+            errors.append(float(np.abs(logits - record.logits).max()))
+            logits = forward(w64, [record.token], cache)[-1]
+        plain: list[int] = []
+        cache = KVCache.empty(weights.config)
+        logits = forward(w64, list(prompt.prompt_ids), cache)[-1]
+        while True:
+            plain.append(pick_token(logits, options.temperature, rng))
+            if plain[-1] == options.eos_id or len(plain) == options.max_new_tokens:
+                break
+            logits = forward(w64, [plain[-1]], cache)[-1]
+        out.append({
+            "plaintext_ids": plain,
+            "top1_agreement": sum(agree) / len(agree),
+            "max_logit_error": max(errors),
+            "logit_errors": errors,
+        })
+    return out
+
+
+def report(result: SessionResult, loaded: Loaded, comparison: list[dict[str, Any]] | None
+           ) -> dict[str, Any]:
+    """Machine-readable results (what ``--json`` prints)."""
+    setup = {f"P{p}": result.setup_cost(p).bytes_sent for p in PARTIES}
+    prompts = []
+    for i, prompt in enumerate(result.prompts):
+        steps = []
+        for t, record in enumerate(prompt.records):
+            costs = [result.step_cost(i, t, p) for p in PARTIES]
+            steps.append({
+                "token": record.token,
+                "text": loaded.tokenizer.decode([record.token]),
+                "kind": "prompt" if t == 0 else "token",
+                "positions": len(prompt.prompt_ids) if t == 0 else 1,
+                "seconds": record.seconds,
+                "bytes_sent": {f"P{p}": c.bytes_sent for p, c in zip(PARTIES, costs, strict=True)},
+                "rounds": max(c.rounds for c in costs),
+            })
+        entry: dict[str, Any] = {
+            "prompt_ids": list(prompt.prompt_ids),
+            "generated_ids": prompt.tokens,
+            "text": loaded.tokenizer.decode(prompt.tokens),
+            "steps": steps,
+        }
+        if comparison is not None:
+            entry.update(comparison[i])
+        prompts.append(entry)
+    return {
+        "model": loaded.name,
+        "setup": {
+            "seconds": result.setup_seconds,
+            "bytes_sent": setup,
+            "model_owner_bytes_sent": result.owner_setup_bytes(),
+        },
+        "seconds": result.seconds,
+        "prompts": prompts,
+    }
+
+
+def print_human(data: dict[str, Any]) -> None:
+    mb = 1e6
+    print(f"model: {data['model']}")
+    setup = data["setup"]
+    print(f"setup: {setup['seconds']:.1f} s, model owner sent "
+          f"{setup['model_owner_bytes_sent'] / mb:.1f} MB (weights, once per session)")
+    for i, prompt in enumerate(data["prompts"]):
+        print(f"\nprompt {i}: {len(prompt['prompt_ids'])} tokens")
+        print(f"generated: {prompt['text']!r}  ids {prompt['generated_ids']}")
+        print(f"  {'step':<10}{'token':<16}{'seconds':>8}{'P0 MB':>9}{'P1 MB':>9}{'P2 MB':>9}"
+              f"{'rounds':>8}")
+        for t, s in enumerate(prompt["steps"]):
+            name = f"prompt({s['positions']})" if t == 0 else f"token {t}"
+            b = s["bytes_sent"]
+            print(f"  {name:<10}{s['text']!r:<16}{s['seconds']:>8.2f}{b['P0'] / mb:>9.2f}"
+                  f"{b['P1'] / mb:>9.2f}{b['P2'] / mb:>9.2f}{s['rounds']:>8}")
+        if "plaintext_ids" in prompt:
+            print(f"plaintext: ids {prompt['plaintext_ids']}; top-1 agreement "
+                  f"{prompt['top1_agreement']:.0%}; max |logit error| "
+                  f"{prompt['max_logit_error']:.4f}")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m puma_async.local",
+        description="Secure LLaMA generation, three parties + model owner + client in-process.",
+    )
+    parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    parser.add_argument("--prompt-file", help="a file of prompts, one a line")
+    parser.add_argument("--chat", action="store_true", help="use the model's chat template")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_NEW_TOKENS)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--seed", type=int, default=None, help="the client's sampling seed")
+    parser.add_argument("--model", default=None,
+                        help="GGUF path, or 'tiny' (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--compare", action="store_true", help="also run the plaintext model")
+    parser.add_argument("--json", action="store_true", help="print JSON results on stdout")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        options = GenerationOptions(args.max_new_tokens, args.temperature, args.seed)
+        texts = read_prompts(args)
+        started = time.perf_counter()
+        loaded = load_model(args.model)
+        tokenizer = loaded.tokenizer
+        options = GenerationOptions(args.max_new_tokens, args.temperature, args.seed,
+                                    tokenizer.eos_id)
+        if args.chat:
+            texts = [tokenizer.apply_chat_template(t) for t in texts]
+        prompts = check_prompts(loaded.weights.config, [tokenizer.encode(t) for t in texts],
+                                options)
+        say(f"loaded {loaded.name} in {time.perf_counter() - started:.1f} s; "
+            f"{len(prompts)} prompt(s) of {[len(p) for p in prompts]} tokens; sharing weights...")
+
+        def progress(event: Progress) -> None:
+            if event.kind == "setup":
+                say(f"setup done in {event.seconds:.1f} s")
+            elif event.step == 0:
+                say(f"prompt {event.prompt}: prompt pass {event.seconds:.2f} s -> "
+                    f"{tokenizer.decode([event.token])!r}")
+            else:
+                say(f"prompt {event.prompt}: token {event.step} {event.seconds:.2f} s -> "
+                    f"{tokenizer.decode([event.token])!r}")
+
+        result = run_session(loaded.weights, prompts, options, progress=progress)
+        comparison = None
+        if args.compare:
+            say("running the plaintext reference...")
+            comparison = compare(loaded.weights, result, options)
+    except (ModelFileError, ContextLengthError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RunFailedError as exc:
+        print(f"error: secure run failed: {type(exc.root_cause).__name__}: {exc.root_cause}",
+              file=sys.stderr)
+        return 1
+    data = report(result, loaded, comparison)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print_human(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
