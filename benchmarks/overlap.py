@@ -1,0 +1,81 @@
+"""Round overlapping across machines: the same session with and without overlapped steps.
+
+Runs the session of ``python -m puma_async.local`` (every role in one process, in-memory
+transport with an emulated one-way delay per link) twice per delay: with round overlapping
+(independent steps of every ``ctx.gather`` run concurrently) and with every gather forced
+sequential (``sequential=True``: same messages, one step after the other). Reports, per run,
+the critical-path rounds (the deepest round any role reached), P0's rounds and bytes of the
+prompt pass (scope ``p0.t0``) and the wall time; the delay makes every round cost at least
+one latency, which is what overlapping saves. Only the tiny model for now: one token of the
+real SmolLM2 and a LLaMA-7B-shape layer are left to ``--model`` / a follow-up.
+
+Usage: ``python benchmarks/overlap.py [--model tiny] [--max-new-tokens 1] [--delays-ms 1 10]
+[--out benchmarks/results/overlap.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from puma_async.cluster import SessionSettings
+from puma_async.party import build_programs, role_entropy
+from puma_async.roles import ALL_ROLES
+from puma_async.runner import run_local
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "overlap.json"
+
+
+def measure(settings: SessionSettings, delay: float, sequential: bool) -> dict[str, Any]:
+    """One run: critical-path rounds, P0's online rounds and bytes, wall time."""
+    run = run_local(
+        build_programs(settings), session=settings.session, latency=delay,
+        sequential=sequential, timeout=settings.timeout,
+        entropy={role: role_entropy("0e", role) for role in ALL_ROLES},
+    )
+    prompt_pass = run.stats[0].totals(phase="online", scope="p0.t0")
+    return {
+        "delay_ms": delay * 1e3,
+        "overlap": not sequential,
+        "critical_path_rounds": max(s.max_round for s in run.stats.values()),
+        "p0_prompt_pass_rounds": prompt_pass.rounds,
+        "p0_prompt_pass_bytes_sent": prompt_pass.bytes_sent,
+        "seconds": run.seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--prompt", default="The capital of France is")
+    parser.add_argument("--max-new-tokens", type=int, default=1)
+    parser.add_argument("--delays-ms", type=float, nargs="+", default=[1.0, 10.0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    settings = SessionSettings("overlap-benchmark", model=args.model, prompt=args.prompt,
+                               max_new_tokens=args.max_new_tokens, timeout=600.0)
+    rows = []
+    print(f"{'delay':>8} {'mode':>10} {'crit. rounds':>12} {'P0 p0.t0':>10} {'seconds':>9}")
+    for delay_ms in args.delays_ms:
+        for sequential in (False, True):
+            row = measure(settings, delay_ms / 1e3, sequential)
+            rows.append(row)
+            mode = "overlap" if row["overlap"] else "sequential"
+            print(f"{delay_ms:>6g}ms {mode:>10} {row['critical_path_rounds']:>12} "
+                  f"{row['p0_prompt_pass_rounds']:>10} {row['seconds']:>9.2f}")
+    result = {
+        "benchmark": "overlap", "model": args.model, "max_new_tokens": args.max_new_tokens,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "runs": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""``python -m puma_async.replay``: re-run a party from its trace; summaries and timelines.
+
+Usage::
+
+    python -m puma_async.replay TRACE [TRACE ...]            # replay: identical or diverges
+    python -m puma_async.replay TRACE --summary [--depth 2]  # rounds, bytes, time per scope
+    python -m puma_async.replay TRACE... --timeline out.svg  # rounds per party over time
+
+A trace written by ``--record`` (``puma_async.party`` or ``puma_async.local``) holds in its
+header the session settings and the party's entropy, so the party's program can run again with
+the same keys while a :class:`~puma_async.transports.replay.ReplayTransport` plays its peers.
+Every envelope it sends is compared with the recording by (peer, step path, seq); the first
+difference is reported with its step path, peer, round and what differs. The exit status is 0
+when every replayed trace is identical, 1 otherwise.
+
+``--summary`` replays the party too: the runtime attributes each message to its scope, which
+the trace alone does not record; rounds and bytes are the replay's statistics (equal to the
+run's when the replay is identical), times are the recorded ones (from the first to the last
+message of the scope, in seconds since the party started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+
+from puma_async.cluster import SessionSettings
+from puma_async.errors import PumaError, TraceError
+from puma_async.party import TRACE_KIND, build_programs
+from puma_async.roles import role_name
+from puma_async.runtime import PartyRuntime, open_party
+from puma_async.stats import PartyStats
+from puma_async.timeline import draw_timeline
+from puma_async.transports.recording import TraceHeader, TraceRecord
+from puma_async.transports.replay import Divergence, ReplayTransport
+
+PROG = "python -m puma_async.replay"
+DEFAULT_TIMEOUT = 60.0
+MessageKey = tuple[str, int, tuple[int, ...], int]  # (direction, peer, step path, seq)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayReport:
+    """The outcome of replaying one trace."""
+
+    path: str
+    role: int
+    divergence: Divergence | None
+    error: str | None
+    checked: int
+    recorded: int
+    stats: PartyStats | None
+    scopes: dict[MessageKey, tuple[str, str]]  # message -> (phase, scope)
+    records: tuple[TraceRecord, ...]
+
+    @property
+    def identical(self) -> bool:
+        return self.divergence is None and self.checked == self.recorded
+
+    def verdict(self) -> str:
+        """One line: identical, or the first diverging step."""
+        who = f"{self.path} ({role_name(self.role)})"
+        if self.divergence is not None:
+            return f"{who}: diverges at {self.divergence}"
+        if self.checked != self.recorded:
+            return (f"{who}: incomplete: {self.checked} of {self.recorded} recorded envelopes "
+                    f"sent before the replay stopped: {self.error}")
+        note = f" (the party then failed as recorded: {self.error})" if self.error else ""
+        return f"{who}: identical ({self.checked} envelopes checked){note}"
+
+
+def _envelope_key(encoded: bytes) -> tuple[tuple[int, ...], int]:
+    """The step path and seq of an encoded envelope, without decoding its message."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(encoded), 1))
+    unpacker.feed(encoded)
+    unpacker.read_array_header()
+    fields = [unpacker.unpack() for _ in range(6)]
+    return tuple(fields[4]), fields[5]
+
+
+class _ScopeTap:
+    """Notes the (phase, scope) of every message a runtime sends and receives.
+
+    The runtime reports a message to its statistics right after queueing or taking it, so
+    wrapping those calls pairs each message key with the scope the statistics are told.
+    """
+
+    def __init__(self, runtime: PartyRuntime):
+        self.scopes: dict[MessageKey, tuple[str, str]] = {}
+        self._last: MessageKey | None = None
+        enqueue, take = runtime.enqueue, runtime.mailbox.take
+        sent, received = runtime.stats.sent, runtime.stats.received
+
+        def tap_enqueue(peer: int, encoded: bytes) -> None:
+            enqueue(peer, encoded)
+            self._last = ("send", peer, *_envelope_key(encoded))
+
+        async def tap_take(key: tuple[int, tuple[int, ...], int]) -> Any:
+            env = await take(key)
+            self._last = ("recv", *key)
+            return env
+
+        def tap_sent(phase: str, scope: str, *args: Any) -> None:
+            sent(phase, scope, *args)
+            if self._last is not None:
+                self.scopes[self._last] = (phase, scope)
+
+        def tap_received(phase: str, scope: str, *args: Any) -> None:
+            received(phase, scope, *args)
+            if self._last is not None:
+                self.scopes[self._last] = (phase, scope)
+
+        runtime.enqueue = tap_enqueue  # type: ignore[method-assign]
+        runtime.mailbox.take = tap_take  # type: ignore[method-assign]
+        runtime.stats.sent = tap_sent  # type: ignore[method-assign]
+        runtime.stats.received = tap_received  # type: ignore[method-assign]
+
+
+def settings_of(header: TraceHeader) -> tuple[SessionSettings, bytes, bool]:
+    """The session settings, entropy and sequential switch a trace header records."""
+    config = header.config
+    if config.get("kind") != TRACE_KIND:
+        raise TraceError(f"the trace is not of a session run (kind {config.get('kind')!r})")
+    entropy = config.get("entropy")
+    if not isinstance(entropy, bytes):
+        raise TraceError("the trace header holds no entropy: it cannot be replayed")
+    settings = SessionSettings.from_dict(config.get("settings", {}))
+    if settings.session != header.session:
+        raise TraceError("the trace's session id does not match its settings")
+    return settings, entropy, bool(config.get("sequential", False))
+
+
+async def _replay_party(transport: ReplayTransport, timeout: float
+                        ) -> tuple[str | None, PartyStats | None, _ScopeTap | None]:
+    """Run the party of ``transport``'s trace against it: its error, statistics and scopes."""
+    settings, entropy, sequential = settings_of(transport.header)
+    program = build_programs(settings)[transport.role]
+    tap: _ScopeTap | None = None
+    try:
+        async with open_party(transport, session=transport.header.session, timeout=timeout,
+                              entropy=entropy, sequential=sequential) as ctx:
+            tap = _ScopeTap(ctx.runtime)
+            await program(ctx)
+    except PumaError as exc:
+        return f"{type(exc).__name__}: {exc}", None, tap
+    return None, ctx.runtime.shared.get("stats"), tap
+
+
+async def replay_trace(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT
+                       ) -> ReplayReport:
+    """Replay one party from its trace (see the module docstring).
+
+    Peers whose frames the trace stores by digest only are replayed alongside from their
+    traces in the same directory (``<role>.trace``), to re-derive those frames (and theirs,
+    in turn, if they need it).
+    """
+    transport = ReplayTransport.from_file(path)
+    replays = {transport.role: transport}
+    sources: list[tuple[Path, ReplayTransport]] = []
+    pending = [transport]
+    while pending:  # the peers to re-derive from may need their own peers, and so on
+        needing = pending.pop()
+        for peer in sorted(needing.needs_sources()):
+            if peer not in replays:
+                source_path = Path(path).parent / f"{role_name(peer)}.trace"
+                if not source_path.is_file():
+                    continue  # the replay stops at that frame, naming the missing trace
+                replays[peer] = ReplayTransport.from_file(source_path)
+                sources.append((source_path, replays[peer]))
+                pending.append(replays[peer])
+            needing.derive_from(replays[peer])
+    notes: list[str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def run_source(source_path: Path, source: ReplayTransport) -> None:
+            error, _stats, _tap = await _replay_party(source, timeout)
+            if source.divergence is not None or error is not None:
+                notes.append(f"re-deriving from {source_path} failed: "
+                             f"{source.divergence or error}")
+
+        for source_path, source in sources:
+            nursery.start_soon(run_source, source_path, source)
+        error, stats, tap = await _replay_party(transport, timeout)
+    if notes:
+        error = "; ".join([*notes, *([error] if error else [])])
+    return ReplayReport(
+        os.fspath(path), transport.role, transport.divergence, error, transport.sent_envelopes,
+        transport.total_envelopes, stats, tap.scopes if tap else {}, transport.records,
+    )
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _prefixes(scope: str) -> list[str]:
+    parts = scope.split(".") if scope else []
+    return [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def scope_times(report: ReplayReport) -> dict[tuple[str, str], tuple[float, float]]:
+    """(phase, scope) -> (first, last) recorded time of its messages (scopes inclusive)."""
+    spans: dict[tuple[str, str], tuple[float, float]] = {}
+    for record in report.records:
+        for step in record.steps or ():
+            found = report.scopes.get((record.direction, record.peer, step.path, step.seq))
+            if found is None:
+                continue
+            phase, scope = found
+            for prefix in _prefixes(scope):
+                lo, hi = spans.get((phase, prefix), (record.time, record.time))
+                spans[(phase, prefix)] = (min(lo, record.time), max(hi, record.time))
+    return spans
+
+
+def format_summary(report: ReplayReport, depth: int = 2) -> str:
+    """A table of rounds, bytes, messages and time per phase and scope (up to ``depth``)."""
+    if report.stats is None:
+        return f"{report.path}: no statistics (the replay failed: {report.error})"
+    stats = report.stats
+    times = scope_times(report)
+    lines = [
+        f"{report.path}: {role_name(report.role)}, {stats.max_round} rounds, "
+        f"{stats.totals().bytes_sent} bytes sent, {stats.totals().bytes_received} received",
+        f"{'phase':<7} {'scope':<32} {'rounds':>6} {'sent':>12} {'received':>12} {'msgs':>6} "
+        f"{'time (s)':>17}",
+    ]
+    phases = sorted({e.phase for e in stats.traffic})
+    for phase in phases:
+        scopes = sorted({p for e in stats.traffic if e.phase == phase
+                         for p in _prefixes(e.scope)})
+        for scope in scopes:
+            if scope and scope.count(".") >= depth:
+                continue
+            t = stats.totals(phase=phase, scope=scope or None)
+            measured = {(r.phase, r.scope) for r in stats.scope_rounds}
+            rounds: int | str = t.rounds if (phase, scope) in measured else "-"
+            if not scope:
+                rounds = dict(stats.phase_rounds).get(phase, "-")
+            lo, hi = times.get((phase, scope), (0.0, 0.0))
+            lines.append(
+                f"{phase:<7} {scope or '(all)':<32} {rounds:>6} {t.bytes_sent:>12} "
+                f"{t.bytes_received:>12} {t.messages_sent + t.messages_received:>6} "
+                f"{lo:>8.4f}-{hi:<8.4f}"
+            )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; 0 if every trace replays identically, 1 otherwise."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("traces", nargs="+", type=Path, metavar="TRACE")
+    parser.add_argument("--summary", action="store_true",
+                        help="print rounds, bytes and time per scope")
+    parser.add_argument("--depth", type=int, default=2, help="scope depth of the summary")
+    parser.add_argument("--timeline", type=Path, metavar="FILE.svg",
+                        help="draw the rounds of the traces over time")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help="receive timeout of the replayed party (seconds)")
+    args = parser.parse_args(argv)
+    status = 0
+    for path in args.traces:
+        try:
+            report = trio.run(lambda path=path: replay_trace(path, timeout=args.timeout))
+        except (PumaError, OSError) as exc:
+            print(f"{PROG}: error: {path}: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(report.verdict())
+        if not report.identical:
+            status = 1
+        if args.summary:
+            print(format_summary(report, args.depth))
+    if args.timeline is not None:
+        try:
+            draw_timeline(args.traces, args.timeline)
+        except (PumaError, OSError) as exc:
+            print(f"{PROG}: error: timeline: {exc}", file=sys.stderr)
+            return 1
+        print(f"timeline written to {args.timeline}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Replaying a party from its trace: identical runs, altered frames, altered protocol lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import trio
+
+from puma_async.cluster import SessionSettings
+from puma_async.codec import Arrays, Message, decode_frame
+from puma_async.party import (
+    build_programs,
+    local_recording,
+    recorder,
+    role_entropy,
+    trace_path,
+)
+from puma_async.replay import format_summary, main, replay_trace
+from puma_async.roles import ALL_ROLES, CLIENT, PARTIES, role_name
+from puma_async.runner import run_roles
+from puma_async.runtime import Context
+from puma_async.transports.base import Transport
+from puma_async.transports.recording import read_trace
+from puma_async.transports.replay import split_frame
+
+SETTINGS = SessionSettings("replay-test", prompt="hi", max_new_tokens=2)
+EXAMPLES = Path(__file__).parent.parent / "traces"
+
+
+def record_run(directory: Path) -> dict[int, Path]:
+    """Run every role in-process with each role recorded; the trace paths."""
+    entropy = {role: role_entropy("abcd", role) for role in ALL_ROLES}
+
+    def wrap(transport: Transport) -> Transport:
+        role = transport.role
+        return recorder(directory, SETTINGS, role, entropy[role], cluster="test")(transport)
+
+    trio.run(lambda: run_roles(build_programs(SETTINGS), session=SETTINGS.session,
+                               entropy=entropy, wrap_transport=wrap))
+    return {role: trace_path(directory, role) for role in ALL_ROLES}
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    return record_run(tmp_path_factory.mktemp("traces"))
+
+
+def test_unaltered_traces_replay_identical(traces: dict[int, Path]) -> None:
+    for role, path in traces.items():
+        report = trio.run(lambda path=path: replay_trace(path))
+        assert report.identical, report.verdict()
+        assert report.role == role
+        assert "identical" in report.verdict()
+
+
+def _last_array_size(frame: bytes) -> int:
+    """Elements in the last array of a frame's last envelope (0 if it carries none)."""
+    message = decode_frame(frame)[-1].message
+    return message.arrays[-1].size if isinstance(message, Arrays) and message.arrays else 0
+
+
+def _rewrite(path: Path, out: Path, record_index: int, change: object) -> None:
+    """Copy a trace, applying ``change`` to the record at ``record_index`` (header is -1)."""
+    unpacker = msgpack.Unpacker(open(path, "rb"), raw=False, strict_map_key=False)  # noqa: SIM115
+    packer = msgpack.Packer(use_bin_type=True)
+    with out.open("wb") as file:
+        for i, obj in enumerate(unpacker):
+            if i - 1 == record_index:
+                change(obj)  # type: ignore[operator]
+            file.write(packer.pack(obj))
+
+
+def test_altered_frame_names_the_first_diverging_step(traces: dict[int, Path],
+                                                      tmp_path: Path) -> None:
+    """Flip the last payload byte of a frame P1 sent: the replay names that envelope."""
+    unpacker = msgpack.Unpacker(open(traces[1], "rb"), raw=False,  # noqa: SIM115
+                                strict_map_key=False)
+    records = list(unpacker)[1:-1]
+    index = next(i for i, r in enumerate(records)
+                 if r["dir"] == "send" and r["event"] == "frame"
+                 and _last_array_size(r["frame"]) > 0)
+    peer = records[index]["peer"]
+    path, seq, round_, _ = records[index]["steps"][-1]
+
+    def flip(record: dict) -> None:
+        frame = bytearray(record["frame"])
+        frame[-1] ^= 1
+        record["frame"] = bytes(frame)
+
+    altered = tmp_path / "altered.trace"
+    _rewrite(traces[1], altered, index, flip)
+    report = trio.run(lambda: replay_trace(altered))
+    assert not report.identical
+    divergence = report.divergence
+    assert divergence is not None
+    assert (divergence.peer, divergence.path, divergence.seq, divergence.round) == (
+        peer, tuple(path), seq, round_
+    )
+    assert "elements differ" in divergence.what
+    step = ".".join(map(str, path))
+    where = f"diverges at step {step} (seq {seq}) to {role_name(peer)}, round {round_}"
+    assert where in report.verdict()
+    assert main([str(altered)]) == 1
+
+
+def test_altered_protocol_line_names_the_step(
+    traces: dict[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A party that computes one message differently diverges exactly there."""
+    header_records = msgpack.Unpacker(open(traces[0], "rb"), raw=False,  # noqa: SIM115
+                                      strict_map_key=False)
+    sent = [env.path for r in list(header_records)[1:-1]
+            if r["dir"] == "send" and r["event"] == "frame" for env in decode_frame(r["frame"])
+            if isinstance(env.message, Arrays) and env.message.arrays[0].size]
+    target = sent[len(sent) // 2]
+    original = Context.send
+
+    async def flip_one_bit(self: Context, to: int, message: Message) -> None:
+        if self.path == target and isinstance(message, Arrays) and message.arrays[0].size:
+            first = np.array(message.arrays[0])  # a copy: the step's own array stays intact
+            first.view(np.uint8).flat[0] ^= 1
+            message = Arrays((first, *message.arrays[1:]))
+        await original(self, to, message)
+
+    monkeypatch.setattr(Context, "send", flip_one_bit)
+    report = trio.run(lambda: replay_trace(traces[0], timeout=10.0))
+    assert report.divergence is not None
+    assert report.divergence.path == target
+    assert "elements differ" in report.divergence.what
+
+
+def test_summary_and_timeline(traces: dict[int, Path], tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    svg = tmp_path / "timeline.svg"
+    paths = [str(traces[p]) for p in PARTIES]
+    assert main([*paths, "--summary", "--timeline", str(svg)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("identical") == 3
+    assert "online" in out and "setup" in out
+    text = svg.read_text()
+    assert text.startswith("<svg") and text.rstrip().endswith("</svg>")
+    for party in PARTIES:
+        assert f"{role_name(party)} → " in text
+    report = trio.run(lambda: replay_trace(traces[CLIENT]))
+    assert "rounds" in format_summary(report)
+
+
+def test_split_frame_round_trip(traces: dict[int, Path]) -> None:
+    unpacker = msgpack.Unpacker(open(traces[0], "rb"), raw=False,  # noqa: SIM115
+                                strict_map_key=False)
+    for record in list(unpacker)[1:-1]:
+        if record.get("frame"):
+            parts = split_frame(record["frame"])
+            assert len(parts) == len(record["steps"])
+            assert b"".join(parts) == record["frame"][len(record["frame"]) - len(b"".join(parts)):]
+
+
+@pytest.mark.skipif(not any(EXAMPLES.glob("*/*.trace")), reason="no example traces")
+def test_example_traces_replay_identical() -> None:
+    for path in sorted(EXAMPLES.glob("*/*.trace")):
+        report = trio.run(lambda path=path: replay_trace(path))
+        assert report.identical, report.verdict()
+
+
+def test_digest_only_frames_are_rederived(tmp_path: Path) -> None:
+    """Frames stored by digest only are re-derived by replaying their senders alongside."""
+    wrap, entropy = local_recording(tmp_path, SETTINGS, seed="abcd", cluster="test",
+                                    digest_over=150)
+    trio.run(lambda: run_roles(build_programs(SETTINGS), session=SETTINGS.session,
+                               entropy=entropy, wrap_transport=wrap))
+    elided = [r for r in read_trace(tmp_path / "P1.trace")[1] if r.digest is not None]
+    assert any(r.direction == "recv" for r in elided)
+    assert any(r.direction == "send" for r in elided)
+    report = trio.run(lambda: replay_trace(tmp_path / "P1.trace"))
+    assert report.identical, report.verdict()
+    (tmp_path / "model-owner.trace").unlink()
+    report = trio.run(lambda: replay_trace(tmp_path / "P1.trace", timeout=5.0))
+    assert not report.identical
+    assert "replay model-owner's trace alongside" in report.verdict()
