@@ -30,7 +30,7 @@ class _SharePair:
     second: RingArray
 
     def __post_init__(self) -> None:
-        if np.shape(self.first) != np.shape(self.second):
+        if self.first.shape != self.second.shape:
             raise ValueError(
                 f"share halves of different shapes {np.shape(self.first)} and "
                 f"{np.shape(self.second)}"
@@ -38,11 +38,11 @@ class _SharePair:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return np.shape(self.first)
+        return self.first.shape
 
     @property
     def size(self) -> int:
-        return int(np.size(self.first))
+        return int(self.first.size)
 
     def map(self, fn: Any, *args: Any, **kwargs: Any) -> Self:
         """Apply the same linear, shape-only or indexing function to both halves."""

@@ -142,15 +142,15 @@ def _three(stream: RingArray) -> tuple[RingArray, RingArray, RingArray]:
 
 def _pack(values: RingArray, bits: int) -> np.ndarray:
     """The low ``bits`` bits of each value, as bit planes packed 8 per byte (uint8)."""
-    planes = [np.packbits((values >> np.uint64(b)).astype(np.uint8) & 1) for b in range(bits)]
-    return np.concatenate(planes) if planes else np.zeros(0, np.uint8)
+    shifts = np.arange(bits, dtype=RING_DTYPE)[:, None]
+    planes = ((values[None, :] >> shifts) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(planes, axis=1).reshape(-1)
 
 
 def _unpack(packed: np.ndarray, bits: int, count: int) -> RingArray:
-    out = np.zeros(count, RING_DTYPE)
-    for b, plane in enumerate(packed.reshape(bits, -1)):
-        out |= np.unpackbits(plane, count=count).astype(RING_DTYPE) << np.uint64(b)
-    return out
+    planes = np.unpackbits(packed.reshape(bits, -1), axis=1, count=count).astype(RING_DTYPE)
+    shifts = np.arange(bits, dtype=RING_DTYPE)[:, None]
+    return np.bitwise_or.reduce(planes << shifts, axis=0) if bits else np.zeros(count, RING_DTYPE)
 
 
 def _deal(

@@ -51,11 +51,17 @@ class Mailbox:
             waiter.envelope = env
             waiter.event.set()
 
-    async def take(self, key: Key) -> Envelope:
-        """Wait for the envelope with ``key`` (cancel the caller's scope to time out)."""
+    def take_ready(self, key: Key) -> Envelope | None:
+        """The envelope with ``key`` if it has arrived (taking it), else None."""
         env = self._ready.pop(key, None)
         if env is not None:
             self._taken.add(key)
+        return env
+
+    async def take(self, key: Key) -> Envelope:
+        """Wait for the envelope with ``key`` (cancel the caller's scope to time out)."""
+        env = self.take_ready(key)
+        if env is not None:
             return env
         self._raise_if_failed(key[0])
         if key in self._waiting or key in self._taken:

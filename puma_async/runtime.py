@@ -252,13 +252,15 @@ class Context:
         seq = self._recv_seq[frm]
         self._recv_seq[frm] = seq + 1
         key = (frm, self.path, seq)
-        with trio.move_on_after(self.runtime.timeout) as cancel:
-            env = await self.runtime.mailbox.take(key)
-        if cancel.cancelled_caught:
-            raise PeerTimeoutError(
-                f"no message seq {seq} within {self.runtime.timeout:g} s",
-                peer=frm, step=self.step_name,
-            )
+        env = self.runtime.mailbox.take_ready(key)
+        if env is None:  # not here yet: wait for it, up to the timeout
+            with trio.move_on_after(self.runtime.timeout) as cancel:
+                env = await self.runtime.mailbox.take(key)
+            if cancel.cancelled_caught:
+                raise PeerTimeoutError(
+                    f"no message seq {seq} within {self.runtime.timeout:g} s",
+                    peer=frm, step=self.step_name,
+                )
         self.clock = max(self.clock, env.round)
         self.frontier = max(self.frontier, self.clock)
         self.runtime.stats.received(
