@@ -196,7 +196,6 @@ class Context:
         self.frontier = clock
         self._scope = scope
         self._phase = phase
-        self._phase_start = clock
         self._children = 0
         self._send_seq: dict[int, int] = defaultdict(int)
         self._recv_seq: dict[int, int] = defaultdict(int)
@@ -356,17 +355,11 @@ class Context:
     def phase(self, name: str) -> Iterator[None]:
         """Attribute traffic and rounds inside to phase ``name`` ('setup', 'online')."""
         outer = self._phase
-        self._close_phase_span()
         self._phase = name
         try:
             yield
         finally:
-            self._close_phase_span()
             self._phase = outer
-
-    def _close_phase_span(self) -> None:
-        self.runtime.stats.phase_rounds(self._phase, self.frontier - self._phase_start)
-        self._phase_start = self.frontier
 
     def label(self, purpose: bytes = b"") -> bytes:
         """A label for a PRG draw, unique within the session and equal at every party.
@@ -388,10 +381,6 @@ class Context:
         return hashlib.blake2b(
             self.label(b"key"), key=self.runtime.entropy, digest_size=size
         ).digest()
-
-    def finish(self) -> None:
-        """Close the root step's phase span (called by the runtime at the end)."""
-        self._close_phase_span()
 
 
 @asynccontextmanager
@@ -432,7 +421,6 @@ async def open_party(
         try:
             yield root
             elapsed = trio.current_time() - started
-            root.finish()
             await runtime.close_outboxes()
             with trio.move_on_after(timeout):
                 await writers_done.wait()

@@ -5,8 +5,8 @@ other messages), which is what MPC papers and SPU report; *wire bytes* add the e
 frame overhead. *Rounds* are the critical-path depth of communication: a message sent after
 receiving one of round r is in round r + 1. A scope's rounds are the growth of that depth
 while the scope was open, summed over its entries; scopes are inclusive (``layer3`` contains
-``layer3.attn``). Phases (``setup``, ``online``) are exclusive: switching phase pauses the
-outer one.
+``layer3.attn``). A phase's rounds (``setup``, ``online``) span from the first to the last
+round of its messages, so phases are meant to follow one another.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class StatsRecorder:
         self.role = role
         self._traffic: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         self._scope_rounds: dict[tuple[str, str], int] = defaultdict(int)
-        self._phase_rounds: dict[str, int] = defaultdict(int)
+        self._phase_span: dict[str, tuple[int, int]] = {}
         self._wire: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         self.max_round = 0
 
@@ -132,13 +132,18 @@ class StatsRecorder:
         counts = self._traffic[(phase, scope, peer)]
         counts[0] += nbytes
         counts[2] += 1
-        self.max_round = max(self.max_round, round_)
+        self._saw_round(phase, round_)
 
     def received(self, phase: str, scope: str, peer: int, nbytes: int, round_: int) -> None:
         counts = self._traffic[(phase, scope, peer)]
         counts[1] += nbytes
         counts[3] += 1
+        self._saw_round(phase, round_)
+
+    def _saw_round(self, phase: str, round_: int) -> None:
         self.max_round = max(self.max_round, round_)
+        low, high = self._phase_span.get(phase, (round_, round_))
+        self._phase_span[phase] = (min(low, round_), max(high, round_))
 
     def frame_sent(self, peer: int, nbytes: int) -> None:
         wire = self._wire[peer]
@@ -147,9 +152,6 @@ class StatsRecorder:
 
     def scope_rounds(self, phase: str, scope: str, rounds: int) -> None:
         self._scope_rounds[(phase, scope)] += rounds
-
-    def phase_rounds(self, phase: str, rounds: int) -> None:
-        self._phase_rounds[phase] += rounds
 
     def snapshot(self, seconds: float = 0.0) -> PartyStats:
         """Freeze the counters; ``seconds`` is the program's wall time."""
@@ -164,7 +166,9 @@ class StatsRecorder:
                 RoundsEntry(phase, scope, n)
                 for (phase, scope), n in sorted(self._scope_rounds.items())
             ),
-            phase_rounds=tuple(sorted(self._phase_rounds.items())),
+            phase_rounds=tuple(
+                (phase, high - low + 1) for phase, (low, high) in sorted(self._phase_span.items())
+            ),
             max_round=self.max_round,
             wire_bytes_sent=tuple(sorted((p, w[0]) for p, w in self._wire.items())),
             frames_sent=tuple(sorted((p, w[1]) for p, w in self._wire.items())),
