@@ -11,14 +11,16 @@ one session), ``--chat`` (wrap prompts in the model's chat template), ``--max-ne
 (a LLaMA GGUF; ``tiny`` = a small random-weight model with a byte tokenizer, ids = bytes mod
 64), ``--compare`` (also the plaintext float64 reference: its own generation, top-1
 agreement and max |logit error| of the secure logits on the same prefixes), ``--json``
-(machine-readable results on stdout). Errors (a bad model file, a too-long prompt) are
-reported in one line, exit status 2.
+(machine-readable results on stdout), ``--record DIR`` (one trace per role in DIR, to replay
+the parties with ``python -m puma_async.replay``; traces hold keys and shares: keep them
+private). Errors (a bad model file, a too-long prompt) are reported in one line, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from puma_async.cluster import TINY_MODEL, SessionSettings
 from puma_async.errors import ContextLengthError, ModelFileError, RunFailedError
 from puma_async.model import (
     KVCache,
@@ -38,6 +41,7 @@ from puma_async.model import (
     random_weights,
     tiny_config,
 )
+from puma_async.party import SMOLLM2, local_recording
 from puma_async.roles import PARTIES
 from puma_async.session import (
     GenerationOptions,
@@ -78,7 +82,7 @@ class Loaded:
 
 def load_model(spec: str | None) -> Loaded:
     """The model named by ``--model`` (None: SmolLM2-135M-Instruct); ModelFileError if bad."""
-    if spec == "tiny":
+    if spec == TINY_MODEL:
         weights = random_weights(tiny_config(), seed=0)
         return Loaded(weights, ByteTokenizer(weights.config.vocab), "tiny (random weights)")
     weights = load_gguf(spec)
@@ -191,6 +195,25 @@ def print_human(data: dict[str, Any]) -> None:
                   f"{prompt['max_logit_error']:.4f}")
 
 
+def recording(args: argparse.Namespace, prompts: list[list[int]]) -> dict[str, Any]:
+    """``run_session`` options that record every role's trace to ``--record DIR``.
+
+    The trace headers name the session as ``python -m puma_async.party`` would (model, token
+    count), so ``python -m puma_async.replay`` rebuilds the parties' and the model owner's
+    programs from them.
+    """
+    if not args.record:
+        return {}
+    settings = SessionSettings(
+        session_id=f"local-{secrets.token_hex(8)}",
+        model=TINY_MODEL if args.model == TINY_MODEL else (args.model or SMOLLM2),
+        max_new_tokens=args.max_new_tokens,
+        prompt=" ".join(map(str, prompts[0])) if args.model == TINY_MODEL else None,
+    )
+    wrap, entropy = local_recording(args.record, settings)
+    return {"wrap_transport": wrap, "entropy": entropy, "session": settings.session}
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m puma_async.local",
@@ -206,6 +229,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="GGUF path, or 'tiny' (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--compare", action="store_true", help="also run the plaintext model")
     parser.add_argument("--json", action="store_true", help="print JSON results on stdout")
+    parser.add_argument("--record", metavar="DIR",
+                        help="write one trace per role to DIR (holds keys and shares)")
     return parser.parse_args(argv)
 
 
@@ -240,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say(f"prompt {event.prompt}: token {event.step} {event.seconds:.2f} s -> "
                     f"{tokenizer.decode([event.token])!r}")
 
-        result = run_session(loaded.weights, prompts, options, progress=progress)
+        result = run_session(loaded.weights, prompts, options, progress=progress,
+                             **recording(args, prompts))
         comparison = None
         if args.compare:
             say("running the plaintext reference...")

@@ -180,3 +180,15 @@ def test_digest_only_frames_are_rederived(tmp_path: Path) -> None:
     report = trio.run(lambda: replay_trace(tmp_path / "P1.trace", timeout=5.0))
     assert not report.identical
     assert "replay model-owner's trace alongside" in report.verdict()
+
+
+def test_local_record_writes_traces_that_replay(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from puma_async import local
+
+    assert local.main(["--model", "tiny", "--prompt", "hi", "--max-new-tokens", "1",
+                       "--record", str(tmp_path)]) == 0
+    traces = sorted(tmp_path.glob("*.trace"))
+    assert {t.stem for t in traces} == {role_name(r) for r in ALL_ROLES}
+    assert main([str(tmp_path / "P0.trace"), str(tmp_path / "P1.trace")]) == 0
+    assert capsys.readouterr().out.count("identical") == 2
