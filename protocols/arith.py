@@ -61,15 +61,24 @@ def _matmul_work(a: AShare | RingArray, b: AShare | RingArray) -> int:
     return int(np.prod(batch, dtype=np.int64)) * m * k * np.shape(b)[-1] // MACS_PER_ELEMENT
 
 
-def _matmul_local(x: AShare, y: AShare) -> RingArray:
-    """(x_i + x_{i+1}) @ y_i + x_i @ y_{i+1} as one ring matmul with inner size 2k."""
-    left = np.concatenate([x.first + x.second, x.first], axis=-1)
-    right = np.concatenate([y.first, y.second], axis=-2)
-    return ring_matmul(left, right)
+def stack_left(x: AShare) -> RingArray:
+    """[x_i + x_{i+1} | x_i] along the last axis: the left operand of a share product."""
+    return np.concatenate([ring.add(x.first, x.second), x.first], axis=-1)
 
 
-async def _finish(ctx: Context, z: RingArray, bits: int) -> AShare:
-    """Mask the local product share with a zero-sharing, then reshare or truncate it."""
+def stack_right(y: AShare) -> RingArray:
+    """[y_i; y_{i+1}] along the second-to-last axis: the right operand of a share product.
+
+    ``stack_left(x) @ stack_right(y)`` = (x_i + x_{i+1}) @ y_i + x_i @ y_{i+1}, P_i's
+    additive share of x @ y, as one ring matmul of inner size 2k. A fixed operand (a weight)
+    can be stacked once and reused.
+    """
+    return np.concatenate([y.first, y.second], axis=-2)
+
+
+async def finish_product(ctx: Context, z: RingArray, bits: int) -> AShare:
+    """Replicated shares of a product from P_i's additive share ``z`` of it: mask z with a
+    zero-sharing, then reshare (``bits`` = 0: 1 round) or truncate (2 rounds)."""
     z = ring.add(z, zero_share(ctx, np.shape(z)))
     return await truncate_additive(ctx, z, bits)
 
@@ -77,17 +86,28 @@ async def _finish(ctx: Context, z: RingArray, bits: int) -> AShare:
 async def mul(ctx: Context, x: AShare, y: AShare) -> AShare:
     """x * y in the ring (element-wise, broadcasting). 1 round, 1 element per party."""
     z = await offload(_mul_local, x, y, size=max(x.size, y.size))
-    return await _finish(ctx, z, 0)
+    return await finish_product(ctx, z, 0)
 
 
 async def square(ctx: Context, x: AShare) -> AShare:
     """x * x in the ring. 1 round, 1 element per party."""
-    return await _finish(ctx, await offload(_square_local, x, size=x.size), 0)
+    return await finish_product(ctx, await offload(_square_local, x, size=x.size), 0)
 
 
 async def matmul(ctx: Context, x: AShare, y: AShare) -> AShare:
     """x @ y in the ring. 1 round, 1 element per output element per party."""
-    return await _finish(ctx, await offload(_matmul_local, x, y, size=_matmul_work(x, y)), 0)
+    return await matmul_stacked(ctx, stack_left(x), stack_right(y), bits=0)
+
+
+async def matmul_stacked(
+    ctx: Context, left: RingArray, right: RingArray, bits: int | None = None
+) -> AShare:
+    """x @ y from stacked operands (:func:`stack_left`, :func:`stack_right`), truncated by
+    ``bits`` (default frac_bits; 0: none). 2 rounds with truncation, else 1; as
+    :func:`matmul_fxp` / :func:`matmul` per output element."""
+    bits = resolve_bits(ctx, bits)
+    z = await offload(ring_matmul, left, right, size=_matmul_work(left, right))
+    return await finish_product(ctx, z, bits)
 
 
 async def mul_fxp(ctx: Context, x: AShare, y: AShare, bits: int | None = None) -> AShare:
@@ -97,13 +117,13 @@ async def mul_fxp(ctx: Context, x: AShare, y: AShare, bits: int | None = None) -
     """
     bits = resolve_bits(ctx, bits)
     z = await offload(_mul_local, x, y, size=max(x.size, y.size))
-    return await _finish(ctx, z, bits)
+    return await finish_product(ctx, z, bits)
 
 
 async def square_fxp(ctx: Context, x: AShare, bits: int | None = None) -> AShare:
     """Fixed-point x * x, truncated; as :func:`mul_fxp` (2 rounds, 40 + bits/8 bytes)."""
     bits = resolve_bits(ctx, bits)
-    return await _finish(ctx, await offload(_square_local, x, size=x.size), bits)
+    return await finish_product(ctx, await offload(_square_local, x, size=x.size), bits)
 
 
 async def matmul_fxp(ctx: Context, x: AShare, y: AShare, bits: int | None = None) -> AShare:
@@ -111,9 +131,7 @@ async def matmul_fxp(ctx: Context, x: AShare, y: AShare, bits: int | None = None
 
     2 rounds; 40 + bits/8 bytes per output element from all parties together.
     """
-    bits = resolve_bits(ctx, bits)
-    z = await offload(_matmul_local, x, y, size=_matmul_work(x, y))
-    return await _finish(ctx, z, bits)
+    return await matmul_stacked(ctx, stack_left(x), stack_right(y), bits)
 
 
 def _matmul_public_local(a: AShare | RingArray, b: AShare | RingArray) -> AShare:

@@ -43,14 +43,21 @@ from puma_async.model.weights import LlamaWeights
 from puma_async.runtime import Context
 
 from .activations import silu
-from .arith import fixed_point, matmul_fxp, mul_fxp
+from .arith import (
+    finish_product,
+    fixed_point,
+    matmul_fxp,
+    matmul_stacked,
+    mul_fxp,
+    stack_left,
+    stack_right,
+)
 from .norms import rms_norm
-from .randomness import zero_share
 from .ring import RingArray
 from .ringmatmul import ring_matmul
 from .shares import AShare
 from .softmax import softmax
-from .trunc import resolve_bits, truncate, truncate_additive
+from .trunc import truncate
 
 # ----------------------------------------------------------------------------- weights
 
@@ -70,7 +77,7 @@ class SecureWeight:
     @classmethod
     def from_share(cls, share: AShare) -> SecureWeight:
         """Stack a weight's share halves once (a copy at set-up, none afterwards)."""
-        return cls(np.concatenate([share.first, share.second], axis=0))
+        return cls(stack_right(share))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,12 +173,6 @@ def assemble_model(config: LlamaConfig, stored: dict[str, Stored]) -> SecureMode
 # ----------------------------------------------------------------------------- products
 
 
-async def _product(ctx: Context, left: RingArray, right: RingArray, bits: int) -> AShare:
-    """Mask a local product share z_i = left @ right with a zero-sharing, truncate by bits."""
-    z = await trio.to_thread.run_sync(ring_matmul, left, right)
-    return await truncate_additive(ctx, z + zero_share(ctx, z.shape), bits)
-
-
 async def weight_matmul(
     ctx: Context, x: AShare, w: SecureWeight, bits: int | None = None
 ) -> AShare:
@@ -180,8 +181,7 @@ async def weight_matmul(
     z_i = [x_i + x_{i+1} | x_i] @ [W_i; W_{i+1}]: one ring matmul on the stored weight.
     Cost: 2 rounds (1 without truncation, bits = 0); about 14 bytes per output per party.
     """
-    left = np.concatenate([x.first + x.second, x.first], axis=-1)
-    return await _product(ctx, left, w.stacked, resolve_bits(ctx, bits))
+    return await matmul_stacked(ctx, stack_left(x), w.stacked, bits)
 
 
 async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare) -> AShare:
@@ -193,8 +193,7 @@ async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare) -> ASh
     n, h = one_hot.shape[0], model.config.hidden
     left = np.concatenate([one_hot.first + one_hot.second, one_hot.first], axis=0)
     both = await trio.to_thread.run_sync(ring_matmul, left, model.embed)
-    z = both[:n, :h] + both[n:, h:]
-    return await truncate_additive(ctx, z + zero_share(ctx, z.shape), 0)
+    return await finish_product(ctx, both[:n, :h] + both[n:, h:], 0)
 
 
 async def lm_head(ctx: Context, model: SecureModel, x: AShare) -> AShare:
@@ -205,8 +204,7 @@ async def lm_head(ctx: Context, model: SecureModel, x: AShare) -> AShare:
     if model.lm_head is not None:
         return await weight_matmul(ctx, x, model.lm_head)
     # z_i^T = E_i (x_i + x_{i+1})^T + E_{i+1} x_i^T = [E_i | E_{i+1}] @ [(x_i + x_{i+1})^T; x_i^T]
-    right = np.concatenate([x.first + x.second, x.first], axis=-1).T.copy()
-    out = await _product(ctx, model.embed, right, resolve_bits(ctx, None))
+    out = await matmul_stacked(ctx, model.embed, stack_left(x).T.copy())
     return out.transpose()
 
 
