@@ -6,11 +6,11 @@ transport with an emulated one-way delay per link) twice per delay: with round o
 sequential (``sequential=True``: same messages, one step after the other). Reports, per run,
 the critical-path rounds (the deepest round any role reached), P0's rounds and bytes of the
 prompt pass (scope ``p0.t0``) and the wall time; the delay makes every round cost at least
-one latency, which is what overlapping saves. Only the tiny model for now: one token of the
-real SmolLM2 and a LLaMA-7B-shape layer are left to ``--model`` / a follow-up.
+one latency, which is what overlapping saves. ``--model smollm2`` runs the real model (about
+five minutes for the four runs); the default tiny model takes seconds.
 
-Usage: ``python benchmarks/overlap.py [--model tiny] [--max-new-tokens 1] [--delays-ms 1 10]
-[--out benchmarks/results/overlap.json]``.
+Usage: ``python benchmarks/overlap.py [--model tiny|smollm2|FILE.gguf] [--max-new-tokens 1]
+[--delays-ms 1 10] [--out benchmarks/results/overlap.json]``.
 """
 
 from __future__ import annotations
