@@ -112,6 +112,7 @@ def unpackb(data: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Any:
 # ----------------------------------------------------------------------------- messages
 
 _MESSAGES: dict[int, type[Message]] = {}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +128,7 @@ def message(cls: type[Message]) -> type[Message]:
     if cls.TAG in _MESSAGES:
         raise ValueError(f"message tag {cls.TAG} registered twice")
     _MESSAGES[cls.TAG] = cls
+    _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
     return cls
 
 
@@ -217,7 +219,7 @@ class Value(Message):
 
 
 def _message_fields(msg: Message) -> list:
-    return [getattr(msg, f.name) for f in dataclasses.fields(msg)]
+    return [getattr(msg, name) for name in _FIELD_NAMES[type(msg)]]
 
 
 def encode_message(msg: Message) -> bytes:
@@ -232,8 +234,8 @@ def _message_from_wire(obj: Any) -> Message:
     if cls is None:
         raise DecodeError(f"unknown message tag {obj[0]}")
     fields = obj[1:]
-    if len(fields) != len(dataclasses.fields(cls)):
-        raise DecodeError(f"{cls.__name__}: expected {len(dataclasses.fields(cls))} fields")
+    if len(fields) != len(_FIELD_NAMES[cls]):
+        raise DecodeError(f"{cls.__name__}: expected {len(_FIELD_NAMES[cls])} fields")
     try:
         return cls.from_wire(fields)  # type: ignore[attr-defined]
     except DecodeError:

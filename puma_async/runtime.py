@@ -84,9 +84,16 @@ class PartyRuntime:
     # -- I/O tasks ---------------------------------------------------------------------
 
     def enqueue(self, peer: int, encoded_envelope: bytes) -> None:
+        """Send an encoded envelope: at once on an immediate transport, else via the
+        peer's writer task (which coalesces what is ready into one frame)."""
         if peer not in self._outboxes:
             raise ProtocolError(f"{role_name(peer)} is not a peer of {role_name(self.role)}")
-        self._outboxes[peer].send_nowait(encoded_envelope)
+        if self.transport.immediate:
+            frame = codec.frame_from_encoded([encoded_envelope])
+            self.stats.frame_sent(peer, len(frame))
+            self.transport.send_immediately(peer, frame)
+        else:
+            self._outboxes[peer].send_nowait(encoded_envelope)
 
     async def write_frames(self, peer: int) -> None:
         """Send everything queued for ``peer``, coalescing what is ready into frames of up to

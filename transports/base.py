@@ -21,10 +21,18 @@ class Transport(abc.ABC):
 
     role: int
     peers: Sequence[int]
+    immediate: bool = False
+    """True if :meth:`send_immediately` works: frames are handed over without waiting (the
+    in-process transports), so the runtime sends from the sending step itself, without a
+    writer task in between."""
 
     @abc.abstractmethod
     async def send(self, peer: int, frame: bytes) -> None:
         """Send one frame to ``peer`` (may wait for flow control or emulated bandwidth)."""
+
+    def send_immediately(self, peer: int, frame: bytes) -> None:
+        """Hand one frame to ``peer`` at once (only where :attr:`immediate` is True)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot send without waiting")
 
     @abc.abstractmethod
     async def receive(self) -> tuple[int, bytes | None]:

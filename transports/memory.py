@@ -58,10 +58,16 @@ class MemoryTransport(Transport):
         self._network = network
         self._closed: set[int] = set()
 
+    immediate = True
+
     async def send(self, peer: int, frame: bytes) -> None:
+        self.send_immediately(peer, frame)
+        await trio.lowlevel.checkpoint()
+
+    def send_immediately(self, peer: int, frame: bytes) -> None:
         if peer in self._closed:
             raise PeerDisconnectedError("send after the link was closed", peer=peer)
-        await self._network.put(self.role, peer, (self.role, frame))
+        self._network.put(self.role, peer, (self.role, frame))
 
     async def receive(self) -> tuple[int, bytes | None]:
         return await self._network.inboxes_receive[self.role].receive()
@@ -69,7 +75,8 @@ class MemoryTransport(Transport):
     async def close_peer(self, peer: int) -> None:
         if peer not in self._closed:
             self._closed.add(peer)
-            await self._network.put(self.role, peer, (self.role, None))
+            self._network.put(self.role, peer, (self.role, None))
+        await trio.lowlevel.checkpoint()
 
 
 class MemoryNetwork:
@@ -88,13 +95,12 @@ class MemoryNetwork:
             for a in self.roles for b in self.roles if a != b
         }
 
-    async def put(self, sender: int, receiver: int, item: _Item) -> None:
+    def put(self, sender: int, receiver: int, item: _Item) -> None:
         link = self.links[(sender, receiver)]
         if link.emulated:
             link.schedule(item)
         else:
             link.inbox.send_nowait(item)
-        await trio.lowlevel.checkpoint()
 
     def endpoint(self, role: int) -> MemoryTransport:
         return MemoryTransport(role, [r for r in self.roles if r != role], self)

@@ -63,11 +63,16 @@ class ThreadTransport(Transport):
         self._incoming = network.inboxes[role].attach()
         self._closed: set[int] = set()
 
+    immediate = True
+
     async def send(self, peer: int, frame: bytes) -> None:
+        self.send_immediately(peer, frame)
+        await trio.lowlevel.checkpoint()
+
+    def send_immediately(self, peer: int, frame: bytes) -> None:
         if peer in self._closed:
             raise PeerDisconnectedError("send after the link was closed", peer=peer)
         self._network.inboxes[peer].put((self.role, frame))
-        await trio.lowlevel.checkpoint()
 
     async def receive(self) -> tuple[int, bytes | None]:
         return await self._incoming.receive()
