@@ -36,6 +36,9 @@ def to_ring(x: Any) -> RingArray:
     if isinstance(x, np.ndarray) and x.dtype == RING_DTYPE:
         return x
     arr = np.asarray(x)
+    if arr.dtype.kind == "f" and isinstance(x, (list, tuple)):
+        # numpy reads a list mixing ints below and above 2^63 as float64: keep them exact
+        arr = np.array(x, dtype=object)
     if arr.dtype == object:
         flat = [operator.index(v) & _MASK for v in arr.ravel()]
         return np.array(flat, dtype=RING_DTYPE).reshape(arr.shape)
