@@ -130,34 +130,49 @@ class PartyRuntime:
             await self.transport.close_peer(peer)
 
     async def read_frames(self) -> None:
-        """Decode incoming frames into the mailbox until every peer has finished.
-
-        Failures (a bad frame, a broken connection, an ``Abort``) fail the mailbox, so every
-        pending and future receive raises them, naming the peer and the step.
-        """
-        try:
-            while self.finished_peers < set(self.peers):
+        """Pull incoming frames from the transport into the mailbox until every peer has
+        finished (transports that push frames call :meth:`on_frame` themselves)."""
+        while not self.reader_done.is_set():
+            try:
                 peer, frame = await self.transport.receive()
-                if frame is None:
-                    self.finished_peers.add(peer)
-                    self.mailbox.fail_peer(
-                        peer, PeerDisconnectedError("peer finished or disconnected", peer=peer)
+            except ProtocolError as exc:
+                self._fail(exc)
+                return
+            self.on_frame(peer, frame)
+
+    def on_frame(self, peer: int, frame: bytes | None) -> None:
+        """File one incoming frame (None: ``peer`` has finished) in the mailbox.
+
+        Failures (a bad frame, an ``Abort``) fail the mailbox, so every pending and future
+        receive raises them, naming the peer and the step; nothing raises to the caller.
+        """
+        if self.reader_done.is_set():
+            return
+        if frame is None:
+            self.finished_peers.add(peer)
+            self.mailbox.fail_peer(
+                peer, PeerDisconnectedError("peer finished or disconnected", peer=peer)
+            )
+            if self.finished_peers >= set(self.peers):
+                self.reader_done.set()
+            return
+        try:
+            for env in codec.decode_frame(
+                frame, session=self.session, sender=peer, receiver=self.role,
+                max_bytes=self.max_frame_bytes,
+            ):
+                if isinstance(env.message, Abort):
+                    raise PeerAbortedError(
+                        f"peer aborted: {env.message.reason}", peer=peer,
+                        step=env.message.step,
                     )
-                    continue
-                for env in codec.decode_frame(
-                    frame, session=self.session, sender=peer, receiver=self.role,
-                    max_bytes=self.max_frame_bytes,
-                ):
-                    if isinstance(env.message, Abort):
-                        raise PeerAbortedError(
-                            f"peer aborted: {env.message.reason}", peer=peer,
-                            step=env.message.step,
-                        )
-                    self.mailbox.deliver(env)
+                self.mailbox.deliver(env)
         except ProtocolError as exc:
-            self.mailbox.fail_all(exc)
-        finally:
-            self.reader_done.set()
+            self._fail(exc)
+
+    def _fail(self, error: ProtocolError) -> None:
+        self.mailbox.fail_all(error)
+        self.reader_done.set()
 
     async def close_outboxes(self) -> None:
         for send in self._outboxes.values():
@@ -414,7 +429,8 @@ async def open_party(
     root = Context(runtime)
     failure: BaseException | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(runtime.read_frames)
+        if not transport.push_to(runtime.on_frame):
+            nursery.start_soon(runtime.read_frames)
         writers_done = trio.Event()
 
         async def run_writers() -> None:

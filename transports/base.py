@@ -8,7 +8,7 @@ so ``send`` is only ever called by one task per peer at a time.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 class Transport(abc.ABC):
@@ -33,6 +33,12 @@ class Transport(abc.ABC):
     def send_immediately(self, peer: int, frame: bytes) -> None:
         """Hand one frame to ``peer`` at once (only where :attr:`immediate` is True)."""
         raise NotImplementedError(f"{type(self).__name__} cannot send without waiting")
+
+    def push_to(self, deliver: Callable[[int, bytes | None], None]) -> bool:
+        """Ask the transport to call ``deliver(peer, frame)`` for every incoming frame instead
+        of being polled with :meth:`receive`; True if it will (in-process transports), False
+        if the caller must keep receiving."""
+        return False
 
     @abc.abstractmethod
     async def receive(self) -> tuple[int, bytes | None]:

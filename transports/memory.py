@@ -8,8 +8,9 @@ both left at zero frames are handed over directly, which is what tests and
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -23,10 +24,10 @@ _Item = tuple[int, bytes | None]
 class _Link:
     """One direction between two roles: FIFO delivery after emulated serialisation + latency."""
 
-    def __init__(self, latency: float, bandwidth: float, inbox: trio.MemorySendChannel[_Item]):
+    def __init__(self, latency: float, bandwidth: float, deliver: Callable[[_Item], None]):
         self.latency = latency
         self.bandwidth = bandwidth
-        self.inbox = inbox
+        self.deliver_now = deliver
         self.free_at = 0.0
         self.pending_send, self.pending_receive = trio.open_memory_channel[
             tuple[float, _Item]
@@ -46,7 +47,7 @@ class _Link:
     async def deliver(self) -> None:
         async for deliver_at, item in self.pending_receive:
             await trio.sleep_until(deliver_at)
-            await self.inbox.send(item)
+            self.deliver_now(item)
 
 
 class MemoryTransport(Transport):
@@ -72,6 +73,10 @@ class MemoryTransport(Transport):
     async def receive(self) -> tuple[int, bytes | None]:
         return await self._network.inboxes_receive[self.role].receive()
 
+    def push_to(self, deliver: Callable[[int, bytes | None], None]) -> bool:
+        self._network.push_to(self.role, deliver)
+        return True
+
     async def close_peer(self, peer: int) -> None:
         if peer not in self._closed:
             self._closed.add(peer)
@@ -90,17 +95,35 @@ class MemoryNetwork:
             self.inboxes_send[role], self.inboxes_receive[role] = trio.open_memory_channel[
                 _Item
             ](math.inf)
+        self.receivers: dict[int, Callable[[int, bytes | None], None]] = {}
         self.links = {
-            (a, b): _Link(latency, bandwidth, self.inboxes_send[b])
+            (a, b): _Link(latency, bandwidth, functools.partial(self.deliver, b))
             for a in self.roles for b in self.roles if a != b
         }
+
+    def deliver(self, receiver: int, item: _Item) -> None:
+        """Hand ``item`` to ``receiver``: to its pushed-to callback, else into its inbox."""
+        callback = self.receivers.get(receiver)
+        if callback is None:
+            self.inboxes_send[receiver].send_nowait(item)
+        else:
+            callback(*item)
+
+    def push_to(self, role: int, deliver: Callable[[int, bytes | None], None]) -> None:
+        """From now on call ``deliver`` for ``role``'s frames (after what is queued)."""
+        while True:
+            try:
+                deliver(*self.inboxes_receive[role].receive_nowait())
+            except trio.WouldBlock:
+                break
+        self.receivers[role] = deliver
 
     def put(self, sender: int, receiver: int, item: _Item) -> None:
         link = self.links[(sender, receiver)]
         if link.emulated:
             link.schedule(item)
         else:
-            link.inbox.send_nowait(item)
+            link.deliver_now(item)
 
     def endpoint(self, role: int) -> MemoryTransport:
         return MemoryTransport(role, [r for r in self.roles if r != role], self)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -29,28 +29,31 @@ class _Inbox:
         self.lock = threading.Lock()
         self.buffer: list[_Item] = []
         self.token: trio.lowlevel.TrioToken | None = None
-        self.channel: trio.MemorySendChannel[_Item] | None = None
+        self.target: Callable[[int, bytes | None], None] | None = None
 
     def put(self, item: _Item) -> None:
         with self.lock:
-            if self.token is None or self.channel is None:
+            if self.token is None or self.target is None:
                 self.buffer.append(item)
                 return
-            token, channel = self.token, self.channel
+            token = self.token
         # A role that has finished listens no more: dropping its frames is what a closed
         # connection would do.
         with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(channel.send_nowait, item)
+            token.run_sync_soon(self._dispatch, item)
 
-    def attach(self) -> trio.MemoryReceiveChannel[_Item]:
-        """Called in the receiving role's own ``trio.run``: start delivering there."""
-        send, receive = trio.open_memory_channel[_Item](math.inf)
+    def _dispatch(self, item: _Item) -> None:
+        """In the receiving loop: hand ``item`` to the target of the moment."""
+        assert self.target is not None
+        self.target(*item)
+
+    def attach(self, target: Callable[[int, bytes | None], None]) -> None:
+        """Called in the receiving role's own ``trio.run``: deliver there, to ``target``."""
         with self.lock:
-            for item in self.buffer:
-                send.send_nowait(item)
-            self.buffer.clear()
-            self.token, self.channel = trio.lowlevel.current_trio_token(), send
-        return receive
+            pending, self.buffer = self.buffer, []
+            self.token, self.target = trio.lowlevel.current_trio_token(), target
+        for item in pending:
+            target(*item)
 
 
 class ThreadTransport(Transport):
@@ -60,7 +63,9 @@ class ThreadTransport(Transport):
         self.role = role
         self.peers = tuple(peers)
         self._network = network
-        self._incoming = network.inboxes[role].attach()
+        send, self._incoming = trio.open_memory_channel[_Item](math.inf)
+        self._inbox = network.inboxes[role]
+        self._inbox.attach(lambda peer, frame: send.send_nowait((peer, frame)))
         self._closed: set[int] = set()
 
     immediate = True
@@ -76,6 +81,15 @@ class ThreadTransport(Transport):
 
     async def receive(self) -> tuple[int, bytes | None]:
         return await self._incoming.receive()
+
+    def push_to(self, deliver: Callable[[int, bytes | None], None]) -> bool:
+        while True:  # what already arrived first, in order
+            try:
+                deliver(*self._incoming.receive_nowait())
+            except trio.WouldBlock:
+                break
+        self._inbox.attach(deliver)
+        return True
 
     async def close_peer(self, peer: int) -> None:
         if peer not in self._closed:
