@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import math
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -363,14 +364,17 @@ class Context:
 
     @contextmanager
     def scope(self, name: str) -> Iterator[None]:
-        """Attribute traffic and rounds inside to the nested scope ``outer.name``."""
+        """Attribute traffic, rounds and wall time inside to the nested scope ``outer.name``."""
         outer = self._scope
         self._scope = (*outer, *name.split("."))
-        start = self.clock
+        start, started = self.clock, time.perf_counter()
         try:
             yield
         finally:
-            self.runtime.stats.scope_rounds(self._phase, self.scope_name, self.frontier - start)
+            self.runtime.stats.scope_exit(
+                self._phase, self.scope_name, self.frontier - start,
+                time.perf_counter() - started,
+            )
             self._scope = outer
 
     @contextmanager

@@ -5,8 +5,9 @@ One session = one set of weight shares and any number of prompts:
 1. Set-up (phase ``setup``, step child 0 of the root): the parties agree their keys; the
    model owner and the client give the parties their input seeds; the model owner shares
    every weight tensor once (:func:`.protocols.llama.weight_plan` order: it derives x_0 and
-   x_1 from the seeds and sends only x_2 to P_1 and P_2). P_0 then tells the client it is
-   ready.
+   x_1 from the seeds and sends only x_2 to P_1 and P_2). Each party then tells the client
+   it is ready (its shares stored), so the client's timings of the online steps do not
+   include any party's set-up.
 2. Online (step child 1): per prompt and per generated token, the client tells the parties
    how many new positions follow (public), secret-shares their one-hot rows, and alone
    receives the logits of the last position; it picks the next token itself (greedy, or
@@ -51,7 +52,7 @@ from puma_async.protocols.llama import (
 )
 from puma_async.protocols.randomness import setup_input_seeds, setup_keys
 from puma_async.protocols.shares import AShare
-from puma_async.roles import CLIENT, MODEL_OWNER, P0, PARTIES
+from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES
 from puma_async.runner import Program, run_local
 from puma_async.runtime import Context
 from puma_async.stats import PartyStats, Totals
@@ -209,8 +210,7 @@ def party_program(config: LlamaConfig) -> Program:
             del stored
         ctx.join([setup])
         online = ctx.child()
-        if ctx.role == P0:
-            await online.send(CLIENT, Value(["ready"]))
+        await online.send(CLIENT, Value(["ready"]))  # every party: its weights are stored
         cache, prompt, step = SecureKVCache.empty(config), 0, 0
         while True:
             command = await _command(online)
@@ -274,10 +274,11 @@ def client_program(
         with setup.phase("setup"):
             await setup_input_seeds(setup, CLIENT)
         online = ctx.child()
-        ready = await online.recv(P0)
-        if not (isinstance(ready, Value) and ready.value == ["ready"]):
-            raise ProtocolError("expected the parties' ready signal", peer=P0,
-                                step=online.step_name)
+        for party in PARTIES:  # the set-up ends when every party has stored its weights
+            ready = await online.recv(party)
+            if not (isinstance(ready, Value) and ready.value == ["ready"]):
+                raise ProtocolError("expected the party's ready signal", peer=party,
+                                    step=online.step_name)
         setup_seconds = time.perf_counter() - started
         report(Progress("setup", setup_seconds))
         fx = fixed_point(online)

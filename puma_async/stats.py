@@ -41,9 +41,12 @@ class TrafficEntry:
 
 @dataclasses.dataclass(frozen=True)
 class RoundsEntry:
+    """A scope's rounds and wall seconds (inclusive of nested scopes, summed over entries)."""
+
     phase: str
     scope: str
     rounds: int
+    seconds: float = 0.0
 
 
 def _in_scope(scope: str, prefix: str | None) -> bool:
@@ -93,6 +96,13 @@ class PartyStats:
             rounds = self.max_round
         return Totals(*sums, rounds=rounds)
 
+    def scope_seconds(self, scope: str, phase: str | None = None) -> float:
+        """Wall seconds spent inside ``scope`` (summed over its entries)."""
+        return sum(
+            r.seconds for r in self.scope_rounds
+            if r.scope == scope and (phase is None or r.phase == phase)
+        )
+
     def scopes(self) -> list[str]:
         return sorted({e.scope for e in self.traffic} | {r.scope for r in self.scope_rounds})
 
@@ -123,7 +133,7 @@ class StatsRecorder:
     def __init__(self, role: int):
         self.role = role
         self._traffic: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-        self._scope_rounds: dict[tuple[str, str], int] = defaultdict(int)
+        self._scope_rounds: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
         self._phase_span: dict[str, tuple[int, int]] = {}
         self._wire: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         self.max_round = 0
@@ -150,8 +160,11 @@ class StatsRecorder:
         wire[0] += nbytes
         wire[1] += 1
 
-    def scope_rounds(self, phase: str, scope: str, rounds: int) -> None:
-        self._scope_rounds[(phase, scope)] += rounds
+    def scope_exit(self, phase: str, scope: str, rounds: int, seconds: float) -> None:
+        """Count one entry of a scope: the rounds and wall seconds it took."""
+        entry = self._scope_rounds[(phase, scope)]
+        entry[0] += rounds
+        entry[1] += seconds
 
     def snapshot(self, seconds: float = 0.0) -> PartyStats:
         """Freeze the counters; ``seconds`` is the program's wall time."""
@@ -163,8 +176,8 @@ class StatsRecorder:
                 for (phase, scope, peer), counts in sorted(self._traffic.items())
             ),
             scope_rounds=tuple(
-                RoundsEntry(phase, scope, n)
-                for (phase, scope), n in sorted(self._scope_rounds.items())
+                RoundsEntry(phase, scope, int(n), seconds)
+                for (phase, scope), (n, seconds) in sorted(self._scope_rounds.items())
             ),
             phase_rounds=tuple(
                 (phase, high - low + 1) for phase, (low, high) in sorted(self._phase_span.items())
