@@ -158,6 +158,7 @@ def test_scopes_and_phases_are_attributed() -> None:
     assert stats.totals(scope="layer0").bytes_sent == 56
     assert stats.totals(scope="layer0").rounds == 4
     assert stats.totals(scope="layer0.mlp").rounds == 1
+    assert stats.scope_seconds("layer0") >= stats.scope_seconds("layer0.mlp") > 0
     assert stats.max_round == 5
     assert stats.totals(peer=1).bytes_sent == 72
     data = json.loads(stats.to_json())
