@@ -28,7 +28,7 @@ import numpy as np
 import structlog
 import trio
 
-from puma_async import codec
+from puma_async import codec, logs  # noqa: F401  (logs: redacting log configuration)
 from puma_async.codec import Abort, Arrays, Envelope, Message, StepPath, format_path
 from puma_async.errors import (
     PeerAbortedError,
