@@ -8,6 +8,7 @@ both left at zero frames are handed over directly, which is what tests and
 
 from __future__ import annotations
 
+import abc
 import functools
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -50,16 +51,20 @@ class _Link:
             self.deliver_now(item)
 
 
-class MemoryTransport(Transport):
-    """One role's endpoint of a :class:`MemoryNetwork`."""
-
-    def __init__(self, role: int, peers: Sequence[int], network: MemoryNetwork):
-        self.role = role
-        self.peers = tuple(peers)
-        self._network = network
-        self._closed: set[int] = set()
+class InProcessTransport(Transport):
+    """What the in-process transports share: frames are handed over at once (no waiting),
+    and each link to a peer is closed once. Subclasses say how an item is handed over."""
 
     immediate = True
+
+    def __init__(self, role: int, peers: Sequence[int]):
+        self.role = role
+        self.peers = tuple(peers)
+        self._closed: set[int] = set()
+
+    @abc.abstractmethod
+    def hand_over(self, peer: int, item: _Item) -> None:
+        """Deliver ``item`` (our role, frame or None) to ``peer`` without waiting."""
 
     async def send(self, peer: int, frame: bytes) -> None:
         self.send_immediately(peer, frame)
@@ -68,7 +73,24 @@ class MemoryTransport(Transport):
     def send_immediately(self, peer: int, frame: bytes) -> None:
         if peer in self._closed:
             raise PeerDisconnectedError("send after the link was closed", peer=peer)
-        self._network.put(self.role, peer, (self.role, frame))
+        self.hand_over(peer, (self.role, frame))
+
+    async def close_peer(self, peer: int) -> None:
+        if peer not in self._closed:
+            self._closed.add(peer)
+            self.hand_over(peer, (self.role, None))
+        await trio.lowlevel.checkpoint()
+
+
+class MemoryTransport(InProcessTransport):
+    """One role's endpoint of a :class:`MemoryNetwork`."""
+
+    def __init__(self, role: int, peers: Sequence[int], network: MemoryNetwork):
+        super().__init__(role, peers)
+        self._network = network
+
+    def hand_over(self, peer: int, item: _Item) -> None:
+        self._network.put(self.role, peer, item)
 
     async def receive(self) -> tuple[int, bytes | None]:
         return await self._network.inboxes_receive[self.role].receive()
@@ -76,12 +98,6 @@ class MemoryTransport(Transport):
     def push_to(self, deliver: Callable[[int, bytes | None], None]) -> bool:
         self._network.push_to(self.role, deliver)
         return True
-
-    async def close_peer(self, peer: int) -> None:
-        if peer not in self._closed:
-            self._closed.add(peer)
-            self._network.put(self.role, peer, (self.role, None))
-        await trio.lowlevel.checkpoint()
 
 
 class MemoryNetwork:

@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from puma_async.errors import PeerDisconnectedError
-from puma_async.transports.base import Transport
+from puma_async.transports.memory import InProcessTransport
 
 _Item = tuple[int, bytes | None]
 
@@ -56,28 +55,18 @@ class _Inbox:
             target(*item)
 
 
-class ThreadTransport(Transport):
+class ThreadTransport(InProcessTransport):
     """One role's endpoint of a :class:`ThreadNetwork`; create it inside that role's loop."""
 
     def __init__(self, role: int, peers: Sequence[int], network: ThreadNetwork):
-        self.role = role
-        self.peers = tuple(peers)
+        super().__init__(role, peers)
         self._network = network
         send, self._incoming = trio.open_memory_channel[_Item](math.inf)
         self._inbox = network.inboxes[role]
         self._inbox.attach(lambda peer, frame: send.send_nowait((peer, frame)))
-        self._closed: set[int] = set()
 
-    immediate = True
-
-    async def send(self, peer: int, frame: bytes) -> None:
-        self.send_immediately(peer, frame)
-        await trio.lowlevel.checkpoint()
-
-    def send_immediately(self, peer: int, frame: bytes) -> None:
-        if peer in self._closed:
-            raise PeerDisconnectedError("send after the link was closed", peer=peer)
-        self._network.inboxes[peer].put((self.role, frame))
+    def hand_over(self, peer: int, item: _Item) -> None:
+        self._network.inboxes[peer].put(item)
 
     async def receive(self) -> tuple[int, bytes | None]:
         return await self._incoming.receive()
@@ -90,12 +79,6 @@ class ThreadTransport(Transport):
                 break
         self._inbox.attach(deliver)
         return True
-
-    async def close_peer(self, peer: int) -> None:
-        if peer not in self._closed:
-            self._closed.add(peer)
-            self._network.inboxes[peer].put((self.role, None))
-        await trio.lowlevel.checkpoint()
 
 
 class ThreadNetwork:
