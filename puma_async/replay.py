@@ -151,7 +151,7 @@ async def _replay_party(transport: ReplayTransport, timeout: float
             await program(ctx)
     except PumaError as exc:
         return f"{type(exc).__name__}: {exc}", None, tap
-    return None, ctx.runtime.shared.get("stats"), tap
+    return None, ctx.runtime.final_stats, tap
 
 
 async def replay_trace(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT

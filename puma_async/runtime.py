@@ -81,6 +81,8 @@ class PartyRuntime:
             self._outbox_receivers[peer] = receive
         self.finished_peers: set[int] = set()
         self.reader_done = trio.Event()
+        self.final_stats: PartyStats | None = None
+        """The statistics of a run that finished cleanly (set by :func:`open_party`)."""
 
     # -- I/O tasks ---------------------------------------------------------------------
 
@@ -242,10 +244,6 @@ class Context:
     @property
     def scope_name(self) -> str:
         return ".".join(self._scope)
-
-    @property
-    def phase_name(self) -> str:
-        return self._phase
 
     @property
     def step_name(self) -> str:
@@ -460,7 +458,7 @@ async def open_party(
                     f"peers {sorted(unfinished)} did not finish within {timeout:g} s"
                 )
             runtime.check_unexpected()
-            runtime.shared["stats"] = runtime.stats.snapshot(elapsed)
+            runtime.final_stats = runtime.stats.snapshot(elapsed)
         except BaseException as exc:
             failure = exc
             step = exc.step if isinstance(exc, ProtocolError) and exc.step else root.step_name
@@ -514,4 +512,5 @@ async def run_party(
         transport, session=session, timeout=timeout, entropy=entropy, sequential=sequential
     ) as ctx:
         result = await program(ctx)
-    return result, ctx.runtime.shared["stats"]
+    assert ctx.runtime.final_stats is not None  # open_party raises unless it finished cleanly
+    return result, ctx.runtime.final_stats
