@@ -134,7 +134,7 @@ class StatsRecorder:
         self.role = role
         self._traffic: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         self._scope_rounds: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
-        self._phase_span: dict[str, tuple[int, int]] = {}
+        self._phase_span: dict[str, list[int]] = {}
         self._wire: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         self.max_round = 0
 
@@ -151,9 +151,15 @@ class StatsRecorder:
         self._saw_round(phase, round_)
 
     def _saw_round(self, phase: str, round_: int) -> None:
-        self.max_round = max(self.max_round, round_)
-        low, high = self._phase_span.get(phase, (round_, round_))
-        self._phase_span[phase] = (min(low, round_), max(high, round_))
+        if round_ > self.max_round:
+            self.max_round = round_
+        span = self._phase_span.get(phase)
+        if span is None:
+            self._phase_span[phase] = [round_, round_]
+        elif round_ < span[0]:
+            span[0] = round_
+        elif round_ > span[1]:
+            span[1] = round_
 
     def frame_sent(self, peer: int, nbytes: int) -> None:
         wire = self._wire[peer]
