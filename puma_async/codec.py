@@ -19,9 +19,10 @@ No pickle anywhere. Every decoding failure raises :class:`DecodeError` (or
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
-from collections.abc import Iterable
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import msgpack
 import numpy as np
@@ -41,21 +42,63 @@ _DTYPES: tuple[np.dtype, ...] = tuple(
     )
 )
 _DTYPE_CODE = {dtype: code for code, dtype in enumerate(_DTYPES)}
+_LITTLE_ENDIAN_CODE = {  # dtypes whose native bytes are the wire's (no conversion)
+    dtype: code for dtype, code in _DTYPE_CODE.items()
+    if dtype.byteorder == "|" or dtype.newbyteorder("<") == dtype
+}
+_LITTLE_ENDIAN_CODES = frozenset(_LITTLE_ENDIAN_CODE.values())
+_SHAPES = [struct.Struct(f"<{ndim}Q") for ndim in range(MAX_NDIM + 1)]
 
 
 # ----------------------------------------------------------------------------- arrays
 
 
-def _ext_default(obj: Any) -> msgpack.ExtType:
-    if isinstance(obj, np.ndarray):
+def _array_payload(obj: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """An array's ext-type payload as (dtype code, ndim and shape header; raw data).
+
+    The raw data is the array itself when it is C-contiguous little-endian (else a
+    contiguous little-endian copy), so an encoder joins it into a frame with one copy.
+    """
+    code = _LITTLE_ENDIAN_CODE.get(obj.dtype)
+    if code is None or not obj.flags.c_contiguous:
         dtype = obj.dtype.newbyteorder("=") if obj.dtype.byteorder == ">" else obj.dtype
         code = _DTYPE_CODE.get(np.dtype(dtype))
         if code is None:
             raise TypeError(f"numpy dtype {obj.dtype} is not in the wire whitelist")
-        if obj.ndim > MAX_NDIM:
-            raise TypeError(f"array of {obj.ndim} dimensions exceeds the limit of {MAX_NDIM}")
-        data = np.ascontiguousarray(obj, dtype=np.dtype(dtype).newbyteorder("<"))
-        header = struct.pack(f"<BB{obj.ndim}Q", code, obj.ndim, *obj.shape)
+        obj = np.ascontiguousarray(obj, dtype=np.dtype(dtype).newbyteorder("<"))
+    ndim = obj.ndim
+    if ndim > MAX_NDIM:
+        raise TypeError(f"array of {ndim} dimensions exceeds the limit of {MAX_NDIM}")
+    return bytes((code, ndim)) + _SHAPES[ndim].pack(*obj.shape), obj
+
+
+_FIXEXT = {1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}
+
+
+def _ext_header(size: int) -> bytes:
+    """msgpack's header of an ext-type-1 value of ``size`` bytes (its shortest form)."""
+    fixed = _FIXEXT.get(size)
+    if fixed is not None:
+        return bytes((fixed, NDARRAY_EXT))
+    if size < 1 << 8:
+        return bytes((0xC7, size, NDARRAY_EXT))
+    if size < 1 << 16:
+        return b"\xc8" + size.to_bytes(2, "big") + b"\x01"
+    return b"\xc9" + size.to_bytes(4, "big") + b"\x01"
+
+
+def _array_header(count: int) -> bytes:
+    """msgpack's header of an array of ``count`` items."""
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def _ext_default(obj: Any) -> msgpack.ExtType:
+    if isinstance(obj, np.ndarray):
+        header, data = _array_payload(obj)
         return msgpack.ExtType(NDARRAY_EXT, header + data.tobytes())
     if isinstance(obj, np.integer):
         return int(obj)  # type: ignore[return-value]
@@ -75,18 +118,17 @@ def _ext_hook(code: int, data: bytes) -> np.ndarray:
     header = 2 + 8 * ndim
     if len(data) < header:
         raise DecodeError("truncated array shape")
-    shape = struct.unpack_from(f"<{ndim}Q", data, 2)
-    dtype = _DTYPES[dtype_code].newbyteorder("<")
-    count = 1
-    for dim in shape:
-        count *= dim
-    if count * dtype.itemsize != len(data) - header:
+    shape = _SHAPES[ndim].unpack_from(data, 2)
+    dtype = _DTYPES[dtype_code]
+    if math.prod(shape) * dtype.itemsize != len(data) - header:
         raise DecodeError(
             f"array payload of {len(data) - header} bytes does not match shape {shape} "
-            f"of {_DTYPES[dtype_code]}"
+            f"of {dtype}"
         )
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-    return array.astype(_DTYPES[dtype_code], copy=False)
+    if dtype_code in _LITTLE_ENDIAN_CODES:
+        return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    wire = np.frombuffer(data, dtype=dtype.newbyteorder("<"), offset=header)
+    return wire.reshape(shape).astype(dtype)
 
 
 def packb(obj: Any) -> bytes:
@@ -133,10 +175,11 @@ def message(cls: type[Message]) -> type[Message]:
 
 
 def _check_arrays(values: Any, where: str) -> tuple[np.ndarray, ...]:
-    if not isinstance(values, (list, tuple)) or not all(
-        isinstance(v, np.ndarray) for v in values
-    ):
+    if type(values) is not list:
         raise DecodeError(f"{where}: expected a list of arrays")
+    for value in values:
+        if type(value) is not np.ndarray:
+            raise DecodeError(f"{where}: expected a list of arrays")
     return tuple(values)
 
 
@@ -222,9 +265,29 @@ def _message_fields(msg: Message) -> list:
     return [getattr(msg, name) for name in _FIELD_NAMES[type(msg)]]
 
 
+_ARRAYS_TAG = b"\x92\x01"  # [Arrays.TAG, ...]: a 2-item array starting with tag 1
+
+
+def _message_parts(msg: Message) -> list[bytes | np.ndarray]:
+    """Buffers whose concatenation is ``msg`` encoded (``[tag, field1, ...]``).
+
+    :class:`Arrays` is laid out directly (headers plus views of the arrays' data), so encoding
+    a frame copies each array once; other messages go through :func:`packb`.
+    """
+    if type(msg) is not Arrays:
+        return [packb([msg.TAG, *_message_fields(msg)])]
+    parts: list[bytes | np.ndarray] = [_ARRAYS_TAG, _array_header(len(msg.arrays))]
+    for array in msg.arrays:
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"Arrays holds numpy arrays, not {type(array).__name__}")
+        header, data = _array_payload(array)
+        parts += (_ext_header(len(header) + data.nbytes) + header, data)
+    return parts
+
+
 def encode_message(msg: Message) -> bytes:
     """Encode one typed message on its own (used by handshakes and traces)."""
-    return packb([msg.TAG, *_message_fields(msg)])
+    return b"".join(_message_parts(msg))
 
 
 def _message_from_wire(obj: Any) -> Message:
@@ -259,8 +322,7 @@ def format_path(path: StepPath) -> str:
     return ".".join(map(str, path))
 
 
-@dataclasses.dataclass(frozen=True)
-class Envelope:
+class Envelope(NamedTuple):
     """A message addressed to one step of one party: the mailbox key plus the round clock."""
 
     session: bytes
@@ -277,42 +339,55 @@ class Envelope:
         return (self.sender, self.path, self.seq)
 
 
-def encode_envelope(env: Envelope) -> bytes:
-    return packb([
-        VERSION, env.session, env.sender, env.receiver, list(env.path), env.seq, env.round,
-        [env.message.TAG, *_message_fields(env.message)],
-    ])
+def _envelope_parts(env: Envelope) -> list[bytes | np.ndarray]:
+    # the envelope's fields with a placeholder nil for the message, which replaces it
+    head = packb([VERSION, *env[:6], None])
+    return [head[:-1], *_message_parts(env.message)]
+
+
+def _is_index(value: Any) -> bool:
+    return type(value) is int and value >= 0
 
 
 def _envelope_from_wire(obj: Any) -> Envelope:
-    if not isinstance(obj, list) or len(obj) != 8:
+    if type(obj) is not list or len(obj) != 8:
         raise DecodeError("envelope is not an 8-field array")
     version, session, sender, receiver, path, seq, rnd, msg = obj
     if version != VERSION:
         raise SessionMismatchError(f"protocol version {version!r}, expected {VERSION}")
-    if not isinstance(session, bytes):
+    if type(session) is not bytes:
         raise DecodeError("envelope session is not bytes")
-    if not all(isinstance(v, int) and v >= 0 for v in (sender, receiver, seq, rnd)):
+    if not (_is_index(sender) and _is_index(receiver) and _is_index(seq) and _is_index(rnd)):
         raise DecodeError("envelope sender, receiver, seq and round must be integers >= 0")
-    if not isinstance(path, list) or not all(isinstance(p, int) and p >= 0 for p in path):
+    if type(path) is not list or not all(map(_is_index, path)):
         raise DecodeError("envelope step path must be a list of integers >= 0")
     return Envelope(session, sender, receiver, tuple(path), seq, rnd, _message_from_wire(msg))
 
 
-def frame_from_encoded(envelopes: list[bytes]) -> bytes:
+def frame_from_encoded(envelopes: Sequence[bytes | memoryview]) -> bytes:
     """Concatenate already-encoded envelopes into one frame (a msgpack array)."""
-    n = len(envelopes)
-    if n < 16:
-        header = bytes([0x90 | n])
-    elif n < 1 << 16:
-        header = b"\xdc" + n.to_bytes(2, "big")
-    else:
-        header = b"\xdd" + n.to_bytes(4, "big")
-    return header + b"".join(envelopes)
+    return b"".join([_array_header(len(envelopes)), *envelopes])
 
 
-def encode_frame(envelopes: Iterable[Envelope]) -> bytes:
-    return frame_from_encoded([encode_envelope(e) for e in envelopes])
+def merge_frames(frames: list[bytes]) -> bytes:
+    """One frame holding the envelopes of ``frames`` in order (each from :func:`encode_frame`
+    of one envelope); a single frame is returned as it is, without a copy."""
+    if len(frames) == 1:
+        return frames[0]
+    if any(frame[0] != _ONE_ITEM for frame in frames):
+        raise ValueError("merge_frames takes frames of exactly one envelope")
+    return frame_from_encoded([memoryview(frame)[1:] for frame in frames])
+
+
+_ONE_ITEM = 0x91  # msgpack header of a one-item array
+
+
+def encode_frame(envelopes: Sequence[Envelope]) -> bytes:
+    """Encode envelopes into one frame, copying each array's data once."""
+    parts: list[bytes | np.ndarray] = [_array_header(len(envelopes))]
+    for env in envelopes:
+        parts += _envelope_parts(env)
+    return b"".join(parts)
 
 
 def decode_frame(
@@ -339,24 +414,37 @@ def decode_frame(
             env = _envelope_from_wire(item)
         except DecodeError as exc:
             raise type(exc)(exc.reason, peer=sender) from None
-        checks: list[tuple[str, Any, Any]] = [
-            ("session", session, env.session),
-            ("sender", sender, env.sender),
-            ("receiver", receiver, env.receiver),
-        ]
-        for name, expected, got in checks:
-            if expected is not None and got != expected:
-                raise SessionMismatchError(
-                    f"envelope {name} {got!r}, expected {expected!r}",
-                    peer=sender, step=format_path(env.path),
-                )
+        if (
+            (session is not None and env.session != session)
+            or (sender is not None and env.sender != sender)
+            or (receiver is not None and env.receiver != receiver)
+        ):
+            _raise_misaddressed(env, session, sender, receiver)
         envelopes.append(env)
     return envelopes
 
 
+def _raise_misaddressed(
+    env: Envelope, session: bytes | None, sender: int | None, receiver: int | None
+) -> None:
+    for name, expected, got in (
+        ("session", session, env.session),
+        ("sender", sender, env.sender),
+        ("receiver", receiver, env.receiver),
+    ):
+        if expected is not None and got != expected:
+            raise SessionMismatchError(
+                f"envelope {name} {got!r}, expected {expected!r}",
+                peer=sender, step=format_path(env.path),
+            )
+
+
 def message_nbytes(msg: Message) -> int:
     """Payload bytes of a message as accounted: the raw bytes of its arrays, else its encoding."""
-    if isinstance(msg, Arrays):
-        return sum(int(a.nbytes) for a in msg.arrays)
+    if type(msg) is Arrays:
+        total = 0
+        for array in msg.arrays:
+            total += array.nbytes
+        return total
     return len(encode_message(msg))
 

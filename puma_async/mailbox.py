@@ -1,35 +1,50 @@
 """Per-party mailbox: matches incoming envelopes with the receives waiting for them.
 
-Sans-IO apart from Trio events: the reader task ``deliver``s, protocol steps ``take``. A key is
-(sender, step path, per-step sequence). A receive may come before or after its message; a key
-delivered twice is a protocol error, and keys nobody took by the end are reported as
-unexpected messages.
+Sans-IO apart from parking Trio tasks: the transport ``deliver``s, protocol steps
+``take_ready`` or ``wait_for``. A key is (sender, step path, per-step sequence). A receive may
+come before or after its message; a key delivered twice is a protocol error, and keys nobody
+took by the end are reported as unexpected messages. A waiting receive parks its task, which
+the delivery reschedules directly (as Trio's own memory channels do).
+
+Receive timeouts are kept by one watchdog task per party (:meth:`Mailbox.expire_overdue`)
+rather than a cancel scope per receive: every receive has the same timeout, so the oldest
+pending receive is always the first to expire, and a receive costs one clock reading.
 """
 
 from __future__ import annotations
 
+import math
+
+import outcome
 import trio
 
 from puma_async.codec import Envelope, StepPath, format_path
-from puma_async.errors import ProtocolError
+from puma_async.errors import PeerTimeoutError, ProtocolError
 
 Key = tuple[int, StepPath, int]
 
 
 class _Waiter:
-    __slots__ = ("envelope", "error", "event")
+    """A receive parked until its envelope (or an error) reschedules its task."""
 
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.envelope: Envelope | None = None
-        self.error: BaseException | None = None
+    __slots__ = ("deadline", "task")
+
+    def __init__(self, task: trio.lowlevel.Task, deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
 
 
 class Mailbox:
-    """Holds, for each key, either the delivered envelope or the waiter for it."""
+    """Holds, for each key, either the delivered envelope or the waiter for it.
 
-    def __init__(self, role: int):
+    A receive waiting longer than ``timeout`` seconds raises
+    :class:`~puma_async.errors.PeerTimeoutError` while :meth:`expire_overdue` runs.
+    """
+
+    def __init__(self, role: int, timeout: float = math.inf):
         self.role = role
+        self.timeout = timeout
+        self._watchdog_idle: trio.Event | None = None
         self._ready: dict[Key, Envelope] = {}
         self._waiting: dict[Key, _Waiter] = {}
         self._taken: set[Key] = set()
@@ -48,8 +63,7 @@ class Mailbox:
             self._ready[key] = env
         else:
             self._taken.add(key)
-            waiter.envelope = env
-            waiter.event.set()
+            trio.lowlevel.reschedule(waiter.task, outcome.Value(env))
 
     def take_ready(self, key: Key) -> Envelope | None:
         """The envelope with ``key`` if it has arrived (taking it), else None."""
@@ -58,27 +72,43 @@ class Mailbox:
             self._taken.add(key)
         return env
 
-    async def take(self, key: Key) -> Envelope:
-        """Wait for the envelope with ``key`` (cancel the caller's scope to time out)."""
-        env = self.take_ready(key)
-        if env is not None:
-            return env
+    async def wait_for(self, key: Key) -> Envelope:
+        """Wait for the envelope with ``key``, which :meth:`take_ready` did not find (or for
+        the error that ends the wait: a timeout, a failed peer or session)."""
         self._raise_if_failed(key[0])
         if key in self._waiting or key in self._taken:
             raise ProtocolError(
                 f"message seq {key[2]} received twice", peer=key[0], step=format_path(key[1])
             )
-        waiter = _Waiter()
+        waiter = _Waiter(trio.lowlevel.current_task(), trio.current_time() + self.timeout)
         self._waiting[key] = waiter
-        try:
-            await waiter.event.wait()
-        finally:
+        if self._watchdog_idle is not None:
+            self._watchdog_idle.set()
+            self._watchdog_idle = None
+
+        def abort(_: object) -> trio.lowlevel.Abort:  # the caller was cancelled
             if self._waiting.get(key) is waiter:
                 del self._waiting[key]
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.envelope is not None
-        return waiter.envelope
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
+
+    async def expire_overdue(self) -> None:
+        """Run for the party's lifetime: fail each receive pending for longer than the timeout
+        with a :class:`PeerTimeoutError` naming the peer and the step."""
+        while True:
+            if not self._waiting:
+                self._watchdog_idle = trio.Event()
+                await self._watchdog_idle.wait()
+                continue
+            key, waiter = next(iter(self._waiting.items()))  # the oldest: the first to expire
+            if trio.current_time() < waiter.deadline:
+                await trio.sleep_until(waiter.deadline)
+                continue
+            self._wake_with(key, waiter, PeerTimeoutError(
+                f"no message seq {key[2]} within {self.timeout:g} s",
+                peer=key[0], step=format_path(key[1]),
+            ))
 
     def fail_peer(self, peer: int, error: BaseException) -> None:
         """Every pending and future receive from ``peer`` that has no message raises ``error``."""
@@ -110,5 +140,4 @@ class Mailbox:
 
     def _wake_with(self, key: Key, waiter: _Waiter, error: BaseException) -> None:
         del self._waiting[key]
-        waiter.error = error
-        waiter.event.set()
+        trio.lowlevel.reschedule(waiter.task, outcome.Error(error))

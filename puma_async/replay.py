@@ -27,16 +27,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import msgpack
 import trio
 
 from puma_async.cluster import SessionSettings
 from puma_async.errors import PumaError, TraceError
 from puma_async.party import TRACE_KIND, build_programs
 from puma_async.roles import role_name
-from puma_async.runtime import PartyRuntime, open_party
+from puma_async.runtime import MessageKey, PartyRuntime, open_party
 from puma_async.stats import PartyStats
 from puma_async.timeline import draw_timeline
 from puma_async.transports.recording import TraceHeader, TraceRecord
@@ -44,7 +42,7 @@ from puma_async.transports.replay import Divergence, ReplayTransport
 
 PROG = "python -m puma_async.replay"
 DEFAULT_TIMEOUT = 60.0
-MessageKey = tuple[str, int, tuple[int, ...], int]  # (direction, peer, step path, seq)
+Scopes = dict[MessageKey, tuple[str, str]]  # message -> (phase, scope)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +56,7 @@ class ReplayReport:
     checked: int
     recorded: int
     stats: PartyStats | None
-    scopes: dict[MessageKey, tuple[str, str]]  # message -> (phase, scope)
+    scopes: Scopes
     records: tuple[TraceRecord, ...]
 
     @property
@@ -77,51 +75,15 @@ class ReplayReport:
         return f"{who}: identical ({self.checked} envelopes checked){note}"
 
 
-def _envelope_key(encoded: bytes) -> tuple[tuple[int, ...], int]:
-    """The step path and seq of an encoded envelope, without decoding its message."""
-    unpacker = msgpack.Unpacker(max_buffer_size=max(len(encoded), 1))
-    unpacker.feed(encoded)
-    unpacker.read_array_header()
-    fields = [unpacker.unpack() for _ in range(6)]
-    return tuple(fields[4]), fields[5]
+def _tap_scopes(runtime: PartyRuntime) -> Scopes:
+    """The (phase, scope) of every message the runtime sends and receives, as it runs."""
+    scopes: Scopes = {}
 
+    def observe(key: MessageKey, phase: str, scope: str) -> None:
+        scopes[key] = (phase, scope)
 
-class _ScopeTap:
-    """Notes the (phase, scope) of every message a runtime sends and receives.
-
-    The runtime reports a message to its statistics right after queueing or taking it, so
-    wrapping those calls pairs each message key with the scope the statistics are told.
-    """
-
-    def __init__(self, runtime: PartyRuntime):
-        self.scopes: dict[MessageKey, tuple[str, str]] = {}
-        self._last: MessageKey | None = None
-        enqueue, take = runtime.enqueue, runtime.mailbox.take
-        sent, received = runtime.stats.sent, runtime.stats.received
-
-        def tap_enqueue(peer: int, encoded: bytes) -> None:
-            enqueue(peer, encoded)
-            self._last = ("send", peer, *_envelope_key(encoded))
-
-        async def tap_take(key: tuple[int, tuple[int, ...], int]) -> Any:
-            env = await take(key)
-            self._last = ("recv", *key)
-            return env
-
-        def tap_sent(phase: str, scope: str, *args: Any) -> None:
-            sent(phase, scope, *args)
-            if self._last is not None:
-                self.scopes[self._last] = (phase, scope)
-
-        def tap_received(phase: str, scope: str, *args: Any) -> None:
-            received(phase, scope, *args)
-            if self._last is not None:
-                self.scopes[self._last] = (phase, scope)
-
-        runtime.enqueue = tap_enqueue  # type: ignore[method-assign]
-        runtime.mailbox.take = tap_take  # type: ignore[method-assign]
-        runtime.stats.sent = tap_sent  # type: ignore[method-assign]
-        runtime.stats.received = tap_received  # type: ignore[method-assign]
+    runtime.observer = observe
+    return scopes
 
 
 def settings_of(header: TraceHeader) -> tuple[SessionSettings, bytes, bool]:
@@ -139,19 +101,20 @@ def settings_of(header: TraceHeader) -> tuple[SessionSettings, bytes, bool]:
 
 
 async def _replay_party(transport: ReplayTransport, timeout: float
-                        ) -> tuple[str | None, PartyStats | None, _ScopeTap | None]:
-    """Run the party of ``transport``'s trace against it: its error, statistics and scopes."""
+                        ) -> tuple[str | None, PartyStats | None, Scopes]:
+    """Run the party of ``transport``'s trace against it: its error, statistics and the
+    (phase, scope) of each message."""
     settings, entropy, sequential = settings_of(transport.header)
     program = build_programs(settings)[transport.role]
-    tap: _ScopeTap | None = None
+    scopes: Scopes = {}
     try:
         async with open_party(transport, session=transport.header.session, timeout=timeout,
                               entropy=entropy, sequential=sequential) as ctx:
-            tap = _ScopeTap(ctx.runtime)
+            scopes = _tap_scopes(ctx.runtime)
             await program(ctx)
     except PumaError as exc:
-        return f"{type(exc).__name__}: {exc}", None, tap
-    return None, ctx.runtime.final_stats, tap
+        return f"{type(exc).__name__}: {exc}", None, scopes
+    return None, ctx.runtime.final_stats, scopes
 
 
 async def replay_trace(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT
@@ -181,19 +144,19 @@ async def replay_trace(path: str | os.PathLike[str], *, timeout: float = DEFAULT
     async with trio.open_nursery() as nursery:
 
         async def run_source(source_path: Path, source: ReplayTransport) -> None:
-            error, _stats, _tap = await _replay_party(source, timeout)
+            error, _stats, _scopes = await _replay_party(source, timeout)
             if source.divergence is not None or error is not None:
                 notes.append(f"re-deriving from {source_path} failed: "
                              f"{source.divergence or error}")
 
         for source_path, source in sources:
             nursery.start_soon(run_source, source_path, source)
-        error, stats, tap = await _replay_party(transport, timeout)
+        error, stats, scopes = await _replay_party(transport, timeout)
     if notes:
         error = "; ".join([*notes, *([error] if error else [])])
     return ReplayReport(
         os.fspath(path), transport.role, transport.divergence, error, transport.sent_envelopes,
-        transport.total_envelopes, stats, tap.scopes if tap else {}, transport.records,
+        transport.total_envelopes, stats, scopes, transport.records,
     )
 
 

@@ -42,9 +42,13 @@ from puma_async.stats import PartyStats, StatsRecorder
 from puma_async.transports.base import Transport
 
 T = TypeVar("T")
+MessageKey = tuple[str, int, StepPath, int]
+"""A message as the runtime's observer sees it: (direction, peer, step path, seq)."""
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_PHASE = "online"
-COALESCE_BYTES = 8 << 20  # envelopes ready together share a frame up to this size
+COALESCE_BYTES = 64 << 10
+"""Small envelopes ready together share a frame up to this size; a larger one travels in a
+frame of its own, which is sent without another copy."""
 
 log = structlog.get_logger("puma_async.runtime")
 
@@ -70,7 +74,7 @@ class PartyRuntime:
         self.session = session
         self.timeout = timeout
         self.max_frame_bytes = max_frame_bytes
-        self.mailbox = Mailbox(self.role)
+        self.mailbox = Mailbox(self.role, timeout)
         self.stats = StatsRecorder(self.role)
         self.shared: dict[str, Any] = {}
         self._outboxes = {}
@@ -83,24 +87,29 @@ class PartyRuntime:
         self.reader_done = trio.Event()
         self.final_stats: PartyStats | None = None
         """The statistics of a run that finished cleanly (set by :func:`open_party`)."""
+        self.observer: Callable[[MessageKey, str, str], None] | None = None
+        """If set, told ``(("send" or "recv", peer, step path, seq), phase, scope)`` of every
+        message sent and received (replay's per-scope summary)."""
 
     # -- I/O tasks ---------------------------------------------------------------------
 
-    def enqueue(self, peer: int, encoded_envelope: bytes) -> None:
-        """Send an encoded envelope: at once on an immediate transport, else via the
-        peer's writer task (which coalesces what is ready into one frame)."""
+    def enqueue(self, env: Envelope) -> None:
+        """Send an envelope as a frame of its own: at once on an immediate transport, else via
+        the peer's writer task (which coalesces small frames that are ready together). Encodes
+        it now, so later changes to the message's arrays do not matter."""
+        peer = env.receiver
         if peer not in self._outboxes:
             raise ProtocolError(f"{role_name(peer)} is not a peer of {role_name(self.role)}")
+        frame = codec.encode_frame([env])
         if self.transport.immediate:
-            frame = codec.frame_from_encoded([encoded_envelope])
             self.stats.frame_sent(peer, len(frame))
             self.transport.send_immediately(peer, frame)
         else:
-            self._outboxes[peer].send_nowait(encoded_envelope)
+            self._outboxes[peer].send_nowait(frame)
 
     async def write_frames(self, peer: int) -> None:
-        """Send everything queued for ``peer``, coalescing what is ready into frames of up to
-        :data:`COALESCE_BYTES` (a larger envelope travels alone)."""
+        """Send everything queued for ``peer``, merging the frames that are ready into frames
+        of up to :data:`COALESCE_BYTES` (a larger one travels alone, as it is)."""
         receive = self._outbox_receivers[peer]
         held: bytes | None = None
         while True:
@@ -120,7 +129,7 @@ class PartyRuntime:
                     break
                 batch.append(item)
                 size += len(item)
-            frame = codec.frame_from_encoded(batch)
+            frame = codec.merge_frames(batch)
             self.stats.frame_sent(peer, len(frame))
             try:
                 await self.transport.send(peer, frame)
@@ -139,7 +148,7 @@ class PartyRuntime:
             try:
                 peer, frame = await self.transport.receive()
             except ProtocolError as exc:
-                self._fail(exc)
+                self.fail(exc)
                 return
             self.on_frame(peer, frame)
 
@@ -171,9 +180,10 @@ class PartyRuntime:
                     )
                 self.mailbox.deliver(env)
         except ProtocolError as exc:
-            self._fail(exc)
+            self.fail(exc)
 
-    def _fail(self, error: ProtocolError) -> None:
+    def fail(self, error: ProtocolError) -> None:
+        """The session is over: every pending and future receive raises ``error``."""
         self.mailbox.fail_all(error)
         self.reader_done.set()
 
@@ -186,7 +196,7 @@ class PartyRuntime:
         for peer, send in self._outboxes.items():
             env = Envelope(self.session, self.role, peer, (), 0, 0, Abort(reason, step))
             with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                send.send_nowait(codec.encode_envelope(env))
+                send.send_nowait(codec.encode_frame([env]))
         await self.close_outboxes()
 
     def check_unexpected(self) -> None:
@@ -220,6 +230,7 @@ class Context:
         self.clock = clock
         self.frontier = clock
         self._scope = scope
+        self._scope_name = ".".join(scope)
         self._phase = phase
         self._children = 0
         self._send_seq: dict[int, int] = defaultdict(int)
@@ -243,7 +254,7 @@ class Context:
 
     @property
     def scope_name(self) -> str:
-        return ".".join(self._scope)
+        return self._scope_name
 
     @property
     def step_name(self) -> str:
@@ -255,17 +266,22 @@ class Context:
         """Send ``message`` to role ``to`` as the next message of this step to that peer.
 
         Never blocks: the message is encoded (so later changes to its arrays do not matter)
-        and queued for the peer's writer task.
+        and handed to an in-process peer at once, or queued for the peer's writer task.
         """
         seq = self._send_seq[to]
         self._send_seq[to] = seq + 1
         round_ = self.clock + 1
-        env = Envelope(self.session, self.role, to, self.path, seq, round_, message)
-        self.runtime.enqueue(to, codec.encode_envelope(env))
-        self.frontier = max(self.frontier, round_)
-        self.runtime.stats.sent(
-            self._phase, self.scope_name, to, codec.message_nbytes(message), round_
+        runtime = self.runtime
+        runtime.enqueue(
+            Envelope(runtime.session, runtime.role, to, self.path, seq, round_, message)
         )
+        if round_ > self.frontier:
+            self.frontier = round_
+        runtime.stats.sent(
+            self._phase, self._scope_name, to, codec.message_nbytes(message), round_
+        )
+        if runtime.observer is not None:
+            runtime.observer(("send", to, self.path, seq), self._phase, self._scope_name)
 
     async def recv(self, frm: int) -> Message:
         """Receive the next message of this step from role ``frm`` (waits up to the timeout)."""
@@ -273,19 +289,15 @@ class Context:
         self._recv_seq[frm] = seq + 1
         key = (frm, self.path, seq)
         env = self.runtime.mailbox.take_ready(key)
-        if env is None:  # not here yet: wait for it, up to the timeout
-            with trio.move_on_after(self.runtime.timeout) as cancel:
-                env = await self.runtime.mailbox.take(key)
-            if cancel.cancelled_caught:
-                raise PeerTimeoutError(
-                    f"no message seq {seq} within {self.runtime.timeout:g} s",
-                    peer=frm, step=self.step_name,
-                )
+        if env is None:  # not here yet: wait for it (the mailbox enforces the timeout)
+            env = await self.runtime.mailbox.wait_for(key)
         self.clock = max(self.clock, env.round)
         self.frontier = max(self.frontier, self.clock)
         self.runtime.stats.received(
-            self._phase, self.scope_name, frm, codec.message_nbytes(env.message), env.round
+            self._phase, self._scope_name, frm, codec.message_nbytes(env.message), env.round
         )
+        if self.runtime.observer is not None:
+            self.runtime.observer(("recv", *key), self._phase, self._scope_name)
         return env.message
 
     async def send_arrays(self, to: int, *arrays: np.ndarray) -> None:
@@ -365,6 +377,7 @@ class Context:
         """Attribute traffic, rounds and wall time inside to the nested scope ``outer.name``."""
         outer = self._scope
         self._scope = (*outer, *name.split("."))
+        self._scope_name = ".".join(self._scope)
         start, started = self.clock, time.perf_counter()
         try:
             yield
@@ -374,6 +387,7 @@ class Context:
                 time.perf_counter() - started,
             )
             self._scope = outer
+            self._scope_name = ".".join(outer)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -431,7 +445,8 @@ async def open_party(
     root = Context(runtime)
     failure: BaseException | None = None
     async with trio.open_nursery() as nursery:
-        if not transport.push_to(runtime.on_frame):
+        nursery.start_soon(runtime.mailbox.expire_overdue)
+        if not transport.push_to(runtime.on_frame, runtime.fail):
             nursery.start_soon(runtime.read_frames)
         writers_done = trio.Event()
 

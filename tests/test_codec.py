@@ -169,7 +169,15 @@ def test_malformed_envelopes(fields: list) -> None:
 
 
 def test_frame_header_for_many_envelopes() -> None:
-    envs = [Envelope(SESSION, 0, 1, (), i, 1, Value(i)) for i in (0, 1)]
-    many = [codec.encode_envelope(envs[0])] * 70000
-    assert len(codec.decode_frame(codec.frame_from_encoded(many))) == 70000
-    assert len(codec.decode_frame(codec.frame_from_encoded(many[:300]))) == 300
+    one = codec.encode_frame([Envelope(SESSION, 0, 1, (), 0, 1, Value(0))])
+    for count in (2, 15, 16, 300, 70000):  # fixarray, array 16 and array 32 headers
+        merged = codec.merge_frames([one] * count)
+        assert len(codec.decode_frame(merged)) == count
+    assert codec.merge_frames([one]) is one
+
+
+def test_merge_frames_refuses_frames_of_several_envelopes() -> None:
+    env = Envelope(SESSION, 0, 1, (), 0, 1, Value(0))
+    two = codec.encode_frame([env, env])
+    with pytest.raises(ValueError, match="exactly one envelope"):
+        codec.merge_frames([two, two])

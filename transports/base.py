@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from puma_async.errors import ProtocolError
 
 
 class Transport(abc.ABC):
@@ -34,10 +39,13 @@ class Transport(abc.ABC):
         """Hand one frame to ``peer`` at once (only where :attr:`immediate` is True)."""
         raise NotImplementedError(f"{type(self).__name__} cannot send without waiting")
 
-    def push_to(self, deliver: Callable[[int, bytes | None], None]) -> bool:
-        """Ask the transport to call ``deliver(peer, frame)`` for every incoming frame instead
-        of being polled with :meth:`receive`; True if it will (in-process transports), False
-        if the caller must keep receiving."""
+    def push_to(
+        self, deliver: Callable[[int, bytes | None], None], fail: Callable[[ProtocolError], None]
+    ) -> bool:
+        """Ask the transport to call ``deliver(peer, frame)`` for every incoming frame (and
+        ``fail(error)`` for a broken connection) instead of being polled with :meth:`receive`,
+        which saves a task hop per frame; True if it will, False if the caller must keep
+        receiving."""
         return False
 
     @abc.abstractmethod
@@ -52,3 +60,14 @@ class Transport(abc.ABC):
         """Release the transport's resources; further sends fail."""
         for peer in self.peers:
             await self.close_peer(peer)
+
+
+def drain(channel: trio.MemoryReceiveChannel[Any], handle: Callable[[Any], None]) -> None:
+    """Hand every item already waiting in ``channel`` to ``handle``, in order (what a
+    transport does before it starts pushing frames)."""
+    while True:
+        try:
+            item = channel.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
+        handle(item)

@@ -16,8 +16,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from puma_async.errors import PeerDisconnectedError
-from puma_async.transports.base import Transport
+from puma_async.errors import PeerDisconnectedError, ProtocolError
+from puma_async.transports.base import Transport, drain
 
 _Item = tuple[int, bytes | None]
 
@@ -95,7 +95,9 @@ class MemoryTransport(InProcessTransport):
     async def receive(self) -> tuple[int, bytes | None]:
         return await self._network.inboxes_receive[self.role].receive()
 
-    def push_to(self, deliver: Callable[[int, bytes | None], None]) -> bool:
+    def push_to(
+        self, deliver: Callable[[int, bytes | None], None], fail: Callable[[ProtocolError], None]
+    ) -> bool:
         self._network.push_to(self.role, deliver)
         return True
 
@@ -127,11 +129,7 @@ class MemoryNetwork:
 
     def push_to(self, role: int, deliver: Callable[[int, bytes | None], None]) -> None:
         """From now on call ``deliver`` for ``role``'s frames (after what is queued)."""
-        while True:
-            try:
-                deliver(*self.inboxes_receive[role].receive_nowait())
-            except trio.WouldBlock:
-                break
+        drain(self.inboxes_receive[role], lambda item: deliver(*item))
         self.receivers[role] = deliver
 
     def put(self, sender: int, receiver: int, item: _Item) -> None:

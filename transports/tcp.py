@@ -69,7 +69,7 @@ from puma_async.errors import (
     ProtocolError,
     PumaError,
 )
-from puma_async.transports.base import Transport
+from puma_async.transports.base import Transport, drain
 from puma_async.transports.tls import TlsConfig, client_context, peer_role_from_cert, server_context
 
 HEADER_BYTES = 8
@@ -99,11 +99,16 @@ class _StreamEnded(Exception):
 
 
 class _FrameReader:
-    """Reads length-prefixed units from one stream, buffering what it reads ahead."""
+    """Reads length-prefixed units from one stream, buffering what it reads ahead.
+
+    On a plain socket, units of :data:`_RECEIVE_CHUNK` bytes or more are received straight
+    into their own buffer (no copy after the kernel's); otherwise chunks are joined.
+    """
 
     def __init__(self, stream: trio.abc.Stream):
         self.stream = stream
         self._buffer = bytearray()
+        self._recv_into = stream.socket.recv_into if isinstance(stream, trio.SocketStream) else None
 
     async def read_length(self) -> int:
         """The next length prefix; :class:`_StreamEnded` on EOF before any byte of it."""
@@ -121,6 +126,8 @@ class _FrameReader:
             data = bytes(buffer[:count])
             del buffer[:count]
             return data
+        if self._recv_into is not None and count >= _RECEIVE_CHUNK:
+            return await self._read_into(count)
         chunks = [bytes(buffer)]
         have = len(buffer)
         buffer.clear()
@@ -128,9 +135,7 @@ class _FrameReader:
             want = count - have
             data = await self.stream.receive_some(min(max(want, _RECEIVE_CHUNK), _MAX_RECEIVE))
             if not data:
-                raise PeerDisconnectedError(
-                    f"connection closed after {have} of {count} bytes of a frame"
-                )
+                raise _truncated(have, count)
             if len(data) > want:
                 chunks.append(data[:want])
                 buffer += memoryview(data)[want:]
@@ -139,6 +144,24 @@ class _FrameReader:
                 chunks.append(data)
                 have += len(data)
         return b"".join(chunks)
+
+    async def _read_into(self, count: int) -> bytes:
+        assert self._recv_into is not None
+        unit = bytearray(count)
+        view = memoryview(unit)
+        have = len(self._buffer)
+        view[:have] = self._buffer
+        self._buffer.clear()
+        while have < count:
+            got = await self._recv_into(view[have:])
+            if not got:
+                raise _truncated(have, count)
+            have += got
+        return unit  # type: ignore[return-value]  # bytes-like; decoders accept it
+
+
+def _truncated(have: int, count: int) -> PeerDisconnectedError:
+    return PeerDisconnectedError(f"connection closed after {have} of {count} bytes of a frame")
 
 
 @dataclasses.dataclass
@@ -156,9 +179,11 @@ class _Connection:
 class TcpTransport(Transport):
     """Frames to and from the peers of one role over established connections.
 
-    Made by :func:`open_tcp_transport`, which also runs one reader task per connection; the
+    Made by :func:`open_tcp_transport`, which also runs one reader task per connection. The
     readers feed a bounded channel (``max_buffered_frames``) that :meth:`receive` reads, so a
-    party that stops receiving pushes back on its peers through TCP flow control.
+    party that stops receiving pushes back on its peers through TCP flow control; after
+    :meth:`push_to` they hand each frame to the given callback instead (the party runtime's
+    mailbox), saving a task hop per frame.
     """
 
     def __init__(
@@ -176,6 +201,21 @@ class TcpTransport(Transport):
         self._inbox_send, self._inbox = trio.open_memory_channel[_Item](max_buffered_frames)
         self._readers_scope = trio.CancelScope()
         self._readers_done = trio.Event()
+        self._deliver: Callable[[int, bytes | None], None] | None = None
+        self._fail: Callable[[ProtocolError], None] | None = None
+
+    def push_to(
+        self, deliver: Callable[[int, bytes | None], None], fail: Callable[[ProtocolError], None]
+    ) -> bool:
+        def handle(item: _Item) -> None:
+            if isinstance(item, ProtocolError):
+                fail(item)
+            else:
+                deliver(*item)
+
+        drain(self._inbox, handle)  # what already arrived first, in order
+        self._deliver, self._fail = deliver, fail
+        return True
 
     async def send(self, peer: int, frame: bytes) -> None:
         conn = self._connection(peer)
@@ -262,35 +302,47 @@ class TcpTransport(Transport):
             self._readers_done.set()
 
     async def _read(self, peer: int, inbox: trio.MemorySendChannel[_Item]) -> None:
-        """Reader task of one connection: frames into the inbox, then its end or its failure."""
-        conn = self._connections[peer]
+        """Reader task of one connection: frames to the inbox or the pushed-to callback, then
+        its end or its failure."""
         async with inbox:
             try:
-                while True:
-                    try:
-                        length = await conn.reader.read_length()
-                    except _StreamEnded:
-                        raise PeerDisconnectedError(
-                            f"connection from {conn.address} closed without an end-of-stream "
-                            "marker"
-                        ) from None
-                    if length == END_OF_STREAM:
-                        await inbox.send((peer, None))
-                        return
-                    if length > self.max_frame_bytes:
-                        raise DecodeError(
-                            f"frame of {length} bytes exceeds the limit of {self.max_frame_bytes}",
-                            peer=peer,
-                        )
-                    await inbox.send((peer, await conn.reader.read_exactly(length)))
+                await self._read_frames(peer, inbox)
             except trio.ClosedResourceError:
                 return  # we closed this connection ourselves
             except trio.BrokenResourceError as exc:
-                await inbox.send(PeerDisconnectedError(
-                    f"connection from {conn.address} broke: {_cause(exc)}", peer=peer
+                await self._hand(inbox, PeerDisconnectedError(
+                    f"connection from {self._connections[peer].address} broke: {_cause(exc)}",
+                    peer=peer,
                 ))
             except ProtocolError as exc:
-                await inbox.send(type(exc)(exc.reason, peer=peer))
+                await self._hand(inbox, type(exc)(exc.reason, peer=peer))
+
+    async def _read_frames(self, peer: int, inbox: trio.MemorySendChannel[_Item]) -> None:
+        conn = self._connections[peer]
+        while True:
+            try:
+                length = await conn.reader.read_length()
+            except _StreamEnded:
+                raise PeerDisconnectedError(
+                    f"connection from {conn.address} closed without an end-of-stream marker"
+                ) from None
+            if length == END_OF_STREAM:
+                await self._hand(inbox, (peer, None))
+                return
+            if length > self.max_frame_bytes:
+                raise DecodeError(
+                    f"frame of {length} bytes exceeds the limit of {self.max_frame_bytes}",
+                    peer=peer,
+                )
+            await self._hand(inbox, (peer, await conn.reader.read_exactly(length)))
+
+    async def _hand(self, inbox: trio.MemorySendChannel[_Item], item: _Item) -> None:
+        if self._deliver is None or self._fail is None:
+            await inbox.send(item)
+        elif isinstance(item, ProtocolError):
+            self._fail(item)
+        else:
+            self._deliver(*item)
 
 
 def _cause(exc: BaseException) -> str:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from puma_async.errors import ProtocolError
+from puma_async.transports.base import drain
 from puma_async.transports.memory import InProcessTransport
 
 _Item = tuple[int, bytes | None]
@@ -71,12 +73,10 @@ class ThreadTransport(InProcessTransport):
     async def receive(self) -> tuple[int, bytes | None]:
         return await self._incoming.receive()
 
-    def push_to(self, deliver: Callable[[int, bytes | None], None]) -> bool:
-        while True:  # what already arrived first, in order
-            try:
-                deliver(*self._incoming.receive_nowait())
-            except trio.WouldBlock:
-                break
+    def push_to(
+        self, deliver: Callable[[int, bytes | None], None], fail: Callable[[ProtocolError], None]
+    ) -> bool:
+        drain(self._incoming, lambda item: deliver(*item))  # what already arrived first
         self._inbox.attach(deliver)
         return True
 
