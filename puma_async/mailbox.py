@@ -47,14 +47,15 @@ class Mailbox:
         self._watchdog_idle: trio.Event | None = None
         self._ready: dict[Key, Envelope] = {}
         self._waiting: dict[Key, _Waiter] = {}
-        self._taken: set[Key] = set()
+        self._taken: dict[StepPath, set[tuple[int, int]]] = {}  # path -> (sender, seq)
         self._peer_errors: dict[int, BaseException] = {}
         self._error: BaseException | None = None
 
     def deliver(self, env: Envelope) -> None:
         """File one envelope; wakes its waiter if a receive is already pending."""
         key = env.key
-        if key in self._taken or key in self._ready:
+        taken = self._taken.get(env.path)
+        if (taken is not None and (env.sender, env.seq) in taken) or key in self._ready:
             raise ProtocolError(
                 f"duplicate message seq {env.seq}", peer=env.sender, step=format_path(env.path)
             )
@@ -62,21 +63,33 @@ class Mailbox:
         if waiter is None:
             self._ready[key] = env
         else:
-            self._taken.add(key)
+            self._mark_taken(key)
             trio.lowlevel.reschedule(waiter.task, outcome.Value(env))
 
     def take_ready(self, key: Key) -> Envelope | None:
         """The envelope with ``key`` if it has arrived (taking it), else None."""
         env = self._ready.pop(key, None)
         if env is not None:
-            self._taken.add(key)
+            self._mark_taken(key)
         return env
+
+    def _mark_taken(self, key: Key) -> None:
+        taken = self._taken.get(key[1])
+        if taken is None:
+            self._taken[key[1]] = {(key[0], key[2])}
+        else:
+            taken.add((key[0], key[2]))
+
+    def forget(self, path: StepPath) -> None:
+        """The step ``path`` has finished: drop its record of taken keys (so memory does not
+        grow with the session). A message for it arriving later is reported as unexpected."""
+        self._taken.pop(path, None)
 
     async def wait_for(self, key: Key) -> Envelope:
         """Wait for the envelope with ``key``, which :meth:`take_ready` did not find (or for
         the error that ends the wait: a timeout, a failed peer or session)."""
         self._raise_if_failed(key[0])
-        if key in self._waiting or key in self._taken:
+        if key in self._waiting or (key[0], key[2]) in self._taken.get(key[1], ()):
             raise ProtocolError(
                 f"message seq {key[2]} received twice", peer=key[0], step=format_path(key[1])
             )

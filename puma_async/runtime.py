@@ -331,10 +331,12 @@ class Context:
         )
 
     def join(self, children: Sequence[Context]) -> None:
-        """Merge finished children's round clocks back into this step."""
+        """Merge finished children's round clocks back into this step (and let the mailbox
+        forget the keys they received)."""
         for c in children:
             self.clock = max(self.clock, c.clock)
             self.frontier = max(self.frontier, c.frontier)
+            self.runtime.mailbox.forget(c.path)
 
     async def gather(self, *steps: Callable[[Context], Awaitable[Any]]) -> list[Any]:
         """Run independent steps concurrently, each in its own child step; their results.

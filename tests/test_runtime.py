@@ -277,6 +277,32 @@ def test_duplicate_message_is_a_protocol_error() -> None:
     assert "duplicate" in str(info.value.errors[1])
 
 
+def test_mailbox_memory_does_not_grow_with_finished_steps() -> None:
+    async def program(ctx: Context) -> list[int]:
+        remembered = []
+        for _ in range(20):
+            await ctx.gather(_exchange, _exchange)
+            remembered.append(len(ctx.runtime.mailbox._taken))
+        return remembered
+
+    for remembered in run(program).results.values():
+        assert remembered == [0] * 20
+
+
+def test_duplicate_of_a_finished_step_is_an_unexpected_message() -> None:
+    async def program(ctx: Context) -> None:
+        await ctx.gather(_exchange)  # step 0 finishes (forgotten), then its duplicate arrives
+        await trio.sleep(1)
+
+    def duplicate(role: int, peer: int, frame: bytes) -> list[bytes]:
+        return [frame, frame] if role == 0 else [frame]
+
+    with pytest.raises(RunFailedError) as info:
+        run(program, timeout=5, wrap_transport=lambda t: _Tamper(t, duplicate))
+    assert isinstance(info.value.errors[1], ProtocolError)
+    assert "duplicate" in str(info.value.errors[1]) or "unexpected" in str(info.value.errors[1])
+
+
 def test_unexpected_message_is_a_protocol_error() -> None:
     def add_extra(role: int, peer: int, frame: bytes) -> list[bytes]:
         envs = codec.decode_frame(frame)
