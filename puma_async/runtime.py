@@ -302,7 +302,7 @@ class Context:
 
     async def send_arrays(self, to: int, *arrays: np.ndarray) -> None:
         """Send arrays (numpy scalars become 0-d arrays) as one :class:`Arrays` message."""
-        await self.send(to, Arrays(tuple(np.asarray(a) for a in arrays)))
+        await self.send(to, Arrays(tuple([np.asarray(a) for a in arrays])))
 
     async def recv_arrays(self, frm: int, count: int | None = None) -> tuple[np.ndarray, ...]:
         """Receive an :class:`Arrays` message (optionally checking how many arrays it holds)."""

@@ -30,13 +30,10 @@ class _Link:
         self.bandwidth = bandwidth
         self.deliver_now = deliver
         self.free_at = 0.0
+        self.emulated = latency > 0 or bandwidth > 0
         self.pending_send, self.pending_receive = trio.open_memory_channel[
             tuple[float, _Item]
         ](math.inf)
-
-    @property
-    def emulated(self) -> bool:
-        return self.latency > 0 or self.bandwidth > 0
 
     def schedule(self, item: _Item) -> None:
         now = trio.current_time()
