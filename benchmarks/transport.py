@@ -6,7 +6,7 @@ loopback, at three levels:
 * ``raw_trio``: bare Trio memory channels and a bare Trio TCP stream (the floor);
 * ``transport``: ``Transport.send``/``receive`` of the in-memory, plain TCP and TLS transports;
 * ``runtime``: ``ctx.send``/``ctx.recv`` of the party runtime over the same transports
-  (envelope encoding, coalescing writer, mailbox).
+  (envelope encoding and decoding, writer task, mailbox, statistics).
 
 Latency: median round trip of a frame/message of 8 uint64 (64 bytes of payload).
 Throughput: one way, 1 MiB arrays (frames of ~1 MiB), until an acknowledgement returns.

@@ -9,8 +9,9 @@ Wire format
   byte length must equal ``prod(shape) * itemsize``. Decoded arrays are read-only views.
 * An **envelope** names a message for the party mailbox:
   ``[VERSION, session, sender, receiver, step path, seq, round, message]``.
-* A **frame** (the unit a transport carries) is a msgpack array of envelopes; the party's
-  writer task coalesces the envelopes ready for one peer into one frame.
+* A **frame** (the unit a transport carries) is a msgpack array of envelopes; the runtime
+  encodes each envelope as a frame of its own (:func:`encode_frame`, copying each array once)
+  and its writer task merges small ones ready together (:func:`merge_frames`).
 
 No pickle anywhere. Every decoding failure raises :class:`DecodeError` (or
 :class:`SessionMismatchError` for a well-formed frame of another session, sender or version).

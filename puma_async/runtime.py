@@ -6,10 +6,12 @@ index, fixed when a child step is created by :meth:`Context.gather` — and a pe
 number. So the parties agree on every message key whatever order Trio schedules tasks in, and
 independent steps run concurrently (round overlapping) without any coordination.
 
-Around the program, :func:`open_party` runs one reader task (frames from the transport into the
-:class:`~puma_async.mailbox.Mailbox`) and one writer task per peer (coalescing the envelopes
-ready for that peer into one frame). If the program fails, the party sends an ``Abort`` to its
-peers, which stop with :class:`~puma_async.errors.PeerAbortedError` naming it and the step.
+Around the program, :func:`open_party` files incoming frames in the
+:class:`~puma_async.mailbox.Mailbox` (pushed there by the transport, or pulled by a reader
+task), runs one writer task per peer (merging the small frames ready for that peer; the
+in-process transports send from the step itself) and the mailbox's timeout watchdog. If the
+program fails, the party sends an ``Abort`` to its peers, which stop with
+:class:`~puma_async.errors.PeerAbortedError` naming it and the step.
 """
 
 from __future__ import annotations
