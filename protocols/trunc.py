@@ -53,6 +53,7 @@ from puma_async.errors import ProtocolError
 from puma_async.roles import next_party, prev_party
 from puma_async.runtime import Context
 
+from .bitpack import pack_low_bits, packed_size, unpack_low_bits
 from .fixedpoint import FixedPoint
 from .randomness import party_keys
 from .ring import RING_DTYPE, RingArray
@@ -140,19 +141,6 @@ def _three(stream: RingArray) -> tuple[RingArray, RingArray, RingArray]:
     return stream[:m], stream[m : 2 * m], stream[2 * m :]
 
 
-def _pack(values: RingArray, bits: int) -> np.ndarray:
-    """The low ``bits`` bits of each value, as bit planes packed 8 per byte (uint8)."""
-    shifts = np.arange(bits, dtype=RING_DTYPE)[:, None]
-    planes = ((values[None, :] >> shifts) & np.uint64(1)).astype(np.uint8)
-    return np.packbits(planes, axis=1).reshape(-1)
-
-
-def _unpack(packed: np.ndarray, bits: int, count: int) -> RingArray:
-    planes = np.unpackbits(packed.reshape(bits, -1), axis=1, count=count).astype(RING_DTYPE)
-    shifts = np.arange(bits, dtype=RING_DTYPE)[:, None]
-    return np.bitwise_or.reduce(planes << shifts, axis=0) if bits else np.zeros(count, RING_DTYPE)
-
-
 def _deal(
     z: RingArray, g_a: RingArray, h_a: RingArray, bits: int
 ) -> tuple[RingArray, np.ndarray]:
@@ -161,7 +149,7 @@ def _deal(
     m = r >> _SIXTY_THREE
     g = (m << np.uint64(63 - bits)) - ((r & _LOW63) >> np.uint64(bits))
     h = (m - h_a) & np.uint64((1 << bits) - 1)
-    return g - g_a, _pack(h, bits)
+    return g - g_a, pack_low_bits(h, bits)
 
 
 def _opener(
@@ -183,8 +171,8 @@ def _ring(n: int) -> Spec:
     return (RING_DTYPE, (n,))
 
 
-def _bitplanes(bits: int, n: int) -> Spec:
-    return (np.dtype(np.uint8), (bits * -(-n // 8),))
+def _packed(bits: int, n: int) -> Spec:
+    return (np.dtype(np.uint8), (packed_size(n, bits),))
 
 
 def _checked(
@@ -231,7 +219,7 @@ async def _truncate(
     await ctx.send_arrays(prv, *([b[bb]] if exchange else []), g_b, h_b_packed)
     from_next = _checked(
         ctx, await ctx.recv_arrays(nxt),
-        [*([_ring(na)] if exchange else []), _ring(nb), _bitplanes(bits, nb)], nxt,
+        [*([_ring(na)] if exchange else []), _ring(nb), _packed(bits, nb)], nxt,
     )
     c_a, c_b = a[ba], b[bb]
     if exchange:
@@ -239,7 +227,7 @@ async def _truncate(
         (z_a,) = _checked(ctx, await ctx.recv_arrays(prv), [_ring(nb)], prv)
         c_b = c_b + z_a
     g_b_mine, h_b_packed_mine = from_next[-2:]
-    h_b = _unpack(h_b_packed_mine, bits, nb)
+    h_b = unpack_low_bits(h_b_packed_mine, bits, nb)
 
     # Round 2: swap the brackets s - t of component j + 1.
     pub_a, send_a = await offload(_opener, c_a, g_a, h_a & mask, t_a, bits, size=na)

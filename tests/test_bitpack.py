@@ -1,0 +1,54 @@
+"""Dense packing of small values: exact round trips against a numpy bit-stream reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from puma_async.protocols.bitpack import pack_low_bits, packed_size, unpack_low_bits
+
+
+def _reference(values: np.ndarray, bits: int) -> np.ndarray:
+    planes = (values[:, None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)
+    return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little")
+
+
+words = hnp.arrays(
+    np.uint64, st.integers(0, 300),
+    elements=st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**63, 2**64 - 1])),
+)
+
+
+@settings(max_examples=300)
+@given(words, st.integers(1, 63))
+def test_pack_matches_the_bit_stream_and_round_trips(values: np.ndarray, bits: int) -> None:
+    packed = pack_low_bits(values, bits)
+    assert packed.dtype == np.uint8 and packed.size == packed_size(values.size, bits)
+    np.testing.assert_array_equal(packed, _reference(values, bits))
+    low = values & np.uint64((1 << bits) - 1)
+    np.testing.assert_array_equal(unpack_low_bits(packed, bits, values.size), low)
+
+
+def test_read_only_input_from_the_wire_unpacks() -> None:
+    values = np.arange(1000, dtype=np.uint64) * np.uint64(2654435761)
+    packed = pack_low_bits(values, 30)
+    packed.flags.writeable = False
+    np.testing.assert_array_equal(
+        unpack_low_bits(packed, 30, 1000), values & np.uint64((1 << 30) - 1)
+    )
+
+
+@pytest.mark.parametrize("bits", [0, 64])
+def test_bits_out_of_range_are_refused(bits: int) -> None:
+    with pytest.raises(ValueError, match="bits must be in"):
+        pack_low_bits(np.zeros(3, np.uint64), bits)
+    with pytest.raises(ValueError, match="bits must be in"):
+        unpack_low_bits(np.zeros(3, np.uint8), bits, 3)
+
+
+def test_wrong_packed_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="need 7 packed bytes"):
+        unpack_low_bits(np.zeros(6, np.uint8), 18, 3)
