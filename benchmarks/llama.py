@@ -70,10 +70,12 @@ def step_figures(result: SessionResult, prompt: int, step: int) -> dict[str, Any
 
 
 def run_smollm2(quick: bool) -> dict[str, Any]:
-    from puma_async.model import Tokenizer, load_gguf
+    from puma_async.model import Tokenizer, default_model_path, load_gguf
+    from puma_async.model.gguf_loader import open_gguf
 
-    weights = load_gguf()
-    tokenizer = Tokenizer.from_gguf()
+    reader = open_gguf(default_model_path())
+    weights = load_gguf(reader)
+    tokenizer = Tokenizer.from_reader(reader)
     prompts = [tokenizer.encode("The capital of France is")]
     if not quick:
         prompts.append(tokenizer.encode(LONG_PROMPT)[:32])

@@ -36,11 +36,13 @@ from puma_async.model import (
     KVCache,
     LlamaWeights,
     Tokenizer,
+    default_model_path,
     forward,
     load_gguf,
     random_weights,
     tiny_config,
 )
+from puma_async.model.gguf_loader import open_gguf
 from puma_async.party import SMOLLM2, local_recording
 from puma_async.roles import PARTIES
 from puma_async.session import (
@@ -85,8 +87,9 @@ def load_model(spec: str | None) -> Loaded:
     if spec == TINY_MODEL:
         weights = random_weights(tiny_config(), seed=0)
         return Loaded(weights, ByteTokenizer(weights.config.vocab), "tiny (random weights)")
-    weights = load_gguf(spec)
-    tokenizer = Tokenizer.from_gguf(spec)
+    reader = open_gguf(default_model_path() if spec is None else spec)
+    weights = load_gguf(reader)
+    tokenizer = Tokenizer.from_reader(reader)
     return Loaded(weights, tokenizer, Path(spec).name if spec else "SmolLM2-135M-Instruct")
 
 

@@ -21,6 +21,7 @@ from puma_async.model import (
     random_weights,
     tiny_config,
 )
+from puma_async.model.gguf_loader import open_gguf
 
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 SMOLLM2_TEMPLATE = (
@@ -152,6 +153,13 @@ def test_tiny_gguf_round_trip(tiny_gguf: Path, tiny_weights: LlamaWeights) -> No
     np.testing.assert_allclose(loaded.embed, tiny_weights.embed, atol=0.05)  # Q8_0 rounding
     assert loaded.lm_head.base is loaded.embed  # tied: a view, not a copy
     assert not loaded.embed.flags.writeable and not loaded.layers[0].wq.flags.writeable
+
+
+def test_an_opened_reader_loads_the_same_weights(tiny_gguf: Path) -> None:
+    from_path, from_reader = load_gguf(tiny_gguf), load_gguf(open_gguf(tiny_gguf))
+    assert from_reader.config == from_path.config
+    np.testing.assert_array_equal(from_reader.embed, from_path.embed)
+    np.testing.assert_array_equal(from_reader.layers[1].w_down, from_path.layers[1].w_down)
 
 
 def test_untied_head(tmp_path: Path) -> None:
