@@ -244,7 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     try:
-        options = GenerationOptions(args.max_new_tokens, args.temperature, args.seed)
         texts = read_prompts(args)
         started = time.perf_counter()
         loaded = load_model(args.model)

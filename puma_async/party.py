@@ -128,8 +128,9 @@ def role_program(settings: SessionSettings, role: int) -> Program:
             return owner_program(random_weights(model_config(settings), seed=settings.model_seed))
         return owner_program(load_gguf(model_path(settings)))
     config = model_config(settings)
-    inner = client_program(config, [prompt_ids(settings)],
-                           GenerationOptions(max_new_tokens=settings.max_new_tokens))
+    inner = client_program(config, [prompt_ids(settings)], GenerationOptions(
+        max_new_tokens=settings.max_new_tokens, eos_id=config.eos_id,
+    ))
 
     async def client(ctx: Context) -> dict[str, Any]:
         (result,), setup_seconds = await inner(ctx)

@@ -51,6 +51,7 @@ def llamacpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
 def write_gguf(
     path: Path, weights: LlamaWeights, *, arch: str = "llama", drop: frozenset[str] = frozenset(),
     substitute: dict[str, np.ndarray] | None = None, skip_keys: frozenset[str] = frozenset(),
+    eos_id: int = 2,
 ) -> Path:
     """Write ``weights`` as llama.cpp would: (out, in) rows, permuted q/k, Q8_0 embedding.
 
@@ -82,7 +83,7 @@ def write_gguf(
     writer.add_token_types(TYPES)
     writer.add_token_merges(MERGES)
     writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
+    writer.add_eos_token_id(eos_id)
     writer.add_add_bos_token(False)
     writer.add_chat_template(SMOLLM2_TEMPLATE)
 

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import trio
 
@@ -128,6 +129,22 @@ def test_processes_match_in_process_run(tmp_path: Path) -> None:
     ))
     assert client["result"]["token_ids"] == list(local.results[CLIENT]["token_ids"])
     assert len(client["result"]["token_ids"]) == SETTINGS.max_new_tokens
+
+
+def test_client_stops_at_the_models_eos(tmp_path: Path) -> None:
+    """The EOS of the model file ends generation early in the party programs too."""
+    from test_model_loading import write_gguf
+
+    from puma_async.model import Tokenizer, greedy_generate, load_gguf, random_weights, tiny_config
+
+    weights = random_weights(tiny_config(), seed=7, dtype=np.float32)
+    probe = write_gguf(tmp_path / "probe.gguf", weights)
+    prompt = Tokenizer.from_gguf(probe).encode(SETTINGS.prompt)
+    (first,) = greedy_generate(load_gguf(probe), prompt, max_new_tokens=1)
+    model = write_gguf(tmp_path / "eos.gguf", weights, eos_id=first)
+    settings = dataclasses.replace(SETTINGS, model=os.fspath(model), max_new_tokens=4)
+    result = trio.run(lambda: run_roles(build_programs(settings), session=settings.session))
+    assert list(result.results[CLIENT]["token_ids"]) == [first]
 
 
 def test_killed_party_stops_the_others(tmp_path: Path) -> None:
