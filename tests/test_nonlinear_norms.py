@@ -13,10 +13,12 @@ from puma_async.protocols.shares import AShare
 from puma_async.runtime import Context
 
 EPS = 1e-5
-REL = 2e-5  # documented relative error of the row's rsqrt
+REL = 2e-5  # documented relative error of the row's rsqrt (the wide path's bound, LayerNorm)
+SWITCH = 2.0**24  # sum of v^2 where the wide path takes over (2^60 at 36 fractional bits)
 
 
-def _rows(rng: np.random.Generator, n_rows: int, d: int) -> np.ndarray:
+def _rows(rng: np.random.Generator, n_rows: int, d: int, a: float = 1.0) -> np.ndarray:
+    """Rows of every kind; those from 6 on have sum (a (x - mean))^2 = SWITCH (1 + e)."""
     scales = np.exp(rng.uniform(np.log(1e-3), np.log(2.0**14), n_rows))[:, None]
     x = rng.normal(0, 1, (n_rows, d)) * scales
     x[0] = 0.0  # all zero: eps alone
@@ -27,6 +29,10 @@ def _rows(rng: np.random.Generator, n_rows: int, d: int) -> np.ndarray:
     x[4] = 0.0
     x[4, 7] = -(2.0**16)  # one dominant entry
     x[5] = rng.normal(0, 1, d) + 2.0**15  # a large mean (LayerNorm must centre it)
+    for i, e in enumerate([-0.3, -1e-3, -1e-6, 1e-6, 1e-3, 0.3, 0.0]):  # both sides of the switch
+        r = rng.normal(0, 1, d)
+        r -= r.mean()
+        x[6 + i] = r * np.sqrt(SWITCH * (1 + e) / np.sum(r * r)) / a
     return np.clip(x, -(2.0**16), 2.0**16)
 
 
@@ -62,15 +68,17 @@ def test_rms_norm_rows(kind: str) -> None:
         weight = secret[0] if secret else (w if kind == "public" else None)
         return await rms_norm(ctx, a, weight, eps=EPS)
 
-    got, _ = run(fn, x, *([w] if kind == "secret" else []))
+    got, ev = run(fn, x, *([w] if kind == "secret" else []))
     want, inv = _rms(x, w)
     assert np.all(np.abs(got - want) <= _tolerance(want, inv, w, centred=False))
+    # truncation, sums, rsqrt (7 + 1 per path), product; a weight: one more product
+    assert max(ev.cost(p).rounds for p in range(3)) == (14 if kind == "none" else 16)
 
 
 @pytest.mark.parametrize("kind", WEIGHTS)
 def test_layer_norm_rows(kind: str) -> None:
     rng = np.random.default_rng(6)
-    x = _rows(rng, 16, 768)
+    x = _rows(rng, 16, 768, a=768 / 1024)
     w = quantised(rng.uniform(-3, 3, 768)) if kind != "none" else np.ones(768)
     b = quantised(rng.normal(0, 1, 768)) if kind != "none" else np.zeros(768)
 
@@ -80,9 +88,10 @@ def test_layer_norm_rows(kind: str) -> None:
         return await layer_norm(ctx, a, w if kind == "public" else None,
                                 b if kind == "public" else None, eps=EPS)
 
-    got, _ = run(fn, x, *([w, b] if kind == "secret" else []))
+    got, ev = run(fn, x, *([w, b] if kind == "secret" else []))
     want, inv = _layer(x, w, b)
     assert np.all(np.abs(got - want) <= _tolerance(want, inv, w, centred=True))
+    assert max(ev.cost(p).rounds for p in range(3)) == (14 if kind == "none" else 16)
 
 
 @settings(max_examples=6, deadline=None)
