@@ -149,11 +149,11 @@ def packed_words(n: int) -> int:
 
 
 def pack_bits(bits: RingArray) -> RingArray:
-    """Bit 0 of each of the n words of ``bits`` (flattened) into a packed row of W words."""
-    flat = (np.ravel(bits) & np.uint64(1)).astype(np.uint8)
-    packed = np.packbits(flat, bitorder="little")
-    out = np.zeros(8 * packed_words(flat.size), np.uint8)
-    out[: packed.size] = packed
+    """Bit 0 of each word along the last axis into packed rows: (..., n) -> (..., W) words."""
+    bits = np.asarray(bits)
+    packed = np.packbits((bits & np.uint64(1)).astype(np.uint8), axis=-1, bitorder="little")
+    out = np.zeros((*bits.shape[:-1], 8 * packed_words(bits.shape[-1])), np.uint8)
+    out[..., : packed.shape[-1]] = packed
     return out.view("<u8").astype(RING_DTYPE, copy=False)
 
 
@@ -347,7 +347,7 @@ async def _carry_tree(ctx: Context, g: BShare, p: BShare) -> BShare:
     return g
 
 
-async def _and_tree(ctx: Context, rows: BShare) -> BShare:
+async def and_tree(ctx: Context, rows: BShare) -> BShare:
     """AND of all rows. Cost: ceil(log2 rows) rounds, rows - 1 ANDs (one bit each per party)."""
     while rows.shape[0] > 1:
         m = rows.shape[0] // 2
@@ -374,7 +374,7 @@ async def is_zero_packed(ctx: Context, x: AShare) -> BShare:
     (31.6 bytes per element in all).
     """
     leaves, p_top = await _leaves(ctx, x, -1, want_g=False)
-    return (await _and_tree(ctx, concat([leaves, p_top])))[0]
+    return (await and_tree(ctx, concat([leaves, p_top])))[0]
 
 
 async def msb(ctx: Context, x: AShare) -> BShare:
@@ -387,7 +387,7 @@ async def msb(ctx: Context, x: AShare) -> BShare:
 
 
 __all__ = [
-    "ALL_ONES", "WORD_BITS", "and_", "bit_slices", "concat", "is_zero_packed", "key_prg",
-    "msb", "msb_packed", "not_", "open_bits", "pack_bits", "packed_words",
+    "ALL_ONES", "WORD_BITS", "and_", "and_tree", "bit_slices", "concat", "is_zero_packed",
+    "key_prg", "msb", "msb_packed", "not_", "open_bits", "pack_bits", "packed_words",
     "recv_words", "unpack_bits",
 ]

@@ -8,11 +8,13 @@ out of the maximum, contribute exactly zero to the sum and come out exactly zero
 enough (the maximum is one of the entries exactly).
 
 Costs, rows of n (measured, 3 parties together):
-- :func:`max_along`: ceil(log2 n) levels of one comparison with its selection alongside
-  (:func:`.polynomial.below_times`): <= 8 ceil(log2 n) rounds, 90 bytes per comparison,
-  n - 1 comparisons per row.
-- :func:`softmax` (12, 128, 128): 88 rounds (max ~54, negExp 13, reciprocal 17, product 2),
-  495 bytes per element (max 90, negExp 354, product 44, the row's reciprocal 7).
+- :func:`max_along`: halving levels of one comparison with its selection alongside
+  (:func:`.polynomial.below_times`: <= 8 rounds, 90 bytes per comparison) down to
+  :data:`ALL_PAIRS_MAX` = 8 entries, then one all-pairs level (8 + ceil(log2(m - 1))
+  rounds, 28 comparisons for m = 8): 8-11 rounds for n <= 8 (a halving tree: 8 per level),
+  42 for n = 128 (a halving tree: 54).
+- :func:`softmax` (12, 128, 128): 75 rounds (max 42, negExp 13, reciprocal 17, product 2),
+  502 bytes per element (max 97, negExp 354, product 44, the row's reciprocal 7).
 Error (tests/test_nonlinear_softmax.py; rows of scale 0.1 to 100, a dominant entry, +-2^16
 entries, causal and single-entry masks): max abs error 0.0017 per probability, from negExp's
 relative error at x < -4 (PUMA's (1 + x/32)^32 gives 0.04 to 0.065 on the same rows).
@@ -20,6 +22,7 @@ relative error at x < -4 (PUMA's (1 + x/32)^32 gives 0.04 to 0.065 on the same r
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -28,8 +31,10 @@ import numpy.typing as npt
 from puma_async.runtime import Context
 
 from .arith import mul_fxp
+from .boolean import and_tree, msb_packed, pack_bits, unpack_bits
+from .compare import random_bit
 from .exp import neg_exp
-from .polynomial import below_times, repeat_last
+from .polynomial import MaskedSign, below_times, repeat_last, sign_times
 from .reciprocal import reciprocal
 from .shares import AShare, concatenate
 
@@ -37,19 +42,74 @@ RECIPROCAL_FRAC = 32
 """Fractional bits of the row sums' reciprocals (e * r stays below 2^51)."""
 
 
-async def max_along(ctx: Context, x: AShare, axis: int = -1) -> AShare:
-    """Maximum of x along ``axis`` (removed), exact for entries in [-2^62, 2^62].
+ALL_PAIRS_MAX = 8
+"""Rows of at most this many entries take their maximum in one all-pairs level."""
 
-    Cost: ceil(log2 n) levels of one batched comparison (8 rounds) with the selection's
-    multiplication alongside: n - 1 of each per reduced row, 90 bytes each in all.
+
+async def max_along(ctx: Context, x: AShare, axis: int = -1) -> AShare:
+    """Maximum of x along ``axis`` (removed), exact for entries in [-2^62, 2^62) (their
+    differences must not wrap).
+
+    Halving levels (one batched comparison with its selection alongside: 8 rounds, 90 bytes
+    per comparison in all) until at most :data:`ALL_PAIRS_MAX` entries are left, then one
+    all-pairs level (:func:`_max_all_pairs`: 8 + ceil(log2(m - 1)) rounds for m entries).
+    Rows of n <= 8: 10-11 rounds instead of 8 ceil(log2 n); longer rows save 13 rounds.
     """
     x = x.map(np.moveaxis, axis, -1)
-    while x.shape[-1] > 1:
+    while x.shape[-1] > ALL_PAIRS_MAX:
         n = x.shape[-1]
         a, b = x[..., 0 : n - 1 : 2], x[..., 1:n:2]
         best = a + await below_times(ctx, a - b, _constant(b - a))
         x = concatenate([best, x[..., n - 1 :]], axis=-1) if n % 2 else best
-    return x[..., 0]
+    if x.shape[-1] == 1:
+        return x[..., 0]
+    return await _max_all_pairs(ctx, x)
+
+
+@functools.cache
+def _tournament(m: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint64]]:
+    """For entry i and opponent slot k (opponent j = k + [k >= i]): the index of the pair
+    {i, j} among the pairs i < j (np.triu_indices order), and 1 where i < j (i beats j iff
+    NOT [x_i < x_j]) or 0 where j < i (i beats j iff [x_j < x_i])."""
+    first, second = np.triu_indices(m, 1)
+    pair = np.zeros((m, m), np.intp)
+    pair[first, second] = pair[second, first] = np.arange(first.size)
+    slots = np.arange(m - 1)
+    opponent = slots[None, :] + (slots[None, :] >= np.arange(m)[:, None])
+    index = pair[np.arange(m)[:, None], opponent]
+    negate = (opponent > np.arange(m)[:, None]).astype(np.uint64)
+    for table in (index, negate):
+        table.flags.writeable = False
+    return index, negate
+
+
+async def _max_all_pairs(ctx: Context, x: AShare) -> AShare:
+    """Maximum along the last axis (m >= 2 entries) from all m (m - 1) / 2 comparisons.
+
+    Entry i wins when it beats every other entry j: x_i >= x_j for j > i and x_i > x_j for
+    j < i, so exactly one entry (the first maximum) wins. The MSBs of all differences
+    x_i - x_j (i < j) run in one batch with a random bit per entry; each entry's m - 1
+    "beats" bits are ANDed in a tree of ceil(log2(m - 1)) rounds (packed, 1 bit each); the
+    result is sum_i [i wins] x_i (:func:`.polynomial.sign_times`: 1 round).
+    Cost: 8 + ceil(log2(m - 1)) rounds; per row about 42 bytes per pair (the MSBs) and 24
+    bytes per entry, all parties together.
+    """
+    rows, m = x.shape[:-1], x.shape[-1]
+    flat = x.reshape(-1, m)
+    first, second = np.triu_indices(m, 1)
+    diffs = flat[:, first] - flat[:, second]  # MSB: [x_i < x_j]
+    below, (r_bool, r_arith) = await ctx.gather(
+        lambda c: msb_packed(c, diffs.reshape(-1)),
+        lambda c: random_bit(c, flat.size),
+    )
+    index, negate = _tournament(m)
+    # (m - 1, rows * m): row k holds, for every entry, whether it beats its k-th opponent
+    beats = below.map(lambda row: unpack_bits(row, diffs.size).reshape(diffs.shape)[:, index])
+    beats = beats.xor_public(ctx.role, np.broadcast_to(negate, beats.shape))
+    beats = beats.map(lambda bits: pack_bits(np.moveaxis(bits, -1, 0).reshape(m - 1, -1)))
+    (wins,) = await and_tree(ctx, beats)
+    picked = await sign_times(ctx, MaskedSign(wins, r_bool, r_arith.reshape(flat.shape)), flat)
+    return picked.sum(axis=-1).reshape(rows)
 
 
 def _constant(value: AShare) -> Callable[[Context], Awaitable[AShare]]:
@@ -86,4 +146,4 @@ async def softmax(
     return out if keep is None else out.scale(keep.astype(np.uint64))
 
 
-__all__ = ["RECIPROCAL_FRAC", "max_along", "softmax"]
+__all__ = ["ALL_PAIRS_MAX", "RECIPROCAL_FRAC", "max_along", "softmax"]

@@ -43,8 +43,11 @@ def test_bit_slices_and_packing_round_trip(x: np.ndarray) -> None:
 
 
 @given(hnp.arrays(RING_DTYPE, hnp.array_shapes(max_dims=3, max_side=9)))
-def test_pack_bits_flattens_any_shape(x: np.ndarray) -> None:
-    assert np.array_equal(boolean.unpack_bits(boolean.pack_bits(x), x.size), x.ravel() & 1)
+def test_pack_bits_packs_each_row_of_the_last_axis(x: np.ndarray) -> None:
+    packed = boolean.pack_bits(x)
+    assert packed.shape == (*x.shape[:-1], boolean.packed_words(x.shape[-1]))
+    for row in np.ndindex(x.shape[:-1]):
+        assert np.array_equal(boolean.unpack_bits(packed[row], x.shape[-1]), x[row] & 1)
 
 
 # ----------------------------------------------------------------------- AND and opening

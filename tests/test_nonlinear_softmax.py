@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from _nonlinear import quantised, run
@@ -11,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from puma_async.protocols.evaluate import evaluate
 from puma_async.protocols.shares import AShare
-from puma_async.protocols.softmax import max_along, softmax
+from puma_async.protocols.softmax import ALL_PAIRS_MAX, max_along, softmax
 from puma_async.runtime import Context
 
 MAX_ERROR = 0.003  # documented max abs error per probability (measured 0.0017)
@@ -47,15 +49,39 @@ def test_max_is_exact(shape: tuple[int, ...], axis: int) -> None:
     assert np.array_equal(got, x.max(axis=axis))
 
 
-def test_max_rounds_grow_with_log2_length() -> None:
-    """One comparison (8 rounds, with the selection alongside) per level, at most."""
-    rounds = []
-    for n in (2, 4, 16, 32, 64, 128):
-        _, ev = run(lambda ctx, a: max_along(ctx, a), np.zeros((2, n)))
-        rounds.append(max(ev.cost(p).rounds for p in range(3)))
-    levels = np.log2([2, 4, 16, 32, 64, 128])
-    assert np.all(rounds <= 8 * levels)
-    assert np.all(np.diff(rounds) >= 7 * np.diff(levels))
+def _max_rounds(n: int) -> int:
+    """At most: halving levels (8 rounds each) down to ALL_PAIRS_MAX entries, then one
+    all-pairs level, 8 rounds plus an AND tree over the m - 1 opponents (exactly that when
+    there is no halving level; a halving level after the first can take 7)."""
+    levels = 0
+    while n > ALL_PAIRS_MAX:
+        n, levels = -(-n // 2), levels + 1
+    return 8 * levels + (0 if n == 1 else 8 + math.ceil(math.log2(n - 1)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 40, 128])
+def test_max_rounds(n: int) -> None:
+    _, ev = run(lambda ctx, a: max_along(ctx, a), np.zeros((2, n)))
+    rounds = max(ev.cost(p).rounds for p in range(3))
+    assert rounds == _max_rounds(n) if n <= ALL_PAIRS_MAX else rounds <= _max_rounds(n)
+    if n >= 3:  # fewer than the plain halving tree's 8 rounds per level
+        assert rounds < 8 * math.ceil(math.log2(n))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 3).flatmap(lambda rows: st.integers(1, 40).flatmap(
+        lambda n: hnp.arrays(np.int64, (rows, n), elements=st.one_of(
+            st.integers(-(2**62), 2**62 - 1), st.sampled_from([-(2**62), 0, 1, 2**62 - 1]),
+        ))
+    ))
+)
+def test_max_is_exact_with_ties_and_range_ends(x: np.ndarray) -> None:
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        return await max_along(ctx, a)
+
+    got = evaluate(fn, x.view(np.uint64)).outputs[0].view(np.int64)
+    assert np.array_equal(got, x.max(axis=-1))
 
 
 def _rows(rng: np.random.Generator) -> np.ndarray:
