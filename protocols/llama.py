@@ -19,9 +19,10 @@ Weight layout (:class:`SecureModel`, built once per session by :func:`receive_we
 
 Costs per layer for n new tokens and T cached + new positions (per party; R = rounds;
 M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith`` and
-``trunc``): RMSNorm (norms: ~25 R), QKV (M, n (q + 2kv) outputs), RoPE (truncation: 2 R,
-~8 bytes per q/k element), scores and P @ V (2 x 2 R, all heads batched by key/value group),
-softmax (softmax: ~9 log2 T + 30 R, with the public causal mask), output projection (M),
+``trunc``): RMSNorm (norms: 16 R with its gain), QKV (M, n (q + 2kv) outputs), RoPE
+(truncation: 2 R, ~8 bytes per q/k element), scores and P @ V (2 x 2 R, all heads batched by
+key/value group), softmax (softmax: 8-11 R for the maximum of T <= 8, ~8 log2(T / 8) + 11
+beyond, + 32 R, with the public causal mask), output projection (M),
 RMSNorm, gate/up (M), SiLU (activations: ~12 R), SiLU x up (2 R), down (M).
 Embedding: 1 round, n hidden elements; head (last position only): RMSNorm + M on vocab outputs.
 """

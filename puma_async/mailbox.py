@@ -44,7 +44,6 @@ class Mailbox:
     def __init__(self, role: int, timeout: float = math.inf):
         self.role = role
         self.timeout = timeout
-        self._watchdog_idle: trio.Event | None = None
         self._ready: dict[Key, Envelope] = {}
         self._waiting: dict[Key, _Waiter] = {}
         self._taken: dict[StepPath, set[tuple[int, int]]] = {}  # path -> (sender, seq)
@@ -95,9 +94,6 @@ class Mailbox:
             )
         waiter = _Waiter(trio.lowlevel.current_task(), trio.current_time() + self.timeout)
         self._waiting[key] = waiter
-        if self._watchdog_idle is not None:
-            self._watchdog_idle.set()
-            self._watchdog_idle = None
 
         def abort(_: object) -> trio.lowlevel.Abort:  # the caller was cancelled
             if self._waiting.get(key) is waiter:
@@ -110,12 +106,14 @@ class Mailbox:
         """Run for the party's lifetime: fail each receive pending for longer than the timeout
         with a :class:`PeerTimeoutError` naming the peer and the step."""
         while True:
-            if not self._waiting:
-                self._watchdog_idle = trio.Event()
-                await self._watchdog_idle.wait()
+            oldest = next(iter(self._waiting.items()), None)  # the first to expire
+            now = trio.current_time()
+            if oldest is None:
+                # nothing waits; a receive that starts from now on expires after this wake-up
+                await trio.sleep_until(now + self.timeout)
                 continue
-            key, waiter = next(iter(self._waiting.items()))  # the oldest: the first to expire
-            if trio.current_time() < waiter.deadline:
+            key, waiter = oldest
+            if now < waiter.deadline:
                 await trio.sleep_until(waiter.deadline)
                 continue
             self._wake_with(key, waiter, PeerTimeoutError(
