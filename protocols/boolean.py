@@ -24,10 +24,13 @@ bits per block in all instead of about 24 with bitwise ANDs. A log-depth tree of
 combinations (21 -> 11 -> 6 -> 3 -> 2 -> 1 nodes, the AND count halving per level, one AND
 less per level on the branch that holds bit 0) gives the carry: 35 ANDs. The zero test is
 the same with P only (x = 0 iff a XOR (b - 1) is all ones) and a plain AND tree. The knower
-of a sends the most, so the leaves cut the words in three parts and rotate the roles: P_t
-plays P_0 in part t, and every party sends the same (up to rounding of the parts).
+of a sends the most, so from :data:`ROTATE_MIN_WORDS` words per row on the leaves cut the words
+in three parts and rotate the roles: P_t plays P_0 in part t, and every party sends the same
+(up to rounding of the parts). Shorter rows stay in one part (P_0 sends the 148 monomial bits
+per element, P_1 and P_2 41 or 21): a third of the steps, which is what small inputs cost.
 
-Costs per element (bits sent; W-word rows, so n elements cost ceil(n / 64) words a row):
+Costs per element (bits sent; W-word rows, so n elements cost ceil(n / 64) words a row;
+"each party" with rotated leaves):
 
 ===================  ======  ====================================  =====================
 function             rounds  each party (leaves/3 + tree)          all parties
@@ -58,6 +61,8 @@ from .shares import AShare, BShare
 WORD_BITS = 64
 ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
+ROTATE_MIN_WORDS = 192
+"""Leaves of fewer packed words (12,288 elements) are computed in one part, not three."""
 _K = 3  # bits per leaf block
 _LOW_BITS = 63  # the carry into bit 63 depends on bits 0..62
 _BLOCKS = _LOW_BITS // _K
@@ -253,7 +258,8 @@ async def _leaves(
     """
     x = x.reshape(x.size)
     w = packed_words(x.size)
-    cuts = [w * t // 3 for t in range(4)]
+    # rotating pays for balanced traffic with three times the steps: only for long rows
+    cuts = [w * t // 3 for t in range(4)] if w >= ROTATE_MIN_WORDS else [0, w, w, w]
     parts = [t for t in range(3) if cuts[t + 1] > cuts[t] or t == 0]  # all agree: n is public
     results = await ctx.gather(*(
         partial(_leaves_part, x=x[64 * cuts[t] : 64 * cuts[t + 1]], b_offset=b_offset,

@@ -122,8 +122,17 @@ def _cost(fn_name: str, n: int) -> tuple[list[int], int]:
 
 
 def test_msb_and_zero_test_costs() -> None:
-    # 130 elements: 3 words per packed row, one in each part of the leaves, where each party
-    # sends 148 rows once (as P_0) and 41 or 21 rows twice; then 35 or 21 ANDs in the tree
-    w = 8 * 3
-    assert _cost("msb_packed", 130) == ([8 * (148 + 2 * 41) + 35 * w] * 3, 7)
-    assert _cost("is_zero_packed", 130) == ([8 * (148 + 2 * 21) + 21 * w] * 3, 7)
+    # 130 elements, 3 words (24 bytes) per packed row: the leaves in one part, where P_0 sends
+    # the 148 monomial rows and P_1, P_2 41 (or 21) rows each; then 35 (or 21) ANDs
+    row = 8 * 3
+    assert _cost("msb_packed", 130) == ([148 * row + 35 * row] + [41 * row + 35 * row] * 2, 7)
+    assert _cost("is_zero_packed", 130) == ([148 * row + 21 * row] + [42 * row] * 2, 7)
+
+
+def test_long_rows_rotate_the_leaves_so_every_party_sends_the_same() -> None:
+    # ROTATE_MIN_WORDS words per packed row: three parts of a third each, every party plays
+    # P_0 in one of them (148 rows) and P_1 / P_2 in the others (41 or 21 rows each)
+    words = boolean.ROTATE_MIN_WORDS
+    n, part = 64 * words, 8 * words // 3
+    assert _cost("msb_packed", n) == ([(148 + 2 * 41) * part + 35 * 8 * words] * 3, 7)
+    assert _cost("is_zero_packed", n) == ([(148 + 2 * 21) * part + 21 * 8 * words] * 3, 7)

@@ -146,8 +146,8 @@ def test_select_and_relu(ps: list[tuple[int, int]]) -> None:
 
 
 def test_comparison_costs() -> None:
-    n, w = 1000, 16  # elements, words per packed row
-    parts = [5, 5, 6]  # words of the three parts of the leaves; P_t sends most in part t
+    n, w = 12500, 196  # elements, words per packed row (enough to rotate the leaves' roles)
+    parts = [65, 65, 66]  # words of the three parts of the leaves; P_t sends most in part t
 
     def expected(mono: int, half: int, tree: int, elements: int) -> list[int]:
         # per party: its part's monomials, the two halves in the others, the tree's ANDs and
