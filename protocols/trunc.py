@@ -9,7 +9,9 @@ randomness dealt by the third party from its share of x, so that no preprocessin
 
 The protocol, for one block of elements with openers A = P_j, B = P_{j+1} and dealer
 D = P_{j+2} (the three role assignments j = 0, 1, 2 run side by side on three thirds of the
-elements, so that every party does the same work and sends the same bytes):
+elements, so that every party does the same work and sends the same bytes; arrays shorter
+than :data:`ROTATE_MIN_ELEMENTS` are one block, j = 0, and a party skips the roles it does
+not play):
 
 1. A and B learn c = x + 2^62 + r' and D knows r'. For a replicated x, A and B both hold
    x_{j+1}: c = x_{j+1} + 2^62 and r' = -(x_{j+2} + x_j), no message. For a product (fused
@@ -55,6 +57,7 @@ from puma_async.runtime import Context
 
 from .bitpack import pack_low_bits, packed_size, unpack_low_bits
 from .fixedpoint import FixedPoint
+from .prg import Prg
 from .randomness import party_keys
 from .ring import RING_DTYPE, RingArray
 from .shares import AShare
@@ -130,9 +133,16 @@ async def _reshare(ctx: Context, z: RingArray) -> AShare:
     return AShare(z, got[0])
 
 
+ROTATE_MIN_ELEMENTS = 12288
+"""Below this many elements one block holds everything (openers P_0, P_1, dealer P_2)."""
+
+
 def _bounds(n: int) -> list[slice]:
-    """Block j of [0, n) (three nearly equal blocks) has openers P_j, P_{j+1}, dealer P_{j+2}."""
-    cuts = [n * j // 3 for j in range(4)]
+    """Block j of [0, n) has openers P_j, P_{j+1} and dealer P_{j+2}: three nearly equal
+    blocks, so that every party does the same work and sends the same bytes, or for short
+    arrays one block, so that each party plays one role (a third of the steps; per-step
+    Python cost is what short arrays cost)."""
+    cuts = [n * j // 3 for j in range(4)] if n >= ROTATE_MIN_ELEMENTS else [0, n, n, n]
     return [slice(cuts[j], cuts[j + 1]) for j in range(3)]
 
 
@@ -206,46 +216,57 @@ async def _truncate(
     na, nb, nd = (s.stop - s.start for s in (ba, bb, bd))
     keys = party_keys(ctx)
     labels = [ctx.label(b"trunc") for _ in range(3)]
-    t_a, g_a, h_a = _three(keys.own.ring(labels[me], 3 * na))  # key k_me, shared with D
-    t_b = keys.next.ring(labels[prv], nb)  # key k_{me+1}: shared with D of block prv
-    dt_a, dg_a, dh_a = _three(keys.next.ring(labels[nxt], 3 * nd))  # as D: A's streams
-    dt_b = keys.own.ring(labels[nxt], nd)  # as D: B's stream
-    mask = np.uint64((1 << bits) - 1)
-    g_b, h_b_packed = await offload(_deal, dealt[bd], dg_a, dh_a & mask, bits, size=nd)
+    empty = np.zeros(0, RING_DTYPE)
 
+    def draw(prg: Prg, label: bytes, n: int) -> RingArray:
+        return prg.ring(label, n) if n else empty
+
+    t_a, g_a, h_a = _three(draw(keys.own, labels[me], 3 * na))  # key k_me, shared with D
+    t_b = draw(keys.next, labels[prv], nb)  # key k_{me+1}: shared with D of block prv
+    dt_a, dg_a, dh_a = _three(draw(keys.next, labels[nxt], 3 * nd))  # as D: A's streams
+    dt_b = draw(keys.own, labels[nxt], nd)  # as D: B's stream
+    mask = np.uint64((1 << bits) - 1)
+    # A message whose blocks are all empty is not sent (all parties know the sizes).
     # Round 1: the swap of c's parts (products only) and the dealer's message.
-    if exchange:
+    if exchange and na:
         await ctx.send_arrays(nxt, a[ba])
-    await ctx.send_arrays(prv, *([b[bb]] if exchange else []), g_b, h_b_packed)
-    from_next = _checked(
-        ctx, await ctx.recv_arrays(nxt),
-        [*([_ring(na)] if exchange else []), _ring(nb), _packed(bits, nb)], nxt,
-    )
+    if (exchange and nb) or nd:
+        g_b, h_b_packed = await offload(_deal, dealt[bd], dg_a, dh_a & mask, bits, size=nd)
+        await ctx.send_arrays(prv, *([b[bb]] if exchange else []), g_b, h_b_packed)
     c_a, c_b = a[ba], b[bb]
-    if exchange:
-        c_a = c_a + from_next[0]
+    if (exchange and na) or nb:  # my next party is B of my B block, D of my B block
+        from_next = _checked(
+            ctx, await ctx.recv_arrays(nxt),
+            [*([_ring(na)] if exchange else []), _ring(nb), _packed(bits, nb)], nxt,
+        )
+        if exchange:
+            c_a = c_a + from_next[0]
+        g_b_mine, h_b_packed_mine = from_next[-2:]
+    if exchange and nb:
         (z_a,) = _checked(ctx, await ctx.recv_arrays(prv), [_ring(nb)], prv)
         c_b = c_b + z_a
-    g_b_mine, h_b_packed_mine = from_next[-2:]
-    h_b = unpack_low_bits(h_b_packed_mine, bits, nb)
 
     # Round 2: swap the brackets s - t of component j + 1.
-    pub_a, send_a = await offload(_opener, c_a, g_a, h_a & mask, t_a, bits, size=na)
-    pub_b, send_b = await offload(_opener, c_b, g_b_mine, h_b, t_b, bits, size=nb)
-    await ctx.send_arrays(nxt, send_a)
-    await ctx.send_arrays(prv, send_b)
-    (other_a,) = _checked(ctx, await ctx.recv_arrays(nxt, 1), [_ring(na)], nxt)
-    (other_b,) = _checked(ctx, await ctx.recv_arrays(prv, 1), [_ring(nb)], prv)
-
     first = np.empty(dealt.size, RING_DTYPE)
     second = np.empty(dealt.size, RING_DTYPE)
-    first[ba], second[ba] = t_a, pub_a + send_a + other_a
-    first[bb], second[bb] = pub_b + send_b + other_b, t_b
+    if na:
+        pub_a, send_a = await offload(_opener, c_a, g_a, h_a & mask, t_a, bits, size=na)
+        await ctx.send_arrays(nxt, send_a)
+    if nb:
+        h_b = unpack_low_bits(h_b_packed_mine, bits, nb)
+        pub_b, send_b = await offload(_opener, c_b, g_b_mine, h_b, t_b, bits, size=nb)
+        await ctx.send_arrays(prv, send_b)
+    if na:
+        (other_a,) = _checked(ctx, await ctx.recv_arrays(nxt, 1), [_ring(na)], nxt)
+        first[ba], second[ba] = t_a, pub_a + send_a + other_a
+    if nb:
+        (other_b,) = _checked(ctx, await ctx.recv_arrays(prv, 1), [_ring(nb)], prv)
+        first[bb], second[bb] = pub_b + send_b + other_b, t_b
     first[bd], second[bd] = dt_b, dt_a
     return AShare(first, second)
 
 
 __all__ = [
-    "FIXED_POINT_KEY", "MAX_TRUNC_BITS", "fixed_point", "offload", "resolve_bits", "truncate",
-    "truncate_additive",
+    "FIXED_POINT_KEY", "MAX_TRUNC_BITS", "ROTATE_MIN_ELEMENTS", "fixed_point", "offload",
+    "resolve_bits", "truncate", "truncate_additive",
 ]

@@ -8,10 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from puma_async.protocols.arith import mul, mul_fxp
-from puma_async.protocols.evaluate import evaluate
+from puma_async.protocols.evaluate import Evaluation, evaluate
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.shares import AShare
-from puma_async.protocols.trunc import FIXED_POINT_KEY, fixed_point, truncate
+from puma_async.protocols.trunc import (
+    FIXED_POINT_KEY,
+    ROTATE_MIN_ELEMENTS,
+    fixed_point,
+    truncate,
+)
 from puma_async.runtime import Context
 
 LIMIT = 2**62
@@ -71,35 +76,52 @@ def test_truncate_edges_and_shapes() -> None:
 
 
 def test_truncate_cost() -> None:
-    n, bits = 2400, 18
-    m = n // 3
+    bits = 18
 
     async def fn(ctx: Context, a: AShare) -> AShare:
         return await truncate(ctx, a, bits)
 
+    # long arrays: three blocks, every party deals one (8 m + bits m / 8, packed) and opens
+    # two (8 m each)
+    n = ROTATE_MIN_ELEMENTS
+    m = n // 3
     e = evaluate(fn, np.arange(n, dtype=np.uint64))
     for p in range(3):
         cost = e.cost(p)
-        assert cost.rounds == 2
-        assert cost.messages_sent == 3
-        # as dealer 8 m + bits m / 8 (packed bit planes), as openers 8 m each
+        assert (cost.rounds, cost.messages_sent) == (2, 3)
         assert cost.bytes_sent == 24 * m + bits * m // 8
     assert e.bytes_all_parties() == 24 * n + bits * n // 8
+    # short arrays: one block, P_0 and P_1 open (8 n each), P_2 deals; the same bytes in all
+    n = 2400
+    e = evaluate(fn, np.arange(n, dtype=np.uint64))
+    assert max(e.cost(p).rounds for p in range(3)) == 2
+    assert [e.cost(p).messages_sent for p in range(3)] == [1, 1, 1]
+    assert [e.cost(p).bytes_sent for p in range(3)] == [8 * n, 8 * n, 8 * n + bits * n // 8]
 
 
 def test_fused_mul_truncation_cost() -> None:
-    n, bits = 2400, 18
-    m = n // 3
+    bits = 18
 
     async def fn(ctx: Context, a: AShare, b: AShare) -> AShare:
         return await mul_fxp(ctx, a, b)
 
-    e = evaluate(fn, np.arange(n, dtype=np.uint64), np.arange(n, dtype=np.uint64))
+    def run(n: int) -> Evaluation:
+        return evaluate(fn, np.arange(n, dtype=np.uint64), np.arange(n, dtype=np.uint64))
+
+    n = ROTATE_MIN_ELEMENTS
+    m = n // 3
+    e = run(n)
     for p in range(3):
         cost = e.cost(p)
-        assert cost.rounds == 2
-        assert cost.messages_sent == 4
+        assert (cost.rounds, cost.messages_sent) == (2, 4)
         assert cost.bytes_sent == 40 * m + bits * m // 8
+    # short arrays: the openers swap their parts of the product and their brackets, the
+    # dealer sends once
+    n = 2400
+    e = run(n)
+    assert max(e.cost(p).rounds for p in range(3)) == 2
+    assert [e.cost(p).messages_sent for p in range(3)] == [2, 2, 1]
+    assert [e.cost(p).bytes_sent for p in range(3)] == [16 * n, 16 * n, 8 * n + bits * n // 8]
 
 
 def test_invalid_bits() -> None:
