@@ -27,7 +27,9 @@ with eps a^2. Then y = v rsqrt (one fused multiplication+truncation, rsqrt carri
 a fixed-point multiplication), then + b.
 
 Cost (measured, 3 parties together): 14 rounds (+2 with weights): truncation 2, sums 1,
-rsqrt 7 + 2 (one round per path), product 2; 31 messages sent by P0 (34 for LayerNorm).
+rsqrt 7 + 2 (one round per path), product 2 (13 on the longest path of RMSNorm (8, 576),
+where short truncations leave the dealer idle); 19 messages sent by P0 for RMSNorm (8, 576),
+30 for LayerNorm (128, 768).
 RMSNorm (8, 576) 112 and LayerNorm (128, 768) 129 bytes per element: per element the
 truncation(s) (25 bytes each) and the product (45); per row 24 kB, the rsqrt's (152
 comparisons with their products, 153 candidates, 51 octaves).

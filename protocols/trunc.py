@@ -36,7 +36,8 @@ Security (semi-honest, one corruption): every value a party receives is masked b
 stream of a key it does not hold (A never sees k_{j+2}, B never sees k_j, D receives
 nothing), and c is known to A and B anyway (a share component, or x plus the dealer's secret).
 
-Costs (n elements, f = bits; per party: each sends a third of the total):
+Costs (n elements, f = bits; per party, from 12,288 elements on: each sends a third of the
+total; below, the same total with the dealer's part from P_2 and the openers' from P_0, P_1):
 - :func:`truncate`: 2 rounds; 3 elements + f bits per element in all (24 + f/8 bytes),
   8 + f/24 bytes per party per element.
 - :func:`truncate_additive` (with the product): 2 rounds in all for multiply + truncate;
