@@ -10,6 +10,7 @@ import dataclasses
 import os
 import socket
 import stat
+import struct
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -28,7 +29,13 @@ from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.shares import AShare
 from puma_async.roles import CLIENT
 from puma_async.runtime import Context, run_party
-from puma_async.transports.tcp import TcpSetupError, TcpTransport, open_tcp_transport
+from puma_async.transports.tcp import (
+    HEADER_BYTES,
+    TcpSetupError,
+    TcpTransport,
+    _FrameReader,
+    open_tcp_transport,
+)
 from puma_async.transports.tls import (
     ClusterPki,
     TlsConfig,
@@ -433,3 +440,24 @@ def test_tls_config_for_role(tmp_path: Path, pki: ClusterPki) -> None:
     config = TlsConfig.for_role(pki.directory, 2)
     assert config.key == pki.directory / "role-2.key"
     assert config.cluster is None
+
+
+@pytest.mark.parametrize("reset", [True, False])
+async def test_large_frame_cut_short_on_a_plain_socket(reset: bool) -> None:
+    """Large plain frames are received straight into their buffer; a connection that ends
+    or is reset inside one is a disconnect, never a short frame."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    reader = _FrameReader(server)
+    size = 1 << 20
+    await client.send_all(size.to_bytes(HEADER_BYTES, "little") + bytes(1000))
+    if reset:  # an abortive close: the peer's kernel answers with RST
+        client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await client.aclose()
+    assert await reader.read_length() == size
+    with pytest.raises(trio.BrokenResourceError if reset else PeerDisconnectedError):
+        await reader.read_exactly(size)
+    for resource in (server, *listeners):
+        await resource.aclose()

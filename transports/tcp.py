@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -153,7 +154,12 @@ class _FrameReader:
         view[:have] = self._buffer
         self._buffer.clear()
         while have < count:
-            got = await self._recv_into(view[have:])
+            try:
+                got = await self._recv_into(view[have:])
+            except OSError as exc:  # translated as trio.SocketStream.receive_some does
+                if exc.errno == errno.EBADF:
+                    raise trio.ClosedResourceError("this socket was already closed") from None
+                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
             if not got:
                 raise _truncated(have, count)
             have += got
