@@ -235,7 +235,7 @@ async def _truncate(
         g_b, h_b_packed = await offload(_deal, dealt[bd], dg_a, dh_a & mask, bits, size=nd)
         await ctx.send_arrays(prv, *([b[bb]] if exchange else []), g_b, h_b_packed)
     c_a, c_b = a[ba], b[bb]
-    if (exchange and na) or nb:  # my next party is B of my B block, D of my B block
+    if (exchange and na) or nb:  # from my next party: B of my A block, dealer of my B block
         from_next = _checked(
             ctx, await ctx.recv_arrays(nxt),
             [*([_ring(na)] if exchange else []), _ring(nb), _packed(bits, nb)], nxt,
