@@ -107,7 +107,7 @@ async def _max_all_pairs(ctx: Context, x: AShare) -> AShare:
     beats = below.map(lambda row: unpack_bits(row, diffs.size).reshape(diffs.shape)[:, index])
     beats = beats.xor_public(ctx.role, np.broadcast_to(negate, beats.shape))
     beats = beats.map(lambda bits: pack_bits(np.moveaxis(bits, -1, 0).reshape(m - 1, -1)))
-    (wins,) = await and_tree(ctx, beats)
+    wins = (await and_tree(ctx, beats))[0]
     picked = await sign_times(ctx, MaskedSign(wins, r_bool, r_arith.reshape(flat.shape)), flat)
     return picked.sum(axis=-1).reshape(rows)
 
