@@ -60,17 +60,18 @@ def _array_payload(obj: np.ndarray) -> tuple[bytes, np.ndarray]:
     The raw data is the array itself when it is C-contiguous little-endian (else a
     contiguous little-endian copy), so an encoder joins it into a frame with one copy.
     """
+    shape = obj.shape
+    if len(shape) > MAX_NDIM:
+        raise TypeError(f"array of {len(shape)} dimensions exceeds the limit of {MAX_NDIM}")
     code = _LITTLE_ENDIAN_CODE.get(obj.dtype)
+    data = obj
     if code is None or not obj.flags.c_contiguous:
         dtype = obj.dtype.newbyteorder("=") if obj.dtype.byteorder == ">" else obj.dtype
         code = _DTYPE_CODE.get(np.dtype(dtype))
         if code is None:
             raise TypeError(f"numpy dtype {obj.dtype} is not in the wire whitelist")
-        obj = np.ascontiguousarray(obj, dtype=np.dtype(dtype).newbyteorder("<"))
-    ndim = obj.ndim
-    if ndim > MAX_NDIM:
-        raise TypeError(f"array of {ndim} dimensions exceeds the limit of {MAX_NDIM}")
-    return bytes((code, ndim)) + _SHAPES[ndim].pack(*obj.shape), obj
+        data = np.ascontiguousarray(obj, dtype=np.dtype(dtype).newbyteorder("<"))  # >= 1-d
+    return bytes((code, len(shape))) + _SHAPES[len(shape)].pack(*shape), data
 
 
 _FIXEXT = {1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}

@@ -75,6 +75,17 @@ def test_every_dtype_round_trips_with_its_values(dtype: str) -> None:
     np.testing.assert_array_equal(b.arrays[1], a.T)
 
 
+@pytest.mark.parametrize("array", [
+    np.array(7, dtype=">u8"),  # big-endian 0-d: converted, and still 0-d
+    np.arange(6, dtype=">i4").reshape(2, 3),
+    np.arange(24, dtype=np.uint64).reshape(4, 6)[::2, 1::2],  # not contiguous
+])
+def test_arrays_needing_conversion_keep_shape_and_values(array: np.ndarray) -> None:
+    (got,) = codec.decode_message(codec.encode_message(Arrays((array,)))).arrays
+    assert got.shape == array.shape and got.dtype == array.dtype.newbyteorder("=")
+    np.testing.assert_array_equal(got, array)
+
+
 def test_non_whitelisted_dtype_is_refused_on_encode() -> None:
     with pytest.raises(TypeError, match="whitelist"):
         codec.encode_message(Arrays((np.zeros(2, dtype=np.complex128),)))
