@@ -3,10 +3,11 @@
 A registry of named benchmarks (:data:`BENCHMARKS`, add one with :func:`benchmark`); each runs
 its op with the three parties and the client in one process (in-memory transport, no
 latency) through :func:`~puma_async.protocols.evaluate.evaluate` and reports the op alone:
-seconds from the first party entering it to the last one leaving it (best of ``--repeats``),
-payload bytes sent by P0, P1 and P2 together, and rounds (critical path). Where PUMA's SPU was
-measured on this machine class (same setting: three parties in one process), its figures are
-printed beside ours.
+seconds from the first party entering it to the last one leaving it (best of ``--repeats``,
+and the median of them: this shared machine's load swings), payload bytes sent by P0, P1 and
+P2 together, and rounds (critical path). Where PUMA's SPU was measured on this machine class
+(same setting: three parties in one process), its figures are printed beside ours. A
+10^7-step Python loop is timed first and recorded, to tell a busy host from a slow change.
 
     python benchmarks/ops.py [--only NAME ...] [--repeats N] [--out PATH]
 
@@ -20,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,7 +73,8 @@ def benchmark(
 
 
 def measure_op(fn: SecureFn, *inputs: np.ndarray, repeats: int) -> tuple[Result, Evaluation]:
-    """Run ``fn`` on secret-shared ``inputs`` ``repeats`` times; figures of the fastest run."""
+    """Run ``fn`` on secret-shared ``inputs`` ``repeats`` times; figures of the fastest run,
+    and the median time of all runs."""
     spans: dict[int, tuple[float, float]] = {}
 
     async def timed(ctx: Context, *shares: Any) -> Any:
@@ -81,16 +84,19 @@ def measure_op(fn: SecureFn, *inputs: np.ndarray, repeats: int) -> tuple[Result,
         return out
 
     best: tuple[float, Evaluation] | None = None
+    times = []
     for _ in range(repeats):
         spans.clear()
         e = evaluate(timed, *inputs)
         seconds = max(s[1] for s in spans.values()) - min(s[0] for s in spans.values())
+        times.append(seconds)
         if best is None or seconds < best[0]:
             best = (seconds, e)
     assert best is not None
     seconds, e = best
     return {
         "seconds": seconds,
+        "median_seconds": statistics.median(times),
         "bytes_all_parties": e.bytes_all_parties(),
         "bytes_per_party": [e.cost(p).bytes_sent for p in range(3)],
         "rounds": max(e.cost(p).rounds for p in range(3)),
@@ -267,6 +273,19 @@ def _show(bench: Benchmark, result: Result) -> None:
         print(f"{'':{len(bench.name)}}  SPU (PUMA) reference: {spu}")
 
 
+def python_loop_seconds() -> float:
+    """Seconds of a 10^7-step pure-Python loop (best of 3): how fast this shared machine is
+    right now, since the small ops are bound by Python's speed."""
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for i in range(10**7):
+            total += i
+        runs.append(time.perf_counter() - start)
+    return min(runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), metavar="NAME",
@@ -275,7 +294,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results["machine"] = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    speed = python_loop_seconds()
+    print(f"machine speed: a 10^7-step Python loop takes {speed:.2f} s (this machine when "
+          "quiet: ~0.36 s; slower means a busy host and proportionally slower figures)")
+    results["machine"] = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+                          "python_loop_1e7_seconds": speed}
     for name in args.only or list(BENCHMARKS):
         bench = BENCHMARKS[name]
         result = bench.run(args.repeats)
