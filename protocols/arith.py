@@ -46,7 +46,9 @@ matmul is offloaded to a thread from 16 x OFFLOAD_MIN_ELEMENTS multiply-adds (a 
 costs more than a small product)."""
 
 
-def _mul_local(x: AShare, y: AShare) -> RingArray:
+def mul_local(x: AShare, y: AShare) -> RingArray:
+    """P_i's additive share of x * y (element-wise, broadcasting): (x_i + x_{i+1}) y_i +
+    x_i y_{i+1}. Local; a product's one round is the reshare of these shares."""
     return ring.add(ring.mul(ring.add(x.first, x.second), y.first), ring.mul(x.first, y.second))
 
 
@@ -85,7 +87,7 @@ async def finish_product(ctx: Context, z: RingArray, bits: int) -> AShare:
 
 async def mul(ctx: Context, x: AShare, y: AShare) -> AShare:
     """x * y in the ring (element-wise, broadcasting). 1 round, 1 element per party."""
-    z = await offload(_mul_local, x, y, size=max(x.size, y.size))
+    z = await offload(mul_local, x, y, size=max(x.size, y.size))
     return await finish_product(ctx, z, 0)
 
 
@@ -116,7 +118,7 @@ async def mul_fxp(ctx: Context, x: AShare, y: AShare, bits: int | None = None) -
     Needs |x y| < 2^62 in ring units. 2 rounds; 40 + bits/8 bytes per element in all.
     """
     bits = resolve_bits(ctx, bits)
-    z = await offload(_mul_local, x, y, size=max(x.size, y.size))
+    z = await offload(mul_local, x, y, size=max(x.size, y.size))
     return await finish_product(ctx, z, bits)
 
 
@@ -177,5 +179,5 @@ async def mul_public_fxp(ctx: Context, x: AShare, c: Any, bits: int | None = Non
 
 __all__ = [
     "fixed_point", "matmul", "matmul_fxp", "matmul_public", "matmul_public_fxp", "mul",
-    "mul_fxp", "mul_public_fxp", "square", "square_fxp", "truncate",
+    "mul_fxp", "mul_local", "mul_public_fxp", "square", "square_fxp", "truncate",
 ]

@@ -79,9 +79,8 @@ from .arith import (
     fixed_point,
     mul,
     mul_fxp,
+    mul_local,
     square_fxp,
-    stack_left,
-    stack_right,
     truncate,
 )
 from .compare import is_negative
@@ -287,8 +286,7 @@ async def dot_fxp(ctx: Context, a: AShare, b: AShare, bits: int) -> AShare:
 
 def _dot_local(a: AShare, b: AShare) -> RingArray:
     """This party's additive share of sum_k a_k b_k (the products of :func:`.arith.mul`)."""
-    right = stack_right(b.map(lambda v: v[..., None]))[..., 0]
-    return np.sum(ring.mul(stack_left(a), right), axis=-1, dtype=np.uint64)
+    return np.sum(mul_local(a, b), axis=-1, dtype=np.uint64)
 
 
 async def reciprocal(
