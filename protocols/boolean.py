@@ -57,12 +57,14 @@ from .prg import Prg
 from .randomness import party_keys, zero_bits
 from .ring import RING_DTYPE, RingArray, to_ring
 from .shares import AShare, BShare
+from .trunc import ROTATE_MIN_ELEMENTS
 
 WORD_BITS = 64
 ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
-ROTATE_MIN_WORDS = 192
-"""Leaves of fewer packed words (12,288 elements) are computed in one part, not three."""
+ROTATE_MIN_WORDS = ROTATE_MIN_ELEMENTS // WORD_BITS
+"""Leaves of fewer packed words are computed in one part, not three (the same length at which
+truncation starts rotating its roles)."""
 _K = 3  # bits per leaf block
 _LOW_BITS = 63  # the carry into bit 63 depends on bits 0..62
 _BLOCKS = _LOW_BITS // _K
