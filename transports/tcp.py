@@ -213,14 +213,8 @@ class TcpTransport(Transport):
     def push_to(
         self, deliver: Callable[[int, bytes | None], None], fail: Callable[[ProtocolError], None]
     ) -> bool:
-        def handle(item: _Item) -> None:
-            if isinstance(item, ProtocolError):
-                fail(item)
-            else:
-                deliver(*item)
-
-        drain(self._inbox, handle)  # what already arrived first, in order
         self._deliver, self._fail = deliver, fail
+        drain(self._inbox, self._push)  # what already arrived first, in order
         return True
 
     async def send(self, peer: int, frame: bytes) -> None:
@@ -343,9 +337,15 @@ class TcpTransport(Transport):
             await self._hand(inbox, (peer, await conn.reader.read_exactly(length)))
 
     async def _hand(self, inbox: trio.MemorySendChannel[_Item], item: _Item) -> None:
-        if self._deliver is None or self._fail is None:
+        """Queue ``item`` for :meth:`receive`, or push it once :meth:`push_to` was called."""
+        if self._deliver is None:
             await inbox.send(item)
-        elif isinstance(item, ProtocolError):
+        else:
+            self._push(item)
+
+    def _push(self, item: _Item) -> None:
+        assert self._deliver is not None and self._fail is not None
+        if isinstance(item, ProtocolError):
             self._fail(item)
         else:
             self._deliver(*item)
