@@ -231,8 +231,7 @@ class Context:
         self.path = path
         self.clock = clock
         self.frontier = clock
-        self._scope = scope
-        self._scope_name = ".".join(scope)
+        self._set_scope(scope)
         self._phase = phase
         self._children = 0
         self._send_seq: dict[int, int] = defaultdict(int)
@@ -378,12 +377,15 @@ class Context:
             self.join([child])
         return results
 
+    def _set_scope(self, scope: tuple[str, ...]) -> None:
+        self._scope = scope
+        self._scope_name = ".".join(scope)  # joined once: every message is accounted to it
+
     @contextmanager
     def scope(self, name: str) -> Iterator[None]:
         """Attribute traffic, rounds and wall time inside to the nested scope ``outer.name``."""
         outer = self._scope
-        self._scope = (*outer, *name.split("."))
-        self._scope_name = ".".join(self._scope)
+        self._set_scope((*outer, *name.split(".")))
         start, started = self.clock, time.perf_counter()
         try:
             yield
@@ -392,8 +394,7 @@ class Context:
                 self._phase, self.scope_name, self.frontier - start,
                 time.perf_counter() - started,
             )
-            self._scope = outer
-            self._scope_name = ".".join(outer)
+            self._set_scope(outer)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
