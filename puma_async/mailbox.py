@@ -53,8 +53,7 @@ class Mailbox:
     def deliver(self, env: Envelope) -> None:
         """File one envelope; wakes its waiter if a receive is already pending."""
         key = env.key
-        taken = self._taken.get(env.path)
-        if (taken is not None and (env.sender, env.seq) in taken) or key in self._ready:
+        if self._was_taken(key) or key in self._ready:
             raise ProtocolError(
                 f"duplicate message seq {env.seq}", peer=env.sender, step=format_path(env.path)
             )
@@ -72,6 +71,9 @@ class Mailbox:
             self._mark_taken(key)
         return env
 
+    def _was_taken(self, key: Key) -> bool:
+        return (key[0], key[2]) in self._taken.get(key[1], ())
+
     def _mark_taken(self, key: Key) -> None:
         taken = self._taken.get(key[1])
         if taken is None:
@@ -88,7 +90,7 @@ class Mailbox:
         """Wait for the envelope with ``key``, which :meth:`take_ready` did not find (or for
         the error that ends the wait: a timeout, a failed peer or session)."""
         self._raise_if_failed(key[0])
-        if key in self._waiting or (key[0], key[2]) in self._taken.get(key[1], ()):
+        if key in self._waiting or self._was_taken(key):
             raise ProtocolError(
                 f"message seq {key[2]} received twice", peer=key[0], step=format_path(key[1])
             )
