@@ -52,8 +52,8 @@ class Mailbox:
 
     def deliver(self, env: Envelope) -> None:
         """File one envelope; wakes its waiter if a receive is already pending."""
-        key = env.key
-        if self._was_taken(key) or key in self._ready:
+        key = (env.sender, env.path, env.seq)  # (sender, step path, per-step sequence)
+        if key in self._ready or self._was_taken(key):
             raise ProtocolError(
                 f"duplicate message seq {env.seq}", peer=env.sender, step=format_path(env.path)
             )
@@ -72,7 +72,8 @@ class Mailbox:
         return env
 
     def _was_taken(self, key: Key) -> bool:
-        return (key[0], key[2]) in self._taken.get(key[1], ())
+        taken = self._taken.get(key[1])
+        return taken is not None and (key[0], key[2]) in taken
 
     def _mark_taken(self, key: Key) -> None:
         taken = self._taken.get(key[1])
@@ -89,7 +90,11 @@ class Mailbox:
     async def wait_for(self, key: Key) -> Envelope:
         """Wait for the envelope with ``key``, which :meth:`take_ready` did not find (or for
         the error that ends the wait: a timeout, a failed peer or session)."""
-        self._raise_if_failed(key[0])
+        if self._error is not None:
+            raise self._error
+        peer_error = self._peer_errors.get(key[0])
+        if peer_error is not None:
+            raise peer_error
         if key in self._waiting or self._was_taken(key):
             raise ProtocolError(
                 f"message seq {key[2]} received twice", peer=key[0], step=format_path(key[1])
@@ -144,12 +149,6 @@ class Mailbox:
     def unexpected(self) -> list[Key]:
         """Keys delivered but never taken (checked when a party finishes)."""
         return sorted(self._ready)
-
-    def _raise_if_failed(self, peer: int) -> None:
-        if self._error is not None:
-            raise self._error
-        if peer in self._peer_errors:
-            raise self._peer_errors[peer]
 
     def _wake_with(self, key: Key, waiter: _Waiter, error: BaseException) -> None:
         del self._waiting[key]

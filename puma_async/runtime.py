@@ -269,6 +269,10 @@ class Context:
         Never blocks: the message is encoded (so later changes to its arrays do not matter)
         and handed to an in-process peer at once, or queued for the peer's writer task.
         """
+        self._post(to, message)
+
+    def _post(self, to: int, message: Message) -> None:
+        """What :meth:`send` does (the send methods share it without awaiting each other)."""
         seq = self._send_seq[to]
         self._send_seq[to] = seq + 1
         round_ = self.clock + 1
@@ -278,8 +282,8 @@ class Context:
         )
         if round_ > self.frontier:
             self.frontier = round_
-        runtime.stats.sent(
-            self._phase, self._scope_name, to, codec.message_nbytes(message), round_
+        runtime.stats.message(
+            self._phase, self._scope_name, to, codec.message_nbytes(message), round_, False
         )
         if runtime.observer is not None:
             runtime.observer(("send", to, self.path, seq), self._phase, self._scope_name)
@@ -294,8 +298,9 @@ class Context:
             env = await self.runtime.mailbox.wait_for(key)
         self.clock = max(self.clock, env.round)
         self.frontier = max(self.frontier, self.clock)
-        self.runtime.stats.received(
-            self._phase, self._scope_name, frm, codec.message_nbytes(env.message), env.round
+        self.runtime.stats.message(
+            self._phase, self._scope_name, frm, codec.message_nbytes(env.message), env.round,
+            True,
         )
         if self.runtime.observer is not None:
             self.runtime.observer(("recv", *key), self._phase, self._scope_name)
@@ -303,7 +308,7 @@ class Context:
 
     async def send_arrays(self, to: int, *arrays: np.ndarray) -> None:
         """Send arrays (numpy scalars become 0-d arrays) as one :class:`Arrays` message."""
-        await self.send(to, Arrays(tuple([np.asarray(a) for a in arrays])))
+        self._post(to, Arrays(tuple(map(np.asarray, arrays))))
 
     async def recv_arrays(self, frm: int, count: int | None = None) -> tuple[np.ndarray, ...]:
         """Receive an :class:`Arrays` message (optionally checking how many arrays it holds)."""

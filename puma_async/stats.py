@@ -138,19 +138,13 @@ class StatsRecorder:
         self._wire: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         self.max_round = 0
 
-    def sent(self, phase: str, scope: str, peer: int, nbytes: int, round_: int) -> None:
+    def message(
+        self, phase: str, scope: str, peer: int, nbytes: int, round_: int, received: bool
+    ) -> None:
+        """Count one message sent to (or ``received`` from) ``peer`` at clock ``round_``."""
         counts = self._traffic[(phase, scope, peer)]
-        counts[0] += nbytes
-        counts[2] += 1
-        self._saw_round(phase, round_)
-
-    def received(self, phase: str, scope: str, peer: int, nbytes: int, round_: int) -> None:
-        counts = self._traffic[(phase, scope, peer)]
-        counts[1] += nbytes
-        counts[3] += 1
-        self._saw_round(phase, round_)
-
-    def _saw_round(self, phase: str, round_: int) -> None:
+        counts[received] += nbytes  # columns: bytes sent, bytes received, msgs sent, received
+        counts[2 + received] += 1
         if round_ > self.max_round:
             self.max_round = round_
         span = self._phase_span.get(phase)

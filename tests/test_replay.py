@@ -116,16 +116,16 @@ def test_altered_protocol_line_names_the_step(
             if r["dir"] == "send" and r["event"] == "frame" for env in decode_frame(r["frame"])
             if isinstance(env.message, Arrays) and env.message.arrays[0].size]
     target = sent[len(sent) // 2]
-    original = Context.send
+    original = Context._post  # every send goes through it
 
-    async def flip_one_bit(self: Context, to: int, message: Message) -> None:
+    def flip_one_bit(self: Context, to: int, message: Message) -> None:
         if self.path == target and isinstance(message, Arrays) and message.arrays[0].size:
             first = np.array(message.arrays[0])  # a copy: the step's own array stays intact
             first.view(np.uint8).flat[0] ^= 1
             message = Arrays((first, *message.arrays[1:]))
-        await original(self, to, message)
+        original(self, to, message)
 
-    monkeypatch.setattr(Context, "send", flip_one_bit)
+    monkeypatch.setattr(Context, "_post", flip_one_bit)
     report = trio.run(lambda: replay_trace(traces[0], timeout=10.0))
     assert report.divergence is not None
     assert report.divergence.path == target
