@@ -22,30 +22,42 @@ from puma_async.transports.base import Transport, drain
 _Item = tuple[int, bytes | None]
 
 
-class _Link:
-    """One direction between two roles: FIFO delivery after emulated serialisation + latency."""
+Target = Callable[[int, bytes | None], None]
+"""Where a role's incoming frames go: ``target(sender, frame or None)``."""
 
-    def __init__(self, latency: float, bandwidth: float, deliver: Callable[[_Item], None]):
+
+class _Link:
+    """One direction between two roles. ``put(sender, frame)`` hands a frame to the receiver's
+    current target at once, or (emulated) after serialisation and latency, FIFO."""
+
+    def __init__(self, latency: float, bandwidth: float, target: Target):
         self.latency = latency
         self.bandwidth = bandwidth
-        self.deliver_now = deliver
         self.free_at = 0.0
         self.emulated = latency > 0 or bandwidth > 0
         self.pending_send, self.pending_receive = trio.open_memory_channel[
             tuple[float, _Item]
         ](math.inf)
+        self.target = target
+        self.put: Target = self._schedule if self.emulated else target
 
-    def schedule(self, item: _Item) -> None:
+    def retarget(self, target: Target) -> None:
+        """Deliver to ``target`` from now on."""
+        self.target = target
+        if not self.emulated:
+            self.put = target  # direct links call the receiver's target with no hop between
+
+    def _schedule(self, sender: int, frame: bytes | None) -> None:
         now = trio.current_time()
-        size = len(item[1]) if item[1] is not None else 0
+        size = len(frame) if frame is not None else 0
         start = max(now, self.free_at)
         self.free_at = start + (size / self.bandwidth if self.bandwidth > 0 else 0.0)
-        self.pending_send.send_nowait((self.free_at + self.latency, item))
+        self.pending_send.send_nowait((self.free_at + self.latency, (sender, frame)))
 
     async def deliver(self) -> None:
-        async for deliver_at, item in self.pending_receive:
+        async for deliver_at, (sender, frame) in self.pending_receive:
             await trio.sleep_until(deliver_at)
-            self.deliver_now(item)
+            self.target(sender, frame)
 
 
 class InProcessTransport(Transport):
@@ -60,8 +72,8 @@ class InProcessTransport(Transport):
         self._closed: set[int] = set()
 
     @abc.abstractmethod
-    def hand_over(self, peer: int, item: _Item) -> None:
-        """Deliver ``item`` (our role, frame or None) to ``peer`` without waiting."""
+    def hand_over(self, peer: int, frame: bytes | None) -> None:
+        """Deliver ``frame`` (None: we have finished) to ``peer`` without waiting."""
 
     async def send(self, peer: int, frame: bytes) -> None:
         self.send_immediately(peer, frame)
@@ -70,12 +82,12 @@ class InProcessTransport(Transport):
     def send_immediately(self, peer: int, frame: bytes) -> None:
         if peer in self._closed:
             raise PeerDisconnectedError("send after the link was closed", peer=peer)
-        self.hand_over(peer, (self.role, frame))
+        self.hand_over(peer, frame)
 
     async def close_peer(self, peer: int) -> None:
         if peer not in self._closed:
             self._closed.add(peer)
-            self.hand_over(peer, (self.role, None))
+            self.hand_over(peer, None)
         await trio.lowlevel.checkpoint()
 
 
@@ -85,16 +97,15 @@ class MemoryTransport(InProcessTransport):
     def __init__(self, role: int, peers: Sequence[int], network: MemoryNetwork):
         super().__init__(role, peers)
         self._network = network
+        self._links = {peer: network.links[(role, peer)] for peer in self.peers}
 
-    def hand_over(self, peer: int, item: _Item) -> None:
-        self._network.put(self.role, peer, item)
+    def hand_over(self, peer: int, frame: bytes | None) -> None:
+        self._links[peer].put(self.role, frame)
 
     async def receive(self) -> tuple[int, bytes | None]:
         return await self._network.inboxes_receive[self.role].receive()
 
-    def push_to(
-        self, deliver: Callable[[int, bytes | None], None], fail: Callable[[ProtocolError], None]
-    ) -> bool:
+    def push_to(self, deliver: Target, fail: Callable[[ProtocolError], None]) -> bool:
         self._network.push_to(self.role, deliver)
         return True
 
@@ -110,31 +121,21 @@ class MemoryNetwork:
             self.inboxes_send[role], self.inboxes_receive[role] = trio.open_memory_channel[
                 _Item
             ](math.inf)
-        self.receivers: dict[int, Callable[[int, bytes | None], None]] = {}
         self.links = {
-            (a, b): _Link(latency, bandwidth, functools.partial(self.deliver, b))
+            (a, b): _Link(latency, bandwidth, functools.partial(self._queue, b))
             for a in self.roles for b in self.roles if a != b
         }
 
-    def deliver(self, receiver: int, item: _Item) -> None:
-        """Hand ``item`` to ``receiver``: to its pushed-to callback, else into its inbox."""
-        callback = self.receivers.get(receiver)
-        if callback is None:
-            self.inboxes_send[receiver].send_nowait(item)
-        else:
-            callback(*item)
+    def _queue(self, receiver: int, sender: int, frame: bytes | None) -> None:
+        """Until ``receiver`` asks for pushed frames, they wait in its inbox."""
+        self.inboxes_send[receiver].send_nowait((sender, frame))
 
-    def push_to(self, role: int, deliver: Callable[[int, bytes | None], None]) -> None:
+    def push_to(self, role: int, deliver: Target) -> None:
         """From now on call ``deliver`` for ``role``'s frames (after what is queued)."""
         drain(self.inboxes_receive[role], lambda item: deliver(*item))
-        self.receivers[role] = deliver
-
-    def put(self, sender: int, receiver: int, item: _Item) -> None:
-        link = self.links[(sender, receiver)]
-        if link.emulated:
-            link.schedule(item)
-        else:
-            link.deliver_now(item)
+        for (_, receiver), link in self.links.items():
+            if receiver == role:
+                link.retarget(deliver)
 
     def endpoint(self, role: int) -> MemoryTransport:
         return MemoryTransport(role, [r for r in self.roles if r != role], self)

@@ -67,8 +67,8 @@ class ThreadTransport(InProcessTransport):
         self._inbox = network.inboxes[role]
         self._inbox.attach(lambda peer, frame: send.send_nowait((peer, frame)))
 
-    def hand_over(self, peer: int, item: _Item) -> None:
-        self._network.inboxes[peer].put(item)
+    def hand_over(self, peer: int, frame: bytes | None) -> None:
+        self._network.inboxes[peer].put((self.role, frame))
 
     async def receive(self) -> tuple[int, bytes | None]:
         return await self._incoming.receive()
