@@ -20,8 +20,10 @@ No pickle anywhere. Every decoding failure raises :class:`DecodeError` (or
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import struct
+import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -54,24 +56,33 @@ _SHAPES = [struct.Struct(f"<{ndim}Q") for ndim in range(MAX_NDIM + 1)]
 # ----------------------------------------------------------------------------- arrays
 
 
-def _array_payload(obj: np.ndarray) -> tuple[bytes, np.ndarray]:
-    """An array's ext-type payload as (dtype code, ndim and shape header; raw data).
-
-    The raw data is the array itself when it is C-contiguous little-endian (else a
-    contiguous little-endian copy), so an encoder joins it into a frame with one copy.
-    """
-    shape = obj.shape
-    if len(shape) > MAX_NDIM:
-        raise TypeError(f"array of {len(shape)} dimensions exceeds the limit of {MAX_NDIM}")
+def _wire_data(obj: np.ndarray) -> tuple[int, np.ndarray]:
+    """An array's dtype code and raw data as sent: the array itself when it is C-contiguous
+    little-endian (else a contiguous little-endian copy), so an encoder joins it into a frame
+    with one copy."""
+    if obj.ndim > MAX_NDIM:
+        raise TypeError(f"array of {obj.ndim} dimensions exceeds the limit of {MAX_NDIM}")
     code = _LITTLE_ENDIAN_CODE.get(obj.dtype)
-    data = obj
-    if code is None or not obj.flags.c_contiguous:
-        dtype = obj.dtype.newbyteorder("=") if obj.dtype.byteorder == ">" else obj.dtype
-        code = _DTYPE_CODE.get(np.dtype(dtype))
-        if code is None:
-            raise TypeError(f"numpy dtype {obj.dtype} is not in the wire whitelist")
-        data = np.ascontiguousarray(obj, dtype=np.dtype(dtype).newbyteorder("<"))  # >= 1-d
-    return bytes((code, len(shape))) + _SHAPES[len(shape)].pack(*shape), data
+    if code is not None and obj.flags.c_contiguous:
+        return code, obj
+    dtype = obj.dtype.newbyteorder("=") if obj.dtype.byteorder == ">" else obj.dtype
+    code = _DTYPE_CODE.get(np.dtype(dtype))
+    if code is None:
+        raise TypeError(f"numpy dtype {obj.dtype} is not in the wire whitelist")
+    return code, np.ascontiguousarray(obj, dtype=np.dtype(dtype).newbyteorder("<"))  # >= 1-d
+
+
+def _payload_header(code: int, shape: tuple[int, ...]) -> bytes:
+    """What precedes an array's raw bytes in its ext payload: dtype code, ndim, shape."""
+    return bytes((code, len(shape))) + _SHAPES[len(shape)].pack(*shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ext_prefix(code: int, shape: tuple[int, ...]) -> bytes:
+    """What precedes an array's raw bytes in a message: msgpack's ext header, then the payload
+    header (cached: protocols send arrays of the same few shapes over and over)."""
+    header = _payload_header(code, shape)
+    return _ext_header(len(header) + math.prod(shape) * _DTYPES[code].itemsize) + header
 
 
 _FIXEXT = {1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}
@@ -89,10 +100,13 @@ def _ext_header(size: int) -> bytes:
     return b"\xc9" + size.to_bytes(4, "big") + b"\x01"
 
 
+_FIXARRAY_HEADERS = [bytes((0x90 | count,)) for count in range(16)]
+
+
 def _array_header(count: int) -> bytes:
     """msgpack's header of an array of ``count`` items."""
     if count < 16:
-        return bytes((0x90 | count,))
+        return _FIXARRAY_HEADERS[count]
     if count < 1 << 16:
         return b"\xdc" + count.to_bytes(2, "big")
     return b"\xdd" + count.to_bytes(4, "big")
@@ -100,8 +114,8 @@ def _array_header(count: int) -> bytes:
 
 def _ext_default(obj: Any) -> msgpack.ExtType:
     if isinstance(obj, np.ndarray):
-        header, data = _array_payload(obj)
-        return msgpack.ExtType(NDARRAY_EXT, header + data.tobytes())
+        code, data = _wire_data(obj)
+        return msgpack.ExtType(NDARRAY_EXT, _payload_header(code, obj.shape) + data.tobytes())
     if isinstance(obj, np.integer):
         return int(obj)  # type: ignore[return-value]
     raise TypeError(f"cannot encode object of type {type(obj).__name__}")
@@ -110,7 +124,8 @@ def _ext_default(obj: Any) -> msgpack.ExtType:
 def _ext_hook(code: int, data: bytes) -> np.ndarray:
     if code != NDARRAY_EXT:
         raise DecodeError(f"unknown msgpack ext type {code}")
-    if len(data) < 2:
+    size = len(data)
+    if size < 2:
         raise DecodeError("truncated array header")
     dtype_code, ndim = data[0], data[1]
     if dtype_code >= len(_DTYPES):
@@ -118,24 +133,35 @@ def _ext_hook(code: int, data: bytes) -> np.ndarray:
     if ndim > MAX_NDIM:
         raise DecodeError(f"array of {ndim} dimensions exceeds the limit of {MAX_NDIM}")
     header = 2 + 8 * ndim
-    if len(data) < header:
+    if size < header:
         raise DecodeError("truncated array shape")
     shape = _SHAPES[ndim].unpack_from(data, 2)
     dtype = _DTYPES[dtype_code]
-    if math.prod(shape) * dtype.itemsize != len(data) - header:
+    if math.prod(shape) * dtype.itemsize != size - header:
         raise DecodeError(
-            f"array payload of {len(data) - header} bytes does not match shape {shape} "
-            f"of {dtype}"
+            f"array payload of {size - header} bytes does not match shape {shape} of {dtype}"
         )
-    if dtype_code in _LITTLE_ENDIAN_CODES:
-        return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-    wire = np.frombuffer(data, dtype=dtype.newbyteorder("<"), offset=header)
-    return wire.reshape(shape).astype(dtype)
+    if dtype_code in _LITTLE_ENDIAN_CODES:  # a read-only view of the frame's bytes
+        return np.ndarray(shape, dtype, data, header)
+    return np.ndarray(shape, dtype.newbyteorder("<"), data, header).astype(dtype)
+
+
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's msgpack packer (made once: a packer per call costs more than packing a
+    small object; one per thread because parties may run in threads)."""
+    try:
+        return _local.packer  # type: ignore[no-any-return]
+    except AttributeError:
+        _local.packer = msgpack.Packer(default=_ext_default, use_bin_type=True)
+        return _local.packer  # type: ignore[no-any-return]
 
 
 def packb(obj: Any) -> bytes:
     """msgpack-encode plain data and numpy arrays (no pickle, no arbitrary objects)."""
-    return msgpack.packb(obj, default=_ext_default, use_bin_type=True)
+    return _packer().pack(obj)  # type: ignore[no-any-return]
 
 
 def unpackb(data: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Any:
@@ -176,15 +202,6 @@ def message(cls: type[Message]) -> type[Message]:
     return cls
 
 
-def _check_arrays(values: Any, where: str) -> tuple[np.ndarray, ...]:
-    if type(values) is not list:
-        raise DecodeError(f"{where}: expected a list of arrays")
-    for value in values:
-        if type(value) is not np.ndarray:
-            raise DecodeError(f"{where}: expected a list of arrays")
-    return tuple(values)
-
-
 @message
 class Arrays(Message):
     """Numeric payload of a protocol step: shares, masked values, opened results."""
@@ -195,7 +212,9 @@ class Arrays(Message):
     @classmethod
     def from_wire(cls, fields: list) -> Arrays:
         (values,) = fields
-        return cls(_check_arrays(values, "Arrays"))
+        if type(values) is not list or [v for v in values if type(v) is not np.ndarray]:
+            raise DecodeError("Arrays: expected a list of arrays")
+        return cls(tuple(values))
 
 
 @message
@@ -282,8 +301,8 @@ def _message_parts(msg: Message) -> list[bytes | np.ndarray]:
     for array in msg.arrays:
         if not isinstance(array, np.ndarray):
             raise TypeError(f"Arrays holds numpy arrays, not {type(array).__name__}")
-        header, data = _array_payload(array)
-        parts += (_ext_header(len(header) + data.nbytes) + header, data)
+        code, data = _wire_data(array)
+        parts += (_ext_prefix(code, array.shape), data)
     return parts
 
 
@@ -293,7 +312,7 @@ def encode_message(msg: Message) -> bytes:
 
 
 def _message_from_wire(obj: Any) -> Message:
-    if not isinstance(obj, list) or not obj or not isinstance(obj[0], int):
+    if type(obj) is not list or not obj or type(obj[0]) is not int:
         raise DecodeError("message is not a tagged array")
     cls = _MESSAGES.get(obj[0])
     if cls is None:
@@ -335,33 +354,23 @@ class Envelope(NamedTuple):
     round: int
     message: Message
 
-    @property
-    def key(self) -> tuple[int, StepPath, int]:
-        """Mailbox key at the receiver: (sender, step path, per-step sequence number)."""
-        return (self.sender, self.path, self.seq)
-
-
-def _envelope_parts(env: Envelope) -> list[bytes | np.ndarray]:
-    # the envelope's fields with a placeholder nil for the message, which replaces it
-    head = packb([VERSION, *env[:6], None])
-    return [head[:-1], *_message_parts(env.message)]
-
-
-def _is_index(value: Any) -> bool:
-    return type(value) is int and value >= 0
-
 
 def _envelope_from_wire(obj: Any) -> Envelope:
     if type(obj) is not list or len(obj) != 8:
         raise DecodeError("envelope is not an 8-field array")
     version, session, sender, receiver, path, seq, rnd, msg = obj
+    if type(version) is not int:
+        raise DecodeError("envelope version is not an integer")
     if version != VERSION:
         raise SessionMismatchError(f"protocol version {version!r}, expected {VERSION}")
     if type(session) is not bytes:
         raise DecodeError("envelope session is not bytes")
-    if not (_is_index(sender) and _is_index(receiver) and _is_index(seq) and _is_index(rnd)):
+    if not (
+        type(sender) is int and type(receiver) is int and type(seq) is int and type(rnd) is int
+        and min(sender, receiver, seq, rnd) >= 0
+    ):
         raise DecodeError("envelope sender, receiver, seq and round must be integers >= 0")
-    if type(path) is not list or not all(map(_is_index, path)):
+    if type(path) is not list or [i for i in path if type(i) is not int or i < 0]:
         raise DecodeError("envelope step path must be a list of integers >= 0")
     return Envelope(session, sender, receiver, tuple(path), seq, rnd, _message_from_wire(msg))
 
@@ -386,9 +395,12 @@ _ONE_ITEM = 0x91  # msgpack header of a one-item array
 
 def encode_frame(envelopes: Sequence[Envelope]) -> bytes:
     """Encode envelopes into one frame, copying each array's data once."""
+    pack = _packer().pack
     parts: list[bytes | np.ndarray] = [_array_header(len(envelopes))]
     for env in envelopes:
-        parts += _envelope_parts(env)
+        # the envelope's fields with a placeholder nil for the message, which replaces it
+        parts.append(pack([VERSION, *env[:6], None])[:-1])
+        parts += _message_parts(env.message)
     return b"".join(parts)
 
 
