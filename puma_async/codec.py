@@ -124,10 +124,15 @@ def _ext_default(obj: Any) -> msgpack.ExtType:
 def _ext_hook(code: int, data: bytes) -> np.ndarray:
     if code != NDARRAY_EXT:
         raise DecodeError(f"unknown msgpack ext type {code}")
-    size = len(data)
+    return _array_from_payload(data, 0, len(data))
+
+
+def _array_from_payload(buffer: bytes | memoryview, start: int, size: int) -> np.ndarray:
+    """The array whose ext payload is ``buffer[start:start + size]``: a view of ``buffer``
+    (unless a byte order conversion needs a copy), checked against its header."""
     if size < 2:
         raise DecodeError("truncated array header")
-    dtype_code, ndim = data[0], data[1]
+    dtype_code, ndim = buffer[start], buffer[start + 1]
     if dtype_code >= len(_DTYPES):
         raise DecodeError(f"array dtype code {dtype_code} is not in the whitelist")
     if ndim > MAX_NDIM:
@@ -135,15 +140,15 @@ def _ext_hook(code: int, data: bytes) -> np.ndarray:
     header = 2 + 8 * ndim
     if size < header:
         raise DecodeError("truncated array shape")
-    shape = _SHAPES[ndim].unpack_from(data, 2)
+    shape = _SHAPES[ndim].unpack_from(buffer, start + 2)
     dtype = _DTYPES[dtype_code]
     if math.prod(shape) * dtype.itemsize != size - header:
         raise DecodeError(
             f"array payload of {size - header} bytes does not match shape {shape} of {dtype}"
         )
-    if dtype_code in _LITTLE_ENDIAN_CODES:  # a read-only view of the frame's bytes
-        return np.ndarray(shape, dtype, data, header)
-    return np.ndarray(shape, dtype.newbyteorder("<"), data, header).astype(dtype)
+    if dtype_code in _LITTLE_ENDIAN_CODES:
+        return np.ndarray(shape, dtype, buffer, start + header)
+    return np.ndarray(shape, dtype.newbyteorder("<"), buffer, start + header).astype(dtype)
 
 
 _local = threading.local()
@@ -404,6 +409,72 @@ def encode_frame(envelopes: Sequence[Envelope]) -> bytes:
     return b"".join(parts)
 
 
+IN_PLACE_MIN_BYTES = 128 << 10
+"""Frames from this size on are decoded in place: their arrays are views of the frame (the
+generic decoder copies each array once more, which costs more than parsing the envelope
+heads here once frames are this large)."""
+_HEAD_BYTES = 4096  # an envelope's fields before its arrays fit in this (else: decoded generically)
+_EXT_LENGTH_BYTES = {0xC7: 1, 0xC8: 2, 0xC9: 4}  # ext 8/16/32: bytes of the payload length
+_FIXEXT_SIZE = {header: size for size, header in _FIXEXT.items()}
+
+
+def _head_reader(view: memoryview, pos: int) -> msgpack.Unpacker:
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=True, ext_hook=_ext_hook, max_buffer_size=_HEAD_BYTES
+    )
+    unpacker.feed(view[pos:pos + _HEAD_BYTES])
+    return unpacker
+
+
+def _frame_in_place(data: bytes | bytearray) -> list | None:
+    """What :func:`unpackb` returns for a frame of :class:`Arrays` envelopes, but with each
+    array a read-only view of ``data`` instead of a copy; None for any other frame, which
+    the generic decoder then decodes (and reports if it is malformed).
+
+    Envelope heads are read with msgpack; the arrays' ext headers are parsed here.
+    """
+    view = memoryview(data)
+    try:
+        reader = _head_reader(view, 0)
+        count = reader.read_array_header()
+        pos = reader.tell()
+        envelopes = []
+        for _ in range(count):
+            reader = _head_reader(view, pos)
+            if reader.read_array_header() != 8:
+                return None
+            fields = [reader.unpack() for _ in range(6)]  # version to seq
+            rnd = reader.unpack()
+            if reader.read_array_header() != 2:
+                return None
+            tag = reader.unpack()
+            if type(tag) is not int or tag != Arrays.TAG:
+                return None
+            arrays = []
+            length = reader.read_array_header()
+            pos += reader.tell()
+            for _ in range(length):
+                header = view[pos]
+                if header in _FIXEXT_SIZE:
+                    size, pos = _FIXEXT_SIZE[header], pos + 1
+                elif header in _EXT_LENGTH_BYTES:
+                    width = _EXT_LENGTH_BYTES[header]
+                    size = int.from_bytes(view[pos + 1:pos + 1 + width], "big")
+                    pos += 1 + width
+                else:
+                    return None
+                if view[pos] != NDARRAY_EXT or pos + 1 + size > len(view):
+                    return None
+                array = _array_from_payload(view, pos + 1, size)
+                array.flags.writeable = False  # as the generic decoder's views of bytes are
+                arrays.append(array)
+                pos += 1 + size
+            envelopes.append([*fields, rnd, [tag, arrays]])
+    except Exception:  # anything unexpected: the generic decoder decides
+        return None
+    return envelopes if pos == len(view) else None
+
+
 def decode_frame(
     data: bytes,
     *,
@@ -416,10 +487,16 @@ def decode_frame(
 
     Errors name ``sender`` as the peer when it is given.
     """
-    try:
-        obj = unpackb(data, max_bytes=max_bytes)
-    except DecodeError as exc:
-        raise DecodeError(exc.reason, peer=sender) from None
+    if len(data) > max_bytes:
+        raise DecodeError(
+            f"frame of {len(data)} bytes exceeds the limit of {max_bytes}", peer=sender
+        )
+    obj = _frame_in_place(data) if len(data) >= IN_PLACE_MIN_BYTES else None
+    if obj is None:
+        try:
+            obj = unpackb(data, max_bytes=max_bytes)
+        except DecodeError as exc:
+            raise DecodeError(exc.reason, peer=sender) from None
     if not isinstance(obj, list):
         raise DecodeError("frame is not an array of envelopes", peer=sender)
     envelopes = []

@@ -196,3 +196,77 @@ def test_merge_frames_refuses_frames_of_several_envelopes() -> None:
     two = codec.encode_frame([env, env])
     with pytest.raises(ValueError, match="exactly one envelope"):
         codec.merge_frames([two, two])
+
+
+# ----------------------------------------------------------------------------- in place
+
+
+def assert_decoded_equal(in_place: object, generic: object) -> None:
+    """Structures from ``_frame_in_place`` and ``unpackb`` are the same, array for array."""
+    if isinstance(generic, np.ndarray):
+        assert isinstance(in_place, np.ndarray)
+        assert in_place.dtype == generic.dtype and in_place.shape == generic.shape
+        assert in_place.tobytes() == generic.tobytes()
+        assert not in_place.flags.writeable
+    elif isinstance(generic, list):
+        assert isinstance(in_place, list) and len(in_place) == len(generic)
+        for a, b in zip(in_place, generic, strict=True):
+            assert_decoded_equal(a, b)
+    else:
+        assert type(in_place) is type(generic) and in_place == generic
+
+
+arrays_envelopes = st.lists(
+    st.builds(
+        lambda arrays, path, seq, rnd: Envelope(SESSION, 0, 1, tuple(path), seq, rnd,
+                                                Arrays(tuple(arrays))),
+        st.lists(arrays, max_size=3),
+        st.lists(st.integers(0, 2**64 - 1), max_size=12),
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 2**64 - 1),
+    ),
+    min_size=0, max_size=3,
+)
+
+
+@settings(max_examples=200)
+@given(arrays_envelopes, st.sampled_from([None, "bytearray"]))
+def test_in_place_decoding_equals_generic(envs: list[Envelope], kind: str | None) -> None:
+    frame = codec.encode_frame(envs)
+    data = bytearray(frame) if kind else frame  # TCP hands large frames over as bytearrays
+    in_place = codec._frame_in_place(data)
+    assert in_place is not None
+    assert_decoded_equal(in_place, codec.unpackb(frame))
+
+
+@settings(max_examples=300)
+@given(arrays_envelopes.filter(bool), st.data())
+def test_in_place_decoding_never_accepts_what_generic_refuses(
+    envs: list[Envelope], data: st.DataObject
+) -> None:
+    """Flipped or cut bytes: in place either declines (None) or agrees with the generic
+    decoder, which alone reports errors."""
+    frame = bytearray(codec.encode_frame(envs))
+    if data.draw(st.booleans(), label="truncate"):
+        frame = frame[: data.draw(st.integers(0, len(frame) - 1), label="length")]
+    else:
+        at = data.draw(st.integers(0, len(frame) - 1), label="at")
+        frame[at] = data.draw(st.integers(0, 255).filter(lambda b: b != frame[at]), label="b")
+    in_place = codec._frame_in_place(bytes(frame))
+    if in_place is not None:
+        assert_decoded_equal(in_place, codec.unpackb(bytes(frame)))
+
+
+def test_large_frames_are_decoded_in_place_as_views_of_the_frame() -> None:
+    big = np.arange(codec.IN_PLACE_MIN_BYTES // 8, dtype=np.uint64)
+    frame = bytearray(codec.encode_frame([Envelope(SESSION, 0, 1, (3,), 0, 1, Arrays((big,)))]))
+    (env,) = codec.decode_frame(frame, session=SESSION, sender=0, receiver=1)
+    (array,) = env.message.arrays
+    assert np.shares_memory(array, np.frombuffer(frame, dtype=np.uint8))  # no copy
+    np.testing.assert_array_equal(array, big)
+    assert not array.flags.writeable
+    for other in (Value(list(range(40000))), Arrays((big,))):  # not all Arrays / trailing data
+        mixed = codec.encode_frame([Envelope(SESSION, 0, 1, (), 0, 1, other)]) + (
+            b"\x00" if isinstance(other, Arrays) else b""
+        )
+        assert codec._frame_in_place(mixed) is None
