@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from puma_async.runtime import Context, run_party
+from puma_async.runtime import Context, PartyOptions, run_party
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
 from puma_async.transports.tcp import open_tcp_transport
@@ -229,7 +229,7 @@ async def runtime_level(pair: Pair, rounds: int, mib: int) -> dict[str, float]:
 
 
 async def _run(program: Callable[[Context], Awaitable[None]], transport: Transport) -> None:
-    await run_party(program, transport, session=SESSION)
+    await run_party(program, transport, PartyOptions(SESSION))
 
 
 async def measure(rounds: int, mib: int) -> dict[str, Any]:

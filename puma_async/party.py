@@ -52,7 +52,7 @@ from puma_async.cluster import (
 from puma_async.errors import HandshakeError, PumaError
 from puma_async.model.config import LlamaConfig
 from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, PARTIES, role_name
-from puma_async.runtime import Context, run_party
+from puma_async.runtime import Context, PartyOptions, run_party
 from puma_async.stats import PartyStats
 from puma_async.transports.base import Transport
 from puma_async.transports.recording import RecordingTransport
@@ -263,8 +263,8 @@ async def run_role(
         transport = wrap(tcp)
         try:
             result, stats = await run_party(
-                program, transport, session=settings.session, timeout=settings.timeout,
-                entropy=entropy,
+                program, transport,
+                PartyOptions(settings.session, settings.timeout, entropy=entropy),
             )
         finally:
             if isinstance(transport, RecordingTransport):

@@ -34,7 +34,7 @@ from puma_async.cluster import SessionSettings
 from puma_async.errors import PumaError, TraceError
 from puma_async.party import TRACE_KIND, build_programs
 from puma_async.roles import role_name
-from puma_async.runtime import MessageKey, PartyRuntime, open_party
+from puma_async.runtime import MessageKey, PartyOptions, PartyRuntime, open_party
 from puma_async.stats import PartyStats
 from puma_async.timeline import draw_timeline
 from puma_async.transports.recording import TraceHeader, TraceRecord
@@ -108,8 +108,9 @@ async def _replay_party(transport: ReplayTransport, timeout: float
     program = build_programs(settings)[transport.role]
     scopes: Scopes = {}
     try:
-        async with open_party(transport, session=transport.header.session, timeout=timeout,
-                              entropy=entropy, sequential=sequential) as ctx:
+        options = PartyOptions(transport.header.session, timeout, entropy=entropy,
+                               sequential=sequential)
+        async with open_party(transport, options) as ctx:
             scopes = _tap_scopes(ctx.runtime)
             await program(ctx)
     except PumaError as exc:

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from puma_async.errors import RunFailedError
-from puma_async.runtime import DEFAULT_TIMEOUT, Context, run_party
+from puma_async.runtime import DEFAULT_TIMEOUT, Context, PartyOptions, run_party
 from puma_async.stats import PartyStats
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
@@ -46,11 +46,10 @@ class _Roles:
     """The roles of one run and what became of each; :meth:`run_role` runs one of them."""
 
     programs: Mapping[int, Program]
-    session: bytes
-    timeout: float
+    options: PartyOptions
+    """Every role's options but its entropy, which ``entropy`` gives (role -> bytes)."""
+    entropy: Mapping[int, bytes]
     wrap_transport: TransportWrapper | None
-    entropy: Mapping[int, bytes] | None
-    sequential: bool
     results: dict[int, Any] = dataclasses.field(default_factory=dict)
     stats: dict[int, PartyStats] = dataclasses.field(default_factory=dict)
     errors: dict[int, BaseException] = dataclasses.field(default_factory=dict)
@@ -58,11 +57,10 @@ class _Roles:
     async def run_role(self, role: int, transport: Transport) -> None:
         if self.wrap_transport is not None:
             transport = self.wrap_transport(transport)
+        options = dataclasses.replace(self.options, entropy=self.entropy.get(role))
         try:
             self.results[role], self.stats[role] = await run_party(
-                self.programs[role], transport, session=self.session, timeout=self.timeout,
-                entropy=self.entropy.get(role) if self.entropy else None,
-                sequential=self.sequential,
+                self.programs[role], transport, options
             )
         except Exception as exc:
             self.errors[role] = exc
@@ -82,7 +80,8 @@ def _roles(
     sequential: bool,
 ) -> _Roles:
     session = session if session is not None else secrets.token_bytes(16)
-    return _Roles(programs, session, timeout, wrap_transport, entropy, sequential)
+    options = PartyOptions(session, timeout, sequential=sequential)
+    return _Roles(programs, options, entropy or {}, wrap_transport)
 
 
 async def run_roles(

@@ -17,6 +17,7 @@ program fails, the party sends an ``Abort`` to its peers, which stop with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import secrets
@@ -55,28 +56,37 @@ frame of its own, which is sent without another copy."""
 log = structlog.get_logger("puma_async.runtime")
 
 
+@dataclasses.dataclass(frozen=True)
+class PartyOptions:
+    """How one party runs; what :func:`open_party` and :func:`run_party` take.
+
+    ``session``: the id every envelope must carry. ``timeout``: seconds a receive may wait
+    (and a finished party waits for its peers). ``max_frame_bytes``: the largest frame
+    decoded. ``entropy``: 32 bytes seeding the party's fresh keys (random if None; give it to
+    replay a trace). ``sequential``: :meth:`Context.gather` runs its steps one after the other
+    (same messages; measures what round overlapping saves).
+    """
+
+    session: bytes
+    timeout: float = DEFAULT_TIMEOUT
+    max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES
+    entropy: bytes | None = None
+    sequential: bool = False
+
+
 class PartyRuntime:
     """State shared by all steps of one role: transport, mailbox, outboxes, statistics."""
 
-    def __init__(
-        self,
-        transport: Transport,
-        *,
-        session: bytes,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES,
-        entropy: bytes | None = None,
-        sequential: bool = False,
-    ):
+    def __init__(self, transport: Transport, options: PartyOptions):
         self.transport = transport
-        self.sequential = sequential
-        self.entropy = entropy if entropy is not None else secrets.token_bytes(32)
+        self.sequential = options.sequential
+        self.entropy = options.entropy if options.entropy is not None else secrets.token_bytes(32)
         self.role = transport.role
         self.peers = tuple(transport.peers)
-        self.session = session
-        self.timeout = timeout
-        self.max_frame_bytes = max_frame_bytes
-        self.mailbox = Mailbox(self.role, timeout)
+        self.session = options.session
+        self.timeout = options.timeout
+        self.max_frame_bytes = options.max_frame_bytes
+        self.mailbox = Mailbox(self.role, options.timeout)
         self.stats = StatsRecorder(self.role)
         self.shared: dict[str, Any] = {}
         self._outboxes = {}
@@ -434,15 +444,7 @@ class Context:
 
 
 @asynccontextmanager
-async def open_party(
-    transport: Transport,
-    *,
-    session: bytes,
-    timeout: float = DEFAULT_TIMEOUT,
-    max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES,
-    entropy: bytes | None = None,
-    sequential: bool = False,
-) -> AsyncIterator[Context]:
+async def open_party(transport: Transport, options: PartyOptions) -> AsyncIterator[Context]:
     """Run the reader and writer tasks of one role around the block; yields the root step.
 
     On a clean exit every queued frame is flushed, peers are told we are done, and we wait
@@ -450,10 +452,8 @@ async def open_party(
     message nobody received is reported (:class:`ProtocolError`) instead of lost. On an error,
     peers get an ``Abort`` naming the error and the step, and the error propagates.
     """
-    runtime = PartyRuntime(
-        transport, session=session, timeout=timeout, max_frame_bytes=max_frame_bytes,
-        entropy=entropy, sequential=sequential,
-    )
+    runtime = PartyRuntime(transport, options)
+    timeout = options.timeout
     root = Context(runtime)
     failure: BaseException | None = None
     async with trio.open_nursery() as nursery:
@@ -522,22 +522,10 @@ def _describe(exc: BaseException, role: int) -> str:
 
 
 async def run_party(
-    program: Callable[[Context], Awaitable[T]],
-    transport: Transport,
-    *,
-    session: bytes,
-    timeout: float = DEFAULT_TIMEOUT,
-    entropy: bytes | None = None,
-    sequential: bool = False,
+    program: Callable[[Context], Awaitable[T]], transport: Transport, options: PartyOptions
 ) -> tuple[T, PartyStats]:
-    """Run ``program`` as one role over ``transport``; its result and statistics.
-
-    ``entropy`` seeds the party's fresh keys (random if None; give it to replay a trace);
-    ``sequential`` makes :meth:`Context.gather` run its steps one after the other.
-    """
-    async with open_party(
-        transport, session=session, timeout=timeout, entropy=entropy, sequential=sequential
-    ) as ctx:
+    """Run ``program`` as one role over ``transport``; its result and statistics."""
+    async with open_party(transport, options) as ctx:
         result = await program(ctx)
     assert ctx.runtime.final_stats is not None  # open_party raises unless it finished cleanly
     return result, ctx.runtime.final_stats

@@ -28,7 +28,7 @@ from puma_async.protocols.evaluate import evaluation_program
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.shares import AShare
 from puma_async.roles import CLIENT
-from puma_async.runtime import Context, run_party
+from puma_async.runtime import Context, PartyOptions, run_party
 from puma_async.transports.tcp import (
     HEADER_BYTES,
     TcpSetupError,
@@ -211,7 +211,7 @@ async def test_party_runtime_over_tls(pki: ClusterPki) -> None:
         return int(array[0])
 
     async def body(transport: TcpTransport) -> int:
-        result, _ = await run_party(program, transport, session=SESSION, timeout=30)
+        result, _ = await run_party(program, transport, PartyOptions(SESSION, timeout=30))
         return result
 
     results = await run_roles(dict.fromkeys([0, 1, 2], body), tls_options(pki, [0, 1, 2]))
@@ -230,7 +230,7 @@ async def test_secure_protocols_over_tls_match_in_memory(pki: ClusterPki) -> Non
     program = evaluation_program(fn, x, y)
 
     async def body(transport: TcpTransport) -> Any:
-        result, _ = await run_party(program, transport, session=SESSION, timeout=30)
+        result, _ = await run_party(program, transport, PartyOptions(SESSION, timeout=30))
         return result
 
     roles = [0, 1, 2, CLIENT]
