@@ -25,20 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import reporting
 
 from puma_async.roles import PARTIES
 from puma_async.session import GenerationOptions, SessionResult, run_session
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "llama.json"
 SPU_REFERENCE = {
     "smollm2_forward_5_tokens": {"seconds": 12.8, "bytes_all_parties": 296e6,
                                  "peak_memory_bytes": 8.2e9},
@@ -200,7 +198,7 @@ def print_summary(results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="SmolLM2 only, 5 tokens, 2 new")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    reporting.add_out_argument(parser, "llama")
     parser.add_argument("--part", choices=["smollm2", "block7b"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
@@ -208,7 +206,7 @@ def main() -> None:
         print(json.dumps(out))
         return
     results: dict[str, Any] = {
-        "load_average_at_start": os.getloadavg(),
+        "machine": reporting.machine(),
         "quick": args.quick,
         "spu_reference": SPU_REFERENCE,
     }
@@ -219,9 +217,7 @@ def main() -> None:
         results["llama7b_derived"] = derive_llama7b(results["block7b"])
     results["benchmark_seconds"] = time.perf_counter() - started
     print_summary(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    reporting.write(args.out, results)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import reporting
 
 from puma_async.protocols import compare
 from puma_async.protocols.activations import gelu, silu
@@ -41,7 +40,6 @@ from puma_async.protocols.softmax import softmax
 from puma_async.runtime import Context
 
 _erf = np.vectorize(math.erf)
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ops.json"
 Result = dict[str, Any]
 
 
@@ -273,41 +271,22 @@ def _show(bench: Benchmark, result: Result) -> None:
         print(f"{'':{len(bench.name)}}  SPU (PUMA) reference: {spu}")
 
 
-def python_loop_seconds() -> float:
-    """Seconds of a 10^7-step pure-Python loop (best of 3): how fast this shared machine is
-    right now, since the small ops are bound by Python's speed."""
-    runs = []
-    for _ in range(3):
-        start = time.perf_counter()
-        total = 0
-        for i in range(10**7):
-            total += i
-        runs.append(time.perf_counter() - start)
-    return min(runs)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), metavar="NAME",
                         help=f"run only these (repeatable): {', '.join(sorted(BENCHMARKS))}")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    reporting.add_out_argument(parser, "ops")
     args = parser.parse_args()
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    speed = python_loop_seconds()
-    print(f"machine speed: a 10^7-step Python loop takes {speed:.2f} s (this machine when "
-          "quiet: ~0.36 s; slower means a busy host and proportionally slower figures)")
-    results["machine"] = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
-                          "python_loop_1e7_seconds": speed}
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}  # other ops' runs
+    results["machine"] = reporting.machine()
     for name in args.only or list(BENCHMARKS):
         bench = BENCHMARKS[name]
         result = bench.run(args.repeats)
         _show(bench, result)
         results[name] = {"description": bench.description, **result,
                          **({"spu": bench.spu} if bench.spu else {})}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    reporting.write(args.out, results)
 
 
 if __name__ == "__main__":

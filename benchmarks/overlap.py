@@ -18,18 +18,14 @@ Usage: ``python benchmarks/overlap.py [--model tiny|smollm2|FILE.gguf] [--max-ne
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-from pathlib import Path
 from typing import Any
+
+import reporting
 
 from puma_async.cluster import SessionSettings
 from puma_async.party import build_programs, role_entropy
 from puma_async.roles import ALL_ROLES
 from puma_async.runner import run_local
-
-DEFAULT_OUT = Path(__file__).parent / "results" / "overlap.json"
 
 
 def measure(settings: SessionSettings, delay: float, sequential: bool) -> dict[str, Any]:
@@ -57,8 +53,9 @@ def main() -> None:
     parser.add_argument("--prompt", default="The capital of France is")
     parser.add_argument("--max-new-tokens", type=int, default=1)
     parser.add_argument("--delays-ms", type=float, nargs="+", default=[1.0, 10.0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    reporting.add_out_argument(parser, "overlap")
     args = parser.parse_args()
+    machine = reporting.machine()
     settings = SessionSettings("overlap-benchmark", model=args.model, prompt=args.prompt,
                                max_new_tokens=args.max_new_tokens, timeout=600.0)
     rows = []
@@ -74,12 +71,10 @@ def main() -> None:
                   f"{row['seconds']:>9.2f}")
     result = {
         "benchmark": "overlap", "model": args.model, "max_new_tokens": args.max_new_tokens,
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": machine,
         "runs": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"written to {args.out}")
+    reporting.write(args.out, result)
 
 
 if __name__ == "__main__":

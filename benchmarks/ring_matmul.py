@@ -21,22 +21,19 @@ may be shared: the load average at start is recorded.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numba
 import numpy as np
+import reporting
 
 from puma_async.protocols.prg import Prg
 from puma_async.protocols.ringmatmul import _kernel, ring_matmul
 
 SHAPES = [(128, 576, 1536), (128, 768, 768), (8, 4096, 11008), (1, 576, 49152)]
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ring_matmul.json"
 
 
 def limb_split_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -152,15 +149,11 @@ def bench_prg(repeats: int) -> list[dict[str, object]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    reporting.add_out_argument(parser, "ring_matmul")
     args = parser.parse_args()
-    load = os.getloadavg()
-    print(f"cores {os.cpu_count()}, load average at start {load[0]:.2f}")
     result = {
         "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "load_average_at_start": load,
+            **reporting.machine(),
             "numpy": np.__version__,
             "numba": numba.__version__,
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
@@ -169,9 +162,7 @@ def main() -> None:
         "matmul": bench_matmul(args.repeats),
         "prg": bench_prg(args.repeats),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    reporting.write(args.out, result)
 
 
 if __name__ == "__main__":

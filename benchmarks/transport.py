@@ -18,19 +18,16 @@ and writes JSON (default ``benchmarks/results/transport.json``).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import socket
 import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import reporting
 import trio
 
 from puma_async.runtime import Context, PartyOptions, run_party
@@ -250,11 +247,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2000, help="round trips to time")
     parser.add_argument("--mib", type=int, default=256, help="MiB sent one way")
-    parser.add_argument(
-        "--out", type=Path,
-        default=Path(__file__).resolve().parent / "results" / "transport.json",
-    )
+    reporting.add_out_argument(parser, "transport")
     args = parser.parse_args()
+    machine = reporting.machine()
     results = trio.run(measure, args.rounds, args.mib)
     print(f"{'level':<10} {'link':<7} {'round trip (us)':>16} {'one way (GiB/s)':>16}")
     for level, links in results.items():
@@ -266,13 +261,10 @@ def main() -> None:
         "benchmark": "transport",
         "settings": {"rounds": args.rounds, "mib": args.mib, "small_payload": "8 x uint64",
                      "large_payload": "1 MiB uint64 array", "process": "both roles, one trio.run"},
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "platform": platform.platform()},
+        "machine": machine,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written to {args.out}")
+    reporting.write(args.out, report)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+"""What every benchmark records besides its figures: where it writes them, the machine, and how
+busy the machine was while it ran (figures scale with that on a shared host).
+
+Benchmarks run as scripts (``python benchmarks/NAME.py``), so they import this as ``reporting``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUIET_LOOP_SECONDS = 0.36
+"""The 10^7-step Python loop of :func:`python_loop_seconds` on this machine class when quiet."""
+
+
+def add_out_argument(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--out PATH``: where the JSON goes (default ``benchmarks/results/<name>.json``)."""
+    parser.add_argument("--out", type=Path, default=RESULTS / f"{name}.json",
+                        help=f"JSON output (default: benchmarks/results/{name}.json)")
+
+
+def python_loop_seconds() -> float:
+    """Seconds of a 10^7-step pure-Python loop (best of 3): how fast this shared machine is
+    right now, since Python's speed bounds the small operations."""
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for i in range(10**7):
+            total += i
+        runs.append(time.perf_counter() - start)
+    return min(runs)
+
+
+def machine() -> dict[str, Any]:
+    """The host's facts and its speed now (printed too, so a slow run explains itself)."""
+    speed = python_loop_seconds()
+    print(f"machine speed: a 10^7-step Python loop takes {speed:.2f} s (quiet: "
+          f"~{QUIET_LOOP_SECONDS} s; slower means a busy host and proportionally slower figures)")
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "python_loop_1e7_seconds": speed,
+    }
+
+
+def write(path: Path, results: dict[str, Any]) -> None:
+    """Write ``results`` as indented JSON to ``path`` (making its directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
