@@ -169,10 +169,14 @@ def packb(obj: Any) -> bytes:
     return _packer().pack(obj)  # type: ignore[no-any-return]
 
 
-def unpackb(data: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Any:
-    """Decode what :func:`packb` wrote; any malformed input raises :class:`DecodeError`."""
+def _check_size(data: bytes, max_bytes: int) -> None:
     if len(data) > max_bytes:
         raise DecodeError(f"frame of {len(data)} bytes exceeds the limit of {max_bytes}")
+
+
+def unpackb(data: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Any:
+    """Decode what :func:`packb` wrote; any malformed input raises :class:`DecodeError`."""
+    _check_size(data, max_bytes)
     try:
         return msgpack.unpackb(
             data, ext_hook=_ext_hook, raw=False, strict_map_key=True,
@@ -443,8 +447,7 @@ def _frame_in_place(data: bytes | bytearray) -> list | None:
             reader = _head_reader(view, pos)
             if reader.read_array_header() != 8:
                 return None
-            fields = [reader.unpack() for _ in range(6)]  # version to seq
-            rnd = reader.unpack()
+            fields = [reader.unpack() for _ in range(7)]  # version to round
             if reader.read_array_header() != 2:
                 return None
             tag = reader.unpack()
@@ -469,7 +472,7 @@ def _frame_in_place(data: bytes | bytearray) -> list | None:
                 array.flags.writeable = False  # as the generic decoder's views of bytes are
                 arrays.append(array)
                 pos += 1 + size
-            envelopes.append([*fields, rnd, [tag, arrays]])
+            envelopes.append([*fields, [tag, arrays]])
     except Exception:  # anything unexpected: the generic decoder decides
         return None
     return envelopes if pos == len(view) else None
@@ -487,16 +490,13 @@ def decode_frame(
 
     Errors name ``sender`` as the peer when it is given.
     """
-    if len(data) > max_bytes:
-        raise DecodeError(
-            f"frame of {len(data)} bytes exceeds the limit of {max_bytes}", peer=sender
-        )
-    obj = _frame_in_place(data) if len(data) >= IN_PLACE_MIN_BYTES else None
-    if obj is None:
-        try:
+    try:
+        _check_size(data, max_bytes)
+        obj = _frame_in_place(data) if len(data) >= IN_PLACE_MIN_BYTES else None
+        if obj is None:
             obj = unpackb(data, max_bytes=max_bytes)
-        except DecodeError as exc:
-            raise DecodeError(exc.reason, peer=sender) from None
+    except DecodeError as exc:
+        raise DecodeError(exc.reason, peer=sender) from None
     if not isinstance(obj, list):
         raise DecodeError("frame is not an array of envelopes", peer=sender)
     envelopes = []
