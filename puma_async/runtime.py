@@ -79,13 +79,11 @@ class PartyRuntime:
 
     def __init__(self, transport: Transport, options: PartyOptions):
         self.transport = transport
-        self.sequential = options.sequential
+        self.options = options
         self.entropy = options.entropy if options.entropy is not None else secrets.token_bytes(32)
         self.role = transport.role
         self.peers = tuple(transport.peers)
         self.session = options.session
-        self.timeout = options.timeout
-        self.max_frame_bytes = options.max_frame_bytes
         self.mailbox = Mailbox(self.role, options.timeout)
         self.stats = StatsRecorder(self.role)
         self.shared: dict[str, Any] = {}
@@ -183,7 +181,7 @@ class PartyRuntime:
         try:
             for env in codec.decode_frame(
                 frame, session=self.session, sender=peer, receiver=self.role,
-                max_bytes=self.max_frame_bytes,
+                max_bytes=self.options.max_frame_bytes,
             ):
                 if isinstance(env.message, Abort):
                     raise PeerAbortedError(
@@ -362,7 +360,7 @@ class Context:
         runtime's ``sequential`` switch on, the steps run one after the other instead (same
         messages; used to measure what overlapping saves).
         """
-        if self.runtime.sequential:
+        if self.runtime.options.sequential:
             return await self.run_sequentially(*steps)
         children = [self.child() for _ in steps]
         results: list[Any] = [None] * len(steps)
