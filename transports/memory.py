@@ -20,8 +20,6 @@ from puma_async.errors import PeerDisconnectedError, ProtocolError
 from puma_async.transports.base import Transport, drain
 
 _Item = tuple[int, bytes | None]
-
-
 Target = Callable[[int, bytes | None], None]
 """Where a role's incoming frames go: ``target(sender, frame or None)``."""
 
@@ -62,7 +60,7 @@ class _Link:
 
 class InProcessTransport(Transport):
     """What the in-process transports share: frames are handed over at once (no waiting),
-    and each link to a peer is closed once. Subclasses say how an item is handed over."""
+    and each link to a peer is closed once. Subclasses say how a frame is handed over."""
 
     immediate = True
 
