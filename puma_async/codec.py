@@ -503,7 +503,7 @@ def decode_frame(
     for item in obj:
         try:
             env = _envelope_from_wire(item)
-        except DecodeError as exc:
+        except (DecodeError, SessionMismatchError) as exc:  # a wrong version too
             raise type(exc)(exc.reason, peer=sender) from None
         if (
             (session is not None and env.session != session)
