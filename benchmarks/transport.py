@@ -83,6 +83,17 @@ async def open_pair(kind: str, pki: ClusterPki) -> AsyncIterator[Pair]:
             done.set()
 
 
+async def median_round_trip_us(rounds: int, round_trip: Callable[[], Awaitable[object]]) -> float:
+    """Median microseconds of ``round_trip()`` over ``rounds`` calls, after :data:`WARMUP`."""
+    times = []
+    for i in range(rounds + WARMUP):
+        start = time.perf_counter()
+        await round_trip()
+        if i >= WARMUP:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
 # ----------------------------------------------------------------------------- raw trio
 
 
@@ -91,22 +102,20 @@ async def raw_memory(rounds: int) -> dict[str, float]:
     to_b, at_b = trio.open_memory_channel[bytes](1)
     to_a, at_a = trio.open_memory_channel[bytes](1)
     small = SMALL.tobytes()
-    rtts: list[float] = []
 
     async def echo() -> None:
         async for msg in at_b:
             await to_a.send(msg)
 
+    async def round_trip() -> None:
+        await to_b.send(small)
+        await at_a.receive()
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo)
-        for i in range(rounds + WARMUP):
-            start = time.perf_counter()
-            await to_b.send(small)
-            await at_a.receive()
-            if i >= WARMUP:
-                rtts.append(time.perf_counter() - start)
+        rtt_us = await median_round_trip_us(rounds, round_trip)
         nursery.cancel_scope.cancel()
-    return {"rtt_us": statistics.median(rtts) * 1e6}
+    return {"rtt_us": rtt_us}
 
 
 async def raw_tcp(rounds: int, mib: int) -> dict[str, float]:
@@ -116,22 +125,20 @@ async def raw_tcp(rounds: int, mib: int) -> dict[str, float]:
     client = await trio.open_tcp_stream("127.0.0.1", port)
     server = await listeners[0].accept()
     small = SMALL.tobytes()
-    rtts: list[float] = []
 
     async def echo() -> None:
         while data := await server.receive_some():
             await server.send_all(data)
 
+    async def round_trip() -> None:
+        await client.send_all(small)
+        got = 0
+        while got < len(small):
+            got += len(await client.receive_some())
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo)
-        for i in range(rounds + WARMUP):
-            start = time.perf_counter()
-            await client.send_all(small)
-            got = 0
-            while got < len(small):
-                got += len(await client.receive_some())
-            if i >= WARMUP:
-                rtts.append(time.perf_counter() - start)
+        rtt_us = await median_round_trip_us(rounds, round_trip)
         nursery.cancel_scope.cancel()
 
     block = bytes(MIB)
@@ -152,7 +159,7 @@ async def raw_tcp(rounds: int, mib: int) -> dict[str, float]:
     seconds = time.perf_counter() - start
     for resource in (client, server, *listeners):
         await resource.aclose()
-    return {"rtt_us": statistics.median(rtts) * 1e6, "gib_per_s": total / seconds / (1 << 30)}
+    return {"rtt_us": rtt_us, "gib_per_s": total / seconds / (1 << 30)}
 
 
 # ----------------------------------------------------------------------------- transports
@@ -163,7 +170,6 @@ async def transport_level(pair: Pair, rounds: int, mib: int) -> dict[str, float]
     a, b = pair[0], pair[1]
     small = SMALL.tobytes()
     block = bytes(MIB)
-    rtts: list[float] = []
 
     async def echo() -> None:
         for _ in range(rounds + WARMUP):
@@ -174,20 +180,19 @@ async def transport_level(pair: Pair, rounds: int, mib: int) -> dict[str, float]
             await b.receive()
         await b.send(0, b"k")
 
+    async def round_trip() -> None:
+        await a.send(1, small)
+        await a.receive()
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo)
-        for i in range(rounds + WARMUP):
-            start = time.perf_counter()
-            await a.send(1, small)
-            await a.receive()
-            if i >= WARMUP:
-                rtts.append(time.perf_counter() - start)
+        rtt_us = await median_round_trip_us(rounds, round_trip)
         start = time.perf_counter()
         for _ in range(mib):
             await a.send(1, block)
         await a.receive()
         seconds = time.perf_counter() - start
-    return {"rtt_us": statistics.median(rtts) * 1e6, "gib_per_s": mib * MIB / seconds / (1 << 30)}
+    return {"rtt_us": rtt_us, "gib_per_s": mib * MIB / seconds / (1 << 30)}
 
 
 async def runtime_level(pair: Pair, rounds: int, mib: int) -> dict[str, float]:
@@ -196,14 +201,11 @@ async def runtime_level(pair: Pair, rounds: int, mib: int) -> dict[str, float]:
     measured: dict[str, float] = {}
 
     async def pinger(ctx: Context) -> None:
-        rtts = []
-        for i in range(rounds + WARMUP):
-            start = time.perf_counter()
+        async def round_trip() -> None:
             await ctx.send_arrays(1, SMALL)
             await ctx.recv_arrays(1, 1)
-            if i >= WARMUP:
-                rtts.append(time.perf_counter() - start)
-        measured["rtt_us"] = statistics.median(rtts) * 1e6
+
+        measured["rtt_us"] = await median_round_trip_us(rounds, round_trip)
         start = time.perf_counter()
         for _ in range(mib):
             await ctx.send_arrays(1, big)
