@@ -15,6 +15,10 @@ import trio
 
 from puma_async.errors import ProtocolError
 
+Target = Callable[[int, bytes | None], None]
+"""Where a role's incoming frames go: ``target(sender, frame)``, frame None when the sender
+has finished."""
+
 
 class Transport(abc.ABC):
     """Frames between this role and its peers.
@@ -39,9 +43,7 @@ class Transport(abc.ABC):
         """Hand one frame to ``peer`` at once (only where :attr:`immediate` is True)."""
         raise NotImplementedError(f"{type(self).__name__} cannot send without waiting")
 
-    def push_to(
-        self, deliver: Callable[[int, bytes | None], None], fail: Callable[[ProtocolError], None]
-    ) -> bool:
+    def push_to(self, deliver: Target, fail: Callable[[ProtocolError], None]) -> bool:
         """Ask the transport to call ``deliver(peer, frame)`` for every incoming frame (and
         ``fail(error)`` for a broken connection) instead of being polled with :meth:`receive`,
         which saves a task hop per frame; True if it will, False if the caller must keep

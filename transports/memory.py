@@ -17,11 +17,9 @@ from contextlib import asynccontextmanager
 import trio
 
 from puma_async.errors import PeerDisconnectedError, ProtocolError
-from puma_async.transports.base import Transport, drain
+from puma_async.transports.base import Target, Transport, drain
 
 _Item = tuple[int, bytes | None]
-Target = Callable[[int, bytes | None], None]
-"""Where a role's incoming frames go: ``target(sender, frame or None)``."""
 
 
 class _Link:

@@ -70,7 +70,7 @@ from puma_async.errors import (
     ProtocolError,
     PumaError,
 )
-from puma_async.transports.base import Transport, drain
+from puma_async.transports.base import Target, Transport, drain
 from puma_async.transports.tls import TlsConfig, client_context, peer_role_from_cert, server_context
 
 HEADER_BYTES = 8
@@ -207,12 +207,10 @@ class TcpTransport(Transport):
         self._inbox_send, self._inbox = trio.open_memory_channel[_Item](max_buffered_frames)
         self._readers_scope = trio.CancelScope()
         self._readers_done = trio.Event()
-        self._deliver: Callable[[int, bytes | None], None] | None = None
+        self._deliver: Target | None = None
         self._fail: Callable[[ProtocolError], None] | None = None
 
-    def push_to(
-        self, deliver: Callable[[int, bytes | None], None], fail: Callable[[ProtocolError], None]
-    ) -> bool:
+    def push_to(self, deliver: Target, fail: Callable[[ProtocolError], None]) -> bool:
         self._deliver, self._fail = deliver, fail
         drain(self._inbox, self._push)  # what already arrived first, in order
         return True

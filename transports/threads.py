@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from puma_async.errors import ProtocolError
-from puma_async.transports.base import drain
+from puma_async.transports.base import Target, drain
 from puma_async.transports.memory import InProcessTransport
 
 _Item = tuple[int, bytes | None]
@@ -30,7 +30,7 @@ class _Inbox:
         self.lock = threading.Lock()
         self.buffer: list[_Item] = []
         self.token: trio.lowlevel.TrioToken | None = None
-        self.target: Callable[[int, bytes | None], None] | None = None
+        self.target: Target | None = None
 
     def put(self, item: _Item) -> None:
         with self.lock:
@@ -48,7 +48,7 @@ class _Inbox:
         assert self.target is not None
         self.target(*item)
 
-    def attach(self, target: Callable[[int, bytes | None], None]) -> None:
+    def attach(self, target: Target) -> None:
         """Called in the receiving role's own ``trio.run``: deliver there, to ``target``."""
         with self.lock:
             pending, self.buffer = self.buffer, []
@@ -73,9 +73,7 @@ class ThreadTransport(InProcessTransport):
     async def receive(self) -> tuple[int, bytes | None]:
         return await self._incoming.receive()
 
-    def push_to(
-        self, deliver: Callable[[int, bytes | None], None], fail: Callable[[ProtocolError], None]
-    ) -> bool:
+    def push_to(self, deliver: Target, fail: Callable[[ProtocolError], None]) -> bool:
         drain(self._incoming, lambda item: deliver(*item))  # what already arrived first
         self._inbox.attach(deliver)
         return True
