@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from puma_async import pki
 from puma_async.cluster import (
     TINY_MODEL,
     Cluster,
@@ -57,7 +58,6 @@ from puma_async.stats import PartyStats
 from puma_async.transports.base import Transport
 from puma_async.transports.recording import RecordingTransport
 from puma_async.transports.tcp import open_tcp_transport
-from puma_async.transports.tls import create_cluster_pki
 
 Program = Callable[[Context], Awaitable[Any]]
 TRACE_KIND = "puma-async-session"
@@ -372,21 +372,6 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
-def _command_certs(args: argparse.Namespace) -> int:
-    cluster = load_cluster(args.cluster_file)
-    try:
-        pki = create_cluster_pki(
-            cluster.pki, list(ALL_ROLES), cluster.name, hosts=cluster.hosts,
-            valid_days=args.days, overwrite=args.force,
-        )
-    except FileExistsError as exc:
-        raise ClusterFileError(str(exc)) from None
-    print(f"cluster {pki.cluster!r}: CA and certificates of roles "
-          f"{', '.join(role_name(r) for r in pki.roles)} written to {pki.directory} "
-          "(ca.key is only needed to issue certificates: keep it off the party machines)")
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m puma_async.party``."""
     top = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
@@ -406,11 +391,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--entropy", metavar="HEX",
                      help="fix the seed of the roles' keys (tests only: insecure)")
     run.set_defaults(handler=_command_run)
-    certs = commands.add_parser("certs", help="create the cluster CA and role certificates")
-    certs.add_argument("--cluster-file", required=True, type=Path)
-    certs.add_argument("--days", type=int, default=365)
-    certs.add_argument("--force", action="store_true", help="overwrite an existing PKI")
-    certs.set_defaults(handler=_command_certs)
+    pki.add_commands(commands)
     return top
 
 
