@@ -78,9 +78,14 @@ def _command_sign(args: argparse.Namespace) -> int:
     path: Path = args.request
     out: Path = args.out or path.with_suffix(".pem")
     hosts = {role: endpoint.host for role, endpoint in cluster.endpoints.items()}
+    ca = ca_files(cluster)
+    for what, file in (("CA key", ca.key), ("CA certificate", ca.cert)):
+        if not file.is_file():
+            raise ClusterFileError(f"{what} {file} not found: sign on the CA holder's machine "
+                                   "(certs ca creates the CA there)")
     try:
-        role, cert = sign_request(load_request(path.read_bytes()), ca_files(cluster),
-                                  cluster.name, hosts, valid_days=args.days)
+        role, cert = sign_request(load_request(path.read_bytes()), ca, cluster.name, hosts,
+                                  valid_days=args.days)
     except CertificateRequestError as exc:
         raise CertificateRequestError(f"{path}: refused: {exc}") from None
     write_private(out, certificate_pem(cert), force=args.force)

@@ -267,6 +267,10 @@ def test_sign_refusals_on_the_command_line(tmp_path: Path,
     assert main(["certs", "ca", "--cluster-file", os.fspath(ca_file)]) == 1
     assert "ca.pem exists (use --force" in capsys.readouterr().err
 
+    without_ca = ["certs", "sign", "--cluster-file", os.fspath(files["P1"]), "x.csr"]
+    assert main(without_ca) == 1
+    assert "ca.key not found: sign on the CA holder's machine" in capsys.readouterr().err
+
     csr = tmp_path / "foreign.csr"
     make_request(tmp_path, P1, "127.0.0.1", cluster="elsewhere")
     shutil.move(tmp_path / "role-1.csr", csr)
