@@ -121,7 +121,7 @@ def add_commands(commands: Any) -> None:
     """Add the certificate commands to the party CLI's sub-parsers (``handler`` defaults)."""
     certs = commands.add_parser(
         "certs", help="certificates: ca, request (each role), sign (the CA holder), all",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description="\n\n".join(__doc__.split("\n\n")[1:3]).replace("::", ":"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     steps = certs.add_subparsers(dest="certs_command", required=True)
