@@ -269,9 +269,12 @@ def _describe_extension(extension: x509.Extension[x509.ExtensionType]) -> str:
     return kind if kind != "UnrecognizedExtension" else f"OID {extension.oid.dotted_string}"
 
 
+_NAME_KINDS = {x509.DNSName: "DNS", x509.IPAddress: "IP", x509.UniformResourceIdentifier: "URI",
+               x509.RFC822Name: "email"}
+
+
 def _describe_name(name: x509.GeneralName) -> str:
-    kind = type(name).__name__.removesuffix("Name").removesuffix("Identifier")
-    return f"{kind}:{name.value}"
+    return f"{_NAME_KINDS.get(type(name), type(name).__name__)}:{name.value}"
 
 
 def check_request(
