@@ -93,7 +93,7 @@ def p1_ip() -> x509.IPAddress:
 def test_request_and_sign(tmp_path: Path, ca: CaFiles) -> None:
     assert mode(ca.key) == 0o600
     csr = make_request(tmp_path, P2, HOSTS[P2])
-    assert mode(tmp_path / "role-2.key") == 0o600
+    assert mode(tmp_path / "role-2.key") == 0o600 and mode(tmp_path / "role-2.csr") == 0o600
     assert load_request((tmp_path / "role-2.csr").read_bytes()) == csr
     role, cert = sign_request(csr, ca, CLUSTER, HOSTS)
     assert role == P2
