@@ -57,6 +57,8 @@ def public_error_text(exc: BaseException) -> str:
     """
     if isinstance(exc, PumaError):
         return f"{type(exc).__name__}: {exc}"
+    if not str(exc):
+        return type(exc).__name__
     return f"{type(exc).__name__} (its text is withheld: it may quote secret data)"
 
 

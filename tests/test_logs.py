@@ -53,6 +53,7 @@ def test_exceptions_show_their_text_only_if_ours() -> None:
         "FixedPointRangeError: 1 of 2 values")
     assert secret not in public_error_text(IndexError(secret))
     assert public_error_text(IndexError(secret)).startswith("IndexError")
+    assert public_error_text(KeyboardInterrupt()) == "KeyboardInterrupt"  # nothing withheld
     try:
         raise KeyError(secret)
     except KeyError as exc:
