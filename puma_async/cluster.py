@@ -4,7 +4,7 @@ A cluster file is TOML; relative paths in it are relative to the file itself::
 
     [cluster]
     name = "demo"                 # cluster name, written into every certificate
-    pki = "pki"                   # ca.pem and role-<n>.pem / role-<n>.key (certs command)
+    pki = "pki"                   # ca.pem and role-<n>.pem / role-<n>.key (certs commands)
 
     [session]
     id = "demo-1"                 # session id (any string; hashed to 16 bytes)
@@ -162,15 +162,6 @@ class Cluster:
     def addresses(self) -> dict[int, tuple[str, int]]:
         return {r: (e.host, e.port) for r, e in self.endpoints.items()}
 
-    @property
-    def hosts(self) -> list[str]:
-        """Every host name of the cluster (for the certificates' SANs), localhost included."""
-        hosts = ["localhost", "127.0.0.1"]
-        for endpoint in self.endpoints.values():
-            if endpoint.host not in hosts:
-                hosts.append(endpoint.host)
-        return hosts
-
     def config_digest(self) -> bytes:
         return self.settings.config_digest(self.name, self.roles)
 
@@ -181,9 +172,9 @@ class Cluster:
                            ("key", endpoint.key)):
             if not path.is_file():
                 raise ClusterFileError(
-                    f"{role_name(role)}: {what} {path} not found (create the cluster's "
-                    f"certificates with: python -m puma_async.party certs --cluster-file "
-                    f"{self.path})"
+                    f"{role_name(role)}: {what} {path} not found (create the key with: "
+                    f"python -m puma_async.party certs request --cluster-file {self.path} "
+                    f"--role {role_name(role)}, and have the CA holder sign it: certs sign)"
                 )
         return TlsConfig(self.ca_cert, endpoint.cert, endpoint.key, cluster=self.name)
 

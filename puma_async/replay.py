@@ -10,8 +10,10 @@ A trace written by ``--record`` (``puma_async.party`` or ``puma_async.local``) h
 header the session settings and the party's entropy, so the party's program can run again with
 the same keys while a :class:`~puma_async.transports.replay.ReplayTransport` plays its peers.
 Every envelope it sends is compared with the recording by (peer, step path, seq); the first
-difference is reported with its step path, peer, round and what differs. The exit status is 0
-when every replayed trace is identical, 1 otherwise.
+difference is reported with its step path, peer, round and what differs (types, shapes, counts
+and positions: no value, so a report can be pasted into an issue; ``--show-values`` adds the
+first differing values, which are secret shares or keys). The exit status is 0 when every
+replayed trace is identical, 1 otherwise.
 
 ``--summary`` replays the party too: the runtime attributes each message to its scope, which
 the trace alone does not record; rounds and bytes are the replay's statistics (equal to the
@@ -118,15 +120,15 @@ async def _replay_party(transport: ReplayTransport, timeout: float
     return None, ctx.runtime.final_stats, scopes
 
 
-async def replay_trace(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT
-                       ) -> ReplayReport:
+async def replay_trace(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT,
+                       show_values: bool = False) -> ReplayReport:
     """Replay one party from its trace (see the module docstring).
 
     Peers whose frames the trace stores by digest only are replayed alongside from their
     traces in the same directory (``<role>.trace``), to re-derive those frames (and theirs,
     in turn, if they need it).
     """
-    transport = ReplayTransport.from_file(path)
+    transport = ReplayTransport.from_file(path, show_values=show_values)
     replays = {transport.role: transport}
     sources: list[tuple[Path, ReplayTransport]] = []
     pending = [transport]
@@ -229,13 +231,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=2, help="scope depth of the summary")
     parser.add_argument("--timeline", type=Path, metavar="FILE.svg",
                         help="draw the rounds of the traces over time")
+    parser.add_argument("--show-values", action="store_true",
+                        help="show the first differing values (secret: shares, keys)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help="receive timeout of the replayed party (seconds)")
     args = parser.parse_args(argv)
     status = 0
     for path in args.traces:
         try:
-            report = trio.run(lambda path=path: replay_trace(path, timeout=args.timeout))
+            report = trio.run(lambda path=path: replay_trace(
+                path, timeout=args.timeout, show_values=args.show_values))
         except (PumaError, OSError) as exc:
             print(f"{PROG}: error: {path}: {exc}", file=sys.stderr)
             status = 1

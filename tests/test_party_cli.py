@@ -60,7 +60,7 @@ def make_cluster(directory: Path, settings: SessionSettings = SETTINGS) -> Path:
         directory / "cluster.toml", name="cli-test", settings=settings,
         addresses={r: ("127.0.0.1", p) for r, p in zip(ALL_ROLES, ports, strict=True)},
     )
-    assert main(["certs", "--cluster-file", os.fspath(path)]) == 0
+    assert main(["certs", "all", "--cluster-file", os.fspath(path)]) == 0
     return path
 
 
@@ -194,7 +194,7 @@ def test_missing_certificates(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                          addresses={r: ("127.0.0.1", p) for r, p in zip(ALL_ROLES, ports,
                                                                          strict=True)})
     assert main(["run", "--cluster-file", os.fspath(path), "--role", "P0"]) == 1
-    assert "party certs --cluster-file" in capsys.readouterr().err
+    assert "party certs request --cluster-file" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- handshakes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import msgpack
@@ -100,6 +101,9 @@ def test_altered_frame_names_the_first_diverging_step(traces: dict[int, Path],
         peer, tuple(path), seq, round_
     )
     assert "elements differ" in divergence.what
+    assert re.search(r"first at flat index \d+$", divergence.what)  # no value by default
+    shown = trio.run(lambda: replay_trace(altered, show_values=True)).divergence
+    assert shown is not None and re.search(r"flat index \d+: \d+ vs recorded \d+$", shown.what)
     step = ".".join(map(str, path))
     where = f"diverges at step {step} (seq {seq}) to {role_name(peer)}, round {round_}"
     assert where in report.verdict()
