@@ -10,6 +10,7 @@ configuration once (the CLIs and the runtime import it).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -36,7 +37,9 @@ def redact_secrets(
 
 
 def configure() -> None:
-    """Install the redacting processor in front of structlog's default rendering."""
+    """Install the redacting processor in front of structlog's default rendering, writing to
+    stderr (stdout carries results only): the stderr of the moment of each record (log
+    records are rare, so loggers are not cached)."""
     structlog.configure(
         processors=[
             redact_secrets,
@@ -44,7 +47,8 @@ def configure() -> None:
             structlog.processors.TimeStamper(fmt="iso"),
             structlog.dev.ConsoleRenderer(colors=False),
         ],
-        cache_logger_on_first_use=True,
+        logger_factory=lambda *args: structlog.PrintLogger(sys.stderr),
+        cache_logger_on_first_use=False,
     )
 
 
