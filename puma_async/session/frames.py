@@ -14,10 +14,9 @@ What makes frames large:
   arrays of at most n x (the widest per-position tensor) ring elements: the fused gate/up
   projection (2 ffn), Q/K/V (q + 2 kv), attention scores of every head (n_heads x T), the
   norms' per-row rsqrt candidates (under :data:`NORM_ROW_ELEMENTS`); and the logits of one
-  position (vocab). With n, T <= context the bound below holds with a margin of
-  :data:`FRAME_SAFETY` (measured: the largest message is 1 to 2.8 times that product, so a
-  frame merging several such arrays stays below; ``tests/test_session.py`` checks it on
-  whole sessions).
+  position (vocab). With n, T <= context the bound below is that product times
+  :data:`FRAME_SAFETY` (measured: the largest message is at most 2.8 times it;
+  ``tests/test_session.py`` checks the bound on whole sessions).
 - Small envelopes ready together are merged into frames of at most 64 KiB
   (:data:`~puma_async.runtime.COALESCE_BYTES`), inside :data:`FRAME_SLACK`.
 """
