@@ -8,7 +8,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import socket
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -16,14 +15,16 @@ from typing import Any
 
 import pytest
 import trio
+from _cluster import free_ports
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from puma_async.cluster import SessionSettings, load_cluster, write_cluster
+from puma_async.cluster import load_cluster, write_cluster
 from puma_async.errors import HandshakeError
 from puma_async.party import main
 from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, P0, P1, P2
+from puma_async.session import SessionSettings
 from puma_async.transports.tcp import open_tcp_transport
 from puma_async.transports.tls import (
     CaFiles,
@@ -176,17 +177,6 @@ def test_not_a_request() -> None:
 # ----------------------------------------------------------------------------- command line
 
 
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def machines(tmp_path: Path, names: list[str]) -> dict[str, Path]:
     """One folder per machine, each with its own copy of the same cluster file."""
     ports = free_ports(len(ALL_ROLES))
@@ -264,17 +254,17 @@ def test_sign_refusals_on_the_command_line(tmp_path: Path,
     files = machines(tmp_path, ["ca-holder", "P1"])
     ca_file = files["ca-holder"]
     assert main(["certs", "ca", "--cluster-file", os.fspath(ca_file)]) == 0
-    assert main(["certs", "ca", "--cluster-file", os.fspath(ca_file)]) == 1
+    assert main(["certs", "ca", "--cluster-file", os.fspath(ca_file)]) == 2
     assert "ca.pem exists (use --force" in capsys.readouterr().err
 
     without_ca = ["certs", "sign", "--cluster-file", os.fspath(files["P1"]), "x.csr"]
-    assert main(without_ca) == 1
+    assert main(without_ca) == 2
     assert "ca.key not found: sign on the CA holder's machine" in capsys.readouterr().err
 
     csr = tmp_path / "foreign.csr"
     make_request(tmp_path, P1, "127.0.0.1", cluster="elsewhere")
     shutil.move(tmp_path / "role-1.csr", csr)
-    assert main(["certs", "sign", "--cluster-file", os.fspath(ca_file), os.fspath(csr)]) == 1
+    assert main(["certs", "sign", "--cluster-file", os.fspath(ca_file), os.fspath(csr)]) == 2
     err = capsys.readouterr().err
     assert "foreign.csr: refused: the request is for cluster 'elsewhere'" in err
     assert not csr.with_suffix(".pem").exists()
@@ -284,7 +274,7 @@ def test_sign_refusals_on_the_command_line(tmp_path: Path,
     request = files["P1"].parent / "pki" / "role-1.csr"
     args = ["certs", "sign", "--cluster-file", os.fspath(ca_file), os.fspath(request)]
     assert main(args) == 0
-    assert main(args) == 1  # the certificate exists
+    assert main(args) == 2  # the certificate exists
     assert main([*args, "--force"]) == 0
 
 
@@ -295,7 +285,7 @@ def test_all_on_one_machine(tmp_path: Path) -> None:
     for role in ALL_ROLES:
         config = cluster.tls_config(role)
         assert mode(config.key) == 0o600
-    assert main(["certs", "all", "--cluster-file", os.fspath(cluster_file)]) == 1
+    assert main(["certs", "all", "--cluster-file", os.fspath(cluster_file)]) == 2
 
 
 async def test_hostname_is_checked_against_the_role_host(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ import pytest
 from puma_async.codec import Arrays, Message, Seed, decode_frame, format_path
 from puma_async.model import random_weights, tiny_config
 from puma_async.roles import ALL_ROLES, PARTIES, role_name
-from puma_async.session import GenerationOptions, run_session
+from puma_async.session import run_session
 from puma_async.transports.base import Transport
 from puma_async.transports.recording import RecordingTransport, read_trace
 
@@ -125,7 +125,7 @@ def record_session(folder: Path, weight_seed: int, prompt: list[int], label: str
         return RecordingTransport(transport, path, {}, session=SESSION)
 
     run_session(random_weights(CONFIG, seed=weight_seed), [prompt],
-                GenerationOptions(max_new_tokens=NEW_TOKENS), session=SESSION,
+                max_new_tokens=NEW_TOKENS, session=SESSION,
                 entropy=entropy(label), wrap_transport=wrap)
     view = RunView()
     for party in PARTIES:

@@ -36,7 +36,7 @@ from puma_async.model import random_weights, tiny_config
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.llama import weight_tensors
 from puma_async.roles import ALL_ROLES, MODEL_OWNER, role_name
-from puma_async.session import GenerationOptions, run_session
+from puma_async.session import run_session
 from puma_async.transports.base import Transport
 from puma_async.transports.recording import RecordingTransport, read_trace
 
@@ -115,7 +115,7 @@ def test_a_bad_weight_leaks_nothing(bad: float, tmp_path: Path,
 
     capsys.readouterr()
     with pytest.raises(RunFailedError) as info:
-        run_session(weights, [PROMPT], GenerationOptions(max_new_tokens=1), session=SESSION,
+        run_session(weights, [PROMPT], max_new_tokens=1, session=SESSION,
                     entropy=ENTROPY, wrap_transport=record)
     captured = capsys.readouterr()
     for recorder in recorders:  # a failed run leaves the traces to their owner to finish

@@ -70,6 +70,7 @@ from puma_async.errors import (
     ProtocolError,
     PumaError,
 )
+from puma_async.roles import role_name
 from puma_async.transports.base import Target, Transport, drain
 from puma_async.transports.tls import TlsConfig, client_context, peer_role_from_cert, server_context
 
@@ -383,10 +384,11 @@ def _hello_mismatch(setup: _Setup, hello: Hello, expected: set[int], cert_role: 
     if hello.session != ours.session:
         return f"session id {hello.session.hex()} differs from ours {ours.session.hex()}"
     if hello.role not in expected:
-        wanted = " or ".join(map(str, sorted(expected))) or "none"
-        return f"peer says it is role {hello.role}, expected role {wanted} on this connection"
+        wanted = " or ".join(map(role_name, sorted(expected))) or "none"
+        return f"peer says it is {role_name(hello.role)}, expected {wanted} on this connection"
     if cert_role is not None and cert_role != hello.role:
-        return f"peer certificate is for role {cert_role} but its Hello claims role {hello.role}"
+        return (f"peer certificate is for {role_name(cert_role)} but its Hello claims "
+                f"{role_name(hello.role)}")
     if hello.config_digest != ours.config_digest:
         return (
             f"configuration digest {hello.config_digest.hex()} differs from ours "
@@ -509,7 +511,7 @@ async def _dial(setup: _Setup, peer: int, deadline: float) -> _Connection:
             if now + delay > deadline:
                 reason = f" (last error: {last_error})" if last_error is not None else ""
                 raise TcpSetupError(
-                    f"peer {peer} at {where} never came up after {attempts} attempts "
+                    f"peer {role_name(peer)} at {where} never came up after {attempts} attempts "
                     f"in {setup.connect_timeout:g} s{reason}"
                 )
             await trio.sleep(delay)
@@ -547,7 +549,7 @@ async def _accept(
 
     def claim(hello: Hello) -> None:
         if hello.role in claimed:
-            raise HandshakeError(f"role {hello.role} is already connected")
+            raise HandshakeError(f"{role_name(hello.role)} is already connected")
         claimed.add(hello.role)
 
     async with trio.open_nursery() as nursery:
@@ -595,7 +597,7 @@ async def _accept(
         raise fatal[0]
     if pending:
         message = (
-            f"peers {sorted(pending)} did not connect to {where} within "
+            f"peers {', '.join(map(role_name, sorted(pending)))} did not connect to {where} within "
             f"{setup.connect_timeout:g} s"
         )
         if rejected:
@@ -617,7 +619,7 @@ async def _connect_all(setup: _Setup) -> dict[int, _Connection]:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
             raise TcpSetupError(
-                f"role {role} cannot listen on {_format_address((host, port))}: "
+                f"{role_name(role)} cannot listen on {_format_address((host, port))}: "
                 f"{exc.strerror or exc}"
             ) from exc
 
