@@ -12,7 +12,6 @@ A cluster file is TOML; relative paths in it are relative to the file itself::
     model_seed = 0                # tiny only: the seed of the random weights
     model_sha256 = ""             # optional: SHA-256 of the GGUF file, checked by the model owner
     max_new_tokens = 4
-    timeout = 120.0               # receive timeout of a protocol step (seconds)
     connect_timeout = 60.0        # how long to wait for the peers to come up (seconds)
     handshake_timeout = 10.0
 
@@ -53,8 +52,8 @@ TINY_MODEL = "tiny"
 _ROLE_IDS = {role_name(r).lower(): r for r in ALL_ROLES}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SESSION_KEYS = {
-    "id", "model", "model_seed", "model_sha256", "max_new_tokens", "timeout",
-    "connect_timeout", "handshake_timeout",
+    "id", "model", "model_seed", "model_sha256", "max_new_tokens", "connect_timeout",
+    "handshake_timeout",
 }
 
 
@@ -86,7 +85,6 @@ class SessionSettings:
     model_sha256: str | None = None
     max_new_tokens: int = 4
     prompt: str | None = None
-    timeout: float = 120.0
     connect_timeout: float = 60.0
     handshake_timeout: float = 10.0
 
@@ -95,7 +93,7 @@ class SessionSettings:
             raise ClusterFileError("session id must not be empty")
         if self.max_new_tokens < 1:
             raise ClusterFileError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        for name in ("timeout", "connect_timeout", "handshake_timeout"):
+        for name in ("connect_timeout", "handshake_timeout"):
             if not getattr(self, name) > 0:
                 raise ClusterFileError(f"{name} must be positive, got {getattr(self, name)}")
         if self.model_sha256 is not None and not _SHA256.match(self.model_sha256):
@@ -250,7 +248,6 @@ def parse_cluster(text: str, path: Path) -> Cluster:
         model_sha256=sha.lower() if sha else None,
         max_new_tokens=_get(session, "max_new_tokens", int, swhere, 4),
         prompt=_get(client, "prompt", str, f"{where} [client]", None),
-        timeout=float(_get(session, "timeout", (int, float), swhere, 120.0)),
         connect_timeout=float(_get(session, "connect_timeout", (int, float), swhere, 60.0)),
         handshake_timeout=float(_get(session, "handshake_timeout", (int, float), swhere, 10.0)),
     )
@@ -311,7 +308,7 @@ def write_cluster(
         "[session]", f"id = {quote(settings.session_id)}", f"model = {quote(settings.model)}",
         f"model_seed = {settings.model_seed}",
         f"model_sha256 = {quote(settings.model_sha256 or '')}",
-        f"max_new_tokens = {settings.max_new_tokens}", f"timeout = {settings.timeout!r}",
+        f"max_new_tokens = {settings.max_new_tokens}",
         f"connect_timeout = {settings.connect_timeout!r}",
         f"handshake_timeout = {settings.handshake_timeout!r}", "",
     ]

@@ -260,15 +260,21 @@ async def run_role(
         connect_timeout=settings.connect_timeout, handshake_timeout=settings.handshake_timeout,
     ) as tcp:
         _say(role, "connected; running the session")
-        transport = wrap(tcp)
+        recordings: list[Transport] = []
+
+        def wrap_and_keep(transport: Transport) -> Transport:
+            recordings.append(wrap(transport))
+            return recordings[-1]
+
         try:
             result, stats = await run_party(
-                program, transport,
-                PartyOptions(settings.session, settings.timeout, entropy=entropy),
+                program, tcp, PartyOptions(settings.session, entropy=entropy),
+                wrap=wrap_and_keep,
             )
         finally:
-            if isinstance(transport, RecordingTransport):
-                transport.close()
+            for transport in recordings:
+                if isinstance(transport, RecordingTransport):
+                    transport.close()
     return RoleOutcome(role, result, stats)
 
 

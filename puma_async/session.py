@@ -57,9 +57,6 @@ from puma_async.runner import Program, run_local
 from puma_async.runtime import Context
 from puma_async.stats import PartyStats, Totals
 
-DEFAULT_TIMEOUT = 900.0
-"""Receive timeout of a session (s): a party may wait for a whole forward pass."""
-
 
 @dataclasses.dataclass(frozen=True)
 class GenerationOptions:
@@ -316,7 +313,6 @@ def run_session(
     options: GenerationOptions | None = None,
     *,
     progress: ProgressFn | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
     **run_options: Any,
 ) -> SessionResult:
     """Generate for every prompt with all five roles in this process (one weight sharing).
@@ -330,13 +326,13 @@ def run_session(
     programs: dict[int, Program] = {p: party_program(config) for p in PARTIES}
     programs[MODEL_OWNER] = owner_program(weights)
     programs[CLIENT] = client_program(config, prompts, options, progress)
-    run = run_local(programs, timeout=timeout, **run_options)
+    run = run_local(programs, **run_options)
     results, setup_seconds = run.results[CLIENT]
     return SessionResult(results, dict(run.stats), setup_seconds, run.seconds)
 
 
 __all__ = [
-    "DEFAULT_TIMEOUT", "GenerationOptions", "Progress", "ProgressFn", "PromptResult",
+    "GenerationOptions", "Progress", "ProgressFn", "PromptResult",
     "SessionResult", "TokenRecord", "check_prompts", "client_program", "one_hot",
     "owner_program", "party_program", "pick_token", "run_session",
 ]

@@ -33,7 +33,7 @@ def test_runtime_logging_goes_through_the_redactor(capsys: pytest.CaptureFixture
         await ctx.recv(0)
 
     with pytest.raises(Exception, match="boom"):
-        run_local({0: program, 1: program, 2: program}, timeout=10)
+        run_local({0: program, 1: program, 2: program})
     captured = capsys.readouterr()
     text = captured.out + captured.err
     assert "party failed" in text and REDACTED in text

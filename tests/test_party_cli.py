@@ -37,7 +37,7 @@ from puma_async.transports.tls import create_cluster_pki
 
 HANG_GUARD = 300.0
 ENTROPY = "5eed"
-SETTINGS = SessionSettings("cli-test", prompt="hello", max_new_tokens=2, timeout=60.0,
+SETTINGS = SessionSettings("cli-test", prompt="hello", max_new_tokens=2,
                            connect_timeout=60.0)
 
 
@@ -89,7 +89,7 @@ def test_cluster_file_round_trip(tmp_path: Path) -> None:
     other = dataclasses.replace(SETTINGS, max_new_tokens=3)
     assert other.config_digest("c", ALL_ROLES) != SETTINGS.config_digest("c", ALL_ROLES)
     # The prompt and the timeouts are local: they do not change the digest.
-    local = dataclasses.replace(SETTINGS, prompt="other", timeout=5.0)
+    local = dataclasses.replace(SETTINGS, prompt="other", connect_timeout=5.0)
     assert local.config_digest("c", ALL_ROLES) == SETTINGS.config_digest("c", ALL_ROLES)
 
 
@@ -149,7 +149,7 @@ def test_client_stops_at_the_models_eos(tmp_path: Path) -> None:
 
 def test_killed_party_stops_the_others(tmp_path: Path) -> None:
     """SIGKILL one party mid-run: every other role exits 1 naming a failed peer."""
-    long_run = dataclasses.replace(SETTINGS, max_new_tokens=50, timeout=20.0)
+    long_run = dataclasses.replace(SETTINGS, max_new_tokens=50)
     cluster = make_cluster(tmp_path, long_run)
     procs = {role: start(cluster, role) for role in ALL_ROLES}
     victim = procs[1]

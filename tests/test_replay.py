@@ -126,7 +126,7 @@ def test_altered_protocol_line_names_the_step(
         original(self, to, message)
 
     monkeypatch.setattr(Context, "_post", flip_one_bit)
-    report = trio.run(lambda: replay_trace(traces[0], timeout=10.0))
+    report = trio.run(lambda: replay_trace(traces[0]))
     assert report.divergence is not None
     assert report.divergence.path == target
     assert "elements differ" in report.divergence.what
@@ -177,7 +177,7 @@ def test_digest_only_frames_are_rederived(tmp_path: Path) -> None:
     report = trio.run(lambda: replay_trace(tmp_path / "P1.trace"))
     assert report.identical, report.verdict()
     (tmp_path / "model-owner.trace").unlink()
-    report = trio.run(lambda: replay_trace(tmp_path / "P1.trace", timeout=5.0))
+    report = trio.run(lambda: replay_trace(tmp_path / "P1.trace"))
     assert not report.identical
     assert "replay model-owner's trace alongside" in report.verdict()
 
