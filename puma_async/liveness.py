@@ -166,7 +166,9 @@ class PeerMonitor:
             self.last_sent[peer] = now
         wake_at = now + interval  # at least once per interval: stalls, transport progress
         for peer in self.watched:
-            wake_at = min(wake_at, self.last_heard[peer] + dead_after)
+            deadline = self.last_heard[peer] + dead_after
+            if now < deadline < wake_at:  # (a peer dead already is in ``dead`` now)
+                wake_at = deadline
         for peer in self.beating:
             if not self._in_flight[peer]:
                 wake_at = min(wake_at, self.last_sent[peer] + interval)
@@ -268,7 +270,7 @@ class LiveTransport(Transport):
                 if poll.dead:
                     peer, silence = poll.dead[0]
                     on_dead(PeerDisconnectedError(
-                        f"{role_name(peer)} silent for {silence:.0f} s (no data, no heartbeat)",
+                        f"{role_name(peer)} silent for {silence:.3g} s (no data, no heartbeat)",
                         peer=peer,
                     ))
                     sends.cancel_scope.cancel()

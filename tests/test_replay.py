@@ -132,6 +132,33 @@ def test_altered_protocol_line_names_the_step(
     assert "elements differ" in report.divergence.what
 
 
+def test_a_party_that_waits_instead_of_sending_is_stopped_naming_the_envelope(
+    traces: dict[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replayed party that never sends one envelope waits for a frame the recording holds
+    back until it does: the replay has no deadline, it notices that nothing can happen any
+    more and names that envelope."""
+    records = list(read_trace(traces[0])[1])
+    sent = [(r.peer, s.path, s.seq) for r in records
+            if r.direction == "send" and r.event == "frame" and r.steps for s in r.steps]
+    peer, path, seq = sent[len(sent) // 2]
+    original = Context._post
+
+    def drop_one(self: Context, to: int, message: Message) -> None:
+        if (to, self.path, self._send_seq[to]) != (peer, path, seq):
+            original(self, to, message)
+        else:  # count it as sent, send nothing
+            self._send_seq[to] += 1
+
+    monkeypatch.setattr(Context, "_post", drop_one)
+    report = trio.run(lambda: replay_trace(traces[0]))
+    assert report.divergence is not None, report.verdict()
+    assert (report.divergence.peer, report.divergence.path, report.divergence.seq) == (
+        peer, path, seq
+    )
+    assert "never sent (the party waits for a later message)" in report.divergence.what
+
+
 def test_summary_and_timeline(traces: dict[int, Path], tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:
     svg = tmp_path / "timeline.svg"
