@@ -306,10 +306,14 @@ class StepTimer(trio.abc.Instrument):
     """
 
     def __init__(self) -> None:
+        self._step_started = self._batch_started = time.perf_counter()
+        self.restart()
+
+    def restart(self) -> None:
+        """Forget the figures so far (to measure one phase of a run)."""
         self.longest_step = 0.0
         self.longest_task = ""
         self.longest_batch = 0.0
-        self._step_started = self._batch_started = time.perf_counter()
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._step_started = time.perf_counter()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -139,7 +139,8 @@ def run_threaded(
 
 
 def run_local(
-    programs: Mapping[int, Program], *, clock: trio.abc.Clock | None = None, **options: Any
+    programs: Mapping[int, Program], *, clock: trio.abc.Clock | None = None,
+    instruments: Sequence[trio.abc.Instrument] = (), **options: Any,
 ) -> LocalRun:
     """Run ``programs`` in a fresh ``trio.run`` over the in-memory transport.
 
@@ -147,8 +148,9 @@ def run_local(
     per link), ``liveness`` (heartbeats and dead-peer detection,
     :class:`~puma_async.liveness.Liveness`), ``wrap_transport`` (e.g. recording; it sees the
     runtime's frames, not the heartbeats), ``clock`` (a Trio clock, e.g.
-    ``trio.testing.MockClock`` for virtual time in tests),
-    ``entropy`` (role -> 32 bytes seeding that role's fresh keys, for reproducible runs),
-    ``sequential`` (no round overlapping: every ``gather`` runs its steps one by one).
+    ``trio.testing.MockClock`` for virtual time in tests), ``instruments`` (Trio instruments,
+    e.g. :class:`~puma_async.liveness.StepTimer`), ``entropy`` (role -> 32 bytes seeding that
+    role's fresh keys, for reproducible runs), ``sequential`` (no round overlapping: every
+    ``gather`` runs its steps one by one).
     """
-    return trio.run(lambda: run_roles(programs, **options), clock=clock)
+    return trio.run(lambda: run_roles(programs, **options), clock=clock, instruments=instruments)

@@ -50,6 +50,9 @@ DEFAULT_PHASE = "online"
 COALESCE_BYTES = 64 << 10
 """Small envelopes ready together share a frame up to this size; a larger one travels in a
 frame of its own, which is sent without another copy."""
+ENCODE_OFFLOAD_BYTES = 1 << 20
+"""A message of this many payload bytes or more is encoded (copied into its frame) in a
+worker thread, so that the event loop keeps moving heartbeats and other frames."""
 ABORT_GRACE = 5.0
 """Seconds a failing party spends handing its ``Abort`` to its peers' links (a dead peer's
 link may never take it)."""
@@ -106,13 +109,15 @@ class PartyRuntime:
     # -- I/O tasks ---------------------------------------------------------------------
 
     def enqueue(self, env: Envelope) -> None:
-        """Send an envelope as a frame of its own: at once on an immediate transport, else via
-        the peer's writer task (which coalesces small frames that are ready together). Encodes
-        it now, so later changes to the message's arrays do not matter."""
-        peer = env.receiver
+        """Send an envelope as a frame of its own (:meth:`enqueue_frame`). Encodes it now, so
+        later changes to the message's arrays do not matter."""
+        self.enqueue_frame(env.receiver, codec.encode_frame([env]))
+
+    def enqueue_frame(self, peer: int, frame: bytes) -> None:
+        """Send an encoded frame: at once on an immediate transport, else via the peer's
+        writer task (which coalesces small frames that are ready together)."""
         if peer not in self._outboxes:
             raise ProtocolError(f"{role_name(peer)} is not a peer of {role_name(self.role)}")
-        frame = codec.encode_frame([env])
         if self.transport.immediate:
             self.stats.frame_sent(peer, len(frame))
             self.transport.send_immediately(peer, frame)
@@ -276,27 +281,32 @@ class Context:
     async def send(self, to: int, message: Message) -> None:
         """Send ``message`` to role ``to`` as the next message of this step to that peer.
 
-        Never blocks: the message is encoded (so later changes to its arrays do not matter)
-        and handed to an in-process peer at once, or queued for the peer's writer task.
+        The message is encoded before this returns (so later changes to its arrays do not
+        matter; a large one in a worker thread, :data:`ENCODE_OFFLOAD_BYTES`), then handed to
+        an in-process peer at once, or queued for the peer's writer task. It never waits for
+        the peer.
         """
-        self._post(to, message)
+        nbytes = codec.message_nbytes(message)
+        if nbytes < ENCODE_OFFLOAD_BYTES:
+            self.runtime.enqueue(self._stamp(to, message, nbytes))
+        else:
+            env = self._stamp(to, message, nbytes)
+            frame = await trio.to_thread.run_sync(codec.encode_frame, [env])
+            self.runtime.enqueue_frame(to, frame)
 
-    def _post(self, to: int, message: Message) -> None:
-        """What :meth:`send` does (the send methods share it without awaiting each other)."""
+    def _stamp(self, to: int, message: Message, nbytes: int) -> Envelope:
+        """The envelope of the next message of this step to ``to``, accounted for (every
+        send goes through here)."""
         seq = self._send_seq[to]
         self._send_seq[to] = seq + 1
         round_ = self.clock + 1
         runtime = self.runtime
-        runtime.enqueue(
-            Envelope(runtime.session, runtime.role, to, self.path, seq, round_, message)
-        )
         if round_ > self.frontier:
             self.frontier = round_
-        runtime.stats.message(
-            self._phase, self._scope_name, to, codec.message_nbytes(message), round_, False
-        )
+        runtime.stats.message(self._phase, self._scope_name, to, nbytes, round_, False)
         if runtime.observer is not None:
             runtime.observer(("send", to, self.path, seq), self._phase, self._scope_name)
+        return Envelope(runtime.session, runtime.role, to, self.path, seq, round_, message)
 
     async def recv(self, frm: int) -> Message:
         """Receive the next message of this step from role ``frm`` (waits for as long as
@@ -319,7 +329,7 @@ class Context:
 
     async def send_arrays(self, to: int, *arrays: np.ndarray) -> None:
         """Send arrays (numpy scalars become 0-d arrays) as one :class:`Arrays` message."""
-        self._post(to, Arrays(tuple(map(np.asarray, arrays))))
+        await self.send(to, Arrays(tuple(map(np.asarray, arrays))))
 
     async def recv_arrays(self, frm: int, count: int | None = None) -> tuple[np.ndarray, ...]:
         """Receive an :class:`Arrays` message (optionally checking how many arrays it holds)."""

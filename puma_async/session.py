@@ -201,7 +201,7 @@ def party_program(config: LlamaConfig) -> Program:
             for name, shape in weight_plan(config):
                 share = await share_input(setup, MODEL_OWNER, shape)
                 assert isinstance(share, AShare)
-                stored[name] = store_share(name, share)
+                stored[name] = await store_share(name, share)
                 del share
             model = assemble_model(config, stored)
             del stored
@@ -242,9 +242,9 @@ def owner_program(weights: LlamaWeights) -> Program:
         with setup.phase("setup"):
             await setup_input_seeds(setup, MODEL_OWNER)
             fx = fixed_point(setup)
-            plan = weight_plan(weights.config)
-            for (_, shape), tensor in zip(plan, weight_tensors(weights), strict=True):
-                encoded = await trio.to_thread.run_sync(fx.encode, tensor)
+            tensors = weight_tensors(weights)  # fused lazily, in the worker thread below
+            for _, shape in weight_plan(weights.config):
+                encoded = await trio.to_thread.run_sync(lambda: fx.encode(next(tensors)))
                 await share_input(setup, MODEL_OWNER, shape, encoded)
                 del encoded
                 await trio.sleep(0)  # let the writers send it: one tensor per frame

@@ -30,6 +30,7 @@ from puma_async.liveness import (
     DEFAULT_LIVENESS,
     HEARTBEAT,
     Liveness,
+    LiveTransport,
     PeerMonitor,
     StepTimer,
 )
@@ -48,6 +49,7 @@ from puma_async.session import (
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
 from puma_async.transports.recording import RecordingTransport, read_trace
+from puma_async.transports.tcp import HEADER_BYTES, _FrameReader
 
 INTERVAL = DEFAULT_LIVENESS.heartbeat_interval
 DEAD_AFTER = DEFAULT_LIVENESS.dead_after
@@ -306,6 +308,84 @@ def test_a_peer_that_stops_dead_mid_pass_is_reported_by_everyone() -> None:
         else:  # a peer that noticed first told us why it stopped
             assert isinstance(error, PeerAbortedError), error
         assert "P1 silent for" in str(error)
+
+
+class _Trickle(Transport):
+    """A link on which one large frame from peer 1 arrives byte by byte, never completing
+    until ``stop`` (only :meth:`last_received` shows it); nothing else moves."""
+
+    def __init__(self) -> None:
+        self.role, self.peers = 0, (1,)
+        self.arrived = 0.0
+        self.sent: list[bytes] = []
+
+    async def send(self, peer: int, frame: bytes) -> None:
+        self.sent.append(frame)
+
+    async def receive(self) -> tuple[int, bytes | None]:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def close_peer(self, peer: int) -> None:
+        pass
+
+    def last_received(self, peer: int) -> float | None:
+        return self.arrived
+
+
+def test_bytes_of_a_frame_still_arriving_are_signs_of_life() -> None:
+    """No frame completes for a minute, but bytes keep arriving: alive. Once they stop, the
+    peer is dead after dead_after."""
+    dead: list[tuple[float, str]] = []
+
+    async def main() -> None:
+        trickle = _Trickle()
+        live = LiveTransport(trickle, DEFAULT_LIVENESS)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(live.watch, lambda error: dead.append(
+                (trio.current_time(), str(error))))
+            for _ in range(600):  # a minute of trickling, 0.1 s apart
+                await trio.sleep(0.1)
+                trickle.arrived = trio.current_time()
+            stopped = trio.current_time()
+            await trio.sleep(DEAD_AFTER + 2 * INTERVAL)
+            nursery.cancel_scope.cancel()
+        assert [when - stopped for when, _ in dead] == [pytest.approx(DEAD_AFTER)]
+        assert "P1 silent for 10 s" in dead[0][1]
+        assert set(trickle.sent) == {HEARTBEAT} and len(trickle.sent) >= 60
+
+    trio.run(main, clock=mock_clock())
+
+
+async def test_tcp_reader_notes_bytes_of_an_unfinished_frame() -> None:
+    """The TCP reader's hook: every chunk of a large frame moves ``last_data``, long before
+    the frame is whole."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    client = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
+    server = await listeners[0].accept()
+    reader = _FrameReader(server)
+    size = 1 << 22
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+
+        async def read() -> None:
+            assert await reader.read_length() == size
+            got.append(await reader.read_exactly(size))
+
+        nursery.start_soon(read)
+        await client.send_all(size.to_bytes(HEADER_BYTES, "little"))
+        for _ in range(4):
+            before = reader.last_data
+            await trio.sleep(0.01)  # the clock moves on: a later chunk has a later time
+            await client.send_all(bytes(1 << 16))
+            with trio.fail_after(SYSTEM_GUARD):
+                while reader.last_data == before:
+                    await trio.sleep(0.001)
+            assert not got
+        await client.send_all(bytes(size - 4 * (1 << 16)))
+    assert len(got[0]) == size
+    for resource in (client, server, *listeners):
+        await resource.aclose()
 
 
 # ----------------------------------------------------------------------------- over TCP

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from puma_async.cluster import SessionSettings
-from puma_async.codec import Arrays, Message, decode_frame
+from puma_async.codec import Arrays, Envelope, Message, decode_frame
 from puma_async.party import (
     build_programs,
     local_recording,
@@ -21,7 +21,7 @@ from puma_async.party import (
 from puma_async.replay import format_summary, main, replay_trace
 from puma_async.roles import ALL_ROLES, CLIENT, PARTIES, role_name
 from puma_async.runner import run_roles
-from puma_async.runtime import Context
+from puma_async.runtime import Context, PartyRuntime
 from puma_async.transports.base import Transport
 from puma_async.transports.recording import read_trace
 from puma_async.transports.replay import split_frame
@@ -116,16 +116,16 @@ def test_altered_protocol_line_names_the_step(
             if r["dir"] == "send" and r["event"] == "frame" for env in decode_frame(r["frame"])
             if isinstance(env.message, Arrays) and env.message.arrays[0].size]
     target = sent[len(sent) // 2]
-    original = Context._post  # every send goes through it
+    original = Context._stamp  # every send goes through it
 
-    def flip_one_bit(self: Context, to: int, message: Message) -> None:
+    def flip_one_bit(self: Context, to: int, message: Message, nbytes: int) -> Envelope:
         if self.path == target and isinstance(message, Arrays) and message.arrays[0].size:
             first = np.array(message.arrays[0])  # a copy: the step's own array stays intact
             first.view(np.uint8).flat[0] ^= 1
             message = Arrays((first, *message.arrays[1:]))
-        original(self, to, message)
+        return original(self, to, message, nbytes)
 
-    monkeypatch.setattr(Context, "_post", flip_one_bit)
+    monkeypatch.setattr(Context, "_stamp", flip_one_bit)
     report = trio.run(lambda: replay_trace(traces[0]))
     assert report.divergence is not None
     assert report.divergence.path == target
@@ -142,15 +142,13 @@ def test_a_party_that_waits_instead_of_sending_is_stopped_naming_the_envelope(
     sent = [(r.peer, s.path, s.seq) for r in records
             if r.direction == "send" and r.event == "frame" and r.steps for s in r.steps]
     peer, path, seq = sent[len(sent) // 2]
-    original = Context._post
+    original = PartyRuntime.enqueue
 
-    def drop_one(self: Context, to: int, message: Message) -> None:
-        if (to, self.path, self._send_seq[to]) != (peer, path, seq):
-            original(self, to, message)
-        else:  # count it as sent, send nothing
-            self._send_seq[to] += 1
+    def drop_one(self: PartyRuntime, env: Envelope) -> None:
+        if (env.receiver, env.path, env.seq) != (peer, path, seq):
+            original(self, env)
 
-    monkeypatch.setattr(Context, "_post", drop_one)
+    monkeypatch.setattr(PartyRuntime, "enqueue", drop_one)
     report = trio.run(lambda: replay_trace(traces[0]))
     assert report.divergence is not None, report.verdict()
     assert (report.divergence.peer, report.divergence.path, report.divergence.seq) == (
