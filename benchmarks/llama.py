@@ -15,9 +15,10 @@ its own; all five roles in one process, in-memory transport, no emulated latency
 
 Both parts also record the event loop's longest synchronous stretches per phase (set-up,
 prompt pass, new token; :class:`~puma_async.liveness.StepTimer`): the longest task step (what
-delays a party's heartbeats when it runs alone in its process) and the longest scheduler
-batch (all five roles' ready steps back to back, what delays them here). They must stay well
-below the liveness bound (a peer silent for 10 s is dead).
+delays a party's heartbeats when it runs alone in its process), the longest scheduler batch
+(all five roles' ready steps back to back, what delays them here) and the longest late
+wake-up (the loop thread waiting for the CPU or the GIL). They must stay well below the
+liveness bound (a peer silent for 10 s is dead).
 
 Reference (SPU 0.9.5, same machine class, 3 parties in one process): SmolLM2-135M forward over
 "The capital of France is" 12.8 s and 296 MB (all parties), peak memory 8.2 GB; one
@@ -74,13 +75,13 @@ class LoopStalls:
     def progress(self, event: Progress) -> None:
         phase = ("setup" if event.kind == "setup" else
                  "prompt_pass" if event.step == 0 else "new_token")
-        longest = self.phases.setdefault(
-            phase, {"longest_step_seconds": 0.0, "longest_batch_seconds": 0.0}
-        )
-        longest["longest_step_seconds"] = max(longest["longest_step_seconds"],
-                                              self.timer.longest_step)
-        longest["longest_batch_seconds"] = max(longest["longest_batch_seconds"],
-                                               self.timer.longest_batch)
+        longest = self.phases.setdefault(phase, dict.fromkeys(
+            ("longest_step_seconds", "longest_batch_seconds", "longest_late_wake_seconds"), 0.0
+        ))
+        for name, value in (("longest_step_seconds", self.timer.longest_step),
+                            ("longest_batch_seconds", self.timer.longest_batch),
+                            ("longest_late_wake_seconds", self.timer.longest_late_wake)):
+            longest[name] = max(longest[name], value)
         self.timer.restart()
 
     def run(self, weights: Any, prompts: list[list[int]], new: int) -> SessionResult:
@@ -90,7 +91,8 @@ class LoopStalls:
 
 def format_stalls(phases: dict[str, dict[str, float]]) -> str:
     return ", ".join(f"{phase} {f['longest_step_seconds']:.2f} s (batch "
-                     f"{f['longest_batch_seconds']:.2f} s)" for phase, f in phases.items())
+                     f"{f['longest_batch_seconds']:.2f} s, late wake "
+                     f"{f['longest_late_wake_seconds']:.2f} s)" for phase, f in phases.items())
 
 
 def step_figures(result: SessionResult, prompt: int, step: int) -> dict[str, Any]:

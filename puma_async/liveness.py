@@ -297,16 +297,19 @@ class LiveTransport(Transport):
 
 
 class StepTimer(trio.abc.Instrument):
-    """A Trio instrument: how long the event loop ran without looking for I/O and timers.
+    """A Trio instrument: how long the event loop went without looking for I/O and timers.
 
     ``longest_step``: the longest time one task ran without yielding (``longest_task``: its
     name). ``longest_batch``: the longest time between two waits for I/O, in which every
     task that was ready ran its step; nothing (a heartbeat, a frame) moves in that time.
+    ``longest_late_wake``: the longest a wait for I/O overran its timeout (the loop thread
+    did not get the CPU or the GIL back, e.g. from a worker thread holding it).
     Install it with ``trio.lowlevel.add_instrument`` or ``trio.run(..., instruments=[...])``.
     """
 
     def __init__(self) -> None:
-        self._step_started = self._batch_started = time.perf_counter()
+        self._step_started = self._batch_started = self._wait_started = time.perf_counter()
+        self._wait_timeout = 0.0
         self.restart()
 
     def restart(self) -> None:
@@ -314,6 +317,7 @@ class StepTimer(trio.abc.Instrument):
         self.longest_step = 0.0
         self.longest_task = ""
         self.longest_batch = 0.0
+        self.longest_late_wake = 0.0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._step_started = time.perf_counter()
@@ -324,8 +328,12 @@ class StepTimer(trio.abc.Instrument):
             self.longest_step = took
             self.longest_task = task.name
 
+    def before_io_wait(self, timeout: float) -> None:
+        self._wait_started = time.perf_counter()
+        self._wait_timeout = timeout
+        self.longest_batch = max(self.longest_batch, self._wait_started - self._batch_started)
+
     def after_io_wait(self, timeout: float) -> None:
         self._batch_started = time.perf_counter()
-
-    def before_io_wait(self, timeout: float) -> None:
-        self.longest_batch = max(self.longest_batch, time.perf_counter() - self._batch_started)
+        late = self._batch_started - self._wait_started - self._wait_timeout
+        self.longest_late_wake = max(self.longest_late_wake, late)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from puma_async.errors import PeerAbortedError, PeerDisconnectedError
@@ -122,6 +122,7 @@ def test_nothing_to_watch_sleeps_until_woken() -> None:
     assert monitor.poll(3.0).wake_at == math.inf
 
 
+@settings(deadline=None)
 @given(
     gaps=st.lists(st.floats(0.01, 5.99), min_size=1, max_size=50),
     lateness=st.lists(st.floats(0.0, 40.0), min_size=1, max_size=30),
