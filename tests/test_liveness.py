@@ -170,17 +170,17 @@ async def _ring_once(ctx: Context) -> int:
 
 
 def test_a_slow_live_peer_is_never_declared_dead() -> None:
-    """P1's pass takes an hour (its loop stays alive): everyone waits, nobody is dead."""
+    """P1's pass takes half an hour (its loop stays alive): everyone waits, nobody is dead."""
 
     async def program(ctx: Context) -> int:
         if ctx.role == 1:
-            await trio.sleep(HOUR)  # stands for an hour of local work in worker threads
+            await trio.sleep(HOUR / 2)  # stands for local work in worker threads
         return await _ring_once(ctx)
 
     clock = mock_clock()
     run = run_local({p: program for p in PARTIES}, clock=clock)
     assert run.results == {0: 2, 1: 0, 2: 1}
-    assert clock.current_time() >= HOUR
+    assert clock.current_time() >= HOUR / 2
 
 
 def test_a_stall_of_our_whole_event_loop_kills_nobody() -> None:
@@ -226,7 +226,7 @@ def test_a_session_of_hours_survives(tmp_path: Path) -> None:
     finished after the set-up, waits all that time. Nothing times out, results are those of
     a quick session, and the traces (recorded above the heartbeats) hold no heartbeat."""
     weights = random_weights(tiny_config(), seed=3)
-    prompts, options = [[1, 2, 3]], GenerationOptions(max_new_tokens=3)
+    prompts, options = [[1, 2, 3]], GenerationOptions(max_new_tokens=2)
     entropy = {role: bytes([role]) * 32 for role in ALL_ROLES}
     quick = run_session(weights, prompts, options, entropy=entropy)
 
@@ -248,7 +248,7 @@ def test_a_session_of_hours_survives(tmp_path: Path) -> None:
             np.testing.assert_array_equal(a.logits, b.logits)
     (setup_done,) = [t for kind, t in events if kind == "setup"]
     last_token = events[-1][1]
-    assert last_token - setup_done >= 3 * HOUR
+    assert last_token - setup_done >= 2 * HOUR
     for role in ALL_ROLES:
         _, records = read_trace(tmp_path / f"{role}.trace")
         sizes = [r.size for r in records if r.event == "frame"]
