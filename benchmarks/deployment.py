@@ -99,7 +99,7 @@ def step_bytes(stats: dict[str, Any], scope: str) -> int:
 
 def run(model: str, prompt: str, max_new_tokens: int, directory: Path) -> dict[str, Any]:
     settings = SessionSettings("deployment-benchmark", model=model,
-                               max_new_tokens=max_new_tokens, timeout=900.0)
+                               max_new_tokens=max_new_tokens)
     cluster = write_cluster(
         directory / "cluster.toml", name="bench", settings=settings,
         addresses={r: ("127.0.0.1", p) for r, p in zip(ALL_ROLES, free_ports(5), strict=True)},

@@ -13,6 +13,13 @@ its own; all five roles in one process, in-memory transport, no emulated latency
   32000, estimated: bytes exactly from the protocol's per-element costs, time by multiply-add
   count relative to the block), set beside PUMA's published 200.473 s and 1.794 GB.
 
+Both parts also record the event loop's longest synchronous stretches per phase (set-up,
+prompt pass, new token; :class:`~puma_async.liveness.StepTimer`): the longest task step (what
+delays a party's heartbeats when it runs alone in its process), the longest scheduler batch
+(all five roles' ready steps back to back, what delays them here) and the longest late
+wake-up (the loop thread waiting for the CPU or the GIL). They must stay well below the
+liveness bound (a peer silent for 10 s is dead).
+
 Reference (SPU 0.9.5, same machine class, 3 parties in one process): SmolLM2-135M forward over
 "The capital of France is" 12.8 s and 296 MB (all parties), peak memory 8.2 GB; one
 LLaMA-7B-shape block over 8 tokens 44.4 s and 123 MB. The machine may be shared with other
@@ -34,8 +41,9 @@ from typing import Any
 import numpy as np
 import reporting
 
+from puma_async.liveness import StepTimer
 from puma_async.roles import PARTIES
-from puma_async.session import SessionResult, run_session
+from puma_async.session import Progress, SessionResult, run_session
 
 SPU_REFERENCE = {
     "smollm2_forward_5_tokens": {"seconds": 12.8, "bytes_all_parties": 296e6,
@@ -54,6 +62,37 @@ WEIGHT_MATMUL_BYTES = 40 + 18 / 8  # per output element, all parties (arith/trun
 def peak_memory() -> int:
     """Peak resident set of this process (bytes)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class LoopStalls:
+    """The event loop's longest task step and scheduler batch per phase of a session: set-up,
+    prompt pass, new token (:meth:`run` runs a session measured so)."""
+
+    def __init__(self) -> None:
+        self.timer = StepTimer()
+        self.phases: dict[str, dict[str, float]] = {}
+
+    def progress(self, event: Progress) -> None:
+        phase = ("setup" if event.kind == "setup" else
+                 "prompt_pass" if event.step == 0 else "new_token")
+        longest = self.phases.setdefault(phase, dict.fromkeys(
+            ("longest_step_seconds", "longest_batch_seconds", "longest_late_wake_seconds"), 0.0
+        ))
+        for name, value in (("longest_step_seconds", self.timer.longest_step),
+                            ("longest_batch_seconds", self.timer.longest_batch),
+                            ("longest_late_wake_seconds", self.timer.longest_late_wake)):
+            longest[name] = max(longest[name], value)
+        self.timer.restart()
+
+    def run(self, weights: Any, prompts: list[list[int]], new: int) -> SessionResult:
+        return run_session(weights, prompts, max_new_tokens=new, progress=self.progress,
+                           instruments=[self.timer])
+
+
+def format_stalls(phases: dict[str, dict[str, float]]) -> str:
+    return ", ".join(f"{phase} {f['longest_step_seconds']:.2f} s (batch "
+                     f"{f['longest_batch_seconds']:.2f} s, late wake "
+                     f"{f['longest_late_wake_seconds']:.2f} s)" for phase, f in phases.items())
 
 
 def step_figures(result: SessionResult, prompt: int, step: int) -> dict[str, Any]:
@@ -79,7 +118,8 @@ def run_smollm2(quick: bool) -> dict[str, Any]:
         prompts.append(tokenizer.encode(LONG_PROMPT)[:32])
         assert len(prompts[1]) == 32
     new = 2 if quick else 8
-    result = run_session(weights, prompts, max_new_tokens=new)
+    stalls = LoopStalls()
+    result = stalls.run(weights, prompts, new)
     out: dict[str, Any] = {
         "setup": {
             "seconds": result.setup_seconds,
@@ -101,6 +141,7 @@ def run_smollm2(quick: bool) -> dict[str, Any]:
                 "rounds": float(np.mean([t["rounds"] for t in tokens])),
             },
         })
+    out["event_loop"] = stalls.phases
     out["peak_memory_bytes"] = peak_memory()
     return out
 
@@ -111,7 +152,8 @@ def run_block7b() -> dict[str, Any]:
     config = llama7b_block_config()
     weights = random_weights(config, seed=0, dtype=np.float32)
     prompt = list(np.random.default_rng(0).integers(0, config.vocab, LLAMA7B["tokens"]))
-    result = run_session(weights, [prompt], max_new_tokens=1)
+    stalls = LoopStalls()
+    result = stalls.run(weights, [prompt], 1)
     block = [result.stats[p].totals(phase="online", scope="p0.t0.layer0") for p in PARTIES]
     head = [result.stats[p].totals(phase="online", scope="p0.t0.head") for p in PARTIES]
     return {
@@ -125,6 +167,7 @@ def run_block7b() -> dict[str, Any]:
             "rounds": max(c.rounds for c in block),
         },
         "head_bytes_all_parties": sum(c.bytes_sent for c in head),
+        "event_loop": stalls.phases,
         "peak_memory_bytes": peak_memory(),
     }
 
@@ -184,12 +227,14 @@ def print_summary(results: dict[str, Any]) -> None:
               f"-> {p['generated']!r}")
     print(f"  peak memory {s['peak_memory_bytes'] / 1e9:.2f} GB   [SPU: forward over 5 tokens "
           f"12.8 s, 296 MB, peak 8.2 GB]")
+    print(f"  longest event loop step: {format_stalls(s['event_loop'])}")
     if "block7b" in results:
         b = results["block7b"]
         print(f"LLaMA-7B-shape block, 8 tokens: {b['forward']['seconds']:.1f} s, "
               f"{b['block']['bytes_all_parties'] / mb:.1f} MB all parties, "
               f"{b['block']['rounds']} rounds, peak memory {b['peak_memory_bytes'] / 1e9:.2f} GB"
               f"   [SPU: 44.4 s, 123 MB]")
+        print(f"  longest event loop step: {format_stalls(b['event_loop'])}")
         print("LLaMA-7B (8 -> 1), derived:")
         for line in results["llama7b_derived"]["derivation"]:
             print(f"  {line}")

@@ -88,14 +88,12 @@ def evaluation_program(fn: SecureFn, *inputs: Any, **kwargs: Any) -> Callable[[C
 
 
 def evaluate(
-    fn: SecureFn, *inputs: Any, latency: float = 0.0, timeout: float = 120.0, **kwargs: Any
+    fn: SecureFn, *inputs: Any, latency: float = 0.0, **kwargs: Any
 ) -> Evaluation:
     """Run ``fn(ctx, *shares, **kwargs)`` on secret-shared ``inputs`` (ring arrays).
 
     ``fn`` returns one :class:`AShare` or a sequence of them; the client gets them opened.
     """
     program = evaluation_program(fn, *inputs, **kwargs)
-    run = run_local(
-        {role: program for role in (*PARTIES, CLIENT)}, latency=latency, timeout=timeout
-    )
+    run = run_local({role: program for role in (*PARTIES, CLIENT)}, latency=latency)
     return Evaluation(run.results[CLIENT], dict(run.stats), run.seconds)

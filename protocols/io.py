@@ -22,9 +22,11 @@ from puma_async.roles import PARTIES, next_party, prev_party
 from puma_async.runtime import Context
 
 from . import ring
+from .prg import Prg
 from .randomness import input_seeds
 from .ring import RING_DTYPE, RingArray, to_ring
 from .shares import AShare
+from .trunc import offload
 
 
 def _check_shape(ctx: Context, array: np.ndarray, shape: Sequence[int], peer: int) -> RingArray:
@@ -42,15 +44,17 @@ async def share_input(
     """Secret-share ``value`` (ring elements, known to ``owner`` only) among P_0, P_1, P_2.
 
     Run by the owner (with ``value``) and by the three parties (with the public ``shape``);
-    the parties get their :class:`AShare`, the owner gets None.
+    the parties get their :class:`AShare`, the owner gets None. The pseudorandom halves of a
+    large input are drawn in a worker thread.
     """
     shape = tuple(int(d) for d in shape)
+    size = int(np.prod(shape, dtype=np.int64))
     label = ctx.label(b"input")
     if ctx.role == owner:
         if value is None or np.shape(value) != shape:
             raise ValueError(f"input owner must give a value of shape {shape}")
         s0, s1 = input_seeds(ctx, owner)  # type: ignore[misc]
-        x2 = ring.sub(ring.sub(to_ring(value), s0.ring(label, shape)), s1.ring(label, shape))
+        x2 = await offload(_third_share, value, s0, s1, label, shape, size=size)
         for party in (1, 2):
             await ctx.send_arrays(party, x2)
         return None
@@ -59,11 +63,23 @@ async def share_input(
     seeds = input_seeds(ctx, owner)
     me = ctx.role
     if me == 0:
-        return AShare(seeds[0].ring(label, shape), seeds[1].ring(label, shape))  # type: ignore[index]
+        first, second = seeds[0], seeds[1]  # type: ignore[index]
+        return AShare(*await offload(_draw_pair, first, second, label, shape, size=size))
     x2 = _check_shape(ctx, await ctx.recv_array(owner), shape, owner)
-    if me == 1:
-        return AShare(seeds[1].ring(label, shape), x2)  # type: ignore[index]
-    return AShare(x2, seeds[0].ring(label, shape))  # type: ignore[index]
+    seed = seeds[1 if me == 1 else 0]  # type: ignore[index]
+    mine = await offload(seed.ring, label, shape, size=size)
+    return AShare(mine, x2) if me == 1 else AShare(x2, mine)
+
+
+def _third_share(value: RingArray, s0: Prg, s1: Prg, label: bytes, shape: tuple[int, ...]
+                 ) -> RingArray:
+    """x_2 = x - x_0 - x_1, with x_0 and x_1 drawn from the input seeds."""
+    return ring.sub(ring.sub(to_ring(value), s0.ring(label, shape)), s1.ring(label, shape))
+
+
+def _draw_pair(s0: Prg, s1: Prg, label: bytes, shape: tuple[int, ...]
+               ) -> tuple[RingArray, RingArray]:
+    return s0.ring(label, shape), s1.ring(label, shape)
 
 
 async def reveal(ctx: Context, x: AShare) -> RingArray:

@@ -58,7 +58,7 @@ from .ring import RingArray
 from .ringmatmul import ring_matmul
 from .shares import AShare
 from .softmax import softmax
-from .trunc import truncate
+from .trunc import offload, truncate
 
 # ----------------------------------------------------------------------------- weights
 
@@ -138,14 +138,19 @@ def weight_tensors(weights: LlamaWeights) -> Iterator[npt.NDArray[np.floating]]:
 Stored = AShare | SecureWeight | RingArray
 
 
-def store_share(name: str, share: AShare) -> Stored:
+async def store_share(name: str, share: AShare) -> Stored:
     """A weight share in its stored form: norm gains as is, the embedding side by side,
-    projections stacked (one copy at set-up, none afterwards; drop ``share`` afterwards)."""
+    projections stacked (one copy at set-up, in a worker thread if large, none afterwards;
+    drop ``share`` afterwards)."""
     if name == "embed":
-        return np.concatenate([share.first, share.second], axis=1)
+        return await offload(_side_by_side, share, size=share.size)
     if share.first.ndim == 1:
         return share
-    return SecureWeight.from_share(share)
+    return await offload(SecureWeight.from_share, share, size=share.size)
+
+
+def _side_by_side(share: AShare) -> RingArray:
+    return np.concatenate([share.first, share.second], axis=1)
 
 
 def assemble_model(config: LlamaConfig, stored: dict[str, Stored]) -> SecureModel:

@@ -14,7 +14,6 @@ relative to the file itself::
     model_sha256 = ""             # optional: SHA-256 of the model file, checked by the owner
     max_new_tokens = 4            # passes per prompt (every prompt runs them all)
     context = 256                 # optional: positions per prompt (default: the model's, <= 512)
-    timeout = 120.0               # receive timeout of a protocol step (seconds)
     connect_timeout = 600.0       # how long to wait for the peers to come up (seconds)
     handshake_timeout = 10.0
 
@@ -60,7 +59,7 @@ from puma_async.transports.tls import TlsConfig
 
 _ROLE_IDS = {role_name(r).lower(): r for r in ALL_ROLES}
 _SESSION_KEYS = {
-    "id", "model", "model_seed", "model_sha256", "max_new_tokens", "context", "timeout",
+    "id", "model", "model_seed", "model_sha256", "max_new_tokens", "context",
     "connect_timeout", "handshake_timeout",
 }
 PROMPT_REFUSED = (
@@ -200,7 +199,6 @@ def _settings(data: Mapping[str, Any], where: str) -> SessionSettings:
             model_sha256=sha.lower() if sha else None,
             max_new_tokens=_get(session, "max_new_tokens", int, swhere, 4),
             context=context or None,
-            timeout=float(_get(session, "timeout", (int, float), swhere, 120.0)),
             connect_timeout=float(_get(session, "connect_timeout", (int, float), swhere, 600.0)),
             handshake_timeout=float(_get(session, "handshake_timeout", (int, float), swhere,
                                          10.0)),
@@ -279,7 +277,7 @@ def write_cluster(
         "[cluster]", f"name = {toml_value(name)}", f"pki = {toml_value(pki)}", "",
         "[session]", f"id = {toml_value(settings.session_id)}",
         f"model_seed = {settings.model_seed}", f"max_new_tokens = {settings.max_new_tokens}",
-        f"context = {settings.positions}", f"timeout = {settings.timeout!r}",
+        f"context = {settings.positions}",
         f"connect_timeout = {settings.connect_timeout!r}",
         f"handshake_timeout = {settings.handshake_timeout!r}",
     ]

@@ -54,10 +54,6 @@ class PeerDisconnectedError(ProtocolError):
     """A peer's connection ended before the protocol did."""
 
 
-class PeerTimeoutError(ProtocolError):
-    """A message from a peer did not arrive within the receive timeout."""
-
-
 class FixedPointRangeError(PumaError, ValueError):
     """A value does not fit the fixed-point encoding (too large in magnitude, or not finite)."""
 

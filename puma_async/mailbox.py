@@ -6,46 +6,29 @@ come before or after its message; a key delivered twice is a protocol error, and
 took by the end are reported as unexpected messages. A waiting receive parks its task, which
 the delivery reschedules directly (as Trio's own memory channels do).
 
-Receive timeouts are kept by one watchdog task per party (:meth:`Mailbox.expire_overdue`)
-rather than a cancel scope per receive: every receive has the same timeout, so the oldest
-pending receive is always the first to expire, and a receive costs one clock reading.
+A receive has no deadline: it waits until its message arrives or the mailbox is failed (the
+sender finished or is dead, the session is over). Dead peers are the liveness watchdog's
+business (:mod:`puma_async.liveness`).
 """
 
 from __future__ import annotations
-
-import math
 
 import outcome
 import trio
 
 from puma_async.codec import Envelope, StepPath, format_path
-from puma_async.errors import PeerTimeoutError, ProtocolError
+from puma_async.errors import ProtocolError
 
 Key = tuple[int, StepPath, int]
 
 
-class _Waiter:
-    """A receive parked until its envelope (or an error) reschedules its task."""
-
-    __slots__ = ("deadline", "task")
-
-    def __init__(self, task: trio.lowlevel.Task, deadline: float) -> None:
-        self.task = task
-        self.deadline = deadline
-
-
 class Mailbox:
-    """Holds, for each key, either the delivered envelope or the waiter for it.
+    """Holds, for each key, either the delivered envelope or the task waiting for it."""
 
-    A receive waiting longer than ``timeout`` seconds raises
-    :class:`~puma_async.errors.PeerTimeoutError` while :meth:`expire_overdue` runs.
-    """
-
-    def __init__(self, role: int, timeout: float = math.inf):
+    def __init__(self, role: int):
         self.role = role
-        self.timeout = timeout
         self._ready: dict[Key, Envelope] = {}
-        self._waiting: dict[Key, _Waiter] = {}
+        self._waiting: dict[Key, trio.lowlevel.Task] = {}
         self._taken: dict[StepPath, set[tuple[int, int]]] = {}  # path -> (sender, seq)
         self._peer_errors: dict[int, BaseException] = {}
         self._error: BaseException | None = None
@@ -62,7 +45,7 @@ class Mailbox:
             self._ready[key] = env
         else:
             self._mark_taken(key)
-            trio.lowlevel.reschedule(waiter.task, outcome.Value(env))
+            trio.lowlevel.reschedule(waiter, outcome.Value(env))
 
     def take_ready(self, key: Key) -> Envelope | None:
         """The envelope with ``key`` if it has arrived (taking it), else None."""
@@ -89,7 +72,7 @@ class Mailbox:
 
     async def wait_for(self, key: Key) -> Envelope:
         """Wait for the envelope with ``key``, which :meth:`take_ready` did not find (or for
-        the error that ends the wait: a timeout, a failed peer or session)."""
+        the error that ends the wait: a finished or dead peer, a failed session)."""
         if self._error is not None:
             raise self._error
         peer_error = self._peer_errors.get(key[0])
@@ -99,7 +82,7 @@ class Mailbox:
             raise ProtocolError(
                 f"message seq {key[2]} received twice", peer=key[0], step=format_path(key[1])
             )
-        waiter = _Waiter(trio.lowlevel.current_task(), trio.current_time() + self.timeout)
+        waiter = trio.lowlevel.current_task()
         self._waiting[key] = waiter
 
         def abort(_: object) -> trio.lowlevel.Abort:  # the caller was cancelled
@@ -109,25 +92,6 @@ class Mailbox:
 
         return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
 
-    async def expire_overdue(self) -> None:
-        """Run for the party's lifetime: fail each receive pending for longer than the timeout
-        with a :class:`PeerTimeoutError` naming the peer and the step."""
-        while True:
-            oldest = next(iter(self._waiting.items()), None)  # the first to expire
-            now = trio.current_time()
-            if oldest is None:
-                # nothing waits; a receive that starts from now on expires after this wake-up
-                await trio.sleep_until(now + self.timeout)
-                continue
-            key, waiter = oldest
-            if now < waiter.deadline:
-                await trio.sleep_until(waiter.deadline)
-                continue
-            self._wake_with(key, waiter, PeerTimeoutError(
-                f"no message seq {key[2]} within {self.timeout:g} s",
-                peer=key[0], step=format_path(key[1]),
-            ))
-
     def fail_peer(self, peer: int, error: BaseException) -> None:
         """Every pending and future receive from ``peer`` that has no message raises ``error``."""
         self._peer_errors.setdefault(peer, error)
@@ -136,7 +100,8 @@ class Mailbox:
                 self._wake_with(key, waiter, error)
 
     def fail_all(self, error: BaseException) -> None:
-        """The session is over (a peer aborted, a frame was bad): every receive raises ``error``."""
+        """The session is over (a peer aborted or is dead, a frame was bad): every receive raises
+        ``error``."""
         if self._error is None:
             self._error = error
         for key, waiter in list(self._waiting.items()):
@@ -150,6 +115,6 @@ class Mailbox:
         """Keys delivered but never taken (checked when a party finishes)."""
         return sorted(self._ready)
 
-    def _wake_with(self, key: Key, waiter: _Waiter, error: BaseException) -> None:
+    def _wake_with(self, key: Key, waiter: trio.lowlevel.Task, error: BaseException) -> None:
         del self._waiting[key]
-        trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
+        trio.lowlevel.reschedule(waiter, outcome.Error(error))

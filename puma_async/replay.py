@@ -41,10 +41,9 @@ from puma_async.session.recording import program_from_trace
 from puma_async.stats import PartyStats
 from puma_async.timeline import draw_timeline
 from puma_async.transports.recording import TraceRecord
-from puma_async.transports.replay import Divergence, ReplayTransport
+from puma_async.transports.replay import Divergence, ReplayTransport, watch_for_deadlock
 
 PROG = "python -m puma_async.replay"
-DEFAULT_TIMEOUT = 60.0
 Scopes = dict[MessageKey, tuple[str, str]]  # message -> (phase, scope)
 
 
@@ -89,7 +88,7 @@ def _tap_scopes(runtime: PartyRuntime) -> Scopes:
     return scopes
 
 
-async def _replay_party(transport: ReplayTransport, timeout: float
+async def _replay_party(transport: ReplayTransport
                         ) -> tuple[str | None, PartyStats | None, Scopes]:
     """Run the party of ``transport``'s trace against it: its error, statistics and the
     (phase, scope) of each message."""
@@ -99,8 +98,9 @@ async def _replay_party(transport: ReplayTransport, timeout: float
         raise TraceError("the trace's session id does not match its settings")
     scopes: Scopes = {}
     try:
-        options = PartyOptions(transport.header.session, timeout=timeout, entropy=entropy,
-                               sequential=sequential)
+        # The peers are a recording, not live parties: no heartbeats.
+        options = PartyOptions(transport.header.session, entropy=entropy,
+                               sequential=sequential, liveness=None)
         async with open_party(transport, options) as ctx:
             scopes = _tap_scopes(ctx.runtime)
             await program(ctx)
@@ -109,8 +109,8 @@ async def _replay_party(transport: ReplayTransport, timeout: float
     return None, ctx.runtime.final_stats, scopes
 
 
-async def replay_trace(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT,
-                       show_values: bool = False) -> ReplayReport:
+async def replay_trace(path: str | os.PathLike[str], *, show_values: bool = False
+                       ) -> ReplayReport:
     """Replay one party from its trace (see the module docstring).
 
     Peers whose frames the trace stores by digest only are replayed alongside from their
@@ -133,17 +133,20 @@ async def replay_trace(path: str | os.PathLike[str], *, timeout: float = DEFAULT
                 pending.append(replays[peer])
             needing.derive_from(replays[peer])
     notes: list[str] = []
-    async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as watching:
+        watching.start_soon(watch_for_deadlock, list(replays.values()))
+        async with trio.open_nursery() as nursery:
 
-        async def run_source(source_path: Path, source: ReplayTransport) -> None:
-            error, _stats, _scopes = await _replay_party(source, timeout)
-            if source.divergence is not None or error is not None:
-                notes.append(f"re-deriving from {source_path} failed: "
-                             f"{source.divergence or error}")
+            async def run_source(source_path: Path, source: ReplayTransport) -> None:
+                error, _stats, _scopes = await _replay_party(source)
+                if source.divergence is not None or error is not None:
+                    notes.append(f"re-deriving from {source_path} failed: "
+                                 f"{source.divergence or error}")
 
-        for source_path, source in sources:
-            nursery.start_soon(run_source, source_path, source)
-        error, stats, scopes = await _replay_party(transport, timeout)
+            for source_path, source in sources:
+                nursery.start_soon(run_source, source_path, source)
+            error, stats, scopes = await _replay_party(transport)
+        watching.cancel_scope.cancel()
     if notes:
         error = "; ".join([*notes, *([error] if error else [])])
     return ReplayReport(
@@ -222,14 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="draw the rounds of the traces over time")
     parser.add_argument("--show-values", action="store_true",
                         help="show the first differing values (secret: shares, keys)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                        help="receive timeout of the replayed party (seconds)")
     args = parser.parse_args(argv)
     status = 0
     for path in args.traces:
         try:
             report = trio.run(lambda path=path: replay_trace(
-                path, timeout=args.timeout, show_values=args.show_values))
+                path, show_values=args.show_values))
         except (PumaError, OSError) as exc:
             print(f"{PROG}: error: {path}: {exc}", file=sys.stderr)
             status = 1

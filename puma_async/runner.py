@@ -12,20 +12,20 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import trio
 
 from puma_async.errors import RunFailedError
-from puma_async.runtime import DEFAULT_TIMEOUT, Context, PartyOptions, run_party
+from puma_async.liveness import DEFAULT_LIVENESS, Liveness
+from puma_async.runtime import Context, PartyOptions, TransportWrapper, run_party
 from puma_async.stats import PartyStats
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
 from puma_async.transports.threads import ThreadNetwork
 
 Program = Callable[[Context], Awaitable[Any]]
-TransportWrapper = Callable[[Transport], Transport]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +55,10 @@ class _Roles:
     errors: dict[int, BaseException] = dataclasses.field(default_factory=dict)
 
     async def run_role(self, role: int, transport: Transport) -> None:
-        if self.wrap_transport is not None:
-            transport = self.wrap_transport(transport)
         options = dataclasses.replace(self.options, entropy=self.entropy.get(role))
         try:
             self.results[role], self.stats[role] = await run_party(
-                self.programs[role], transport, options
+                self.programs[role], transport, options, wrap=self.wrap_transport
             )
         except Exception as exc:
             self.errors[role] = exc
@@ -74,13 +72,13 @@ class _Roles:
 def _roles(
     programs: Mapping[int, Program],
     session: bytes | None,
-    timeout: float,
+    liveness: Liveness | None,
     wrap_transport: TransportWrapper | None,
     entropy: Mapping[int, bytes] | None,
     sequential: bool,
 ) -> _Roles:
     session = session if session is not None else secrets.token_bytes(16)
-    options = PartyOptions(session, timeout, sequential=sequential)
+    options = PartyOptions(session, sequential=sequential, liveness=liveness)
     return _Roles(programs, options, entropy or {}, wrap_transport)
 
 
@@ -90,14 +88,14 @@ async def run_roles(
     session: bytes | None = None,
     latency: float = 0.0,
     bandwidth: float = 0.0,
-    timeout: float = DEFAULT_TIMEOUT,
+    liveness: Liveness | None = DEFAULT_LIVENESS,
     wrap_transport: TransportWrapper | None = None,
     entropy: Mapping[int, bytes] | None = None,
     sequential: bool = False,
 ) -> LocalRun:
     """Run ``programs`` (role id -> program) concurrently in this event loop; see
     :func:`run_local`."""
-    roles = _roles(programs, session, timeout, wrap_transport, entropy, sequential)
+    roles = _roles(programs, session, liveness, wrap_transport, entropy, sequential)
     async with open_memory_network(
         list(programs), latency=latency, bandwidth=bandwidth
     ) as network, trio.open_nursery() as nursery:
@@ -110,7 +108,7 @@ def run_threaded(
     programs: Mapping[int, Program],
     *,
     session: bytes | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
+    liveness: Liveness | None = DEFAULT_LIVENESS,
     wrap_transport: TransportWrapper | None = None,
     entropy: Mapping[int, bytes] | None = None,
     sequential: bool = False,
@@ -120,7 +118,7 @@ def run_threaded(
     Same results as :func:`run_local`, but the parties' numpy work (which releases the GIL)
     runs on several cores at once. No emulated latency; options as for :func:`run_local`.
     """
-    roles = _roles(programs, session, timeout, wrap_transport, entropy, sequential)
+    roles = _roles(programs, session, liveness, wrap_transport, entropy, sequential)
     network = ThreadNetwork(list(programs))
 
     def run_in_thread(role: int) -> None:
@@ -141,14 +139,18 @@ def run_threaded(
 
 
 def run_local(
-    programs: Mapping[int, Program], *, clock: trio.abc.Clock | None = None, **options: Any
+    programs: Mapping[int, Program], *, clock: trio.abc.Clock | None = None,
+    instruments: Sequence[trio.abc.Instrument] = (), **options: Any,
 ) -> LocalRun:
     """Run ``programs`` in a fresh ``trio.run`` over the in-memory transport.
 
     Options: ``session`` (bytes; random by default), ``latency`` and ``bandwidth`` (emulated
-    per link), ``timeout`` (receive timeout, seconds), ``wrap_transport`` (e.g. recording),
-    ``clock`` (a Trio clock, e.g. ``trio.testing.MockClock`` for virtual time in tests),
-    ``entropy`` (role -> 32 bytes seeding that role's fresh keys, for reproducible runs),
-    ``sequential`` (no round overlapping: every ``gather`` runs its steps one by one).
+    per link), ``liveness`` (heartbeats and dead-peer detection,
+    :class:`~puma_async.liveness.Liveness`), ``wrap_transport`` (e.g. recording; it sees the
+    runtime's frames, not the heartbeats), ``clock`` (a Trio clock, e.g.
+    ``trio.testing.MockClock`` for virtual time in tests), ``instruments`` (Trio instruments,
+    e.g. :class:`~puma_async.liveness.StepTimer`), ``entropy`` (role -> 32 bytes seeding that
+    role's fresh keys, for reproducible runs), ``sequential`` (no round overlapping: every
+    ``gather`` runs its steps one by one).
     """
-    return trio.run(lambda: run_roles(programs, **options), clock=clock)
+    return trio.run(lambda: run_roles(programs, **options), clock=clock, instruments=instruments)

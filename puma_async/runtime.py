@@ -9,9 +9,11 @@ independent steps run concurrently (round overlapping) without any coordination.
 Around the program, :func:`open_party` files incoming frames in the
 :class:`~puma_async.mailbox.Mailbox` (pushed there by the transport, or pulled by a reader
 task), runs one writer task per peer (merging the small frames ready for that peer; the
-in-process transports send from the step itself) and the mailbox's timeout watchdog. If the
-program fails, the party sends an ``Abort`` to its peers, which stop with
-:class:`~puma_async.errors.PeerAbortedError` naming it and the step.
+in-process transports send from the step itself) and the liveness watchdog
+(:mod:`puma_async.liveness`: heartbeats, dead peers). A receive waits for as long as its sender
+is alive; no step and no session has a deadline. If the program fails, the party sends an
+``Abort`` to its peers, which stop with :class:`~puma_async.errors.PeerAbortedError` naming it
+and the step.
 """
 
 from __future__ import annotations
@@ -33,12 +35,8 @@ import trio
 
 from puma_async import codec, logs
 from puma_async.codec import Abort, Arrays, Envelope, Message, StepPath, format_path
-from puma_async.errors import (
-    PeerAbortedError,
-    PeerDisconnectedError,
-    PeerTimeoutError,
-    ProtocolError,
-)
+from puma_async.errors import PeerAbortedError, PeerDisconnectedError, ProtocolError
+from puma_async.liveness import DEFAULT_LIVENESS, Liveness, LiveTransport
 from puma_async.mailbox import Mailbox
 from puma_async.roles import role_name
 from puma_async.stats import PartyStats, StatsRecorder
@@ -47,11 +45,17 @@ from puma_async.transports.base import Transport
 T = TypeVar("T")
 MessageKey = tuple[str, int, StepPath, int]
 """A message as the runtime's observer sees it: (direction, peer, step path, seq)."""
-DEFAULT_TIMEOUT = 120.0
+TransportWrapper = Callable[[Transport], Transport]
 DEFAULT_PHASE = "online"
 COALESCE_BYTES = 64 << 10
 """Small envelopes ready together share a frame up to this size; a larger one travels in a
 frame of its own, which is sent without another copy."""
+ENCODE_OFFLOAD_BYTES = 1 << 20
+"""A message of this many payload bytes or more is encoded (copied into its frame) in a
+worker thread, so that the event loop keeps moving heartbeats and other frames."""
+ABORT_GRACE = 5.0
+"""Seconds a failing party spends handing its ``Abort`` to its peers' links (a dead peer's
+link may never take it)."""
 
 log = structlog.get_logger("puma_async.runtime")
 
@@ -60,18 +64,19 @@ log = structlog.get_logger("puma_async.runtime")
 class PartyOptions:
     """How one party runs; what :func:`open_party` and :func:`run_party` take.
 
-    ``session``: the id every envelope must carry. ``timeout``: seconds a receive may wait
-    (and a finished party waits for its peers). ``max_frame_bytes``: the largest frame
+    ``session``: the id every envelope must carry. ``max_frame_bytes``: the largest frame
     decoded. ``entropy``: 32 bytes seeding the party's fresh keys (random if None; give it to
     replay a trace). ``sequential``: :meth:`Context.gather` runs its steps one after the other
-    (same messages; measures what round overlapping saves).
+    (same messages; measures what round overlapping saves). ``liveness``: heartbeats and when
+    a silent peer is dead (:class:`~puma_async.liveness.Liveness`); None only where the peers
+    are not live parties (a replay's recording).
     """
 
     session: bytes
-    timeout: float = DEFAULT_TIMEOUT
     max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES
     entropy: bytes | None = None
     sequential: bool = False
+    liveness: Liveness | None = DEFAULT_LIVENESS
 
 
 class PartyRuntime:
@@ -84,7 +89,7 @@ class PartyRuntime:
         self.role = transport.role
         self.peers = tuple(transport.peers)
         self.session = options.session
-        self.mailbox = Mailbox(self.role, options.timeout)
+        self.mailbox = Mailbox(self.role)
         self.stats = StatsRecorder(self.role)
         self.shared: dict[str, Any] = {}
         self._outboxes = {}
@@ -104,13 +109,15 @@ class PartyRuntime:
     # -- I/O tasks ---------------------------------------------------------------------
 
     def enqueue(self, env: Envelope) -> None:
-        """Send an envelope as a frame of its own: at once on an immediate transport, else via
-        the peer's writer task (which coalesces small frames that are ready together). Encodes
-        it now, so later changes to the message's arrays do not matter."""
-        peer = env.receiver
+        """Send an envelope as a frame of its own (:meth:`enqueue_frame`). Encodes it now, so
+        later changes to the message's arrays do not matter."""
+        self.enqueue_frame(env.receiver, codec.encode_frame([env]))
+
+    def enqueue_frame(self, peer: int, frame: bytes) -> None:
+        """Send an encoded frame: at once on an immediate transport, else via the peer's
+        writer task (which coalesces small frames that are ready together)."""
         if peer not in self._outboxes:
             raise ProtocolError(f"{role_name(peer)} is not a peer of {role_name(self.role)}")
-        frame = codec.encode_frame([env])
         if self.transport.immediate:
             self.stats.frame_sent(peer, len(frame))
             self.transport.send_immediately(peer, frame)
@@ -144,7 +151,7 @@ class PartyRuntime:
             try:
                 await self.transport.send(peer, frame)
             except Exception as exc:  # any transport failure means this peer is gone
-                self.mailbox.fail_all(PeerDisconnectedError(f"send failed: {exc}", peer=peer))
+                self.fail(PeerDisconnectedError(f"send failed: {exc}", peer=peer))
                 async for _ in receive:  # keep accepting (and dropping) until closed
                     pass
                 return
@@ -274,35 +281,41 @@ class Context:
     async def send(self, to: int, message: Message) -> None:
         """Send ``message`` to role ``to`` as the next message of this step to that peer.
 
-        Never blocks: the message is encoded (so later changes to its arrays do not matter)
-        and handed to an in-process peer at once, or queued for the peer's writer task.
+        The message is encoded before this returns (so later changes to its arrays do not
+        matter; a large one in a worker thread, :data:`ENCODE_OFFLOAD_BYTES`), then handed to
+        an in-process peer at once, or queued for the peer's writer task. It never waits for
+        the peer.
         """
-        self._post(to, message)
+        nbytes = codec.message_nbytes(message)
+        if nbytes < ENCODE_OFFLOAD_BYTES:
+            self.runtime.enqueue(self._stamp(to, message, nbytes))
+        else:
+            env = self._stamp(to, message, nbytes)
+            frame = await trio.to_thread.run_sync(codec.encode_frame, [env])
+            self.runtime.enqueue_frame(to, frame)
 
-    def _post(self, to: int, message: Message) -> None:
-        """What :meth:`send` does (the send methods share it without awaiting each other)."""
+    def _stamp(self, to: int, message: Message, nbytes: int) -> Envelope:
+        """The envelope of the next message of this step to ``to``, accounted for (every
+        send goes through here)."""
         seq = self._send_seq[to]
         self._send_seq[to] = seq + 1
         round_ = self.clock + 1
         runtime = self.runtime
-        runtime.enqueue(
-            Envelope(runtime.session, runtime.role, to, self.path, seq, round_, message)
-        )
         if round_ > self.frontier:
             self.frontier = round_
-        runtime.stats.message(
-            self._phase, self._scope_name, to, codec.message_nbytes(message), round_, False
-        )
+        runtime.stats.message(self._phase, self._scope_name, to, nbytes, round_, False)
         if runtime.observer is not None:
             runtime.observer(("send", to, self.path, seq), self._phase, self._scope_name)
+        return Envelope(runtime.session, runtime.role, to, self.path, seq, round_, message)
 
     async def recv(self, frm: int) -> Message:
-        """Receive the next message of this step from role ``frm`` (waits up to the timeout)."""
+        """Receive the next message of this step from role ``frm`` (waits for as long as
+        ``frm`` is alive)."""
         seq = self._recv_seq[frm]
         self._recv_seq[frm] = seq + 1
         key = (frm, self.path, seq)
         env = self.runtime.mailbox.take_ready(key)
-        if env is None:  # not here yet: wait for it (the mailbox enforces the timeout)
+        if env is None:  # not here yet: wait for it
             env = await self.runtime.mailbox.wait_for(key)
         self.clock = max(self.clock, env.round)
         self.frontier = max(self.frontier, self.clock)
@@ -316,7 +329,7 @@ class Context:
 
     async def send_arrays(self, to: int, *arrays: np.ndarray) -> None:
         """Send arrays (numpy scalars become 0-d arrays) as one :class:`Arrays` message."""
-        self._post(to, Arrays(tuple(map(np.asarray, arrays))))
+        await self.send(to, Arrays(tuple(map(np.asarray, arrays))))
 
     async def recv_arrays(self, frm: int, count: int | None = None) -> tuple[np.ndarray, ...]:
         """Receive an :class:`Arrays` message (optionally checking how many arrays it holds)."""
@@ -442,21 +455,29 @@ class Context:
 
 
 @asynccontextmanager
-async def open_party(transport: Transport, options: PartyOptions) -> AsyncIterator[Context]:
+async def open_party(
+    transport: Transport, options: PartyOptions, *, wrap: TransportWrapper | None = None
+) -> AsyncIterator[Context]:
     """Run the reader and writer tasks of one role around the block; yields the root step.
 
-    On a clean exit every queued frame is flushed, peers are told we are done, and we wait
-    (up to the timeout) for every peer to finish too, so that a late failure of a peer or a
-    message nobody received is reported (:class:`ProtocolError`) instead of lost. On an error,
-    peers get an ``Abort`` naming the error and the step, and the error propagates.
+    ``transport`` is the network's; unless ``options.liveness`` is None it gets heartbeats and
+    dead-peer detection (:class:`~puma_async.liveness.LiveTransport`), and ``wrap`` (e.g.
+    recording) goes on top of that, so it sees the runtime's frames and never a heartbeat.
+
+    On a clean exit every queued frame is flushed, peers are told we are done, and we wait for
+    every peer to finish too, for as long as they are alive, so that a late failure of a peer
+    or a message nobody received is reported (:class:`ProtocolError`) instead of lost. On an
+    error, peers get an ``Abort`` naming the error and the step, and the error propagates.
     """
-    runtime = PartyRuntime(transport, options)
-    timeout = options.timeout
+    live = None if options.liveness is None else LiveTransport(transport, options.liveness)
+    stacked = live or transport
+    runtime = PartyRuntime(stacked if wrap is None else wrap(stacked), options)
     root = Context(runtime)
     failure: BaseException | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(runtime.mailbox.expire_overdue)
-        if not transport.push_to(runtime.on_frame, runtime.fail):
+        if live is not None:
+            nursery.start_soon(live.watch, runtime.fail)
+        if not runtime.transport.push_to(runtime.on_frame, runtime.fail):
             nursery.start_soon(runtime.read_frames)
         writers_done = trio.Event()
 
@@ -472,16 +493,11 @@ async def open_party(transport: Transport, options: PartyOptions) -> AsyncIterat
             yield root
             elapsed = trio.current_time() - started
             await runtime.close_outboxes()
-            with trio.move_on_after(timeout):
+            await runtime.reader_done.wait()  # every peer finished, or the session failed
+            if runtime.mailbox.failure is None:
                 await writers_done.wait()
-                await runtime.reader_done.wait()
             if runtime.mailbox.failure is not None:
                 raise runtime.mailbox.failure
-            unfinished = set(runtime.peers) - runtime.finished_peers
-            if unfinished:
-                raise PeerTimeoutError(
-                    f"peers {sorted(unfinished)} did not finish within {timeout:g} s"
-                )
             runtime.check_unexpected()
             runtime.final_stats = runtime.stats.snapshot(elapsed)
         except BaseException as exc:
@@ -489,7 +505,7 @@ async def open_party(transport: Transport, options: PartyOptions) -> AsyncIterat
             step = exc.step if isinstance(exc, ProtocolError) and exc.step else root.step_name
             reason = _describe(exc, runtime.role)
             log.warning("party failed", role=role_name(runtime.role), error=reason, step=step)
-            with trio.CancelScope(shield=True), trio.move_on_after(min(timeout, 5.0)):
+            with trio.CancelScope(shield=True), trio.move_on_after(ABORT_GRACE):
                 await runtime.abort(reason, step)
                 await writers_done.wait()
         nursery.cancel_scope.cancel()
@@ -520,10 +536,12 @@ def _describe(exc: BaseException, role: int) -> str:
 
 
 async def run_party(
-    program: Callable[[Context], Awaitable[T]], transport: Transport, options: PartyOptions
+    program: Callable[[Context], Awaitable[T]], transport: Transport, options: PartyOptions,
+    *, wrap: TransportWrapper | None = None,
 ) -> tuple[T, PartyStats]:
-    """Run ``program`` as one role over ``transport``; its result and statistics."""
-    async with open_party(transport, options) as ctx:
+    """Run ``program`` as one role over ``transport`` (``wrap``: see :func:`open_party`); its
+    result and statistics."""
+    async with open_party(transport, options, wrap=wrap) as ctx:
         result = await program(ctx)
     assert ctx.runtime.final_stats is not None  # open_party raises unless it finished cleanly
     return result, ctx.runtime.final_stats

@@ -29,7 +29,7 @@ from puma_async.session import SessionSettings
 from puma_async.session.models import export_model
 
 PROMPT = "hello world"
-SETTINGS = SessionSettings("deploy-test", max_new_tokens=3, timeout=120.0)
+SETTINGS = SessionSettings("deploy-test", max_new_tokens=3)
 
 
 def run_five(cluster: Path, client_args: list[str], owner_args: list[str] | None = None
@@ -173,7 +173,7 @@ def test_smollm2_over_five_sealed_processes(tmp_path: Path) -> None:
         pytest.skip(f"real model not installed: {exc}")
     export_model("smollm2", tmp_path / "export")
     settings = SessionSettings("deploy-smollm2", model="smollm2", max_new_tokens=4,
-                               context=64, timeout=600.0)
+                               context=64)
     cluster = make_cluster(tmp_path, settings)
     results = run_five(cluster, ["--prompt", "The capital of France is", "--json",
                                  "--tokenizer", os.fspath(tmp_path / "export")])

@@ -37,7 +37,7 @@ from puma_async.session.models import ModelSource, architecture_from_table, mode
 from puma_async.session.network import RolePlan
 from puma_async.transports.tls import create_cluster_pki
 
-SETTINGS = SessionSettings("cli-test", max_new_tokens=2, timeout=60.0, connect_timeout=60.0)
+SETTINGS = SessionSettings("cli-test", max_new_tokens=2, connect_timeout=60.0)
 HEAD = "[cluster]\nname = 'x'\n[session]\nid = 's'\n"
 TABLE = model_table("m", tiny_config(), None)
 
@@ -61,7 +61,7 @@ def test_digest_covers_the_public_settings_only() -> None:
     other = dataclasses.replace(tiny_config(), rope_theta=5000.0)
     assert SessionSettings("cli-test", model="mine", architecture=other, max_new_tokens=2
                            ).config_digest("c", ALL_ROLES) != digest
-    local = dataclasses.replace(SETTINGS, timeout=5.0, connect_timeout=1.0)
+    local = dataclasses.replace(SETTINGS, connect_timeout=1.0, handshake_timeout=1.0)
     assert local.config_digest("c", ALL_ROLES) == digest  # timeouts are local
 
 
@@ -293,8 +293,7 @@ def test_failing_role_stops_its_neighbour_at_once(tmp_path: Path) -> None:
 
 def test_killed_party_stops_the_others(tmp_path: Path) -> None:
     """SIGKILL one party mid-run: every other role exits 1 naming a failed peer."""
-    cluster = make_cluster(tmp_path, dataclasses.replace(SETTINGS, max_new_tokens=50,
-                                                         timeout=20.0))
+    cluster = make_cluster(tmp_path, dataclasses.replace(SETTINGS, max_new_tokens=50))
     procs = {role: start(cluster, role, *(["--prompt", "hi"] if role == CLIENT else []))
              for role in ALL_ROLES}
     victim = procs[1]

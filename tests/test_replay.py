@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import trio
 
-from puma_async.codec import Arrays, Message, decode_frame
+from puma_async.codec import Arrays, Envelope, Message, decode_frame
 from puma_async.files import DIR_MODE
 from puma_async.model import TinyTokenizer, random_weights
 from puma_async.replay import format_summary, main, replay_trace
 from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, PARTIES, role_name
-from puma_async.runtime import Context
+from puma_async.runtime import Context, PartyRuntime
 from puma_async.session import GenerationOptions, SessionSettings, run_session
 from puma_async.session.recording import (
     client_inputs,
@@ -125,20 +125,45 @@ def test_altered_protocol_line_names_the_step(
             if r["dir"] == "send" and r["event"] == "frame" for env in decode_frame(r["frame"])
             if isinstance(env.message, Arrays) and env.message.arrays[0].size]
     target = sent[len(sent) // 2]
-    original = Context._post  # every send goes through it
+    original = Context._stamp  # every send goes through it
 
-    def flip_one_bit(self: Context, to: int, message: Message) -> None:
+    def flip_one_bit(self: Context, to: int, message: Message, nbytes: int) -> Envelope:
         if self.path == target and isinstance(message, Arrays) and message.arrays[0].size:
             first = np.array(message.arrays[0])  # a copy: the step's own array stays intact
             first.view(np.uint8).flat[0] ^= 1
             message = Arrays((first, *message.arrays[1:]))
-        original(self, to, message)
+        return original(self, to, message, nbytes)
 
-    monkeypatch.setattr(Context, "_post", flip_one_bit)
-    report = trio.run(lambda: replay_trace(traces[0], timeout=10.0))
+    monkeypatch.setattr(Context, "_stamp", flip_one_bit)
+    report = trio.run(lambda: replay_trace(traces[0]))
     assert report.divergence is not None
     assert report.divergence.path == target
     assert "elements differ" in report.divergence.what
+
+
+def test_a_party_that_waits_instead_of_sending_is_stopped_naming_the_envelope(
+    traces: dict[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replayed party that never sends one envelope waits for a frame the recording holds
+    back until it does: the replay has no deadline, it notices that nothing can happen any
+    more and names that envelope."""
+    records = list(read_trace(traces[0])[1])
+    sent = [(r.peer, s.path, s.seq) for r in records
+            if r.direction == "send" and r.event == "frame" and r.steps for s in r.steps]
+    peer, path, seq = sent[len(sent) // 2]
+    original = PartyRuntime.enqueue
+
+    def drop_one(self: PartyRuntime, env: Envelope) -> None:
+        if (env.receiver, env.path, env.seq) != (peer, path, seq):
+            original(self, env)
+
+    monkeypatch.setattr(PartyRuntime, "enqueue", drop_one)
+    report = trio.run(lambda: replay_trace(traces[0]))
+    assert report.divergence is not None, report.verdict()
+    assert (report.divergence.peer, report.divergence.path, report.divergence.seq) == (
+        peer, path, seq
+    )
+    assert "never sent (the party waits for a later message)" in report.divergence.what
 
 
 def test_summary_and_timeline(traces: dict[int, Path], tmp_path: Path,
@@ -183,7 +208,7 @@ def test_digest_only_frames_are_rederived(tmp_path: Path) -> None:
     report = trio.run(lambda: replay_trace(tmp_path / "P1.trace"))
     assert report.identical, report.verdict()
     (tmp_path / "model-owner.trace").unlink()
-    report = trio.run(lambda: replay_trace(tmp_path / "P1.trace", timeout=5.0))
+    report = trio.run(lambda: replay_trace(tmp_path / "P1.trace"))
     assert not report.identical
     assert "replay model-owner's trace alongside" in report.verdict()
 

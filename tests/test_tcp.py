@@ -211,7 +211,7 @@ async def test_party_runtime_over_tls(pki: ClusterPki) -> None:
         return int(array[0])
 
     async def body(transport: TcpTransport) -> int:
-        result, _ = await run_party(program, transport, PartyOptions(SESSION, timeout=30))
+        result, _ = await run_party(program, transport, PartyOptions(SESSION))
         return result
 
     results = await run_roles(dict.fromkeys([0, 1, 2], body), tls_options(pki, [0, 1, 2]))
@@ -230,7 +230,7 @@ async def test_secure_protocols_over_tls_match_in_memory(pki: ClusterPki) -> Non
     program = evaluation_program(fn, x, y)
 
     async def body(transport: TcpTransport) -> Any:
-        result, _ = await run_party(program, transport, PartyOptions(SESSION, timeout=30))
+        result, _ = await run_party(program, transport, PartyOptions(SESSION))
         return result
 
     roles = [0, 1, 2, CLIENT]

@@ -54,6 +54,12 @@ class Transport(abc.ABC):
     async def receive(self) -> tuple[int, bytes | None]:
         """The next frame from any peer, or ``(peer, None)`` when that peer has finished."""
 
+    def last_received(self, peer: int) -> float | None:
+        """When (``trio.current_time()``) bytes from ``peer`` last arrived, part of a frame
+        included; None if the transport hands over whole frames only. Liveness counts a large
+        frame still arriving over a slow link as a sign of life."""
+        return None
+
     @abc.abstractmethod
     async def close_peer(self, peer: int) -> None:
         """Tell ``peer`` we will send nothing more (it then receives ``(our role, None)``)."""

@@ -4,6 +4,9 @@ Optional emulation of a network link (per direction): one-way ``latency`` in sec
 ``bandwidth`` in bytes per second, with frames serialised on the link as on a real wire. With
 both left at zero frames are handed over directly, which is what tests and
 ``python -m puma_async.local`` use; benchmarks set them to show round overlapping.
+
+:meth:`MemoryNetwork.freeze` is a test hook: a role that stops dead without closing its links
+(a frozen or unplugged machine), which only the peers' liveness watchdogs can notice.
 """
 
 from __future__ import annotations
@@ -36,12 +39,20 @@ class _Link:
         ](math.inf)
         self.target = target
         self.put: Target = self._schedule if self.emulated else target
+        self.frozen = False
 
     def retarget(self, target: Target) -> None:
         """Deliver to ``target`` from now on."""
+        if self.frozen:
+            return
         self.target = target
         if not self.emulated:
             self.put = target  # direct links call the receiver's target with no hop between
+
+    def freeze(self) -> None:
+        """Drop every frame from now on (those in flight too), as a cut cable would."""
+        self.frozen = True
+        self.put = self.target = _drop
 
     def _schedule(self, sender: int, frame: bytes | None) -> None:
         now = trio.current_time()
@@ -54,6 +65,10 @@ class _Link:
         async for deliver_at, (sender, frame) in self.pending_receive:
             await trio.sleep_until(deliver_at)
             self.target(sender, frame)
+
+
+def _drop(sender: int, frame: bytes | None) -> None:
+    """Where a frozen link's frames go."""
 
 
 class InProcessTransport(Transport):
@@ -132,6 +147,14 @@ class MemoryNetwork:
         for (_, receiver), link in self.links.items():
             if receiver == role:
                 link.retarget(deliver)
+
+    def freeze(self, role: int) -> None:
+        """Test hook: ``role`` stops dead. Nothing it sends arrives and nothing reaches it,
+        but its links stay open (no end of stream, no error): as a frozen process, to which
+        only the peers' liveness watchdogs can react."""
+        for (sender, receiver), link in self.links.items():
+            if role in (sender, receiver):
+                link.freeze()
 
     def endpoint(self, role: int) -> MemoryTransport:
         return MemoryTransport(role, [r for r in self.roles if r != role], self)

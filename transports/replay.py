@@ -25,17 +25,24 @@ re-derived: if the peer that sent them is replayed alongside from its own trace 
 see :meth:`ReplayTransport.derive_from`), the envelopes it sends us are regrouped as recorded,
 checked against the recorded digest and fed. Without a source such a frame stops the replay
 with a :class:`ReplayFeedError`.
+
+A replay has no deadline. A party that waits for a frame the recording delivers only after an
+envelope the party never sends would wait forever; :func:`watch_for_deadlock`, run beside the
+replays, notices that nothing can happen any more (every task waits, no worker thread runs,
+no timer is set) and makes that never-sent envelope the divergence.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 
 import msgpack
 import numpy as np
 import trio
+import trio.testing
 
 from puma_async.codec import (
     Abort,
@@ -56,6 +63,8 @@ from puma_async.transports.recording import (
 )
 
 Key = tuple[int, tuple[int, ...], int]  # (peer, step path, seq)
+DEADLOCK_CUSHION = 0.05
+"""Seconds (real time) every task must have been waiting before a replay counts as stuck."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +206,8 @@ class ReplayTransport(Transport):
         self._sources: set[int] = set()
         self._derived_event = trio.Event()
         self.feed_error: ReplayFeedError | None = None
+        self._waiting = False  # receive waits for the party to send or for a source
+        self._stuck = False
 
     def derive_from(self, source: ReplayTransport) -> None:
         """Take the frames ``source``'s party sends us (replayed) instead of recorded bytes."""
@@ -221,7 +232,13 @@ class ReplayTransport(Transport):
             raise self.feed_error
         keys = [(record.peer, step.path, step.seq) for step in record.steps]
         while not all(k in self._derived for k in keys):
-            await self._derived_event.wait()
+            await self._wait(self._derived_event)
+            if self._stuck:
+                self.feed_error = ReplayFeedError(
+                    f"record {index}: the frame from {role_name(record.peer)} was never "
+                    f"re-derived: {role_name(record.peer)}'s replay stopped before sending it"
+                )
+                raise self.feed_error
         frame = frame_from_encoded([self._derived.pop(k) for k in keys])
         if frame_digest(frame) != record.digest:
             self.feed_error = ReplayFeedError(
@@ -356,7 +373,9 @@ class ReplayTransport(Transport):
             )
         index, record = self._incoming[self._next]
         while (oldest := self._oldest_unsent()) is not None and oldest < index:
-            await self._progress.wait()
+            await self._wait(self._progress)
+            if self._stuck:
+                raise DivergenceError(self._never_sent(oldest))
         self._next += 1
         await trio.lowlevel.checkpoint()
         if record.event == "end":
@@ -379,7 +398,54 @@ class ReplayTransport(Transport):
             self._diverge(Divergence(peer, path, seq, want.round,
                                      f"recorded {want.message} was never sent"))
 
+    async def _wait(self, event: trio.Event) -> None:
+        self._waiting = True
+        try:
+            await event.wait()
+        finally:
+            self._waiting = False
+
+    def _never_sent(self, record: int) -> Divergence:
+        """The divergence of a stuck replay: the first envelope of send record ``record``
+        that the party never sent."""
+        if self.divergence is None:
+            peer, path, seq = next(
+                k for k, e in self._expected.items() if e.record == record and not e.seen
+            )
+            want = self._expected[(peer, path, seq)]
+            self.divergence = Divergence(
+                peer, path, seq, want.round,
+                f"recorded {want.message} was never sent (the party waits for a later message)",
+            )
+        return self.divergence
+
+    def give_up(self) -> bool:
+        """Nothing can happen any more: a waiting :meth:`receive` raises the envelope the
+        party never sent as the divergence (or the frame no source re-derived as a feed
+        error). False if :meth:`receive` is not waiting."""
+        if not self._waiting:
+            return False
+        self._stuck = True
+        self._progress.set()
+        self._derived_event.set()
+        return True
+
     def unsent(self) -> list[Key]:
         """Recorded envelopes the replay has not sent (in recorded order)."""
         keys = [k for k, e in self._expected.items() if not e.seen]
         return sorted(keys, key=lambda k: self._expected[k].record)
+
+
+async def watch_for_deadlock(replays: Sequence[ReplayTransport]) -> None:
+    """Run beside the replays (until cancelled): whenever nothing can happen any more (every
+    task waits, no worker thread runs, no timer is set), the waiting replays give up."""
+    limiter = trio.to_thread.current_default_thread_limiter()
+    while True:
+        await trio.testing.wait_all_tasks_blocked(DEADLOCK_CUSHION)
+        stats = trio.lowlevel.current_statistics()
+        idle = (
+            stats.seconds_to_next_deadline == math.inf and not stats.run_sync_soon_queue_size
+            and not limiter.borrowed_tokens
+        )
+        if not (idle and any([replay.give_up() for replay in replays])):
+            await trio.sleep(DEADLOCK_CUSHION)  # a thread or a timer may still move things

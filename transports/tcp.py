@@ -111,6 +111,8 @@ class _FrameReader:
         self.stream = stream
         self._buffer = bytearray()
         self._recv_into = stream.socket.recv_into if isinstance(stream, trio.SocketStream) else None
+        self.last_data = trio.current_time()
+        """When bytes last arrived (liveness: a large frame in progress is a sign of life)."""
 
     async def read_length(self) -> int:
         """The next length prefix; :class:`_StreamEnded` on EOF before any byte of it."""
@@ -118,6 +120,7 @@ class _FrameReader:
             data = await self.stream.receive_some(_RECEIVE_CHUNK)
             if not data:
                 raise _StreamEnded
+            self.last_data = trio.current_time()
             self._buffer += data
         return int.from_bytes(await self.read_exactly(HEADER_BYTES), "little")
 
@@ -138,6 +141,7 @@ class _FrameReader:
             data = await self.stream.receive_some(min(max(want, _RECEIVE_CHUNK), _MAX_RECEIVE))
             if not data:
                 raise _truncated(have, count)
+            self.last_data = trio.current_time()
             if len(data) > want:
                 chunks.append(data[:want])
                 buffer += memoryview(data)[want:]
@@ -163,6 +167,7 @@ class _FrameReader:
                 raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
             if not got:
                 raise _truncated(have, count)
+            self.last_data = trio.current_time()
             have += got
         return unit  # type: ignore[return-value]  # bytes-like; decoders accept it
 
@@ -261,6 +266,9 @@ class TcpTransport(Transport):
                 raise PeerDisconnectedError(
                     f"connection to {conn.address} broke while closing: {_cause(exc)}", peer=peer
                 ) from exc
+
+    def last_received(self, peer: int) -> float | None:
+        return self._connection(peer).reader.last_data
 
     async def aclose(self) -> None:
         """Send the end marker to every peer still open, stop the readers, close everything."""

@@ -22,8 +22,6 @@ from puma_async.session.programs import ClientResult
 from puma_async.session.settings import SessionSettings
 from puma_async.stats import PartyStats, Totals
 
-DEFAULT_TIMEOUT = 900.0
-"""Receive timeout of an in-process session (s): a party may wait for a whole forward pass."""
 IN_PROCESS_MODEL = "in-process"
 
 
@@ -66,7 +64,6 @@ def run_session(
     max_new_tokens: int = 4,
     settings: SessionSettings | None = None,
     progress: ProgressFn | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
     **run_options: Any,
 ) -> SessionResult:
     """Generate for every prompt with all five roles in this process (one weight sharing).
@@ -84,10 +81,10 @@ def run_session(
     programs[CLIENT] = build_program(settings, CLIENT, prompts=prompts,
                                      options=options or GenerationOptions(), progress=progress)
     run_options.setdefault("session", settings.session)
-    run = run_local(programs, timeout=timeout, **run_options)
+    run = run_local(programs, **run_options)
     client: ClientResult = run.results[CLIENT]
     results, setup_seconds = client
     return SessionResult(results, dict(run.stats), setup_seconds, run.seconds)
 
 
-__all__ = ["DEFAULT_TIMEOUT", "SessionResult", "in_process_settings", "run_session"]
+__all__ = ["SessionResult", "in_process_settings", "run_session"]

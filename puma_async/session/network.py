@@ -6,8 +6,7 @@ process are one :class:`RoleGroup`:
 
 - when one fails, the others stop at once, whether connecting or running: a running
   program is stopped by a :class:`Stopped` error raised inside it, so its peers get an
-  ``Abort`` saying which role of the process failed, instead of waiting out a timeout and
-  blaming an innocent peer;
+  ``Abort`` saying which role of the process failed instead of blaming an innocent peer;
 - Ctrl-C (SIGINT) stops every role the same way, as "interrupted"
   (:attr:`GroupOutcome.interrupted`).
 """
@@ -30,6 +29,7 @@ from puma_async.session.programs import Program
 from puma_async.session.recording import Wrapper
 from puma_async.session.settings import SessionSettings
 from puma_async.stats import PartyStats
+from puma_async.transports.base import Transport
 from puma_async.transports.recording import RecordingTransport
 from puma_async.transports.tcp import open_tcp_transport
 
@@ -83,15 +83,21 @@ async def run_role(cluster: Cluster, role: int, settings: SessionSettings, plan:
         max_frame_bytes=settings.max_frame_bytes,
     ) as tcp:
         say(role, "connected; running the session")
-        transport = plan.wrap(tcp)
+        wrapped: list[Transport] = []
+
+        def wrap(transport: Transport) -> Transport:  # keeps the recorder, to close it below
+            wrapped.append(plan.wrap(transport))
+            return wrapped[-1]
+
         try:
-            result, stats = await run_party(plan.program, transport, PartyOptions(
-                settings.session, timeout=settings.timeout,
-                max_frame_bytes=settings.max_frame_bytes, entropy=plan.entropy,
-            ))
+            result, stats = await run_party(plan.program, tcp, PartyOptions(
+                settings.session, max_frame_bytes=settings.max_frame_bytes,
+                entropy=plan.entropy,
+            ), wrap=wrap)
         finally:
-            if isinstance(transport, RecordingTransport):
-                transport.close()
+            for transport in wrapped:
+                if isinstance(transport, RecordingTransport):
+                    transport.close()
     return RoleOutcome(role, result, stats)
 
 

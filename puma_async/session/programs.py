@@ -153,7 +153,7 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
             stored: dict[str, Stored] = {}
             for name, shape in weight_plan(config):
                 share = await receive_rows(setup, MODEL_OWNER, shape, blocks)
-                stored[name] = store_share(name, share)
+                stored[name] = await store_share(name, share)
                 del share
             model = assemble_model(config, stored)
             del stored
@@ -197,8 +197,9 @@ def owner_program(settings: SessionSettings, weights: LlamaWeights) -> Program:
         with setup.phase("setup"):
             await setup_input_seeds(setup, MODEL_OWNER)
             fx = fixed_point(setup)
-            plan = weight_plan(weights.config)
-            for (_, shape), tensor in zip(plan, weight_tensors(weights), strict=True):
+            tensors = weight_tensors(weights)  # fused lazily: in a worker thread, below
+            for _, shape in weight_plan(weights.config):
+                tensor = await trio.to_thread.run_sync(next, tensors)
                 await send_rows(setup, MODEL_OWNER, shape, settings.input_block_bytes,
                                 lambda rows, tensor=tensor: fx.encode(tensor[rows]),
                                 in_thread=True)

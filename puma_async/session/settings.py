@@ -51,7 +51,6 @@ class SessionSettings:
     max_new_tokens: int = 4
     context: int | None = None
     input_block_bytes: int = INPUT_BLOCK_BYTES
-    timeout: float = 120.0
     connect_timeout: float = 600.0
     handshake_timeout: float = 10.0
 
@@ -77,7 +76,7 @@ class SessionSettings:
                                 f"got {self.input_block_bytes}")
         if self.model_seed < 0:
             raise SettingsError(f"model_seed must be >= 0, got {self.model_seed}")
-        for name in ("timeout", "connect_timeout", "handshake_timeout"):
+        for name in ("connect_timeout", "handshake_timeout"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         if self.model_sha256 is not None and not _SHA256.match(self.model_sha256):
