@@ -14,6 +14,8 @@ relative to the file itself::
     model_sha256 = ""             # optional: SHA-256 of the model file, checked by the owner
     max_new_tokens = 4            # passes per prompt (every prompt runs them all)
     context = 256                 # optional: positions per prompt (default: the model's, <= 512)
+    heartbeat_interval = 1.0      # a heartbeat to a peer we sent nothing for this many seconds
+    dead_after = 10.0             # a peer silent this long (seconds) is dead; >= 2 x the interval
     connect_timeout = 600.0       # how long to wait for the peers to come up (seconds)
     handshake_timeout = 10.0
 
@@ -29,11 +31,18 @@ relative to the file itself::
     # cert = "..."  key = "..."   # optional: override the pki paths of this role
 
 Everything that must agree between the roles (cluster name, session id, model and
-architecture, model seed and hash, token budget, context, frame limit, the set of roles) is
-hashed into the **configuration digest** that the TCP handshake compares before any secret
-moves (:meth:`~puma_async.session.settings.SessionSettings.config_digest`). Timeouts and hosts
-are local. A cluster file never holds a prompt: prompts exist only in the client process
-(its command line, a file or stdin), so a file with one is refused.
+architecture, model seed and hash, token budget, context, frame limit, liveness, the set of
+roles) is hashed into the **configuration digest** that the TCP handshake compares before any
+secret moves (:meth:`~puma_async.session.settings.SessionSettings.config_digest`). Timeouts
+and hosts are local. A cluster file never holds a prompt: prompts exist only in the client
+process (its command line, a file or stdin), so a file with one is refused.
+
+Liveness (:mod:`puma_async.liveness`): no step and no session has a deadline. A role waits
+for a peer for as long as that peer is alive, however slow; a peer that has sent nothing,
+not even a heartbeat, for ``dead_after`` seconds is dead, so a dead or vanished peer is
+reported within about ``dead_after + heartbeat_interval`` (11 s by default) and a slow live
+peer never. The two are agreed by every role: a role whose interval exceeded a peer's
+``dead_after`` would be declared dead by it.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from puma_async.errors import SettingsError
+from puma_async.liveness import DEFAULT_LIVENESS
 from puma_async.roles import ALL_ROLES, role_name
 from puma_async.session.models import (
     PRESETS,
@@ -60,7 +70,7 @@ from puma_async.transports.tls import TlsConfig
 _ROLE_IDS = {role_name(r).lower(): r for r in ALL_ROLES}
 _SESSION_KEYS = {
     "id", "model", "model_seed", "model_sha256", "max_new_tokens", "context",
-    "connect_timeout", "handshake_timeout",
+    "heartbeat_interval", "dead_after", "connect_timeout", "handshake_timeout",
 }
 PROMPT_REFUSED = (
     "a cluster file is copied to every machine, so it holds no prompt: prompts belong to the "
@@ -199,6 +209,10 @@ def _settings(data: Mapping[str, Any], where: str) -> SessionSettings:
             model_sha256=sha.lower() if sha else None,
             max_new_tokens=_get(session, "max_new_tokens", int, swhere, 4),
             context=context or None,
+            heartbeat_interval=float(_get(session, "heartbeat_interval", (int, float), swhere,
+                                          DEFAULT_LIVENESS.heartbeat_interval)),
+            dead_after=float(_get(session, "dead_after", (int, float), swhere,
+                                  DEFAULT_LIVENESS.dead_after)),
             connect_timeout=float(_get(session, "connect_timeout", (int, float), swhere, 600.0)),
             handshake_timeout=float(_get(session, "handshake_timeout", (int, float), swhere,
                                          10.0)),
@@ -278,6 +292,8 @@ def write_cluster(
         "[session]", f"id = {toml_value(settings.session_id)}",
         f"model_seed = {settings.model_seed}", f"max_new_tokens = {settings.max_new_tokens}",
         f"context = {settings.positions}",
+        f"heartbeat_interval = {settings.heartbeat_interval!r}",
+        f"dead_after = {settings.dead_after!r}",
         f"connect_timeout = {settings.connect_timeout!r}",
         f"handshake_timeout = {settings.handshake_timeout!r}",
     ]

@@ -28,6 +28,7 @@ from puma_async.cluster import (
     write_cluster,
 )
 from puma_async.errors import HandshakeError
+from puma_async.liveness import Liveness, LiveTransport
 from puma_async.model import tiny_config
 from puma_async.party import main
 from puma_async.roles import ALL_ROLES, CLIENT, role_name
@@ -56,13 +57,24 @@ def test_cluster_file_round_trip(tmp_path: Path) -> None:
 def test_digest_covers_the_public_settings_only() -> None:
     digest = SETTINGS.config_digest("c", ALL_ROLES)
     for change in ({"max_new_tokens": 3}, {"context": 32}, {"model_seed": 1},
-                   {"input_block_bytes": 4096}, {"session_id": "other"}):
+                   {"input_block_bytes": 4096}, {"session_id": "other"},
+                   {"heartbeat_interval": 2.0}, {"dead_after": 20.0}):
         assert dataclasses.replace(SETTINGS, **change).config_digest("c", ALL_ROLES) != digest
     other = dataclasses.replace(tiny_config(), rope_theta=5000.0)
     assert SessionSettings("cli-test", model="mine", architecture=other, max_new_tokens=2
                            ).config_digest("c", ALL_ROLES) != digest
     local = dataclasses.replace(SETTINGS, connect_timeout=1.0, handshake_timeout=1.0)
     assert local.config_digest("c", ALL_ROLES) == digest  # timeouts are local
+
+
+def test_liveness_settings_round_trip(tmp_path: Path) -> None:
+    settings = dataclasses.replace(SETTINGS, heartbeat_interval=0.5, dead_after=3.0)
+    path = write_cluster(tmp_path / "c.toml", name="x", settings=settings,
+                         addresses={r: ("127.0.0.1", 7000 + r) for r in ALL_ROLES})
+    loaded = load_cluster(path).settings
+    assert loaded == settings
+    assert (loaded.liveness.heartbeat_interval, loaded.liveness.dead_after) == (0.5, 3.0)
+    assert loaded.config_digest("c", ALL_ROLES) == settings.config_digest("c", ALL_ROLES)
 
 
 def test_model_table_round_trip(tmp_path: Path) -> None:
@@ -85,6 +97,9 @@ def test_model_table_round_trip(tmp_path: Path) -> None:
     (HEAD + "max_new_tokens = 64\n", "context must be above max_new_tokens"),
     (HEAD + "context = 65\n", "at most the model's context length 64"),
     (HEAD + "[roles.P0]\nport = 'a'\n", "must be a int"),
+    (HEAD + "heartbeat_interval = 0\n", "heartbeat_interval must be a positive number"),
+    (HEAD + "dead_after = 1.5\n", "dead_after must be finite and at least twice"),
+    (HEAD + "dead_after = true\n", "'dead_after' must be a int/float"),
     ("[cluster\n", "not valid TOML"),
     (HEAD + "[client]\nprompt = 'my secret'\n", "holds no prompt"),
     (HEAD + "prompt = 'my secret'\n", "holds no prompt"),
@@ -250,6 +265,32 @@ async def test_peer_claiming_the_wrong_role(tmp_path: Path, pkis: tuple[Path, Pa
     errors = await connect_both(two_role_cluster(tmp_path, ours, cert_of={1: wrong}))
     assert "certificate is for P2 but its Hello claims P1" in str(errors[0])
     assert 1 in errors
+
+
+async def test_the_settings_liveness_reaches_the_runtime(tmp_path: Path,
+                                                         pkis: tuple[Path, Path]) -> None:
+    """The cluster file's heartbeat_interval and dead_after are what each role runs with."""
+    ours, _ = pkis
+    cluster = two_role_cluster(tmp_path, ours)
+    settings = dataclasses.replace(cluster.settings, heartbeat_interval=0.25, dead_after=2.0)
+
+    async def liveness_of(ctx: Context) -> Liveness:
+        transport = ctx.runtime.transport
+        assert isinstance(transport, LiveTransport)
+        return transport.monitor.liveness
+
+    outcomes = {}
+
+    async def one(role: int) -> None:
+        outcomes[role] = await network.run_role(
+            cluster, role, settings, RolePlan(liveness_of, bytes([role]) * 32),
+            lambda r, t: None)
+
+    async with trio.open_nursery() as nursery:
+        for role in (0, 1):
+            nursery.start_soon(one, role)
+    assert {role: o.result for role, o in outcomes.items()} == dict.fromkeys(
+        (0, 1), Liveness(0.25, 2.0))
 
 
 async def test_mismatched_configuration(tmp_path: Path, pkis: tuple[Path, Path]) -> None:

@@ -92,7 +92,7 @@ async def run_role(cluster: Cluster, role: int, settings: SessionSettings, plan:
         try:
             result, stats = await run_party(plan.program, tcp, PartyOptions(
                 settings.session, max_frame_bytes=settings.max_frame_bytes,
-                entropy=plan.entropy,
+                entropy=plan.entropy, liveness=settings.liveness,
             ), wrap=wrap)
         finally:
             for transport in wrapped:

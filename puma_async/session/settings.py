@@ -5,7 +5,9 @@ Everything the roles must agree on is public: the session id, the model's name a
 architecture (a preset, :data:`~.models.PRESETS`, or the table the model owner exported),
 the tiny model's weight seed (public: tiny weights are test data), the model file's SHA-256
 if given (the owner checks its file against it), the token budget per prompt, the context
-(positions per prompt) and the largest frame it implies (:mod:`.frames`). These go into the
+(positions per prompt) and the largest frame it implies (:mod:`.frames`), and the liveness
+settings (:class:`~puma_async.liveness.Liveness`: a role whose heartbeat interval exceeded
+a peer's ``dead_after`` would be declared dead by it). These go into the
 :meth:`SessionSettings.config_digest` that the TCP handshake compares before any secret
 moves. Timeouts are local and left out; prompts are not settings at all (they exist only in
 the client process).
@@ -21,6 +23,7 @@ from typing import Any
 
 from puma_async import codec
 from puma_async.errors import SettingsError
+from puma_async.liveness import DEFAULT_LIVENESS, Liveness
 from puma_async.model.config import LlamaConfig
 from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
 from puma_async.session.models import PRESETS, TINY, preset_architecture
@@ -39,7 +42,8 @@ class SessionSettings:
     ``architecture`` None means the preset named by ``model``; ``context`` None means the
     model's context length, at most :data:`DEFAULT_CONTEXT`. Both are resolved at
     construction (read them as :attr:`config` and :attr:`positions`). ``input_block_bytes``:
-    inputs are shared in row blocks of at most this size (:mod:`.frames`). Raises
+    inputs are shared in row blocks of at most this size (:mod:`.frames`).
+    ``heartbeat_interval`` and ``dead_after``: every role's :attr:`liveness`. Raises
     :class:`SettingsError` naming a bad setting.
     """
 
@@ -51,6 +55,8 @@ class SessionSettings:
     max_new_tokens: int = 4
     context: int | None = None
     input_block_bytes: int = INPUT_BLOCK_BYTES
+    heartbeat_interval: float = DEFAULT_LIVENESS.heartbeat_interval
+    dead_after: float = DEFAULT_LIVENESS.dead_after
     connect_timeout: float = 600.0
     handshake_timeout: float = 10.0
 
@@ -76,6 +82,10 @@ class SessionSettings:
                                 f"got {self.input_block_bytes}")
         if self.model_seed < 0:
             raise SettingsError(f"model_seed must be >= 0, got {self.model_seed}")
+        try:
+            Liveness(self.heartbeat_interval, self.dead_after)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         for name in ("connect_timeout", "handshake_timeout"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
@@ -93,6 +103,11 @@ class SessionSettings:
         """The context: positions per prompt (prompt + new tokens)."""
         assert self.context is not None  # resolved by __post_init__
         return self.context
+
+    @property
+    def liveness(self) -> Liveness:
+        """Heartbeats and when a silent peer is dead, for every role of the session."""
+        return Liveness(self.heartbeat_interval, self.dead_after)
 
     @property
     def session(self) -> bytes:
@@ -113,6 +128,8 @@ class SessionSettings:
             "model_sha256": self.model_sha256, "max_new_tokens": self.max_new_tokens,
             "context": self.positions, "max_frame_bytes": self.max_frame_bytes,
             "input_block_bytes": self.input_block_bytes,
+            "heartbeat_interval": float(self.heartbeat_interval),
+            "dead_after": float(self.dead_after),
         }
 
     def config_digest(self, cluster: str, roles: tuple[int, ...]) -> bytes:
