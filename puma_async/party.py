@@ -194,7 +194,8 @@ def _plans(args: argparse.Namespace, cluster: Cluster, settings: SessionSettings
             inputs = client_inputs(client.prompts, client.options)
         entropy = role_entropy(args.entropy, role)
         wrap = recorder(args.record, settings, role, entropy, cluster=cluster.name,
-                        inputs=inputs, digest_over=args.record_digest_over or None)
+                        inputs=inputs, digest_over=args.record_digest_over or None,
+                        force=args.force)
         plans[role] = RolePlan(program, entropy, wrap)
     return plans
 

@@ -223,3 +223,10 @@ def test_local_record_writes_traces_that_replay(tmp_path: Path,
     assert {t.stem for t in traces} == {role_name(r) for r in ALL_ROLES}
     assert main([str(tmp_path / "P0.trace"), str(tmp_path / "P1.trace")]) == 0
     assert capsys.readouterr().out.count("identical") == 2
+    first = (tmp_path / "P0.trace").read_bytes()
+    args = ["--model", "tiny", "--prompt", "hi", "--max-new-tokens", "1", "--record",
+            str(tmp_path)]
+    assert local.main(args) == 2  # the traces exist: nothing is overwritten without --force
+    assert (tmp_path / "P0.trace").read_bytes() == first
+    assert local.main([*args, "--force"]) == 0
+    assert (tmp_path / "P0.trace").read_bytes() != first  # fresh entropy, a new trace

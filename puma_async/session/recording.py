@@ -83,12 +83,13 @@ def prepare_record_dir(directory: str | os.PathLike[str], *, force: bool = False
 def recorder(
     directory: str | os.PathLike[str] | None, settings: SessionSettings, role: int,
     entropy: bytes, *, cluster: str, inputs: Mapping[str, Any] | None = None,
-    sequential: bool = False, digest_over: int | None = DIGEST_OVER,
+    sequential: bool = False, digest_over: int | None = DIGEST_OVER, force: bool = False,
 ) -> Wrapper:
     """A transport wrapper that records ``role`` into ``directory`` (identity if None).
 
     The folder must exist (:func:`prepare_record_dir`). Frames larger than ``digest_over``
     bytes are stored by digest only (a replay re-derives them by replaying their sender).
+    An existing trace of ``role`` is replaced only with ``force``.
     """
     if directory is None:
         return lambda transport: transport
@@ -97,7 +98,8 @@ def recorder(
 
     def wrap(transport: Transport) -> Transport:
         return RecordingTransport(transport, trace_path(directory, role), config,
-                                  session=settings.session, digest_over=digest_over)
+                                  session=settings.session, digest_over=digest_over,
+                                  force=force)
 
     return wrap
 
@@ -118,7 +120,8 @@ def local_recording(
     entropy = {role: role_entropy(seed, role) for role in ALL_ROLES}
     wrappers = {
         role: recorder(directory, settings, role, entropy[role], cluster=cluster,
-                       inputs=inputs.get(role), sequential=sequential, digest_over=digest_over)
+                       inputs=inputs.get(role), sequential=sequential, digest_over=digest_over,
+                       force=force)
         for role in ALL_ROLES
     }
     return (lambda transport: wrappers[transport.role](transport)), entropy
