@@ -18,7 +18,6 @@ from puma_async.protocols.arith import (
     square,
     square_fxp,
 )
-from puma_async.protocols.evaluate import evaluate
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.shares import AShare
 from puma_async.runtime import Context
@@ -54,7 +53,7 @@ shapes = st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple)
 
 @settings(max_examples=30, deadline=None)
 @given(seed=seeds, shape=shapes, broadcast=st.booleans())
-def test_ring_mul_and_square(seed: int, shape: tuple[int, ...], broadcast: bool) -> None:
+def test_ring_mul_and_square(evaluate, seed: int, shape: tuple[int, ...], broadcast: bool) -> None:
     rng = np.random.default_rng(seed)
     x = ring(rng, shape)
     y = ring(rng, shape[1:] if broadcast else shape)
@@ -76,7 +75,7 @@ def test_ring_mul_and_square(seed: int, shape: tuple[int, ...], broadcast: bool)
     k=st.integers(1, 9),
     n=st.integers(1, 6),
 )
-def test_ring_matmul(
+def test_ring_matmul(evaluate,
     seed: int, batch: tuple[int, ...], batch_y: bool, m: int, k: int, n: int
 ) -> None:
     rng = np.random.default_rng(seed)
@@ -97,7 +96,7 @@ def test_ring_matmul(
 
 @settings(max_examples=30, deadline=None)
 @given(seed=seeds, shape=shapes.filter(lambda s: len(s) > 0), bits_x=st.integers(0, 61))
-def test_mul_fxp_within_one_ulp(seed: int, shape: tuple[int, ...], bits_x: int) -> None:
+def test_mul_fxp_within_one_ulp(evaluate, seed: int, shape: tuple[int, ...], bits_x: int) -> None:
     """Magnitudes from tiny to |x y| < 2^62, both orders, and squares (|x| < 2^31)."""
     rng = np.random.default_rng(seed)
     x = operands(rng, shape, bits_x)
@@ -131,7 +130,7 @@ def test_mul_fxp_within_one_ulp(seed: int, shape: tuple[int, ...], bits_x: int) 
     n=st.integers(1, 6),
     scale=st.floats(1e-3, 1e3),
 )
-def test_matmul_fxp_within_one_ulp(
+def test_matmul_fxp_within_one_ulp(evaluate,
     seed: int, batch: tuple[int, ...], m: int, k: int, n: int, scale: float
 ) -> None:
     rng = np.random.default_rng(seed)
@@ -158,7 +157,7 @@ def test_matmul_fxp_within_one_ulp(
 
 @settings(max_examples=25, deadline=None)
 @given(seed=seeds, n=st.integers(1, 30), broadcast=st.booleans())
-def test_mul_public_fxp(seed: int, n: int, broadcast: bool) -> None:
+def test_mul_public_fxp(evaluate, seed: int, n: int, broadcast: bool) -> None:
     rng = np.random.default_rng(seed)
     x = FX.encode(rng.normal(0, 100, (2, n)))
     c = rng.normal(0, 100, n if broadcast else (2, n))
@@ -170,7 +169,7 @@ def test_mul_public_fxp(seed: int, n: int, broadcast: bool) -> None:
     assert_within_ulp(e.outputs[0], signed(x) * signed(np.broadcast_to(FX.encode(c), x.shape)))
 
 
-def test_mul_and_matmul_costs() -> None:
+def test_mul_and_matmul_costs(evaluate) -> None:
     rng = np.random.default_rng(0)
     x, y = ring(rng, (4, 30)), ring(rng, (30, 5))
 
@@ -192,7 +191,7 @@ def test_mul_and_matmul_costs() -> None:
         assert e_loc.cost(p).bytes_sent == 0 and e_loc.cost(p).rounds == 0
 
 
-def test_matmul_fxp_cost_and_public_needs_one_secret() -> None:
+def test_matmul_fxp_cost_and_public_needs_one_secret(evaluate) -> None:
     rng = np.random.default_rng(1)
     x, y = FX.encode(rng.normal(size=(6, 8))), FX.encode(rng.normal(size=(8, 4)))
 

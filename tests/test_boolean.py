@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from puma_async.protocols import boolean
-from puma_async.protocols.evaluate import evaluate
 from puma_async.protocols.randomness import random_bshare
 from puma_async.protocols.ring import RING_DTYPE
 from puma_async.protocols.shares import AShare, BShare, public_share
@@ -66,7 +65,7 @@ async def _secret_words(ctx: Context, value: np.ndarray) -> BShare:
 
 @SLOW
 @given(word_lists, word_lists, st.integers(0, 2**32))
-def test_and_xor_not_match_numpy(xs: list[int], ys: list[int], seed: int) -> None:
+def test_and_xor_not_match_numpy(evaluate, xs: list[int], ys: list[int], seed: int) -> None:
     n = min(len(xs), len(ys))
     x, y = _words(xs[:n]), _words(ys[:n])
 
@@ -92,7 +91,7 @@ def test_and_xor_not_match_numpy(xs: list[int], ys: list[int], seed: int) -> Non
 
 @SLOW
 @given(hnp.arrays(RING_DTYPE, hnp.array_shapes(max_dims=3, max_side=70), elements=words))
-def test_msb_and_zero_test_match_numpy(x: np.ndarray) -> None:
+def test_msb_and_zero_test_match_numpy(evaluate, x: np.ndarray) -> None:
 
     async def fn(ctx: Context, xs_: AShare) -> list[AShare]:
         top = await boolean.msb(ctx, xs_)
@@ -108,7 +107,7 @@ def test_msb_and_zero_test_match_numpy(x: np.ndarray) -> None:
         RING_DTYPE))
 
 
-def _cost(fn_name: str, n: int) -> tuple[list[int], int]:
+def _cost(evaluate, fn_name: str, n: int) -> tuple[list[int], int]:
     """Bytes sent by each party and rounds (critical path: the most any party saw)."""
     test = getattr(boolean, fn_name)
 
@@ -121,18 +120,19 @@ def _cost(fn_name: str, n: int) -> tuple[list[int], int]:
     return [c.bytes_sent for c in costs], max(c.rounds for c in costs)
 
 
-def test_msb_and_zero_test_costs() -> None:
+def test_msb_and_zero_test_costs(evaluate) -> None:
     # 130 elements, 3 words (24 bytes) per packed row: the leaves in one part, where P_0 sends
     # the 148 monomial rows and P_1, P_2 41 (or 21) rows each; then 35 (or 21) ANDs
     row = 8 * 3
-    assert _cost("msb_packed", 130) == ([148 * row + 35 * row] + [41 * row + 35 * row] * 2, 7)
-    assert _cost("is_zero_packed", 130) == ([148 * row + 21 * row] + [42 * row] * 2, 7)
+    assert _cost(evaluate, "msb_packed", 130) == (
+        [148 * row + 35 * row] + [41 * row + 35 * row] * 2, 7)
+    assert _cost(evaluate, "is_zero_packed", 130) == ([148 * row + 21 * row] + [42 * row] * 2, 7)
 
 
-def test_long_rows_rotate_the_leaves_so_every_party_sends_the_same() -> None:
+def test_long_rows_rotate_the_leaves_so_every_party_sends_the_same(evaluate) -> None:
     # ROTATE_MIN_WORDS words per packed row: three parts of a third each, every party plays
     # P_0 in one of them (148 rows) and P_1 / P_2 in the others (41 or 21 rows each)
     words = boolean.ROTATE_MIN_WORDS
     n, part = 64 * words, 8 * words // 3
-    assert _cost("msb_packed", n) == ([(148 + 2 * 41) * part + 35 * 8 * words] * 3, 7)
-    assert _cost("is_zero_packed", n) == ([(148 + 2 * 21) * part + 21 * 8 * words] * 3, 7)
+    assert _cost(evaluate, "msb_packed", n) == ([(148 + 2 * 41) * part + 35 * 8 * words] * 3, 7)
+    assert _cost(evaluate, "is_zero_packed", n) == ([(148 + 2 * 21) * part + 21 * 8 * words] * 3, 7)

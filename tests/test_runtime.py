@@ -20,21 +20,13 @@ from puma_async.errors import (
     RunFailedError,
 )
 from puma_async.roles import PARTIES, next_party, prev_party
-from puma_async.runner import run_local, run_threaded
+from puma_async.runner import run_threaded
 from puma_async.runtime import Context
 from puma_async.transports.base import Transport
 
 
-def spmd(program):
-    return {p: program for p in PARTIES}
-
-
-def run(program, **kw):
-    return run_local(spmd(program), clock=trio.testing.MockClock(autojump_threshold=0), **kw)
-
-
 @pytest.mark.parametrize("hops", [1, 2, 3, 7])
-def test_value_passed_around_the_ring_counts_one_round_per_hop(hops: int) -> None:
+def test_value_passed_around_the_ring_counts_one_round_per_hop(spmd, hops: int) -> None:
     async def program(ctx: Context) -> int:
         value = np.zeros(4, dtype=np.uint64)
         for hop in range(hops):
@@ -45,7 +37,7 @@ def test_value_passed_around_the_ring_counts_one_round_per_hop(hops: int) -> Non
                 value = await ctx.recv_array(sender)
         return int(value[0])
 
-    result = run(program)
+    result = spmd(program)
     final_holder = hops % 3
     assert result.results[final_holder] == hops
     assert max(s.max_round for s in result.stats.values()) == hops
@@ -57,14 +49,14 @@ def test_value_passed_around_the_ring_counts_one_round_per_hop(hops: int) -> Non
         assert totals.messages_received == sum(1 for h in range(hops) if (h + 1) % 3 == p)
 
 
-def test_one_exchange_is_one_round_and_next_is_two() -> None:
+def test_one_exchange_is_one_round_and_next_is_two(spmd) -> None:
     async def program(ctx: Context) -> int:
         for _ in range(2):
             await ctx.send_arrays(prev_party(ctx.role), np.arange(3, dtype=np.uint64))
             await ctx.recv_array(next_party(ctx.role))
         return ctx.clock
 
-    result = run(program)
+    result = spmd(program)
     assert all(r == 2 for r in result.results.values())
     for stats in result.stats.values():
         assert stats.totals() == stats.totals(phase="online")
@@ -75,7 +67,7 @@ def test_one_exchange_is_one_round_and_next_is_two() -> None:
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 5), min_size=6, max_size=6), min_size=3, max_size=3),
        st.integers(2, 6))
-def test_concurrent_steps_under_random_delays_get_their_own_messages(
+def test_concurrent_steps_under_random_delays_get_their_own_messages(spmd,
     delays: list[list[int]], n_steps: int
 ) -> None:
     """Each child step sleeps a party-specific random time between its messages."""
@@ -93,14 +85,14 @@ def test_concurrent_steps_under_random_delays_get_their_own_messages(
         steps = [lambda c, i=i: step(c, i) for i in range(n_steps)]
         return await ctx.gather(*steps)
 
-    result = run(program)
+    result = spmd(program)
     for p in PARTIES:
         for index, got in enumerate(result.results[p]):
             assert got == [[index, k, prev_party(p)] for k in range(2)]
         assert result.stats[p].max_round == 2
 
 
-def test_gather_overlaps_rounds_and_sequential_does_not() -> None:
+def test_gather_overlaps_rounds_and_sequential_does_not(spmd) -> None:
     async def exchange(ctx: Context) -> None:
         await ctx.send_arrays(next_party(ctx.role), np.zeros(1, np.uint64))
         await ctx.recv_array(prev_party(ctx.role))
@@ -113,27 +105,23 @@ def test_gather_overlaps_rounds_and_sequential_does_not() -> None:
 
     cases = [(concurrent, False, 1), (sequential, False, 3), (concurrent, True, 3)]
     for program, forced_sequential, rounds in cases:
-        clock = trio.testing.MockClock(autojump_threshold=0)
-        result = run_local(
-            spmd(program), clock=clock, latency=0.01, sequential=forced_sequential
-        )
+        result = spmd(program, latency=0.01, sequential=forced_sequential)
         assert all(s.max_round == rounds for s in result.stats.values())
         assert result.seconds == pytest.approx(0.01 * rounds, abs=1e-6)
 
 
-def test_emulated_bandwidth_serialises_frames() -> None:
+def test_emulated_bandwidth_serialises_frames(spmd) -> None:
     async def program(ctx: Context) -> None:
         if ctx.role == 0:
             await ctx.send_arrays(1, np.zeros(125_000, np.uint64))  # 1 MB
         elif ctx.role == 1:
             await ctx.recv_array(0)
 
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    result = run_local(spmd(program), clock=clock, latency=0.001, bandwidth=100e6)
+    result = spmd(program, latency=0.001, bandwidth=100e6)
     assert result.seconds == pytest.approx(0.001 + 0.01, rel=0.01)
 
 
-def test_scopes_and_phases_are_attributed() -> None:
+def test_scopes_and_phases_are_attributed(spmd) -> None:
     async def program(ctx: Context) -> None:
         with ctx.phase("setup"), ctx.scope("keys"):
             await ctx.send_arrays(next_party(ctx.role), np.zeros(2, np.uint64))
@@ -147,7 +135,7 @@ def test_scopes_and_phases_are_attributed() -> None:
                 await ctx.send_arrays(next_party(ctx.role), np.zeros(4, np.uint64))
                 await ctx.recv_array(prev_party(ctx.role))
 
-    result = run(program)
+    result = spmd(program)
     stats = result.stats[0]
     assert stats.totals(phase="setup").bytes_sent == 16
     assert stats.totals(phase="setup").rounds == 1
@@ -168,7 +156,7 @@ def test_scopes_and_phases_are_attributed() -> None:
         stats.max_round = 3  # type: ignore[misc]
 
 
-def test_labels_are_deterministic_and_distinct() -> None:
+def test_labels_are_deterministic_and_distinct(spmd) -> None:
     async def program(ctx: Context) -> list[bytes]:
         labels = [ctx.label(b"a"), ctx.label(b"a"), ctx.label(b"b")]
         children = await ctx.gather(
@@ -180,7 +168,7 @@ def test_labels_are_deterministic_and_distinct() -> None:
         await trio.sleep(0.001 * ctx.role)
         return ctx.label(b"a")
 
-    result = run(program)
+    result = spmd(program)
     first = result.results[0]
     assert len(set(first)) == len(first)
     assert all(result.results[p] == first for p in PARTIES)
@@ -189,7 +177,7 @@ def test_labels_are_deterministic_and_distinct() -> None:
 # ---------------------------------------------------------------------- failures
 
 
-def test_failing_party_aborts_the_others_naming_it() -> None:
+def test_failing_party_aborts_the_others_naming_it(spmd) -> None:
     async def program(ctx: Context) -> None:
         if ctx.role == 1:
             child = ctx.child()
@@ -198,7 +186,7 @@ def test_failing_party_aborts_the_others_naming_it() -> None:
         await ctx.recv_array(1)
 
     with pytest.raises(RunFailedError) as info:
-        run(program)
+        spmd(program)
     errors = info.value.errors
     assert info.value.root_role == 1
     assert isinstance(info.value.root_cause, ValueError)
@@ -209,7 +197,7 @@ def test_failing_party_aborts_the_others_naming_it() -> None:
         assert "boom" not in str(errors[p])  # only puma-async errors send their text
 
 
-def test_crashed_peer_without_abort_is_a_disconnect() -> None:
+def test_crashed_peer_without_abort_is_a_disconnect(spmd) -> None:
     async def program(ctx: Context) -> None:
         if ctx.role == 2:  # vanish without an abort, as a killed process would
             for peer in (0, 1):
@@ -218,7 +206,7 @@ def test_crashed_peer_without_abort_is_a_disconnect() -> None:
         await ctx.recv(2)
 
     with pytest.raises(RunFailedError) as info:
-        run(program)
+        spmd(program)
     for p in (0, 1):
         assert isinstance(info.value.errors[p], PeerDisconnectedError)
         assert info.value.errors[p].peer == 2
@@ -247,21 +235,18 @@ async def _exchange(ctx: Context) -> None:
     await ctx.recv_array(prev_party(ctx.role))
 
 
-def _run_tampered(rewrite):
-    return run_local(
-        spmd(_exchange), clock=trio.testing.MockClock(autojump_threshold=0),
-        wrap_transport=lambda t: _Tamper(t, rewrite),
-    )
+def _run_tampered(spmd, rewrite):
+    return spmd(_exchange, wrap_transport=lambda t: _Tamper(t, rewrite))
 
 
-def test_duplicate_message_is_a_protocol_error() -> None:
+def test_duplicate_message_is_a_protocol_error(spmd) -> None:
     with pytest.raises(RunFailedError) as info:
-        _run_tampered(lambda role, peer, frame: [frame, frame] if role == 0 else [frame])
+        _run_tampered(spmd, lambda role, peer, frame: [frame, frame] if role == 0 else [frame])
     assert isinstance(info.value.errors[1], ProtocolError)
     assert "duplicate" in str(info.value.errors[1])
 
 
-def test_mailbox_memory_does_not_grow_with_finished_steps() -> None:
+def test_mailbox_memory_does_not_grow_with_finished_steps(spmd) -> None:
     async def program(ctx: Context) -> list[int]:
         remembered = []
         for _ in range(20):
@@ -269,11 +254,11 @@ def test_mailbox_memory_does_not_grow_with_finished_steps() -> None:
             remembered.append(len(ctx.runtime.mailbox._taken))
         return remembered
 
-    for remembered in run(program).results.values():
+    for remembered in spmd(program).results.values():
         assert remembered == [0] * 20
 
 
-def test_duplicate_of_a_finished_step_is_an_unexpected_message() -> None:
+def test_duplicate_of_a_finished_step_is_an_unexpected_message(spmd) -> None:
     async def program(ctx: Context) -> None:
         await ctx.gather(_exchange)  # step 0 finishes (forgotten), then its duplicate arrives
         await trio.sleep(1)
@@ -282,31 +267,31 @@ def test_duplicate_of_a_finished_step_is_an_unexpected_message() -> None:
         return [frame, frame] if role == 0 else [frame]
 
     with pytest.raises(RunFailedError) as info:
-        run(program, wrap_transport=lambda t: _Tamper(t, duplicate))
+        spmd(program, wrap_transport=lambda t: _Tamper(t, duplicate))
     assert isinstance(info.value.errors[1], ProtocolError)
     assert "duplicate" in str(info.value.errors[1]) or "unexpected" in str(info.value.errors[1])
 
 
-def test_unexpected_message_is_a_protocol_error() -> None:
+def test_unexpected_message_is_a_protocol_error(spmd) -> None:
     def add_extra(role: int, peer: int, frame: bytes) -> list[bytes]:
         envs = codec.decode_frame(frame)
         extra = Envelope(envs[0].session, role, peer, (7,), 0, 1, Value(1))
         return [codec.encode_frame([*envs, extra])]
 
     with pytest.raises(RunFailedError) as info:
-        _run_tampered(add_extra)
+        _run_tampered(spmd, add_extra)
     assert "unexpected message" in str(info.value.errors[1])
     assert info.value.errors[1].step == "7"
 
 
-def test_garbage_frame_fails_with_decode_error_naming_peer() -> None:
+def test_garbage_frame_fails_with_decode_error_naming_peer(spmd) -> None:
     with pytest.raises(RunFailedError) as info:
-        _run_tampered(lambda role, peer, frame: [b"\xc1garbage"] if role == 2 else [frame])
+        _run_tampered(spmd, lambda role, peer, frame: [b"\xc1garbage"] if role == 2 else [frame])
     err = info.value.errors[0]
     assert "DecodeError" in type(err).__name__ and err.peer == 2
 
 
-def test_wrong_session_is_refused() -> None:
+def test_wrong_session_is_refused(spmd) -> None:
     def resession(role: int, peer: int, frame: bytes) -> list[bytes]:
         envs = codec.decode_frame(frame)
         return [codec.encode_frame([
@@ -315,20 +300,20 @@ def test_wrong_session_is_refused() -> None:
         ])]
 
     with pytest.raises(RunFailedError) as info:
-        _run_tampered(lambda r, p, f: resession(r, p, f) if r == 0 else [f])
+        _run_tampered(spmd, lambda r, p, f: resession(r, p, f) if r == 0 else [f])
     assert "session" in str(info.value.errors[1])
 
 
-def test_recv_arrays_checks_the_message_type() -> None:
+def test_recv_arrays_checks_the_message_type(spmd) -> None:
     async def program(ctx: Context) -> None:
         await ctx.send(next_party(ctx.role), Value("not arrays"))
         await ctx.recv_array(prev_party(ctx.role))
 
     with pytest.raises(RunFailedError, match="expected 1 arrays"):
-        run(program)
+        spmd(program)
 
 
-def test_arrays_are_copied_at_send_time() -> None:
+def test_arrays_are_copied_at_send_time(spmd) -> None:
     async def program(ctx: Context) -> int:
         a = np.zeros(3, np.uint64)
         await ctx.send(next_party(ctx.role), Arrays((a,)))
@@ -336,10 +321,10 @@ def test_arrays_are_copied_at_send_time() -> None:
         got = await ctx.recv_array(prev_party(ctx.role))
         return int(got.sum())
 
-    assert all(v == 0 for v in run(program).results.values())
+    assert all(v == 0 for v in spmd(program).results.values())
 
 
-def test_threaded_runner_matches_the_in_memory_one() -> None:
+def test_threaded_runner_matches_the_in_memory_one(spmd) -> None:
     async def program(ctx: Context) -> list:
         async def step(c: Context, i: int) -> int:
             await c.send_arrays(next_party(c.role), np.full(3, i + c.role, np.uint64))
@@ -347,8 +332,8 @@ def test_threaded_runner_matches_the_in_memory_one() -> None:
 
         return await ctx.gather(*[lambda c, i=i: step(c, i) for i in range(5)])
 
-    threaded = run_threaded(spmd(program))
-    in_memory = run(program)
+    threaded = run_threaded(dict.fromkeys(PARTIES, program))
+    in_memory = spmd(program)
     assert threaded.results == in_memory.results
     for p in PARTIES:
         assert threaded.stats[p].totals() == in_memory.stats[p].totals()
@@ -361,12 +346,12 @@ def test_threaded_runner_reports_failures() -> None:
         await ctx.recv(2)
 
     with pytest.raises(RunFailedError) as info:
-        run_threaded(spmd(program))
+        run_threaded(dict.fromkeys(PARTIES, program))
     assert info.value.root_role == 2
     assert all(isinstance(info.value.errors[p], PeerAbortedError) for p in (0, 1))
 
 
-def test_ready_envelopes_are_coalesced_up_to_the_frame_cap() -> None:
+def test_ready_envelopes_are_coalesced_up_to_the_frame_cap(spmd) -> None:
     big = np.zeros((5 << 20) // 8, np.uint64)  # 5 MiB: two never share a frame
 
     async def program(ctx: Context) -> None:
@@ -383,7 +368,7 @@ def test_ready_envelopes_are_coalesced_up_to_the_frame_cap() -> None:
                 await ctx.recv_array(0)
 
     # A transport that makes the sender wait (as TCP can) gets writer tasks that coalesce.
-    stats = run(program, wrap_transport=lambda t: _Tamper(t, lambda r, p, f: [f])).stats[0]
+    stats = spmd(program, wrap_transport=lambda t: _Tamper(t, lambda r, p, f: [f])).stats[0]
     assert dict(stats.frames_sent) == {1: 1, 2: 3}
     # The in-process transport hands each frame over from the sending step itself.
-    assert dict(run(program).stats[0].frames_sent) == {1: 10, 2: 3}
+    assert dict(spmd(program).stats[0].frames_sent) == {1: 10, 2: 3}

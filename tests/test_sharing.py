@@ -7,7 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from puma_async.protocols.evaluate import evaluate
 from puma_async.protocols.io import reveal, reveal_to_party, share_input
 from puma_async.protocols.randomness import (
     common_random,
@@ -20,7 +19,6 @@ from puma_async.protocols.randomness import (
 )
 from puma_async.protocols.shares import AShare, concatenate, public_share, stack
 from puma_async.roles import CLIENT, PARTIES
-from puma_async.runner import run_local
 from puma_async.runtime import Context
 
 ring_arrays = hnp.arrays(
@@ -31,7 +29,7 @@ ring_arrays = hnp.arrays(
 
 @settings(max_examples=25, deadline=None)
 @given(ring_arrays, ring_arrays)
-def test_share_and_open_round_trip_with_local_ops(x: np.ndarray, y: np.ndarray) -> None:
+def test_share_and_open_round_trip_with_local_ops(evaluate, x: np.ndarray, y: np.ndarray) -> None:
     async def fn(ctx: Context, a: AShare, b: AShare) -> list[AShare]:
         outs = [a, -a, a + a, a.add_public(ctx.role, 5), a.scale(3), a.sum()]
         if a.shape == b.shape:
@@ -47,7 +45,7 @@ def test_share_and_open_round_trip_with_local_ops(x: np.ndarray, y: np.ndarray) 
         np.testing.assert_array_equal(got, want)
 
 
-def test_input_and_output_costs() -> None:
+def test_input_and_output_costs(evaluate) -> None:
     x = np.arange(1000, dtype=np.uint64)
 
     async def fn(ctx: Context, a: AShare) -> AShare:
@@ -61,7 +59,7 @@ def test_input_and_output_costs() -> None:
     assert e.cost(0).bytes_sent == 0 and e.cost(0).rounds == 0
 
 
-def _run_parties(program):
+def _run_parties(spmd, program):
     async def wrapped(ctx: Context):
         with ctx.phase("setup"):
             if ctx.role in PARTIES:
@@ -69,10 +67,10 @@ def _run_parties(program):
             await setup_input_seeds(ctx, CLIENT)
         return await program(ctx)
 
-    return run_local({r: wrapped for r in (*PARTIES, CLIENT)})
+    return spmd(wrapped, roles=(*PARTIES, CLIENT))
 
 
-def test_randomness_is_consistent_and_reveals_correctly() -> None:
+def test_randomness_is_consistent_and_reveals_correctly(spmd) -> None:
     shape = (4, 5)
     secret = np.arange(20, dtype=np.uint64).reshape(shape) * np.uint64(2**60 + 7)
 
@@ -89,7 +87,7 @@ def test_randomness_is_consistent_and_reveals_correctly() -> None:
             common=common_random(ctx, shape), opened=opened, to_p1=to_p1,
         )
 
-    run = _run_parties(program)
+    run = _run_parties(spmd, program)
     res = [run.results[p] for p in PARTIES]
     np.testing.assert_array_equal(sum(r["zero"] for r in res), 0)
     np.testing.assert_array_equal(res[0]["zbits"] ^ res[1]["zbits"] ^ res[2]["zbits"], 0)
@@ -106,7 +104,7 @@ def test_randomness_is_consistent_and_reveals_correctly() -> None:
         assert run.stats[p].totals(phase="setup").rounds == 1
 
 
-def test_stack_concatenate_and_public_share() -> None:
+def test_stack_concatenate_and_public_share(evaluate) -> None:
     async def fn(ctx: Context, a: AShare) -> list[AShare]:
         return [
             stack([a, a]), concatenate([a, a], axis=1), a + public_share(ctx.role, a.first * 0 + 1)

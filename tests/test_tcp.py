@@ -43,6 +43,8 @@ from puma_async.transports.tls import (
     peer_role_from_cert,
 )
 
+# Real sockets throughout (the few PKI checks share the module's certificates).
+pytestmark = pytest.mark.system
 HANG_GUARD = 60.0
 SESSION = b"s" * 16
 DIGEST = b"d" * 32

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from puma_async.protocols.arith import mul, mul_fxp
-from puma_async.protocols.evaluate import Evaluation, evaluate
+from puma_async.protocols.evaluate import Evaluation
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.shares import AShare
 from puma_async.protocols.trunc import (
@@ -49,7 +49,7 @@ def assert_within_ulp(got: np.ndarray, x: np.ndarray, bits: int) -> np.ndarray:
     bits=st.integers(0, 62),
     max_bits=st.integers(0, 62),
 )
-def test_truncate_within_one_ulp(seed: int, n: int, bits: int, max_bits: int) -> None:
+def test_truncate_within_one_ulp(evaluate, seed: int, n: int, bits: int, max_bits: int) -> None:
     x = spread(np.random.default_rng(seed), n, max_bits).view(np.uint64)
 
     async def fn(ctx: Context, a: AShare) -> AShare:
@@ -61,7 +61,7 @@ def test_truncate_within_one_ulp(seed: int, n: int, bits: int, max_bits: int) ->
         assert not diff.any()
 
 
-def test_truncate_edges_and_shapes() -> None:
+def test_truncate_edges_and_shapes(evaluate) -> None:
     x = np.array([[-LIMIT, LIMIT - 1, -1, 0], [1, 2**40 + 3, -(2**40) - 3, 7]], np.int64)
 
     async def fn(ctx: Context, a: AShare) -> list[AShare]:
@@ -75,7 +75,7 @@ def test_truncate_edges_and_shapes() -> None:
     assert signed(e.outputs[-1]) in (-(2**44), -(2**44) + 1)
 
 
-def test_truncate_cost() -> None:
+def test_truncate_cost(evaluate) -> None:
     bits = 18
 
     async def fn(ctx: Context, a: AShare) -> AShare:
@@ -99,7 +99,7 @@ def test_truncate_cost() -> None:
     assert [e.cost(p).bytes_sent for p in range(3)] == [8 * n, 8 * n, 8 * n + bits * n // 8]
 
 
-def test_fused_mul_truncation_cost() -> None:
+def test_fused_mul_truncation_cost(evaluate) -> None:
     bits = 18
 
     async def fn(ctx: Context, a: AShare, b: AShare) -> AShare:
@@ -124,7 +124,7 @@ def test_fused_mul_truncation_cost() -> None:
     assert [e.cost(p).bytes_sent for p in range(3)] == [16 * n, 16 * n, 8 * n + bits * n // 8]
 
 
-def test_invalid_bits() -> None:
+def test_invalid_bits(evaluate) -> None:
     async def fn(ctx: Context, a: AShare) -> AShare:
         return await truncate(ctx, a, 63)
 
@@ -132,7 +132,7 @@ def test_invalid_bits() -> None:
         evaluate(fn, np.zeros(3, np.uint64))
 
 
-def test_session_fixed_point_setting() -> None:
+def test_session_fixed_point_setting(evaluate) -> None:
     fx = FixedPoint(12)
     x, y = fx.encode([1.5, -2.25]), fx.encode([3.0, 0.5])
 
@@ -145,7 +145,7 @@ def test_session_fixed_point_setting() -> None:
     np.testing.assert_allclose(fx.decode(e.outputs[0]), [4.5, -1.125], atol=2**-12)
 
 
-def test_million_truncations_never_exceed_one_ulp() -> None:
+def test_million_truncations_never_exceed_one_ulp(evaluate) -> None:
     """10^6 fused products and 10^6 separate truncations, magnitudes up to |x y| < 2^62."""
     rng = np.random.default_rng(2024)
     n, f = 10**6, 18
@@ -167,7 +167,7 @@ def test_million_truncations_never_exceed_one_ulp() -> None:
     assert abs(fused.mean() - frac.mean()) < 0.005
 
 
-def test_stochastic_rounding_is_unbiased() -> None:
+def test_stochastic_rounding_is_unbiased(evaluate) -> None:
     n, f = 60000, 18
     x = np.full(n, 13, np.int64)
     quarter = np.full(n, 1 << (f - 2), np.int64)  # x * quarter / 2^f = 3.25 ulps

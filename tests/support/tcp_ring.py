@@ -1,6 +1,6 @@
 """One party of a ring over plain loopback TCP, for the liveness tests (tests/test_liveness.py).
 
-    python tests/_tcp_ring.py ROLE DEAD_AFTER PORT0 PORT1 PORT2
+    python tests/support/tcp_ring.py ROLE DEAD_AFTER PORT0 PORT1 PORT2
 
 P0, P1 and P2 pass a counter around the ring forever, with heartbeats every DEAD_AFTER / 4
 seconds. Prints ``running`` on stdout after the first round; when the run fails, prints one
