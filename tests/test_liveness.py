@@ -37,7 +37,7 @@ from puma_async.model import random_weights, tiny_config
 from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, PARTIES, next_party, prev_party
 from puma_async.runner import run_local
 from puma_async.runtime import Context, PartyOptions, run_party
-from puma_async.session import Progress, in_process_settings, run_session
+from puma_async.session import Progress, in_process_settings
 from puma_async.session.factory import build_program
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
@@ -213,16 +213,14 @@ class _Thinking(Transport):
         await self.inner.close_peer(peer)
 
 
-def test_a_session_of_hours_survives(tmp_path: Path) -> None:
+def test_a_session_of_hours_survives(tiny_session, tmp_path: Path) -> None:
     """Tiny model on virtual time: the client thinks for an hour before each of its frames to
     P0 after the set-up, so the set-up ends hours before the last token and the model owner,
     finished after the set-up, waits all that time. Nothing times out, results are those of
-    a quick session, and the traces (recorded above the heartbeats) hold no heartbeat."""
-    weights = random_weights(tiny_config(), seed=3)
-    prompts = [[1, 2, 3]]
-    entropy = {role: bytes([role]) * 32 for role in ALL_ROLES}
-    quick = run_session(weights, prompts, max_new_tokens=2, entropy=entropy)
-
+    a quick session, and the traces (recorded above the heartbeats) hold no heartbeat.
+    Heartbeats every minute, a peer dead after ten: hours of virtual time stay cheap, and the
+    wait is still six times ``dead_after``."""
+    quick = tiny_session()
     events: list[tuple[str, float]] = []
 
     def progress(event: Progress) -> None:
@@ -233,8 +231,8 @@ def test_a_session_of_hours_survives(tmp_path: Path) -> None:
                                       session=b"s" * 16)
         return _Thinking(recorded, HOUR) if transport.role == CLIENT else recorded
 
-    slow = run_session(weights, prompts, max_new_tokens=2, entropy=entropy, session=b"s" * 16,
-                       progress=progress, wrap_transport=wrap, clock=mock_clock())
+    slow = tiny_session(session=b"s" * 16, progress=progress, wrap_transport=wrap,
+                        liveness=Liveness(heartbeat_interval=60.0, dead_after=600.0))
     assert [p.tokens for p in slow.prompts] == [p.tokens for p in quick.prompts]
     for fast_prompt, slow_prompt in zip(quick.prompts, slow.prompts, strict=True):
         for a, b in zip(fast_prompt.records, slow_prompt.records, strict=True):
