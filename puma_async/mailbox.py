@@ -9,17 +9,71 @@ the delivery reschedules directly (as Trio's own memory channels do).
 A receive has no deadline: it waits until its message arrives or the mailbox is failed (the
 sender finished or is dead, the session is over). Dead peers are the liveness watchdog's
 business (:mod:`puma_async.liveness`).
+
+:meth:`Mailbox.statistics` tells what a party is waiting for (as Trio's
+``ParkingLot.statistics()`` does): the receives parked by peer and step, the envelopes that
+arrived and wait to be taken, and which peers failed. It holds step paths and counts only,
+never a payload, so it may be logged.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Mapping
 
 import outcome
 import trio
 
 from puma_async.codec import Envelope, StepPath, format_path
 from puma_async.errors import ProtocolError
+from puma_async.roles import role_name
 
 Key = tuple[int, StepPath, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class MailboxStatistics:
+    """What a mailbox holds at one moment (:meth:`Mailbox.statistics`).
+
+    ``waiting``: the (peer, step path, seq) of every parked receive, sorted. ``ready``: how
+    many envelopes arrived and were not taken yet, by sender. ``failed_peers``: senders whose
+    receives fail (finished or dead). ``failed``: every receive fails (the session is over).
+    """
+
+    waiting: tuple[Key, ...]
+    ready: Mapping[int, int]
+    failed_peers: tuple[int, ...]
+    failed: bool
+
+    @property
+    def waiting_by_peer(self) -> dict[int, int]:
+        """How many receives wait for each peer."""
+        return dict(sorted(Counter(peer for peer, _, _ in self.waiting).items()))
+
+    def waiting_by_step(self) -> dict[tuple[int, str], int]:
+        """How many receives wait, by (peer, dotted step path)."""
+        steps = Counter((peer, format_path(path)) for peer, path, _ in self.waiting)
+        return dict(sorted(steps.items()))
+
+    def describe(self, limit: int = 3) -> str:
+        """One line for a log: the first ``limit`` waiting receives, the ready envelopes."""
+        parts = []
+        if self.waiting:
+            shown = ", ".join(f"{role_name(peer)} at step {format_path(path) or '<root>'} seq {seq}"
+                              for peer, path, seq in self.waiting[:limit])
+            more = f" (+{len(self.waiting) - limit} more)" if len(self.waiting) > limit else ""
+            parts.append(f"{len(self.waiting)} receive(s) waiting: {shown}{more}")
+        else:
+            parts.append("no receive waiting")
+        if self.ready:
+            counts = ", ".join(f"{role_name(p)}: {n}" for p, n in sorted(self.ready.items()))
+            parts.append(f"{sum(self.ready.values())} envelope(s) not taken ({counts})")
+        if self.failed_peers:
+            parts.append("failed peers: " + ", ".join(map(role_name, self.failed_peers)))
+        if self.failed:
+            parts.append("failed")
+        return "; ".join(parts)
 
 
 class Mailbox:
@@ -118,3 +172,12 @@ class Mailbox:
     def _wake_with(self, key: Key, waiter: trio.lowlevel.Task, error: BaseException) -> None:
         del self._waiting[key]
         trio.lowlevel.reschedule(waiter, outcome.Error(error))
+
+    def statistics(self) -> MailboxStatistics:
+        """What this mailbox holds now (see :class:`MailboxStatistics`)."""
+        return MailboxStatistics(
+            waiting=tuple(sorted(self._waiting)),
+            ready=dict(sorted(Counter(sender for sender, _, _ in self._ready).items())),
+            failed_peers=tuple(sorted(self._peer_errors)),
+            failed=self._error is not None,
+        )
