@@ -35,6 +35,7 @@ import trio
 
 from puma_async import codec, logs
 from puma_async.codec import Abort, Arrays, Envelope, Message, StepPath, format_path
+from puma_async.diagnosis import OutboxStatistics, RuntimeStatistics
 from puma_async.errors import PeerAbortedError, PeerDisconnectedError, ProtocolError
 from puma_async.liveness import DEFAULT_LIVENESS, Liveness, LiveTransport
 from puma_async.mailbox import Mailbox
@@ -98,6 +99,8 @@ class PartyRuntime:
             send, receive = trio.open_memory_channel[bytes](math.inf)
             self._outboxes[peer] = send
             self._outbox_receivers[peer] = receive
+        self._queued = {peer: [0, 0] for peer in self.peers}  # frames, bytes not yet sent
+        self._sending = dict.fromkeys(self.peers, 0)  # size of the frame being sent
         self.finished_peers: set[int] = set()
         self.reader_done = trio.Event()
         self.final_stats: PartyStats | None = None
@@ -122,7 +125,13 @@ class PartyRuntime:
             self.stats.frame_sent(peer, len(frame))
             self.transport.send_immediately(peer, frame)
         else:
-            self._outboxes[peer].send_nowait(frame)
+            self._queue(peer, frame)
+
+    def _queue(self, peer: int, frame: bytes) -> None:
+        self._outboxes[peer].send_nowait(frame)
+        queued = self._queued[peer]
+        queued[0] += 1
+        queued[1] += len(frame)
 
     async def write_frames(self, peer: int) -> None:
         """Send everything queued for ``peer``, merging the frames that are ready into frames
@@ -148,8 +157,13 @@ class PartyRuntime:
                 size += len(item)
             frame = codec.merge_frames(batch)
             self.stats.frame_sent(peer, len(frame))
+            queued = self._queued[peer]
+            queued[0] -= len(batch)
+            queued[1] -= size
+            self._sending[peer] = len(frame)
             try:
                 await self.transport.send(peer, frame)
+                self._sending[peer] = 0
             except Exception as exc:  # any transport failure means this peer is gone
                 self.fail(PeerDisconnectedError(f"send failed: {exc}", peer=peer))
                 async for _ in receive:  # keep accepting (and dropping) until closed
@@ -200,7 +214,12 @@ class PartyRuntime:
             self.fail(exc)
 
     def fail(self, error: ProtocolError) -> None:
-        """The session is over: every pending and future receive raises ``error``."""
+        """The session is over: every pending and future receive raises ``error``.
+
+        The first failure logs what the party was waiting for (:meth:`statistics`)."""
+        if self.mailbox.failure is None:
+            log.warning("session failing", role=role_name(self.role),
+                        error=logs.public_error_text(error), state=self.statistics().describe())
         self.mailbox.fail_all(error)
         self.reader_done.set()
 
@@ -210,11 +229,24 @@ class PartyRuntime:
 
     async def abort(self, reason: str, step: str) -> None:
         """Queue an ``Abort`` after whatever is still queued for each peer, then close."""
-        for peer, send in self._outboxes.items():
+        for peer in self._outboxes:
             env = Envelope(self.session, self.role, peer, (), 0, 0, Abort(reason, step))
             with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                send.send_nowait(codec.encode_frame([env]))
+                self._queue(peer, codec.encode_frame([env]))
         await self.close_outboxes()
+
+    def statistics(self) -> RuntimeStatistics:
+        """What this party is doing now: receives waiting by peer and step, envelopes not
+        taken, frames and bytes queued per peer (:mod:`puma_async.diagnosis`)."""
+        return RuntimeStatistics(
+            role=self.role,
+            mailbox=self.mailbox.statistics(),
+            outboxes=tuple(
+                OutboxStatistics(peer, *self._queued[peer], self._sending[peer])
+                for peer in self.peers
+            ),
+            finished_peers=tuple(sorted(self.finished_peers)),
+        )
 
     def check_unexpected(self) -> None:
         leftover = self.mailbox.unexpected()
