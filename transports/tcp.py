@@ -8,32 +8,45 @@ The length ``2**64 - 1`` is reserved: it marks the end of the stream (what
 because TLS streams cannot be half-closed in Trio and because, under TLS, the marker is
 authenticated: a connection that ends without it (a crash, a reset, a truncation by an
 attacker) is reported as :class:`PeerDisconnectedError`, never mistaken for a clean end.
-The receiver checks a length against ``max_frame_bytes`` before allocating anything.
+The receiver checks a length against ``max_frame_bytes`` before allocating anything, and
+allocates a frame's buffer only as its bytes arrive.
 
 Topology
 --------
 ``addresses`` maps every role of the session to its ``(host, port)``. For each pair of roles
 the **higher role connects to the lower one**: role r listens on its own address for the roles
 above it (the highest role does not listen) and dials the roles below it. Dialling retries with
-exponential backoff until ``connect_timeout``; accepting waits as long.
+exponential backoff until ``connect_timeout``, also when the listener drops the connection
+before its Hello (as it does to shed a flood); accepting waits as long.
 
 Handshake (per connection, bounded by ``handshake_timeout``)
 ------------------------------------------------------------
 1. With TLS: a TLS 1.3 handshake, both sides presenting certificates of the cluster CA
    (:mod:`puma_async.transports.tls`); the role in the peer's certificate is read.
 2. Both sides send a :class:`~puma_async.codec.Hello` (protocol version, session id, role,
-   configuration digest) and check the peer's: same version, session and digest, the role
-   expected on this connection, and (with TLS) the role of its certificate.
-3. Both sides send a verdict, ``Value("accept")`` or ``Abort(reason, "handshake")``, and wait
-   for the peer's, so a rejected side learns why and no protocol frame moves before both
-   accepted.
+   configuration digest, frame limit) and check the peer's: same version, session, digest and
+   frame limit, the role expected on this connection, and (with TLS) the role of its
+   certificate.
+3. Both sides send a verdict, :class:`~puma_async.codec.Accept` or
+   ``Abort(reason, "handshake")``, and wait for the peer's, so a rejected side learns why and
+   no protocol frame moves before both accepted.
 
-A mismatch in step 2 (a peer of this cluster with another session, configuration, version or
-role) fails the open on both sides with :class:`HandshakeError`. A connection that fails
-earlier (no TLS, a certificate of another CA, garbage, silence) is dropped and the listener
-keeps waiting; if the expected peers have not connected by the deadline, the error lists those
-rejected connections. Plain TCP needs ``allow_plain=True``: it authenticates nobody and
-encrypts nothing, so it is for tests and benchmarks on a trusted host only.
+A mismatch in step 2 (a peer of this cluster with another session, configuration, version,
+frame limit or role) fails the open on both sides with :class:`HandshakeError`. A connection
+that fails earlier (no TLS, a certificate of another CA, garbage, silence) is dropped and the
+listener keeps waiting; if the expected peers have not connected by the deadline, the error
+counts those rejected connections and names the first few. Plain TCP needs
+``allow_plain=True``: it authenticates nobody and encrypts nothing, so it is for tests and
+benchmarks on a trusted host only.
+
+Floods
+------
+A listener runs at most ``max_handshakes`` handshakes at once, each within
+``handshake_timeout``; a connection arriving beyond that drops the oldest one, so idle and
+slow (slowloris) connections cannot hold the door, and the peers, which retry, get in once a
+flood relents. Running out of file descriptors (EMFILE/ENFILE) or buffers on ``accept`` drops
+the oldest handshake, backs off and logs a warning, never raises. Rejections are logged one by
+one for the first few, then as a count at most every 10 s.
 
 Leave :func:`open_tcp_transport` after ``receive()`` has returned ``(peer, None)`` for every
 peer (the party runtime does): on a clean exit the end marker is sent to every peer and the
