@@ -23,9 +23,10 @@ The decoder reads this schema and nothing else: no maps, no ext type but 1, no c
 where the schema has a scalar, so nesting depth is at most four (frame, envelope, message,
 list of arrays). Container lengths are checked before anything is built for them (step paths
 of at most :data:`MAX_PATH_DEPTH` items, at most :data:`MAX_ARRAYS` arrays per message, no
-more envelopes than the frame's bytes can hold), and the memory a frame decodes to is
-estimated as it is built and refused beyond :func:`decode_budget`, ``4 x frame bytes + 1 MiB``:
-work and memory grow linearly with the frame's size whatever its bytes are.
+more envelopes than the frame's bytes or its memory budget can hold), and the memory a frame
+decodes to is estimated as it is built and refused beyond :func:`decode_budget`,
+``4 x frame bytes + 1 MiB``: work and memory grow linearly with the frame's size whatever its
+bytes are.
 
 No pickle anywhere. Every decoding failure raises :class:`DecodeError` (or
 :class:`SessionMismatchError` for a well-formed frame of another session, sender or version).
@@ -718,10 +719,10 @@ def decode_frame(
     try:
         _check_size(data, max_bytes)
         buf = _readonly(data)
-        count, pos = _read_array_header(
-            buf, 0, "frame", len(buf) // _MIN_ENVELOPE_BYTES
-        )
         budget = decode_budget(len(buf))
+        count, pos = _read_array_header(buf, 0, "frame", min(
+            len(buf) // _MIN_ENVELOPE_BYTES, budget // (_ENVELOPE_COST + _MESSAGE_COST)
+        ))
         cost = 0
         envelopes = []
         for _ in range(count):
