@@ -401,6 +401,7 @@ class _Setup:
     role: int
     addresses: Mapping[int, tuple[str, int]]
     hello: Hello
+    hello_bytes: bytes
     tls: TlsConfig | None
     server_tls: ssl.SSLContext | None
     client_tls: ssl.SSLContext | None
@@ -507,7 +508,7 @@ async def _handshake(
             await ssl_stream.do_handshake()
             cert_role = peer_role_from_cert(ssl_stream, cluster=setup.tls.cluster)
         reader = _FrameReader(secured)
-        await _send_unit(secured, encode_message(setup.hello))
+        await _send_unit(secured, setup.hello_bytes)
         hello = decode_message(
             await _read_unit(reader, tls=setup.tls is not None), max_bytes=MAX_HANDSHAKE_BYTES
         )
@@ -817,8 +818,16 @@ async def _connect_all(setup: _Setup) -> dict[int, _Connection]:
     if errors:
         for conn in connections.values():
             await trio.aclose_forcefully(conn.stream)
-        raise errors[0]
+        raise _leaf(errors[0])
     return connections
+
+
+def _leaf(error: BaseException) -> BaseException:
+    """An error without the exception groups of the nurseries it went through (a group of
+    several keeps its first leaf as the one to report)."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 @asynccontextmanager
@@ -866,10 +875,10 @@ async def open_tcp_transport(
     server_tls, client_tls = _tls_contexts(
         tls, server=any(p > role for p in addresses), client=any(p < role for p in addresses)
     )
+    hello = Hello(VERSION, session, role, config_digest, max_frame_bytes)
     setup = _Setup(
-        role, dict(addresses), Hello(VERSION, session, role, config_digest, max_frame_bytes),
-        tls, server_tls, client_tls, connect_timeout, handshake_timeout, retry_initial,
-        retry_max, max_handshakes,
+        role, dict(addresses), hello, encode_message(hello), tls, server_tls, client_tls,
+        connect_timeout, handshake_timeout, retry_initial, retry_max, max_handshakes,
     )
     connections = await _connect_all(setup)
     transport = TcpTransport(
