@@ -462,31 +462,28 @@ def _read_array_header(buf: Buffer, pos: int, what: str, limit: int) -> tuple[in
 
 
 def _read_ndarray(buf: Buffer, pos: int) -> tuple[np.ndarray, int]:
-    """The numpy array (ext type 1) at ``pos``, a view of ``buf``; the position after it."""
+    """The numpy array (ext type 1) at ``pos``, a view of ``buf`` (unless a byte order
+    conversion needs a copy) checked against its header; the position after it."""
     byte = buf[pos]
-    size = _FIXEXT_SIZE.get(byte)
-    if size is not None:
-        pos += 1
+    if byte == 0xC7:  # ext 8, the usual header of a small array
+        size = buf[pos + 1]
+        pos += 2
     else:
-        width = _EXT.get(byte)
-        if width is None:
-            raise DecodeError(f"Arrays: {_kind(byte)} where a numpy array is expected")
-        size = width.unpack_from(buf, pos + 1)[0]
-        pos += 1 + width.size
+        size = _FIXEXT_SIZE.get(byte)
+        if size is not None:
+            pos += 1
+        else:
+            width = _EXT.get(byte)
+            if width is None:
+                raise DecodeError(f"Arrays: {_kind(byte)} where a numpy array is expected")
+            size = width.unpack_from(buf, pos + 1)[0]
+            pos += 1 + width.size
     if buf[pos] != NDARRAY_EXT:
         raise DecodeError(f"msgpack ext type {buf[pos] - (buf[pos] >> 7 << 8)} is not an array")
-    start = pos + 1
-    if start + size > len(buf):
+    start, end = pos + 1, pos + 1 + size
+    if end > len(buf) or size < 2:
         raise DecodeError(f"truncated array: {size} bytes declared")
-    return _array_from_payload(buf, start, size), start + size
-
-
-def _array_from_payload(buffer: Buffer, start: int, size: int) -> np.ndarray:
-    """The array whose ext payload is ``buffer[start:start + size]``: a view of ``buffer``
-    (unless a byte order conversion needs a copy), checked against its header."""
-    if size < 2:
-        raise DecodeError("truncated array header")
-    dtype_code, ndim = buffer[start], buffer[start + 1]
+    dtype_code, ndim = buf[start], buf[start + 1]
     if dtype_code >= len(_DTYPES):
         raise DecodeError(f"array dtype code {dtype_code} is not in the whitelist")
     if ndim > MAX_NDIM:
@@ -494,7 +491,7 @@ def _array_from_payload(buffer: Buffer, start: int, size: int) -> np.ndarray:
     header = 2 + 8 * ndim
     if size < header:
         raise DecodeError("truncated array shape")
-    shape = _SHAPES[ndim].unpack_from(buffer, start + 2)
+    shape = _SHAPES[ndim].unpack_from(buf, start + 2)
     dtype = _DTYPES[dtype_code]
     if math.prod(shape) * dtype.itemsize != size - header:
         raise DecodeError(
@@ -502,15 +499,20 @@ def _array_from_payload(buffer: Buffer, start: int, size: int) -> np.ndarray:
         )
     try:
         if dtype_code in _LITTLE_ENDIAN_CODES:
-            return np.ndarray(shape, dtype, buffer, start + header)
-        return np.ndarray(shape, dtype.newbyteorder("<"), buffer, start + header).astype(dtype)
+            return np.ndarray(shape, dtype, buf, start + header), end
+        converted = np.ndarray(shape, dtype.newbyteorder("<"), buf, start + header).astype(dtype)
+        return converted, end
     except ValueError as exc:  # an empty array with a dimension numpy cannot represent
         raise DecodeError(f"array shape {shape}: {exc}") from None
 
 
 def _read_arrays(buf: Buffer, pos: int) -> tuple[Arrays, int, int]:
     """The :class:`Arrays` whose list of arrays is at ``pos``, as :func:`_read_message`."""
-    length, pos = _read_array_header(buf, pos, "Arrays", MAX_ARRAYS)
+    byte = buf[pos]
+    if 0x90 <= byte <= 0x9F:
+        length, pos = byte & 0x0F, pos + 1
+    else:
+        length, pos = _read_array_header(buf, pos, "Arrays", MAX_ARRAYS)
     arrays = []
     for _ in range(length):
         array, pos = _read_ndarray(buf, pos)
@@ -720,9 +722,12 @@ def decode_frame(
         _check_size(data, max_bytes)
         buf = _readonly(data)
         budget = decode_budget(len(buf))
-        count, pos = _read_array_header(buf, 0, "frame", min(
-            len(buf) // _MIN_ENVELOPE_BYTES, budget // (_ENVELOPE_COST + _MESSAGE_COST)
-        ))
+        if buf and 0x91 <= buf[0] <= 0x9F:  # up to 15 envelopes: within any limit
+            count, pos = buf[0] & 0x0F, 1
+        else:
+            count, pos = _read_array_header(buf, 0, "frame", min(
+                len(buf) // _MIN_ENVELOPE_BYTES, budget // (_ENVELOPE_COST + _MESSAGE_COST)
+            ))
         cost = 0
         envelopes = []
         for _ in range(count):
