@@ -28,7 +28,7 @@ import structlog
 import trio
 import trio.testing
 
-from puma_async.codec import Arrays
+from puma_async.codec import DEFAULT_MAX_FRAME_BYTES, VERSION, Arrays, Hello, encode_message
 from puma_async.errors import (
     DecodeError,
     HandshakeError,
@@ -623,3 +623,33 @@ def test_descriptor_exhaustion_does_not_crash_the_listener(limit: int) -> None:
     assert listener.returncode == 0, err
     assert out.splitlines()[-1] == "connected (1,)"  # after its log lines (structlog: stdout)
     assert "Traceback" not in err
+
+
+async def test_a_peer_past_its_hello_is_not_dropped_and_may_try_again() -> None:
+    """With room for one handshake, junk does not push out a connection whose Hello claimed
+    role 1; when that connection times out, role 1 may connect again."""
+    addresses = free_addresses([0, 1])
+    options = {r: {"tls": None, "allow_plain": True, "max_handshakes": 1,
+                   "handshake_timeout": 1.0} for r in (0, 1)}
+    hello = encode_message(Hello(VERSION, SESSION, 1, DIGEST, DEFAULT_MAX_FRAME_BYTES))
+    with structlog.testing.capture_logs() as logs, trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            results: dict[int, Any] = {}
+
+            async def listener() -> None:
+                results.update(await run_roles({0: exchange}, options, addresses))
+
+            nursery.start_soon(listener)
+            await junk_until_closed(addresses[0], b"")  # the listener is up
+            stalled = await trio.open_tcp_stream(*addresses[0])
+            await stalled.send_all(len(hello).to_bytes(HEADER_BYTES, "little") + hello)
+            for _ in range(5):
+                await junk_until_closed(addresses[0], b"junk")
+            await junk_until_closed(addresses[0], b"")  # wait until it times out: the stalled
+            with contextlib.suppress(trio.BrokenResourceError):
+                while await stalled.receive_some():  # connection is closed by the listener
+                    pass
+            results.update(await run_roles({1: exchange}, options, addresses))
+    check_exchange(results)
+    reasons = [entry["error"] for entry in logs if entry.get("error")]
+    assert "no handshake within 1 s" in reasons

@@ -664,10 +664,12 @@ class _Rejections:
 
 @dataclasses.dataclass(eq=False)
 class _Attempt:
-    """An incoming connection in its handshake; the listener may drop it (oldest first)."""
+    """An incoming connection in its handshake; the listener may drop it (oldest first)
+    until a valid Hello claimed a role for it."""
 
     scope: trio.CancelScope
     dropped: bool = False
+    role: int | None = None
 
     def drop(self) -> None:
         self.dropped = True
@@ -680,10 +682,10 @@ async def _accept(
     """Accept and handshake the roles in ``expected`` until all came or ``deadline`` passed.
 
     At most ``setup.max_handshakes`` handshakes run at once, each within the handshake
-    timeout; a connection beyond that drops the oldest one (a flood cannot starve the peers,
-    which retry). Running out of descriptors or buffers drops the oldest handshake too and
-    backs off. Nothing an incoming connection does raises out of here but a peer's failed
-    Hello check.
+    timeout; a connection beyond that drops the oldest one that has not sent a valid Hello yet
+    (a flood cannot starve the peers, which retry; a peer past its Hello is not dropped).
+    Running out of descriptors or buffers drops the oldest handshake too and backs off.
+    Nothing an incoming connection does raises out of here but a peer's failed Hello check.
     """
     connections: dict[int, _Connection] = {}
     rejections = _Rejections(setup.role)
@@ -693,14 +695,9 @@ async def _accept(
     claimed: set[int] = set()
     where = _format_address(setup.addresses[setup.role])
 
-    def claim(hello: Hello) -> None:
-        if hello.role in claimed:
-            raise HandshakeError(f"role {hello.role} is already connected")
-        claimed.add(hello.role)
-
     def drop_oldest() -> None:
         for attempt in attempts:
-            if not attempt.dropped:
+            if not attempt.dropped and attempt.role is None:
                 attempt.drop()
                 return
 
@@ -712,6 +709,13 @@ async def _accept(
             ))
             attempts[attempt] = None
             remote = "<unknown>"
+
+            def claim(hello: Hello) -> None:
+                if hello.role in claimed:
+                    raise HandshakeError(f"role {hello.role} is already connected")
+                claimed.add(hello.role)
+                attempt.role = hello.role
+
             try:
                 with attempt.scope:
                     remote = _format_address(stream.socket.getpeername()[:2])
@@ -739,6 +743,7 @@ async def _accept(
                 reason = str(exc) or type(exc).__name__
             finally:
                 del attempts[attempt]
+            claimed.discard(attempt.role)  # it may try again
             rejections.add(remote, reason)
             await trio.aclose_forcefully(stream)
 
