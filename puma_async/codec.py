@@ -24,9 +24,9 @@ where the schema has a scalar, so nesting depth is at most four (frame, envelope
 list of arrays). Container lengths are checked before anything is built for them (step paths
 of at most :data:`MAX_PATH_DEPTH` items, at most :data:`MAX_ARRAYS` arrays per message, no
 more envelopes than the frame's bytes or its memory budget can hold), and the memory a frame
-decodes to is estimated as it is built and refused beyond :func:`decode_budget`,
-``4 x frame bytes + 1 MiB``: work and memory grow linearly with the frame's size whatever its
-bytes are.
+decodes to is estimated as it is built and refused beyond :func:`decode_budget`, 4 times the
+frame's size (2 MiB for frames under 512 KiB): work and memory grow linearly with the frame's
+size whatever its bytes are.
 
 No pickle anywhere. Every decoding failure raises :class:`DecodeError` (or
 :class:`SessionMismatchError` for a well-formed frame of another session, sender or version).
@@ -60,10 +60,10 @@ MAX_PATH_DEPTH = 64
 MAX_VALUE_ITEMS = 16
 MAX_VALUE_BYTES = 256
 DECODE_BYTES_PER_BYTE = 4
-DECODE_SLACK_BYTES = 1 << 20
-"""Decoding a frame of n bytes may allocate ``4 n + 1 MiB`` (see :func:`decode_budget`): the
-slack lets a merged frame of up to 64 KiB of tiny envelopes (about 200 bytes of Python objects
-each) through."""
+DECODE_FLOOR_BYTES = 2 << 20
+"""Decoding a frame of n bytes may allocate ``max(4 n, 2 MiB)`` (see :func:`decode_budget`):
+the floor lets a merged frame of up to 64 KiB of tiny envelopes (about 200 bytes of Python
+objects each, 16 times their size on the wire) through."""
 
 # What decoded objects cost (CPython 3.11, 64-bit), for the decode budget: an envelope (its
 # tuple and step path), each item of a step path, a message, each numpy view, each scalar.
@@ -700,7 +700,7 @@ def encode_frame(envelopes: Sequence[Envelope]) -> bytes:
 
 def decode_budget(frame_bytes: int) -> int:
     """The most memory, in bytes, that decoding a frame of ``frame_bytes`` may allocate."""
-    return DECODE_BYTES_PER_BYTE * frame_bytes + DECODE_SLACK_BYTES
+    return max(DECODE_BYTES_PER_BYTE * frame_bytes, DECODE_FLOOR_BYTES)
 
 
 def decode_frame(
