@@ -42,11 +42,12 @@ benchmarks on a trusted host only.
 Floods
 ------
 A listener runs at most ``max_handshakes`` handshakes at once, each within
-``handshake_timeout``; a connection arriving beyond that drops the oldest one, so idle and
-slow (slowloris) connections cannot hold the door, and the peers, which retry, get in once a
-flood relents. Running out of file descriptors (EMFILE/ENFILE) or buffers on ``accept`` drops
-the oldest handshake, backs off and logs a warning, never raises. Rejections are logged one by
-one for the first few, then as a count at most every 10 s.
+``handshake_timeout``; a connection arriving beyond that drops the oldest one that has not
+sent a valid Hello yet, so idle and slow (slowloris) connections cannot hold the door, and the
+peers, which retry, get in once a flood relents. Running out of file descriptors
+(EMFILE/ENFILE) or buffers on ``accept`` drops the oldest handshake, backs off and logs a
+warning, never raises. Rejections are logged one by one for the first few, then as a count
+at most every 10 s.
 
 Leave :func:`open_tcp_transport` after ``receive()`` has returned ``(peer, None)`` for every
 peer (the party runtime does): on a clean exit the end marker is sent to every peer and the
