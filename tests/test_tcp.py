@@ -485,13 +485,13 @@ async def test_large_frame_cut_short_on_a_plain_socket(reset: bool) -> None:
 
 
 async def test_a_declared_frame_is_allocated_only_as_its_bytes_arrive() -> None:
-    """A length prefix of 64 MiB followed by 1 MiB must not allocate 64 MiB."""
+    """A length prefix of 256 MiB followed by 8 MiB must not allocate 256 MiB."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     client = await trio.open_tcp_stream("127.0.0.1", port)
     server = await listeners[0].accept()
     reader = _FrameReader(server)
-    size, sent = 64 << 20, 1 << 20
+    size, sent = 256 << 20, 8 << 20
     async with trio.open_nursery() as nursery:
 
         async def send_part() -> None:
