@@ -35,7 +35,7 @@ import numpy as np
 import reporting
 
 from puma_async.roles import PARTIES
-from puma_async.session import GenerationOptions, SessionResult, run_session
+from puma_async.session import SessionResult, run_session
 
 SPU_REFERENCE = {
     "smollm2_forward_5_tokens": {"seconds": 12.8, "bytes_all_parties": 296e6,
@@ -79,7 +79,7 @@ def run_smollm2(quick: bool) -> dict[str, Any]:
         prompts.append(tokenizer.encode(LONG_PROMPT)[:32])
         assert len(prompts[1]) == 32
     new = 2 if quick else 8
-    result = run_session(weights, prompts, GenerationOptions(max_new_tokens=new))
+    result = run_session(weights, prompts, max_new_tokens=new)
     out: dict[str, Any] = {
         "setup": {
             "seconds": result.setup_seconds,
@@ -111,7 +111,7 @@ def run_block7b() -> dict[str, Any]:
     config = llama7b_block_config()
     weights = random_weights(config, seed=0, dtype=np.float32)
     prompt = list(np.random.default_rng(0).integers(0, config.vocab, LLAMA7B["tokens"]))
-    result = run_session(weights, [prompt], GenerationOptions(max_new_tokens=1))
+    result = run_session(weights, [prompt], max_new_tokens=1)
     block = [result.stats[p].totals(phase="online", scope="p0.t0.layer0") for p in PARTIES]
     head = [result.stats[p].totals(phase="online", scope="p0.t0.head") for p in PARTIES]
     return {

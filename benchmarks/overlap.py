@@ -22,17 +22,18 @@ from typing import Any
 
 import reporting
 
-from puma_async.cluster import SessionSettings
-from puma_async.party import build_programs, role_entropy
+from puma_async.model import LlamaWeights
 from puma_async.roles import ALL_ROLES
-from puma_async.runner import run_local
+from puma_async.session import run_session
+from puma_async.session.models import resolve_model
+from puma_async.session.recording import role_entropy
 
 
-def measure(settings: SessionSettings, delay: float, sequential: bool) -> dict[str, Any]:
+def measure(weights: LlamaWeights, prompt: list[int], new_tokens: int, delay: float,
+            sequential: bool) -> dict[str, Any]:
     """One run: critical-path rounds, P0's online rounds and bytes, wall time."""
-    run = run_local(
-        build_programs(settings), session=settings.session, latency=delay,
-        sequential=sequential, timeout=settings.timeout,
+    run = run_session(
+        weights, [prompt], max_new_tokens=new_tokens, latency=delay, sequential=sequential,
         entropy={role: role_entropy("0e", role) for role in ALL_ROLES},
     )
     prompt_pass = run.stats[0].totals(phase="online", scope="p0.t0")
@@ -56,14 +57,15 @@ def main() -> None:
     reporting.add_out_argument(parser, "overlap")
     args = parser.parse_args()
     machine = reporting.machine()
-    settings = SessionSettings("overlap-benchmark", model=args.model, prompt=args.prompt,
-                               max_new_tokens=args.max_new_tokens, timeout=600.0)
+    source = resolve_model(args.model)
+    weights = source.load_weights()
+    prompt = source.load_tokenizer().encode(args.prompt)
     rows = []
     print(f"{'delay':>8} {'mode':>10} {'crit. rounds':>12} {'P0 p0.t0':>10} "
           f"{'p0.t0 s':>9} {'run s':>9}")
     for delay_ms in args.delays_ms:
         for sequential in (False, True):
-            row = measure(settings, delay_ms / 1e3, sequential)
+            row = measure(weights, prompt, args.max_new_tokens, delay_ms / 1e3, sequential)
             rows.append(row)
             mode = "overlap" if row["overlap"] else "sequential"
             print(f"{delay_ms:>6g}ms {mode:>10} {row['critical_path_rounds']:>12} "

@@ -31,8 +31,20 @@ from .ring import RING_DTYPE, RingArray
 _TWO63 = float(2**63)
 
 
-def _position(index: tuple[int, ...]) -> str:
-    return str(index[0]) if len(index) == 1 else str(tuple(int(i) for i in index))
+def _range_error(bad: npt.NDArray[np.bool_], what: str, frac_bits: int) -> FixedPointRangeError:
+    """The error for the elements ``bad`` marks: how many, and where the first one is.
+
+    Never the values themselves: the text is logged and sent to every peer inside an
+    ``Abort``, and the values may be secret (a weight, an input).
+    """
+    where = ""
+    if bad.ndim:
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = f"; the first at position {index[0] if len(index) == 1 else index}"
+    return FixedPointRangeError(
+        f"{int(np.count_nonzero(bad))} of {bad.size} {what} the fixed-point range "
+        f"[-2^{63 - frac_bits}, 2^{63 - frac_bits}) for frac_bits={frac_bits}{where}"
+    )
 
 
 @dataclass(frozen=True)
@@ -53,25 +65,16 @@ class FixedPoint:
     def encode(self, x: Any) -> RingArray:
         """round(x * 2^f) mod 2^64 for a float array (or scalar); raises FixedPointRangeError.
 
-        The error names the first offending value and its position: a NaN or infinity, or a
-        value whose rounded scaled magnitude does not fit the signed 64-bit range.
+        Refused: NaN, infinities, and values whose rounded scaled magnitude does not fit the
+        signed 64-bit range. The error says how many there are and the position of the first,
+        never a value.
         """
         arr = np.asarray(x, dtype=np.float64)
         with np.errstate(over="ignore"):  # overflow to inf is reported below
             scaled = np.rint(arr * self.scale)  # scaling by a power of two is exact
         bad = ~((scaled >= -_TWO63) & (scaled < _TWO63))  # also catches NaN
         if bad.any():
-            index = tuple(int(i) for i in np.argwhere(bad)[0])
-            value = float(arr[index])
-            if np.isfinite(value):
-                what = (
-                    f"is out of the fixed-point range [-2^{63 - self.frac_bits}, "
-                    f"2^{63 - self.frac_bits}) for frac_bits={self.frac_bits}"
-                )
-            else:
-                what = "is not finite"
-            where = f" at position {_position(index)}" if arr.ndim else ""
-            raise FixedPointRangeError(f"value {value!r}{where} {what}")
+            raise _range_error(bad, "values are not finite or out of", self.frac_bits)
         return scaled.astype(np.int64).view(RING_DTYPE)
 
     def decode(self, x: RingArray) -> npt.NDArray[np.float64]:
@@ -82,7 +85,8 @@ class FixedPoint:
         """Exact encoding x * 2^f of integers (no float rounding); raises FixedPointRangeError.
 
         Accepts numpy integer arrays and Python ints (nested lists too) with
-        x in [-2^(63-f), 2^(63-f)).
+        x in [-2^(63-f), 2^(63-f)); the error says how many are outside and where the first
+        is, never a value.
         """
         arr = np.asarray(x)
         limit = 1 << (63 - self.frac_bits)
@@ -96,11 +100,5 @@ class FixedPoint:
         else:
             raise TypeError(f"encode_int needs integers, got dtype {arr.dtype}")
         if not ok.all():
-            index = tuple(int(i) for i in np.argwhere(~ok)[0])
-            where = f" at position {_position(index)}" if arr.ndim else ""
-            raise FixedPointRangeError(
-                f"integer {int(arr[index])}{where} is out of the fixed-point range "
-                f"[-2^{63 - self.frac_bits}, 2^{63 - self.frac_bits}) for "
-                f"frac_bits={self.frac_bits}"
-            )
+            raise _range_error(~ok, "integers are out of", self.frac_bits)
         return arr.astype(np.int64).view(RING_DTYPE) * np.uint64(1 << self.frac_bits)

@@ -15,7 +15,7 @@ import dataclasses
 
 from puma_async.codec import Seed
 from puma_async.errors import ProtocolError
-from puma_async.roles import PARTIES, next_party, prev_party
+from puma_async.roles import PARTIES, next_party, prev_party, role_name
 from puma_async.runtime import Context
 
 from . import ring
@@ -130,7 +130,8 @@ def input_seeds(ctx: Context, owner: int) -> object:
         return ctx.shared[_INPUT_SEEDS][owner]
     except KeyError:
         raise ProtocolError(
-            f"setup_input_seeds was not run for input owner {owner}", step=ctx.step_name
+            f"setup_input_seeds was not run for input owner {role_name(owner)}",
+            step=ctx.step_name,
         ) from None
 
 

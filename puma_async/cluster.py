@@ -1,64 +1,75 @@
 """Cluster files: where each role of a session runs, its certificates and the session settings.
 
-A cluster file is TOML; relative paths in it are relative to the file itself::
+A cluster file is TOML, copied to every machine of the cluster; relative paths in it are
+relative to the file itself::
 
     [cluster]
     name = "demo"                 # cluster name, written into every certificate
-    pki = "pki"                   # ca.pem and role-<n>.pem / role-<n>.key (certs command)
+    pki = "pki"                   # ca.pem and role-<n>.pem / role-<n>.key (certs commands)
 
     [session]
     id = "demo-1"                 # session id (any string; hashed to 16 bytes)
-    model = "tiny"                # "tiny" (random weights), "smollm2", or a GGUF file path
-    model_seed = 0                # tiny only: the seed of the random weights
-    model_sha256 = ""             # optional: SHA-256 of the GGUF file, checked by the model owner
-    max_new_tokens = 4
+    model = "tiny"                # a preset: "tiny" (public random weights) or "smollm2"
+    model_seed = 0                # tiny only: the public seed of its weights
+    model_sha256 = ""             # optional: SHA-256 of the model file, checked by the owner
+    max_new_tokens = 4            # passes per prompt (every prompt runs them all)
+    context = 256                 # optional: positions per prompt (default: the model's, <= 512)
     timeout = 120.0               # receive timeout of a protocol step (seconds)
-    connect_timeout = 60.0        # how long to wait for the peers to come up (seconds)
+    connect_timeout = 600.0       # how long to wait for the peers to come up (seconds)
     handshake_timeout = 10.0
 
-    [client]
-    prompt = "The capital of France is"   # read by the client only (never hashed or sent)
+    [model]                       # instead of a preset: the table the model owner exports
+    name = "SmolLM2-135M-Instruct.Q4_1"   # (python -m puma_async.party export), with the
+    sha256 = "..."                        # architecture's fields and the file's SHA-256
+    n_layers = 30
+    # ...
 
     [roles.P0]                    # P0 P1 P2 model-owner client; one table per role
     host = "10.0.0.1"
     port = 7000
     # cert = "..."  key = "..."   # optional: override the pki paths of this role
 
-Everything that must agree between the roles (cluster name, session id, model, model seed and
-hash, number of tokens, the set of roles) is hashed into the **configuration digest** that the
-TCP handshake compares before any secret moves (:meth:`SessionSettings.config_digest`).
-Timeouts, hosts and the client's prompt are local and left out: a hash of the prompt would
-let peers test guesses of it.
+Everything that must agree between the roles (cluster name, session id, model and
+architecture, model seed and hash, token budget, context, frame limit, the set of roles) is
+hashed into the **configuration digest** that the TCP handshake compares before any secret
+moves (:meth:`~puma_async.session.settings.SessionSettings.config_digest`). Timeouts and hosts
+are local. A cluster file never holds a prompt: prompts exist only in the client process
+(its command line, a file or stdin), so a file with one is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from puma_async import codec
-from puma_async.errors import PumaError
+from puma_async.errors import SettingsError
 from puma_async.roles import ALL_ROLES, role_name
+from puma_async.session.models import (
+    PRESETS,
+    TINY,
+    architecture_from_table,
+    model_table,
+    toml_value,
+)
+from puma_async.session.settings import SessionSettings
 from puma_async.transports.tls import TlsConfig
 
-DIGEST_VERSION = 1
-TINY_MODEL = "tiny"
 _ROLE_IDS = {role_name(r).lower(): r for r in ALL_ROLES}
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SESSION_KEYS = {
-    "id", "model", "model_seed", "model_sha256", "max_new_tokens", "timeout",
+    "id", "model", "model_seed", "model_sha256", "max_new_tokens", "context", "timeout",
     "connect_timeout", "handshake_timeout",
 }
+PROMPT_REFUSED = (
+    "a cluster file is copied to every machine, so it holds no prompt: prompts belong to the "
+    "client process alone (its --prompt TEXT, --prompt-file FILE, or stdin)"
+)
 
 
-class ClusterFileError(PumaError):
+class ClusterFileError(SettingsError):
     """A cluster file is missing, not TOML, or has a missing, unknown or invalid setting."""
 
 
@@ -71,65 +82,6 @@ def parse_role(text: str) -> int:
         return int(key)
     names = ", ".join(role_name(r) for r in ALL_ROLES)
     raise ClusterFileError(f"unknown role {text!r} (expected one of {names})")
-
-
-@dataclasses.dataclass(frozen=True)
-class SessionSettings:
-    """What one session computes: model, number of tokens, and the local timeouts.
-
-    ``prompt`` is the client's secret input (None for every other role).
-    """
-
-    session_id: str
-    model: str = TINY_MODEL
-    model_seed: int = 0
-    model_sha256: str | None = None
-    max_new_tokens: int = 4
-    prompt: str | None = None
-    timeout: float = 120.0
-    connect_timeout: float = 60.0
-    handshake_timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not self.session_id:
-            raise ClusterFileError("session id must not be empty")
-        if self.max_new_tokens < 1:
-            raise ClusterFileError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        for name in ("timeout", "connect_timeout", "handshake_timeout"):
-            if not getattr(self, name) > 0:
-                raise ClusterFileError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.model_sha256 is not None and not _SHA256.match(self.model_sha256):
-            raise ClusterFileError("model_sha256 must be 64 lower-case hex digits")
-
-    @property
-    def session(self) -> bytes:
-        """The 16-byte session id of the wire format."""
-        return hashlib.blake2b(self.session_id.encode(), digest_size=16).digest()
-
-    def public(self) -> dict[str, Any]:
-        """The settings every role must agree on (no prompt, no timeouts): plain data."""
-        return {
-            "session_id": self.session_id, "model": self.model,
-            "model_seed": self.model_seed if self.model == TINY_MODEL else None,
-            "model_sha256": self.model_sha256, "max_new_tokens": self.max_new_tokens,
-        }
-
-    def config_digest(self, cluster: str, roles: tuple[int, ...]) -> bytes:
-        """BLAKE2b-256 of the agreed settings, the cluster name and the roles (for the Hello)."""
-        data = codec.packb([DIGEST_VERSION, cluster, sorted(roles), sorted(self.public().items())])
-        return hashlib.blake2b(data, digest_size=32).digest()
-
-    def to_dict(self) -> dict[str, Any]:
-        """All fields as plain data (trace headers)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SessionSettings:
-        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ClusterFileError(f"bad session settings: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,15 +114,6 @@ class Cluster:
     def addresses(self) -> dict[int, tuple[str, int]]:
         return {r: (e.host, e.port) for r, e in self.endpoints.items()}
 
-    @property
-    def hosts(self) -> list[str]:
-        """Every host name of the cluster (for the certificates' SANs), localhost included."""
-        hosts = ["localhost", "127.0.0.1"]
-        for endpoint in self.endpoints.values():
-            if endpoint.host not in hosts:
-                hosts.append(endpoint.host)
-        return hosts
-
     def config_digest(self) -> bytes:
         return self.settings.config_digest(self.name, self.roles)
 
@@ -181,9 +124,9 @@ class Cluster:
                            ("key", endpoint.key)):
             if not path.is_file():
                 raise ClusterFileError(
-                    f"{role_name(role)}: {what} {path} not found (create the cluster's "
-                    f"certificates with: python -m puma_async.party certs --cluster-file "
-                    f"{self.path})"
+                    f"{role_name(role)}: {what} {path} not found (create the key with: "
+                    f"python -m puma_async.party certs request --cluster-file {self.path} "
+                    f"--role {role_name(role)}, and have the CA holder sign it: certs sign)"
                 )
         return TlsConfig(self.ca_cert, endpoint.cert, endpoint.key, cluster=self.name)
 
@@ -222,6 +165,51 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None
         raise ClusterFileError(f"{where}: unknown setting(s) {', '.join(unknown)}")
 
 
+def _refuse_prompts(data: Mapping[str, Any], where: str, prefix: str = "") -> None:
+    """:class:`ClusterFileError` if any table of the file is a [client] one or holds a prompt."""
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if (key == "client" and not prefix) or "prompt" in key.lower():
+            raise ClusterFileError(f"{where}: [{name}] refused: {PROMPT_REFUSED}")
+        if isinstance(value, dict):
+            _refuse_prompts(value, where, f"{name}.")
+
+
+def _settings(data: Mapping[str, Any], where: str) -> SessionSettings:
+    """The [session] (and [model]) tables as settings."""
+    session = _table(data, "session", where)
+    swhere = f"{where} [session]"
+    _check_keys(session, _SESSION_KEYS, swhere)
+    model = _table(data, "model", where)
+    sha = _get(session, "model_sha256", str, swhere, "") or None
+    fields: dict[str, Any] = {"model": _get(session, "model", str, swhere, TINY)}
+    if model:
+        if "model" in session or sha is not None:
+            raise ClusterFileError(f"{where}: give the model as [session] model (a preset, with "
+                                   f"model_sha256) or as a [model] table, not both")
+        try:
+            fields["model"], fields["architecture"], sha = architecture_from_table(
+                model, f"{where} [model]")
+        except SettingsError as exc:
+            raise ClusterFileError(str(exc)) from None
+    context = _get(session, "context", int, swhere, 0)
+    try:
+        return SessionSettings(
+            session_id=_get(session, "id", str, swhere),
+            model_seed=_get(session, "model_seed", int, swhere, 0),
+            model_sha256=sha.lower() if sha else None,
+            max_new_tokens=_get(session, "max_new_tokens", int, swhere, 4),
+            context=context or None,
+            timeout=float(_get(session, "timeout", (int, float), swhere, 120.0)),
+            connect_timeout=float(_get(session, "connect_timeout", (int, float), swhere, 600.0)),
+            handshake_timeout=float(_get(session, "handshake_timeout", (int, float), swhere,
+                                         10.0)),
+            **fields,
+        )
+    except SettingsError as exc:
+        raise ClusterFileError(f"{where}: {exc}") from None
+
+
 def parse_cluster(text: str, path: Path) -> Cluster:
     """Parse and validate the TOML ``text`` of the cluster file at ``path``."""
     where = os.fspath(path)
@@ -229,31 +217,15 @@ def parse_cluster(text: str, path: Path) -> Cluster:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ClusterFileError(f"{where}: not valid TOML: {exc}") from None
-    _check_keys(data, {"cluster", "session", "client", "roles"}, where)
+    _refuse_prompts(data, where)
+    _check_keys(data, {"cluster", "session", "model", "roles"}, where)
     base = path.parent
     cluster = _table(data, "cluster", where)
     _check_keys(cluster, {"name", "pki", "ca"}, f"{where} [cluster]")
     name = _get(cluster, "name", str, f"{where} [cluster]")
     pki = base / _get(cluster, "pki", str, f"{where} [cluster]", "pki")
     ca_cert = base / _get(cluster, "ca", str, f"{where} [cluster]", os.fspath(pki / "ca.pem"))
-
-    session = _table(data, "session", where)
-    swhere = f"{where} [session]"
-    _check_keys(session, _SESSION_KEYS, swhere)
-    client = _table(data, "client", where)
-    _check_keys(client, {"prompt"}, f"{where} [client]")
-    sha = _get(session, "model_sha256", str, swhere, "") or None
-    settings = SessionSettings(
-        session_id=_get(session, "id", str, swhere),
-        model=_get(session, "model", str, swhere, TINY_MODEL),
-        model_seed=_get(session, "model_seed", int, swhere, 0),
-        model_sha256=sha.lower() if sha else None,
-        max_new_tokens=_get(session, "max_new_tokens", int, swhere, 4),
-        prompt=_get(client, "prompt", str, f"{where} [client]", None),
-        timeout=float(_get(session, "timeout", (int, float), swhere, 120.0)),
-        connect_timeout=float(_get(session, "connect_timeout", (int, float), swhere, 60.0)),
-        handshake_timeout=float(_get(session, "handshake_timeout", (int, float), swhere, 10.0)),
-    )
+    settings = _settings(data, where)
 
     endpoints: dict[int, RoleEndpoint] = {}
     seen: dict[tuple[str, int], str] = {}
@@ -303,23 +275,22 @@ def write_cluster(
 ) -> Path:
     """Write a cluster file (used by tests and examples); the inverse of :func:`load_cluster`."""
 
-    def quote(value: str) -> str:
-        return json.dumps(value, ensure_ascii=False)  # also a valid TOML basic string
-
     lines = [
-        "[cluster]", f"name = {quote(name)}", f"pki = {quote(pki)}", "",
-        "[session]", f"id = {quote(settings.session_id)}", f"model = {quote(settings.model)}",
-        f"model_seed = {settings.model_seed}",
-        f"model_sha256 = {quote(settings.model_sha256 or '')}",
-        f"max_new_tokens = {settings.max_new_tokens}", f"timeout = {settings.timeout!r}",
+        "[cluster]", f"name = {toml_value(name)}", f"pki = {toml_value(pki)}", "",
+        "[session]", f"id = {toml_value(settings.session_id)}",
+        f"model_seed = {settings.model_seed}", f"max_new_tokens = {settings.max_new_tokens}",
+        f"context = {settings.positions}", f"timeout = {settings.timeout!r}",
         f"connect_timeout = {settings.connect_timeout!r}",
-        f"handshake_timeout = {settings.handshake_timeout!r}", "",
+        f"handshake_timeout = {settings.handshake_timeout!r}",
     ]
-    if settings.prompt is not None:
-        lines += ["[client]", f"prompt = {quote(settings.prompt)}", ""]
+    if settings.model in PRESETS:
+        lines += [f"model = {toml_value(settings.model)}",
+                  f"model_sha256 = {toml_value(settings.model_sha256 or '')}", ""]
+    else:
+        lines += ["", model_table(settings.model, settings.config, settings.model_sha256)]
     for role in sorted(addresses):
         host, port = addresses[role]
-        lines += [f"[roles.{role_name(role)}]", f"host = {quote(host)}", f"port = {port}", ""]
+        lines += [f"[roles.{role_name(role)}]", f"host = {toml_value(host)}", f"port = {port}", ""]
     file = Path(path)
     file.write_text("\n".join(lines), encoding="utf-8")
     return file

@@ -49,9 +49,9 @@ from puma_async.errors import DecodeError, SessionMismatchError
 
 VERSION = 1
 DEFAULT_MAX_FRAME_BYTES = 256 << 20
-"""The frame limit where none is given: 256 MiB, room for the model owner's largest set-up
-frame (the share of SmolLM2's embedding table, 226 MB). A session states its own limit, derived
-from its public architecture, to the transport and the runtime."""
+"""The frame limit where none is given: 256 MiB. A session over TCP states its own limit,
+derived from its public architecture (:func:`puma_async.session.frames.max_frame_bytes`), to
+the transport and the runtime; in-process runs use this one."""
 MAX_NDIM = 8
 MAX_TAG = 127
 MAX_MESSAGE_FIELDS = 15

@@ -7,6 +7,8 @@ transports or the party runtime.
 
 from __future__ import annotations
 
+from puma_async.roles import role_name
+
 
 class PumaError(Exception):
     """Base class of every error raised on purpose by puma-async."""
@@ -15,8 +17,9 @@ class PumaError(Exception):
 class ProtocolError(PumaError):
     """A protocol went wrong: a bad frame, an unexpected or duplicate message, a peer failure.
 
-    ``peer`` is the role id of the other side (or None), ``step`` the step path as a dotted
-    string (or None) where the error was noticed.
+    ``peer`` is the role id of the other side (or None), named in the message by its role name
+    (P0, P1, P2, model-owner, client); ``step`` the step path as a dotted string (or None)
+    where the error was noticed.
     """
 
     def __init__(self, message: str, *, peer: int | None = None, step: str | None = None):
@@ -24,7 +27,7 @@ class ProtocolError(PumaError):
         self.step = step
         where = []
         if peer is not None:
-            where.append(f"peer {peer}")
+            where.append(f"peer {role_name(peer)}")
         if step is not None:
             where.append(f"step {step or '<root>'}")
         super().__init__(f"{message} ({', '.join(where)})" if where else message)
@@ -59,6 +62,10 @@ class FixedPointRangeError(PumaError, ValueError):
     """A value does not fit the fixed-point encoding (too large in magnitude, or not finite)."""
 
 
+class SettingsError(PumaError, ValueError):
+    """A session setting or command-line option is missing, out of range or inconsistent."""
+
+
 class ModelFileError(PumaError):
     """A model file is missing, malformed or not the architecture it claims to be."""
 
@@ -83,5 +90,5 @@ class RunFailedError(PumaError):
         reactions = (PeerAbortedError, PeerDisconnectedError)
         ordered = sorted(errors.items(), key=lambda kv: (isinstance(kv[1], reactions), kv[0]))
         self.root_role, self.root_cause = ordered[0]
-        lines = [f"role {role}: {type(err).__name__}: {err}" for role, err in ordered]
+        lines = [f"{role_name(role)}: {type(err).__name__}: {err}" for role, err in ordered]
         super().__init__("run failed; " + "; ".join(lines))

@@ -2,111 +2,71 @@
 
 With no arguments it runs SmolLM2-135M-Instruct on "The capital of France is" and generates
 4 tokens securely (the weights are shared once, then the prompt pass and one pass per new
-token on a secret-shared KV cache), printing progress to stderr, then the text and, per
-token, its wall time, bytes sent by each party and rounds.
+token on a secret-shared KV cache), printing progress to stderr, then (stdout) the text and,
+per pass, its wall time, bytes sent by each party and rounds.
 
-Options: ``--prompt TEXT`` (repeatable), ``--prompt-file FILE`` (one prompt a line; all in
-one session), ``--chat`` (wrap prompts in the model's chat template), ``--max-new-tokens N``,
-``--temperature T`` and ``--seed S`` (sampling on the client; 0 = greedy), ``--model PATH``
-(a LLaMA GGUF; ``tiny`` = a small random-weight model with a byte tokenizer, ids = bytes mod
-64), ``--compare`` (also the plaintext float64 reference: its own generation, top-1
-agreement and max |logit error| of the secure logits on the same prefixes), ``--json``
-(machine-readable results on stdout), ``--record DIR`` (one trace per role in DIR, to replay
-the parties with ``python -m puma_async.replay``; traces hold keys and shares: keep them
-private). Errors (a bad model file, a too-long prompt) are reported in one line, exit status 2.
+Options: ``--prompt TEXT`` (repeatable), ``--prompt-file FILE`` (one prompt a line, ``-``:
+stdin; all in one session), ``--chat`` (the model's chat template), ``--max-new-tokens N``,
+``--temperature T`` and ``--seed S`` (sampling on the client; 0 = greedy),
+``--stop-at-eos`` (end a prompt at its EOS; by default its passes continue to N and the
+tokens after EOS are discarded, so the parties cannot tell the output's length),
+``--model tiny|smollm2|PATH`` (a LLaMA GGUF; ``tiny`` = a small model with public random
+weights and a one-character-per-token tokenizer), ``--compare`` (also the plaintext float64
+reference: its own generation, top-1 agreement and max |logit error| of the secure logits on
+the same prefixes), ``--json`` (machine-readable results on stdout), ``--record DIR`` (one
+trace per role in DIR, to replay with ``python -m puma_async.replay``; traces hold keys and
+shares: DIR is created 0700, reused only with ``--force``), ``--entropy HEX`` (fixed keys:
+tests only). Errors (a bad option, model file or prompt) are one line on stderr, exit status
+2, before anything loads where possible; a failed run exits 1; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from puma_async.cluster import TINY_MODEL, SessionSettings
-from puma_async.errors import ContextLengthError, ModelFileError, RunFailedError
-from puma_async.model import (
-    KVCache,
-    LlamaWeights,
-    Tokenizer,
-    default_model_path,
-    forward,
-    load_gguf,
-    random_weights,
-    tiny_config,
-)
-from puma_async.model.gguf_loader import open_gguf
-from puma_async.party import SMOLLM2, local_recording
-from puma_async.roles import PARTIES
+from puma_async.errors import ModelFileError, RunFailedError, SettingsError
+from puma_async.model import KVCache, LlamaWeights, forward
+from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, PARTIES
 from puma_async.session import (
     GenerationOptions,
     Progress,
     SessionResult,
-    check_prompts,
+    SessionSettings,
+    in_process_settings,
     pick_token,
     run_session,
 )
+from puma_async.session.models import PRESETS, SMOLLM2, check_tokenizer, resolve_model
+from puma_async.session.options import (
+    add_client_options,
+    encode_prompts,
+    generation_options,
+    read_prompts,
+    with_eos,
+)
+from puma_async.session.recording import (
+    client_inputs,
+    local_recording,
+    owner_inputs,
+    prepare_record_dir,
+    role_entropy,
+)
+from puma_async.session.report import format_text, prompt_entries
 
+PROG = "python -m puma_async.local"
 DEFAULT_PROMPT = "The capital of France is"
 DEFAULT_NEW_TOKENS = 4
 
 
-class ByteTokenizer:
-    """The ``tiny`` model's stand-in tokenizer: ids = UTF-8 bytes mod vocab."""
-
-    def __init__(self, vocab: int):
-        self.vocab = vocab
-        self.eos_id: int | None = None
-
-    def encode(self, text: str) -> list[int]:
-        return [b % self.vocab for b in text.encode()]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return "".join(f"<{i}>" for i in ids)
-
-    def apply_chat_template(self, text: str) -> str:
-        return text
-
-
-@dataclass
-class Loaded:
-    weights: LlamaWeights
-    tokenizer: Tokenizer | ByteTokenizer
-    name: str
-
-
-def load_model(spec: str | None) -> Loaded:
-    """The model named by ``--model`` (None: SmolLM2-135M-Instruct); ModelFileError if bad."""
-    if spec == TINY_MODEL:
-        weights = random_weights(tiny_config(), seed=0)
-        return Loaded(weights, ByteTokenizer(weights.config.vocab), "tiny (random weights)")
-    reader = open_gguf(default_model_path() if spec is None else spec)
-    weights = load_gguf(reader)
-    tokenizer = Tokenizer.from_reader(reader)
-    return Loaded(weights, tokenizer, Path(spec).name if spec else "SmolLM2-135M-Instruct")
-
-
-def read_prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt or [])
-    if args.prompt_file:
-        try:
-            text = Path(args.prompt_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"cannot read prompt file: {exc}") from exc
-        prompts += [line for line in text.splitlines() if line.strip()]
-    return prompts or [DEFAULT_PROMPT]
-
-
-def compare(
-    weights: LlamaWeights, result: SessionResult, options: GenerationOptions
-) -> list[dict[str, Any]]:
+def compare(weights: LlamaWeights, result: SessionResult, options: GenerationOptions,
+            max_new_tokens: int) -> list[dict[str, Any]]:
     """Per prompt: the plaintext generation (same options and seed) and, on the secure
     run's own prefixes, top-1 agreement and the max |logit error| of the secure logits."""
     w64 = weights.astype(np.float64)
@@ -125,7 +85,7 @@ def compare(
         logits = forward(w64, list(prompt.prompt_ids), cache)[-1]
         while True:
             plain.append(pick_token(logits, options.temperature, rng))
-            if plain[-1] == options.eos_id or len(plain) == options.max_new_tokens:
+            if plain[-1] == options.eos_id or len(plain) == max_new_tokens:
                 break
             logits = forward(w64, [plain[-1]], cache)[-1]
         out.append({
@@ -137,38 +97,24 @@ def compare(
     return out
 
 
-def report(result: SessionResult, loaded: Loaded, comparison: list[dict[str, Any]] | None
-           ) -> dict[str, Any]:
-    """Machine-readable results (what ``--json`` prints)."""
-    setup = {f"P{p}": result.setup_cost(p).bytes_sent for p in PARTIES}
-    prompts = []
-    for i, prompt in enumerate(result.prompts):
-        steps = []
-        for t, record in enumerate(prompt.records):
+def report(result: SessionResult, model: str, tokenizer: Any,
+           comparison: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Machine-readable results (what ``--json`` prints): the client's, with every party's
+    bytes and rounds per pass."""
+    prompts = prompt_entries(result.prompts, tokenizer)
+    for i, prompt in enumerate(prompts):
+        for t, step in enumerate(prompt["steps"]):
             costs = [result.step_cost(i, t, p) for p in PARTIES]
-            steps.append({
-                "token": record.token,
-                "text": loaded.tokenizer.decode([record.token]),
-                "kind": "prompt" if t == 0 else "token",
-                "positions": len(prompt.prompt_ids) if t == 0 else 1,
-                "seconds": record.seconds,
-                "bytes_sent": {f"P{p}": c.bytes_sent for p, c in zip(PARTIES, costs, strict=True)},
-                "rounds": max(c.rounds for c in costs),
-            })
-        entry: dict[str, Any] = {
-            "prompt_ids": list(prompt.prompt_ids),
-            "generated_ids": prompt.tokens,
-            "text": loaded.tokenizer.decode(prompt.tokens),
-            "steps": steps,
-        }
+            step["bytes_sent"] = {f"P{p}": c.bytes_sent for p, c in zip(PARTIES, costs,
+                                                                        strict=True)}
+            step["rounds"] = max(c.rounds for c in costs)
         if comparison is not None:
-            entry.update(comparison[i])
-        prompts.append(entry)
+            prompt.update(comparison[i])
     return {
-        "model": loaded.name,
+        "model": model,
         "setup": {
             "seconds": result.setup_seconds,
-            "bytes_sent": setup,
+            "bytes_sent": {f"P{p}": result.setup_cost(p).bytes_sent for p in PARTIES},
             "model_owner_bytes_sent": result.owner_setup_bytes(),
         },
         "seconds": result.seconds,
@@ -176,65 +122,37 @@ def report(result: SessionResult, loaded: Loaded, comparison: list[dict[str, Any
     }
 
 
-def print_human(data: dict[str, Any]) -> None:
-    mb = 1e6
-    print(f"model: {data['model']}")
-    setup = data["setup"]
-    print(f"setup: {setup['seconds']:.1f} s, model owner sent "
-          f"{setup['model_owner_bytes_sent'] / mb:.1f} MB (weights, once per session)")
-    for i, prompt in enumerate(data["prompts"]):
-        print(f"\nprompt {i}: {len(prompt['prompt_ids'])} tokens")
-        print(f"generated: {prompt['text']!r}  ids {prompt['generated_ids']}")
-        print(f"  {'step':<10}{'token':<16}{'seconds':>8}{'P0 MB':>9}{'P1 MB':>9}{'P2 MB':>9}"
-              f"{'rounds':>8}")
-        for t, s in enumerate(prompt["steps"]):
-            name = f"prompt({s['positions']})" if t == 0 else f"token {t}"
-            b = s["bytes_sent"]
-            print(f"  {name:<10}{s['text']!r:<16}{s['seconds']:>8.2f}{b['P0'] / mb:>9.2f}"
-                  f"{b['P1'] / mb:>9.2f}{b['P2'] / mb:>9.2f}{s['rounds']:>8}")
-        if "plaintext_ids" in prompt:
-            print(f"plaintext: ids {prompt['plaintext_ids']}; top-1 agreement "
-                  f"{prompt['top1_agreement']:.0%}; max |logit error| "
-                  f"{prompt['max_logit_error']:.4f}")
-
-
-def recording(args: argparse.Namespace, prompts: list[list[int]]) -> dict[str, Any]:
-    """``run_session`` options that record every role's trace to ``--record DIR``.
-
-    The trace headers name the session as ``python -m puma_async.party`` would (model, token
-    count), so ``python -m puma_async.replay`` rebuilds the parties' and the model owner's
-    programs from them.
-    """
-    if not args.record:
-        return {}
-    settings = SessionSettings(
-        session_id=f"local-{secrets.token_hex(8)}",
-        model=TINY_MODEL if args.model == TINY_MODEL else (args.model or SMOLLM2),
-        max_new_tokens=args.max_new_tokens,
-        prompt=" ".join(map(str, prompts[0])) if args.model == TINY_MODEL else None,
-    )
-    wrap, entropy = local_recording(args.record, settings)
-    return {"wrap_transport": wrap, "entropy": entropy, "session": settings.session}
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m puma_async.local",
+        prog=PROG,
         description="Secure LLaMA generation, three parties + model owner + client in-process.",
     )
-    parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    parser.add_argument("--prompt-file", help="a file of prompts, one a line")
-    parser.add_argument("--chat", action="store_true", help="use the model's chat template")
+    add_client_options(parser)
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_NEW_TOKENS)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--seed", type=int, default=None, help="the client's sampling seed")
-    parser.add_argument("--model", default=None,
-                        help="GGUF path, or 'tiny' (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default=SMOLLM2,
+                        help="'tiny', 'smollm2' (the default: SmolLM2-135M-Instruct) or a GGUF")
     parser.add_argument("--compare", action="store_true", help="also run the plaintext model")
     parser.add_argument("--json", action="store_true", help="print JSON results on stdout")
     parser.add_argument("--record", metavar="DIR",
                         help="write one trace per role to DIR (holds keys and shares)")
+    parser.add_argument("--force", action="store_true", help="reuse a non-empty --record DIR")
+    parser.add_argument("--entropy", metavar="HEX",
+                        help="fix the seed of the roles' keys (tests only: insecure)")
     return parser.parse_args(argv)
+
+
+def recording(args: argparse.Namespace, settings: SessionSettings, model_file: str | None,
+              prompts: list[list[int]], options: GenerationOptions) -> dict[str, Any]:
+    """``run_session`` options for ``--record`` and ``--entropy`` (``model_file``: the GGUF
+    the model owner's trace names, None for a preset)."""
+    if not args.record:
+        if args.entropy is None:
+            return {}
+        return {"entropy": {role: role_entropy(args.entropy, role) for role in ALL_ROLES}}
+    inputs = {MODEL_OWNER: owner_inputs(model_file), CLIENT: client_inputs(prompts, options)}
+    wrap, entropy = local_recording(args.record, settings, inputs, seed=args.entropy,
+                                    force=args.force)
+    return {"wrap_transport": wrap, "entropy": entropy}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -244,47 +162,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     try:
-        texts = read_prompts(args)
+        options = generation_options(args)
+        texts = read_prompts(args, default=DEFAULT_PROMPT)
+        if args.record:
+            prepare_record_dir(args.record, force=args.force)
+        if args.entropy:
+            role_entropy(args.entropy, CLIENT)  # a bad hex string fails here, not after loading
         started = time.perf_counter()
-        loaded = load_model(args.model)
-        tokenizer = loaded.tokenizer
-        options = GenerationOptions(args.max_new_tokens, args.temperature, args.seed,
-                                    tokenizer.eos_id)
-        if args.chat:
-            texts = [tokenizer.apply_chat_template(t) for t in texts]
-        prompts = check_prompts(loaded.weights.config, [tokenizer.encode(t) for t in texts],
-                                options)
-        say(f"loaded {loaded.name} in {time.perf_counter() - started:.1f} s; "
+        source = resolve_model(args.model)
+        settings = in_process_settings(source.architecture, args.max_new_tokens,
+                                       model=source.name)
+        tokenizer = source.load_tokenizer()
+        check_tokenizer(tokenizer, settings.config, source.name)
+        options = with_eos(options, tokenizer)
+        prompts = encode_prompts(texts, tokenizer, chat=args.chat, config=settings.config,
+                                 context=settings.positions, max_new_tokens=args.max_new_tokens)
+        say(f"loading {source.name}...")
+        weights = source.load_weights()
+        say(f"loaded {source.name} in {time.perf_counter() - started:.1f} s; "
             f"{len(prompts)} prompt(s) of {[len(p) for p in prompts]} tokens; sharing weights...")
 
         def progress(event: Progress) -> None:
             if event.kind == "setup":
                 say(f"setup done in {event.seconds:.1f} s")
-            elif event.step == 0:
-                say(f"prompt {event.prompt}: prompt pass {event.seconds:.2f} s -> "
-                    f"{tokenizer.decode([event.token])!r}")
+                return
+            text = repr(tokenizer.decode([event.token]))
+            note = " (after EOS: discarded)" if event.discarded else ""
+            if event.step == 0:
+                say(f"prompt {event.prompt}: prompt pass {event.seconds:.2f} s -> {text}")
             else:
                 say(f"prompt {event.prompt}: token {event.step} {event.seconds:.2f} s -> "
-                    f"{tokenizer.decode([event.token])!r}")
+                    f"{text}{note}")
 
-        result = run_session(loaded.weights, prompts, options, progress=progress,
-                             **recording(args, prompts))
+        result = run_session(weights, prompts, options, settings=settings, progress=progress,
+                             **recording(args, settings, None if args.model in PRESETS
+                                         else args.model, prompts, options))
         comparison = None
         if args.compare:
             say("running the plaintext reference...")
-            comparison = compare(loaded.weights, result, options)
-    except (ModelFileError, ContextLengthError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+            comparison = compare(weights, result, options, args.max_new_tokens)
+    except (ModelFileError, SettingsError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except RunFailedError as exc:
-        print(f"error: secure run failed: {type(exc.root_cause).__name__}: {exc.root_cause}",
-              file=sys.stderr)
+        print(f"{PROG}: error: secure run failed: {type(exc.root_cause).__name__}: "
+              f"{exc.root_cause}", file=sys.stderr)
         return 1
-    data = report(result, loaded, comparison)
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        print_human(data)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    data = report(result, settings.model, tokenizer, comparison)
+    print(json.dumps(data, indent=2) if args.json else format_text(data))
     return 0
 
 

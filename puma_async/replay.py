@@ -7,11 +7,15 @@ Usage::
     python -m puma_async.replay TRACE... --timeline out.svg  # rounds per party over time
 
 A trace written by ``--record`` (``puma_async.party`` or ``puma_async.local``) holds in its
-header the session settings and the party's entropy, so the party's program can run again with
-the same keys while a :class:`~puma_async.transports.replay.ReplayTransport` plays its peers.
+header the session settings, the role's entropy and its own inputs (the client's prompts, the
+model owner's model file: a model owner's trace replays where its model file is), so the
+role's program can run again with the same keys while a
+:class:`~puma_async.transports.replay.ReplayTransport` plays its peers.
 Every envelope it sends is compared with the recording by (peer, step path, seq); the first
-difference is reported with its step path, peer, round and what differs. The exit status is 0
-when every replayed trace is identical, 1 otherwise.
+difference is reported with its step path, peer, round and what differs (types, shapes, counts
+and positions: no value, so a report can be pasted into an issue; ``--show-values`` adds the
+first differing values, which are secret shares or keys). The exit status is 0 when every
+replayed trace is identical, 1 otherwise.
 
 ``--summary`` replays the party too: the runtime attributes each message to its scope, which
 the trace alone does not record; rounds and bytes are the replay's statistics (equal to the
@@ -30,14 +34,13 @@ from pathlib import Path
 
 import trio
 
-from puma_async.cluster import SessionSettings
 from puma_async.errors import PumaError, TraceError
-from puma_async.party import TRACE_KIND, build_programs
 from puma_async.roles import role_name
 from puma_async.runtime import MessageKey, PartyOptions, PartyRuntime, open_party
+from puma_async.session.recording import program_from_trace
 from puma_async.stats import PartyStats
 from puma_async.timeline import draw_timeline
-from puma_async.transports.recording import TraceHeader, TraceRecord
+from puma_async.transports.recording import TraceRecord
 from puma_async.transports.replay import Divergence, ReplayTransport
 
 PROG = "python -m puma_async.replay"
@@ -86,29 +89,17 @@ def _tap_scopes(runtime: PartyRuntime) -> Scopes:
     return scopes
 
 
-def settings_of(header: TraceHeader) -> tuple[SessionSettings, bytes, bool]:
-    """The session settings, entropy and sequential switch a trace header records."""
-    config = header.config
-    if config.get("kind") != TRACE_KIND:
-        raise TraceError(f"the trace is not of a session run (kind {config.get('kind')!r})")
-    entropy = config.get("entropy")
-    if not isinstance(entropy, bytes):
-        raise TraceError("the trace header holds no entropy: it cannot be replayed")
-    settings = SessionSettings.from_dict(config.get("settings", {}))
-    if settings.session != header.session:
-        raise TraceError("the trace's session id does not match its settings")
-    return settings, entropy, bool(config.get("sequential", False))
-
-
 async def _replay_party(transport: ReplayTransport, timeout: float
                         ) -> tuple[str | None, PartyStats | None, Scopes]:
     """Run the party of ``transport``'s trace against it: its error, statistics and the
     (phase, scope) of each message."""
-    settings, entropy, sequential = settings_of(transport.header)
-    program = build_programs(settings)[transport.role]
+    settings, entropy, sequential, program = program_from_trace(
+        transport.role, transport.header.config)
+    if settings.session != transport.header.session:
+        raise TraceError("the trace's session id does not match its settings")
     scopes: Scopes = {}
     try:
-        options = PartyOptions(transport.header.session, timeout, entropy=entropy,
+        options = PartyOptions(transport.header.session, timeout=timeout, entropy=entropy,
                                sequential=sequential)
         async with open_party(transport, options) as ctx:
             scopes = _tap_scopes(ctx.runtime)
@@ -118,15 +109,15 @@ async def _replay_party(transport: ReplayTransport, timeout: float
     return None, ctx.runtime.final_stats, scopes
 
 
-async def replay_trace(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT
-                       ) -> ReplayReport:
+async def replay_trace(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT,
+                       show_values: bool = False) -> ReplayReport:
     """Replay one party from its trace (see the module docstring).
 
     Peers whose frames the trace stores by digest only are replayed alongside from their
     traces in the same directory (``<role>.trace``), to re-derive those frames (and theirs,
     in turn, if they need it).
     """
-    transport = ReplayTransport.from_file(path)
+    transport = ReplayTransport.from_file(path, show_values=show_values)
     replays = {transport.role: transport}
     sources: list[tuple[Path, ReplayTransport]] = []
     pending = [transport]
@@ -229,13 +220,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=2, help="scope depth of the summary")
     parser.add_argument("--timeline", type=Path, metavar="FILE.svg",
                         help="draw the rounds of the traces over time")
+    parser.add_argument("--show-values", action="store_true",
+                        help="show the first differing values (secret: shares, keys)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help="receive timeout of the replayed party (seconds)")
     args = parser.parse_args(argv)
     status = 0
     for path in args.traces:
         try:
-            report = trio.run(lambda path=path: replay_trace(path, timeout=args.timeout))
+            report = trio.run(lambda path=path: replay_trace(
+                path, timeout=args.timeout, show_values=args.show_values))
         except (PumaError, OSError) as exc:
             print(f"{PROG}: error: {path}: {exc}", file=sys.stderr)
             status = 1

@@ -31,7 +31,7 @@ import numpy as np
 import structlog
 import trio
 
-from puma_async import codec, logs  # noqa: F401  (logs: redacting log configuration)
+from puma_async import codec, logs
 from puma_async.codec import Abort, Arrays, Envelope, Message, StepPath, format_path
 from puma_async.errors import (
     PeerAbortedError,
@@ -516,7 +516,7 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 def _describe(exc: BaseException, role: int) -> str:
     if isinstance(exc, trio.Cancelled):
         return f"{role_name(role)} was cancelled"
-    return f"{role_name(role)}: {type(exc).__name__}: {exc}"
+    return f"{role_name(role)}: {logs.public_error_text(exc)}"
 
 
 async def run_party(

@@ -4,6 +4,11 @@ One row per (party, peer) pair: every frame a party sent to that peer is a tick 
 recorded time (seconds since that party started; the parties' clocks are not synchronised,
 so rows of different parties are aligned at their own starts). A tick is coloured by the
 highest round of its envelopes and its tooltip lists the round, the steps and the size.
+
+The timeline holds no secret: only what every party observes of the traffic anyway (times,
+sizes, rounds, step paths), never a frame's bytes, a key or the trace's entropy. So it is
+written as an ordinary file, unlike the traces it is drawn from (0600, see
+:mod:`puma_async.transports.recording`); the same holds for ``replay --summary``'s table.
 """
 
 from __future__ import annotations

@@ -19,15 +19,17 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_party_cli import SETTINGS, make_cluster
+from _cluster import make_cluster
 
 from puma_async import codec
 from puma_async.cluster import load_cluster
 from puma_async.errors import ProtocolError
 from puma_async.roles import ALL_ROLES, CLIENT, role_name
+from puma_async.session import SessionSettings
 from puma_async.transports.tcp import open_tcp_transport
 
 FLOOD = Path(__file__).parent / "fuzz" / "flood.py"
+SETTINGS = SessionSettings("flood-test", max_new_tokens=2, timeout=60.0, connect_timeout=300.0)
 HANG_GUARD = 600.0
 DESCRIPTORS = 256
 
@@ -41,10 +43,10 @@ def run_flood(ports: list[int], *, total: int = 1000, concurrent: int = 200,
     )
 
 
-def run_session(cluster: Path, roles: list[int], *, descriptors: int
+def run_session(cluster: Path, roles: list[int], *extra: str, descriptors: int
                 ) -> subprocess.Popen[str]:
     """``python -m puma_async.party run`` of ``roles`` in one process with few descriptors."""
-    argv = ["run", "--cluster-file", os.fspath(cluster)]
+    argv = ["run", "--cluster-file", os.fspath(cluster), *extra]
     for role in roles:
         argv += ["--role", role_name(role)]
     script = textwrap.dedent(f"""
@@ -53,8 +55,8 @@ def run_session(cluster: Path, roles: list[int], *, descriptors: int
         from puma_async.party import main
         sys.exit(main({argv!r}))
     """)
-    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow
@@ -62,8 +64,7 @@ def test_session_completes_during_a_flood(tmp_path: Path) -> None:
     """The listening roles (P0, P1, P2, model-owner) run in one process, connect among
     themselves during the flood and keep listening for the client, whose process starts
     once the whole flood has hit them."""
-    settings = dataclasses.replace(SETTINGS, connect_timeout=300.0)
-    cluster = make_cluster(tmp_path, settings)
+    cluster = make_cluster(tmp_path, SETTINGS)
     listening = [role for role in ALL_ROLES if role != CLIENT]
     addresses = load_cluster(cluster).addresses
     flood = run_flood([addresses[role][1] for role in listening], seconds=240.0)
@@ -71,7 +72,8 @@ def test_session_completes_during_a_flood(tmp_path: Path) -> None:
     client: subprocess.Popen[str] | None = None
     try:
         flood_out, flood_err = flood.communicate(timeout=HANG_GUARD)
-        client = run_session(cluster, [CLIENT], descriptors=DESCRIPTORS)
+        client = run_session(cluster, [CLIENT], "--prompt", "hello", "--json",
+                             descriptors=DESCRIPTORS)
         out, err = client.communicate(timeout=HANG_GUARD)
         _, servers_err = servers.communicate(timeout=HANG_GUARD)
     finally:
@@ -84,7 +86,7 @@ def test_session_completes_during_a_flood(tmp_path: Path) -> None:
     for code, text in ((client.returncode, err), (servers.returncode, servers_err)):
         assert code == 0, text
         assert "Traceback" not in text
-    assert len(json.loads(out.splitlines()[-1])["token_ids"]) == settings.max_new_tokens
+    assert len(json.loads(out)["prompts"]) == 1
 
 
 # ----------------------------------------------------------------------------- CLI failures
@@ -110,14 +112,14 @@ def test_cli_with_a_flooded_listener_whose_peers_never_come(tmp_path: Path) -> N
     assert session.returncode == 1
     assert "Traceback" not in err
     (line,) = error_lines(err)
-    assert "P0: " in line and len(line) < 2500
+    assert "P0 failed" in line and len(line) < 2500
     assert "rejected connections" in line or "did not connect" in line
 
 
 async def test_cli_with_a_peer_sending_deep_nesting(tmp_path: Path) -> None:
     """Roles 1-4 complete the handshake with P0 (a CLI process), then P1 sends a frame nested
     a thousand deep: P0 exits 1 with one line naming the decode error and P1."""
-    cluster_path = make_cluster(tmp_path)
+    cluster_path = make_cluster(tmp_path, SETTINGS)
     cluster = load_cluster(cluster_path)
     head = codec.packb([codec.VERSION, cluster.settings.session, 1, 0, [], 0, 0, None])[:-1]
     nested = codec.frame_from_encoded([head + b"\x92\x05" + b"\x91" * 1000 + b"\x00"])
@@ -132,7 +134,7 @@ async def test_cli_with_a_peer_sending_deep_nesting(tmp_path: Path) -> None:
             async with open_tcp_transport(
                 role, cluster.addresses, session=cluster.settings.session,
                 config_digest=cluster.config_digest(), tls=cluster.tls_config(role),
-                connect_timeout=60.0,
+                max_frame_bytes=cluster.settings.max_frame_bytes, connect_timeout=60.0,
             ) as transport:
                 if role == 1:
                     await transport.send(0, nested)
@@ -150,4 +152,4 @@ async def test_cli_with_a_peer_sending_deep_nesting(tmp_path: Path) -> None:
         assert await p0.wait() == 1
     assert "Traceback" not in err
     (line,) = error_lines(err)
-    assert "P0: DecodeError" in line and "peer 1" in line
+    assert "P0 failed: DecodeError" in line and "peer P1" in line

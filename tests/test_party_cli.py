@@ -1,4 +1,5 @@
-"""``python -m puma_async.party``: cluster files, roles as OS processes over TLS, clear failures.
+"""``python -m puma_async.party``: cluster files, options checked before anything loads,
+handshakes, and how processes behave (a failing neighbour, a killed peer, Ctrl-C).
 
 Ports come from binding port 0; timeouts are hang guards only (no timing asserts).
 """
@@ -6,186 +7,164 @@ Ports come from binding port 0; timeouts are hang guards only (no timing asserts
 from __future__ import annotations
 
 import dataclasses
-import json
+import io
 import os
 import re
 import signal
 import socket
-import subprocess
-import sys
-import time
+import tomllib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import trio
+from _cluster import HANG_GUARD, finish, free_ports, make_cluster, start, wait_for_line
 
 from puma_async.cluster import (
     Cluster,
     ClusterFileError,
     RoleEndpoint,
-    SessionSettings,
     load_cluster,
     parse_cluster,
     write_cluster,
 )
 from puma_async.errors import HandshakeError
-from puma_async.party import build_programs, main, role_entropy, run_role, run_roles_over_tcp
+from puma_async.model import tiny_config
+from puma_async.party import main
 from puma_async.roles import ALL_ROLES, CLIENT, role_name
-from puma_async.runner import run_roles
+from puma_async.runtime import Context
+from puma_async.session import SessionSettings, network
+from puma_async.session.models import ModelSource, architecture_from_table, model_table
+from puma_async.session.network import RolePlan
 from puma_async.transports.tls import create_cluster_pki
 
-HANG_GUARD = 300.0
-ENTROPY = "5eed"
-SETTINGS = SessionSettings("cli-test", prompt="hello", max_new_tokens=2, timeout=60.0,
-                           connect_timeout=60.0)
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def make_cluster(directory: Path, settings: SessionSettings = SETTINGS) -> Path:
-    ports = free_ports(len(ALL_ROLES))
-    path = write_cluster(
-        directory / "cluster.toml", name="cli-test", settings=settings,
-        addresses={r: ("127.0.0.1", p) for r, p in zip(ALL_ROLES, ports, strict=True)},
-    )
-    assert main(["certs", "--cluster-file", os.fspath(path)]) == 0
-    return path
-
-
-def start(cluster: Path, role: int, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "puma_async.party", "run", "--cluster-file", os.fspath(cluster),
-         "--role", role_name(role), "--entropy", ENTROPY, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=HANG_GUARD)
-    return proc.returncode, out, err
+SETTINGS = SessionSettings("cli-test", max_new_tokens=2, timeout=60.0, connect_timeout=60.0)
+HEAD = "[cluster]\nname = 'x'\n[session]\nid = 's'\n"
+TABLE = model_table("m", tiny_config(), None)
 
 
 # ----------------------------------------------------------------------------- cluster files
 
 
 def test_cluster_file_round_trip(tmp_path: Path) -> None:
-    path = make_cluster(tmp_path)
+    path = make_cluster(tmp_path, SETTINGS)
     cluster = load_cluster(path)
     assert cluster.roles == ALL_ROLES
     assert cluster.settings == SETTINGS
     assert cluster.tls_config(CLIENT).cert == tmp_path / "pki" / "role-4.pem"
-    other = dataclasses.replace(SETTINGS, max_new_tokens=3)
-    assert other.config_digest("c", ALL_ROLES) != SETTINGS.config_digest("c", ALL_ROLES)
-    # The prompt and the timeouts are local: they do not change the digest.
-    local = dataclasses.replace(SETTINGS, prompt="other", timeout=5.0)
-    assert local.config_digest("c", ALL_ROLES) == SETTINGS.config_digest("c", ALL_ROLES)
+
+
+def test_digest_covers_the_public_settings_only() -> None:
+    digest = SETTINGS.config_digest("c", ALL_ROLES)
+    for change in ({"max_new_tokens": 3}, {"context": 32}, {"model_seed": 1},
+                   {"input_block_bytes": 4096}, {"session_id": "other"}):
+        assert dataclasses.replace(SETTINGS, **change).config_digest("c", ALL_ROLES) != digest
+    other = dataclasses.replace(tiny_config(), rope_theta=5000.0)
+    assert SessionSettings("cli-test", model="mine", architecture=other, max_new_tokens=2
+                           ).config_digest("c", ALL_ROLES) != digest
+    local = dataclasses.replace(SETTINGS, timeout=5.0, connect_timeout=1.0)
+    assert local.config_digest("c", ALL_ROLES) == digest  # timeouts are local
+
+
+def test_model_table_round_trip(tmp_path: Path) -> None:
+    """An exported [model] table describes the architecture in the cluster file."""
+    config = dataclasses.replace(tiny_config(), n_layers=3, rms_eps=9.999999747378752e-06)
+    table = model_table("my-model", config, "ab" * 32)
+    assert architecture_from_table(tomllib.loads(table)["model"], "t") == (
+        "my-model", config, "ab" * 32)
+    settings = SessionSettings("s", model="my-model", architecture=config, model_sha256="ab" * 32)
+    path = write_cluster(tmp_path / "c.toml", name="x", settings=settings,
+                         addresses={r: ("127.0.0.1", 7000 + r) for r in ALL_ROLES})
+    assert load_cluster(path).settings == settings
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("[cluster]\nname = 'x'\n[session]\nid = 's'\n", "no \\[roles.X\\] table for P0"),
-    ("[cluster]\nname = 'x'\n[session]\nid = 's'\nbogus = 1\n", "unknown setting"),
-    ("[cluster]\nname = 'x'\n[session]\nid = 's'\n[roles.P9]\nport = 1\n", "unknown role"),
-    ("[cluster]\nname = 'x'\n[session]\nid = 's'\nmax_new_tokens = 0\n", "max_new_tokens"),
-    ("[cluster]\nname = 'x'\n[session]\nid = 's'\n[roles.P0]\nport = 'a'\n", "must be a int"),
+    (HEAD, "no \\[roles.X\\] table for P0"),
+    (HEAD + "bogus = 1\n", "unknown setting"),
+    (HEAD + "[roles.P9]\nport = 1\n", "unknown role"),
+    (HEAD + "max_new_tokens = 0\n", "max_new_tokens"),
+    (HEAD + "max_new_tokens = 64\n", "context must be above max_new_tokens"),
+    (HEAD + "context = 65\n", "at most the model's context length 64"),
+    (HEAD + "[roles.P0]\nport = 'a'\n", "must be a int"),
     ("[cluster\n", "not valid TOML"),
+    (HEAD + "[client]\nprompt = 'my secret'\n", "holds no prompt"),
+    (HEAD + "prompt = 'my secret'\n", "holds no prompt"),
+    (HEAD + "model = 'weights.gguf'\n", "not a preset .* export"),
+    (HEAD + "model = 'tiny'\n[model]\nname = 'm'\n", "not both"),
+    ("[cluster]\nname = 'x'\n[session]\nid = 's'\n[model]\nname = 'm'\nn_layers = 2\n",
+     "missing setting"),
+    (HEAD + TABLE.replace("n_layers = 2", "n_layers = 'two'"), "'n_layers' must be an integer"),
+    (HEAD + TABLE.replace("n_heads = 4", "n_heads = 3"), "multiple of n_kv_heads"),
 ])
 def test_bad_cluster_files(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ClusterFileError, match=message):
         parse_cluster(text, tmp_path / "c.toml")
 
 
-# ----------------------------------------------------------------------------- processes
+def test_a_prompt_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    with pytest.raises(ClusterFileError) as info:
+        parse_cluster(HEAD + "[client]\nprompt = 'my secret'\n", tmp_path / "c.toml")
+    assert "my secret" not in str(info.value)
+    assert "prompts belong to the client process alone" in str(info.value)
 
 
-def test_processes_match_in_process_run(tmp_path: Path) -> None:
-    """Five OS processes over loopback TLS compute what one in-process run computes."""
-    cluster = make_cluster(tmp_path)
-    procs = {
-        role: start(cluster, role, "--output-json", os.fspath(tmp_path / f"{role}.json"))
-        for role in ALL_ROLES
-    }
-    results = {role: finish(proc) for role, proc in procs.items()}
-    for role, (code, _out, err) in results.items():
-        assert code == 0, f"{role_name(role)} failed: {err}"
-        assert "Traceback" not in err
-    client = json.loads((tmp_path / f"{CLIENT}.json").read_text())["client"]
-    assert json.loads(results[CLIENT][1]) == client["result"]
-
-    local = trio.run(lambda: run_roles(
-        build_programs(SETTINGS), session=SETTINGS.session,
-        entropy={role: role_entropy(ENTROPY, role) for role in ALL_ROLES},
-    ))
-    assert client["result"]["token_ids"] == list(local.results[CLIENT]["token_ids"])
-    assert len(client["result"]["token_ids"]) == SETTINGS.max_new_tokens
+# ----------------------------------------------------------------------------- options
 
 
-def test_client_stops_at_the_models_eos(tmp_path: Path) -> None:
-    """The EOS of the model file ends generation early in the party programs too."""
-    from test_model_loading import write_gguf
-
-    from puma_async.model import Tokenizer, greedy_generate, load_gguf, random_weights, tiny_config
-
-    weights = random_weights(tiny_config(), seed=7, dtype=np.float32)
-    probe = write_gguf(tmp_path / "probe.gguf", weights)
-    prompt = Tokenizer.from_gguf(probe).encode(SETTINGS.prompt)
-    (first,) = greedy_generate(load_gguf(probe), prompt, max_new_tokens=1)
-    model = write_gguf(tmp_path / "eos.gguf", weights, eos_id=first)
-    settings = dataclasses.replace(SETTINGS, model=os.fspath(model), max_new_tokens=4)
-    result = trio.run(lambda: run_roles(build_programs(settings), session=settings.session))
-    assert list(result.results[CLIENT]["token_ids"]) == [first]
+@pytest.fixture
+def cluster(tmp_path: Path) -> Path:
+    return make_cluster(tmp_path, SETTINGS)
 
 
-def test_killed_party_stops_the_others(tmp_path: Path) -> None:
-    """SIGKILL one party mid-run: every other role exits 1 naming a failed peer."""
-    long_run = dataclasses.replace(SETTINGS, max_new_tokens=50, timeout=20.0)
-    cluster = make_cluster(tmp_path, long_run)
-    procs = {role: start(cluster, role) for role in ALL_ROLES}
-    victim = procs[1]
-    assert victim.stderr is not None
-    deadline = time.monotonic() + HANG_GUARD
-    while "running the session" not in victim.stderr.readline():
-        assert time.monotonic() < deadline and victim.poll() is None
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=HANG_GUARD)
-    for role, proc in procs.items():
-        if role == 1:
-            continue
-        code, _out, err = finish(proc)
-        assert code == 1, f"{role_name(role)}: {err}"
-        assert "Traceback" not in err
-        assert "error:" in err and "peer" in err
+@pytest.fixture
+def nothing_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model or connecting is a test failure."""
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("nothing may load or connect")
+
+    monkeypatch.setattr(ModelSource, "load_weights", fail)
+    monkeypatch.setattr(ModelSource, "open", fail)
+    monkeypatch.setattr("puma_async.party.run_roles_over_tcp", fail)
 
 
-def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
-    cluster = make_cluster(tmp_path)
-    host, port = load_cluster(cluster).addresses[0]
-    with socket.socket() as busy:
-        busy.bind((host, port))
-        busy.listen()
-        code, _out, err = finish(start(cluster, 0))
-    assert code == 1
-    assert "Traceback" not in err
-    assert f"cannot listen on 127.0.0.1:{port}" in err
-
-
-def test_peer_that_never_comes_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    settings = dataclasses.replace(SETTINGS, connect_timeout=1.0)
-    cluster = make_cluster(tmp_path, settings)
-    assert main(["run", "--cluster-file", os.fspath(cluster), "--role", "client"]) == 1
+@pytest.mark.parametrize(("roles", "options", "message"), [
+    (["client"], ["--prompt", "hi", "--seed", "-5"], "seed must be >= 0"),
+    (["client"], ["--prompt", "hi", "--temperature", "-1"], "temperature must be"),
+    (["client", "model-owner"], ["--prompt", "hi", "--max-new-tokens", "0"],
+     "max-new-tokens must be >= 1"),
+    (["P0"], ["--prompt", "hi"], "--prompt: the client's option"),
+    (["client"], ["--prompt", "hi", "--model-file", "x.gguf"], "the model-owner's option"),
+    (["client", "model-owner"], ["--prompt", "x" * 70], "exceed the context length 64"),
+    (["client"], ["--prompt", "hi!"], "tiny model's tokenizer knows"),
+    (["model-owner"], ["--model-file", "x.gguf"], "public seed: give no --model-file"),
+    (["client"], ["--prompt-file", "/nonexistent/prompts"], "cannot read prompt file"),
+])
+def test_bad_options_fail_before_anything_loads(
+    cluster: Path, nothing_loads: None, capsys: pytest.CaptureFixture[str],
+    roles: list[str], options: list[str], message: str,
+) -> None:
+    args = ["run", "--cluster-file", os.fspath(cluster), *[a for r in roles
+                                                             for a in ("--role", r)], *options]
+    assert main(args) == 2
     err = capsys.readouterr().err
-    assert re.search(r"client: TcpSetupError: peer \d at 127\.0\.0\.1:\d+ never came up", err)
+    assert message in err and "Traceback" not in err
+
+
+def test_no_prompt_at_all(cluster: Path, nothing_loads: None, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["run", "--cluster-file", os.fspath(cluster), "--role", "client"]) == 2
+    assert "no prompt: give --prompt TEXT" in capsys.readouterr().err
+
+
+def test_smollm2_client_needs_the_exported_tokenizer(
+    tmp_path: Path, nothing_loads: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = make_cluster(tmp_path, dataclasses.replace(SETTINGS, model="smollm2",
+                                                         architecture=None, context=None))
+    assert main(["run", "--cluster-file", os.fspath(cluster), "--role", "client",
+                 "--prompt", "hi"]) == 2
+    assert "the client needs --tokenizer DIR" in capsys.readouterr().err
 
 
 def test_missing_certificates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -193,8 +172,17 @@ def test_missing_certificates(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     path = write_cluster(tmp_path / "c.toml", name="x", settings=SETTINGS,
                          addresses={r: ("127.0.0.1", p) for r, p in zip(ALL_ROLES, ports,
                                                                          strict=True)})
-    assert main(["run", "--cluster-file", os.fspath(path), "--role", "P0"]) == 1
-    assert "party certs --cluster-file" in capsys.readouterr().err
+    assert main(["run", "--cluster-file", os.fspath(path), "--role", "P0"]) == 2
+    assert "party certs request --cluster-file" in capsys.readouterr().err
+
+
+def test_peer_that_never_comes_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = make_cluster(tmp_path, dataclasses.replace(SETTINGS, connect_timeout=1.0))
+    assert main(["run", "--cluster-file", os.fspath(cluster), "--role", "client",
+                 "--prompt", "hi"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"client failed: TcpSetupError: peer (P\d|model-owner) at \S+ never came "
+                     r"up", err)
 
 
 # ----------------------------------------------------------------------------- handshakes
@@ -224,15 +212,32 @@ def pkis(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return ours, theirs
 
 
+async def idle(ctx: Context) -> None:
+    pass
+
+
+async def connect_both(cluster: Cluster, settings: dict[int, SessionSettings] | None = None
+                       ) -> dict[int, BaseException]:
+    """Run P0 and P1 (each with its own settings, if given); their errors."""
+    errors: dict[int, BaseException] = {}
+
+    async def one(role: int) -> None:
+        try:
+            await network.run_role(cluster, role, (settings or {}).get(role, cluster.settings),
+                                   RolePlan(idle, bytes([role]) * 32), lambda r, t: None)
+        except HandshakeError as exc:
+            errors[role] = exc
+
+    async with trio.open_nursery() as nursery:
+        for role in (0, 1):
+            nursery.start_soon(one, role)
+    return errors
+
+
 async def test_certificate_of_another_cluster(tmp_path: Path, pkis: tuple[Path, Path]) -> None:
     ours, theirs = pkis
-    cluster = two_role_cluster(tmp_path, ours, cert_of={1: theirs})
-    _outcomes, errors = await run_roles_over_tcp(
-        cluster, [0, 1], cluster.settings, entropy={0: b"0" * 32, 1: b"1" * 32}, record=None
-    )
-    assert isinstance(errors[1], HandshakeError)
+    errors = await connect_both(two_role_cluster(tmp_path, ours, cert_of={1: theirs}))
     assert "TLS handshake failed" in str(errors[1])
-    assert isinstance(errors[0], HandshakeError)
     assert "rejected connections" in str(errors[0])
 
 
@@ -242,12 +247,9 @@ async def test_peer_claiming_the_wrong_role(tmp_path: Path, pkis: tuple[Path, Pa
     wrong.mkdir()
     (wrong / "role-1.pem").write_bytes((ours / "role-2.pem").read_bytes())
     (wrong / "role-1.key").write_bytes((ours / "role-2.key").read_bytes())
-    cluster = two_role_cluster(tmp_path, ours, cert_of={1: wrong})
-    _outcomes, errors = await run_roles_over_tcp(
-        cluster, [0, 1], cluster.settings, entropy={0: b"0" * 32, 1: b"1" * 32}, record=None
-    )
-    assert "certificate is for role 2 but its Hello claims role 1" in str(errors[0])
-    assert isinstance(errors[1], HandshakeError)
+    errors = await connect_both(two_role_cluster(tmp_path, ours, cert_of={1: wrong}))
+    assert "certificate is for P2 but its Hello claims P1" in str(errors[0])
+    assert 1 in errors
 
 
 async def test_mismatched_configuration(tmp_path: Path, pkis: tuple[Path, Path]) -> None:
@@ -255,15 +257,74 @@ async def test_mismatched_configuration(tmp_path: Path, pkis: tuple[Path, Path])
     ours, _ = pkis
     cluster = two_role_cluster(tmp_path, ours)
     other = dataclasses.replace(cluster.settings, model_seed=1)
-    errors: dict[int, BaseException] = {}
-
-    async def one(role: int, settings: SessionSettings) -> None:
-        with pytest.raises(HandshakeError) as info:
-            await run_role(cluster, role, settings, entropy=b"e" * 32)
-        errors[role] = info.value
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(one, 0, cluster.settings)
-        nursery.start_soon(one, 1, other)
+    errors = await connect_both(cluster, {1: other})
     assert "configuration digest" in str(errors[0])
     assert "configuration digest" in str(errors[1]) or "rejected" in str(errors[1])
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def test_port_in_use_is_a_clear_error(cluster: Path) -> None:
+    host, port = load_cluster(cluster).addresses[0]
+    with socket.socket() as busy:
+        busy.bind((host, port))
+        busy.listen()
+        code, out, err = finish(start(cluster, 0))
+    assert code == 1 and out == ""
+    assert "Traceback" not in err
+    assert f"P0 cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_failing_role_stops_its_neighbour_at_once(tmp_path: Path) -> None:
+    """P1 cannot listen: P0 in the same process stops at once (not after its 600 s connect
+    timeout), and one line names P1 as the cause."""
+    cluster = make_cluster(tmp_path, dataclasses.replace(SETTINGS, connect_timeout=600.0))
+    host, port = load_cluster(cluster).addresses[1]
+    with socket.socket() as busy:
+        busy.bind((host, port))
+        busy.listen()
+        code, _out, err = finish(start(cluster, [0, 1]))
+    assert code == 1 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert "error: P1 failed: TcpSetupError: P1 cannot listen" in line
+    assert line.endswith("stopped with it: P0")
+
+
+def test_killed_party_stops_the_others(tmp_path: Path) -> None:
+    """SIGKILL one party mid-run: every other role exits 1 naming a failed peer."""
+    cluster = make_cluster(tmp_path, dataclasses.replace(SETTINGS, max_new_tokens=50,
+                                                         timeout=20.0))
+    procs = {role: start(cluster, role, *(["--prompt", "hi"] if role == CLIENT else []))
+             for role in ALL_ROLES}
+    victim = procs[1]
+    wait_for_line(victim, "pass 0 done")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=HANG_GUARD)
+    for role, proc in procs.items():
+        if role == 1:
+            continue
+        code, _out, err = finish(proc)
+        assert code == 1, f"{role_name(role)}: {err}"
+        assert "Traceback" not in err
+        assert f"error: {role_name(role)} failed" in err and "peer P" in err
+
+
+def test_ctrl_c_interrupts_and_tells_the_peers(tmp_path: Path) -> None:
+    """SIGINT to P1: it says "interrupted" and exits 130; every peer stops naming P1."""
+    cluster = make_cluster(tmp_path, dataclasses.replace(SETTINGS, max_new_tokens=50))
+    procs = {role: start(cluster, role, *(["--prompt", "hi"] if role == CLIENT else []))
+             for role in ALL_ROLES}
+    wait_for_line(procs[1], "pass 1 done")
+    procs[1].send_signal(signal.SIGINT)
+    code, out, err = finish(procs[1])
+    assert code == 130 and out == ""
+    assert err.rstrip().endswith("python -m puma_async.party: interrupted")
+    assert "Traceback" not in err
+    for role, proc in procs.items():
+        if role == 1:
+            continue
+        code, _out, err = finish(proc)
+        assert code == 1, f"{role_name(role)}: {err}"
+        assert "Traceback" not in err
+        assert "P1: Stopped: interrupted (Ctrl-C)" in err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import stat
 from pathlib import Path
 
 import msgpack
@@ -164,3 +166,23 @@ async def test_config_must_be_plain_data(tmp_path: Path) -> None:
             RecordingTransport(network.endpoint(0), tmp_path / "x", {"a": object()},
                                session=SESSION)
     await trio.lowlevel.checkpoint()
+
+
+async def test_trace_is_private_and_never_overwritten_silently(tmp_path: Path) -> None:
+    old = os.umask(0o000)  # the worst case: the trace is private only if created so
+    try:
+        path = await record_pair(tmp_path)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        recorded = path.read_bytes()
+        async with open_memory_network([0, 1]) as network:
+            with pytest.raises(FileExistsError, match=r"role0\.trace exists \(use --force"):
+                RecordingTransport(network.endpoint(0), path, CONFIG, session=SESSION)
+            assert path.read_bytes() == recorded
+            os.chmod(path, 0o644)
+            RecordingTransport(network.endpoint(0), path, CONFIG, session=SESSION,
+                               force=True).close()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        header, records = read_trace(path)
+        assert header.role == 0 and list(records) == []
+    finally:
+        os.umask(old)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import msgpack
@@ -9,43 +10,48 @@ import numpy as np
 import pytest
 import trio
 
-from puma_async.cluster import SessionSettings
 from puma_async.codec import Arrays, Message, decode_frame
-from puma_async.party import (
-    build_programs,
+from puma_async.files import DIR_MODE
+from puma_async.model import TinyTokenizer, random_weights
+from puma_async.replay import format_summary, main, replay_trace
+from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, PARTIES, role_name
+from puma_async.runtime import Context
+from puma_async.session import GenerationOptions, SessionSettings, run_session
+from puma_async.session.recording import (
+    client_inputs,
     local_recording,
-    recorder,
-    role_entropy,
+    owner_inputs,
     trace_path,
 )
-from puma_async.replay import format_summary, main, replay_trace
-from puma_async.roles import ALL_ROLES, CLIENT, PARTIES, role_name
-from puma_async.runner import run_roles
-from puma_async.runtime import Context
-from puma_async.transports.base import Transport
 from puma_async.transports.recording import read_trace
 from puma_async.transports.replay import split_frame
 
-SETTINGS = SessionSettings("replay-test", prompt="hi", max_new_tokens=2)
+SETTINGS = SessionSettings("replay-test", max_new_tokens=2)
+PROMPTS = [TinyTokenizer().encode("hi")]
 EXAMPLES = Path(__file__).parent.parent / "traces"
 
 
-def record_run(directory: Path) -> dict[int, Path]:
+def record_run(directory: Path, digest_over: int | None = None) -> dict[int, Path]:
     """Run every role in-process with each role recorded; the trace paths."""
-    entropy = {role: role_entropy("abcd", role) for role in ALL_ROLES}
-
-    def wrap(transport: Transport) -> Transport:
-        role = transport.role
-        return recorder(directory, SETTINGS, role, entropy[role], cluster="test")(transport)
-
-    trio.run(lambda: run_roles(build_programs(SETTINGS), session=SETTINGS.session,
-                               entropy=entropy, wrap_transport=wrap))
+    options = GenerationOptions()
+    inputs = {MODEL_OWNER: owner_inputs(None), CLIENT: client_inputs(PROMPTS, options)}
+    wrap, entropy = local_recording(directory, SETTINGS, inputs, seed="abcd", cluster="test",
+                                    digest_over=digest_over)
+    run_session(random_weights(SETTINGS.config), PROMPTS, options, settings=SETTINGS,
+                entropy=entropy, wrap_transport=wrap)
     return {role: trace_path(directory, role) for role in ALL_ROLES}
 
 
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    return record_run(tmp_path_factory.mktemp("traces"))
+    return record_run(tmp_path_factory.mktemp("traces") / "run")
+
+
+def test_record_folder_is_private_and_not_reused(traces: dict[int, Path]) -> None:
+    folder = traces[0].parent
+    assert folder.stat().st_mode & 0o777 == DIR_MODE
+    with pytest.raises(FileExistsError, match="--force"):
+        record_run(folder)
 
 
 def test_unaltered_traces_replay_identical(traces: dict[int, Path]) -> None:
@@ -100,6 +106,9 @@ def test_altered_frame_names_the_first_diverging_step(traces: dict[int, Path],
         peer, tuple(path), seq, round_
     )
     assert "elements differ" in divergence.what
+    assert re.search(r"first at flat index \d+$", divergence.what)  # no value by default
+    shown = trio.run(lambda: replay_trace(altered, show_values=True)).divergence
+    assert shown is not None and re.search(r"flat index \d+: \d+ vs recorded \d+$", shown.what)
     step = ".".join(map(str, path))
     where = f"diverges at step {step} (seq {seq}) to {role_name(peer)}, round {round_}"
     assert where in report.verdict()
@@ -167,10 +176,7 @@ def test_example_traces_replay_identical() -> None:
 
 def test_digest_only_frames_are_rederived(tmp_path: Path) -> None:
     """Frames stored by digest only are re-derived by replaying their senders alongside."""
-    wrap, entropy = local_recording(tmp_path, SETTINGS, seed="abcd", cluster="test",
-                                    digest_over=150)
-    trio.run(lambda: run_roles(build_programs(SETTINGS), session=SETTINGS.session,
-                               entropy=entropy, wrap_transport=wrap))
+    record_run(tmp_path, digest_over=150)
     elided = [r for r in read_trace(tmp_path / "P1.trace")[1] if r.digest is not None]
     assert any(r.direction == "recv" for r in elided)
     assert any(r.direction == "send" for r in elided)

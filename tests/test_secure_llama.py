@@ -13,14 +13,13 @@ import json
 import numpy as np
 import pytest
 
-from puma_async import session as session_module
 from puma_async.errors import ContextLengthError, ModelFileError
 from puma_async.local import main
 from puma_async.model import KVCache, forward, greedy_generate, random_weights, tiny_config
 from puma_async.model.gguf_loader import load_gguf
 from puma_async.protocols.llama import causal_mask, weight_plan
 from puma_async.roles import MODEL_OWNER, PARTIES
-from puma_async.session import GenerationOptions, pick_token, run_session
+from puma_async.session import GenerationOptions, SessionResult, inprocess, pick_token, run_session
 
 LOGIT_BOUND = 0.15
 CONFIG = dataclasses.replace(tiny_config(), n_layers=3)  # >= 3 layers: masks of inner layers
@@ -30,12 +29,12 @@ NEW = 3
 
 
 @pytest.fixture(scope="module")
-def session() -> session_module.SessionResult:
+def session() -> SessionResult:
     """One session: two prompts, then the first prompt again plus 2 generated tokens
     (a full recompute of the cached path's last step)."""
     first = greedy_generate(WEIGHTS, PROMPTS[0], NEW)
     recompute = PROMPTS[0] + first[:2]
-    return run_session(WEIGHTS, [*PROMPTS, recompute], GenerationOptions(max_new_tokens=NEW))
+    return run_session(WEIGHTS, [*PROMPTS, recompute], max_new_tokens=NEW)
 
 
 def _reference_logits(prompt: list[int], tokens: list[int]) -> list[np.ndarray]:
@@ -80,11 +79,20 @@ def test_causal_mask_rows_by_group() -> None:
     assert np.array_equal(mask, want)
 
 
-def test_eos_stops_generation() -> None:
+@pytest.mark.parametrize("stop_at_eos", [False, True])
+def test_eos_ends_the_text_and_the_passes_go_on(stop_at_eos: bool) -> None:
+    """After EOS the client runs the remaining passes (discarded) unless it stops at EOS."""
     prompt = [4, 5]
     first = greedy_generate(WEIGHTS, prompt, 1)[0]
-    result = run_session(WEIGHTS, [prompt], GenerationOptions(max_new_tokens=3, eos_id=first))
-    assert result.prompts[0].tokens == [first]
+    options = GenerationOptions(eos_id=first, stop_at_eos=stop_at_eos)
+    result = run_session(WEIGHTS, [prompt, prompt], options, max_new_tokens=3)
+    for index, generated in enumerate(result.prompts):
+        assert generated.tokens == [first]
+        discarded = [r.discarded for r in generated.records]
+        assert discarded == ([False] if stop_at_eos else [False, True, True])
+        passes = [s for s in result.stats[0].scopes() if s.startswith(f"p{index}.t")
+                  and s.count(".") == 1]
+        assert len(passes) == len(discarded)  # what the parties see: the number of passes
 
 
 def test_pick_token() -> None:
@@ -103,19 +111,20 @@ def no_run(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("the session must not start")
 
-    monkeypatch.setattr(session_module, "run_local", fail)
+    monkeypatch.setattr(inprocess, "run_local", fail)
 
 
 def test_too_long_prompt_fails_before_anything_runs(no_run: None) -> None:
-    prompt = [1] * (CONFIG.context_length - 2)
+    """A prompt of n tokens and m new ones needs n + m - 1 positions."""
+    prompt = [1] * (CONFIG.context_length - 1)
     with pytest.raises(ContextLengthError, match="context length"):
-        run_session(WEIGHTS, [prompt], GenerationOptions(max_new_tokens=3))
+        run_session(WEIGHTS, [prompt], max_new_tokens=3)
 
 
 @pytest.mark.parametrize("prompt", [[1, CONFIG.vocab], [-1], []])
 def test_bad_token_ids_fail_before_anything_runs(no_run: None, prompt: list[int]) -> None:
     with pytest.raises(ValueError, match="prompt 0"):
-        run_session(WEIGHTS, [prompt], GenerationOptions())
+        run_session(WEIGHTS, [prompt])
 
 
 def test_wrong_model_file(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -135,7 +144,7 @@ def test_cli_context_length_error(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_json_with_compare(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--model", "tiny", "--prompt", "abc", "--max-new-tokens", "2", "--compare",
-                 "--json"]) == 0
+                 "--json", "--seed", "0"]) == 0
     data = json.loads(capsys.readouterr().out)
     (prompt,) = data["prompts"]
     assert prompt["generated_ids"] == prompt["plaintext_ids"]

@@ -32,8 +32,8 @@ def test_secure_greedy_generation_equals_plaintext() -> None:
     w64 = weights.astype(np.float64)
     prompts = [tokenizer.encode(text) for text in PROMPTS]
     assert prompts[0] == [504, 3575, 282, 4649, 314]
-    options = GenerationOptions(max_new_tokens=NEW_TOKENS, eos_id=tokenizer.eos_id)
-    result = run_session(weights, prompts, options)
+    options = GenerationOptions(eos_id=tokenizer.eos_id)
+    result = run_session(weights, prompts, options, max_new_tokens=NEW_TOKENS)
     errors = []
     for text, prompt, secure in zip(PROMPTS, prompts, result.prompts, strict=True):
         plain = greedy_generate(w64, prompt, NEW_TOKENS, tokenizer.eos_id)

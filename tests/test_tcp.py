@@ -290,7 +290,7 @@ async def test_certificate_of_another_role_is_rejected(pki: ClusterPki) -> None:
     results = await run_roles({0: nothing, 2: nothing}, options)
     for role in (0, 2):
         assert isinstance(results[role], HandshakeError)
-        assert "certificate is for role 1 but its Hello claims role 2" in str(results[role])
+        assert "certificate is for P1 but its Hello claims P2" in str(results[role])
     assert "peer rejected the handshake" in str(results[2])
 
 
@@ -358,7 +358,7 @@ async def test_junk_connection_does_not_stop_the_listener() -> None:
 
 async def test_peer_that_never_comes_up() -> None:
     addresses = free_addresses([0, 1])
-    with pytest.raises(TcpSetupError, match=r"peer 0 at 127\.0\.0\.1:\d+ never came up after \d+"):
+    with pytest.raises(TcpSetupError, match=r"peer P0 at 127\.0\.0\.1:\d+ never came up after \d+"):
         async with open_tcp_transport(
             1, addresses, session=SESSION, config_digest=DIGEST, tls=None, allow_plain=True,
             connect_timeout=0.5, retry_initial=0.01, retry_max=0.1,

@@ -2,7 +2,9 @@
 
 **A trace holds key material and secret shares** (PRG seeds, the shares of the weights and of
 the client's input, everything this party saw): store it like a private key, and share it only
-with whoever may see this party's view of the session.
+with whoever may see this party's view of the session. The file is created 0600 (whatever the
+umask) and an existing one is never overwritten unless the caller passes ``force``
+(:func:`puma_async.files.create_private_file`).
 
 Trace format (``puma-async-trace``, version 1)
 ---------------------------------------------
@@ -51,6 +53,7 @@ import msgpack
 
 from puma_async.codec import DEFAULT_MAX_FRAME_BYTES, decode_frame, format_path
 from puma_async.errors import ProtocolError, TraceError
+from puma_async.files import create_private_file
 from puma_async.transports.base import Transport
 
 FORMAT = "puma-async-trace"
@@ -121,7 +124,8 @@ class RecordingTransport(Transport):
     """Passes everything to ``inner`` and writes each frame and end of stream to ``path``.
 
     ``config`` is the run's configuration (plain msgpack data) stored in the header;
-    ``digest_over`` stores frames larger than that many bytes by digest only.
+    ``digest_over`` stores frames larger than that many bytes by digest only. The trace is
+    created 0600; an existing file at ``path`` is refused (FileExistsError) unless ``force``.
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class RecordingTransport(Transport):
         *,
         session: bytes,
         digest_over: int | None = None,
+        force: bool = False,
     ):
         self.inner = inner
         self.role = inner.role
@@ -149,7 +154,7 @@ class RecordingTransport(Transport):
             "started_at": time.time(), "digest_over": digest_over,
         }
         data = self._packer.pack(header)  # fails early if config is not plain data
-        self._file: IO[bytes] | None = open(self.path, "wb")  # noqa: SIM115 (closed by close())
+        self._file: IO[bytes] | None = create_private_file(self.path, force=force)
         self._file.write(data)
 
     # -- the Transport interface ---------------------------------------------------------

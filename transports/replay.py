@@ -14,7 +14,11 @@ A :class:`ReplayTransport` plays the peers of the party that recorded a trace
 * ``close_peer`` checks that nothing recorded for that peer is still missing.
 
 The first difference is kept as :attr:`ReplayTransport.divergence` (and raised to the sender)
-and names the step path, peer, round and what differs.
+and names the step path, peer, round and what differs: message types, array dtypes and shapes,
+how many elements differ and the position of the first, or which fields of a message differ.
+It shows no value by default, although the trace's owner holds them all: a report is made to
+be pasted into an issue, and the values are shares, keys or opened data. ``show_values=True``
+(``replay --show-values``) adds the first differing elements, for the trace's owner only.
 
 Frames stored by digest only (``digest_over``: the weight shares of a real model) are
 re-derived: if the peer that sent them is replayed alongside from its own trace (a *source*,
@@ -98,8 +102,12 @@ def split_frame(frame: bytes) -> list[bytes]:
     return parts
 
 
-def describe_difference(got: Envelope, want: Envelope) -> str:
-    """What differs between a sent envelope and the recorded one with the same key."""
+def describe_difference(got: Envelope, want: Envelope, *, show_values: bool = False) -> str:
+    """What differs between a sent envelope and the recorded one with the same key.
+
+    Types, shapes, counts and positions only; with ``show_values`` also the first differing
+    elements (or fields), which are secret (see the module docstring).
+    """
     if got.round != want.round:
         return f"round {got.round}, recorded {want.round}"
     got_type, want_type = type(got.message).__name__, type(want.message).__name__
@@ -115,9 +123,25 @@ def describe_difference(got: Envelope, want: Envelope) -> str:
             differ = np.flatnonzero(x.ravel() != y.ravel())
             if differ.size:
                 j = int(differ[0])
+                values = f": {x.ravel()[j]} vs recorded {y.ravel()[j]}" if show_values else ""
                 return (f"array {i} {x.dtype}{list(x.shape)}: {differ.size} elements differ, "
-                        f"first at flat index {j}: {x.ravel()[j]} vs recorded {y.ravel()[j]}")
-    return f"payload differs: {got.message!r:.200} vs recorded {want.message!r:.200}"
+                        f"first at flat index {j}{values}")
+    if dataclasses.is_dataclass(got.message):
+        fields = [f.name for f in dataclasses.fields(got.message)
+                  if not _same(getattr(got.message, f.name), getattr(want.message, f.name))]
+        if fields:
+            values = (f": {got.message!r:.200} vs recorded {want.message!r:.200}"
+                      if show_values else "")
+            return f"{got_type} field(s) {', '.join(fields)} differ{values}"
+    return f"{got_type} payload differs"
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return bool(np.array_equal(a, b)) and np.asarray(a).dtype == np.asarray(b).dtype
+    return a == b
 
 
 @dataclasses.dataclass
@@ -145,8 +169,9 @@ class ReplayTransport(Transport):
     """The peers of one recorded party, played back from its trace (module docstring)."""
 
     def __init__(self, header: TraceHeader, records: Sequence[TraceRecord], *,
-                 truncated: bool = False):
+                 truncated: bool = False, show_values: bool = False):
         self.header = header
+        self.show_values = show_values
         self.role = header.role
         self.peers = tuple(header.peers)
         self.records = tuple(records)
@@ -207,7 +232,8 @@ class ReplayTransport(Transport):
         return frame
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> ReplayTransport:
+    def from_file(cls, path: str | os.PathLike[str], *, show_values: bool = False
+                  ) -> ReplayTransport:
         """Read a trace; a trace cut short (no trailer) replays up to where it ends."""
         header, iterator = read_trace(path)
         records: list[TraceRecord] = []
@@ -216,8 +242,8 @@ class ReplayTransport(Transport):
         except TraceError as exc:
             if "truncated" not in str(exc):
                 raise
-            return cls(header, records, truncated=True)
-        return cls(header, records)
+            return cls(header, records, truncated=True, show_values=show_values)
+        return cls(header, records, show_values=show_values)
 
     def _expect(self, index: int, record: TraceRecord) -> None:
         peer = record.peer
@@ -288,7 +314,8 @@ class ReplayTransport(Transport):
         elif want.raw is not None and raw != want.raw:
             (recorded,) = decode_frame(frame_from_encoded([want.raw]))
             self._diverge(Divergence(peer, env.path, env.seq, env.round,
-                                     describe_difference(env, recorded)))
+                                     describe_difference(env, recorded,
+                                                         show_values=self.show_values)))
         elif want.raw is None and (want.round, want.message) != (
             env.round, type(env.message).__name__
         ):

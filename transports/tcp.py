@@ -85,6 +85,7 @@ from puma_async.errors import (
     ProtocolError,
     PumaError,
 )
+from puma_async.roles import role_name
 from puma_async.transports.base import Target, Transport, drain
 from puma_async.transports.tls import TlsConfig, client_context, peer_role_from_cert, server_context
 
@@ -439,10 +440,11 @@ def _hello_mismatch(setup: _Setup, hello: Hello, expected: set[int], cert_role: 
     if hello.session != ours.session:
         return f"session id {hello.session.hex()} differs from ours {ours.session.hex()}"
     if hello.role not in expected:
-        wanted = " or ".join(map(str, sorted(expected))) or "none"
-        return f"peer says it is role {hello.role}, expected role {wanted} on this connection"
+        wanted = " or ".join(map(role_name, sorted(expected))) or "none"
+        return f"peer says it is {role_name(hello.role)}, expected {wanted} on this connection"
     if cert_role is not None and cert_role != hello.role:
-        return f"peer certificate is for role {cert_role} but its Hello claims role {hello.role}"
+        return (f"peer certificate is for {role_name(cert_role)} but its Hello claims "
+                f"{role_name(hello.role)}")
     if hello.config_digest != ours.config_digest:
         return (
             f"configuration digest {hello.config_digest.hex()} differs from ours "
@@ -611,7 +613,7 @@ async def _dial(setup: _Setup, peer: int, deadline: float) -> _Connection:
             reason = f" (last error: {last_error})" if last_error is not None else ""
             error = HandshakeError if stream is not None else TcpSetupError
             raise error(
-                f"peer {peer} at {where} never came up after {attempts} attempts "
+                f"peer {role_name(peer)} at {where} never came up after {attempts} attempts "
                 f"in {setup.connect_timeout:g} s{reason}"
             )
         await trio.sleep(delay)
@@ -635,7 +637,8 @@ class _Rejections:
         self.count += 1
         if len(self.first) < _REJECTIONS_SHOWN:
             self.first.append(f"{remote}: {reason}")
-            log.warning("rejected connection", role=self.role, remote=remote, error=reason)
+            log.warning("rejected connection", role=role_name(self.role), remote=remote,
+                        error=reason)
             self._summarised = self.count
         elif trio.current_time() >= self._next_summary:
             self.summarise()
@@ -643,7 +646,7 @@ class _Rejections:
     def summarise(self) -> None:
         """Log how many connections were rejected since the last line about them."""
         if self.count > self._summarised:
-            log.warning("rejected connections", role=self.role,
+            log.warning("rejected connections", role=role_name(self.role),
                         count=self.count - self._summarised, total=self.count)
             self._summarised = self.count
             self._next_summary = trio.current_time() + _LOG_INTERVAL
@@ -652,8 +655,8 @@ class _Rejections:
         """accept() failed for lack of resources (descriptors, buffers)."""
         self._exhausted += 1
         if trio.current_time() >= self._next_exhausted:
-            log.warning("cannot accept connections, backing off", role=self.role,
-                        error=f"{exc.strerror or exc}", times=self._exhausted)
+            log.warning("cannot accept connections, backing off", role=role_name(self.role),
+                        error=exc.strerror or str(exc), times=self._exhausted)
             self._exhausted = 0
             self._next_exhausted = trio.current_time() + _LOG_INTERVAL
 
@@ -713,7 +716,7 @@ async def _accept(
 
             def claim(hello: Hello) -> None:
                 if hello.role in claimed:
-                    raise HandshakeError(f"role {hello.role} is already connected")
+                    raise HandshakeError(f"{role_name(hello.role)} is already connected")
                 claimed.add(hello.role)
                 attempt.role = hello.role
 
@@ -776,7 +779,7 @@ async def _accept(
         raise fatal[0]
     if pending:
         message = (
-            f"peers {sorted(pending)} did not connect to {where} within "
+            f"peers {', '.join(map(role_name, sorted(pending)))} did not connect to {where} within "
             f"{setup.connect_timeout:g} s"
         )
         if rejections.count:
@@ -798,7 +801,7 @@ async def _connect_all(setup: _Setup) -> dict[int, _Connection]:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
             raise TcpSetupError(
-                f"role {role} cannot listen on {_format_address((host, port))}: "
+                f"{role_name(role)} cannot listen on {_format_address((host, port))}: "
                 f"{exc.strerror or exc}"
             ) from exc
 

@@ -10,7 +10,7 @@ from puma_async.model.reference import (
     greedy_generate,
     rope_tables,
 )
-from puma_async.model.tokenizer import Tokenizer
+from puma_async.model.tokenizer import TinyTokenizer, Tokenizer
 from puma_async.model.weights import LayerWeights, LlamaWeights, random_weights
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "LayerWeights",
     "LlamaConfig",
     "LlamaWeights",
+    "TinyTokenizer",
     "Tokenizer",
     "apply_rope",
     "default_model_path",

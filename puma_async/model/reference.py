@@ -195,7 +195,11 @@ def _check_ids(
 ) -> npt.NDArray[np.int64]:
     ids = np.asarray(token_ids)
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"token ids must be a non-empty 1-D integer sequence, got {ids!r}")
-    if ids.min() < 0 or ids.max() >= config.vocab:
-        raise ValueError(f"token ids must lie in [0, {config.vocab}), got {ids.tolist()}")
+        raise ValueError(
+            f"token ids must be a non-empty 1-D integer sequence, got {ids.dtype} {ids.shape}"
+        )
+    bad = np.flatnonzero((ids < 0) | (ids >= config.vocab))
+    if bad.size:  # counted and placed, never quoted: token ids are the client's secret
+        raise ValueError(f"token ids must lie in [0, {config.vocab}): {bad.size} of {ids.size} "
+                         f"do not, the first at position {int(bad[0])}")
     return ids.astype(np.int64)

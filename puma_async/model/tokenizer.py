@@ -5,12 +5,22 @@ pre-tokenisers of SmolLM2 (``"smollm"``: single digits, then GPT-2's regex) and 
 (``"gpt-2"``/``"default"``). Control and user-defined tokens (``<|im_start|>`` ...) are added
 tokens, so they are matched whole in the input text. The BOS token is prepended only if the
 file asks for it (``tokenizer.ggml.add_bos_token``; SmolLM2 does not).
+
+The model owner exports a tokenizer for the client (:meth:`Tokenizer.save`): Hugging Face's
+``tokenizer.json`` and a ``tokenizer_config.json`` with the BOS and EOS tokens, ``add_bos_token``
+and the chat template; the client loads that folder (:meth:`Tokenizer.from_dir`) and never
+opens the model file. The ``tiny`` test model has a built-in tokenizer,
+:class:`TinyTokenizer` (one character per token).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import string
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gguf
 import tokenizers
@@ -29,6 +39,9 @@ _PRE_TOKENIZERS = {
     "default": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
 }
 _CONTROL, _USER_DEFINED = int(gguf.TokenType.CONTROL), int(gguf.TokenType.USER_DEFINED)
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 # SmolLM2's chat template without Jinja: ChatML, with this system message unless one is given.
 SMOLLM2_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -93,6 +106,53 @@ class Tokenizer:
             chat_template=metadata(reader, "tokenizer.chat_template"),
         )
 
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike[str]) -> Tokenizer:
+        """The tokenizer :meth:`save` wrote to ``directory``; ``ModelFileError`` if unreadable."""
+        folder = Path(directory)
+        try:
+            backend = tokenizers.Tokenizer.from_file(os.fspath(folder / TOKENIZER_FILE))
+            settings = json.loads((folder / TOKENIZER_CONFIG_FILE).read_text(encoding="utf-8"))
+        except Exception as exc:  # OSError, bad JSON, or the Rust parser's plain Exception
+            raise ModelFileError(f"cannot read the tokenizer in {folder}: {exc}") from None
+        if not isinstance(settings, dict):
+            raise ModelFileError(f"{folder / TOKENIZER_CONFIG_FILE}: not a JSON object")
+
+        def token_id(key: str) -> int | None:
+            token = settings.get(key)
+            if token is None:
+                return None
+            found = backend.token_to_id(token) if isinstance(token, str) else None
+            if found is None:
+                raise ModelFileError(f"{folder}: {key} {token!r} is not in the vocabulary")
+            return int(found)
+
+        template = settings.get("chat_template")
+        return cls(
+            backend, bos_id=token_id("bos_token"), eos_id=token_id("eos_token"),
+            add_bos=settings.get("add_bos_token") is True,
+            chat_template=template if isinstance(template, str) else None,
+        )
+
+    def save(self, directory: str | os.PathLike[str], *, force: bool = False) -> list[Path]:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` to ``directory`` (created);
+        existing files only with ``force``. Returns the paths written."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / TOKENIZER_FILE, folder / TOKENIZER_CONFIG_FILE]
+        existing = [os.fspath(p) for p in paths if p.exists()]
+        if existing and not force:
+            raise FileExistsError(f"{', '.join(existing)} exist (use --force to overwrite)")
+        config: dict[str, Any] = {
+            "bos_token": self._token(self.bos_id) or None,
+            "eos_token": self._token(self.eos_id) or None,
+            "add_bos_token": self.add_bos,
+            "chat_template": self.chat_template,
+        }
+        self.backend.save(os.fspath(paths[0]))
+        paths[1].write_text(json.dumps(config, indent=1, ensure_ascii=False), encoding="utf-8")
+        return paths
+
     @property
     def vocab_size(self) -> int:
         """Number of token ids, added tokens included."""
@@ -136,3 +196,35 @@ class Tokenizer:
 
     def _token(self, token_id: int | None) -> str:
         return "" if token_id is None else self.backend.id_to_token(token_id) or ""
+
+
+TINY_ALPHABET = " " + string.ascii_lowercase + string.ascii_uppercase + string.digits + "."
+"""The ``tiny`` model's 64 tokens: token i is character i of this string."""
+
+
+class TinyTokenizer(Tokenizer):
+    """The ``tiny`` model's tokenizer: one token per character of :data:`TINY_ALPHABET`.
+
+    Built in (nothing to load), the same in ``puma_async.local`` and ``puma_async.party``;
+    no BOS, no EOS, no chat template (``--chat`` leaves the text as it is).
+    """
+
+    def __init__(self) -> None:
+        backend = tokenizers.Tokenizer(
+            models.BPE(vocab={c: i for i, c in enumerate(TINY_ALPHABET)}, merges=[])
+        )
+        backend.decoder = decoders.Fuse()
+        super().__init__(backend)
+
+    def encode(self, text: str) -> list[int]:
+        """One id per character; ValueError naming a character outside the alphabet."""
+        unknown = sorted(set(text) - set(TINY_ALPHABET))
+        if unknown:
+            raise ValueError(
+                f"the tiny model's tokenizer knows letters, digits, space and '.', not "
+                f"{''.join(unknown)!r}"
+            )
+        return super().encode(text)
+
+    def apply_chat_template(self, user_message: str, system_message: str | None = None) -> str:
+        return user_message

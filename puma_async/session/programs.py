@@ -1,0 +1,271 @@
+"""The programs of a session's roles: the computing parties, the model owner, the client.
+
+One session = one architecture, one set of weight shares and any number of prompts:
+
+1. Set-up (phase ``setup``, step child 0 of the root): the parties agree their keys; the
+   model owner and the client give the parties their input seeds; the model owner shares
+   every weight tensor once (:func:`~puma_async.protocols.llama.weight_plan` order, in row
+   blocks that fit the session's frame limit: it derives x_0 and x_1 from the seeds and
+   sends only x_2 to P_1 and P_2). Each party then tells the client it is :class:`Ready`
+   (its shares stored), so the client's timings of the online steps do not include any
+   party's set-up.
+2. Online (step child 1): per prompt and per pass, the client tells the parties how many
+   new positions follow (:class:`Run`: public), secret-shares their one-hot rows, and alone
+   receives the logits of the last position; it picks the next token itself (greedy, or
+   sampled from its own seeded generator: client-side randomness, not a protocol secret).
+   The parties keep a secret-shared KV cache, so each new token costs one position. Every
+   prompt runs ``max_new_tokens`` passes unless the client stops at EOS (revealing the
+   length: :mod:`.generation`); :class:`NextPrompt` drops the cache, :class:`End` ends.
+
+Every command goes through a :class:`~.state.SessionState` on both sides. The parties see
+shapes, positions and the number of passes (public by the threat model), never a weight,
+token, activation or logit. Traffic of prompt p's pass t (t = 0: the prompt pass) is in scope
+``p{p}.t{t}`` of phase ``online``, with sub-scopes ``io``, ``embed``, ``layer{i}.attn``,
+``layer{i}.mlp`` and ``head``.
+
+Parties get the architecture only, the owner alone gets weights and the client alone gets
+prompts: :mod:`.factory` builds one role's program from what that role may hold.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+import trio
+
+from puma_async.errors import ProtocolError, SettingsError
+from puma_async.model.weights import LlamaWeights
+from puma_async.protocols.arith import fixed_point
+from puma_async.protocols.io import reveal_to, share_input
+from puma_async.protocols.llama import (
+    SecureKVCache,
+    Stored,
+    assemble_model,
+    forward,
+    store_share,
+    weight_plan,
+    weight_tensors,
+)
+from puma_async.protocols.randomness import setup_input_seeds, setup_keys
+from puma_async.protocols.ring import RingArray
+from puma_async.protocols.shares import AShare
+from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES
+from puma_async.runtime import Context
+from puma_async.session.frames import row_blocks
+from puma_async.session.generation import (
+    GenerationOptions,
+    Progress,
+    ProgressFn,
+    PromptResult,
+    TokenRecord,
+    check_prompts,
+    one_hot,
+    pick_token,
+)
+from puma_async.session.messages import Command, End, NextPrompt, Ready, Run
+from puma_async.session.settings import SessionSettings
+from puma_async.session.state import PassDone, SessionState, SessionStateError
+
+Program = Callable[[Context], Awaitable[Any]]
+ClientResult = tuple[tuple[PromptResult, ...], float]
+"""What the client's program returns: its prompts' results and the set-up's seconds."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+async def send_rows(ctx: Context, owner: int, shape: tuple[int, ...], block_bytes: int,
+                    rows_of: Callable[[slice], RingArray], *, in_thread: bool = False) -> None:
+    """The input owner's side of :func:`receive_rows`: shares ``rows_of(block)`` for each
+    row block of ``shape`` (computed in a worker thread if ``in_thread``), one at a time."""
+    for rows in row_blocks(shape, block_bytes):
+        block = await trio.to_thread.run_sync(rows_of, rows) if in_thread else rows_of(rows)
+        await share_input(ctx, owner, block.shape, block)
+        del block
+        await trio.sleep(0)  # let the writers send it before the next block is made
+
+
+async def receive_rows(ctx: Context, owner: int, shape: tuple[int, ...], block_bytes: int
+                       ) -> AShare:
+    """A party's share of an input of ``shape`` shared in row blocks of at most
+    ``block_bytes`` (:mod:`.frames`)."""
+    blocks = list(row_blocks(shape, block_bytes))
+    if len(blocks) == 1:
+        share = await share_input(ctx, owner, shape)
+        assert isinstance(share, AShare)
+        return share
+    first, second = np.empty(shape, np.uint64), np.empty(shape, np.uint64)
+    for rows in blocks:
+        part = await share_input(ctx, owner, (rows.stop - rows.start, *shape[1:]))
+        assert isinstance(part, AShare)
+        first[rows], second[rows] = part.first, part.second
+    return AShare(first, second)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+async def _command(ctx: Context, state: SessionState) -> Command:
+    """The client's next command, checked against the session's state."""
+    msg = await ctx.recv(CLIENT)
+    if not isinstance(msg, Run | NextPrompt | End):
+        raise ProtocolError(f"expected a command from the client, got {type(msg).__name__}",
+                            peer=CLIENT, step=ctx.step_name)
+    try:
+        state.handle(msg)
+    except SessionStateError as exc:
+        raise ProtocolError(f"bad command from the client: {exc}", peer=CLIENT,
+                            step=ctx.step_name) from None
+    return msg
+
+
+async def _tell_parties(ctx: Context, state: SessionState, command: Command) -> None:
+    state.handle(command)  # the client holds itself to the rules it holds the parties to
+    for party in PARTIES:
+        await ctx.send(party, command)
+
+
+def _no_progress(event: Progress) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------- programs
+
+
+def party_program(settings: SessionSettings, progress: ProgressFn | None = None) -> Program:
+    """A computing party: set-up, then forward passes as the client asks; returns None.
+
+    ``progress`` hears of the set-up ('setup') and of each pass ('token', without a token).
+    """
+    config, blocks = settings.config, settings.input_block_bytes
+    report = progress or _no_progress
+
+    async def program(ctx: Context) -> None:
+        started = time.perf_counter()
+        setup = ctx.child()
+        with setup.phase("setup"):
+            await setup_keys(setup)
+            await setup_input_seeds(setup, MODEL_OWNER)
+            await setup_input_seeds(setup, CLIENT)
+            stored: dict[str, Stored] = {}
+            for name, shape in weight_plan(config):
+                share = await receive_rows(setup, MODEL_OWNER, shape, blocks)
+                stored[name] = store_share(name, share)
+                del share
+            model = assemble_model(config, stored)
+            del stored
+        ctx.join([setup])
+        online = ctx.child()
+        state = SessionState(settings.positions, settings.max_new_tokens)
+        state.handle(Ready())
+        await online.send(CLIENT, Ready())
+        report(Progress("setup", time.perf_counter() - started))
+        cache = SecureKVCache.empty(config)
+        while True:
+            command = await _command(online, state)
+            if isinstance(command, End):
+                return
+            if isinstance(command, NextPrompt):
+                cache = SecureKVCache.empty(config)
+                continue
+            t0, step = time.perf_counter(), state.passes - 1
+            with online.scope(f"p{state.prompt}.t{step}"):
+                with online.scope("io"):
+                    tokens = await receive_rows(online, CLIENT, (command.positions, config.vocab),
+                                                blocks)
+                inner = online.child()
+                logits = await forward(inner, model, tokens, cache)
+                online.join([inner])
+                with online.scope("io"):
+                    await reveal_to(online, logits, CLIENT, logits.shape)
+            state.handle(PassDone())
+            report(Progress("token", time.perf_counter() - t0, state.prompt, step))
+
+    return program
+
+
+def owner_program(settings: SessionSettings, weights: LlamaWeights) -> Program:
+    """The model owner: shares every tensor once (fixed point, in row blocks)."""
+    if weights.config != settings.config:
+        raise SettingsError("the weights are not of the session's architecture")
+
+    async def program(ctx: Context) -> None:
+        setup = ctx.child()
+        with setup.phase("setup"):
+            await setup_input_seeds(setup, MODEL_OWNER)
+            fx = fixed_point(setup)
+            plan = weight_plan(weights.config)
+            for (_, shape), tensor in zip(plan, weight_tensors(weights), strict=True):
+                await send_rows(setup, MODEL_OWNER, shape, settings.input_block_bytes,
+                                lambda rows, tensor=tensor: fx.encode(tensor[rows]),
+                                in_thread=True)
+
+    return program
+
+
+def client_program(
+    settings: SessionSettings,
+    prompts: Sequence[Sequence[int]],
+    options: GenerationOptions,
+    progress: ProgressFn | None = None,
+) -> Program:
+    """The client: shares its tokens, receives the logits, decodes; returns a
+    :data:`ClientResult`. Raises ContextLengthError / ValueError for a bad prompt at once."""
+    config = settings.config
+    checked = check_prompts(config, settings.positions, settings.max_new_tokens, prompts)
+    report = progress or _no_progress
+
+    async def program(ctx: Context) -> ClientResult:
+        started = time.perf_counter()
+        setup = ctx.child()
+        with setup.phase("setup"):
+            await setup_input_seeds(setup, CLIENT)
+        online = ctx.child()
+        state = SessionState(settings.positions, settings.max_new_tokens)
+        for party in PARTIES:  # the set-up ends when every party has stored its weights
+            ready = await online.recv(party)
+            if not isinstance(ready, Ready):
+                raise ProtocolError(f"expected the party's ready signal, got "
+                                    f"{type(ready).__name__}", peer=party, step=online.step_name)
+        state.handle(Ready())
+        setup_seconds = time.perf_counter() - started
+        report(Progress("setup", setup_seconds))
+        fx = fixed_point(online)
+        rng = np.random.default_rng(options.seed)
+        results = []
+        for p, ids in enumerate(checked):
+            if p:
+                await _tell_parties(online, state, NextPrompt())
+            records: list[TokenRecord] = []
+            pending, ended = ids, False
+            while True:
+                t0 = time.perf_counter()
+                await _tell_parties(online, state, Run(len(pending)))
+                await send_rows(online, CLIENT, (len(pending), config.vocab),
+                                settings.input_block_bytes,
+                                lambda rows, pending=pending: one_hot(pending[rows], config.vocab))
+                opened = await reveal_to(online, None, CLIENT, (1, config.vocab))
+                assert opened is not None
+                state.handle(PassDone())
+                logits = fx.decode(opened)[0]
+                token = pick_token(logits, options.temperature, rng)
+                records.append(TokenRecord(token, time.perf_counter() - t0, logits, ended))
+                report(Progress("token", records[-1].seconds, p, len(records) - 1, token, ended))
+                ended = ended or token == options.eos_id
+                if len(records) == settings.max_new_tokens or (ended and options.stop_at_eos):
+                    break
+                pending = [token]
+            results.append(PromptResult(tuple(ids), tuple(records)))
+        await _tell_parties(online, state, End())
+        return tuple(results), setup_seconds
+
+    return program
+
+
+__all__ = [
+    "ClientResult", "Program", "client_program", "owner_program", "party_program",
+    "receive_rows", "send_rows",
+]

@@ -1,0 +1,140 @@
+"""Public session settings and the configuration digest every role checks at the handshake.
+
+A session is one model architecture, one set of weight shares and any number of prompts.
+Everything the roles must agree on is public: the session id, the model's name and
+architecture (a preset, :data:`~.models.PRESETS`, or the table the model owner exported),
+the tiny model's weight seed (public: tiny weights are test data), the model file's SHA-256
+if given (the owner checks its file against it), the token budget per prompt, the context
+(positions per prompt) and the largest frame it implies (:mod:`.frames`). These go into the
+:meth:`SessionSettings.config_digest` that the TCP handshake compares before any secret
+moves. Timeouts are local and left out; prompts are not settings at all (they exist only in
+the client process).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from puma_async import codec
+from puma_async.errors import SettingsError
+from puma_async.model.config import LlamaConfig
+from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
+from puma_async.session.models import PRESETS, TINY, preset_architecture
+
+DIGEST_VERSION = 2
+DEFAULT_CONTEXT = 512
+"""Positions per prompt when none is set (at most the model's own context): the context
+bounds the frame size (:mod:`.frames`), so it is not the model's 8k by default."""
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSettings:
+    """What one session computes (public, agreed by every role) and the local timeouts.
+
+    ``architecture`` None means the preset named by ``model``; ``context`` None means the
+    model's context length, at most :data:`DEFAULT_CONTEXT`. Both are resolved at
+    construction (read them as :attr:`config` and :attr:`positions`). ``input_block_bytes``:
+    inputs are shared in row blocks of at most this size (:mod:`.frames`). Raises
+    :class:`SettingsError` naming a bad setting.
+    """
+
+    session_id: str
+    model: str = TINY
+    architecture: LlamaConfig | None = None
+    model_seed: int = 0
+    model_sha256: str | None = None
+    max_new_tokens: int = 4
+    context: int | None = None
+    input_block_bytes: int = INPUT_BLOCK_BYTES
+    timeout: float = 120.0
+    connect_timeout: float = 600.0
+    handshake_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.session_id:
+            raise SettingsError("session id must not be empty")
+        if self.architecture is None:
+            object.__setattr__(self, "architecture", preset_architecture(self.model))
+        elif self.model in PRESETS and self.architecture != PRESETS[self.model]:
+            raise SettingsError(f"model {self.model!r} is a preset: its architecture is fixed")
+        config = self.config
+        if self.context is None:
+            object.__setattr__(self, "context", min(config.context_length, DEFAULT_CONTEXT))
+        if self.max_new_tokens < 1:
+            raise SettingsError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.max_new_tokens < self.positions <= config.context_length:
+            raise SettingsError(
+                f"context must be above max_new_tokens ({self.max_new_tokens}) and at most "
+                f"the model's context length {config.context_length}, got {self.positions}"
+            )
+        if self.input_block_bytes < ELEMENT_BYTES:
+            raise SettingsError(f"input_block_bytes must be >= {ELEMENT_BYTES}, "
+                                f"got {self.input_block_bytes}")
+        if self.model_seed < 0:
+            raise SettingsError(f"model_seed must be >= 0, got {self.model_seed}")
+        for name in ("timeout", "connect_timeout", "handshake_timeout"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.model_sha256 is not None and not _SHA256.match(self.model_sha256):
+            raise SettingsError("model_sha256 must be 64 lower-case hex digits")
+
+    @property
+    def config(self) -> LlamaConfig:
+        """The model's public architecture."""
+        assert self.architecture is not None  # resolved by __post_init__
+        return self.architecture
+
+    @property
+    def positions(self) -> int:
+        """The context: positions per prompt (prompt + new tokens)."""
+        assert self.context is not None  # resolved by __post_init__
+        return self.context
+
+    @property
+    def session(self) -> bytes:
+        """The 16-byte session id of the wire format."""
+        return hashlib.blake2b(self.session_id.encode(), digest_size=16).digest()
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest frame any role of this session may receive (:mod:`.frames`)."""
+        return max_frame_bytes(self.config, self.positions, self.input_block_bytes)
+
+    def public(self) -> dict[str, Any]:
+        """The settings every role must agree on (no timeouts): plain data."""
+        return {
+            "session_id": self.session_id, "model": self.model,
+            "architecture": dataclasses.asdict(self.config),
+            "model_seed": self.model_seed if self.model == TINY else None,
+            "model_sha256": self.model_sha256, "max_new_tokens": self.max_new_tokens,
+            "context": self.positions, "max_frame_bytes": self.max_frame_bytes,
+            "input_block_bytes": self.input_block_bytes,
+        }
+
+    def config_digest(self, cluster: str, roles: tuple[int, ...]) -> bytes:
+        """BLAKE2b-256 of the agreed settings, the cluster name and the roles (for the Hello)."""
+        data = codec.packb([DIGEST_VERSION, cluster, sorted(roles), sorted(self.public().items())])
+        return hashlib.blake2b(data, digest_size=32).digest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as plain data (trace headers)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SessionSettings:
+        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        fields = dict(data)
+        try:
+            if isinstance(fields.get("architecture"), Mapping):
+                fields["architecture"] = LlamaConfig(**fields["architecture"])
+            return cls(**fields)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"bad session settings: {exc}") from None
+
+
+__all__ = ["DEFAULT_CONTEXT", "DIGEST_VERSION", "SessionSettings"]

@@ -1,0 +1,273 @@
+"""The session layer: state machine, control messages, factory, frame limit, model resolver."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from puma_async.codec import decode_message, encode_message, packb
+from puma_async.errors import DecodeError, ModelFileError, SettingsError
+from puma_async.model import (
+    LlamaConfig,
+    TinyTokenizer,
+    Tokenizer,
+    default_model_path,
+    random_weights,
+    tiny_config,
+)
+from puma_async.model.gguf_loader import open_gguf, read_config
+from puma_async.roles import CLIENT, MODEL_OWNER
+from puma_async.session import GenerationOptions, SessionSettings, in_process_settings, run_session
+from puma_async.session.factory import build_program
+from puma_async.session.frames import max_frame_bytes, row_blocks
+from puma_async.session.messages import End, NextPrompt, Ready, Run
+from puma_async.session.models import (
+    SMOLLM2,
+    SMOLLM2_ARCHITECTURE,
+    ModelSource,
+    client_tokenizer,
+    owner_model,
+)
+from puma_async.session.state import PassDone, Phase, SessionState, SessionStateError
+from puma_async.transports.base import Transport
+
+# ----------------------------------------------------------------------------- state
+
+
+def run_prompt(state: SessionState, positions: int, passes: int) -> None:
+    state.handle(Run(positions))
+    state.handle(PassDone())
+    for _ in range(passes - 1):
+        state.handle(Run(1))
+        state.handle(PassDone())
+
+
+def test_a_whole_conversation() -> None:
+    state = SessionState(context=10, max_new_tokens=3)
+    state.handle(Ready())
+    run_prompt(state, 8, 3)
+    assert (state.prompt, state.passes, state.positions) == (0, 3, 10)
+    state.handle(NextPrompt())
+    assert (state.prompt, state.passes, state.positions) == (1, 0, 0)
+    run_prompt(state, 1, 2)
+    state.handle(End())
+    assert state.phase is Phase.END
+
+
+@pytest.mark.parametrize(("before", "event", "message"), [
+    ([], Run(1), "Run is not allowed in phase setup"),
+    ([Ready(), Run(1)], Run(1), "Run is not allowed in phase run"),
+    ([Ready(), Run(1), PassDone()], Ready(), "Ready is not allowed in phase idle"),
+    ([Ready()], NextPrompt(), "before the prompt's first pass"),
+    ([Ready()], End(), "before the prompt's first pass"),
+    ([Ready()], Run(11), "0 + 11 positions exceed the session's context of 10"),
+    ([Ready(), Run(9), PassDone()], Run(2), "has 1 position, not 2"),
+    ([Ready(), Run(10), PassDone()], Run(1), "10 + 1 positions exceed"),
+    ([Ready(), Run(1), PassDone(), Run(1), PassDone(), Run(1), PassDone()], Run(1),
+     "pass 4 of a prompt exceeds max_new_tokens 3"),
+    ([Ready(), Run(1), PassDone(), End()], Run(1), "Run is not allowed in phase end"),
+])
+def test_refused_events_change_nothing(before: list, event: object, message: str) -> None:
+    state = SessionState(context=10, max_new_tokens=3)
+    for e in before:
+        state.handle(e)
+    snapshot = dict(vars(state))
+    with pytest.raises(SessionStateError, match=re.escape(message)):
+        state.handle(event)  # type: ignore[arg-type]
+    assert vars(state) == snapshot
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+@pytest.mark.parametrize("message", [Ready(), Run(5), NextPrompt(), End()])
+def test_messages_round_trip(message: object) -> None:
+    assert decode_message(encode_message(message)) == message  # type: ignore[arg-type]
+
+
+@given(st.one_of(st.integers(-(1 << 63), (1 << 64) - 1), st.text(max_size=3), st.booleans(),
+                 st.none(), st.binary(max_size=3), st.floats(allow_nan=False)))
+@settings(max_examples=60, deadline=None)
+def test_run_refuses_what_is_not_a_position_count(value: object) -> None:
+    data = packb([Run.TAG, value])
+    if type(value) is int and 1 <= value <= 1 << 31:
+        assert decode_message(data) == Run(value)
+    else:
+        with pytest.raises(DecodeError, match="Run: positions"):
+            decode_message(data)
+
+
+def test_fieldless_messages_refuse_fields() -> None:
+    with pytest.raises(DecodeError):
+        decode_message(packb([End.TAG, 1]))
+
+
+# ----------------------------------------------------------------------------- factory
+
+
+def test_each_role_gets_only_its_own() -> None:
+    settings = SessionSettings("s")
+    weights = random_weights(settings.config)
+    with pytest.raises(ValueError, match="P0 must not get the weights"):
+        build_program(settings, 0, weights=weights)
+    with pytest.raises(ValueError, match="client must not get the weights"):
+        build_program(settings, CLIENT, weights=weights, prompts=[[1]])
+    with pytest.raises(ValueError, match="model-owner must not get the client's prompts"):
+        build_program(settings, MODEL_OWNER, weights=weights, prompts=[[1]])
+    with pytest.raises(ValueError, match="P2 must not get the client's prompts"):
+        build_program(settings, 2, options=GenerationOptions())
+    with pytest.raises(ValueError, match="needs the weights"):
+        build_program(settings, MODEL_OWNER)
+    other = random_weights(dataclasses.replace(settings.config, n_layers=3))
+    with pytest.raises(SettingsError, match="not of the session's architecture"):
+        build_program(settings, MODEL_OWNER, weights=other)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("seed", -5, "seed must be >= 0"), ("temperature", -1.0, "temperature"),
+    ("temperature", float("inf"), "temperature"),
+])
+def test_bad_generation_options(field: str, value: object, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        GenerationOptions(**{field: value})  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def test_row_blocks_cover_the_rows_within_the_block_size() -> None:
+    blocks = list(row_blocks((10, 4), 8 * 4 * 3))
+    assert [(b.start, b.stop) for b in blocks] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert [(b.start, b.stop) for b in row_blocks((2, 100), 8)] == [(0, 1), (1, 2)]
+    assert [(b.start, b.stop) for b in row_blocks((5,), 1 << 20)] == [(0, 5)]
+
+
+def frame_spy(sizes: list[int]) -> Callable[[Transport], Transport]:
+    """A transport wrapper recording the size of every frame the role sends."""
+
+    def wrap(transport: Transport) -> Transport:
+        send = transport.send_immediately
+
+        def spy(peer: int, frame: bytes) -> None:
+            sizes.append(len(frame))
+            send(peer, frame)
+
+        transport.send_immediately = spy  # type: ignore[method-assign]
+        return transport
+
+    return wrap
+
+
+@pytest.mark.parametrize(("config", "prompt", "new", "blocks"), [
+    (tiny_config(), 24, 3, 4096),
+    (dataclasses.replace(tiny_config(), n_layers=1, ffn=512, vocab=200, context_length=40),
+     30, 2, 1 << 20),
+    (dataclasses.replace(tiny_config(), n_layers=1, n_heads=8, n_kv_heads=2, head_dim=4,
+                         context_length=48), 40, 4, 2048),
+])
+def test_frames_stay_within_the_sessions_limit(config: LlamaConfig, prompt: int, new: int,
+                                               blocks: int) -> None:
+    """Whole sessions at the context's edge (and inputs in several blocks) send no frame
+    above :func:`max_frame_bytes`; the limit is not absurdly loose either."""
+    settings = in_process_settings(config, new, context=prompt + new - 1,
+                                   input_block_bytes=blocks)
+    weights = random_weights(config, seed=2)
+    sizes: list[int] = []
+    result = run_session(weights, [list(range(prompt))], settings=settings,
+                         wrap_transport=frame_spy(sizes))
+    assert len(result.prompts[0].records) == new
+    limit = settings.max_frame_bytes
+    assert max(sizes) <= limit
+    online = max_frame_bytes(config, settings.positions, blocks) - (1 << 20)
+    assert online <= 64 * max(sizes)
+
+
+def test_blocked_inputs_give_the_same_session() -> None:
+    """Inputs shared in blocks of 512 bytes give the session of one block per input (other
+    shares, hence other truncation rounding: logits within the secure model's error, as in
+    test_secure_llama)."""
+    config = tiny_config()
+    weights = random_weights(config, seed=4)
+    entropy = {r: bytes([r]) * 32 for r in range(5)}
+    runs = [run_session(weights, [[3, 1, 4, 1, 5]], entropy=entropy,
+                        settings=in_process_settings(config, 2, input_block_bytes=size))
+            for size in (512, 1 << 24)]
+    assert runs[0].prompts[0].tokens == runs[1].prompts[0].tokens
+    for blocked, whole in zip(runs[0].prompts[0].records, runs[1].prompts[0].records,
+                              strict=True):
+        assert np.abs(blocked.logits - whole.logits).max() < 0.15
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def test_settings_resolve_presets_and_context() -> None:
+    tiny = SessionSettings("s")
+    assert tiny.config == tiny_config() and tiny.positions == tiny_config().context_length
+    smol = SessionSettings("s", model=SMOLLM2)
+    assert smol.config == SMOLLM2_ARCHITECTURE and smol.positions == 512
+    assert smol.max_frame_bytes < 100 << 20  # tens of MB, not the codec's 2 GiB
+    with pytest.raises(SettingsError, match="is a preset"):
+        SessionSettings("s", model="tiny", architecture=SMOLLM2_ARCHITECTURE)
+    with pytest.raises(SettingsError, match="not a preset"):
+        SessionSettings("s", model="mine")
+    assert SessionSettings.from_dict(smol.to_dict()) == smol
+
+
+@pytest.mark.slow
+def test_smollm2_preset_is_the_wheels_file() -> None:
+    try:
+        path = default_model_path()
+    except ModelFileError as exc:
+        pytest.skip(f"real model not installed: {exc}")
+    assert read_config(open_gguf(path)) == SMOLLM2_ARCHITECTURE
+
+
+def test_owner_and_client_sources() -> None:
+    tiny = SessionSettings("s", model_seed=9)
+    source = owner_model(tiny, None)
+    assert source.file is None and source.seed == 9
+    assert np.array_equal(source.load_weights().embed,
+                          random_weights(tiny.config, seed=9).embed)
+    assert isinstance(client_tokenizer(tiny, None), TinyTokenizer)
+    with pytest.raises(SettingsError, match="needs --model-file"):
+        owner_model(SessionSettings("s", model="mine", architecture=tiny.config), None)
+    with pytest.raises(ModelFileError, match="has no model file"):
+        ModelSource("x", tiny.config).open()
+
+
+def test_tiny_tokenizer() -> None:
+    tokenizer = TinyTokenizer()
+    ids = tokenizer.encode("The capital. 42")
+    assert len(ids) == 15 and max(ids) < tiny_config().vocab
+    assert tokenizer.decode(ids) == "The capital. 42"
+    assert tokenizer.eos_id is None and tokenizer.apply_chat_template("hi") == "hi"
+    with pytest.raises(ValueError, match="not '!'"):
+        tokenizer.encode("hi!")
+
+
+@pytest.mark.slow
+def test_exported_tokenizer_round_trip(tmp_path: Path) -> None:
+    try:
+        original = Tokenizer.from_gguf()
+    except ModelFileError as exc:
+        pytest.skip(f"real model not installed: {exc}")
+    original.save(tmp_path)
+    loaded = Tokenizer.from_dir(tmp_path)
+    text = original.apply_chat_template("What is 2+2? Ünïcode ✓")
+    assert loaded.encode(text) == original.encode(text)
+    assert (loaded.bos_id, loaded.eos_id, loaded.add_bos) == (1, 2, False)
+    assert loaded.apply_chat_template("hi") == original.apply_chat_template("hi")
+    with pytest.raises(FileExistsError, match="--force"):
+        original.save(tmp_path)
+    settings = SessionSettings("s", model=SMOLLM2)
+    assert client_tokenizer(settings, tmp_path).vocab_size <= SMOLLM2_ARCHITECTURE.vocab
+    with pytest.raises(SettingsError, match="49152 tokens, the model's vocabulary 64"):
+        client_tokenizer(SessionSettings("s"), tmp_path)
