@@ -439,6 +439,8 @@ def _read_uint(buf: Buffer, pos: int, what: str) -> tuple[int, int]:
     byte = buf[pos]
     if byte <= 0x7F:
         return byte, pos + 1
+    if byte == 0xCD:  # uint 16: sequence numbers and rounds of a long session
+        return buf[pos + 1] << 8 | buf[pos + 2], pos + 3
     width = _UINTS.get(byte)
     if width is None:
         raise DecodeError(f"{what} must be an integer >= 0, not {_kind(byte)}")
@@ -721,22 +723,22 @@ def decode_frame(
     try:
         _check_size(data, max_bytes)
         buf = _readonly(data)
-        budget = decode_budget(len(buf))
         if buf and 0x91 <= buf[0] <= 0x9F:  # up to 15 envelopes: within any limit
             count, pos = buf[0] & 0x0F, 1
         else:
             count, pos = _read_array_header(buf, 0, "frame", min(
-                len(buf) // _MIN_ENVELOPE_BYTES, budget // (_ENVELOPE_COST + _MESSAGE_COST)
+                len(buf) // _MIN_ENVELOPE_BYTES,
+                decode_budget(len(buf)) // (_ENVELOPE_COST + _MESSAGE_COST),
             ))
         cost = 0
         envelopes = []
         for _ in range(count):
             env, pos, env_cost = _read_envelope(buf, pos, session)
             cost += env_cost
-            if cost > budget:
-                raise DecodeError(
-                    f"frame of {len(buf)} bytes decodes to more than {budget} bytes of objects"
-                )
+            # (the budget is at least the floor, so it needs computing only past it)
+            if cost > DECODE_FLOOR_BYTES and cost > decode_budget(len(buf)):
+                raise DecodeError(f"frame of {len(buf)} bytes decodes to more than "
+                                  f"{decode_budget(len(buf))} bytes of objects")
             if (
                 (session is not None and env.session is not session)
                 or (sender is not None and env.sender != sender)
