@@ -196,12 +196,15 @@ def message(cls: type[Message]) -> type[Message]:
     Every field of a registered message is a plain scalar on the wire (an integer, bool,
     float, None, str or bytes; the decoder refuses containers and ext types there), and the
     class has a ``from_wire(cls, fields)`` classmethod that checks the decoded fields' types
-    and ranges and raises :class:`DecodeError` (or TypeError/ValueError) for bad ones.
-    :class:`Arrays` and :class:`Value` are the two exceptions, read by the decoder itself.
+    and ranges and raises :class:`DecodeError` (or TypeError/ValueError) for bad ones. The two
+    exceptions: :class:`Arrays`, which the decoder reads itself, and :class:`Value`, whose
+    field may be a flat list. At most :data:`MAX_MESSAGE_FIELDS` fields.
     """
     cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
     if not 0 <= cls.TAG <= MAX_TAG:
         raise ValueError(f"message tag {cls.TAG} is not in 0..{MAX_TAG}")
+    if len(dataclasses.fields(cls)) > MAX_MESSAGE_FIELDS:
+        raise ValueError(f"{cls.__name__} has more than {MAX_MESSAGE_FIELDS} fields")
     if cls.TAG in _MESSAGES:
         raise ValueError(f"message tag {cls.TAG} registered twice")
     _MESSAGES[cls.TAG] = cls
