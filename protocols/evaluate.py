@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from puma_async.codec import Value
-from puma_async.errors import ProtocolError
 from puma_async.roles import CLIENT, PARTIES
 from puma_async.runner import run_local
 from puma_async.runtime import Context
@@ -69,16 +67,16 @@ def evaluation_program(fn: SecureFn, *inputs: Any, **kwargs: Any) -> Callable[[C
                 for a in arrays
             ]
         if ctx.role == CLIENT:
-            shapes = await ctx.recv(0)
-            if not isinstance(shapes, Value):
-                raise ProtocolError("expected the output shapes", peer=0, step=ctx.step_name)
+            shapes = await ctx.recv_arrays(0)  # one vector of dimensions per output
             with ctx.scope("io"):
-                return tuple([await reveal_to(ctx, None, CLIENT, s) for s in shapes.value])
+                return tuple([
+                    await reveal_to(ctx, None, CLIENT, tuple(map(int, s))) for s in shapes
+                ])
         with ctx.scope(OP_SCOPE):
             out = await fn(ctx, *shares, **kwargs)
         outs = [out] if isinstance(out, AShare) else list(out)
         if ctx.role == 0:
-            await ctx.send(CLIENT, Value([list(o.shape) for o in outs]))
+            await ctx.send_arrays(CLIENT, *[np.array(o.shape, np.uint64) for o in outs])
         with ctx.scope("io"):
             for o in outs:
                 await reveal_to(ctx, o, CLIENT, o.shape)
