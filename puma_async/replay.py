@@ -4,7 +4,7 @@ Usage::
 
     python -m puma_async.replay TRACE [TRACE ...]            # replay: identical or diverges
     python -m puma_async.replay TRACE --summary [--depth 2]  # rounds, bytes, time per scope
-    python -m puma_async.replay TRACE... --timeline out.svg  # rounds per party over time
+    python -m puma_async.replay TRACE... --timeline out.svg  # frames per link, cost per layer
 
 A trace written by ``--record`` (``puma_async.party`` or ``puma_async.local``) holds in its
 header the session settings, the role's entropy and its own inputs (the client's prompts, the
@@ -20,7 +20,8 @@ replayed trace is identical, 1 otherwise.
 ``--summary`` replays the party too: the runtime attributes each message to its scope, which
 the trace alone does not record; rounds and bytes are the replay's statistics (equal to the
 run's when the replay is identical), times are the recorded ones (from the first to the last
-message of the scope, in seconds since the party started).
+message of the scope, in seconds since the party started). ``--timeline`` replays too, for
+the same reason: it colours every frame by the scope that sent it (:mod:`puma_async.timeline`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from puma_async.roles import role_name
 from puma_async.runtime import MessageKey, PartyOptions, PartyRuntime, open_party
 from puma_async.session.recording import program_from_trace
 from puma_async.stats import PartyStats
-from puma_async.timeline import draw_timeline
+from puma_async.timeline import draw_timeline, party_timeline
 from puma_async.transports.recording import TraceRecord
 from puma_async.transports.replay import Divergence, ReplayTransport, watch_for_deadlock
 
@@ -222,11 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="print rounds, bytes and time per scope")
     parser.add_argument("--depth", type=int, default=2, help="scope depth of the summary")
     parser.add_argument("--timeline", type=Path, metavar="FILE.svg",
-                        help="draw the rounds of the traces over time")
+                        help="draw the frames of every link over time, coloured by scope, "
+                             "and the cost of each layer")
     parser.add_argument("--show-values", action="store_true",
                         help="show the first differing values (secret: shares, keys)")
     args = parser.parse_args(argv)
     status = 0
+    reports = []
     for path in args.traces:
         try:
             report = trio.run(lambda path=path: replay_trace(
@@ -236,14 +239,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 1
             continue
         print(report.verdict())
+        reports.append(report)
         if not report.identical:
             status = 1
         if args.summary:
             print(format_summary(report, args.depth))
     if args.timeline is not None:
         try:
-            draw_timeline(args.traces, args.timeline)
-        except (PumaError, OSError) as exc:
+            draw_timeline([party_timeline(r.role, r.records, r.scopes, r.stats)
+                           for r in reports], args.timeline)
+        except OSError as exc:
             print(f"{PROG}: error: timeline: {exc}", file=sys.stderr)
             return 1
         print(f"timeline written to {args.timeline}")
