@@ -1,0 +1,232 @@
+"""Rewrite the README's tables of figures from ``benchmarks/results/*.json``, so they cannot drift.
+
+Each generated table sits between two markers in the README::
+
+    <!-- table: NAME -->
+    ...  (written by this script: a line naming the command and the run, then the table)
+    <!-- end -->
+
+and is rendered from the JSON its benchmark wrote (:data:`TABLES`: the file and the command
+that writes it). A table whose JSON is missing is left as it is. ``tests/test_tables.py``
+checks that the README's tables equal what this script renders from the committed JSON.
+
+    python benchmarks/tables.py [--check] [--readme PATH] [--results DIR]
+
+``--check`` changes nothing and exits 1 if a table differs from its JSON.
+
+The table ``costs`` (rounds, bytes per element and error of each op) comes from the protocol
+kit's cost data, not from a benchmark: its renderer, :func:`render_costs`, takes those rows;
+:func:`cost_rows` is the hook that reads them, and returns None (the table is left as it is)
+until that data exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+SECTION = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end -->)", re.DOTALL)
+Data = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """A generated table: the JSON it is rendered from (in the results folder), the command
+    that writes that JSON, and the renderer (JSON -> markdown lines)."""
+
+    source: str
+    command: str
+    render: Callable[[Data], list[str]]
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _mb(nbytes: float) -> str:
+    return f"{nbytes / 1e6:.3g} MB" if nbytes >= 1e5 else f"{nbytes / 1e6:.2f} MB"
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.2g} s" if seconds < 0.1 else f"{seconds:.2f} s"
+
+
+def _run_line(command: str, source: str, machine: Data, extra: str = "") -> str:
+    """The line above a table: what produced it, on how busy a machine."""
+    load = machine.get("load_average_at_start", [None])[0]
+    return (f"`{command}` -> `benchmarks/results/{source}`: one run, Python-loop check "
+            f"{machine['python_loop_1e7_seconds']:.2f} s (quiet: 0.36 s; slower means a busy "
+            f"host and proportionally slower times), load average {load:.1f} at start{extra}.")
+
+
+# ----------------------------------------------------------------------------- renderers
+
+
+def _error(result: Data) -> str:
+    if "max_error_ulp" in result:
+        return f"{result['max_error_ulp']:.0f} ulp"
+    if "max_abs_error" in result:
+        return f"{result['max_abs_error']:.2g}"
+    if "wrong" in result:
+        return f"{result['wrong']} wrong"
+    return ""
+
+
+def _spu(spu: Data | None) -> str:
+    if not spu:
+        return ""
+    parts = [_seconds(spu["seconds"]), _mb(spu["bytes_all_parties"])]
+    if "messages_p0" in spu:
+        parts.append(f"{spu['messages_p0']} messages at P0")
+    if "wrong" in spu:
+        parts.append(f"{spu['wrong']} wrong")
+    return ", ".join(parts)
+
+
+def render_ops(data: Data) -> list[str]:
+    """Secure operations (``benchmarks/ops.py``): time, bytes, rounds, messages, error, and
+    SPU's figures beside them where they were measured."""
+    lines = [
+        "| operation | seconds (best; median) | MB sent by P0-P2 | rounds | messages at P0 "
+        "| error | SPU 0.9.5 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, result in data.items():
+        if name == "machine" or "bytes_all_parties" not in result:
+            continue
+        lines.append(
+            f"| {result['description']} | {_seconds(result['seconds'])}; "
+            f"{_seconds(result['median_seconds'])} | {_mb(result['bytes_all_parties'])} "
+            f"| {result['rounds']} | {result['messages_p0']} | {_error(result)} "
+            f"| {_spu(result.get('spu'))} |")
+    rate = data.get("ring_matmul_rate")
+    if rate is not None:
+        lines.append(f"| {rate['description']} | {_seconds(rate['seconds'])} "
+                     f"({rate['gmacs_per_second']:.2f} G multiply-adds/s) | | | | exact | |")
+    return lines
+
+
+def render_transport(data: Data) -> list[str]:
+    """Cost of a message (``benchmarks/transport.py``): round trips and one-way throughput."""
+    results = data["results"]
+    links = {"memory": "in-memory", "tcp": "loopback TCP", "tls": "TLS 1.3"}
+    levels = ("raw_trio", "transport", "runtime")
+
+    def cell(level: str, link: str) -> str:
+        figures = results.get(level, {}).get(link)
+        if figures is None:
+            return ""
+        rate = f", {figures['gib_per_s']:.3g} GiB/s" if "gib_per_s" in figures else ""
+        return f"{figures['rtt_us']:.0f} us{rate}"
+
+    lines = ["| link | raw Trio | transport | runtime |", "|---|---|---|---|"]
+    for link, label in links.items():
+        lines.append(f"| {label} | " + " | ".join(cell(level, link) for level in levels) + " |")
+    return lines
+
+
+def render_ring_matmul(data: Data) -> list[str]:
+    """The local ring layer (``benchmarks/ring_matmul.py``): matmul rates and the PRG."""
+    lines = [
+        "| (m x k) @ (k x n) | method | one call | three threads (ratio) | per CPU second |",
+        "|---|---|---|---|---|",
+    ]
+    for row in data["matmul"]:
+        m, k, n = row["shape"]
+        lines.append(
+            f"| ({m}x{k})@({k}x{n}) | {row['method']} | {row['gmacs_1']:.2f} G/s "
+            f"| {row['gmacs_3_threads']:.2f} G/s ({row['ratio_3_over_1']:.2f}) "
+            f"| {row['gmacs_per_cpu_second']:.2f} G/s |")
+    lines += ["", "| PRG | output | rate |", "|---|---|---|"]
+    for row in data["prg"]:
+        lines.append(f"| AES-{row['aes_bits']}-CTR | {row['bytes']} bytes "
+                     f"| {row['gbytes_per_s']:.2f} GB/s |")
+    return lines
+
+
+def render_costs(rows: Iterable[Data]) -> list[str]:
+    """The cost of each op: rows of ``op``, ``rounds``, ``bytes_per_element`` (all parties
+    together) and ``error``, as the protocol kit declares them."""
+    lines = ["| op | rounds | bytes per element | error |", "|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| `{row['op']}` | {row['rounds']} | {row['bytes_per_element']} "
+                     f"| {row['error']} |")
+    return lines
+
+
+def cost_rows() -> list[Data] | None:
+    """The ops' declared costs, once the protocol kit provides them as data; None until then
+    (the README's cost table stays as written)."""
+    return None
+
+
+TABLES = {
+    "ops": Table("ops.json", "python benchmarks/ops.py", render_ops),
+    "transport": Table("transport.json", "python benchmarks/transport.py", render_transport),
+    "ring-matmul": Table("ring_matmul.json", "python benchmarks/ring_matmul.py",
+                         render_ring_matmul),
+}
+
+
+# ----------------------------------------------------------------------------- the README
+
+
+def render(name: str, results: Path = RESULTS) -> str | None:
+    """The body of table ``name`` (ending in a newline), or None when its data is missing."""
+    if name == "costs":
+        rows = cost_rows()
+        return None if rows is None else "\n".join(render_costs(rows)) + "\n"
+    table = TABLES.get(name)
+    if table is None:
+        raise KeyError(f"unknown table {name!r} (known: costs, {', '.join(TABLES)})")
+    path = results / table.source
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    machine = data.get("machine")
+    head = [_run_line(table.command, table.source, machine), ""] if machine else []
+    return "\n".join([*head, *table.render(data)]) + "\n"
+
+
+def rewrite(text: str, results: Path = RESULTS) -> str:
+    """``text`` with every table whose data exists rendered anew."""
+
+    def replace(match: re.Match[str]) -> str:
+        body = render(match["name"], results)
+        return match.group(0) if body is None else match.group(1) + body + match.group(4)
+
+    return SECTION.sub(replace, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 if a table differs from its JSON")
+    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    new = rewrite(text, args.results)
+    names = [m["name"] for m in SECTION.finditer(text)]
+    if args.check:
+        if new != text:
+            print(f"{args.readme}: tables differ from {args.results}; run "
+                  f"python benchmarks/tables.py", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        args.readme.write_text(new, encoding="utf-8")
+    print(f"{args.readme}: tables {', '.join(names) or '(none)'} rendered")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
