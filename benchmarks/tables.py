@@ -56,7 +56,7 @@ def _mb(nbytes: float) -> str:
 
 
 def _seconds(seconds: float) -> str:
-    return f"{seconds:.2g} s" if seconds < 0.1 else f"{seconds:.2f} s"
+    return f"{seconds:.3g} s"
 
 
 def _run_line(command: str, source: str, machine: Data, extra: str = "") -> str:
@@ -152,6 +152,52 @@ def render_ring_matmul(data: Data) -> list[str]:
     return lines
 
 
+def _range(values: list[float], fmt: str) -> str:
+    low, high = min(values), max(values)
+    return format(low, fmt) if format(low, fmt) == format(high, fmt) else (
+        f"{format(low, fmt)}-{format(high, fmt)}")
+
+
+def render_llama(data: Data) -> list[str]:
+    """SmolLM2-135M and one LLaMA-7B-shape block (``benchmarks/llama.py``)."""
+    spu = data.get("spu_reference", {})
+    smol = data["smollm2"]
+    lines = ["| benchmark | puma-async | SPU 0.9.5 |", "|---|---|---|"]
+    for i, prompt in enumerate(smol["prompts"]):
+        pp, tokens = prompt["prompt_pass"], prompt["new_tokens"]
+        forward = spu.get("smollm2_forward_5_tokens") if prompt["prompt_tokens"] == 5 else None
+        lines.append(
+            f"| SmolLM2-135M, {prompt['prompt_tokens']}-token prompt pass "
+            f"| {pp['seconds']:.1f} s, {_mb(pp['bytes_all_parties'])}, {pp['rounds']} rounds "
+            f"| {_spu(forward) if forward else ''} |")
+        if tokens:
+            lines.append(
+                f"| SmolLM2-135M, each of {len(tokens)} new tokens (KV cache) "
+                f"| {_range([t['seconds'] for t in tokens], '.1f')} s, "
+                f"{_range([t['bytes_all_parties'] / 1e6 for t in tokens], '.3g')} MB, "
+                f"{_range([t['rounds'] for t in tokens], 'd')} rounds "
+                f"| {'(no cache: a full pass)' if i == 0 else ''} |")
+    lines.append(f"| SmolLM2 set-up (the model owner shares the weights) "
+                 f"| {smol['setup']['seconds']:.1f} s, model owner sent "
+                 f"{_mb(smol['setup']['model_owner_bytes_sent'])} | |")
+    peak = spu.get("smollm2_forward_5_tokens", {}).get("peak_memory_bytes")
+    lines.append(f"| SmolLM2 session peak memory | {smol['peak_memory_bytes'] / 1e9:.1f} GB "
+                 f"| {f'{peak / 1e9:.1f} GB' if peak else ''} |")
+    block = data.get("block7b")
+    if block is not None:
+        lines.append(
+            f"| one LLaMA-7B-shape block, {block['config']['tokens']} tokens "
+            f"| {block['forward']['seconds']:.1f} s, {_mb(block['block']['bytes_all_parties'])}, "
+            f"{block['block']['rounds']} rounds (peak {block['peak_memory_bytes'] / 1e9:.1f} GB) "
+            f"| {_spu(spu.get('llama7b_block_8_tokens'))} |")
+        derived = data["llama7b_derived"]
+        lines.append(
+            f"| LLaMA-7B (8 -> 1), derived from the block | {derived['seconds']:.0f} s, "
+            f"{derived['bytes_all_parties'] / 1e9:.3f} GB | PUMA's paper: "
+            f"{derived['puma']['seconds']:.0f} s, {derived['puma']['bytes'] / 1e9:.3f} GB |")
+    return lines
+
+
 def render_costs(rows: Iterable[Data]) -> list[str]:
     """The cost of each op: rows of ``op``, ``rounds``, ``bytes_per_element`` (all parties
     together) and ``error``, as the protocol kit declares them."""
@@ -173,6 +219,7 @@ TABLES = {
     "transport": Table("transport.json", "python benchmarks/transport.py", render_transport),
     "ring-matmul": Table("ring_matmul.json", "python benchmarks/ring_matmul.py",
                          render_ring_matmul),
+    "llama": Table("llama.json", "python benchmarks/llama.py", render_llama),
 }
 
 

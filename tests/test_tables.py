@@ -30,8 +30,8 @@ def test_the_readme_tables_equal_their_json(tables: ModuleType) -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     names = [m["name"] for m in tables.SECTION.finditer(text)]
     assert set(tables.TABLES) <= set(names)  # every benchmark table is in the README
-    for name in tables.TABLES:
-        assert tables.render(name) is not None, f"benchmarks/results has no JSON for {name}"
+    for name in tables.TABLES:  # llama.json needs a run of 8-12 GB: its table may be by hand
+        assert tables.render(name) is not None or name == "llama", f"no JSON for {name}"
     assert tables.rewrite(text) == text, "README tables are stale: python benchmarks/tables.py"
 
 
@@ -60,3 +60,32 @@ def test_the_cost_renderer(tables: ModuleType) -> None:
         "| op | rounds | bytes per element | error |", "|---|---|---|---|",
         "| `mul` | 1 | 24 | exact |",
     ]
+
+
+def test_the_llama_renderer(tables: ModuleType) -> None:
+    """On the layout ``benchmarks/llama.py`` writes (its JSON is not committed: a run needs
+    8-12 GB)."""
+    token = {"seconds": 2.5, "bytes_all_parties": 41.2e6, "rounds": 2930}
+    step = {"seconds": 4.1, "bytes_all_parties": 192e6, "rounds": 2929}
+    data = {
+        "spu_reference": {"smollm2_forward_5_tokens": {"seconds": 12.8, "bytes_all_parties":
+                                                       296e6, "peak_memory_bytes": 8.2e9},
+                          "llama7b_block_8_tokens": {"seconds": 44.4, "bytes_all_parties": 123e6}},
+        "smollm2": {"setup": {"seconds": 9.0, "model_owner_bytes_sent": 2.15e9},
+                    "prompts": [{"prompt_tokens": 5, "prompt_pass": step,
+                                 "new_tokens": [token, {**token, "seconds": 3.0}]}],
+                    "peak_memory_bytes": 7.9e9},
+        "block7b": {"config": {"tokens": 8}, "forward": {"seconds": 3.2},
+                    "block": {"bytes_all_parties": 71.9e6, "rounds": 102},
+                    "peak_memory_bytes": 11.5e9},
+        "llama7b_derived": {"seconds": 110.0, "bytes_all_parties": 2.3e9,
+                            "puma": {"seconds": 200.473, "bytes": 1.794e9}},
+    }
+    lines = tables.render_llama(data)
+    assert lines[2] == ("| SmolLM2-135M, 5-token prompt pass | 4.1 s, 192 MB, 2929 rounds "
+                        "| 12.8 s, 296 MB |")
+    assert lines[3] == ("| SmolLM2-135M, each of 2 new tokens (KV cache) | 2.5-3.0 s, 41.2 MB, "
+                        "2930 rounds | (no cache: a full pass) |")
+    assert "| 7.9 GB | 8.2 GB |" in lines[5]
+    assert lines[-1] == ("| LLaMA-7B (8 -> 1), derived from the block | 110 s, 2.300 GB "
+                         "| PUMA's paper: 200 s, 1.794 GB |")
