@@ -165,6 +165,7 @@ class PartyRuntime:
                 await self.transport.send(peer, frame)
                 self._sending[peer] = 0
             except Exception as exc:  # any transport failure means this peer is gone
+                self._sending[peer] = 0
                 self.fail(PeerDisconnectedError(f"send failed: {exc}", peer=peer))
                 async for _ in receive:  # keep accepting (and dropping) until closed
                     pass
