@@ -257,11 +257,10 @@ def _bars(costs: Mapping[str, BlockCost], x0: int, y0: int) -> list[str]:
 
 
 def _size(nbytes: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if nbytes < 1000 or unit == "GB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.3g} {unit}"
-        nbytes /= 1000
-    raise AssertionError  # unreachable
+    """Bytes in decimal units, 3 digits: 224016 -> '224 kB'."""
+    scale, unit = next((scale, unit) for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"))
+                       if nbytes >= scale) if nbytes >= 1e3 else (1.0, "B")
+    return f"{nbytes / scale:.3g} {unit}"
 
 
 def _ticks(end: float) -> list[float]:
