@@ -43,8 +43,7 @@ from support.gguf_files import GgufWriter
 from support.processes import Processes
 
 from puma_async.model import LlamaWeights, random_weights, tiny_config
-from puma_async.protocols.evaluate import Evaluation
-from puma_async.protocols.evaluate import evaluate as evaluate_fn
+from puma_async.protocols import evaluate as evaluation
 from puma_async.roles import ALL_ROLES, PARTIES
 from puma_async.runner import LocalRun, Program, run_local
 from puma_async.session import SessionResult, run_session
@@ -103,13 +102,13 @@ def spmd() -> Callable[..., LocalRun]:
 
 
 @pytest.fixture(scope="session")
-def evaluate() -> Callable[..., Evaluation]:
+def evaluate() -> Callable[..., evaluation.Evaluation]:
     """Secret-share ring inputs, run a protocol, open its outputs to the client."""
-    return evaluate_fn
+    return evaluation.evaluate
 
 
 @pytest.fixture(scope="session")
-def fxp(evaluate: Callable[..., Evaluation]) -> FixedPointRuns:
+def fxp(evaluate: Callable[..., evaluation.Evaluation]) -> FixedPointRuns:
     """:func:`evaluate` on 18-bit fixed-point encodings of floats."""
     return FixedPointRuns(evaluate)
 
