@@ -52,6 +52,8 @@ class Table:
 
 
 def _mb(nbytes: float) -> str:
+    if nbytes >= 1e9:
+        return f"{nbytes / 1e9:.3g} GB"
     return f"{nbytes / 1e6:.3g} MB" if nbytes >= 1e5 else f"{nbytes / 1e6:.2f} MB"
 
 
