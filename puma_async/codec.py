@@ -15,7 +15,9 @@ Wire format
   ``[VERSION, session, sender, receiver, step path, seq, round, message]``.
 * A **frame** (the unit a transport carries) is a msgpack array of envelopes; the runtime
   encodes each envelope as a frame of its own (:func:`encode_frame`, copying each array once)
-  and its writer task merges small ones ready together (:func:`merge_frames`).
+  and its writer task merges small ones ready together (:func:`merge_frames`). Trace tools
+  take a frame apart into its encoded envelopes (:func:`split_frame`) and put envelopes
+  together again (:func:`frame_from_encoded`): only this module reads the wire format.
 
 Decoding is bounded
 -------------------
@@ -723,6 +725,26 @@ def decode_frame(
     from what it builds, with the per-object costs of CPython 3.11 on a 64-bit host): a frame
     that would take more, such as one of thousands of near-empty envelopes, is refused.
     """
+    return _decode_frame(data, session, sender, receiver, max_bytes, None)
+
+
+def split_frame(data: Buffer, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
+                ) -> list[tuple[bytes, Envelope]]:
+    """Each envelope of a frame with its own encoding, byte for byte (the inverse of
+    :func:`frame_from_encoded`): what trace replay compares, since how envelopes are grouped
+    into frames varies between runs. Decoded and validated as :func:`decode_frame` does."""
+    bounds: list[int] = []
+    envelopes = _decode_frame(data, None, None, None, max_bytes, bounds)
+    return [(bytes(data[start:end]), env)
+            for start, end, env in zip(bounds[:-1], bounds[1:], envelopes, strict=True)]
+
+
+def _decode_frame(
+    data: Buffer, session: bytes | None, sender: int | None, receiver: int | None,
+    max_bytes: int, bounds: list[int] | None,
+) -> list[Envelope]:
+    """:func:`decode_frame`; with ``bounds``, also appends where the first envelope starts
+    and where each one ends."""
     try:
         _check_size(data, max_bytes)
         buf = _readonly(data)
@@ -733,6 +755,8 @@ def decode_frame(
                 len(buf) // _MIN_ENVELOPE_BYTES,
                 decode_budget(len(buf)) // (_ENVELOPE_COST + _MESSAGE_COST),
             ))
+        if bounds is not None:
+            bounds.append(pos)
         cost = 0
         envelopes = []
         for _ in range(count):
@@ -749,6 +773,8 @@ def decode_frame(
             ):
                 _raise_misaddressed(env, session, sender, receiver)
             envelopes.append(env)
+            if bounds is not None:
+                bounds.append(pos)
         if pos != len(buf):
             raise DecodeError(f"{len(buf) - pos} bytes after the last envelope")
     except (DecodeError, SessionMismatchError) as exc:

@@ -75,6 +75,28 @@ def test_frame_round_trip(msgs: list[codec.Message], round_: int) -> None:
         assert_messages_equal(d.message, e.message)
 
 
+
+@settings(max_examples=50)
+@given(st.lists(messages, min_size=0, max_size=20))
+def test_split_frame_gives_each_envelope_with_its_encoding(msgs: list[codec.Message]) -> None:
+    envs = [Envelope(SESSION, 1, 2, (i,), i, 7, m) for i, m in enumerate(msgs)]
+    frame = codec.merge_frames([codec.encode_frame([e]) for e in envs]) if envs else (
+        codec.encode_frame([]))
+    parts = codec.split_frame(frame)
+    assert codec.frame_from_encoded([raw for raw, _ in parts]) == frame
+    for (raw, env), original in zip(parts, envs, strict=True):
+        (alone,) = codec.decode_frame(codec.frame_from_encoded([raw]))
+        assert env[:6] == alone[:6] == original[:6]
+        assert_messages_equal(env.message, original.message)
+
+
+def test_split_frame_validates_as_decoding_does() -> None:
+    one = codec.encode_frame([Envelope(SESSION, 0, 1, (), 0, 1, Value(0))])
+    with pytest.raises(DecodeError, match="bytes after the last envelope"):
+        codec.split_frame(one + b"\x00")
+    with pytest.raises(DecodeError, match="exceeds the limit"):
+        codec.split_frame(one, max_bytes=len(one) - 1)
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_dtype_round_trips_with_its_values(dtype: str) -> None:
     a = (np.arange(24) * 7 % 5).astype(dtype).reshape(2, 3, 4)

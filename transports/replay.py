@@ -39,7 +39,6 @@ import math
 import os
 from collections.abc import Sequence
 
-import msgpack
 import numpy as np
 import trio
 import trio.testing
@@ -51,6 +50,7 @@ from puma_async.codec import (
     decode_frame,
     format_path,
     frame_from_encoded,
+    split_frame,
 )
 from puma_async.errors import PeerDisconnectedError, ProtocolError, TraceError
 from puma_async.roles import role_name
@@ -94,21 +94,6 @@ class DivergenceError(ProtocolError):
 
 class ReplayFeedError(ProtocolError):
     """A recorded frame cannot be fed to the replay (stored by digest only, no source)."""
-
-
-def split_frame(frame: bytes) -> list[bytes]:
-    """The encoded envelopes of a frame, byte for byte (the inverse of ``frame_from_encoded``)."""
-    unpacker = msgpack.Unpacker(max_buffer_size=max(len(frame), 1))
-    unpacker.feed(frame)
-    count = unpacker.read_array_header()
-    parts = []
-    start = unpacker.tell()
-    for _ in range(count):
-        unpacker.skip()
-        end = unpacker.tell()
-        parts.append(frame[start:end])
-        start = end
-    return parts
 
 
 def describe_difference(got: Envelope, want: Envelope, *, show_values: bool = False) -> str:
@@ -266,11 +251,11 @@ class ReplayTransport(Transport):
         peer = record.peer
         if record.frame is not None:
             try:
-                envelopes = decode_frame(record.frame)
+                envelopes = split_frame(record.frame)
             except ProtocolError as exc:
                 raise TraceError(f"send record {index}: the recorded frame does not decode: "
                                  f"{exc}") from None
-            for raw, env in zip(split_frame(record.frame), envelopes, strict=True):
+            for raw, env in envelopes:
                 self._add(index, (peer, env.path, env.seq), env.round,
                           type(env.message).__name__, raw)
             return
@@ -307,7 +292,7 @@ class ReplayTransport(Transport):
         await trio.lowlevel.checkpoint()
         if self.divergence is not None:
             raise DivergenceError(self.divergence)
-        for raw, env in zip(split_frame(frame), decode_frame(frame), strict=True):
+        for raw, env in split_frame(frame):
             self._check(peer, raw, env)
         self._progress.set()
         self._progress = trio.Event()
