@@ -40,9 +40,10 @@ from puma_async.runner import run_local
 from puma_async.runtime import Context, PartyOptions, run_party
 from puma_async.session import Progress, in_process_settings, run_session
 from puma_async.session.factory import build_program
+from puma_async.trace.format import read_trace
+from puma_async.trace.recorder import RecordingTransport
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
-from puma_async.transports.recording import RecordingTransport, read_trace
 from puma_async.transports.tcp import HEADER_BYTES, _FrameReader
 
 INTERVAL = DEFAULT_LIVENESS.heartbeat_interval

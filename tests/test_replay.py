@@ -23,7 +23,7 @@ from puma_async.session.recording import (
     owner_inputs,
     trace_path,
 )
-from puma_async.transports.recording import read_trace
+from puma_async.trace.format import read_trace
 
 SETTINGS = SessionSettings("replay-test", max_new_tokens=2)
 PROMPTS = [TinyTokenizer().encode("hi")]
