@@ -6,7 +6,7 @@ Wire format
   the msgpack array ``[tag, field1, field2, ...]`` in field order. Fields are flat: scalars
   (integers, bools, floats, nil, str, bytes), except :class:`Arrays` (a list of numpy arrays)
   and :class:`Value` (a scalar or a short flat list of scalars). Tags 1-15 belong to this
-  module and the transports, 16-31 to the session layer.
+  module, 16-31 to the session layer.
 * numpy arrays travel as msgpack ext type 1: ``dtype code (u8) | ndim (u8) | shape (ndim x
   u64 little-endian) | raw little-endian bytes``. Only whitelisted dtypes are accepted and the
   byte length must equal ``prod(shape) * itemsize``. Decoded arrays are read-only views of the
@@ -48,12 +48,9 @@ import msgpack
 import numpy as np
 
 from puma_async.errors import DecodeError, SessionMismatchError
+from puma_async.transports.base import DEFAULT_MAX_FRAME_BYTES
 
 VERSION = 1
-DEFAULT_MAX_FRAME_BYTES = 256 << 20
-"""The frame limit where none is given: 256 MiB. A session over TCP states its own limit,
-derived from its public architecture (:func:`puma_async.session.frames.max_frame_bytes`), to
-the transport and the runtime; in-process runs use this one."""
 MAX_NDIM = 8
 MAX_TAG = 127
 MAX_MESSAGE_FIELDS = 15
@@ -251,42 +248,6 @@ class Abort(Message):
         if type(reason) is not str or type(step) is not str:
             raise DecodeError("Abort: reason and step must be strings")
         return cls(reason[:4096], step[:1024])
-
-
-@message
-class Hello(Message):
-    """Transport handshake: protocol version, session, role, a digest of the configuration and
-    the largest frame this side accepts (both sides must state the same)."""
-
-    TAG: ClassVar[int] = 4
-    version: int
-    session: bytes
-    role: int
-    config_digest: bytes
-    max_frame_bytes: int
-
-    @classmethod
-    def from_wire(cls, fields: list) -> Hello:
-        version, session, role, digest, max_frame = fields
-        if not (
-            type(version) is int and type(session) is bytes and type(role) is int
-            and type(digest) is bytes and type(max_frame) is int
-        ):
-            raise DecodeError("Hello: field of the wrong type")
-        if len(session) > 64 or len(digest) > 64 or min(version, role, max_frame) < 0:
-            raise DecodeError("Hello: field out of range")
-        return cls(version, session, role, digest, max_frame)
-
-
-@message
-class Accept(Message):
-    """Transport handshake verdict: this side accepted the peer's Hello."""
-
-    TAG: ClassVar[int] = 6
-
-    @classmethod
-    def from_wire(cls, fields: list) -> Accept:
-        return cls()
 
 
 Scalar = None | bool | int | float | str | bytes
