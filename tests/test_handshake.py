@@ -256,6 +256,18 @@ def test_junk_before_the_hello_fails_at_once(tls: bool, data: bytes, reason: str
     assert machine.state is State.FAILED
 
 
+@given(st.binary(max_size=300), st.booleans(), st.booleans())
+def test_arbitrary_bytes_end_in_an_event_never_an_exception(data: bytes, framed: bool,
+                                                            closed: bool) -> None:
+    for machine in (awaiting_hello(), awaiting_verdict()):
+        machine.receive_data(length_prefix(len(data)) + data if framed else data)
+        if closed:
+            machine.receive_data(b"")
+        event = machine.next_event()
+        assert event is NEED_DATA or isinstance(event, PeerHello | Failed | Accepted | Rejected)
+        assert not closed or event is not NEED_DATA
+
+
 def awaiting_verdict(reason: str | None = None) -> Handshake:
     listener, dialler = machines()
     listener.send(listener.ours)
