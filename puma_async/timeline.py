@@ -8,7 +8,7 @@ highest round of its envelopes and its tooltip lists the round, the steps and th
 The timeline holds no secret: only what every party observes of the traffic anyway (times,
 sizes, rounds, step paths), never a frame's bytes, a key or the trace's entropy. So it is
 written as an ordinary file, unlike the traces it is drawn from (0600, see
-:mod:`puma_async.transports.recording`); the same holds for ``replay --summary``'s table.
+:mod:`puma_async.trace.format`); the same holds for ``replay --summary``'s table.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from html import escape
 from pathlib import Path
 
 from puma_async.roles import role_name
-from puma_async.transports.recording import TraceRecord, read_trace
+from puma_async.trace.format import TraceRecord, read_trace
 
 _WIDTH = 1000
 _LEFT = 130
