@@ -6,7 +6,7 @@ Wire format
   the msgpack array ``[tag, field1, field2, ...]`` in field order. Fields are flat: scalars
   (integers, bools, floats, nil, str, bytes), except :class:`Arrays` (a list of numpy arrays)
   and :class:`Value` (a scalar or a short flat list of scalars). Tags 1-15 belong to this
-  module and the transports, 16-31 to the session layer.
+  module, 16-31 to the session layer.
 * numpy arrays travel as msgpack ext type 1: ``dtype code (u8) | ndim (u8) | shape (ndim x
   u64 little-endian) | raw little-endian bytes``. Only whitelisted dtypes are accepted and the
   byte length must equal ``prod(shape) * itemsize``. Decoded arrays are read-only views of the
@@ -15,7 +15,9 @@ Wire format
   ``[VERSION, session, sender, receiver, step path, seq, round, message]``.
 * A **frame** (the unit a transport carries) is a msgpack array of envelopes; the runtime
   encodes each envelope as a frame of its own (:func:`encode_frame`, copying each array once)
-  and its writer task merges small ones ready together (:func:`merge_frames`).
+  and its writer task merges small ones ready together (:func:`merge_frames`). Trace tools
+  take a frame apart into its encoded envelopes (:func:`split_frame`) and put envelopes
+  together again (:func:`frame_from_encoded`): only this module reads the wire format.
 
 Decoding is bounded
 -------------------
@@ -46,12 +48,9 @@ import msgpack
 import numpy as np
 
 from puma_async.errors import DecodeError, SessionMismatchError
+from puma_async.transports.base import DEFAULT_MAX_FRAME_BYTES
 
 VERSION = 1
-DEFAULT_MAX_FRAME_BYTES = 256 << 20
-"""The frame limit where none is given: 256 MiB. A session over TCP states its own limit,
-derived from its public architecture (:func:`puma_async.session.frames.max_frame_bytes`), to
-the transport and the runtime; in-process runs use this one."""
 MAX_NDIM = 8
 MAX_TAG = 127
 MAX_MESSAGE_FIELDS = 15
@@ -249,42 +248,6 @@ class Abort(Message):
         if type(reason) is not str or type(step) is not str:
             raise DecodeError("Abort: reason and step must be strings")
         return cls(reason[:4096], step[:1024])
-
-
-@message
-class Hello(Message):
-    """Transport handshake: protocol version, session, role, a digest of the configuration and
-    the largest frame this side accepts (both sides must state the same)."""
-
-    TAG: ClassVar[int] = 4
-    version: int
-    session: bytes
-    role: int
-    config_digest: bytes
-    max_frame_bytes: int
-
-    @classmethod
-    def from_wire(cls, fields: list) -> Hello:
-        version, session, role, digest, max_frame = fields
-        if not (
-            type(version) is int and type(session) is bytes and type(role) is int
-            and type(digest) is bytes and type(max_frame) is int
-        ):
-            raise DecodeError("Hello: field of the wrong type")
-        if len(session) > 64 or len(digest) > 64 or min(version, role, max_frame) < 0:
-            raise DecodeError("Hello: field out of range")
-        return cls(version, session, role, digest, max_frame)
-
-
-@message
-class Accept(Message):
-    """Transport handshake verdict: this side accepted the peer's Hello."""
-
-    TAG: ClassVar[int] = 6
-
-    @classmethod
-    def from_wire(cls, fields: list) -> Accept:
-        return cls()
 
 
 Scalar = None | bool | int | float | str | bytes
@@ -723,6 +686,26 @@ def decode_frame(
     from what it builds, with the per-object costs of CPython 3.11 on a 64-bit host): a frame
     that would take more, such as one of thousands of near-empty envelopes, is refused.
     """
+    return _decode_frame(data, session, sender, receiver, max_bytes, None)
+
+
+def split_frame(data: Buffer, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
+                ) -> list[tuple[bytes, Envelope]]:
+    """Each envelope of a frame with its own encoding, byte for byte (the inverse of
+    :func:`frame_from_encoded`): what trace replay compares, since how envelopes are grouped
+    into frames varies between runs. Decoded and validated as :func:`decode_frame` does."""
+    bounds: list[int] = []
+    envelopes = _decode_frame(data, None, None, None, max_bytes, bounds)
+    return [(bytes(data[start:end]), env)
+            for start, end, env in zip(bounds[:-1], bounds[1:], envelopes, strict=True)]
+
+
+def _decode_frame(
+    data: Buffer, session: bytes | None, sender: int | None, receiver: int | None,
+    max_bytes: int, bounds: list[int] | None,
+) -> list[Envelope]:
+    """:func:`decode_frame`; with ``bounds``, also appends where the first envelope starts
+    and where each one ends."""
     try:
         _check_size(data, max_bytes)
         buf = _readonly(data)
@@ -733,6 +716,8 @@ def decode_frame(
                 len(buf) // _MIN_ENVELOPE_BYTES,
                 decode_budget(len(buf)) // (_ENVELOPE_COST + _MESSAGE_COST),
             ))
+        if bounds is not None:
+            bounds.append(pos)
         cost = 0
         envelopes = []
         for _ in range(count):
@@ -749,6 +734,8 @@ def decode_frame(
             ):
                 _raise_misaddressed(env, session, sender, receiver)
             envelopes.append(env)
+            if bounds is not None:
+                bounds.append(pos)
         if pos != len(buf):
             raise DecodeError(f"{len(buf) - pos} bytes after the last envelope")
     except (DecodeError, SessionMismatchError) as exc:

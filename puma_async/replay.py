@@ -10,7 +10,7 @@ A trace written by ``--record`` (``puma_async.party`` or ``puma_async.local``) h
 header the session settings, the role's entropy and its own inputs (the client's prompts, the
 model owner's model file: a model owner's trace replays where its model file is), so the
 role's program can run again with the same keys while a
-:class:`~puma_async.transports.replay.ReplayTransport` plays its peers.
+:class:`~puma_async.trace.replayer.ReplayTransport` plays its peers.
 Every envelope it sends is compared with the recording by (peer, step path, seq); the first
 difference is reported with its step path, peer, round and what differs (types, shapes, counts
 and positions: no value, so a report can be pasted into an issue; ``--show-values`` adds the
@@ -41,8 +41,9 @@ from puma_async.runtime import MessageKey, PartyOptions, PartyRuntime, open_part
 from puma_async.session.recording import program_from_trace
 from puma_async.stats import PartyStats
 from puma_async.timeline import draw_timeline, party_timeline
-from puma_async.transports.recording import TraceRecord
-from puma_async.transports.replay import Divergence, ReplayTransport, watch_for_deadlock
+from puma_async.trace.divergence import Divergence
+from puma_async.trace.format import TraceRecord
+from puma_async.trace.replayer import ReplayTransport, watch_for_deadlock
 
 PROG = "python -m puma_async.replay"
 Scopes = dict[MessageKey, tuple[str, str]]  # message -> (phase, scope)

@@ -19,7 +19,7 @@ scopes): :func:`party_timeline` takes one replay's records, scopes and statistic
 The timeline holds no secret: only what every party observes of the traffic anyway (times,
 sizes, rounds, step paths and scope names), never a frame's bytes, a key or the trace's
 entropy. So it is written as an ordinary file, unlike the traces it is drawn from (0600, see
-:mod:`puma_async.transports.recording`); the same holds for ``replay --summary``'s table.
+:mod:`puma_async.trace.format`); the same holds for ``replay --summary``'s table.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from puma_async.roles import PARTIES, role_name
 from puma_async.stats import PartyStats
-from puma_async.transports.recording import TraceRecord
+from puma_async.trace.format import TraceRecord
 
 ScopeKey = tuple[str, int, tuple[int, ...], int]
 """A message as the replay saw it: (direction, peer, step path, seq)."""

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from puma_async import codec
-from puma_async.codec import Abort, Accept, Arrays, Envelope, Hello, Seed, Value
+from puma_async.codec import Abort, Arrays, Envelope, Seed, Value
 from puma_async.errors import DecodeError, SessionMismatchError
 from puma_async.runtime import COALESCE_BYTES
+from puma_async.session.messages import MAX_POSITIONS, End, Run
 
 DTYPES = [
     "bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
@@ -39,9 +40,8 @@ messages = st.one_of(
     st.lists(arrays, max_size=3).map(lambda a: Arrays(tuple(a))),
     st.sampled_from([16, 32]).flatmap(lambda n: st.binary(min_size=n, max_size=n)).map(Seed),
     st.builds(Abort, st.text(max_size=50), st.text(max_size=20)),
-    st.builds(Hello, st.integers(0, 2**32), st.binary(max_size=32), st.integers(0, 10),
-              st.binary(max_size=32), st.integers(1, 2**64 - 1)),
-    st.just(Accept()),
+    st.builds(Run, st.integers(1, MAX_POSITIONS)),
+    st.just(End()),  # no fields
     st.builds(Value, scalars | st.lists(scalars, max_size=codec.MAX_VALUE_ITEMS)),
 )
 
@@ -74,6 +74,28 @@ def test_frame_round_trip(msgs: list[codec.Message], round_: int) -> None:
     for d, e in zip(decoded, envs, strict=True):
         assert_messages_equal(d.message, e.message)
 
+
+
+@settings(max_examples=50)
+@given(st.lists(messages, min_size=0, max_size=20))
+def test_split_frame_gives_each_envelope_with_its_encoding(msgs: list[codec.Message]) -> None:
+    envs = [Envelope(SESSION, 1, 2, (i,), i, 7, m) for i, m in enumerate(msgs)]
+    frame = codec.merge_frames([codec.encode_frame([e]) for e in envs]) if envs else (
+        codec.encode_frame([]))
+    parts = codec.split_frame(frame)
+    assert codec.frame_from_encoded([raw for raw, _ in parts]) == frame
+    for (raw, env), original in zip(parts, envs, strict=True):
+        (alone,) = codec.decode_frame(codec.frame_from_encoded([raw]))
+        assert env[:6] == alone[:6] == original[:6]
+        assert_messages_equal(env.message, original.message)
+
+
+def test_split_frame_validates_as_decoding_does() -> None:
+    one = codec.encode_frame([Envelope(SESSION, 0, 1, (), 0, 1, Value(0))])
+    with pytest.raises(DecodeError, match="bytes after the last envelope"):
+        codec.split_frame(one + b"\x00")
+    with pytest.raises(DecodeError, match="exceeds the limit"):
+        codec.split_frame(one, max_bytes=len(one) - 1)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_dtype_round_trips_with_its_values(dtype: str) -> None:
@@ -300,11 +322,11 @@ def test_value_is_flat_and_bounded() -> None:
 
 
 def test_fields_of_typed_messages_must_be_scalars() -> None:
-    hello = codec.packb([Hello.TAG, 1, [b"s"], 0, b"d", 10])
+    abort = codec.packb([Abort.TAG, ["reason"], "1.2"])
     with pytest.raises(DecodeError, match="an array where a plain value is expected"):
-        codec.decode_message(hello)
-    with pytest.raises(DecodeError, match="Hello: field of the wrong type"):
-        codec.decode_message(codec.packb([Hello.TAG, 1, "s", 0, b"d", 10]))
+        codec.decode_message(abort)
+    with pytest.raises(DecodeError, match="Abort: reason and step must be strings"):
+        codec.decode_message(codec.packb([Abort.TAG, b"reason", "1.2"]))
 
 
 def test_step_paths_are_bounded() -> None:

@@ -39,10 +39,11 @@ from puma_async.runner import run_local
 from puma_async.runtime import Context, PartyOptions, run_party
 from puma_async.session import Progress, in_process_settings
 from puma_async.session.factory import build_program
+from puma_async.trace.format import read_trace
+from puma_async.trace.recorder import RecordingTransport
 from puma_async.transports.base import Transport
+from puma_async.transports.framing import HEADER_BYTES, FrameReader
 from puma_async.transports.memory import open_memory_network
-from puma_async.transports.recording import RecordingTransport, read_trace
-from puma_async.transports.tcp import HEADER_BYTES, _FrameReader
 
 INTERVAL = DEFAULT_LIVENESS.heartbeat_interval
 DEAD_AFTER = DEFAULT_LIVENESS.dead_after
@@ -356,7 +357,7 @@ async def test_tcp_reader_notes_bytes_of_an_unfinished_frame() -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     client = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
     server = await listeners[0].accept()
-    reader = _FrameReader(server)
+    reader = FrameReader(server)
     size = 1 << 22
     got: list[bytes] = []
     async with trio.open_nursery() as nursery:

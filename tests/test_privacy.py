@@ -54,8 +54,9 @@ from puma_async.codec import Arrays, Message, Seed, decode_frame, format_path
 from puma_async.model import random_weights, tiny_config
 from puma_async.roles import ALL_ROLES, PARTIES, role_name
 from puma_async.session import run_session
+from puma_async.trace.format import read_trace
+from puma_async.trace.recorder import RecordingTransport
 from puma_async.transports.base import Transport
-from puma_async.transports.recording import RecordingTransport, read_trace
 
 RUNS = 5
 ALPHA = 1e-6

@@ -17,15 +17,10 @@ from puma_async.codec import Arrays, Envelope
 from puma_async.errors import TraceError
 from puma_async.runner import run_roles
 from puma_async.runtime import Context
+from puma_async.trace.format import FORMAT, TraceRecord, frame_digest, read_trace
+from puma_async.trace.recorder import RecordingTransport
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
-from puma_async.transports.recording import (
-    FORMAT,
-    RecordingTransport,
-    TraceRecord,
-    frame_digest,
-    read_trace,
-)
 
 SESSION = b"r" * 16
 CONFIG = {"model": "tiny", "frac_bits": 18, "addresses": {0: ["127.0.0.1", 5000]}}
@@ -127,7 +122,7 @@ async def test_unfinished_trace_lacks_trailer(tmp_path: Path) -> None:
     async with open_memory_network([0, 1]) as network:
         recorder = RecordingTransport(network.endpoint(0), path, {}, session=SESSION)
         await recorder.send(1, b"abc")
-        recorder._file.flush()  # type: ignore[union-attr]  # as if the process died now
+        recorder._writer._file.flush()  # type: ignore[union-attr]  # as if the process died now
         header, records = read_trace(path)
         assert header.config == {}
         with pytest.raises(TraceError, match="no trailer"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import trio
 
-from puma_async.codec import Arrays, Envelope, Message, decode_frame
+from puma_async.codec import Arrays, Envelope, Message, decode_frame, split_frame
 from puma_async.files import DIR_MODE
 from puma_async.model import TinyTokenizer, random_weights
 from puma_async.replay import format_summary, main, replay_trace
@@ -23,8 +23,7 @@ from puma_async.session.recording import (
     owner_inputs,
     trace_path,
 )
-from puma_async.transports.recording import read_trace
-from puma_async.transports.replay import split_frame
+from puma_async.trace.format import read_trace
 
 SETTINGS = SessionSettings("replay-test", max_new_tokens=2)
 PROMPTS = [TinyTokenizer().encode("hi")]
@@ -187,7 +186,7 @@ def test_split_frame_round_trip(traces: dict[int, Path]) -> None:
                                 strict_map_key=False)
     for record in list(unpacker)[1:-1]:
         if record.get("frame"):
-            parts = split_frame(record["frame"])
+            parts = [raw for raw, _ in split_frame(record["frame"])]
             assert len(parts) == len(record["steps"])
             assert b"".join(parts) == record["frame"][len(record["frame"]) - len(b"".join(parts)):]
 

@@ -37,8 +37,9 @@ from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.llama import weight_tensors
 from puma_async.roles import ALL_ROLES, MODEL_OWNER, role_name
 from puma_async.session import run_session
+from puma_async.trace.format import read_trace
+from puma_async.trace.recorder import RecordingTransport
 from puma_async.transports.base import Transport
-from puma_async.transports.recording import RecordingTransport, read_trace
 
 SESSION = b"secret-free-run!"
 PROMPT = [17, 42, 5, 33]

@@ -28,7 +28,7 @@ import structlog
 import trio
 import trio.testing
 
-from puma_async.codec import DEFAULT_MAX_FRAME_BYTES, VERSION, Arrays, Hello, encode_message
+from puma_async.codec import Arrays
 from puma_async.errors import (
     DecodeError,
     HandshakeError,
@@ -42,14 +42,11 @@ from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.shares import AShare
 from puma_async.roles import CLIENT
 from puma_async.runtime import Context, PartyOptions, run_party
-from puma_async.transports import tcp
-from puma_async.transports.tcp import (
-    HEADER_BYTES,
-    TcpSetupError,
-    TcpTransport,
-    _FrameReader,
-    open_tcp_transport,
-)
+from puma_async.transports import link
+from puma_async.transports.base import DEFAULT_MAX_FRAME_BYTES
+from puma_async.transports.framing import HEADER_BYTES, FrameReader
+from puma_async.transports.handshake import WIRE_VERSION, Hello, encode_hello
+from puma_async.transports.tcp import TcpSetupError, TcpTransport, open_tcp_transport
 from puma_async.transports.tls import (
     ClusterPki,
     TlsConfig,
@@ -470,7 +467,7 @@ async def test_large_frame_cut_short_on_a_plain_socket(reset: bool) -> None:
     port = listeners[0].socket.getsockname()[1]
     client = await trio.open_tcp_stream("127.0.0.1", port)
     server = await listeners[0].accept()
-    reader = _FrameReader(server)
+    reader = FrameReader(server)
     size = 1 << 20
     await client.send_all(size.to_bytes(HEADER_BYTES, "little") + bytes(1000))
     if reset:  # an abortive close: the peer's kernel answers with RST
@@ -492,7 +489,7 @@ async def test_a_declared_frame_is_allocated_only_as_its_bytes_arrive() -> None:
     port = listeners[0].socket.getsockname()[1]
     client = await trio.open_tcp_stream("127.0.0.1", port)
     server = await listeners[0].accept()
-    reader = _FrameReader(server)
+    reader = FrameReader(server)
     size, sent = 256 << 20, 8 << 20
     async with trio.open_nursery() as nursery:
 
@@ -529,8 +526,8 @@ async def test_tls_contexts_are_built_once_per_transport(
 ) -> None:
     built: list[str] = []
     for name in ("server_context", "client_context"):
-        original = getattr(tcp, name)
-        monkeypatch.setattr(tcp, name, lambda config, original=original, name=name: (
+        original = getattr(link, name)
+        monkeypatch.setattr(link, name, lambda config, original=original, name=name: (
             built.append(name), original(config))[1])
     addresses = free_addresses([0, 1])
     options = tls_options(pki, [0, 1])
@@ -633,7 +630,7 @@ async def test_a_peer_past_its_hello_is_not_dropped_and_may_try_again() -> None:
     addresses = free_addresses([0, 1])
     options = {r: {"tls": None, "allow_plain": True, "max_handshakes": 1,
                    "handshake_timeout": 1.0} for r in (0, 1)}
-    hello = encode_message(Hello(VERSION, SESSION, 1, DIGEST, DEFAULT_MAX_FRAME_BYTES))
+    hello = encode_hello(Hello(WIRE_VERSION, SESSION, 1, DIGEST, DEFAULT_MAX_FRAME_BYTES))
     with structlog.testing.capture_logs() as logs, trio.fail_after(HANG_GUARD):
         async with trio.open_nursery() as nursery:
             results: dict[int, Any] = {}

@@ -1,1 +1,1 @@
-"""Transports: how frames move between roles (in-memory, TCP with mutual TLS, recording)."""
+"""Transports: how frames move between roles (in-memory, threads, TCP with mutual TLS)."""

@@ -15,6 +15,11 @@ import trio
 
 from puma_async.errors import ProtocolError
 
+DEFAULT_MAX_FRAME_BYTES = 256 << 20
+"""The frame limit where none is given: 256 MiB. A session over TCP states its own limit,
+derived from its public architecture (:func:`puma_async.session.frames.max_frame_bytes`), to
+the transport and the runtime; in-process runs use this one."""
+
 Target = Callable[[int, bytes | None], None]
 """Where a role's incoming frames go: ``target(sender, frame)``, frame None when the sender
 has finished."""

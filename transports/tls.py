@@ -6,7 +6,8 @@ has an ECDSA P-256 key and a certificate signed by that CA which names the role 
 * subject CN ``<cluster> role <n>`` (for people reading certificates), and
 * a SAN URI ``puma-async://<cluster>/role/<n>``, which is what :func:`peer_role_from_cert`
   reads: after the TLS handshake verified the chain against the cluster CA, the role in the
-  peer's certificate must equal the role it claims in its ``Hello`` (checked in ``tcp.py``).
+  peer's certificate must equal the role it claims in its ``Hello`` (checked by
+  :func:`puma_async.transports.handshake.check_hello`).
 
 A role certificate also names the one host its role runs at (a DNS or IP SAN, from the
 cluster file), and nothing else: the dialling side checks the address it dialled against it

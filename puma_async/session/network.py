@@ -29,8 +29,8 @@ from puma_async.session.programs import Program
 from puma_async.session.recording import Wrapper
 from puma_async.session.settings import SessionSettings
 from puma_async.stats import PartyStats
+from puma_async.trace.recorder import RecordingTransport
 from puma_async.transports.base import Transport
-from puma_async.transports.recording import RecordingTransport
 from puma_async.transports.tcp import open_tcp_transport
 
 Say = Callable[[int, str], None]

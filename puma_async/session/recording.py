@@ -1,6 +1,6 @@
 """Recording a session's roles into traces, and rebuilding a role's program from its trace.
 
-``--record DIR`` writes ``DIR/<role>.trace`` per role (:mod:`puma_async.transports.recording`).
+``--record DIR`` writes ``DIR/<role>.trace`` per role (:mod:`puma_async.trace.format`).
 **A trace holds the role's key entropy and every share it saw**, and its header holds what
 its own program needs to run again: the public settings for every role, plus the model
 file's path for the model owner and the prompts and decoding options for the client (only
@@ -25,8 +25,8 @@ from puma_async.session.generation import GenerationOptions
 from puma_async.session.models import owner_model
 from puma_async.session.programs import Program
 from puma_async.session.settings import SessionSettings
+from puma_async.trace.recorder import RecordingTransport
 from puma_async.transports.base import Transport
-from puma_async.transports.recording import RecordingTransport
 
 TRACE_KIND = "puma-async-session"
 ENTROPY_BYTES = 32

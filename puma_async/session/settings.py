@@ -9,8 +9,9 @@ if given (the owner checks its file against it), the token budget per prompt, th
 settings (:class:`~puma_async.liveness.Liveness`: a role whose heartbeat interval exceeded
 a peer's ``dead_after`` would be declared dead by it). These go into the
 :meth:`SessionSettings.config_digest` that the TCP handshake compares before any secret
-moves. Timeouts are local and left out; prompts are not settings at all (they exist only in
-the client process).
+moves, with the version of the message format (:data:`puma_async.codec.VERSION`: the
+handshake is the transport's own and names no message). Timeouts are local and left out;
+prompts are not settings at all (they exist only in the client process).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from puma_async.model.config import LlamaConfig
 from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
 from puma_async.session.models import PRESETS, TINY, preset_architecture
 
-DIGEST_VERSION = 2
+DIGEST_VERSION = 3
 DEFAULT_CONTEXT = 512
 """Positions per prompt when none is set (at most the model's own context): the context
 bounds the frame size (:mod:`.frames`), so it is not the model's 8k by default."""
@@ -133,8 +134,10 @@ class SessionSettings:
         }
 
     def config_digest(self, cluster: str, roles: tuple[int, ...]) -> bytes:
-        """BLAKE2b-256 of the agreed settings, the cluster name and the roles (for the Hello)."""
-        data = codec.packb([DIGEST_VERSION, cluster, sorted(roles), sorted(self.public().items())])
+        """BLAKE2b-256 of the agreed settings, the cluster name, the roles and the message
+        format's version (for the Hello)."""
+        data = codec.packb([DIGEST_VERSION, codec.VERSION, cluster, sorted(roles),
+                            sorted(self.public().items())])
         return hashlib.blake2b(data, digest_size=32).digest()
 
     def to_dict(self) -> dict[str, Any]:

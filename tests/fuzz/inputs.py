@@ -24,8 +24,9 @@ import msgpack
 import numpy as np
 
 from puma_async import codec
-from puma_async.codec import Abort, Accept, Arrays, Envelope, Hello, Seed, Value
+from puma_async.codec import Abort, Arrays, Envelope, Seed, Value
 from puma_async.errors import ProtocolError
+from puma_async.session.messages import MAX_POSITIONS, End, Run
 
 SESSION = b"fuzz-session-id!"
 SENDER, RECEIVER = 1, 2
@@ -65,9 +66,9 @@ def random_message(rng: random.Random) -> codec.Message:
     if kind == 2:
         return Abort(rng.randbytes(rng.randrange(20)).hex(), "1.2")
     if kind == 3:
-        return Hello(codec.VERSION, SESSION, rng.randrange(5), rng.randbytes(32), 1 << 20)
+        return Run(rng.randrange(1, MAX_POSITIONS + 1))
     if kind == 4:
-        return Accept()
+        return End()
     if rng.random() < 0.5:
         return Value(random_scalar(rng))
     return Value([random_scalar(rng) for _ in range(rng.randrange(codec.MAX_VALUE_ITEMS + 1))])
@@ -209,7 +210,7 @@ def huge_declarations(rng: random.Random) -> bytes:
 
 def _tiny_envelope(rng: random.Random) -> bytes:
     return codec.encode_frame([Envelope(SESSION, SENDER, RECEIVER, (), 0, 0, rng.choice(
-        [Value(None), Accept(), Arrays(()), Arrays((np.zeros((), np.uint8),))]
+        [Value(None), End(), Arrays(()), Arrays((np.zeros((), np.uint8),))]
     ))])[1:]
 
 
@@ -228,7 +229,7 @@ def amplifiers(rng: random.Random) -> bytes:
         return b"\x91" + head + b"\x92\x01" + b"\xdc" + count.to_bytes(2, "big") + zero_d * count
     if kind == 2:
         path = tuple(2**64 - 1 - i for i in range(codec.MAX_PATH_DEPTH))
-        one = codec.encode_frame([Envelope(SESSION, SENDER, RECEIVER, path, 0, 0, Accept())])
+        one = codec.encode_frame([Envelope(SESSION, SENDER, RECEIVER, path, 0, 0, End())])
         return codec.frame_from_encoded([one[1:]] * (size // len(one)))
     value = Value(["ab"] * codec.MAX_VALUE_ITEMS)
     one = codec.encode_frame([Envelope(SESSION, SENDER, RECEIVER, (), 0, 0, value)])

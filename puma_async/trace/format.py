@@ -1,13 +1,13 @@
-"""Recording transport: wraps any transport and writes every frame to a trace file.
+"""The trace file format: what a recording holds, how it is written and read back.
 
 **A trace holds key material and secret shares** (PRG seeds, the shares of the weights and of
 the client's input, everything this party saw): store it like a private key, and share it only
-with whoever may see this party's view of the session. The file is created 0600 (whatever the
-umask) and an existing one is never overwritten unless the caller passes ``force``
-(:func:`puma_async.files.create_private_file`).
+with whoever may see this party's view of the session. :class:`TraceWriter` creates the file
+0600 (whatever the umask) and never overwrites an existing one unless the caller passes
+``force`` (:func:`puma_async.files.create_private_file`).
 
-Trace format (``puma-async-trace``, version 1)
----------------------------------------------
+Format (``puma-async-trace``, version 1)
+----------------------------------------
 A stream of msgpack maps (binary strings as msgpack bin):
 
 1. Header: ``format`` (``"puma-async-trace"``), ``version`` (1), ``role``, ``peers``,
@@ -29,15 +29,9 @@ With ``digest_over=N``, frames larger than N bytes are stored by digest only (th
 sharing of the setup need not be stored byte for byte). Such a trace still shows every step
 and checks every sent frame, but a replay can feed a party only received frames stored whole.
 
-Replaying one party: feed it the ``recv`` frames of each peer in order (and ``end`` where the
-peer finished) and compare what it sends with the ``send`` records. Envelopes ready in the same
-scheduling tick are coalesced into one frame, so compare sent envelopes (``steps`` and
-payload), not frame boundaries.
-
-The file is written synchronously (into the page cache) from the task that sends or
-receives, so records are in event order without locks. The trace is finished (trailer
-written, file closed) by :meth:`RecordingTransport.close`, by :meth:`~RecordingTransport.aclose`,
-on leaving ``async with``, or by itself once every peer's stream has ended both ways.
+Envelopes ready in the same scheduling tick are coalesced into one frame, so a replay compares
+sent envelopes (``steps`` and payload), not frame boundaries
+(:mod:`puma_async.trace.replayer`).
 """
 
 from __future__ import annotations
@@ -46,15 +40,14 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any, Literal
 
 import msgpack
 
-from puma_async.codec import DEFAULT_MAX_FRAME_BYTES, decode_frame, format_path
-from puma_async.errors import ProtocolError, TraceError
+from puma_async.codec import DEFAULT_MAX_FRAME_BYTES, format_path
+from puma_async.errors import TraceError
 from puma_async.files import create_private_file
-from puma_async.transports.base import Transport
 
 FORMAT = "puma-async-trace"
 FORMAT_VERSION = 1
@@ -112,124 +105,75 @@ def frame_digest(frame: bytes) -> bytes:
     return hashlib.blake2b(frame, digest_size=DIGEST_BYTES).digest()
 
 
-def _steps(frame: bytes) -> list[list[Any]] | None:
-    try:
-        envelopes = decode_frame(frame, max_bytes=max(len(frame), 1))
-    except ProtocolError:
-        return None
-    return [[list(e.path), e.seq, e.round, type(e.message).__name__] for e in envelopes]
+class TraceWriter:
+    """Writes one trace: the header at once, then one record per :meth:`write`, then the
+    trailer on :meth:`close`.
 
-
-class RecordingTransport(Transport):
-    """Passes everything to ``inner`` and writes each frame and end of stream to ``path``.
-
-    ``config`` is the run's configuration (plain msgpack data) stored in the header;
-    ``digest_over`` stores frames larger than that many bytes by digest only. The trace is
-    created 0600; an existing file at ``path`` is refused (FileExistsError) unless ``force``.
+    Records are written synchronously (into the page cache) by whoever calls :meth:`write`,
+    so they are in call order without locks. ``config`` must be plain msgpack data (checked
+    before the file is created). The file is created 0600; an existing one is refused
+    (FileExistsError) unless ``force``.
     """
 
     def __init__(
         self,
-        inner: Transport,
         path: str | os.PathLike[str],
-        config: Mapping[str, Any],
         *,
+        role: int,
+        peers: Sequence[int],
         session: bytes,
+        config: Mapping[str, Any],
         digest_over: int | None = None,
         force: bool = False,
     ):
-        self.inner = inner
-        self.role = inner.role
-        self.peers = tuple(inner.peers)
-        self.path = os.fspath(path)
         self.digest_over = digest_over
+        self.records = 0
         self._packer = msgpack.Packer(use_bin_type=True)
         self._start = time.monotonic()
-        self._records = 0
-        self._sent_end: set[int] = set()
-        self._received_end: set[int] = set()
         header = {
-            "format": FORMAT, "version": FORMAT_VERSION, "role": self.role,
-            "peers": list(self.peers), "session": session, "config": dict(config),
-            "started_at": time.time(), "digest_over": digest_over,
+            "format": FORMAT, "version": FORMAT_VERSION, "role": role, "peers": list(peers),
+            "session": session, "config": dict(config), "started_at": time.time(),
+            "digest_over": digest_over,
         }
         data = self._packer.pack(header)  # fails early if config is not plain data
-        self._file: IO[bytes] | None = create_private_file(self.path, force=force)
+        self._file: IO[bytes] | None = create_private_file(path, force=force)
         self._file.write(data)
 
-    # -- the Transport interface ---------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._file is None
 
-    async def send(self, peer: int, frame: bytes) -> None:
-        self._record("send", "frame", peer, frame)
-        await self.inner.send(peer, frame)
-
-    async def receive(self) -> tuple[int, bytes | None]:
-        try:
-            peer, frame = await self.inner.receive()
-        except ProtocolError as exc:
-            self._record("recv", "error", -1 if exc.peer is None else exc.peer, error=str(exc))
-            raise
-        if frame is None:
-            self._received_end.add(peer)
-            self._record("recv", "end", peer)
-        else:
-            self._record("recv", "frame", peer, frame)
-        return peer, frame
-
-    async def close_peer(self, peer: int) -> None:
-        if peer not in self._sent_end:
-            self._sent_end.add(peer)
-            self._record("send", "end", peer)
-        await self.inner.close_peer(peer)
-
-    async def aclose(self) -> None:
-        """Close every peer stream (recorded), the inner transport, then the trace."""
-        try:
-            for peer in self.peers:
-                await self.close_peer(peer)
-            await self.inner.aclose()
-        finally:
-            self.close()
-
-    # -- the trace file ------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Write the trailer and close the trace file (idempotent)."""
+    def write(
+        self, direction: Direction, event: Event, peer: int, frame: bytes | None = None, *,
+        steps: Sequence[TraceStep] | None = None, error: str | None = None,
+    ) -> None:
+        """Append one record (nothing once closed); a frame larger than ``digest_over`` is
+        stored by its digest."""
         if self._file is None:
             return
-        file, self._file = self._file, None
-        with file:
-            file.write(self._packer.pack({
-                "event": "trailer", "records": self._records,
-                "t": time.monotonic() - self._start,
-            }))
-
-    async def __aenter__(self) -> RecordingTransport:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _record(
-        self, direction: Direction, event: Event, peer: int, frame: bytes | None = None,
-        *, error: str | None = None,
-    ) -> None:
-        if self._file is None:
-            return  # finished: later events (a caller's extra close_peer) are not part of it
         elide = frame is not None and self.digest_over is not None and len(frame) > self.digest_over
         self._file.write(self._packer.pack({
             "dir": direction, "event": event, "peer": peer,
             "t": time.monotonic() - self._start,
             "size": 0 if frame is None else len(frame),
-            "steps": None if frame is None else _steps(frame),
+            "steps": None if steps is None else [
+                [list(s.path), s.seq, s.round, s.message] for s in steps
+            ],
             "frame": None if elide else frame,
             "digest": frame_digest(frame) if elide and frame is not None else None,
             "error": error,
         }))
-        self._records += 1
-        everyone = set(self.peers)
-        if self._sent_end >= everyone and self._received_end >= everyone:
-            self.close()
+        self.records += 1
+
+    def close(self) -> None:
+        """Write the trailer and close the file (idempotent)."""
+        if self._file is None:
+            return
+        file, self._file = self._file, None
+        with file:
+            file.write(self._packer.pack({
+                "event": "trailer", "records": self.records, "t": time.monotonic() - self._start,
+            }))
 
 
 # ----------------------------------------------------------------------------- reading

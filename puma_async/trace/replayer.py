@@ -1,7 +1,7 @@
 """Replay transport: re-runs one party against its trace and checks what it sends.
 
 A :class:`ReplayTransport` plays the peers of the party that recorded a trace
-(:mod:`puma_async.transports.recording`):
+(:mod:`puma_async.trace.recorder`):
 
 * ``receive`` hands the party the frames its peers sent in the recording, in the recorded
   order, and each one only once the party has sent every envelope it had sent before that
@@ -14,11 +14,8 @@ A :class:`ReplayTransport` plays the peers of the party that recorded a trace
 * ``close_peer`` checks that nothing recorded for that peer is still missing.
 
 The first difference is kept as :attr:`ReplayTransport.divergence` (and raised to the sender)
-and names the step path, peer, round and what differs: message types, array dtypes and shapes,
-how many elements differ and the position of the first, or which fields of a message differ.
-It shows no value by default, although the trace's owner holds them all: a report is made to
-be pasted into an issue, and the values are shares, keys or opened data. ``show_values=True``
-(``replay --show-values``) adds the first differing elements, for the trace's owner only.
+as a :class:`~puma_async.trace.divergence.Divergence`: the step path, peer, round and what
+differs, without secret values unless ``show_values`` (:mod:`puma_async.trace.divergence`).
 
 Frames stored by digest only (``digest_over``: the weight shares of a real model) are
 re-derived: if the peer that sent them is replayed alongside from its own trace (a *source*,
@@ -39,118 +36,23 @@ import math
 import os
 from collections.abc import Sequence
 
-import msgpack
-import numpy as np
 import trio
 import trio.testing
 
-from puma_async.codec import (
-    Abort,
-    Arrays,
-    Envelope,
-    decode_frame,
-    format_path,
-    frame_from_encoded,
-)
+from puma_async.codec import Abort, Envelope, decode_frame, frame_from_encoded, split_frame
 from puma_async.errors import PeerDisconnectedError, ProtocolError, TraceError
 from puma_async.roles import role_name
+from puma_async.trace.divergence import Divergence, DivergenceError, describe_difference
+from puma_async.trace.format import TraceHeader, TraceRecord, frame_digest, read_trace
 from puma_async.transports.base import Transport
-from puma_async.transports.recording import (
-    TraceHeader,
-    TraceRecord,
-    frame_digest,
-    read_trace,
-)
 
 Key = tuple[int, tuple[int, ...], int]  # (peer, step path, seq)
 DEADLOCK_CUSHION = 0.05
 """Seconds (real time) every task must have been waiting before a replay counts as stuck."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Divergence:
-    """Where a replayed party first differed from its recording, and how."""
-
-    peer: int
-    path: tuple[int, ...]
-    seq: int
-    round: int | None
-    what: str
-
-    def __str__(self) -> str:
-        step = format_path(self.path) or "<root>"
-        rnd = f", round {self.round}" if self.round is not None else ""
-        return f"step {step} (seq {self.seq}) to {role_name(self.peer)}{rnd}: {self.what}"
-
-
-class DivergenceError(ProtocolError):
-    """A replayed party sent something other than what it sent in the recording."""
-
-    def __init__(self, divergence: Divergence):
-        self.divergence = divergence
-        super().__init__(f"replay diverges at {divergence}", peer=divergence.peer,
-                         step=format_path(divergence.path))
-
-
 class ReplayFeedError(ProtocolError):
     """A recorded frame cannot be fed to the replay (stored by digest only, no source)."""
-
-
-def split_frame(frame: bytes) -> list[bytes]:
-    """The encoded envelopes of a frame, byte for byte (the inverse of ``frame_from_encoded``)."""
-    unpacker = msgpack.Unpacker(max_buffer_size=max(len(frame), 1))
-    unpacker.feed(frame)
-    count = unpacker.read_array_header()
-    parts = []
-    start = unpacker.tell()
-    for _ in range(count):
-        unpacker.skip()
-        end = unpacker.tell()
-        parts.append(frame[start:end])
-        start = end
-    return parts
-
-
-def describe_difference(got: Envelope, want: Envelope, *, show_values: bool = False) -> str:
-    """What differs between a sent envelope and the recorded one with the same key.
-
-    Types, shapes, counts and positions only; with ``show_values`` also the first differing
-    elements (or fields), which are secret (see the module docstring).
-    """
-    if got.round != want.round:
-        return f"round {got.round}, recorded {want.round}"
-    got_type, want_type = type(got.message).__name__, type(want.message).__name__
-    if got_type != want_type:
-        return f"message {got_type}, recorded {want_type}"
-    if isinstance(got.message, Arrays) and isinstance(want.message, Arrays):
-        a, b = got.message.arrays, want.message.arrays
-        if len(a) != len(b):
-            return f"{len(a)} arrays, recorded {len(b)}"
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            if x.dtype != y.dtype or x.shape != y.shape:
-                return f"array {i} is {x.dtype}{list(x.shape)}, recorded {y.dtype}{list(y.shape)}"
-            differ = np.flatnonzero(x.ravel() != y.ravel())
-            if differ.size:
-                j = int(differ[0])
-                values = f": {x.ravel()[j]} vs recorded {y.ravel()[j]}" if show_values else ""
-                return (f"array {i} {x.dtype}{list(x.shape)}: {differ.size} elements differ, "
-                        f"first at flat index {j}{values}")
-    if dataclasses.is_dataclass(got.message):
-        fields = [f.name for f in dataclasses.fields(got.message)
-                  if not _same(getattr(got.message, f.name), getattr(want.message, f.name))]
-        if fields:
-            values = (f": {got.message!r:.200} vs recorded {want.message!r:.200}"
-                      if show_values else "")
-            return f"{got_type} field(s) {', '.join(fields)} differ{values}"
-    return f"{got_type} payload differs"
-
-
-def _same(a: object, b: object) -> bool:
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return bool(np.array_equal(a, b)) and np.asarray(a).dtype == np.asarray(b).dtype
-    return a == b
 
 
 @dataclasses.dataclass
@@ -266,11 +168,11 @@ class ReplayTransport(Transport):
         peer = record.peer
         if record.frame is not None:
             try:
-                envelopes = decode_frame(record.frame)
+                envelopes = split_frame(record.frame)
             except ProtocolError as exc:
                 raise TraceError(f"send record {index}: the recorded frame does not decode: "
                                  f"{exc}") from None
-            for raw, env in zip(split_frame(record.frame), envelopes, strict=True):
+            for raw, env in envelopes:
                 self._add(index, (peer, env.path, env.seq), env.round,
                           type(env.message).__name__, raw)
             return
@@ -307,7 +209,7 @@ class ReplayTransport(Transport):
         await trio.lowlevel.checkpoint()
         if self.divergence is not None:
             raise DivergenceError(self.divergence)
-        for raw, env in zip(split_frame(frame), decode_frame(frame), strict=True):
+        for raw, env in split_frame(frame):
             self._check(peer, raw, env)
         self._progress.set()
         self._progress = trio.Event()
