@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import reporting
 
+from puma_async.context import Context
 from puma_async.protocols import compare
 from puma_async.protocols.activations import gelu, silu
 from puma_async.protocols.arith import matmul_fxp, mul_fxp
@@ -37,7 +38,6 @@ from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.norms import layer_norm, rms_norm
 from puma_async.protocols.ringmatmul import ring_matmul
 from puma_async.protocols.softmax import softmax
-from puma_async.runtime import Context
 
 _erf = np.vectorize(math.erf)
 Result = dict[str, Any]

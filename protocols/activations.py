@@ -37,9 +37,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from puma_async.runtime import Context
+from puma_async.context import Context
 
-from .arith import fixed_point, mul_fxp
+from .arith import mul_fxp
+from .fixedpoint import fixed_point
 from .polynomial import Term, linear_forms, piecewise, powers, zeros_like
 from .shares import AShare
 

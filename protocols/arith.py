@@ -31,14 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from puma_async.runtime import Context
+from puma_async.context import Context
 
 from . import ring
+from .fixedpoint import fixed_point
 from .randomness import zero_share
 from .ring import RingArray, to_ring
 from .ringmatmul import ring_matmul
 from .shares import AShare
-from .trunc import fixed_point, offload, resolve_bits, truncate, truncate_additive
+from .trunc import offload, resolve_bits, truncate, truncate_additive
 
 MACS_PER_ELEMENT = 16
 """A ring multiply-add in a matmul kernel costs about 1/16 of an element-wise op's pass, so a
@@ -178,6 +179,7 @@ async def mul_public_fxp(ctx: Context, x: AShare, c: Any, bits: int | None = Non
 
 
 __all__ = [
-    "fixed_point", "matmul", "matmul_fxp", "matmul_public", "matmul_public_fxp", "mul",
-    "mul_fxp", "mul_local", "mul_public_fxp", "square", "square_fxp", "truncate",
+    "finish_product", "matmul", "matmul_fxp", "matmul_public", "matmul_public_fxp",
+    "matmul_stacked", "mul", "mul_fxp", "mul_local", "mul_public_fxp", "square", "square_fxp",
+    "stack_left", "stack_right",
 ]

@@ -49,12 +49,11 @@ from itertools import combinations
 import numpy as np
 from numba import njit, types
 
-from puma_async.errors import ProtocolError
+from puma_async.context import ArraySpec, Context
 from puma_async.roles import next_party, prev_party
-from puma_async.runtime import Context
 
 from .prg import Prg
-from .randomness import party_keys, zero_bits
+from .randomness import key_prg, zero_bits
 from .ring import RING_DTYPE, RingArray, to_ring
 from .shares import AShare, BShare
 from .trunc import ROTATE_MIN_ELEMENTS
@@ -86,30 +85,6 @@ def _p_coefficient(s: frozenset[int]) -> frozenset[int]:
     return frozenset(range(_K)) - s
 
 
-# -------------------------------------------------------------------------- key access
-
-
-def key_prg(ctx: Context, j: int) -> Prg:
-    """The PRG of pairwise key k_j, held by P_j and P_{j-1} (raises at the third party)."""
-    keys = party_keys(ctx)
-    if j % 3 == ctx.role:
-        return keys.own
-    if j % 3 == next_party(ctx.role):
-        return keys.next
-    raise ProtocolError(f"P{ctx.role} does not hold key k_{j % 3}", step=ctx.step_name)
-
-
-async def recv_words(ctx: Context, frm: int, shape: tuple[int, ...]) -> RingArray:
-    """Receive one uint64 array of the given shape from ``frm`` (a protocol error if not)."""
-    array = await ctx.recv_array(frm)
-    if array.dtype != RING_DTYPE or array.shape != shape:
-        raise ProtocolError(
-            f"expected a uint64 array of shape {shape}, got {array.dtype} {array.shape}",
-            peer=frm, step=ctx.step_name,
-        )
-    return array
-
-
 # -------------------------------------------------------------------------- local ops
 
 
@@ -135,7 +110,8 @@ async def and_(ctx: Context, a: BShare, b: BShare) -> BShare:
     a, b, shape = a.map(np.ravel), b.map(np.ravel), a.shape  # 0-d: send 1-d arrays
     z = (a.first & (b.first ^ b.second)) ^ (a.second & b.first) ^ zero_bits(ctx, a.shape)
     await ctx.send_arrays(prev_party(me), z)
-    return BShare(z, await recv_words(ctx, next_party(me), a.shape)).map(np.reshape, shape)
+    got = await ctx.recv_array(next_party(me), ArraySpec.ring(a.shape))
+    return BShare(z, got).map(np.reshape, shape)
 
 
 async def open_bits(ctx: Context, b: BShare) -> RingArray:
@@ -143,7 +119,7 @@ async def open_bits(ctx: Context, b: BShare) -> RingArray:
     me = ctx.role
     flat = b.map(np.ravel)
     await ctx.send_arrays(prev_party(me), flat.second)
-    missing = await recv_words(ctx, next_party(me), flat.shape)
+    missing = await ctx.recv_array(next_party(me), ArraySpec.ring(flat.shape))
     return (flat.first ^ flat.second ^ missing).reshape(b.shape)
 
 
@@ -318,7 +294,7 @@ async def _leaves_part(
         masked = a_mono ^ pad
         await ctx.send_arrays(peer(2), masked)
         m0 = key(0).bits(label_m0, out_shape)
-        y1 = await recv_words(ctx, peer(1), out_shape)
+        y1 = await ctx.recv_array(peer(1), ArraySpec.ring(out_shape))
         return BShare(m0, y1), BShare(masked[-1:], pad[-1:])
     b_slices = bit_slices((x.second if me == 1 else x.first) + to_ring(b_offset))
     b_top = b_slices[_LOW_BITS:]
@@ -327,9 +303,9 @@ async def _leaves_part(
         pad = key(1).bits(label_pad, mono_shape)
         y1 = halves(pad, b_slices, np.zeros((_BLOCKS, w), RING_DTYPE)) ^ m2
         await ctx.send_arrays(peer(0), y1)
-        y2 = await recv_words(ctx, peer(2), out_shape)
+        y2 = await ctx.recv_array(peer(2), ArraySpec.ring(out_shape))
         return BShare(y1, y2), BShare(pad[-1:], b_top)
-    masked = await recv_words(ctx, peer(0), mono_shape)
+    masked = await ctx.recv_array(peer(0), ArraySpec.ring(mono_shape))
     m0 = key(0).bits(label_m0, out_shape)
     y2 = halves(masked, b_slices, np.full((_BLOCKS, w), ALL_ONES)) ^ m2 ^ m0
     await ctx.send_arrays(peer(1), y2)
@@ -396,6 +372,5 @@ async def msb(ctx: Context, x: AShare) -> BShare:
 
 __all__ = [
     "ALL_ONES", "WORD_BITS", "and_", "and_tree", "bit_slices", "concat", "is_zero_packed",
-    "key_prg", "msb", "msb_packed", "not_", "open_bits", "pack_bits", "packed_words",
-    "recv_words", "unpack_bits",
+    "msb", "msb_packed", "not_", "open_bits", "pack_bits", "packed_words", "unpack_bits",
 ]

@@ -35,19 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from puma_async.runtime import Context
+from puma_async.context import ArraySpec, Context
 
 from .arith import mul
 from .boolean import (
     is_zero_packed,
-    key_prg,
     msb_packed,
     open_bits,
     packed_words,
-    recv_words,
     unpack_bits,
 )
-from .randomness import random_bshare
+from .randomness import key_prg, random_bshare
 from .ring import neg, to_ring
 from .shares import AShare, BShare, public_share
 
@@ -72,7 +70,7 @@ async def bit_to_arith(ctx: Context, b: BShare) -> AShare:
         d0 = d - r
         await ctx.send_arrays(2, d0)
         m0 = key_prg(ctx, 0).ring(label_m0, b.shape)
-        y1 = await recv_words(ctx, 1, b.shape)
+        y1 = await ctx.recv_array(1, ArraySpec.ring(b.shape))
         return AShare(d0 - (m0 << one), r - (y1 << one)).reshape(shape)
     m2 = key_prg(ctx, 2).ring(label_m2, b.shape)
     if me == 1:
@@ -80,10 +78,10 @@ async def bit_to_arith(ctx: Context, b: BShare) -> AShare:
         r = key_prg(ctx, 1).ring(label_r, b.shape)
         y1 = r * e - m2
         await ctx.send_arrays(0, y1)
-        y2 = await recv_words(ctx, 2, b.shape)
+        y2 = await ctx.recv_array(2, ArraySpec.ring(b.shape))
         return AShare(r - (y1 << one), e - (y2 << one)).reshape(shape)
     e = b.first & one
-    d0 = await recv_words(ctx, 0, b.shape)
+    d0 = await ctx.recv_array(0, ArraySpec.ring(b.shape))
     m0 = key_prg(ctx, 0).ring(label_m0, b.shape)
     y2 = d0 * e + m2 - m0
     await ctx.send_arrays(1, y2)

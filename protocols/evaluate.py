@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 
 from puma_async.codec import Value
-from puma_async.errors import ProtocolError
+from puma_async.context import Context
 from puma_async.roles import CLIENT, PARTIES
 from puma_async.runner import run_local
-from puma_async.runtime import Context
 from puma_async.stats import PartyStats, Totals
 
 from .io import reveal_to, share_input
@@ -69,9 +68,7 @@ def evaluation_program(fn: SecureFn, *inputs: Any, **kwargs: Any) -> Callable[[C
                 for a in arrays
             ]
         if ctx.role == CLIENT:
-            shapes = await ctx.recv(0)
-            if not isinstance(shapes, Value):
-                raise ProtocolError("expected the output shapes", peer=0, step=ctx.step_name)
+            shapes = await ctx.recv_message(0, Value)
             with ctx.scope("io"):
                 return tuple([await reveal_to(ctx, None, CLIENT, s) for s in shapes.value])
         with ctx.scope(OP_SCOPE):

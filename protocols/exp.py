@@ -18,9 +18,10 @@ of [-20, 0] (tests/test_nonlinear_exp.py): 5.2e-5.
 
 from __future__ import annotations
 
-from puma_async.runtime import Context
+from puma_async.context import Context
 
-from .arith import fixed_point, mul_fxp, square_fxp
+from .arith import mul_fxp, square_fxp
+from .fixedpoint import fixed_point
 from .polynomial import piecewise, zeros_like
 from .shares import AShare
 

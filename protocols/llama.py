@@ -37,22 +37,22 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
+from puma_async.context import Context
 from puma_async.errors import ContextLengthError
 from puma_async.model.config import LlamaConfig
 from puma_async.model.reference import rope_tables
 from puma_async.model.weights import LlamaWeights
-from puma_async.runtime import Context
 
 from .activations import silu
 from .arith import (
     finish_product,
-    fixed_point,
     matmul_fxp,
     matmul_stacked,
     mul_fxp,
     stack_left,
     stack_right,
 )
+from .fixedpoint import fixed_point
 from .norms import rms_norm
 from .ring import RingArray
 from .ringmatmul import ring_matmul

@@ -49,12 +49,14 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.runtime import Context
+from puma_async.context import Context
 
-from .arith import fixed_point, mul_fxp, truncate
+from .arith import mul_fxp
+from .fixedpoint import fixed_point
 from .polynomial import HEADROOM_BITS, repeat_last
 from .reciprocal import RSQRT_SEGMENTS, Exponents, dot_fxp, plan_segments, segmented_power
 from .shares import AShare, stack
+from .trunc import truncate
 
 Weight = AShare | npt.ArrayLike | None
 

@@ -32,13 +32,15 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import numpy as np
 
-from puma_async.runtime import Context
+from puma_async.context import Context
 
-from .arith import fixed_point, mul, mul_fxp, truncate
+from .arith import mul, mul_fxp
 from .boolean import msb_packed, open_bits, unpack_bits
 from .compare import random_bit
+from .fixedpoint import fixed_point
 from .ring import RING_DTYPE, RingArray, neg, to_ring
 from .shares import AShare, BShare, stack
+from .trunc import truncate
 
 HEADROOM_BITS = 61
 """Linear combinations are scaled to stay below 2^61 in magnitude (truncation needs < 2^62)."""

@@ -71,19 +71,18 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.runtime import Context
+from puma_async.context import Context
 
 from . import ring
 from .arith import (
     finish_product,
-    fixed_point,
     mul,
     mul_fxp,
     mul_local,
     square_fxp,
-    truncate,
 )
 from .compare import is_negative
+from .fixedpoint import fixed_point
 from .polynomial import (
     HEADROOM_BITS,
     masked_sign,
@@ -94,7 +93,7 @@ from .polynomial import (
 )
 from .ring import RingArray, neg, to_ring
 from .shares import AShare, concatenate, public_share, stack
-from .trunc import offload
+from .trunc import offload, truncate
 
 NORM_FRAC = 30
 """The most fractional bits of t and its powers (:func:`plan_scale` may choose fewer)."""

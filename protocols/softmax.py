@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.runtime import Context
+from puma_async.context import Context
 
 from .arith import mul_fxp
 from .boolean import and_tree, msb_packed, pack_bits, unpack_bits

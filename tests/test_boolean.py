@@ -7,12 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from puma_async.context import Context
 from puma_async.protocols import boolean
 from puma_async.protocols.evaluate import evaluate
 from puma_async.protocols.randomness import random_bshare
 from puma_async.protocols.ring import RING_DTYPE
 from puma_async.protocols.shares import AShare, BShare, public_share
-from puma_async.runtime import Context
 
 MOD = 2**64
 EDGES = [0, 1, 2, 3, 2**62 - 1, 2**62, 2**62 + 1, 2**63 - 1, 2**63, 2**63 + 1,

@@ -8,13 +8,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from puma_async.context import Context
 from puma_async.protocols import compare
 from puma_async.protocols.boolean import open_bits
 from puma_async.protocols.evaluate import Evaluation, evaluate
 from puma_async.protocols.randomness import random_bshare
 from puma_async.protocols.ring import RING_DTYPE
 from puma_async.protocols.shares import AShare
-from puma_async.runtime import Context
 
 LO, HI = -(2**63), 2**63 - 1
 EDGES = [0, 1, -1, 2, -2, 2**62, -(2**62), 2**62 - 1, 1 - 2**62, 2**62 + 1, -(2**62) - 1,

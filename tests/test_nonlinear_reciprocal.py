@@ -10,6 +10,7 @@ from _nonlinear import ULP, quantised, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from puma_async.context import Context
 from puma_async.protocols.reciprocal import (
     RECIPROCAL_COEFFICIENTS,
     RSQRT_SEGMENTS,
@@ -21,7 +22,6 @@ from puma_async.protocols.reciprocal import (
     rsqrt,
 )
 from puma_async.protocols.shares import AShare
-from puma_async.runtime import Context
 
 REL = 5e-6  # reciprocal: documented relative error where the output has the bits (polynomial:
 # 1.5e-6)

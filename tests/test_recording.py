@@ -14,9 +14,9 @@ import trio
 
 from puma_async import codec
 from puma_async.codec import Arrays, Envelope
+from puma_async.context import ArraySpec, Context
 from puma_async.errors import TraceError
 from puma_async.runner import run_roles
-from puma_async.runtime import Context
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
 from puma_async.transports.recording import (
@@ -142,7 +142,7 @@ async def test_records_a_whole_run(tmp_path: Path) -> None:
     async def program(ctx: Context) -> None:
         nxt, prev = (ctx.role + 1) % 3, (ctx.role + 2) % 3
         await ctx.send_arrays(nxt, np.full(4, ctx.role, dtype=np.uint64))
-        await ctx.recv_arrays(prev, 1)
+        await ctx.recv_array(prev, ArraySpec.ring(4))
 
     def wrap(transport: Transport) -> Transport:
         path = tmp_path / f"role{transport.role}.trace"
