@@ -35,11 +35,12 @@ from puma_async.context import Context
 
 from . import ring
 from .fixedpoint import fixed_point
+from .offload import offload
 from .randomness import zero_share
 from .ring import RingArray, to_ring
 from .ringmatmul import ring_matmul
 from .shares import AShare
-from .trunc import offload, resolve_bits, truncate, truncate_additive
+from .trunc import resolve_bits, truncate, truncate_additive
 
 MACS_PER_ELEMENT = 16
 """A ring multiply-add in a matmul kernel costs about 1/16 of an element-wise op's pass, so a
@@ -84,6 +85,18 @@ async def finish_product(ctx: Context, z: RingArray, bits: int) -> AShare:
     zero-sharing, then reshare (``bits`` = 0: 1 round) or truncate (2 rounds)."""
     z = ring.add(z, zero_share(ctx, np.shape(z)))
     return await truncate_additive(ctx, z, bits)
+
+
+async def dot_fxp(ctx: Context, a: AShare, b: AShare, bits: int) -> AShare:
+    """sum over the last axis of a * b (broadcasting), truncated once by ``bits``: 2 rounds
+    (1 if bits = 0), the bytes of one product (:func:`.arith.mul_fxp`) per sum."""
+    z = await offload(_dot_local, a, b, size=max(a.size, b.size))
+    return await finish_product(ctx, z, bits)
+
+
+def _dot_local(a: AShare, b: AShare) -> RingArray:
+    """This party's additive share of sum_k a_k b_k (the products of :func:`.arith.mul`)."""
+    return np.sum(mul_local(a, b), axis=-1, dtype=np.uint64)
 
 
 async def mul(ctx: Context, x: AShare, y: AShare) -> AShare:
@@ -179,7 +192,7 @@ async def mul_public_fxp(ctx: Context, x: AShare, c: Any, bits: int | None = Non
 
 
 __all__ = [
-    "finish_product", "matmul", "matmul_fxp", "matmul_public", "matmul_public_fxp",
+    "dot_fxp", "finish_product", "matmul", "matmul_fxp", "matmul_public", "matmul_public_fxp",
     "matmul_stacked", "mul", "mul_fxp", "mul_local", "mul_public_fxp", "square", "square_fxp",
     "stack_left", "stack_right",
 ]

@@ -35,68 +35,20 @@ from typing import Any
 
 import numpy as np
 
-from puma_async.context import ArraySpec, Context
+from puma_async.context import Context
 
 from .arith import mul
-from .boolean import (
-    is_zero_packed,
-    msb_packed,
-    open_bits,
-    packed_words,
-    unpack_bits,
-)
-from .randomness import key_prg, random_bshare
+from .bitpack import unpack_bits
+from .boolean import open_bits, random_bit
+from .msb import is_zero_packed, msb_packed
 from .ring import neg, to_ring
 from .shares import AShare, BShare, public_share
 
 PackedTest = Callable[[Context, AShare], Awaitable[BShare]]
 
 
-async def bit_to_arith(ctx: Context, b: BShare) -> AShare:
-    """Arithmetic shares of the bit in bit 0 of each word of ``b`` (other bits ignored).
-
-    b = d ^ e with d = b_0 ^ b_1 known to P_0 and e = b_2 known to P_1, P_2, so
-    b = d + e - 2 d e. P_0 shares d as (d - R, R, 0) with R from k_1 (sending d - R to P_2);
-    then d e = R e + (d - R) e, whose halves P_1 and P_2 know, is reshared with masks from
-    k_0 and k_2. Cost: 2 rounds; each party sends one ring element per bit (24 bytes in all).
-    """
-    me = ctx.role
-    shape, b = b.shape, b.map(np.ravel)  # 0-d: send 1-d arrays
-    one = np.uint64(1)
-    label_r, label_m0, label_m2 = (ctx.label(p) for p in (b"b2a.r", b"b2a.m0", b"b2a.m2"))
-    if me == 0:
-        d = (b.first ^ b.second) & one
-        r = key_prg(ctx, 1).ring(label_r, b.shape)
-        d0 = d - r
-        await ctx.send_arrays(2, d0)
-        m0 = key_prg(ctx, 0).ring(label_m0, b.shape)
-        y1 = await ctx.recv_array(1, ArraySpec.ring(b.shape))
-        return AShare(d0 - (m0 << one), r - (y1 << one)).reshape(shape)
-    m2 = key_prg(ctx, 2).ring(label_m2, b.shape)
-    if me == 1:
-        e = b.second & one
-        r = key_prg(ctx, 1).ring(label_r, b.shape)
-        y1 = r * e - m2
-        await ctx.send_arrays(0, y1)
-        y2 = await ctx.recv_array(2, ArraySpec.ring(b.shape))
-        return AShare(r - (y1 << one), e - (y2 << one)).reshape(shape)
-    e = b.first & one
-    d0 = await ctx.recv_array(0, ArraySpec.ring(b.shape))
-    m0 = key_prg(ctx, 0).ring(label_m0, b.shape)
-    y2 = d0 * e + m2 - m0
-    await ctx.send_arrays(1, y2)
-    return AShare(e - (y2 << one), d0 - (m0 << one)).reshape(shape)
 
 
-async def random_bit(ctx: Context, n: int) -> tuple[BShare, AShare]:
-    """A uniformly random bit per element, unknown to every party, in both forms.
-
-    Boolean: one packed row (W = ceil(n / 64) words); arithmetic: n ring elements.
-    Independent of any input, so it runs alongside the computation that needs it.
-    Cost: that of :func:`bit_to_arith` (2 rounds, 8 bytes per element per party).
-    """
-    packed = random_bshare(ctx, (packed_words(n),))
-    return packed, await bit_to_arith(ctx, packed.map(unpack_bits, n))
 
 
 async def _test_to_arith(
@@ -188,6 +140,6 @@ async def relu(ctx: Context, x: AShare) -> AShare:
 
 
 __all__ = [
-    "bit_to_arith", "equal", "equal_public", "greater_than", "greater_than_public",
-    "is_negative", "less_than", "less_than_public", "random_bit", "relu", "select",
+    "equal", "equal_public", "greater_than", "greater_than_public",
+    "is_negative", "less_than", "less_than_public", "relu", "select",
 ]

@@ -21,11 +21,11 @@ from puma_async.context import ArraySpec, Context
 from puma_async.roles import PARTIES, next_party, prev_party
 
 from . import ring
+from .offload import offload
 from .prg import Prg
 from .randomness import input_prg
 from .ring import RingArray, to_ring
 from .shares import AShare
-from .trunc import offload
 
 
 async def share_input(

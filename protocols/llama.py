@@ -54,11 +54,12 @@ from .arith import (
 )
 from .fixedpoint import fixed_point
 from .norms import rms_norm
+from .offload import offload
 from .ring import RingArray
 from .ringmatmul import ring_matmul
 from .shares import AShare
 from .softmax import softmax
-from .trunc import offload, truncate
+from .trunc import truncate
 
 # ----------------------------------------------------------------------------- weights
 

@@ -11,7 +11,7 @@ sums of squares per row, both in one dot product (one ring element per row on th
 - *wide*: S_w = sum (v / 2^k)^2 with v / 2^k truncated first (k = 8 for RMSNorm rows of 576
   values up to 2^16), valid for every row up to ``max_abs``.
 
-rsqrt of both is one :func:`.reciprocal.segmented_power` over a chain of two ranges (all
+rsqrt of both is one :func:`.segments.segmented_power` over a chain of two ranges (all
 comparisons in one batch, all candidates in another), sqrt(n) of the mean and each path's
 exponent folded into the candidates' coefficients. The wide range starts at S_w = 2^j
 (j = 60 - 2k) and its first comparison [S_w >= 2^j] *is* the selection: below it the precise
@@ -51,10 +51,11 @@ import numpy.typing as npt
 
 from puma_async.context import Context
 
-from .arith import mul_fxp
+from .arith import dot_fxp, mul_fxp
 from .fixedpoint import fixed_point
 from .polynomial import HEADROOM_BITS, repeat_last
-from .reciprocal import RSQRT_SEGMENTS, Exponents, dot_fxp, plan_segments, segmented_power
+from .reciprocal import RSQRT_SEGMENTS
+from .segments import Exponents, plan_segments, segmented_power
 from .shares import AShare, stack
 from .trunc import truncate
 

@@ -1,8 +1,8 @@
 """Polynomials and piecewise polynomials of secret fixed-point values.
 
 One evaluator serves every polynomial approximation in puma-async (GeLU, SiLU, negExp,
-reciprocal, rsqrt; the last two finish with :func:`.reciprocal.dot_fxp` instead of a linear
-form, and rsqrt selects among many candidate pieces, :func:`.reciprocal.segmented_power`):
+reciprocal, rsqrt; the last two finish with :func:`.arith.dot_fxp` instead of a linear
+form, and rsqrt selects among many candidate pieces, :func:`.segments.segmented_power`):
 
 - :func:`powers` computes the powers u^k a polynomial needs with the least multiplicative
   depth: u^k in round ceil(log2 k), all products of one depth in one batched multiplication
@@ -35,9 +35,10 @@ import numpy as np
 from puma_async.context import Context
 
 from .arith import mul, mul_fxp
-from .boolean import msb_packed, open_bits, unpack_bits
-from .compare import random_bit
+from .bitpack import unpack_bits
+from .boolean import open_bits, random_bit
 from .fixedpoint import fixed_point
+from .msb import msb_packed
 from .ring import RING_DTYPE, RingArray, neg, to_ring
 from .shares import AShare, BShare, stack
 from .trunc import truncate

@@ -31,9 +31,10 @@ import numpy.typing as npt
 from puma_async.context import Context
 
 from .arith import mul_fxp
-from .boolean import and_tree, msb_packed, pack_bits, unpack_bits
-from .compare import random_bit
+from .bitpack import pack_bits, unpack_bits
+from .boolean import and_tree, random_bit
 from .exp import neg_exp
+from .msb import msb_packed
 from .polynomial import MaskedSign, below_times, repeat_last, sign_times
 from .reciprocal import reciprocal
 from .shares import AShare, concatenate

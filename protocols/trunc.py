@@ -46,17 +46,14 @@ total; below, the same total with the dealer's part from P_2 and the openers' fr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 import numpy as np
-import trio
 
 from puma_async.context import ArraySpec, Context
 from puma_async.roles import next_party, prev_party
 
 from .bitpack import pack_low_bits, packed_size, unpack_low_bits
 from .fixedpoint import fixed_point
+from .offload import offload
 from .prg import Prg
 from .randomness import party_keys
 from .ring import RING_DTYPE, RingArray
@@ -64,14 +61,9 @@ from .shares import AShare
 
 MAX_TRUNC_BITS = 62
 """Truncation needs -2^62 <= x < 2^62, so at most 62 bits can be removed."""
-OFFLOAD_MIN_ELEMENTS = 1 << 16
-"""Local work on at least this many elements runs in a worker thread (numpy releases the GIL),
-so that the three parties of one process keep both cores busy."""
-
 _HALF = np.uint64(1 << 62)
 _LOW63 = np.uint64((1 << 63) - 1)
 _SIXTY_THREE = np.uint64(63)
-T = TypeVar("T")
 
 
 def resolve_bits(ctx: Context, bits: int | None) -> int:
@@ -80,13 +72,6 @@ def resolve_bits(ctx: Context, bits: int | None) -> int:
     if not 0 <= bits <= MAX_TRUNC_BITS:
         raise ValueError(f"truncation bits must be in [0, {MAX_TRUNC_BITS}], got {bits}")
     return bits
-
-
-async def offload(fn: Callable[..., T], *args: Any, size: int) -> T:
-    """fn(*args), in a worker thread when ``size`` (elements) makes that worth it."""
-    if size >= OFFLOAD_MIN_ELEMENTS:
-        return await trio.to_thread.run_sync(fn, *args)
-    return fn(*args)
 
 
 async def truncate(ctx: Context, x: AShare, bits: int | None = None) -> AShare:
@@ -235,6 +220,6 @@ async def _truncate(
 
 
 __all__ = [
-    "MAX_TRUNC_BITS", "ROTATE_MIN_ELEMENTS", "offload",
+    "MAX_TRUNC_BITS", "ROTATE_MIN_ELEMENTS",
     "resolve_bits", "truncate", "truncate_additive",
 ]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from puma_async.context import Context
-from puma_async.protocols.evaluate import evaluate
+from puma_async.evaluate import evaluate
 from puma_async.protocols.shares import AShare
 from puma_async.protocols.softmax import ALL_PAIRS_MAX, max_along, softmax
 

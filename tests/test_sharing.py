@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from puma_async.context import Context
-from puma_async.protocols.evaluate import evaluate
+from puma_async.evaluate import evaluate
 from puma_async.protocols.io import reveal, reveal_to_party, share_input
 from puma_async.protocols.randomness import (
     common_random,

@@ -23,9 +23,9 @@ import trio
 from puma_async.codec import Arrays
 from puma_async.context import ArraySpec, Context
 from puma_async.errors import DecodeError, HandshakeError, PeerDisconnectedError
+from puma_async.evaluate import evaluation_program
 from puma_async.protocols.arith import mul_fxp
 from puma_async.protocols.compare import less_than
-from puma_async.protocols.evaluate import evaluation_program
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.shares import AShare
 from puma_async.roles import CLIENT

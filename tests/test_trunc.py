@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from puma_async.context import Context
+from puma_async.evaluate import Evaluation, evaluate
 from puma_async.protocols.arith import mul, mul_fxp
-from puma_async.protocols.evaluate import Evaluation, evaluate
 from puma_async.protocols.fixedpoint import FixedPoint, fixed_point
 from puma_async.protocols.shares import AShare
 from puma_async.protocols.trunc import ROTATE_MIN_ELEMENTS, truncate

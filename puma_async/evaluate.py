@@ -16,14 +16,13 @@ import numpy as np
 
 from puma_async.codec import Value
 from puma_async.context import Context
+from puma_async.protocols.io import reveal_to, share_input
+from puma_async.protocols.randomness import setup_input_seeds, setup_keys
+from puma_async.protocols.ring import RingArray, to_ring
+from puma_async.protocols.shares import AShare
 from puma_async.roles import CLIENT, PARTIES
 from puma_async.runner import run_local
 from puma_async.stats import PartyStats, Totals
-
-from .io import reveal_to, share_input
-from .randomness import setup_input_seeds, setup_keys
-from .ring import RingArray, to_ring
-from .shares import AShare
 
 SecureFn = Callable[..., Awaitable[AShare | Sequence[AShare]]]
 OP_SCOPE = "op"
