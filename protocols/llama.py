@@ -40,7 +40,7 @@ import trio
 from puma_async.context import Context
 from puma_async.errors import ContextLengthError
 from puma_async.model.config import LlamaConfig
-from puma_async.model.reference import rope_tables
+from puma_async.model.rope import rope_tables
 from puma_async.model.weights import LlamaWeights
 
 from .activations import silu
