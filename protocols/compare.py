@@ -30,6 +30,7 @@ function                   rounds  bytes (all parties)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,14 +42,60 @@ from .arith import mul
 from .bitpack import unpack_bits
 from .boolean import open_bits, random_bit
 from .msb import is_zero_packed, msb_packed
-from .ring import neg, to_ring
+from .ring import RingArray, neg, to_ring
 from .shares import AShare, BShare, public_share
 
 PackedTest = Callable[[Context, AShare], Awaitable[BShare]]
 
 
+@dataclasses.dataclass(frozen=True)
+class MaskedSign:
+    """[x < 0] ready to multiply a factor (:func:`sign_times`): x's MSB (one packed row of
+    boolean shares) and a random bit r per element, packed boolean and arithmetic (x's shape).
+    """
 
+    msb: BShare
+    r_bool: BShare
+    r_arith: AShare
 
+async def masked_sign(ctx: Context, x: AShare) -> MaskedSign:
+    """The MSB of x (signed) alongside a random bit per element: 7 rounds, the bytes of
+    :func:`is_negative` but the opening (3 bits per element)."""
+    n = x.size
+    bit, (r_bool, r_arith) = await ctx.gather(
+        lambda c: msb_packed(c, x.reshape(n)), lambda c: random_bit(c, n)
+    )
+    return MaskedSign(bit, r_bool, r_arith.reshape(x.shape))
+
+async def open_sign(ctx: Context, sign: MaskedSign) -> RingArray:
+    """c = MSB ^ r opened, a 0/1 ring value per element (x's shape): 1 round. It reveals
+    nothing (r is uniform); [x < 0] * f is then :func:`sign_product` of c, f and r * f."""
+    r = sign.r_arith
+    return unpack_bits(await open_bits(ctx, sign.msb ^ sign.r_bool), r.size).reshape(r.shape)
+
+def sign_product(c: RingArray, f: AShare, rf: AShare) -> AShare:
+    """[x < 0] * f = c f + (1 - 2c) r f from the opened c and the product rf = r * f (local)."""
+    return f.scale(c) + rf.scale(to_ring(np.int64(1) - (c.view(np.int64) << 1)))
+
+async def sign_times(ctx: Context, sign: MaskedSign, f: AShare) -> AShare:
+    """[x < 0] * f elementwise (f of x's shape): 1 round, :func:`open_sign` beside one
+    multiplication r * f (one ring element per element per party). Exact."""
+    c, rf = await ctx.gather(
+        lambda c_: open_sign(c_, sign), lambda c_: mul(c_, sign.r_arith, f)
+    )
+    return sign_product(c, f, rf)
+
+async def below_times(
+    ctx: Context, x: AShare, factor: Callable[[Context], Awaitable[AShare]]
+) -> AShare:
+    """[x < 0] * factor elementwise (x signed; factor of x's shape, computed concurrently).
+
+    :func:`masked_sign` runs alongside factor(ctx), then :func:`sign_times`.
+    Rounds: max(MSB + 1, factor + 1) (the comparison's 8 when factor is ready in time).
+    Bytes: those of :func:`is_negative` plus one multiplication.
+    """
+    sign, f = await ctx.gather(lambda c: masked_sign(c, x), factor)
+    return await sign_times(ctx, sign, f)
 
 
 async def _test_to_arith(
@@ -140,6 +187,7 @@ async def relu(ctx: Context, x: AShare) -> AShare:
 
 
 __all__ = [
-    "equal", "equal_public", "greater_than", "greater_than_public",
-    "is_negative", "less_than", "less_than_public", "relu", "select",
+    "MaskedSign", "below_times", "equal", "equal_public", "greater_than", "greater_than_public",
+    "is_negative", "less_than", "less_than_public", "masked_sign", "open_sign", "relu", "select",
+    "sign_product", "sign_times",
 ]

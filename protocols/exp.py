@@ -11,7 +11,7 @@ C = 15718 (c = C / 2^25), a = 0.99999896, b = 0.03123472; error 4.8e-5, against 
 0.0085; relative error 0.2% at x = -4, 5% at x = -8 (PUMA's: -24% at -4 and -70% at -8).
 
 Cost: max(comparison + 1, 6 fused multiplications+truncations + 1) = 13 rounds; per element
-one comparison with its selection alongside (:func:`.polynomial.below_times`) and 6 fused
+one comparison with its selection alongside (:func:`.compare.below_times`) and 6 fused
 multiplications: 354 bytes in all (measured). Measured max abs error on a 200,001-point grid
 of [-20, 0] (tests/test_nonlinear_exp.py): 5.2e-5.
 """

@@ -47,7 +47,8 @@ from puma_async.context import Context
 
 from . import ring
 from .arith import dot_fxp, mul, square_fxp
-from .polynomial import HEADROOM_BITS, masked_sign, open_sign, sign_product
+from .compare import masked_sign, open_sign, sign_product
+from .polynomial import HEADROOM_BITS
 from .ring import RingArray, neg, to_ring
 from .shares import AShare, concatenate, public_share, stack
 from .trunc import truncate

@@ -9,7 +9,7 @@ enough (the maximum is one of the entries exactly).
 
 Costs, rows of n (measured, 3 parties together):
 - :func:`max_along`: halving levels of one comparison with its selection alongside
-  (:func:`.polynomial.below_times`: <= 8 rounds, 90 bytes per comparison) down to
+  (:func:`.compare.below_times`: <= 8 rounds, 90 bytes per comparison) down to
   :data:`ALL_PAIRS_MAX` = 8 entries, then one all-pairs level (8 + ceil(log2(m - 1))
   rounds, 28 comparisons for m = 8): 8-11 rounds for n <= 8 (a halving tree: 8 per level),
   42 for n = 128 (a halving tree: 54).
@@ -33,9 +33,10 @@ from puma_async.context import Context
 from .arith import mul_fxp
 from .bitpack import pack_bits, unpack_bits
 from .boolean import and_tree, random_bit
+from .compare import MaskedSign, below_times, sign_times
 from .exp import neg_exp
 from .msb import msb_packed
-from .polynomial import MaskedSign, below_times, repeat_last, sign_times
+from .polynomial import repeat_last
 from .reciprocal import reciprocal
 from .shares import AShare, concatenate
 
@@ -91,7 +92,7 @@ async def _max_all_pairs(ctx: Context, x: AShare) -> AShare:
     j < i, so exactly one entry (the first maximum) wins. The MSBs of all differences
     x_i - x_j (i < j) run in one batch with a random bit per entry; each entry's m - 1
     "beats" bits are ANDed in a tree of ceil(log2(m - 1)) rounds (packed, 1 bit each); the
-    result is sum_i [i wins] x_i (:func:`.polynomial.sign_times`: 1 round).
+    result is sum_i [i wins] x_i (:func:`.compare.sign_times`: 1 round).
     Cost: 8 + ceil(log2(m - 1)) rounds; per row about 42 bytes per pair (the MSBs) and 24
     bytes per entry, all parties together.
     """
