@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from puma_async.context import Context
+from puma_async.context import Context, protocol
 
 from .arith import mul_fxp
 from .fixedpoint import fixed_point
@@ -137,6 +137,7 @@ async def evaluate_piecewise(ctx: Context, x: AShare, spec: PiecewisePolynomial)
     return await piecewise(ctx, x, spec.breakpoints, lambda c: piece_values(c, x, spec))
 
 
+@protocol
 async def gelu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
     """GeLU(x) = x Phi(x). Max error 0.0026 ("accurate") or 0.0199 ("puma", PUMA eq. 2-3).
 
@@ -145,6 +146,7 @@ async def gelu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
     return await evaluate_piecewise(ctx, x, APPROXIMATIONS["gelu", method])
 
 
+@protocol
 async def silu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
     """SiLU(x) = x sigmoid(x). Max error 0.0053 ("accurate") or 0.0719 ("puma", SPU's LLaMA).
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from puma_async.context import Context
+from puma_async.context import Context, protocol
 
 from .arith import mul
 from .bitpack import unpack_bits
@@ -46,44 +46,54 @@ from .ring import RingArray, neg, to_ring
 from .shares import AShare, BShare, public_share
 
 PackedTest = Callable[[Context, AShare], Awaitable[BShare]]
+"""A test of an arithmetic share giving one packed row of boolean shares (:mod:`.msb`)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class MaskedSign:
-    """[x < 0] ready to multiply a factor (:func:`sign_times`): x's MSB (one packed row of
-    boolean shares) and a random bit r per element, packed boolean and arithmetic (x's shape).
-    """
+    """A test bit of x (its MSB: [x < 0]) ready to open or to multiply a factor: the bit as
+    one packed row of boolean shares and a random bit r per element, packed boolean and
+    arithmetic (x's shape)."""
 
-    msb: BShare
+    bit: BShare
     r_bool: BShare
     r_arith: AShare
 
-async def masked_sign(ctx: Context, x: AShare) -> MaskedSign:
-    """The MSB of x (signed) alongside a random bit per element: 7 rounds, the bytes of
-    :func:`is_negative` but the opening (3 bits per element)."""
+
+async def masked_sign(ctx: Context, x: AShare, test: PackedTest = msb_packed) -> MaskedSign:
+    """x's MSB (or another packed ``test`` of x) alongside a random bit per element.
+
+    Cost: 7 rounds; the bytes of :func:`is_negative` (or :func:`equal`) but the opening
+    (3 bits per element).
+    """
     n = x.size
     bit, (r_bool, r_arith) = await ctx.gather(
-        lambda c: msb_packed(c, x.reshape(n)), lambda c: random_bit(c, n)
+        lambda c: test(c, x.reshape(n)), lambda c: random_bit(c, n)
     )
     return MaskedSign(bit, r_bool, r_arith.reshape(x.shape))
 
+
 async def open_sign(ctx: Context, sign: MaskedSign) -> RingArray:
-    """c = MSB ^ r opened, a 0/1 ring value per element (x's shape): 1 round. It reveals
-    nothing (r is uniform); [x < 0] * f is then :func:`sign_product` of c, f and r * f."""
+    """c = bit ^ r opened, a 0/1 ring value per element (x's shape): 1 round, 1 bit per element
+    per party. It reveals nothing (r is uniform); the bit times f is then :func:`sign_product`
+    of c, f and r * f."""
     r = sign.r_arith
-    return unpack_bits(await open_bits(ctx, sign.msb ^ sign.r_bool), r.size).reshape(r.shape)
+    return unpack_bits(await open_bits(ctx, sign.bit ^ sign.r_bool), r.size).reshape(r.shape)
+
 
 def sign_product(c: RingArray, f: AShare, rf: AShare) -> AShare:
-    """[x < 0] * f = c f + (1 - 2c) r f from the opened c and the product rf = r * f (local)."""
+    """bit * f = c f + (1 - 2c) r f from the opened c and the product rf = r * f (local)."""
     return f.scale(c) + rf.scale(to_ring(np.int64(1) - (c.view(np.int64) << 1)))
 
+
 async def sign_times(ctx: Context, sign: MaskedSign, f: AShare) -> AShare:
-    """[x < 0] * f elementwise (f of x's shape): 1 round, :func:`open_sign` beside one
+    """bit * f elementwise (f of x's shape): 1 round, :func:`open_sign` beside one
     multiplication r * f (one ring element per element per party). Exact."""
     c, rf = await ctx.gather(
         lambda c_: open_sign(c_, sign), lambda c_: mul(c_, sign.r_arith, f)
     )
     return sign_product(c, f, rf)
+
 
 async def below_times(
     ctx: Context, x: AShare, factor: Callable[[Context], Awaitable[AShare]]
@@ -98,28 +108,15 @@ async def below_times(
     return await sign_times(ctx, sign, f)
 
 
-async def _test_to_arith(
-    ctx: Context, x: AShare, test: PackedTest, times: AShare | None = None
-) -> AShare:
-    """[test(x)] as arithmetic 0/1 shares of x's shape, or [test(x)] * ``times`` if given.
-
-    The test runs alongside a random bit r (times ``times``, one multiplication, also
-    alongside); c = test ^ r is opened (1 round) and the result is c + (1 - 2c) r (times t:
-    c t + (1 - 2c) r t), local.
-    """
-    n = x.size
-
-    async def mask(c: Context) -> tuple[BShare, AShare]:
-        r_bool, r_arith = await random_bit(c, n)
-        return r_bool, r_arith if times is None else await mul(c, r_arith, times.reshape(n))
-
-    (bit, (r_bool, r_arith)) = await ctx.gather(lambda c: test(c, x.reshape(n)), mask)
-    c = unpack_bits(await open_bits(ctx, bit ^ r_bool), n)
-    sign = to_ring(np.int64(1) - (c.view(np.int64) << 1))  # 1 - 2c
-    base = public_share(ctx.role, c) if times is None else times.reshape(n).scale(c)
-    return (r_arith.scale(sign) + base).reshape(x.shape)
+async def _test_to_arith(ctx: Context, x: AShare, test: PackedTest) -> AShare:
+    """[test(x)] as arithmetic 0/1 shares of x's shape: the masked test (7 rounds), then
+    c = bit ^ r opened (1 round) and [bit] = c + (1 - 2c) r, local."""
+    sign = await masked_sign(ctx, x, test)
+    one = public_share(ctx.role, np.ones(x.shape, np.uint64))
+    return sign_product(await open_sign(ctx, sign), one, sign.r_arith)
 
 
+@protocol
 async def is_negative(ctx: Context, x: AShare) -> AShare:
     """[x < 0] for x read as a signed 64-bit value (its MSB): exact for every ring value.
 
@@ -129,32 +126,43 @@ async def is_negative(ctx: Context, x: AShare) -> AShare:
     return await _test_to_arith(ctx, x, msb_packed)
 
 
+@protocol
 async def less_than(ctx: Context, x: AShare, y: AShare) -> AShare:
-    """[x < y], exact when x - y (as integers) is in [-2^63, 2^63). Cost: as is_negative."""
-    return await is_negative(ctx, x - y)
+    """[x < y], exact when x - y (as integers) is in [-2^63, 2^63).
+
+    Cost: as :func:`is_negative` (8 rounds, 66.25 bytes per element in all).
+    """
+    return await _test_to_arith(ctx, x - y, msb_packed)
 
 
+@protocol
 async def greater_than(ctx: Context, x: AShare, y: AShare) -> AShare:
-    """[x > y], exact when x - y is in (-2^63, 2^63]. Cost: as is_negative."""
-    return await is_negative(ctx, y - x)
+    """[x > y], exact when x - y is in (-2^63, 2^63].
+
+    Cost: as :func:`is_negative` (8 rounds, 66.25 bytes per element in all).
+    """
+    return await _test_to_arith(ctx, y - x, msb_packed)
 
 
+@protocol
 async def less_than_public(ctx: Context, x: AShare, c: Any) -> AShare:
     """[x < c] for public ring values c (broadcast), exact when x - c is in [-2^63, 2^63).
 
-    Cost: as is_negative.
+    Cost: as :func:`is_negative` (8 rounds, 66.25 bytes per element in all).
     """
-    return await is_negative(ctx, x.add_public(ctx.role, neg(c)))
+    return await _test_to_arith(ctx, x.add_public(ctx.role, neg(c)), msb_packed)
 
 
+@protocol
 async def greater_than_public(ctx: Context, x: AShare, c: Any) -> AShare:
     """[x > c] for public ring values c, exact when x - c is in (-2^63, 2^63].
 
-    Cost: as is_negative.
+    Cost: as :func:`is_negative` (8 rounds, 66.25 bytes per element in all).
     """
-    return await is_negative(ctx, (-x).add_public(ctx.role, c))
+    return await _test_to_arith(ctx, (-x).add_public(ctx.role, c), msb_packed)
 
 
+@protocol
 async def equal(ctx: Context, x: AShare, y: AShare) -> AShare:
     """[x == y] (mod 2^64): exact for all ring values.
 
@@ -163,8 +171,12 @@ async def equal(ctx: Context, x: AShare, y: AShare) -> AShare:
     return await _test_to_arith(ctx, x - y, is_zero_packed)
 
 
+@protocol
 async def equal_public(ctx: Context, x: AShare, c: Any) -> AShare:
-    """[x == c] for public ring values c (broadcast). Cost: as equal."""
+    """[x == c] for public ring values c (broadcast).
+
+    Cost: as :func:`equal` (8 rounds, 56 bytes per element in all).
+    """
     return await _test_to_arith(ctx, x.add_public(ctx.role, neg(c)), is_zero_packed)
 
 
@@ -176,14 +188,15 @@ async def select(ctx: Context, b: AShare, x: AShare, y: AShare) -> AShare:
     return y + await mul(ctx, b, x - y)
 
 
+@protocol
 async def relu(ctx: Context, x: AShare) -> AShare:
     """max(x, 0) = x - [x < 0] x, exact for every ring value read as signed (no truncation).
 
-    The product runs on the random bit alongside the MSB, so it costs no extra round.
+    The product r x runs beside the opening (:func:`sign_times`), so it costs no extra round.
     Cost: 8 rounds; is_negative's bytes plus one ring element per element per party
     (90.25 bytes per element in all).
     """
-    return x - await _test_to_arith(ctx, x, msb_packed, times=x)
+    return x - await sign_times(ctx, await masked_sign(ctx, x), x)
 
 
 __all__ = [

@@ -18,7 +18,7 @@ of [-20, 0] (tests/test_nonlinear_exp.py): 5.2e-5.
 
 from __future__ import annotations
 
-from puma_async.context import Context
+from puma_async.context import Context, protocol
 
 from .arith import mul_fxp, square_fxp
 from .fixedpoint import fixed_point
@@ -36,6 +36,7 @@ K = A - B * B / (4 * C_INT / 2**C_BITS)
 WORK_FRAC = 30  # fractional bits of the squaring chain (values in [0, 1])
 
 
+@protocol
 async def neg_exp(ctx: Context, x: AShare) -> AShare:
     """e^x for fixed-point x <= 0 (0 below -14); garbage for x > 0 (not in the domain).
 

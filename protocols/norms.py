@@ -49,7 +49,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.context import Context
+from puma_async.context import Context, protocol
 
 from .arith import dot_fxp, mul_fxp
 from .fixedpoint import fixed_point
@@ -62,6 +62,7 @@ from .trunc import truncate
 Weight = AShare | npt.ArrayLike | None
 
 
+@protocol
 async def rms_norm(
     ctx: Context,
     x: AShare,
@@ -78,6 +79,7 @@ async def rms_norm(
     return await _normalise_rows(ctx, x, 0, eps, max_abs, weight, None)
 
 
+@protocol
 async def layer_norm(
     ctx: Context,
     x: AShare,

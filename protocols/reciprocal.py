@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from puma_async.context import Context
+from puma_async.context import Context, protocol
 
 from .fixedpoint import fixed_point
 from .normalise import power
@@ -61,6 +61,7 @@ def exponents(ctx: Context, min_value: float | None, max_value: float) -> Expone
     hi_int = math.ceil(max_value * fx.scale)
     return Exponents(lo_int.bit_length() - 1, hi_int.bit_length() - 1, fx.frac_bits)
 
+@protocol
 async def reciprocal(
     ctx: Context,
     x: AShare,
@@ -80,6 +81,7 @@ async def reciprocal(
         ctx, x, -1.0, RECIPROCAL_COEFFICIENTS, exponents(ctx, min_value, max_value), out
     )
 
+@protocol
 async def rsqrt(
     ctx: Context,
     x: AShare,

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.context import Context
+from puma_async.context import Context, protocol
 
 from .arith import mul_fxp
 from .bitpack import pack_bits, unpack_bits
@@ -48,6 +48,7 @@ ALL_PAIRS_MAX = 8
 """Rows of at most this many entries take their maximum in one all-pairs level."""
 
 
+@protocol
 async def max_along(ctx: Context, x: AShare, axis: int = -1) -> AShare:
     """Maximum of x along ``axis`` (removed), exact for entries in [-2^62, 2^62) (their
     differences must not wrap).
@@ -121,6 +122,7 @@ def _constant(value: AShare) -> Callable[[Context], Awaitable[AShare]]:
     return get
 
 
+@protocol
 async def softmax(
     ctx: Context, x: AShare, mask: npt.ArrayLike | None = None
 ) -> AShare:
