@@ -27,9 +27,11 @@ from .ring import RING_DTYPE, RingArray
 WORD_BITS = 64
 MAX_BITS = 63
 
+
 def packed_words(n: int) -> int:
     """Words per packed row of n bits."""
     return -(-n // WORD_BITS)
+
 
 def pack_bits(bits: RingArray) -> RingArray:
     """Bit 0 of each word along the last axis into packed rows: (..., n) -> (..., W) words."""
@@ -39,6 +41,7 @@ def pack_bits(bits: RingArray) -> RingArray:
     out[..., : packed.shape[-1]] = packed
     return out.view("<u8").astype(RING_DTYPE, copy=False)
 
+
 def unpack_bits(row: RingArray, n: int) -> RingArray:
     """The first n bits of a packed row as n words of value 0 or 1."""
     raw = np.ascontiguousarray(row, dtype="<u8").view(np.uint8)
@@ -47,6 +50,7 @@ def unpack_bits(row: RingArray, n: int) -> RingArray:
 _TRANSPOSE_SIGNATURE = types.void(
     types.Array(types.uint64, 1, "C", readonly=True), types.Array(types.uint64, 2, "C")
 )
+
 
 @njit(_TRANSPOSE_SIGNATURE, nogil=True, cache=True)
 def _transpose_kernel(words: RingArray, out: RingArray) -> None:  # pragma: no cover - numba
@@ -74,6 +78,7 @@ def _transpose_kernel(words: RingArray, out: RingArray) -> None:  # pragma: no c
         for i in range(64):
             out[i, w] = block[i]
 
+
 def bit_slices(words: RingArray) -> RingArray:
     """Bit-slice n words (flattened) into 64 packed rows: row j holds bit j of every element.
 
@@ -93,6 +98,7 @@ _UNPACK_SIGNATURE = types.void(
     types.Array(types.uint8, 1, "C", readonly=True), types.int64, types.Array(types.uint64, 1, "C")
 )
 
+
 @njit(_PACK_SIGNATURE, nogil=True, cache=True)
 def _pack_kernel(values: RingArray, bits: int, out: np.ndarray) -> None:  # pragma: no cover
     mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
@@ -106,6 +112,7 @@ def _pack_kernel(values: RingArray, bits: int, out: np.ndarray) -> None:  # prag
             out[q + k] |= np.uint8((low >> np.uint64(8 * k)) & np.uint64(0xFF))
         if touched > 8:  # r + bits > 64: the top bits spill into a ninth byte
             out[q + 8] |= np.uint8(v >> np.uint64(64 - r))
+
 
 @njit(_UNPACK_SIGNATURE, nogil=True, cache=True)
 def _unpack_kernel(packed: np.ndarray, bits: int, out: RingArray) -> None:  # pragma: no cover
@@ -122,9 +129,11 @@ def _unpack_kernel(packed: np.ndarray, bits: int, out: RingArray) -> None:  # pr
             v |= np.uint64(packed[q + 8]) << np.uint64(64 - r)
         out[i] = v & mask
 
+
 def packed_size(count: int, bits: int) -> int:
     """Bytes of ``count`` packed values of ``bits`` bits."""
     return (count * bits + 7) // 8
+
 
 def pack_low_bits(values: RingArray, bits: int) -> np.ndarray:
     """The low ``bits`` bits (1..63) of each value, densely packed (uint8, see module doc)."""
@@ -134,6 +143,7 @@ def pack_low_bits(values: RingArray, bits: int) -> np.ndarray:
     out = np.zeros(packed_size(flat.size, bits), np.uint8)
     _pack_kernel(flat, bits, out)
     return out
+
 
 def unpack_low_bits(packed: np.ndarray, bits: int, count: int) -> RingArray:
     """Inverse of :func:`pack_low_bits`: ``count`` values of ``bits`` bits each."""

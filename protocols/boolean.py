@@ -28,6 +28,7 @@ from .shares import AShare, BShare
 
 ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
+
 def concat(shares: Sequence[BShare], axis: int = 0) -> BShare:
     """Concatenate boolean shares along an existing axis (local)."""
     return BShare(
@@ -35,9 +36,11 @@ def concat(shares: Sequence[BShare], axis: int = 0) -> BShare:
         np.concatenate([s.second for s in shares], axis),
     )
 
+
 def not_(ctx: Context, b: BShare) -> BShare:
     """Bitwise NOT (local)."""
     return b.xor_public(ctx.role, ALL_ONES)
+
 
 async def and_(ctx: Context, a: BShare, b: BShare) -> BShare:
     """Bitwise AND of boolean shares of equal shape.
@@ -51,6 +54,7 @@ async def and_(ctx: Context, a: BShare, b: BShare) -> BShare:
     got = await ctx.recv_array(next_party(me), ArraySpec.ring(a.shape))
     return BShare(z, got).map(np.reshape, shape)
 
+
 async def and_tree(ctx: Context, rows: BShare) -> BShare:
     """AND of all rows. Cost: ceil(log2 rows) rounds, rows - 1 ANDs (one bit each per party)."""
     while rows.shape[0] > 1:
@@ -58,6 +62,7 @@ async def and_tree(ctx: Context, rows: BShare) -> BShare:
         prod = await and_(ctx, rows[0 : 2 * m : 2], rows[1 : 2 * m : 2])
         rows = concat([prod, rows[2 * m :]])
     return rows
+
 
 async def open_bits(ctx: Context, b: BShare) -> RingArray:
     """Open boolean shares to all three parties. Cost: 1 round, one word per word per party."""
@@ -102,6 +107,7 @@ async def bit_to_arith(ctx: Context, b: BShare) -> AShare:
     y2 = d0 * e + m2 - m0
     await ctx.send_arrays(1, y2)
     return AShare(e - (y2 << one), d0 - (m0 << one)).reshape(shape)
+
 
 async def random_bit(ctx: Context, n: int) -> tuple[BShare, AShare]:
     """A uniformly random bit per element, unknown to every party, in both forms.

@@ -60,6 +60,7 @@ _SUBSETS: tuple[frozenset[int], ...] = tuple(
     frozenset(c) for r in range(_K + 1) for c in combinations(range(_K), r)
 )  # the a-monomials of a block; _SUBSETS[0] is the empty one (the constant 1)
 
+
 def _g_coefficient(s: frozenset[int]) -> frozenset[int] | None:
     """The b-monomial multiplying a^S in G = XOR_i a_i b_i prod_{j>i} (a_j ^ b_j) (None: 0)."""
     if not s:
@@ -67,9 +68,11 @@ def _g_coefficient(s: frozenset[int]) -> frozenset[int] | None:
     i = min(s)
     return frozenset({i} | {j for j in range(i + 1, _K) if j not in s})
 
+
 def _p_coefficient(s: frozenset[int]) -> frozenset[int]:
     """The b-monomial multiplying a^S in P = prod_j (a_j ^ b_j)."""
     return frozenset(range(_K)) - s
+
 
 def _monomials(bits: RingArray) -> dict[frozenset[int], RingArray]:
     """All products of subsets of the rows ``bits[0..K-1]`` (each (blocks, W); {} = ones)."""
@@ -79,6 +82,7 @@ def _monomials(bits: RingArray) -> dict[frozenset[int], RingArray]:
         rest = s - {i}
         out[s] = bits[i] if not rest else out[rest] & bits[i]
     return out
+
 
 def _block_halves(
     pads: dict[frozenset[int], RingArray], b_bits: RingArray, want_g: bool
@@ -99,6 +103,7 @@ def _block_halves(
                 acc ^= pad & cb[c]
         outputs.append(acc)
     return np.concatenate(outputs)
+
 
 async def _leaves(
     ctx: Context, x: AShare, b_offset: int, want_g: bool
@@ -123,6 +128,7 @@ async def _leaves(
     ))
     leaves = concat([r[0] for r in results], axis=1)
     return leaves, concat([r[1] for r in results], axis=1)
+
 
 async def _leaves_part(
     ctx: Context, *, x: AShare, b_offset: int, want_g: bool, rotation: int
@@ -187,6 +193,7 @@ async def _leaves_part(
     await ctx.send_arrays(peer(1), y2)
     return BShare(y2, m0), BShare(b_top, masked[-1:])
 
+
 async def _carry_tree(ctx: Context, g: BShare, p: BShare) -> BShare:
     """The generate of all nodes together: g has a row per node, p a row per node but the first.
 
@@ -205,6 +212,7 @@ async def _carry_tree(ctx: Context, g: BShare, p: BShare) -> BShare:
         g, p = g_new, p_new
     return g
 
+
 async def msb_packed(ctx: Context, x: AShare) -> BShare:
     """Packed boolean shares (one row of W words) of the most significant bit of each x.
 
@@ -215,6 +223,7 @@ async def msb_packed(ctx: Context, x: AShare) -> BShare:
     carry = await _carry_tree(ctx, leaves[:_BLOCKS], leaves[_BLOCKS:])
     return (carry ^ p_top)[0]
 
+
 async def is_zero_packed(ctx: Context, x: AShare) -> BShare:
     """Packed boolean shares (one row of W words) of [x == 0] for each element.
 
@@ -223,6 +232,7 @@ async def is_zero_packed(ctx: Context, x: AShare) -> BShare:
     """
     leaves, p_top = await _leaves(ctx, x, -1, want_g=False)
     return (await and_tree(ctx, concat([leaves, p_top])))[0]
+
 
 async def msb(ctx: Context, x: AShare) -> BShare:
     """Boolean shares of MSB(x) in bit 0 of one word per element (other bits 0), x's shape.

@@ -44,6 +44,7 @@ from .shares import AShare, public_share, stack
 NORM_FRAC = 30
 """The most fractional bits of t and its powers (:func:`plan_scale` may choose fewer)."""
 
+
 @dataclasses.dataclass(frozen=True)
 class Normalised:
     """x normalised by its top bit m in [lo, hi]: t = 4 x / 2^(m+1) - 3 and m's thermometer."""
@@ -60,9 +61,11 @@ class Normalised:
         """
         return select_by_top_bit(self.steps.map(lambda a: a[..., None, :]), tables, self.role)
 
+
 def select_by_top_bit(steps: AShare, w: RingArray, role: int) -> AShare:
     """w_lo + sum_j steps_j (w_j - w_{j-1}): table entry of the top bit, from its thermometer."""
     return steps.scale(w[..., 1:] - w[..., :-1]).sum(axis=-1).add_public(role, w[..., 0])
+
 
 async def normalise(ctx: Context, x: AShare, lo: int, hi: int, frac: int) -> Normalised:
     """Normalise positive integers X in [2^lo, 2^(hi+1)), hi < 62 (garbage outside); t has
@@ -84,6 +87,7 @@ async def normalise(ctx: Context, x: AShare, lo: int, hi: int, frac: int) -> Nor
     t = c.scale(4).add_public(role, neg(3 << frac))
     return Normalised(t, steps, role)
 
+
 @dataclasses.dataclass(frozen=True)
 class ScalePlan:
     """How factor * x^e = sum_k a_k t^k * scale(m) is assembled in the ring.
@@ -96,6 +100,7 @@ class ScalePlan:
     poly_frac: int
     shift: int
     tables: tuple[RingArray, ...]
+
 
 @functools.cache
 def plan_scale(
@@ -135,6 +140,7 @@ def plan_scale(
         table.flags.writeable = False
     return ScalePlan(poly_frac, shift, tables)
 
+
 async def power(
     ctx: Context,
     x: AShare,
@@ -148,6 +154,7 @@ async def power(
     norm = await normalise(ctx, x, ranges.lo, ranges.hi, plan.poly_frac)
     terms = await power_terms(ctx, norm.t, len(coefficients) - 1, plan.poly_frac)
     return await dot_fxp(ctx, terms, norm.select(plan.tables[0]), plan.shift)
+
 
 async def power_terms(ctx: Context, t: AShare, degree: int, frac: int) -> AShare:
     """(1, t, t^2, ..., t^degree) at ``frac`` bits along a new last axis (|t| <= 1)."""

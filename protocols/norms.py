@@ -26,13 +26,13 @@ with eps a^2. Then y = v rsqrt (one fused multiplication+truncation, rsqrt carri
 61 - f - log2 sqrt(n) fractional bits), then * w (public: local scale and truncation; secret:
 a fixed-point multiplication), then + b.
 
-Cost (measured, 3 parties together): 14 rounds (+2 with weights): truncation 2, sums 1,
-rsqrt 7 + 2 (one round per path), product 2 (13 on the longest path of RMSNorm (8, 576),
-where short truncations leave the dealer idle); 19 messages sent by P0 for RMSNorm (8, 576),
-30 for LayerNorm (128, 768).
-RMSNorm (8, 576) 112 and LayerNorm (128, 768) 129 bytes per element: per element the
-truncation(s) (25 bytes each) and the product (45); per row 24 kB, the rsqrt's (152
-comparisons with their products, 153 candidates, 51 octaves).
+Cost (3 parties together; ``costs.py``): 14 rounds from 12,288 elements on (+2 with a
+weight): truncation 2, sums 1, rsqrt 7 + 2 (one round per path), product 2; 13 rounds on
+fewer elements, where the truncations leave their dealer idle. 19 messages sent by P0 for
+RMSNorm (8, 576), 30 for LayerNorm (128, 768). Bytes per element: 111.87 for RMSNorm
+(8, 576) (114.80 for one row), 129.31 for LayerNorm (8, 768): per element the truncation(s)
+(25 bytes each) and the product (45); per row 24 kB, the rsqrt's (152 comparisons with
+their products, 153 candidates, 51 octaves).
 Accuracy (tests/test_nonlinear_norms.py, rows from all zeros to every entry at 2^16, one
 entry at 22,500, a mean of 2^15, sums of squares on both sides of the switch between the
 paths): rsqrt's relative error is <= 1.3e-6 on the precise path and below the wide path's

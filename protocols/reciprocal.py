@@ -4,9 +4,11 @@ Both take the public range [min_value, max_value] of their input (its top-bit ra
 :func:`exponents`) and return garbage outside it.
 
 - :func:`reciprocal`: normalisation, then a degree-7 polynomial in t = 4c - 3
-  (:mod:`.normalise`), :data:`RECIPROCAL_COEFFICIENTS`. Cost: 17-18 rounds; bytes per element,
+  (:mod:`.normalise`), :data:`RECIPROCAL_COEFFICIENTS`. Cost: 17 rounds, or 18 rounds where
+  the range reaches 2^F (F = the polynomial's fractional bits, up to 30); bytes per element,
   all parties: 66.25 per octave of the range and about 44 per fused
-  multiplication+truncation (8): 857 for x in [0.5, 129], 2,857 for [2^-18, 2^20].
+  multiplication+truncation (8): 861.75 for x in [0.5, 129] (17 rounds), 2,857.38 for
+  [2^-18, 2^20] (18 rounds).
   Relative error <= 2.6e-6 (measured on 40,001-point log grids,
   tests/test_nonlinear_reciprocal.py) wherever the output has at least 2^20 units at
   ``frac_out``; <= 5e-6 relative + 2 units (the bound tested) everywhere.
@@ -54,12 +56,14 @@ RSQRT_SEGMENTS = Segments(
 """1/sqrt(c) in three segments per octave: max relative error 3.25e-7, 3.0e-7, 3.2e-7
 (SPU's one degree-4 polynomial: 8.2e-5)."""
 
+
 def exponents(ctx: Context, min_value: float | None, max_value: float) -> Exponents:
     """The top-bit range of fixed-point inputs in [min_value, max_value] (min: one unit)."""
     fx = fixed_point(ctx)
     lo_int = 1 if min_value is None else max(1, math.floor(min_value * fx.scale))
     hi_int = math.ceil(max_value * fx.scale)
     return Exponents(lo_int.bit_length() - 1, hi_int.bit_length() - 1, fx.frac_bits)
+
 
 @protocol
 async def reciprocal(
@@ -72,14 +76,15 @@ async def reciprocal(
 ) -> AShare:
     """1/x for fixed-point x in [min_value (default one unit), max_value], at ``frac_out`` bits.
 
-    Garbage outside that range. Cost: 17-18 rounds; log2(max_value / min_value) comparisons
-    and 8 fused multiplications per element. Relative error <= 2.6e-6 (measured; module
-    docstring).
+    Garbage outside that range. Cost: 17 or 18 rounds; log2(max_value / min_value)
+    comparisons and 8 fused multiplications per element (module docstring). Relative error
+    <= 2.6e-6 (measured; module docstring).
     """
     out = fixed_point(ctx).frac_bits if frac_out is None else frac_out
     return await power(
         ctx, x, -1.0, RECIPROCAL_COEFFICIENTS, exponents(ctx, min_value, max_value), out
     )
+
 
 @protocol
 async def rsqrt(

@@ -59,6 +59,7 @@ SEGMENT_FRAC = 20
 DOT_BITS = 2 * SEGMENT_FRAC - 2
 """Truncation of a candidate's dot product 2^K P (module docstring): P keeps K - 38 bits."""
 
+
 @dataclasses.dataclass(frozen=True)
 class Exponents:
     """Inputs x = X / 2^frac_in with integer X in [2^lo, 2^(hi+1)); output factor * x^e."""
@@ -67,6 +68,7 @@ class Exponents:
     hi: int
     frac_in: int
     factor: float = 1.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Segments:
@@ -81,6 +83,7 @@ class Segments:
     starts: tuple[float, ...]
     centres: tuple[float, ...]
     coefficients: tuple[tuple[float, ...], ...]
+
 
 @dataclasses.dataclass(frozen=True)
 class SegmentPlan:
@@ -102,6 +105,7 @@ class SegmentPlan:
     coefficients: RingArray
     shifts: RingArray
     candidates: tuple[slice, ...]
+
 
 @functools.cache
 def plan_segments(fit: Segments, ranges: tuple[Exponents, ...], frac_out: int) -> SegmentPlan:
@@ -175,6 +179,7 @@ def plan_segments(fit: Segments, ranges: tuple[Exponents, ...], frac_out: int) -
         tuple(candidates),
     )
 
+
 async def segmented_power(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:
     """factor * X^e for X of shape (ranges, *shape), X[i] in the plan's range i, each range
     after the first taking over from its 2^lo on (module docstring; the earlier ranges'
@@ -209,6 +214,7 @@ async def segmented_power(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:
         result = chain[..., -1] - sign_product(opened[..., part], steps, rf).sum(axis=-1)
     assert result is not None
     return result
+
 
 async def segment_candidates(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:
     """Every candidate (module docstring) of x (shape (*shape, ranges)), shape
