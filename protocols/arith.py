@@ -5,14 +5,15 @@ z_i = (x_i + x_{i+1}) y_i + x_i y_{i+1} (+ a fresh zero-sharing alpha_i), and
 
 - in the ring (:func:`mul`, :func:`square`, :func:`matmul`) sends z_i to P_{i-1}:
   1 round, one ring element per output element per party (8 bytes);
-- in fixed point (:func:`mul_fxp`, :func:`square_fxp`, :func:`matmul_fxp`) feeds z_i straight
-  into the truncation (:func:`.trunc.truncate_additive`) instead of resharing it:
+- in fixed point (:func:`mul_fxp`, :func:`square_fxp`, :func:`matmul_fxp`, and
+  :func:`dot_fxp` for sums of products) feeds z_i straight into the truncation
+  (:func:`.trunc.truncate_additive`) instead of resharing it:
   2 rounds in all, 40 + f/8 bytes per output element from all parties together (f = bits,
   18 by default: 42.25 bytes, 14.1 per party), versus 3 rounds and 50.25 bytes for
   :func:`mul` followed by :func:`.trunc.truncate`.
 
 The fixed-point product of values with f fractional bits has 2f; it is truncated by ``bits``
-(default: the session's ``fixed_point(ctx).frac_bits``) to floor(p / 2^bits) + e, e in {0, 1}
+(default: the session's :func:`.fixedpoint.fixed_point`) to floor(p / 2^bits) + e, e in {0, 1}
 (one ulp at most), which needs the ring product p in [-2^62, 2^62) as a signed value.
 
 Secret x public: :func:`matmul_public` is local (0 rounds); the ``*_public_fxp`` variants take
@@ -22,7 +23,7 @@ truncate (:func:`.trunc.truncate`: 2 rounds, 24 + f/8 bytes per output element i
 Matrix products (..., m, k) @ (..., k, n) follow numpy broadcasting. Each party's products run
 in :func:`.ringmatmul.ring_matmul` in a worker thread (it releases the GIL), so the three
 parties of one process overlap theirs; secret x secret costs one ring matmul of inner size 2k
-per party.
+per party. Costs are declared and tested in :mod:`.costs`.
 """
 
 from __future__ import annotations

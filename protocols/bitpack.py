@@ -12,9 +12,8 @@
   holds stream bits 8k..8k+7, least significant first), so n values take
   ceil(n * bits / 8) bytes: what a truncation dealer's ``m mod 2^f`` costs on the wire.
 
-The kernels are numba loops (no GIL, compiled once and cached on disk): 3-6 ns per value
-(packing, unpacking dense values) on arrays of 10^5 elements, where bit planes built with
-numpy took 60-150 ns.
+The kernels are numba loops (no GIL, compiled once and cached on disk): one pass per value,
+where bit planes built with numpy need a pass per bit.
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
-"""Comparisons, bit-to-arithmetic conversion and selection on arithmetic shares.
+"""Comparisons and selection by a secret bit on arithmetic shares.
 
 Results are arithmetic shares of 0 or 1 (ring values; for a fixed-point 1.0 multiply by the
-public 2^f). Comparisons take the MSB (or the zero test) of the difference with
-:mod:`.boolean`, which all three parties run while they prepare a random bit r in both
-boolean and arithmetic form; the bit c = result ^ r is then opened and the arithmetic result
-is c + r - 2 c r, so the conversion adds a single round.
+public 2^f). A comparison takes the MSB (or the zero test) of the difference with
+:mod:`.msb`, which all three parties run while they prepare a random bit r in both boolean
+and arithmetic form (:func:`masked_sign`); the bit c = result ^ r is then opened
+(:func:`open_sign`) and the arithmetic result is c + r - 2 c r, so the conversion adds a
+single round. The same opening *selects*: bit * f = c f + (1 - 2c) r f needs only the product
+r f, computed beside the opening (:func:`sign_times`), so [x < 0] * f costs the comparison's
+8 rounds and one multiplication (:func:`below_times`, which piecewise functions, the maximum
+and the segment selection of rsqrt are built on).
 
 **Range.** ``less_than(x, y)`` is [x < y] for x, y read as two's-complement signed integers,
 computed as the MSB of x - y mod 2^64. It is exact (never wrong: no probabilistic step)
@@ -15,16 +19,17 @@ wrapped difference. (No single MSB can be exact on all 2^64 differences for both
 splits them in halves, [d > 0] does not.) Equality is exact for all ring values. Fixed-point
 values compare as their encodings do.
 
-Costs per element (all three parties together; per-party splits in each docstring):
+Costs per element (all three parties together; per-party splits in each docstring; declared
+and tested in :mod:`.costs`):
 
 =========================  ======  ==================================================
 function                   rounds  bytes (all parties)
 =========================  ======  ==================================================
-``bit_to_arith``           2       24 (one ring element per party)
 ``less_than`` & co.        8       66.25 (41.9 MSB + 24 random bit + 3 bits opened)
 ``equal`` & co.            8       56 (31.6 zero test + 24 + 3 bits)
 ``select``                 1       24 (one multiplication)
 ``relu``                   8       90.25 (is_negative + one multiplication alongside)
+``sign_times``             1       24 + 3 bits (the opening beside one multiplication)
 =========================  ======  ==================================================
 """
 

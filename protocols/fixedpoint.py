@@ -12,7 +12,9 @@ setting). Precision and range, for f = 18:
   head-room (a product of two encodings carries 2f fractional bits; truncation needs
   |x| < 2^62 of the ring value), which is their business, not this module's.
 
-All functions are vectorised, one or two passes over the data.
+All functions are vectorised, one or two passes over the data. A session's format is
+per-party state (:func:`fixed_point`: the installed :class:`FixedPoint`, f = 18 unless a
+session installs another), so every protocol step of the session reads the same one.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Getting secrets in and out: input sharing by an owner, opening to parties or a role.
 
 Inputs: the owner (model owner, client, or any role outside the three parties) derives x_0 and
-x_1 from the seeds of :func:`.randomness.setup_input_seeds` and sends only x_2 = x - x_0 - x_1
-to P_1 and P_2: 2 elements per input element from the owner, 1 round, 0 from the parties.
+x_1 from the seeds of :func:`.randomness.setup_input_seeds` (the parties' typed
+:class:`~.randomness.InputSeeds` state) and sends only x_2 = x - x_0 - x_1 to P_1 and P_2:
+2 elements per input element from the owner, 1 round, 0 from the parties. Every received
+array is checked against its public shape (a protocol error naming the sender if not).
 
 Openings (1 round each):
 - :func:`reveal`: to all three parties; each party sends 1 element per element.

@@ -5,8 +5,13 @@ pattern as the shares — and k_i is unknown to P_{i+1}. A common key known to a
 serves public randomness. Every draw is a pure function of (key, label, shape), the label
 naming the step path (:meth:`Context.label`), so concurrent steps never desynchronise streams.
 
-Costs (setup, once per session): 1 round; each party sends one 32-byte key (P_0 two).
-Draws are local: 0 rounds.
+The keys (:class:`PartyKeys`) and the input owners' seeds (:class:`InputSeeds`) are per-party
+state (:meth:`Context.state`): a step that needs them before their set-up ran gets a
+:class:`~puma_async.errors.ProtocolError` naming the set-up to run.
+
+Costs (set-up, once per session): :func:`setup_keys` 1 round, 16-byte keys in Seed messages
+of 20 bytes: P_1 and P_2 send one, P_0 three (its key, and the common key to both others);
+:func:`setup_input_seeds` 1 round, 4 seeds from the input owner. Draws are local: 0 rounds.
 """
 
 from __future__ import annotations
@@ -134,7 +139,7 @@ async def setup_input_seeds(ctx: Context, owner: int) -> None:
 
     Seed s_0 goes to the holders of x_0 (P_0, P_2), s_1 to those of x_1 (P_0, P_1); inputs then
     cost ``owner`` only x_2, sent to P_1 and P_2. Run by ``owner`` and the three parties.
-    Cost: 1 round, 4 seeds of 32 bytes from the owner.
+    Cost: 1 round, 4 seeds (Seed messages of 20 bytes) from the owner.
     """
     if ctx.role == owner:
         seeds = {0: ctx.fresh_key(), 1: ctx.fresh_key()}

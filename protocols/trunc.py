@@ -1,11 +1,13 @@
-"""Exact-range probabilistic truncation of replicated shares (never a large error).
+"""Truncation of replicated shares with stochastic rounding: one unit of error, never more.
 
 ``truncate(x, f)`` returns a sharing of floor(x / 2^f) + e with e in {0, 1}, for every x with
 -2^62 <= x < 2^62 read as a signed ring value: the result is within one unit in the last place
-of x / 2^f and there is no failure probability (unlike ABY3's "share truncation I", which is
-not offered). This is the TruncPr of Dalskov, Escudero and Keller (arXiv 1910.12435, sec.
-3.2.2: open c = x + 2^62 + r, correct the wrap with the top bit of r), with the correlated
-randomness dealt by the third party from its share of x, so that no preprocessing round exists.
+of x / 2^f, and it cannot fail (ABY3's "share truncation I", which gives a large error with
+probability ~|x| / 2^64 per element, is not offered). This is the TruncPr of Dalskov, Escudero
+and Keller (arXiv 1910.12435, sec. 3.2.2: open c = x + 2^62 + r, correct the wrap with the top
+bit of r), "probabilistic" in the literature only in that the last bit is rounded up at
+random (below); the correlated randomness is dealt by the third party from its share of x, so
+that no preprocessing round exists.
 
 The protocol, for one block of elements with openers A = P_j, B = P_{j+1} and dealer
 D = P_{j+2} (the three role assignments j = 0, 1, 2 run side by side on three thirds of the
