@@ -82,7 +82,10 @@ class OpCost:
     def function(self) -> Callable[..., Any]:
         """The protocol function itself (imported on demand: this module imports none)."""
         module, function = self.op.rsplit(".", 1)
-        return getattr(importlib.import_module(f"puma_async.protocols.{module}"), function)  # type: ignore[no-any-return]
+        fn: Callable[..., Any] = getattr(
+            importlib.import_module(f"puma_async.protocols.{module}"), function
+        )
+        return fn
 
 
 def _elementwise(rounds: int, bytes_: float, inputs: int = 1, large_rounds: int | None = None,

@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast, overload
 
 import numpy as np
 import trio
@@ -149,7 +149,7 @@ class Context:
         """
         value = self.runtime.states.get(kind)
         if value is not None:
-            return value  # type: ignore[no-any-return]  # installed under its own type
+            return cast(S, value)  # installed under its own type
         if default is not None:
             return default
         how = getattr(kind, "SETUP", f"install one with ctx.install({kind.__name__}(...))")
@@ -288,7 +288,7 @@ class Context:
                 if steps:  # the first step runs in this task: one task spawn (~23 us) fewer
                     await run(0)
         except BaseExceptionGroup as group:
-            raise first_error(group) from None
+            raise _first_error(group) from None
         self.join(children)
         return results
 
@@ -382,7 +382,7 @@ async def _run_child(parent: Context, child: Context, name: str, body: Awaitable
     return result
 
 
-def first_error(group: BaseExceptionGroup) -> BaseException:
+def _first_error(group: BaseExceptionGroup) -> BaseException:
     """The first real error of a nursery's group (what a failing child step raised)."""
     leaves: list[BaseException] = []
 
@@ -400,5 +400,5 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
 
 __all__ = [
     "DEFAULT_PHASE", "ENCODE_OFFLOAD_BYTES", "ArraySpec", "Context", "Program", "Step",
-    "first_error", "protocol",
+    "protocol",
 ]
