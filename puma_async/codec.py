@@ -3,15 +3,30 @@
 Wire format
 -----------
 * A **message** is a frozen dataclass registered with a small integer tag; it is encoded as
-  the msgpack array ``[tag, field1, field2, ...]`` in field order.
+  the msgpack array ``[tag, field1, field2, ...]`` in field order. Fields are flat: scalars
+  (integers, bools, floats, nil, str, bytes), except :class:`Arrays` (a list of numpy arrays)
+  and :class:`Value` (a scalar or a short flat list of scalars). Tags 1-15 belong to this
+  module and the transports, 16-31 to the session layer.
 * numpy arrays travel as msgpack ext type 1: ``dtype code (u8) | ndim (u8) | shape (ndim x
   u64 little-endian) | raw little-endian bytes``. Only whitelisted dtypes are accepted and the
-  byte length must equal ``prod(shape) * itemsize``. Decoded arrays are read-only views.
+  byte length must equal ``prod(shape) * itemsize``. Decoded arrays are read-only views of the
+  frame.
 * An **envelope** names a message for the party mailbox:
   ``[VERSION, session, sender, receiver, step path, seq, round, message]``.
 * A **frame** (the unit a transport carries) is a msgpack array of envelopes; the runtime
   encodes each envelope as a frame of its own (:func:`encode_frame`, copying each array once)
   and its writer task merges small ones ready together (:func:`merge_frames`).
+
+Decoding is bounded
+-------------------
+The decoder reads this schema and nothing else: no maps, no ext type but 1, no container
+where the schema has a scalar, so nesting depth is at most four (frame, envelope, message,
+list of arrays). Container lengths are checked before anything is built for them (step paths
+of at most :data:`MAX_PATH_DEPTH` items, at most :data:`MAX_ARRAYS` arrays per message, no
+more envelopes than the frame's bytes or its memory budget can hold), and the memory a frame
+decodes to is estimated as it is built and refused beyond :func:`decode_budget`, 4 times the
+frame's size (2 MiB for frames under 512 KiB): work and memory grow linearly with the frame's
+size whatever its bytes are.
 
 No pickle anywhere. Every decoding failure raises :class:`DecodeError` (or
 :class:`SessionMismatchError` for a well-formed frame of another session, sender or version).
@@ -33,8 +48,31 @@ import numpy as np
 from puma_async.errors import DecodeError, SessionMismatchError
 
 VERSION = 1
-DEFAULT_MAX_FRAME_BYTES = 1 << 31  # 2 GiB: a whole embedding table's shares fit in one frame
+DEFAULT_MAX_FRAME_BYTES = 256 << 20
+"""The frame limit where none is given: 256 MiB. A session over TCP states its own limit,
+derived from its public architecture (:func:`puma_async.session.frames.max_frame_bytes`), to
+the transport and the runtime; in-process runs use this one."""
 MAX_NDIM = 8
+MAX_TAG = 127
+MAX_MESSAGE_FIELDS = 15
+MAX_ARRAYS = 4096
+MAX_PATH_DEPTH = 64
+MAX_VALUE_ITEMS = 16
+MAX_VALUE_BYTES = 256
+DECODE_BYTES_PER_BYTE = 4
+DECODE_FLOOR_BYTES = 2 << 20
+"""Decoding a frame of n bytes may allocate ``max(4 n, 2 MiB)`` (see :func:`decode_budget`):
+the floor lets a merged frame of up to 64 KiB of tiny envelopes (about 200 bytes of Python
+objects each, 16 times their size on the wire) through."""
+
+# What decoded objects cost (CPython 3.11, 64-bit), for the decode budget: an envelope (its
+# tuple and step path), each item of a step path, a message, each numpy view, each scalar.
+_ENVELOPE_COST = 176
+_PATH_ITEM_COST = 48
+_MESSAGE_COST = 128
+_ARRAY_COST = 160
+_FIELD_COST = 48
+_MIN_ENVELOPE_BYTES = 12  # 8-field array, empty session and path, [tag] of a field-less message
 
 NDARRAY_EXT = 1
 _DTYPES: tuple[np.dtype, ...] = tuple(
@@ -121,36 +159,6 @@ def _ext_default(obj: Any) -> msgpack.ExtType:
     raise TypeError(f"cannot encode object of type {type(obj).__name__}")
 
 
-def _ext_hook(code: int, data: bytes) -> np.ndarray:
-    if code != NDARRAY_EXT:
-        raise DecodeError(f"unknown msgpack ext type {code}")
-    return _array_from_payload(data, 0, len(data))
-
-
-def _array_from_payload(buffer: bytes | memoryview, start: int, size: int) -> np.ndarray:
-    """The array whose ext payload is ``buffer[start:start + size]``: a view of ``buffer``
-    (unless a byte order conversion needs a copy), checked against its header."""
-    if size < 2:
-        raise DecodeError("truncated array header")
-    dtype_code, ndim = buffer[start], buffer[start + 1]
-    if dtype_code >= len(_DTYPES):
-        raise DecodeError(f"array dtype code {dtype_code} is not in the whitelist")
-    if ndim > MAX_NDIM:
-        raise DecodeError(f"array of {ndim} dimensions exceeds the limit of {MAX_NDIM}")
-    header = 2 + 8 * ndim
-    if size < header:
-        raise DecodeError("truncated array shape")
-    shape = _SHAPES[ndim].unpack_from(buffer, start + 2)
-    dtype = _DTYPES[dtype_code]
-    if math.prod(shape) * dtype.itemsize != size - header:
-        raise DecodeError(
-            f"array payload of {size - header} bytes does not match shape {shape} of {dtype}"
-        )
-    if dtype_code in _LITTLE_ENDIAN_CODES:
-        return np.ndarray(shape, dtype, buffer, start + header)
-    return np.ndarray(shape, dtype.newbyteorder("<"), buffer, start + header).astype(dtype)
-
-
 _local = threading.local()
 
 
@@ -169,32 +177,13 @@ def packb(obj: Any) -> bytes:
     return _packer().pack(obj)  # type: ignore[no-any-return]
 
 
-def _check_size(data: bytes, max_bytes: int) -> None:
-    if len(data) > max_bytes:
-        raise DecodeError(f"frame of {len(data)} bytes exceeds the limit of {max_bytes}")
-
-
-def unpackb(data: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Any:
-    """Decode what :func:`packb` wrote; any malformed input raises :class:`DecodeError`."""
-    _check_size(data, max_bytes)
-    try:
-        return msgpack.unpackb(
-            data, ext_hook=_ext_hook, raw=False, strict_map_key=True,
-            use_list=True,
-        )
-    except DecodeError:
-        raise
-    except Exception as exc:  # msgpack raises many types for malformed input
-        raise DecodeError(f"malformed msgpack data: {type(exc).__name__}: {exc}") from None
-
-
 # ----------------------------------------------------------------------------- messages
 
 _MESSAGES: dict[int, type[Message]] = {}
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Message:
     """Base of the typed messages; subclasses set ``TAG`` and are registered by ``@message``."""
 
@@ -202,8 +191,20 @@ class Message:
 
 
 def message(cls: type[Message]) -> type[Message]:
-    """Class decorator: make ``cls`` a frozen dataclass and register its tag for decoding."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
+    """Class decorator: make ``cls`` a frozen dataclass and register its tag for decoding.
+
+    Every field of a registered message is a plain scalar on the wire (an integer, bool,
+    float, None, str or bytes; the decoder refuses containers and ext types there), and the
+    class has a ``from_wire(cls, fields)`` classmethod that checks the decoded fields' types
+    and ranges and raises :class:`DecodeError` (or TypeError/ValueError) for bad ones. The two
+    exceptions: :class:`Arrays`, which the decoder reads itself, and :class:`Value`, whose
+    field may be a flat list. At most :data:`MAX_MESSAGE_FIELDS` fields.
+    """
+    cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
+    if not 0 <= cls.TAG <= MAX_TAG:
+        raise ValueError(f"message tag {cls.TAG} is not in 0..{MAX_TAG}")
+    if len(dataclasses.fields(cls)) > MAX_MESSAGE_FIELDS:
+        raise ValueError(f"{cls.__name__} has more than {MAX_MESSAGE_FIELDS} fields")
     if cls.TAG in _MESSAGES:
         raise ValueError(f"message tag {cls.TAG} registered twice")
     _MESSAGES[cls.TAG] = cls
@@ -218,13 +219,6 @@ class Arrays(Message):
     TAG: ClassVar[int] = 1
     arrays: tuple[np.ndarray, ...]
 
-    @classmethod
-    def from_wire(cls, fields: list) -> Arrays:
-        (values,) = fields
-        if type(values) is not list or [v for v in values if type(v) is not np.ndarray]:
-            raise DecodeError("Arrays: expected a list of arrays")
-        return cls(tuple(values))
-
 
 @message
 class Seed(Message):
@@ -236,7 +230,7 @@ class Seed(Message):
     @classmethod
     def from_wire(cls, fields: list) -> Seed:
         (key,) = fields
-        if not isinstance(key, bytes) or len(key) not in (16, 32):
+        if type(key) is not bytes or len(key) not in (16, 32):
             raise DecodeError("Seed: key must be 16 or 32 bytes")
         return cls(key)
 
@@ -252,43 +246,79 @@ class Abort(Message):
     @classmethod
     def from_wire(cls, fields: list) -> Abort:
         reason, step = fields
-        if not isinstance(reason, str) or not isinstance(step, str):
+        if type(reason) is not str or type(step) is not str:
             raise DecodeError("Abort: reason and step must be strings")
         return cls(reason[:4096], step[:1024])
 
 
 @message
 class Hello(Message):
-    """Transport handshake: protocol version, session, role and a digest of the configuration."""
+    """Transport handshake: protocol version, session, role, a digest of the configuration and
+    the largest frame this side accepts (both sides must state the same)."""
 
     TAG: ClassVar[int] = 4
     version: int
     session: bytes
     role: int
     config_digest: bytes
+    max_frame_bytes: int
 
     @classmethod
     def from_wire(cls, fields: list) -> Hello:
-        version, session, role, digest = fields
+        version, session, role, digest, max_frame = fields
         if not (
-            isinstance(version, int) and isinstance(session, bytes)
-            and isinstance(role, int) and isinstance(digest, bytes)
+            type(version) is int and type(session) is bytes and type(role) is int
+            and type(digest) is bytes and type(max_frame) is int
         ):
             raise DecodeError("Hello: field of the wrong type")
-        return cls(version, session, role, digest)
+        if len(session) > 64 or len(digest) > 64 or min(version, role, max_frame) < 0:
+            raise DecodeError("Hello: field out of range")
+        return cls(version, session, role, digest, max_frame)
+
+
+@message
+class Accept(Message):
+    """Transport handshake verdict: this side accepted the peer's Hello."""
+
+    TAG: ClassVar[int] = 6
+
+    @classmethod
+    def from_wire(cls, fields: list) -> Accept:
+        return cls()
+
+
+Scalar = None | bool | int | float | str | bytes
 
 
 @message
 class Value(Message):
-    """Small plain data: counts, token ids, flags, short strings (lists of them too)."""
+    """Small plain data: a scalar, or a flat list of at most :data:`MAX_VALUE_ITEMS` scalars
+    (None, bool, int, str or bytes; str and bytes of at most :data:`MAX_VALUE_BYTES`)."""
 
     TAG: ClassVar[int] = 5
-    value: Any
+    value: Scalar | list[Scalar]
+
+    def __post_init__(self) -> None:
+        _check_value(self.value, TypeError)
 
     @classmethod
     def from_wire(cls, fields: list) -> Value:
         (value,) = fields
+        _check_value(value, DecodeError)
         return cls(value)
+
+
+def _check_value(value: object, error: type[Exception]) -> None:
+    items = value if type(value) is list else [value]
+    if len(items) > MAX_VALUE_ITEMS:
+        raise error(f"Value: a list of {len(items)} items exceeds {MAX_VALUE_ITEMS}")
+    for item in items:
+        kind = type(item)
+        if kind in (str, bytes):
+            if len(item) > MAX_VALUE_BYTES:  # type: ignore[arg-type]
+                raise error(f"Value: a {kind.__name__} longer than {MAX_VALUE_BYTES}")
+        elif item is not None and kind not in (bool, int):
+            raise error(f"Value: holds scalars or a flat list of them, not {kind.__name__}")
 
 
 def _message_fields(msg: Message) -> list:
@@ -320,26 +350,244 @@ def encode_message(msg: Message) -> bytes:
     return b"".join(_message_parts(msg))
 
 
-def _message_from_wire(obj: Any) -> Message:
-    if type(obj) is not list or not obj or type(obj[0]) is not int:
-        raise DecodeError("message is not a tagged array")
-    cls = _MESSAGES.get(obj[0])
-    if cls is None:
-        raise DecodeError(f"unknown message tag {obj[0]}")
-    fields = obj[1:]
-    if len(fields) != len(_FIELD_NAMES[cls]):
-        raise DecodeError(f"{cls.__name__}: expected {len(_FIELD_NAMES[cls])} fields")
+# ----------------------------------------------------------------------------- decoding
+#
+# A schema-driven reader of the msgpack subset this protocol uses. It never builds a generic
+# structure: where the schema has a scalar it reads a scalar (a container there is an
+# error), so nesting is bounded by the schema (frame > envelope > message > arrays or a
+# Value's list), and every container length is checked before anything is built for it.
+# Arrays are read-only views of the frame. Truncation surfaces as IndexError or struct.error,
+# which the entry points turn into DecodeError.
+
+Buffer = bytes | bytearray | memoryview
+_U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
+_NUMBERS = {
+    0xCA: struct.Struct(">f"), 0xCB: struct.Struct(">d"),
+    0xCC: _U8, 0xCD: _U16, 0xCE: _U32, 0xCF: struct.Struct(">Q"),
+    0xD0: struct.Struct(">b"), 0xD1: struct.Struct(">h"), 0xD2: struct.Struct(">i"),
+    0xD3: struct.Struct(">q"),
+}
+_UINTS = {0xCC: _U8, 0xCD: _U16, 0xCE: _U32, 0xCF: _NUMBERS[0xCF]}
+_BIN = {0xC4: _U8, 0xC5: _U16, 0xC6: _U32}
+_STR = {0xD9: _U8, 0xDA: _U16, 0xDB: _U32}
+_EXT = {0xC7: _U8, 0xC8: _U16, 0xC9: _U32}
+_FIXEXT_SIZE = {header: size for size, header in _FIXEXT.items()}
+
+
+def _kind(byte: int) -> str:
+    """What a msgpack value starting with ``byte`` is, for error messages."""
+    if byte <= 0x7F or byte >= 0xE0 or 0xCC <= byte <= 0xD3:
+        return "an integer"
+    if 0x80 <= byte <= 0x8F or byte in (0xDE, 0xDF):
+        return "a map"
+    if 0x90 <= byte <= 0x9F or byte in (0xDC, 0xDD):
+        return "an array"
+    if 0xA0 <= byte <= 0xBF or byte in _STR:
+        return "a string"
+    if byte in _BIN:
+        return "binary data"
+    if byte in _EXT or byte in _FIXEXT_SIZE:
+        return "an ext value"
+    return {0xC0: "nil", 0xC1: "the unused byte 0xc1", 0xC2: "a bool", 0xC3: "a bool",
+            0xCA: "a float", 0xCB: "a float"}[byte]
+
+
+def _read_length(buf: Buffer, pos: int, width: struct.Struct, what: str) -> tuple[int, int]:
+    (length,) = width.unpack_from(buf, pos)
+    end = pos + width.size + length
+    if end > len(buf):
+        raise DecodeError(f"truncated {what}: {length} bytes declared")
+    return pos + width.size, end
+
+
+def _read_scalar(buf: Buffer, pos: int) -> tuple[Any, int]:
+    """The scalar at ``pos`` (nil, bool, int, float, str or bin) and the position after it."""
+    byte = buf[pos]
+    if byte <= 0x7F:
+        return byte, pos + 1
+    if byte >= 0xE0:
+        return byte - 0x100, pos + 1
+    if 0xA0 <= byte <= 0xBF:
+        start, end = pos + 1, pos + 1 + (byte & 0x1F)
+        return _text(buf, start, end), end
+    number = _NUMBERS.get(byte)
+    if number is not None:
+        return number.unpack_from(buf, pos + 1)[0], pos + 1 + number.size
+    width = _BIN.get(byte)
+    if width is not None:
+        start, end = _read_length(buf, pos + 1, width, "binary data")
+        return bytes(buf[start:end]), end
+    width = _STR.get(byte)
+    if width is not None:
+        start, end = _read_length(buf, pos + 1, width, "string")
+        return _text(buf, start, end), end
+    if byte == 0xC0:
+        return None, pos + 1
+    if byte in (0xC2, 0xC3):
+        return byte == 0xC3, pos + 1
+    raise DecodeError(f"{_kind(byte)} where a plain value is expected")
+
+
+def _text(buf: Buffer, start: int, end: int) -> str:
+    if end > len(buf):
+        raise DecodeError(f"truncated string: {end - start} bytes declared")
     try:
-        return cls.from_wire(fields)  # type: ignore[attr-defined]
+        return bytes(buf[start:end]).decode()
+    except UnicodeDecodeError:
+        raise DecodeError("string is not valid UTF-8") from None
+
+
+def _read_uint(buf: Buffer, pos: int, what: str) -> tuple[int, int]:
+    """The integer >= 0 at ``pos`` and the position after it."""
+    byte = buf[pos]
+    if byte <= 0x7F:
+        return byte, pos + 1
+    if byte == 0xCD:  # uint 16: sequence numbers and rounds of a long session
+        return buf[pos + 1] << 8 | buf[pos + 2], pos + 3
+    width = _UINTS.get(byte)
+    if width is None:
+        raise DecodeError(f"{what} must be an integer >= 0, not {_kind(byte)}")
+    return width.unpack_from(buf, pos + 1)[0], pos + 1 + width.size
+
+
+def _read_array_header(buf: Buffer, pos: int, what: str, limit: int) -> tuple[int, int]:
+    """The item count of the array at ``pos`` (at most ``limit``) and the position after it."""
+    byte = buf[pos]
+    if 0x90 <= byte <= 0x9F:
+        count, pos = byte & 0x0F, pos + 1
+    elif byte == 0xDC:
+        count, pos = _U16.unpack_from(buf, pos + 1)[0], pos + 3
+    elif byte == 0xDD:
+        count, pos = _U32.unpack_from(buf, pos + 1)[0], pos + 5
+    else:
+        raise DecodeError(f"{what} must be an array, not {_kind(byte)}")
+    if count > limit:
+        raise DecodeError(f"{what} of {count} items exceeds the limit of {limit}")
+    return count, pos
+
+
+def _read_ndarray(buf: Buffer, pos: int) -> tuple[np.ndarray, int]:
+    """The numpy array (ext type 1) at ``pos``, a view of ``buf`` (unless a byte order
+    conversion needs a copy) checked against its header; the position after it."""
+    byte = buf[pos]
+    if byte == 0xC7:  # ext 8, the usual header of a small array
+        size = buf[pos + 1]
+        pos += 2
+    else:
+        size = _FIXEXT_SIZE.get(byte)
+        if size is not None:
+            pos += 1
+        else:
+            width = _EXT.get(byte)
+            if width is None:
+                raise DecodeError(f"Arrays: {_kind(byte)} where a numpy array is expected")
+            size = width.unpack_from(buf, pos + 1)[0]
+            pos += 1 + width.size
+    if buf[pos] != NDARRAY_EXT:
+        raise DecodeError(f"msgpack ext type {buf[pos] - (buf[pos] >> 7 << 8)} is not an array")
+    start, end = pos + 1, pos + 1 + size
+    if end > len(buf) or size < 2:
+        raise DecodeError(f"truncated array: {size} bytes declared")
+    dtype_code, ndim = buf[start], buf[start + 1]
+    if dtype_code >= len(_DTYPES):
+        raise DecodeError(f"array dtype code {dtype_code} is not in the whitelist")
+    if ndim > MAX_NDIM:
+        raise DecodeError(f"array of {ndim} dimensions exceeds the limit of {MAX_NDIM}")
+    header = 2 + 8 * ndim
+    if size < header:
+        raise DecodeError("truncated array shape")
+    shape = _SHAPES[ndim].unpack_from(buf, start + 2)
+    dtype = _DTYPES[dtype_code]
+    if math.prod(shape) * dtype.itemsize != size - header:
+        raise DecodeError(
+            f"array payload of {size - header} bytes does not match shape {shape} of {dtype}"
+        )
+    try:
+        if dtype_code in _LITTLE_ENDIAN_CODES:
+            return np.ndarray(shape, dtype, buf, start + header), end
+        converted = np.ndarray(shape, dtype.newbyteorder("<"), buf, start + header).astype(dtype)
+        return converted, end
+    except ValueError as exc:  # an empty array with a dimension numpy cannot represent
+        raise DecodeError(f"array shape {shape}: {exc}") from None
+
+
+def _read_arrays(buf: Buffer, pos: int) -> tuple[Arrays, int, int]:
+    """The :class:`Arrays` whose list of arrays is at ``pos``, as :func:`_read_message`."""
+    byte = buf[pos]
+    if 0x90 <= byte <= 0x9F:
+        length, pos = byte & 0x0F, pos + 1
+    else:
+        length, pos = _read_array_header(buf, pos, "Arrays", MAX_ARRAYS)
+    arrays = []
+    for _ in range(length):
+        array, pos = _read_ndarray(buf, pos)
+        arrays.append(array)
+    return Arrays(tuple(arrays)), pos, _MESSAGE_COST + _ARRAY_COST * length
+
+
+def _read_message(buf: Buffer, pos: int) -> tuple[Message, int, int]:
+    """The message at ``pos``, the position after it and its decoded cost in bytes."""
+    if buf[pos] == 0x92 and buf[pos + 1] == Arrays.TAG:  # the common case, read at once
+        return _read_arrays(buf, pos + 2)
+    start = pos
+    count, pos = _read_array_header(buf, pos, "message", MAX_MESSAGE_FIELDS + 1)
+    if count == 0:
+        raise DecodeError("message is an empty array (no tag)")
+    tag, pos = _read_uint(buf, pos, "message tag")
+    cls = _MESSAGES.get(tag)
+    if cls is None:
+        raise DecodeError(f"unknown message tag {tag}")
+    names = _FIELD_NAMES[cls]
+    if count - 1 != len(names):
+        raise DecodeError(f"{cls.__name__}: expected {len(names)} fields, got {count - 1}")
+    if cls is Arrays:
+        return _read_arrays(buf, pos)
+    fields = []
+    items = count
+    for _ in names:
+        byte = buf[pos]
+        if cls is Value and (0x90 <= byte <= 0x9F or byte in (0xDC, 0xDD)):
+            length, pos = _read_array_header(buf, pos, "Value", MAX_VALUE_ITEMS)
+            value = []
+            for _ in range(length):
+                item, pos = _read_scalar(buf, pos)
+                value.append(item)
+            fields.append(value)
+            items += length
+        else:
+            field, pos = _read_scalar(buf, pos)
+            fields.append(field)
+    try:
+        msg = cls.from_wire(fields)  # type: ignore[attr-defined]
     except DecodeError:
         raise
     except (TypeError, ValueError) as exc:
         raise DecodeError(f"{cls.__name__}: {exc}") from None
+    return msg, pos, _MESSAGE_COST + _FIELD_COST * items + (pos - start)
 
 
-def decode_message(data: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
-    """Decode one message written by :func:`encode_message`."""
-    return _message_from_wire(unpackb(data, max_bytes=max_bytes))
+def _check_size(data: Buffer, max_bytes: int) -> None:
+    if len(data) > max_bytes:
+        raise DecodeError(f"frame of {len(data)} bytes exceeds the limit of {max_bytes}")
+
+
+def _readonly(data: Buffer) -> Buffer:
+    """``data`` as a read-only buffer, so the arrays viewing it are read-only too."""
+    return data if type(data) is bytes else memoryview(data).toreadonly()
+
+
+def decode_message(data: Buffer, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
+    """Decode one message written by :func:`encode_message`; any malformed input raises
+    :class:`DecodeError`."""
+    _check_size(data, max_bytes)
+    buf = _readonly(data)
+    try:
+        msg, pos, _ = _read_message(buf, 0)
+    except (IndexError, struct.error):
+        raise DecodeError("truncated message") from None
+    if pos != len(buf):
+        raise DecodeError(f"{len(buf) - pos} bytes after the message")
+    return msg
 
 
 # ----------------------------------------------------------------------------- envelopes
@@ -364,24 +612,66 @@ class Envelope(NamedTuple):
     message: Message
 
 
-def _envelope_from_wire(obj: Any) -> Envelope:
-    if type(obj) is not list or len(obj) != 8:
-        raise DecodeError("envelope is not an 8-field array")
-    version, session, sender, receiver, path, seq, rnd, msg = obj
-    if type(version) is not int:
-        raise DecodeError("envelope version is not an integer")
+def _read_envelope(buf: Buffer, pos: int, session: bytes | None) -> tuple[Envelope, int, int]:
+    """The envelope at ``pos`` (its session is ``session``'s object when equal to it), the
+    position after it and its decoded cost in bytes.
+
+    Positive fixints (one byte below 0x80) are read inline: they are nearly every integer of
+    an envelope, and this is the per-message hot path.
+    """
+    if buf[pos] != 0x98:
+        raise DecodeError(f"envelope must be an 8-field array, not {_kind(buf[pos])}")
+    version = buf[pos + 1]
     if version != VERSION:
+        version, _ = _read_scalar(buf, pos + 1)
+        if type(version) is not int:
+            raise DecodeError("envelope version is not an integer")
         raise SessionMismatchError(f"protocol version {version!r}, expected {VERSION}")
-    if type(session) is not bytes:
-        raise DecodeError("envelope session is not bytes")
-    if not (
-        type(sender) is int and type(receiver) is int and type(seq) is int and type(rnd) is int
-        and min(sender, receiver, seq, rnd) >= 0
-    ):
-        raise DecodeError("envelope sender, receiver, seq and round must be integers >= 0")
-    if type(path) is not list or [i for i in path if type(i) is not int or i < 0]:
-        raise DecodeError("envelope step path must be a list of integers >= 0")
-    return Envelope(session, sender, receiver, tuple(path), seq, rnd, _message_from_wire(msg))
+    pos += 2
+    if buf[pos] == 0xC4:  # bin 8
+        start = pos + 2
+        pos = start + buf[pos + 1]
+        if pos > len(buf):
+            raise DecodeError("truncated envelope session")
+    else:
+        width = _BIN.get(buf[pos])
+        if width is None:
+            raise DecodeError(f"envelope session must be binary data, not {_kind(buf[pos])}")
+        start, pos = _read_length(buf, pos + 1, width, "envelope session")
+    sid = session if session is not None and buf[start:pos] == session else bytes(buf[start:pos])
+    sender = buf[pos]
+    if sender < 0x80:
+        pos += 1
+    else:
+        sender, pos = _read_uint(buf, pos, "envelope sender")
+    receiver = buf[pos]
+    if receiver < 0x80:
+        pos += 1
+    else:
+        receiver, pos = _read_uint(buf, pos, "envelope receiver")
+    depth, pos = _read_array_header(buf, pos, "envelope step path", MAX_PATH_DEPTH)
+    path = tuple(buf[pos:pos + depth])
+    if len(path) == depth and (not path or max(path) < 0x80):
+        pos += depth
+    else:
+        items = []
+        for _ in range(depth):
+            index, pos = _read_uint(buf, pos, "envelope step path item")
+            items.append(index)
+        path = tuple(items)
+    seq = buf[pos]
+    if seq < 0x80:
+        pos += 1
+    else:
+        seq, pos = _read_uint(buf, pos, "envelope seq")
+    rnd = buf[pos]
+    if rnd < 0x80:
+        pos += 1
+    else:
+        rnd, pos = _read_uint(buf, pos, "envelope round")
+    msg, pos, cost = _read_message(buf, pos)
+    env = Envelope(sid, sender, receiver, path, seq, rnd, msg)
+    return env, pos, cost + _ENVELOPE_COST + _PATH_ITEM_COST * depth
 
 
 def frame_from_encoded(envelopes: Sequence[bytes | memoryview]) -> bytes:
@@ -413,73 +703,13 @@ def encode_frame(envelopes: Sequence[Envelope]) -> bytes:
     return b"".join(parts)
 
 
-IN_PLACE_MIN_BYTES = 128 << 10
-"""Frames from this size on are decoded in place: their arrays are views of the frame (the
-generic decoder copies each array once more, which costs more than parsing the envelope
-heads here once frames are this large)."""
-_HEAD_BYTES = 4096  # an envelope's fields before its arrays fit in this (else: decoded generically)
-_EXT_LENGTH_BYTES = {0xC7: 1, 0xC8: 2, 0xC9: 4}  # ext 8/16/32: bytes of the payload length
-_FIXEXT_SIZE = {header: size for size, header in _FIXEXT.items()}
-
-
-def _head_reader(view: memoryview, pos: int) -> msgpack.Unpacker:
-    unpacker = msgpack.Unpacker(
-        raw=False, strict_map_key=True, ext_hook=_ext_hook, max_buffer_size=_HEAD_BYTES
-    )
-    unpacker.feed(view[pos:pos + _HEAD_BYTES])
-    return unpacker
-
-
-def _frame_in_place(data: bytes | bytearray) -> list | None:
-    """What :func:`unpackb` returns for a frame of :class:`Arrays` envelopes, but with each
-    array a read-only view of ``data`` instead of a copy; None for any other frame, which
-    the generic decoder then decodes (and reports if it is malformed).
-
-    Envelope heads are read with msgpack; the arrays' ext headers are parsed here.
-    """
-    view = memoryview(data)
-    try:
-        reader = _head_reader(view, 0)
-        count = reader.read_array_header()
-        pos = reader.tell()
-        envelopes = []
-        for _ in range(count):
-            reader = _head_reader(view, pos)
-            if reader.read_array_header() != 8:
-                return None
-            fields = [reader.unpack() for _ in range(7)]  # version to round
-            if reader.read_array_header() != 2:
-                return None
-            tag = reader.unpack()
-            if type(tag) is not int or tag != Arrays.TAG:
-                return None
-            arrays = []
-            length = reader.read_array_header()
-            pos += reader.tell()
-            for _ in range(length):
-                header = view[pos]
-                if header in _FIXEXT_SIZE:
-                    size, pos = _FIXEXT_SIZE[header], pos + 1
-                elif header in _EXT_LENGTH_BYTES:
-                    width = _EXT_LENGTH_BYTES[header]
-                    size = int.from_bytes(view[pos + 1:pos + 1 + width], "big")
-                    pos += 1 + width
-                else:
-                    return None
-                if view[pos] != NDARRAY_EXT or pos + 1 + size > len(view):
-                    return None
-                array = _array_from_payload(view, pos + 1, size)
-                array.flags.writeable = False  # as the generic decoder's views of bytes are
-                arrays.append(array)
-                pos += 1 + size
-            envelopes.append([*fields, [tag, arrays]])
-    except Exception:  # anything unexpected: the generic decoder decides
-        return None
-    return envelopes if pos == len(view) else None
+def decode_budget(frame_bytes: int) -> int:
+    """The most memory, in bytes, that decoding a frame of ``frame_bytes`` may allocate."""
+    return max(DECODE_BYTES_PER_BYTE * frame_bytes, DECODE_FLOOR_BYTES)
 
 
 def decode_frame(
-    data: bytes,
+    data: Buffer,
     *,
     session: bytes | None = None,
     sender: int | None = None,
@@ -488,30 +718,45 @@ def decode_frame(
 ) -> list[Envelope]:
     """Decode and validate one frame; optionally check each envelope's session and addresses.
 
-    Errors name ``sender`` as the peer when it is given.
+    Arrays are read-only views of ``data``. Errors name ``sender`` as the peer when it is
+    given. Decoding allocates at most :func:`decode_budget` of the frame's size (estimated
+    from what it builds, with the per-object costs of CPython 3.11 on a 64-bit host): a frame
+    that would take more, such as one of thousands of near-empty envelopes, is refused.
     """
     try:
         _check_size(data, max_bytes)
-        obj = _frame_in_place(data) if len(data) >= IN_PLACE_MIN_BYTES else None
-        if obj is None:
-            obj = unpackb(data, max_bytes=max_bytes)
-    except DecodeError as exc:
-        raise DecodeError(exc.reason, peer=sender) from None
-    if not isinstance(obj, list):
-        raise DecodeError("frame is not an array of envelopes", peer=sender)
-    envelopes = []
-    for item in obj:
-        try:
-            env = _envelope_from_wire(item)
-        except (DecodeError, SessionMismatchError) as exc:  # a wrong version too
-            raise type(exc)(exc.reason, peer=sender) from None
-        if (
-            (session is not None and env.session != session)
-            or (sender is not None and env.sender != sender)
-            or (receiver is not None and env.receiver != receiver)
-        ):
-            _raise_misaddressed(env, session, sender, receiver)
-        envelopes.append(env)
+        buf = _readonly(data)
+        if buf and 0x91 <= buf[0] <= 0x9F:  # up to 15 envelopes: within any limit
+            count, pos = buf[0] & 0x0F, 1
+        else:
+            count, pos = _read_array_header(buf, 0, "frame", min(
+                len(buf) // _MIN_ENVELOPE_BYTES,
+                decode_budget(len(buf)) // (_ENVELOPE_COST + _MESSAGE_COST),
+            ))
+        cost = 0
+        envelopes = []
+        for _ in range(count):
+            env, pos, env_cost = _read_envelope(buf, pos, session)
+            cost += env_cost
+            # (the budget is at least the floor, so it needs computing only past it)
+            if cost > DECODE_FLOOR_BYTES and cost > decode_budget(len(buf)):
+                raise DecodeError(f"frame of {len(buf)} bytes decodes to more than "
+                                  f"{decode_budget(len(buf))} bytes of objects")
+            if (
+                (session is not None and env.session is not session)
+                or (sender is not None and env.sender != sender)
+                or (receiver is not None and env.receiver != receiver)
+            ):
+                _raise_misaddressed(env, session, sender, receiver)
+            envelopes.append(env)
+        if pos != len(buf):
+            raise DecodeError(f"{len(buf) - pos} bytes after the last envelope")
+    except (DecodeError, SessionMismatchError) as exc:
+        if exc.peer is not None or sender is None:
+            raise
+        raise type(exc)(exc.reason, peer=sender, step=exc.step) from None
+    except (IndexError, struct.error):
+        raise DecodeError("truncated frame", peer=sender) from None
     return envelopes
 
 
@@ -538,4 +783,3 @@ def message_nbytes(msg: Message) -> int:
             total += array.nbytes
         return total
     return len(encode_message(msg))
-

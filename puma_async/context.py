@@ -65,27 +65,32 @@ class ArraySpec:
     """The public dtype and shape of an array a step receives (shapes are public in MPC).
 
     ``ArraySpec.ring(n)`` is n ring elements (uint64), ``ArraySpec.of(np.uint8, (k,))`` any
-    other whitelisted dtype; :meth:`Context.recv_arrays` refuses anything else.
+    other whitelisted dtype; :meth:`Context.recv_arrays` refuses anything else. A dimension
+    of None accepts any length (for the rare message whose length only the sender knows,
+    such as a list of output shapes; the frame limit still bounds it).
     """
 
     dtype: np.dtype[Any]
-    shape: tuple[int, ...]
+    shape: tuple[int | None, ...]
 
     @classmethod
-    def of(cls, dtype: Any, shape: int | Sequence[int]) -> ArraySpec:
+    def of(cls, dtype: Any, shape: int | Sequence[int | None]) -> ArraySpec:
         dims = (shape,) if isinstance(shape, int) else shape
-        return cls(np.dtype(dtype), tuple(int(d) for d in dims))
+        return cls(np.dtype(dtype), tuple(None if d is None else int(d) for d in dims))
 
     @classmethod
-    def ring(cls, shape: int | Sequence[int]) -> ArraySpec:
+    def ring(cls, shape: int | Sequence[int | None]) -> ArraySpec:
         """Ring elements (or packed boolean words: both uint64) of ``shape``."""
         return cls.of(np.uint64, shape)
 
     def matches(self, array: np.ndarray) -> bool:
-        return array.dtype == self.dtype and array.shape == self.shape
+        return array.dtype == self.dtype and array.ndim == len(self.shape) and all(
+            want is None or want == got for want, got in zip(self.shape, array.shape, strict=True)
+        )
 
     def __str__(self) -> str:
-        return f"{self.dtype} {self.shape}"
+        dims = ["*" if d is None else str(d) for d in self.shape]
+        return f"{self.dtype} ({', '.join(dims)}{',' if len(dims) == 1 else ''})"
 
 
 class Context:

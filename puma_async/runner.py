@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from puma_async.codec import DEFAULT_MAX_FRAME_BYTES
 from puma_async.context import Program
 from puma_async.errors import RunFailedError
 from puma_async.liveness import DEFAULT_LIVENESS, Liveness
@@ -75,9 +76,11 @@ def _roles(
     wrap_transport: TransportWrapper | None,
     entropy: Mapping[int, bytes] | None,
     sequential: bool,
+    max_frame_bytes: int,
 ) -> _Roles:
     session = session if session is not None else secrets.token_bytes(16)
-    options = PartyOptions(session, sequential=sequential, liveness=liveness)
+    options = PartyOptions(session, sequential=sequential, liveness=liveness,
+                           max_frame_bytes=max_frame_bytes)
     return _Roles(programs, options, entropy or {}, wrap_transport)
 
 
@@ -91,10 +94,12 @@ async def run_roles(
     wrap_transport: TransportWrapper | None = None,
     entropy: Mapping[int, bytes] | None = None,
     sequential: bool = False,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
 ) -> LocalRun:
     """Run ``programs`` (role id -> program) concurrently in this event loop; see
     :func:`run_local`."""
-    roles = _roles(programs, session, liveness, wrap_transport, entropy, sequential)
+    roles = _roles(programs, session, liveness, wrap_transport, entropy, sequential,
+                   max_frame_bytes)
     async with open_memory_network(
         list(programs), latency=latency, bandwidth=bandwidth
     ) as network, trio.open_nursery() as nursery:
@@ -111,13 +116,15 @@ def run_threaded(
     wrap_transport: TransportWrapper | None = None,
     entropy: Mapping[int, bytes] | None = None,
     sequential: bool = False,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
 ) -> LocalRun:
     """Run each role in its own thread and event loop (:mod:`~puma_async.transports.threads`).
 
     Same results as :func:`run_local`, but the parties' numpy work (which releases the GIL)
     runs on several cores at once. No emulated latency; options as for :func:`run_local`.
     """
-    roles = _roles(programs, session, liveness, wrap_transport, entropy, sequential)
+    roles = _roles(programs, session, liveness, wrap_transport, entropy, sequential,
+                   max_frame_bytes)
     network = ThreadNetwork(list(programs))
 
     def run_in_thread(role: int) -> None:
@@ -149,7 +156,8 @@ def run_local(
     runtime's frames, not the heartbeats), ``clock`` (a Trio clock, e.g.
     ``trio.testing.MockClock`` for virtual time in tests), ``instruments`` (Trio instruments,
     e.g. :class:`~puma_async.liveness.StepTimer`), ``entropy`` (role -> 32 bytes seeding that
-    role's fresh keys, for reproducible runs), ``sequential`` (no round overlapping: every
-    ``gather`` runs its steps one by one).
+    role's fresh keys, for reproducible runs), ``max_frame_bytes`` (the largest frame a role
+    decodes; a session passes its own, :mod:`puma_async.session.frames`), ``sequential`` (no
+    round overlapping: every ``gather`` runs its steps one by one).
     """
     return trio.run(lambda: run_roles(programs, **options), clock=clock, instruments=instruments)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import struct
+import tracemalloc
+from collections.abc import Callable
+
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,8 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from puma_async import codec
-from puma_async.codec import Abort, Arrays, Envelope, Hello, Seed, Value
+from puma_async.codec import Abort, Accept, Arrays, Envelope, Hello, Seed, Value
 from puma_async.errors import DecodeError, SessionMismatchError
+from puma_async.runtime import COALESCE_BYTES
 
 DTYPES = [
     "bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
@@ -24,16 +31,18 @@ arrays = st.sampled_from(DTYPES).flatmap(
     )
 )
 
+scalars = (
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=codec.MAX_VALUE_BYTES // 4) | st.binary(max_size=codec.MAX_VALUE_BYTES)
+)
 messages = st.one_of(
     st.lists(arrays, max_size=3).map(lambda a: Arrays(tuple(a))),
     st.sampled_from([16, 32]).flatmap(lambda n: st.binary(min_size=n, max_size=n)).map(Seed),
     st.builds(Abort, st.text(max_size=50), st.text(max_size=20)),
     st.builds(Hello, st.integers(0, 2**32), st.binary(max_size=32), st.integers(0, 10),
-              st.binary(max_size=32)),
-    st.builds(Value, st.recursive(
-        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=10),
-        lambda inner: st.lists(inner, max_size=4), max_leaves=10,
-    )),
+              st.binary(max_size=32), st.integers(1, 2**64 - 1)),
+    st.just(Accept()),
+    st.builds(Value, scalars | st.lists(scalars, max_size=codec.MAX_VALUE_ITEMS)),
 )
 
 
@@ -116,27 +125,34 @@ def test_every_truncation_of_a_frame_raises_decode_error() -> None:
             codec.decode_frame(frame[:n], session=SESSION, sender=0, receiver=1)
 
 
+def one_array(array: np.ndarray) -> bytearray:
+    """An encoded Arrays message of ``array``; the payload header starts 11 bytes before the
+    array's raw bytes (dtype code, ndim 1, shape)."""
+    return bytearray(codec.encode_message(Arrays((array,))))
+
+
 def test_array_payload_must_match_shape() -> None:
-    good = codec.packb(np.arange(4, dtype=np.uint64))
-    bad = bytearray(good)
-    # the shape field (ndim=1) starts after ext header (2-3 bytes) + dtype code + ndim
-    header_len = len(good) - 32 - 8 - 2
-    shape_at = header_len + 2
+    bad = one_array(np.arange(4, dtype=np.uint64))
+    shape_at = len(bad) - 32 - 8
     bad[shape_at:shape_at + 8] = (5).to_bytes(8, "little")
     with pytest.raises(DecodeError, match="does not match shape"):
-        codec.unpackb(bytes(bad))
+        codec.decode_message(bytes(bad))
 
 
 def test_unknown_dtype_code_and_ext_type() -> None:
-    good = bytearray(codec.packb(np.arange(2, dtype=np.uint8)))
-    dtype_at = len(good) - 2 - 8 - 2
-    good[dtype_at] = 200
+    bad = one_array(np.arange(2, dtype=np.uint8))
+    bad[len(bad) - 2 - 8 - 2] = 200
     with pytest.raises(DecodeError, match="whitelist"):
-        codec.unpackb(bytes(good))
-    import msgpack
+        codec.decode_message(bytes(bad))
+    with pytest.raises(DecodeError, match="ext type 7"):
+        codec.decode_message(b"\x92\x01\x91" + msgpack.packb(msgpack.ExtType(7, b"xx")))
 
-    with pytest.raises(DecodeError, match="ext type"):
-        codec.unpackb(msgpack.packb(msgpack.ExtType(7, b"xx")))
+
+def test_empty_array_with_an_unrepresentable_dimension() -> None:
+    payload = bytes((codec._DTYPE_CODE[np.dtype("uint8")], 2)) + struct.pack("<2Q", 0, 2**63)
+    data = b"\x92\x01\x91" + msgpack.packb(msgpack.ExtType(1, payload))
+    with pytest.raises(DecodeError, match="shape"):
+        codec.decode_message(data)
 
 
 def test_frame_size_limit() -> None:
@@ -186,9 +202,11 @@ def test_malformed_envelopes(fields: list) -> None:
 
 def test_frame_header_for_many_envelopes() -> None:
     one = codec.encode_frame([Envelope(SESSION, 0, 1, (), 0, 1, Value(0))])
-    for count in (2, 15, 16, 300, 70000):  # fixarray, array 16 and array 32 headers
+    for count in (2, 15, 16, 300):  # fixarray and array 16 headers
         merged = codec.merge_frames([one] * count)
         assert len(codec.decode_frame(merged)) == count
+    assert codec.merge_frames([one] * 70000)[:5] == b"\xdd" + (70000).to_bytes(4, "big")
+    assert len(codec.decode_frame(b"\xdd\x00\x00\x00\x02" + one[1:] * 2)) == 2  # array 32
     assert codec.merge_frames([one]) is one
 
 
@@ -199,78 +217,174 @@ def test_merge_frames_refuses_frames_of_several_envelopes() -> None:
         codec.merge_frames([two, two])
 
 
-# ----------------------------------------------------------------------------- in place
+# ----------------------------------------------------------------------------- reference
 
 
-def assert_decoded_equal(in_place: object, generic: object) -> None:
-    """Structures from ``_frame_in_place`` and ``unpackb`` are the same, array for array."""
-    if isinstance(generic, np.ndarray):
-        assert isinstance(in_place, np.ndarray)
-        assert in_place.dtype == generic.dtype and in_place.shape == generic.shape
-        assert in_place.tobytes() == generic.tobytes()
-        assert not in_place.flags.writeable
-    elif isinstance(generic, list):
-        assert isinstance(in_place, list) and len(in_place) == len(generic)
-        for a, b in zip(in_place, generic, strict=True):
-            assert_decoded_equal(a, b)
+def reference_decode(data: bytes) -> object:
+    """What msgpack's own decoder reads from ``data`` (arrays built from the ext payloads)."""
+
+    def ext_hook(code: int, payload: bytes) -> object:
+        assert code == codec.NDARRAY_EXT
+        ndim = payload[1]
+        shape = struct.unpack_from(f"<{ndim}Q", payload, 2)
+        return np.frombuffer(payload[2 + 8 * ndim:], codec._DTYPES[payload[0]]).reshape(shape)
+
+    return msgpack.unpackb(data, ext_hook=ext_hook, raw=False)
+
+
+def as_plain(env: Envelope) -> list:
+    """An envelope as the plain structure msgpack reads back."""
+    msg = env.message
+    fields = [list(msg.arrays)] if isinstance(msg, Arrays) else [
+        getattr(msg, f.name) for f in dataclasses.fields(msg)
+    ]
+    return [codec.VERSION, env.session, env.sender, env.receiver, list(env.path), env.seq,
+            env.round, [msg.TAG, *fields]]
+
+
+def assert_plain_equal(got: object, want: object) -> None:
+    if isinstance(want, np.ndarray):
+        assert isinstance(got, np.ndarray)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes()
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert_plain_equal(a, b)
     else:
-        assert type(in_place) is type(generic) and in_place == generic
+        assert type(got) is type(want) and got == want
 
 
-arrays_envelopes = st.lists(
+any_envelopes = st.lists(
     st.builds(
-        lambda arrays, path, seq, rnd: Envelope(SESSION, 0, 1, tuple(path), seq, rnd,
-                                                Arrays(tuple(arrays))),
-        st.lists(arrays, max_size=3),
+        lambda msg, path, seq, rnd: Envelope(SESSION, 0, 1, tuple(path), seq, rnd, msg),
+        messages,
         st.lists(st.integers(0, 127) | st.integers(0, 2**64 - 1), max_size=12),
         st.integers(0, 2**64 - 1),
         st.integers(0, 2**64 - 1),
     ),
-    min_size=0, max_size=3,
+    min_size=0, max_size=4,
 )
 
 
 @settings(max_examples=200)
-@given(arrays_envelopes, st.booleans())
-def test_in_place_decoding_equals_generic(envs: list[Envelope], as_bytearray: bool) -> None:
+@given(any_envelopes, st.booleans())
+def test_decoder_agrees_with_msgpack(envs: list[Envelope], as_bytearray: bool) -> None:
     frame = codec.encode_frame(envs)
     data = bytearray(frame) if as_bytearray else frame  # TCP hands large frames over so
-    in_place = codec._frame_in_place(data)
-    assert in_place is not None
-    assert_decoded_equal(in_place, codec.unpackb(frame))
+    decoded = codec.decode_frame(data)
+    assert_plain_equal([as_plain(env) for env in decoded], reference_decode(frame))
+    for env in decoded:
+        if isinstance(env.message, Arrays):
+            assert not any(array.flags.writeable for array in env.message.arrays)
 
 
-@settings(max_examples=300)
-@given(arrays_envelopes.filter(bool), st.data())
-def test_in_place_decoding_never_accepts_what_generic_refuses(
-    envs: list[Envelope], data: st.DataObject
-) -> None:
-    """Flipped, cut or extra bytes: in place either declines (None) or agrees with the
-    generic decoder, which alone reports errors."""
-    frame = bytearray(codec.encode_frame(envs))
-    change = data.draw(st.sampled_from(["truncate", "flip", "append"]), label="change")
-    if change == "truncate":
-        frame = frame[: data.draw(st.integers(0, len(frame) - 1), label="length")]
-    elif change == "flip":
-        at = data.draw(st.integers(0, len(frame) - 1), label="at")
-        frame[at] = data.draw(st.integers(0, 255).filter(lambda b: b != frame[at]), label="b")
-    else:
-        frame += data.draw(st.binary(min_size=1, max_size=3), label="extra")
-    in_place = codec._frame_in_place(bytes(frame))
-    if in_place is not None:
-        assert_decoded_equal(in_place, codec.unpackb(bytes(frame)))
-
-
-def test_large_frames_are_decoded_in_place_as_views_of_the_frame() -> None:
-    big = np.arange(codec.IN_PLACE_MIN_BYTES // 8, dtype=np.uint64)
+def test_arrays_are_views_of_the_frame() -> None:
+    big = np.arange(1 << 14, dtype=np.uint64)
     frame = bytearray(codec.encode_frame([Envelope(SESSION, 0, 1, (3,), 0, 1, Arrays((big,)))]))
     (env,) = codec.decode_frame(frame, session=SESSION, sender=0, receiver=1)
     (array,) = env.message.arrays
     assert np.shares_memory(array, np.frombuffer(frame, dtype=np.uint8))  # no copy
     np.testing.assert_array_equal(array, big)
     assert not array.flags.writeable
-    for other in (Value(list(range(40000))), Arrays((big,))):  # not all Arrays / trailing data
-        mixed = codec.encode_frame([Envelope(SESSION, 0, 1, (), 0, 1, other)]) + (
-            b"\x00" if isinstance(other, Arrays) else b""
-        )
-        assert codec._frame_in_place(mixed) is None
+
+
+def test_value_is_flat_and_bounded() -> None:
+    for bad in ([[1]], [1] * (codec.MAX_VALUE_ITEMS + 1), "x" * (codec.MAX_VALUE_BYTES + 1),
+                {"a": 1}, 1.5, np.arange(2)):
+        with pytest.raises(TypeError, match="Value"):
+            Value(bad)
+    for wire in (b"\x92\x05\x91\x91\x00", b"\x92\x05\xdc\x00\x11" + b"\x00" * 17):
+        with pytest.raises(DecodeError):
+            codec.decode_message(wire)
+
+
+def test_fields_of_typed_messages_must_be_scalars() -> None:
+    hello = codec.packb([Hello.TAG, 1, [b"s"], 0, b"d", 10])
+    with pytest.raises(DecodeError, match="an array where a plain value is expected"):
+        codec.decode_message(hello)
+    with pytest.raises(DecodeError, match="Hello: field of the wrong type"):
+        codec.decode_message(codec.packb([Hello.TAG, 1, "s", 0, b"d", 10]))
+
+
+def test_step_paths_are_bounded() -> None:
+    path = tuple(range(codec.MAX_PATH_DEPTH + 1))
+    frame = codec.encode_frame([Envelope(SESSION, 0, 1, path, 0, 1, Value(0))])
+    with pytest.raises(DecodeError, match="step path of 65 items exceeds the limit of 64"):
+        codec.decode_frame(frame)
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+
+def decode_peak(data: bytes) -> tuple[object, int]:
+    """What ``decode_frame(data)`` returns or raises, and the peak of memory it allocated."""
+    tracemalloc.start()
+    try:
+        try:
+            outcome: object = codec.decode_frame(data, session=SESSION)
+        except (DecodeError, SessionMismatchError) as exc:
+            outcome = exc
+        return outcome, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def value_envelope(body: bytes) -> bytes:
+    """An envelope whose Value message holds ``body`` (raw msgpack) as its value."""
+    head = codec.packb([codec.VERSION, SESSION, 0, 1, [], 0, 0, None])[:-1]
+    return head + b"\x92\x05" + body
+
+
+def test_deep_nesting_is_a_decode_error() -> None:
+    """A Value nested a thousand deep was accepted, and formatting it raised RecursionError."""
+    nested = b"\x91" * 1000 + b"\x00"
+    with pytest.raises(DecodeError):
+        codec.decode_frame(codec.frame_from_encoded([value_envelope(nested)]))
+    with pytest.raises(DecodeError):
+        codec.decode_message(b"\x92\x05" + nested)
+
+
+def test_msgpack_timestamps_are_refused() -> None:
+    with pytest.raises(DecodeError):
+        codec.decode_message(b"\x92\x05\xd6\xff\x00\x00\x00\x01")
+
+
+def test_maps_are_refused() -> None:
+    with pytest.raises(DecodeError, match="map"):
+        codec.decode_message(b"\x92\x05\x80")
+    with pytest.raises(DecodeError, match="map"):
+        codec.decode_frame(b"\x81\x00\x00")
+
+
+def mib_of_empty_maps() -> bytes:
+    """A 1 MiB frame: one envelope whose Value is a list of empty maps (73x the frame when
+    decoded generically)."""
+    count = (1 << 20) - 64
+    return codec.frame_from_encoded([value_envelope(b"\xdd" + count.to_bytes(4, "big")
+                                                    + b"\x80" * count)])
+
+
+def mib_of_tiny_envelopes() -> bytes:
+    """A 1 MiB frame of the smallest valid envelopes (seconds of CPU when decoded fully)."""
+    one = codec.encode_frame([Envelope(SESSION, 0, 1, (), 0, 0, Value(None))])[1:]
+    return codec.frame_from_encoded([one] * ((1 << 20) // len(one)))
+
+
+@pytest.mark.parametrize("make", [mib_of_empty_maps, mib_of_tiny_envelopes])
+def test_decoding_memory_is_bounded_by_the_frame_size(make: Callable[[], bytes]) -> None:
+    frame = make()
+    outcome, peak = decode_peak(frame)
+    assert isinstance(outcome, DecodeError)
+    assert peak <= 4 * len(frame)
+
+
+@pytest.mark.parametrize("msg", [Arrays(()), Arrays((np.zeros((), np.bool_),)), Value(None)])
+def test_a_merged_frame_of_the_tiniest_envelopes_decodes(msg: codec.Message) -> None:
+    """The runtime merges small frames up to COALESCE_BYTES: the decode budget's floor lets
+    the costliest such frame per byte through."""
+    one = codec.encode_frame([Envelope(SESSION, 0, 1, (), 0, 0, msg)])
+    frame = codec.merge_frames([one] * (COALESCE_BYTES // len(one)))
+    outcome, peak = decode_peak(frame)
+    assert isinstance(outcome, list) and len(outcome) == COALESCE_BYTES // len(one)
+    assert peak <= codec.DECODE_FLOOR_BYTES

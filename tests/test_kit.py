@@ -119,6 +119,14 @@ def test_recv_arrays_returns_the_arrays_of_their_specs() -> None:
     assert run(spmd(program)).results == {p: [prev_party(p), 5] for p in PARTIES}
 
 
+def test_a_dimension_of_none_takes_any_length() -> None:
+    spec = ArraySpec.ring((None, 2))
+    assert spec.matches(np.zeros((5, 2), np.uint64))
+    assert not spec.matches(np.zeros((5, 3), np.uint64))
+    assert not spec.matches(np.zeros(10, np.uint64))
+    assert str(spec) == "uint64 (*, 2)" and str(ArraySpec.ring(3)) == "uint64 (3,)"
+
+
 def test_recv_message_refuses_another_type() -> None:
     async def program(ctx: Context) -> None:
         if ctx.role == 0:

@@ -213,7 +213,7 @@ def test_settings_resolve_presets_and_context() -> None:
     assert tiny.config == tiny_config() and tiny.positions == tiny_config().context_length
     smol = SessionSettings("s", model=SMOLLM2)
     assert smol.config == SMOLLM2_ARCHITECTURE and smol.positions == 512
-    assert smol.max_frame_bytes < 100 << 20  # tens of MB, not the codec's 2 GiB
+    assert smol.max_frame_bytes < 100 << 20  # tens of MB, not the codec's default of 256 MiB
     with pytest.raises(SettingsError, match="is a preset"):
         SessionSettings("s", model="tiny", architecture=SMOLLM2_ARCHITECTURE)
     with pytest.raises(SettingsError, match="not a preset"):

@@ -6,11 +6,17 @@ guards only, except where a test waits for a deadline on purpose (kept short).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
 import stat
 import struct
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -18,11 +24,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+import structlog
 import trio
+import trio.testing
 
-from puma_async.codec import Arrays
+from puma_async.codec import DEFAULT_MAX_FRAME_BYTES, VERSION, Arrays, Hello, encode_message
 from puma_async.context import ArraySpec, Context
-from puma_async.errors import DecodeError, HandshakeError, PeerDisconnectedError
+from puma_async.errors import (
+    DecodeError,
+    HandshakeError,
+    PeerDisconnectedError,
+    ProtocolError,
+)
 from puma_async.evaluate import evaluation_program
 from puma_async.protocols.arith import mul_fxp
 from puma_async.protocols.compare import less_than
@@ -30,6 +43,7 @@ from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.shares import AShare
 from puma_async.roles import CLIENT
 from puma_async.runtime import PartyOptions, run_party
+from puma_async.transports import tcp
 from puma_async.transports.tcp import (
     HEADER_BYTES,
     TcpSetupError,
@@ -377,11 +391,15 @@ async def test_oversize_frame_is_a_decode_error(pki: ClusterPki, use_tls: bool) 
         tls_options(pki, [0, 1]) if use_tls
         else {r: {"tls": None, "allow_plain": True} for r in (0, 1)}
     )
-    options[1]["max_frame_bytes"] = 1000
+    for role in (0, 1):
+        options[role]["max_frame_bytes"] = 1000
 
     async def sender(transport: TcpTransport) -> None:
         await transport.send(1, b"x" * 1000)
-        await transport.send(1, b"y" * 1001)
+        with pytest.raises(ProtocolError, match="exceeds the limit of 1000"):
+            await transport.send(1, b"y" * 1001)
+        oversize = (1001).to_bytes(HEADER_BYTES, "little") + b"y" * 1001  # a peer ignoring it
+        await transport._connections[1].stream.send_all(oversize)
         await transport.close_peer(1)
         await drain(transport)
 
@@ -462,3 +480,177 @@ async def test_large_frame_cut_short_on_a_plain_socket(reset: bool) -> None:
         await reader.read_exactly(size)
     for resource in (server, *listeners):
         await resource.aclose()
+
+
+# ----------------------------------------------------------------------------- hostile peers
+
+
+async def test_a_declared_frame_is_allocated_only_as_its_bytes_arrive() -> None:
+    """A length prefix of 256 MiB followed by 8 MiB must not allocate 256 MiB."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    reader = _FrameReader(server)
+    size, sent = 256 << 20, 8 << 20
+    async with trio.open_nursery() as nursery:
+
+        async def send_part() -> None:
+            await client.send_all(size.to_bytes(HEADER_BYTES, "little") + bytes(sent))
+            await client.aclose()
+
+        nursery.start_soon(send_part)
+        assert await reader.read_length() == size
+        tracemalloc.start()
+        try:
+            with pytest.raises(PeerDisconnectedError):
+                await reader.read_exactly(size)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak <= 4 * sent
+    for resource in (server, *listeners):
+        await resource.aclose()
+
+
+async def test_frame_limit_is_stated_in_the_hello(pki: ClusterPki) -> None:
+    options = tls_options(pki, [0, 1])
+    options[0]["max_frame_bytes"] = 1 << 20
+    options[1]["max_frame_bytes"] = 1 << 21
+    results = await run_roles({0: nothing, 1: nothing}, options)
+    for role in (0, 1):
+        assert isinstance(results[role], HandshakeError), results[role]
+        assert "frame limit" in str(results[role])
+
+
+async def test_tls_contexts_are_built_once_per_transport(
+    pki: ClusterPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[str] = []
+    for name in ("server_context", "client_context"):
+        original = getattr(tcp, name)
+        monkeypatch.setattr(tcp, name, lambda config, original=original, name=name: (
+            built.append(name), original(config))[1])
+    addresses = free_addresses([0, 1])
+    options = tls_options(pki, [0, 1])
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_roles, {0: nothing}, options, addresses)
+            for _ in range(5):
+                await junk_until_closed(addresses[0], b"\x16\x03\x01 not a client hello")
+            await run_roles({1: nothing}, options, addresses)
+    assert sorted(built) == ["client_context", "server_context"]
+
+
+async def junk_until_closed(address: tuple[str, int], data: bytes) -> None:
+    """Connect (retrying until the port is open), send ``data``, wait for the listener to
+    close the connection."""
+    while True:
+        try:
+            stream = await trio.open_tcp_stream(*address)
+            break
+        except OSError:
+            await trio.sleep(0.01)
+    with contextlib.suppress(trio.BrokenResourceError):
+        await stream.send_all(data)
+        while await stream.receive_some():
+            pass
+    await stream.aclose()
+
+
+async def test_many_rejected_connections_give_a_short_error_and_few_log_lines(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """300 junk connections used to give a 65,777-character error and 300 log lines."""
+    mock_clock.autojump_threshold = 1.0  # the deadline passes once the junk is done
+    addresses = free_addresses([0, 1])
+    options = {0: {"tls": None, "allow_plain": True, "connect_timeout": 30.0}}
+    with structlog.testing.capture_logs() as logs, trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            results: dict[int, Any] = {}
+
+            async def listener() -> None:
+                results.update(await run_roles({0: nothing}, options, addresses))
+
+            nursery.start_soon(listener)
+            for _ in range(300):
+                await junk_until_closed(addresses[0], b"GET / HTTP/1.1\r\n\r\n")
+    error = results[0]
+    assert isinstance(error, HandshakeError)
+    assert "300 rejected connections" in str(error)
+    assert len(str(error)) < 2000
+    assert len(logs) <= 10
+
+
+@pytest.mark.parametrize("limit", [64])
+def test_descriptor_exhaustion_does_not_crash_the_listener(limit: int) -> None:
+    """Role 0 runs in a process limited to ``limit`` descriptors while 80 idle connections
+    wait on its port; role 1 still connects, and the listener never raises."""
+    addresses = free_addresses([0, 1])
+    script = textwrap.dedent(f"""
+        import resource, sys, trio
+        from puma_async.transports.tcp import open_tcp_transport
+        resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}))
+        async def main():
+            async with open_tcp_transport(
+                0, {addresses!r}, session={SESSION!r}, config_digest={DIGEST!r}, tls=None,
+                allow_plain=True, connect_timeout=60.0, handshake_timeout=1.0,
+            ) as transport:
+                print("connected", transport.peers, flush=True)
+        trio.run(main)
+    """)
+    listener = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    idle: list[socket.socket] = []
+    try:
+        while len(idle) < 80:
+            sock = socket.socket()
+            try:
+                sock.connect(addresses[0])
+            except OSError:
+                sock.close()
+                time.sleep(0.02)
+                continue
+            idle.append(sock)
+        options = {1: {"tls": None, "allow_plain": True, "connect_timeout": 60.0,
+                       "retry_max": 0.2}}
+        results = trio.run(run_roles, {1: nothing}, options, addresses)
+        out, err = listener.communicate(timeout=HANG_GUARD)
+    finally:
+        listener.kill()
+        for sock in idle:
+            sock.close()
+    assert results == {1: None}
+    assert listener.returncode == 0, err
+    assert out.splitlines()[-1] == "connected (1,)"  # after its log lines (structlog: stdout)
+    assert "Traceback" not in err
+
+
+async def test_a_peer_past_its_hello_is_not_dropped_and_may_try_again() -> None:
+    """With room for one handshake, junk does not push out a connection whose Hello claimed
+    role 1; when that connection times out, role 1 may connect again."""
+    addresses = free_addresses([0, 1])
+    options = {r: {"tls": None, "allow_plain": True, "max_handshakes": 1,
+                   "handshake_timeout": 1.0} for r in (0, 1)}
+    hello = encode_message(Hello(VERSION, SESSION, 1, DIGEST, DEFAULT_MAX_FRAME_BYTES))
+    with structlog.testing.capture_logs() as logs, trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            results: dict[int, Any] = {}
+
+            async def listener() -> None:
+                results.update(await run_roles({0: exchange}, options, addresses))
+
+            nursery.start_soon(listener)
+            await junk_until_closed(addresses[0], b"")  # the listener is up
+            stalled = await trio.open_tcp_stream(*addresses[0])
+            await stalled.send_all(len(hello).to_bytes(HEADER_BYTES, "little") + hello)
+            for _ in range(5):
+                await junk_until_closed(addresses[0], b"junk")
+            await junk_until_closed(addresses[0], b"")  # wait until it times out: the stalled
+            with contextlib.suppress(trio.BrokenResourceError):
+                while await stalled.receive_some():  # connection is closed by the listener
+                    pass
+            results.update(await run_roles({1: exchange}, options, addresses))
+    check_exchange(results)
+    reasons = [entry["error"] for entry in logs if entry.get("error")]
+    assert "no handshake within 1 s" in reasons

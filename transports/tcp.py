@@ -8,32 +8,46 @@ The length ``2**64 - 1`` is reserved: it marks the end of the stream (what
 because TLS streams cannot be half-closed in Trio and because, under TLS, the marker is
 authenticated: a connection that ends without it (a crash, a reset, a truncation by an
 attacker) is reported as :class:`PeerDisconnectedError`, never mistaken for a clean end.
-The receiver checks a length against ``max_frame_bytes`` before allocating anything.
+The receiver checks a length against ``max_frame_bytes`` before allocating anything, and
+allocates a frame's buffer only as its bytes arrive.
 
 Topology
 --------
 ``addresses`` maps every role of the session to its ``(host, port)``. For each pair of roles
 the **higher role connects to the lower one**: role r listens on its own address for the roles
 above it (the highest role does not listen) and dials the roles below it. Dialling retries with
-exponential backoff until ``connect_timeout``; accepting waits as long.
+exponential backoff until ``connect_timeout``, also when the listener drops the connection
+before its Hello (as it does to shed a flood); accepting waits as long.
 
 Handshake (per connection, bounded by ``handshake_timeout``)
 ------------------------------------------------------------
 1. With TLS: a TLS 1.3 handshake, both sides presenting certificates of the cluster CA
    (:mod:`puma_async.transports.tls`); the role in the peer's certificate is read.
 2. Both sides send a :class:`~puma_async.codec.Hello` (protocol version, session id, role,
-   configuration digest) and check the peer's: same version, session and digest, the role
-   expected on this connection, and (with TLS) the role of its certificate.
-3. Both sides send a verdict, ``Value("accept")`` or ``Abort(reason, "handshake")``, and wait
-   for the peer's, so a rejected side learns why and no protocol frame moves before both
-   accepted.
+   configuration digest, frame limit) and check the peer's: same version, session, digest and
+   frame limit, the role expected on this connection, and (with TLS) the role of its
+   certificate.
+3. Both sides send a verdict, :class:`~puma_async.codec.Accept` or
+   ``Abort(reason, "handshake")``, and wait for the peer's, so a rejected side learns why and
+   no protocol frame moves before both accepted.
 
-A mismatch in step 2 (a peer of this cluster with another session, configuration, version or
-role) fails the open on both sides with :class:`HandshakeError`. A connection that fails
-earlier (no TLS, a certificate of another CA, garbage, silence) is dropped and the listener
-keeps waiting; if the expected peers have not connected by the deadline, the error lists those
-rejected connections. Plain TCP needs ``allow_plain=True``: it authenticates nobody and
-encrypts nothing, so it is for tests and benchmarks on a trusted host only.
+A mismatch in step 2 (a peer of this cluster with another session, configuration, version,
+frame limit or role) fails the open on both sides with :class:`HandshakeError`. A connection
+that fails earlier (no TLS, a certificate of another CA, garbage, silence) is dropped and the
+listener keeps waiting; if the expected peers have not connected by the deadline, the error
+counts those rejected connections and names the first few. Plain TCP needs
+``allow_plain=True``: it authenticates nobody and encrypts nothing, so it is for tests and
+benchmarks on a trusted host only.
+
+Floods
+------
+A listener runs at most ``max_handshakes`` handshakes at once, each within
+``handshake_timeout``; a connection arriving beyond that drops the oldest one that has not
+sent a valid Hello yet, so idle and slow (slowloris) connections cannot hold the door, and the
+peers, which retry, get in once a flood relents. Running out of file descriptors
+(EMFILE/ENFILE) or buffers on ``accept`` drops the oldest handshake, backs off and logs a
+warning, never raises. Rejections are logged one by one for the first few, then as a count
+at most every 10 s.
 
 Leave :func:`open_tcp_transport` after ``receive()`` has returned ``(peer, None)`` for every
 peer (the party runtime does): on a clean exit the end marker is sent to every peer and the
@@ -48,6 +62,7 @@ import dataclasses
 import errno
 import math
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
@@ -58,8 +73,8 @@ from puma_async.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     VERSION,
     Abort,
+    Accept,
     Hello,
-    Value,
     decode_message,
     encode_message,
 )
@@ -79,9 +94,15 @@ END_OF_STREAM = (1 << 64) - 1
 MAX_HANDSHAKE_BYTES = 4096
 _RECEIVE_CHUNK = 1 << 16  # read at least this much at a time: many small frames per syscall
 _MAX_RECEIVE = 1 << 20  # read at most this much at a time: recv() allocates what it is asked
+_FIRST_ALLOCATION = 4 << 20  # a large frame's buffer starts at this size (one allocation ...
+_MAX_GROWTH = 16 << 20  # ... up to it), then grows by at most this much, as its bytes arrive
+_ZEROS = memoryview(bytes(_MAX_GROWTH))  # what a buffer grows by (calloc'd: costs no memory)
 _COALESCE_BYTES = 1 << 16  # below this, header and frame go out in one write
-_ACCEPT = "accept"
 _CLOSE_TIMEOUT = 5.0
+_REJECTIONS_SHOWN = 5  # rejected connections named in the error and logged one by one
+_LOG_INTERVAL = 10.0  # then at most one log line about them per this many seconds
+_BACKOFF_MIN, _BACKOFF_MAX = 0.01, 1.0  # accept() back-off when out of descriptors
+_MAX_DROPS_AFTER_TLS = 3  # a dialler dropped this often after its TLS handshake gives up
 
 log = structlog.get_logger("puma_async.transports.tcp")
 
@@ -93,7 +114,16 @@ class TcpSetupError(PumaError):
 
 
 class _RejectedConnection(Exception):
-    """An incoming connection failed before a valid Hello: dropped, the listener keeps waiting."""
+    """A connection failed before a valid Hello: a listener drops it and keeps waiting; a
+    dialler tries again if it is ``transient`` (closed or reset, as when a listener sheds a
+    flood), else fails. ``secured``: it failed after the TLS handshake had completed on this
+    side (with TLS 1.3 the server checks the client's certificate after that, so a dialler
+    dropped there again and again is most likely being refused, not shed)."""
+
+    def __init__(self, reason: str, *, transient: bool = False, secured: bool = False):
+        super().__init__(reason)
+        self.transient = transient
+        self.secured = secured
 
 
 class _StreamEnded(Exception):
@@ -152,19 +182,24 @@ class _FrameReader:
         return b"".join(chunks)
 
     async def _read_into(self, count: int) -> bytes:
+        """``count`` bytes received straight into one buffer, which grows as they arrive
+        (first :data:`_FIRST_ALLOCATION`, then doubling by at most :data:`_MAX_GROWTH`), so
+        a peer that declares a large frame and sends less never gets it allocated."""
         assert self._recv_into is not None
-        unit = bytearray(count)
-        view = memoryview(unit)
         have = len(self._buffer)
-        view[:have] = self._buffer
+        unit = bytearray(max(have, min(count, _FIRST_ALLOCATION)))
+        unit[:have] = self._buffer
         self._buffer.clear()
         while have < count:
-            try:
-                got = await self._recv_into(view[have:])
-            except OSError as exc:  # translated as trio.SocketStream.receive_some does
-                if exc.errno == errno.EBADF:
-                    raise trio.ClosedResourceError("this socket was already closed") from None
-                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            if have == len(unit):
+                unit += _ZEROS[:min(count - have, have, _MAX_GROWTH)]
+            with memoryview(unit)[have:] as free:  # released before the buffer grows
+                try:
+                    got = await self._recv_into(free)
+                except OSError as exc:  # translated as trio.SocketStream.receive_some does
+                    if exc.errno == errno.EBADF:
+                        raise trio.ClosedResourceError("this socket was already closed") from None
+                    raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
             if not got:
                 raise _truncated(have, count)
             self.last_data = trio.current_time()
@@ -371,16 +406,37 @@ def _format_address(address: tuple[str, int]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _Setup:
-    """Everything the connection setup of one role needs."""
+    """Everything the connection setup of one role needs (TLS contexts built once)."""
 
     role: int
     addresses: Mapping[int, tuple[str, int]]
     hello: Hello
+    hello_bytes: bytes
     tls: TlsConfig | None
+    server_tls: ssl.SSLContext | None
+    client_tls: ssl.SSLContext | None
     connect_timeout: float
     handshake_timeout: float
     retry_initial: float
     retry_max: float
+    max_handshakes: int
+
+
+def _tls_contexts(
+    tls: TlsConfig | None, *, server: bool, client: bool
+) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """The server and client contexts a role needs (None where it needs none), each built
+    once: loading the CA, certificate and key costs more than a TLS handshake."""
+    if tls is None:
+        return None, None
+    try:
+        return (
+            server_context(tls) if server else None, client_context(tls) if client else None
+        )
+    except OSError as exc:  # ssl.SSLError too
+        raise TcpSetupError(
+            f"cannot load the TLS files {tls.ca_cert}, {tls.cert}, {tls.key}: {exc}"
+        ) from None
 
 
 def _hello_mismatch(setup: _Setup, hello: Hello, expected: set[int], cert_role: int | None
@@ -402,6 +458,11 @@ def _hello_mismatch(setup: _Setup, hello: Hello, expected: set[int], cert_role: 
             f"configuration digest {hello.config_digest.hex()} differs from ours "
             f"{ours.config_digest.hex()}"
         )
+    if hello.max_frame_bytes != ours.max_frame_bytes:
+        return (
+            f"peer states a frame limit of {hello.max_frame_bytes} bytes, ours is "
+            f"{ours.max_frame_bytes} (every role of a session must use the same)"
+        )
     return None
 
 
@@ -415,12 +476,19 @@ async def _read_unit(reader: _FrameReader, *, tls: bool) -> bytes:
         length = await reader.read_length()
     except _StreamEnded:
         hint = "" if tls else " (does the peer require TLS?)"
-        raise HandshakeError(f"connection closed during the handshake{hint}") from None
+        raise _RejectedConnection(
+            f"connection closed during the handshake{hint}", transient=True
+        ) from None
     if length > MAX_HANDSHAKE_BYTES:
         if not tls and length & 0xFFFF == 0x0316:  # a TLS handshake record: 16 03 ..
             raise HandshakeError("peer started a TLS handshake but this side runs plain TCP")
         raise HandshakeError(f"handshake message of {length} bytes is too large")
     return await reader.read_exactly(length)
+
+
+_TRANSIENT = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+"""Causes of a broken handshake that a listener shedding load also produces (it dropped the
+connection): the dialling side tries again."""
 
 
 async def _handshake(
@@ -441,10 +509,8 @@ async def _handshake(
     cert_role: int | None = None
     try:
         if setup.tls is not None:
-            context = (
-                client_context(setup.tls) if server_hostname is not None
-                else server_context(setup.tls)
-            )
+            context = setup.client_tls if server_hostname is not None else setup.server_tls
+            assert context is not None
             ssl_stream = trio.SSLStream(
                 stream, context, server_side=server_hostname is None,
                 server_hostname=server_hostname,
@@ -453,20 +519,28 @@ async def _handshake(
             await ssl_stream.do_handshake()
             cert_role = peer_role_from_cert(ssl_stream, cluster=setup.tls.cluster)
         reader = _FrameReader(secured)
-        await _send_unit(secured, encode_message(setup.hello))
+        await _send_unit(secured, setup.hello_bytes)
         hello = decode_message(
             await _read_unit(reader, tls=setup.tls is not None), max_bytes=MAX_HANDSHAKE_BYTES
         )
         if not isinstance(hello, Hello):
             raise HandshakeError(f"expected a Hello, got {type(hello).__name__}")
+    except _RejectedConnection as exc:
+        exc.secured = cert_role is not None
+        raise
     except (HandshakeError, DecodeError, PeerDisconnectedError) as exc:
         raise _RejectedConnection(str(exc)) from exc
     except trio.BrokenResourceError as exc:
+        transient = isinstance(exc.__cause__ or exc.__context__, _TRANSIENT)
         hint = (
             " (does the peer run without TLS, or with a certificate of another cluster CA?)"
-            if setup.tls is not None else ""
+            if setup.tls is not None and (cert_role is not None or not transient) else ""
         )
-        raise _RejectedConnection(f"TLS handshake failed: {_cause(exc)}{hint}") from exc
+        raise _RejectedConnection(
+            f"{'TLS handshake' if setup.tls is not None else 'connection'} failed: "
+            f"{_cause(exc)}{hint}",
+            transient=transient, secured=cert_role is not None,
+        ) from exc
 
     problem = _hello_mismatch(setup, hello, expected, cert_role)
     if problem is None:
@@ -474,12 +548,15 @@ async def _handshake(
             on_hello(hello)
         except HandshakeError as exc:
             problem = exc.reason
-    verdict = Value(_ACCEPT) if problem is None else Abort(problem, "handshake")
+    verdict = Accept() if problem is None else Abort(problem, "handshake")
     try:
         await _send_unit(secured, encode_message(verdict))
         # Waiting for the peer's verdict also lets our rejection reach it before we close.
-        answer = decode_message(await _read_unit(reader, tls=setup.tls is not None))
-    except (HandshakeError, DecodeError, PeerDisconnectedError, trio.BrokenResourceError) as exc:
+        answer = decode_message(
+            await _read_unit(reader, tls=setup.tls is not None), max_bytes=MAX_HANDSHAKE_BYTES
+        )
+    except (_RejectedConnection, HandshakeError, DecodeError, PeerDisconnectedError,
+            trio.BrokenResourceError) as exc:
         if problem is not None:
             raise HandshakeError(problem, peer=hello.role) from None
         raise HandshakeError(
@@ -489,7 +566,7 @@ async def _handshake(
         raise HandshakeError(problem, peer=hello.role)
     if isinstance(answer, Abort):
         raise HandshakeError(f"peer rejected the handshake: {answer.reason}", peer=hello.role)
-    if answer != Value(_ACCEPT):
+    if not isinstance(answer, Accept):
         raise HandshakeError("peer sent no valid handshake verdict", peer=hello.role)
     return hello.role, secured, reader
 
@@ -500,104 +577,209 @@ def _nodelay(stream: trio.SocketStream) -> None:
 
 
 async def _dial(setup: _Setup, peer: int, deadline: float) -> _Connection:
-    """Connect to ``peer`` (retrying with backoff until ``deadline``) and handshake."""
+    """Connect to ``peer`` and handshake, retrying with backoff until ``deadline`` while it
+    is not up or drops the connection before its Hello (a listener shedding a flood)."""
     host, port = setup.addresses[peer]
     where = _format_address((host, port))
     delay = setup.retry_initial
-    attempts = 0
-    last_error: OSError | None = None
-    stream: trio.SocketStream | None = None
-    while stream is None:
+    attempts = refusals = 0
+    last_error: str | None = None
+    while True:
         attempts += 1
+        stream: trio.SocketStream | None = None
         with trio.move_on_at(deadline):
             try:
                 stream = await trio.open_tcp_stream(host, port)
             except OSError as exc:
-                last_error = exc
-        now = trio.current_time()
-        if stream is None:
-            if now + delay > deadline:
-                reason = f" (last error: {last_error})" if last_error is not None else ""
-                raise TcpSetupError(
-                    f"peer {role_name(peer)} at {where} never came up after {attempts} attempts "
-                    f"in {setup.connect_timeout:g} s{reason}"
-                )
-            await trio.sleep(delay)
-            delay = min(delay * 2, setup.retry_max)
-    _nodelay(stream)
-    try:
-        with trio.fail_after(setup.handshake_timeout):
-            role, secured, reader = await _handshake(
-                setup, stream, expected={peer}, server_hostname=host,
+                last_error = str(exc)
+        if stream is not None:
+            try:
+                _nodelay(stream)
+                with trio.fail_after(setup.handshake_timeout):
+                    role, secured, reader = await _handshake(
+                        setup, stream, expected={peer}, server_hostname=host,
+                    )
+                return _Connection(role, where, secured, reader)
+            except _RejectedConnection as exc:
+                await trio.aclose_forcefully(stream)
+                refusals += exc.secured
+                if not exc.transient or refusals >= _MAX_DROPS_AFTER_TLS:
+                    raise HandshakeError(
+                        f"handshake with {where} failed: {exc}", peer=peer
+                    ) from exc.__cause__
+                last_error = f"handshake failed: {exc}"
+            except trio.TooSlowError:
+                await trio.aclose_forcefully(stream)
+                last_error = f"no handshake within {setup.handshake_timeout:g} s"
+            except OSError as exc:  # the connection broke before the handshake began
+                await trio.aclose_forcefully(stream)
+                last_error = str(exc)
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+        if trio.current_time() + delay > deadline:
+            reason = f" (last error: {last_error})" if last_error is not None else ""
+            error = HandshakeError if stream is not None else TcpSetupError
+            raise error(
+                f"peer {role_name(peer)} at {where} never came up after {attempts} attempts "
+                f"in {setup.connect_timeout:g} s{reason}"
             )
-    except _RejectedConnection as exc:
-        await trio.aclose_forcefully(stream)
-        raise HandshakeError(f"handshake with {where} failed: {exc}", peer=peer) from exc.__cause__
-    except trio.TooSlowError:
-        await trio.aclose_forcefully(stream)
-        raise HandshakeError(
-            f"no handshake from {where} within {setup.handshake_timeout:g} s", peer=peer
-        ) from None
-    except HandshakeError:
-        await trio.aclose_forcefully(stream)
-        raise
-    return _Connection(role, where, secured, reader)
+        await trio.sleep(delay)
+        delay = min(delay * 2, setup.retry_max)
+
+
+class _Rejections:
+    """The connections a listener dropped before a valid Hello: counted, the first few kept
+    for the error, and logged at a bounded rate (a flood must not flood the log)."""
+
+    def __init__(self, role: int):
+        self.role = role
+        self.count = 0
+        self.first: list[str] = []
+        self._summarised = 0
+        self._next_summary = -math.inf
+        self._exhausted = 0
+        self._next_exhausted = -math.inf
+
+    def add(self, remote: str, reason: str) -> None:
+        self.count += 1
+        if len(self.first) < _REJECTIONS_SHOWN:
+            self.first.append(f"{remote}: {reason}")
+            log.warning("rejected connection", role=role_name(self.role), remote=remote,
+                        error=reason)
+            self._summarised = self.count
+        elif trio.current_time() >= self._next_summary:
+            self.summarise()
+
+    def summarise(self) -> None:
+        """Log how many connections were rejected since the last line about them."""
+        if self.count > self._summarised:
+            log.warning("rejected connections", role=role_name(self.role),
+                        count=self.count - self._summarised, total=self.count)
+            self._summarised = self.count
+            self._next_summary = trio.current_time() + _LOG_INTERVAL
+
+    def exhausted(self, exc: OSError) -> None:
+        """accept() failed for lack of resources (descriptors, buffers)."""
+        self._exhausted += 1
+        if trio.current_time() >= self._next_exhausted:
+            log.warning("cannot accept connections, backing off", role=role_name(self.role),
+                        error=exc.strerror or str(exc), times=self._exhausted)
+            self._exhausted = 0
+            self._next_exhausted = trio.current_time() + _LOG_INTERVAL
+
+    def describe(self) -> str:
+        shown = "; ".join(self.first)
+        more = f"; first {len(self.first)}: " if self.count > len(self.first) else ": "
+        return f"{self.count} rejected connections{more}{shown}"
+
+
+@dataclasses.dataclass(eq=False)
+class _Attempt:
+    """An incoming connection in its handshake; the listener may drop it (oldest first)
+    until a valid Hello claimed a role for it."""
+
+    scope: trio.CancelScope
+    dropped: bool = False
+    role: int | None = None
+
+    def drop(self) -> None:
+        self.dropped = True
+        self.scope.cancel()
 
 
 async def _accept(
     setup: _Setup, listeners: list[trio.SocketListener], expected: set[int], deadline: float
 ) -> dict[int, _Connection]:
-    """Accept and handshake the roles in ``expected`` until all came or ``deadline`` passed."""
+    """Accept and handshake the roles in ``expected`` until all came or ``deadline`` passed.
+
+    At most ``setup.max_handshakes`` handshakes run at once, each within the handshake
+    timeout; a connection beyond that drops the oldest one that has not sent a valid Hello yet
+    (a flood cannot starve the peers, which retry; a peer past its Hello is not dropped).
+    Running out of descriptors or buffers drops the oldest handshake too and backs off.
+    Nothing an incoming connection does raises out of here but a peer's failed Hello check.
+    """
     connections: dict[int, _Connection] = {}
-    rejected: list[str] = []
+    rejections = _Rejections(setup.role)
+    attempts: dict[_Attempt, None] = {}  # in arrival order
     fatal: list[HandshakeError] = []
     pending = set(expected)
     claimed: set[int] = set()
     where = _format_address(setup.addresses[setup.role])
 
-    def claim(hello: Hello) -> None:
-        if hello.role in claimed:
-            raise HandshakeError(f"{role_name(hello.role)} is already connected")
-        claimed.add(hello.role)
+    def drop_oldest() -> None:
+        for attempt in attempts:
+            if not attempt.dropped and attempt.role is None:
+                attempt.drop()
+                return
 
     async with trio.open_nursery() as nursery:
 
         async def handle(stream: trio.SocketStream) -> None:
-            _nodelay(stream)
+            attempt = _Attempt(trio.CancelScope(
+                deadline=trio.current_time() + setup.handshake_timeout
+            ))
+            attempts[attempt] = None
+            remote = "<unknown>"
+
+            def claim(hello: Hello) -> None:
+                if hello.role in claimed:
+                    raise HandshakeError(f"{role_name(hello.role)} is already connected")
+                claimed.add(hello.role)
+                attempt.role = hello.role
+
             try:
-                remote = _format_address(stream.socket.getpeername()[:2])
-            except OSError:
-                remote = "<unknown>"
-            try:
-                with trio.fail_after(setup.handshake_timeout):
+                with attempt.scope:
+                    remote = _format_address(stream.socket.getpeername()[:2])
+                    _nodelay(stream)
                     role, secured, reader = await _handshake(
                         setup, stream, expected=expected, server_hostname=None, on_hello=claim
                     )
-            except (_RejectedConnection, trio.TooSlowError) as exc:
-                reason = str(exc) or f"no handshake within {setup.handshake_timeout:g} s"
-                log.warning("rejected connection", role=setup.role, remote=remote, error=reason)
-                rejected.append(f"{remote}: {reason}")
-                await trio.aclose_forcefully(stream)
-                return
+                    connections[role] = _Connection(role, remote, secured, reader)
+                    pending.discard(role)
+                    if not pending:
+                        nursery.cancel_scope.cancel()
+                    return
+                reason = (
+                    f"dropped: {setup.max_handshakes} handshakes in progress or no descriptors"
+                    if attempt.dropped else
+                    f"no handshake within {setup.handshake_timeout:g} s"
+                )
             except HandshakeError as exc:
                 await trio.aclose_forcefully(stream)
                 fatal.append(HandshakeError(f"handshake from {remote} failed: {exc.reason}",
                                             peer=exc.peer))
                 nursery.cancel_scope.cancel()
                 return
-            connections[role] = _Connection(role, remote, secured, reader)
-            pending.discard(role)
-            if not pending:
-                nursery.cancel_scope.cancel()
+            except (_RejectedConnection, OSError, trio.BrokenResourceError) as exc:
+                reason = str(exc) or type(exc).__name__
+            finally:
+                del attempts[attempt]
+            claimed.discard(attempt.role)  # it may try again
+            rejections.add(remote, reason)
+            await trio.aclose_forcefully(stream)
 
         async def serve(listener: trio.SocketListener) -> None:
+            delay = _BACKOFF_MIN
             while True:
-                nursery.start_soon(handle, await listener.accept())
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM
+                    rejections.exhausted(exc)
+                    drop_oldest()
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, _BACKOFF_MAX)
+                    continue
+                delay = _BACKOFF_MIN
+                if len(attempts) >= setup.max_handshakes:
+                    drop_oldest()
+                nursery.start_soon(handle, stream)
 
         nursery.cancel_scope.deadline = deadline
         for listener in listeners:
             nursery.start_soon(serve, listener)
 
+    rejections.summarise()
     if fatal or pending:
         for conn in connections.values():
             await trio.aclose_forcefully(conn.stream)
@@ -608,8 +790,8 @@ async def _accept(
             f"peers {', '.join(map(role_name, sorted(pending)))} did not connect to {where} within "
             f"{setup.connect_timeout:g} s"
         )
-        if rejected:
-            raise HandshakeError(f"{message}; rejected connections: {'; '.join(rejected)}")
+        if rejections.count:
+            raise HandshakeError(f"{message}; {rejections.describe()}")
         raise TcpSetupError(message)
     return connections
 
@@ -653,8 +835,16 @@ async def _connect_all(setup: _Setup) -> dict[int, _Connection]:
     if errors:
         for conn in connections.values():
             await trio.aclose_forcefully(conn.stream)
-        raise errors[0]
+        raise _leaf(errors[0])
     return connections
+
+
+def _leaf(error: BaseException) -> BaseException:
+    """An error without the exception groups of the nurseries it went through (a group of
+    several keeps its first leaf as the one to report)."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 @asynccontextmanager
@@ -672,14 +862,19 @@ async def open_tcp_transport(
     retry_max: float = 2.0,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     max_buffered_frames: int = 64,
+    max_handshakes: int = 32,
 ) -> AsyncIterator[TcpTransport]:
     """Connect ``role`` to every other role in ``addresses``; yields the transport.
 
     See the module docstring for topology, handshake and shutdown. ``tls=None`` is refused
-    unless ``allow_plain``. ``max_buffered_frames`` bounds the received frames waiting for
-    :meth:`TcpTransport.receive` (0: unbounded). Raises :class:`HandshakeError` for a peer
-    that fails the handshake and :class:`TcpSetupError` for a port in use or a peer that never
-    came up.
+    unless ``allow_plain``. ``max_frame_bytes`` is the largest frame received (checked before
+    anything is allocated for it) and sent; it is stated in the Hello, and every role of a
+    session must state the same (the session derives it from its public architecture).
+    ``max_buffered_frames`` bounds the received frames waiting for
+    :meth:`TcpTransport.receive` (0: unbounded). ``max_handshakes`` bounds the incoming
+    connections in their handshake at once (see :func:`_accept`). Raises
+    :class:`HandshakeError` for a peer that fails the handshake and :class:`TcpSetupError`
+    for a port in use, unreadable TLS files or a peer that never came up.
     """
     if role not in addresses:
         raise ValueError(f"role {role} has no address in {dict(addresses)}")
@@ -692,9 +887,15 @@ async def open_tcp_transport(
         )
     if not 0 < max_frame_bytes < END_OF_STREAM:
         raise ValueError(f"max_frame_bytes must be in 1..2**64-2, got {max_frame_bytes}")
+    if max_handshakes < 1:
+        raise ValueError(f"max_handshakes must be at least 1, got {max_handshakes}")
+    server_tls, client_tls = _tls_contexts(
+        tls, server=any(p > role for p in addresses), client=any(p < role for p in addresses)
+    )
+    hello = Hello(VERSION, session, role, config_digest, max_frame_bytes)
     setup = _Setup(
-        role, dict(addresses), Hello(VERSION, session, role, config_digest), tls,
-        connect_timeout, handshake_timeout, retry_initial, retry_max,
+        role, dict(addresses), hello, encode_message(hello), tls, server_tls, client_tls,
+        connect_timeout, handshake_timeout, retry_initial, retry_max, max_handshakes,
     )
     connections = await _connect_all(setup)
     transport = TcpTransport(

@@ -4,7 +4,8 @@ Every role receives frames no larger than :func:`max_frame_bytes`, a function of
 architecture and of the session's context (positions per prompt); it is part of the
 configuration digest and the TCP transport refuses a larger frame before allocating it. So
 a peer cannot make a role allocate gigabytes, and the limit stays in the tens of MB for a
-model like SmolLM2 (about 26 MB for a context of 256 positions) instead of the codec's 2 GiB.
+model like SmolLM2 (about 26 MB for a context of 256 positions) instead of the codec's
+default of 256 MiB.
 
 What makes frames large:
 

@@ -71,7 +71,7 @@ def run_session(
     ``settings`` default to :func:`in_process_settings` of the weights' architecture with
     ``max_new_tokens`` (which given settings replace). ``run_options`` go to
     :func:`~puma_async.runner.run_local` (latency, bandwidth, entropy, wrap_transport, ...;
-    the session id and liveness default to the settings'). Raises ContextLengthError /
+    the session id, liveness and frame limit default to the settings'). Raises ContextLengthError /
     ValueError before anything runs, RunFailedError if a role fails.
     """
     if settings is None:
@@ -82,6 +82,7 @@ def run_session(
                                      options=options or GenerationOptions(), progress=progress)
     run_options.setdefault("session", settings.session)
     run_options.setdefault("liveness", settings.liveness)
+    run_options.setdefault("max_frame_bytes", settings.max_frame_bytes)
     run = run_local(programs, **run_options)
     client: ClientResult = run.results[CLIENT]
     results, setup_seconds = client
