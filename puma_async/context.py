@@ -20,6 +20,9 @@ The kit a protocol is written with:
   ``less_than``): each call runs in a child step of its own, inside a scope named after the
   protocol, so statistics read as protocol names. The child path is fixed when the protocol
   is *called*, as MPyC's ``mpc_coro`` forks its program counter at the call.
+
+The kit is kept in this one module (about 400 lines), beside the handle it extends, so that a
+protocol author reads one file.
 """
 
 from __future__ import annotations
