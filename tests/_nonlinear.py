@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.protocols.evaluate import Evaluation, SecureFn, evaluate
+from puma_async.evaluate import Evaluation, SecureFn, evaluate
 from puma_async.protocols.fixedpoint import FixedPoint
 
 FX = FixedPoint(18)
