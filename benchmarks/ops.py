@@ -2,7 +2,7 @@
 
 A registry of named benchmarks (:data:`BENCHMARKS`, add one with :func:`benchmark`); each runs
 its op with the three parties and the client in one process (in-memory transport, no
-latency) through :func:`~puma_async.protocols.evaluate.evaluate` and reports the op alone:
+latency) through :func:`~puma_async.evaluate.evaluate` and reports the op alone:
 seconds from the first party entering it to the last one leaving it (best of ``--repeats``,
 and the median of them: this shared machine's load swings), payload bytes sent by P0, P1 and
 P2 together, and rounds (critical path). Where PUMA's SPU was measured on this machine class
@@ -29,15 +29,15 @@ from typing import Any
 import numpy as np
 import reporting
 
+from puma_async.context import Context
+from puma_async.evaluate import Evaluation, SecureFn, evaluate
 from puma_async.protocols import compare
 from puma_async.protocols.activations import gelu, silu
 from puma_async.protocols.arith import matmul_fxp, mul_fxp
-from puma_async.protocols.evaluate import Evaluation, SecureFn, evaluate
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.norms import layer_norm, rms_norm
 from puma_async.protocols.ringmatmul import ring_matmul
 from puma_async.protocols.softmax import softmax
-from puma_async.runtime import Context
 
 _erf = np.vectorize(math.erf)
 Result = dict[str, Any]

@@ -14,10 +14,9 @@ checks that the README's tables equal what this script renders from the committe
 
 ``--check`` changes nothing and exits 1 if a table differs from its JSON.
 
-The table ``costs`` (rounds, bytes per element and error of each op) comes from the protocol
-kit's cost data, not from a benchmark: its renderer, :func:`render_costs`, takes those rows;
-:func:`cost_rows` is the hook that reads them, and returns None (the table is left as it is)
-until that data exists.
+The table ``costs`` (rounds, bytes per element and error of each op) comes from the ops'
+declared costs (``puma_async.protocols.costs``, which ``tests/test_costs.py`` checks against
+measured runs), not from a benchmark JSON.
 """
 
 from __future__ import annotations
@@ -201,19 +200,36 @@ def render_llama(data: Data) -> list[str]:
 
 
 def render_costs(rows: Iterable[Data]) -> list[str]:
-    """The cost of each op: rows of ``op``, ``rounds``, ``bytes_per_element`` (all parties
-    together) and ``error``, as the protocol kit declares them."""
-    lines = ["| op | rounds | bytes per element | error |", "|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| `{row['op']}` | {row['rounds']} | {row['bytes_per_element']} "
-                     f"| {row['error']} |")
+    """The declared cost of each op (``puma_async.protocols.costs.rows()``): one row per
+    measured case, online rounds and bytes per element from all parties together; the error
+    bound on an op's first row. An offline column appears once any op has an offline part."""
+    rows = list(rows)
+    offline = any(r["offline_rounds"] or r["offline_bytes"] for r in rows)
+    head = "| op | inputs | rounds | bytes per element |" + (" offline |" if offline else "")
+    lines = [head + " error |", "|---|---|---|---|" + ("---|" if offline else "") + "---|"]
+    previous = None
+    for r in rows:
+        label = f"`{r['op'].rsplit('.', 1)[0]}.{r['name']}`"  # the variant, if any, is in name
+        first = label != previous
+        shapes = ", ".join("(" + ", ".join(map(str, s)) + ("," if len(s) == 1 else "") + ")"
+                           for s in r["shapes"])
+        per = "" if r["per"] == "element" else f" per {r['per']}"
+        cells = [label if first else "", shapes, str(r["online_rounds"]),
+                 f"{r['online_bytes']:g}{per}"]
+        if offline:
+            cells.append(f"{r['offline_rounds']} rounds, {r['offline_bytes']:g}")
+        cells.append(r["error"].replace("|", "\\|") if first else "")
+        lines.append("| " + " | ".join(cells) + " |")
+        previous = label
     return lines
 
 
-def cost_rows() -> list[Data] | None:
-    """The ops' declared costs, once the protocol kit provides them as data; None until then
-    (the README's cost table stays as written)."""
-    return None
+def cost_rows() -> list[Data]:
+    """The ops' declared costs (``puma_async.protocols.costs``, checked against measured ones
+    by ``tests/test_costs.py``)."""
+    from puma_async.protocols import costs
+
+    return list(costs.rows())
 
 
 TABLES = {
@@ -231,8 +247,9 @@ TABLES = {
 def render(name: str, results: Path = RESULTS) -> str | None:
     """The body of table ``name`` (ending in a newline), or None when its data is missing."""
     if name == "costs":
-        rows = cost_rows()
-        return None if rows is None else "\n".join(render_costs(rows)) + "\n"
+        head = ("Declared in `protocols/costs.py` (`tests/test_costs.py` measures every case); "
+                "`python benchmarks/tables.py` renders them.\n\n")
+        return head + "\n".join(render_costs(cost_rows())) + "\n"
     table = TABLES.get(name)
     if table is None:
         raise KeyError(f"unknown table {name!r} (known: costs, {', '.join(TABLES)})")

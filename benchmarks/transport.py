@@ -30,7 +30,8 @@ import numpy as np
 import reporting
 import trio
 
-from puma_async.runtime import Context, PartyOptions, run_party
+from puma_async.context import ArraySpec, Context
+from puma_async.runtime import PartyOptions, run_party
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
 from puma_async.transports.tcp import open_tcp_transport
@@ -39,6 +40,7 @@ from puma_async.transports.tls import ClusterPki, create_cluster_pki
 SESSION = b"benchmark-sessio"
 MIB = 1 << 20
 SMALL = np.arange(8, dtype=np.uint64)
+SMALL_SPEC = ArraySpec.of(SMALL.dtype, SMALL.shape)
 WARMUP = 50
 
 Pair = dict[int, Transport]
@@ -203,21 +205,21 @@ async def runtime_level(pair: Pair, rounds: int, mib: int) -> dict[str, float]:
     async def pinger(ctx: Context) -> None:
         async def round_trip() -> None:
             await ctx.send_arrays(1, SMALL)
-            await ctx.recv_arrays(1, 1)
+            await ctx.recv_array(1, SMALL_SPEC)
 
         measured["rtt_us"] = await median_round_trip_us(rounds, round_trip)
         start = time.perf_counter()
         for _ in range(mib):
             await ctx.send_arrays(1, big)
-        await ctx.recv_arrays(1, 1)
+        await ctx.recv_array(1, SMALL_SPEC)
         measured["gib_per_s"] = mib * MIB / (time.perf_counter() - start) / (1 << 30)
 
     async def ponger(ctx: Context) -> None:
         for _ in range(rounds + WARMUP):
-            (array,) = await ctx.recv_arrays(0, 1)
+            array = await ctx.recv_array(0, SMALL_SPEC)
             await ctx.send_arrays(0, array)
         for _ in range(mib):
-            await ctx.recv_arrays(0, 1)
+            await ctx.recv_array(0, ArraySpec.of(big.dtype, big.shape))
         await ctx.send_arrays(0, SMALL)
 
     programs: dict[int, Callable[[Context], Awaitable[None]]] = {0: pinger, 1: ponger}

@@ -5,7 +5,8 @@ piece that is 0, x, or c0 + a x + sum_k c_k u^k in a variable u = x / s or u = (
 |u| <= 1 on the pieces' intervals. The breakpoint comparisons (one batched comparison) and the
 polynomials run concurrently (:func:`~.polynomial.piecewise`); all pieces share one set of
 powers and one truncation, and the selection's multiplications run alongside the comparison,
-so rounds = max(comparison (8), pieces + 1).
+so rounds = max(comparison (8), pieces + 1). Pieces take a round more from 12,288 elements
+on, where the truncations rotate their roles (the dealer joins the critical path).
 
 ``method="accurate"`` (default) uses GeLU(x) - x/2 and SiLU(x) - x/2 being *even*: one
 polynomial in u = (x/T)^2 on [-T, T], 0 below -T and x above T, i.e. two comparisons instead
@@ -13,17 +14,18 @@ of PUMA's three. Fits (offline, numpy): Lawson's iteratively reweighted least sq
 (minimax) of f(x) - x/2 on 20,001 points of [-T, T], T chosen on a 0.01 grid so that the
 polynomial's error equals the tail error |f(x) - relu(x)| at T.
 
-Measured (tests/test_nonlinear_activations.py; 320,001 points of [-16, 16] plus +-2^16;
-bytes per element sent by all parties together):
+Measured (errors: tests/test_nonlinear_activations.py, 320,001 points of [-16, 16] plus
++-2^16; costs: ``costs.py``; rounds below / from 12,288 elements; bytes per element sent by
+all parties together):
 
-=============  ============  ====================  ======  =====  ===================
-function       breakpoints   powers                rounds  bytes  max error (at x)
-=============  ============  ====================  ======  =====  ===================
-GeLU accurate  -3.15, 3.15   u, u^2, u^3, u^4      9       384    0.0026 (3.15)
-GeLU puma      -4, -1.95, 3  x^2, x^3, x^4, x^6    9       503    0.0199 (3.00)
-SiLU accurate  -7.22, 7.22   u, u^2, ..., u^6      11      471    0.0053 (4.14)
-SiLU puma      -8, -4, 4     x^2, x^4, x^6         9       459    0.0719 (4.00)
-=============  ============  ====================  ======  =====  ===================
+=============  ============  ====================  ======  ======  ===================
+function       breakpoints   powers                rounds  bytes   max error (at x)
+=============  ============  ====================  ======  ======  ===================
+GeLU accurate  -3.15, 3.15   u, u^2, u^3, u^4      8 / 9   384.25  0.0026 (3.15)
+GeLU puma      -4, -1.95, 3  x^2, x^3, x^4, x^6    8 / 9   503.25  0.0199 (3.00)
+SiLU accurate  -7.22, 7.22   u, u^2, ..., u^6      10 / 11 471.25  0.0053 (4.14)
+SiLU puma      -8, -4, 4     x^2, x^4, x^6         8 / 9   458.75  0.0719 (4.00)
+=============  ============  ====================  ======  ======  ===================
 
 The errors are those of the approximations on the whole real line (fixed-point rounding adds
 < 1e-4); every |x| < 2^62 is handled exactly outside [-T, T] (0 or x, garbage polynomial
@@ -37,9 +39,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from puma_async.runtime import Context
+from puma_async.context import Context, protocol
 
-from .arith import fixed_point, mul_fxp
+from .arith import mul_fxp
+from .fixedpoint import fixed_point
 from .polynomial import Term, linear_forms, piecewise, powers, zeros_like
 from .shares import AShare
 
@@ -136,18 +139,22 @@ async def evaluate_piecewise(ctx: Context, x: AShare, spec: PiecewisePolynomial)
     return await piecewise(ctx, x, spec.breakpoints, lambda c: piece_values(c, x, spec))
 
 
+@protocol
 async def gelu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
     """GeLU(x) = x Phi(x). Max error 0.0026 ("accurate") or 0.0199 ("puma", PUMA eq. 2-3).
 
-    Cost: 9 rounds; 384 ("accurate") or 503 ("puma") bytes per element in all.
+    Cost (either method): 8 rounds below 12,288 elements, 9 rounds from there on; 384.25
+    ("accurate") or 503.25 ("puma") bytes per element in all.
     """
     return await evaluate_piecewise(ctx, x, APPROXIMATIONS["gelu", method])
 
 
+@protocol
 async def silu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
     """SiLU(x) = x sigmoid(x). Max error 0.0053 ("accurate") or 0.0719 ("puma", SPU's LLaMA).
 
-    Cost: 11 ("accurate") or 9 ("puma") rounds; 471 or 459 bytes per element in all.
+    Cost: "accurate" 10 rounds below 12,288 elements, 11 rounds from there on, 471.25 bytes
+    per element in all; "puma" 8 rounds, then 9 rounds, 458.75 bytes.
     """
     return await evaluate_piecewise(ctx, x, APPROXIMATIONS["silu", method])
 

@@ -5,14 +5,15 @@ z_i = (x_i + x_{i+1}) y_i + x_i y_{i+1} (+ a fresh zero-sharing alpha_i), and
 
 - in the ring (:func:`mul`, :func:`square`, :func:`matmul`) sends z_i to P_{i-1}:
   1 round, one ring element per output element per party (8 bytes);
-- in fixed point (:func:`mul_fxp`, :func:`square_fxp`, :func:`matmul_fxp`) feeds z_i straight
-  into the truncation (:func:`.trunc.truncate_additive`) instead of resharing it:
+- in fixed point (:func:`mul_fxp`, :func:`square_fxp`, :func:`matmul_fxp`, and
+  :func:`dot_fxp` for sums of products) feeds z_i straight into the truncation
+  (:func:`.trunc.truncate_additive`) instead of resharing it:
   2 rounds in all, 40 + f/8 bytes per output element from all parties together (f = bits,
   18 by default: 42.25 bytes, 14.1 per party), versus 3 rounds and 50.25 bytes for
   :func:`mul` followed by :func:`.trunc.truncate`.
 
 The fixed-point product of values with f fractional bits has 2f; it is truncated by ``bits``
-(default: the session's ``fixed_point(ctx).frac_bits``) to floor(p / 2^bits) + e, e in {0, 1}
+(default: the session's :func:`.fixedpoint.fixed_point`) to floor(p / 2^bits) + e, e in {0, 1}
 (one ulp at most), which needs the ring product p in [-2^62, 2^62) as a signed value.
 
 Secret x public: :func:`matmul_public` is local (0 rounds); the ``*_public_fxp`` variants take
@@ -22,7 +23,7 @@ truncate (:func:`.trunc.truncate`: 2 rounds, 24 + f/8 bytes per output element i
 Matrix products (..., m, k) @ (..., k, n) follow numpy broadcasting. Each party's products run
 in :func:`.ringmatmul.ring_matmul` in a worker thread (it releases the GIL), so the three
 parties of one process overlap theirs; secret x secret costs one ring matmul of inner size 2k
-per party.
+per party. Costs are declared and tested in :mod:`.costs`.
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from puma_async.runtime import Context
+from puma_async.context import Context
 
 from . import ring
+from .fixedpoint import fixed_point
+from .offload import offload
 from .randomness import zero_share
 from .ring import RingArray, to_ring
 from .ringmatmul import ring_matmul
 from .shares import AShare
-from .trunc import fixed_point, offload, resolve_bits, truncate, truncate_additive
+from .trunc import resolve_bits, truncate, truncate_additive
 
 MACS_PER_ELEMENT = 16
 """A ring multiply-add in a matmul kernel costs about 1/16 of an element-wise op's pass, so a
@@ -83,6 +86,18 @@ async def finish_product(ctx: Context, z: RingArray, bits: int) -> AShare:
     zero-sharing, then reshare (``bits`` = 0: 1 round) or truncate (2 rounds)."""
     z = ring.add(z, zero_share(ctx, np.shape(z)))
     return await truncate_additive(ctx, z, bits)
+
+
+async def dot_fxp(ctx: Context, a: AShare, b: AShare, bits: int) -> AShare:
+    """sum over the last axis of a * b (broadcasting), truncated once by ``bits``: 2 rounds
+    (1 if bits = 0), the bytes of one product (:func:`.arith.mul_fxp`) per sum."""
+    z = await offload(_dot_local, a, b, size=max(a.size, b.size))
+    return await finish_product(ctx, z, bits)
+
+
+def _dot_local(a: AShare, b: AShare) -> RingArray:
+    """This party's additive share of sum_k a_k b_k (the products of :func:`.arith.mul`)."""
+    return np.sum(mul_local(a, b), axis=-1, dtype=np.uint64)
 
 
 async def mul(ctx: Context, x: AShare, y: AShare) -> AShare:
@@ -178,6 +193,7 @@ async def mul_public_fxp(ctx: Context, x: AShare, c: Any, bits: int | None = Non
 
 
 __all__ = [
-    "fixed_point", "matmul", "matmul_fxp", "matmul_public", "matmul_public_fxp", "mul",
-    "mul_fxp", "mul_local", "mul_public_fxp", "square", "square_fxp", "truncate",
+    "dot_fxp", "finish_product", "matmul", "matmul_fxp", "matmul_public", "matmul_public_fxp",
+    "matmul_stacked", "mul", "mul_fxp", "mul_local", "mul_public_fxp", "square", "square_fxp",
+    "stack_left", "stack_right",
 ]

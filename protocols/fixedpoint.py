@@ -12,14 +12,16 @@ setting). Precision and range, for f = 18:
   head-room (a product of two encodings carries 2f fractional bits; truncation needs
   |x| < 2^62 of the ring value), which is their business, not this module's.
 
-All functions are vectorised, one or two passes over the data.
+All functions are vectorised, one or two passes over the data. A session's format is
+per-party state (:func:`fixed_point`: the installed :class:`FixedPoint`, f = 18 unless a
+session installs another), so every protocol step of the session reads the same one.
 """
 
 from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +29,9 @@ import numpy.typing as npt
 from puma_async.errors import FixedPointRangeError
 
 from .ring import RING_DTYPE, RingArray
+
+if TYPE_CHECKING:
+    from puma_async.context import Context
 
 _TWO63 = float(2**63)
 
@@ -102,3 +107,13 @@ class FixedPoint:
         if not ok.all():
             raise _range_error(~ok, "integers are out of", self.frac_bits)
         return arr.astype(np.int64).view(RING_DTYPE) * np.uint64(1 << self.frac_bits)
+
+
+DEFAULT_FIXED_POINT = FixedPoint()
+"""18 fractional bits, PUMA's setting: the format of a session that installs none."""
+
+
+def fixed_point(ctx: Context) -> FixedPoint:
+    """The session's fixed-point format: the :class:`FixedPoint` installed as per-party state
+    (``ctx.install(FixedPoint(12))``), else :data:`DEFAULT_FIXED_POINT`."""
+    return ctx.state(FixedPoint, DEFAULT_FIXED_POINT)

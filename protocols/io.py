@@ -1,8 +1,10 @@
 """Getting secrets in and out: input sharing by an owner, opening to parties or a role.
 
 Inputs: the owner (model owner, client, or any role outside the three parties) derives x_0 and
-x_1 from the seeds of :func:`.randomness.setup_input_seeds` and sends only x_2 = x - x_0 - x_1
-to P_1 and P_2: 2 elements per input element from the owner, 1 round, 0 from the parties.
+x_1 from the seeds of :func:`.randomness.setup_input_seeds` (the parties' typed
+:class:`~.randomness.InputSeeds` state) and sends only x_2 = x - x_0 - x_1 to P_1 and P_2:
+2 elements per input element from the owner, 1 round, 0 from the parties. Every received
+array is checked against its public shape (a protocol error naming the sender if not).
 
 Openings (1 round each):
 - :func:`reveal`: to all three parties; each party sends 1 element per element.
@@ -17,25 +19,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from puma_async.errors import ProtocolError
+from puma_async.context import ArraySpec, Context
 from puma_async.roles import PARTIES, next_party, prev_party
-from puma_async.runtime import Context
 
 from . import ring
+from .offload import offload
 from .prg import Prg
-from .randomness import input_seeds
-from .ring import RING_DTYPE, RingArray, to_ring
+from .randomness import input_prg
+from .ring import RingArray, to_ring
 from .shares import AShare
-from .trunc import offload
-
-
-def _check_shape(ctx: Context, array: np.ndarray, shape: Sequence[int], peer: int) -> RingArray:
-    if array.dtype != RING_DTYPE or array.shape != tuple(shape):
-        raise ProtocolError(
-            f"expected a uint64 array of shape {tuple(shape)}, got {array.dtype} {array.shape}",
-            peer=peer, step=ctx.step_name,
-        )
-    return array
 
 
 async def share_input(
@@ -53,20 +45,19 @@ async def share_input(
     if ctx.role == owner:
         if value is None or np.shape(value) != shape:
             raise ValueError(f"input owner must give a value of shape {shape}")
-        s0, s1 = input_seeds(ctx, owner)  # type: ignore[misc]
+        s0, s1 = input_prg(ctx, owner, 0), input_prg(ctx, owner, 1)
         x2 = await offload(_third_share, value, s0, s1, label, shape, size=size)
         for party in (1, 2):
             await ctx.send_arrays(party, x2)
         return None
     if ctx.role not in PARTIES:
         return None
-    seeds = input_seeds(ctx, owner)
     me = ctx.role
     if me == 0:
-        first, second = seeds[0], seeds[1]  # type: ignore[index]
+        first, second = input_prg(ctx, owner, 0), input_prg(ctx, owner, 1)
         return AShare(*await offload(_draw_pair, first, second, label, shape, size=size))
-    x2 = _check_shape(ctx, await ctx.recv_array(owner), shape, owner)
-    seed = seeds[1 if me == 1 else 0]  # type: ignore[index]
+    x2 = await ctx.recv_array(owner, ArraySpec.ring(shape))
+    seed = input_prg(ctx, owner, 1 if me == 1 else 0)
     mine = await offload(seed.ring, label, shape, size=size)
     return AShare(mine, x2) if me == 1 else AShare(x2, mine)
 
@@ -86,7 +77,7 @@ async def reveal(ctx: Context, x: AShare) -> RingArray:
     """Open x to all three parties (each sends its second half to the previous party)."""
     me = ctx.role
     await ctx.send_arrays(prev_party(me), x.second)
-    missing = _check_shape(ctx, await ctx.recv_array(next_party(me)), x.shape, next_party(me))
+    missing = await ctx.recv_array(next_party(me), ArraySpec.ring(x.shape))
     return ring.add(ring.add(x.first, x.second), missing)
 
 
@@ -97,7 +88,7 @@ async def reveal_to_party(ctx: Context, x: AShare, party: int) -> RingArray | No
         await ctx.send_arrays(party, x.second)
     if me != party:
         return None
-    missing = _check_shape(ctx, await ctx.recv_array(next_party(me)), x.shape, next_party(me))
+    missing = await ctx.recv_array(next_party(me), ArraySpec.ring(x.shape))
     return ring.add(ring.add(x.first, x.second), missing)
 
 
@@ -116,7 +107,5 @@ async def reveal_to(
         await ctx.send_arrays(role, x.second)
     if me != role:
         return None
-    shape = tuple(int(d) for d in shape)
-    x01 = _check_shape(ctx, await ctx.recv_array(0), shape, 0)
-    x2 = _check_shape(ctx, await ctx.recv_array(1), shape, 1)
-    return ring.add(x01, x2)
+    spec = ArraySpec.ring(shape)
+    return ring.add(await ctx.recv_array(0, spec), await ctx.recv_array(1, spec))

@@ -4,7 +4,8 @@ All three parties run these steps (SPMD) on their shares of the weights and of t
 stream (fixed point, f = 18 fractional bits, rows = token positions). The architecture,
 shapes, positions and the causal mask are public; weights, tokens and activations are not.
 
-Weight layout (:class:`SecureModel`, built once per session by :func:`receive_weights`):
+Weight layout (:class:`SecureModel`, built once per session from the model owner's shares:
+:func:`store_share` per tensor of :func:`weight_plan`, then :func:`assemble_model`):
 
 - Every projection W (k, n) used as ``x @ W`` is held as a :class:`SecureWeight`: the party's
   two halves stacked as rows [W_i; W_{i+1}] (2k, n) in one C-contiguous array, so that the
@@ -19,12 +20,15 @@ Weight layout (:class:`SecureModel`, built once per session by :func:`receive_we
 
 Costs per layer for n new tokens and T cached + new positions (per party; R = rounds;
 M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith`` and
-``trunc``): RMSNorm (norms: 16 R with its gain), QKV (M, n (q + 2kv) outputs), RoPE
+``trunc``): RMSNorm (norms: 15-16 R with its gain), QKV (M, n (q + 2kv) outputs), RoPE
 (truncation: 2 R, ~8 bytes per q/k element), scores and P @ V (2 x 2 R, all heads batched by
 key/value group), softmax (softmax: 8-11 R for the maximum of T <= 8, ~8 log2(T / 8) + 11
-beyond, + 32 R, with the public causal mask), output projection (M),
+beyond, + 32 R, with the public causal mask; 43 R for rows of 8), output projection (M),
 RMSNorm, gate/up (M), SiLU (activations: ~12 R), SiLU x up (2 R), down (M).
 Embedding: 1 round, n hidden elements; head (last position only): RMSNorm + M on vocab outputs.
+Statistics: scopes ``embed``, ``layer{i}.attn``, ``layer{i}.mlp`` and ``head``, and inside them
+the protocols' own (``rms_norm``, ``softmax`` with ``max_along``, ``neg_exp`` and
+``reciprocal``, ``silu``).
 """
 
 from __future__ import annotations
@@ -37,28 +41,29 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
+from puma_async.context import Context
 from puma_async.errors import ContextLengthError
 from puma_async.model.config import LlamaConfig
-from puma_async.model.reference import rope_tables
+from puma_async.model.rope import rope_tables
 from puma_async.model.weights import LlamaWeights
-from puma_async.runtime import Context
 
 from .activations import silu
 from .arith import (
     finish_product,
-    fixed_point,
     matmul_fxp,
     matmul_stacked,
     mul_fxp,
     stack_left,
     stack_right,
 )
+from .fixedpoint import fixed_point
 from .norms import rms_norm
+from .offload import offload
 from .ring import RingArray
 from .ringmatmul import ring_matmul
 from .shares import AShare
 from .softmax import softmax
-from .trunc import offload, truncate
+from .trunc import truncate
 
 # ----------------------------------------------------------------------------- weights
 

@@ -11,7 +11,7 @@ sums of squares per row, both in one dot product (one ring element per row on th
 - *wide*: S_w = sum (v / 2^k)^2 with v / 2^k truncated first (k = 8 for RMSNorm rows of 576
   values up to 2^16), valid for every row up to ``max_abs``.
 
-rsqrt of both is one :func:`.reciprocal.segmented_power` over a chain of two ranges (all
+rsqrt of both is one :func:`.segments.segmented_power` over a chain of two ranges (all
 comparisons in one batch, all candidates in another), sqrt(n) of the mean and each path's
 exponent folded into the candidates' coefficients. The wide range starts at S_w = 2^j
 (j = 60 - 2k) and its first comparison [S_w >= 2^j] *is* the selection: below it the precise
@@ -26,13 +26,13 @@ with eps a^2. Then y = v rsqrt (one fused multiplication+truncation, rsqrt carri
 61 - f - log2 sqrt(n) fractional bits), then * w (public: local scale and truncation; secret:
 a fixed-point multiplication), then + b.
 
-Cost (measured, 3 parties together): 14 rounds (+2 with weights): truncation 2, sums 1,
-rsqrt 7 + 2 (one round per path), product 2 (13 on the longest path of RMSNorm (8, 576),
-where short truncations leave the dealer idle); 19 messages sent by P0 for RMSNorm (8, 576),
-30 for LayerNorm (128, 768).
-RMSNorm (8, 576) 112 and LayerNorm (128, 768) 129 bytes per element: per element the
-truncation(s) (25 bytes each) and the product (45); per row 24 kB, the rsqrt's (152
-comparisons with their products, 153 candidates, 51 octaves).
+Cost (3 parties together; ``costs.py``): 14 rounds from 12,288 elements on (+2 with a
+weight): truncation 2, sums 1, rsqrt 7 + 2 (one round per path), product 2; 13 rounds on
+fewer elements, where the truncations leave their dealer idle. 19 messages sent by P0 for
+RMSNorm (8, 576), 30 for LayerNorm (128, 768). Bytes per element: 111.87 for RMSNorm
+(8, 576) (114.80 for one row), 129.31 for LayerNorm (8, 768): per element the truncation(s)
+(25 bytes each) and the product (45); per row 24 kB, the rsqrt's (152 comparisons with
+their products, 153 candidates, 51 octaves).
 Accuracy (tests/test_nonlinear_norms.py, rows from all zeros to every entry at 2^16, one
 entry at 22,500, a mean of 2^15, sums of squares on both sides of the switch between the
 paths): rsqrt's relative error is <= 1.3e-6 on the precise path and below the wide path's
@@ -49,16 +49,20 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.runtime import Context
+from puma_async.context import Context, protocol
 
-from .arith import fixed_point, mul_fxp, truncate
+from .arith import dot_fxp, mul_fxp
+from .fixedpoint import fixed_point
 from .polynomial import HEADROOM_BITS, repeat_last
-from .reciprocal import RSQRT_SEGMENTS, Exponents, dot_fxp, plan_segments, segmented_power
+from .reciprocal import RSQRT_SEGMENTS
+from .segments import Exponents, plan_segments, segmented_power
 from .shares import AShare, stack
+from .trunc import truncate
 
 Weight = AShare | npt.ArrayLike | None
 
 
+@protocol
 async def rms_norm(
     ctx: Context,
     x: AShare,
@@ -75,6 +79,7 @@ async def rms_norm(
     return await _normalise_rows(ctx, x, 0, eps, max_abs, weight, None)
 
 
+@protocol
 async def layer_norm(
     ctx: Context,
     x: AShare,

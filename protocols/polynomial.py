@@ -1,8 +1,8 @@
 """Polynomials and piecewise polynomials of secret fixed-point values.
 
 One evaluator serves every polynomial approximation in puma-async (GeLU, SiLU, negExp,
-reciprocal, rsqrt; the last two finish with :func:`.reciprocal.dot_fxp` instead of a linear
-form, and rsqrt selects among many candidate pieces, :func:`.reciprocal.segmented_power`):
+reciprocal, rsqrt; the last two finish with :func:`.arith.dot_fxp` instead of a linear
+form, and rsqrt selects among many candidate pieces, :func:`.segments.segmented_power`):
 
 - :func:`powers` computes the powers u^k a polynomial needs with the least multiplicative
   depth: u^k in round ceil(log2 k), all products of one depth in one batched multiplication
@@ -12,9 +12,9 @@ form, and rsqrt selects among many candidate pieces, :func:`.reciprocal.segmente
   as the ring allows (term bounds are public), so no precision is lost to rounding them.
 - :func:`piecewise` evaluates the breakpoint comparisons (one batched comparison) and the
   pieces *concurrently* (:meth:`Context.gather`); each comparison bit multiplies the
-  difference of its neighbouring pieces *alongside* the comparison (:func:`below_times`:
-  the MSB with a random bit r, :func:`masked_sign`, then c = MSB ^ r opened beside r times
-  the factor, :func:`sign_times`).
+  difference of its neighbouring pieces *alongside* the comparison
+  (:func:`.compare.below_times`: the MSB with a random bit r, then c = MSB ^ r opened beside
+  r times the factor).
 
 Costs (bytes sent by all parties together, per element): powers of degree n: ceil(log2 n)
 levels of one fused multiplication+truncation (:func:`.arith.mul_fxp`: 2 rounds, ~44 bytes
@@ -32,13 +32,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import numpy as np
 
-from puma_async.runtime import Context
+from puma_async.context import Context
 
-from .arith import fixed_point, mul, mul_fxp, truncate
-from .boolean import msb_packed, open_bits, unpack_bits
-from .compare import random_bit
-from .ring import RING_DTYPE, RingArray, neg, to_ring
-from .shares import AShare, BShare, stack
+from .arith import mul_fxp
+from .compare import below_times
+from .fixedpoint import fixed_point
+from .ring import RING_DTYPE, neg
+from .shares import AShare, stack
+from .trunc import truncate
 
 HEADROOM_BITS = 61
 """Linear combinations are scaled to stay below 2^61 in magnitude (truncation needs < 2^62)."""
@@ -136,61 +137,6 @@ def _ring_int(v: float) -> np.uint64:
     return np.int64(round(v)).view(np.uint64)
 
 
-@dataclasses.dataclass(frozen=True)
-class MaskedSign:
-    """[x < 0] ready to multiply a factor (:func:`sign_times`): x's MSB (one packed row of
-    boolean shares) and a random bit r per element, packed boolean and arithmetic (x's shape).
-    """
-
-    msb: BShare
-    r_bool: BShare
-    r_arith: AShare
-
-
-async def masked_sign(ctx: Context, x: AShare) -> MaskedSign:
-    """The MSB of x (signed) alongside a random bit per element: 7 rounds, the bytes of
-    :func:`.compare.is_negative` but the opening (3 bits per element)."""
-    n = x.size
-    bit, (r_bool, r_arith) = await ctx.gather(
-        lambda c: msb_packed(c, x.reshape(n)), lambda c: random_bit(c, n)
-    )
-    return MaskedSign(bit, r_bool, r_arith.reshape(x.shape))
-
-
-async def open_sign(ctx: Context, sign: MaskedSign) -> RingArray:
-    """c = MSB ^ r opened, a 0/1 ring value per element (x's shape): 1 round. It reveals
-    nothing (r is uniform); [x < 0] * f is then :func:`sign_product` of c, f and r * f."""
-    r = sign.r_arith
-    return unpack_bits(await open_bits(ctx, sign.msb ^ sign.r_bool), r.size).reshape(r.shape)
-
-
-def sign_product(c: RingArray, f: AShare, rf: AShare) -> AShare:
-    """[x < 0] * f = c f + (1 - 2c) r f from the opened c and the product rf = r * f (local)."""
-    return f.scale(c) + rf.scale(to_ring(np.int64(1) - (c.view(np.int64) << 1)))
-
-
-async def sign_times(ctx: Context, sign: MaskedSign, f: AShare) -> AShare:
-    """[x < 0] * f elementwise (f of x's shape): 1 round, :func:`open_sign` beside one
-    multiplication r * f (one ring element per element per party). Exact."""
-    c, rf = await ctx.gather(
-        lambda c_: open_sign(c_, sign), lambda c_: mul(c_, sign.r_arith, f)
-    )
-    return sign_product(c, f, rf)
-
-
-async def below_times(
-    ctx: Context, x: AShare, factor: Callable[[Context], Awaitable[AShare]]
-) -> AShare:
-    """[x < 0] * factor elementwise (x signed; factor of x's shape, computed concurrently).
-
-    :func:`masked_sign` runs alongside factor(ctx), then :func:`sign_times`.
-    Rounds: max(MSB + 1, factor + 1) (the comparison's 8 when factor is ready in time).
-    Bytes: those of :func:`.compare.is_negative` plus one multiplication.
-    """
-    sign, f = await ctx.gather(lambda c: masked_sign(c, x), factor)
-    return await sign_times(ctx, sign, f)
-
-
 async def piecewise(
     ctx: Context, x: AShare, breakpoints: Sequence[float], pieces: Pieces
 ) -> AShare:
@@ -215,7 +161,5 @@ async def piecewise(
 
 
 __all__ = [
-    "HEADROOM_BITS", "MaskedSign", "Term", "below_times", "linear_forms", "masked_sign",
-    "open_sign", "piecewise", "powers", "repeat_last", "sign_product", "sign_times",
-    "zeros_like",
+    "HEADROOM_BITS", "Term", "linear_forms", "piecewise", "powers", "repeat_last", "zeros_like",
 ]

@@ -22,11 +22,10 @@ Promises and caveats:
   gives independent streams in each.
 - AES: 128-bit counter blocks from a 128-bit hash: streams of distinct labels overlap only with
   negligible probability (about (labels^2 * blocks) / 2^128).
-- cost: small draws ~2.5 us (setting up an AES context alone takes ~4 us; protocols draw
-  thousands of small masks per token); long ones one AES-NI/VAES pass through OpenSSL plus one
-  hash per call: 4-7 GB/s per core here for 128 KiB-8 MiB draws (AES-128; AES-256 ~30%
-  slower), less for huge draws (page faults). ``cryptography`` releases the GIL while OpenSSL
-  runs: two threads draw twice as fast.
+- cost: a small draw is one SHAKE128 call, cheaper than setting up an AES context (protocols
+  draw thousands of small masks per token); a long one is one AES-NI/VAES pass through
+  OpenSSL plus one hash per call. ``cryptography`` releases the GIL while OpenSSL runs, so
+  threads draw in parallel.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ _KIND_BYTES = b"y"
 _PERSON = b"puma-async-prg"
 _CHUNK = 1 << 20  # bytes of keystream per OpenSSL call: the zero input stays in cache
 SMALL_DRAW = 2048
-"""Draws of up to this many bytes use SHAKE128 (cheaper below ~2 KiB, measured)."""
+"""Draws of up to this many bytes use SHAKE128 (cheaper than AES-CTR below about 2 KiB)."""
 _ZEROS = memoryview(bytes(_CHUNK))
 
 

@@ -5,43 +5,63 @@ pattern as the shares — and k_i is unknown to P_{i+1}. A common key known to a
 serves public randomness. Every draw is a pure function of (key, label, shape), the label
 naming the step path (:meth:`Context.label`), so concurrent steps never desynchronise streams.
 
-Costs (setup, once per session): 1 round; each party sends one 32-byte key (P_0 two).
-Draws are local: 0 rounds.
+The keys (:class:`PartyKeys`) and the input owners' seeds (:class:`InputSeeds`) are per-party
+state (:meth:`Context.state`): a step that needs them before their set-up ran gets a
+:class:`~puma_async.errors.ProtocolError` naming the set-up to run.
+
+Costs (set-up, once per session): :func:`setup_keys` 1 round, 16-byte keys in Seed messages
+of 20 bytes: P_1 and P_2 send one, P_0 three (its key, and the common key to both others);
+:func:`setup_input_seeds` 1 round, 4 seeds from the input owner. Draws are local: 0 rounds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import ClassVar
 
 from puma_async.codec import Seed
+from puma_async.context import Context
 from puma_async.errors import ProtocolError
 from puma_async.roles import PARTIES, next_party, prev_party, role_name
-from puma_async.runtime import Context
 
 from . import ring
 from .prg import Prg
 from .ring import RingArray
 from .shares import AShare, BShare
 
-_KEYS = "protocols.keys"
-_INPUT_SEEDS = "protocols.input_seeds"
-
 
 @dataclasses.dataclass(frozen=True)
 class PartyKeys:
-    """P_i's PRGs: ``own`` = k_i (shared with P_{i-1}), ``next`` = k_{i+1} (with P_{i+1})."""
+    """P_i's PRGs (per-party state): ``own`` = k_i (shared with P_{i-1}), ``next`` = k_{i+1}
+    (with P_{i+1}), ``common`` (all three parties)."""
 
     own: Prg
     next: Prg
     common: Prg
+    SETUP: ClassVar[str] = "run protocols.randomness.setup_keys(ctx) at P0, P1 and P2 first"
+
+    def key(self, role: int, j: int) -> Prg:
+        """The PRG of pairwise key k_j (held by P_j and P_{j-1}) at party ``role``."""
+        if j % 3 == role:
+            return self.own
+        if j % 3 == next_party(role):
+            return self.next
+        raise ValueError(f"{role_name(role)} does not hold key k_{j % 3}")
 
 
-async def _recv_seed(ctx: Context, frm: int) -> bytes:
-    msg = await ctx.recv(frm)
-    if not isinstance(msg, Seed):
-        raise ProtocolError(f"expected a Seed, got {type(msg).__name__}", peer=frm,
-                            step=ctx.step_name)
-    return msg.key
+@dataclasses.dataclass(frozen=True)
+class InputSeeds:
+    """The PRGs of input owners' share components (per-party state): ``prgs[owner, j]`` draws
+    component x_j of every input of ``owner`` (held by the owner and P_0 for j = 0, 1; by P_1
+    for j = 1; by P_2 for j = 0)."""
+
+    prgs: Mapping[tuple[int, int], Prg] = dataclasses.field(default_factory=dict)
+    SETUP: ClassVar[str] = "run protocols.randomness.setup_input_seeds(ctx, owner) first"
+
+    def adding(self, owner: int, prgs: Mapping[int, Prg]) -> InputSeeds:
+        """These seeds and those of ``owner`` (component j -> PRG)."""
+        return InputSeeds({**self.prgs, **{(owner, j): prg for j, prg in prgs.items()}})
 
 
 async def setup_keys(ctx: Context) -> PartyKeys:
@@ -53,19 +73,25 @@ async def setup_keys(ctx: Context) -> PartyKeys:
     if me == 0:
         for peer in (1, 2):
             await ctx.send(peer, Seed(common))
-    nxt = await _recv_seed(ctx, next_party(me))
+    nxt = (await ctx.recv_message(next_party(me), Seed)).key
     if me != 0:
-        common = await _recv_seed(ctx, 0)
+        common = (await ctx.recv_message(0, Seed)).key
     keys = PartyKeys(Prg(own), Prg(nxt), Prg(common))
-    ctx.shared[_KEYS] = keys
+    ctx.install(keys)
     return keys
 
 
 def party_keys(ctx: Context) -> PartyKeys:
+    """This party's :class:`PartyKeys` (a protocol error if :func:`setup_keys` did not run)."""
+    return ctx.state(PartyKeys)
+
+
+def key_prg(ctx: Context, j: int) -> Prg:
+    """The PRG of pairwise key k_j, held by P_j and P_{j-1} (an error at the third party)."""
     try:
-        return ctx.shared[_KEYS]
-    except KeyError:
-        raise ProtocolError("setup_keys was not run for this party", step=ctx.step_name) from None
+        return party_keys(ctx).key(ctx.role, j)
+    except ValueError as exc:
+        raise ProtocolError(str(exc), step=ctx.step_name) from None
 
 
 def zero_share(ctx: Context, shape: tuple[int, ...]) -> RingArray:
@@ -104,38 +130,47 @@ def common_random(ctx: Context, shape: tuple[int, ...]) -> RingArray:
 # --------------------------------------------------------------------------- input seeds
 
 
+HELD_COMPONENTS = {0: (0, 1), 1: (1,), 2: (0,)}
+"""The seeded share components of an input each party draws itself (x_2 comes from the owner)."""
+
+
 async def setup_input_seeds(ctx: Context, owner: int) -> None:
     """Give the parties the seeds with which ``owner`` derives two of the three shares.
 
     Seed s_0 goes to the holders of x_0 (P_0, P_2), s_1 to those of x_1 (P_0, P_1); inputs then
     cost ``owner`` only x_2, sent to P_1 and P_2. Run by ``owner`` and the three parties.
-    Cost: 1 round, 4 seeds of 32 bytes from the owner.
+    Cost: 1 round, 4 seeds (Seed messages of 20 bytes) from the owner.
     """
     if ctx.role == owner:
-        s0, s1 = ctx.fresh_key(), ctx.fresh_key()
-        for party, seeds in ((0, [s0, s1]), (1, [s1]), (2, [s0])):
-            for seed in seeds:
-                await ctx.send(party, Seed(seed))
-        ctx.shared.setdefault(_INPUT_SEEDS, {})[owner] = (Prg(s0), Prg(s1))
+        seeds = {0: ctx.fresh_key(), 1: ctx.fresh_key()}
+        for party in PARTIES:
+            for j in HELD_COMPONENTS[party]:
+                await ctx.send(party, Seed(seeds[j]))
+        prgs = {j: Prg(seed) for j, seed in seeds.items()}
     elif ctx.role in PARTIES:
-        me = ctx.role
-        seeds: dict[int, Prg] = {}
-        for index in {0: (0, 1), 1: (1,), 2: (0,)}[me]:
-            seeds[index] = Prg(await _recv_seed(ctx, owner))
-        ctx.shared.setdefault(_INPUT_SEEDS, {})[owner] = seeds
+        prgs = {}
+        for j in HELD_COMPONENTS[ctx.role]:
+            prgs[j] = Prg((await ctx.recv_message(owner, Seed)).key)
+    else:
+        return
+    ctx.install(ctx.state(InputSeeds, InputSeeds()).adding(owner, prgs))
 
 
-def input_seeds(ctx: Context, owner: int) -> object:
-    try:
-        return ctx.shared[_INPUT_SEEDS][owner]
-    except KeyError:
+def input_prg(ctx: Context, owner: int, j: int) -> Prg:
+    """The PRG of component x_j of ``owner``'s inputs at this role (a protocol error naming
+    the missing :func:`setup_input_seeds` if it did not run for ``owner``)."""
+    prg = ctx.state(InputSeeds).prgs.get((owner, j))
+    if prg is None:
         raise ProtocolError(
-            f"setup_input_seeds was not run for input owner {role_name(owner)}",
+            f"no seed of {role_name(owner)}'s input component x_{j} at {role_name(ctx.role)}: "
+            f"run protocols.randomness.setup_input_seeds(ctx, {role_name(owner)}) first",
             step=ctx.step_name,
-        ) from None
+        )
+    return prg
 
 
 __all__ = [
-    "PartyKeys", "common_random", "input_seeds", "party_keys", "random_bshare", "random_share",
-    "setup_input_seeds", "setup_keys", "zero_bits", "zero_share",
+    "HELD_COMPONENTS", "InputSeeds", "PartyKeys", "common_random", "input_prg", "key_prg",
+    "party_keys", "random_bshare", "random_share", "setup_input_seeds", "setup_keys",
+    "zero_bits", "zero_share",
 ]

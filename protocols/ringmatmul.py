@@ -1,9 +1,9 @@
 """Exact matrix products over Z_2^64 (uint64, wrapping), fast enough for secure inference.
 
-numpy's ``uint64`` matmul has no BLAS behind it (~0.3 G multiply-adds/s here). This module
-runs numba kernels instead (``nogil=True``, ``cache=True``, compiled once for one explicit
-signature, read-only or writable C-contiguous inputs alike, when this module is imported:
-several seconds the first time, then loaded from numba's on-disk cache):
+numpy's ``uint64`` matmul has no BLAS behind it (about 20 times slower than these kernels).
+This module runs numba kernels instead (``nogil=True``, ``cache=True``, compiled once for
+one explicit signature, read-only or writable C-contiguous inputs alike, when this module is
+imported: several seconds the first time, then loaded from numba's on-disk cache):
 
 - ``_dot_rows`` (m >= ``PANEL_MIN_ROWS``): the columns of ``b`` are packed, 32 at a time, into
   a row-major panel, then each output is a dot product of a row of ``a`` with a panel row,
@@ -16,17 +16,16 @@ several seconds the first time, then loaded from numba's on-disk cache):
 
 Both are exact by construction (wrapping 64-bit integer arithmetic, no range assumption).
 
-Measured per core (CPU-second) on this 2-core Xeon: 5.1 G/s on (128x576)@(576x1536),
-3.0 on (8x4096)@(4096x11008), 1.3 on (1x576)@(576x49152) (memory-bound: 8 bytes of ``b``
-per multiply-add); a call on two idle cores runs at up to twice that.
+Rates (multiply-adds per CPU-second, per shape) are measured by
+``benchmarks/ring_matmul.py`` (results in ``benchmarks/results/``); products with one row are
+memory-bound (8 bytes of ``b`` per multiply-add).
 
-An exact float64-BLAS limb split (3 balanced limbs of 22/22/20 bits, 6 DGEMMs with k chunked
-at 2048 so partial sums stay below 2^53, split by a numba pass) was measured too: 6.1 G/s on
-(128x576)@(576x1536) with 2 idle cores (this module: 6.5 measured on a shared machine, ~10
-expected on idle cores), 0.2-1.1 G/s for m <= 8, where the 3x larger float copies of the
-weight dominate, and far worse when another process keeps a core busy (OpenBLAS threads wait
-on each other). It was dropped; ``benchmarks/ring_matmul.py`` keeps a plain-numpy version of
-it for comparison.
+The alternative, an exact float64-BLAS limb split (3 balanced limbs of 22/22/20 bits, 6
+DGEMMs with k chunked at 2048 so partial sums stay below 2^53), is not used: it matches these
+kernels on large products at best, is several times slower for m <= 8, where the 3x larger
+float copies of the weight dominate, and degrades when another process keeps a core busy
+(OpenBLAS threads wait on each other). ``benchmarks/ring_matmul.py`` measures a plain-numpy
+version of it beside these kernels.
 
 Threads: each call is cut into blocks of output columns (or of the batch) run on one
 process-wide pool of ``os.sched_getaffinity`` workers. One call thus uses every core, and

@@ -7,14 +7,17 @@ out of the maximum, contribute exactly zero to the sum and come out exactly zero
 -1e-6 before negExp is dropped: it is 0.26 units at 18 fractional bits, and negExp(0) is exact
 enough (the maximum is one of the entries exactly).
 
-Costs, rows of n (measured, 3 parties together):
+Costs, rows of n (bytes per element sent by the 3 parties together; ``costs.py``):
 - :func:`max_along`: halving levels of one comparison with its selection alongside
-  (:func:`.polynomial.below_times`: <= 8 rounds, 90 bytes per comparison) down to
+  (:func:`.compare.below_times`: <= 8 rounds, 90 bytes per comparison) down to
   :data:`ALL_PAIRS_MAX` = 8 entries, then one all-pairs level (8 + ceil(log2(m - 1))
-  rounds, 28 comparisons for m = 8): 8-11 rounds for n <= 8 (a halving tree: 8 per level),
-  42 for n = 128 (a halving tree: 54).
-- :func:`softmax` (12, 128, 128): 75 rounds (max 42, negExp 13, reciprocal 17, product 2),
-  502 bytes per element (max 97, negExp 354, product 44, the row's reciprocal 7).
+  rounds, 28 comparisons for m = 8): 8-11 rounds for n <= 8 (11 rounds and 1,577.5 bytes
+  per row of 8; a halving tree: 8 per level), 42 for n = 128 (a halving tree: 54).
+- :func:`softmax`, rows of 8 (a decoding step at 8 keys): 43 rounds, 669.75 bytes per
+  element. Rows of 128: 73 rounds (75 rounds for (12, 128, 128), where the first halving
+  levels have enough comparisons to rotate their roles: max 42, negExp 13, reciprocal 17,
+  product 2), 502-503 bytes per element (max 97, negExp 354, product 44, the row's
+  reciprocal 7).
 Error (tests/test_nonlinear_softmax.py; rows of scale 0.1 to 100, a dominant entry, +-2^16
 entries, causal and single-entry masks): max abs error 0.0017 per probability, from negExp's
 relative error at x < -4 (PUMA's (1 + x/32)^32 gives 0.04 to 0.065 on the same rows).
@@ -28,13 +31,15 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.runtime import Context
+from puma_async.context import Context, protocol
 
 from .arith import mul_fxp
-from .boolean import and_tree, msb_packed, pack_bits, unpack_bits
-from .compare import random_bit
+from .bitpack import pack_bits, unpack_bits
+from .boolean import and_tree, random_bit
+from .compare import MaskedSign, below_times, sign_times
 from .exp import neg_exp
-from .polynomial import MaskedSign, below_times, repeat_last, sign_times
+from .msb import msb_packed
+from .polynomial import repeat_last
 from .reciprocal import reciprocal
 from .shares import AShare, concatenate
 
@@ -46,6 +51,7 @@ ALL_PAIRS_MAX = 8
 """Rows of at most this many entries take their maximum in one all-pairs level."""
 
 
+@protocol
 async def max_along(ctx: Context, x: AShare, axis: int = -1) -> AShare:
     """Maximum of x along ``axis`` (removed), exact for entries in [-2^62, 2^62) (their
     differences must not wrap).
@@ -90,7 +96,7 @@ async def _max_all_pairs(ctx: Context, x: AShare) -> AShare:
     j < i, so exactly one entry (the first maximum) wins. The MSBs of all differences
     x_i - x_j (i < j) run in one batch with a random bit per entry; each entry's m - 1
     "beats" bits are ANDed in a tree of ceil(log2(m - 1)) rounds (packed, 1 bit each); the
-    result is sum_i [i wins] x_i (:func:`.polynomial.sign_times`: 1 round).
+    result is sum_i [i wins] x_i (:func:`.compare.sign_times`: 1 round).
     Cost: 8 + ceil(log2(m - 1)) rounds; per row about 42 bytes per pair (the MSBs) and 24
     bytes per entry, all parties together.
     """
@@ -119,6 +125,7 @@ def _constant(value: AShare) -> Callable[[Context], Awaitable[AShare]]:
     return get
 
 
+@protocol
 async def softmax(
     ctx: Context, x: AShare, mask: npt.ArrayLike | None = None
 ) -> AShare:

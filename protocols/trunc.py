@@ -1,11 +1,13 @@
-"""Exact-range probabilistic truncation of replicated shares (never a large error).
+"""Truncation of replicated shares with stochastic rounding: one unit of error, never more.
 
 ``truncate(x, f)`` returns a sharing of floor(x / 2^f) + e with e in {0, 1}, for every x with
 -2^62 <= x < 2^62 read as a signed ring value: the result is within one unit in the last place
-of x / 2^f and there is no failure probability (unlike ABY3's "share truncation I", which is
-not offered). This is the TruncPr of Dalskov, Escudero and Keller (arXiv 1910.12435, sec.
-3.2.2: open c = x + 2^62 + r, correct the wrap with the top bit of r), with the correlated
-randomness dealt by the third party from its share of x, so that no preprocessing round exists.
+of x / 2^f, and it cannot fail (ABY3's "share truncation I", which gives a large error with
+probability ~|x| / 2^64 per element, is not offered). This is the TruncPr of Dalskov, Escudero
+and Keller (arXiv 1910.12435, sec. 3.2.2: open c = x + 2^62 + r, correct the wrap with the top
+bit of r), "probabilistic" in the literature only in that the last bit is rounded up at
+random (below); the correlated randomness is dealt by the third party from its share of x, so
+that no preprocessing round exists.
 
 The protocol, for one block of elements with openers A = P_j, B = P_{j+1} and dealer
 D = P_{j+2} (the three role assignments j = 0, 1, 2 run side by side on three thirds of the
@@ -46,40 +48,24 @@ total; below, the same total with the dealer's part from P_2 and the openers' fr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 import numpy as np
-import trio
 
-from puma_async.errors import ProtocolError
+from puma_async.context import ArraySpec, Context
 from puma_async.roles import next_party, prev_party
-from puma_async.runtime import Context
 
 from .bitpack import pack_low_bits, packed_size, unpack_low_bits
-from .fixedpoint import FixedPoint
+from .fixedpoint import fixed_point
+from .offload import offload
 from .prg import Prg
 from .randomness import party_keys
 from .ring import RING_DTYPE, RingArray
 from .shares import AShare
 
-FIXED_POINT_KEY = "protocols.fixed_point"
 MAX_TRUNC_BITS = 62
 """Truncation needs -2^62 <= x < 2^62, so at most 62 bits can be removed."""
-OFFLOAD_MIN_ELEMENTS = 1 << 16
-"""Local work on at least this many elements runs in a worker thread (numpy releases the GIL),
-so that the three parties of one process keep both cores busy."""
-
 _HALF = np.uint64(1 << 62)
 _LOW63 = np.uint64((1 << 63) - 1)
 _SIXTY_THREE = np.uint64(63)
-T = TypeVar("T")
-
-
-def fixed_point(ctx: Context) -> FixedPoint:
-    """The session's fixed-point format (``ctx.shared["protocols.fixed_point"]``, default f=18)."""
-    fmt: FixedPoint = ctx.shared.get(FIXED_POINT_KEY, FixedPoint())
-    return fmt
 
 
 def resolve_bits(ctx: Context, bits: int | None) -> int:
@@ -88,13 +74,6 @@ def resolve_bits(ctx: Context, bits: int | None) -> int:
     if not 0 <= bits <= MAX_TRUNC_BITS:
         raise ValueError(f"truncation bits must be in [0, {MAX_TRUNC_BITS}], got {bits}")
     return bits
-
-
-async def offload(fn: Callable[..., T], *args: Any, size: int) -> T:
-    """fn(*args), in a worker thread when ``size`` (elements) makes that worth it."""
-    if size >= OFFLOAD_MIN_ELEMENTS:
-        return await trio.to_thread.run_sync(fn, *args)
-    return fn(*args)
 
 
 async def truncate(ctx: Context, x: AShare, bits: int | None = None) -> AShare:
@@ -129,9 +108,7 @@ async def _reshare(ctx: Context, z: RingArray) -> AShare:
     """3-out-of-3 z_i -> replicated (z_i, z_{i+1}): P_i sends z_i to P_{i-1}. 1 round."""
     me = ctx.role
     await ctx.send_arrays(prev_party(me), z)
-    got = await ctx.recv_arrays(next_party(me), 1)
-    _checked(ctx, got, [(RING_DTYPE, z.shape)], next_party(me))
-    return AShare(z, got[0])
+    return AShare(z, await ctx.recv_array(next_party(me), ArraySpec.ring(z.shape)))
 
 
 ROTATE_MIN_ELEMENTS = 12288
@@ -175,32 +152,9 @@ def _opener(
     return public, s - t
 
 
-Spec = tuple[np.dtype, tuple[int, ...]]
-
-
-def _ring(n: int) -> Spec:
-    return (RING_DTYPE, (n,))
-
-
-def _packed(bits: int, n: int) -> Spec:
-    return (np.dtype(np.uint8), (packed_size(n, bits),))
-
-
-def _checked(
-    ctx: Context, arrays: tuple[np.ndarray, ...], specs: list[Spec], peer: int
-) -> tuple[np.ndarray, ...]:
-    """Check the received arrays' count, dtypes and shapes against ``specs``."""
-    if len(arrays) != len(specs):
-        raise ProtocolError(
-            f"expected {len(specs)} arrays, got {len(arrays)}", peer=peer, step=ctx.step_name
-        )
-    for a, (dtype, shape) in zip(arrays, specs, strict=True):
-        if a.dtype != dtype or a.shape != shape:
-            raise ProtocolError(
-                f"expected {dtype} {shape}, got {a.dtype} {a.shape}",
-                peer=peer, step=ctx.step_name,
-            )
-    return arrays
+def _packed(bits: int, n: int) -> ArraySpec:
+    """n values of ``bits`` bits, densely packed (:mod:`.bitpack`)."""
+    return ArraySpec.of(np.uint8, packed_size(n, bits))
 
 
 async def _truncate(
@@ -236,15 +190,15 @@ async def _truncate(
         await ctx.send_arrays(prv, *([b[bb]] if exchange else []), g_b, h_b_packed)
     c_a, c_b = a[ba], b[bb]
     if (exchange and na) or nb:  # from my next party: B of my A block, dealer of my B block
-        from_next = _checked(
-            ctx, await ctx.recv_arrays(nxt),
-            [*([_ring(na)] if exchange else []), _ring(nb), _packed(bits, nb)], nxt,
+        from_next = await ctx.recv_arrays(
+            nxt, *([ArraySpec.ring(na)] if exchange else []), ArraySpec.ring(nb),
+            _packed(bits, nb),
         )
         if exchange:
             c_a = c_a + from_next[0]
         g_b_mine, h_b_packed_mine = from_next[-2:]
     if exchange and nb:
-        (z_a,) = _checked(ctx, await ctx.recv_arrays(prv), [_ring(nb)], prv)
+        z_a = await ctx.recv_array(prv, ArraySpec.ring(nb))
         c_b = c_b + z_a
 
     # Round 2: swap the brackets s - t of component j + 1.
@@ -258,16 +212,16 @@ async def _truncate(
         pub_b, send_b = await offload(_opener, c_b, g_b_mine, h_b, t_b, bits, size=nb)
         await ctx.send_arrays(prv, send_b)
     if na:
-        (other_a,) = _checked(ctx, await ctx.recv_arrays(nxt, 1), [_ring(na)], nxt)
+        other_a = await ctx.recv_array(nxt, ArraySpec.ring(na))
         first[ba], second[ba] = t_a, pub_a + send_a + other_a
     if nb:
-        (other_b,) = _checked(ctx, await ctx.recv_arrays(prv, 1), [_ring(nb)], prv)
+        other_b = await ctx.recv_array(prv, ArraySpec.ring(nb))
         first[bb], second[bb] = pub_b + send_b + other_b, t_b
     first[bd], second[bd] = dt_b, dt_a
     return AShare(first, second)
 
 
 __all__ = [
-    "FIXED_POINT_KEY", "MAX_TRUNC_BITS", "ROTATE_MIN_ELEMENTS", "fixed_point", "offload",
+    "MAX_TRUNC_BITS", "ROTATE_MIN_ELEMENTS",
     "resolve_bits", "truncate", "truncate_additive",
 ]

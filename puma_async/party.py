@@ -55,6 +55,7 @@ import trio
 
 from puma_async import pki
 from puma_async.cluster import Cluster, load_cluster, parse_role
+from puma_async.context import Program
 from puma_async.errors import HandshakeError, PumaError, SettingsError
 from puma_async.files import write_private
 from puma_async.model.tokenizer import Tokenizer
@@ -71,7 +72,6 @@ from puma_async.session.options import (
     read_prompts,
     with_eos,
 )
-from puma_async.session.programs import Program
 from puma_async.session.recording import (
     DIGEST_OVER,
     client_inputs,

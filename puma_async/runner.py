@@ -2,7 +2,7 @@
 event loop per role in threads (:func:`run_threaded`).
 
 Used by tests, ``python -m puma_async.local`` and the benchmarks. Every role runs its own
-program with its own :class:`~puma_async.runtime.Context`; a role that fails does not cancel
+program with its own :class:`~puma_async.context.Context`; a role that fails does not cancel
 the others: they learn of it through its ``Abort`` (as they would across machines) and stop
 with an error naming it, and :class:`~puma_async.errors.RunFailedError` reports them all.
 """
@@ -12,21 +12,20 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import trio
 
 from puma_async.codec import DEFAULT_MAX_FRAME_BYTES
+from puma_async.context import Program
 from puma_async.errors import RunFailedError
 from puma_async.liveness import DEFAULT_LIVENESS, Liveness
-from puma_async.runtime import Context, PartyOptions, TransportWrapper, run_party
+from puma_async.runtime import PartyOptions, TransportWrapper, run_party
 from puma_async.stats import PartyStats
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
 from puma_async.transports.threads import ThreadNetwork
-
-Program = Callable[[Context], Awaitable[Any]]
 
 
 @dataclasses.dataclass(frozen=True)

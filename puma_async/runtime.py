@@ -1,17 +1,14 @@
-"""The party runtime: each role is a Trio task graph of protocol steps.
+"""The party runtime: one role's I/O around its program, and the program's lifecycle.
 
-A protocol step is ``async def step(ctx: Context, ...)``. All computing parties run the same
-program (SPMD) and name every message by its *step path* — the parent's path plus the child
-index, fixed when a child step is created by :meth:`Context.gather` — and a per-step sequence
-number. So the parties agree on every message key whatever order Trio schedules tasks in, and
-independent steps run concurrently (round overlapping) without any coordination.
+:class:`PartyRuntime` is the state every step of a role shares (:mod:`.context` is the step's
+handle on it): incoming frames are filed in the :class:`~puma_async.mailbox.Mailbox` (pushed
+there by the transport, or pulled by a reader task), one writer task per peer sends what the
+steps queue (merging the small frames ready for that peer; the in-process transports send from
+the step itself), and per-party state installed by set-up steps (keys, seeds) lives here.
 
-Around the program, :func:`open_party` files incoming frames in the
-:class:`~puma_async.mailbox.Mailbox` (pushed there by the transport, or pulled by a reader
-task), runs one writer task per peer (merging the small frames ready for that peer; the
-in-process transports send from the step itself) and the liveness watchdog
-(:mod:`puma_async.liveness`: heartbeats, dead peers). A receive waits for as long as its sender
-is alive; no step and no session has a deadline. If the program fails, the party sends an
+:func:`open_party` runs those tasks and the liveness watchdog (:mod:`puma_async.liveness`:
+heartbeats, dead peers) around the program. A receive waits for as long as its sender is
+alive; no step and no session has a deadline. If the program fails, the party sends an
 ``Abort`` to its peers, which stop with :class:`~puma_async.errors.PeerAbortedError` naming it
 and the step.
 """
@@ -20,21 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import secrets
-import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
 
-import numpy as np
 import structlog
 import trio
 
 from puma_async import codec, logs
-from puma_async.codec import Abort, Arrays, Envelope, Message, StepPath, format_path
+from puma_async.codec import Abort, Envelope, StepPath, format_path
+from puma_async.context import Context, Step
 from puma_async.diagnosis import OutboxStatistics, RuntimeStatistics
 from puma_async.errors import PeerAbortedError, PeerDisconnectedError, ProtocolError
 from puma_async.liveness import DEFAULT_LIVENESS, Liveness, LiveTransport
@@ -47,13 +41,9 @@ T = TypeVar("T")
 MessageKey = tuple[str, int, StepPath, int]
 """A message as the runtime's observer sees it: (direction, peer, step path, seq)."""
 TransportWrapper = Callable[[Transport], Transport]
-DEFAULT_PHASE = "online"
 COALESCE_BYTES = 64 << 10
 """Small envelopes ready together share a frame up to this size; a larger one travels in a
 frame of its own, which is sent without another copy."""
-ENCODE_OFFLOAD_BYTES = 1 << 20
-"""A message of this many payload bytes or more is encoded (copied into its frame) in a
-worker thread, so that the event loop keeps moving heartbeats and other frames."""
 ABORT_GRACE = 5.0
 """Seconds a failing party spends handing its ``Abort`` to its peers' links (a dead peer's
 link may never take it)."""
@@ -92,7 +82,8 @@ class PartyRuntime:
         self.session = options.session
         self.mailbox = Mailbox(self.role)
         self.stats = StatsRecorder(self.role)
-        self.shared: dict[str, Any] = {}
+        self.states: dict[type, object] = {}
+        """Per-party state by type (:meth:`Context.state <puma_async.context.Context.state>`)."""
         self._outboxes = {}
         self._outbox_receivers = {}
         for peer in self.peers:
@@ -259,234 +250,6 @@ class PartyRuntime:
             )
 
 
-class Context:
-    """One protocol step's handle on its party: send/receive, child steps, scopes, labels.
-
-    Attributes: ``role`` (this party's role id), ``path`` (the step path), ``clock`` (rounds on
-    this step's causal path so far).
-    """
-
-    def __init__(
-        self,
-        runtime: PartyRuntime,
-        path: StepPath = (),
-        *,
-        clock: int = 0,
-        scope: tuple[str, ...] = (),
-        phase: str = DEFAULT_PHASE,
-    ):
-        self.runtime = runtime
-        self.path = path
-        self.clock = clock
-        self.frontier = clock
-        self._set_scope(scope)
-        self._phase = phase
-        self._children = 0
-        self._send_seq: dict[int, int] = defaultdict(int)
-        self._recv_seq: dict[int, int] = defaultdict(int)
-        self._labels: dict[bytes, int] = defaultdict(int)
-
-    # -- identity ----------------------------------------------------------------------
-
-    @property
-    def role(self) -> int:
-        return self.runtime.role
-
-    @property
-    def session(self) -> bytes:
-        return self.runtime.session
-
-    @property
-    def shared(self) -> dict[str, Any]:
-        """Per-party state shared by all steps (e.g. the protocol layer's PRG keys)."""
-        return self.runtime.shared
-
-    @property
-    def scope_name(self) -> str:
-        return self._scope_name
-
-    @property
-    def step_name(self) -> str:
-        return format_path(self.path)
-
-    # -- messages ----------------------------------------------------------------------
-
-    async def send(self, to: int, message: Message) -> None:
-        """Send ``message`` to role ``to`` as the next message of this step to that peer.
-
-        The message is encoded before this returns (so later changes to its arrays do not
-        matter; a large one in a worker thread, :data:`ENCODE_OFFLOAD_BYTES`), then handed to
-        an in-process peer at once, or queued for the peer's writer task. It never waits for
-        the peer.
-        """
-        nbytes = codec.message_nbytes(message)
-        if nbytes < ENCODE_OFFLOAD_BYTES:
-            self.runtime.enqueue(self._stamp(to, message, nbytes))
-        else:
-            env = self._stamp(to, message, nbytes)
-            frame = await trio.to_thread.run_sync(codec.encode_frame, [env])
-            self.runtime.enqueue_frame(to, frame)
-
-    def _stamp(self, to: int, message: Message, nbytes: int) -> Envelope:
-        """The envelope of the next message of this step to ``to``, accounted for (every
-        send goes through here)."""
-        seq = self._send_seq[to]
-        self._send_seq[to] = seq + 1
-        round_ = self.clock + 1
-        runtime = self.runtime
-        if round_ > self.frontier:
-            self.frontier = round_
-        runtime.stats.message(self._phase, self._scope_name, to, nbytes, round_, False)
-        if runtime.observer is not None:
-            runtime.observer(("send", to, self.path, seq), self._phase, self._scope_name)
-        return Envelope(runtime.session, runtime.role, to, self.path, seq, round_, message)
-
-    async def recv(self, frm: int) -> Message:
-        """Receive the next message of this step from role ``frm`` (waits for as long as
-        ``frm`` is alive)."""
-        seq = self._recv_seq[frm]
-        self._recv_seq[frm] = seq + 1
-        key = (frm, self.path, seq)
-        env = self.runtime.mailbox.take_ready(key)
-        if env is None:  # not here yet: wait for it
-            env = await self.runtime.mailbox.wait_for(key)
-        self.clock = max(self.clock, env.round)
-        self.frontier = max(self.frontier, self.clock)
-        self.runtime.stats.message(
-            self._phase, self._scope_name, frm, codec.message_nbytes(env.message), env.round,
-            True,
-        )
-        if self.runtime.observer is not None:
-            self.runtime.observer(("recv", *key), self._phase, self._scope_name)
-        return env.message
-
-    async def send_arrays(self, to: int, *arrays: np.ndarray) -> None:
-        """Send arrays (numpy scalars become 0-d arrays) as one :class:`Arrays` message."""
-        await self.send(to, Arrays(tuple(map(np.asarray, arrays))))
-
-    async def recv_arrays(self, frm: int, count: int | None = None) -> tuple[np.ndarray, ...]:
-        """Receive an :class:`Arrays` message (optionally checking how many arrays it holds)."""
-        msg = await self.recv(frm)
-        if not isinstance(msg, Arrays) or (count is not None and len(msg.arrays) != count):
-            raise ProtocolError(
-                f"expected {count if count is not None else 'some'} arrays, "
-                f"got {type(msg).__name__}",
-                peer=frm, step=self.step_name,
-            )
-        return msg.arrays
-
-    async def recv_array(self, frm: int) -> np.ndarray:
-        (array,) = await self.recv_arrays(frm, 1)
-        return array
-
-    # -- structure ---------------------------------------------------------------------
-
-    def child(self) -> Context:
-        """A new child step (path = this path + next child index), starting at this clock."""
-        index = self._children
-        self._children += 1
-        return Context(
-            self.runtime, (*self.path, index), clock=self.clock, scope=self._scope,
-            phase=self._phase,
-        )
-
-    def join(self, children: Sequence[Context]) -> None:
-        """Merge finished children's round clocks back into this step (and let the mailbox
-        forget the keys they received)."""
-        for c in children:
-            self.clock = max(self.clock, c.clock)
-            self.frontier = max(self.frontier, c.frontier)
-            self.runtime.mailbox.forget(c.path)
-
-    async def gather(self, *steps: Callable[[Context], Awaitable[Any]]) -> list[Any]:
-        """Run independent steps concurrently, each in its own child step; their results.
-
-        Child paths are fixed here, in argument order, before any of them starts, so all
-        parties agree on them. Rounds of the whole equal those of the longest step. With the
-        runtime's ``sequential`` switch on, the steps run one after the other instead (same
-        messages; used to measure what overlapping saves).
-        """
-        if self.runtime.options.sequential:
-            return await self.run_sequentially(*steps)
-        children = [self.child() for _ in steps]
-        results: list[Any] = [None] * len(steps)
-
-        async def run(i: int) -> None:
-            results[i] = await steps[i](children[i])
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for i in range(1, len(steps)):
-                    nursery.start_soon(run, i)
-                if steps:  # the first step runs in this task: one task spawn (~23 us) fewer
-                    await run(0)
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
-        self.join(children)
-        return results
-
-    async def run_sequentially(
-        self, *steps: Callable[[Context], Awaitable[Any]]
-    ) -> list[Any]:
-        """Like :meth:`gather` (same child paths and messages) but one after the other."""
-        results = []
-        for step in steps:
-            child = self.child()
-            results.append(await step(child))
-            self.join([child])
-        return results
-
-    def _set_scope(self, scope: tuple[str, ...]) -> None:
-        self._scope = scope
-        self._scope_name = ".".join(scope)  # joined once: every message is accounted to it
-
-    @contextmanager
-    def scope(self, name: str) -> Iterator[None]:
-        """Attribute traffic, rounds and wall time inside to the nested scope ``outer.name``."""
-        outer = self._scope
-        self._set_scope((*outer, *name.split(".")))
-        start, started = self.clock, time.perf_counter()
-        try:
-            yield
-        finally:
-            self.runtime.stats.scope_exit(
-                self._phase, self.scope_name, self.frontier - start,
-                time.perf_counter() - started,
-            )
-            self._set_scope(outer)
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Attribute traffic and rounds inside to phase ``name`` ('setup', 'online')."""
-        outer = self._phase
-        self._phase = name
-        try:
-            yield
-        finally:
-            self._phase = outer
-
-    def label(self, purpose: bytes = b"") -> bytes:
-        """A label for a PRG draw, unique within the session and equal at every party.
-
-        It names this step path, the purpose and how many labels of that purpose this step
-        drew before; parties that share a key must draw the same labels in the same order
-        within a step (child steps keep concurrent draws apart).
-        """
-        count = self._labels[purpose]
-        self._labels[purpose] = count + 1
-        return codec.packb([list(self.path), purpose, count])
-
-    def fresh_key(self, size: int = 16) -> bytes:
-        """A new secret key for this party (PRG keys, input seeds).
-
-        Derived from the party's ``entropy`` (32 random bytes per run unless given) and a label
-        of this step, so a party re-run from a trace with the same entropy draws the same keys.
-        """
-        return hashlib.blake2b(
-            self.label(b"key"), key=self.runtime.entropy, digest_size=size
-        ).digest()
-
-
 @asynccontextmanager
 async def open_party(
     transport: Transport, options: PartyOptions, *, wrap: TransportWrapper | None = None
@@ -546,22 +309,6 @@ async def open_party(
         raise failure
 
 
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The first real error of a nursery's group (what a failing child step raised)."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    return (real or leaves)[0]
-
-
 def _describe(exc: BaseException, role: int) -> str:
     if isinstance(exc, trio.Cancelled):
         return f"{role_name(role)} was cancelled"
@@ -569,7 +316,7 @@ def _describe(exc: BaseException, role: int) -> str:
 
 
 async def run_party(
-    program: Callable[[Context], Awaitable[T]], transport: Transport, options: PartyOptions,
+    program: Step[T], transport: Transport, options: PartyOptions,
     *, wrap: TransportWrapper | None = None,
 ) -> tuple[T, PartyStats]:
     """Run ``program`` as one role over ``transport`` (``wrap``: see :func:`open_party`); its

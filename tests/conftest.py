@@ -42,8 +42,8 @@ from support.fixed_point import FixedPointRuns
 from support.gguf_files import GgufWriter
 from support.processes import Processes
 
+from puma_async import evaluate as evaluation
 from puma_async.model import LlamaWeights, random_weights, tiny_config
-from puma_async.protocols import evaluate as evaluation
 from puma_async.roles import ALL_ROLES, PARTIES
 from puma_async.runner import LocalRun, Program, run_local
 from puma_async.session import SessionResult, run_session

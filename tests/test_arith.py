@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from puma_async.context import Context
 from puma_async.protocols.arith import (
     matmul,
     matmul_fxp,
@@ -20,7 +21,6 @@ from puma_async.protocols.arith import (
 )
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.shares import AShare
-from puma_async.runtime import Context
 
 F = 18
 FX = FixedPoint(F)

@@ -7,11 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from puma_async.protocols import boolean
+from puma_async.context import Context
+from puma_async.protocols import bitpack, boolean, msb
 from puma_async.protocols.randomness import random_bshare
 from puma_async.protocols.ring import RING_DTYPE
 from puma_async.protocols.shares import AShare, BShare, public_share
-from puma_async.runtime import Context
 
 MOD = 2**64
 EDGES = [0, 1, 2, 3, 2**62 - 1, 2**62, 2**62 + 1, 2**63 - 1, 2**63, 2**63 + 1,
@@ -34,19 +34,19 @@ def _expected_bits(x: np.ndarray, bit: int) -> np.ndarray:
 
 @given(hnp.arrays(RING_DTYPE, st.integers(0, 300)))
 def test_bit_slices_and_packing_round_trip(x: np.ndarray) -> None:
-    slices = boolean.bit_slices(x)
+    slices = bitpack.bit_slices(x)
     assert slices.shape == (64, -(-x.size // 64))
     for j in range(64):
-        assert np.array_equal(boolean.unpack_bits(slices[j], x.size), _expected_bits(x, j))
-    assert np.array_equal(boolean.pack_bits(x), slices[0])
+        assert np.array_equal(bitpack.unpack_bits(slices[j], x.size), _expected_bits(x, j))
+    assert np.array_equal(bitpack.pack_bits(x), slices[0])
 
 
 @given(hnp.arrays(RING_DTYPE, hnp.array_shapes(max_dims=3, max_side=9)))
 def test_pack_bits_packs_each_row_of_the_last_axis(x: np.ndarray) -> None:
-    packed = boolean.pack_bits(x)
-    assert packed.shape == (*x.shape[:-1], boolean.packed_words(x.shape[-1]))
+    packed = bitpack.pack_bits(x)
+    assert packed.shape == (*x.shape[:-1], bitpack.packed_words(x.shape[-1]))
     for row in np.ndindex(x.shape[:-1]):
-        assert np.array_equal(boolean.unpack_bits(packed[row], x.shape[-1]), x[row] & 1)
+        assert np.array_equal(bitpack.unpack_bits(packed[row], x.shape[-1]), x[row] & 1)
 
 
 # ----------------------------------------------------------------------- AND and opening
@@ -94,8 +94,8 @@ def test_and_xor_not_match_numpy(evaluate, xs: list[int], ys: list[int], seed: i
 def test_msb_and_zero_test_match_numpy(evaluate, x: np.ndarray) -> None:
 
     async def fn(ctx: Context, xs_: AShare) -> list[AShare]:
-        top = await boolean.msb(ctx, xs_)
-        zero = await boolean.is_zero_packed(ctx, xs_)
+        top = await msb.msb(ctx, xs_)
+        zero = await msb.is_zero_packed(ctx, xs_)
         assert top.shape == xs_.shape
         opened = [await boolean.open_bits(ctx, s) for s in (top, zero)]
         return [_opened(ctx, w) for w in opened]
@@ -103,13 +103,13 @@ def test_msb_and_zero_test_match_numpy(evaluate, x: np.ndarray) -> None:
     ev = evaluate(fn, x)
     got_msb, got_zero = ev.outputs
     assert np.array_equal(got_msb, _expected_bits(x, 63))
-    assert np.array_equal(boolean.unpack_bits(got_zero, x.size), (x.ravel() == 0).astype(
+    assert np.array_equal(bitpack.unpack_bits(got_zero, x.size), (x.ravel() == 0).astype(
         RING_DTYPE))
 
 
 def _cost(evaluate, fn_name: str, n: int) -> tuple[list[int], int]:
     """Bytes sent by each party and rounds (critical path: the most any party saw)."""
-    test = getattr(boolean, fn_name)
+    test = getattr(msb, fn_name)
 
     async def fn(ctx: Context, x: AShare) -> AShare:
         await test(ctx, x)
@@ -132,7 +132,7 @@ def test_msb_and_zero_test_costs(evaluate) -> None:
 def test_long_rows_rotate_the_leaves_so_every_party_sends_the_same(evaluate) -> None:
     # ROTATE_MIN_WORDS words per packed row: three parts of a third each, every party plays
     # P_0 in one of them (148 rows) and P_1 / P_2 in the others (41 or 21 rows each)
-    words = boolean.ROTATE_MIN_WORDS
+    words = msb.ROTATE_MIN_WORDS
     n, part = 64 * words, 8 * words // 3
     assert _cost(evaluate, "msb_packed", n) == ([(148 + 2 * 41) * part + 35 * 8 * words] * 3, 7)
     assert _cost(evaluate, "is_zero_packed", n) == ([(148 + 2 * 21) * part + 21 * 8 * words] * 3, 7)

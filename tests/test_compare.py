@@ -8,13 +8,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from puma_async.context import Context
+from puma_async.evaluate import Evaluation
 from puma_async.protocols import compare
-from puma_async.protocols.boolean import open_bits
-from puma_async.protocols.evaluate import Evaluation
+from puma_async.protocols.boolean import bit_to_arith, open_bits
 from puma_async.protocols.randomness import random_bshare
 from puma_async.protocols.ring import RING_DTYPE
 from puma_async.protocols.shares import AShare
-from puma_async.runtime import Context
 
 LO, HI = -(2**63), 2**63 - 1
 EDGES = [0, 1, -1, 2, -2, 2**62, -(2**62), 2**62 - 1, 1 - 2**62, 2**62 + 1, -(2**62) - 1,
@@ -109,7 +109,7 @@ def test_bit_to_arith_uses_bit_zero_only(evaluate, values: list[int]) -> None:
         pad = random_bshare(ctx, words.shape)  # fresh shares of `words`, then convert bit 0
         shares = pad.xor_public(ctx.role, words ^ await open_bits(ctx, pad))
         with ctx.scope("b2a"):
-            return await compare.bit_to_arith(ctx, shares)
+            return await bit_to_arith(ctx, shares)
 
     ev = evaluate(fn, np.zeros(1, RING_DTYPE))
     assert np.array_equal(ev.outputs[0], words & np.uint64(1))

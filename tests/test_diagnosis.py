@@ -8,9 +8,10 @@ import structlog
 import trio
 import trio.testing
 
+from puma_async.context import ArraySpec, Context
 from puma_async.errors import PeerDisconnectedError, ProtocolError
 from puma_async.roles import PARTIES
-from puma_async.runtime import Context, PartyOptions, run_party
+from puma_async.runtime import PartyOptions, run_party
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
 
@@ -26,7 +27,7 @@ def test_statistics_show_the_receives_waiting_by_peer_and_step(spmd) -> None:
         async def from_peer(peer: int):
             async def step(c: Context) -> None:
                 if ctx.role == 0:
-                    await c.recv_array(peer)
+                    await c.recv_array(peer, ArraySpec.ring(1))
                 elif ctx.role == peer:
                     await released.wait()
                     await c.send_arrays(0, ONE)
@@ -87,7 +88,7 @@ def test_statistics_show_the_frames_queued_per_peer(spmd) -> None:
         total = 0
         if ctx.role == 1:
             for _ in range(3):
-                total += int((await ctx.recv_array(0)).sum())
+                total += int((await ctx.recv_array(0, ArraySpec.ring([None]))).sum())
         return total
 
     run = spmd(program, wrap_transport=lambda t: _Gated(t, gate))
@@ -110,7 +111,7 @@ def test_a_dead_peer_is_logged_with_what_each_party_waited_for() -> None:
             async def program(ctx: Context) -> None:
                 if ctx.role == 2:
                     network.freeze(2)  # it waits in vain too, and fails naming P0 or P1
-                await ctx.recv_array(2 if ctx.role != 2 else 0)
+                await ctx.recv_array(2 if ctx.role != 2 else 0, ArraySpec.ring(1))
 
             async def role(r: int) -> None:
                 try:

@@ -24,6 +24,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from puma_async.context import ArraySpec, Context
 from puma_async.errors import PeerAbortedError, PeerDisconnectedError
 from puma_async.liveness import (
     DEFAULT_LIVENESS,
@@ -36,7 +37,7 @@ from puma_async.liveness import (
 from puma_async.model import random_weights, tiny_config
 from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, PARTIES, next_party, prev_party
 from puma_async.runner import run_local
-from puma_async.runtime import Context, PartyOptions, run_party
+from puma_async.runtime import PartyOptions, run_party
 from puma_async.session import Progress, in_process_settings
 from puma_async.session.factory import build_program
 from puma_async.trace.format import read_trace
@@ -160,7 +161,7 @@ def test_step_timer_measures_the_longest_synchronous_stretch() -> None:
 
 async def _ring_once(ctx: Context) -> int:
     await ctx.send_arrays(next_party(ctx.role), np.full(2, ctx.role, np.uint64))
-    return int((await ctx.recv_array(prev_party(ctx.role)))[0])
+    return int((await ctx.recv_array(prev_party(ctx.role), ArraySpec.ring(2)))[0])
 
 
 def test_a_slow_live_peer_is_never_declared_dead() -> None:

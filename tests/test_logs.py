@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import structlog
 
+from puma_async.context import Context
 from puma_async.errors import FixedPointRangeError
 from puma_async.logs import REDACTED, public_error_text, redact_secrets
 from puma_async.protocols.shares import AShare
 from puma_async.runner import run_local
-from puma_async.runtime import Context
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_METHODS = {"debug", "info", "warning", "warn", "error", "err", "exception", "critical",

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from puma_async.context import Context
 from puma_async.protocols.activations import APPROXIMATIONS, gelu, piece_values, silu
 from puma_async.protocols.compare import is_negative
 from puma_async.protocols.shares import AShare, stack
-from puma_async.runtime import Context
 
 _erf = np.vectorize(math.erf)
 EXACT = {

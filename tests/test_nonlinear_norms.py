@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from puma_async.context import Context
 from puma_async.protocols.norms import layer_norm, rms_norm
 from puma_async.protocols.shares import AShare
-from puma_async.runtime import Context
 
 EPS = 1e-5
 REL = 2e-5  # documented relative error of the row's rsqrt (the wide path's bound, LayerNorm)

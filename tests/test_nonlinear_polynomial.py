@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from puma_async.context import Context
 from puma_async.protocols.polynomial import Term, _plan, linear_forms, piecewise, powers, zeros_like
 from puma_async.protocols.shares import AShare
-from puma_async.runtime import Context
 
 
 def test_power_plan_has_least_depth() -> None:

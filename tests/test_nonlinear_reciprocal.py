@@ -9,18 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from puma_async.context import Context
+from puma_async.protocols.normalise import plan_scale
 from puma_async.protocols.reciprocal import (
     RECIPROCAL_COEFFICIENTS,
     RSQRT_SEGMENTS,
-    SEGMENT_FRAC,
-    Exponents,
-    plan_scale,
-    plan_segments,
     reciprocal,
     rsqrt,
 )
+from puma_async.protocols.segments import SEGMENT_FRAC, Exponents, plan_segments
 from puma_async.protocols.shares import AShare
-from puma_async.runtime import Context
 
 REL = 5e-6  # reciprocal: documented relative error where the output has the bits (polynomial:
 # 1.5e-6)

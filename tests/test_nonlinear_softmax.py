@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from puma_async.context import Context
 from puma_async.protocols.shares import AShare
 from puma_async.protocols.softmax import ALL_PAIRS_MAX, max_along, softmax
-from puma_async.runtime import Context
 
 MAX_ERROR = 0.003  # documented max abs error per probability (measured 0.0017)
 

@@ -26,12 +26,12 @@ from puma_async.cluster import (
     parse_cluster,
     write_cluster,
 )
+from puma_async.context import Context
 from puma_async.errors import HandshakeError
 from puma_async.liveness import Liveness, LiveTransport
 from puma_async.model import tiny_config
 from puma_async.party import main
 from puma_async.roles import ALL_ROLES, CLIENT, role_name
-from puma_async.runtime import Context
 from puma_async.session import SessionSettings, network
 from puma_async.session.models import ModelSource, architecture_from_table, model_table
 from puma_async.session.network import RolePlan

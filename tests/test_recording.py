@@ -14,9 +14,9 @@ import trio
 
 from puma_async import codec
 from puma_async.codec import Arrays, Envelope
+from puma_async.context import ArraySpec, Context
 from puma_async.errors import TraceError
 from puma_async.runner import run_roles
-from puma_async.runtime import Context
 from puma_async.trace.format import FORMAT, TraceRecord, frame_digest, read_trace
 from puma_async.trace.recorder import RecordingTransport
 from puma_async.transports.base import Transport
@@ -137,7 +137,7 @@ async def test_records_a_whole_run(tmp_path: Path) -> None:
     async def program(ctx: Context) -> None:
         nxt, prev = (ctx.role + 1) % 3, (ctx.role + 2) % 3
         await ctx.send_arrays(nxt, np.full(4, ctx.role, dtype=np.uint64))
-        await ctx.recv_arrays(prev, 1)
+        await ctx.recv_array(prev, ArraySpec.ring(4))
 
     def wrap(transport: Transport) -> Transport:
         path = tmp_path / f"role{transport.role}.trace"

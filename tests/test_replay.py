@@ -11,11 +11,12 @@ import pytest
 import trio
 
 from puma_async.codec import Arrays, Envelope, Message, decode_frame, split_frame
+from puma_async.context import Context
 from puma_async.files import DIR_MODE
 from puma_async.model import TinyTokenizer, random_weights
 from puma_async.replay import format_summary, main, replay_trace
 from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, PARTIES, role_name
-from puma_async.runtime import Context, PartyRuntime
+from puma_async.runtime import PartyRuntime
 from puma_async.session import GenerationOptions, SessionSettings, run_session
 from puma_async.session.recording import (
     client_inputs,

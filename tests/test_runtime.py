@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from puma_async import codec
 from puma_async.codec import Arrays, Envelope, Value
+from puma_async.context import ArraySpec, Context
 from puma_async.errors import (
     PeerAbortedError,
     PeerDisconnectedError,
@@ -21,7 +22,6 @@ from puma_async.errors import (
 )
 from puma_async.roles import PARTIES, next_party, prev_party
 from puma_async.runner import run_threaded
-from puma_async.runtime import Context
 from puma_async.transports.base import Transport
 
 
@@ -34,7 +34,7 @@ def test_value_passed_around_the_ring_counts_one_round_per_hop(spmd, hops: int) 
             if ctx.role == sender:
                 await ctx.send_arrays(next_party(sender), value + 1)
             elif ctx.role == next_party(sender):
-                value = await ctx.recv_array(sender)
+                value = await ctx.recv_array(sender, ArraySpec.ring(4))
         return int(value[0])
 
     result = spmd(program)
@@ -53,7 +53,7 @@ def test_one_exchange_is_one_round_and_next_is_two(spmd) -> None:
     async def program(ctx: Context) -> int:
         for _ in range(2):
             await ctx.send_arrays(prev_party(ctx.role), np.arange(3, dtype=np.uint64))
-            await ctx.recv_array(next_party(ctx.role))
+            await ctx.recv_array(next_party(ctx.role), ArraySpec.ring(3))
         return ctx.clock
 
     result = spmd(program)
@@ -95,7 +95,7 @@ def test_concurrent_steps_under_random_delays_get_their_own_messages(spmd,
 def test_gather_overlaps_rounds_and_sequential_does_not(spmd) -> None:
     async def exchange(ctx: Context) -> None:
         await ctx.send_arrays(next_party(ctx.role), np.zeros(1, np.uint64))
-        await ctx.recv_array(prev_party(ctx.role))
+        await ctx.recv_array(prev_party(ctx.role), ArraySpec.ring(1))
 
     async def concurrent(ctx: Context) -> None:
         await ctx.gather(exchange, exchange, exchange)
@@ -115,7 +115,7 @@ def test_emulated_bandwidth_serialises_frames(spmd) -> None:
         if ctx.role == 0:
             await ctx.send_arrays(1, np.zeros(125_000, np.uint64))  # 1 MB
         elif ctx.role == 1:
-            await ctx.recv_array(0)
+            await ctx.recv_array(0, ArraySpec.ring(125_000))
 
     result = spmd(program, latency=0.001, bandwidth=100e6)
     assert result.seconds == pytest.approx(0.001 + 0.01, rel=0.01)
@@ -125,15 +125,15 @@ def test_scopes_and_phases_are_attributed(spmd) -> None:
     async def program(ctx: Context) -> None:
         with ctx.phase("setup"), ctx.scope("keys"):
             await ctx.send_arrays(next_party(ctx.role), np.zeros(2, np.uint64))
-            await ctx.recv_array(prev_party(ctx.role))
+            await ctx.recv_array(prev_party(ctx.role), ArraySpec.ring(2))
         with ctx.scope("layer0"):
             with ctx.scope("attn.softmax"):
                 for _ in range(3):
                     await ctx.send_arrays(next_party(ctx.role), np.zeros(1, np.uint64))
-                    await ctx.recv_array(prev_party(ctx.role))
+                    await ctx.recv_array(prev_party(ctx.role), ArraySpec.ring(1))
             with ctx.scope("mlp"):
                 await ctx.send_arrays(next_party(ctx.role), np.zeros(4, np.uint64))
-                await ctx.recv_array(prev_party(ctx.role))
+                await ctx.recv_array(prev_party(ctx.role), ArraySpec.ring(4))
 
     result = spmd(program)
     stats = result.stats[0]
@@ -183,7 +183,7 @@ def test_failing_party_aborts_the_others_naming_it(spmd) -> None:
             child = ctx.child()
             child.child()
             raise ValueError("boom")
-        await ctx.recv_array(1)
+        await ctx.recv_array(1, ArraySpec.ring(1))
 
     with pytest.raises(RunFailedError) as info:
         spmd(program)
@@ -232,7 +232,7 @@ class _Tamper(Transport):
 
 async def _exchange(ctx: Context) -> None:
     await ctx.send_arrays(next_party(ctx.role), np.zeros(2, np.uint64))
-    await ctx.recv_array(prev_party(ctx.role))
+    await ctx.recv_array(prev_party(ctx.role), ArraySpec.ring(2))
 
 
 def _run_tampered(spmd, rewrite):
@@ -307,9 +307,9 @@ def test_wrong_session_is_refused(spmd) -> None:
 def test_recv_arrays_checks_the_message_type(spmd) -> None:
     async def program(ctx: Context) -> None:
         await ctx.send(next_party(ctx.role), Value("not arrays"))
-        await ctx.recv_array(prev_party(ctx.role))
+        await ctx.recv_array(prev_party(ctx.role), ArraySpec.ring(1))
 
-    with pytest.raises(RunFailedError, match="expected 1 arrays"):
+    with pytest.raises(RunFailedError, match="expected Arrays, got Value"):
         spmd(program)
 
 
@@ -318,7 +318,7 @@ def test_arrays_are_copied_at_send_time(spmd) -> None:
         a = np.zeros(3, np.uint64)
         await ctx.send(next_party(ctx.role), Arrays((a,)))
         a[:] = 9
-        got = await ctx.recv_array(prev_party(ctx.role))
+        got = await ctx.recv_array(prev_party(ctx.role), ArraySpec.ring(3))
         return int(got.sum())
 
     assert all(v == 0 for v in spmd(program).results.values())
@@ -328,7 +328,7 @@ def test_threaded_runner_matches_the_in_memory_one(spmd) -> None:
     async def program(ctx: Context) -> list:
         async def step(c: Context, i: int) -> int:
             await c.send_arrays(next_party(c.role), np.full(3, i + c.role, np.uint64))
-            return int((await c.recv_array(prev_party(c.role)))[0])
+            return int((await c.recv_array(prev_party(c.role), ArraySpec.ring(3)))[0])
 
         return await ctx.gather(*[lambda c, i=i: step(c, i) for i in range(5)])
 
@@ -365,7 +365,7 @@ def test_ready_envelopes_are_coalesced_up_to_the_frame_cap(spmd) -> None:
             assert [(await ctx.recv(0)).value for _ in range(10)] == list(range(10))
         else:
             for _ in range(3):
-                await ctx.recv_array(0)
+                await ctx.recv_array(0, ArraySpec.ring(big.shape))
 
     # A transport that makes the sender wait (as TCP can) gets writer tasks that coalesce.
     stats = spmd(program, wrap_transport=lambda t: _Tamper(t, lambda r, p, f: [f])).stats[0]

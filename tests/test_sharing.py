@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from puma_async.context import Context
 from puma_async.protocols.io import reveal, reveal_to_party, share_input
 from puma_async.protocols.randomness import (
     common_random,
@@ -19,7 +20,6 @@ from puma_async.protocols.randomness import (
 )
 from puma_async.protocols.shares import AShare, concatenate, public_share, stack
 from puma_async.roles import CLIENT, PARTIES
-from puma_async.runtime import Context
 
 ring_arrays = hnp.arrays(
     np.uint64, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6),

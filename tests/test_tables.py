@@ -55,11 +55,20 @@ def test_a_table_without_its_json_is_left_as_it_is(tables: ModuleType, tmp_path:
 
 
 def test_the_cost_renderer(tables: ModuleType) -> None:
-    rows = [{"op": "mul", "rounds": 1, "bytes_per_element": 24, "error": "exact"}]
-    assert tables.render_costs(rows) == [
-        "| op | rounds | bytes per element | error |", "|---|---|---|---|",
-        "| `mul` | 1 | 24 | exact |",
+    row = {"op": "arith.mul", "name": "mul", "shapes": ((256,), (256,)), "per": "element",
+           "online_rounds": 1, "online_bytes": 24.0, "offline_rounds": 0, "offline_bytes": 0.0,
+           "error": "exact for |x| < 2^62"}
+    assert tables.render_costs([row, {**row, "shapes": ((8, 8),), "per": "output element"}]) == [
+        "| op | inputs | rounds | bytes per element | error |", "|---|---|---|---|---|",
+        "| `arith.mul` | (256,), (256,) | 1 | 24 | exact for \\|x\\| < 2^62 |",
+        "|  | (8, 8) | 1 | 24 per output element |  |",
     ]
+    variant = tables.render_costs([row, {**row, "name": 'mul (method="puma")', "error": "1"}])
+    assert variant[3] == '| `arith.mul (method="puma")` | (256,), (256,) | 1 | 24 | 1 |'
+    offline = tables.render_costs([{**row, "offline_rounds": 1, "offline_bytes": 8.0}])
+    assert offline[0].endswith("| offline | error |")
+    assert offline[2] == ("| `arith.mul` | (256,), (256,) | 1 | 24 | 1 rounds, 8 "
+                          "| exact for \\|x\\| < 2^62 |")
 
 
 def test_the_llama_renderer(tables: ModuleType) -> None:

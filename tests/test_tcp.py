@@ -29,19 +29,20 @@ import trio
 import trio.testing
 
 from puma_async.codec import Arrays
+from puma_async.context import ArraySpec, Context
 from puma_async.errors import (
     DecodeError,
     HandshakeError,
     PeerDisconnectedError,
     ProtocolError,
 )
+from puma_async.evaluate import evaluation_program
 from puma_async.protocols.arith import mul_fxp
 from puma_async.protocols.compare import less_than
-from puma_async.protocols.evaluate import evaluation_program
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.shares import AShare
 from puma_async.roles import CLIENT
-from puma_async.runtime import Context, PartyOptions, run_party
+from puma_async.runtime import PartyOptions, run_party
 from puma_async.transports import link
 from puma_async.transports.base import DEFAULT_MAX_FRAME_BYTES
 from puma_async.transports.framing import HEADER_BYTES, FrameReader
@@ -220,7 +221,7 @@ async def test_party_runtime_over_tls(pki: ClusterPki) -> None:
     async def program(ctx: Context) -> int:
         nxt, prev = (ctx.role + 1) % 3, (ctx.role + 2) % 3
         await ctx.send(nxt, Arrays((np.arange(8, dtype=np.uint64) + ctx.role,)))
-        (array,) = await ctx.recv_arrays(prev, 1)
+        array = await ctx.recv_array(prev, ArraySpec.ring(8))
         return int(array[0])
 
     async def body(transport: TcpTransport) -> int:

@@ -7,17 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from puma_async.context import Context
+from puma_async.evaluate import Evaluation
 from puma_async.protocols.arith import mul, mul_fxp
-from puma_async.protocols.evaluate import Evaluation
-from puma_async.protocols.fixedpoint import FixedPoint
+from puma_async.protocols.fixedpoint import FixedPoint, fixed_point
 from puma_async.protocols.shares import AShare
-from puma_async.protocols.trunc import (
-    FIXED_POINT_KEY,
-    ROTATE_MIN_ELEMENTS,
-    fixed_point,
-    truncate,
-)
-from puma_async.runtime import Context
+from puma_async.protocols.trunc import ROTATE_MIN_ELEMENTS, truncate
 
 LIMIT = 2**62
 
@@ -137,7 +132,7 @@ def test_session_fixed_point_setting(evaluate) -> None:
     x, y = fx.encode([1.5, -2.25]), fx.encode([3.0, 0.5])
 
     async def fn(ctx: Context, a: AShare, b: AShare) -> AShare:
-        ctx.shared[FIXED_POINT_KEY] = fx
+        ctx.install(fx)
         assert fixed_point(ctx) == fx
         return await mul_fxp(ctx, a, b)
 

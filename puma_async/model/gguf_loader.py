@@ -7,7 +7,7 @@ Rotary layout: llama.cpp's converter permutes the rows of ``attn_q``/``attn_k`` 
 head's rotary pairs are interleaved (rows 2j, 2j+1 rotate together). We undo that permutation,
 exactly as transformers' GGUF loader does (``reverse_permute``), so the weights are in the
 Hugging Face "rotate-half" layout (row j pairs with row j + head_dim/2 within a head), which is
-the layout ``reference.rope_tables`` assumes.
+the layout ``rope.rope_tables`` assumes.
 
 A GGUF file is untrusted input: every failure to read one (missing, not GGUF, truncated, another
 architecture, missing or misshapen tensors, non-finite values) raises ``ModelFileError`` naming

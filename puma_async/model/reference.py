@@ -5,9 +5,8 @@ are compared with, and it must itself agree with Hugging Face transformers (see 
 Arithmetic is float64 throughout: float32 weights are promoted exactly (float32 -> float64 is
 lossless), so the only differences from a float32 implementation are its rounding errors.
 
-Rotary embeddings use the Hugging Face "rotate-half" layout, matching the un-permuted weights
-from ``gguf_loader``: within a head, dimension ``j < head_dim/2`` rotates together with
-``j + head_dim/2`` by the angle ``position * rope_theta ** (-2j / head_dim)``.
+Rotary embeddings (:mod:`.rope`, shared with the secure model) use the Hugging Face
+"rotate-half" layout, matching the un-permuted weights from ``gguf_loader``.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import numpy.typing as npt
 
 from puma_async.errors import ContextLengthError
 from puma_async.model.config import LlamaConfig
+from puma_async.model.rope import apply_rope, rope_tables
 from puma_async.model.weights import LayerWeights, LlamaWeights
 
 F64 = npt.NDArray[np.float64]
@@ -49,32 +49,6 @@ class KVCache:
     def length(self) -> int:
         """Number of positions cached."""
         return int(self.keys[0].shape[1]) if self.keys else 0
-
-
-def rope_tables(config: LlamaConfig, positions: npt.ArrayLike) -> tuple[F64, F64]:
-    """Public rotary tables ``(cos, sin)``, each of shape (len(positions), head_dim).
-
-    Rotate-half layout: column ``j`` and ``j + head_dim/2`` hold the same angle
-    ``position * rope_theta ** (-2j / head_dim)``, so ``apply_rope`` is
-    ``x * cos + rotate_half(x) * sin`` — a public linear map that the secure model can apply
-    to shares without communication.
-    """
-    half = config.head_dim // 2
-    inv_freq = config.rope_theta ** (-np.arange(half, dtype=np.float64) * 2.0 / config.head_dim)
-    angles = np.outer(np.asarray(positions, dtype=np.float64), inv_freq)
-    angles = np.concatenate([angles, angles], axis=-1)
-    return np.cos(angles), np.sin(angles)
-
-
-def rotate_half(x: F64) -> F64:
-    """``[-x2, x1]`` for ``x = [x1, x2]`` split in halves along the last axis."""
-    x1, x2 = np.split(x, 2, axis=-1)
-    return np.concatenate([-x2, x1], axis=-1)
-
-
-def apply_rope(x: F64, cos: F64, sin: F64) -> F64:
-    """Rotate ``x`` (..., n_positions, head_dim) by the tables of ``rope_tables``."""
-    return x * cos + rotate_half(x) * sin
 
 
 def rms_norm(x: F64, gain: npt.NDArray[np.floating], eps: float) -> F64:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from puma_async.context import Program
 from puma_async.model.weights import LlamaWeights
 from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES, role_name
 from puma_async.session.generation import GenerationOptions, ProgressFn
-from puma_async.session.programs import Program, client_program, owner_program, party_program
+from puma_async.session.programs import client_program, owner_program, party_program
 from puma_async.session.settings import SessionSettings
 
 

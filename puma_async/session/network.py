@@ -22,10 +22,10 @@ from typing import Any
 import trio
 
 from puma_async.cluster import Cluster
+from puma_async.context import Program
 from puma_async.errors import PumaError
 from puma_async.roles import role_name
 from puma_async.runtime import PartyOptions, run_party
-from puma_async.session.programs import Program
 from puma_async.session.recording import Wrapper
 from puma_async.session.settings import SessionSettings
 from puma_async.stats import PartyStats

@@ -30,15 +30,15 @@ prompts: :mod:`.factory` builds one role's program from what that role may hold.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import trio
 
+from puma_async.context import Context, Program
 from puma_async.errors import ProtocolError, SettingsError
 from puma_async.model.weights import LlamaWeights
-from puma_async.protocols.arith import fixed_point
+from puma_async.protocols.fixedpoint import fixed_point
 from puma_async.protocols.io import reveal_to, share_input
 from puma_async.protocols.llama import (
     SecureKVCache,
@@ -53,7 +53,6 @@ from puma_async.protocols.randomness import setup_input_seeds, setup_keys
 from puma_async.protocols.ring import RingArray
 from puma_async.protocols.shares import AShare
 from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES
-from puma_async.runtime import Context
 from puma_async.session.frames import row_blocks
 from puma_async.session.generation import (
     GenerationOptions,
@@ -69,7 +68,6 @@ from puma_async.session.messages import Command, End, NextPrompt, Ready, Run
 from puma_async.session.settings import SessionSettings
 from puma_async.session.state import PassDone, SessionState, SessionStateError
 
-Program = Callable[[Context], Awaitable[Any]]
 ClientResult = tuple[tuple[PromptResult, ...], float]
 """What the client's program returns: its prompts' results and the set-up's seconds."""
 
@@ -227,10 +225,7 @@ def client_program(
         online = ctx.child()
         state = SessionState(settings.positions, settings.max_new_tokens)
         for party in PARTIES:  # the set-up ends when every party has stored its weights
-            ready = await online.recv(party)
-            if not isinstance(ready, Ready):
-                raise ProtocolError(f"expected the party's ready signal, got "
-                                    f"{type(ready).__name__}", peer=party, step=online.step_name)
+            await online.recv_message(party, Ready)
         state.handle(Ready())
         setup_seconds = time.perf_counter() - started
         report(Progress("setup", setup_seconds))
@@ -267,6 +262,6 @@ def client_program(
 
 
 __all__ = [
-    "ClientResult", "Program", "client_program", "owner_program", "party_program",
+    "ClientResult", "client_program", "owner_program", "party_program",
     "receive_rows", "send_rows",
 ]

@@ -17,13 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from puma_async.context import Program
 from puma_async.errors import SettingsError, TraceError
 from puma_async.files import create_private_dir
 from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, role_name
 from puma_async.session.factory import build_program
 from puma_async.session.generation import GenerationOptions
 from puma_async.session.models import owner_model
-from puma_async.session.programs import Program
 from puma_async.session.settings import SessionSettings
 from puma_async.trace.recorder import RecordingTransport
 from puma_async.transports.base import Transport

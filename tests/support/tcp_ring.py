@@ -14,12 +14,14 @@ import sys
 import numpy as np
 import trio
 
+from puma_async.context import ArraySpec, Context
 from puma_async.liveness import Liveness
 from puma_async.roles import next_party, prev_party
-from puma_async.runtime import Context, PartyOptions, run_party
+from puma_async.runtime import PartyOptions, run_party
 from puma_async.transports.tcp import open_tcp_transport
 
 SESSION = b"liveness-ring-16"
+COUNTER = ArraySpec.ring(1)
 
 
 async def ring(ctx: Context) -> None:
@@ -28,9 +30,10 @@ async def ring(ctx: Context) -> None:
     while True:
         if ctx.role == 0:
             await ctx.send_arrays(next_party(0), counter)
-            counter = await ctx.recv_array(prev_party(0)) + np.uint64(1)
+            counter = await ctx.recv_array(prev_party(0), COUNTER) + np.uint64(1)
         else:
-            await ctx.send_arrays(next_party(ctx.role), await ctx.recv_array(prev_party(ctx.role)))
+            counter = await ctx.recv_array(prev_party(ctx.role), COUNTER)
+            await ctx.send_arrays(next_party(ctx.role), counter)
         if not announced:
             print("running", flush=True)
             announced = True

@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from puma_async.context import ArraySpec, Context
+from puma_async.errors import ProtocolError
+from puma_async.protocols.io import reveal_to, share_input
+from puma_async.protocols.randomness import setup_input_seeds, setup_keys
+from puma_async.protocols.ring import RingArray, to_ring
+from puma_async.protocols.shares import AShare
 from puma_async.roles import CLIENT, PARTIES
 from puma_async.runner import run_local
-from puma_async.runtime import Context
 from puma_async.stats import PartyStats, Totals
-
-from .io import reveal_to, share_input
-from .randomness import setup_input_seeds, setup_keys
-from .ring import RingArray, to_ring
-from .shares import AShare
 
 SecureFn = Callable[..., Awaitable[AShare | Sequence[AShare]]]
 OP_SCOPE = "op"
@@ -67,22 +67,41 @@ def evaluation_program(fn: SecureFn, *inputs: Any, **kwargs: Any) -> Callable[[C
                 for a in arrays
             ]
         if ctx.role == CLIENT:
-            shapes = await ctx.recv_arrays(0)  # one vector of dimensions per output
+            (header,) = await ctx.recv_arrays(0, ArraySpec.ring((None,)))
+            shapes = _read_shapes(header, ctx)
             with ctx.scope("io"):
-                return tuple([
-                    await reveal_to(ctx, None, CLIENT, tuple(map(int, s))) for s in shapes
-                ])
+                return tuple([await reveal_to(ctx, None, CLIENT, s) for s in shapes])
         with ctx.scope(OP_SCOPE):
             out = await fn(ctx, *shares, **kwargs)
         outs = [out] if isinstance(out, AShare) else list(out)
         if ctx.role == 0:
-            await ctx.send_arrays(CLIENT, *[np.array(o.shape, np.uint64) for o in outs])
+            await ctx.send_arrays(CLIENT, _shapes_header([o.shape for o in outs]))
         with ctx.scope("io"):
             for o in outs:
                 await reveal_to(ctx, o, CLIENT, o.shape)
         return None
 
     return program
+
+
+def _shapes_header(shapes: Sequence[tuple[int, ...]]) -> RingArray:
+    """The outputs' public shapes as one vector: their count, their ranks, their dimensions."""
+    dims = [d for shape in shapes for d in shape]
+    return np.array([len(shapes), *map(len, shapes), *dims], dtype=np.uint64)
+
+
+def _read_shapes(header: RingArray, ctx: Context) -> list[tuple[int, ...]]:
+    """The shapes of :func:`_shapes_header` (a protocol error naming P0 if malformed)."""
+    values = [int(v) for v in header]
+    count = values[0] if values else -1
+    ranks, dims = values[1 : 1 + count], values[1 + count :]
+    if count < 0 or len(ranks) != count or sum(ranks) != len(dims):
+        raise ProtocolError("malformed list of output shapes", peer=0, step=ctx.step_name)
+    shapes, start = [], 0
+    for rank in ranks:
+        shapes.append(tuple(dims[start : start + rank]))
+        start += rank
+    return shapes
 
 
 def evaluate(

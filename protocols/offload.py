@@ -1,0 +1,26 @@
+"""Local work off the event loop: numpy releases the GIL, so the three parties of one process
+(and the liveness watchdog) keep running while a large array is processed in a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+OFFLOAD_MIN_ELEMENTS = 1 << 16
+"""Local work on at least this many elements runs in a worker thread (numpy releases the GIL),
+so that the three parties of one process keep both cores busy."""
+
+
+async def offload(fn: Callable[..., T], *args: Any, size: int) -> T:
+    """fn(*args), in a worker thread when ``size`` (elements) makes that worth it."""
+    if size >= OFFLOAD_MIN_ELEMENTS:
+        return await trio.to_thread.run_sync(fn, *args)
+    return fn(*args)
+
+
+__all__ = ["OFFLOAD_MIN_ELEMENTS", "offload"]
