@@ -42,6 +42,8 @@ from puma_async.model.weights import LlamaWeights
 from puma_async.protocols.arith import fixed_point
 from puma_async.protocols.io import reveal_to, share_input
 from puma_async.protocols.llama import (
+    PROBE_KEY,
+    Probe,
     SecureKVCache,
     Stored,
     assemble_model,
@@ -191,10 +193,16 @@ async def _tell_parties(ctx: Context, *command: Any) -> None:
 # ----------------------------------------------------------------------------- programs
 
 
-def party_program(config: LlamaConfig) -> Program:
-    """A computing party: set-up, then forward passes as the client asks; returns None."""
+def party_program(config: LlamaConfig, probe: Probe | None = None) -> Program:
+    """A computing party: set-up, then forward passes as the client asks; returns None.
+
+    ``probe`` (in-process accuracy measurements only: ``puma_async.accuracy``) is installed
+    as the party's ``protocols.llama`` probe.
+    """
 
     async def program(ctx: Context) -> None:
+        if probe is not None:
+            ctx.shared[PROBE_KEY] = probe
         setup = ctx.child()
         with setup.phase("setup"):
             await setup_keys(setup)
@@ -317,17 +325,19 @@ def run_session(
     *,
     progress: ProgressFn | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    probe: Probe | None = None,
     **run_options: Any,
 ) -> SessionResult:
     """Generate for every prompt with all five roles in this process (one weight sharing).
 
+    ``probe`` is installed in every computing party (see :func:`party_program`).
     ``run_options`` go to :func:`~puma_async.runner.run_local` (latency, bandwidth, ...).
     Raises ContextLengthError / ValueError before anything runs, RunFailedError if a role
     fails.
     """
     options = options or GenerationOptions()
     config = weights.config
-    programs: dict[int, Program] = {p: party_program(config) for p in PARTIES}
+    programs: dict[int, Program] = {p: party_program(config, probe) for p in PARTIES}
     programs[MODEL_OWNER] = owner_program(weights)
     programs[CLIENT] = client_program(config, prompts, options, progress)
     run = run_local(programs, timeout=timeout, **run_options)
