@@ -208,9 +208,8 @@ def main() -> None:
     reporting.add_out_argument(parser, "accuracy")
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": reporting.machine(), "goals": GOALS}
-    weights = load_gguf()
+    w64 = load_gguf().astype(np.float64)  # the only copy: sessions need ~8 GB besides
     tokenizer = Tokenizer.from_gguf()
-    w64 = weights.astype(np.float64)
     if not args.skip_generation:
         prompts = read_prompts(args.prompts, tokenizer, args.limit)
         results["generation"] = run_generation(w64, prompts, args.max_new_tokens)

@@ -23,7 +23,8 @@ M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith``
 (truncation: 2 R, ~8 bytes per q/k element), scores and P @ V (2 x 2 R, all heads batched by
 key/value group), softmax (softmax: 8-11 R for the maximum of T <= 8, ~8 log2(T / 8) + 11
 beyond, + 32 R, with the public causal mask), output projection (M),
-RMSNorm, gate/up (M), SiLU (activations: ~12 R), SiLU x up (2 R), down (M).
+RMSNorm, gate/up (M), SiLU (activations: 10 R, 618 bytes per element in all), SiLU x up (2 R),
+down (M).
 Embedding: 1 round, n hidden elements; head (last position only): RMSNorm + M on vocab outputs.
 
 **Probes** (accuracy measurements only). A callable stored under :data:`PROBE_KEY` in

@@ -133,7 +133,8 @@ class ErrorProfile:
 
 
 def profile_table(summary: Mapping[str, Mapping[str, float]], key: str = "max_error") -> str:
-    """A text table of one figure: a row per layer, a column per component (and the head)."""
+    """A text table of one figure: a row per layer, a column per component (and the head);
+    column names are cut to 8 characters (``protocols.llama.PROBE_POINTS`` order)."""
     layers: dict[str, dict[str, float]] = {}
     columns: list[str] = []
     for point, figures in summary.items():
@@ -142,12 +143,9 @@ def profile_table(summary: Mapping[str, Mapping[str, float]], key: str = "max_er
         if column not in columns:
             columns.append(column)
         layers.setdefault(row, {})[column] = figures[key]
-    width = max(9, *(len(c) + 1 for c in columns))
-    lines = [f"{key:<8}" + "".join(f"{c:>{width}}" for c in columns)]
+    lines = [f"{key[:8]:<8}" + "".join(f"{c[:8]:>9}" for c in columns)]
     for row, values in layers.items():
-        cells = "".join(
-            f"{values[c]:>{width}.2e}" if c in values else " " * width for c in columns
-        )
+        cells = "".join(f"{values[c]:>9.1e}" if c in values else " " * 9 for c in columns)
         lines.append(f"{row:<8}{cells}")
     return "\n".join(lines)
 
