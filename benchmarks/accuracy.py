@@ -37,12 +37,12 @@ import reporting
 
 from puma_async.accuracy import (
     ErrorProfile,
+    SessionComparison,
     ShareCollector,
     log_softmax,
     profile_table,
-    token_metrics,
 )
-from puma_async.model import KVCache, LlamaWeights, Tokenizer, forward, load_gguf
+from puma_async.model import LlamaWeights, Tokenizer, forward, load_gguf
 from puma_async.model.reference import rms_norm
 from puma_async.session import GenerationOptions, Progress, run_session
 
@@ -65,39 +65,9 @@ def read_prompts(path: Path, tokenizer: Tokenizer, limit: int | None) -> list[li
     return prompts[:limit]
 
 
-class GenerationTracker:
-    """Progress callback: after every secure pass, the reference pass on the same tokens,
-    the pass's probed values compared (profile) and its next-token metrics."""
-
-    def __init__(self, weights: LlamaWeights, prompts: list[list[int]],
-                 collector: ShareCollector):
-        self.weights, self.prompts, self.collector = weights, prompts, collector
-        self.profile = ErrorProfile()
-        self.positions: list[list[dict[str, Any]]] = []
-        self.cache = KVCache.empty(weights.config)
-        self.last_token = -1
-
-    def __call__(self, event: Progress) -> None:
-        if event.kind != "token":
-            return
-        secure = self.collector.take()
-        if event.step == 0:
-            self.cache = KVCache.empty(self.weights.config)
-            self.positions.append([])
-            tokens = self.prompts[event.prompt]
-        else:
-            tokens = [self.last_token]
-        reference: dict[str, np.ndarray] = {}
-        forward(self.weights, tokens, self.cache, probe=reference.__setitem__)
-        self.profile.add(secure, reference)
-        metrics = token_metrics(reference["logits"][-1], secure["logits"][0])
-        self.positions[-1].append({"token": event.token, **metrics})
-        self.last_token = event.token
-
-
 def run_generation(weights: LlamaWeights, prompts: list[list[int]], new: int) -> dict[str, Any]:
     collector = ShareCollector()
-    tracker = GenerationTracker(weights, prompts, collector)
+    tracker = SessionComparison(weights, prompts, collector)
     started = time.perf_counter()
     result = run_session(weights, prompts, GenerationOptions(max_new_tokens=new),
                          progress=tracker, probe=collector, timeout=SESSION_TIMEOUT)

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from puma_async.model import KVCache, LlamaWeights, forward
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.ring import RING_DTYPE, RingArray
 from puma_async.protocols.shares import AShare
 from puma_async.roles import PARTIES
+from puma_async.session import Progress
 
 F64 = npt.NDArray[np.float64]
 
@@ -172,6 +174,43 @@ def token_metrics(plain: F64, secure: F64) -> dict[str, Any]:
     }
 
 
+class SessionComparison:
+    """A session's progress callback that compares every secure pass with the reference.
+
+    Use with ``run_session(weights, prompts, options, progress=comparison, probe=collector)``
+    (``comparison = SessionComparison(weights64, prompts, collector)``). After each pass it
+    takes the pass's probed values, runs the reference on the same tokens (the prompt, then
+    each token the secure run chose) and adds the pass to :attr:`profile` and its
+    next-token metrics (:func:`token_metrics`, plus the token) to :attr:`positions`
+    (one list per prompt).
+    """
+
+    def __init__(self, weights: LlamaWeights, prompts: Sequence[Sequence[int]],
+                 collector: ShareCollector):
+        self.weights, self.prompts, self.collector = weights, prompts, collector
+        self.profile = ErrorProfile()
+        self.positions: list[list[dict[str, Any]]] = []
+        self._cache = KVCache.empty(weights.config)
+        self._last_token = -1
+
+    def __call__(self, event: Progress) -> None:
+        if event.kind != "token":
+            return
+        secure = self.collector.take()
+        if event.step == 0:
+            self._cache = KVCache.empty(self.weights.config)
+            self.positions.append([])
+            tokens = list(self.prompts[event.prompt])
+        else:
+            tokens = [self._last_token]
+        reference: dict[str, F64] = {}
+        forward(self.weights, tokens, self._cache, probe=reference.__setitem__)
+        self.profile.add(secure, reference)
+        metrics = token_metrics(reference["logits"][-1], secure["logits"][0])
+        self.positions[-1].append({"token": event.token, **metrics})
+        self._last_token = event.token
+
+
 def perplexity(logits: F64, targets: npt.ArrayLike) -> float:
     """exp of the mean negative log-likelihood of ``targets`` (n,) under ``logits`` (n, vocab)."""
     t = np.asarray(targets)
@@ -180,6 +219,6 @@ def perplexity(logits: F64, targets: npt.ArrayLike) -> float:
 
 
 __all__ = [
-    "NEAR_TIE", "ErrorProfile", "PointError", "ShareCollector", "log_softmax", "perplexity",
-    "profile_table", "token_metrics",
+    "NEAR_TIE", "ErrorProfile", "PointError", "SessionComparison", "ShareCollector",
+    "log_softmax", "perplexity", "profile_table", "token_metrics",
 ]

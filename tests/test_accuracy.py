@@ -17,6 +17,7 @@ import pytest
 from puma_async.accuracy import (
     NEAR_TIE,
     ErrorProfile,
+    SessionComparison,
     ShareCollector,
     perplexity,
     profile_table,
@@ -84,6 +85,19 @@ def test_secure_points_are_close_to_the_reference(probed) -> None:
     table = profile_table(summary)
     assert table.splitlines()[1].startswith("layer0")
     assert "silu_up" in table.splitlines()[0]
+
+
+def test_session_comparison_follows_the_secure_tokens() -> None:
+    prompts = [PROMPT, [9, 8]]
+    collector = ShareCollector()
+    comparison = SessionComparison(WEIGHTS, prompts, collector)
+    result = run_session(WEIGHTS, prompts, GenerationOptions(max_new_tokens=NEW),
+                         progress=comparison, probe=collector)
+    assert [len(p) for p in comparison.positions] == [NEW, NEW]
+    for positions, secure in zip(comparison.positions, result.prompts, strict=True):
+        assert [p["token"] for p in positions] == secure.tokens
+        assert all(p["top1_equal"] and p["max_logit_error"] < 0.002 for p in positions)
+    assert list(comparison.profile.summary()) == POINTS
 
 
 def test_reference_probe_does_not_change_the_logits() -> None:
