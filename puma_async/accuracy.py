@@ -145,10 +145,10 @@ def profile_table(summary: Mapping[str, Mapping[str, float]], key: str = "max_er
         if column not in columns:
             columns.append(column)
         layers.setdefault(row, {})[column] = figures[key]
-    lines = [f"{key[:8]:<8}" + "".join(f"{c[:8]:>9}" for c in columns)]
+    lines = [f"{key[:9]:<9}" + "".join(f"{c[:8]:>9}" for c in columns)]
     for row, values in layers.items():
         cells = "".join(f"{values[c]:>9.1e}" if c in values else " " * 9 for c in columns)
-        lines.append(f"{row:<8}{cells}")
+        lines.append(f"{row:<9}{cells}")
     return "\n".join(lines)
 
 

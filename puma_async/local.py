@@ -9,8 +9,10 @@ Options: ``--prompt TEXT`` (repeatable), ``--prompt-file FILE`` (one prompt a li
 one session), ``--chat`` (wrap prompts in the model's chat template), ``--max-new-tokens N``,
 ``--temperature T`` and ``--seed S`` (sampling on the client; 0 = greedy), ``--model PATH``
 (a LLaMA GGUF; ``tiny`` = a small random-weight model with a byte tokenizer, ids = bytes mod
-64), ``--compare`` (also the plaintext float64 reference: its own generation, top-1
-agreement and max |logit error| of the secure logits on the same prefixes), ``--json``
+64), ``--compare`` (also the plaintext float64 reference: its own generation; on the secure
+run's own prefixes, top-1 agreement, max |logit error|, KL and near ties of the secure logits;
+and the error profile, max and RMS error of every component of every layer, from probes that
+exist only because every role runs in this process: ``puma_async.accuracy``), ``--json``
 (machine-readable results on stdout), ``--record DIR`` (one trace per role in DIR, to replay
 the parties with ``python -m puma_async.replay``; traces hold keys and shares: keep them
 private). Errors (a bad model file, a too-long prompt) are reported in one line, exit status 2.
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from puma_async.accuracy import SessionComparison, ShareCollector, profile_table
 from puma_async.cluster import TINY_MODEL, SessionSettings
 from puma_async.errors import ContextLengthError, ModelFileError, RunFailedError
 from puma_async.model import (
@@ -105,21 +108,15 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def compare(
-    weights: LlamaWeights, result: SessionResult, options: GenerationOptions
+    weights: LlamaWeights, result: SessionResult, options: GenerationOptions,
+    comparison: SessionComparison,
 ) -> list[dict[str, Any]]:
-    """Per prompt: the plaintext generation (same options and seed) and, on the secure
-    run's own prefixes, top-1 agreement and the max |logit error| of the secure logits."""
+    """Per prompt: the plaintext generation (same options and seed) and, from ``comparison``
+    (the secure run's own prefixes), top-1 agreement, max |logit error|, KL and near ties."""
     w64 = weights.astype(np.float64)
     rng = np.random.default_rng(options.seed)
     out = []
-    for prompt in result.prompts:
-        cache = KVCache.empty(weights.config)
-        logits = forward(w64, list(prompt.prompt_ids), cache)[-1]
-        agree, errors = [], []
-        for record in prompt.records:
-            agree.append(int(np.argmax(logits)) == int(np.argmax(record.logits)))
-            errors.append(float(np.abs(logits - record.logits).max()))
-            logits = forward(w64, [record.token], cache)[-1]
+    for prompt, positions in zip(result.prompts, comparison.positions, strict=True):
         plain: list[int] = []
         cache = KVCache.empty(weights.config)
         logits = forward(w64, list(prompt.prompt_ids), cache)[-1]
@@ -128,18 +125,22 @@ def compare(
             if plain[-1] == options.eos_id or len(plain) == options.max_new_tokens:
                 break
             logits = forward(w64, [plain[-1]], cache)[-1]
+        errors = [p["max_logit_error"] for p in positions]
         out.append({
             "plaintext_ids": plain,
-            "top1_agreement": sum(agree) / len(agree),
+            "top1_agreement": sum(p["top1_equal"] for p in positions) / len(positions),
             "max_logit_error": max(errors),
             "logit_errors": errors,
+            "max_kl": max(p["kl"] for p in positions),
+            "near_ties": sum(p["near_tie"] for p in positions),
         })
     return out
 
 
-def report(result: SessionResult, loaded: Loaded, comparison: list[dict[str, Any]] | None
-           ) -> dict[str, Any]:
-    """Machine-readable results (what ``--json`` prints)."""
+def report(result: SessionResult, loaded: Loaded, comparison: list[dict[str, Any]] | None,
+           profile: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """Machine-readable results (what ``--json`` prints); ``profile``: the error profile
+    (:meth:`puma_async.accuracy.ErrorProfile.summary`) with ``--compare``."""
     setup = {f"P{p}": result.setup_cost(p).bytes_sent for p in PARTIES}
     prompts = []
     for i, prompt in enumerate(result.prompts):
@@ -164,7 +165,7 @@ def report(result: SessionResult, loaded: Loaded, comparison: list[dict[str, Any
         if comparison is not None:
             entry.update(comparison[i])
         prompts.append(entry)
-    return {
+    data = {
         "model": loaded.name,
         "setup": {
             "seconds": result.setup_seconds,
@@ -174,6 +175,9 @@ def report(result: SessionResult, loaded: Loaded, comparison: list[dict[str, Any
         "seconds": result.seconds,
         "prompts": prompts,
     }
+    if profile is not None:
+        data["error_profile"] = profile
+    return data
 
 
 def print_human(data: dict[str, Any]) -> None:
@@ -195,7 +199,11 @@ def print_human(data: dict[str, Any]) -> None:
         if "plaintext_ids" in prompt:
             print(f"plaintext: ids {prompt['plaintext_ids']}; top-1 agreement "
                   f"{prompt['top1_agreement']:.0%}; max |logit error| "
-                  f"{prompt['max_logit_error']:.4f}")
+                  f"{prompt['max_logit_error']:.4f}; max KL {prompt['max_kl']:.1e}; "
+                  f"near ties {prompt['near_ties']}")
+    if "error_profile" in data:
+        print("\nerror profile, max |secure - float64| per layer and component:")
+        print(profile_table(data["error_profile"]))
 
 
 def recording(args: argparse.Namespace, prompts: list[list[int]]) -> dict[str, Any]:
@@ -267,12 +275,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say(f"prompt {event.prompt}: token {event.step} {event.seconds:.2f} s -> "
                     f"{tokenizer.decode([event.token])!r}")
 
-        result = run_session(loaded.weights, prompts, options, progress=progress,
-                             **recording(args, prompts))
+        collector = ShareCollector() if args.compare else None
+        checks = None if collector is None else SessionComparison(
+            loaded.weights.astype(np.float64), prompts, collector)
+
+        def progress_and_checks(event: Progress) -> None:
+            progress(event)
+            if checks is not None:
+                checks(event)
+
+        result = run_session(loaded.weights, prompts, options, progress=progress_and_checks,
+                             probe=collector, **recording(args, prompts))
         comparison = None
-        if args.compare:
+        if checks is not None:
             say("running the plaintext reference...")
-            comparison = compare(loaded.weights, result, options)
+            comparison = compare(loaded.weights, result, options, checks)
     except (ModelFileError, ContextLengthError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -280,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: secure run failed: {type(exc.root_cause).__name__}: {exc.root_cause}",
               file=sys.stderr)
         return 1
-    data = report(result, loaded, comparison)
+    data = report(result, loaded, comparison,
+                  None if checks is None else checks.profile.summary())
     if args.json:
         print(json.dumps(data, indent=2))
     else:
