@@ -71,7 +71,7 @@ Method = Literal["accurate", "puma"]
 TABLE_POWER_FRAC = 28
 """Fractional bits of v and its powers in :class:`TablePolynomial` (|v^k| < 8 where it matters)."""
 TABLE_COEFFICIENT_FRAC = 27
-"""Fractional bits of the selected coefficients (the dot product stays below 2^59)."""
+"""Fractional bits of the selected coefficients (SiLU's dot product: |terms| add up to < 2^61)."""
 
 
 @dataclasses.dataclass(frozen=True)
