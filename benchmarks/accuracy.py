@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,24 @@ def read_prompts(path: Path, tokenizer: Tokenizer, limit: int | None) -> list[li
     return prompts[:limit]
 
 
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def run_generation(weights: LlamaWeights, prompts: list[list[int]], new: int) -> dict[str, Any]:
     collector = ShareCollector()
     tracker = SessionComparison(weights, prompts, collector)
     started = time.perf_counter()
+
+    def progress(event: Progress) -> None:
+        tracker(event)
+        if event.kind == "token" and event.step == new - 1:
+            worst = max(p["max_logit_error"] for p in tracker.positions[-1])
+            say(f"prompt {event.prompt + 1}/{len(prompts)}: max |logit error| {worst:.4f} "
+                f"({time.perf_counter() - started:.0f} s)")
+
     result = run_session(weights, prompts, GenerationOptions(max_new_tokens=new),
-                         progress=tracker, probe=collector, timeout=SESSION_TIMEOUT)
+                         progress=progress, probe=collector, timeout=SESSION_TIMEOUT)
     positions = [p for prompt in tracker.positions for p in prompt]
     flips = [p for p in positions if not p["top1_equal"]]
     summary = {
@@ -119,6 +132,7 @@ def run_perplexity(weights: LlamaWeights, ids: list[int], window: int) -> dict[s
         rows = np.arange(targets.size)
         nll["secure"].extend(-log_softmax(logits[:-1])[rows, targets])
         nll["plain"].extend(-log_softmax(plain[:-1])[rows, targets])
+        say(f"window {event.prompt + 1}/{len(windows)} ({time.perf_counter() - started:.0f} s)")
 
     started = time.perf_counter()
     run_session(weights, windows, GenerationOptions(max_new_tokens=1), progress=progress,

@@ -3,7 +3,7 @@
 One session (the weights are shared once) with three prompts and a few tokens each, 78 s
 here (load included). Bounds, secure logits vs the float64 reference on the same prefix, at
 every position: issue 13's goals, max |logit error| <= 0.05 and KL(plaintext || secure)
-<= 1e-4 (measured MEASURED on logits up to 25).
+<= 1e-4 (measured 0.0030 and 7.8e-8 on logits up to 25; " Paris" 17.372 vs 17.371).
 """
 
 from __future__ import annotations
