@@ -108,17 +108,16 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def compare(
-    weights: LlamaWeights, result: SessionResult, options: GenerationOptions,
-    comparison: SessionComparison,
+    result: SessionResult, options: GenerationOptions, comparison: SessionComparison
 ) -> list[dict[str, Any]]:
     """Per prompt: the plaintext generation (same options and seed) and, from ``comparison``
     (the secure run's own prefixes), top-1 agreement, max |logit error|, KL and near ties."""
-    w64 = weights.astype(np.float64)
+    w64 = comparison.weights
     rng = np.random.default_rng(options.seed)
     out = []
     for prompt, positions in zip(result.prompts, comparison.positions, strict=True):
         plain: list[int] = []
-        cache = KVCache.empty(weights.config)
+        cache = KVCache.empty(w64.config)
         logits = forward(w64, list(prompt.prompt_ids), cache)[-1]
         while True:
             plain.append(pick_token(logits, options.temperature, rng))
@@ -289,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         comparison = None
         if checks is not None:
             say("running the plaintext reference...")
-            comparison = compare(loaded.weights, result, options, checks)
+            comparison = compare(result, options, checks)
     except (ModelFileError, ContextLengthError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
