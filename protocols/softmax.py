@@ -13,14 +13,15 @@ Costs, rows of n (bytes per element sent by the 3 parties together; ``costs.py``
   :data:`ALL_PAIRS_MAX` = 8 entries, then one all-pairs level (8 + ceil(log2(m - 1))
   rounds, 28 comparisons for m = 8): 8-11 rounds for n <= 8 (11 rounds and 1,577.5 bytes
   per row of 8; a halving tree: 8 per level), 42 for n = 128 (a halving tree: 54).
-- :func:`softmax`, rows of 8 (a decoding step at 8 keys): 43 rounds, 669.75 bytes per
+- :func:`softmax`, rows of 8 (a decoding step at 8 keys): 43 rounds, 668.75 bytes per
   element. Rows of 128: 73 rounds (75 rounds for (12, 128, 128), where the first halving
   levels have enough comparisons to rotate their roles: max 42, negExp 13, reciprocal 17,
-  product 2), 502-503 bytes per element (max 97, negExp 354, product 44, the row's
+  product 2), 501-502 bytes per element (max 97, negExp 353, product 44, the row's
   reciprocal 7).
 Error (tests/test_nonlinear_softmax.py; rows of scale 0.1 to 100, a dominant entry, +-2^16
-entries, causal and single-entry masks): max abs error 0.0017 per probability, from negExp's
-relative error at x < -4 (PUMA's (1 + x/32)^32 gives 0.04 to 0.065 on the same rows).
+entries, causal and single-entry masks): max abs error 1.7e-5 per probability; 3.4e-5 to
+4.1e-5 on (12, 128, 128) rows of scale 3, where the rounding of every e (one unit at 18 bits)
+adds up in the row sum (PUMA's (1 + x/32)^32 gives 0.04 to 0.065 on the same rows).
 """
 
 from __future__ import annotations
