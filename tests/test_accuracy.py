@@ -26,6 +26,7 @@ from puma_async.accuracy import (
 from puma_async.model import KVCache, forward, random_weights, tiny_config
 from puma_async.protocols.llama import PROBE_POINTS
 from puma_async.protocols.shares import AShare
+from puma_async.roles import PARTIES
 from puma_async.session import GenerationOptions, Progress, run_session
 
 CONFIG = dataclasses.replace(tiny_config(), n_layers=2)
@@ -98,6 +99,13 @@ def test_session_comparison_follows_the_secure_tokens() -> None:
         assert [p["token"] for p in positions] == secure.tokens
         assert all(p["top1_equal"] and p["max_logit_error"] < 0.002 for p in positions)
     assert list(comparison.profile.summary()) == POINTS
+
+
+def test_probe_is_installed_in_every_computing_party() -> None:
+    roles: set[int] = set()
+    run_session(WEIGHTS, [PROMPT], max_new_tokens=1,
+                probe=lambda role, point, share: roles.add(role))
+    assert roles == set(PARTIES)
 
 
 def test_reference_probe_does_not_change_the_logits() -> None:
