@@ -217,7 +217,8 @@ def render_costs(rows: Iterable[Data]) -> list[str]:
         cells = [label if first else "", shapes, str(r["online_rounds"]),
                  f"{r['online_bytes']:g}{per}"]
         if offline:
-            cells.append(f"{r['offline_rounds']} rounds, {r['offline_bytes']:g}")
+            has = r["offline_rounds"] or r["offline_bytes"]
+            cells.append(f"{r['offline_rounds']} rounds, {r['offline_bytes']:g}" if has else "")
         cells.append(r["error"].replace("|", "\\|") if first else "")
         lines.append("| " + " | ".join(cells) + " |")
         previous = label

@@ -1,37 +1,56 @@
-"""GeLU and SiLU as piecewise polynomials (PUMA's, and more accurate ones at lower cost).
+"""GeLU and SiLU as piecewise polynomials (PUMA's, and more accurate ones).
 
-Every approximation here is a :class:`PiecewisePolynomial`: breakpoints, and per interval a
-piece that is 0, x, or c0 + a x + sum_k c_k u^k in a variable u = x / s or u = (x / s)^2 with
-|u| <= 1 on the pieces' intervals. The breakpoint comparisons (one batched comparison) and the
-polynomials run concurrently (:func:`~.polynomial.piecewise`); all pieces share one set of
-powers and one truncation, and the selection's multiplications run alongside the comparison,
-so rounds = max(comparison (8), pieces + 1). Pieces take a round more from 12,288 elements
-on, where the truncations rotate their roles (the dealer joins the critical path).
+Two evaluators, both exact outside their outermost breakpoints for every |x| < 2^62 (0 below,
+x above: garbage polynomial values there are multiplied by an exact 0):
 
-``method="accurate"`` (default) uses GeLU(x) - x/2 and SiLU(x) - x/2 being *even*: one
-polynomial in u = (x/T)^2 on [-T, T], 0 below -T and x above T, i.e. two comparisons instead
-of PUMA's three. Fits (offline, numpy): Lawson's iteratively reweighted least squares
-(minimax) of f(x) - x/2 on 20,001 points of [-T, T], T chosen on a 0.01 grid so that the
-polynomial's error equals the tail error |f(x) - relu(x)| at T.
+- :class:`PiecewisePolynomial` (GeLU, PUMA's SiLU): breakpoints, and per interval a piece that
+  is 0, x, or c0 + a x + sum_k c_k u^k in a variable u = x / s or u = (x / s)^2 with |u| <= 1
+  on the pieces' intervals. The breakpoint comparisons (one batched comparison) and the
+  polynomials run concurrently (:func:`~.polynomial.piecewise`); all pieces share one set of
+  powers and one truncation, and the selection's multiplications run alongside the
+  comparisons' opening, so rounds = max(comparison (3), pieces) + 1. ``method="accurate"`` GeLU uses
+  GeLU(x) - x/2 being *even*: one polynomial in u = (x/T)^2 on [-T, T], 0 below -T and x above
+  T, i.e. two comparisons instead of PUMA's three. Fit (offline, numpy): Lawson's
+  iteratively reweighted least squares (minimax) of f(x) - x/2 on 20,001 points of [-T, T],
+  T chosen on a 0.01 grid so that the polynomial's error equals the tail error |f(x) - relu(x)|
+  at T.
+- :class:`TablePolynomial` (SiLU, ``method="accurate"``): a polynomial of degree d in
+  v = x / s (s a power of two) on each of the intervals between thresholds t_0 < ... < t_m,
+  0 below t_0 and x from t_m on. The comparisons [x >= t_k] (one batch sharing its leaves,
+  :func:`.fastcmp.compare_thresholds`, opened as arithmetic 0/1 shares) select each
+  element's row of a public coefficient table locally, C = sum_k [x >= t_k] (row_k -
+  row_{k-1}); the powers of v run alongside the comparisons, and the result is one dot
+  product C . (1, v, ..., v^d) with one truncation, beside the product [x >= t_m] x.
+  Rounds: max(comparison (4), powers (6)) + dot product (2) = 8.
+  Fit (offline, numpy): per interval, Lawson's minimax of SiLU on 8,001 points in the interval's
+  own variable w in [-1, 1], converted to powers of v; thresholds by a greedy search on a
+  0.05 grid (each piece as wide as a max error of 3e-5 on [-3, 3], 2e-4 beyond, allows).
 
 Measured (errors: tests/test_nonlinear_activations.py, 320,001 points of [-16, 16] plus
 +-2^16; costs: ``costs.py``; rounds below / from 12,288 elements; bytes per element sent by
-all parties together):
+all parties together, online + offline):
 
-=============  ============  ====================  ======  ======  ===================
-function       breakpoints   powers                rounds  bytes   max error (at x)
-=============  ============  ====================  ======  ======  ===================
-GeLU accurate  -3.15, 3.15   u, u^2, u^3, u^4      8 / 9   384.25  0.0026 (3.15)
-GeLU puma      -4, -1.95, 3  x^2, x^3, x^4, x^6    8 / 9   503.25  0.0199 (3.00)
-SiLU accurate  -7.22, 7.22   u, u^2, ..., u^6      10 / 11 471.25  0.0053 (4.14)
-SiLU puma      -8, -4, 4     x^2, x^4, x^6         8 / 9   458.75  0.0719 (4.00)
-=============  ============  ====================  ======  ======  ===================
+=============  ========================  ==================  =======  ======  ==============
+function       breakpoints               powers              rounds   bytes   max error (at)
+=============  ========================  ==================  =======  ======  ==============
+GeLU accurate  -3.15, 3.15               u, u^2, u^3, u^4    8 / 9    300.88  0.0026 (3.15)
+                                                                      + 72
+GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    363.63  0.0199 (3.00)
+                                                                      + 108
+SiLU accurate  -11, -3.05, 0.2, 3.2, 11  v^2, ..., v^6       8 / 8    365.25  1.8e-4 (11)
+                                                                      + 180
+SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    319.13  0.0719 (4.00)
+                                                                      + 108
+=============  ========================  ==================  =======  ======  ==============
 
-The errors are those of the approximations on the whole real line (fixed-point rounding adds
-< 1e-4); every |x| < 2^62 is handled exactly outside [-T, T] (0 or x, garbage polynomial
-values cancel exactly). Per element: 66.25 bytes per comparison (one per breakpoint), about
-44 per fused multiplication+truncation (one per power, one more for u = (x/T)^2), 27 for the
-truncation of all pieces together, 24 per breakpoint for the selection.
+SiLU accurate: max error 3.3e-5 on [-3, 3] (1.35e-4 on [-11, -3.05], 1.0e-4 on [3.2, 11], the
+tail 1.8e-4 at +-11). Its bytes: the comparisons' shared leaves (29.1) and per threshold
+10 online and 36 offline (5), about 43.5 per power (5), 45 for the dot product, 24 for
+[x >= 11] x. The other errors are those of the approximations on the whole real line
+(fixed-point rounding adds < 1e-4). Per element: the comparisons' shared leaves (29.1) and
+per breakpoint 10 online and 36 offline, about 44 per fused multiplication+truncation (one
+per power, one more for u = (x/T)^2), 27 for the truncation of all pieces together, 24 per
+breakpoint for the selection.
 """
 
 from __future__ import annotations
@@ -39,12 +58,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import numpy as np
+
 from puma_async.context import Context, protocol
 
-from .arith import mul_fxp
+from .arith import dot_fxp, mul, mul_fxp
+from .compare import to_arith
+from .fastcmp import compare_thresholds
 from .fixedpoint import fixed_point
 from .polynomial import Term, linear_forms, piecewise, powers, zeros_like
-from .shares import AShare
+from .ring import RingArray, to_ring
+from .shares import AShare, public_share, stack
 
 WORK_FRAC = 30
 """Fractional bits of u and its powers (|u| <= 1 where it matters)."""
@@ -52,6 +76,10 @@ EVEN_SCALE_BITS = 24  # u = X^2 * round(2^24 / T^2), then truncated
 ZERO, IDENTITY = "zero", "x"
 Piece = str | tuple[float, ...]  # ZERO, IDENTITY or (c0, a, c1, ..., cn)
 Method = Literal["accurate", "puma"]
+TABLE_POWER_FRAC = 28
+"""Fractional bits of v and its powers in :class:`TablePolynomial` (|v^k| < 8 where it matters)."""
+TABLE_COEFFICIENT_FRAC = 27
+"""Fractional bits of the selected coefficients (SiLU's dot product: |terms| add up to < 2^61)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +90,28 @@ class PiecewisePolynomial:
     pieces: tuple[Piece, ...]
     scale: float
     even: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TablePolynomial:
+    """0 below breakpoints[0], x from breakpoints[-1] on, and between breakpoints[i] and
+    breakpoints[i + 1] the polynomial sum_k coefficients[i][k] v^k, v = x / scale."""
+
+    breakpoints: tuple[float, ...]
+    scale: float
+    coefficients: tuple[tuple[float, ...], ...]
+
+    @property
+    def degree(self) -> int:
+        return len(self.coefficients[0]) - 1
+
+    def table(self) -> RingArray:
+        """Coefficient rows at TABLE_COEFFICIENT_FRAC bits, one per interval with the zero row
+        below and above (the identity is added apart): (breakpoints + 1, degree + 1)."""
+        zero = (0.0,) * (self.degree + 1)
+        rows = [zero, *self.coefficients, zero]
+        scaled = [[round(c * 2.0**TABLE_COEFFICIENT_FRAC) for c in row] for row in rows]
+        return to_ring(np.array(scaled, dtype=object))
 
 
 def _in_u(coefficients_of_x: tuple[float, ...], scale: float) -> tuple[float, ...]:
@@ -76,12 +126,16 @@ GELU_ACCURATE = PiecewisePolynomial(
             4.308677860886687, -1.4737406982635266), IDENTITY),
     3.15, even=True,
 )
-SILU_ACCURATE = PiecewisePolynomial(
-    (-7.22, 7.22),
-    (ZERO, (0.005286630053055941, 0.5, 12.267073385553832, -37.622066787954545,
-            88.63399616078637, -122.10021974567915, 87.6276881255878, -25.212319764713932),
-     IDENTITY),
-    7.22, even=True,
+SILU_ACCURATE = TablePolynomial(
+    (-11.0, -3.05, 0.2, 3.2, 11.0), 8.0,
+    ((-0.6563313191853334, -2.0538107519757247, -1.673504535451858, 1.3001897719372992,
+      3.0501449559648495, 1.8735386839954395, 0.396841703618378),
+     (1.8067539312494052e-05, 4.001809766699528, 15.9552007151084, -2.8468517445139643,
+      -127.36482531932859, -269.3340156016651, -184.8487063645799),
+     (0.0002453419259142997, 3.9875834346967425, 16.126911050178602, 1.5461898514624561,
+      -122.34190145107277, 259.7522248824322, -177.68734453137668),
+     (-0.6965506423328325, 10.365280655579557, -2.6426791909968945, 0.25350947201852336,
+      1.693622512346591, -1.2604051847384137, 0.28447158029136166)),
 )
 GELU_PUMA = PiecewisePolynomial(
     (-4.0, -1.95, 3.0),
@@ -102,7 +156,7 @@ SILU_PUMA = PiecewisePolynomial(
      IDENTITY),
     8.0, even=False,
 )
-APPROXIMATIONS = {
+APPROXIMATIONS: dict[tuple[str, str], PiecewisePolynomial | TablePolynomial] = {
     ("gelu", "accurate"): GELU_ACCURATE, ("gelu", "puma"): GELU_PUMA,
     ("silu", "accurate"): SILU_ACCURATE, ("silu", "puma"): SILU_PUMA,
 }
@@ -139,27 +193,66 @@ async def evaluate_piecewise(ctx: Context, x: AShare, spec: PiecewisePolynomial)
     return await piecewise(ctx, x, spec.breakpoints, lambda c: piece_values(c, x, spec))
 
 
+async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial) -> AShare:
+    """spec's polynomial of each element of x (fixed point); exact 0 and x outside.
+
+    Cost: 8 rounds; per element one comparison per threshold, one fused product per power,
+    one dot product and one ring product (module docstring).
+    """
+    f = fixed_point(ctx).frac_bits
+    role, m, d = ctx.role, len(spec.breakpoints), spec.degree
+    shift = TABLE_POWER_FRAC - f - (int(spec.scale).bit_length() - 1)
+    assert spec.scale == 2 ** (int(spec.scale).bit_length() - 1) and shift >= 0
+    v = x.scale(1 << shift)  # x / scale at TABLE_POWER_FRAC bits, exact
+    thresholds = fixed_point(ctx).encode(spec.breakpoints)
+    below, pw = await ctx.gather(
+        lambda c: _below(c, x, thresholds),
+        lambda c: powers(c, v, range(2, d + 1), frac=TABLE_POWER_FRAC),
+    )
+    steps = (-below).add_public(role, 1)  # [x >= t_k], (*x, m)
+    table = spec.table()
+    rows = steps.map(lambda a: a[..., None])  # (*x, m, 1)
+    coefficients = rows.scale(table[1:] - table[:-1]).sum(axis=-2)  # (*x, d + 1)
+    one = public_share(role, np.full(x.shape, 1 << TABLE_POWER_FRAC, dtype=np.uint64))
+    basis = stack([one, *(pw[k] for k in range(1, d + 1))], axis=-1)
+    bits = TABLE_COEFFICIENT_FRAC + TABLE_POWER_FRAC - f
+    poly, identity = await ctx.gather(
+        lambda c: dot_fxp(c, coefficients, basis, bits),
+        lambda c: mul(c, steps[..., m - 1], x),
+    )
+    return poly + identity
+
+
+async def _below(ctx: Context, x: AShare, thresholds: RingArray) -> AShare:
+    """[x < t_k] for every threshold, (*x, m): one batch sharing its leaves (4 rounds)."""
+    return await to_arith(ctx, await compare_thresholds(ctx, x, thresholds))
+
+
 @protocol
 async def gelu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
     """GeLU(x) = x Phi(x). Max error 0.0026 ("accurate") or 0.0199 ("puma", PUMA eq. 2-3).
 
-    Cost (either method): 8 rounds below 12,288 elements, 9 rounds from there on; 384.25
-    ("accurate") or 503.25 ("puma") bytes per element in all.
+    Cost (either method): 8 rounds below 12,288 elements, 9 rounds from there on; 300.88
+    ("accurate") or 363.63 ("puma") bytes per element online, 72 or 108 offline.
     """
-    return await evaluate_piecewise(ctx, x, APPROXIMATIONS["gelu", method])
+    return await evaluate_piecewise(ctx, x, GELU_ACCURATE if method == "accurate" else GELU_PUMA)
 
 
 @protocol
 async def silu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
-    """SiLU(x) = x sigmoid(x). Max error 0.0053 ("accurate") or 0.0719 ("puma", SPU's LLaMA).
+    """SiLU(x) = x sigmoid(x). Max error 1.8e-4, 3.3e-5 on [-3, 3] ("accurate"), or 0.0719
+    ("puma", SPU's LLaMA).
 
-    Cost: "accurate" 10 rounds below 12,288 elements, 11 rounds from there on, 471.25 bytes
-    per element in all; "puma" 8 rounds, then 9 rounds, 458.75 bytes.
+    Cost: "accurate" 8 rounds at any size, 365.25 bytes per element online and 180 offline;
+    "puma" 8 rounds below 12,288 elements, 9 rounds from there on, 319.13 and 108 bytes.
     """
-    return await evaluate_piecewise(ctx, x, APPROXIMATIONS["silu", method])
+    if method == "accurate":
+        return await evaluate_table(ctx, x, SILU_ACCURATE)
+    return await evaluate_piecewise(ctx, x, SILU_PUMA)
 
 
 __all__ = [
     "APPROXIMATIONS", "GELU_ACCURATE", "GELU_PUMA", "SILU_ACCURATE", "SILU_PUMA", "Method",
-    "PiecewisePolynomial", "evaluate_piecewise", "gelu", "piece_values", "silu",
+    "PiecewisePolynomial", "TablePolynomial", "evaluate_piecewise", "evaluate_table", "gelu",
+    "piece_values", "silu",
 ]

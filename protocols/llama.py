@@ -24,17 +24,30 @@ M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith``
 (truncation: 2 R, ~8 bytes per q/k element), scores and P @ V (2 x 2 R, all heads batched by
 key/value group), softmax (softmax: 8-11 R for the maximum of T <= 8, ~8 log2(T / 8) + 11
 beyond, + 32 R, with the public causal mask; 43 R for rows of 8), output projection (M),
-RMSNorm, gate/up (M), SiLU (activations: ~12 R), SiLU x up (2 R), down (M).
+RMSNorm, gate/up (M), SiLU (activations: 10 R, 617 bytes per element in all), SiLU x up (2 R),
+down (M).
 Embedding: 1 round, n hidden elements; head (last position only): RMSNorm + M on vocab outputs.
 Statistics: scopes ``embed``, ``layer{i}.attn``, ``layer{i}.mlp`` and ``head``, and inside them
 the protocols' own (``rms_norm``, ``softmax`` with ``max_along``, ``neg_exp`` and
 ``reciprocal``, ``silu``).
+
+**Probes** (accuracy measurements only). A :class:`LayerProbe` installed as the party's state
+(``ctx.install(LayerProbe(fn))``) is called as ``fn(role, point, share)`` with this party's
+share at every point of :data:`PROBE_POINTS`; with none installed (:data:`NO_PROBE`), nothing
+is called (one state lookup per point; no messages either way). A probe sees a party's shares,
+and whoever collects all three parties' shares sees the secrets: probes exist only where every
+role runs in one process (``puma_async.session.run_session(probe=...)``: tests,
+``benchmarks/accuracy.py``, ``local --compare``), to compare the secure pass with the float64
+reference (``puma_async.accuracy``). No deployed party installs one.
+
+One module of about 450 lines: the weight plan, the layers and the pass refer to each other's
+shapes, and a reader checks them against the LLaMA architecture in one place.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -64,6 +77,46 @@ from .ringmatmul import ring_matmul
 from .shares import AShare
 from .softmax import softmax
 from .trunc import truncate
+
+Probe = Callable[[int, str, AShare], None]
+"""``fn(role, point, share)``: what a :class:`LayerProbe` calls at every probe point."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerProbe:
+    """Per-party state: the in-process observer of this party's shares (module docstring)."""
+
+    fn: Probe
+
+
+def _see_nothing(role: int, point: str, share: AShare) -> None:
+    """The function of :data:`NO_PROBE` (never called)."""
+
+
+NO_PROBE = LayerProbe(_see_nothing)
+"""The state of a party with no probe installed: every deployed party."""
+
+PROBE_POINTS = (
+    "attn_norm", "qkv", "rope", "scores", "probs", "attn_out", "o_proj", "attn_residual",
+    "ffn_norm", "gate_up", "silu", "silu_up", "down", "residual",
+)
+"""Per-layer probe points, named ``layer{i}.{point}`` (then ``final_norm`` and ``logits``).
+
+Layouts (n new rows, T = cached + new positions): attn_norm, o_proj, attn_residual, ffn_norm,
+down, residual (n, hidden); qkv (n, q + 2 kv); rope (n, heads + kv heads, head_dim), the
+query heads times the attention scale 1/sqrt(head_dim); scores and probs (kv heads, heads
+per kv head, n, T), probs zero where masked; attn_out (n, q) before the output projection;
+gate_up (n, 2 ffn); silu and silu_up (n, ffn); final_norm (1, hidden) and logits (1, vocab)
+of the last row.
+"""
+
+
+def probe(ctx: Context, point: str, share: AShare) -> None:
+    """Hand this party's share at ``point`` to the installed probe, if any (no-op otherwise)."""
+    installed = ctx.state(LayerProbe, NO_PROBE)
+    if installed is not NO_PROBE:
+        installed.fn(ctx.role, point, share)
+
 
 # ----------------------------------------------------------------------------- weights
 
@@ -297,10 +350,14 @@ async def attention(
     """
     n, d = x.shape[0], config.head_dim
     heads, groups, rep = config.n_heads, config.n_kv_heads, config.n_rep
+    name = f"layer{index}"
     h = await rms_norm(ctx, x, layer.attn_norm, eps=config.rms_eps)
+    probe(ctx, f"{name}.attn_norm", h)
     qkv = await weight_matmul(ctx, h, layer.wqkv)
+    probe(ctx, f"{name}.qkv", qkv)
     split = (heads + groups) * d
     qk = await apply_rope(ctx, qkv[:, :split].reshape(n, heads + groups, d), rope)
+    probe(ctx, f"{name}.rope", qk)
     k_new = qk[:, heads:].transpose(1, 0, 2)  # (groups, n, d)
     v_new = qkv[:, split:].reshape(n, groups, d).transpose(1, 0, 2)
     keys, values = cache.append(index, k_new.map(np.ascontiguousarray),
@@ -309,20 +366,36 @@ async def attention(
     start = total - n  # this layer's positions before the new rows
     q = qk[:, :heads].reshape(n, groups, rep, d).transpose(1, 2, 0, 3).reshape(groups, rep * n, d)
     scores = await matmul_fxp(ctx, q, keys.transpose(0, 2, 1))  # (groups, rep n, total)
+    probe(ctx, f"{name}.scores", scores.reshape(groups, rep, n, total))
     probs = await softmax(ctx, scores, mask=causal_mask(start, n, total, rep))
+    probe(ctx, f"{name}.probs", probs.reshape(groups, rep, n, total))
     out = await matmul_fxp(ctx, probs, values)  # (groups, rep n, d)
     out = out.reshape(groups, rep, n, d).transpose(2, 0, 1, 3).reshape(n, heads * d)
-    return await weight_matmul(ctx, out, layer.wo)
+    probe(ctx, f"{name}.attn_out", out)
+    projected = await weight_matmul(ctx, out, layer.wo)
+    probe(ctx, f"{name}.o_proj", projected)
+    return projected
 
 
-async def mlp(ctx: Context, config: LlamaConfig, layer: SecureLayer, x: AShare) -> AShare:
+async def mlp(
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, x: AShare, index: int
+) -> AShare:
     """SwiGLU: (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and up in one product."""
+    name = f"layer{index}"
     h = await rms_norm(ctx, x, layer.ffn_norm, eps=config.rms_eps)
+    probe(ctx, f"{name}.ffn_norm", h)
     gate_up = await weight_matmul(ctx, h, layer.w_gate_up)
+    probe(ctx, f"{name}.gate_up", gate_up)
     f = config.ffn
     gate = gate_up.map(lambda a: np.ascontiguousarray(a[..., :f]))
     up = gate_up.map(lambda a: np.ascontiguousarray(a[..., f:]))
-    return await weight_matmul(ctx, await mul_fxp(ctx, await silu(ctx, gate), up), layer.w_down)
+    activated = await silu(ctx, gate)
+    probe(ctx, f"{name}.silu", activated)
+    product = await mul_fxp(ctx, activated, up)
+    probe(ctx, f"{name}.silu_up", product)
+    down = await weight_matmul(ctx, product, layer.w_down)
+    probe(ctx, f"{name}.down", down)
+    return down
 
 
 async def decoder_layer(
@@ -332,8 +405,11 @@ async def decoder_layer(
     """One block on the residual stream x (n, hidden); appends its keys/values to the cache."""
     with ctx.scope("attn"):
         x = x + await attention(ctx, config, layer, x, rope, cache, index)
+    probe(ctx, f"layer{index}.attn_residual", x)
     with ctx.scope("mlp"):
-        return x + await mlp(ctx, config, layer, x)
+        x = x + await mlp(ctx, config, layer, x, index)
+    probe(ctx, f"layer{index}.residual", x)
+    return x
 
 
 async def forward(
@@ -359,12 +435,15 @@ async def forward(
             x = await decoder_layer(ctx, config, layer, x, rope, cache, i)
     with ctx.scope("head"):
         last = await rms_norm(ctx, x[n - 1 :], model.final_norm, eps=config.rms_eps)
-        return await lm_head(ctx, model, last)
+        probe(ctx, "final_norm", last)
+        logits = await lm_head(ctx, model, last)
+        probe(ctx, "logits", logits)
+        return logits
 
 
 __all__ = [
-    "Rope", "SecureKVCache", "SecureLayer", "SecureModel", "SecureWeight",
-    "Stored", "apply_rope", "assemble_model", "attention", "causal_mask", "decoder_layer",
-    "embed_tokens", "forward", "lm_head", "mlp", "store_share", "weight_matmul", "weight_plan",
-    "weight_tensors",
+    "NO_PROBE", "PROBE_POINTS", "LayerProbe", "Probe", "Rope", "SecureKVCache", "SecureLayer",
+    "SecureModel", "SecureWeight", "Stored", "apply_rope", "assemble_model", "attention",
+    "causal_mask", "decoder_layer", "embed_tokens", "forward", "lm_head", "mlp", "probe",
+    "store_share", "weight_matmul", "weight_plan", "weight_tensors",
 ]

@@ -12,12 +12,15 @@ stdin; all in one session), ``--chat`` (the model's chat template), ``--max-new-
 tokens after EOS are discarded, so the parties cannot tell the output's length),
 ``--model tiny|smollm2|PATH`` (a LLaMA GGUF; ``tiny`` = a small model with public random
 weights and a one-character-per-token tokenizer), ``--compare`` (also the plaintext float64
-reference: its own generation, top-1 agreement and max |logit error| of the secure logits on
-the same prefixes), ``--json`` (machine-readable results on stdout), ``--record DIR`` (one
-trace per role in DIR, to replay with ``python -m puma_async.replay``; traces hold keys and
-shares: DIR is created 0700, reused only with ``--force``), ``--entropy HEX`` (fixed keys:
-tests only). Errors (a bad option, model file or prompt) are one line on stderr, exit status
-2, before anything loads where possible; a failed run exits 1; Ctrl-C exits 130.
+reference: its own generation; on the secure run's own prefixes, top-1 agreement, max |logit
+error|, KL and near ties of the secure logits; and the error profile, max and RMS error of
+every component of every layer, from probes that exist only because every role runs in this
+process: ``puma_async.accuracy``), ``--json`` (machine-readable results on stdout),
+``--record DIR`` (one trace per role in DIR, to replay with ``python -m puma_async.replay``;
+traces hold keys and shares: DIR is created 0700, reused only with ``--force``),
+``--entropy HEX`` (fixed keys: tests only). Errors (a bad option, model file or prompt) are
+one line on stderr, exit status 2, before anything loads where possible; a failed run exits
+1; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from puma_async.accuracy import SessionComparison, ShareCollector, profile_table
 from puma_async.errors import ModelFileError, RunFailedError, SettingsError
-from puma_async.model import KVCache, LlamaWeights, forward
+from puma_async.model import KVCache, forward
 from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, PARTIES
 from puma_async.session import (
     GenerationOptions,
@@ -65,42 +69,40 @@ DEFAULT_PROMPT = "The capital of France is"
 DEFAULT_NEW_TOKENS = 4
 
 
-def compare(weights: LlamaWeights, result: SessionResult, options: GenerationOptions,
+def compare(result: SessionResult, options: GenerationOptions, comparison: SessionComparison,
             max_new_tokens: int) -> list[dict[str, Any]]:
-    """Per prompt: the plaintext generation (same options and seed) and, on the secure
-    run's own prefixes, top-1 agreement and the max |logit error| of the secure logits."""
-    w64 = weights.astype(np.float64)
+    """Per prompt: the plaintext generation (same options and seed) and, from ``comparison``
+    (the secure run's own prefixes), top-1 agreement, max |logit error|, KL and near ties."""
+    w64 = comparison.weights
     rng = np.random.default_rng(options.seed)
     out = []
-    for prompt in result.prompts:
-        cache = KVCache.empty(weights.config)
-        logits = forward(w64, list(prompt.prompt_ids), cache)[-1]
-        agree, errors = [], []
-        for record in prompt.records:
-            agree.append(int(np.argmax(logits)) == int(np.argmax(record.logits)))
-            errors.append(float(np.abs(logits - record.logits).max()))
-            logits = forward(w64, [record.token], cache)[-1]
+    for prompt, positions in zip(result.prompts, comparison.positions, strict=True):
         plain: list[int] = []
-        cache = KVCache.empty(weights.config)
+        cache = KVCache.empty(w64.config)
         logits = forward(w64, list(prompt.prompt_ids), cache)[-1]
         while True:
             plain.append(pick_token(logits, options.temperature, rng))
             if plain[-1] == options.eos_id or len(plain) == max_new_tokens:
                 break
             logits = forward(w64, [plain[-1]], cache)[-1]
+        errors = [p["max_logit_error"] for p in positions]
         out.append({
             "plaintext_ids": plain,
-            "top1_agreement": sum(agree) / len(agree),
+            "top1_agreement": sum(p["top1_equal"] for p in positions) / len(positions),
             "max_logit_error": max(errors),
             "logit_errors": errors,
+            "max_kl": max(p["kl"] for p in positions),
+            "near_ties": sum(p["near_tie"] for p in positions),
         })
     return out
 
 
 def report(result: SessionResult, model: str, tokenizer: Any,
-           comparison: list[dict[str, Any]] | None) -> dict[str, Any]:
+           comparison: list[dict[str, Any]] | None,
+           profile: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """Machine-readable results (what ``--json`` prints): the client's, with every party's
-    bytes and rounds per pass."""
+    bytes and rounds per pass; ``profile``: the error profile
+    (:meth:`puma_async.accuracy.ErrorProfile.summary`) with ``--compare``."""
     prompts = prompt_entries(result.prompts, tokenizer)
     for i, prompt in enumerate(prompts):
         for t, step in enumerate(prompt["steps"]):
@@ -110,7 +112,7 @@ def report(result: SessionResult, model: str, tokenizer: Any,
             step["rounds"] = max(c.rounds for c in costs)
         if comparison is not None:
             prompt.update(comparison[i])
-    return {
+    data = {
         "model": model,
         "setup": {
             "seconds": result.setup_seconds,
@@ -120,6 +122,18 @@ def report(result: SessionResult, model: str, tokenizer: Any,
         "seconds": result.seconds,
         "prompts": prompts,
     }
+    if profile is not None:
+        data["error_profile"] = profile
+    return data
+
+
+def format_report(data: dict[str, Any]) -> str:
+    """:func:`~puma_async.session.report.format_text`, then the error profile if any."""
+    text = format_text(data)
+    if "error_profile" in data:
+        text += ("\n\nerror profile, max |secure - float64| per layer and component:\n"
+                 + profile_table(data["error_profile"]))
+    return text
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -194,13 +208,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say(f"prompt {event.prompt}: token {event.step} {event.seconds:.2f} s -> "
                     f"{text}{note}")
 
-        result = run_session(weights, prompts, options, settings=settings, progress=progress,
+        collector = ShareCollector() if args.compare else None  # in-process only
+        checks = None if collector is None else SessionComparison(
+            weights.astype(np.float64), prompts, collector)
+
+        def progress_and_checks(event: Progress) -> None:
+            progress(event)
+            if checks is not None:
+                checks(event)
+
+        result = run_session(weights, prompts, options, settings=settings,
+                             progress=progress_and_checks, probe=collector,
                              **recording(args, settings, None if args.model in PRESETS
                                          else args.model, prompts, options))
         comparison = None
-        if args.compare:
+        if checks is not None:
             say("running the plaintext reference...")
-            comparison = compare(weights, result, options, args.max_new_tokens)
+            comparison = compare(result, options, checks, args.max_new_tokens)
     except (ModelFileError, SettingsError, ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -211,8 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    data = report(result, settings.model, tokenizer, comparison)
-    print(json.dumps(data, indent=2) if args.json else format_text(data))
+    data = report(result, settings.model, tokenizer, comparison,
+                  None if checks is None else checks.profile.summary())
+    print(json.dumps(data, indent=2) if args.json else format_report(data))
     return 0
 
 

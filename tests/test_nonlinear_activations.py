@@ -23,7 +23,7 @@ FUNCTIONS = {"gelu": gelu, "silu": silu}
 # documented max errors (approximation on the real line) + 1e-4 for fixed-point rounding
 MAX_ERROR = {
     ("gelu", "accurate"): 0.0027, ("gelu", "puma"): 0.0201,
-    ("silu", "accurate"): 0.0055, ("silu", "puma"): 0.0721,
+    ("silu", "accurate"): 2e-4, ("silu", "puma"): 0.0721,
 }
 CASES = sorted(MAX_ERROR)
 
@@ -52,6 +52,16 @@ def test_dense_grid(fxp, name: str, method: str) -> None:
 
 def test_accurate_silu_beats_puma_by_far() -> None:
     assert MAX_ERROR["silu", "accurate"] <= 0.01 < MAX_ERROR["silu", "puma"]
+
+
+def test_accurate_silu_near_zero_and_its_cost(fxp) -> None:
+    """Where a SwiGLU's gates mostly are, [-3, 3]: within 4e-5 (documented 3.3e-5); 8 rounds."""
+    x = np.linspace(-3, 3, 60001)
+    got, ev = fxp.run(_fn("silu", "accurate"), x)
+    assert np.max(np.abs(got - EXACT["silu"](fxp.quantised(x)))) <= 4e-5
+    assert ev.cost(0).rounds == 8
+    offline = sum(ev.stats[p].totals(phase="offline").bytes_sent for p in range(3))
+    assert (ev.bytes_all_parties() + offline) / x.size < 550
 
 
 @settings(max_examples=5, deadline=None)

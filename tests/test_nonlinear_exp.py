@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from puma_async.protocols.exp import CUTOFF, neg_exp
 
-MAX_ERROR = 1e-4  # documented: measured 6e-5 (the fit's 4.8e-5 plus rounding)
+MAX_ERROR = 6e-6  # documented: measured 4.7e-6 (the fit's 1.7e-7, the output's unit 3.8e-6)
 
 
 def _reference(fxp, x: np.ndarray) -> np.ndarray:
@@ -18,7 +18,7 @@ def _reference(fxp, x: np.ndarray) -> np.ndarray:
 
 def test_dense_grid_and_far_below_the_cutoff(fxp) -> None:
     x = np.concatenate([
-        np.linspace(-20, 0, 40001),
+        np.linspace(-20, 0, 200001),
         [CUTOFF, CUTOFF - 2**-18, CUTOFF + 2**-18, -0.0, -2**-18, -33.3, -66.7, -1e4,
          -2.0**16, -2.0**30],
     ])

@@ -1,9 +1,9 @@
 """Secure generation with the real SmolLM2-135M-Instruct equals plaintext greedy generation.
 
-One session (the weights are shared once) with three prompts and a few tokens each, 78 s
-here (load included). Bound: max |logit error| (secure logits vs float64 reference on
-the same prefix) measured 0.29 on logits up to 25 ("The capital of France is"); asserted
-< 0.75, well below the top-1 margins of these prompts (" Paris" 17.37 vs " the" 14.89).
+One session (the weights are shared once) with three prompts and a few tokens each. Bounds,
+secure logits vs the float64 reference on the same prefix, at every position: issue 13's
+goals, max |logit error| <= 0.05 and KL(plaintext || secure) <= 1e-4 (measured 0.0030 and
+7.8e-8 on logits up to 25; " Paris" 17.372 vs 17.371).
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from puma_async.accuracy import token_metrics
 from puma_async.errors import ModelFileError
 from puma_async.model import KVCache, Tokenizer, forward, greedy_generate, load_gguf
 from puma_async.session import GenerationOptions, run_session
 
 pytestmark = pytest.mark.slow
 
-MAX_LOGIT_ERROR = 0.75
+MAX_LOGIT_ERROR = 0.05
+MAX_KL = 1e-4
 PROMPTS = ["The capital of France is", "The capital of Germany is", "One, two, three,"]
 NEW_TOKENS = 2
 PARIS = 7042
@@ -34,14 +36,16 @@ def test_secure_greedy_generation_equals_plaintext() -> None:
     assert prompts[0] == [504, 3575, 282, 4649, 314]
     options = GenerationOptions(eos_id=tokenizer.eos_id)
     result = run_session(weights, prompts, options, max_new_tokens=NEW_TOKENS)
-    errors = []
+    metrics = []
     for text, prompt, secure in zip(PROMPTS, prompts, result.prompts, strict=True):
         plain = greedy_generate(w64, prompt, NEW_TOKENS, tokenizer.eos_id)
         assert secure.tokens == plain, text
         cache = KVCache.empty(weights.config)
         logits = forward(w64, prompt, cache)[-1]
         for record in secure.records:
-            errors.append(float(np.abs(record.logits - logits).max()))
+            metrics.append(token_metrics(logits, record.logits))
             logits = forward(w64, [record.token], cache)[-1]
     assert result.prompts[0].tokens[0] == PARIS
-    assert max(errors) < MAX_LOGIT_ERROR, errors
+    assert max(m["max_logit_error"] for m in metrics) <= MAX_LOGIT_ERROR, metrics
+    assert max(m["kl"] for m in metrics) <= MAX_KL, metrics
+    assert all(m["top1_equal"] for m in metrics)

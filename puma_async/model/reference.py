@@ -11,7 +11,7 @@ Rotary embeddings (:mod:`.rope`, shared with the secure model) use the Hugging F
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +23,9 @@ from puma_async.model.rope import apply_rope, rope_tables
 from puma_async.model.weights import LayerWeights, LlamaWeights
 
 F64 = npt.NDArray[np.float64]
+Probe = Callable[[str, F64], None]
+"""``probe(point, array)``: called at the secure model's probe points (``protocols.llama``'s
+``PROBE_POINTS``, same names and layouts), for error profiles (``puma_async.accuracy``)."""
 
 
 @dataclass
@@ -67,12 +70,15 @@ def softmax(x: F64) -> F64:
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
-def causal_attention(q: F64, k: F64, v: F64, start: int) -> F64:
+def causal_attention(
+    q: F64, k: F64, v: F64, start: int, probe: Probe | None = None, name: str = ""
+) -> F64:
     """Grouped-query causal attention of new queries against all cached keys.
 
     ``q`` is (n_heads, n, head_dim) for positions ``start .. start+n-1``; ``k`` and ``v`` are
     (n_kv_heads, start+n, head_dim). Query head ``h`` reads key/value head ``h // n_rep``.
-    Returns (n, n_heads * head_dim), heads concatenated in order.
+    Returns (n, n_heads * head_dim), heads concatenated in order. ``probe`` (if given) sees
+    the scores and probabilities as ``{name}.scores`` and ``{name}.probs``.
     """
     n_heads, n, head_dim = q.shape
     n_kv, total, _ = k.shape
@@ -80,31 +86,55 @@ def causal_attention(q: F64, k: F64, v: F64, start: int) -> F64:
     scores = qg @ k[:, None].swapaxes(-1, -2) / np.sqrt(head_dim)  # (n_kv, n_rep, n, total)
     visible = np.arange(total)[None, :] <= start + np.arange(n)[:, None]  # public causal mask
     probs = softmax(np.where(visible, scores, -np.inf))
+    if probe is not None:
+        probe(f"{name}.scores", scores)
+        probe(f"{name}.probs", probs)
     out = (probs @ v[:, None]).reshape(n_heads, n, head_dim)
     return out.transpose(1, 0, 2).reshape(n, n_heads * head_dim)
 
 
 def decoder_layer(
     config: LlamaConfig, layer: LayerWeights, x: F64, cos: F64, sin: F64,
-    cache: KVCache, index: int,
+    cache: KVCache, index: int, probe: Probe | None = None,
 ) -> F64:
-    """One block on the residual stream ``x`` (n, hidden); appends its k, v to ``cache``."""
-    n = x.shape[0]
+    """One block on the residual stream ``x`` (n, hidden); appends its k, v to ``cache``.
+
+    ``probe`` (if given) sees every probe point ``layer{index}.*`` of the secure model.
+    """
+    n, d = x.shape[0], config.head_dim
     h = rms_norm(x, layer.attn_norm, config.rms_eps)
-    q = (h @ layer.wq).reshape(n, config.n_heads, config.head_dim).transpose(1, 0, 2)
-    k = (h @ layer.wk).reshape(n, config.n_kv_heads, config.head_dim).transpose(1, 0, 2)
-    v = (h @ layer.wv).reshape(n, config.n_kv_heads, config.head_dim).transpose(1, 0, 2)
+    qkv = h @ layer.wq, h @ layer.wk, h @ layer.wv
+    q = apply_rope(qkv[0].reshape(n, config.n_heads, d).transpose(1, 0, 2), cos, sin)
+    k = apply_rope(qkv[1].reshape(n, config.n_kv_heads, d).transpose(1, 0, 2), cos, sin)
+    v = qkv[2].reshape(n, config.n_kv_heads, d).transpose(1, 0, 2)
     start = cache.keys[index].shape[1]
-    cache.keys[index] = np.concatenate([cache.keys[index], apply_rope(k, cos, sin)], axis=1)
+    cache.keys[index] = np.concatenate([cache.keys[index], k], axis=1)
     cache.values[index] = np.concatenate([cache.values[index], v], axis=1)
-    attn = causal_attention(apply_rope(q, cos, sin), cache.keys[index], cache.values[index], start)
-    x = x + attn @ layer.wo
-    h = rms_norm(x, layer.ffn_norm, config.rms_eps)
-    return x + (silu(h @ layer.w_gate) * (h @ layer.w_up)) @ layer.w_down
+    name = f"layer{index}"
+    attn = causal_attention(q, cache.keys[index], cache.values[index], start, probe, name)
+    o_proj = attn @ layer.wo
+    x = x + o_proj
+    h2 = rms_norm(x, layer.ffn_norm, config.rms_eps)
+    gate, up = h2 @ layer.w_gate, h2 @ layer.w_up
+    activated = silu(gate)
+    down = (activated * up) @ layer.w_down
+    if probe is not None:
+        points = {
+            "attn_norm": h,
+            "qkv": np.concatenate(qkv, axis=-1),
+            "rope": np.concatenate([q / np.sqrt(d), k], axis=0).transpose(1, 0, 2),
+            "attn_out": attn, "o_proj": o_proj, "attn_residual": x, "ffn_norm": h2,
+            "gate_up": np.concatenate([gate, up], axis=-1), "silu": activated,
+            "silu_up": activated * up, "down": down, "residual": x + down,
+        }
+        for point, value in points.items():
+            probe(f"{name}.{point}", value)
+    return x + down
 
 
 def forward(
-    weights: LlamaWeights, token_ids: Sequence[int] | npt.ArrayLike, cache: KVCache | None = None
+    weights: LlamaWeights, token_ids: Sequence[int] | npt.ArrayLike, cache: KVCache | None = None,
+    probe: Probe | None = None,
 ) -> F64:
     """Logits (n_tokens, vocab) for ``token_ids`` placed after the ``cache``'s positions.
 
@@ -112,6 +142,8 @@ def forward(
     ``ContextLengthError`` if the cache plus the new tokens exceed the context length, and
     ValueError for an empty or out-of-vocabulary input. float32 weights are promoted per call;
     for repeated calls pass ``weights.astype(np.float64)`` (about 4x faster on SmolLM2).
+    ``probe`` (if given) sees every probe point of the secure model (``final_norm`` and
+    ``logits`` for all n rows).
     """
     config = weights.config
     ids = _check_ids(config, token_ids)
@@ -126,8 +158,13 @@ def forward(
     cos, sin = rope_tables(config, np.arange(start, start + len(ids)))
     x = weights.embed[ids].astype(np.float64)
     for index, layer in enumerate(weights.layers):
-        x = decoder_layer(config, layer, x, cos, sin, cache, index)
-    return rms_norm(x, weights.final_norm, config.rms_eps) @ weights.lm_head
+        x = decoder_layer(config, layer, x, cos, sin, cache, index, probe)
+    h = rms_norm(x, weights.final_norm, config.rms_eps)
+    logits = h @ weights.lm_head
+    if probe is not None:
+        probe("final_norm", h)
+        probe("logits", logits)
+    return logits
 
 
 def greedy_generate(

@@ -2,7 +2,8 @@
 
 Every role runs the program :func:`~.factory.build_program` gives it, over the in-memory
 transport (:func:`puma_async.runner.run_local`): the same programs and messages as five
-processes over TCP.
+processes over TCP. Only here can a probe (``protocols.llama``'s :class:`LayerProbe`) be
+installed in the computing parties, for accuracy measurements: it sees their shares.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from puma_async.context import Context, Program
 from puma_async.model.config import LlamaConfig
 from puma_async.model.weights import LlamaWeights
+from puma_async.protocols.llama import LayerProbe, Probe
 from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES
 from puma_async.runner import run_local
 from puma_async.session.factory import build_program
@@ -64,6 +67,7 @@ def run_session(
     max_new_tokens: int = 4,
     settings: SessionSettings | None = None,
     progress: ProgressFn | None = None,
+    probe: Probe | None = None,
     **run_options: Any,
 ) -> SessionResult:
     """Generate for every prompt with all five roles in this process (one weight sharing).
@@ -71,12 +75,16 @@ def run_session(
     ``settings`` default to :func:`in_process_settings` of the weights' architecture with
     ``max_new_tokens`` (which given settings replace). ``run_options`` go to
     :func:`~puma_async.runner.run_local` (latency, bandwidth, entropy, wrap_transport, ...;
-    the session id, liveness and frame limit default to the settings'). Raises ContextLengthError /
-    ValueError before anything runs, RunFailedError if a role fails.
+    the session id, liveness and frame limit default to the settings'). ``probe`` (accuracy
+    measurements: ``puma_async.accuracy``) is installed in P0, P1 and P2 as their
+    :class:`~puma_async.protocols.llama.LayerProbe`; no other runner installs one. Raises
+    ContextLengthError / ValueError before anything runs, RunFailedError if a role fails.
     """
     if settings is None:
         settings = in_process_settings(weights.config, max_new_tokens)
     programs = {role: build_program(settings, role) for role in PARTIES}
+    if probe is not None:
+        programs = {role: _probed(program, probe) for role, program in programs.items()}
     programs[MODEL_OWNER] = build_program(settings, MODEL_OWNER, weights=weights)
     programs[CLIENT] = build_program(settings, CLIENT, prompts=prompts,
                                      options=options or GenerationOptions(), progress=progress)
@@ -87,6 +95,16 @@ def run_session(
     client: ClientResult = run.results[CLIENT]
     results, setup_seconds = client
     return SessionResult(results, dict(run.stats), setup_seconds, run.seconds)
+
+
+def _probed(program: Program, probe: Probe) -> Program:
+    """``program`` with ``probe`` installed as the party's :class:`LayerProbe` first."""
+
+    async def run(ctx: Context) -> Any:
+        ctx.install(LayerProbe(probe))
+        return await program(ctx)
+
+    return run
 
 
 __all__ = ["SessionResult", "in_process_settings", "run_session"]

@@ -74,9 +74,12 @@ def format_text(data: dict[str, Any]) -> str:
                 row += "  (after EOS: discarded)"
             lines.append(row)
         if "plaintext_ids" in prompt:
-            lines.append(f"plaintext: ids {prompt['plaintext_ids']}; top-1 agreement "
-                         f"{prompt['top1_agreement']:.0%}; max |logit error| "
-                         f"{prompt['max_logit_error']:.4f}")
+            line = (f"plaintext: ids {prompt['plaintext_ids']}; top-1 agreement "
+                    f"{prompt['top1_agreement']:.0%}; max |logit error| "
+                    f"{prompt['max_logit_error']:.4f}")
+            if "max_kl" in prompt:
+                line += f"; max KL {prompt['max_kl']:.1e}; near ties {prompt['near_ties']}"
+            lines.append(line)
     return "\n".join(lines)
 
 
