@@ -1,8 +1,9 @@
-"""Round accounting: message parents, critical-path attribution and the offline clock
-(deterministic: no timing is involved)."""
+"""Round accounting: message parents, critical-path attribution, the offline clock, and a
+pass's per-component figures on the tiny model (deterministic: no timing is involved)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import numpy as np
@@ -18,9 +19,18 @@ from puma_async.critical_path import (
     link_traffic,
     rounds_by_scope,
 )
+from puma_async.model import random_weights, tiny_config
+from puma_async.protocols.costs import cost
+from puma_async.protocols.llama import COMPONENTS, forward_scopes
 from puma_async.roles import PARTIES, next_party, prev_party
 from puma_async.runner import run_local
+from puma_async.session import SessionResult, run_session
+from puma_async.session.accounting import account_pass, component_rows, pass_scope
 from puma_async.stats import MessageId, MessageRecord, PartyStats
+
+CONFIG = dataclasses.replace(tiny_config(), n_layers=2)
+PROMPT = [1, 2, 3, 4, 5, 6, 7]
+"""7 tokens: the first new token's attention rows have 8 entries, as costs.py's softmax case."""
 
 
 def run(program, **kw):
@@ -146,3 +156,84 @@ def test_offline_work_beside_online_rounds_moves_no_online_clock() -> None:
     assert all(done.stats[p].totals(phase=OFFLINE_PHASE).rounds == 4 for p in PARTIES)
     assert len(critical_path(done.stats, phase="online", scope="")) == 2
     assert len(critical_path(done.stats, phase=OFFLINE_PHASE, scope="")) == 4
+
+
+# -- a tiny-model session ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def session() -> SessionResult:
+    weights = random_weights(CONFIG, seed=5)
+    return run_session(weights, [PROMPT], max_new_tokens=3, record_messages=True)
+
+
+def test_parents_are_consistent_across_parties(session: SessionResult) -> None:
+    """Every parent is a message its child's sender received, one round before the child, and
+    offline messages descend from offline ones only."""
+    sent = {(sender, m.receiver, m.path, m.seq): m
+            for sender, stats in session.stats.items() for m in stats.messages}
+    assert len(sent) == sum(len(s.messages) for s in session.stats.values())
+    with_parent = 0
+    for (sender, *_), message in sent.items():
+        if message.parent is None:
+            continue
+        with_parent += 1
+        parent = sent[message.parent]
+        assert message.parent[1] == sender  # received by the child's sender
+        assert parent.round == message.round - 1
+        assert (parent.phase == OFFLINE_PHASE) == (message.phase == OFFLINE_PHASE)
+    assert with_parent > 0.9 * len(sent)
+
+
+@pytest.mark.parametrize("step", [0, 1, 2])
+def test_components_sum_to_the_pass(session: SessionResult, step: int) -> None:
+    scope = pass_scope(0, step)
+    span = max(session.step_cost(0, step, p).rounds for p in PARTIES)
+    path = critical_path(session.stats, phase="online", scope=scope)
+    assert len(path) == span > 0
+    assert [hop.record.round for hop in path] == list(
+        range(path[0].record.round, path[0].record.round - span, -1))
+    # every message of the pass is in io or one of forward's scopes
+    group(rounds_by_scope(session.stats, phase="online", scope=scope),
+          ("io", *forward_scopes(CONFIG.n_layers)))
+
+    account = account_pass(session.stats, scope, CONFIG.n_layers)
+    online, rows = account["online"], account["components"]
+    assert list(rows) == list(component_rows(CONFIG.n_layers))
+    assert online["rounds"] == span
+    assert sum(sum(r["online"]["rounds"]) for r in rows.values()) == span
+    assert online["bytes"] == sum(session.step_cost(0, step, p).bytes_sent for p in PARTIES)
+    assert sum(sum(r["online"]["bytes"]) for r in rows.values()) == online["bytes"]
+    assert all(len(rows[c]["online"]["rounds"]) == CONFIG.n_layers for c in COMPONENTS)
+    assert online["frames_per_peer_per_round"] > 0
+    offline = account["offline"]
+    assert offline["bytes"] == sum(
+        session.stats[p].totals(phase=OFFLINE_PHASE, scope=scope).bytes_sent for p in PARTIES)
+    assert offline["rounds"] == max(
+        (max(r["offline"]["rounds"]) for r in rows.values()), default=0)
+
+
+def test_layer_rounds_are_the_declared_costs(session: SessionResult) -> None:
+    """A new token's layer takes the rounds its ops declare (costs.py), minus the rounds that
+    overlap: RoPE's truncation starts in the QKV product's second round and, from the second
+    layer on, the norm in the previous layer's down product's second round."""
+    def rounds(name: str) -> int:
+        cases = {c.online.rounds for c in cost(name).cases}
+        assert len(cases) == 1, name  # the tiny model's arrays are the small cases
+        return cases.pop()
+
+    product, norm = rounds("matmul_fxp"), rounds("rms_norm") + rounds("mul_fxp")  # x gain
+    softmax = rounds("softmax (rows of 8)")
+    attention = norm + product + (rounds("truncate") - 1) + product + softmax + 2 * product
+    mlp = norm + product + rounds("silu") + rounds("mul_fxp") + product
+    layers = [attention + mlp - (i > 0) for i in range(CONFIG.n_layers)]
+
+    account = account_pass(session.stats, pass_scope(0, 1), CONFIG.n_layers)
+    rows = account["components"]
+    measured = [sum(rows[c]["online"]["rounds"][i] for c in COMPONENTS)
+                for i in range(CONFIG.n_layers)]
+    assert measured == layers
+    softmax_rows = [c for c in COMPONENTS if c.startswith("attn.softmax")]
+    assert all(sum(rows[c]["online"]["rounds"][i] for c in softmax_rows) == softmax
+               for i in range(CONFIG.n_layers))
+    assert account["online"]["rounds"] == sum(layers) + sum(
+        rows[r]["online"]["rounds"][0] for r in ("io", "embed", "head"))
