@@ -8,7 +8,7 @@ x above: garbage polynomial values there are multiplied by an exact 0):
   on the pieces' intervals. The breakpoint comparisons (one batched comparison) and the
   polynomials run concurrently (:func:`~.polynomial.piecewise`); all pieces share one set of
   powers and one truncation, and the selection's multiplications run alongside the
-  comparison, so rounds = max(comparison (8), pieces + 1). ``method="accurate"`` GeLU uses
+  comparisons' opening, so rounds = max(comparison (3), pieces) + 1. ``method="accurate"`` GeLU uses
   GeLU(x) - x/2 being *even*: one polynomial in u = (x/T)^2 on [-T, T], 0 below -T and x above
   T, i.e. two comparisons instead of PUMA's three. Fit (offline, numpy): Lawson's
   iteratively reweighted least squares (minimax) of f(x) - x/2 on 20,001 points of [-T, T],
@@ -16,35 +16,41 @@ x above: garbage polynomial values there are multiplied by an exact 0):
   at T.
 - :class:`TablePolynomial` (SiLU, ``method="accurate"``): a polynomial of degree d in
   v = x / s (s a power of two) on each of the intervals between thresholds t_0 < ... < t_m,
-  0 below t_0 and x from t_m on. The comparisons [x >= t_k] (one batch, opened as arithmetic
-  0/1 shares) select each element's row of a public coefficient table locally,
-  C = sum_k [x >= t_k] (row_k - row_{k-1}); the powers of v run alongside the comparisons
-  (they are ready first), and the result is one dot product C . (1, v, ..., v^d) with one
-  truncation, beside the product [x >= t_m] x. Rounds: comparison (8) + dot product (2) = 10.
+  0 below t_0 and x from t_m on. The comparisons [x >= t_k] (one batch sharing its leaves,
+  :func:`.fastcmp.compare_thresholds`, opened as arithmetic 0/1 shares) select each
+  element's row of a public coefficient table locally, C = sum_k [x >= t_k] (row_k -
+  row_{k-1}); the powers of v run alongside the comparisons, and the result is one dot
+  product C . (1, v, ..., v^d) with one truncation, beside the product [x >= t_m] x.
+  Rounds: max(comparison (4), powers (6)) + dot product (2) = 8.
   Fit (offline, numpy): per interval, Lawson's minimax of SiLU on 8,001 points in the interval's
   own variable w in [-1, 1], converted to powers of v; thresholds by a greedy search on a
   0.05 grid (each piece as wide as a max error of 3e-5 on [-3, 3], 2e-4 beyond, allows).
 
 Measured (errors: tests/test_nonlinear_activations.py, 320,001 points of [-16, 16] plus
 +-2^16; costs: ``costs.py``; rounds below / from 12,288 elements; bytes per element sent by
-all parties together):
+all parties together, online + offline):
 
 =============  ========================  ==================  =======  ======  ==============
 function       breakpoints               powers              rounds   bytes   max error (at)
 =============  ========================  ==================  =======  ======  ==============
-GeLU accurate  -3.15, 3.15               u, u^2, u^3, u^4    8 / 9    384.25  0.0026 (3.15)
-GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    503.25  0.0199 (3.00)
-SiLU accurate  -11, -3.05, 0.2, 3.2, 11  v^2, ..., v^6       10 / 10  617.38  1.8e-4 (11)
-SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    458.75  0.0719 (4.00)
+GeLU accurate  -3.15, 3.15               u, u^2, u^3, u^4    8 / 9    300.88  0.0026 (3.15)
+                                                                      + 72
+GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    363.63  0.0199 (3.00)
+                                                                      + 108
+SiLU accurate  -11, -3.05, 0.2, 3.2, 11  v^2, ..., v^6       8 / 8    365.25  1.8e-4 (11)
+                                                                      + 180
+SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    319.13  0.0719 (4.00)
+                                                                      + 108
 =============  ========================  ==================  =======  ======  ==============
 
 SiLU accurate: max error 3.3e-5 on [-3, 3] (1.35e-4 on [-11, -3.05], 1.0e-4 on [3.2, 11], the
-tail 1.8e-4 at +-11). Its bytes: 66.25 per comparison (5), about 43.5 per power (5), 45 for the
-dot product, 24 for [x >= 11] x. The other errors are those of the approximations on the
-whole real line (fixed-point rounding adds < 1e-4). Per element: 66.25 bytes per comparison
-(one per breakpoint), about 44 per fused multiplication+truncation (one per power, one more
-for u = (x/T)^2), 27 for the truncation of all pieces together, 24 per breakpoint for the
-selection.
+tail 1.8e-4 at +-11). Its bytes: the comparisons' shared leaves (29.1) and per threshold
+10 online and 36 offline (5), about 43.5 per power (5), 45 for the dot product, 24 for
+[x >= 11] x. The other errors are those of the approximations on the whole real line
+(fixed-point rounding adds < 1e-4). Per element: the comparisons' shared leaves (29.1) and
+per breakpoint 10 online and 36 offline, about 44 per fused multiplication+truncation (one
+per power, one more for u = (x/T)^2), 27 for the truncation of all pieces together, 24 per
+breakpoint for the selection.
 """
 
 from __future__ import annotations
@@ -57,10 +63,11 @@ import numpy as np
 from puma_async.context import Context, protocol
 
 from .arith import dot_fxp, mul, mul_fxp
-from .compare import is_negative
+from .compare import to_arith
+from .fastcmp import compare_thresholds
 from .fixedpoint import fixed_point
-from .polynomial import Term, linear_forms, piecewise, powers, repeat_last, zeros_like
-from .ring import RingArray, neg, to_ring
+from .polynomial import Term, linear_forms, piecewise, powers, zeros_like
+from .ring import RingArray, to_ring
 from .shares import AShare, public_share, stack
 
 WORK_FRAC = 30
@@ -189,7 +196,7 @@ async def evaluate_piecewise(ctx: Context, x: AShare, spec: PiecewisePolynomial)
 async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial) -> AShare:
     """spec's polynomial of each element of x (fixed point); exact 0 and x outside.
 
-    Cost: 10 rounds; per element one comparison per threshold, one fused product per power,
+    Cost: 8 rounds; per element one comparison per threshold, one fused product per power,
     one dot product and one ring product (module docstring).
     """
     f = fixed_point(ctx).frac_bits
@@ -197,9 +204,9 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial) -> ASha
     shift = TABLE_POWER_FRAC - f - (int(spec.scale).bit_length() - 1)
     assert spec.scale == 2 ** (int(spec.scale).bit_length() - 1) and shift >= 0
     v = x.scale(1 << shift)  # x / scale at TABLE_POWER_FRAC bits, exact
-    shifted = repeat_last(x, m).add_public(role, neg(fixed_point(ctx).encode(spec.breakpoints)))
+    thresholds = fixed_point(ctx).encode(spec.breakpoints)
     below, pw = await ctx.gather(
-        lambda c: is_negative(c, shifted),
+        lambda c: _below(c, x, thresholds),
         lambda c: powers(c, v, range(2, d + 1), frac=TABLE_POWER_FRAC),
     )
     steps = (-below).add_public(role, 1)  # [x >= t_k], (*x, m)
@@ -216,12 +223,17 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial) -> ASha
     return poly + identity
 
 
+async def _below(ctx: Context, x: AShare, thresholds: RingArray) -> AShare:
+    """[x < t_k] for every threshold, (*x, m): one batch sharing its leaves (4 rounds)."""
+    return await to_arith(ctx, await compare_thresholds(ctx, x, thresholds))
+
+
 @protocol
 async def gelu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
     """GeLU(x) = x Phi(x). Max error 0.0026 ("accurate") or 0.0199 ("puma", PUMA eq. 2-3).
 
-    Cost (either method): 8 rounds below 12,288 elements, 9 rounds from there on; 384.25
-    ("accurate") or 503.25 ("puma") bytes per element in all.
+    Cost (either method): 8 rounds below 12,288 elements, 9 rounds from there on; 300.88
+    ("accurate") or 363.63 ("puma") bytes per element online, 72 or 108 offline.
     """
     return await evaluate_piecewise(ctx, x, GELU_ACCURATE if method == "accurate" else GELU_PUMA)
 
@@ -231,8 +243,8 @@ async def silu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
     """SiLU(x) = x sigmoid(x). Max error 1.8e-4, 3.3e-5 on [-3, 3] ("accurate"), or 0.0719
     ("puma", SPU's LLaMA).
 
-    Cost: "accurate" 10 rounds at any size, 617.38 bytes per element in all; "puma" 8 rounds
-    below 12,288 elements, 9 rounds from there on, 458.75 bytes.
+    Cost: "accurate" 8 rounds at any size, 365.25 bytes per element online and 180 offline;
+    "puma" 8 rounds below 12,288 elements, 9 rounds from there on, 319.13 and 108 bytes.
     """
     if method == "accurate":
         return await evaluate_table(ctx, x, SILU_ACCURATE)

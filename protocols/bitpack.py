@@ -41,10 +41,11 @@ def pack_bits(bits: RingArray) -> RingArray:
     return out.view("<u8").astype(RING_DTYPE, copy=False)
 
 
-def unpack_bits(row: RingArray, n: int) -> RingArray:
-    """The first n bits of a packed row as n words of value 0 or 1."""
-    raw = np.ascontiguousarray(row, dtype="<u8").view(np.uint8)
-    return np.unpackbits(raw, count=n, bitorder="little").astype(RING_DTYPE)
+def unpack_bits(rows: RingArray, n: int) -> RingArray:
+    """The first n bits of each packed row (the last axis) as n words of value 0 or 1:
+    (..., W) words -> (..., n)."""
+    raw = np.ascontiguousarray(rows, dtype="<u8").view(np.uint8)
+    return np.unpackbits(raw, axis=-1, count=n, bitorder="little").astype(RING_DTYPE)
 
 _TRANSPOSE_SIGNATURE = types.void(
     types.Array(types.uint64, 1, "C", readonly=True), types.Array(types.uint64, 2, "C")

@@ -5,36 +5,24 @@ Boolean replicated shares (:class:`~.shares.BShare`) XOR-share uint64 words: P_i
 word (:mod:`.bitpack`). Costs (each party; all three parties send the same):
 
 - :func:`and_`: 1 round, one word per word (64 bits; 1 bit per packed bit).
-- :func:`and_tree`: the AND of r rows, ceil(log2 r) rounds, r - 1 ANDs.
 - :func:`open_bits`: 1 round, one word per word.
-- :func:`bit_to_arith`: 2 rounds, one ring element per bit (24 bytes per bit in all).
-- :func:`random_bit`: a random bit in both forms, as :func:`bit_to_arith` (its boolean form
-  is local); independent of every input, so it runs alongside the computation that needs it.
+- :func:`bit_to_arith`: 2 rounds, one ring element per bit (24 bytes per bit in all); applied
+  to random boolean shares it gives the comparisons' random bits in both forms
+  (:func:`.fastcmp.prepare_random_bits`).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 
 from puma_async.context import ArraySpec, Context
 from puma_async.roles import next_party, prev_party
 
-from .bitpack import packed_words, unpack_bits
-from .randomness import key_prg, random_bshare, zero_bits
+from .randomness import key_prg, zero_bits
 from .ring import RingArray
 from .shares import AShare, BShare
 
 ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def concat(shares: Sequence[BShare], axis: int = 0) -> BShare:
-    """Concatenate boolean shares along an existing axis (local)."""
-    return BShare(
-        np.concatenate([s.first for s in shares], axis),
-        np.concatenate([s.second for s in shares], axis),
-    )
 
 
 def not_(ctx: Context, b: BShare) -> BShare:
@@ -53,15 +41,6 @@ async def and_(ctx: Context, a: BShare, b: BShare) -> BShare:
     await ctx.send_arrays(prev_party(me), z)
     got = await ctx.recv_array(next_party(me), ArraySpec.ring(a.shape))
     return BShare(z, got).map(np.reshape, shape)
-
-
-async def and_tree(ctx: Context, rows: BShare) -> BShare:
-    """AND of all rows. Cost: ceil(log2 rows) rounds, rows - 1 ANDs (one bit each per party)."""
-    while rows.shape[0] > 1:
-        m = rows.shape[0] // 2
-        prod = await and_(ctx, rows[0 : 2 * m : 2], rows[1 : 2 * m : 2])
-        rows = concat([prod, rows[2 * m :]])
-    return rows
 
 
 async def open_bits(ctx: Context, b: BShare) -> RingArray:
@@ -109,17 +88,4 @@ async def bit_to_arith(ctx: Context, b: BShare) -> AShare:
     return AShare(e - (y2 << one), d0 - (m0 << one)).reshape(shape)
 
 
-async def random_bit(ctx: Context, n: int) -> tuple[BShare, AShare]:
-    """A uniformly random bit per element, unknown to every party, in both forms.
-
-    Boolean: one packed row (W = ceil(n / 64) words); arithmetic: n ring elements.
-    Independent of any input, so it runs alongside the computation that needs it.
-    Cost: that of :func:`bit_to_arith` (2 rounds, 8 bytes per element per party).
-    """
-    packed = random_bshare(ctx, (packed_words(n),))
-    return packed, await bit_to_arith(ctx, packed.map(unpack_bits, n))
-
-
-__all__ = [
-    "ALL_ONES", "and_", "and_tree", "bit_to_arith", "concat", "not_", "open_bits", "random_bit",
-]
+__all__ = ["ALL_ONES", "and_", "bit_to_arith", "not_", "open_bits"]

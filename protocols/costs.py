@@ -2,13 +2,17 @@
 
 Every entry names an op (``module.function`` under ``puma_async.protocols``) and the cases it
 was measured on: input shapes (public), online rounds (critical path, the most any party
-saw) and online bytes per element sent by P0, P1 and P2 together, plus an offline part
-(material prepared before the input exists; none yet, so every offline cost is 0). Costs do
-not depend on the secret values, only on the public shapes and parameters, so
-``tests/test_costs.py`` runs every case through :func:`puma_async.evaluate.evaluate` and
-compares exactly: rounds equal, bytes per element equal to the two decimals declared. Each
-op's docstring (or its module's) must state the rounds of its cases; the test checks that
-too, so the prose cannot drift from the figures.
+saw) and online bytes per element sent by P0, P1 and P2 together, plus an offline part:
+material that depends on no input (the comparisons' dealt mask products and random bits,
+:func:`.fastcmp.prepare_compare`), which ops prepare inline for now, beside their online
+rounds, with its traffic counted in phase ``offline``. Its rounds are the preparation's depth
+(2: the random bits), declared but not yet measured: inline preparation runs on the online
+clock until the offline phase has a clock of its own. Costs do not depend on the secret
+values, only on the public shapes and parameters, so ``tests/test_costs.py`` runs every case
+through :func:`puma_async.evaluate.evaluate` and compares exactly: rounds equal, bytes per
+element equal to the two decimals declared. Each op's docstring (or its module's) must state
+the rounds of its cases; the test checks that too, so the prose cannot drift from the
+figures.
 
 How the figures scale is part of each entry (``scaling``). Two effects recur: packed bits
 travel in 64-bit words, so element-wise bytes are exact per element for every multiple of 64
@@ -45,6 +49,8 @@ class Cost:
 
 
 FREE = Cost()
+PREPARED = 2
+"""Rounds of the comparisons' offline material (the random bits' conversion)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,11 +95,14 @@ class OpCost:
 
 
 def _elementwise(rounds: int, bytes_: float, inputs: int = 1, large_rounds: int | None = None,
-                 ) -> tuple[Case, ...]:
-    """The small and the large case of an element-wise op of ``inputs`` same-shape inputs."""
+                 offline: float = 0.0) -> tuple[Case, ...]:
+    """The small and the large case of an element-wise op of ``inputs`` same-shape inputs,
+    with ``offline`` bytes per element prepared ahead (2 rounds deep: :data:`PREPARED`)."""
+    prepared = Cost(PREPARED, offline) if offline else FREE
     return (
-        Case(((SMALL,),) * inputs, Cost(rounds, bytes_)),
-        Case(((LARGE,),) * inputs, Cost(rounds if large_rounds is None else large_rounds, bytes_)),
+        Case(((SMALL,),) * inputs, Cost(rounds, bytes_), prepared),
+        Case(((LARGE,),) * inputs, Cost(rounds if large_rounds is None else large_rounds, bytes_),
+             prepared),
     )
 
 
@@ -126,61 +135,73 @@ COSTS: tuple[OpCost, ...] = (
             Case(((LARGE, 8), (LARGE, 8)), Cost(2, 42.25))), _ONE_ULP,
            "as mul_fxp per sum, whatever the length of the sums", kwargs={"bits": 18},
            per="output element"),
-    OpCost("compare.is_negative", _elementwise(8, 66.25), "exact for every ring value",
-           "41.9 MSB + 24 random bit + 3 bits opened; " + _LINEAR),
-    OpCost("compare.less_than", _elementwise(8, 66.25, 2), "exact for |x - y| < 2^63",
-           "as is_negative"),
-    OpCost("compare.greater_than", _elementwise(8, 66.25, 2), "exact for |x - y| < 2^63",
-           "as is_negative"),
-    OpCost("compare.less_than_public", _elementwise(8, 66.25), "exact for |x - c| < 2^63",
-           "as is_negative", kwargs={"c": 5}),
-    OpCost("compare.greater_than_public", _elementwise(8, 66.25), "exact for |x - c| < 2^63",
-           "as is_negative", kwargs={"c": 5}),
-    OpCost("compare.equal", _elementwise(8, 56.0, 2), "exact",
-           "31.6 zero test + 24 random bit + 3 bits opened; " + _LINEAR),
-    OpCost("compare.equal_public", _elementwise(8, 56.0), "exact", "as equal", kwargs={"c": 5}),
-    OpCost("compare.relu", _elementwise(8, 90.25), "exact for every ring value",
+    OpCost("compare.is_negative", _elementwise(4, 39.125, offline=36.0),
+           "exact for every ring value",
+           "online 29.125 leaves + 9.5 tree + 0.5 opening; offline 12 dealt products + 24 "
+           "random bit; " + _LINEAR),
+    OpCost("compare.less_than", _elementwise(4, 39.125, 2, offline=36.0),
+           "exact for |x - y| < 2^63", "as is_negative"),
+    OpCost("compare.greater_than", _elementwise(4, 39.125, 2, offline=36.0),
+           "exact for |x - y| < 2^63", "as is_negative"),
+    OpCost("compare.less_than_public", _elementwise(4, 39.125, offline=36.0),
+           "exact for |x - c| < 2^63", "as is_negative", kwargs={"c": 5}),
+    OpCost("compare.greater_than_public", _elementwise(4, 39.125, offline=36.0),
+           "exact for |x - c| < 2^63", "as is_negative", kwargs={"c": 5}),
+    OpCost("compare.equal", _elementwise(4, 35.5, 2, offline=30.875), "exact",
+           "online 30 leaves + 5 AND tree + 0.5 opening; offline 6.875 dealt products + 24 "
+           "random bit; " + _LINEAR),
+    OpCost("compare.equal_public", _elementwise(4, 35.5, offline=30.875), "exact", "as equal",
+           kwargs={"c": 5}),
+    OpCost("compare.relu", _elementwise(4, 63.125, offline=36.0), "exact for every ring value",
            "is_negative and one multiplication; " + _LINEAR),
     OpCost("compare.select", _elementwise(1, 24.0, 3), "exact", "one multiplication"),
-    OpCost("activations.gelu", _elementwise(8, 384.25, large_rounds=9), "0.0026", _LINEAR),
-    OpCost("activations.gelu", _elementwise(8, 503.25, large_rounds=9), "0.0199", _LINEAR,
-           kwargs={"method": "puma"}, variant='method="puma"'),
-    OpCost("activations.silu", _elementwise(10, 617.38), "1.8e-4; 3.3e-5 on [-3, 3]", _LINEAR),
-    OpCost("activations.silu", _elementwise(8, 458.75, large_rounds=9), "0.0719", _LINEAR,
-           kwargs={"method": "puma"}, variant='method="puma"'),
-    OpCost("exp.neg_exp", _elementwise(13, 353.38), "4.7e-6 on x <= 0", _LINEAR),
+    OpCost("activations.gelu", _elementwise(8, 300.88, large_rounds=9, offline=72.0), "0.0026",
+           _LINEAR),
+    OpCost("activations.gelu", _elementwise(8, 363.63, large_rounds=9, offline=108.0),
+           "0.0199", _LINEAR, kwargs={"method": "puma"}, variant='method="puma"'),
+    OpCost("activations.silu", _elementwise(8, 365.25, offline=180.0),
+           "1.8e-4; 3.3e-5 on [-3, 3]", _LINEAR),
+    OpCost("activations.silu", _elementwise(8, 319.13, large_rounds=9, offline=108.0),
+           "0.0719", _LINEAR, kwargs={"method": "puma"}, variant='method="puma"'),
+    OpCost("exp.neg_exp", _elementwise(13, 326.25, offline=36.0), "4.7e-6 on x <= 0", _LINEAR),
     OpCost("reciprocal.reciprocal",
-           (Case(((64,),), Cost(17, 861.75)), Case(((SMALL,),), Cost(17, 861.75))),
+           (Case(((64,),), Cost(13, 383.5), Cost(PREPARED, 206.0)),
+            Case(((SMALL,),), Cost(13, 383.5), Cost(PREPARED, 206.0))),
            "relative 2.6e-6 where the output has 2^20 units; 5e-6 + 2 units everywhere",
-           "66.25 bytes per octave of [min_value, max_value] and 8 fused products; "
-           "18 rounds where the range reaches 2^f (2,857 bytes for [2^-18, 2^20])",
+           "per octave of [min_value, max_value] one comparison (the leaves shared); "
+           "8 fused products; 14 rounds where the range reaches 2^f",
            kwargs=_RANGE, variant="x in [0.5, 129]"),
     OpCost("reciprocal.rsqrt",
-           (Case(((64,),), Cost(8, 4198.25)), Case(((SMALL,),), Cost(8, 4198.25))),
+           (Case(((64,),), Cost(7, 2617.5), Cost(PREPARED, 669.5)),
+            Case(((SMALL,),), Cost(7, 2617.5), Cost(PREPARED, 669.5))),
            "relative 1.3e-6 + 1.25 units",
-           "477 bytes per octave of [min_value, max_value] (18,493 for [2^-18, 2^20])",
-           kwargs=_RANGE, variant="x in [0.5, 129]"),
+           "per octave of [min_value, max_value] three comparisons with their products and "
+           "three candidates", kwargs=_RANGE, variant="x in [0.5, 129]"),
     OpCost("softmax.max_along",
-           (Case(((32, 8),), Cost(11, 1577.5)), Case(((LARGE // 8, 8),), Cost(11, 1577.5))),
+           (Case(((32, 8),), Cost(5, 1291.5), Cost(PREPARED, 648.0)),
+            Case(((LARGE // 8, 8),), Cost(5, 1291.5), Cost(PREPARED, 648.0))),
            "exact for entries in [-2^62, 2^62)",
-           "per row of 8 (28 comparisons); rows of n > 8: halving levels of 8 rounds first",
-           per="output element", variant="rows of 8"),
+           "per row of 8 (28 pairs, 8 entries); rows of n > 17: groups of 8 first "
+           "(5 rounds each)", per="output element", variant="rows of 8"),
     OpCost("softmax.softmax",
-           (Case(((32, 8),), Cost(43, 668.75)), Case(((LARGE // 8, 8),), Cost(43, 668.75))),
+           (Case(((32, 8),), Cost(33, 577.22), Cost(PREPARED, 129.88)),
+            Case(((LARGE // 8, 8),), Cost(33, 575.98), Cost(PREPARED, 129.88))),
            _SOFTMAX_ERROR, "per element, for rows of 8 (a decoding step at 8 keys)",
            variant="rows of 8"),
     OpCost("softmax.softmax",
-           (Case(((8, 128),), Cost(73, 502.31)), Case(((LARGE // 128, 128),), Cost(73, 501.0))),
+           (Case(((8, 128),), Cost(39, 575.16), Cost(PREPARED, 133.61)),
+            Case(((LARGE // 128, 128),), Cost(39, 574.54), Cost(PREPARED, 133.61))),
            _SOFTMAX_ERROR,
-           "per element, for rows of 128; 75 rounds from 12,288 comparisons per level "
-           "(12 x 128 rows of 128)", variant="rows of 128"),
+           "per element, for rows of 128 (groups of 8, then all pairs of 16)",
+           variant="rows of 128"),
     OpCost("norms.rms_norm",
-           (Case(((1, 576),), Cost(13, 114.8)), Case(((8, 576),), Cost(13, 111.87))),
+           (Case(((1, 576),), Cost(13, 100.9), Cost(PREPARED, 10.33)),
+            Case(((8, 576),), Cost(13, 97.42), Cost(PREPARED, 9.5))),
            "2e-5 |y| + 4 units for |x| <= 2^16",
-           "per element about 70 bytes, per row of 576 about 24 kB (the rsqrt); "
-           "14 rounds where truncations rotate"),
+           "per element about 70 bytes, per row of 576 about 24 kB (the rsqrt)"),
     OpCost("norms.layer_norm",
-           (Case(((8, 768),), Cost(13, 129.31)), Case(((16, 768),), Cost(14, 129.31))),
+           (Case(((8, 768),), Cost(13, 117.96), Cost(PREPARED, 7.44)),
+            Case(((16, 768),), Cost(13, 117.81), Cost(PREPARED, 7.44))),
            "2 units for sigma >= 1 (1.4e-3 at sigma = 0.001)",
            "per element about 100 bytes, per row of 768 about 24 kB (the rsqrt)"),
 )
@@ -213,5 +234,5 @@ def rows() -> Iterator[dict[str, Any]]:
             }
 
 
-__all__ = ["COSTS", "FREE", "LARGE", "SMALL", "Case", "Cost", "OpCost", "cost", "elements",
-           "rows"]
+__all__ = ["COSTS", "FREE", "LARGE", "PREPARED", "SMALL", "Case", "Cost", "OpCost", "cost",
+           "elements", "rows"]

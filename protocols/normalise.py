@@ -1,11 +1,12 @@
 """x^e of positive fixed-point values by normalisation, then one polynomial.
 
 factor * x^e for x = X / 2^frac_in with an integer X known to lie in [2^lo, 2^(hi+1)) (public
-bounds, :class:`.segments.Exponents`), with few bytes per element and 17-18 rounds
-(:func:`.reciprocal.reciprocal`). The comparisons [X >= 2^j], j = lo+1..hi (one batched
-comparison, :mod:`.compare`) are a thermometer code of X's top bit m, so any public table w_m
-is selected *locally* as w_lo + sum_j [X >= 2^j] (w_j - w_{j-1}) (:func:`select_by_top_bit`);
-no A2B, prefix-OR or bit-to-arithmetic of the top bit.
+bounds, :class:`.segments.Exponents`), with few bytes per element and 13-14 rounds
+(:func:`.reciprocal.reciprocal`). The comparisons [X >= 2^j], j = lo+1..hi (one batch sharing
+its leaves, :func:`.fastcmp.compare_thresholds`, bounded by the range: exact on it) are a
+thermometer code of X's top bit m, so any public table w_m is selected *locally* as
+w_lo + sum_j [X >= 2^j] (w_j - w_{j-1}) (:func:`select_by_top_bit`); no A2B, prefix-OR or
+bit-to-arithmetic of the top bit.
 
 1. c = X / 2^(m+1) in [0.5, 1) is X times the selected 2^(top-m-1) (:func:`normalise`): one
    multiplication, fused with its truncation when hi >= F (top = max(hi + 1, F)), giving c
@@ -17,9 +18,10 @@ no A2B, prefix-OR or bit-to-arithmetic of the top bit.
    a_k * scale(m), selected locally, and the result is the dot product
    sum_k t^k * table_k(m), truncated once (:func:`.arith.dot_fxp`).
 
-Cost (degree 7): 8 (comparisons) + 1 or 2 (c) + 3 x 2 (powers) + 2 (dot product) = 17 or 18
-rounds. Bytes per element, all parties: 66.25 per comparison (hi - lo of them, i.e.
-log2(max_value / min_value)), about 44 per fused multiplication+truncation (8 of them).
+Cost (degree 7): 4 (comparisons) + 1 or 2 (c) + 3 x 2 (powers) + 2 (dot product) = 13 or 14
+rounds. Bytes per element, all parties: the comparisons' leaves once (fewer than 30.1,
+their chain being hi + 1 bits), per comparison 10 online and 36 offline (hi - lo of them,
+i.e. log2(max_value / min_value)), about 44 per fused multiplication+truncation (8 of them).
 Error: the polynomial's relative error plus the roundings of t^k and of the tables, which
 :func:`plan_scale` keeps below 1/4 unit of the output in all.
 """
@@ -35,8 +37,9 @@ import numpy as np
 from puma_async.context import Context
 
 from .arith import dot_fxp, mul_fxp
-from .compare import is_negative
-from .polynomial import HEADROOM_BITS, powers, repeat_last
+from .compare import to_arith
+from .fastcmp import compare_thresholds
+from .polynomial import HEADROOM_BITS, powers
 from .ring import RingArray, neg, to_ring
 from .segments import Exponents
 from .shares import AShare, public_share, stack
@@ -71,14 +74,15 @@ async def normalise(ctx: Context, x: AShare, lo: int, hi: int, frac: int) -> Nor
     """Normalise positive integers X in [2^lo, 2^(hi+1)), hi < 62 (garbage outside); t has
     ``frac`` fractional bits.
 
-    Cost: one batched comparison of hi - lo values per element (8 rounds), then one
-    multiplication (1 round) fused with a truncation (2 in all) when hi >= frac.
+    Cost: one batch of hi - lo comparisons per element sharing their leaves (4 rounds), then
+    one multiplication (1 round) fused with a truncation (2 in all) when hi >= frac.
     """
     if not 0 <= lo < hi < 62:
         raise ValueError(f"need 0 <= lo < hi < 62, got lo={lo}, hi={hi}")
     role = ctx.role
     thresholds = np.array([1 << j for j in range(lo + 1, hi + 1)], dtype=np.uint64)
-    below = await is_negative(ctx, repeat_last(x, hi - lo).add_public(role, neg(thresholds)))
+    # |X - 2^j| < 2^(hi+1) on the domain: a bounded comparison of hi + 2 bits is exact there
+    below = await to_arith(ctx, await compare_thresholds(ctx, x, thresholds, bits=hi + 2))
     steps = (-below).add_public(role, 1)
     # c = X 2^(frac-m-1) exactly, or X 2^(hi-m) in [2^hi, 2^(hi+1)) truncated to frac bits
     top = max(hi + 1, frac)

@@ -10,16 +10,18 @@ form, and rsqrt selects among many candidate pieces, :func:`.segments.segmented_
 - :func:`linear_forms` takes public linear combinations of shares (the powers, and any other
   term such as x/2) with a single truncation for all of them: coefficients are scaled as far
   as the ring allows (term bounds are public), so no precision is lost to rounding them.
-- :func:`piecewise` evaluates the breakpoint comparisons (one batched comparison) and the
-  pieces *concurrently* (:meth:`Context.gather`); each comparison bit multiplies the
-  difference of its neighbouring pieces *alongside* the comparison
-  (:func:`.compare.below_times`: the MSB with a random bit r, then c = MSB ^ r opened beside
-  r times the factor).
+- :func:`piecewise` evaluates the breakpoint comparisons (one batch sharing its leaves,
+  :func:`.fastcmp.compare_thresholds`) and the pieces *concurrently*
+  (:meth:`Context.gather`); each comparison bit multiplies the difference of its
+  neighbouring pieces *alongside* the opening (:func:`.compare.sign_times`: c = bit ^ r
+  opened beside r times the factor).
 
 Costs (bytes sent by all parties together, per element): powers of degree n: ceil(log2 n)
 levels of one fused multiplication+truncation (:func:`.arith.mul_fxp`: 2 rounds, ~44 bytes
 per power); linear_forms: one truncation (2 rounds, ~27 bytes per form); piecewise:
-max(comparison (8), pieces + 1) rounds, 90 bytes per breakpoint. Pieces that are garbage
+max(comparison (3), pieces) + 1 rounds; 29.125 bytes per element for the shared leaves and
+per breakpoint 10 online (tree and opening) + 36 offline (dealt products and a random bit)
++ 24 for its product. Pieces that are garbage
 outside their interval (overflowing powers of large inputs) are fine: ring arithmetic is
 exact, so b * (P_i - P_{i-1}) cancels them exactly.
 """
@@ -35,9 +37,10 @@ import numpy as np
 from puma_async.context import Context
 
 from .arith import mul_fxp
-from .compare import below_times
+from .compare import sign_times
+from .fastcmp import compare_thresholds
 from .fixedpoint import fixed_point
-from .ring import RING_DTYPE, neg
+from .ring import RING_DTYPE
 from .shares import AShare, stack
 from .trunc import truncate
 
@@ -143,21 +146,22 @@ async def piecewise(
     """The piece of each element: pieces[i] on [t_{i-1}, t_i) (t_{-1} = -inf, t_n = +inf).
 
     ``pieces(ctx)`` returns the n + 1 piece values for all elements; it runs concurrently with
-    one batched comparison of x with the n breakpoints, and the result
-    P_n - sum_i [x < t_i] (P_{i+1} - P_i) costs one multiplication per breakpoint, also
-    alongside (:func:`below_times`). Exact selection for |x| < 2^62.
-    Rounds: max(comparison (8), pieces + 1).
+    the comparisons of x with the n breakpoints (:func:`.fastcmp.compare_thresholds`: one
+    batch, the leaves shared), and the result P_n - sum_i [x < t_i] (P_{i+1} - P_i) costs one
+    multiplication per breakpoint, beside the opening (:func:`.compare.sign_times`). Exact
+    selection for |x| < 2^62. Rounds: max(comparison (3), pieces) + 1.
     """
     fx = fixed_point(ctx)
-    shifted = repeat_last(x, len(breakpoints)).add_public(ctx.role, neg(fx.encode(breakpoints)))
     values: list[AShare] = []
 
     async def steps(c: Context) -> AShare:
         values.extend(await pieces(c))
-        return stack([values[i + 1] - values[i] for i in range(len(breakpoints))])
+        return stack([values[i + 1] - values[i] for i in range(len(breakpoints))], axis=-1)
 
-    below = await below_times(ctx, shifted.map(np.moveaxis, -1, 0), steps)
-    return values[-1] - below.sum(axis=0)
+    below, diffs = await ctx.gather(
+        lambda c: compare_thresholds(c, x, fx.encode(breakpoints)), steps
+    )
+    return values[-1] - (await sign_times(ctx, below, diffs)).sum(axis=-1)
 
 
 __all__ = [

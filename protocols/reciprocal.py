@@ -4,19 +4,20 @@ Both take the public range [min_value, max_value] of their input (its top-bit ra
 :func:`exponents`) and return garbage outside it.
 
 - :func:`reciprocal`: normalisation, then a degree-7 polynomial in t = 4c - 3
-  (:mod:`.normalise`), :data:`RECIPROCAL_COEFFICIENTS`. Cost: 17 rounds, or 18 rounds where
+  (:mod:`.normalise`), :data:`RECIPROCAL_COEFFICIENTS`. Cost: 13 rounds, or 14 rounds where
   the range reaches 2^F (F = the polynomial's fractional bits, up to 30); bytes per element,
-  all parties: 66.25 per octave of the range and about 44 per fused
-  multiplication+truncation (8): 861.75 for x in [0.5, 129] (17 rounds), 2,857.38 for
-  [2^-18, 2^20] (18 rounds).
+  all parties: one comparison per octave of the range (sharing their leaves) and about 44
+  per fused multiplication+truncation (8): 383.5 online and 206 offline for x in
+  [0.5, 129] (13 rounds), 604.75 and 1,083 for [2^-18, 2^20] (14 rounds).
   Relative error <= 2.6e-6 (measured on 40,001-point log grids,
   tests/test_nonlinear_reciprocal.py) wherever the output has at least 2^20 units at
   ``frac_out``; <= 5e-6 relative + 2 units (the bound tested) everywhere.
 - :func:`rsqrt`: three degree-4 segments per octave, every candidate computed alongside the
-  comparisons (:mod:`.segments`), :data:`RSQRT_SEGMENTS`. Cost: 8 rounds; 477 bytes per
-  element and octave of the range, all parties (4,198 for [0.5, 129], 18,493 for
-  [2^-18, 2^20]). Relative error <= 1.3e-6 (measured <= 8.3e-7) wherever the output has at
-  least 2^22 units at ``frac_out``, and within that + 1.25 units everywhere.
+  comparisons (:mod:`.segments`), :data:`RSQRT_SEGMENTS`. Cost: 7 rounds; bytes per element,
+  all parties: 2,617.5 online and 669.5 offline for [0.5, 129], 11,580 and 3,306 for
+  [2^-18, 2^20] (about 290 and 82 per octave). Relative error <= 1.3e-6 (measured
+  <= 8.3e-7) wherever the output has at least 2^22 units at ``frac_out``, and within that
+  + 1.25 units everywhere.
 
 Fits (offline, numpy): minimax *relative* error by Lawson's iteratively reweighted least
 squares on 20,001 points: 1/c on t in [-1, 1] (1.5e-6), c^(-1/2) on each segment (3.25e-7;

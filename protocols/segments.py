@@ -1,14 +1,15 @@
 """x^e of positive fixed-point values by segments: every candidate alongside the comparisons.
 
 factor * x^e for x = X / 2^frac_in with an integer X known to lie in [2^lo, 2^(hi+1)) (public
-bounds from the caller's input range, :class:`Exponents`), in 8 rounds, with many bytes per
+bounds from the caller's input range, :class:`Exponents`), in 7 rounds, with many bytes per
 element (meant for per-row values: :func:`.reciprocal.rsqrt` and the norms).
 
 Every octave [2^m, 2^(m+1)) is cut into segments (for x^(-1/2) three, from X / 2^m = 1,
 323/256 and 406/256: nearly geometric, :data:`.reciprocal.RSQRT_SEGMENTS`) and X is compared
-with every segment start T_j, all in one batched comparison. While the comparisons run (their
-MSB takes 7 rounds), a *candidate* R_j per segment is computed from X as if X lay in that
-segment (6 rounds):
+with every segment start T_j, all in one batch sharing its leaves
+(:func:`.fastcmp.compare_thresholds`, bounded by the range: 3 rounds to the masked bits).
+Alongside, a *candidate* R_j per segment is computed from X as if X lay in that segment
+(6 rounds):
 
 1. t_m = 4 X / 2^(m+1) - 3 for every octave m: X 2^(61-m) - 3 2^60 truncated to
    F = :data:`SEGMENT_FRAC` = 20 fractional bits, all octaves in one truncation; then t_m^2.
@@ -25,9 +26,11 @@ is exact, so the sum telescopes to exactly X's candidate. A chain of input range
 per range) shares the comparisons and candidates: range i + 1's first threshold selects
 range i's result below it (RMSNorm's two sums of squares), one more round per range.
 
-Cost: 8 rounds (one range; one more per further range). Bytes per element, all parties: 135
-per segment (a comparison with its product, 90.25; a candidate's dot product, 44.75) and 71.5
-per octave (t and t^2): 477 per octave of three segments. Error: the fit's (3.25e-7 relative
+Cost: 7 rounds (one range; one more per further range): the candidates' 6 and the opening.
+Bytes per element, all parties, per segment: a comparison (10 online and 36 offline beyond
+the leaves each value's thresholds share), its product (24) and a candidate's dot product
+(44.75); per octave 71.5 (t and t^2): about 290 online and 82 offline per octave of three
+segments. Error: the fit's (3.25e-7 relative
 for rsqrt's segments) plus the roundings of t (2.4e-7), of P (4.8e-7) and of the coefficients
 and t^2 (2.7e-7): relative <= 1.3e-6 wherever the output has at least 2^22 units at
 ``frac_out``, and within that + 1.25 units everywhere (tests/test_nonlinear_reciprocal.py).
@@ -47,7 +50,8 @@ from puma_async.context import Context
 
 from . import ring
 from .arith import dot_fxp, mul, square_fxp
-from .compare import masked_sign, open_sign, sign_product
+from .compare import sign_product
+from .fastcmp import compare_thresholds, open_masked
 from .polynomial import HEADROOM_BITS
 from .ring import RingArray, neg, to_ring
 from .shares import AShare, concatenate, public_share, stack
@@ -94,6 +98,7 @@ class SegmentPlan:
     Per candidate: its octave (an index), twice its centre, its integer coefficients
     (``coefficients[:, j]``: a_0 .. a_4 scaled for the dot product) and the power of two it
     is multiplied by after the truncation; ``candidates`` holds each range's slice of them.
+    ``bits``: the comparisons' bound (every range's X and thresholds lie below 2^(hi+1)).
     """
 
     octave_range: npt.NDArray[np.intp]
@@ -105,6 +110,7 @@ class SegmentPlan:
     coefficients: RingArray
     shifts: RingArray
     candidates: tuple[slice, ...]
+    bits: int
 
 
 @functools.cache
@@ -176,7 +182,7 @@ def plan_segments(fit: Segments, ranges: tuple[Exponents, ...], frac_out: int) -
         indices(octave_range), ring_constant(scales), indices(threshold_range),
         ring_constant(thresholds), indices(octave), ring_constant(halves),
         ring_constant(np.array(coefficients, dtype=object).T.tolist()), ring_constant(shifts),
-        tuple(candidates),
+        tuple(candidates), max(r.hi for r in ranges) + 2,
     )
 
 
@@ -185,14 +191,14 @@ async def segmented_power(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:
     after the first taking over from its 2^lo on (module docstring; the earlier ranges'
     garbage, where X is beyond them, cancels exactly).
 
-    Cost: the comparisons in one batch beside all candidates (7 rounds), then one round per
-    range: 8 rounds for one range. Bytes: module docstring.
+    Cost: the comparisons in one batch beside all candidates (6 rounds), then one round per
+    range: 7 rounds for one range. Bytes: module docstring.
     """
-    role = ctx.role
     by_range = x.map(lambda a: np.moveaxis(a, 0, -1))
-    diffs = by_range[..., plan.threshold_range].add_public(role, neg(plan.thresholds))
     sign, values = await ctx.gather(
-        lambda c: masked_sign(c, diffs), lambda c: segment_candidates(c, by_range, plan)
+        lambda c: compare_thresholds(c, by_range, plan.thresholds, of=plan.threshold_range,
+                                     bits=plan.bits),
+        lambda c: segment_candidates(c, by_range, plan),
     )
     r = sign.r_arith
     opened: RingArray | None = None
@@ -207,7 +213,7 @@ async def segmented_power(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:
         done = part.stop
         if opened is None:  # open every comparison beside the first range's products
             opened, rf = await ctx.gather(
-                lambda c: open_sign(c, sign), lambda c, r=r[..., part], f=steps: mul(c, r, f)
+                lambda c: open_masked(c, sign), lambda c, r=r[..., part], f=steps: mul(c, r, f)
             )
         else:
             rf = await mul(ctx, r[..., part], steps)

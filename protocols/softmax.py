@@ -7,17 +7,17 @@ out of the maximum, contribute exactly zero to the sum and come out exactly zero
 -1e-6 before negExp is dropped: it is 0.26 units at 18 fractional bits, and negExp(0) is exact
 enough (the maximum is one of the entries exactly).
 
-Costs, rows of n (bytes per element sent by the 3 parties together; ``costs.py``):
-- :func:`max_along`: halving levels of one comparison with its selection alongside
-  (:func:`.compare.below_times`: <= 8 rounds, 90 bytes per comparison) down to
-  :data:`ALL_PAIRS_MAX` = 8 entries, then one all-pairs level (8 + ceil(log2(m - 1))
-  rounds, 28 comparisons for m = 8): 8-11 rounds for n <= 8 (11 rounds and 1,577.5 bytes
-  per row of 8; a halving tree: 8 per level), 42 for n = 128 (a halving tree: 54).
-- :func:`softmax`, rows of 8 (a decoding step at 8 keys): 43 rounds, 668.75 bytes per
-  element. Rows of 128: 73 rounds (75 rounds for (12, 128, 128), where the first halving
-  levels have enough comparisons to rotate their roles: max 42, negExp 13, reciprocal 17,
-  product 2), 501-502 bytes per element (max 97, negExp 353, product 44, the row's
-  reciprocal 7).
+Costs, rows of n (bytes per element sent by the 3 parties together, online + offline;
+``costs.py``):
+- :func:`max_along`: rows of at most :data:`ALL_PAIRS_MAX` = 17 entries in one all-pairs
+  step (:func:`.fastcmp.first_maximum`, then the selection: 4 rounds for 2 entries, 5 up to
+  9, 6 up to 17); longer rows in groups of :data:`GROUP` = 8 first (5 rounds per step):
+  5 rounds and 161.4 + 81 bytes per element for rows of 8; 11 rounds and 201.3 + 96 for
+  rows of 128 (all pairs cost more bytes than a halving tree of comparisons, 97 per element,
+  for far fewer rounds: a halving level takes 4).
+- :func:`softmax`, rows of 8 (a decoding step at 8 keys): 33 rounds, 577.2 + 129.9 bytes per
+  element. Rows of 128: 39 rounds (max 11, negExp 13, reciprocal 13, product 2), 575.2 +
+  133.6 bytes per element.
 Error (tests/test_nonlinear_softmax.py; rows of scale 0.1 to 100, a dominant entry, +-2^16
 entries, causal and single-entry masks): max abs error 1.7e-5 per probability; 3.4e-5 to
 4.1e-5 on (12, 128, 128) rows of scale 3, where the rounding of every e (one unit at 18 bits)
@@ -26,20 +26,15 @@ adds up in the row sum (PUMA's (1 + x/32)^32 gives 0.04 to 0.065 on the same row
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-
 import numpy as np
 import numpy.typing as npt
 
 from puma_async.context import Context, protocol
 
 from .arith import mul_fxp
-from .bitpack import pack_bits, unpack_bits
-from .boolean import and_tree, random_bit
-from .compare import MaskedSign, below_times, sign_times
+from .compare import sign_times
 from .exp import neg_exp
-from .msb import msb_packed
+from .fastcmp import first_maximum
 from .polynomial import repeat_last
 from .reciprocal import reciprocal
 from .shares import AShare, concatenate
@@ -48,8 +43,10 @@ RECIPROCAL_FRAC = 32
 """Fractional bits of the row sums' reciprocals (e * r stays below 2^51)."""
 
 
-ALL_PAIRS_MAX = 8
-"""Rows of at most this many entries take their maximum in one all-pairs level."""
+ALL_PAIRS_MAX = 17
+"""Rows of at most this many entries take their maximum from all pairs at once."""
+GROUP = 8
+"""Longer rows are cut into groups of this many entries first (the group maxima then go on)."""
 
 
 @protocol
@@ -57,73 +54,28 @@ async def max_along(ctx: Context, x: AShare, axis: int = -1) -> AShare:
     """Maximum of x along ``axis`` (removed), exact for entries in [-2^62, 2^62) (their
     differences must not wrap).
 
-    Halving levels (one batched comparison with its selection alongside: 8 rounds, 90 bytes
-    per comparison in all) until at most :data:`ALL_PAIRS_MAX` entries are left, then one
-    all-pairs level (:func:`_max_all_pairs`: 8 + ceil(log2(m - 1)) rounds for m entries).
-    Rows of n <= 8: 10-11 rounds instead of 8 ceil(log2 n); longer rows save 13 rounds.
+    Rows of at most :data:`ALL_PAIRS_MAX` entries: every pair compared at once, the first
+    maximum found by one dealt AND level and selected (:func:`_pick`: 5 rounds for up to 9
+    entries, 6 for 10 to 17). Longer rows: groups of :data:`GROUP` first (the last padded
+    with its row's last entry), each reduced the same way, until the row is short.
     """
     x = x.map(np.moveaxis, axis, -1)
     while x.shape[-1] > ALL_PAIRS_MAX:
-        n = x.shape[-1]
-        a, b = x[..., 0 : n - 1 : 2], x[..., 1:n:2]
-        best = a + await below_times(ctx, a - b, _constant(b - a))
-        x = concatenate([best, x[..., n - 1 :]], axis=-1) if n % 2 else best
+        groups = -(-x.shape[-1] // GROUP)
+        padded = concatenate([x, *[x[..., -1:]] * (groups * GROUP - x.shape[-1])], axis=-1)
+        x = await _pick(ctx, padded.reshape(*x.shape[:-1], groups, GROUP))
     if x.shape[-1] == 1:
         return x[..., 0]
-    return await _max_all_pairs(ctx, x)
+    return await _pick(ctx, x)
 
 
-@functools.cache
-def _tournament(m: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint64]]:
-    """For entry i and opponent slot k (opponent j = k + [k >= i]): the index of the pair
-    {i, j} among the pairs i < j (np.triu_indices order), and 1 where i < j (i beats j iff
-    NOT [x_i < x_j]) or 0 where j < i (i beats j iff [x_j < x_i])."""
-    first, second = np.triu_indices(m, 1)
-    pair = np.zeros((m, m), np.intp)
-    pair[first, second] = pair[second, first] = np.arange(first.size)
-    slots = np.arange(m - 1)
-    opponent = slots[None, :] + (slots[None, :] >= np.arange(m)[:, None])
-    index = pair[np.arange(m)[:, None], opponent]
-    negate = (opponent > np.arange(m)[:, None]).astype(np.uint64)
-    for table in (index, negate):
-        table.flags.writeable = False
-    return index, negate
-
-
-async def _max_all_pairs(ctx: Context, x: AShare) -> AShare:
-    """Maximum along the last axis (m >= 2 entries) from all m (m - 1) / 2 comparisons.
-
-    Entry i wins when it beats every other entry j: x_i >= x_j for j > i and x_i > x_j for
-    j < i, so exactly one entry (the first maximum) wins. The MSBs of all differences
-    x_i - x_j (i < j) run in one batch with a random bit per entry; each entry's m - 1
-    "beats" bits are ANDed in a tree of ceil(log2(m - 1)) rounds (packed, 1 bit each); the
-    result is sum_i [i wins] x_i (:func:`.compare.sign_times`: 1 round).
-    Cost: 8 + ceil(log2(m - 1)) rounds; per row about 42 bytes per pair (the MSBs) and 24
-    bytes per entry, all parties together.
-    """
-    rows, m = x.shape[:-1], x.shape[-1]
-    flat = x.reshape(-1, m)
-    first, second = np.triu_indices(m, 1)
-    diffs = flat[:, first] - flat[:, second]  # MSB: [x_i < x_j]
-    below, (r_bool, r_arith) = await ctx.gather(
-        lambda c: msb_packed(c, diffs.reshape(-1)),
-        lambda c: random_bit(c, flat.size),
-    )
-    index, negate = _tournament(m)
-    # (m - 1, rows * m): row k holds, for every entry, whether it beats its k-th opponent
-    beats = below.map(lambda row: unpack_bits(row, diffs.size).reshape(diffs.shape)[:, index])
-    beats = beats.xor_public(ctx.role, np.broadcast_to(negate, beats.shape))
-    beats = beats.map(lambda bits: pack_bits(np.moveaxis(bits, -1, 0).reshape(m - 1, -1)))
-    wins = (await and_tree(ctx, beats))[0]
-    picked = await sign_times(ctx, MaskedSign(wins, r_bool, r_arith.reshape(flat.shape)), flat)
-    return picked.sum(axis=-1).reshape(rows)
-
-
-def _constant(value: AShare) -> Callable[[Context], Awaitable[AShare]]:
-    async def get(_: Context) -> AShare:
-        return value
-
-    return get
+async def _pick(ctx: Context, x: AShare) -> AShare:
+    """The first maximum along the last axis (2 to 17 entries): [entry wins] from
+    :func:`.fastcmp.first_maximum` (4 rounds; 5 from 10 entries), then sum_i [i wins] x_i
+    (:func:`.compare.sign_times`: 1 round). Per row of m: 50.6 bytes per pair, and per entry
+    its share of the AND's dealt products, a random bit and one multiplication."""
+    wins = await first_maximum(ctx, x)
+    return (await sign_times(ctx, wins, x)).sum(axis=-1)
 
 
 @protocol

@@ -1,4 +1,4 @@
-"""Boolean shares: packing, AND, opening and MSB / zero test against plaintext numpy, with costs."""
+"""Boolean shares: packing, AND and opening against plaintext numpy, with costs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 from puma_async.context import Context
 from puma_async.evaluate import evaluate
-from puma_async.protocols import bitpack, boolean, msb
+from puma_async.protocols import bitpack, boolean
 from puma_async.protocols.randomness import random_bshare
 from puma_async.protocols.ring import RING_DTYPE
 from puma_async.protocols.shares import AShare, BShare, public_share
@@ -85,54 +85,3 @@ def test_and_xor_not_match_numpy(xs: list[int], ys: list[int], seed: int) -> Non
     for p in range(3):
         cost = ev.stats[p].totals(phase="online", scope="op.and")
         assert (cost.bytes_sent, cost.rounds) == (8 * n, 1)
-
-
-# ----------------------------------------------------------------------- MSB and zero test
-
-
-@SLOW
-@given(hnp.arrays(RING_DTYPE, hnp.array_shapes(max_dims=3, max_side=70), elements=words))
-def test_msb_and_zero_test_match_numpy(x: np.ndarray) -> None:
-
-    async def fn(ctx: Context, xs_: AShare) -> list[AShare]:
-        top = await msb.msb(ctx, xs_)
-        zero = await msb.is_zero_packed(ctx, xs_)
-        assert top.shape == xs_.shape
-        opened = [await boolean.open_bits(ctx, s) for s in (top, zero)]
-        return [_opened(ctx, w) for w in opened]
-
-    ev = evaluate(fn, x)
-    got_msb, got_zero = ev.outputs
-    assert np.array_equal(got_msb, _expected_bits(x, 63))
-    assert np.array_equal(bitpack.unpack_bits(got_zero, x.size), (x.ravel() == 0).astype(
-        RING_DTYPE))
-
-
-def _cost(fn_name: str, n: int) -> tuple[list[int], int]:
-    """Bytes sent by each party and rounds (critical path: the most any party saw)."""
-    test = getattr(msb, fn_name)
-
-    async def fn(ctx: Context, x: AShare) -> AShare:
-        await test(ctx, x)
-        return public_share(ctx.role, np.zeros(1, RING_DTYPE))
-
-    ev = evaluate(fn, np.arange(n, dtype=RING_DTYPE))
-    costs = [ev.cost(p) for p in range(3)]
-    return [c.bytes_sent for c in costs], max(c.rounds for c in costs)
-
-
-def test_msb_and_zero_test_costs() -> None:
-    # 130 elements, 3 words (24 bytes) per packed row: the leaves in one part, where P_0 sends
-    # the 148 monomial rows and P_1, P_2 41 (or 21) rows each; then 35 (or 21) ANDs
-    row = 8 * 3
-    assert _cost("msb_packed", 130) == ([148 * row + 35 * row] + [41 * row + 35 * row] * 2, 7)
-    assert _cost("is_zero_packed", 130) == ([148 * row + 21 * row] + [42 * row] * 2, 7)
-
-
-def test_long_rows_rotate_the_leaves_so_every_party_sends_the_same() -> None:
-    # ROTATE_MIN_WORDS words per packed row: three parts of a third each, every party plays
-    # P_0 in one of them (148 rows) and P_1 / P_2 in the others (41 or 21 rows each)
-    words = msb.ROTATE_MIN_WORDS
-    n, part = 64 * words, 8 * words // 3
-    assert _cost("msb_packed", n) == ([(148 + 2 * 41) * part + 35 * 8 * words] * 3, 7)
-    assert _cost("is_zero_packed", n) == ([(148 + 2 * 21) * part + 21 * 8 * words] * 3, 7)

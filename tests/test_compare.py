@@ -146,22 +146,23 @@ def test_select_and_relu(ps: list[tuple[int, int]]) -> None:
 
 
 def test_comparison_costs() -> None:
-    n, w = 12500, 196  # elements, words per packed row (enough to rotate the leaves' roles)
-    parts = [65, 65, 66]  # words of the three parts of the leaves; P_t sends most in part t
+    # 12,500 elements: three parts of 4,166, 4,167, 4,167 elements (66 words per packed row),
+    # each party the sender S in one (its monomial rows) and an evaluator in two (its tree
+    # wires and the opening's two rows); ring elements on top (multiplications)
+    n, words = 12500, 66
 
-    def expected(mono: int, half: int, tree: int, elements: int) -> list[int]:
-        # per party: its part's monomials, the two halves in the others, the tree's ANDs and
-        # the opened bit (packed rows), then ring elements (random bit, multiplications)
-        return [8 * (mono * parts[p] + half * (parts[p - 1] + parts[p - 2]) + (tree + 1) * w)
-                + 8 * elements * n for p in range(3)]
+    def expected(monomials: int, evaluator_rows: int, elements: int) -> list[int]:
+        return [8 * words * (monomials + 2 * evaluator_rows) + 8 * elements * n] * 3
 
-    assert _costs(compare.less_than, n) == (expected(148, 41, 35, 1), 8)
-    assert _costs(compare.equal, n) == (expected(148, 21, 21, 1), 8)
+    # less: 233 monomial rows; tree wires 31 + 7 per evaluator, opening 2
+    assert _costs(compare.less_than, n) == (expected(233, 40, 0), 4)
+    # equal: 240 monomial rows; AND-tree wires 16 + 4, opening 2
+    assert _costs(compare.equal, n) == (expected(240, 22, 0), 4)
 
     async def relu(ctx: Context, a: AShare, b: AShare) -> AShare:
         return await compare.relu(ctx, a)
 
-    assert _costs(relu, n) == (expected(148, 41, 35, 2), 8)
+    assert _costs(relu, n) == (expected(233, 40, 1), 4)
 
 
 def test_million_comparisons_never_wrong() -> None:

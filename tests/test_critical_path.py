@@ -212,28 +212,46 @@ def test_components_sum_to_the_pass(session: SessionResult, step: int) -> None:
         (max(r["offline"]["rounds"]) for r in rows.values()), default=0)
 
 
+DECLARED = {
+    "attn.norm": ("rms_norm", "mul_fxp"),  # the norm, then its gain
+    "attn.qkv": ("matmul_fxp",),
+    "attn.rope": ("truncate",),
+    "attn.scores": ("matmul_fxp",),
+    "attn.softmax.max_along": ("max_along (rows of 8)",),
+    "attn.softmax.neg_exp": ("neg_exp",),
+    "attn.softmax.reciprocal": ("reciprocal (x in [0.5, 129])",),
+    "attn.softmax": ("mul_fxp",),  # e x 1/sum
+    "attn.pv": ("matmul_fxp",),
+    "attn.o": ("matmul_fxp",),
+    "mlp.norm": ("rms_norm", "mul_fxp"),
+    "mlp.gate_up": ("matmul_fxp",),
+    "mlp.silu": ("silu",),
+    "mlp.silu_up": ("mul_fxp",),
+    "mlp.down": ("matmul_fxp",),
+}
+"""The ops of each component of a layer (``costs.py`` names), one after the other."""
+OVERLAPS = {"attn.rope": 1, "attn.softmax.max_along": 1, "mlp.norm": 1}
+"""Rounds a component shares with the product before it (counted there): its first messages
+come from that product's dealer, whose output components are ready after the product's first
+round. From the second layer on, ``attn.norm`` follows the previous layer's down product so."""
+
+
 def test_layer_rounds_are_the_declared_costs(session: SessionResult) -> None:
-    """A new token's layer takes the rounds its ops declare (costs.py), minus the rounds that
-    overlap: RoPE's truncation starts in the QKV product's second round and, from the second
-    layer on, the norm in the previous layer's down product's second round."""
-    def rounds(name: str) -> int:
-        cases = {c.online.rounds for c in cost(name).cases}
-        assert len(cases) == 1, name  # the tiny model's arrays are the small cases
-        return cases.pop()
+    """A new token's layer components take the rounds their ops declare (costs.py), online
+    minus :data:`OVERLAPS`, offline the deepest preparation's."""
+    def declared(name: str, phase: str) -> int:
+        rounds = {getattr(c, phase).rounds for c in cost(name).cases}
+        assert len(rounds) == 1, name  # the tiny model's arrays are the small cases
+        return rounds.pop()
 
-    product, norm = rounds("matmul_fxp"), rounds("rms_norm") + rounds("mul_fxp")  # x gain
-    softmax = rounds("softmax (rows of 8)")
-    attention = norm + product + (rounds("truncate") - 1) + product + softmax + 2 * product
-    mlp = norm + product + rounds("silu") + rounds("mul_fxp") + product
-    layers = [attention + mlp - (i > 0) for i in range(CONFIG.n_layers)]
-
-    account = account_pass(session.stats, pass_scope(0, 1), CONFIG.n_layers)
-    rows = account["components"]
-    measured = [sum(rows[c]["online"]["rounds"][i] for c in COMPONENTS)
-                for i in range(CONFIG.n_layers)]
-    assert measured == layers
-    softmax_rows = [c for c in COMPONENTS if c.startswith("attn.softmax")]
-    assert all(sum(rows[c]["online"]["rounds"][i] for c in softmax_rows) == softmax
-               for i in range(CONFIG.n_layers))
-    assert account["online"]["rounds"] == sum(layers) + sum(
-        rows[r]["online"]["rounds"][0] for r in ("io", "embed", "head"))
+    rows = account_pass(session.stats, pass_scope(0, 1), CONFIG.n_layers)["components"]
+    assert set(DECLARED) == set(COMPONENTS)
+    for i in range(CONFIG.n_layers):
+        online = {c: sum(declared(op, "online") for op in ops) - OVERLAPS.get(c, 0)
+                  - (c == "attn.norm" and i > 0) for c, ops in DECLARED.items()}
+        offline = {c: max(declared(op, "offline") for op in ops) for c, ops in DECLARED.items()}
+        assert {c: rows[c]["online"]["rounds"][i] for c in COMPONENTS} == online, i
+        assert {c: rows[c]["offline"]["rounds"][i] for c in COMPONENTS} == offline, i
+    softmax = [c for c in COMPONENTS if c.startswith("attn.softmax")]
+    assert sum(declared(DECLARED[c][0], "online") for c in softmax) == declared(
+        "softmax (rows of 8)", "online")

@@ -56,12 +56,13 @@ def test_accurate_silu_beats_puma_by_far() -> None:
 
 
 def test_accurate_silu_near_zero_and_its_cost() -> None:
-    """Where a SwiGLU's gates mostly are, [-3, 3]: within 4e-5 (documented 3.3e-5); 10 rounds."""
+    """Where a SwiGLU's gates mostly are, [-3, 3]: within 4e-5 (documented 3.3e-5); 8 rounds."""
     x = np.linspace(-3, 3, 60001)
     got, ev = run(_fn("silu", "accurate"), x)
     assert np.max(np.abs(got - EXACT["silu"](quantised(x)))) <= 4e-5
-    assert ev.cost(0).rounds == 10
-    assert ev.bytes_all_parties() / x.size < 620
+    assert ev.cost(0).rounds == 8
+    offline = sum(ev.stats[p].totals(phase="offline").bytes_sent for p in range(3))
+    assert (ev.bytes_all_parties() + offline) / x.size < 550
 
 
 @settings(max_examples=5, deadline=None)

@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from puma_async.context import Context
 from puma_async.evaluate import evaluate
 from puma_async.protocols.shares import AShare
-from puma_async.protocols.softmax import ALL_PAIRS_MAX, max_along, softmax
+from puma_async.protocols.softmax import ALL_PAIRS_MAX, GROUP, max_along, softmax
 
 MAX_ERROR = 5e-5  # documented max abs error per probability (measured 1.7e-5 to 3.4e-5)
 
@@ -50,22 +50,22 @@ def test_max_is_exact(shape: tuple[int, ...], axis: int) -> None:
 
 
 def _max_rounds(n: int) -> int:
-    """At most: halving levels (8 rounds each) down to ALL_PAIRS_MAX entries, then one
-    all-pairs level, 8 rounds plus an AND tree over the m - 1 opponents (exactly that when
-    there is no halving level; a halving level after the first can take 7)."""
-    levels = 0
+    """Groups of GROUP reduced by one all-pairs step each (5 rounds: groups of 8) until at
+    most ALL_PAIRS_MAX entries are left, then one all-pairs step: 4 rounds and one per level
+    of the AND of an entry's m - 1 beats (none for 2 entries, one up to 9, two up to 17)."""
+    rounds = 0
     while n > ALL_PAIRS_MAX:
-        n, levels = -(-n // 2), levels + 1
-    return 8 * levels + (0 if n == 1 else 8 + math.ceil(math.log2(n - 1)))
+        n, rounds = -(-n // GROUP), rounds + 5
+    return rounds + (0 if n == 1 else 4 if n == 2 else 5 if n <= 9 else 6)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 40, 128])
 def test_max_rounds(n: int) -> None:
     _, ev = run(lambda ctx, a: max_along(ctx, a), np.zeros((2, n)))
     rounds = max(ev.cost(p).rounds for p in range(3))
-    assert rounds == _max_rounds(n) if n <= ALL_PAIRS_MAX else rounds <= _max_rounds(n)
-    if n >= 3:  # fewer than the plain halving tree's 8 rounds per level
-        assert rounds < 8 * math.ceil(math.log2(n))
+    assert rounds == _max_rounds(n)
+    if n >= 3:  # fewer than a halving tree's 4 rounds per level
+        assert rounds < 4 * math.ceil(math.log2(n))
 
 
 @settings(max_examples=40, deadline=None)

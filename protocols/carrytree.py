@@ -1,0 +1,355 @@
+"""The local algebra of the fast comparison's dealer-masked carry tree (no messages).
+
+:mod:`.fastcmp` runs the protocol; this module holds what each party computes on its own:
+
+- *plans* (:func:`comparison_plan`): the leaf blocks of a comparison's carry chain (their
+  bit widths from the lowest) and its tree of :class:`Level` s, each output an XOR of
+  monomials (ANDs) of the level's input wires: :func:`carry_level` combines (generate,
+  propagate) nodes, :func:`and_level` ANDs wires (:func:`and_tree`);
+- *leaves*: S's monomials of its summand's block bits (:func:`sender_monomials`) and an
+  evaluator's XOR-halves of every block's (G, P), from its halves of those monomials and
+  the coefficients its summand gives them (:func:`leaf_halves`);
+- *levels* as index arrays (:func:`compile_level`): the dealer's mask products
+  (:func:`deal`) and an evaluator's XOR-halves of every output from the opened masked
+  wires d = w ^ alpha (:func:`evaluate_level`), each monomial AND_{w in M} w expanded as
+  XOR_{T subset M} (AND_{w in M \\ T} d_w) alpha_T.
+
+Everything works on packed uint64 words (64 elements per word) with numpy, one operation per
+monomial term vectorised over all nodes and elements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from itertools import combinations
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from .boolean import ALL_ONES
+from .ring import RING_DTYPE, RingArray
+
+Kind = Literal["less", "equal"]
+LEAF_BITS = 4
+"""Bits per leaf block: 15 monomials, one (G, P) pair."""
+MAX_FANIN = 4
+"""Tree nodes combine at most this many wires unless a caller asks for fewer levels."""
+LARGEST_FANIN = 9
+"""No node combines more wires: a node of fan-in f needs about 2^f dealt mask products."""
+
+Monomial = tuple[int, ...]
+"""Input wires ANDed together (indices into a level's inputs)."""
+
+
+# ------------------------------------------------------------------------------ public plans
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """One tree level: ``outputs[o]`` is the XOR of its monomials over ``inputs`` wires."""
+
+    inputs: int
+    outputs: tuple[tuple[Monomial, ...], ...]
+
+
+def _fanins(n: int, levels: int) -> list[list[int]]:
+    """Group sizes per level (as even as possible, larger first) reducing n nodes to 1."""
+    plan = []
+    for remaining in range(levels, 0, -1):
+        f = 1
+        while f**remaining < n:
+            f += 1
+        if f > LARGEST_FANIN:
+            raise ValueError(f"{n} nodes in {remaining} levels need nodes of fan-in {f}, "
+                             f"more than {LARGEST_FANIN} (about 2^fan-in dealt products)")
+        groups = -(-n // f)
+        plan.append([n // groups + (1 if g < n % groups else 0) for g in range(groups)])
+        n = groups
+    return plan
+
+
+def _depth(n: int, fanin: int) -> int:
+    """The fewest levels of nodes of at most ``fanin`` inputs that reduce n nodes to 1."""
+    depth, reach = 0, 1
+    while reach < n:
+        depth, reach = depth + 1, reach * fanin
+    return depth
+
+
+def carry_level(fanins: Sequence[int]) -> Level:
+    """Combine (G, P) nodes in groups: inputs G_0..G_{n-1}, P_1..P_{n-1} (the lowest node's P
+    is never needed); outputs the groups' G, then P of every group but the lowest."""
+    n = sum(fanins)
+    outputs_g: list[tuple[Monomial, ...]] = []
+    outputs_p: list[tuple[Monomial, ...]] = []
+    start = 0
+    for group, f in enumerate(fanins):
+        nodes = range(start, start + f)
+        outputs_g.append(tuple((i, *(n - 1 + j for j in nodes if j > i)) for i in nodes))
+        if group:
+            outputs_p.append((tuple(n - 1 + j for j in nodes),))
+        start += f
+    return Level(2 * n - 1, (*outputs_g, *outputs_p))
+
+
+def and_level(fanins: Sequence[int]) -> Level:
+    """AND wires in groups of the given sizes (one output per group)."""
+    outputs = []
+    start = 0
+    for f in fanins:
+        outputs.append((tuple(range(start, start + f)),))
+        start += f
+    return Level(sum(fanins), tuple(outputs))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one comparison computes: its leaf blocks (bit widths from the lowest) and tree."""
+
+    kind: Kind
+    chain: int
+    widths: tuple[int, ...]
+    tree: tuple[Level, ...]
+
+    @property
+    def top(self) -> bool:
+        """Whether bit ``chain`` itself is read (comparisons: yes; equality: no)."""
+        return self.kind == "less"
+
+    @property
+    def monomials(self) -> int:
+        """Rows of S's leaf message: the non-empty monomials of every block (and a_L)."""
+        return sum((1 << w) - 1 for w in self.widths) + self.top
+
+
+@functools.cache
+def comparison_plan(kind: Kind, bits: int = 64, levels: int | None = None) -> Plan:
+    """The plan of [x < t] exact for |x - t| < 2^(bits-1) (``bits`` in [2, 64]; 64: every
+    x - t in [-2^63, 2^63)), or of [x == t] (``bits`` must be 64), with ``levels`` tree levels
+    (default: the fewest with fan-in <= :data:`MAX_FANIN`)."""
+    if kind == "equal":
+        if bits != 64:
+            raise ValueError("equality tests every bit: bits must be 64")
+        chain = 64
+    elif kind == "less":
+        if not 2 <= bits <= 64:
+            raise ValueError(f"comparison bits must be in [2, 64], got {bits}")
+        chain = bits - 1
+    else:
+        raise ValueError(f"unknown comparison kind {kind!r}")
+    blocks = -(-chain // LEAF_BITS)
+    widths = (chain - LEAF_BITS * (blocks - 1),) + (LEAF_BITS,) * (blocks - 1)
+    depth = _depth(blocks, MAX_FANIN) if levels is None else levels
+    if depth < 0 or (depth == 0) != (blocks == 1):
+        raise ValueError(f"{blocks} leaves cannot be combined in {depth} levels")
+    make = carry_level if kind == "less" else and_level
+    return Plan(kind, chain, widths, tuple(make(f) for f in _fanins(blocks, depth)))
+
+
+@functools.cache
+def and_tree(inputs: int, levels: int | None = None) -> tuple[Level, ...]:
+    """Levels that AND ``inputs`` wires (default: the fewest with fan-in <= 8, which one
+    dealt level affords for the :func:`first_maximum` of rows of up to 9)."""
+    depth = _depth(inputs, 2 * MAX_FANIN) if levels is None else levels
+    return tuple(and_level(f) for f in _fanins(inputs, depth))
+
+
+# ------------------------------------------------------------------- compiled level algebra
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """A level as index arrays. Subsets of inputs are numbered: 0 the empty set, 1 + w the
+    single wire w, then every larger subset any monomial needs (by size). Each larger subset
+    is built as (subset without its last wire) AND (its last wire): ``steps`` (lo, hi,
+    parent, wire) per size. Output o is the XOR over ``terms`` (o, d subset, alpha subset)."""
+
+    inputs: int
+    outputs: int
+    subsets: int
+    steps: tuple[tuple[int, int, npt.NDArray[np.intp], npt.NDArray[np.intp]], ...]
+    term_d: npt.NDArray[np.intp]
+    term_alpha: npt.NDArray[np.intp]
+    starts: npt.NDArray[np.intp]
+
+    @property
+    def products(self) -> int:
+        """Dealt mask products (subsets of two or more wires)."""
+        return self.subsets - 1 - self.inputs
+
+
+@functools.cache
+def compile_level(level: Level) -> Compiled:
+    def subsets_of(m: Monomial) -> list[tuple[int, ...]]:
+        return [c for r in range(len(m) + 1) for c in combinations(sorted(m), r)]
+
+    larger = sorted({s for out in level.outputs for m in out for s in subsets_of(m)
+                     if len(s) >= 2}, key=lambda s: (len(s), s))
+    index = {(): 0, **{(w,): 1 + w for w in range(level.inputs)}}
+    for s in larger:
+        index[s] = len(index)
+    steps = []
+    for size in sorted({len(s) for s in larger}):
+        group = [s for s in larger if len(s) == size]
+        steps.append((index[group[0]], index[group[-1]] + 1,
+                      np.array([index[s[:-1]] for s in group], np.intp),
+                      np.array([1 + s[-1] for s in group], np.intp)))
+    terms = [(o, index[tuple(w for w in m if w not in t)], index[t])
+             for o, out in enumerate(level.outputs) for m in out for t in subsets_of(m)]
+    term_d = np.array([d for _, d, _ in terms], np.intp)
+    term_alpha = np.array([a for _, _, a in terms], np.intp)
+    outs = np.array([o for o, _, _ in terms], np.intp)
+    starts = np.flatnonzero(np.r_[True, outs[1:] != outs[:-1]])
+    return Compiled(level.inputs, len(level.outputs), len(index), tuple(steps), term_d,
+                     term_alpha, starts)
+
+
+def _products(c: Compiled, wires: RingArray) -> RingArray:
+    """Every subset product of ``wires`` (inputs, M) in the subset numbering (row 0: ones)."""
+    out = np.empty((c.subsets, wires.shape[1]), RING_DTYPE)
+    out[0] = ALL_ONES
+    out[1 : 1 + c.inputs] = wires
+    for lo, hi, parent, wire in c.steps:
+        np.bitwise_and(out[parent], out[wire], out=out[lo:hi])
+    return out
+
+
+def deal(c: Compiled, alpha: RingArray) -> RingArray:
+    """The dealer's mask products alpha_T for every subset T of two or more wires."""
+    return _products(c, alpha)[1 + c.inputs :]
+
+
+def evaluate_level(
+    c: Compiled, d: RingArray, alpha: RingArray, products: RingArray, first: bool
+) -> RingArray:
+    """An evaluator's XOR-half of every output from the opened d = w ^ alpha, its halves of
+    the masks and of their products; ``first`` (E1) holds the empty product (1)."""
+    shares = np.empty((c.subsets, d.shape[1]), RING_DTYPE)
+    shares[0] = ALL_ONES if first else 0
+    shares[1 : 1 + c.inputs] = alpha
+    shares[1 + c.inputs :] = products
+    terms = _products(c, d)[c.term_d] & shares[c.term_alpha]
+    return np.bitwise_xor.reduceat(terms, c.starts, axis=0)
+
+
+# ------------------------------------------------------------------------------- leaf algebra
+
+
+@functools.cache
+def _block_subsets(width: int) -> tuple[tuple[int, ...], ...]:
+    """The monomials of a block of ``width`` bits, the empty one first, by size."""
+    return tuple(c for r in range(width + 1) for c in combinations(range(width), r))
+
+
+@functools.cache
+def _block_terms(width: int) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+    """For G and P of a block: the (a-monomial, b-monomial) index pairs of their expansion
+    XOR_S a^S c_S(b) (indices into :func:`_block_subsets`).
+
+    G = XOR_i a_i b_i prod_{j>i} (a_j ^ b_j): a^S (i = min S) has the coefficient
+    b^({i} + {j > i not in S}); P = prod_j (a_j ^ b_j): a^S has b^(complement of S).
+    """
+    subsets = _block_subsets(width)
+    index = {s: k for k, s in enumerate(subsets)}
+    g = tuple((k, index[(s[0], *(j for j in range(s[0] + 1, width) if j not in s))])
+              for k, s in enumerate(subsets) if s)
+    p = tuple((k, index[tuple(j for j in range(width) if j not in s)])
+              for k, s in enumerate(subsets))
+    return g, p
+
+
+def _groups(widths: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """Runs of equal-width blocks: (width, blocks, first bit)."""
+    runs: list[tuple[int, int, int]] = []
+    bit = 0
+    for w in widths:
+        if runs and runs[-1][0] == w:
+            runs[-1] = (w, runs[-1][1] + 1, runs[-1][2])
+        else:
+            runs.append((w, 1, bit))
+        bit += w
+    return runs
+
+
+def _all_monomials(bits: RingArray) -> RingArray:
+    """(width, ...) bit rows -> (2^width, ...) products over :func:`_block_subsets`."""
+    subsets = _block_subsets(bits.shape[0])
+    index = {s: k for k, s in enumerate(subsets)}
+    out = np.empty((len(subsets), *bits.shape[1:]), RING_DTYPE)
+    out[0] = ALL_ONES
+    for k, s in enumerate(subsets[1:], start=1):
+        out[k] = bits[s[0]] if len(s) == 1 else out[index[s[:-1]]] & bits[s[-1]]
+    return out
+
+
+def sender_monomials(plan: Plan, slices: RingArray) -> RingArray:
+    """S's message before masking: the non-empty monomials of each block, then a_L.
+
+    ``slices``: (64, ...) bit rows of a. Out: (plan.monomials, ...).
+    """
+    rows = []
+    for width, blocks, bit in _groups(plan.widths):
+        block_bits = slices[bit : bit + width * blocks].reshape(blocks, width, -1)
+        mono = _all_monomials(block_bits.transpose(1, 0, 2))[1:]
+        rows.append(mono.reshape(-1, *slices.shape[1:]))
+    if plan.top:
+        rows.append(slices[plan.chain : plan.chain + 1])
+    return np.concatenate(rows)
+
+
+def leaf_halves(plan: Plan, mono: RingArray, slices: RingArray, first: bool) -> RingArray:
+    """An evaluator's XOR-halves of the leaves and of the top bit.
+
+    ``mono`` (plan.monomials, M): its halves of S's monomials (E1: the pads; E2: the masked
+    monomials); ``slices`` (64, M): bit rows of b'. Out: for comparisons G of every block,
+    P of every block but the lowest, then the top bit's half (a_L ^ b'_L); for equality P of
+    every block. E2 holds the constant monomial 1 and adds b'_L.
+    """
+    gs, ps = [], []
+    row = 0
+    for width, blocks, bit in _groups(plan.widths):
+        count = (1 << width) - 1
+        pads = mono[row : row + count * blocks].reshape(count, blocks, -1)
+        row += count * blocks
+        coefficients = _all_monomials(
+            slices[bit : bit + width * blocks].reshape(blocks, width, -1).transpose(1, 0, 2))
+        g_terms, p_terms = _block_terms(width)
+        for terms, out in ((g_terms, gs), (p_terms, ps)):
+            if terms is g_terms and plan.kind == "equal":
+                continue
+            acc = np.zeros(pads.shape[1:], RING_DTYPE)
+            for a_index, b_index in terms:
+                if a_index:
+                    acc ^= pads[a_index - 1] & coefficients[b_index]
+                elif not first:  # the constant monomial 1 is E2's
+                    acc ^= coefficients[b_index]
+            out.append(acc)
+    p = np.concatenate(ps)
+    if plan.kind == "equal":
+        return p
+    top = mono[-1:] if first else mono[-1:] ^ slices[plan.chain : plan.chain + 1]
+    return np.concatenate([np.concatenate(gs), p[1:], top])
+
+
+__all__ = [
+    "LARGEST_FANIN",
+    "LEAF_BITS",
+    "MAX_FANIN",
+    "Compiled",
+    "Kind",
+    "Level",
+    "Monomial",
+    "Plan",
+    "and_level",
+    "and_tree",
+    "carry_level",
+    "comparison_plan",
+    "compile_level",
+    "deal",
+    "evaluate_level",
+    "leaf_halves",
+    "sender_monomials",
+]

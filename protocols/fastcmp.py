@@ -1,0 +1,630 @@
+"""Fast comparison (FC): [x < t], [x == t] and a row's first maximum in 4 rounds.
+
+**Form.** From replicated shares, x = a + b (mod 2^64) with a = x_s + x_{s+1} known to one
+party S = P_s and b = x_{s+2} known to both others, E1 = P_{s+1} and E2 = P_{s+2}. Keys:
+k(S, E1) = k_{s+1}, k(S, E2) = k_s, k(E1, E2) = k_{s+2} (:mod:`.randomness`). [x < t] for a
+public t with x - t in [-2^L, 2^L) is NOT bit L of x - t + 2^L = a + b', b' = b - t + 2^L:
+a_L ^ b'_L ^ (the carry of the L-bit chain a + b' into bit L). L = 63 is the MSB of x - t
+(exact for every x - t in [-2^63, 2^63)); a shorter chain (``bits`` = L + 1 < 64) is the
+*bounded* comparison, exact when |x - t| < 2^L (and meaningless otherwise: callers that use
+it state that bound as their precondition). [x == t] is the AND of all 64 propagate bits of
+a + (b - t - 1) (a = ~(b - t - 1) exactly when a + b = t).
+
+**Protocol** (one part of the elements; :func:`_parts`):
+
+1. *Leaves (round 1).* The chain is cut into blocks of :data:`LEAF_BITS` bits (the lowest one
+   shorter). A block's (generate, propagate) pair is a polynomial XOR_T a^T c_T(b') in S's
+   bits, with coefficients c_T that E1 and E2 compute from b'. S sends E2 every monomial a^T
+   XOR a pad from k_{s+1} (and a_L XOR a pad); E1 takes the pads, E2 the masked monomials, and
+   each evaluates XOR_T (its value of a^T) c_T(b') (E2 also the constant term): XOR-halves of
+   every block's (G, P), held by E1 and E2. The monomials do not depend on t, so several
+   thresholds on one value share them (:func:`compare_thresholds`).
+2. *Tree levels (1 round each).* Nodes of fan-in up to 4 (``levels`` sets the depth): G = XOR_i
+   G_i AND_{j>i} P_j and P = AND_j P_j. Each wire w carries a mask alpha_w = alpha^1_w ^ alpha^2_w
+   (alpha^1 from k_{s+1}: S and E1; alpha^2 from k_s: S and E2). E1 sends E2 w^1 ^ alpha^1 and
+   E2 sends E1 w^2 ^ alpha^2, so both learn d_w = w ^ alpha_w. A monomial AND_{w in M} w is
+   XOR_{T subset M} (AND_{w in M \\ T} d_w) alpha_T with alpha_T = AND_{w in T} alpha_w: linear
+   in the alpha_T. S, who knows every mask, *deals* the products with |T| >= 2 (E1's XOR-share
+   from k_{s+1}, E2's sent by S; data-independent: offline material, :func:`prepare_compare`),
+   so each evaluator computes its XOR-half of every node output locally (E1 adds the pure-d
+   term). The root gives XOR-halves s1 (E1), s2 (E2) of the result bit.
+3. *Opening (1 round), to arithmetic shares.* With a random bit rho unknown to all, shared
+   replicated (rho_s, rho_{s+1}, rho_{s+2}) and arithmetic (offline material): E2 -> E1:
+   s2 ^ rho_s; E1 -> E2: s1 ^ rho_{s+1}; E1 -> S: s1 ^ rho_{s+2} ^ sigma; E2 -> S: s2 ^ sigma
+   (sigma from k_{s+2}, E1 and E2 only). Everyone learns c = bit ^ rho, and [bit] =
+   c + (1 - 2c)[rho] locally; bit * f = c f + (1 - 2c) rho f takes one product rho f, computed
+   beside the opening (:func:`.compare.sign_times`).
+
+**Security** (semi-honest, one corruption): every array a party receives is masked by a PRG
+stream of a key it does not hold. E2 receives the monomials (pads of k_{s+1}), the dealt
+products (masked by E1's shares, k_{s+1}), the d's (alpha^1, k_{s+1}) and s1 ^ rho_{s+1}
+(rho_{s+1} is unknown to E2). E1 receives the d's (alpha^2, k_s) and s2 ^ rho_s (k_s). S, who
+knows every mask, never receives an evaluator's plain half: it gets s1 ^ rho_{s+2} ^ sigma and
+s2 ^ sigma, uniform (sigma), whose XOR is c ^ rho_s ^ rho_{s+1}, i.e. the public c. Every mask
+is drawn once (a fresh label per level, part and threshold), so each view is simulated by
+uniform values and the opened c = bit ^ rho, itself uniform.
+
+**Rotation.** S sends the most (the monomials). From :data:`.trunc.ROTATE_MIN_ELEMENTS`
+elements (rows, for :func:`first_maximum`) on, the elements are cut into three parts with
+S = P_2, P_0, P_1 (the truncation's dealers of the same blocks); shorter arrays are one part
+with S = P_2.
+
+**Costs** per element and threshold, all parties together (bytes; packed bits travel in
+64-bit words, so these are exact for multiples of 64 elements), declared in :mod:`.costs`:
+
+=======================  ======  =====================================  ====================
+what                     rounds  online                                 offline
+=======================  ======  =====================================  ====================
+[x < t], 63-bit chain    4       29.125 leaves (once per value)         12 dealt products +
+(16 leaves, [4x4], [4])          + 9.5 tree + 0.5 opening               24 random bit
+[x == t] (16 leaves,     4       30 leaves + 5 tree + 0.5 opening       6.875 + 24
+AND [4x4], [4])
+=======================  ======  =====================================  ====================
+
+Several thresholds on one value: the leaves once, the rest per threshold. A bounded chain of
+L bits has ceil(L / 4) leaves (15 monomial bits per 4-bit block): 4 rounds for L <= 64 with
+fan-in 4, 3 rounds for L <= 16. Exact: no probabilistic step; the bounded comparison within
+its bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from puma_async.context import ArraySpec, Context, Step
+
+from .bitpack import WORD_BITS, bit_slices, pack_bits, packed_words, unpack_bits
+from .boolean import ALL_ONES, bit_to_arith
+from .carrytree import (
+    Kind,
+    Level,
+    Plan,
+    and_tree,
+    comparison_plan,
+    compile_level,
+    deal,
+    evaluate_level,
+    leaf_halves,
+    sender_monomials,
+)
+from .offload import offload
+from .randomness import key_prg, random_bshare
+from .ring import RING_DTYPE, RingArray, to_ring
+from .shares import AShare, BShare
+from .trunc import ROTATE_MIN_ELEMENTS
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """Elements [lo, hi) with S = P_sender, E1 = P_{sender+1}, E2 = P_{sender+2}."""
+
+    lo: int
+    hi: int
+    sender: int
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
+
+    def words(self, rows: int = 1) -> int:
+        """Words of ``rows`` bits per element of the part, packed densely row by row."""
+        return packed_words(rows * self.size)
+
+    def role(self, party: int) -> int:
+        """0 for S, 1 for E1, 2 for E2."""
+        return (party - self.sender) % 3
+
+    def party(self, role: int) -> int:
+        return (self.sender + role) % 3
+
+
+def _parts(rows: int, unit: int = 1) -> tuple[Part, ...]:
+    """Rows of ``unit`` elements in one part (S = P_2), or from ROTATE_MIN_ELEMENTS elements
+    on in three (S = P_2, P_0, P_1), cut between rows. No parts for no elements."""
+    n = rows * unit
+    cuts = ([unit * (rows * j // 3) for j in range(4)] if n >= ROTATE_MIN_ELEMENTS
+            else [0, n, n, n])
+    return tuple(Part(cuts[j], cuts[j + 1], (j + 2) % 3) for j in range(3)
+                 if cuts[j + 1] > cuts[j])
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeMaterial:
+    """One part's dealt masks for one tree, as this party's role holds them: per level the
+    evaluator's mask halves (inputs, M) and product shares (products, M); S holds none."""
+
+    alphas: tuple[RingArray, ...] = ()
+    products: tuple[RingArray, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomBits:
+    """A random bit per (row, element) unknown to every party: per part, packed boolean
+    shares (:meth:`Part.words`); and arithmetic shares (rows, elements) of all parts."""
+
+    packed: tuple[BShare, ...]
+    arith: AShare
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareSpec:
+    """The public parameters a batch of comparisons' material depends on: ``size``
+    elements (rows of ``unit`` are never split between parts), ``thresholds`` per element,
+    and the plan (``kind``, ``bits``, ``levels``: :func:`comparison_plan`)."""
+
+    size: int
+    thresholds: int = 1
+    kind: Kind = "less"
+    bits: int = 64
+    levels: int | None = None
+    unit: int = 1
+
+    @property
+    def plan(self) -> Plan:
+        return comparison_plan(self.kind, self.bits, self.levels)
+
+    @property
+    def parts(self) -> tuple[Part, ...]:
+        return _parts(self.size // self.unit, self.unit)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareMaterial:
+    """Offline material of one batch of comparisons (:func:`prepare_compare`)."""
+
+    spec: CompareSpec
+    trees: tuple[TreeMaterial, ...]
+    bits: RandomBits
+
+
+@dataclasses.dataclass(frozen=True)
+class MaximumSpec:
+    """The public shape of :func:`first_maximum`: ``rows`` rows of ``entries``, entries'
+    differences bounded by ``bits`` (:func:`comparison_plan`)."""
+
+    rows: int
+    entries: int
+    bits: int = 64
+    levels: int | None = None
+
+    @property
+    def pairs(self) -> CompareSpec:
+        m = self.entries
+        return CompareSpec(self.rows * (m * (m - 1) // 2), bits=self.bits, levels=self.levels,
+                           unit=m * (m - 1) // 2)
+
+    @property
+    def parts(self) -> tuple[Part, ...]:
+        """The entries' parts: the same rows, and roles, as the pairs' parts."""
+        per_row = self.entries * (self.entries - 1) // 2
+        return tuple(Part(p.lo // per_row * self.entries, p.hi // per_row * self.entries,
+                          p.sender) for p in self.pairs.parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaximumMaterial:
+    """Offline material of :func:`first_maximum`: the pairs' trees, the AND trees, and a
+    random bit per entry."""
+
+    spec: MaximumSpec
+    pairs: tuple[TreeMaterial, ...]
+    wins: tuple[TreeMaterial, ...]
+    bits: RandomBits
+
+
+async def _prepare_tree(
+    ctx: Context, tree: tuple[Level, ...], words: int, part: Part
+) -> TreeMaterial:
+    """Masks and dealt products of ``tree`` on ``words`` words per row, for one part.
+
+    S draws both mask halves, computes every product and sends E2 its XOR-shares (E1's come
+    from k_{s+1}). Cost: 1 round; one bit per product per element, from S to E2.
+    """
+    levels = [(compile_level(level), ctx.label(b"fc.alpha1"), ctx.label(b"fc.alpha2"),
+               ctx.label(b"fc.products")) for level in tree]
+    role = part.role(ctx.role)
+    rows = sum(c.products for c, *_ in levels)
+    if role == 2:  # E2: alpha^2 from k_s, product shares from S
+        k2 = key_prg(ctx, part.sender)
+        got = (await ctx.recv_array(part.sender, ArraySpec.ring((rows, words))) if rows
+               else np.zeros((0, words), RING_DTYPE))
+        cuts = np.cumsum([c.products for c, *_ in levels])[:-1]
+        return TreeMaterial(
+            tuple(k2.bits(l2, (c.inputs, words)) for c, _, l2, _ in levels),
+            tuple(np.split(got, cuts)) if levels else (),
+        )
+    k1 = key_prg(ctx, part.sender + 1)  # S and E1
+    alphas = tuple(k1.bits(l1, (c.inputs, words)) for c, l1, _, _ in levels)
+    shares = tuple(k1.bits(lp, (c.products, words)) for c, _, _, lp in levels)
+    if role == 1:
+        return TreeMaterial(alphas, shares)
+    k2 = key_prg(ctx, part.sender)  # S and E2
+    dealt = [deal(c, alpha ^ k2.bits(l2, alpha.shape)) ^ share
+             for (c, _, l2, _), alpha, share in zip(levels, alphas, shares, strict=True)]
+    if rows:
+        await ctx.send_arrays(part.party(2), np.concatenate(dealt))
+    return TreeMaterial()
+
+
+async def _prepare_trees(
+    ctx: Context, tree: tuple[Level, ...], parts: tuple[Part, ...], rows: int
+) -> tuple[TreeMaterial, ...]:
+    """:func:`_prepare_tree` for every part, ``rows`` packed rows per part."""
+    return tuple(await ctx.gather(*(
+        functools.partial(_prepare_tree, tree=tree, words=part.words(rows), part=part)
+        for part in parts
+    )))
+
+
+async def prepare_random_bits(ctx: Context, rows: int, parts: tuple[Part, ...]) -> RandomBits:
+    """``rows`` random bits per element of ``parts``, unknown to every party, packed per part
+    and arithmetic. Cost: 2 rounds, 24 bytes per bit in all (:func:`.boolean.bit_to_arith`)."""
+    if not parts:
+        empty = np.zeros((rows, 0), RING_DTYPE)
+        return RandomBits((), AShare(empty, empty))
+    words = [part.words(rows) for part in parts]
+    packed = random_bshare(ctx, (sum(words),))
+    cuts = np.cumsum(words)[:-1]
+    per_part = [BShare(f, s) for f, s in zip(np.split(packed.first, cuts),
+                                             np.split(packed.second, cuts), strict=True)]
+    bits = BShare(*(np.concatenate([_unpack(getattr(p, half), rows, part.size)
+                                    for p, part in zip(per_part, parts, strict=True)], axis=1)
+                    for half in ("first", "second")))
+    return RandomBits(tuple(per_part), await bit_to_arith(ctx, bits))
+
+
+async def prepare_compare(ctx: Context, spec: CompareSpec) -> CompareMaterial:
+    """The offline material of a batch of comparisons: dealt mask products and a random bit
+    per element and threshold. Takes public parameters only. Cost: 2 rounds; bytes per
+    element and threshold: the dealt products (12 for a 63-bit chain) + 24."""
+    parts = spec.parts
+    trees, bits = await ctx.gather(
+        lambda c: _prepare_trees(c, spec.plan.tree, parts, spec.thresholds),
+        lambda c: prepare_random_bits(c, spec.thresholds, parts),
+    )
+    return CompareMaterial(spec, trees, bits)
+
+
+async def prepare_maximum(ctx: Context, spec: MaximumSpec) -> MaximumMaterial:
+    """The offline material of :func:`first_maximum` (public parameters only): the pairs'
+    dealt products, the AND tree's, and a random bit per entry. Cost: 2 rounds."""
+    pairs, wins, bits = await ctx.gather(
+        lambda c: _prepare_trees(c, spec.pairs.plan.tree, spec.pairs.parts, 1),
+        lambda c: _prepare_trees(c, and_tree(spec.entries - 1), spec.parts, 1),
+        lambda c: prepare_random_bits(c, 1, spec.parts),
+    )
+    return MaximumMaterial(spec, pairs, wins, bits)
+
+
+# ---------------------------------------------------------------------------------- online
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedBits:
+    """Bits ready to open (:func:`open_masked`): per part, this party's XOR-half as E1 or
+    E2 (packed words, row by row: :meth:`Part.words`; None as S), and a random bit per bit.
+    ``shape`` is the logical shape of the bits, element-major (an element's rows last)."""
+
+    halves: tuple[RingArray | None, ...]
+    parts: tuple[Part, ...]
+    bits: RandomBits
+    shape: tuple[int, ...]
+
+    @property
+    def r_arith(self) -> AShare:
+        """Arithmetic shares of the random bits, in the logical shape."""
+        return self.bits.arith.map(lambda a: a.T.reshape(self.shape))
+
+    def reshape(self, shape: tuple[int, ...]) -> MaskedBits:
+        """The same bits in another logical shape of the same size (element-major order)."""
+        if int(np.prod(shape)) != int(np.prod(self.shape)):
+            raise ValueError(f"cannot reshape bits of shape {self.shape} to {shape}")
+        return dataclasses.replace(self, shape=tuple(shape))
+
+
+async def _offline(ctx: Context, step: Step[T]) -> T:
+    """Run a preparation step inline, its traffic counted in phase ``offline``."""
+    with ctx.phase("offline"):
+        return await step(ctx)
+
+
+def _view(x: AShare, part: Part, role: int) -> RingArray:
+    """The summand this party knows of each value of ``part``: a = x_s + x_{s+1} as S,
+    b = x_{s+2} as E1 (its second component) or E2 (its first). ``x``: (values, n)."""
+    sl = x[:, part.lo : part.hi]
+    if role == 0:
+        return sl.first + sl.second
+    return sl.second if role == 1 else sl.first
+
+
+def _unpack(words: RingArray, rows: int, n: int) -> RingArray:
+    """Packed bits of ``rows`` rows of n elements (row by row) -> (rows, n) 0/1 values."""
+    return unpack_bits(words, rows * n).reshape(rows, n)
+
+
+def _spread(mono: RingArray, values: int, of: npt.NDArray[np.intp], n: int) -> RingArray:
+    """Rows of bits packed value by value (values x n) -> each threshold's copy of its
+    value's bits, packed threshold by threshold (of.size x n)."""
+    if values == 1 and of.size == 1:
+        return mono
+    if n % WORD_BITS == 0:  # whole words per value: move words
+        return mono.reshape(mono.shape[0], values, -1)[:, of].reshape(mono.shape[0], -1)
+    bits = unpack_bits(mono, values * n).reshape(mono.shape[0], values, n)[:, of]
+    return pack_bits(bits.reshape(mono.shape[0], -1))
+
+
+async def _leaves(
+    ctx: Context, plan: Plan, part: Part, view: RingArray, shifted: RingArray | None,
+    of: npt.NDArray[np.intp],
+) -> RingArray | None:
+    """Round 1: S sends E2 its masked monomials; E1 and E2 return their XOR-halves of the
+    leaves (and of the top bit, last). ``view``: S's a (values, size); ``shifted``: the
+    evaluators' b' per threshold (thresholds, size); ``of``: each threshold's value."""
+    role = part.role(ctx.role)
+    label = ctx.label(b"fc.pad")
+    values = view.shape[0]
+    shape = (plan.monomials, part.words(values))
+    if role == 0:
+        mono = await offload(sender_monomials, plan, bit_slices(view),
+                             size=values * part.size)
+        pads = key_prg(ctx, part.sender + 1).bits(label, shape)
+        await ctx.send_arrays(part.party(2), mono ^ pads)
+        return None
+    assert shifted is not None
+    if role == 1:
+        mono = key_prg(ctx, part.sender + 1).bits(label, shape)
+    else:
+        mono = await ctx.recv_array(part.sender, ArraySpec.ring(shape))
+    return await offload(leaf_halves, plan, _spread(mono, values, of, part.size),
+                         bit_slices(shifted), role == 1, size=shifted.size)
+
+
+async def _tree(
+    ctx: Context, tree: tuple[Level, ...], part: Part, halves: RingArray,
+    material: TreeMaterial,
+) -> RingArray:
+    """The evaluators' levels: one round each (module docstring). ``halves``: this
+    evaluator's XOR-halves of the first level's inputs; returns those of the last outputs."""
+    role = part.role(ctx.role)
+    other = part.party(3 - role)
+    for level, alpha, products in zip(tree, material.alphas, material.products, strict=True):
+        mine = halves ^ alpha
+        await ctx.send_arrays(other, mine)
+        theirs = await ctx.recv_array(other, ArraySpec.ring(mine.shape))
+        halves = await offload(evaluate_level, compile_level(level), mine ^ theirs, alpha,
+                               products, role == 1, size=8 * mine.size)
+    return halves
+
+
+async def _compare_part(
+    ctx: Context, plan: Plan, part: Part, x: AShare, thresholds: RingArray,
+    of: npt.NDArray[np.intp], material: TreeMaterial | None,
+) -> RingArray | None:
+    """Leaves and tree of one part: this evaluator's XOR-half of the result bits (thresholds,
+    words), or None at S. Without ``material`` its preparation runs beside the leaves."""
+    role = part.role(ctx.role)
+    view = _view(x, part, role)
+    shifted = None
+    if role:
+        offset = -1 if plan.kind == "equal" else 1 << plan.chain
+        shifted = view[of] - thresholds[:, None] + to_ring(offset)
+
+    async def leaves(c: Context) -> RingArray | None:
+        return await _leaves(c, plan, part, view, shifted, of)
+
+    if material is None:
+        material, halves = await ctx.gather(
+            lambda c: _offline(c, functools.partial(
+                _prepare_tree, tree=plan.tree, words=part.words(thresholds.size), part=part)),
+            leaves,
+        )
+    else:
+        halves = await leaves(ctx)
+    if halves is None:
+        return None
+    if plan.kind == "equal":
+        return (await _tree(ctx, plan.tree, part, halves, material))[0]
+    root = await _tree(ctx, plan.tree, part, halves[:-1], material)
+    below = root ^ halves[-1:]  # bit L of x - t + 2^L, i.e. [x >= t]; E1 flips it
+    return (below ^ ALL_ONES if role == 1 else below)[0]
+
+
+async def compare_thresholds(
+    ctx: Context,
+    x: AShare,
+    thresholds: npt.ArrayLike,
+    *,
+    of: npt.ArrayLike | None = None,
+    kind: Kind = "less",
+    bits: int = 64,
+    levels: int | None = None,
+    pre: CompareMaterial | None = None,
+) -> MaskedBits:
+    """[x < t] (``kind="less"``) or [x == t] (``"equal"``) for every element of x and each
+    public threshold t (ring values, shape (m,)), masked and ready to open; shape
+    (*x.shape, m). With ``of`` (m indices), x has a last axis of values and threshold k
+    compares value of[k] (shape (*x.shape[:-1], m)). All thresholds on one value share the
+    leaves.
+
+    Exact: [x < t] when x - t lies in [-2^(bits-1), 2^(bits-1)) (bits = 64: any x - t in
+    [-2^63, 2^63)); [x == t] for every ring value. ``pre``: material from
+    :func:`prepare_compare` with this call's :class:`CompareSpec`; None prepares it inline
+    (its traffic in phase ``offline``, beside the leaves: no extra round).
+    Cost: 3 rounds (4 with :func:`open_masked`); bytes: module docstring.
+    """
+    t = to_ring(np.asarray(thresholds)).reshape(-1)
+    if of is None:
+        values, index, shape = x.reshape(1, -1), np.zeros(t.size, np.intp), (*x.shape, t.size)
+    else:
+        index = np.asarray(of, np.intp).reshape(-1)
+        if index.size != t.size or not np.all((index >= 0) & (index < x.shape[-1])):
+            raise ValueError("of: one value index per threshold, within x's last axis")
+        values, shape = x.reshape(-1, x.shape[-1]).transpose(), (*x.shape[:-1], t.size)
+    spec = CompareSpec(values.shape[1], t.size, kind, bits, levels)
+    _check(pre, spec)
+    plan, parts = spec.plan, spec.parts
+
+    async def random_bits(c: Context) -> RandomBits:
+        if pre is not None:
+            return pre.bits
+        return await _offline(c, functools.partial(prepare_random_bits, rows=t.size,
+                                                   parts=parts))
+
+    rho, *halves = await ctx.gather(random_bits, *(
+        functools.partial(_compare_part, plan=plan, part=part, x=values, thresholds=t,
+                          of=index, material=None if pre is None else pre.trees[j])
+        for j, part in enumerate(parts)
+    ))
+    return MaskedBits(tuple(halves), parts, rho, shape)
+
+
+def _check(pre: CompareMaterial | MaximumMaterial | None,
+           spec: CompareSpec | MaximumSpec) -> None:
+    if pre is not None and pre.spec != spec:
+        raise ValueError(f"material prepared for {pre.spec}, used for {spec}")
+
+
+@functools.cache
+def _tournament(m: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+    """For entry i and opponent slot k (opponent j = k + [k >= i]): the index of the pair
+    {i, j} among the pairs i < j (np.triu_indices order), and whether i < j (then i beats j
+    iff NOT [x_i < x_j]; else iff [x_j < x_i])."""
+    first, second = np.triu_indices(m, 1)
+    pair = np.zeros((m, m), np.intp)
+    pair[first, second] = pair[second, first] = np.arange(first.size)
+    slots = np.arange(m - 1)
+    opponent = slots[None, :] + (slots[None, :] >= np.arange(m)[:, None])
+    index = pair[np.arange(m)[:, None], opponent]
+    negate = opponent > np.arange(m)[:, None]
+    for table in (index, negate):
+        table.flags.writeable = False
+    return index, negate
+
+
+async def _maximum_part(
+    ctx: Context, spec: MaximumSpec, pairs: Part, entries: Part, diffs: AShare,
+    material: tuple[TreeMaterial, TreeMaterial] | None,
+) -> RingArray | None:
+    """One part of :func:`first_maximum`: the pairs' comparisons, each entry's beats, their
+    AND. ``diffs``: x_i - x_j of every pair i < j of every row, (1, pairs). This
+    evaluator's XOR-half of [entry wins] (1, words), or None at S."""
+    m = spec.entries
+    plan, wins_tree = spec.pairs.plan, and_tree(m - 1)
+    role = pairs.role(ctx.role)
+    view = _view(diffs, pairs, role)
+    shifted = view + to_ring(1 << plan.chain) if role else None
+
+    async def leaves(c: Context) -> RingArray | None:
+        return await _leaves(c, plan, pairs, view, shifted, np.zeros(1, np.intp))
+
+    if material is None:
+        pair_tree, win_tree, halves = await ctx.gather(
+            lambda c: _offline(c, functools.partial(
+                _prepare_tree, tree=plan.tree, words=pairs.words(), part=pairs)),
+            lambda c: _offline(c, functools.partial(
+                _prepare_tree, tree=wins_tree, words=entries.words(), part=entries)),
+            leaves,
+        )
+    else:
+        (pair_tree, win_tree), halves = material, await leaves(ctx)
+    if halves is None:
+        return None
+    # [x_i >= x_j] per pair i < j: entry i beats j > i on it and j < i on its negation
+    at_least = await _tree(ctx, plan.tree, pairs, halves[:-1], pair_tree) ^ halves[-1:]
+    index, negate = _tournament(m)
+    bits = unpack_bits(at_least, pairs.size).reshape(entries.size // m, -1)[:, index]
+    if role == 1:
+        bits ^= (~negate).astype(RING_DTYPE)
+    beats = pack_bits(np.moveaxis(bits, -1, 0).reshape(m - 1, -1))
+    return (await _tree(ctx, wins_tree, entries, beats, win_tree))[0]
+
+
+async def first_maximum(
+    ctx: Context, x: AShare, *, bits: int = 64, levels: int | None = None,
+    pre: MaximumMaterial | None = None,
+) -> MaskedBits:
+    """[x_i is the first maximum of its row] along x's last axis (2 to 17 entries), masked
+    and ready to open; shape x.shape.
+
+    All pairs i < j are compared at once (:func:`compare_thresholds`'s leaves and tree,
+    ``bits`` and ``levels`` as there: exact when the entries' differences lie in
+    [-2^(bits-1), 2^(bits-1))); entry i wins when it beats every other (x_i >= x_j for
+    j > i, x_i > x_j for j < i: exactly one entry wins), one more dealt AND level of fan-in
+    up to 8 (two of up to 4 from 10 entries on). Cost: 4 rounds (5 with
+    :func:`open_masked`; one more for rows of 10 to 17); per row 50.6 bytes per pair (online
+    38.6) and per entry the AND's products (2^(m-1) - m bits), its 2 (m - 1) opened bits and
+    a random bit (24 bytes).
+    """
+    m = x.shape[-1]
+    if not 2 <= m <= 17:
+        raise ValueError(f"first_maximum takes rows of 2 to 17 entries, got {m}")
+    flat = x.reshape(-1, m)
+    first, second = np.triu_indices(m, 1)
+    diffs = (flat[:, first] - flat[:, second]).reshape(1, -1)
+    spec = MaximumSpec(flat.shape[0], m, bits, levels)
+    _check(pre, spec)
+
+    async def random_bits(c: Context) -> RandomBits:
+        if pre is not None:
+            return pre.bits
+        return await _offline(c, functools.partial(prepare_random_bits, rows=1,
+                                                   parts=spec.parts))
+
+    rho, *halves = await ctx.gather(random_bits, *(
+        functools.partial(
+            _maximum_part, spec=spec, pairs=pairs, entries=entries, diffs=diffs,
+            material=None if pre is None else (pre.pairs[j], pre.wins[j]))
+        for j, (pairs, entries) in enumerate(zip(spec.pairs.parts, spec.parts, strict=True))
+    ))
+    return MaskedBits(tuple(halves), spec.parts, rho, x.shape)
+
+
+async def _open_part(
+    ctx: Context, part: Part, half: RingArray | None, rho: BShare
+) -> RingArray:
+    """c = bit ^ rho for one part, to all three (module docstring, step 3): 1 round."""
+    role = part.role(ctx.role)
+    label = ctx.label(b"fc.sigma")
+    shape = rho.shape
+    if role == 0:
+        from_e1 = await ctx.recv_array(part.party(1), ArraySpec.ring(shape))
+        from_e2 = await ctx.recv_array(part.party(2), ArraySpec.ring(shape))
+        return from_e1 ^ from_e2 ^ rho.first ^ rho.second
+    assert half is not None
+    sigma = key_prg(ctx, part.sender + 2).bits(label, shape)  # k_{s+2}: E1 and E2
+    other = part.party(3 - role)
+    # E1 holds (rho_{s+1}, rho_{s+2}), E2 (rho_{s+2}, rho_s)
+    await ctx.send_arrays(other, half ^ (rho.first if role == 1 else rho.second))
+    await ctx.send_arrays(part.sender, half ^ sigma ^ (rho.second if role == 1 else 0))
+    got = await ctx.recv_array(other, ArraySpec.ring(shape))
+    return half ^ got ^ rho.first ^ rho.second
+
+
+async def open_masked(ctx: Context, masked: MaskedBits) -> RingArray:
+    """Open c = bit ^ rho for every bit (0/1 ring values, the bits' logical shape): 1 round,
+    4 bits per bit in all. It reveals nothing (rho is uniform); [bit] = c + (1 - 2c) rho
+    and bit * f = c f + (1 - 2c) rho f follow locally (:mod:`.compare`)."""
+    opened = await ctx.gather(*(
+        functools.partial(_open_part, part=part, half=half, rho=rho)
+        for part, half, rho in zip(masked.parts, masked.halves, masked.bits.packed, strict=True)
+    ))
+    rows = masked.bits.arith.shape[0]
+    if not opened:
+        return np.zeros(masked.shape, RING_DTYPE)
+    c = np.concatenate([_unpack(words, rows, part.size)
+                        for words, part in zip(opened, masked.parts, strict=True)], axis=1)
+    return c.reshape(rows, -1).T.reshape(masked.shape)
+
+
+__all__ = [
+    "CompareMaterial", "CompareSpec", "MaskedBits", "MaximumMaterial", "MaximumSpec", "Part",
+    "RandomBits", "TreeMaterial", "compare_thresholds", "first_maximum", "open_masked",
+    "prepare_compare", "prepare_maximum", "prepare_random_bits",
+]

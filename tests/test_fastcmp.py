@@ -1,0 +1,245 @@
+"""Fast comparison against plaintext numpy: thresholds sharing leaves, bounded chains at their
+edges, equality, the first maximum, rotation of roles, and the offline material."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from puma_async.context import Context
+from puma_async.evaluate import evaluate, evaluation_program
+from puma_async.protocols import fastcmp
+from puma_async.protocols.carrytree import comparison_plan
+from puma_async.protocols.compare import to_arith
+from puma_async.protocols.randomness import setup_keys
+from puma_async.protocols.ring import RING_DTYPE
+from puma_async.protocols.shares import AShare, public_share
+from puma_async.roles import CLIENT, PARTIES
+from puma_async.runner import run_local
+
+LO, HI = -(2**63), 2**63 - 1
+EDGES = [0, 1, -1, 2, -2, 2**62, -(2**62), 2**62 - 1, 1 - 2**62, LO, HI, LO + 1, HI - 1,
+         2**31, -(2**31), 2**18]
+SLOW = settings(max_examples=25, deadline=None)
+int64s = st.one_of(st.sampled_from(EDGES), st.integers(LO, HI), st.integers(-(2**20), 2**20))
+
+
+def _signed(out: np.ndarray) -> np.ndarray:
+    return out.view(np.int64)
+
+
+def _msb_of_difference(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """MSB of x - t mod 2^64 per element and threshold: [x < t] wherever x - t does not wrap."""
+    d = x.view(np.uint64)[:, None] - t.view(np.uint64)[None, :]
+    return (d >> np.uint64(63)).astype(np.int64)
+
+
+def _bits(**options: Any) -> Any:
+    """A secure function: compare_thresholds(x, **options) opened as arithmetic bits."""
+    async def fn(ctx: Context, x: AShare) -> AShare:
+        return await to_arith(ctx, await fastcmp.compare_thresholds(ctx, x, **options))
+
+    return fn
+
+
+@SLOW
+@given(st.lists(int64s, min_size=1, max_size=300), st.lists(int64s, min_size=1, max_size=4))
+def test_thresholds_share_leaves_and_match_numpy(xs: list[int], ts: list[int]) -> None:
+    x, t = np.array(xs, np.int64), np.array(ts, np.int64)
+    less, equal = evaluate(
+        lambda ctx, a: _both(ctx, a, t), x).outputs
+    assert np.array_equal(_signed(less), _msb_of_difference(x, t))
+    wide = np.array([[LO <= a - b <= HI for b in ts] for a in xs])
+    assert np.array_equal(_signed(less)[wide], (x[:, None] < t[None, :])[wide])
+    assert np.array_equal(_signed(equal), (x[:, None] == t[None, :]).astype(np.int64))
+
+
+async def _both(ctx: Context, x: AShare, t: np.ndarray) -> list[AShare]:
+    return [await _bits(thresholds=t)(ctx, x), await _bits(thresholds=t, kind="equal")(ctx, x)]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5, 16, 17, 21, 30, 33, 63, 64])
+def test_bounded_comparisons_are_exact_up_to_their_edges(bits: int) -> None:
+    """[x < t] with bits - 1 chain bits is exact for x - t in [-2^(bits-1), 2^(bits-1))."""
+    rng = np.random.default_rng(bits)
+    half = 1 << (bits - 1)
+    d = np.concatenate([[-half, -half + 1, -1, 0, 1, half - 2, half - 1],
+                        rng.integers(-half, half, 193, dtype=np.int64)])
+    t = np.array([0, 12345, -(2**40)], np.int64)
+    x = d + t[rng.integers(0, 3, d.size)]  # x - t for the threshold used is d
+    got = _signed(evaluate(_bits(thresholds=t, bits=bits), x).outputs[0])
+    diff = np.array([[int(a) - int(b) for b in t] for a in x], dtype=object)
+    inside = (diff >= -half) & (diff < half)
+    assert inside.sum() >= x.size
+    assert np.array_equal(got[inside], (x[:, None] < t[None, :])[inside])
+
+
+def test_bounded_comparisons_are_garbage_outside_their_bound() -> None:
+    """Outside |x - t| < 2^(bits-1) a bounded comparison is NOT bit bits-1 of x - t +
+    2^(bits-1), which is not [x < t]: callers may use it only where their documented input
+    range implies the bound (normalise, segments)."""
+    bits, half = 20, 1 << 19
+    x = np.array([half, half + 5, -half - 1, 3 * half, -3 * half], np.int64)
+    got = _signed(evaluate(_bits(thresholds=[0], bits=bits), x).outputs[0])[:, 0]
+    shifted = (x + half) & ((1 << bits) - 1)
+    assert np.array_equal(got, 1 - (shifted >> (bits - 1)))
+    assert not np.array_equal(got, (x < 0).astype(np.int64))
+
+
+def test_values_select_their_thresholds_and_shapes_follow() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.integers(-1000, 1000, (3, 5, 2))  # two values per element
+    t, of = np.array([-7, 0, 500, 1]), np.array([0, 1, 1, 0])
+    got = _signed(evaluate(_bits(thresholds=t, of=of), x).outputs[0])
+    assert got.shape == (3, 5, 4)
+    assert np.array_equal(got, (x[..., of] < t).astype(np.int64))
+    with pytest.raises(Exception, match="of"):
+        evaluate(_bits(thresholds=t, of=[0, 2, 1, 0]), x)
+
+
+@pytest.mark.parametrize("n", [12288, 12500])
+def test_long_arrays_rotate_roles_and_every_party_sends_the_same(n: int) -> None:
+    rng = np.random.default_rng(n)
+    x = rng.integers(LO, HI, n, dtype=np.int64, endpoint=True)
+    ev = evaluate(_bits(thresholds=[0, -5]), x)
+    assert np.array_equal(_signed(ev.outputs[0]), (x[:, None] < np.array([0, -5])).astype(int))
+    sent = [ev.cost(p).bytes_sent for p in PARTIES]
+    assert len(set(sent)) == 1 and max(ev.cost(p).rounds for p in PARTIES) == 4
+
+
+def test_empty_and_single_elements() -> None:
+    async def fn(ctx: Context, a: AShare) -> list[AShare]:
+        empty = await fastcmp.compare_thresholds(ctx, a[:0], [1, 2])
+        assert empty.shape == (0, 2)
+        assert (await fastcmp.open_masked(ctx, empty)).shape == (0, 2)
+        return [await _bits(thresholds=[1, 2])(ctx, a[:1])]
+
+    assert _signed(evaluate(fn, np.array([1, 5])).outputs[0]).tolist() == [[0, 1]]
+
+
+def test_plans_and_their_costs() -> None:
+    full = comparison_plan("less")
+    assert full.widths == (3,) + (4,) * 15 and full.monomials == 233
+    assert [len(level.outputs) for level in full.tree] == [7, 1]  # G x 4 + P x 3, then G
+    equal = comparison_plan("equal")
+    assert equal.widths == (4,) * 16 and [lv.inputs for lv in equal.tree] == [16, 4]
+    assert len(comparison_plan("less", 17).tree) == 1  # 16-bit chain: 4 leaves
+    assert len(comparison_plan("less", 33, levels=1).tree[0].outputs) == 1
+    with pytest.raises(ValueError, match="bits"):
+        comparison_plan("less", 65)
+    with pytest.raises(ValueError, match="fan-in 16"):
+        comparison_plan("less", 64, levels=1)
+    with pytest.raises(ValueError, match="levels"):
+        comparison_plan("less", 64, levels=0)
+
+
+@SLOW
+@given(st.integers(2, 17).flatmap(lambda m: st.lists(
+    st.lists(st.one_of(st.sampled_from([-(2**62), 0, 1, 2**62 - 1]),
+                       st.integers(-(2**62), 2**62 - 1), st.integers(-3, 3)),
+             min_size=m, max_size=m), min_size=1, max_size=4)))
+def test_first_maximum_marks_exactly_the_first_maximum(rows: list[list[int]]) -> None:
+    x = np.array(rows, np.int64)
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        return await to_arith(ctx, await fastcmp.first_maximum(ctx, a))
+
+    got = _signed(evaluate(fn, x).outputs[0])
+    want = np.zeros_like(got)
+    want[np.arange(x.shape[0]), x.argmax(axis=-1)] = 1
+    assert np.array_equal(got, want)
+
+
+# ------------------------------------------------------------------------ offline material
+
+
+def _run(fn: Any, x: np.ndarray, label: str) -> Any:
+    """``fn`` on x with every role's entropy fixed by ``label`` (reproducible randomness)."""
+    program = evaluation_program(fn, x)
+    entropy = {role: hashlib.sha256(f"{label}/{role}".encode()).digest()
+               for role in (*PARTIES, CLIENT)}
+    return run_local({role: program for role in (*PARTIES, CLIENT)}, entropy=entropy,
+                     session=b"fastcmp-material").results[CLIENT]
+
+
+def _arrays(value: Any) -> list[np.ndarray]:
+    """Every array in a material record (dataclasses, tuples, shares), in order."""
+    if isinstance(value, np.ndarray):
+        return [value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [a for f in dataclasses.fields(value) for a in _arrays(getattr(value, f.name))]
+    if isinstance(value, tuple):
+        return [a for item in value for a in _arrays(item)]
+    return []
+
+
+@pytest.mark.parametrize("prepare, spec", [
+    (fastcmp.prepare_compare, fastcmp.CompareSpec(300, 3)),
+    (fastcmp.prepare_compare, fastcmp.CompareSpec(13000, 1, "equal")),
+    (fastcmp.prepare_maximum, fastcmp.MaximumSpec(5, 9)),
+])
+def test_material_takes_public_parameters_only(prepare: Any, spec: Any) -> None:
+    """The preparation receives no share: with the same entropy, any input gives the same
+    material at every party, and the material serves the online step it was made for."""
+    materials: dict[str, dict[int, Any]] = {}
+
+    def fn(name: str) -> Any:
+        async def run(ctx: Context, a: AShare) -> AShare:
+            pre = await prepare(ctx, spec)
+            materials.setdefault(name, {})[ctx.role] = pre
+            return a
+        return run
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        _run(fn(name), rng.integers(LO, HI, 40, dtype=np.int64), "same entropy")
+    for party in PARTIES:
+        first, second = (_arrays(materials[name][party]) for name in ("a", "b"))
+        assert first and len(first) == len(second)
+        assert all(np.array_equal(u, v) for u, v in zip(first, second, strict=True))
+
+
+def test_material_prepared_ahead_gives_the_same_results() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.integers(-(2**40), 2**40, 500)
+    t = np.array([3, -(2**39)])
+    spec = fastcmp.CompareSpec(x.size, t.size, bits=42)
+
+    async def ahead(ctx: Context, a: AShare) -> AShare:
+        pre = await fastcmp.prepare_compare(ctx, spec)
+        return await to_arith(ctx, await fastcmp.compare_thresholds(ctx, a, t, bits=42, pre=pre))
+
+    ev = evaluate(ahead, x)
+    assert np.array_equal(_signed(ev.outputs[0]), (x[:, None] < t).astype(np.int64))
+    with pytest.raises(Exception, match="material prepared for"):
+        evaluate(lambda ctx, a: _mismatched(ctx, a, t), x)
+
+
+async def _mismatched(ctx: Context, a: AShare, t: np.ndarray) -> AShare:
+    pre = await fastcmp.prepare_compare(ctx, fastcmp.CompareSpec(a.size, t.size))
+    return await to_arith(ctx, await fastcmp.compare_thresholds(ctx, a, t, bits=42, pre=pre))
+
+
+def test_material_prepared_before_any_input_exists() -> None:
+    """The parties prepare with nothing but their keys; the input is shared afterwards."""
+    x = np.arange(-64, 64)
+
+    async def program(ctx: Context) -> Any:
+        if ctx.role == CLIENT:
+            return None
+        await setup_keys(ctx)
+        pre = await fastcmp.prepare_maximum(ctx, fastcmp.MaximumSpec(8, 16))
+        share = public_share(ctx.role, x.reshape(8, 16).view(RING_DTYPE))
+        bits = await fastcmp.first_maximum(ctx, share, pre=pre)
+        return await fastcmp.open_masked(ctx, bits), bits.r_arith
+
+    results = run_local({role: program for role in (*PARTIES, CLIENT)}).results
+    c, r = results[0][0], sum(results[p][1].first for p in PARTIES)
+    wins = c ^ (r & np.uint64(1))
+    assert np.array_equal(wins, np.eye(16, dtype=np.uint64)[np.full(8, 15)])
