@@ -55,7 +55,7 @@ from puma_async import codec
 from puma_async.codec import Arrays, Envelope, Message, StepPath, format_path
 from puma_async.errors import ProtocolError
 from puma_async.roles import role_name
-from puma_async.stats import MessageId
+from puma_async.stats import OFFLINE_PHASE, MessageId
 
 if TYPE_CHECKING:
     from puma_async.runtime import PartyRuntime
@@ -66,7 +66,6 @@ M = TypeVar("M", bound=Message)
 P = ParamSpec("P")
 
 DEFAULT_PHASE = "online"
-OFFLINE_PHASE = "offline"
 ENCODE_OFFLOAD_BYTES = 1 << 20
 """A message of this many payload bytes or more is encoded (copied into its frame) in a
 worker thread, so that the event loop keeps moving heartbeats and other frames."""

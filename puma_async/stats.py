@@ -8,9 +8,9 @@ while the scope was open, summed over its entries (the scope's *span*: scopes th
 by side each count the rounds they share; :mod:`puma_async.critical_path` attributes each
 round to one scope instead); scopes are inclusive (``layer3`` contains
 ``layer3.attn``). A phase's rounds (``setup``, ``online``) span from the first to the last
-round of its messages, so phases are meant to follow one another; the ``offline`` phase's
-steps each count from round 0 (:meth:`~puma_async.context.Context.phase`), so its rounds are
-the deepest preparation's.
+round of its messages, so phases are meant to follow one another; offline work counts from
+round 0 wherever it runs (:meth:`~puma_async.context.Context.phase`), so the rounds of phase
+``offline`` (of any scope) are the latest round of its messages: the deepest preparation's.
 
 *Frames* are what the party handed to the transport (a frame may hold several envelopes:
 :mod:`puma_async.runtime`).
@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 
 from puma_async.codec import StepPath
 
+OFFLINE_PHASE = "offline"
+"""The phase of material made before (or beside) the input, on a round clock of its own."""
 MessageId = tuple[int, int, StepPath, int]
 """(sender, receiver, step path, per-step sequence number): one message of a session."""
 
@@ -56,6 +58,8 @@ class TrafficEntry:
     bytes_received: int
     messages_sent: int
     messages_received: int
+    last_round: int = 0
+    """The latest round of a message sent or received in this entry."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +114,11 @@ class PartyStats:
 
         Rounds: of the scope when one is given (that exact scope), else of the phase, else the
         whole run's critical-path depth; a ``peer`` selection has no rounds of its own (0).
+        Phase ``offline`` (with a scope or not): the latest round of a selected message, since
+        offline work counts its rounds from 0 wherever it runs (module docstring).
         """
         sums = [0, 0, 0, 0]
+        last = 0
         for e in self.traffic:
             if (phase is None or e.phase == phase) and _in_scope(e.scope, scope) and (
                 peer is None or e.peer == peer
@@ -120,8 +127,11 @@ class PartyStats:
                     (e.bytes_sent, e.bytes_received, e.messages_sent, e.messages_received)
                 ):
                     sums[i] += v
+                last = max(last, e.last_round)
         if peer is not None:
             rounds = 0
+        elif phase == OFFLINE_PHASE:
+            rounds = last
         elif scope is not None:
             rounds = sum(
                 r.rounds for r in self.scope_rounds
@@ -169,7 +179,9 @@ class StatsRecorder:
 
     def __init__(self, role: int):
         self.role = role
-        self._traffic: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        self._traffic: dict[tuple[str, str, int], list[int]] = defaultdict(
+            lambda: [0, 0, 0, 0, 0]
+        )
         self._scope_rounds: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
         self._phase_span: dict[str, list[int]] = {}
         self._wire: dict[int, list[int]] = defaultdict(lambda: [0, 0])
@@ -195,8 +207,10 @@ class StatsRecorder:
     ) -> None:
         """Count one message sent to (or ``received`` from) ``peer`` at clock ``round_``."""
         counts = self._traffic[(phase, scope, peer)]
-        counts[received] += nbytes  # columns: bytes sent, bytes received, msgs sent, received
+        counts[received] += nbytes  # bytes sent, bytes received, msgs sent, received, last round
         counts[2 + received] += 1
+        if round_ > counts[4]:
+            counts[4] = round_
         if round_ > self.max_round:
             self.max_round = round_
         span = self._phase_span.get(phase)
