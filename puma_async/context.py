@@ -10,11 +10,10 @@ The kit a protocol is written with:
 
 - :class:`Context`: send and receive (:meth:`~Context.recv_arrays` checks every received
   array against its public :class:`ArraySpec`; :meth:`~Context.recv_message` the message
-  type), child steps (:meth:`~Context.gather`), offline preparation
-  (:meth:`~Context.prepare`), scopes and phases for the statistics, PRG labels, and typed
-  per-party state (:meth:`~Context.state`, :meth:`~Context.install`: keys, input seeds, the
-  fixed-point format; one instance per type, as SPU's kernels ask
-  ``ctx->getState<PrgState>()``).
+  type), child steps (:meth:`~Context.gather`), scopes and phases for the statistics (phase
+  ``offline`` on a round clock of its own), PRG labels, and typed per-party state
+  (:meth:`~Context.state`, :meth:`~Context.install`: keys, input seeds, the fixed-point
+  format; one instance per type, as SPU's kernels ask ``ctx->getState<PrgState>()``).
 - :data:`Step`: the type of a step function (what :meth:`~Context.gather` runs);
   :data:`Program` a role's whole program.
 - :func:`protocol`: the decorator of a protocol boundary (``softmax``, ``rms_norm``,
