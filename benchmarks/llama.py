@@ -279,10 +279,9 @@ def print_passes(passes: list[tuple[str, dict[str, Any], dict[str, Any] | None]]
 
 
 def spread(values: list[float], fmt: str) -> str:
-    """Mean, with the min-max range if the values differ."""
-    mean = fmt.format(float(np.mean(values)))
+    """``fmt`` of the value if all are equal, else the mean (1 decimal) and the min-max."""
     low, high = fmt.format(min(values)), fmt.format(max(values))
-    return mean if low == high else f"{mean} ({low}-{high})"
+    return low if low == high else f"{float(np.mean(values)):.1f} ({low}-{high})"
 
 
 def print_components(now: dict[str, Any], old: dict[str, Any] | None) -> None:
@@ -298,7 +297,7 @@ def print_components(now: dict[str, Any], old: dict[str, Any] | None) -> None:
         was = before.get(row, {}).get("online")
         if len(on["rounds"]) > 1:
             layer_rounds = [a + b for a, b in zip(layer_rounds, on["rounds"], strict=True)]
-        per_layer = spread(on["rounds"], "{:g}") if len(on["rounds"]) > 1 else ""
+        per_layer = spread(on["rounds"], "{:.0f}") if len(on["rounds"]) > 1 else ""
         kb_layer = spread([b / 1e3 for b in on["bytes"]], "{:.1f}") if len(on["rounds"]) > 1 \
             else ""
         rounds = cell(sum(on["rounds"]), None if was is None else sum(was["rounds"]), "{:.0f}")
@@ -307,7 +306,7 @@ def print_components(now: dict[str, Any], old: dict[str, Any] | None) -> None:
         print(f"    {row:<26} {per_layer:>14} {rounds:>12} {kb_layer:>18} {kb:>18} "
               f"{max(off['rounds']):>15} {sum(off['bytes']) / 1e3:>12.1f}")
     online, offline = now["online"], now["offline"]
-    print(f"    {'layer (its components)':<26} {spread(layer_rounds, '{:g}'):>14}")
+    print(f"    {'layer (its components)':<26} {spread(layer_rounds, '{:.0f}'):>14}")
     print(f"    {'total':<26} {'':>14} {online['rounds']:>12} {'':>18} "
           f"{online['bytes'] / 1e3:>18.1f} {offline['rounds']:>15} "
           f"{offline['bytes'] / 1e3:>12.1f}")
