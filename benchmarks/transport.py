@@ -30,12 +30,12 @@ import numpy as np
 import reporting
 import trio
 
+from puma_async.certificates import ClusterPki, create_cluster_pki
 from puma_async.context import ArraySpec, Context
 from puma_async.runtime import PartyOptions, run_party
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import open_memory_network
 from puma_async.transports.tcp import open_tcp_transport
-from puma_async.transports.tls import ClusterPki, create_cluster_pki
 
 SESSION = b"benchmark-sessio"
 MIB = 1 << 20

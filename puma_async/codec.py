@@ -32,6 +32,11 @@ size whatever its bytes are.
 
 No pickle anywhere. Every decoding failure raises :class:`DecodeError` (or
 :class:`SessionMismatchError` for a well-formed frame of another session, sender or version).
+
+One module of about 770 lines, on purpose: the wire format is written and read in exactly
+one place. The encoder, the bounded reader and the message registry share private tables
+(dtype codes, array prefixes, tags, the decode budget's object costs); split, those tables
+would become an interface that nothing outside the codec should use.
 """
 
 from __future__ import annotations

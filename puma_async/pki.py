@@ -11,12 +11,12 @@ signing request on its own machine, and the CA holder signs the requests::
 
 ``sign`` refuses a request that does not name exactly this cluster's role URI and that role's
 host from the cluster file, or that asks for anything else (see
-:func:`puma_async.transports.tls.check_request`). ``certs all`` does all of it on one machine,
+:func:`puma_async.certificates.check_request`). ``certs all`` does all of it on one machine,
 which then holds every key: for trials on a single machine only. Keys are written 0600 and
 nothing is overwritten without ``--force``.
 
 The commands are added to the party CLI by :func:`add_commands`; the certificate machinery
-itself is :mod:`puma_async.transports.tls`.
+itself is :mod:`puma_async.certificates`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from puma_async.cluster import Cluster, ClusterFileError, load_cluster, parse_role
-from puma_async.files import write_private
-from puma_async.roles import role_name
-from puma_async.transports.tls import (
+from puma_async.certificates import (
     CaFiles,
     CertificateRequestError,
     certificate_pem,
@@ -38,6 +35,9 @@ from puma_async.transports.tls import (
     load_request,
     sign_request,
 )
+from puma_async.cluster import Cluster, ClusterFileError, load_cluster, parse_role
+from puma_async.files import write_private
+from puma_async.roles import role_name
 
 
 def ca_files(cluster: Cluster) -> CaFiles:

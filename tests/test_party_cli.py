@@ -19,6 +19,7 @@ import pytest
 import trio
 from _cluster import HANG_GUARD, finish, free_ports, make_cluster, start, wait_for_line
 
+from puma_async.certificates import create_cluster_pki
 from puma_async.cluster import (
     Cluster,
     ClusterFileError,
@@ -36,7 +37,6 @@ from puma_async.roles import ALL_ROLES, CLIENT, role_name
 from puma_async.session import SessionSettings, network
 from puma_async.session.models import ModelSource, architecture_from_table, model_table
 from puma_async.session.network import RolePlan
-from puma_async.transports.tls import create_cluster_pki
 
 SETTINGS = SessionSettings("cli-test", max_new_tokens=2, connect_timeout=60.0)
 HEAD = "[cluster]\nname = 'x'\n[session]\nid = 's'\n"

@@ -20,16 +20,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from puma_async.cluster import load_cluster, write_cluster
-from puma_async.errors import HandshakeError
-from puma_async.party import main
-from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, P0, P1, P2
-from puma_async.session import SessionSettings
-from puma_async.transports.tcp import open_tcp_transport
-from puma_async.transports.tls import (
+from puma_async.certificates import (
     CaFiles,
     CertificateRequestError,
-    TlsConfig,
     create_ca,
     create_cluster_pki,
     create_request,
@@ -38,6 +31,13 @@ from puma_async.transports.tls import (
     role_uri,
     sign_request,
 )
+from puma_async.cluster import load_cluster, write_cluster
+from puma_async.errors import HandshakeError
+from puma_async.party import main
+from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, P0, P1, P2
+from puma_async.session import SessionSettings
+from puma_async.transports.tcp import open_tcp_transport
+from puma_async.transports.tls import TlsConfig
 
 CLUSTER = "demo"
 HOSTS = {P0: "10.0.0.1", P1: "10.0.0.2", P2: "party-2.example", MODEL_OWNER: "10.0.0.1",

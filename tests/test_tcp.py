@@ -28,6 +28,7 @@ import structlog
 import trio
 import trio.testing
 
+from puma_async.certificates import ClusterPki, create_cluster_pki
 from puma_async.codec import Arrays
 from puma_async.context import ArraySpec, Context
 from puma_async.errors import (
@@ -48,12 +49,7 @@ from puma_async.transports.base import DEFAULT_MAX_FRAME_BYTES
 from puma_async.transports.framing import HEADER_BYTES, FrameReader
 from puma_async.transports.handshake import WIRE_VERSION, Hello, encode_hello
 from puma_async.transports.tcp import TcpSetupError, TcpTransport, open_tcp_transport
-from puma_async.transports.tls import (
-    ClusterPki,
-    TlsConfig,
-    create_cluster_pki,
-    peer_role_from_cert,
-)
+from puma_async.transports.tls import TlsConfig, peer_role_from_cert
 
 HANG_GUARD = 60.0
 SESSION = b"s" * 16
