@@ -42,7 +42,7 @@ role runs in one process (``puma_async.session.run_session(probe=...)``: tests,
 ``benchmarks/accuracy.py``, ``local --compare``), to compare the secure pass with the float64
 reference (``puma_async.accuracy``). No deployed party installs one.
 
-One module of about 450 lines: the weight plan, the layers and the pass refer to each other's
+One module of about 480 lines: the weight plan, the layers and the pass refer to each other's
 shapes, and a reader checks them against the LLaMA architecture in one place.
 """
 
