@@ -13,6 +13,13 @@ its own; all five roles in one process, in-memory transport, no emulated latency
   32000, estimated: bytes exactly from the protocol's per-element costs, time by multiply-add
   count relative to the block), set beside PUMA's published 200.473 s and 1.794 GB.
 
+Both parts also account each pass (:mod:`puma_async.session.accounting`): online and offline
+rounds and bytes, frames per peer per round, and per component of a layer (``attn.norm``, ...,
+``mlp.down``, with ``io``, ``embed`` and ``head``) the critical-path rounds and the bytes, so
+that the components' rows sum to the pass; printed for the prompt pass and the first new token
+(mean per layer, min-max across layers, and over all layers). ``--baseline PATH`` prints a
+previous run's JSON beside this one's (before -> now).
+
 Both parts also record the event loop's longest synchronous stretches per phase (set-up,
 prompt pass, new token; :class:`~puma_async.liveness.StepTimer`): the longest task step (what
 delays a party's heartbeats when it runs alone in its process), the longest scheduler batch
@@ -25,7 +32,11 @@ Reference (SPU 0.9.5, same machine class, 3 parties in one process): SmolLM2-135
 LLaMA-7B-shape block over 8 tokens 44.4 s and 123 MB. The machine may be shared with other
 work: the load average at start is recorded.
 
-    python benchmarks/llama.py [--quick] [--out PATH]     (--quick: SmolLM2, 5 tokens, 2 new)
+    python benchmarks/llama.py [--quick] [--tiny] [--baseline PATH] [--out PATH]
+
+``--quick``: SmolLM2 only, 5 tokens, 2 new. ``--tiny``: the session part on the tiny model
+(random weights, public seed) instead of SmolLM2, in seconds (checks the benchmark itself;
+implies ``--quick``).
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +56,7 @@ import reporting
 from puma_async.liveness import StepTimer
 from puma_async.roles import PARTIES
 from puma_async.session import Progress, SessionResult, run_session
+from puma_async.session.accounting import account_pass, pass_scope
 
 SPU_REFERENCE = {
     "smollm2_forward_5_tokens": {"seconds": 12.8, "bytes_all_parties": 296e6,
@@ -86,7 +99,7 @@ class LoopStalls:
 
     def run(self, weights: Any, prompts: list[list[int]], new: int) -> SessionResult:
         return run_session(weights, prompts, max_new_tokens=new, progress=self.progress,
-                           instruments=[self.timer])
+                           instruments=[self.timer], record_messages=True)
 
 
 def format_stalls(phases: dict[str, dict[str, float]]) -> str:
@@ -95,7 +108,10 @@ def format_stalls(phases: dict[str, dict[str, float]]) -> str:
                      f"{f['longest_late_wake_seconds']:.2f} s)" for phase, f in phases.items())
 
 
-def step_figures(result: SessionResult, prompt: int, step: int) -> dict[str, Any]:
+def step_figures(result: SessionResult, prompt: int, step: int, n_layers: int
+                 ) -> dict[str, Any]:
+    """One pass: time, online bytes per party and rounds, and its accounting (``online``,
+    ``offline``, ``components``, ``links``: :func:`account_pass`)."""
     record = result.prompts[prompt].records[step]
     costs = [result.step_cost(prompt, step, p) for p in PARTIES]
     return {
@@ -103,16 +119,24 @@ def step_figures(result: SessionResult, prompt: int, step: int) -> dict[str, Any
         "bytes_sent": {f"P{p}": c.bytes_sent for p, c in zip(PARTIES, costs, strict=True)},
         "bytes_all_parties": sum(c.bytes_sent for c in costs),
         "rounds": max(c.rounds for c in costs),
+        **account_pass(result.stats, pass_scope(prompt, step), n_layers),
     }
 
 
-def run_smollm2(quick: bool) -> dict[str, Any]:
-    from puma_async.model import Tokenizer, default_model_path, load_gguf
-    from puma_async.model.gguf_loader import open_gguf
+def run_session_part(quick: bool, tiny: bool) -> dict[str, Any]:
+    """SmolLM2 (or the tiny model): set-up, then every prompt's passes."""
+    if tiny:
+        from puma_async.model import TinyTokenizer, random_weights, tiny_config
 
-    reader = open_gguf(default_model_path())
-    weights = load_gguf(reader)
-    tokenizer = Tokenizer.from_reader(reader)
+        weights, tokenizer = random_weights(tiny_config(), seed=0), TinyTokenizer()
+        quick = True
+    else:
+        from puma_async.model import Tokenizer, default_model_path, load_gguf
+        from puma_async.model.gguf_loader import open_gguf
+
+        reader = open_gguf(default_model_path())
+        weights = load_gguf(reader)
+        tokenizer = Tokenizer.from_reader(reader)
     prompts = [tokenizer.encode("The capital of France is")]
     if not quick:
         prompts.append(tokenizer.encode(LONG_PROMPT)[:32])
@@ -120,7 +144,10 @@ def run_smollm2(quick: bool) -> dict[str, Any]:
     new = 2 if quick else 8
     stalls = LoopStalls()
     result = stalls.run(weights, prompts, new)
+    layers = weights.config.n_layers
     out: dict[str, Any] = {
+        "model": "tiny" if tiny else "smollm2",
+        "layers": layers,
         "setup": {
             "seconds": result.setup_seconds,
             "model_owner_bytes_sent": result.owner_setup_bytes(),
@@ -129,16 +156,18 @@ def run_smollm2(quick: bool) -> dict[str, Any]:
         "prompts": [],
     }
     for i, prompt in enumerate(result.prompts):
-        tokens = [step_figures(result, i, t) for t in range(1, len(prompt.records))]
+        tokens = [step_figures(result, i, t, layers) for t in range(1, len(prompt.records))]
         out["prompts"].append({
             "prompt_tokens": len(prompt.prompt_ids),
             "generated": tokenizer.decode(prompt.tokens),
-            "prompt_pass": step_figures(result, i, 0),
+            "prompt_pass": step_figures(result, i, 0, layers),
             "new_tokens": tokens,
             "new_token_mean": {
                 "seconds": float(np.mean([t["seconds"] for t in tokens])),
                 "bytes_all_parties": float(np.mean([t["bytes_all_parties"] for t in tokens])),
                 "rounds": float(np.mean([t["rounds"] for t in tokens])),
+                **{phase: {key: float(np.mean([t[phase][key] for t in tokens]))
+                           for key in ("rounds", "bytes")} for phase in ("online", "offline")},
             },
         })
     out["event_loop"] = stalls.phases
@@ -155,12 +184,13 @@ def run_block7b() -> dict[str, Any]:
     stalls = LoopStalls()
     result = stalls.run(weights, [prompt], 1)
     block = [result.stats[p].totals(phase="online", scope="p0.t0.layer0") for p in PARTIES]
+    forward = step_figures(result, 0, 0, config.n_layers)
     head = [result.stats[p].totals(phase="online", scope="p0.t0.head") for p in PARTIES]
     return {
         "config": {"hidden": config.hidden, "heads": config.n_heads, "ffn": config.ffn,
                    "vocab": config.vocab, "tokens": LLAMA7B["tokens"]},
         "setup_seconds": result.setup_seconds,
-        "forward": step_figures(result, 0, 0),
+        "forward": forward,
         "block": {
             "bytes_sent": {f"P{p}": c.bytes_sent for p, c in zip(PARTIES, block, strict=True)},
             "bytes_all_parties": sum(c.bytes_sent for c in block),
@@ -205,17 +235,111 @@ def derive_llama7b(block: dict[str, Any]) -> dict[str, Any]:
             "puma": PUMA_LLAMA7B_8_TO_1}
 
 
-def run_part(part: str, quick: bool) -> dict[str, Any]:
+def run_part(part: str, quick: bool, tiny: bool = False) -> dict[str, Any]:
     """Run one part in a fresh interpreter (its own peak memory); its JSON result."""
-    cmd = [sys.executable, __file__, "--part", part] + (["--quick"] if quick else [])
+    cmd = [sys.executable, __file__, "--part", part] + (["--quick"] if quick else []) \
+        + (["--tiny"] if tiny else [])
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout)
 
 
-def print_summary(results: dict[str, Any]) -> None:
+def phase_figures(step: dict[str, Any], phase: str) -> dict[str, Any] | None:
+    """A pass's ``online`` or ``offline`` figures; for a run that predates the accounting,
+    its online rounds and bytes (and no offline figures)."""
+    if phase in step:
+        return dict(step[phase])
+    if phase == "online":
+        return {"rounds": step["rounds"], "bytes": step["bytes_all_parties"]}
+    return None
+
+
+def cell(now: float, before: float | None, fmt: str) -> str:
+    """``now`` as ``fmt``, or ``before -> now`` beside a baseline."""
+    return fmt.format(now) if before is None else f"{fmt.format(before)} -> {fmt.format(now)}"
+
+
+def print_passes(passes: list[tuple[str, dict[str, Any], dict[str, Any] | None]]) -> None:
+    """One line per pass: online and offline rounds and MB, frames per peer per round."""
+    print(f"    {'pass':<12} {'online rounds':>15} {'online MB':>15} {'offline rounds':>15} "
+          f"{'offline MB':>15} {'frames/peer/round':>18}")
+    for name, now, old in passes:
+        cells = []
+        for phase, key, scale, fmt in (("online", "rounds", 1, "{:.0f}"),
+                                       ("online", "bytes", 1e6, "{:.2f}"),
+                                       ("offline", "rounds", 1, "{:.0f}"),
+                                       ("offline", "bytes", 1e6, "{:.2f}"),
+                                       ("online", "frames_per_peer_per_round", 1, "{:.2f}")):
+            figures = phase_figures(now, phase)
+            before = None if old is None else phase_figures(old, phase)
+            value = None if before is None else before.get(key)
+            cells.append(cell(figures[key] / scale, None if value is None else value / scale,
+                              fmt))
+        print(f"    {name:<12} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15} {cells[3]:>15} "
+              f"{cells[4]:>18}")
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """``fmt`` of the value if all are equal, else the mean (1 decimal) and the min-max."""
+    low, high = fmt.format(min(values)), fmt.format(max(values))
+    return low if low == high else f"{float(np.mean(values)):.1f} ({low}-{high})"
+
+
+def print_components(now: dict[str, Any], old: dict[str, Any] | None) -> None:
+    """A pass's component table: per layer (mean, min-max) and over all layers, online and
+    offline; the "all layers" columns of the rows sum to the pass's total row."""
+    rows = now["components"]
+    before = (old or {}).get("components", {})
+    print(f"    {'component':<26} {'rounds/layer':>14} {'rounds':>12} {'KB/layer':>18} "
+          f"{'KB':>18} {'offline rounds':>15} {'offline KB':>12}")
+    layer_rounds = [0] * len(rows["attn.norm"]["online"]["rounds"])
+    for row, figures in rows.items():
+        on, off = figures["online"], figures["offline"]
+        was = before.get(row, {}).get("online")
+        if len(on["rounds"]) > 1:
+            layer_rounds = [a + b for a, b in zip(layer_rounds, on["rounds"], strict=True)]
+        per_layer = spread(on["rounds"], "{:.0f}") if len(on["rounds"]) > 1 else ""
+        kb_layer = spread([b / 1e3 for b in on["bytes"]], "{:.1f}") if len(on["rounds"]) > 1 \
+            else ""
+        rounds = cell(sum(on["rounds"]), None if was is None else sum(was["rounds"]), "{:.0f}")
+        kb = cell(sum(on["bytes"]) / 1e3, None if was is None else sum(was["bytes"]) / 1e3,
+                  "{:.1f}")
+        print(f"    {row:<26} {per_layer:>14} {rounds:>12} {kb_layer:>18} {kb:>18} "
+              f"{max(off['rounds']):>15} {sum(off['bytes']) / 1e3:>12.1f}")
+    online, offline = now["online"], now["offline"]
+    print(f"    {'layer (its components)':<26} {spread(layer_rounds, '{:.0f}'):>14}")
+    print(f"    {'total':<26} {'':>14} {online['rounds']:>12} {'':>18} "
+          f"{online['bytes'] / 1e3:>18.1f} {offline['rounds']:>15} "
+          f"{offline['bytes'] / 1e3:>12.1f}")
+
+
+def print_accounting(session: dict[str, Any], baseline: dict[str, Any] | None) -> None:
+    """Every prompt's passes, then the component tables of the first prompt's prompt pass and
+    first new token (beside the baseline's, if given)."""
+    for i, prompt in enumerate(session["prompts"]):
+        old = None if baseline is None or i >= len(baseline["prompts"]) else \
+            baseline["prompts"][i]
+        passes = [("prompt pass", prompt["prompt_pass"], old and old["prompt_pass"])]
+        for t, token in enumerate(prompt["new_tokens"]):
+            was = old["new_tokens"][t] if old and t < len(old["new_tokens"]) else None
+            passes.append((f"token {t + 1}", token, was))
+        print(f"  prompt of {prompt['prompt_tokens']} tokens, per pass (all parties):")
+        print_passes(passes)
+    first = session["prompts"][0]
+    old = None if baseline is None else baseline["prompts"][0]
+    print("  prompt pass by component:")
+    print_components(first["prompt_pass"], old and old["prompt_pass"])
+    if first["new_tokens"]:
+        print("  first new token by component:")
+        print_components(first["new_tokens"][0],
+                         old["new_tokens"][0] if old and old["new_tokens"] else None)
+
+
+def print_summary(results: dict[str, Any], baseline: dict[str, Any] | None) -> None:
     mb = 1e6
-    s = results["smollm2"]
-    print(f"SmolLM2-135M set-up: {s['setup']['seconds']:.1f} s, model owner sent "
+    key = "tiny" if "tiny" in results else "smollm2"
+    s = results[key]
+    print(f"{'tiny model' if key == 'tiny' else 'SmolLM2-135M'} set-up: "
+          f"{s['setup']['seconds']:.1f} s, model owner sent "
           f"{s['setup']['model_owner_bytes_sent'] / mb:.0f} MB")
     for p in s["prompts"]:
         pp, mean = p["prompt_pass"], p["new_token_mean"]
@@ -228,6 +352,7 @@ def print_summary(results: dict[str, Any]) -> None:
     print(f"  peak memory {s['peak_memory_bytes'] / 1e9:.2f} GB   [SPU: forward over 5 tokens "
           f"12.8 s, 296 MB, peak 8.2 GB]")
     print(f"  longest event loop step: {format_stalls(s['event_loop'])}")
+    print_accounting(s, None if baseline is None else baseline.get(key))
     if "block7b" in results:
         b = results["block7b"]
         print(f"LLaMA-7B-shape block, 8 tokens: {b['forward']['seconds']:.1f} s, "
@@ -235,6 +360,11 @@ def print_summary(results: dict[str, Any]) -> None:
               f"{b['block']['rounds']} rounds, peak memory {b['peak_memory_bytes'] / 1e9:.2f} GB"
               f"   [SPU: 44.4 s, 123 MB]")
         print(f"  longest event loop step: {format_stalls(b['event_loop'])}")
+        old = None if baseline is None else baseline.get("block7b")
+        print("  forward over 8 tokens (all parties):")
+        print_passes([("forward", b["forward"], old and old["forward"])])
+        print("  by component:")
+        print_components(b["forward"], old and old["forward"])
         print("LLaMA-7B (8 -> 1), derived:")
         for line in results["llama7b_derived"]["derivation"]:
             print(f"  {line}")
@@ -243,25 +373,32 @@ def print_summary(results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="SmolLM2 only, 5 tokens, 2 new")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the tiny model instead of SmolLM2 (implies --quick)")
+    parser.add_argument("--baseline", type=Path,
+                        help="a previous run's JSON, printed beside this run (before -> now)")
     reporting.add_out_argument(parser, "llama")
     parser.add_argument("--part", choices=["smollm2", "block7b"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
-        out = run_smollm2(args.quick) if args.part == "smollm2" else run_block7b()
+        out = run_session_part(args.quick, args.tiny) if args.part == "smollm2" \
+            else run_block7b()
         print(json.dumps(out))
         return
+    baseline = None if args.baseline is None else json.loads(args.baseline.read_text())
+    quick = args.quick or args.tiny
     results: dict[str, Any] = {
         "machine": reporting.machine(),
-        "quick": args.quick,
+        "quick": quick,
         "spu_reference": SPU_REFERENCE,
     }
     started = time.perf_counter()
-    results["smollm2"] = run_part("smollm2", args.quick)
-    if not args.quick:
-        results["block7b"] = run_part("block7b", args.quick)
+    results["tiny" if args.tiny else "smollm2"] = run_part("smollm2", quick, args.tiny)
+    if not quick:
+        results["block7b"] = run_part("block7b", quick)
         results["llama7b_derived"] = derive_llama7b(results["block7b"])
     results["benchmark_seconds"] = time.perf_counter() - started
-    print_summary(results)
+    print_summary(results, baseline)
     reporting.write(args.out, results)
 
 

@@ -5,12 +5,12 @@ was measured on: input shapes (public), online rounds (critical path, the most a
 saw) and online bytes per element sent by P0, P1 and P2 together, plus an offline part:
 material that depends on no input (the comparisons' dealt mask products and random bits,
 :func:`.fastcmp.prepare_compare`), which ops prepare inline for now, beside their online
-rounds, with its traffic counted in phase ``offline``. Its rounds are the preparation's depth
-(2: the random bits), declared but not yet measured: inline preparation runs on the online
-clock until the offline phase has a clock of its own. Costs do not depend on the secret
-values, only on the public shapes and parameters, so ``tests/test_costs.py`` runs every case
-through :func:`puma_async.evaluate.evaluate` and compares exactly: rounds equal, bytes per
-element equal to the two decimals declared. Each op's docstring (or its module's) must state
+rounds, with its traffic counted in phase ``offline`` on a round clock of its own (it never
+moves the online clock). Its rounds are the preparation's depth (2: the random bits). Costs do
+not depend on the secret values, only on the public shapes and parameters, so
+``tests/test_costs.py`` runs every case through :func:`puma_async.evaluate.evaluate` and
+compares exactly, online and offline: rounds equal, bytes per element equal to the two
+decimals declared. Each op's docstring (or its module's) must state
 the rounds of its cases; the test checks that too, so the prose cannot drift from the
 figures.
 

@@ -27,9 +27,11 @@ beyond, + 32 R, with the public causal mask; 43 R for rows of 8), output project
 RMSNorm, gate/up (M), SiLU (activations: 10 R, 617 bytes per element in all), SiLU x up (2 R),
 down (M).
 Embedding: 1 round, n hidden elements; head (last position only): RMSNorm + M on vocab outputs.
-Statistics: scopes ``embed``, ``layer{i}.attn``, ``layer{i}.mlp`` and ``head``, and inside them
-the protocols' own (``rms_norm``, ``softmax`` with ``max_along``, ``neg_exp`` and
-``reciprocal``, ``silu``).
+Statistics: scopes ``embed``, ``layer{i}`` and ``head``; inside a layer one scope per
+component, :data:`COMPONENTS` (``attn.norm``, ``attn.qkv``, ..., ``mlp.down``), and inside
+those the protocols' own (``rms_norm``, ``softmax`` with ``max_along``, ``neg_exp`` and
+``reciprocal``; ``silu``). Every message of a layer belongs to one component, so their
+critical-path rounds (:mod:`puma_async.critical_path`) sum to the layer's.
 
 **Probes** (accuracy measurements only). A :class:`LayerProbe` installed as the party's state
 (``ctx.install(LayerProbe(fn))``) is called as ``fn(role, point, share)`` with this party's
@@ -40,7 +42,7 @@ role runs in one process (``puma_async.session.run_session(probe=...)``: tests,
 ``benchmarks/accuracy.py``, ``local --compare``), to compare the secure pass with the float64
 reference (``puma_async.accuracy``). No deployed party installs one.
 
-One module of about 450 lines: the weight plan, the layers and the pass refer to each other's
+One module of about 480 lines: the weight plan, the layers and the pass refer to each other's
 shapes, and a reader checks them against the LLaMA architecture in one place.
 """
 
@@ -77,6 +79,24 @@ from .ringmatmul import ring_matmul
 from .shares import AShare
 from .softmax import softmax
 from .trunc import truncate
+
+COMPONENTS = (
+    "attn.norm", "attn.qkv", "attn.rope", "attn.scores", "attn.softmax.max_along",
+    "attn.softmax.neg_exp", "attn.softmax.reciprocal", "attn.softmax", "attn.pv", "attn.o",
+    "mlp.norm", "mlp.gate_up", "mlp.silu", "mlp.silu_up", "mlp.down",
+)
+"""The scopes of a decoder layer's components (``layer{i}.attn.norm``, ...), in order; the
+softmax's maximum, exponential and reciprocal are its own protocols' scopes, and
+``attn.softmax`` keeps the rest of it (the masking and the product by 1/sum)."""
+
+
+def forward_scopes(n_layers: int) -> tuple[str, ...]:
+    """Every scope :func:`forward` sends in, nested ones before none: ``embed``, each layer's
+    :data:`COMPONENTS` (``layer0.attn.norm``, ...), ``head``. Each message of a pass is in
+    exactly one of them (the longest that contains its scope)."""
+    layers = tuple(f"layer{i}.{c}" for i in range(n_layers) for c in COMPONENTS)
+    return ("embed", *layers, "head")
+
 
 Probe = Callable[[int, str, AShare], None]
 """``fn(role, point, share)``: what a :class:`LayerProbe` calls at every probe point."""
@@ -351,12 +371,15 @@ async def attention(
     n, d = x.shape[0], config.head_dim
     heads, groups, rep = config.n_heads, config.n_kv_heads, config.n_rep
     name = f"layer{index}"
-    h = await rms_norm(ctx, x, layer.attn_norm, eps=config.rms_eps)
+    with ctx.scope("norm"):
+        h = await rms_norm(ctx, x, layer.attn_norm, eps=config.rms_eps)
     probe(ctx, f"{name}.attn_norm", h)
-    qkv = await weight_matmul(ctx, h, layer.wqkv)
+    with ctx.scope("qkv"):
+        qkv = await weight_matmul(ctx, h, layer.wqkv)
     probe(ctx, f"{name}.qkv", qkv)
     split = (heads + groups) * d
-    qk = await apply_rope(ctx, qkv[:, :split].reshape(n, heads + groups, d), rope)
+    with ctx.scope("rope"):
+        qk = await apply_rope(ctx, qkv[:, :split].reshape(n, heads + groups, d), rope)
     probe(ctx, f"{name}.rope", qk)
     k_new = qk[:, heads:].transpose(1, 0, 2)  # (groups, n, d)
     v_new = qkv[:, split:].reshape(n, groups, d).transpose(1, 0, 2)
@@ -365,14 +388,17 @@ async def attention(
     total = keys.shape[1]
     start = total - n  # this layer's positions before the new rows
     q = qk[:, :heads].reshape(n, groups, rep, d).transpose(1, 2, 0, 3).reshape(groups, rep * n, d)
-    scores = await matmul_fxp(ctx, q, keys.transpose(0, 2, 1))  # (groups, rep n, total)
+    with ctx.scope("scores"):
+        scores = await matmul_fxp(ctx, q, keys.transpose(0, 2, 1))  # (groups, rep n, total)
     probe(ctx, f"{name}.scores", scores.reshape(groups, rep, n, total))
-    probs = await softmax(ctx, scores, mask=causal_mask(start, n, total, rep))
+    probs = await softmax(ctx, scores, mask=causal_mask(start, n, total, rep))  # its scope
     probe(ctx, f"{name}.probs", probs.reshape(groups, rep, n, total))
-    out = await matmul_fxp(ctx, probs, values)  # (groups, rep n, d)
+    with ctx.scope("pv"):
+        out = await matmul_fxp(ctx, probs, values)  # (groups, rep n, d)
     out = out.reshape(groups, rep, n, d).transpose(2, 0, 1, 3).reshape(n, heads * d)
     probe(ctx, f"{name}.attn_out", out)
-    projected = await weight_matmul(ctx, out, layer.wo)
+    with ctx.scope("o"):
+        projected = await weight_matmul(ctx, out, layer.wo)
     probe(ctx, f"{name}.o_proj", projected)
     return projected
 
@@ -382,18 +408,22 @@ async def mlp(
 ) -> AShare:
     """SwiGLU: (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and up in one product."""
     name = f"layer{index}"
-    h = await rms_norm(ctx, x, layer.ffn_norm, eps=config.rms_eps)
+    with ctx.scope("norm"):
+        h = await rms_norm(ctx, x, layer.ffn_norm, eps=config.rms_eps)
     probe(ctx, f"{name}.ffn_norm", h)
-    gate_up = await weight_matmul(ctx, h, layer.w_gate_up)
+    with ctx.scope("gate_up"):
+        gate_up = await weight_matmul(ctx, h, layer.w_gate_up)
     probe(ctx, f"{name}.gate_up", gate_up)
     f = config.ffn
     gate = gate_up.map(lambda a: np.ascontiguousarray(a[..., :f]))
     up = gate_up.map(lambda a: np.ascontiguousarray(a[..., f:]))
-    activated = await silu(ctx, gate)
+    activated = await silu(ctx, gate)  # its scope
     probe(ctx, f"{name}.silu", activated)
-    product = await mul_fxp(ctx, activated, up)
+    with ctx.scope("silu_up"):
+        product = await mul_fxp(ctx, activated, up)
     probe(ctx, f"{name}.silu_up", product)
-    down = await weight_matmul(ctx, product, layer.w_down)
+    with ctx.scope("down"):
+        down = await weight_matmul(ctx, product, layer.w_down)
     probe(ctx, f"{name}.down", down)
     return down
 
@@ -418,7 +448,7 @@ async def forward(
     """Logits (1, vocab) at the last of n new tokens (one-hot rows (n, vocab)).
 
     The tokens continue at position ``cache.length``; the cache is extended. Scopes:
-    ``embed``, ``layer{i}.attn``, ``layer{i}.mlp``, ``head``. Raises ContextLengthError
+    :func:`forward_scopes`. Raises ContextLengthError
     (before any message) if the cache plus the new tokens exceed the context length.
     """
     config = model.config
@@ -442,8 +472,8 @@ async def forward(
 
 
 __all__ = [
-    "NO_PROBE", "PROBE_POINTS", "LayerProbe", "Probe", "Rope", "SecureKVCache", "SecureLayer",
-    "SecureModel", "SecureWeight", "Stored", "apply_rope", "assemble_model", "attention",
-    "causal_mask", "decoder_layer", "embed_tokens", "forward", "lm_head", "mlp", "probe",
-    "store_share", "weight_matmul", "weight_plan", "weight_tensors",
+    "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "LayerProbe", "Probe", "Rope", "SecureKVCache",
+    "SecureLayer", "SecureModel", "SecureWeight", "Stored", "apply_rope", "assemble_model",
+    "attention", "causal_mask", "decoder_layer", "embed_tokens", "forward", "forward_scopes",
+    "lm_head", "mlp", "probe", "store_share", "weight_matmul", "weight_plan", "weight_tensors",
 ]

@@ -10,16 +10,27 @@ The kit a protocol is written with:
 
 - :class:`Context`: send and receive (:meth:`~Context.recv_arrays` checks every received
   array against its public :class:`ArraySpec`; :meth:`~Context.recv_message` the message
-  type), child steps (:meth:`~Context.gather`), scopes and phases for the statistics, PRG
-  labels, and typed per-party state (:meth:`~Context.state`, :meth:`~Context.install`: keys,
-  input seeds, the fixed-point format; one instance per type, as SPU's kernels ask
-  ``ctx->getState<PrgState>()``).
+  type), child steps (:meth:`~Context.gather`), scopes and phases for the statistics (phase
+  ``offline`` on a round clock of its own), PRG labels, and typed per-party state
+  (:meth:`~Context.state`, :meth:`~Context.install`: keys, input seeds, the fixed-point
+  format; one instance per type, as SPU's kernels ask ``ctx->getState<PrgState>()``).
 - :data:`Step`: the type of a step function (what :meth:`~Context.gather` runs);
   :data:`Program` a role's whole program.
 - :func:`protocol`: the decorator of a protocol boundary (``softmax``, ``rms_norm``,
   ``less_than``): each call runs in a child step of its own, inside a scope named after the
   protocol, so statistics read as protocol names. The child path is fixed when the protocol
   is *called*, as MPyC's ``mpc_coro`` forks its program counter at the call.
+
+**Round clocks.** A step's ``clock`` counts the rounds on its causal path: a message is sent
+in round ``clock + 1`` and receiving one of round r raises the clock to r. Beside the clock a
+step keeps its ``source``, the received message that set it (its :data:`MessageId`; children
+inherit it, :meth:`~Context.join` keeps the latest one's), so every message sent names its
+*parent* and the statistics can walk the critical path back across the parties
+(:mod:`puma_async.critical_path`). *Offline* work (``with ctx.phase(OFFLINE_PHASE)``:
+material whose distribution and shape are public, such as dealt products and random bits,
+which could be made before the input exists) runs on a clock of its own that starts at 0 and
+is put aside when the phase ends: offline traffic is reported apart and never moves the
+online clock, even when it is prepared inline beside online rounds.
 
 The kit is kept in this one module (about 400 lines), beside the handle it extends, so that a
 protocol author reads one file.
@@ -43,6 +54,7 @@ from puma_async import codec
 from puma_async.codec import Arrays, Envelope, Message, StepPath, format_path
 from puma_async.errors import ProtocolError
 from puma_async.roles import role_name
+from puma_async.stats import OFFLINE_PHASE, MessageId
 
 if TYPE_CHECKING:
     from puma_async.runtime import PartyRuntime
@@ -100,7 +112,8 @@ class Context:
     """One protocol step's handle on its party: messages, child steps, scopes, labels, state.
 
     Attributes: ``role`` (this party's role id), ``path`` (the step path), ``clock`` (rounds on
-    this step's causal path so far).
+    this step's causal path so far), ``source`` (the received message that set the clock, None
+    while it is the clock the step started with at the root or offline).
     """
 
     def __init__(
@@ -109,12 +122,14 @@ class Context:
         path: StepPath = (),
         *,
         clock: int = 0,
+        source: MessageId | None = None,
         scope: tuple[str, ...] = (),
         phase: str = DEFAULT_PHASE,
     ):
         self.runtime = runtime
         self.path = path
         self.clock = clock
+        self.source = source
         self.frontier = clock
         self._set_scope(scope)
         self._phase = phase
@@ -185,7 +200,7 @@ class Context:
         else:
             env = self._stamp(to, message, nbytes)
             frame = await trio.to_thread.run_sync(codec.encode_frame, [env])
-            self.runtime.enqueue_frame(to, frame)
+            self.runtime.enqueue_frame(to, frame, env.path, env.seq)
 
     def _stamp(self, to: int, message: Message, nbytes: int) -> Envelope:
         """The envelope of the next message of this step to ``to``, accounted for (every
@@ -197,6 +212,10 @@ class Context:
         if round_ > self.frontier:
             self.frontier = round_
         runtime.stats.message(self._phase, self._scope_name, to, nbytes, round_, False)
+        if runtime.stats.log is not None:
+            runtime.stats.log_sent(
+                to, self.path, seq, round_, self.source, self._phase, self._scope_name, nbytes
+            )
         if runtime.observer is not None:
             runtime.observer(("send", to, self.path, seq), self._phase, self._scope_name)
         return Envelope(runtime.session, runtime.role, to, self.path, seq, round_, message)
@@ -210,8 +229,11 @@ class Context:
         env = self.runtime.mailbox.take_ready(key)
         if env is None:  # not here yet: wait for it
             env = await self.runtime.mailbox.wait_for(key)
-        self.clock = max(self.clock, env.round)
-        self.frontier = max(self.frontier, self.clock)
+        if env.round > self.clock:
+            self.clock = env.round
+            self.source = (frm, self.role, self.path, seq)
+            if env.round > self.frontier:
+                self.frontier = env.round
         self.runtime.stats.message(
             self._phase, self._scope_name, frm, codec.message_nbytes(env.message), env.round,
             True,
@@ -261,15 +283,22 @@ class Context:
         index = self._children
         self._children += 1
         return Context(
-            self.runtime, (*self.path, index), clock=self.clock, scope=self._scope,
-            phase=self._phase,
+            self.runtime, (*self.path, index), clock=self.clock, source=self.source,
+            scope=self._scope, phase=self._phase,
         )
+
+    def raise_clock(self, clock: int, source: MessageId | None) -> None:
+        """Move this step's clock up to ``clock`` (set by ``source``) if it is behind."""
+        if clock > self.clock:
+            self.clock, self.source = clock, source
+        if clock > self.frontier:
+            self.frontier = clock
 
     def join(self, children: Sequence[Context]) -> None:
         """Merge finished children's round clocks back into this step (and let the mailbox
         forget the keys they received)."""
         for c in children:
-            self.clock = max(self.clock, c.clock)
+            self.raise_clock(c.clock, c.source)
             self.frontier = max(self.frontier, c.frontier)
             self.runtime.mailbox.forget(c.path)
 
@@ -330,13 +359,22 @@ class Context:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Attribute traffic and rounds inside to phase ``name`` ('setup', 'online')."""
+        """Attribute traffic and rounds inside to phase ``name`` ('setup', 'online',
+        'offline'). Entering ``offline`` from another phase starts this step's own offline
+        round clock at 0; leaving it restores the clock it had (module docstring)."""
         outer = self._phase
+        fresh = name == OFFLINE_PHASE and outer != OFFLINE_PHASE
+        saved = (self.clock, self.source, self.frontier)
+        if fresh:
+            self.clock = self.frontier = 0
+            self.source = None
         self._phase = name
         try:
             yield
         finally:
             self._phase = outer
+            if fresh:
+                self.clock, self.source, self.frontier = saved
 
     def label(self, purpose: bytes = b"") -> bytes:
         """A label for a PRG draw, unique within the session and equal at every party.
@@ -383,7 +421,7 @@ def protocol(
 
 async def _run_child(parent: Context, child: Context, name: str, body: Awaitable[T]) -> T:
     """Await ``body`` (the protocol running in ``child``) in scope ``name``, then join."""
-    child.clock = child.frontier = max(child.clock, parent.clock)
+    child.raise_clock(parent.clock, parent.source)
     with child.scope(name):
         result = await body
     parent.join([child])
@@ -407,6 +445,6 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 
 
 __all__ = [
-    "DEFAULT_PHASE", "ENCODE_OFFLOAD_BYTES", "ArraySpec", "Context", "Program", "Step",
-    "protocol",
+    "DEFAULT_PHASE", "ENCODE_OFFLOAD_BYTES", "OFFLINE_PHASE", "ArraySpec", "Context",
+    "MessageId", "Program", "Step", "protocol",
 ]

@@ -77,10 +77,11 @@ def _roles(
     entropy: Mapping[int, bytes] | None,
     sequential: bool,
     max_frame_bytes: int,
+    record_messages: bool,
 ) -> _Roles:
     session = session if session is not None else secrets.token_bytes(16)
     options = PartyOptions(session, sequential=sequential, liveness=liveness,
-                           max_frame_bytes=max_frame_bytes)
+                           max_frame_bytes=max_frame_bytes, record_messages=record_messages)
     return _Roles(programs, options, entropy or {}, wrap_transport)
 
 
@@ -95,11 +96,12 @@ async def run_roles(
     entropy: Mapping[int, bytes] | None = None,
     sequential: bool = False,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    record_messages: bool = False,
 ) -> LocalRun:
     """Run ``programs`` (role id -> program) concurrently in this event loop; see
     :func:`run_local`."""
     roles = _roles(programs, session, liveness, wrap_transport, entropy, sequential,
-                   max_frame_bytes)
+                   max_frame_bytes, record_messages)
     async with open_memory_network(
         list(programs), latency=latency, bandwidth=bandwidth
     ) as network, trio.open_nursery() as nursery:
@@ -117,6 +119,7 @@ def run_threaded(
     entropy: Mapping[int, bytes] | None = None,
     sequential: bool = False,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    record_messages: bool = False,
 ) -> LocalRun:
     """Run each role in its own thread and event loop (:mod:`~puma_async.transports.threads`).
 
@@ -124,7 +127,7 @@ def run_threaded(
     runs on several cores at once. No emulated latency; options as for :func:`run_local`.
     """
     roles = _roles(programs, session, liveness, wrap_transport, entropy, sequential,
-                   max_frame_bytes)
+                   max_frame_bytes, record_messages)
     network = ThreadNetwork(list(programs))
 
     def run_in_thread(role: int) -> None:
@@ -158,6 +161,7 @@ def run_local(
     e.g. :class:`~puma_async.liveness.StepTimer`), ``entropy`` (role -> 32 bytes seeding that
     role's fresh keys, for reproducible runs), ``max_frame_bytes`` (the largest frame a role
     decodes; a session passes its own, :mod:`puma_async.session.frames`), ``sequential`` (no
-    round overlapping: every ``gather`` runs its steps one by one).
+    round overlapping: every ``gather`` runs its steps one by one), ``record_messages`` (every
+    role keeps a record of each message it sends, for :mod:`puma_async.critical_path`).
     """
     return trio.run(lambda: run_roles(programs, **options), clock=clock, instruments=instruments)

@@ -40,6 +40,9 @@ from puma_async.transports.base import Transport
 T = TypeVar("T")
 MessageKey = tuple[str, int, StepPath, int]
 """A message as the runtime's observer sees it: (direction, peer, step path, seq)."""
+_Queued = tuple[bytes, tuple[tuple[int, StepPath, int], ...]]
+"""An encoded frame waiting for its peer's writer, with its envelopes' (receiver, path, seq)
+(for the statistics' message records)."""
 TransportWrapper = Callable[[Transport], Transport]
 COALESCE_BYTES = 64 << 10
 """Small envelopes ready together share a frame up to this size; a larger one travels in a
@@ -60,7 +63,9 @@ class PartyOptions:
     replay a trace). ``sequential``: :meth:`Context.gather` runs its steps one after the other
     (same messages; measures what round overlapping saves). ``liveness``: heartbeats and when
     a silent peer is dead (:class:`~puma_async.liveness.Liveness`); None only where the peers
-    are not live parties (a replay's recording).
+    are not live parties (a replay's recording). ``record_messages``: keep a record of every
+    message sent in the statistics (:mod:`puma_async.stats`; benchmarks and tests, for the
+    critical path; it grows with the session).
     """
 
     session: bytes
@@ -68,6 +73,7 @@ class PartyOptions:
     entropy: bytes | None = None
     sequential: bool = False
     liveness: Liveness | None = DEFAULT_LIVENESS
+    record_messages: bool = False
 
 
 class PartyRuntime:
@@ -82,12 +88,14 @@ class PartyRuntime:
         self.session = options.session
         self.mailbox = Mailbox(self.role)
         self.stats = StatsRecorder(self.role)
+        if options.record_messages:
+            self.stats.record()
         self.states: dict[type, object] = {}
         """Per-party state by type (:meth:`Context.state <puma_async.context.Context.state>`)."""
         self._outboxes = {}
         self._outbox_receivers = {}
         for peer in self.peers:
-            send, receive = trio.open_memory_channel[bytes](math.inf)
+            send, receive = trio.open_memory_channel[_Queued](math.inf)
             self._outboxes[peer] = send
             self._outbox_receivers[peer] = receive
         self._queued = {peer: [0, 0] for peer in self.peers}  # frames, bytes not yet sent
@@ -105,49 +113,51 @@ class PartyRuntime:
     def enqueue(self, env: Envelope) -> None:
         """Send an envelope as a frame of its own (:meth:`enqueue_frame`). Encodes it now, so
         later changes to the message's arrays do not matter."""
-        self.enqueue_frame(env.receiver, codec.encode_frame([env]))
+        self.enqueue_frame(env.receiver, codec.encode_frame([env]), env.path, env.seq)
 
-    def enqueue_frame(self, peer: int, frame: bytes) -> None:
-        """Send an encoded frame: at once on an immediate transport, else via the peer's
-        writer task (which coalesces small frames that are ready together)."""
+    def enqueue_frame(self, peer: int, frame: bytes, path: StepPath, seq: int) -> None:
+        """Send an encoded frame of one envelope (``path``, ``seq``): at once on an immediate
+        transport, else via the peer's writer task (which coalesces small frames that are
+        ready together)."""
         if peer not in self._outboxes:
             raise ProtocolError(f"{role_name(peer)} is not a peer of {role_name(self.role)}")
+        key = (peer, path, seq)
         if self.transport.immediate:
-            self.stats.frame_sent(peer, len(frame))
+            self.stats.frame_sent(peer, len(frame), (key,))
             self.transport.send_immediately(peer, frame)
         else:
-            self._queue(peer, frame)
+            self._queue(peer, (frame, (key,)))
 
-    def _queue(self, peer: int, frame: bytes) -> None:
-        self._outboxes[peer].send_nowait(frame)
+    def _queue(self, peer: int, item: _Queued) -> None:
+        self._outboxes[peer].send_nowait(item)
         queued = self._queued[peer]
         queued[0] += 1
-        queued[1] += len(frame)
+        queued[1] += len(item[0])
 
     async def write_frames(self, peer: int) -> None:
         """Send everything queued for ``peer``, merging the frames that are ready into frames
         of up to :data:`COALESCE_BYTES` (a larger one travels alone, as it is)."""
         receive = self._outbox_receivers[peer]
-        held: bytes | None = None
+        held: _Queued | None = None
         while True:
             if held is None:
                 try:
                     held = await receive.receive()
                 except trio.EndOfChannel:
                     break
-            batch, size, held = [held], len(held), None
+            batch, size, held = [held], len(held[0]), None
             while size < COALESCE_BYTES:
                 try:
                     item = receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                if size + len(item) > COALESCE_BYTES:
+                if size + len(item[0]) > COALESCE_BYTES:
                     held = item  # starts the next frame
                     break
                 batch.append(item)
-                size += len(item)
-            frame = codec.merge_frames(batch)
-            self.stats.frame_sent(peer, len(frame))
+                size += len(item[0])
+            frame = codec.merge_frames([part for part, _ in batch])
+            self.stats.frame_sent(peer, len(frame), [key for _, keys in batch for key in keys])
             queued = self._queued[peer]
             queued[0] -= len(batch)
             queued[1] -= size
@@ -224,7 +234,7 @@ class PartyRuntime:
         for peer in self._outboxes:
             env = Envelope(self.session, self.role, peer, (), 0, 0, Abort(reason, step))
             with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                self._queue(peer, codec.encode_frame([env]))
+                self._queue(peer, (codec.encode_frame([env]), ()))
         await self.close_outboxes()
 
     def statistics(self) -> RuntimeStatistics:

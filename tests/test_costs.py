@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from puma_async.evaluate import evaluate
-from puma_async.protocols.costs import COSTS, PREPARED, OpCost, cost, elements, rows
+from puma_async.protocols.costs import COSTS, OpCost, cost, elements, rows
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.roles import PARTIES
 
@@ -32,10 +32,7 @@ def test_declared_costs_are_measured(entry: OpCost) -> None:
         for phase, declared in (("online", case.online), ("offline", case.offline)):
             totals = [ev.stats[p].totals(phase=phase, scope="op") for p in PARTIES]
             measured = sum(t.bytes_sent for t in totals) / count
-            if phase == "online":
-                assert max(t.rounds for t in totals) == declared.rounds, (phase, case.shapes)
-            else:  # prepared inline on the online clock: its depth is declared (costs.py)
-                assert declared.rounds == (PREPARED if declared.bytes else 0), case.shapes
+            assert max(t.rounds for t in totals) == declared.rounds, (phase, case.shapes)
             assert math.isclose(measured, declared.bytes, abs_tol=BYTES_PRECISION + 1e-9), (
                 phase, case.shapes, measured)
 

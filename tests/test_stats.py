@@ -71,7 +71,7 @@ def test_a_snapshot_is_frozen() -> None:
     assert rec.snapshot().totals().bytes_sent == 1123 + 10**6
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.max_round = 0  # type: ignore[misc]
-    assert stats.traffic[0] == TrafficEntry("online", "", 1, 0, 1, 0, 1)  # sorted entries
+    assert stats.traffic[0] == TrafficEntry("online", "", 1, 0, 1, 0, 1, last_round=4)  # sorted
 
 
 def test_a_phase_spans_its_first_to_its_last_round() -> None:

@@ -7,7 +7,7 @@ client's tokenizer), :mod:`.messages` and :mod:`.state` (the control conversatio
 :mod:`.generation` (the client's decoding), :mod:`.programs` and :mod:`.factory` (one role's
 program), :mod:`.recording` (traces), :mod:`.inprocess` (all roles in one process),
 :mod:`.network` (this process's roles over TCP), :mod:`.report` (the client's results as
-text or JSON).
+text or JSON), :mod:`.accounting` (a pass's cost per component, for the benchmarks).
 """
 
 from puma_async.session.generation import (
