@@ -7,7 +7,9 @@ Tiers (markers registered in ``pyproject.toml``):
 - ``system``: OS processes, signals, real TCP/TLS sockets, CLIs in subprocesses, real time.
   A test without the marker that connects or listens on an internet socket or starts a
   process fails at once (:func:`_system_only`), so the fast tier stays fast;
-- ``slow``: the real model (SmolLM2, about 8 GB and minutes).
+- ``slow``: the real model (SmolLM2, about 8 GB and minutes), the connection flood, and the
+  widest in-process sweeps (the privacy statistics over several sessions, reciprocal and rsqrt
+  over 2^-18..2^20), which the fast tier samples more sparsely.
 
 ``python -m pytest`` runs them all (what CI runs).
 

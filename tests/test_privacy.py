@@ -259,6 +259,7 @@ def stats(views: dict[str, list[RunView]]) -> dict[str, Statistics]:
     return {name: statistics(runs) for name, runs in views.items()}
 
 
+@pytest.mark.slow  # several tiny sessions: the slow tier
 def test_every_party_receives_arrays(stats: dict[str, Statistics]) -> None:
     """The test sees all three parties, from every sender that sends them arrays."""
     senders = {(party, sender) for party, sender, *_ in stats["base"].per_signature}
@@ -267,6 +268,7 @@ def test_every_party_receives_arrays(stats: dict[str, Statistics]) -> None:
     assert sum(n for _, n in stats["base"].per_signature.values()) > 10**5
 
 
+@pytest.mark.slow  # several tiny sessions: the slow tier
 def test_received_bits_are_uniform(stats: dict[str, Statistics]) -> None:
     base = stats["base"]
     for counts, what in ((base.per_key, "per message"), (base.per_signature, "pooled")):
@@ -274,6 +276,7 @@ def test_received_bits_are_uniform(stats: dict[str, Statistics]) -> None:
         assert not failures, report(failures, f"not uniform {what}")
 
 
+@pytest.mark.slow  # several tiny sessions: the slow tier
 def test_no_element_or_key_repeats_across_runs(views: dict[str, list[RunView]]) -> None:
     """Fresh entropy, fresh masks: an equal 64-bit element at the same place in two runs has
     probability 2^-64 per element for a masked value, 1 for an unmasked one."""
@@ -293,6 +296,7 @@ def test_no_element_or_key_repeats_across_runs(views: dict[str, list[RunView]]) 
     assert abs(ones / total - 0.5) < math.sqrt(math.log(2 / ALPHA) / (2 * total))
 
 
+@pytest.mark.slow  # several tiny sessions: the slow tier
 @pytest.mark.parametrize("other", ["prompt", "weights"])
 def test_views_do_not_depend_on_the_secrets(stats: dict[str, Statistics],
                                             views: dict[str, list[RunView]], other: str) -> None:
