@@ -21,7 +21,8 @@ replayed trace is identical, 1 otherwise.
 the trace alone does not record; rounds and bytes are the replay's statistics (equal to the
 run's when the replay is identical), times are the recorded ones (from the first to the last
 message of the scope, in seconds since the party started). ``--timeline`` replays too, for
-the same reason: it colours every frame by the scope that sent it (:mod:`puma_async.timeline`).
+the same reason: it colours every frame by the scope that sent it
+(:mod:`puma_async.trace.timeline`).
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ from puma_async.roles import role_name
 from puma_async.runtime import MessageKey, PartyOptions, PartyRuntime, open_party
 from puma_async.session.recording import program_from_trace
 from puma_async.stats import PartyStats
-from puma_async.timeline import draw_timeline, party_timeline
 from puma_async.trace.divergence import Divergence
 from puma_async.trace.format import TraceRecord
 from puma_async.trace.replayer import ReplayTransport, watch_for_deadlock
+from puma_async.trace.timeline import draw_timeline, party_timeline
 
 PROG = "python -m puma_async.replay"
 Scopes = dict[MessageKey, tuple[str, str]]  # message -> (phase, scope)

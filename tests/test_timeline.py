@@ -13,8 +13,8 @@ import trio
 
 from puma_async.replay import ReplayReport, main, replay_trace
 from puma_async.roles import PARTIES, role_name
-from puma_async.timeline import CLASSES, block_of, party_timeline, scope_class, timeline_svg
 from puma_async.trace.format import read_trace
+from puma_async.trace.timeline import CLASSES, block_of, party_timeline, scope_class, timeline_svg
 
 TRACES = sorted((Path(__file__).parent.parent / "traces" / "tiny").glob("*.trace"))
 SVG = "{http://www.w3.org/2000/svg}"

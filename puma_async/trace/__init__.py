@@ -6,7 +6,8 @@
   records its frames;
 - :mod:`.replayer`: :class:`~.replayer.ReplayTransport`, which plays a recorded party's peers
   and checks what the party sends, and :func:`~.replayer.watch_for_deadlock`;
-- :mod:`.divergence`: where and how a replay first differs, without secret values.
+- :mod:`.divergence`: where and how a replay first differs, without secret values;
+- :mod:`.timeline`: an SVG of the frames per link, coloured by the scope that sent them.
 
 The command line is :mod:`puma_async.replay`. **A trace holds key material and secret
 shares**: it is written 0600 and must be kept like a private key.
