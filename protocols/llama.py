@@ -76,7 +76,7 @@ from .norms import rms_norm
 from .offload import offload
 from .ring import RingArray
 from .ringmatmul import ring_matmul
-from .shares import AShare
+from .shares import AShare, concatenate
 from .softmax import softmax
 from .trunc import truncate
 
@@ -127,7 +127,7 @@ down, residual (n, hidden); qkv (n, q + 2 kv); rope (n, heads + kv heads, head_d
 query heads times the attention scale 1/sqrt(head_dim); scores and probs (kv heads, heads
 per kv head, n, T), probs zero where masked; attn_out (n, q) before the output projection;
 gate_up (n, 2 ffn); silu and silu_up (n, ffn); final_norm (1, hidden) and logits (1, vocab)
-of the last row.
+of the last row, or (n, hidden) and (n, vocab) of every row (``forward``'s ``all_positions``).
 """
 
 
@@ -443,13 +443,19 @@ async def decoder_layer(
 
 
 async def forward(
-    ctx: Context, model: SecureModel, one_hot: AShare, cache: SecureKVCache
+    ctx: Context, model: SecureModel, one_hot: AShare, cache: SecureKVCache, *,
+    all_positions: bool = False, head_block: int | None = None,
 ) -> AShare:
-    """Logits (1, vocab) at the last of n new tokens (one-hot rows (n, vocab)).
+    """Logits (1, vocab) at the last of n new tokens (one-hot rows (n, vocab)), or (n, vocab)
+    at every one of them if ``all_positions``.
 
-    The tokens continue at position ``cache.length``; the cache is extended. Scopes:
-    :func:`forward_scopes`. Raises ContextLengthError
-    (before any message) if the cache plus the new tokens exceed the context length.
+    ``all_positions`` runs the final norm and the head on n rows instead of 1: the head's
+    cost (2 rounds, about 14 bytes per logit per party) grows n-fold, n x vocab logits, in
+    blocks of at most ``head_block`` rows (None: one block), so that no message exceeds a
+    frame limit (one more 2-round head per block). The tokens continue at position
+    ``cache.length``; the cache is extended. Scopes: :func:`forward_scopes`. Raises
+    ContextLengthError (before any message) if the cache plus the new tokens exceed the
+    context length.
     """
     config = model.config
     n, start = one_hot.shape[0], cache.length
@@ -464,9 +470,13 @@ async def forward(
         with ctx.scope(f"layer{i}"):
             x = await decoder_layer(ctx, config, layer, x, rope, cache, i)
     with ctx.scope("head"):
-        last = await rms_norm(ctx, x[n - 1 :], model.final_norm, eps=config.rms_eps)
-        probe(ctx, "final_norm", last)
-        logits = await lm_head(ctx, model, last)
+        rows = x if all_positions else x[n - 1 :]
+        normed = await rms_norm(ctx, rows, model.final_norm, eps=config.rms_eps)
+        probe(ctx, "final_norm", normed)
+        block = head_block or normed.shape[0]
+        blocks = [await lm_head(ctx, model, normed[b : b + block])
+                  for b in range(0, normed.shape[0], block)]
+        logits = blocks[0] if len(blocks) == 1 else concatenate(blocks)
         probe(ctx, "logits", logits)
         return logits
 

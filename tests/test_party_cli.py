@@ -57,7 +57,8 @@ def test_digest_covers_the_public_settings_only() -> None:
     digest = SETTINGS.config_digest("c", ALL_ROLES)
     for change in ({"max_new_tokens": 3}, {"context": 32}, {"model_seed": 1},
                    {"input_block_bytes": 4096}, {"session_id": "other"},
-                   {"heartbeat_interval": 2.0}, {"dead_after": 20.0}):
+                   {"heartbeat_interval": 2.0}, {"dead_after": 20.0},
+                   {"reveal_logits": "all"}):
         assert dataclasses.replace(SETTINGS, **change).config_digest("c", ALL_ROLES) != digest
     other = dataclasses.replace(tiny_config(), rope_theta=5000.0)
     assert SessionSettings("cli-test", model="mine", architecture=other, max_new_tokens=2
@@ -74,6 +75,15 @@ def test_liveness_settings_round_trip(tmp_path: Path) -> None:
     assert loaded == settings
     assert (loaded.liveness.heartbeat_interval, loaded.liveness.dead_after) == (0.5, 3.0)
     assert loaded.config_digest("c", ALL_ROLES) == settings.config_digest("c", ALL_ROLES)
+
+
+def test_reveal_logits_in_the_cluster_file(tmp_path: Path) -> None:
+    settings = dataclasses.replace(SETTINGS, reveal_logits="all")
+    path = write_cluster(tmp_path / "c.toml", name="x", settings=settings,
+                         addresses={r: ("127.0.0.1", 7000 + r) for r in ALL_ROLES})
+    assert load_cluster(path).settings == settings
+    text = path.read_text().replace('reveal_logits = "all"', "")
+    assert parse_cluster(text, path).settings.reveal_logits == "last"
 
 
 def test_model_table_round_trip(tmp_path: Path) -> None:
@@ -93,6 +103,7 @@ def test_model_table_round_trip(tmp_path: Path) -> None:
     (HEAD + "bogus = 1\n", "unknown setting"),
     (HEAD + "[roles.P9]\nport = 1\n", "unknown role"),
     (HEAD + "max_new_tokens = 0\n", "max_new_tokens"),
+    (HEAD + "reveal_logits = 'rows'\n", "reveal_logits must be one of last, all"),
     (HEAD + "max_new_tokens = 64\n", "context must be above max_new_tokens"),
     (HEAD + "context = 65\n", "at most the model's context length 64"),
     (HEAD + "[roles.P0]\nport = 'a'\n", "must be a int"),
@@ -301,11 +312,15 @@ async def test_the_settings_liveness_reaches_the_runtime(processes, tmp_path: Pa
 
 
 @pytest.mark.system
-async def test_mismatched_configuration(processes, tmp_path: Path, pkis: tuple[Path, Path]) -> None:
-    """A role with another model seed is refused at the handshake, before any secret moves."""
+@pytest.mark.parametrize("change", [{"model_seed": 1}, {"reveal_logits": "all"}])
+async def test_mismatched_configuration(processes, tmp_path: Path, pkis: tuple[Path, Path],
+                                        change: dict[str, object]) -> None:
+    """A role with another model seed, or that would reveal every prompt position's logits
+    where the others agreed to the last only, is refused at the handshake, before any secret
+    moves."""
     ours, _ = pkis
     cluster = two_role_cluster(processes, tmp_path, ours)
-    other = dataclasses.replace(cluster.settings, model_seed=1)
+    other = dataclasses.replace(cluster.settings, **change)
     errors = await connect_both(cluster, {1: other})
     assert "configuration digest" in str(errors[0])
     assert "configuration digest" in str(errors[1]) or "rejected" in str(errors[1])

@@ -20,7 +20,14 @@ from puma_async.model import KVCache, forward, greedy_generate, random_weights, 
 from puma_async.model.gguf_loader import load_gguf
 from puma_async.protocols.llama import causal_mask, weight_plan
 from puma_async.roles import MODEL_OWNER, PARTIES
-from puma_async.session import GenerationOptions, SessionResult, inprocess, pick_token, run_session
+from puma_async.session import (
+    GenerationOptions,
+    SessionResult,
+    in_process_settings,
+    inprocess,
+    pick_token,
+    run_session,
+)
 
 LOGIT_BOUND = 0.002
 CONFIG = dataclasses.replace(tiny_config(), n_layers=3)  # >= 3 layers: masks of inner layers
@@ -52,6 +59,27 @@ def test_greedy_tokens_and_logits_match_plaintext(session) -> None:
         errors = [np.abs(r.logits - ref).max() for r, ref in zip(result.records, reference,
                                                                   strict=True)]
         assert max(errors) < LOGIT_BOUND, errors
+
+
+def test_all_positions_logits_match_plaintext() -> None:
+    """With reveal_logits "all" the prompt pass reveals every position's logits, each within
+    the bound; the last row is the one the token comes from, later passes reveal one row."""
+    settings = in_process_settings(CONFIG, NEW, reveal_logits="all")
+    result = run_session(WEIGHTS, PROMPTS, settings=settings)
+    for prompt, generated in zip(PROMPTS, result.prompts, strict=True):
+        first = generated.records[0]
+        assert first.all_logits is not None
+        assert first.all_logits.shape == (len(prompt), CONFIG.vocab)
+        assert np.array_equal(first.all_logits[-1], first.logits)
+        assert np.abs(first.all_logits - forward(WEIGHTS, prompt)).max() < LOGIT_BOUND
+        assert all(r.all_logits is not None and r.all_logits.shape == (1, CONFIG.vocab)
+                   for r in generated.records[1:])
+        assert generated.tokens == greedy_generate(WEIGHTS, prompt, NEW)
+
+
+def test_default_reveals_the_last_logits_only(session) -> None:
+    assert all(r.all_logits is None and r.logits.shape == (CONFIG.vocab,)
+               for prompt in session.prompts for r in prompt.records)
 
 
 def test_kv_cache_equals_full_recompute(session) -> None:

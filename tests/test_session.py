@@ -26,7 +26,13 @@ from puma_async.model.gguf_loader import open_gguf, read_config
 from puma_async.roles import CLIENT, MODEL_OWNER
 from puma_async.session import GenerationOptions, SessionSettings, in_process_settings, run_session
 from puma_async.session.factory import build_program
-from puma_async.session.frames import max_frame_bytes, row_blocks
+from puma_async.session.frames import (
+    ELEMENT_BYTES,
+    FRAME_SAFETY,
+    head_block_rows,
+    max_frame_bytes,
+    row_blocks,
+)
 from puma_async.session.messages import End, NextPrompt, Ready, Run
 from puma_async.session.models import (
     SMOLLM2,
@@ -187,6 +193,34 @@ def test_frames_stay_within_the_sessions_limit(config: LlamaConfig, prompt: int,
     assert max(sizes) <= limit
     online = max_frame_bytes(config, settings.positions, blocks) - (1 << 20)
     assert online <= 64 * max(sizes)
+
+
+def test_all_positions_logits_stay_within_the_frame_limit() -> None:
+    """A prompt pass revealing every position's logits, with a vocabulary far wider than the
+    other per-position tensors (so one (n, vocab) array would pass the limit): the head runs
+    in blocks of head_block_rows, the logits are opened in row blocks, and no frame exceeds
+    the limit, which "all" leaves unchanged."""
+    config = dataclasses.replace(tiny_config(), n_layers=1, vocab=4000, context_length=32)
+    settings = in_process_settings(config, 2, context=24, input_block_bytes=1 << 16,
+                                   reveal_logits="all")
+    assert settings.max_frame_bytes == dataclasses.replace(settings,
+                                                           reveal_logits="last").max_frame_bytes
+    rows = head_block_rows(config, settings.positions)
+    assert 1 < rows < 23
+    assert FRAME_SAFETY * ELEMENT_BYTES * 23 * config.vocab > settings.max_frame_bytes
+    sizes: list[int] = []
+    result = run_session(random_weights(config, seed=5), [list(range(23))], settings=settings,
+                         wrap_transport=frame_spy(sizes))
+    assert result.prompts[0].records[0].all_logits.shape == (23, config.vocab)
+    assert max(sizes) <= settings.max_frame_bytes
+
+
+def test_reveal_logits_setting() -> None:
+    assert SessionSettings("s").reveal_logits == "last"
+    assert SessionSettings.from_dict(SessionSettings("s", reveal_logits="all").to_dict()
+                                     ).reveal_logits == "all"
+    with pytest.raises(SettingsError, match="reveal_logits must be one of last, all"):
+        SessionSettings("s", reveal_logits="some")
 
 
 def test_blocked_inputs_give_the_same_session() -> None:

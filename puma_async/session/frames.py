@@ -18,6 +18,10 @@ What makes frames large:
   position (vocab). With n, T <= context the bound below is that product times
   :data:`FRAME_SAFETY` (measured: the largest message is at most 2.8 times it;
   ``tests/test_session.py`` checks the bound on whole sessions).
+- **Logits of every position** (a session that reveals them, ``reveal_logits="all"``): the
+  head runs on blocks of :func:`head_block_rows` positions, whose (rows, vocab) messages stay
+  within the same bound, and the client opens them in row blocks as inputs are shared; so
+  the limit does not grow with the context times the vocabulary.
 - Small envelopes ready together are merged into frames of at most 64 KiB
   (:data:`~puma_async.runtime.COALESCE_BYTES`), inside :data:`FRAME_SLACK`.
 """
@@ -55,22 +59,34 @@ def row_blocks(shape: Sequence[int], block_bytes: int) -> Iterator[slice]:
         yield slice(start, min(start + rows, shape[0]))
 
 
+def _online_elements(config: LlamaConfig, context: int) -> int:
+    """Ring elements of a forward pass's largest array, before :data:`FRAME_SAFETY`."""
+    per_position = max(2 * config.ffn, config.q_dim + 2 * config.kv_dim, config.hidden,
+                       config.n_heads * context, NORM_ROW_ELEMENTS)
+    return max(context * per_position, config.vocab)
+
+
+def head_block_rows(config: LlamaConfig, context: int) -> int:
+    """How many positions' logits the head computes at once (at least 1) when a pass
+    computes them all: (rows, vocab) arrays within :func:`max_frame_bytes`'s online bound."""
+    return max(1, _online_elements(config, context) // config.vocab)
+
+
 def max_frame_bytes(config: LlamaConfig, context: int, block_bytes: int) -> int:
     """The largest frame a role of a session may receive (see the module docstring).
 
     ``context`` is the session's bound on positions per prompt (prompt + new tokens),
-    ``block_bytes`` the size of the row blocks inputs are shared in.
+    ``block_bytes`` the size of the row blocks inputs are shared (and all positions' logits
+    opened) in.
     """
     widest_row = max(2 * config.ffn, config.q_dim + 2 * config.kv_dim, config.hidden,
                      config.vocab)
     inputs = max(block_bytes, ELEMENT_BYTES * widest_row)
-    per_position = max(2 * config.ffn, config.q_dim + 2 * config.kv_dim, config.hidden,
-                       config.n_heads * context, NORM_ROW_ELEMENTS)
-    online = FRAME_SAFETY * ELEMENT_BYTES * max(context * per_position, config.vocab)
+    online = FRAME_SAFETY * ELEMENT_BYTES * _online_elements(config, context)
     return max(inputs, online) + FRAME_SLACK
 
 
 __all__ = [
     "ELEMENT_BYTES", "FRAME_SAFETY", "FRAME_SLACK", "INPUT_BLOCK_BYTES", "NORM_ROW_ELEMENTS",
-    "max_frame_bytes", "row_block_rows", "row_blocks",
+    "head_block_rows", "max_frame_bytes", "row_block_rows", "row_blocks",
 ]

@@ -56,13 +56,17 @@ ProgressFn = Callable[[Progress], None]
 
 @dataclasses.dataclass(frozen=True)
 class TokenRecord:
-    """One pass as the client saw it: the token it chose, the wall time, the logits, and
-    whether the token comes after the EOS (``discarded``: generated only to hide the length)."""
+    """One pass as the client saw it: the token it chose, the wall time, the logits it chose
+    from (vocab,) (the pass's last position), whether the token comes after the EOS
+    (``discarded``: generated only to hide the length), and ``all_logits`` (n, vocab), the
+    logits of each of the pass's n new positions (``logits`` is its last row) if the session
+    reveals them (``SessionSettings.reveal_logits`` "all"), else None."""
 
     token: int
     seconds: float
     logits: npt.NDArray[np.float64]
     discarded: bool = False
+    all_logits: npt.NDArray[np.float64] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

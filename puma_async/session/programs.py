@@ -11,8 +11,10 @@ One session = one architecture, one set of weight shares and any number of promp
    party's set-up.
 2. Online (step child 1): per prompt and per pass, the client tells the parties how many
    new positions follow (:class:`Run`: public), secret-shares their one-hot rows, and alone
-   receives the logits of the last position; it picks the next token itself (greedy, or
-   sampled from its own seeded generator: client-side randomness, not a protocol secret).
+   receives the logits of the last position (of every new position if the session's
+   ``reveal_logits`` is "all", in row blocks that fit the frame limit); it picks the next
+   token itself from the last (greedy, or sampled from its own seeded generator:
+   client-side randomness, not a protocol secret).
    The parties keep a secret-shared KV cache, so each new token costs one position. Every
    prompt runs ``max_new_tokens`` passes unless the client stops at EOS (revealing the
    length: :mod:`.generation`); :class:`NextPrompt` drops the cache, :class:`End` ends.
@@ -53,7 +55,7 @@ from puma_async.protocols.randomness import setup_input_seeds, setup_keys
 from puma_async.protocols.ring import RingArray
 from puma_async.protocols.shares import AShare
 from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES
-from puma_async.session.frames import row_blocks
+from puma_async.session.frames import head_block_rows, row_blocks
 from puma_async.session.generation import (
     GenerationOptions,
     Progress,
@@ -72,7 +74,7 @@ ClientResult = tuple[tuple[PromptResult, ...], float]
 """What the client's program returns: its prompts' results and the set-up's seconds."""
 
 
-# ----------------------------------------------------------------------------- inputs
+# ----------------------------------------------------------------------------- inputs, outputs
 
 
 async def send_rows(ctx: Context, owner: int, shape: tuple[int, ...], block_bytes: int,
@@ -101,6 +103,20 @@ async def receive_rows(ctx: Context, owner: int, shape: tuple[int, ...], block_b
         assert isinstance(part, AShare)
         first[rows], second[rows] = part.first, part.second
     return AShare(first, second)
+
+
+async def reveal_rows(ctx: Context, x: AShare | None, role: int, shape: tuple[int, ...],
+                      block_bytes: int) -> RingArray | None:
+    """:func:`~puma_async.protocols.io.reveal_to` in row blocks of at most ``block_bytes``
+    (one row at least; :mod:`.frames`): the parties give their share ``x`` of ``shape``,
+    ``role`` gives None and gets the whole value; the parties get None."""
+    opened = []
+    for rows in row_blocks(shape, block_bytes):
+        part = None if x is None else x[rows]
+        opened.append(await reveal_to(ctx, part, role, (rows.stop - rows.start, *shape[1:])))
+    if ctx.role != role:
+        return None
+    return opened[0] if len(opened) == 1 else np.concatenate(opened)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -139,6 +155,8 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
     ``progress`` hears of the set-up ('setup') and of each pass ('token', without a token).
     """
     config, blocks = settings.config, settings.input_block_bytes
+    all_positions = settings.reveal_logits == "all"
+    head_block = head_block_rows(config, settings.positions)
     report = progress or _no_progress
 
     async def program(ctx: Context) -> None:
@@ -175,10 +193,11 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
                     tokens = await receive_rows(online, CLIENT, (command.positions, config.vocab),
                                                 blocks)
                 inner = online.child()
-                logits = await forward(inner, model, tokens, cache)
+                logits = await forward(inner, model, tokens, cache, all_positions=all_positions,
+                                       head_block=head_block)
                 online.join([inner])
                 with online.scope("io"):
-                    await reveal_to(online, logits, CLIENT, logits.shape)
+                    await reveal_rows(online, logits, CLIENT, logits.shape, blocks)
             state.handle(PassDone())
             report(Progress("token", time.perf_counter() - t0, state.prompt, step))
 
@@ -213,7 +232,7 @@ def client_program(
 ) -> Program:
     """The client: shares its tokens, receives the logits, decodes; returns a
     :data:`ClientResult`. Raises ContextLengthError / ValueError for a bad prompt at once."""
-    config = settings.config
+    config, all_positions = settings.config, settings.reveal_logits == "all"
     checked = check_prompts(config, settings.positions, settings.max_new_tokens, prompts)
     report = progress or _no_progress
 
@@ -243,12 +262,15 @@ def client_program(
                 await send_rows(online, CLIENT, (len(pending), config.vocab),
                                 settings.input_block_bytes,
                                 lambda rows, pending=pending: one_hot(pending[rows], config.vocab))
-                opened = await reveal_to(online, None, CLIENT, (1, config.vocab))
+                rows = len(pending) if all_positions else 1
+                opened = await reveal_rows(online, None, CLIENT, (rows, config.vocab),
+                                           settings.input_block_bytes)
                 assert opened is not None
                 state.handle(PassDone())
-                logits = fx.decode(opened)[0]
-                token = pick_token(logits, options.temperature, rng)
-                records.append(TokenRecord(token, time.perf_counter() - t0, logits, ended))
+                logits = fx.decode(opened)
+                token = pick_token(logits[-1], options.temperature, rng)
+                records.append(TokenRecord(token, time.perf_counter() - t0, logits[-1], ended,
+                                           logits if all_positions else None))
                 report(Progress("token", records[-1].seconds, p, len(records) - 1, token, ended))
                 ended = ended or token == options.eos_id
                 if len(records) == settings.max_new_tokens or (ended and options.stop_at_eos):
@@ -263,5 +285,5 @@ def client_program(
 
 __all__ = [
     "ClientResult", "client_program", "owner_program", "party_program",
-    "receive_rows", "send_rows",
+    "receive_rows", "reveal_rows", "send_rows",
 ]

@@ -5,7 +5,8 @@ Everything the roles must agree on is public: the session id, the model's name a
 architecture (a preset, :data:`~.models.PRESETS`, or the table the model owner exported),
 the tiny model's weight seed (public: tiny weights are test data), the model file's SHA-256
 if given (the owner checks its file against it), the token budget per prompt, the context
-(positions per prompt) and the largest frame it implies (:mod:`.frames`), and the liveness
+(positions per prompt) and the largest frame it implies (:mod:`.frames`), which logits the
+client receives (:data:`REVEAL_LOGITS`: the model owner consents to it), and the liveness
 settings (:class:`~puma_async.liveness.Liveness`: a role whose heartbeat interval exceeded
 a peer's ``dead_after`` would be declared dead by it). These go into the
 :meth:`SessionSettings.config_digest` that the TCP handshake compares before any secret
@@ -29,7 +30,13 @@ from puma_async.model.config import LlamaConfig
 from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
 from puma_async.session.models import PRESETS, TINY, preset_architecture
 
-DIGEST_VERSION = 3
+DIGEST_VERSION = 4
+REVEAL_LOGITS = ("last", "all")
+"""What a prompt pass reveals to the client: the logits of its last position (enough to
+choose the next token), or of every position (teacher-forced perplexity of a text in one
+pass per window). "all" tells the client n x vocab logits per prompt of n tokens instead of
+vocab: more about the model (its predictions at every prefix, which ease distilling or
+extracting it), so it is a digested setting the model owner must agree to."""
 DEFAULT_CONTEXT = 512
 """Positions per prompt when none is set (at most the model's own context): the context
 bounds the frame size (:mod:`.frames`), so it is not the model's 8k by default."""
@@ -44,6 +51,9 @@ class SessionSettings:
     model's context length, at most :data:`DEFAULT_CONTEXT`. Both are resolved at
     construction (read them as :attr:`config` and :attr:`positions`). ``input_block_bytes``:
     inputs are shared in row blocks of at most this size (:mod:`.frames`).
+    ``reveal_logits``: "last" (default) or "all", what a prompt pass reveals to the client
+    (:data:`REVEAL_LOGITS`; "all" tells it more about the model, so the model owner must
+    consent, and costs a head of n rows instead of 1 per prompt of n tokens).
     ``heartbeat_interval`` and ``dead_after``: every role's :attr:`liveness`. Raises
     :class:`SettingsError` naming a bad setting.
     """
@@ -56,6 +66,7 @@ class SessionSettings:
     max_new_tokens: int = 4
     context: int | None = None
     input_block_bytes: int = INPUT_BLOCK_BYTES
+    reveal_logits: str = "last"
     heartbeat_interval: float = DEFAULT_LIVENESS.heartbeat_interval
     dead_after: float = DEFAULT_LIVENESS.dead_after
     connect_timeout: float = 600.0
@@ -81,6 +92,9 @@ class SessionSettings:
         if self.input_block_bytes < ELEMENT_BYTES:
             raise SettingsError(f"input_block_bytes must be >= {ELEMENT_BYTES}, "
                                 f"got {self.input_block_bytes}")
+        if self.reveal_logits not in REVEAL_LOGITS:
+            raise SettingsError(f"reveal_logits must be one of {', '.join(REVEAL_LOGITS)}, "
+                                f"got {self.reveal_logits!r}")
         if self.model_seed < 0:
             raise SettingsError(f"model_seed must be >= 0, got {self.model_seed}")
         try:
@@ -128,7 +142,7 @@ class SessionSettings:
             "model_seed": self.model_seed if self.model == TINY else None,
             "model_sha256": self.model_sha256, "max_new_tokens": self.max_new_tokens,
             "context": self.positions, "max_frame_bytes": self.max_frame_bytes,
-            "input_block_bytes": self.input_block_bytes,
+            "input_block_bytes": self.input_block_bytes, "reveal_logits": self.reveal_logits,
             "heartbeat_interval": float(self.heartbeat_interval),
             "dead_after": float(self.dead_after),
         }
@@ -156,4 +170,4 @@ class SessionSettings:
             raise SettingsError(f"bad session settings: {exc}") from None
 
 
-__all__ = ["DEFAULT_CONTEXT", "DIGEST_VERSION", "SessionSettings"]
+__all__ = ["DEFAULT_CONTEXT", "DIGEST_VERSION", "REVEAL_LOGITS", "SessionSettings"]
