@@ -93,25 +93,28 @@ def _spu(spu: Data | None) -> str:
 
 
 def render_ops(data: Data) -> list[str]:
-    """Secure operations (``benchmarks/ops.py``): time, bytes, rounds, messages, error, and
-    SPU's figures beside them where they were measured."""
+    """Secure operations (``benchmarks/ops.py``): time, online bytes and rounds, the offline
+    part's, messages, error, and SPU's figures beside them where they were measured."""
     lines = [
-        "| operation | seconds (best; median) | MB sent by P0-P2 | rounds | messages at P0 "
-        "| error | SPU 0.9.5 |",
-        "|---|---|---|---|---|---|---|",
+        "| operation | seconds (best; median) | MB sent by P0-P2 | rounds | offline "
+        "| messages at P0 | error | SPU 0.9.5 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in data.items():
         if name == "machine" or "bytes_all_parties" not in result:
             continue
+        offline = (f"{result['offline_rounds']} rounds, "
+                   f"{_mb(result['offline_bytes_all_parties'])}"
+                   if result.get("offline_bytes_all_parties") else "")
         lines.append(
             f"| {result['description']} | {_seconds(result['seconds'])}; "
             f"{_seconds(result['median_seconds'])} | {_mb(result['bytes_all_parties'])} "
-            f"| {result['rounds']} | {result['messages_p0']} | {_error(result)} "
+            f"| {result['rounds']} | {offline} | {result['messages_p0']} | {_error(result)} "
             f"| {_spu(result.get('spu'))} |")
     rate = data.get("ring_matmul_rate")
     if rate is not None:
         lines.append(f"| {rate['description']} | {_seconds(rate['seconds'])} "
-                     f"({rate['gmacs_per_second']:.2f} G multiply-adds/s) | | | | exact | |")
+                     f"({rate['gmacs_per_second']:.2f} G multiply-adds/s) | | | | | exact | |")
     return lines
 
 

@@ -98,3 +98,12 @@ def test_the_llama_renderer(tables: ModuleType) -> None:
     assert "| 7.9 GB | 8.2 GB |" in lines[5]
     assert lines[-1] == ("| LLaMA-7B (8 -> 1), derived from the block | 110 s, 2.300 GB "
                          "| PUMA's paper: 200 s, 1.794 GB |")
+
+
+def test_the_ops_renderer_shows_the_offline_part(tables: ModuleType) -> None:
+    op = {"description": "op", "seconds": 0.5, "median_seconds": 0.6, "bytes_all_parties": 39e6,
+          "rounds": 4, "messages_p0": 9, "wrong": 0}
+    lines = tables.render_ops({"a": {**op, "offline_rounds": 2,
+                                     "offline_bytes_all_parties": 36e6}, "b": op})
+    assert lines[2] == "| op | 0.5 s; 0.6 s | 39 MB | 4 | 2 rounds, 36 MB | 9 | 0 wrong |  |"
+    assert lines[3] == "| op | 0.5 s; 0.6 s | 39 MB | 4 |  | 9 | 0 wrong |  |"
