@@ -9,9 +9,10 @@ its own; all five roles in one process, in-memory transport, no emulated latency
   new token.
 - ``block7b``: a model of one decoder block of LLaMA-7B's shape (hidden 4096, 32 heads,
   FFN 11008, random weights; vocabulary 256, so its embedding and head are negligible) over
-  8 tokens, 1 output token; from it, LLaMA-7B (8 -> 1) = 32 blocks + embedding/head (vocab
-  32000, estimated: bytes exactly from the protocol's per-element costs, time by multiply-add
-  count relative to the block), set beside PUMA's published 200.473 s and 1.794 GB.
+  8 tokens, 1 output token; from it, LLaMA-7B (8 -> 1) = 32 blocks (online and offline
+  bytes: both cross the network) + embedding/head (vocab 32000, estimated: bytes exactly from
+  the protocol's per-element costs, time by multiply-add count relative to the block), set
+  beside PUMA's published 200.473 s and 1.794 GB.
 
 Both parts also account each pass (:mod:`puma_async.session.accounting`): online and offline
 rounds and bytes, frames per peer per round, and per component of a layer (``attn.norm``, ...,
@@ -54,6 +55,7 @@ import numpy as np
 import reporting
 
 from puma_async.liveness import StepTimer
+from puma_async.protocols.llama import COMPONENTS
 from puma_async.roles import PARTIES
 from puma_async.session import Progress, SessionResult, run_session
 from puma_async.session.accounting import account_pass, pass_scope
@@ -184,8 +186,10 @@ def run_block7b() -> dict[str, Any]:
     stalls = LoopStalls()
     result = stalls.run(weights, [prompt], 1)
     block = [result.stats[p].totals(phase="online", scope="p0.t0.layer0") for p in PARTIES]
+    block_offline = [result.stats[p].totals(phase="offline", scope="p0.t0.layer0")
+                     for p in PARTIES]
     forward = step_figures(result, 0, 0, config.n_layers)
-    head = [result.stats[p].totals(phase="online", scope="p0.t0.head") for p in PARTIES]
+    head = [result.stats[p].totals(scope="p0.t0.head") for p in PARTIES]  # online + offline
     return {
         "config": {"hidden": config.hidden, "heads": config.n_heads, "ffn": config.ffn,
                    "vocab": config.vocab, "tokens": LLAMA7B["tokens"]},
@@ -195,6 +199,8 @@ def run_block7b() -> dict[str, Any]:
             "bytes_sent": {f"P{p}": c.bytes_sent for p, c in zip(PARTIES, block, strict=True)},
             "bytes_all_parties": sum(c.bytes_sent for c in block),
             "rounds": max(c.rounds for c in block),
+            "offline": {"bytes": sum(c.bytes_sent for c in block_offline),
+                        "rounds": max(c.rounds for c in block_offline)},
         },
         "head_bytes_all_parties": sum(c.bytes_sent for c in head),
         "event_loop": stalls.phases,
@@ -212,21 +218,21 @@ def derive_llama7b(block: dict[str, Any]) -> dict[str, Any]:
     block_seconds = block["forward"]["seconds"]  # includes the vocab-256 embedding and head
     io_seconds = block_seconds * embed_head_macs / block_macs
     seconds = layers * block_seconds + io_seconds
-    # embedding: 1 reshare element per output per party; head: the measured final RMSNorm
-    # and head at vocab 256, rescaled to 32000 logits; opening: 2 elements per logit
+    # block: online and offline bytes (both cross the network); embedding: 1 reshare element
+    # per output per party; head: the measured final RMSNorm and head at vocab 256 (online and
+    # offline), rescaled to 32000 logits; opening: 2 elements per logit
+    online, offline = block["block"]["bytes_all_parties"], block["block"]["offline"]["bytes"]
     embed_bytes = 3 * 8 * n * h
     head_bytes = block["head_bytes_all_parties"] + (v - small_vocab) * WEIGHT_MATMUL_BYTES
     open_bytes = 2 * 8 * v
-    total_bytes = layers * block["block"]["bytes_all_parties"] + embed_bytes + head_bytes \
-        + open_bytes
+    total_bytes = layers * (online + offline) + embed_bytes + head_bytes + open_bytes
     lines = [
-        f"block (8 tokens): {block_seconds:.1f} s, "
-        f"{block['block']['bytes_all_parties'] / 1e6:.1f} MB all parties, "
-        f"{block['block']['rounds']} rounds",
+        f"block (8 tokens): {block_seconds:.1f} s, {online / 1e6:.1f} MB online + "
+        f"{offline / 1e6:.1f} MB offline all parties, {block['block']['rounds']} rounds",
         f"time  = 32 x {block_seconds:.1f} s + embedding/head {io_seconds:.1f} s "
         f"(= block time x {embed_head_macs / 1e9:.2f} / {block_macs / 1e9:.2f} G multiply-adds"
         f" per party) = {seconds:.0f} s   [PUMA: {PUMA_LLAMA7B_8_TO_1['seconds']} s]",
-        f"bytes = 32 x {block['block']['bytes_all_parties'] / 1e6:.1f} MB + embedding "
+        f"bytes = 32 x ({online / 1e6:.1f} + {offline / 1e6:.1f}) MB + embedding "
         f"{embed_bytes / 1e6:.2f} MB + norm/head {head_bytes / 1e6:.2f} MB + opening "
         f"{open_bytes / 1e6:.2f} MB = {total_bytes / 1e9:.3f} GB   "
         f"[PUMA: {PUMA_LLAMA7B_8_TO_1['bytes'] / 1e9} GB]",
@@ -295,11 +301,11 @@ def print_components(now: dict[str, Any], old: dict[str, Any] | None) -> None:
     for row, figures in rows.items():
         on, off = figures["online"], figures["offline"]
         was = before.get(row, {}).get("online")
-        if len(on["rounds"]) > 1:
+        layered = row in COMPONENTS  # else once per pass: io, embed, head
+        if layered:
             layer_rounds = [a + b for a, b in zip(layer_rounds, on["rounds"], strict=True)]
-        per_layer = spread(on["rounds"], "{:.0f}") if len(on["rounds"]) > 1 else ""
-        kb_layer = spread([b / 1e3 for b in on["bytes"]], "{:.1f}") if len(on["rounds"]) > 1 \
-            else ""
+        per_layer = spread(on["rounds"], "{:.0f}") if layered else ""
+        kb_layer = spread([b / 1e3 for b in on["bytes"]], "{:.1f}") if layered else ""
         rounds = cell(sum(on["rounds"]), None if was is None else sum(was["rounds"]), "{:.0f}")
         kb = cell(sum(on["bytes"]) / 1e3, None if was is None else sum(was["bytes"]) / 1e3,
                   "{:.1f}")
@@ -356,7 +362,8 @@ def print_summary(results: dict[str, Any], baseline: dict[str, Any] | None) -> N
     if "block7b" in results:
         b = results["block7b"]
         print(f"LLaMA-7B-shape block, 8 tokens: {b['forward']['seconds']:.1f} s, "
-              f"{b['block']['bytes_all_parties'] / mb:.1f} MB all parties, "
+              f"{b['block']['bytes_all_parties'] / mb:.1f} MB online + "
+              f"{b['block']['offline']['bytes'] / mb:.1f} MB offline all parties, "
               f"{b['block']['rounds']} rounds, peak memory {b['peak_memory_bytes'] / 1e9:.2f} GB"
               f"   [SPU: 44.4 s, 123 MB]")
         print(f"  longest event loop step: {format_stalls(b['event_loop'])}")

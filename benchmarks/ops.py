@@ -5,9 +5,11 @@ its op with the three parties and the client in one process (in-memory transport
 latency) through :func:`~puma_async.evaluate.evaluate` and reports the op alone:
 seconds from the first party entering it to the last one leaving it (best of ``--repeats``,
 and the median of them: this shared machine's load swings), payload bytes sent by P0, P1 and
-P2 together, and rounds (critical path). Where PUMA's SPU was measured on this machine class
-(same setting: three parties in one process), its figures are printed beside ours. A
-10^7-step Python loop is timed first and recorded, to tell a busy host from a slow change.
+P2 together and rounds (critical path) online, and the same of the offline part (correlated
+randomness a party deals ahead; these bytes cross the network too). Where PUMA's SPU was
+measured on this machine class (same setting: three parties in one process), its figures are
+printed beside ours. A 10^7-step Python loop is timed first and recorded, to tell a busy host
+from a slow change.
 
     python benchmarks/ops.py [--only NAME ...] [--repeats N] [--out PATH]
 
@@ -30,7 +32,7 @@ import numpy as np
 import reporting
 
 from puma_async.context import Context
-from puma_async.evaluate import Evaluation, SecureFn, evaluate
+from puma_async.evaluate import OP_SCOPE, Evaluation, SecureFn, evaluate
 from puma_async.protocols import compare
 from puma_async.protocols.activations import gelu, silu
 from puma_async.protocols.arith import matmul_fxp, mul_fxp
@@ -38,6 +40,7 @@ from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.norms import layer_norm, rms_norm
 from puma_async.protocols.ringmatmul import ring_matmul
 from puma_async.protocols.softmax import softmax
+from puma_async.roles import PARTIES
 
 _erf = np.vectorize(math.erf)
 Result = dict[str, Any]
@@ -99,7 +102,15 @@ def measure_op(fn: SecureFn, *inputs: np.ndarray, repeats: int) -> tuple[Result,
         "bytes_per_party": [e.cost(p).bytes_sent for p in range(3)],
         "rounds": max(e.cost(p).rounds for p in range(3)),
         "messages_p0": e.cost(0).messages_sent,
+        **offline_figures(e),
     }, e
+
+
+def offline_figures(e: Evaluation) -> Result:
+    """The op's offline part (correlated randomness dealt ahead): rounds and bytes of P0-P2."""
+    offline = [e.stats[p].totals(phase="offline", scope=OP_SCOPE) for p in PARTIES]
+    return {"offline_rounds": max(c.rounds for c in offline),
+            "offline_bytes_all_parties": sum(c.bytes_sent for c in offline)}
 
 
 def _max_ulp_error(got: np.ndarray, exact_scaled: np.ndarray) -> float:

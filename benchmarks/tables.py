@@ -93,25 +93,28 @@ def _spu(spu: Data | None) -> str:
 
 
 def render_ops(data: Data) -> list[str]:
-    """Secure operations (``benchmarks/ops.py``): time, bytes, rounds, messages, error, and
-    SPU's figures beside them where they were measured."""
+    """Secure operations (``benchmarks/ops.py``): time, online bytes and rounds, the offline
+    part's, messages, error, and SPU's figures beside them where they were measured."""
     lines = [
-        "| operation | seconds (best; median) | MB sent by P0-P2 | rounds | messages at P0 "
-        "| error | SPU 0.9.5 |",
-        "|---|---|---|---|---|---|---|",
+        "| operation | seconds (best; median) | MB sent by P0-P2 | rounds | offline "
+        "| messages at P0 | error | SPU 0.9.5 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in data.items():
         if name == "machine" or "bytes_all_parties" not in result:
             continue
+        offline = (f"{result['offline_rounds']} rounds, "
+                   f"{_mb(result['offline_bytes_all_parties'])}"
+                   if result.get("offline_bytes_all_parties") else "")
         lines.append(
             f"| {result['description']} | {_seconds(result['seconds'])}; "
             f"{_seconds(result['median_seconds'])} | {_mb(result['bytes_all_parties'])} "
-            f"| {result['rounds']} | {result['messages_p0']} | {_error(result)} "
+            f"| {result['rounds']} | {offline} | {result['messages_p0']} | {_error(result)} "
             f"| {_spu(result.get('spu'))} |")
     rate = data.get("ring_matmul_rate")
     if rate is not None:
         lines.append(f"| {rate['description']} | {_seconds(rate['seconds'])} "
-                     f"({rate['gmacs_per_second']:.2f} G multiply-adds/s) | | | | exact | |")
+                     f"({rate['gmacs_per_second']:.2f} G multiply-adds/s) | | | | | exact | |")
     return lines
 
 
@@ -159,43 +162,91 @@ def _range(values: list[float], fmt: str) -> str:
         f"{format(low, fmt)}-{format(high, fmt)}")
 
 
+def _phases(passes: list[Data]) -> tuple[str, str]:
+    """The online and the offline cells of one pass or of several (min-max): rounds, MB."""
+    cells = []
+    for phase in ("online", "offline"):
+        rounds = _range([p[phase]["rounds"] for p in passes], ".0f")
+        nbytes = [p[phase]["bytes"] for p in passes]
+        unit, scale = ("GB", 1e9) if max(nbytes) >= 1e9 else ("MB", 1e6)
+        cells.append(f"{rounds} rounds, {_range([b / scale for b in nbytes], '.3g')} {unit}")
+    return cells[0], cells[1]
+
+
 def render_llama(data: Data) -> list[str]:
-    """SmolLM2-135M and one LLaMA-7B-shape block (``benchmarks/llama.py``)."""
+    """SmolLM2-135M and one LLaMA-7B-shape block (``benchmarks/llama.py``): per pass the
+    seconds, the online and the offline rounds and bytes (all parties); then the set-up and
+    each part's peak memory."""
     spu = data.get("spu_reference", {})
     smol = data["smollm2"]
-    lines = ["| benchmark | puma-async | SPU 0.9.5 |", "|---|---|---|"]
+    lines = ["| pass | seconds | online | offline | SPU 0.9.5 |", "|---|---|---|---|---|"]
     for i, prompt in enumerate(smol["prompts"]):
         pp, tokens = prompt["prompt_pass"], prompt["new_tokens"]
         forward = spu.get("smollm2_forward_5_tokens") if prompt["prompt_tokens"] == 5 else None
         lines.append(
             f"| SmolLM2-135M, {prompt['prompt_tokens']}-token prompt pass "
-            f"| {pp['seconds']:.1f} s, {_mb(pp['bytes_all_parties'])}, {pp['rounds']} rounds "
+            f"| {pp['seconds']:.1f} s | {' | '.join(_phases([pp]))} "
             f"| {_spu(forward) if forward else ''} |")
         if tokens:
             lines.append(
                 f"| SmolLM2-135M, each of {len(tokens)} new tokens (KV cache) "
-                f"| {_range([t['seconds'] for t in tokens], '.1f')} s, "
-                f"{_range([t['bytes_all_parties'] / 1e6 for t in tokens], '.3g')} MB, "
-                f"{_range([t['rounds'] for t in tokens], 'd')} rounds "
+                f"| {_range([t['seconds'] for t in tokens], '.1f')} s "
+                f"| {' | '.join(_phases(tokens))} "
                 f"| {'(no cache: a full pass)' if i == 0 else ''} |")
-    lines.append(f"| SmolLM2 set-up (the model owner shares the weights) "
-                 f"| {smol['setup']['seconds']:.1f} s, model owner sent "
-                 f"{_mb(smol['setup']['model_owner_bytes_sent'])} | |")
-    peak = spu.get("smollm2_forward_5_tokens", {}).get("peak_memory_bytes")
-    lines.append(f"| SmolLM2 session peak memory | {smol['peak_memory_bytes'] / 1e9:.1f} GB "
-                 f"| {f'{peak / 1e9:.1f} GB' if peak else ''} |")
     block = data.get("block7b")
     if block is not None:
+        layer = block["block"]  # the decoder layer alone; the forward adds embedding and head
+        figures = {"online": {"rounds": layer["rounds"], "bytes": layer["bytes_all_parties"]},
+                   "offline": layer["offline"]}
         lines.append(
             f"| one LLaMA-7B-shape block, {block['config']['tokens']} tokens "
-            f"| {block['forward']['seconds']:.1f} s, {_mb(block['block']['bytes_all_parties'])}, "
-            f"{block['block']['rounds']} rounds (peak {block['peak_memory_bytes'] / 1e9:.1f} GB) "
+            f"| {block['forward']['seconds']:.1f} s (the forward) "
+            f"| {' | '.join(_phases([figures]))} "
             f"| {_spu(spu.get('llama7b_block_8_tokens'))} |")
         derived = data["llama7b_derived"]
         lines.append(
-            f"| LLaMA-7B (8 -> 1), derived from the block | {derived['seconds']:.0f} s, "
-            f"{derived['bytes_all_parties'] / 1e9:.3f} GB | PUMA's paper: "
-            f"{derived['puma']['seconds']:.0f} s, {derived['puma']['bytes'] / 1e9:.3f} GB |")
+            f"| LLaMA-7B (8 -> 1), derived from the block | {derived['seconds']:.0f} s "
+            f"| {derived['bytes_all_parties'] / 1e9:.3f} GB online and offline together | "
+            f"| PUMA's paper: {derived['puma']['seconds']:.0f} s, "
+            f"{derived['puma']['bytes'] / 1e9:.3f} GB |")
+    spu_peak = spu.get("smollm2_forward_5_tokens", {}).get("peak_memory_bytes")
+    peaks = f"the SmolLM2 session {smol['peak_memory_bytes'] / 1e9:.1f} GB" + (
+        f" (SPU's forward: {spu_peak / 1e9:.1f} GB)" if spu_peak else "")
+    if block is not None:
+        peaks += f", the 7B-shape block {block['peak_memory_bytes'] / 1e9:.1f} GB"
+    lines += ["", f"SmolLM2 set-up (the model owner shares the weights; not in the passes): "
+                  f"{smol['setup']['seconds']:.1f} s, the model owner sent "
+                  f"{_mb(smol['setup']['model_owner_bytes_sent'])}. Peak memory: {peaks}."]
+    return lines
+
+
+ONCE_PER_PASS = ("io", "embed", "head")
+"""The accounting's rows outside the layers (``puma_async.session.accounting.component_rows``)."""
+
+
+def render_llama_components(data: Data) -> list[str]:
+    """SmolLM2's first new token (KV cache, 5-token prompt) by component of a layer
+    (``benchmarks/llama.py``'s accounting): online rounds on the critical path and bytes per
+    layer (min-max over the layers), and the offline bytes; ``io``, ``embed`` and ``head``
+    once per pass. The rows' rounds and bytes, over all layers, sum to the pass's."""
+    token = data["smollm2"]["prompts"][0]["new_tokens"][0]
+    lines = ["| component | online rounds per layer | online KB per layer | offline KB per layer |",
+             "|---|---|---|---|"]
+    layer_rounds = [0] * len(token["components"]["attn.norm"]["online"]["rounds"])
+    for name, figures in token["components"].items():
+        on, off = figures["online"], figures["offline"]
+        once = name in ONCE_PER_PASS
+        if not once:
+            layer_rounds = [a + b for a, b in zip(layer_rounds, on["rounds"], strict=True)]
+        offline = _range([b / 1e3 for b in off["bytes"]], ".1f") if any(off["bytes"]) else ""
+        lines.append(f"| `{name}`{' (once)' if once else ''} "
+                     f"| {_range(on['rounds'], 'd')} "
+                     f"| {_range([b / 1e3 for b in on['bytes']], '.1f')} | {offline} |")
+    lines.append(f"| a layer (its components) | {_range(layer_rounds, 'd')} | | |")
+    online, offline_all = token["online"], token["offline"]
+    lines.append(f"| the pass ({len(layer_rounds)} layers; online, offline) "
+                 f"| {online['rounds']} rounds | {online['bytes'] / 1e6:.3g} MB "
+                 f"| {offline_all['bytes'] / 1e6:.3g} MB |")
     return lines
 
 
@@ -239,6 +290,8 @@ TABLES = {
     "ring-matmul": Table("ring_matmul.json", "python benchmarks/ring_matmul.py",
                          render_ring_matmul),
     "llama": Table("llama.json", "python benchmarks/llama.py", render_llama),
+    "llama-components": Table("llama.json", "python benchmarks/llama.py",
+                              render_llama_components),
 }
 
 

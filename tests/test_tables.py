@@ -72,10 +72,11 @@ def test_the_cost_renderer(tables: ModuleType) -> None:
 
 
 def test_the_llama_renderer(tables: ModuleType) -> None:
-    """On the layout ``benchmarks/llama.py`` writes (its JSON is not committed: a run needs
-    8-12 GB)."""
-    token = {"seconds": 2.5, "bytes_all_parties": 41.2e6, "rounds": 2930}
-    step = {"seconds": 4.1, "bytes_all_parties": 192e6, "rounds": 2929}
+    """On the layout ``benchmarks/llama.py`` writes."""
+    token = {"seconds": 2.5, "online": {"rounds": 2509, "bytes": 35.6e6},
+             "offline": {"rounds": 2, "bytes": 8.86e6}}
+    step = {"seconds": 4.1, "online": {"rounds": 2509, "bytes": 165e6},
+            "offline": {"rounds": 2, "bytes": 43.8e6}}
     data = {
         "spu_reference": {"smollm2_forward_5_tokens": {"seconds": 12.8, "bytes_all_parties":
                                                        296e6, "peak_memory_bytes": 8.2e9},
@@ -85,16 +86,50 @@ def test_the_llama_renderer(tables: ModuleType) -> None:
                                  "new_tokens": [token, {**token, "seconds": 3.0}]}],
                     "peak_memory_bytes": 7.9e9},
         "block7b": {"config": {"tokens": 8}, "forward": {"seconds": 3.2},
-                    "block": {"bytes_all_parties": 71.9e6, "rounds": 102},
+                    "block": {"bytes_all_parties": 71.9e6, "rounds": 102,
+                              "offline": {"rounds": 2, "bytes": 12.9e6}},
                     "peak_memory_bytes": 11.5e9},
         "llama7b_derived": {"seconds": 110.0, "bytes_all_parties": 2.3e9,
                             "puma": {"seconds": 200.473, "bytes": 1.794e9}},
     }
     lines = tables.render_llama(data)
-    assert lines[2] == ("| SmolLM2-135M, 5-token prompt pass | 4.1 s, 192 MB, 2929 rounds "
-                        "| 12.8 s, 296 MB |")
-    assert lines[3] == ("| SmolLM2-135M, each of 2 new tokens (KV cache) | 2.5-3.0 s, 41.2 MB, "
-                        "2930 rounds | (no cache: a full pass) |")
-    assert "| 7.9 GB | 8.2 GB |" in lines[5]
-    assert lines[-1] == ("| LLaMA-7B (8 -> 1), derived from the block | 110 s, 2.300 GB "
-                         "| PUMA's paper: 200 s, 1.794 GB |")
+    assert lines[2] == ("| SmolLM2-135M, 5-token prompt pass | 4.1 s | 2509 rounds, 165 MB "
+                        "| 2 rounds, 43.8 MB | 12.8 s, 296 MB |")
+    assert lines[3] == ("| SmolLM2-135M, each of 2 new tokens (KV cache) | 2.5-3.0 s "
+                        "| 2509 rounds, 35.6 MB | 2 rounds, 8.86 MB | (no cache: a full pass) |")
+    assert lines[4] == ("| one LLaMA-7B-shape block, 8 tokens | 3.2 s (the forward) "
+                        "| 102 rounds, 71.9 MB | 2 rounds, 12.9 MB | 44.4 s, 123 MB |")
+    assert lines[5] == ("| LLaMA-7B (8 -> 1), derived from the block | 110 s "
+                        "| 2.300 GB online and offline together | "
+                        "| PUMA's paper: 200 s, 1.794 GB |")
+    assert "7.9 GB (SPU's forward: 8.2 GB), the 7B-shape block 11.5 GB" in lines[-1]
+    long = {"online": {"rounds": 2779, "bytes": 1.176e9}, "offline": {"rounds": 2, "bytes": 311e6}}
+    assert tables._phases([long]) == ("2779 rounds, 1.18 GB", "2 rounds, 311 MB")
+
+
+def test_the_ops_renderer_shows_the_offline_part(tables: ModuleType) -> None:
+    op = {"description": "op", "seconds": 0.5, "median_seconds": 0.6, "bytes_all_parties": 39e6,
+          "rounds": 4, "messages_p0": 9, "wrong": 0}
+    lines = tables.render_ops({"a": {**op, "offline_rounds": 2,
+                                     "offline_bytes_all_parties": 36e6}, "b": op})
+    assert lines[2] == "| op | 0.5 s; 0.6 s | 39 MB | 4 | 2 rounds, 36 MB | 9 | 0 wrong |  |"
+    assert lines[3] == "| op | 0.5 s; 0.6 s | 39 MB | 4 |  | 9 | 0 wrong |  |"
+
+
+def test_the_llama_components_renderer(tables: ModuleType) -> None:
+    def component(rounds: list[int], kb: float, offline_kb: float) -> dict:
+        return {"online": {"rounds": rounds, "bytes": [kb * 1e3] * len(rounds)},
+                "offline": {"rounds": [2] * len(rounds), "bytes": [offline_kb * 1e3] * len(rounds)}}
+
+    token = {"online": {"rounds": 31, "bytes": 2.5e6}, "offline": {"rounds": 2, "bytes": 0.6e6},
+             "components": {"io": component([1], 786.4, 0),
+                            "attn.norm": component([14, 15], 82.5, 6),
+                            "mlp.down": component([2, 2], 24.3, 0)}}
+    lines = tables.render_llama_components({"smollm2": {"prompts": [{"new_tokens": [token]}]}})
+    assert lines[2:] == [
+        "| `io` (once) | 1 | 786.4 |  |",
+        "| `attn.norm` | 14-15 | 82.5 | 6.0 |",
+        "| `mlp.down` | 2 | 24.3 |  |",
+        "| a layer (its components) | 16-17 | | |",
+        "| the pass (2 layers; online, offline) | 31 rounds | 2.5 MB | 0.6 MB |",
+    ]
