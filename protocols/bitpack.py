@@ -18,7 +18,10 @@ where bit planes built with numpy need a pass per bit.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 from numba import njit, types
 
 from .ring import RING_DTYPE, RingArray
@@ -35,17 +38,19 @@ def packed_words(n: int) -> int:
 def pack_bits(bits: RingArray) -> RingArray:
     """Bit 0 of each word along the last axis into packed rows: (..., n) -> (..., W) words."""
     bits = np.asarray(bits)
-    packed = np.packbits((bits & np.uint64(1)).astype(np.uint8), axis=-1, bitorder="little")
+    low = (bits & bits.dtype.type(1)).astype(np.uint8, copy=False)
+    packed = np.packbits(low, axis=-1, bitorder="little")
     out = np.zeros((*bits.shape[:-1], 8 * packed_words(bits.shape[-1])), np.uint8)
     out[..., : packed.shape[-1]] = packed
     return out.view("<u8").astype(RING_DTYPE, copy=False)
 
 
-def unpack_bits(rows: RingArray, n: int) -> RingArray:
-    """The first n bits of each packed row (the last axis) as n words of value 0 or 1:
+def unpack_bits(rows: RingArray, n: int, dtype: npt.DTypeLike = RING_DTYPE) -> npt.NDArray[Any]:
+    """The first n bits of each packed row (the last axis) as n values 0 or 1 of ``dtype``
+    (ring words by default; uint8 for bits that are only moved and packed again):
     (..., W) words -> (..., n)."""
     raw = np.ascontiguousarray(rows, dtype="<u8").view(np.uint8)
-    return np.unpackbits(raw, axis=-1, count=n, bitorder="little").astype(RING_DTYPE)
+    return np.unpackbits(raw, axis=-1, count=n, bitorder="little").astype(dtype, copy=False)
 
 _TRANSPOSE_SIGNATURE = types.void(
     types.Array(types.uint64, 1, "C", readonly=True), types.Array(types.uint64, 2, "C")

@@ -360,7 +360,7 @@ def _spread(mono: RingArray, values: int, of: npt.NDArray[np.intp], n: int) -> R
         return mono
     if n % WORD_BITS == 0:  # whole words per value: move words
         return mono.reshape(mono.shape[0], values, -1)[:, of].reshape(mono.shape[0], -1)
-    bits = unpack_bits(mono, values * n).reshape(mono.shape[0], values, n)[:, of]
+    bits = unpack_bits(mono, values * n, np.uint8).reshape(mono.shape[0], values, n)[:, of]
     return pack_bits(bits.reshape(mono.shape[0], -1))
 
 
