@@ -9,7 +9,7 @@ only; the client alone has the prompt. Reports:
   (process start-up, the owner's loading, connecting, the weights' set-up, the prompt pass);
 - the set-up as the client saw it (connected until every party stored its shares);
 - per new token (the passes after the prompt pass): the client's seconds, and MB sent by the
-  three parties together;
+  three parties together, online and offline (the correlated randomness dealt for the pass);
 - the peak memory (maximum resident set) of every process, from ``os.wait4``.
 
 Usage: ``python benchmarks/deployment.py [--model smollm2|tiny] [--max-new-tokens 4]
@@ -31,7 +31,7 @@ from typing import Any
 
 import reporting
 
-from puma_async.cluster import write_cluster
+from puma_async.cluster import load_cluster, write_cluster
 from puma_async.party import main as party
 from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, PARTIES, role_name
 from puma_async.session import SessionSettings
@@ -91,10 +91,29 @@ class Role:
         return next(t for t, line in self.lines if text in line)
 
 
-def step_bytes(stats: dict[str, Any], scope: str) -> int:
-    """Payload bytes a role sent in an online scope (nested scopes included)."""
-    return sum(e["bytes_sent"] for e in stats["traffic"] if e["phase"] == "online"
+def step_bytes(stats: dict[str, Any], scope: str, phase: str) -> int:
+    """Payload bytes a role sent in a scope (nested scopes included) in ``phase``
+    ("online", or "offline": the correlated randomness dealt for that pass)."""
+    return sum(e["bytes_sent"] for e in stats["traffic"] if e["phase"] == phase
                and (e["scope"] == scope or e["scope"].startswith(scope + ".")))
+
+
+def pass_mb(stats: dict[int, dict[str, Any]], scope: str) -> dict[str, float]:
+    """MB the three parties sent for one pass, online and offline."""
+    return {phase: sum(step_bytes(stats[p], scope, phase) for p in PARTIES) / MB
+            for phase in ("online", "offline")}
+
+
+def issue_certificates(cluster: Path) -> None:
+    """The per-role flow, as on five machines: the CA, then each role's own key and signing
+    request, signed by the CA holder (here all in one folder)."""
+    party(["certs", "ca", "--cluster-file", os.fspath(cluster)])
+    pki = load_cluster(cluster).pki
+    for role in ALL_ROLES:
+        party(["certs", "request", "--cluster-file", os.fspath(cluster), "--role",
+               role_name(role)])
+        party(["certs", "sign", "--cluster-file", os.fspath(cluster),
+               os.fspath(pki / f"role-{role}.csr")])
 
 
 def run(model: str, prompt: str, max_new_tokens: int, directory: Path) -> dict[str, Any]:
@@ -104,7 +123,7 @@ def run(model: str, prompt: str, max_new_tokens: int, directory: Path) -> dict[s
         directory / "cluster.toml", name="bench", settings=settings,
         addresses={r: ("127.0.0.1", p) for r, p in zip(ALL_ROLES, free_ports(5), strict=True)},
     )
-    party(["certs", "--cluster-file", os.fspath(cluster)])
+    issue_certificates(cluster)
     client_args = ["--prompt", prompt, "--json"]
     if model != TINY:
         export_model(model, directory / "tokenizer")  # the model owner's export
@@ -126,7 +145,6 @@ def run(model: str, prompt: str, max_new_tokens: int, directory: Path) -> dict[s
     stats = {role: json.loads((directory / f"{role_name(role)}.json").read_text())
              [role_name(role)]["stats"] for role in ALL_ROLES}
     tokens = range(1, len(result["steps"]))
-    per_token_mb = [sum(step_bytes(stats[p], f"p0.t{t}") for p in PARTIES) / MB for t in tokens]
     return {
         "model": model, "prompt_tokens": len(result["prompt_ids"]),
         "max_new_tokens": max_new_tokens, "text": result["text"],
@@ -135,9 +153,9 @@ def run(model: str, prompt: str, max_new_tokens: int, directory: Path) -> dict[s
         "owner_loaded_seconds": roles[MODEL_OWNER].first("loaded in"),
         "setup_seconds_client": json.loads(roles[CLIENT].stdout)["setup"]["seconds"],
         "prompt_pass": {"seconds": result["steps"][0]["seconds"],
-                        "mb_parties": sum(step_bytes(stats[p], "p0.t0") for p in PARTIES) / MB},
+                        "mb_parties": pass_mb(stats, "p0.t0")},
         "per_token_seconds": [result["steps"][t]["seconds"] for t in tokens],
-        "per_token_mb_parties": per_token_mb,
+        "per_token_mb_parties": [pass_mb(stats, f"p0.t{t}") for t in tokens],
         "peak_memory_bytes": {role_name(r): m for r, m in memory.items()},
     }
 
@@ -156,11 +174,13 @@ def main() -> None:
     print(f"time to first token from start: {figures['time_to_first_token_seconds']:.1f} s "
           f"(owner loaded its file at {figures['owner_loaded_seconds']:.1f} s; set-up as the "
           f"client saw it {figures['setup_seconds_client']:.1f} s)")
-    print(f"prompt pass: {figures['prompt_pass']['seconds']:.2f} s, "
-          f"{figures['prompt_pass']['mb_parties']:.1f} MB (three parties)")
+    mb = figures["prompt_pass"]["mb_parties"]
+    print(f"prompt pass: {figures['prompt_pass']['seconds']:.2f} s, {mb['online']:.1f} MB "
+          f"online + {mb['offline']:.1f} MB offline (three parties)")
     for t, (s, mb) in enumerate(zip(figures["per_token_seconds"],
                                     figures["per_token_mb_parties"], strict=True), 1):
-        print(f"token {t}: {s:.2f} s, {mb:.1f} MB (three parties)")
+        print(f"token {t}: {s:.2f} s, {mb['online']:.1f} MB online + {mb['offline']:.1f} MB "
+              "offline (three parties)")
     for role, peak in figures["peak_memory_bytes"].items():
         print(f"peak memory {role}: {peak / 2**30:.2f} GiB")
     reporting.write(args.out, {"benchmark": "deployment", "machine": machine, **figures})
