@@ -66,7 +66,7 @@ L bits has ceil(L / 4) leaves (15 monomial bits per 4-bit block): 4 rounds for L
 fan-in 4, 3 rounds for L <= 16. Exact: no probabilistic step; the bounded comparison within
 its bound.
 
-One module of about 600 lines: the online steps and the dealer's offline material
+One module of about 630 lines: the online steps and the dealer's offline material
 (``prepare_*``) must agree on every mask's layout, part and key, so they stay side by side;
 the local bit algebra they share is :mod:`.carrytree`.
 """

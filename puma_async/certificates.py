@@ -21,6 +21,9 @@ Issuing certificates: nobody holds every key
 single machine: **that machine then holds every role's key** (and the CA key), so it is no
 deployment. Every file is written through :mod:`puma_async.files` (0600, never overwritten
 without ``force``). Command line: ``python -m puma_async.party certs`` (:mod:`puma_async.pki`).
+
+One module of about 440 lines: what a request may ask for (:func:`create_request`) and what the
+CA accepts (:func:`check_request`) are one policy, read and changed together.
 """
 
 from __future__ import annotations

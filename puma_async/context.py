@@ -32,7 +32,7 @@ which could be made before the input exists) runs on a clock of its own that sta
 is put aside when the phase ends: offline traffic is reported apart and never moves the
 online clock, even when it is prepared inline beside online rounds.
 
-The kit is kept in this one module (about 400 lines), beside the handle it extends, so that a
+The kit is kept in this one module (about 450 lines), beside the handle it extends, so that a
 protocol author reads one file.
 """
 
