@@ -74,12 +74,14 @@ def run_generation(weights: LlamaWeights, prompts: list[list[int]], new: int) ->
     def progress(event: Progress) -> None:
         tracker(event)
         if event.kind == "token" and event.step == new - 1:
+            tracker.wait()  # this prompt's comparisons (they run in a worker thread)
             worst = max(p["max_logit_error"] for p in tracker.positions[-1])
             say(f"prompt {event.prompt + 1}/{len(prompts)}: max |logit error| {worst:.4f} "
                 f"({time.perf_counter() - started:.0f} s)")
 
     result = run_session(weights, prompts, GenerationOptions(), max_new_tokens=new,
                          progress=progress, probe=collector)
+    tracker.wait()
     positions = [p for prompt in tracker.positions for p in prompt]
     flips = [p for p in positions if not p["top1_equal"]]
     summary = {

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -178,11 +179,13 @@ class SessionComparison:
     """A session's progress callback that compares every secure pass with the reference.
 
     Use with ``run_session(weights, prompts, options, progress=comparison, probe=collector)``
-    (``comparison = SessionComparison(weights64, prompts, collector)``). After each pass it
-    takes the pass's probed values, runs the reference on the same tokens (the prompt, then
-    each token the secure run chose) and adds the pass to :attr:`profile` and its
-    next-token metrics (:func:`token_metrics`, plus the token) to :attr:`positions`
-    (one list per prompt).
+    (``comparison = SessionComparison(weights64, prompts, collector)``), then
+    :meth:`wait`. After each pass it takes the pass's probed values and hands them to one
+    worker thread, which runs the reference on the same tokens (the prompt, then each token
+    the secure run chose), in order, and adds the pass to :attr:`profile` and its next-token
+    metrics (:func:`token_metrics`, plus the token) to :attr:`positions` (one list per
+    prompt). The float64 forward stays off the event loop, so the in-process roles are not
+    stalled while it runs.
     """
 
     def __init__(self, weights: LlamaWeights, prompts: Sequence[Sequence[int]],
@@ -192,11 +195,22 @@ class SessionComparison:
         self.positions: list[list[dict[str, Any]]] = []
         self._cache = KVCache.empty(weights.config)
         self._last_token = -1
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="reference")
+        self._pending: list[Future[None]] = []
 
     def __call__(self, event: Progress) -> None:
-        if event.kind != "token":
-            return
-        secure = self.collector.take()
+        if event.kind == "token":
+            self._pending.append(self._worker.submit(self._compare, event,
+                                                     self.collector.take()))
+
+    def wait(self) -> None:
+        """Finish every comparison handed over so far (re-raising the first failure);
+        :attr:`positions` and :attr:`profile` are complete afterwards."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def _compare(self, event: Progress, secure: dict[str, F64]) -> None:
         if event.step == 0:
             self._cache = KVCache.empty(self.weights.config)
             self.positions.append([])

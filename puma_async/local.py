@@ -73,6 +73,7 @@ def compare(result: SessionResult, options: GenerationOptions, comparison: Sessi
             max_new_tokens: int) -> list[dict[str, Any]]:
     """Per prompt: the plaintext generation (same options and seed) and, from ``comparison``
     (the secure run's own prefixes), top-1 agreement, max |logit error|, KL and near ties."""
+    comparison.wait()
     w64 = comparison.weights
     rng = np.random.default_rng(options.seed)
     out = []

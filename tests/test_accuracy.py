@@ -94,6 +94,7 @@ def test_session_comparison_follows_the_secure_tokens() -> None:
     comparison = SessionComparison(WEIGHTS, prompts, collector)
     result = run_session(WEIGHTS, prompts, GenerationOptions(), max_new_tokens=NEW,
                          progress=comparison, probe=collector)
+    comparison.wait()
     assert [len(p) for p in comparison.positions] == [NEW, NEW]
     for positions, secure in zip(comparison.positions, result.prompts, strict=True):
         assert [p["token"] for p in positions] == secure.tokens
