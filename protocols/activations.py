@@ -62,6 +62,7 @@ import numpy as np
 
 from puma_async.context import Context, protocol
 
+from . import ring
 from .arith import dot_fxp, mul, mul_fxp
 from .compare import to_arith
 from .fastcmp import compare_thresholds
@@ -211,8 +212,7 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial) -> ASha
     )
     steps = (-below).add_public(role, 1)  # [x >= t_k], (*x, m)
     table = spec.table()
-    rows = steps.map(lambda a: a[..., None])  # (*x, m, 1)
-    coefficients = rows.scale(table[1:] - table[:-1]).sum(axis=-2)  # (*x, d + 1)
+    coefficients = steps.map(np.matmul, ring.sub(table[1:], table[:-1]))  # (*x, d + 1)
     one = public_share(role, np.full(x.shape, 1 << TABLE_POWER_FRAC, dtype=np.uint64))
     basis = stack([one, *(pw[k] for k in range(1, d + 1))], axis=-1)
     bits = TABLE_COEFFICIENT_FRAC + TABLE_POWER_FRAC - f
