@@ -52,7 +52,7 @@ import trio
 
 from puma_async import codec
 from puma_async.codec import Arrays, Envelope, Message, StepPath, format_path
-from puma_async.errors import ProtocolError
+from puma_async.errors import ProtocolError, first_error
 from puma_async.roles import role_name
 from puma_async.stats import OFFLINE_PHASE, MessageId
 
@@ -325,7 +325,7 @@ class Context:
                 if steps:  # the first step runs in this task: one task spawn (~23 us) fewer
                     await run(0)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
         self.join(children)
         return results
 
@@ -426,22 +426,6 @@ async def _run_child(parent: Context, child: Context, name: str, body: Awaitable
         result = await body
     parent.join([child])
     return result
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The first real error of a nursery's group (what a failing child step raised)."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    return (real or leaves)[0]
 
 
 __all__ = [

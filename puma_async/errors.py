@@ -7,6 +7,8 @@ transports or the party runtime.
 
 from __future__ import annotations
 
+import trio
+
 from puma_async.roles import role_name
 
 
@@ -88,3 +90,20 @@ class RunFailedError(PumaError):
         self.root_role, self.root_cause = ordered[0]
         lines = [f"{role_name(role)}: {type(err).__name__}: {err}" for role, err in ordered]
         super().__init__("run failed; " + "; ".join(lines))
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first error of a nursery's group that is not a cancellation (the group's first
+    leaf if all are): what a failing task raised, rather than the cancellations it caused."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    return (real or leaves)[0]

@@ -23,7 +23,7 @@ import trio
 
 from puma_async.cluster import Cluster
 from puma_async.context import Program
-from puma_async.errors import PumaError
+from puma_async.errors import PumaError, first_error
 from puma_async.roles import role_name
 from puma_async.runtime import PartyOptions, run_party
 from puma_async.session.recording import Wrapper
@@ -147,7 +147,7 @@ class RoleGroup:
                         result = await program(ctx)
                         nursery.cancel_scope.cancel()
                 except BaseExceptionGroup as group:
-                    raise _first_error(group) from None
+                    raise first_error(group) from None
             return result
 
         return guarded
@@ -177,22 +177,6 @@ class RoleGroup:
                               f"failed")
         if scope.cancelled_caught:
             self.outcome.errors[role] = Stopped(self.reason)
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The first error of a nursery's group that is not a cancellation."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    return (real or leaves)[0]
 
 
 async def run_roles_over_tcp(cluster: Cluster, settings: SessionSettings,
