@@ -14,14 +14,17 @@ x above: garbage polynomial values there are multiplied by an exact 0):
   iteratively reweighted least squares (minimax) of f(x) - x/2 on 20,001 points of [-T, T],
   T chosen on a 0.01 grid so that the polynomial's error equals the tail error |f(x) - relu(x)|
   at T.
-- :class:`TablePolynomial` (SiLU, ``method="accurate"``): a polynomial of degree d in
-  v = x / s (s a power of two) on each of the intervals between thresholds t_0 < ... < t_m,
-  0 below t_0 and x from t_m on. The comparisons [x >= t_k] (one batch sharing its leaves,
-  :func:`.fastcmp.compare_thresholds`, opened as arithmetic 0/1 shares) select each
-  element's row of a public coefficient table locally, C = sum_k [x >= t_k] (row_k -
+- :class:`TablePolynomial` (SiLU, ``method="accurate"``, and :func:`.exp.neg_exp`): a
+  polynomial of degree d in v = x / s (s a power of two) on each of the intervals between
+  thresholds t_0 < ... < t_m, 0 below t_0, and from t_m on x (SiLU: beside the product
+  [x >= t_m] x) or the last polynomial (negExp). The comparisons [x >= t_k] (one batch sharing
+  its leaves, :func:`.fastcmp.compare_thresholds`, opened as arithmetic 0/1 shares) select
+  each element's row of a public coefficient table locally, C = sum_k [x >= t_k] (row_k -
   row_{k-1}); the powers of v run alongside the comparisons, and the result is one dot
-  product C . (1, v, ..., v^d) with one truncation, beside the product [x >= t_m] x.
-  Rounds: max(comparison (4), powers (6)) + dot product (2) = 8.
+  product C . (1, v, ..., v^d) with one truncation. v's powers and the coefficients carry
+  fractional bits of their own per table (headroom and precision differ: SiLU 28 and 27,
+  negExp 25 and 32). Rounds: max(comparison (4), powers (2 per level)) + dot product (2):
+  8 for SiLU (degree 6), 6 for negExp (degree 4).
   Fit (offline, numpy): per interval, Lawson's minimax of SiLU on 8,001 points in the interval's
   own variable w in [-1, 1], converted to powers of v; thresholds by a greedy search on a
   0.05 grid (each piece as wide as a max error of 3e-5 on [-3, 3], 2e-4 beyond, allows).
@@ -77,10 +80,6 @@ EVEN_SCALE_BITS = 24  # u = X^2 * round(2^24 / T^2), then truncated
 ZERO, IDENTITY = "zero", "x"
 Piece = str | tuple[float, ...]  # ZERO, IDENTITY or (c0, a, c1, ..., cn)
 Method = Literal["accurate", "puma"]
-TABLE_POWER_FRAC = 28
-"""Fractional bits of v and its powers in :class:`TablePolynomial` (|v^k| < 8 where it matters)."""
-TABLE_COEFFICIENT_FRAC = 27
-"""Fractional bits of the selected coefficients (SiLU's dot product: |terms| add up to < 2^61)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,23 +94,32 @@ class PiecewisePolynomial:
 
 @dataclasses.dataclass(frozen=True)
 class TablePolynomial:
-    """0 below breakpoints[0], x from breakpoints[-1] on, and between breakpoints[i] and
-    breakpoints[i + 1] the polynomial sum_k coefficients[i][k] v^k, v = x / scale."""
+    """0 below breakpoints[0]; between breakpoints[i] and breakpoints[i + 1] the polynomial
+    sum_k coefficients[i][k] v^k, v = x / scale (a power of two); from breakpoints[-1] on, x
+    (``identity_above``: one row fewer) or the last polynomial. v and its powers carry
+    ``power_frac`` fractional bits, the coefficients ``coefficient_frac``: the dot product's
+    value at their sum must stay below 2^62 on the domain, and |v^a v^b| 2^(2 power_frac) too."""
 
     breakpoints: tuple[float, ...]
     scale: float
     coefficients: tuple[tuple[float, ...], ...]
+    identity_above: bool
+    power_frac: int
+    coefficient_frac: int
+
+    def __post_init__(self) -> None:
+        assert len(self.coefficients) == len(self.breakpoints) - self.identity_above
 
     @property
     def degree(self) -> int:
         return len(self.coefficients[0]) - 1
 
     def table(self) -> RingArray:
-        """Coefficient rows at TABLE_COEFFICIENT_FRAC bits, one per interval with the zero row
-        below and above (the identity is added apart): (breakpoints + 1, degree + 1)."""
+        """Coefficient rows at coefficient_frac bits, one per interval with a zero row below
+        (and above, if the identity is added apart): (breakpoints + 1, degree + 1)."""
         zero = (0.0,) * (self.degree + 1)
-        rows = [zero, *self.coefficients, zero]
-        scaled = [[round(c * 2.0**TABLE_COEFFICIENT_FRAC) for c in row] for row in rows]
+        rows = [zero, *self.coefficients, *[zero] * self.identity_above]
+        scaled = [[round(c * 2.0**self.coefficient_frac) for c in row] for row in rows]
         return to_ring(np.array(scaled, dtype=object))
 
 
@@ -137,6 +145,7 @@ SILU_ACCURATE = TablePolynomial(
       -122.34190145107277, 259.7522248824322, -177.68734453137668),
      (-0.6965506423328325, 10.365280655579557, -2.6426791909968945, 0.25350947201852336,
       1.693622512346591, -1.2604051847384137, 0.28447158029136166)),
+    identity_above=True, power_frac=28, coefficient_frac=27,  # |v^k| < 8, |terms| sum < 2^61
 )
 GELU_PUMA = PiecewisePolynomial(
     (-4.0, -1.95, 3.0),
@@ -195,31 +204,36 @@ async def evaluate_piecewise(ctx: Context, x: AShare, spec: PiecewisePolynomial)
 
 
 async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial) -> AShare:
-    """spec's polynomial of each element of x (fixed point); exact 0 and x outside.
+    """spec's polynomial of each element of x (fixed point); exact 0 below, x above if
+    ``spec.identity_above``.
 
-    Cost: 8 rounds; per element one comparison per threshold, one fused product per power,
-    one dot product and one ring product (module docstring).
+    Cost: max(comparison (4), powers) + dot product (2) rounds, 6 rounds up to degree 4 and
+    8 up to degree 8; per element one comparison per threshold, one fused product per power,
+    one dot product, and one ring product for the identity (module docstring).
     """
     f = fixed_point(ctx).frac_bits
-    role, m, d = ctx.role, len(spec.breakpoints), spec.degree
-    shift = TABLE_POWER_FRAC - f - (int(spec.scale).bit_length() - 1)
+    role, m, d, frac = ctx.role, len(spec.breakpoints), spec.degree, spec.power_frac
+    shift = frac - f - (int(spec.scale).bit_length() - 1)
     assert spec.scale == 2 ** (int(spec.scale).bit_length() - 1) and shift >= 0
-    v = x.scale(1 << shift)  # x / scale at TABLE_POWER_FRAC bits, exact
+    v = x.scale(1 << shift)  # x / scale at power_frac bits, exact
     thresholds = fixed_point(ctx).encode(spec.breakpoints)
     below, pw = await ctx.gather(
         lambda c: _below(c, x, thresholds),
-        lambda c: powers(c, v, range(2, d + 1), frac=TABLE_POWER_FRAC),
+        lambda c: powers(c, v, range(2, d + 1), frac=frac),
     )
     steps = (-below).add_public(role, 1)  # [x >= t_k], (*x, m)
     table = spec.table()
     coefficients = steps.map(np.matmul, ring.sub(table[1:], table[:-1]))  # (*x, d + 1)
-    one = public_share(role, np.full(x.shape, 1 << TABLE_POWER_FRAC, dtype=np.uint64))
+    one = public_share(role, np.full(x.shape, 1 << frac, dtype=np.uint64))
     basis = stack([one, *(pw[k] for k in range(1, d + 1))], axis=-1)
-    bits = TABLE_COEFFICIENT_FRAC + TABLE_POWER_FRAC - f
-    poly, identity = await ctx.gather(
-        lambda c: dot_fxp(c, coefficients, basis, bits),
-        lambda c: mul(c, steps[..., m - 1], x),
-    )
+    bits = spec.coefficient_frac + frac - f
+
+    async def dot(c: Context) -> AShare:
+        return await dot_fxp(c, coefficients, basis, bits)
+
+    if not spec.identity_above:
+        return await dot(ctx)
+    poly, identity = await ctx.gather(dot, lambda c: mul(c, steps[..., m - 1], x))
     return poly + identity
 
 

@@ -1,85 +1,73 @@
 """negExp: e^x for x <= 0, as PUMA's softmax needs it.
 
-e^x = 0 below -14, else q(z)^16 by four squarings, where q(z) ~ e^(x/16) is a degree-4
-polynomial in z = (x + 7) / 16, in [-7/16, 7/16] on [-14, 0]. (PUMA uses (1 + x/32)^32:
-max abs error 0.0085 and a relative error of -x^2/64, -14% at x = -3.)
+e^x = 0 below -14, else a polynomial of degree 4 in v = x / 2 on each of 9 intervals of
+[-14, 0] (the last one reaching on above 0, outside the domain), evaluated as a table
+polynomial (:func:`.activations.evaluate_table`): the 9 comparisons [x >= t_k] (one batch
+sharing its leaves) select each element's coefficient row locally while v^2, v^3, v^4 are
+computed alongside, then one dot product truncated once. (PUMA uses (1 + x/32)^32: max abs
+error 0.0085 and a relative error of -x^2/64, -14% at x = -3.)
 
-q is one fused product: q = [z^2, 1] . [a2 + a3 z + a4 z^2, a0 + a1 z], a dot product of the
-shares of z^2 and 1 with public integer combinations of z and z^2 (:func:`.arith.dot_fxp`),
-truncated once to 30 fractional bits. z is x + 7 read with 4 more fractional bits (exact),
-z^2 one squaring truncated to :data:`Z2_FRAC` = 22 bits; the dot product carries
-:data:`DOT_FRAC` = 61 bits, so a3 and a4 (times z and z^2) are integers at 2^-17. The four
-squarings then run at 30 bits (negligible rounding) and the last one truncates to 18.
-Fit (offline, numpy): minimise max |q(z)^16 - e^x| on 28,001 points of [-14, 0]
-(Gauss-Newton steps, each a Lawson-reweighted least-squares problem, from the Taylor series
-of e^(-7/16) e^z): 1.64e-7; then a3 and a4 rounded to their 2^-17 integers and a0, a1, a2
-refitted around them: 1.67e-7.
+Fixed point: v and its powers at 25 fractional bits (|v| <= 7 on [-14, 0]: |v^2 v^2| 2^50 <
+2^62), coefficients at 32 (the terms |c_k v^k| add up to < 7.5 on their intervals: < 2^60
+before the truncation). v = 0 gives exactly the constant 1 of the top piece: e^0 = 1 exactly.
 
-Cost: max(comparison, 6 fused multiplications+truncations) + 1 = 13 rounds; per element
-one comparison with its selection beside the opening (:func:`.polynomial.piecewise`) and 6 fused
-products (the squaring of z, the dot product, four squarings): 326.25 bytes online and 36
-offline (measured).
-Max abs error (tests/test_nonlinear_exp.py, 200,001 points of [-20, 0]): 4.7e-6, nearly all of
-it the output's rounding at 18 fractional bits (one unit, 3.8e-6).
+Fit (offline, numpy): per interval, Lawson's iteratively reweighted least squares (minimax)
+of e^x on 4,001 points, in Chebyshev polynomials of the interval's own variable w in
+[-1, 1], converted to powers of v; the top piece is pinned to p(0) = 1. Thresholds on a 1/64
+grid, greedily from 0 down (each interval as wide as a max error eps allows, 1,001 points
+per trial fit), eps the least (bisection) for which 9 intervals reach -14: 6.8e-7 (8
+intervals need about 1.2e-6: with the output's unit, more than 4.7e-6).
+
+Cost: comparison (4 rounds) beside the powers (2 levels of a product and a truncation, 4
+rounds), then the dot product (2): 6 rounds; per element the comparisons' shared leaves and
+9 thresholds, 3 powers and one dot product: 293.38 bytes online and 324 offline (measured).
+Max abs error (tests/test_nonlinear_exp.py, 200,001 points of [-20, 0]): 4.5e-6, the fit's
+6.8e-7 and the output's rounding at 18 fractional bits (one unit, 3.8e-6).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from puma_async.context import Context, protocol
 
-from .arith import dot_fxp, square_fxp
-from .fixedpoint import fixed_point
-from .polynomial import piecewise, zeros_like
-from .shares import AShare, public_share, stack
+from .activations import TablePolynomial, evaluate_table
+from .shares import AShare
 
 CUTOFF = -14.0
 """e^x is taken as 0 below this (e^-14 = 8.3e-7, a fifth of one unit at 18 bits)."""
-CENTRE = 7.0  # z = (x + CENTRE) / 2^SQUARINGS
-SQUARINGS = 4
-COEFFICIENTS = (0.6456512008549276, 0.6455312515346298, 0.32400911167520545,
-                13464 / 2**17, 4685 / 2**17)
-"""a0 .. a4 of q(z) ~ e^(x/16); a3 and a4 are exact at 2^-17 (module docstring)."""
-Z2_FRAC = 22
-DOT_FRAC = 61
-WORK_FRAC = 30  # fractional bits of the squaring chain (values in [0, 1])
+NEG_EXP = TablePolynomial(
+    (CUTOFF, -9.015625, -6.546875, -4.90625, -3.671875, -2.6875, -1.859375, -1.15625,
+     -0.53125), 2.0,
+    ((0.01484879046142017, 0.009410829440462638, 0.0022446791410533416,
+      0.0002385155779872124, 9.516904764461778e-06),
+     (0.12188986371952346, 0.10667722162284965, 0.035578019557059304,
+      0.0053423693248157355, 0.0003039781384241668),
+     (0.33342791260203475, 0.36730243622601544, 0.1565346678329667, 0.030400644594065798,
+      0.0022588169384862972),
+     (0.5811616452979063, 0.7723532142240608, 0.40593925482289894, 0.0989376527557844,
+      0.009350259924495183),
+     (0.7900856594689877, 1.2267829652502744, 0.7783146990447234, 0.2351774424211846,
+      0.028126624058485858),
+     (0.9226088764926368, 1.6191797920805433, 1.2165574939788288, 0.4539787958479746,
+      0.06932776452616929),
+     (0.9823568558715987, 1.8724350661398157, 1.6225641670784636, 0.7457913784876675,
+      0.14866319792260077),
+     (0.9985257788434423, 1.9806084696582684, 1.898334836759738, 1.0635875768876075,
+      0.2883671060493661),
+     (1.0, 1.9999271083037877, 1.997280658798762, 1.3015385138672197, 0.5167337276594013)),
+    identity_above=False, power_frac=25, coefficient_frac=32,
+)
+"""Thresholds t_0 = CUTOFF < ... < t_8 and the coefficients of v^0 .. v^4, v = x / 2, on
+[t_k, t_(k+1)) (the last piece from -0.53125 on)."""
 
 
 @protocol
 async def neg_exp(ctx: Context, x: AShare) -> AShare:
     """e^x for fixed-point x <= 0 (0 below -14); garbage for x > 0 (not in the domain).
 
-    Cost: 13 rounds, 326.25 bytes per element online, 36 offline. Max abs error 4.7e-6
+    Cost: 6 rounds, 293.38 bytes per element online, 324 offline. Max abs error 4.5e-6
     (measured).
     """
-    fx = fixed_point(ctx)
-    f = fx.frac_bits
-    z_frac = f + SQUARINGS
-
-    async def pieces(c: Context) -> list[AShare]:
-        z = x.add_public(c.role, fx.encode(CENTRE))  # (x + 7) at f bits = z at f + 4 bits
-        z2 = await square_fxp(c, z, bits=2 * z_frac - Z2_FRAC)
-        a0, a1, a2, a3, a4 = COEFFICIENTS
-        high = (z.scale(_integer(a3, DOT_FRAC - Z2_FRAC - z_frac))
-                + z2.scale(_integer(a4, DOT_FRAC - 2 * Z2_FRAC)))
-        high = high.add_public(c.role, _integer(a2, DOT_FRAC - Z2_FRAC))
-        low = z.scale(_integer(a1, DOT_FRAC - z_frac)).add_public(c.role,
-                                                                 _integer(a0, DOT_FRAC))
-        one = public_share(c.role, np.ones(x.shape, dtype=np.uint64))
-        y = await dot_fxp(c, stack([z2, one], axis=-1), stack([high, low], axis=-1),
-                          DOT_FRAC - WORK_FRAC)
-        for i in range(SQUARINGS):
-            out_frac = f if i == SQUARINGS - 1 else WORK_FRAC
-            y = await square_fxp(c, y, bits=2 * WORK_FRAC - out_frac)
-        return [zeros_like(x), y]
-
-    return await piecewise(ctx, x, [CUTOFF], pieces)
+    return await evaluate_table(ctx, x, NEG_EXP)
 
 
-def _integer(v: float, frac: int) -> np.uint64:
-    """round(v 2^frac) as a ring element (two's complement)."""
-    return np.int64(round(v * 2.0**frac)).view(np.uint64)
-
-
-__all__ = ["CUTOFF", "neg_exp"]
+__all__ = ["CUTOFF", "NEG_EXP", "neg_exp"]

@@ -15,9 +15,11 @@ Costs, rows of n (bytes per element sent by the 3 parties together, online + off
   5 rounds and 161.4 + 81 bytes per element for rows of 8; 11 rounds and 201.3 + 96 for
   rows of 128 (all pairs cost more bytes than a halving tree of comparisons, 97 per element,
   for far fewer rounds: a halving level takes 4).
-- :func:`softmax`, rows of 8 (a decoding step at 8 keys): 33 rounds, 577.2 + 129.9 bytes per
-  element. Rows of 128: 39 rounds (max 11, negExp 13, reciprocal 13, product 2), 575.2 +
-  133.6 bytes per element.
+- :func:`softmax`, rows of 8 (a decoding step at 8 keys): 25 rounds (26 rounds from 12,288
+  elements), 544.3 + 417.9 bytes per element. Rows of 128: 32 rounds from 12,288 elements
+  (max 11, negExp 6, reciprocal 13, product 2), 31 rounds below (the reciprocal's first
+  round overlaps negExp's last product, whose dealer's components are ready after its first
+  round, while the roles do not rotate), 542.3 + 421.6 bytes per element.
 Error (tests/test_nonlinear_softmax.py; rows of scale 0.1 to 100, a dominant entry, +-2^16
 entries, causal and single-entry masks): max abs error 1.7e-5 per probability; 3.4e-5 to
 4.1e-5 on (12, 128, 128) rows of scale 3, where the rounding of every e (one unit at 18 bits)
