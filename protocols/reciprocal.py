@@ -1,27 +1,31 @@
 """Reciprocal and reciprocal square root of positive fixed-point values.
 
 Both take the public range [min_value, max_value] of their input (its top-bit range,
-:func:`exponents`) and return garbage outside it.
+:func:`exponents`; an end octave that only :data:`.segments.EXTENSION` of the range reaches is
+left out, its neighbour's end segment serving it) and return garbage outside it. Both are
+three degree-4 segments per octave, every candidate computed alongside the comparisons
+(:func:`.segments.segmented_power`): :data:`RECIPROCAL_SEGMENTS`, :data:`RSQRT_SEGMENTS`.
 
-- :func:`reciprocal`: normalisation, then a degree-7 polynomial in t = 4c - 3
-  (:mod:`.normalise`), :data:`RECIPROCAL_COEFFICIENTS`. Cost: 13 rounds, or 14 rounds where
-  the range reaches 2^F (F = the polynomial's fractional bits, up to 30); bytes per element,
-  all parties: one comparison per octave of the range (sharing their leaves) and about 44
-  per fused multiplication+truncation (8): 383.5 online and 206 offline for x in
-  [0.5, 129] (13 rounds), 604.75 and 1,083 for [2^-18, 2^20] (14 rounds).
-  Relative error <= 2.6e-6 (measured on 40,001-point log grids,
-  tests/test_nonlinear_reciprocal.py) wherever the output has at least 2^20 units at
-  ``frac_out``; <= 5e-6 relative + 2 units (the bound tested) everywhere.
-- :func:`rsqrt`: three degree-4 segments per octave, every candidate computed alongside the
-  comparisons (:mod:`.segments`), :data:`RSQRT_SEGMENTS`. Cost: 7 rounds; bytes per element,
-  all parties: 2,617.5 online and 669.5 offline for [0.5, 129], 11,580 and 3,306 for
-  [2^-18, 2^20] (about 290 and 82 per octave). Relative error <= 1.3e-6 (measured
-  <= 8.3e-7) wherever the output has at least 2^22 units at ``frac_out``, and within that
-  + 1.25 units everywhere.
+Cost: 5 rounds where the range's inputs stay below 2^32 units (2^14 at 18 fractional bits:
+t_m exact at <= 30 bits, :mod:`.segments`), else 7; bytes per element, all parties, about
+290 online and 82 offline per octave of the range: 2,586 and 669.5 for [0.5, 129] (5
+rounds), 11,283 and 3,221 for [2^-18, 2^20] (7 rounds). (The reciprocal by normalisation and
+one degree-7 polynomial, before: 13 or 14 rounds, 383.5 + 206 bytes for [0.5, 129].)
+
+- :func:`reciprocal`, error (analysis in :mod:`.segments`): |error| <= 1.9e-6 |y| +
+  max(1.4 units, 4.8e-7 |y|) at ``frac_out`` on the 5-round path, so relative <= 2.4e-6
+  wherever the output has at least 2^21 units (the softmax's row sums: all of them);
+  4.8e-7 |y| more on the 7-round path (t's rounding). Measured (40,000-point log grids, the
+  segment starts and range ends, tests/test_nonlinear_reciprocal.py): <= 2.2e-6 relative
+  wherever the output has 2^20 units (the bound tested: 2.6e-6), within 2.6e-6 + 1.5 units
+  everywhere.
+- :func:`rsqrt`: relative error <= 1.3e-6 wherever the output has at least 2^22 units at
+  ``frac_out``, and within that + 1.25 units everywhere (tested on both paths).
 
 Fits (offline, numpy): minimax *relative* error by Lawson's iteratively reweighted least
-squares on 20,001 points: 1/c on t in [-1, 1] (1.5e-6), c^(-1/2) on each segment (3.25e-7;
-SPU's single degree-4 polynomial: 8.2e-5).
+squares (500 iterations) on 20,001 points of each segment, in s = t - centre: 1/c (1.32e-6)
+and c^(-1/2) (3.25e-7; SPU's single degree-4 polynomial: 8.2e-5); on the end segments'
+extensions 1.34e-6 and 3.3e-7.
 """
 
 from __future__ import annotations
@@ -31,15 +35,24 @@ import math
 from puma_async.context import Context, protocol
 
 from .fixedpoint import fixed_point
-from .normalise import power
-from .segments import Exponents, Segments, plan_segments, segmented_power
+from .segments import EXTENSION, Exponents, Segments, plan_segments, segmented_power
 from .shares import AShare
 
-RECIPROCAL_COEFFICIENTS = (
-    1.3333313307334649, -0.4444437769773076, 0.148212007658832, -0.04940400204943655,
-    0.01614759698826384, -0.005382533297901583, 0.002306813250085488, -0.0007689372139334981,
+RECIPROCAL_SEGMENTS = Segments(
+    -1.0,
+    starts=(1.0, 323 / 256, 406 / 256),
+    centres=(-0.5, 0.0, 0.5),
+    coefficients=(
+        (1.5999988767680589, -0.6399170490491813, 0.25800370977341436,
+         -0.08994516499833088, 0.06873420925502956),
+        (1.333334372072864, -0.44446651972693435, 0.14797677835685524,
+         -0.04859688253337428, 0.02171169477277739),
+        (1.1428558530562412, -0.3265210118061276, 0.0933875706229748,
+         -0.026957456087191762, 0.0068599487288561935),
+    ),
 )
-"""1/c = sum_k a_k t^k, t = 4c - 3, c in [0.5, 1]: max relative error 1.5e-6."""
+"""1/c in three segments per octave: max relative error 1.32e-6, 1.22e-6, 1.31e-6 (1.34e-6
+with :data:`.segments.EXTENSION` beyond the octave)."""
 
 RSQRT_SEGMENTS = Segments(
     -0.5,
@@ -59,11 +72,17 @@ RSQRT_SEGMENTS = Segments(
 
 
 def exponents(ctx: Context, min_value: float | None, max_value: float) -> Exponents:
-    """The top-bit range of fixed-point inputs in [min_value, max_value] (min: one unit)."""
+    """The top-bit range of fixed-point inputs in [min_value, max_value] (min: one unit),
+    without an end octave that only :data:`.segments.EXTENSION` of the range reaches."""
     fx = fixed_point(ctx)
     lo_int = 1 if min_value is None else max(1, math.floor(min_value * fx.scale))
     hi_int = math.ceil(max_value * fx.scale)
-    return Exponents(lo_int.bit_length() - 1, hi_int.bit_length() - 1, fx.frac_bits)
+    lo, hi = lo_int.bit_length() - 1, hi_int.bit_length() - 1
+    if lo < hi and lo_int >= 2 ** (lo + 1) * (1 - EXTENSION):
+        lo += 1
+    if lo < hi and hi_int <= 2**hi * (1 + EXTENSION):
+        hi -= 1
+    return Exponents(lo, hi, fx.frac_bits)
 
 
 @protocol
@@ -77,14 +96,11 @@ async def reciprocal(
 ) -> AShare:
     """1/x for fixed-point x in [min_value (default one unit), max_value], at ``frac_out`` bits.
 
-    Garbage outside that range. Cost: 17 or 18 rounds; log2(max_value / min_value)
-    comparisons and 8 fused multiplications per element (module docstring). Relative error
-    <= 2.6e-6 (measured; module docstring).
+    Garbage outside that range. Cost: 5 rounds (7 where max_value reaches 2^(32 - frac_in)),
+    about 290 bytes per element and octave of [min_value, max_value]. Error <= 1.9e-6 |y| +
+    max(1.4 units, 4.8e-7 |y|) (module docstring).
     """
-    out = fixed_point(ctx).frac_bits if frac_out is None else frac_out
-    return await power(
-        ctx, x, -1.0, RECIPROCAL_COEFFICIENTS, exponents(ctx, min_value, max_value), out
-    )
+    return await _segments(ctx, x, RECIPROCAL_SEGMENTS, min_value, max_value, frac_out)
 
 
 @protocol
@@ -98,12 +114,21 @@ async def rsqrt(
 ) -> AShare:
     """1/sqrt(x) for fixed-point x in [min_value (default one unit), max_value].
 
-    Garbage outside that range. Cost: 8 rounds, 477 bytes per element and octave of
-    [min_value, max_value]. Relative error <= 1.3e-6 + 1.25 units (module docstring).
+    Garbage outside that range. Cost: 5 rounds (7 where max_value reaches 2^(32 - frac_in)),
+    about 290 bytes per element and octave of [min_value, max_value]. Relative error
+    <= 1.3e-6 + 1.25 units (module docstring).
     """
+    return await _segments(ctx, x, RSQRT_SEGMENTS, min_value, max_value, frac_out)
+
+
+async def _segments(
+    ctx: Context, x: AShare, fit: Segments, min_value: float | None, max_value: float,
+    frac_out: int | None,
+) -> AShare:
+    """c^e by ``fit`` on [min_value, max_value] (:func:`.segments.segmented_power`)."""
     out = fixed_point(ctx).frac_bits if frac_out is None else frac_out
-    plan = plan_segments(RSQRT_SEGMENTS, (exponents(ctx, min_value, max_value),), out)
+    plan = plan_segments(fit, (exponents(ctx, min_value, max_value),), out)
     return await segmented_power(ctx, x.map(lambda a: a[None]), plan)
 
 
-__all__ = ["RECIPROCAL_COEFFICIENTS", "RSQRT_SEGMENTS", "exponents", "reciprocal", "rsqrt"]
+__all__ = ["RECIPROCAL_SEGMENTS", "RSQRT_SEGMENTS", "exponents", "reciprocal", "rsqrt"]

@@ -1,39 +1,56 @@
 """x^e of positive fixed-point values by segments: every candidate alongside the comparisons.
 
 factor * x^e for x = X / 2^frac_in with an integer X known to lie in [2^lo, 2^(hi+1)) (public
-bounds from the caller's input range, :class:`Exponents`), in 7 rounds, with many bytes per
-element (meant for per-row values: :func:`.reciprocal.rsqrt` and the norms).
+bounds from the caller's input range, :class:`Exponents`, up to :data:`EXTENSION` beyond
+them), in 5 or 7 rounds, with many bytes per element (meant for per-row values:
+:mod:`.reciprocal`'s 1/x and 1/sqrt(x), the norms).
 
-Every octave [2^m, 2^(m+1)) is cut into segments (for x^(-1/2) three, from X / 2^m = 1,
-323/256 and 406/256: nearly geometric, :data:`.reciprocal.RSQRT_SEGMENTS`) and X is compared
-with every segment start T_j, all in one batch sharing its leaves
+Every octave [2^m, 2^(m+1)) is cut into segments (three, from X / 2^m = 1, 323/256 and
+406/256: nearly geometric, :data:`.reciprocal.RSQRT_SEGMENTS`, :data:`.RECIPROCAL_SEGMENTS`)
+and X is compared with every segment start T_j, all in one batch sharing its leaves
 (:func:`.fastcmp.compare_thresholds`, bounded by the range: 3 rounds to the masked bits).
 Alongside, a *candidate* R_j per segment is computed from X as if X lay in that segment
-(6 rounds):
+(4 or 6 rounds):
 
-1. t_m = 4 X / 2^(m+1) - 3 for every octave m: X 2^(61-m) - 3 2^60 truncated to
-   F = :data:`SEGMENT_FRAC` = 20 fractional bits, all octaves in one truncation; then t_m^2.
+1. t_m = 4 X / 2^(m+1) - 3 for every octave m, exact at W fractional bits: X 2^(W+1-m) -
+   3 2^W, local. *Direct* plan, W = max(F, hi - 1) <= :data:`DIRECT_MAX_FRAC` = 30 (inputs
+   below 2^32 units: the softmax's row sums, rsqrt of small ranges): t_m^2 squared from it
+   (below (1 + 4 EXTENSION)^2 2^60 < 2^61 before its truncation to F =
+   :data:`SEGMENT_FRAC` = 20 bits) beside t_m's own truncation to F bits: 2 rounds. Else
+   W = 60 and t_m is truncated to F bits first, then squared: 4 rounds.
 2. With s = t_m - centre (a multiple of 1/2 per segment, so that s and s^2 are local), the
    segment's degree-4 polynomial times the octave's scale factor 2^(e(m+1-frac_in)) (its
-   power-of-two part a shift after the truncation, the rest in the coefficients) is one
-   fused dot product [s^2, 1] . [a_2 + a_3 s + a_4 s^2, a_0 + a_1 s] with public integer
-   coefficients, 2^K P (K = 60 for rsqrt), truncated by :data:`DOT_BITS`.
+   power-of-two part a shift after the truncation, the rest rho in [0.5, 1) in the
+   coefficients) is one fused dot product [s^2, 1] . [a_2 + a_3 s + a_4 s^2, a_0 + a_1 s]
+   with public integer coefficients (a_1 s from the exact t_m at W bits on the direct plan,
+   the rest from the F-bit values), 2^K rho P (K = 60: 2^K max |rho P| < 2^61), truncated by
+   :data:`DOT_BITS` = 38: 2 rounds.
 
 The candidates of the wrong octaves overflow, which does not matter: the result is
 R_last - sum_j [X < T_j] (R_j - R_{j-1}), each difference multiplied by its comparison bit
 in the round that opens the comparison (:func:`.compare.sign_times`), and ring arithmetic
-is exact, so the sum telescopes to exactly X's candidate. A chain of input ranges (X given
+is exact, so the sum telescopes to exactly X's candidate. Inputs just below the lowest
+octave or above the highest (by at most EXTENSION) take its first or last candidate, whose
+polynomial holds there too (fits in :mod:`.reciprocal`). A chain of input ranges (X given
 per range) shares the comparisons and candidates: range i + 1's first threshold selects
 range i's result below it (RMSNorm's two sums of squares), one more round per range.
 
-Cost: 7 rounds (one range; one more per further range): the candidates' 6 and the opening.
-Bytes per element, all parties, per segment: a comparison (10 online and 36 offline beyond
-the leaves each value's thresholds share), its product (24) and a candidate's dot product
-(44.75); per octave 71.5 (t and t^2): about 290 online and 82 offline per octave of three
-segments. Error: the fit's (3.25e-7 relative
-for rsqrt's segments) plus the roundings of t (2.4e-7), of P (4.8e-7) and of the coefficients
-and t^2 (2.7e-7): relative <= 1.3e-6 wherever the output has at least 2^22 units at
-``frac_out``, and within that + 1.25 units everywhere (tests/test_nonlinear_reciprocal.py).
+Cost: 5 rounds on the direct plan, else 7 (one range; one more per further range): the
+candidates' 4 or 6 and the opening. Bytes per element, all parties, per segment: a
+comparison (10 online and 36 offline beyond the leaves each value's thresholds share), its
+product (24) and a candidate's dot product (44.75); per octave about 68 (t's truncation and
+t^2): about 290 online and 82 offline per octave of three segments.
+
+Error, relative to the output y: the fit's (3.25e-7 for rsqrt, 1.34e-6 for 1/x); P's
+truncation, < 2^-22 / rho <= 4.8e-7 |y| where the output has at least 2^(K - 38) rho units
+(else the coefficients are scaled down to the output's own bits: < 1 unit, and the integer
+a_3, a_4 at 2^(K - 40) then add <= 0.5 (w^3 + w^4) 2^2 <= 0.375 units, |s| <= w <= 0.5);
+s^2's rounding, < 2^-19 (t^2's and the centre times t's), times |a_2 + a_3 s + a_4 s^2| <=
+0.16 |y| for 1/x: 3.9e-7 |y|; the integer coefficients' rounding otherwise (<= 1e-7 |y|);
+on the 7-round plan also t's rounding (< 2^-20, times |y'/y| <= 1/2 for 1/x, 1/4 for
+1/sqrt(x)). So 1/x: |error| <= 1.9e-6 |y| + max(1.4 units, 4.8e-7 |y|) (5 rounds);
+1/sqrt(x): relative <= 1.3e-6 wherever the output has at least 2^22 units at ``frac_out``,
+and within that + 1.25 units everywhere (tests/test_nonlinear_reciprocal.py).
 """
 
 from __future__ import annotations
@@ -60,13 +77,21 @@ from .trunc import truncate
 SEGMENT_FRAC = 20
 """Fractional bits of t and t^2 in :func:`segmented_power`."""
 
+DIRECT_MAX_FRAC = 30
+"""t_m is squared directly, exact, when it fits at this many fractional bits (hi <= 31):
+its square stays below 2^61 (|t_m| <= 1 + 4 EXTENSION on its octave)."""
+
+EXTENSION = 2.0**-14
+"""Inputs up to this fraction beyond the range's octaves are served by the end segments."""
+
 DOT_BITS = 2 * SEGMENT_FRAC - 2
 """Truncation of a candidate's dot product 2^K P (module docstring): P keeps K - 38 bits."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Exponents:
-    """Inputs x = X / 2^frac_in with integer X in [2^lo, 2^(hi+1)); output factor * x^e."""
+    """Inputs x = X / 2^frac_in with integer X in [2^lo (1 - e), 2^(hi+1) (1 + e)), e =
+    :data:`EXTENSION`; output factor * x^e."""
 
     lo: int
     hi: int
@@ -80,7 +105,8 @@ class Segments:
 
     Segment i takes X / 2^m in [starts[i], starts[i+1]) (starts[0] = 1, the last up to 2),
     where c^exponent ~ sum_k coefficients[i][k] (t - centres[i])^k, t = 4c - 3 (degree <= 4;
-    the centres are multiples of 1/2).
+    the centres are multiples of 1/2). The first and last segments hold to the fit's error
+    (nearly) for :data:`EXTENSION` beyond the octave too.
     """
 
     exponent: float
@@ -93,14 +119,18 @@ class Segments:
 class SegmentPlan:
     """Public constants of :func:`segmented_power` for a chain of input ranges.
 
-    Per octave (all ranges': ``octave_range`` says whose): ``scales`` = 2^(61 - m). Per
+    ``work``: the fractional bits W of t_m = X 2^(W+1-m) / 2^W - 3, exact; ``direct``: whether
+    t_m^2 is squared from it (W <= :data:`DIRECT_MAX_FRAC`; else W = 60 and t_m is truncated
+    first). Per octave (all ranges': ``octave_range`` says whose): ``scales`` = 2^(W+1-m). Per
     threshold: its value and range; every segment start but the first range's lowest.
     Per candidate: its octave (an index), twice its centre, its integer coefficients
     (``coefficients[:, j]``: a_0 .. a_4 scaled for the dot product) and the power of two it
     is multiplied by after the truncation; ``candidates`` holds each range's slice of them.
-    ``bits``: the comparisons' bound (every range's X and thresholds lie below 2^(hi+1)).
+    ``bits``: the comparisons' bound (every range's X and thresholds lie below 2^(hi+2)).
     """
 
+    work: int
+    direct: bool
     octave_range: npt.NDArray[np.intp]
     scales: RingArray
     threshold_range: npt.NDArray[np.intp]
@@ -118,17 +148,33 @@ def plan_segments(fit: Segments, ranges: tuple[Exponents, ...], frac_out: int) -
     """The plan of factor * x^e (e = ``fit.exponent``) at ``frac_out`` bits on a chain of
     ranges, each after the first taking over from its 2^lo on (cached: shared, read-only).
 
-    A candidate's dot product is 2^K P with 2^K max |P| < 2^61; truncated by DOT_BITS it
-    keeps K - DOT_BITS fractional bits of P (22 for rsqrt), or the output's own bits where the
-    output has fewer (the coefficients are then scaled down).
+    A candidate's dot product is 2^K P rho (rho in [0.5, 1): the octave factor's mantissa)
+    with 2^K max |P rho| < 2^61; truncated by DOT_BITS it keeps K - DOT_BITS fractional bits
+    (22 for rsqrt and reciprocal), or the output's own bits where the output has fewer (the
+    coefficients are then scaled down).
     """
     f = SEGMENT_FRAC
-    ends = (*fit.starts[1:], 2.0)
+    if not all(0 <= r.lo <= r.hi <= 61 for r in ranges):
+        raise ValueError(f"need 0 <= lo <= hi <= 61, got {ranges}")
+    work = max(f, max(r.hi for r in ranges) - 1)
+    direct = work <= DIRECT_MAX_FRAC
+    work = work if direct else 60
+    low = work if direct else f  # fractional bits of the s multiplied by a_1
+    ends = (*fit.starts[1:], 2.0 * (1 + EXTENSION))
+    firsts = (fit.starts[0] * (1 - EXTENSION), *fit.starts[1:])
     widths = [max(abs(2 * a - 3 - c), abs(2 * b - 3 - c))  # of s = t - centre
-              for a, b, c in zip(fit.starts, ends, fit.centres, strict=True)]
+              for a, b, c in zip(firsts, ends, fit.centres, strict=True)]
     size = max(sum(abs(a) * w**k for k, a in enumerate(coef))
                for coef, w in zip(fit.coefficients, widths, strict=True))
-    k_bits = HEADROOM_BITS - math.ceil(math.log2(size))
+
+    def mantissa_log(r: Exponents, m: int) -> tuple[float, int]:
+        """log2 of the octave's factor 2^(e (m + 1 - frac_in)) and its top = floor + 1."""
+        log = math.log2(r.factor) + fit.exponent * (m + 1 - r.frac_in)
+        return log, math.floor(log) + 1
+
+    largest = max(size * 2.0 ** (log - top) for r in ranges
+                  for log, top in map(functools.partial(mantissa_log, r), range(r.lo, r.hi + 1)))
+    k_bits = HEADROOM_BITS - 1 - math.floor(math.log2(largest))
     kept = k_bits - DOT_BITS
     octave_range: list[int] = []  # per octave
     scales: list[int] = []
@@ -140,19 +186,16 @@ def plan_segments(fit: Segments, ranges: tuple[Exponents, ...], frac_out: int) -
     shifts: list[int] = []
     candidates: list[slice] = []  # per range
     for index, r in enumerate(ranges):
-        if not 0 <= r.lo <= r.hi <= 61:
-            raise ValueError(f"need 0 <= lo <= hi <= 61, got lo={r.lo}, hi={r.hi}")
         first = len(octave)
         for m in range(r.lo, r.hi + 1):
             # the octave's factor 2^(e (m + 1 - frac_in)) = 2^top rho with rho in [0.5, 1)
-            log = math.log2(r.factor) + fit.exponent * (m + 1 - r.frac_in)
-            top = math.floor(log) + 1
-            if top + frac_out < 1 or top + frac_out + math.log2(size) > HEADROOM_BITS:
+            log, top = mantissa_log(r, m)
+            if top + frac_out + math.log2(size) > HEADROOM_BITS:  # (outputs < 1 unit: 0)
                 raise ValueError(f"output range too wide for the ring at {frac_out} bits")
             q = frac_out + top - kept  # > 0: shift left after truncating; < 0: scale down
             k = k_bits + min(0, q)
             octave_range.append(index)
-            scales.append(1 << (61 - m))
+            scales.append(1 << (work + 1 - m))
             for start, centre, coef in zip(fit.starts, fit.centres, fit.coefficients,
                                            strict=True):
                 if index or m > r.lo or start > 1:
@@ -161,7 +204,7 @@ def plan_segments(fit: Segments, ranges: tuple[Exponents, ...], frac_out: int) -
                 a = [v * 2.0 ** (log - top) for v in (*coef, 0.0, 0.0, 0.0, 0.0)[:5]]
                 octave.append(len(scales) - 1)
                 halves.append(round(2 * centre))
-                coefficients.append([round(a[0] * 2.0**k), round(a[1] * 2.0 ** (k - f)),
+                coefficients.append([round(a[0] * 2.0**k), round(a[1] * 2.0 ** (k - low)),
                                      round(a[2] * 2.0 ** (k - f)),
                                      round(a[3] * 2.0 ** (k - 2 * f)),
                                      round(a[4] * 2.0 ** (k - 2 * f))])
@@ -179,7 +222,7 @@ def plan_segments(fit: Segments, ranges: tuple[Exponents, ...], frac_out: int) -
         return out
 
     return SegmentPlan(
-        indices(octave_range), ring_constant(scales), indices(threshold_range),
+        work, direct, indices(octave_range), ring_constant(scales), indices(threshold_range),
         ring_constant(thresholds), indices(octave), ring_constant(halves),
         ring_constant(np.array(coefficients, dtype=object).T.tolist()), ring_constant(shifts),
         tuple(candidates), max(r.hi for r in ranges) + 2,
@@ -191,8 +234,8 @@ async def segmented_power(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:
     after the first taking over from its 2^lo on (module docstring; the earlier ranges'
     garbage, where X is beyond them, cancels exactly).
 
-    Cost: the comparisons in one batch beside all candidates (6 rounds), then one round per
-    range: 7 rounds for one range. Bytes: module docstring.
+    Cost: the comparisons in one batch beside all candidates (4 rounds on the direct plan,
+    else 6), then one round per range: 5 or 7 rounds for one range. Bytes: module docstring.
     """
     by_range = x.map(lambda a: np.moveaxis(a, 0, -1))
     sign, values = await ctx.gather(
@@ -224,25 +267,33 @@ async def segmented_power(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:
 
 async def segment_candidates(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:
     """Every candidate (module docstring) of x (shape (*shape, ranges)), shape
-    (*shape, candidates): 6 rounds; per octave a truncation and a fused square, per candidate
-    one dot product of length 2."""
-    role, f = ctx.role, SEGMENT_FRAC
-    u = x[..., plan.octave_range].scale(plan.scales).add_public(role, neg(3 << 60))
-    t = await truncate(ctx, u, bits=60 - f)
-    t2 = await square_fxp(ctx, t, bits=f)
-    t, t2 = (a[..., plan.octave] for a in (t, t2))
+    (*shape, candidates): per octave t_m (exact, local) and t_m, t_m^2 at SEGMENT_FRAC bits
+    (2 rounds on the direct plan, t_m's truncation beside the square; else 4: truncation,
+    then square), per candidate one dot product of length 2 (2 rounds): 4 or 6 rounds."""
+    role, f, w = ctx.role, SEGMENT_FRAC, plan.work
+    exact = x[..., plan.octave_range].scale(plan.scales).add_public(role, neg(3 << w))
+    if plan.direct:
+        t, t2 = await ctx.gather(lambda c: truncate(c, exact, bits=w - f),
+                                 lambda c: square_fxp(c, exact, bits=2 * w - f))
+        low = w
+    else:
+        t = await truncate(ctx, exact, bits=w - f)
+        t2 = await square_fxp(ctx, t, bits=f)
+        exact, low = t, f
+    exact, t, t2 = (a[..., plan.octave] for a in (exact, t, t2))
     halves = plan.halves
+    s_low = exact.add_public(role, neg(ring.mul(halves, 1 << (low - 1))))
     s = t.add_public(role, neg(ring.mul(halves, 1 << (f - 1))))
     s2 = (t2 - t.scale(halves)).add_public(role, ring.mul(ring.mul(halves, halves), 1 << (f - 2)))
     a = plan.coefficients
     one = public_share(role, np.ones(s.shape, dtype=np.uint64))
     lhs = stack([s2, one], axis=-1)
     rhs = stack([(s.scale(a[3]) + s2.scale(a[4])).add_public(role, a[2]),
-                 s.scale(a[1]).add_public(role, a[0])], axis=-1)
+                 s_low.scale(a[1]).add_public(role, a[0])], axis=-1)
     return (await dot_fxp(ctx, lhs, rhs, DOT_BITS)).scale(plan.shifts)
 
 
 __all__ = [
-    "DOT_BITS", "SEGMENT_FRAC", "Exponents", "SegmentPlan", "Segments", "plan_segments",
-    "segment_candidates", "segmented_power",
+    "DIRECT_MAX_FRAC", "DOT_BITS", "EXTENSION", "SEGMENT_FRAC", "Exponents", "SegmentPlan",
+    "Segments", "plan_segments", "segment_candidates", "segmented_power",
 ]

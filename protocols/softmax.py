@@ -15,11 +15,12 @@ Costs, rows of n (bytes per element sent by the 3 parties together, online + off
   5 rounds and 161.4 + 81 bytes per element for rows of 8; 11 rounds and 201.3 + 96 for
   rows of 128 (all pairs cost more bytes than a halving tree of comparisons, 97 per element,
   for far fewer rounds: a halving level takes 4).
-- :func:`softmax`, rows of 8 (a decoding step at 8 keys): 25 rounds (26 rounds from 12,288
-  elements), 544.3 + 417.9 bytes per element. Rows of 128: 32 rounds from 12,288 elements
-  (max 11, negExp 6, reciprocal 13, product 2), 31 rounds below (the reciprocal's first
-  round overlaps negExp's last product, whose dealer's components are ready after its first
-  round, while the roles do not rotate), 542.3 + 421.6 bytes per element.
+- :func:`softmax`, rows of 8 (a decoding step at 8 keys): 18 rounds (max 5, negExp 6,
+  reciprocal 5, product 2), 595.5 + 430.8 bytes per element. Rows of 128: 24 rounds (max 11,
+  negExp 6, reciprocal 5, product 2), 555.1 + 424.1 bytes per element. The reciprocal's range
+  is [1 - 2^-17, n (1 + 2^-17)]: every e is within one unit of [0, 1] and the maximum's is
+  e^0 = 1 exactly, so the row sum's octaves are 0 .. log2 n (3 for rows of 8, at about
+  790 + 310 bytes per row).
 Error (tests/test_nonlinear_softmax.py; rows of scale 0.1 to 100, a dominant entry, +-2^16
 entries, causal and single-entry masks): max abs error 1.7e-5 per probability; 3.4e-5 to
 4.1e-5 on (12, 128, 128) rows of scale 3, where the rounding of every e (one unit at 18 bits)
@@ -101,9 +102,9 @@ async def softmax(
     e = await neg_exp(ctx, x - repeat_last(top, n))
     if keep is not None:
         e = e.scale(keep.astype(np.uint64))
-    r = await reciprocal(
-        ctx, e.sum(axis=-1), min_value=0.5, max_value=n + 1.0, frac_out=RECIPROCAL_FRAC
-    )
+    # every e is in [1 - 2^-18, 1 + 2^-18] at most (e^0 >= 2^18 - 1 units), and the maximum's is e^0
+    r = await reciprocal(ctx, e.sum(axis=-1), min_value=1 - 2.0**-17,
+                         max_value=n * (1 + 2.0**-17), frac_out=RECIPROCAL_FRAC)
     out = await mul_fxp(ctx, e, repeat_last(r, n), bits=RECIPROCAL_FRAC)
     return out if keep is None else out.scale(keep.astype(np.uint64))
 

@@ -230,8 +230,7 @@ DECLARED = {
     "mlp.down": ("matmul_fxp",),
 }
 """The ops of each component of a layer (``costs.py`` names), one after the other."""
-OVERLAPS = {"attn.rope": 1, "attn.softmax.max_along": 1, "attn.softmax.reciprocal": 1,
-            "mlp.norm": 1}
+OVERLAPS = {"attn.rope": 1, "attn.softmax.max_along": 1, "mlp.norm": 1}
 """Rounds a component shares with the product before it (counted there): its first messages
 come from that product's dealer, whose output components are ready after the product's first
 round. From the second layer on, ``attn.norm`` follows the previous layer's down product so."""
