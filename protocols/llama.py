@@ -20,12 +20,12 @@ Weight layout (:class:`SecureModel`, built once per session from the model owner
 
 Costs per layer for n new tokens and T cached + new positions (per party; R = rounds;
 M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith`` and
-``trunc``): RMSNorm (norms: 15-16 R with its gain), QKV (M, n (q + 2kv) outputs), RoPE
-(truncation: 2 R, ~8 bytes per q/k element), scores and P @ V (2 x 2 R, all heads batched by
-key/value group), softmax (softmax: 8-11 R for the maximum of T <= 8, ~8 log2(T / 8) + 11
-beyond, + 32 R, with the public causal mask; 43 R for rows of 8), output projection (M),
-RMSNorm, gate/up (M), SiLU (activations: 10 R, 617 bytes per element in all), SiLU x up (2 R),
-down (M).
+``trunc``): RMSNorm (norms: 13-14 R; its gain folded into W_qkv), QKV (M, n (q + 2kv)
+outputs), RoPE (truncation: 2 R, ~8 bytes per q/k element), scores and P @ V (2 x 2 R, all
+heads batched by key/value group), softmax (softmax: 8-11 R for the maximum of T <= 8,
+~8 log2(T / 8) + 11 beyond, + 32 R, with the public causal mask; 43 R for rows of 8),
+output projection (M), RMSNorm (its gain folded into W_gate_up), gate/up (M), SiLU
+(activations: 10 R, 617 bytes per element in all), SiLU x up (2 R), down (M).
 Embedding: 1 round, n hidden elements; head (last position only): RMSNorm + M on vocab outputs.
 Statistics: scopes ``embed``, ``layer{i}`` and ``head``; inside a layer one scope per
 component, :data:`COMPONENTS` (``attn.norm``, ``attn.qkv``, ..., ``mlp.down``), and inside
@@ -123,11 +123,13 @@ PROBE_POINTS = (
 """Per-layer probe points, named ``layer{i}.{point}`` (then ``final_norm`` and ``logits``).
 
 Layouts (n new rows, T = cached + new positions): attn_norm, o_proj, attn_residual, ffn_norm,
-down, residual (n, hidden); qkv (n, q + 2 kv); rope (n, heads + kv heads, head_dim), the
-query heads times the attention scale 1/sqrt(head_dim); scores and probs (kv heads, heads
-per kv head, n, T), probs zero where masked; attn_out (n, q) before the output projection;
-gate_up (n, 2 ffn); silu and silu_up (n, ffn); final_norm (1, hidden) and logits (1, vocab)
-of the last row, or (n, hidden) and (n, vocab) of every row (``forward``'s ``all_positions``).
+down, residual (n, hidden), the norms' outputs *before* their gains (x / rms(x): the gains
+are folded into the next weights, :func:`weight_tensors`); qkv (n, q + 2 kv); rope (n, heads
++ kv heads, head_dim), the query heads times the attention scale 1/sqrt(head_dim); scores
+and probs (kv heads, heads per kv head, n, T), probs zero where masked; attn_out (n, q)
+before the output projection; gate_up (n, 2 ffn); silu and silu_up (n, ffn); final_norm
+(1, hidden) and logits (1, vocab) of the last row, or (n, hidden) and (n, vocab) of every
+row (``forward``'s ``all_positions``).
 """
 
 
@@ -161,13 +163,12 @@ class SecureWeight:
 
 @dataclasses.dataclass(frozen=True)
 class SecureLayer:
-    """One decoder block's weight shares (norm gains as plain shares)."""
+    """One decoder block's weight shares; the norms' gains are folded into ``wqkv`` and
+    ``w_gate_up`` (:func:`weight_tensors`)."""
 
-    attn_norm: AShare  # (hidden,)
-    wqkv: SecureWeight  # (hidden, q_dim + 2 kv_dim)
+    wqkv: SecureWeight  # (hidden, q_dim + 2 kv_dim): diag(attn gain) [Wq | Wk | Wv]
     wo: SecureWeight  # (q_dim, hidden)
-    ffn_norm: AShare  # (hidden,)
-    w_gate_up: SecureWeight  # (hidden, 2 ffn)
+    w_gate_up: SecureWeight  # (hidden, 2 ffn): diag(ffn gain) [W_gate | W_up]
     w_down: SecureWeight  # (ffn, hidden)
 
 
@@ -188,8 +189,7 @@ def weight_plan(config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
     plan: list[tuple[str, tuple[int, ...]]] = [("embed", (config.vocab, h))]
     for i in range(config.n_layers):
         plan += [
-            (f"layer{i}.attn_norm", (h,)), (f"layer{i}.wqkv", (h, q + 2 * kv)),
-            (f"layer{i}.wo", (q, h)), (f"layer{i}.ffn_norm", (h,)),
+            (f"layer{i}.wqkv", (h, q + 2 * kv)), (f"layer{i}.wo", (q, h)),
             (f"layer{i}.w_gate_up", (h, 2 * f)), (f"layer{i}.w_down", (f, h)),
         ]
     plan.append(("final_norm", (h,)))
@@ -199,25 +199,37 @@ def weight_plan(config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def weight_tensors(weights: LlamaWeights) -> Iterator[npt.NDArray[np.floating]]:
-    """The model owner's plaintext tensors in :func:`weight_plan` order (fused lazily)."""
+    """The model owner's plaintext tensors in :func:`weight_plan` order (fused lazily).
+
+    The RMSNorm gains g of a layer are folded into the matrix that reads the norm's output:
+    (x rho g) @ W = (x rho) @ (diag(g) W), so W'qkv = diag(g_attn) [Wq | Wk | Wv] and
+    W'gate_up = diag(g_ffn) [W_gate | W_up] (in float64: one rounding, the encoding's). The
+    same function with one fixed-point rounding per weight instead of a secret product and
+    its truncation per normalised element (2 rounds and ~45 bytes per element saved per
+    norm). The final norm keeps its gain (the tied head reads the embedding).
+    """
     yield weights.embed
     for layer in weights.layers:
-        yield layer.attn_norm
-        yield np.concatenate([layer.wq, layer.wk, layer.wv], axis=1)
+        yield _fold_gain(layer.attn_norm, layer.wq, layer.wk, layer.wv)
         yield layer.wo
-        yield layer.ffn_norm
-        yield np.concatenate([layer.w_gate, layer.w_up], axis=1)
+        yield _fold_gain(layer.ffn_norm, layer.w_gate, layer.w_up)
         yield layer.w_down
     yield weights.final_norm
     if not weights.config.tied_embeddings:
         yield weights.lm_head
 
 
+def _fold_gain(gain: npt.ArrayLike, *matrices: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """diag(gain) [W_1 | W_2 | ...]: the row k of every matrix times gain_k, in float64."""
+    g = np.asarray(gain, dtype=np.float64)[:, None]
+    return np.concatenate([g * np.asarray(w, dtype=np.float64) for w in matrices], axis=1)
+
+
 Stored = AShare | SecureWeight | RingArray
 
 
 async def store_share(name: str, share: AShare) -> Stored:
-    """A weight share in its stored form: norm gains as is, the embedding side by side,
+    """A weight share in its stored form: the final norm's gain as is, the embedding side by side,
     projections stacked (one copy at set-up, in a worker thread if large, none afterwards;
     drop ``share`` afterwards)."""
     if name == "embed":
@@ -242,8 +254,7 @@ def assemble_model(config: LlamaConfig, stored: dict[str, Stored]) -> SecureMode
 
     layers = tuple(
         SecureLayer(
-            get(f"layer{i}.attn_norm", AShare), get(f"layer{i}.wqkv", SecureWeight),
-            get(f"layer{i}.wo", SecureWeight), get(f"layer{i}.ffn_norm", AShare),
+            get(f"layer{i}.wqkv", SecureWeight), get(f"layer{i}.wo", SecureWeight),
             get(f"layer{i}.w_gate_up", SecureWeight), get(f"layer{i}.w_down", SecureWeight),
         )
         for i in range(config.n_layers)
@@ -372,7 +383,7 @@ async def attention(
     heads, groups, rep = config.n_heads, config.n_kv_heads, config.n_rep
     name = f"layer{index}"
     with ctx.scope("norm"):
-        h = await rms_norm(ctx, x, layer.attn_norm, eps=config.rms_eps)
+        h = await rms_norm(ctx, x, eps=config.rms_eps)  # its gain is in wqkv
     probe(ctx, f"{name}.attn_norm", h)
     with ctx.scope("qkv"):
         qkv = await weight_matmul(ctx, h, layer.wqkv)
@@ -409,7 +420,7 @@ async def mlp(
     """SwiGLU: (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and up in one product."""
     name = f"layer{index}"
     with ctx.scope("norm"):
-        h = await rms_norm(ctx, x, layer.ffn_norm, eps=config.rms_eps)
+        h = await rms_norm(ctx, x, eps=config.rms_eps)  # its gain is in w_gate_up
     probe(ctx, f"{name}.ffn_norm", h)
     with ctx.scope("gate_up"):
         gate_up = await weight_matmul(ctx, h, layer.w_gate_up)

@@ -213,7 +213,7 @@ def test_components_sum_to_the_pass(session: SessionResult, step: int) -> None:
 
 
 DECLARED = {
-    "attn.norm": ("rms_norm", "mul_fxp"),  # the norm, then its gain
+    "attn.norm": ("rms_norm",),  # its gain is folded into W_qkv
     "attn.qkv": ("matmul_fxp",),
     "attn.rope": ("truncate",),
     "attn.scores": ("matmul_fxp",),
@@ -223,7 +223,7 @@ DECLARED = {
     "attn.softmax": ("mul_fxp",),  # e x 1/sum
     "attn.pv": ("matmul_fxp",),
     "attn.o": ("matmul_fxp",),
-    "mlp.norm": ("rms_norm", "mul_fxp"),
+    "mlp.norm": ("rms_norm",),  # its gain is folded into W_gate_up
     "mlp.gate_up": ("matmul_fxp",),
     "mlp.silu": ("silu",),
     "mlp.silu_up": ("mul_fxp",),

@@ -102,7 +102,8 @@ def decoder_layer(
     ``probe`` (if given) sees every probe point ``layer{index}.*`` of the secure model.
     """
     n, d = x.shape[0], config.head_dim
-    h = rms_norm(x, layer.attn_norm, config.rms_eps)
+    unit = rms_norm(x, np.ones(1), config.rms_eps)  # x / rms(x): the secure model's probe
+    h = unit * layer.attn_norm
     qkv = h @ layer.wq, h @ layer.wk, h @ layer.wv
     q = apply_rope(qkv[0].reshape(n, config.n_heads, d).transpose(1, 0, 2), cos, sin)
     k = apply_rope(qkv[1].reshape(n, config.n_kv_heads, d).transpose(1, 0, 2), cos, sin)
@@ -114,16 +115,17 @@ def decoder_layer(
     attn = causal_attention(q, cache.keys[index], cache.values[index], start, probe, name)
     o_proj = attn @ layer.wo
     x = x + o_proj
-    h2 = rms_norm(x, layer.ffn_norm, config.rms_eps)
+    unit2 = rms_norm(x, np.ones(1), config.rms_eps)
+    h2 = unit2 * layer.ffn_norm
     gate, up = h2 @ layer.w_gate, h2 @ layer.w_up
     activated = silu(gate)
     down = (activated * up) @ layer.w_down
     if probe is not None:
         points = {
-            "attn_norm": h,
+            "attn_norm": unit,
             "qkv": np.concatenate(qkv, axis=-1),
             "rope": np.concatenate([q / np.sqrt(d), k], axis=0).transpose(1, 0, 2),
-            "attn_out": attn, "o_proj": o_proj, "attn_residual": x, "ffn_norm": h2,
+            "attn_out": attn, "o_proj": o_proj, "attn_residual": x, "ffn_norm": unit2,
             "gate_up": np.concatenate([gate, up], axis=-1), "silu": activated,
             "silu_up": activated * up, "down": down, "residual": x + down,
         }
