@@ -20,12 +20,16 @@ Weight layout (:class:`SecureModel`, built once per session from the model owner
 
 Costs per layer for n new tokens and T cached + new positions (per party; R = rounds;
 M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith`` and
-``trunc``): RMSNorm (norms: 13-14 R; its gain folded into W_qkv), QKV (M, n (q + 2kv)
-outputs), RoPE (truncation: 2 R, ~8 bytes per q/k element), scores and P @ V (2 x 2 R, all
-heads batched by key/value group), softmax (softmax: 8-11 R for the maximum of T <= 8,
-~8 log2(T / 8) + 11 beyond, + 32 R, with the public causal mask; 43 R for rows of 8),
-output projection (M), RMSNorm (its gain folded into W_gate_up), gate/up (M), SiLU
-(activations: 10 R, 617 bytes per element in all), SiLU x up (2 R), down (M).
+``trunc``): RMSNorm (``norms``: 13 R, no gain: it is folded into W_qkv), QKV (M, n (q + 2kv)
+outputs), RoPE (truncation: 2 R, ~8 bytes per q/k element), scores (2 R, all heads batched
+by key/value group), softmax numerators (maximum and negExp: ``softmax``, ``exp``), then
+1/sum beside e @ V and (e @ V) x 1/sum (2 R) for one new row or T >= head_dim, else
+(e x 1/sum) @ V (2 + 2 R; :func:`attend`), output projection (M), RMSNorm (13 R, its gain
+folded into W_gate_up), gate/up (M), SiLU (``activations``), SiLU x up (2 R), down (M).
+Critical path of a new token per layer, measured (``benchmarks/llama.py --tiny``: 2 fewer
+rounds per norm and 2 fewer for the softmax than with gains as products and (e x r) @ V):
+norms 12-13, QKV 2, RoPE 1, scores 2, then the softmax's maximum, negExp and reciprocal,
+(e @ V) x r 2, O 2, gate/up 2, SiLU, x up 2, down 2.
 Embedding: 1 round, n hidden elements; head (last position only): RMSNorm + M on vocab outputs.
 Statistics: scopes ``embed``, ``layer{i}`` and ``head``; inside a layer one scope per
 component, :data:`COMPONENTS` (``attn.norm``, ``attn.qkv``, ..., ``mlp.down``), and inside
@@ -77,7 +81,7 @@ from .offload import offload
 from .ring import RingArray
 from .ringmatmul import ring_matmul
 from .shares import AShare, concatenate
-from .softmax import softmax
+from .softmax import exp_rows, normalise_after, probabilities, row_reciprocals, scale_rows
 from .trunc import truncate
 
 COMPONENTS = (
@@ -87,7 +91,9 @@ COMPONENTS = (
 )
 """The scopes of a decoder layer's components (``layer{i}.attn.norm``, ...), in order; the
 softmax's maximum, exponential and reciprocal are its own protocols' scopes, and
-``attn.softmax`` keeps the rest of it (the masking and the product by 1/sum)."""
+``attn.softmax`` keeps the rest of it (the masking and the product by 1/sum, of e @ V or of
+e: :func:`attend`); ``attn.pv`` is the product with V, which for a new token runs beside the
+reciprocal (no rounds of its own on the critical path)."""
 
 
 def forward_scopes(n_layers: int) -> tuple[str, ...]:
@@ -117,7 +123,7 @@ NO_PROBE = LayerProbe(_see_nothing)
 """The state of a party with no probe installed: every deployed party."""
 
 PROBE_POINTS = (
-    "attn_norm", "qkv", "rope", "scores", "probs", "attn_out", "o_proj", "attn_residual",
+    "attn_norm", "qkv", "rope", "scores", "exp", "attn_out", "o_proj", "attn_residual",
     "ffn_norm", "gate_up", "silu", "silu_up", "down", "residual",
 )
 """Per-layer probe points, named ``layer{i}.{point}`` (then ``final_norm`` and ``logits``).
@@ -126,10 +132,11 @@ Layouts (n new rows, T = cached + new positions): attn_norm, o_proj, attn_residu
 down, residual (n, hidden), the norms' outputs *before* their gains (x / rms(x): the gains
 are folded into the next weights, :func:`weight_tensors`); qkv (n, q + 2 kv); rope (n, heads
 + kv heads, head_dim), the query heads times the attention scale 1/sqrt(head_dim); scores
-and probs (kv heads, heads per kv head, n, T), probs zero where masked; attn_out (n, q)
-before the output projection; gate_up (n, 2 ffn); silu and silu_up (n, ffn); final_norm
-(1, hidden) and logits (1, vocab) of the last row, or (n, hidden) and (n, vocab) of every
-row (``forward``'s ``all_positions``).
+and exp (kv heads, heads per kv head, n, T), exp = e^(score - row max), zero where masked
+(softmax's numerators: the probabilities themselves are not formed when the rows are
+normalised after P @ V, :func:`attend`); attn_out (n, q) before the output projection;
+gate_up (n, 2 ffn); silu and silu_up (n, ffn); final_norm (1, hidden) and logits (1, vocab)
+of the last row, or (n, hidden) and (n, vocab) of every row (``forward``'s ``all_positions``).
 """
 
 
@@ -402,16 +409,45 @@ async def attention(
     with ctx.scope("scores"):
         scores = await matmul_fxp(ctx, q, keys.transpose(0, 2, 1))  # (groups, rep n, total)
     probe(ctx, f"{name}.scores", scores.reshape(groups, rep, n, total))
-    probs = await softmax(ctx, scores, mask=causal_mask(start, n, total, rep))  # its scope
-    probe(ctx, f"{name}.probs", probs.reshape(groups, rep, n, total))
-    with ctx.scope("pv"):
-        out = await matmul_fxp(ctx, probs, values)  # (groups, rep n, d)
+    out = await attend(ctx, scores, values, causal_mask(start, n, total, rep), n, name)
     out = out.reshape(groups, rep, n, d).transpose(2, 0, 1, 3).reshape(n, heads * d)
     probe(ctx, f"{name}.attn_out", out)
     with ctx.scope("o"):
         projected = await weight_matmul(ctx, out, layer.wo)
     probe(ctx, f"{name}.o_proj", projected)
     return projected
+
+
+async def attend(
+    ctx: Context, scores: AShare, values: AShare, keep: npt.NDArray[np.bool_], n: int, name: str
+) -> AShare:
+    """softmax(scores) @ values per key/value group, (groups, rep n, T) @ (groups, T, d).
+
+    Scopes ``softmax`` (its maximum, exponential and reciprocal in theirs, and the product
+    by 1/sum) and ``pv``. For one new row, or when it costs no more bytes
+    (:func:`.softmax.normalise_after`), the rows are normalised *after* the product:
+    (e @ V) x r, with e @ V beside the reciprocal (2 rounds fewer); else (e x r) @ V.
+    """
+    with ctx.scope("softmax"):
+        e = await exp_rows(ctx, scores, keep)
+    groups, _, total = scores.shape
+    probe(ctx, f"{name}.exp", e.reshape(groups, -1, n, total))
+
+    async def product(c: Context, left: AShare) -> AShare:
+        with c.scope("pv"):
+            return await matmul_fxp(c, left, values)
+
+    async def sums(c: Context) -> AShare:
+        with c.scope("softmax"):
+            return await row_reciprocals(c, e)
+
+    if normalise_after(n, total, values.shape[-1]):
+        weighted, r = await ctx.gather(lambda c: product(c, e), sums)
+        with ctx.scope("softmax"):
+            return await scale_rows(ctx, weighted, r)
+    with ctx.scope("softmax"):
+        probs = await probabilities(ctx, e, keep)
+    return await product(ctx, probs)
 
 
 async def mlp(
@@ -495,6 +531,7 @@ async def forward(
 __all__ = [
     "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "LayerProbe", "Probe", "Rope", "SecureKVCache",
     "SecureLayer", "SecureModel", "SecureWeight", "Stored", "apply_rope", "assemble_model",
-    "attention", "causal_mask", "decoder_layer", "embed_tokens", "forward", "forward_scopes",
-    "lm_head", "mlp", "probe", "store_share", "weight_matmul", "weight_plan", "weight_tensors",
+    "attend", "attention", "causal_mask", "decoder_layer", "embed_tokens", "forward",
+    "forward_scopes", "lm_head", "mlp", "probe", "store_share", "weight_matmul", "weight_plan",
+    "weight_tensors",
 ]

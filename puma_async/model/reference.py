@@ -64,10 +64,9 @@ def silu(x: F64) -> F64:
     return x * 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def softmax(x: F64) -> F64:
-    """Softmax over the last axis, with max subtraction."""
-    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
-    return e / np.sum(e, axis=-1, keepdims=True)
+def exp_shifted(x: F64) -> F64:
+    """``exp(x - max x)`` over the last axis: softmax's numerators (e / sum e is softmax)."""
+    return np.exp(x - np.max(x, axis=-1, keepdims=True))
 
 
 def causal_attention(
@@ -78,17 +77,18 @@ def causal_attention(
     ``q`` is (n_heads, n, head_dim) for positions ``start .. start+n-1``; ``k`` and ``v`` are
     (n_kv_heads, start+n, head_dim). Query head ``h`` reads key/value head ``h // n_rep``.
     Returns (n, n_heads * head_dim), heads concatenated in order. ``probe`` (if given) sees
-    the scores and probabilities as ``{name}.scores`` and ``{name}.probs``.
+    the scores and softmax's numerators as ``{name}.scores`` and ``{name}.exp``.
     """
     n_heads, n, head_dim = q.shape
     n_kv, total, _ = k.shape
     qg = q.reshape(n_kv, n_heads // n_kv, n, head_dim)
     scores = qg @ k[:, None].swapaxes(-1, -2) / np.sqrt(head_dim)  # (n_kv, n_rep, n, total)
     visible = np.arange(total)[None, :] <= start + np.arange(n)[:, None]  # public causal mask
-    probs = softmax(np.where(visible, scores, -np.inf))
+    e = exp_shifted(np.where(visible, scores, -np.inf))  # 0 where masked
+    probs = e / np.sum(e, axis=-1, keepdims=True)
     if probe is not None:
         probe(f"{name}.scores", scores)
-        probe(f"{name}.probs", probs)
+        probe(f"{name}.exp", e)
     out = (probs @ v[:, None]).reshape(n_heads, n, head_dim)
     return out.transpose(1, 0, 2).reshape(n, n_heads * head_dim)
 
