@@ -20,12 +20,16 @@ Weight layout (:class:`SecureModel`, built once per session from the model owner
 
 Costs per layer for n new tokens and T cached + new positions (per party; R = rounds;
 M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith`` and
-``trunc``): RMSNorm (norms: 15-16 R with its gain), QKV (M, n (q + 2kv) outputs), RoPE
-(truncation: 2 R, ~8 bytes per q/k element), scores and P @ V (2 x 2 R, all heads batched by
-key/value group), softmax (softmax: 8-11 R for the maximum of T <= 8, ~8 log2(T / 8) + 11
-beyond, + 32 R, with the public causal mask; 43 R for rows of 8), output projection (M),
-RMSNorm, gate/up (M), SiLU (activations: 10 R, 617 bytes per element in all), SiLU x up (2 R),
-down (M).
+``trunc``): RMSNorm (``norms``: 13 R, no gain: it is folded into W_qkv), QKV (M, n (q + 2kv)
+outputs), RoPE (truncation: 2 R, ~8 bytes per q/k element), scores (2 R, all heads batched
+by key/value group), softmax numerators (maximum and negExp: ``softmax``, ``exp``), then
+1/sum beside e @ V and (e @ V) x 1/sum (2 R) for one new row or T >= head_dim, else
+(e x 1/sum) @ V (2 + 2 R; :func:`attend`), output projection (M), RMSNorm (13 R, its gain
+folded into W_gate_up), gate/up (M), SiLU (``activations``), SiLU x up (2 R), down (M).
+Critical path of a new token per layer, measured (``benchmarks/llama.py --tiny``: 2 fewer
+rounds per norm and 2 fewer for the softmax than with gains as products and (e x r) @ V):
+norms 12-13, QKV 2, RoPE 1, scores 2, then the softmax's maximum, negExp and reciprocal,
+(e @ V) x r 2, O 2, gate/up 2, SiLU, x up 2, down 2.
 Embedding: 1 round, n hidden elements; head (last position only): RMSNorm + M on vocab outputs.
 Statistics: scopes ``embed``, ``layer{i}`` and ``head``; inside a layer one scope per
 component, :data:`COMPONENTS` (``attn.norm``, ``attn.qkv``, ..., ``mlp.down``), and inside
@@ -77,7 +81,7 @@ from .offload import offload
 from .ring import RingArray
 from .ringmatmul import ring_matmul
 from .shares import AShare, concatenate
-from .softmax import softmax
+from .softmax import exp_rows, normalise_after, probabilities, row_reciprocals, scale_rows
 from .trunc import truncate
 
 COMPONENTS = (
@@ -87,7 +91,9 @@ COMPONENTS = (
 )
 """The scopes of a decoder layer's components (``layer{i}.attn.norm``, ...), in order; the
 softmax's maximum, exponential and reciprocal are its own protocols' scopes, and
-``attn.softmax`` keeps the rest of it (the masking and the product by 1/sum)."""
+``attn.softmax`` keeps the rest of it (the masking and the product by 1/sum, of e @ V or of
+e: :func:`attend`); ``attn.pv`` is the product with V, which for a new token runs beside the
+reciprocal (no rounds of its own on the critical path)."""
 
 
 def forward_scopes(n_layers: int) -> tuple[str, ...]:
@@ -117,15 +123,18 @@ NO_PROBE = LayerProbe(_see_nothing)
 """The state of a party with no probe installed: every deployed party."""
 
 PROBE_POINTS = (
-    "attn_norm", "qkv", "rope", "scores", "probs", "attn_out", "o_proj", "attn_residual",
+    "attn_norm", "qkv", "rope", "scores", "exp", "attn_out", "o_proj", "attn_residual",
     "ffn_norm", "gate_up", "silu", "silu_up", "down", "residual",
 )
 """Per-layer probe points, named ``layer{i}.{point}`` (then ``final_norm`` and ``logits``).
 
 Layouts (n new rows, T = cached + new positions): attn_norm, o_proj, attn_residual, ffn_norm,
-down, residual (n, hidden); qkv (n, q + 2 kv); rope (n, heads + kv heads, head_dim), the
-query heads times the attention scale 1/sqrt(head_dim); scores and probs (kv heads, heads
-per kv head, n, T), probs zero where masked; attn_out (n, q) before the output projection;
+down, residual (n, hidden), the norms' outputs *before* their gains (x / rms(x): the gains
+are folded into the next weights, :func:`weight_tensors`); qkv (n, q + 2 kv); rope (n, heads
++ kv heads, head_dim), the query heads times the attention scale 1/sqrt(head_dim); scores
+and exp (kv heads, heads per kv head, n, T), exp = e^(score - row max), zero where masked
+(softmax's numerators: the probabilities themselves are not formed when the rows are
+normalised after P @ V, :func:`attend`); attn_out (n, q) before the output projection;
 gate_up (n, 2 ffn); silu and silu_up (n, ffn); final_norm (1, hidden) and logits (1, vocab)
 of the last row, or (n, hidden) and (n, vocab) of every row (``forward``'s ``all_positions``).
 """
@@ -161,13 +170,12 @@ class SecureWeight:
 
 @dataclasses.dataclass(frozen=True)
 class SecureLayer:
-    """One decoder block's weight shares (norm gains as plain shares)."""
+    """One decoder block's weight shares; the norms' gains are folded into ``wqkv`` and
+    ``w_gate_up`` (:func:`weight_tensors`)."""
 
-    attn_norm: AShare  # (hidden,)
-    wqkv: SecureWeight  # (hidden, q_dim + 2 kv_dim)
+    wqkv: SecureWeight  # (hidden, q_dim + 2 kv_dim): diag(attn gain) [Wq | Wk | Wv]
     wo: SecureWeight  # (q_dim, hidden)
-    ffn_norm: AShare  # (hidden,)
-    w_gate_up: SecureWeight  # (hidden, 2 ffn)
+    w_gate_up: SecureWeight  # (hidden, 2 ffn): diag(ffn gain) [W_gate | W_up]
     w_down: SecureWeight  # (ffn, hidden)
 
 
@@ -188,8 +196,7 @@ def weight_plan(config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
     plan: list[tuple[str, tuple[int, ...]]] = [("embed", (config.vocab, h))]
     for i in range(config.n_layers):
         plan += [
-            (f"layer{i}.attn_norm", (h,)), (f"layer{i}.wqkv", (h, q + 2 * kv)),
-            (f"layer{i}.wo", (q, h)), (f"layer{i}.ffn_norm", (h,)),
+            (f"layer{i}.wqkv", (h, q + 2 * kv)), (f"layer{i}.wo", (q, h)),
             (f"layer{i}.w_gate_up", (h, 2 * f)), (f"layer{i}.w_down", (f, h)),
         ]
     plan.append(("final_norm", (h,)))
@@ -199,25 +206,37 @@ def weight_plan(config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def weight_tensors(weights: LlamaWeights) -> Iterator[npt.NDArray[np.floating]]:
-    """The model owner's plaintext tensors in :func:`weight_plan` order (fused lazily)."""
+    """The model owner's plaintext tensors in :func:`weight_plan` order (fused lazily).
+
+    The RMSNorm gains g of a layer are folded into the matrix that reads the norm's output:
+    (x rho g) @ W = (x rho) @ (diag(g) W), so W'qkv = diag(g_attn) [Wq | Wk | Wv] and
+    W'gate_up = diag(g_ffn) [W_gate | W_up] (in float64: one rounding, the encoding's). The
+    same function with one fixed-point rounding per weight instead of a secret product and
+    its truncation per normalised element (2 rounds and ~45 bytes per element saved per
+    norm). The final norm keeps its gain (the tied head reads the embedding).
+    """
     yield weights.embed
     for layer in weights.layers:
-        yield layer.attn_norm
-        yield np.concatenate([layer.wq, layer.wk, layer.wv], axis=1)
+        yield _fold_gain(layer.attn_norm, layer.wq, layer.wk, layer.wv)
         yield layer.wo
-        yield layer.ffn_norm
-        yield np.concatenate([layer.w_gate, layer.w_up], axis=1)
+        yield _fold_gain(layer.ffn_norm, layer.w_gate, layer.w_up)
         yield layer.w_down
     yield weights.final_norm
     if not weights.config.tied_embeddings:
         yield weights.lm_head
 
 
+def _fold_gain(gain: npt.ArrayLike, *matrices: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """diag(gain) [W_1 | W_2 | ...]: the row k of every matrix times gain_k, in float64."""
+    g = np.asarray(gain, dtype=np.float64)[:, None]
+    return np.concatenate([g * np.asarray(w, dtype=np.float64) for w in matrices], axis=1)
+
+
 Stored = AShare | SecureWeight | RingArray
 
 
 async def store_share(name: str, share: AShare) -> Stored:
-    """A weight share in its stored form: norm gains as is, the embedding side by side,
+    """A weight share in its stored form: the final norm's gain as is, the embedding side by side,
     projections stacked (one copy at set-up, in a worker thread if large, none afterwards;
     drop ``share`` afterwards)."""
     if name == "embed":
@@ -242,8 +261,7 @@ def assemble_model(config: LlamaConfig, stored: dict[str, Stored]) -> SecureMode
 
     layers = tuple(
         SecureLayer(
-            get(f"layer{i}.attn_norm", AShare), get(f"layer{i}.wqkv", SecureWeight),
-            get(f"layer{i}.wo", SecureWeight), get(f"layer{i}.ffn_norm", AShare),
+            get(f"layer{i}.wqkv", SecureWeight), get(f"layer{i}.wo", SecureWeight),
             get(f"layer{i}.w_gate_up", SecureWeight), get(f"layer{i}.w_down", SecureWeight),
         )
         for i in range(config.n_layers)
@@ -372,7 +390,7 @@ async def attention(
     heads, groups, rep = config.n_heads, config.n_kv_heads, config.n_rep
     name = f"layer{index}"
     with ctx.scope("norm"):
-        h = await rms_norm(ctx, x, layer.attn_norm, eps=config.rms_eps)
+        h = await rms_norm(ctx, x, eps=config.rms_eps)  # its gain is in wqkv
     probe(ctx, f"{name}.attn_norm", h)
     with ctx.scope("qkv"):
         qkv = await weight_matmul(ctx, h, layer.wqkv)
@@ -391,10 +409,7 @@ async def attention(
     with ctx.scope("scores"):
         scores = await matmul_fxp(ctx, q, keys.transpose(0, 2, 1))  # (groups, rep n, total)
     probe(ctx, f"{name}.scores", scores.reshape(groups, rep, n, total))
-    probs = await softmax(ctx, scores, mask=causal_mask(start, n, total, rep))  # its scope
-    probe(ctx, f"{name}.probs", probs.reshape(groups, rep, n, total))
-    with ctx.scope("pv"):
-        out = await matmul_fxp(ctx, probs, values)  # (groups, rep n, d)
+    out = await attend(ctx, scores, values, causal_mask(start, n, total, rep), n, name)
     out = out.reshape(groups, rep, n, d).transpose(2, 0, 1, 3).reshape(n, heads * d)
     probe(ctx, f"{name}.attn_out", out)
     with ctx.scope("o"):
@@ -403,13 +418,45 @@ async def attention(
     return projected
 
 
+async def attend(
+    ctx: Context, scores: AShare, values: AShare, keep: npt.NDArray[np.bool_], n: int, name: str
+) -> AShare:
+    """softmax(scores) @ values per key/value group, (groups, rep n, T) @ (groups, T, d).
+
+    Scopes ``softmax`` (its maximum, exponential and reciprocal in theirs, and the product
+    by 1/sum) and ``pv``. For one new row, or when it costs no more bytes
+    (:func:`.softmax.normalise_after`), the rows are normalised *after* the product:
+    (e @ V) x r, with e @ V beside the reciprocal (2 rounds fewer); else (e x r) @ V.
+    """
+    with ctx.scope("softmax"):
+        e = await exp_rows(ctx, scores, keep)
+    groups, _, total = scores.shape
+    probe(ctx, f"{name}.exp", e.reshape(groups, -1, n, total))
+
+    async def product(c: Context, left: AShare) -> AShare:
+        with c.scope("pv"):
+            return await matmul_fxp(c, left, values)
+
+    async def sums(c: Context) -> AShare:
+        with c.scope("softmax"):
+            return await row_reciprocals(c, e)
+
+    if normalise_after(n, total, values.shape[-1]):
+        weighted, r = await ctx.gather(lambda c: product(c, e), sums)
+        with ctx.scope("softmax"):
+            return await scale_rows(ctx, weighted, r)
+    with ctx.scope("softmax"):
+        probs = await probabilities(ctx, e, keep)
+    return await product(ctx, probs)
+
+
 async def mlp(
     ctx: Context, config: LlamaConfig, layer: SecureLayer, x: AShare, index: int
 ) -> AShare:
     """SwiGLU: (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and up in one product."""
     name = f"layer{index}"
     with ctx.scope("norm"):
-        h = await rms_norm(ctx, x, layer.ffn_norm, eps=config.rms_eps)
+        h = await rms_norm(ctx, x, eps=config.rms_eps)  # its gain is in w_gate_up
     probe(ctx, f"{name}.ffn_norm", h)
     with ctx.scope("gate_up"):
         gate_up = await weight_matmul(ctx, h, layer.w_gate_up)
@@ -484,6 +531,7 @@ async def forward(
 __all__ = [
     "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "LayerProbe", "Probe", "Rope", "SecureKVCache",
     "SecureLayer", "SecureModel", "SecureWeight", "Stored", "apply_rope", "assemble_model",
-    "attention", "causal_mask", "decoder_layer", "embed_tokens", "forward", "forward_scopes",
-    "lm_head", "mlp", "probe", "store_share", "weight_matmul", "weight_plan", "weight_tensors",
+    "attend", "attention", "causal_mask", "decoder_layer", "embed_tokens", "forward",
+    "forward_scopes", "lm_head", "mlp", "probe", "store_share", "weight_matmul", "weight_plan",
+    "weight_tensors",
 ]

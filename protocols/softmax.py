@@ -2,7 +2,10 @@
 
 softmax(x)_i = e^(x_i - max x) / sum_j e^(x_j - max x), with e^ by :func:`.exp.neg_exp`
 and one reciprocal per row (:func:`.reciprocal.reciprocal`, at 32 fractional bits), multiplied
-back. A public mask (True = attend; e.g. causal attention) is exact: masked entries are left
+back. Its parts are public for callers that normalise later (attention: softmax(x) @ V as
+(e @ V) x r, the product with V beside the reciprocal, :func:`normalise_after`):
+:func:`exp_rows`, :func:`row_reciprocals`, :func:`scale_rows`, :func:`probabilities`.
+A public mask (True = attend; e.g. causal attention) is exact: masked entries are left
 out of the maximum, contribute exactly zero to the sum and come out exactly zero. PUMA's
 -1e-6 before negExp is dropped: it is 0.26 units at 18 fractional bits, and negExp(0) is exact
 enough (the maximum is one of the entries exactly).
@@ -88,8 +91,19 @@ async def softmax(
     """Softmax of fixed-point x along the last axis; ``mask`` (public, broadcast to x) keeps
     the True entries, and every row needs at least one. Cost and error: module docstring.
     """
-    n = x.shape[-1]
-    keep = None if mask is None else np.broadcast_to(np.asarray(mask, dtype=bool), x.shape)
+    keep = _keep(mask, x.shape)
+    return await probabilities(ctx, await exp_rows(ctx, x, keep), keep)
+
+
+def _keep(mask: npt.ArrayLike | None, shape: tuple[int, ...]) -> npt.NDArray[np.bool_] | None:
+    return None if mask is None else np.broadcast_to(np.asarray(mask, dtype=bool), shape)
+
+
+async def exp_rows(ctx: Context, x: AShare, mask: npt.ArrayLike | None = None) -> AShare:
+    """e = exp(x - max x) along the last axis (the maximum over the kept entries), exactly 0
+    where ``mask`` is False: softmax's numerators, in [0, 1] at f bits, the row's first
+    maximum exactly 1 up to negExp's error. :func:`max_along` then :func:`.exp.neg_exp`."""
+    keep = _keep(mask, x.shape)
     for_max = x
     if keep is not None:
         if not keep.any(axis=-1).all():
@@ -99,14 +113,61 @@ async def softmax(
             lambda a: np.where(keep, a, np.take_along_axis(a, first, axis=-1))
         )
     top = await max_along(ctx, for_max)
-    e = await neg_exp(ctx, x - repeat_last(top, n))
-    if keep is not None:
-        e = e.scale(keep.astype(np.uint64))
-    # every e is in [1 - 2^-18, 1 + 2^-18] at most (e^0 >= 2^18 - 1 units), and the maximum's is e^0
-    r = await reciprocal(ctx, e.sum(axis=-1), min_value=1 - 2.0**-17,
-                         max_value=n * (1 + 2.0**-17), frac_out=RECIPROCAL_FRAC)
-    out = await mul_fxp(ctx, e, repeat_last(r, n), bits=RECIPROCAL_FRAC)
+    e = await neg_exp(ctx, x - repeat_last(top, x.shape[-1]))
+    return e if keep is None else e.scale(keep.astype(np.uint64))
+
+
+async def row_reciprocals(ctx: Context, e: AShare) -> AShare:
+    """r = 1 / sum(e) per row of :func:`exp_rows`' e, at :data:`RECIPROCAL_FRAC` fractional
+    bits. Every e is within one unit of [0, 1] and the maximum's is e^0 = 1 exactly, so the
+    sum lies in [1 - 2^-17, n (1 + 2^-17)]: :func:`.reciprocal.reciprocal` on that range
+    (its octaves 0 .. log2 n)."""
+    n = e.shape[-1]
+    return await reciprocal(ctx, e.sum(axis=-1), min_value=1 - 2.0**-17,
+                            max_value=n * (1 + 2.0**-17), frac_out=RECIPROCAL_FRAC)
+
+
+async def scale_rows(ctx: Context, y: AShare, r: AShare) -> AShare:
+    """y * r with r per row (:func:`row_reciprocals`, at :data:`RECIPROCAL_FRAC` bits): one
+    truncated product, 2 rounds, 44 bytes per element of y (3 parties; 40 + 32/8).
+
+    Headroom: the truncated value is |y r| 2^(f + 32), below 2^62 while |y r| < 2^12: always
+    for probabilities, and for (e @ V) r (a weighted mean of V's rows) while |V| < 2^12.
+    """
+    return await mul_fxp(ctx, y, repeat_last(r, y.shape[-1]), bits=RECIPROCAL_FRAC)
+
+
+async def probabilities(ctx: Context, e: AShare, mask: npt.ArrayLike | None = None) -> AShare:
+    """e / sum(e) per row (:func:`row_reciprocals`, :func:`scale_rows`), 0 where masked."""
+    keep = _keep(mask, e.shape)
+    out = await scale_rows(ctx, e, await row_reciprocals(ctx, e))
     return out if keep is None else out.scale(keep.astype(np.uint64))
 
 
-__all__ = ["ALL_PAIRS_MAX", "RECIPROCAL_FRAC", "max_along", "softmax"]
+def normalise_after(new_rows: int, keys: int, width: int) -> bool:
+    """Whether softmax(x) @ V is better computed as ((e @ V) r) than as (e r) @ V, from the
+    public shapes: rows of ``keys`` entries, V's rows of ``width`` values, ``new_rows`` rows
+    per head.
+
+    Both orders cost 2 rounds for the product with V and 2 for the product with r; the late
+    order runs e @ V *beside* :func:`row_reciprocals` (2 rounds fewer on the critical path)
+    and multiplies ``width`` values per row by r instead of ``keys`` (:func:`scale_rows`:
+    44 (keys - width) bytes per row fewer, or more when keys < width). Taken when it costs no
+    more bytes (width <= keys), and for one new row (a decoding step, where rounds dominate:
+    SmolLM2, width 64, 9 heads, keys 8: +22.2 kB per layer, +0.67 MB per token, 1.6% of
+    its 41 MB).
+
+    Precision: the late order is not worse. (e r) @ V rounds every probability (one unit u
+    each, times |v_j|: up to u sum_j |v_j|) and then the product (u); (e @ V) r rounds e @ V
+    (u, times r <= 1 + 2.6e-6) and the product (u): <= 2 u + |out| 2.6e-6 (r's relative
+    error, which both orders carry). Headroom of the late order: e @ V's truncated value is
+    sum(e) |V| 2^(2f) <= keys |V| 2^36 (below 2^62 while keys |V| < 2^26), and
+    :func:`scale_rows` needs |V| < 2^12 (|out| <= max |V|).
+    """
+    return width <= keys or new_rows == 1
+
+
+__all__ = [
+    "ALL_PAIRS_MAX", "RECIPROCAL_FRAC", "exp_rows", "max_along", "normalise_after",
+    "probabilities", "row_reciprocals", "scale_rows", "softmax",
+]

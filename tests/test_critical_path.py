@@ -213,17 +213,17 @@ def test_components_sum_to_the_pass(session: SessionResult, step: int) -> None:
 
 
 DECLARED = {
-    "attn.norm": ("rms_norm", "mul_fxp"),  # the norm, then its gain
+    "attn.norm": ("rms_norm",),  # its gain is folded into W_qkv
     "attn.qkv": ("matmul_fxp",),
     "attn.rope": ("truncate",),
     "attn.scores": ("matmul_fxp",),
     "attn.softmax.max_along": ("max_along (rows of 8)",),
     "attn.softmax.neg_exp": ("neg_exp",),
     "attn.softmax.reciprocal": ("reciprocal (x in [0.5, 129])",),
-    "attn.softmax": ("mul_fxp",),  # e x 1/sum
-    "attn.pv": ("matmul_fxp",),
+    "attn.softmax": ("mul_fxp",),  # (e @ V) x 1/sum
+    "attn.pv": ("matmul_fxp",),  # e @ V, beside the reciprocal (one new row)
     "attn.o": ("matmul_fxp",),
-    "mlp.norm": ("rms_norm", "mul_fxp"),
+    "mlp.norm": ("rms_norm",),  # its gain is folded into W_gate_up
     "mlp.gate_up": ("matmul_fxp",),
     "mlp.silu": ("silu",),
     "mlp.silu_up": ("mul_fxp",),
@@ -234,6 +234,9 @@ OVERLAPS = {"attn.rope": 1, "attn.softmax.max_along": 1, "mlp.norm": 1}
 """Rounds a component shares with the product before it (counted there): its first messages
 come from that product's dealer, whose output components are ready after the product's first
 round. From the second layer on, ``attn.norm`` follows the previous layer's down product so."""
+BESIDE = {"attn.pv"}
+"""Components off the critical path: a new token's e @ V runs beside the softmax's reciprocal
+(``protocols.llama.attend``), so its rounds are the reciprocal's."""
 
 
 def test_layer_rounds_are_the_declared_costs(session: SessionResult) -> None:
@@ -247,8 +250,9 @@ def test_layer_rounds_are_the_declared_costs(session: SessionResult) -> None:
     rows = account_pass(session.stats, pass_scope(0, 1), CONFIG.n_layers)["components"]
     assert set(DECLARED) == set(COMPONENTS)
     for i in range(CONFIG.n_layers):
-        online = {c: sum(declared(op, "online") for op in ops) - OVERLAPS.get(c, 0)
-                  - (c == "attn.norm" and i > 0) for c, ops in DECLARED.items()}
+        online = {c: 0 if c in BESIDE else sum(declared(op, "online") for op in ops)
+                  - OVERLAPS.get(c, 0) - (c == "attn.norm" and i > 0)
+                  for c, ops in DECLARED.items()}
         offline = {c: max(declared(op, "offline") for op in ops) for c, ops in DECLARED.items()}
         assert {c: rows[c]["online"]["rounds"][i] for c in COMPONENTS} == online, i
         assert {c: rows[c]["offline"]["rounds"][i] for c in COMPONENTS} == offline, i

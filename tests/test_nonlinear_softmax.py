@@ -11,8 +11,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from puma_async.context import Context
+from puma_async.protocols.llama import attend
 from puma_async.protocols.shares import AShare
-from puma_async.protocols.softmax import ALL_PAIRS_MAX, GROUP, max_along, softmax
+from puma_async.protocols.softmax import (
+    ALL_PAIRS_MAX,
+    GROUP,
+    max_along,
+    normalise_after,
+    softmax,
+)
 
 MAX_ERROR = 5e-5  # documented max abs error per probability (measured 1.7e-5 to 3.4e-5)
 
@@ -126,3 +133,73 @@ def test_hypothesis_rows(fxp, x: np.ndarray) -> None:
     got, _ = fxp.run(_softmax(), x)
     assert np.max(np.abs(got - _reference(fxp, x))) <= MAX_ERROR
     assert np.all(np.abs(got.sum(axis=-1) - 1) <= x.shape[-1] * MAX_ERROR)
+
+
+def _attention(fxp, x: np.ndarray, v: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
+    """``llama.attend``: softmax(x) @ v per group; n = 1 normalises after the product."""
+    async def fn(ctx: Context, a: AShare, b: AShare) -> AShare:
+        return await attend(ctx, a, b, mask, n, "test")
+
+    return fxp.run(fn, x, v)[0]
+
+
+def _attention_bound(fxp, v: np.ndarray) -> np.ndarray:
+    """The late order's bound per output (:func:`normalise_after`): negExp's error (4.7e-6
+    per e, < 1e-5 |v_j| each, the row sum >= 1), r's relative error (< 5e-6 |out|, |out| <=
+    max |v|) and 3 units of rounding."""
+    weights = np.abs(fxp.quantised(v)).sum(axis=-2, keepdims=True)  # (groups, 1, d)
+    return 1e-5 * weights + 5e-6 * np.abs(v).max(axis=-2, keepdims=True) + 3 * fxp.ulp
+
+
+def _attention_reference(fxp, x: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return _reference(fxp, x, mask) @ fxp.quantised(v)
+
+
+def test_normalise_after_by_shapes() -> None:
+    assert normalise_after(1, 8, 64)  # a decoding step: 2 rounds fewer for 22 kB more
+    assert not normalise_after(5, 8, 64)  # more bytes for prompt rows
+    assert normalise_after(5, 64, 64) and normalise_after(5, 100, 64)  # no more bytes
+
+
+@pytest.mark.parametrize(("keys", "width", "scale"), [(8, 64, 1.0), (8, 64, 2000.0),
+                                                       (40, 64, 2000.0), (40, 8, 1.0)])
+def test_normalised_after_the_product_within_the_bound(fxp, keys, width, scale) -> None:
+    rng = np.random.default_rng(keys + width)
+    groups, rows = 3, 24
+    x = rng.normal(0, 3, (groups, rows, keys))
+    v = rng.normal(0, scale, (groups, keys, width)).clip(-4000, 4000)
+    mask = np.ones(x.shape, dtype=bool)
+    mask[..., -2:] = rng.random((groups, rows, 2)) < 0.5
+    got = _attention(fxp, x, v, mask, 1)
+    assert np.all(np.abs(got - _attention_reference(fxp, x, v, mask)) <= _attention_bound(fxp, v))
+
+
+@pytest.mark.parametrize("keys", [8, 40])
+def test_normalised_after_the_product_rounds_less(fxp, keys: int) -> None:
+    """Uniform rows (every e = 1, probabilities 1/keys) of values up to 2000: (e r) @ V
+    rounds every probability (one unit times |v_j|, summed: measured 3,800 units at 8 keys,
+    12,000 at 40), (e @ V) r rounds twice (600 and 210 units measured, mostly r's relative
+    error): at least 3 times smaller."""
+    rng = np.random.default_rng(keys)
+    x = np.zeros((3, 24, keys))
+    v = rng.choice([-2000.0, 2000.0], (3, keys, 64)) * rng.random((3, keys, 64))
+    mask = np.ones(x.shape, dtype=bool)
+    want = _attention_reference(fxp, x, v, mask)
+    late = np.abs(_attention(fxp, x, v, mask, 1) - want).max()
+    early = np.abs(_attention(fxp, x, v, mask, 24) - want).max()  # 24 rows: (e r) @ V
+    assert not normalise_after(24, keys, 64)
+    assert 3 * late <= early
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 12), st.integers(0, 2**32 - 1), st.sampled_from([1.0, 100.0, 4095.0]))
+def test_hypothesis_normalised_after_near_the_headroom(fxp, keys: int, seed: int,
+                                                       top: float) -> None:
+    """|V| up to 4095 (scale_rows' headroom: |out| < 2^12), rows of one entry up to 12, one
+    dominant or all-equal scores."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice([rng.normal(0, 5, (2, 3, keys)), np.zeros((2, 3, keys))])
+    v = rng.choice([-top, top], (2, keys, 4)) * rng.choice([1.0, rng.random()])
+    mask = np.ones(x.shape, dtype=bool)
+    got = np.abs(_attention(fxp, x, v, mask, 1) - _attention_reference(fxp, x, v, mask))
+    assert np.all(got <= _attention_bound(fxp, v))

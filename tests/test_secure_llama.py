@@ -18,7 +18,7 @@ from puma_async.errors import ContextLengthError, ModelFileError
 from puma_async.local import main
 from puma_async.model import KVCache, forward, greedy_generate, random_weights, tiny_config
 from puma_async.model.gguf_loader import load_gguf
-from puma_async.protocols.llama import causal_mask, weight_plan
+from puma_async.protocols.llama import causal_mask, weight_plan, weight_tensors
 from puma_async.roles import MODEL_OWNER, PARTIES
 from puma_async.session import (
     GenerationOptions,
@@ -100,6 +100,20 @@ def test_costs_and_weight_sharing(session) -> None:
     elements = sum(int(np.prod(shape)) for _, shape in weight_plan(CONFIG))
     assert 0 <= session.owner_setup_bytes() - 2 * 8 * elements < 200  # + 4 seeds
     assert session.stats[MODEL_OWNER].totals(phase="online").bytes_sent == 0
+
+
+def test_norm_gains_are_folded_into_the_next_weights() -> None:
+    """The owner shares diag(g_attn) [Wq | Wk | Wv] and diag(g_ffn) [W_gate | W_up] (no gains
+    of their own); only the final norm's gain is shared as a vector."""
+    tensors = dict(zip((name for name, _ in weight_plan(CONFIG)), weight_tensors(WEIGHTS),
+                       strict=True))
+    for i, layer in enumerate(WEIGHTS.layers):
+        qkv = np.concatenate([layer.wq, layer.wk, layer.wv], axis=1)
+        gate_up = np.concatenate([layer.w_gate, layer.w_up], axis=1)
+        assert np.array_equal(tensors[f"layer{i}.wqkv"], layer.attn_norm[:, None] * qkv)
+        assert np.array_equal(tensors[f"layer{i}.w_gate_up"], layer.ffn_norm[:, None] * gate_up)
+    assert [name for name, shape in weight_plan(CONFIG) if len(shape) == 1] == ["final_norm"]
+    assert np.array_equal(tensors["final_norm"], WEIGHTS.final_norm)
 
 
 def test_causal_mask_rows_by_group() -> None:

@@ -64,10 +64,9 @@ def silu(x: F64) -> F64:
     return x * 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def softmax(x: F64) -> F64:
-    """Softmax over the last axis, with max subtraction."""
-    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
-    return e / np.sum(e, axis=-1, keepdims=True)
+def exp_shifted(x: F64) -> F64:
+    """``exp(x - max x)`` over the last axis: softmax's numerators (e / sum e is softmax)."""
+    return np.exp(x - np.max(x, axis=-1, keepdims=True))
 
 
 def causal_attention(
@@ -78,17 +77,18 @@ def causal_attention(
     ``q`` is (n_heads, n, head_dim) for positions ``start .. start+n-1``; ``k`` and ``v`` are
     (n_kv_heads, start+n, head_dim). Query head ``h`` reads key/value head ``h // n_rep``.
     Returns (n, n_heads * head_dim), heads concatenated in order. ``probe`` (if given) sees
-    the scores and probabilities as ``{name}.scores`` and ``{name}.probs``.
+    the scores and softmax's numerators as ``{name}.scores`` and ``{name}.exp``.
     """
     n_heads, n, head_dim = q.shape
     n_kv, total, _ = k.shape
     qg = q.reshape(n_kv, n_heads // n_kv, n, head_dim)
     scores = qg @ k[:, None].swapaxes(-1, -2) / np.sqrt(head_dim)  # (n_kv, n_rep, n, total)
     visible = np.arange(total)[None, :] <= start + np.arange(n)[:, None]  # public causal mask
-    probs = softmax(np.where(visible, scores, -np.inf))
+    e = exp_shifted(np.where(visible, scores, -np.inf))  # 0 where masked
+    probs = e / np.sum(e, axis=-1, keepdims=True)
     if probe is not None:
         probe(f"{name}.scores", scores)
-        probe(f"{name}.probs", probs)
+        probe(f"{name}.exp", e)
     out = (probs @ v[:, None]).reshape(n_heads, n, head_dim)
     return out.transpose(1, 0, 2).reshape(n, n_heads * head_dim)
 
@@ -102,7 +102,8 @@ def decoder_layer(
     ``probe`` (if given) sees every probe point ``layer{index}.*`` of the secure model.
     """
     n, d = x.shape[0], config.head_dim
-    h = rms_norm(x, layer.attn_norm, config.rms_eps)
+    unit = rms_norm(x, np.ones(1), config.rms_eps)  # x / rms(x): the secure model's probe
+    h = unit * layer.attn_norm
     qkv = h @ layer.wq, h @ layer.wk, h @ layer.wv
     q = apply_rope(qkv[0].reshape(n, config.n_heads, d).transpose(1, 0, 2), cos, sin)
     k = apply_rope(qkv[1].reshape(n, config.n_kv_heads, d).transpose(1, 0, 2), cos, sin)
@@ -114,16 +115,17 @@ def decoder_layer(
     attn = causal_attention(q, cache.keys[index], cache.values[index], start, probe, name)
     o_proj = attn @ layer.wo
     x = x + o_proj
-    h2 = rms_norm(x, layer.ffn_norm, config.rms_eps)
+    unit2 = rms_norm(x, np.ones(1), config.rms_eps)
+    h2 = unit2 * layer.ffn_norm
     gate, up = h2 @ layer.w_gate, h2 @ layer.w_up
     activated = silu(gate)
     down = (activated * up) @ layer.w_down
     if probe is not None:
         points = {
-            "attn_norm": h,
+            "attn_norm": unit,
             "qkv": np.concatenate(qkv, axis=-1),
             "rope": np.concatenate([q / np.sqrt(d), k], axis=0).transpose(1, 0, 2),
-            "attn_out": attn, "o_proj": o_proj, "attn_residual": x, "ffn_norm": h2,
+            "attn_out": attn, "o_proj": o_proj, "attn_residual": x, "ffn_norm": unit2,
             "gate_up": np.concatenate([gate, up], axis=-1), "silu": activated,
             "silu_up": activated * up, "down": down, "residual": x + down,
         }
