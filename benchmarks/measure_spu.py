@@ -3,12 +3,15 @@
 Workloads (each part in its own subprocess, so that each peak memory is its own):
 
 - ``smollm2``: SmolLM2-135M-Instruct (real weights from the GGUF) forward over the 5 tokens of
-  "The capital of France is", the next token chosen by argmax inside SPU (as SPU's
-  ``flax_llama7b`` example does); the secret inputs are the token ids (embedded by one-hot
-  times the table, PUMA's way) and every weight.
+  "The capital of France is". As in our sessions, the secret inputs are the token rows one-hot
+  (the client's) and every weight, and the output is the last row's logits, revealed (the
+  client takes the argmax). PUMA's paper instead computes the one-hot rows from shared ids by
+  secure equality, and SPU's example takes the argmax inside SPU: both are measured apart, as
+  the ops ``onehot_by_equality_5x49152`` and ``argmax_49152``, not in this forward.
 - ``block7b``: the model of ``benchmarks/llama.py``'s block part: one decoder block of
   LLaMA-7B's shape (hidden 4096, 32 heads, FFN 11008, vocabulary 256, random weights of
-  ``puma_async.model.random_weights`` seed 0) over 8 tokens, the next token by argmax in SPU.
+  ``puma_async.model.random_weights`` seed 0) over 8 tokens, the same way.
+- ``ops``: the ops that ``benchmarks/ops.py`` sets SPU beside, with the same shapes and inputs.
 
 Configuration (PUMA, as SPU's ``examples/python/ml/flax_llama7b``): ABY3, ring FM64, 18
 fractional bits (SPU's FM64 default), ``fxp_exp_mode`` 0 (Taylor, i.e. (1 + x/2^n)^(2^n)) with
@@ -117,9 +120,9 @@ def flat_params(weights: Any) -> dict[str, np.ndarray]:
 
 
 def make_forward(config: Any, n: int, softmax: Callable, silu: Callable
-                 ) -> Callable[[Any, dict[str, Any]], tuple[Any, Any]]:
-    """``forward(ids, params) -> (logits of the last row, argmax)``: a LLaMA forward in
-    ``jax.numpy`` over ``n`` tokens at positions 0..n-1 (rotary tables and causal mask public)."""
+                 ) -> Callable[[Any, dict[str, Any]], Any]:
+    """``forward(rows, params) -> logits of the last row``: a LLaMA forward in ``jax.numpy``
+    over ``n`` one-hot token rows at positions 0..n-1 (rotary tables and causal mask public)."""
     import jax.numpy as jnp
     from jax import lax
 
@@ -136,9 +139,8 @@ def make_forward(config: Any, n: int, softmax: Callable, silu: Callable
         rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
         return x * cos + rotated * sin
 
-    def forward(ids: Any, params: dict[str, Any]) -> tuple[Any, Any]:
-        onehot = (ids[:, None] == jnp.arange(config.vocab)[None, :]).astype(jnp.float32)
-        x = onehot @ params["embed"]
+    def forward(rows: Any, params: dict[str, Any]) -> Any:
+        x = rows @ params["embed"]
         for i in range(config.n_layers):
             p = {k.split(".")[-1]: v for k, v in params.items() if k.startswith(f"layers.{i}.")}
             h = rms_norm(x, p["attn_norm"])
@@ -152,10 +154,14 @@ def make_forward(config: Any, n: int, softmax: Callable, silu: Callable
             h = rms_norm(x, p["ffn_norm"])
             x = x + (silu(jnp, h @ p["w_gate"]) * (h @ p["w_up"])) @ p["w_down"]
         head = params["embed"].T if config.tied_embeddings else params["lm_head"]
-        logits = rms_norm(x[-1], params["final_norm"]) @ head
-        return logits, jnp.argmax(logits)
+        return rms_norm(x[-1], params["final_norm"]) @ head
 
     return forward
+
+
+def onehot(config: Any, ids: list[int]) -> np.ndarray:
+    """The token rows one-hot, (len(ids), vocab): what our client shares."""
+    return np.eye(config.vocab)[ids]
 
 
 def workload(part: str) -> tuple[Any, list[int]]:
@@ -187,7 +193,7 @@ def run_check() -> dict[str, Any]:
     for name, softmax, silu in (("exact", exact_softmax, exact_silu),
                                 ("puma_approximations", puma_softmax, puma_silu)):
         fwd = make_forward(weights.config, len(ids), softmax, silu)
-        got = np.asarray(jax.jit(fwd)(jnp.asarray(ids), params)[0])
+        got = np.asarray(jax.jit(fwd)(jnp.asarray(onehot(weights.config, ids)), params))
         out[name] = {"max_abs_logit_error": float(np.max(np.abs(got - want))),
                      "argmax": int(np.argmax(got))}
     if out["exact"]["max_abs_logit_error"] > 1e-4:
@@ -268,13 +274,14 @@ def simulate(fn: Callable[..., Any], args: tuple[Any, ...]) -> dict[str, Any]:
 def run_model(part: str) -> dict[str, Any]:
     """A model workload on SPU (prints SPU's profiling lines)."""
     weights, ids = workload(part)
-    forward = make_forward(weights.config, len(ids), puma_softmax, puma_silu)
+    weights_config = weights.config
+    forward = make_forward(weights_config, len(ids), puma_softmax, puma_silu)
     params = {k: np.asarray(v, dtype=np.float32) for k, v in flat_params(weights).items()}
     del weights
-    run = simulate(forward, (np.asarray(ids, dtype=np.int32), params))
+    run = simulate(forward, (onehot(weights_config, ids).astype(np.float32), params))
     del params
-    logits, token = run.pop("outputs")
-    return {"tokens": len(ids), **run, "next_token": int(token),
+    (logits,) = run.pop("outputs")
+    return {"tokens": len(ids), **run, "next_token": int(np.argmax(logits)),
             "logits_last_row": np.asarray(logits, dtype=float).tolist(),
             "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
@@ -321,6 +328,11 @@ def op_cases() -> dict[str, tuple[Callable[..., Any], tuple[np.ndarray, ...], li
         "rms_norm_8x576": (
             lambda x: x * lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-5),
             (_residual_rows(rng, (8, 576)),), ["rms_norm_8x576"]),
+        # PUMA's work that our sessions leave to the client (see the module docstring)
+        "onehot_by_equality_5x49152": (
+            lambda i: (i[:, None] == jnp.arange(49152)[None, :]).astype(jnp.float32),
+            (np.array([504, 3575, 282, 4649, 314]),), []),
+        "argmax_49152": (jnp.argmax, (rng.normal(0, 3.0, 49152),), []),
     }
 
 
@@ -364,14 +376,13 @@ def run_part(part: str) -> dict[str, Any]:
         sys.stderr.write(log[-5000:])
         raise SystemExit(f"part {part} failed (exit {proc.returncode})")
     out = json.loads(result_lines[-1][len("RESULT "):])
-    out["load_average_at_start"] = load
-    out["date"] = time.strftime("%Y-%m-%d %H:%M")
     links = [tuple(int(g) for g in m.groups()) for m in LINK_LINE.finditer(log)]
     runs = [out] if part in PARTS else list(out.values()) if part == "ops" else []
     if len(links) != 3 * len(runs):
         raise SystemExit(f"expected 3 'Link details' lines (one per party) per run, got {links}")
     for i, run in enumerate(runs):
         run.update(link_figures(links[3 * i : 3 * i + 3]))
+        run.update(load_average_at_start=load, date=time.strftime("%Y-%m-%d %H:%M"))
     return out
 
 

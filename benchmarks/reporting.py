@@ -75,7 +75,7 @@ def spu_op(figures: dict[str, Any] | None, benchmark: str) -> dict[str, Any] | N
     with ``source`` and ``date``."""
     for op in (figures or {}).get("ops", {}).values():
         if benchmark in op["ops_benchmarks"]:
-            return {**op, "source": figures["source"], "date": figures["date"]}
+            return {"source": figures["source"], "date": figures["date"], **op}
     return None
 
 
