@@ -140,10 +140,11 @@ def test_the_llama_components_renderer(tables: ModuleType) -> None:
 SPU_JSON = {  # the layout benchmarks/measure_spu.py writes (figures made up)
     "spu_version": "0.9.5", "date": "2026-12-06",
     "smollm2_forward_5_tokens": {"seconds": 30.0, "bytes_all_parties": 400e6,
-                                 "send_actions_max": 11500, "peak_memory_bytes": 8.5e9},
+                                 "send_actions_max": 11500, "peak_memory_bytes": 8.5e9,
+                                 "load_average_at_start": [4.0, 3.0, 2.0]},
     "llama7b_block_8_tokens": {"skipped": "9.0 GB available, 12.0 GB needed"},
     "ops": {"gelu_128x3072": {"seconds": 2.0, "bytes_all_parties": 300e6,
-                              "send_actions_max": 60,
+                              "send_actions_max": 60, "load_average_at_start": [2.5, 2.0, 1.0],
                               "ops_benchmarks": ["gelu_puma_128x3072", "gelu_128x3072"]}},
 }
 
@@ -169,6 +170,7 @@ def test_spu_figures_come_from_spu_json(tables: ModuleType, tmp_path: Path) -> N
         {"machine": machine, "gelu_128x3072": op, "softmax_12x128x128": op}))
     body = tables.render("ops", tmp_path).splitlines()
     assert body[0].endswith("; the SPU column: `python benchmarks/measure_spu.py` -> "
-                            "`benchmarks/results/spu.json`, 2026-12-06.")
+                            "`benchmarks/results/spu.json`, 2026-12-06, load average "
+                            "2.5-2.5 at its runs' starts.")
     assert body[4].endswith("| 2 s, 300 MB, 60 messages per party (max) |")
     assert body[5].endswith("| 0.01 |  |")  # no SPU op beside softmax in this spu.json
