@@ -327,11 +327,11 @@ def render(name: str, results: Path = RESULTS) -> str | None:
         runs = (list(spu["ops"].values()) if name == "ops" else
                 [spu[key] for key in ("smollm2_forward_5_tokens", "llama7b_block_8_tokens")
                  if key in spu])
-        loads = [run["load_average_at_start"][0] for run in runs]
+        loads = sorted({f"{run['load_average_at_start'][0]:.1f}" for run in runs}, key=float)
+        span = "-".join(dict.fromkeys([loads[0], loads[-1]])) if loads else ""
         extra = (f"; the SPU column: `python benchmarks/measure_spu.py` -> "
                  f"`{spu['source']}`, {spu['date']}"
-                 + (f", load average {min(loads):.1f}-{max(loads):.1f} at its runs' starts"
-                    if loads else ""))
+                 + (f", load average {span} at its runs' starts" if span else ""))
     head = [_run_line(table.command, table.source, machine, extra), ""] if machine else []
     return "\n".join([*head, *table.render(data)]) + "\n"
 

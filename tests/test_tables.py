@@ -171,6 +171,6 @@ def test_spu_figures_come_from_spu_json(tables: ModuleType, tmp_path: Path) -> N
     body = tables.render("ops", tmp_path).splitlines()
     assert body[0].endswith("; the SPU column: `python benchmarks/measure_spu.py` -> "
                             "`benchmarks/results/spu.json`, 2026-12-06, load average "
-                            "2.5-2.5 at its runs' starts.")
+                            "2.5 at its runs' starts.")
     assert body[4].endswith("| 2 s, 300 MB, 60 messages per party (max) |")
     assert body[5].endswith("| 0.01 |  |")  # no SPU op beside softmax in this spu.json
