@@ -28,10 +28,11 @@ delays a party's heartbeats when it runs alone in its process), the longest sche
 wake-up (the loop thread waiting for the CPU or the GIL). They must stay well below the
 liveness bound (a peer silent for 10 s is dead).
 
-Reference (SPU 0.9.5, same machine class, 3 parties in one process): SmolLM2-135M forward over
-"The capital of France is" 12.8 s and 296 MB (all parties), peak memory 8.2 GB; one
-LLaMA-7B-shape block over 8 tokens 44.4 s and 123 MB. The machine may be shared with other
-work: the load average at start is recorded.
+SPU 0.9.5 (PUMA's implementation) beside these: its figures for the same SmolLM2 forward over
+"The capital of France is" and the same 7B-shape block, as ``benchmarks/measure_spu.py``
+measured them on this host (3 parties in one process, in SPU's own venv), are read from
+``benchmarks/results/spu.json`` when present and recorded as ``spu_reference`` with that file's
+name and date. The machine may be shared with other work: the load average at start is recorded.
 
     python benchmarks/llama.py [--quick] [--tiny] [--baseline PATH] [--out PATH]
 
@@ -60,11 +61,6 @@ from puma_async.roles import PARTIES
 from puma_async.session import Progress, SessionResult, run_session
 from puma_async.session.accounting import account_pass, pass_scope
 
-SPU_REFERENCE = {
-    "smollm2_forward_5_tokens": {"seconds": 12.8, "bytes_all_parties": 296e6,
-                                 "peak_memory_bytes": 8.2e9},
-    "llama7b_block_8_tokens": {"seconds": 44.4, "bytes_all_parties": 123e6},
-}
 PUMA_LLAMA7B_8_TO_1 = {"seconds": 200.473, "bytes": 1.794e9}
 LLAMA7B = {"layers": 32, "hidden": 4096, "ffn": 11008, "vocab": 32000, "tokens": 8}
 LONG_PROMPT = (
@@ -342,6 +338,7 @@ def print_accounting(session: dict[str, Any], baseline: dict[str, Any] | None) -
 
 def print_summary(results: dict[str, Any], baseline: dict[str, Any] | None) -> None:
     mb = 1e6
+    spu = results["spu_reference"]
     key = "tiny" if "tiny" in results else "smollm2"
     s = results[key]
     print(f"{'tiny model' if key == 'tiny' else 'SmolLM2-135M'} set-up: "
@@ -355,8 +352,8 @@ def print_summary(results: dict[str, Any], baseline: dict[str, Any] | None) -> N
               f"{pp['rounds']} rounds; per new token {mean['seconds']:.2f} s, "
               f"{mean['bytes_all_parties'] / mb:.2f} MB, {mean['rounds']:.0f} rounds; "
               f"-> {p['generated']!r}")
-    print(f"  peak memory {s['peak_memory_bytes'] / 1e9:.2f} GB   [SPU: forward over 5 tokens "
-          f"12.8 s, 296 MB, peak 8.2 GB]")
+    print(f"  peak memory {s['peak_memory_bytes'] / 1e9:.2f} GB")
+    print(f"  [forward over 5 tokens, {reporting.spu_summary(spu, 'smollm2_forward_5_tokens')}]")
     print(f"  longest event loop step: {format_stalls(s['event_loop'])}")
     print_accounting(s, None if baseline is None else baseline.get(key))
     if "block7b" in results:
@@ -364,8 +361,8 @@ def print_summary(results: dict[str, Any], baseline: dict[str, Any] | None) -> N
         print(f"LLaMA-7B-shape block, 8 tokens: {b['forward']['seconds']:.1f} s, "
               f"{b['block']['bytes_all_parties'] / mb:.1f} MB online + "
               f"{b['block']['offline']['bytes'] / mb:.1f} MB offline all parties, "
-              f"{b['block']['rounds']} rounds, peak memory {b['peak_memory_bytes'] / 1e9:.2f} GB"
-              f"   [SPU: 44.4 s, 123 MB]")
+              f"{b['block']['rounds']} rounds, peak memory {b['peak_memory_bytes'] / 1e9:.2f} GB")
+        print(f"  [{reporting.spu_summary(spu, 'llama7b_block_8_tokens')}]")
         print(f"  longest event loop step: {format_stalls(b['event_loop'])}")
         old = None if baseline is None else baseline.get("block7b")
         print("  forward over 8 tokens (all parties):")
@@ -397,7 +394,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "machine": reporting.machine(),
         "quick": quick,
-        "spu_reference": SPU_REFERENCE,
+        "spu_reference": reporting.spu_figures(),
     }
     started = time.perf_counter()
     results["tiny" if args.tiny else "smollm2"] = run_part("smollm2", quick, args.tiny)

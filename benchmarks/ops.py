@@ -6,10 +6,11 @@ latency) through :func:`~puma_async.evaluate.evaluate` and reports the op alone:
 seconds from the first party entering it to the last one leaving it (best of ``--repeats``,
 and the median of them: this shared machine's load swings), payload bytes sent by P0, P1 and
 P2 together and rounds (critical path) online, and the same of the offline part (correlated
-randomness a party deals ahead; these bytes cross the network too). Where PUMA's SPU was
-measured on this machine class (same setting: three parties in one process), its figures are
-printed beside ours. A 10^7-step Python loop is timed first and recorded, to tell a busy host
-from a slow change.
+randomness a party deals ahead; these bytes cross the network too). Where SPU 0.9.5 (PUMA's
+implementation) was measured on the same op and inputs (``benchmarks/measure_spu.py`` ->
+``benchmarks/results/spu.json``; same setting: three parties in one process), its figures are
+printed and recorded beside ours, with that file's name and date. A 10^7-step Python loop is
+timed first and recorded, to tell a busy host from a slow change.
 
     python benchmarks/ops.py [--only NAME ...] [--repeats N] [--out PATH]
 
@@ -48,26 +49,25 @@ Result = dict[str, Any]
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A named benchmark: ``run(repeats)`` returns its figures; ``spu`` the reference ones."""
+    """A named benchmark: ``run(repeats)`` returns its figures."""
 
     name: str
     description: str
     run: Callable[[int], Result]
-    spu: Result | None = None
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
 
 
 def benchmark(
-    name: str, description: str, spu: Result | None = None
+    name: str, description: str
 ) -> Callable[[Callable[[int], Result]], Callable[[int], Result]]:
     """Decorator: register ``run(repeats) -> figures`` under ``name``."""
 
     def register(run: Callable[[int], Result]) -> Callable[[int], Result]:
         if name in BENCHMARKS:
             raise ValueError(f"benchmark {name!r} registered twice")
-        BENCHMARKS[name] = Benchmark(name, description, run, spu)
+        BENCHMARKS[name] = Benchmark(name, description, run)
         return run
 
     return register
@@ -120,7 +120,6 @@ def _max_ulp_error(got: np.ndarray, exact_scaled: np.ndarray) -> float:
 @benchmark(
     "matmul_fxp_128x768x768",
     "secret x secret (128x768)@(768x768) fixed-point matmul with truncation",
-    spu={"seconds": 0.22, "bytes_all_parties": 5.1e6},
 )
 def bench_matmul_fxp(repeats: int) -> Result:
     fx = FixedPoint()
@@ -160,7 +159,6 @@ def _comparison_inputs(n: int) -> tuple[np.ndarray, np.ndarray]:
 @benchmark(
     "less_than_1e6",
     "10^6 secret < secret comparisons (a quarter equal, a quarter off by one)",
-    spu={"seconds": 1.62, "bytes_all_parties": 108e6, "wrong": 2},
 )
 def bench_less_than(repeats: int) -> Result:
     x, y = _comparison_inputs(10**6)
@@ -235,30 +233,26 @@ def _with_method(fn: Callable[..., Any], method: str) -> SecureFn:
     return op
 
 
-_SPU_GELU = {"seconds": 2.85, "bytes_all_parties": 362e6, "messages_p0": 55}
-_SPU_SILU = {"seconds": 0.10, "bytes_all_parties": 10.3e6, "messages_p0": 50}
 _NONLINEAR = [
-    ("gelu_puma", (128, 3072), _with_method(gelu, "puma"), _normal(2.0), _gelu, _SPU_GELU),
-    ("gelu", (128, 3072), _with_method(gelu, "accurate"), _normal(2.0), _gelu, _SPU_GELU),
-    ("softmax", (12, 128, 128), softmax, _normal(3.0), _softmax,
-     {"seconds": 0.72, "bytes_all_parties": 102e6, "messages_p0": 148}),
-    ("silu_puma", (8, 1536), _with_method(silu, "puma"), _normal(3.0), _silu, _SPU_SILU),
-    ("silu", (8, 1536), _with_method(silu, "accurate"), _normal(3.0), _silu, _SPU_SILU),
-    ("silu", (128, 1536), _with_method(silu, "accurate"), _normal(3.0), _silu, None),
-    ("rms_norm", (8, 576), rms_norm, _residual_rows, _rms,
-     {"seconds": 0.014, "bytes_all_parties": 0.73e6, "messages_p0": 57}),
-    ("layer_norm", (128, 768), layer_norm, _residual_rows, _layer, None),
+    ("gelu_puma", (128, 3072), _with_method(gelu, "puma"), _normal(2.0), _gelu),
+    ("gelu", (128, 3072), _with_method(gelu, "accurate"), _normal(2.0), _gelu),
+    ("softmax", (12, 128, 128), softmax, _normal(3.0), _softmax),
+    ("silu_puma", (8, 1536), _with_method(silu, "puma"), _normal(3.0), _silu),
+    ("silu", (8, 1536), _with_method(silu, "accurate"), _normal(3.0), _silu),
+    ("silu", (128, 1536), _with_method(silu, "accurate"), _normal(3.0), _silu),
+    ("rms_norm", (8, 576), rms_norm, _residual_rows, _rms),
+    ("layer_norm", (128, 768), layer_norm, _residual_rows, _layer),
 ]
 
 
 def _register_nonlinear(
     name: str, shape: tuple[int, ...], op: SecureFn,
     inputs: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray],
-    reference: Callable[[np.ndarray], np.ndarray], spu: Result | None,
+    reference: Callable[[np.ndarray], np.ndarray],
 ) -> None:
     fx = FixedPoint()
 
-    @benchmark(f"{name}_{'x'.join(map(str, shape))}", f"{name} on {shape}", spu=spu)
+    @benchmark(f"{name}_{'x'.join(map(str, shape))}", f"{name} on {shape}")
     def run(repeats: int) -> Result:
         x = fx.encode(inputs(np.random.default_rng(0), shape))
         result, e = measure_op(op, x, repeats=repeats)
@@ -271,15 +265,14 @@ for _case in _NONLINEAR:
     _register_nonlinear(*_case)
 
 
-def _show(bench: Benchmark, result: Result) -> None:
+def _show(bench: Benchmark, result: Result, spu: dict[str, Any] | None) -> None:
     figures = "  ".join(
         f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
         for key, value in result.items()
     )
     print(f"{bench.name}: {figures}")
-    if bench.spu:
-        spu = "  ".join(f"{key} {value:.4g}" for key, value in bench.spu.items())
-        print(f"{'':{len(bench.name)}}  SPU (PUMA) reference: {spu}")
+    if reporting.spu_op(spu, bench.name):
+        print(f"{'':{len(bench.name)}}  {reporting.spu_summary(spu, bench.name)}")
 
 
 def main() -> None:
@@ -291,12 +284,14 @@ def main() -> None:
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.exists() else {}  # other ops' runs
     results["machine"] = reporting.machine()
+    spu = reporting.spu_figures()
     for name in args.only or list(BENCHMARKS):
         bench = BENCHMARKS[name]
         result = bench.run(args.repeats)
-        _show(bench, result)
+        _show(bench, result, spu)
+        spu_op = reporting.spu_op(spu, name)
         results[name] = {"description": bench.description, **result,
-                         **({"spu": bench.spu} if bench.spu else {})}
+                         **({"spu": spu_op} if spu_op else {})}
     reporting.write(args.out, results)
 
 

@@ -53,6 +53,46 @@ def machine() -> dict[str, Any]:
     }
 
 
+def spu_figures(path: Path = RESULTS / "spu.json") -> dict[str, Any] | None:
+    """SPU 0.9.5's figures as ``benchmarks/measure_spu.py`` measured them on this host (None when
+    ``path`` is absent): its model workloads (``smollm2_forward_5_tokens``,
+    ``llama7b_block_8_tokens``, each left out when that run was skipped) and ``ops`` by name,
+    with ``source`` (the file) and ``date`` (of the run) for the benchmarks to quote."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    figures: dict[str, Any] = {"source": f"benchmarks/results/{path.name}",
+                               "date": data["date"], "spu_version": data["spu_version"]}
+    for key in ("smollm2_forward_5_tokens", "llama7b_block_8_tokens"):
+        if "seconds" in data.get(key, {}):
+            figures[key] = data[key]
+    figures["ops"] = data.get("ops", {})
+    return figures
+
+
+def spu_op(figures: dict[str, Any] | None, benchmark: str) -> dict[str, Any] | None:
+    """SPU's figures for the op set beside ``benchmarks/ops.py``'s ``benchmark`` (None if none),
+    with ``source`` and ``date``."""
+    for op in (figures or {}).get("ops", {}).values():
+        if benchmark in op["ops_benchmarks"]:
+            return {"source": figures["source"], "date": figures["date"], **op}
+    return None
+
+
+def spu_summary(figures: dict[str, Any] | None, key: str) -> str:
+    """``SPU (source, date): seconds, MB, messages`` for a workload, or why there is none."""
+    if figures is None:
+        return "SPU: not measured (python benchmarks/measure_spu.py, in SPU's venv)"
+    run = figures.get(key) or spu_op(figures, key)
+    if run is None:
+        return f"SPU: {key} not in {figures['source']}"
+    return (f"SPU {figures['spu_version']} ({figures['source']}, {figures['date']}): "
+            f"{run['seconds']:.3g} s, {run['bytes_all_parties'] / 1e6:.3g} MB all parties, "
+            f"{run['send_actions_max']} messages per party (max)"
+            + (f", peak {run['peak_memory_bytes'] / 1e9:.1f} GB"
+               if "peak_memory_bytes" in run else ""))
+
+
 def write(path: Path, results: dict[str, Any]) -> None:
     """Write ``results`` as indented JSON to ``path`` (making its directory)."""
     path.parent.mkdir(parents=True, exist_ok=True)

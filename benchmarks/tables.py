@@ -14,6 +14,10 @@ checks that the README's tables equal what this script renders from the committe
 
 ``--check`` changes nothing and exits 1 if a table differs from its JSON.
 
+SPU's figures (the ``SPU 0.9.5`` columns of ``ops`` and ``llama``) come from ``spu.json``
+(``benchmarks/measure_spu.py``) when it is in the results folder, else from the copy the
+benchmark recorded; the line above the table names that file and its date.
+
 The table ``costs`` (rounds, bytes per element and error of each op) comes from the ops'
 declared costs (``puma_async.protocols.costs``, which ``tests/test_costs.py`` checks against
 measured runs), not from a benchmark JSON.
@@ -29,6 +33,8 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import reporting  # benchmarks/: this script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -87,6 +93,8 @@ def _spu(spu: Data | None) -> str:
     parts = [_seconds(spu["seconds"]), _mb(spu["bytes_all_parties"])]
     if "messages_p0" in spu:
         parts.append(f"{spu['messages_p0']} messages at P0")
+    if "send_actions_max" in spu:
+        parts.append(f"{spu['send_actions_max']} messages per party (max)")
     if "wrong" in spu:
         parts.append(f"{spu['wrong']} wrong")
     return ", ".join(parts)
@@ -177,7 +185,7 @@ def render_llama(data: Data) -> list[str]:
     """SmolLM2-135M and one LLaMA-7B-shape block (``benchmarks/llama.py``): per pass the
     seconds, the online and the offline rounds and bytes (all parties); then the set-up and
     each part's peak memory."""
-    spu = data.get("spu_reference", {})
+    spu = data.get("spu_reference") or {}
     smol = data["smollm2"]
     lines = ["| pass | seconds | online | offline | SPU 0.9.5 |", "|---|---|---|---|---|"]
     for i, prompt in enumerate(smol["prompts"]):
@@ -312,8 +320,30 @@ def render(name: str, results: Path = RESULTS) -> str | None:
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
     machine = data.get("machine")
-    head = [_run_line(table.command, table.source, machine), ""] if machine else []
+    spu = reporting.spu_figures(results / "spu.json") if name in ("ops", "llama") else None
+    extra = ""
+    if spu is not None:
+        data = with_spu(name, data, spu)
+        runs = (list(spu["ops"].values()) if name == "ops" else
+                [spu[key] for key in ("smollm2_forward_5_tokens", "llama7b_block_8_tokens")
+                 if key in spu])
+        loads = sorted({f"{run['load_average_at_start'][0]:.1f}" for run in runs}, key=float)
+        span = "-".join(dict.fromkeys([loads[0], loads[-1]])) if loads else ""
+        extra = (f"; the SPU column: `python benchmarks/measure_spu.py` -> "
+                 f"`{spu['source']}`, {spu['date']}"
+                 + (f", load average {span} at its runs' starts" if span else ""))
+    head = [_run_line(table.command, table.source, machine, extra), ""] if machine else []
     return "\n".join([*head, *table.render(data)]) + "\n"
+
+
+def with_spu(name: str, data: Data, spu: Data) -> Data:
+    """``data`` (of table ``ops`` or ``llama``) with SPU's figures from ``spu`` (as
+    ``reporting.spu_figures`` gives them) in place of those the benchmark recorded."""
+    if name == "llama":
+        return {**data, "spu_reference": spu}
+    return {key: {**result, "spu": reporting.spu_op(spu, key)}
+            if isinstance(result, Mapping) and "bytes_all_parties" in result else result
+            for key, result in data.items()}
 
 
 def rewrite(text: str, results: Path = RESULTS) -> str:

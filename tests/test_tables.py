@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ ROOT = Path(__file__).parent.parent
 @pytest.fixture(scope="module")
 def tables() -> ModuleType:
     """``benchmarks/tables.py`` (a script folder, not a package)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # for its ``import reporting``, as a script
     spec = importlib.util.spec_from_file_location("benchmark_tables",
                                                   ROOT / "benchmarks" / "tables.py")
     assert spec is not None and spec.loader is not None
@@ -133,3 +135,42 @@ def test_the_llama_components_renderer(tables: ModuleType) -> None:
         "| a layer (its components) | 16-17 | | |",
         "| the pass (2 layers; online, offline) | 31 rounds | 2.5 MB | 0.6 MB |",
     ]
+
+
+SPU_JSON = {  # the layout benchmarks/measure_spu.py writes (figures made up)
+    "spu_version": "0.9.5", "date": "2026-12-06",
+    "smollm2_forward_5_tokens": {"seconds": 30.0, "bytes_all_parties": 400e6,
+                                 "send_actions_max": 11500, "peak_memory_bytes": 8.5e9,
+                                 "load_average_at_start": [4.0, 3.0, 2.0]},
+    "llama7b_block_8_tokens": {"skipped": "9.0 GB available, 12.0 GB needed"},
+    "ops": {"gelu_128x3072": {"seconds": 2.0, "bytes_all_parties": 300e6,
+                              "send_actions_max": 60, "load_average_at_start": [2.5, 2.0, 1.0],
+                              "ops_benchmarks": ["gelu_puma_128x3072", "gelu_128x3072"]}},
+}
+
+
+def test_spu_figures_come_from_spu_json(tables: ModuleType, tmp_path: Path) -> None:
+    """The SPU columns are rendered from ``spu.json`` (named, with its date), not from the copy
+    a benchmark's JSON carries; a skipped SPU run leaves its cell empty."""
+    reporting = sys.modules["reporting"]
+    assert reporting.spu_figures(tmp_path / "spu.json") is None
+    (tmp_path / "spu.json").write_text(json.dumps(SPU_JSON))
+    figures = reporting.spu_figures(tmp_path / "spu.json")
+    assert "llama7b_block_8_tokens" not in figures
+    assert reporting.spu_op(figures, "gelu_puma_128x3072")["date"] == "2026-12-06"
+    assert reporting.spu_op(figures, "softmax_12x128x128") is None
+    assert reporting.spu_summary(figures, "smollm2_forward_5_tokens") == (
+        "SPU 0.9.5 (benchmarks/results/spu.json, 2026-12-06): 30 s, 400 MB all parties, "
+        "11500 messages per party (max), peak 8.5 GB")
+    op = {"description": "gelu", "seconds": 0.5, "median_seconds": 0.6,
+          "bytes_all_parties": 39e6, "rounds": 4, "messages_p0": 9, "max_abs_error": 0.01,
+          "spu": {"seconds": 2.85, "bytes_all_parties": 362e6, "messages_p0": 55}}
+    machine = {"python_loop_1e7_seconds": 0.4, "load_average_at_start": [1.0, 1.0, 1.0]}
+    (tmp_path / "ops.json").write_text(json.dumps(
+        {"machine": machine, "gelu_128x3072": op, "softmax_12x128x128": op}))
+    body = tables.render("ops", tmp_path).splitlines()
+    assert body[0].endswith("; the SPU column: `python benchmarks/measure_spu.py` -> "
+                            "`benchmarks/results/spu.json`, 2026-12-06, load average "
+                            "2.5 at its runs' starts.")
+    assert body[4].endswith("| 2 s, 300 MB, 60 messages per party (max) |")
+    assert body[5].endswith("| 0.01 |  |")  # no SPU op beside softmax in this spu.json
