@@ -88,6 +88,30 @@ async def finish_product(ctx: Context, z: RingArray, bits: int) -> AShare:
     return await truncate_additive(ctx, z, bits)
 
 
+async def finish_product_wide(
+    ctx: Context, z: RingArray, bits: int, residual: AShare | None, shift: int
+) -> tuple[AShare, AShare]:
+    """The product p of :func:`finish_product` and, in the same rounds, a wide copy of the
+    sum s = residual + p: w = (2^bits residual + z) truncated by bits + shift.
+
+    w is floor(s' / 2^shift) or that + 1, for s' = residual + z / 2^bits, the sum before p's
+    rounding (so within 1 + 2^-shift units of s / 2^shift). What a norm of s needs when its
+    squares would overflow at full scale (:func:`.norms.rms_norm`'s ``wide``), without a
+    truncation of its own. ``residual`` (None: zero) enters as 3-out-of-3 addends 2^bits x_i
+    under a second, fresh zero-sharing (with p's mask, the swapped addends would reveal
+    x_i); |2^bits residual + z| < 2^62. Cost: p's rounds (2; 1 when bits = 0, then w's 2),
+    plus 40 + (bits + shift)/8 bytes per element for w.
+    """
+    masked = ring.add(z, zero_share(ctx, np.shape(z)))
+    if residual is not None:
+        masked = ring.add(masked, ring.mul(residual.first, np.uint64(1 << bits)))
+    product, wide = await ctx.gather(
+        lambda c: finish_product(c, z, bits),
+        lambda c: truncate_additive(c, masked, bits + shift),
+    )
+    return product, wide
+
+
 async def dot_fxp(ctx: Context, a: AShare, b: AShare, bits: int) -> AShare:
     """sum over the last axis of a * b (broadcasting), truncated once by ``bits``: 2 rounds
     (1 if bits = 0), the bytes of one product (:func:`.arith.mul_fxp`) per sum."""
@@ -123,8 +147,12 @@ async def matmul_stacked(
     ``bits`` (default frac_bits; 0: none). 2 rounds with truncation, else 1; as
     :func:`matmul_fxp` / :func:`matmul` per output element."""
     bits = resolve_bits(ctx, bits)
-    z = await offload(ring_matmul, left, right, size=_matmul_work(left, right))
-    return await finish_product(ctx, z, bits)
+    return await finish_product(ctx, await stacked_share(left, right), bits)
+
+
+async def stacked_share(left: RingArray, right: RingArray) -> RingArray:
+    """This party's additive share of x @ y from stacked operands (a worker thread if large)."""
+    return await offload(ring_matmul, left, right, size=_matmul_work(left, right))
 
 
 async def mul_fxp(ctx: Context, x: AShare, y: AShare, bits: int | None = None) -> AShare:
@@ -193,7 +221,7 @@ async def mul_public_fxp(ctx: Context, x: AShare, c: Any, bits: int | None = Non
 
 
 __all__ = [
-    "dot_fxp", "finish_product", "matmul", "matmul_fxp", "matmul_public", "matmul_public_fxp",
-    "matmul_stacked", "mul", "mul_fxp", "mul_local", "mul_public_fxp", "square", "square_fxp",
-    "stack_left", "stack_right",
+    "dot_fxp", "finish_product", "finish_product_wide", "matmul", "matmul_fxp", "matmul_public",
+    "matmul_public_fxp", "matmul_stacked", "mul", "mul_fxp", "mul_local", "mul_public_fxp",
+    "square", "square_fxp", "stack_left", "stack_right", "stacked_share",
 ]

@@ -20,17 +20,20 @@ Weight layout (:class:`SecureModel`, built once per session from the model owner
 
 Costs per layer for n new tokens and T cached + new positions (per party; R = rounds;
 M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith`` and
-``trunc``): RMSNorm (``norms``: 13 R, no gain: it is folded into W_qkv), QKV (M, n (q + 2kv)
+``trunc``): RMSNorm (``norms``: 11 R, no gain: it is folded into W_qkv; its wide copy
+comes from the product that made the stream, :func:`residual_matmul`), QKV (M, n (q + 2kv)
 outputs), RoPE (truncation: 2 R, ~8 bytes per q/k element), scores (2 R, all heads batched
 by key/value group), softmax numerators (maximum and negExp: ``softmax``, ``exp``), then
 1/sum beside e @ V and (e @ V) x 1/sum (2 R) for one new row or T >= head_dim, else
-(e x 1/sum) @ V (2 + 2 R; :func:`attend`), output projection (M), RMSNorm (13 R, its gain
-folded into W_gate_up), gate/up (M), SiLU (``activations``), SiLU x up (2 R), down (M).
-Critical path of a new token per layer, measured (``benchmarks/llama.py --tiny``: 2 fewer
-rounds per norm and 2 fewer for the softmax than with gains as products and (e x r) @ V):
-norms 12-13, QKV 2, RoPE 1, scores 2, then the softmax's maximum, negExp and reciprocal,
-(e @ V) x r 2, O 2, gate/up 2, SiLU, x up 2, down 2.
-Embedding: 1 round, n hidden elements; head (last position only): RMSNorm + M on vocab outputs.
+(e x 1/sum) @ V (2 + 2 R; :func:`attend`), output projection (M, and the wide copy of the
+stream for the next norm), RMSNorm (11 R, its gain folded into W_gate_up), gate/up (M), SiLU
+(``activations``), SiLU x up (2 R), down (M, and the next wide copy).
+Critical path of a new token per layer, measured (``benchmarks/llama.py --tiny``: 65 rounds;
+the norms' wide copies from the products: 1-2 fewer rounds per norm than with their own
+truncation, 67-68): norms 11, QKV 2, RoPE 1, scores 2, then the softmax's maximum, negExp and
+reciprocal, (e @ V) x r 2, O 2, gate/up 2, SiLU, x up 2, down 2.
+Embedding: 2 rounds (the first norm's wide copy), 2 n hidden elements; head (last position
+only): RMSNorm (given its wide copy) + M on vocab outputs.
 Statistics: scopes ``embed``, ``layer{i}`` and ``head``; inside a layer one scope per
 component, :data:`COMPONENTS` (``attn.norm``, ``attn.qkv``, ..., ``mlp.down``), and inside
 those the protocols' own (``rms_norm``, ``softmax`` with ``max_along``, ``neg_exp`` and
@@ -68,15 +71,16 @@ from puma_async.model.weights import LlamaWeights
 
 from .activations import silu
 from .arith import (
-    finish_product,
+    finish_product_wide,
     matmul_fxp,
     matmul_stacked,
     mul_fxp,
     stack_left,
     stack_right,
+    stacked_share,
 )
 from .fixedpoint import fixed_point
-from .norms import rms_norm
+from .norms import MAX_ABS, rms_norm, wide_shift
 from .offload import offload
 from .ring import RingArray
 from .ringmatmul import ring_matmul
@@ -286,16 +290,51 @@ async def weight_matmul(
     return await matmul_stacked(ctx, stack_left(x), w.stacked, bits)
 
 
-async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare) -> AShare:
-    """Rows of E selected by secret one-hot rows (n, vocab): exact, no truncation.
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """The residual stream x (n, hidden) and its wide copy x / 2^k (k = :func:`norm_shift`),
+    made by the product that made x, for the norm that reads x (no truncation of its own)."""
+
+    x: AShare
+    wide: AShare
+
+    def rows(self, index: Any) -> Stream:
+        return Stream(self.x[index], self.wide[index])
+
+
+def norm_shift(ctx: Context, config: LlamaConfig) -> int:
+    """The shift of the norms' wide path (:func:`.norms.wide_shift`) for the model's rows."""
+    return wide_shift(config.hidden, MAX_ABS, fixed_point(ctx).frac_bits)
+
+
+async def residual_matmul(
+    ctx: Context, config: LlamaConfig, x: AShare, w: SecureWeight, residual: Stream
+) -> tuple[AShare, Stream]:
+    """p = x @ W (as :func:`weight_matmul`) and the stream residual + p, its wide copy from
+    the same product in the same rounds (:func:`.arith.finish_product_wide`).
+
+    Cost: 2 rounds; about 14 + 14 bytes per output per party (p and the wide copy).
+    """
+    z = await stacked_share(stack_left(x), w.stacked)
+    p, wide = await finish_product_wide(
+        ctx, z, fixed_point(ctx).frac_bits, residual.x, norm_shift(ctx, config))
+    return p, Stream(residual.x + p, wide)
+
+
+async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare) -> Stream:
+    """Rows of E selected by secret one-hot rows (n, vocab): exact, no truncation, with the
+    wide copy for the first norm.
 
     z_i = (o_i + o_{i+1}) E_i + o_i E_{i+1}, read off one product [o_i + o_{i+1}; o_i] @
-    [E_i | E_{i+1}] (E read once). Cost: 1 round, n hidden elements per party.
+    [E_i | E_{i+1}] (E read once). Cost: 2 rounds (the wide copy's truncation; the rows
+    themselves are ready after 1), 2 n hidden elements per party.
     """
     n, h = one_hot.shape[0], model.config.hidden
     left = np.concatenate([one_hot.first + one_hot.second, one_hot.first], axis=0)
     both = await trio.to_thread.run_sync(ring_matmul, left, model.embed)
-    return await finish_product(ctx, both[:n, :h] + both[n:, h:], 0)
+    x, wide = await finish_product_wide(
+        ctx, both[:n, :h] + both[n:, h:], 0, None, norm_shift(ctx, model.config))
+    return Stream(x, wide)
 
 
 async def lm_head(ctx: Context, model: SecureModel, x: AShare) -> AShare:
@@ -378,19 +417,21 @@ def causal_mask(start: int, n: int, total: int, repeats: int) -> npt.NDArray[np.
 
 
 async def attention(
-    ctx: Context, config: LlamaConfig, layer: SecureLayer, x: AShare, rope: Rope,
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, rope: Rope,
     cache: SecureKVCache, index: int,
-) -> AShare:
-    """Grouped-query causal self-attention of the new rows x (n, hidden), with the cache.
+) -> Stream:
+    """The stream plus the grouped-query causal self-attention of its new rows x (n, hidden),
+    with the cache.
 
     All query heads of one key/value group form one batched product against that group's
     keys (no copies of K or V per query head); one softmax over every head and row.
     """
+    x = stream.x
     n, d = x.shape[0], config.head_dim
     heads, groups, rep = config.n_heads, config.n_kv_heads, config.n_rep
     name = f"layer{index}"
     with ctx.scope("norm"):
-        h = await rms_norm(ctx, x, eps=config.rms_eps)  # its gain is in wqkv
+        h = await rms_norm(ctx, x, eps=config.rms_eps, wide=stream.wide)  # gain: in wqkv
     probe(ctx, f"{name}.attn_norm", h)
     with ctx.scope("qkv"):
         qkv = await weight_matmul(ctx, h, layer.wqkv)
@@ -413,9 +454,9 @@ async def attention(
     out = out.reshape(groups, rep, n, d).transpose(2, 0, 1, 3).reshape(n, heads * d)
     probe(ctx, f"{name}.attn_out", out)
     with ctx.scope("o"):
-        projected = await weight_matmul(ctx, out, layer.wo)
+        projected, after = await residual_matmul(ctx, config, out, layer.wo, stream)
     probe(ctx, f"{name}.o_proj", projected)
-    return projected
+    return after
 
 
 async def attend(
@@ -451,12 +492,13 @@ async def attend(
 
 
 async def mlp(
-    ctx: Context, config: LlamaConfig, layer: SecureLayer, x: AShare, index: int
-) -> AShare:
-    """SwiGLU: (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and up in one product."""
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, index: int
+) -> Stream:
+    """The stream x plus SwiGLU (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and
+    up in one product."""
     name = f"layer{index}"
     with ctx.scope("norm"):
-        h = await rms_norm(ctx, x, eps=config.rms_eps)  # its gain is in w_gate_up
+        h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide)  # w_gate_up
     probe(ctx, f"{name}.ffn_norm", h)
     with ctx.scope("gate_up"):
         gate_up = await weight_matmul(ctx, h, layer.w_gate_up)
@@ -470,22 +512,22 @@ async def mlp(
         product = await mul_fxp(ctx, activated, up)
     probe(ctx, f"{name}.silu_up", product)
     with ctx.scope("down"):
-        down = await weight_matmul(ctx, product, layer.w_down)
+        down, after = await residual_matmul(ctx, config, product, layer.w_down, stream)
     probe(ctx, f"{name}.down", down)
-    return down
+    return after
 
 
 async def decoder_layer(
-    ctx: Context, config: LlamaConfig, layer: SecureLayer, x: AShare, rope: Rope,
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, x: Stream, rope: Rope,
     cache: SecureKVCache, index: int,
-) -> AShare:
-    """One block on the residual stream x (n, hidden); appends its keys/values to the cache."""
+) -> Stream:
+    """One block on the residual stream (n, hidden); appends its keys/values to the cache."""
     with ctx.scope("attn"):
-        x = x + await attention(ctx, config, layer, x, rope, cache, index)
-    probe(ctx, f"layer{index}.attn_residual", x)
+        x = await attention(ctx, config, layer, x, rope, cache, index)
+    probe(ctx, f"layer{index}.attn_residual", x.x)
     with ctx.scope("mlp"):
-        x = x + await mlp(ctx, config, layer, x, index)
-    probe(ctx, f"layer{index}.residual", x)
+        x = await mlp(ctx, config, layer, x, index)
+    probe(ctx, f"layer{index}.residual", x.x)
     return x
 
 
@@ -517,8 +559,9 @@ async def forward(
         with ctx.scope(f"layer{i}"):
             x = await decoder_layer(ctx, config, layer, x, rope, cache, i)
     with ctx.scope("head"):
-        rows = x if all_positions else x[n - 1 :]
-        normed = await rms_norm(ctx, rows, model.final_norm, eps=config.rms_eps)
+        rows = x if all_positions else x.rows(slice(n - 1, None))
+        normed = await rms_norm(ctx, rows.x, model.final_norm, eps=config.rms_eps,
+                                wide=rows.wide)
         probe(ctx, "final_norm", normed)
         block = head_block or normed.shape[0]
         blocks = [await lm_head(ctx, model, normed[b : b + block])
@@ -530,8 +573,8 @@ async def forward(
 
 __all__ = [
     "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "LayerProbe", "Probe", "Rope", "SecureKVCache",
-    "SecureLayer", "SecureModel", "SecureWeight", "Stored", "apply_rope", "assemble_model",
-    "attend", "attention", "causal_mask", "decoder_layer", "embed_tokens", "forward",
-    "forward_scopes", "lm_head", "mlp", "probe", "store_share", "weight_matmul", "weight_plan",
-    "weight_tensors",
+    "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream", "apply_rope",
+    "assemble_model", "attend", "attention", "causal_mask", "decoder_layer", "embed_tokens",
+    "forward", "forward_scopes", "lm_head", "mlp", "norm_shift", "probe", "residual_matmul",
+    "store_share", "weight_matmul", "weight_plan", "weight_tensors",
 ]

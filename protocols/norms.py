@@ -9,7 +9,9 @@ sums of squares per row, both in one dot product (one ring element per row on th
 - *precise*: S_p = sum v^2 exactly in the ring (36 fractional bits, no truncation), valid
   while sum v^2 < 2^25; full precision for small rows (eps = 1e-5 alone is 6.9e5 units).
 - *wide*: S_w = sum (v / 2^k)^2 with v / 2^k truncated first (k = 8 for RMSNorm rows of 576
-  values up to 2^16), valid for every row up to ``max_abs``.
+  values up to 2^16), valid for every row up to ``max_abs``. RMSNorm can be given this wide
+  copy by the product that made x (``wide``: :func:`.arith.finish_product_wide`, within
+  1 + 2^-k units of x / 2^k instead of 1: the bound below grows by that factor, 1.004).
 
 rsqrt of both is one :func:`.segments.segmented_power` over a chain of two ranges (all
 comparisons in one batch, all candidates in another), sqrt(n) of the mean and each path's
@@ -28,7 +30,8 @@ a fixed-point multiplication), then + b.
 
 Cost (3 parties together; ``costs.py``): 14 rounds from 12,288 elements on (+2 with a
 weight): truncation 2, sums 1, rsqrt 7 + 2 (one round per path), product 2; 13 rounds on
-fewer elements, where the truncations leave their dealer idle. 19 messages sent by P0 for
+fewer elements, where the truncations leave their dealer idle; RMSNorm given its wide copy
+(``wide``) skips the truncation: 11 rounds on fewer elements. 19 messages sent by P0 for
 RMSNorm (8, 576), 30 for LayerNorm (128, 768). Bytes per element: 111.87 for RMSNorm
 (8, 576) (114.80 for one row), 129.31 for LayerNorm (8, 768): per element the truncation(s)
 (25 bytes each) and the product (45); per row 24 kB, the rsqrt's (152 comparisons with
@@ -60,6 +63,13 @@ from .shares import AShare, stack
 from .trunc import truncate
 
 Weight = AShare | npt.ArrayLike | None
+MAX_ABS = 2.0**16
+"""The default bound on |x| the norms are correct for (SmolLM2's rows reach 2^15)."""
+
+
+def wide_shift(n: int, max_abs: float, frac_bits: int) -> int:
+    """k of the wide path for rows of n values |v| <= max_abs: n (max_abs / 2^k)^2 2^(2f) < 2^62."""
+    return max(0, math.floor((math.log2(n) + 2 * math.log2(max_abs) + 2 * frac_bits - 62) / 2) + 1)
 
 
 @protocol
@@ -69,14 +79,37 @@ async def rms_norm(
     weight: Weight = None,
     *,
     eps: float = 1e-5,
-    max_abs: float = 2.0**16,
+    max_abs: float = MAX_ABS,
+    wide: AShare | None = None,
 ) -> AShare:
     """RMSNorm of fixed-point x over its last axis, times ``weight`` (public, secret or None).
 
-    Correct for |x| <= max_abs (and eps > 0 for all-zero rows). Cost and accuracy: module
-    docstring.
+    Correct for |x| <= max_abs (and eps > 0 for all-zero rows). ``wide``: x / 2^k (k =
+    :func:`wide_shift`) within 1 + 2^-k units, made by the product that made x
+    (:func:`.arith.finish_product_wide`); None: truncated here (2 rounds). Cost and accuracy:
+    module docstring.
     """
-    return await _normalise_rows(ctx, x, 0, eps, max_abs, weight, None)
+    rho_frac = _rho_frac(ctx, x.shape[-1])
+    rho = await rms_rsqrt(ctx, x, wide, eps=eps, max_abs=max_abs, frac_bits=rho_frac)
+    return await _scale_rows(ctx, x, rho, rho_frac, weight, None)
+
+
+async def rms_rsqrt(
+    ctx: Context,
+    x: AShare,
+    wide: AShare | None = None,
+    *,
+    eps: float,
+    max_abs: float,
+    frac_bits: int,
+) -> AShare:
+    """rho = 1 / sqrt(mean(x^2) + eps) per row (shape x.shape[:-1]) at ``frac_bits``: RMSNorm
+    without its product x rho (``wide`` as :func:`rms_norm`'s). Relative error as the
+    module docstring's rsqrt, plus rho's resolution 2^-frac_bits."""
+    k = wide_shift(x.shape[-1], max_abs, fixed_point(ctx).frac_bits)
+    if wide is None:
+        wide = await truncate(ctx, x, bits=k)
+    return await _rsqrt_rows(ctx, x, wide, k, eps, frac_bits)
 
 
 @protocol
@@ -87,7 +120,7 @@ async def layer_norm(
     bias: Weight = None,
     *,
     eps: float = 1e-5,
-    max_abs: float = 2.0**16,
+    max_abs: float = MAX_ABS,
 ) -> AShare:
     """LayerNorm of fixed-point x over its last axis, then ``* weight + bias``.
 
@@ -96,45 +129,49 @@ async def layer_norm(
     """
     n = x.shape[-1]
     s = math.ceil(math.log2(n))
+    a = n / 2**s
+    k = wide_shift(n, 2 * max_abs * a, fixed_point(ctx).frac_bits)  # |v| <= 2 max_abs a
     d = x.scale(n) - repeat_last(x.sum(axis=-1), n)  # n (x - mean), exact
-    return await _normalise_rows(ctx, d, s, eps, 2 * max_abs * n, weight, bias)
+    v, v_wide = await ctx.gather(
+        lambda c: truncate(c, d, bits=s), lambda c: truncate(c, d, bits=s + k)
+    )
+    rho_frac = _rho_frac(ctx, n)
+    rho = await _rsqrt_rows(ctx, v, v_wide, k, eps * a * a, rho_frac)
+    return await _scale_rows(ctx, v, rho, rho_frac, weight, bias)
 
 
-async def _normalise_rows(
-    ctx: Context,
-    d: AShare,
-    s: int,
-    eps: float,
-    d_bound: float,
-    weight: Weight,
-    bias: Weight,
+def _rho_frac(ctx: Context, n: int) -> int:
+    """Fractional bits of rho for y = v rho: |v rho| <= sqrt(n) keeps v rho below 2^61."""
+    return HEADROOM_BITS - fixed_point(ctx).frac_bits - math.ceil(math.log2(math.sqrt(n)))
+
+
+async def _rsqrt_rows(
+    ctx: Context, v: AShare, v_wide: AShare, k: int, eps: float, rho_frac: int
 ) -> AShare:
-    """v w / sqrt(mean(v^2) + a^2 eps) (+ bias) for v = d / 2^s, a = n / 2^s (s = 0: a = 1)."""
+    """1 / sqrt(mean(v^2) + eps) per row from v and v_wide = v / 2^k: the sums of squares
+    (1 round) and the rsqrt on the chain of the two paths (module docstring)."""
     f = fixed_point(ctx).frac_bits
-    n = d.shape[-1]
-    a = n / 2**s if s else 1.0
-    eps_a = eps * a * a
-    v_bound = d_bound / 2**s
-    # the wide path's shift: n (v_bound / 2^k)^2 2^(2f) < 2^62
-    k = max(0, math.floor((math.log2(n) + 2 * math.log2(v_bound) + 2 * f - 62) / 2) + 1)
+    n = v.shape[-1]
     j_select = 60 - 2 * k
-    rho_frac = HEADROOM_BITS - f - math.ceil(math.log2(math.sqrt(n)))  # |v rho| <= sqrt(n)
-    eps_units = [round(n * eps_a * 2.0 ** (2 * (f - shift))) for shift in (0, k)]
+    eps_units = [round(n * eps * 2.0 ** (2 * (f - shift))) for shift in (0, k)]
     lo = max(0, min(eps_units[0].bit_length() - 1, j_select - 1))
     plan = plan_segments(RSQRT_SEGMENTS, (
         # the precise path: S_p < 2^(j_select + 2k + 1) whenever S_w < 2^j_select
         Exponents(lo, j_select + 2 * k, 2 * f, math.sqrt(n)),
         Exponents(j_select, 61, 2 * f - 2 * k, math.sqrt(n)),
     ), rho_frac)
-    v, v_wide = await ctx.gather(
-        lambda c: truncate(c, d, bits=s), lambda c: truncate(c, d, bits=s + k)
-    )
     both = stack([v, v_wide])
     sums = (await dot_fxp(ctx, both, both, 0)).add_public(
-        ctx.role, np.array(eps_units, dtype=np.uint64).reshape(2, *[1] * (len(d.shape) - 1))
+        ctx.role, np.array(eps_units, dtype=np.uint64).reshape(2, *[1] * (len(v.shape) - 1))
     )
-    rho = await segmented_power(ctx, sums, plan)
-    y = await mul_fxp(ctx, v, repeat_last(rho, n), bits=rho_frac)
+    return await segmented_power(ctx, sums, plan)
+
+
+async def _scale_rows(
+    ctx: Context, v: AShare, rho: AShare, rho_frac: int, weight: Weight, bias: Weight
+) -> AShare:
+    """v rho (rho per row at rho_frac bits; 2 rounds), then * weight + bias."""
+    y = await mul_fxp(ctx, v, repeat_last(rho, v.shape[-1]), bits=rho_frac)
     return _add_bias(ctx, await _apply_weight(ctx, y, weight), bias)
 
 
@@ -158,4 +195,4 @@ def _add_bias(ctx: Context, y: AShare, bias: Weight) -> AShare:
     return y.add_public(ctx.role, fixed_point(ctx).encode(np.broadcast_to(bias, y.shape)))
 
 
-__all__ = ["layer_norm", "rms_norm"]
+__all__ = ["MAX_ABS", "layer_norm", "rms_norm", "rms_rsqrt", "wide_shift"]

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from puma_async.context import Context
 from puma_async.protocols.arith import (
+    finish_product_wide,
     matmul,
     matmul_fxp,
     matmul_public,
@@ -18,6 +19,9 @@ from puma_async.protocols.arith import (
     mul_public_fxp,
     square,
     square_fxp,
+    stack_left,
+    stack_right,
+    stacked_share,
 )
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.shares import AShare
@@ -153,6 +157,36 @@ def test_matmul_fxp_within_one_ulp(evaluate,
     assert_within_ulp(e.outputs[0], exact)
     assert_within_ulp(e.outputs[1], exact_pub)
     assert_within_ulp(e.outputs[2], exact_left)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, m=st.integers(1, 6), k=st.integers(1, 12), n=st.integers(1, 8),
+       bits=st.sampled_from([0, 18]), shift=st.integers(0, 20), bits_x=st.integers(0, 40))
+def test_finish_product_wide(evaluate, seed: int, m: int, k: int, n: int, bits: int,
+                             shift: int, bits_x: int) -> None:
+    """p = floor(z / 2^bits) + {0, 1} and, in p's rounds, w = floor((2^bits r + z) /
+    2^(bits + shift)) + {0, 1}, from tiny values up to |2^bits r + z| near 2^62 (the last
+    two rows: the range's ends), with and without a residual r."""
+    rng = np.random.default_rng(seed)
+    top = 61 - bits  # |2^bits r + z| < 2^62: both below 2^61
+    x = operands(rng, (m, k), min(bits_x, top // 2))
+    y = operands(rng, (k, n), top // 2 - 4)  # |x @ y| < k 2^(top - 4) < 2^top
+    r = operands(rng, (m, n), top - bits if bits else top)
+    r[-1] = (2**top - 1 - np.abs(x @ y)[-1]) >> bits
+    z = signed(x) @ signed(y)
+
+    async def fn(ctx: Context, a: AShare, b: AShare, c: AShare) -> list[AShare]:
+        share = await stacked_share(stack_left(a), stack_right(b))
+        p, w = await finish_product_wide(ctx, share, bits, c, shift)
+        q, v = await finish_product_wide(ctx, share, bits, None, shift)
+        return [p, w, q, v]
+
+    e = evaluate(fn, x, y, r)
+    rounds = 2 if bits or shift else 1
+    assert max(e.cost(p).rounds for p in range(3)) == 2 * rounds
+    for got, exact in zip(e.outputs, [z >> bits, ((r << bits) + z) >> (bits + shift),
+                                      z >> bits, z >> (bits + shift)], strict=True):
+        assert set(np.unique(signed(got) - exact).tolist()) <= {0, 1}
 
 
 @settings(max_examples=25, deadline=None)

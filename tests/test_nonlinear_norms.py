@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from puma_async.context import Context
-from puma_async.protocols.norms import layer_norm, rms_norm
+from puma_async.protocols.norms import MAX_ABS, layer_norm, rms_norm, wide_shift
 from puma_async.protocols.shares import AShare
 
 EPS = 1e-5
@@ -73,6 +73,21 @@ def test_rms_norm_rows(fxp, kind: str) -> None:
     assert np.all(np.abs(got - want) <= _tolerance(fxp, want, inv, w, centred=False))
     # truncation, sums, rsqrt (candidates 6 + 1 per path), product; a weight: one more product
     assert max(ev.cost(p).rounds for p in range(3)) == (13 if kind == "none" else 15)
+
+
+@pytest.mark.parametrize("low", [-1, 0, 1])
+def test_rms_norm_given_the_wide_copy(fxp, low: int) -> None:
+    """A wide copy made elsewhere (a product's: floor(x' / 2^k) + {0, 1} for x' within a unit
+    of x, i.e. x / 2^k - 1 - 2^-k < wide < x / 2^k + 1) keeps the bounds; 2 rounds fewer."""
+    rng = np.random.default_rng(7)
+    x = _rows(rng, 24, 576)
+    units = fxp.fx.encode(x).view(np.int64)
+    k = wide_shift(576, MAX_ABS, 18)
+    wide = (units + low) >> k  # the extremes: x' = x - 1, x, x + 1
+    got, ev = fxp.run(lambda ctx, a, b: rms_norm(ctx, a, eps=EPS, wide=b), x, wide * fxp.ulp)
+    want, inv = _rms(fxp, x, np.ones(576))
+    assert np.all(np.abs(got - want) <= _tolerance(fxp, want, inv, np.ones(576), centred=False))
+    assert max(ev.cost(p).rounds for p in range(3)) == 11
 
 
 @pytest.mark.parametrize("kind", WEIGHTS)
