@@ -80,8 +80,9 @@ from .arith import (
     stacked_share,
 )
 from .fixedpoint import fixed_point
-from .norms import MAX_ABS, rms_norm, wide_shift
+from .norms import MAX_ABS, rms_norm, rms_rsqrt, wide_shift
 from .offload import offload
+from .polynomial import repeat_last
 from .ring import RingArray
 from .ringmatmul import ring_matmul
 from .shares import AShare, concatenate
@@ -97,7 +98,8 @@ COMPONENTS = (
 softmax's maximum, exponential and reciprocal are its own protocols' scopes, and
 ``attn.softmax`` keeps the rest of it (the masking and the product by 1/sum, of e @ V or of
 e: :func:`attend`); ``attn.pv`` is the product with V, which for a new token runs beside the
-reciprocal (no rounds of its own on the critical path)."""
+reciprocal (no rounds of its own on the critical path); ``attn.qkv`` is the product on the raw
+residual, beside the norm's rsqrt, and the product by its rho (:func:`normalised_qkv`)."""
 
 
 def forward_scopes(n_layers: int) -> tuple[str, ...]:
@@ -127,14 +129,16 @@ NO_PROBE = LayerProbe(_see_nothing)
 """The state of a party with no probe installed: every deployed party."""
 
 PROBE_POINTS = (
-    "attn_norm", "qkv", "rope", "scores", "exp", "attn_out", "o_proj", "attn_residual",
+    "qkv", "rope", "scores", "exp", "attn_out", "o_proj", "attn_residual",
     "ffn_norm", "gate_up", "silu", "silu_up", "down", "residual",
 )
 """Per-layer probe points, named ``layer{i}.{point}`` (then ``final_norm`` and ``logits``).
 
-Layouts (n new rows, T = cached + new positions): attn_norm, o_proj, attn_residual, ffn_norm,
-down, residual (n, hidden), the norms' outputs *before* their gains (x / rms(x): the gains
-are folded into the next weights, :func:`weight_tensors`); qkv (n, q + 2 kv); rope (n, heads
+Layouts (n new rows, T = cached + new positions): o_proj, attn_residual, ffn_norm, down,
+residual (n, hidden), ffn_norm the MLP norm's output *before* its gain (x / rms(x): the gains
+are folded into the next weights, :func:`weight_tensors`); the attention norm's output is
+never formed (its rho scales the QKV product, :func:`normalised_qkv`), so its error shows in
+qkv (n, q + 2 kv); rope (n, heads
 + kv heads, head_dim), the query heads times the attention scale 1/sqrt(head_dim); scores
 and exp (kv heads, heads per kv head, n, T), exp = e^(score - row max), zero where masked
 (softmax's numerators: the probabilities themselves are not formed when the rows are
@@ -416,6 +420,45 @@ def causal_mask(start: int, n: int, total: int, repeats: int) -> npt.NDArray[np.
     return np.tile(visible, (repeats, 1))
 
 
+QKV_RAW_FRAC = 22
+"""Fractional bits of x @ W'qkv before the attention norm's rho (:func:`normalised_qkv`)."""
+QKV_RHO_FRAC = 32
+"""Fractional bits of that rho."""
+
+
+async def normalised_qkv(
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream
+) -> AShare:
+    """RMSNorm(x) @ W'qkv (the gain folded into W'qkv) as rho (x @ W'qkv): the product on
+    the raw residual (scope ``qkv``) runs beside the norm's rsqrt (scope ``norm``), then one
+    truncated product by rho per row (scope ``qkv``). 2 rounds fewer than x rho first, for
+    (q + 2 kv - hidden) more elements in the product by rho (44 bytes each, all parties).
+
+    Headroom and error: the raw product's pre-truncation value is |x W'| 2^36, and rho x W'
+    = q (or k, v) is taken at :data:`QKV_RAW_FRAC` + :data:`QKV_RHO_FRAC` = 54 fractional
+    bits before its truncation, so this needs |x W'| < 2^26 and |q|, |k|, |v| < 2^8.
+    SmolLM2 (plaintext reference, 4 prompts, first-token rows with |x| up to 24,926): max
+    |x W'| 6,967 (< 2^13), max |q|, |k|, |v| 19.5 (< 2^5). Added error: x W''s rounding
+    (2^-22) times rho (<= 11.2 measured): 2.7e-6, below the product's own truncation (2^-18
+    = 3.8e-6); rho's resolution 2^-32 (2.4e-7 relative at rho = 1/1046, the smallest).
+    """
+    f = fixed_point(ctx).frac_bits
+
+    async def rho(c: Context) -> AShare:
+        with c.scope("norm"):
+            return await rms_rsqrt(c, stream.x, stream.wide, eps=config.rms_eps,
+                                   max_abs=MAX_ABS, frac_bits=QKV_RHO_FRAC)
+
+    async def raw(c: Context) -> AShare:
+        with c.scope("qkv"):
+            return await weight_matmul(c, stream.x, layer.wqkv, bits=2 * f - QKV_RAW_FRAC)
+
+    r, qkv_raw = await ctx.gather(rho, raw)
+    with ctx.scope("qkv"):
+        return await mul_fxp(ctx, qkv_raw, repeat_last(r, qkv_raw.shape[-1]),
+                             bits=QKV_RAW_FRAC + QKV_RHO_FRAC - f)
+
+
 async def attention(
     ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, rope: Rope,
     cache: SecureKVCache, index: int,
@@ -430,11 +473,7 @@ async def attention(
     n, d = x.shape[0], config.head_dim
     heads, groups, rep = config.n_heads, config.n_kv_heads, config.n_rep
     name = f"layer{index}"
-    with ctx.scope("norm"):
-        h = await rms_norm(ctx, x, eps=config.rms_eps, wide=stream.wide)  # gain: in wqkv
-    probe(ctx, f"{name}.attn_norm", h)
-    with ctx.scope("qkv"):
-        qkv = await weight_matmul(ctx, h, layer.wqkv)
+    qkv = await normalised_qkv(ctx, config, layer, stream)
     probe(ctx, f"{name}.qkv", qkv)
     split = (heads + groups) * d
     with ctx.scope("rope"):

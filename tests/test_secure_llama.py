@@ -194,7 +194,7 @@ def test_cli_json_with_compare(capsys: pytest.CaptureFixture[str]) -> None:
     assert prompt["top1_agreement"] == 1.0 and prompt["max_logit_error"] < LOGIT_BOUND
     assert 0 <= prompt["max_kl"] < 1e-5 and prompt["near_ties"] >= 0
     profile = data["error_profile"]
-    assert {"layer0.attn_norm", "layer1.residual", "final_norm", "logits"} <= set(profile)
+    assert {"layer0.qkv", "layer1.residual", "final_norm", "logits"} <= set(profile)
     assert profile["logits"]["max_error"] == pytest.approx(prompt["max_logit_error"])
     assert profile["layer0.silu"]["rms_error"] <= profile["layer0.silu"]["max_error"]
     assert [s["kind"] for s in prompt["steps"]] == ["prompt", "token"]

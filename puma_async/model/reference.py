@@ -102,8 +102,7 @@ def decoder_layer(
     ``probe`` (if given) sees every probe point ``layer{index}.*`` of the secure model.
     """
     n, d = x.shape[0], config.head_dim
-    unit = rms_norm(x, np.ones(1), config.rms_eps)  # x / rms(x): the secure model's probe
-    h = unit * layer.attn_norm
+    h = rms_norm(x, layer.attn_norm, config.rms_eps)
     qkv = h @ layer.wq, h @ layer.wk, h @ layer.wv
     q = apply_rope(qkv[0].reshape(n, config.n_heads, d).transpose(1, 0, 2), cos, sin)
     k = apply_rope(qkv[1].reshape(n, config.n_kv_heads, d).transpose(1, 0, 2), cos, sin)
@@ -122,7 +121,6 @@ def decoder_layer(
     down = (activated * up) @ layer.w_down
     if probe is not None:
         points = {
-            "attn_norm": unit,
             "qkv": np.concatenate(qkv, axis=-1),
             "rope": np.concatenate([q / np.sqrt(d), k], axis=0).transpose(1, 0, 2),
             "attn_out": attn, "o_proj": o_proj, "attn_residual": x, "ffn_norm": unit2,
