@@ -499,7 +499,7 @@ def bounded_bits(bound: float | None, thresholds: RingArray, frac: int) -> int:
         return 64
     t = thresholds.view(np.int64).astype(object)
     reach = math.ceil(bound * 2**frac) + max((abs(int(v)) for v in t), default=0)
-    return min(64, reach.bit_length() + 1)
+    return min(64, max(2, reach.bit_length() + 1))
 
 
 def _check(pre: CompareMaterial | MaximumMaterial | None,
