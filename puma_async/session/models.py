@@ -168,13 +168,13 @@ class ModelSource:
 
     def load_weights(self) -> LlamaWeights:
         """The weights (float32 from the file; tiny: float64 from the public seed), checked
-        against the declared gate bounds."""
+        against the declared gate bounds; their config is the declared architecture."""
         if self.file is None:
             weights = random_weights(self.architecture, seed=self.seed)
         else:
             weights = load_gguf(self.open())
         check_gate_bounds(weights, self.architecture, f"model {self.name!r}")
-        return weights
+        return dataclasses.replace(weights, config=self.architecture)
 
     def load_tokenizer(self) -> Tokenizer:
         """The tokenizer (tiny: the built-in one; else from the file's metadata)."""
@@ -184,13 +184,12 @@ class ModelSource:
 
 
 def _check_architecture(path: Path, found: LlamaConfig, declared: LlamaConfig) -> None:
-    found = dataclasses.replace(found, gate_bounds=declared.gate_bounds)  # not in the metadata
-    if found == declared:
-        return
-    differences = ", ".join(
+    differences = ", ".join(  # the metadata has no gate bounds: load_weights checks them
         f"{key} {getattr(found, key)!r} (declared {getattr(declared, key)!r})"
-        for key in _FIELDS if getattr(found, key) != getattr(declared, key)
+        for key in _FIELDS if key != "gate_bounds" and getattr(found, key) != getattr(declared, key)
     )
+    if not differences:
+        return
     raise ModelFileError(f"model file {path} does not match the session's architecture: "
                          f"{differences}")
 
