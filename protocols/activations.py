@@ -51,15 +51,14 @@ SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    319.13  0.
 SiLU accurate: max error 3.3e-5 on [-3, 3] (1.35e-4 on [-11, -3.05], 1.0e-4 on [3.2, 11], the
 tail 1.8e-4 at +-11). Its bytes: the comparisons' shared leaves (29.1) and per threshold
 10 online and 36 offline (5), about 43.5 per power (5), 45 for the dot product, 24 for
-[x >= 11] x. With a bound on |x| (``silu(..., bound=B)``) the comparisons run on L-bit
-chains, (B + 11) 2^18 < 2^L: for B = 2^8, 7 leaves of at most 4 bits (12.25 shared) and per
-threshold 5 online and 1.75 + 24 offline (the tree keeps 2 levels: the same rounds; B = 2^5,
-L = 24: 317.5 online); the rest is unchanged. The other errors are those of the
-approximations on the whole real line
-(fixed-point rounding adds < 1e-4). Per element: the comparisons' shared leaves (29.1) and
-per breakpoint 10 online and 36 offline, about 44 per fused multiplication+truncation (one
-per power, one more for u = (x/T)^2), 27 for the truncation of all pieces together, 24 per
-breakpoint for the selection.
+[x >= 11] x. With a bound on |x| (``silu(..., bound=B)``) the comparisons run on L-bit chains,
+(B + 11) 2^18 < 2^L: for B = 2^8, 7 leaves of at most 4 bits (12.25 shared) and per threshold 5
+online and 1.75 + 24 offline (the tree keeps 2 levels: the same rounds; B = 2^5, L = 24: 317.5
+online); the rest is unchanged. The other errors are those of the approximations on the whole
+real line (fixed-point rounding adds < 1e-4). Per element: the comparisons' shared leaves
+(29.1) and per breakpoint 10 online and 36 offline, about 44 per fused
+multiplication+truncation (one per power, one more for u = (x/T)^2), 27 for the truncation of
+all pieces together, 24 per breakpoint for the selection.
 """
 
 from __future__ import annotations
