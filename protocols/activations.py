@@ -42,6 +42,8 @@ GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    363.63  0.
                                                                       + 108
 SiLU accurate  -11, -3.05, 0.2, 3.2, 11  v^2, ..., v^6       8 / 8    365.25  1.8e-4 (11)
                                                                       + 180
+ |x| <= 2^8    (27-bit chains)                               8 / 8    323.38  same
+                                                                      + 128.75
 SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    319.13  0.0719 (4.00)
                                                                       + 108
 =============  ========================  ==================  =======  ======  ==============
@@ -49,11 +51,14 @@ SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    319.13  0.
 SiLU accurate: max error 3.3e-5 on [-3, 3] (1.35e-4 on [-11, -3.05], 1.0e-4 on [3.2, 11], the
 tail 1.8e-4 at +-11). Its bytes: the comparisons' shared leaves (29.1) and per threshold
 10 online and 36 offline (5), about 43.5 per power (5), 45 for the dot product, 24 for
-[x >= 11] x. The other errors are those of the approximations on the whole real line
-(fixed-point rounding adds < 1e-4). Per element: the comparisons' shared leaves (29.1) and
-per breakpoint 10 online and 36 offline, about 44 per fused multiplication+truncation (one
-per power, one more for u = (x/T)^2), 27 for the truncation of all pieces together, 24 per
-breakpoint for the selection.
+[x >= 11] x. With a bound on |x| (``silu(..., bound=B)``) the comparisons run on L-bit chains,
+(B + 11) 2^18 < 2^L: for B = 2^8, 7 leaves of at most 4 bits (12.25 shared) and per threshold 5
+online and 1.75 + 24 offline (the tree keeps 2 levels: the same rounds; B = 2^5, L = 24: 317.5
+online); the rest is unchanged. The other errors are those of the approximations on the whole
+real line (fixed-point rounding adds < 1e-4). Per element: the comparisons' shared leaves
+(29.1) and per breakpoint 10 online and 36 offline, about 44 per fused
+multiplication+truncation (one per power, one more for u = (x/T)^2), 27 for the truncation of
+all pieces together, 24 per breakpoint for the selection.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ from puma_async.context import Context, protocol
 from . import ring
 from .arith import dot_fxp, mul, mul_fxp
 from .compare import to_arith
-from .fastcmp import compare_thresholds
+from .fastcmp import bounded_bits, compare_thresholds
 from .fixedpoint import fixed_point
 from .polynomial import Term, linear_forms, piecewise, powers, zeros_like
 from .ring import RingArray, to_ring
@@ -198,14 +203,19 @@ async def piece_values(ctx: Context, x: AShare, spec: PiecewisePolynomial) -> li
     ]
 
 
-async def evaluate_piecewise(ctx: Context, x: AShare, spec: PiecewisePolynomial) -> AShare:
-    """spec's piece of each element of x (fixed point); exact selection for |x| < 2^62."""
-    return await piecewise(ctx, x, spec.breakpoints, lambda c: piece_values(c, x, spec))
+async def evaluate_piecewise(ctx: Context, x: AShare, spec: PiecewisePolynomial,
+                             bound: float | None = None) -> AShare:
+    """spec's piece of each element of x (fixed point); exact selection for |x| < 2^62, or
+    for |x| <= ``bound`` (shorter comparison chains: :func:`.polynomial.piecewise`)."""
+    return await piecewise(ctx, x, spec.breakpoints, lambda c: piece_values(c, x, spec), bound)
 
 
-async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial) -> AShare:
+async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
+                         bound: float | None = None) -> AShare:
     """spec's polynomial of each element of x (fixed point); exact 0 below, x above if
-    ``spec.identity_above``.
+    ``spec.identity_above``. With ``bound``, the comparisons' chains are just long enough
+    for |x| <= bound (:func:`.fastcmp.bounded_bits`): the precondition, beyond which the
+    selected row is arbitrary.
 
     Cost: max(comparison (4), powers) + dot product (2) rounds, 6 rounds up to degree 4 and
     8 up to degree 8; per element one comparison per threshold, one fused product per power,
@@ -218,7 +228,7 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial) -> ASha
     v = x.scale(1 << shift)  # x / scale at power_frac bits, exact
     thresholds = fixed_point(ctx).encode(spec.breakpoints)
     below, pw = await ctx.gather(
-        lambda c: _below(c, x, thresholds),
+        lambda c: _below(c, x, thresholds, bounded_bits(bound, thresholds, f)),
         lambda c: powers(c, v, range(2, d + 1), frac=frac),
     )
     steps = (-below).add_public(role, 1)  # [x >= t_k], (*x, m)
@@ -237,9 +247,9 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial) -> ASha
     return poly + identity
 
 
-async def _below(ctx: Context, x: AShare, thresholds: RingArray) -> AShare:
+async def _below(ctx: Context, x: AShare, thresholds: RingArray, bits: int) -> AShare:
     """[x < t_k] for every threshold, (*x, m): one batch sharing its leaves (4 rounds)."""
-    return await to_arith(ctx, await compare_thresholds(ctx, x, thresholds))
+    return await to_arith(ctx, await compare_thresholds(ctx, x, thresholds, bits=bits))
 
 
 @protocol
@@ -253,16 +263,25 @@ async def gelu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
 
 
 @protocol
-async def silu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
+async def silu(ctx: Context, x: AShare, method: Method = "accurate",
+               bound: float | None = None) -> AShare:
     """SiLU(x) = x sigmoid(x). Max error 1.8e-4, 3.3e-5 on [-3, 3] ("accurate"), or 0.0719
     ("puma", SPU's LLaMA).
 
-    Cost: "accurate" 8 rounds at any size, 365.25 bytes per element online and 180 offline;
-    "puma" 8 rounds below 12,288 elements, 9 rounds from there on, 319.13 and 108 bytes.
+    ``bound``: a certified bound on |x| (the model owner's, ``LlamaConfig.gate_bounds``).
+    The comparisons then run on carry chains of L bits with (bound + 11) 2^18 < 2^L
+    (:func:`.fastcmp.bounded_bits`; 27 for bound 2^8 instead of 63): exact as without a
+    bound for every |x| <= bound (in fact while x - t lies in [-2^(L-18), 2^(L-18)) for every
+    threshold t), and *garbage* beyond (an arbitrary row of the table: the bound is the
+    caller's precondition, as a comparison's own range is). None: the full 64-bit chains.
+
+    Cost: "accurate" 8 rounds at any size, 365.25 bytes per element online and 180 offline
+    (bound 2^8: 8 rounds, 323.38 online and 128.75 offline); "puma" 8 rounds
+    below 12,288 elements, 9 rounds from there on, 319.13 and 108 bytes.
     """
     if method == "accurate":
-        return await evaluate_table(ctx, x, SILU_ACCURATE)
-    return await evaluate_piecewise(ctx, x, SILU_PUMA)
+        return await evaluate_table(ctx, x, SILU_ACCURATE, bound)
+    return await evaluate_piecewise(ctx, x, SILU_PUMA, bound)
 
 
 __all__ = [

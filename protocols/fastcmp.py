@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import TypeVar
 
 import numpy as np
@@ -489,6 +490,18 @@ async def compare_thresholds(
     return MaskedBits(tuple(halves), parts, rho, shape)
 
 
+def bounded_bits(bound: float | None, thresholds: RingArray, frac: int) -> int:
+    """The ``bits`` of :func:`compare_thresholds` exact for every x with |x| <= ``bound``
+    (real units, ``frac`` fractional bits) against every threshold (ring values): the
+    shortest chain L with |x - t| <= bound 2^frac + max |t| < 2^L, i.e. L + 1 bits (64, the
+    full chain, without a bound or when it does not fit)."""
+    if bound is None:
+        return 64
+    t = thresholds.view(np.int64).astype(object)
+    reach = math.ceil(bound * 2**frac) + max((abs(int(v)) for v in t), default=0)
+    return min(64, max(2, reach.bit_length() + 1))
+
+
 def _check(pre: CompareMaterial | MaximumMaterial | None,
            spec: CompareSpec | MaximumSpec) -> None:
     if pre is not None and pre.spec != spec:
@@ -629,6 +642,6 @@ async def open_masked(ctx: Context, masked: MaskedBits) -> RingArray:
 
 __all__ = [
     "CompareMaterial", "CompareSpec", "MaskedBits", "MaximumMaterial", "MaximumSpec", "Part",
-    "RandomBits", "TreeMaterial", "compare_thresholds", "first_maximum", "open_masked",
-    "prepare_compare", "prepare_maximum", "prepare_random_bits",
+    "RandomBits", "TreeMaterial", "bounded_bits", "compare_thresholds", "first_maximum",
+    "open_masked", "prepare_compare", "prepare_maximum", "prepare_random_bits",
 ]

@@ -534,7 +534,8 @@ async def mlp(
     ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, index: int
 ) -> Stream:
     """The stream x plus SwiGLU (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and
-    up in one product."""
+    up in one product. SiLU's comparisons are as long as the layer's certified gate bound
+    needs, if declared."""
     name = f"layer{index}"
     with ctx.scope("norm"):
         h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide)  # w_gate_up
@@ -545,7 +546,7 @@ async def mlp(
     f = config.ffn
     gate = gate_up.map(lambda a: np.ascontiguousarray(a[..., :f]))
     up = gate_up.map(lambda a: np.ascontiguousarray(a[..., f:]))
-    activated = await silu(ctx, gate)  # its scope
+    activated = await silu(ctx, gate, bound=config.gate_bound(index))  # its scope
     probe(ctx, f"{name}.silu", activated)
     with ctx.scope("silu_up"):
         product = await mul_fxp(ctx, activated, up)

@@ -38,7 +38,7 @@ from puma_async.context import Context
 
 from .arith import mul_fxp
 from .compare import sign_times
-from .fastcmp import compare_thresholds
+from .fastcmp import bounded_bits, compare_thresholds
 from .fixedpoint import fixed_point
 from .ring import RING_DTYPE
 from .shares import AShare, stack
@@ -141,7 +141,8 @@ def _ring_int(v: float) -> np.uint64:
 
 
 async def piecewise(
-    ctx: Context, x: AShare, breakpoints: Sequence[float], pieces: Pieces
+    ctx: Context, x: AShare, breakpoints: Sequence[float], pieces: Pieces,
+    bound: float | None = None,
 ) -> AShare:
     """The piece of each element: pieces[i] on [t_{i-1}, t_i) (t_{-1} = -inf, t_n = +inf).
 
@@ -149,9 +150,13 @@ async def piecewise(
     the comparisons of x with the n breakpoints (:func:`.fastcmp.compare_thresholds`: one
     batch, the leaves shared), and the result P_n - sum_i [x < t_i] (P_{i+1} - P_i) costs one
     multiplication per breakpoint, beside the opening (:func:`.compare.sign_times`). Exact
-    selection for |x| < 2^62. Rounds: max(comparison (3), pieces) + 1.
+    selection for |x| < 2^62, or with ``bound`` for |x| <= bound only (shorter comparison
+    chains, :func:`.fastcmp.bounded_bits`; any piece's value beyond). Rounds: max(comparison
+    (3), pieces) + 1.
     """
     fx = fixed_point(ctx)
+    thresholds = fx.encode(breakpoints)
+    bits = bounded_bits(bound, thresholds, fx.frac_bits)
     values: list[AShare] = []
 
     async def steps(c: Context) -> AShare:
@@ -159,7 +164,7 @@ async def piecewise(
         return stack([values[i + 1] - values[i] for i in range(len(breakpoints))], axis=-1)
 
     below, diffs = await ctx.gather(
-        lambda c: compare_thresholds(c, x, fx.encode(breakpoints)), steps
+        lambda c: compare_thresholds(c, x, thresholds, bits=bits), steps
     )
     return values[-1] - (await sign_times(ctx, below, diffs)).sum(axis=-1)
 

