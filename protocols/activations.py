@@ -24,10 +24,11 @@ x above: garbage polynomial values there are multiplied by an exact 0):
   product C . (1, v, ..., v^d) with one truncation. v's powers and the coefficients carry
   fractional bits of their own per table (headroom and precision differ: SiLU 28 and 27,
   negExp 25 and 32). Rounds: max(comparison (4), powers (2 per level)) + dot product (2):
-  8 for SiLU (degree 6), 6 for negExp (degree 4).
+  6 for SiLU and negExp (degree 4: v^2, then v^3 and v^4).
   Fit (offline, numpy): per interval, Lawson's minimax of SiLU on 8,001 points in the interval's
-  own variable w in [-1, 1], converted to powers of v; thresholds by a greedy search on a
-  0.05 grid (each piece as wide as a max error of 3e-5 on [-3, 3], 2e-4 beyond, allows).
+  own variable w in [-1, 1], converted to powers of v; thresholds by a greedy search from -11
+  on a 0.025 grid (each piece as wide as a fit error of 2.6e-5 where it meets [-3, 3], 1.55e-4
+  elsewhere, allows): 7 pieces of degree 4 (the earlier table: 4 of degree 6, 8 rounds).
 
 Measured (errors: tests/test_nonlinear_activations.py, 320,001 points of [-16, 16] plus
 +-2^16; costs: ``costs.py``; rounds below / from 12,288 elements; bytes per element sent by
@@ -40,21 +41,22 @@ GeLU accurate  -3.15, 3.15               u, u^2, u^3, u^4    8 / 9    300.88  0.
                                                                       + 72
 GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    363.63  0.0199 (3.00)
                                                                       + 108
-SiLU accurate  -11, -3.05, 0.2, 3.2, 11  v^2, ..., v^6       8 / 8    365.25  1.8e-4 (11)
-                                                                      + 180
- |x| <= 2^8    (27-bit chains)                               8 / 8    323.38  same
-                                                                      + 128.75
+SiLU accurate  -11, -4.875, -2.825,       v^2, v^3, v^4       6 / 6    308.25  1.8e-4 (11)
+               -0.875, 0.875, 2.975,                                  + 288
+               5.175, 11
+ |x| <= 2^8    (27-bit chains)                               6 / 6    251.38  same
+                                                                      + 206
 SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    319.13  0.0719 (4.00)
                                                                       + 108
 =============  ========================  ==================  =======  ======  ==============
 
-SiLU accurate: max error 3.3e-5 on [-3, 3] (1.35e-4 on [-11, -3.05], 1.0e-4 on [3.2, 11], the
-tail 1.8e-4 at +-11). Its bytes: the comparisons' shared leaves (29.1) and per threshold
-10 online and 36 offline (5), about 43.5 per power (5), 45 for the dot product, 24 for
+SiLU accurate: max error 2.9e-5 on [-3, 3] (1.6e-4 on [-11, -3], 1.1e-4 on [3, 11) before
+the tail's 1.8e-4 at +-11). Its bytes: the comparisons' shared leaves (29.1) and per threshold
+10 online and 36 offline (8), about 43.5 per power (3), 45 for the dot product, 24 for
 [x >= 11] x. With a bound on |x| (``silu(..., bound=B)``) the comparisons run on L-bit chains,
 (B + 11) 2^18 < 2^L: for B = 2^8, 7 leaves of at most 4 bits (12.25 shared) and per threshold 5
-online and 1.75 + 24 offline (the tree keeps 2 levels: the same rounds; B = 2^5, L = 24: 317.5
-online); the rest is unchanged. The other errors are those of the approximations on the whole
+online and 1.75 + 24 offline (the tree keeps 2 levels: the same rounds); the rest is
+unchanged. The other errors are those of the approximations on the whole
 real line (fixed-point rounding adds < 1e-4). Per element: the comparisons' shared leaves
 (29.1) and per breakpoint 10 online and 36 offline, about 44 per fused
 multiplication+truncation (one per power, one more for u = (x/T)^2), 27 for the truncation of
@@ -141,16 +143,22 @@ GELU_ACCURATE = PiecewisePolynomial(
     3.15, even=True,
 )
 SILU_ACCURATE = TablePolynomial(
-    (-11.0, -3.05, 0.2, 3.2, 11.0), 8.0,
-    ((-0.6563313191853334, -2.0538107519757247, -1.673504535451858, 1.3001897719372992,
-      3.0501449559648495, 1.8735386839954395, 0.396841703618378),
-     (1.8067539312494052e-05, 4.001809766699528, 15.9552007151084, -2.8468517445139643,
-      -127.36482531932859, -269.3340156016651, -184.8487063645799),
-     (0.0002453419259142997, 3.9875834346967425, 16.126911050178602, 1.5461898514624561,
-      -122.34190145107277, 259.7522248824322, -177.68734453137668),
-     (-0.6965506423328325, 10.365280655579557, -2.6426791909968945, 0.25350947201852336,
-      1.693622512346591, -1.2604051847384137, 0.28447158029136166)),
-    identity_above=True, power_frac=28, coefficient_frac=27,  # |v^k| < 8, |terms| sum < 2^61
+    (-11.0, -4.875, -2.825, -0.875, 0.875, 2.975, 5.175, 11.0), 8.0,
+    ((-0.5655642522703246, -1.8876981204630536, -2.3963333964057583, -1.3639924340030471,
+      -0.29253003856289767),
+     (-0.4629997197661499, -0.5774065715981198, 2.3253961750762184, 5.403525287312418,
+      3.1434234667646814),
+     (0.021488752426335467, 4.649772234915148, 23.741331669507638, 44.91044129528465,
+      30.828735254822337),
+     (2.5149365685595004e-05, 4.00000000000004, 15.961192983871408, -3.6267444692986375e-12,
+      -76.37726259786079),
+     (0.02131575063970939, 3.353539020857961, 23.7186512142785, -44.84430386209475,
+      30.759155224869843),
+     (-0.5357047306708391, 9.187703652896001, 0.42185387205607494, -2.788646153037856,
+      1.8083823040110787),
+     (-0.5327762608832038, 9.754276015779459, -2.1969770260951016, 1.234194972293992,
+      -0.26141357110231833)),
+    identity_above=True, power_frac=28, coefficient_frac=27,  # |v^k| < 4, |terms| sum < 2^61
 )
 GELU_PUMA = PiecewisePolynomial(
     (-4.0, -1.95, 3.0),
@@ -265,7 +273,7 @@ async def gelu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
 @protocol
 async def silu(ctx: Context, x: AShare, method: Method = "accurate",
                bound: float | None = None) -> AShare:
-    """SiLU(x) = x sigmoid(x). Max error 1.8e-4, 3.3e-5 on [-3, 3] ("accurate"), or 0.0719
+    """SiLU(x) = x sigmoid(x). Max error 1.8e-4, 2.9e-5 on [-3, 3] ("accurate"), or 0.0719
     ("puma", SPU's LLaMA).
 
     ``bound``: a certified bound on |x| (the model owner's, ``LlamaConfig.gate_bounds``).
@@ -275,8 +283,8 @@ async def silu(ctx: Context, x: AShare, method: Method = "accurate",
     threshold t), and *garbage* beyond (an arbitrary row of the table: the bound is the
     caller's precondition, as a comparison's own range is). None: the full 64-bit chains.
 
-    Cost: "accurate" 8 rounds at any size, 365.25 bytes per element online and 180 offline
-    (bound 2^8: 8 rounds, 323.38 online and 128.75 offline); "puma" 8 rounds
+    Cost: "accurate" 6 rounds at any size, 308.25 bytes per element online and 288 offline
+    (bound 2^8: 6 rounds, 251.38 online and 206 offline); "puma" 8 rounds
     below 12,288 elements, 9 rounds from there on, 319.13 and 108 bytes.
     """
     if method == "accurate":

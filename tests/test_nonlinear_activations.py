@@ -64,13 +64,13 @@ def test_accurate_silu_beats_puma_by_far() -> None:
 
 
 def test_accurate_silu_near_zero_and_its_cost(fxp) -> None:
-    """Where a SwiGLU's gates mostly are, [-3, 3]: within 4e-5 (documented 3.3e-5); 8 rounds."""
+    """Where a SwiGLU's gates mostly are, [-3, 3]: within 3.3e-5 (documented 2.9e-5); 6 rounds."""
     x = np.linspace(-3, 3, 60001)
     got, ev = fxp.run(_fn("silu", "accurate"), x)
-    assert np.max(np.abs(got - EXACT["silu"](fxp.quantised(x)))) <= 4e-5
-    assert ev.cost(0).rounds == 8
+    assert np.max(np.abs(got - EXACT["silu"](fxp.quantised(x)))) <= 3.3e-5
+    assert ev.cost(0).rounds == 6
     offline = sum(ev.stats[p].totals(phase="offline").bytes_sent for p in range(3))
-    assert (ev.bytes_all_parties() + offline) / x.size < 550
+    assert (ev.bytes_all_parties() + offline) / x.size < 600
 
 
 @settings(max_examples=5, deadline=None)
