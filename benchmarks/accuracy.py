@@ -42,8 +42,9 @@ from puma_async.accuracy import (
     log_softmax,
     profile_table,
 )
-from puma_async.model import LlamaWeights, Tokenizer, forward, load_gguf
+from puma_async.model import LlamaWeights, Tokenizer, forward
 from puma_async.session import GenerationOptions, Progress, in_process_settings, run_session
+from puma_async.session.models import SMOLLM2, resolve_model
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 GOALS = {"max_logit_error": 0.05, "kl": 1e-4, "perplexity_relative": 1e-3}
@@ -192,7 +193,9 @@ def main() -> None:
     reporting.add_out_argument(parser, "accuracy")
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": reporting.machine(), "goals": GOALS}
-    w64 = load_gguf().astype(np.float64)  # the only copy: sessions need ~8 GB besides
+    # the session's model (with its certified gate bounds, as `local` runs it); float64: the
+    # only copy, sessions need ~8 GB besides
+    w64 = resolve_model(SMOLLM2).load_weights().astype(np.float64)
     tokenizer = Tokenizer.from_gguf()
     if not args.skip_generation:
         prompts = read_prompts(args.prompts, tokenizer, args.limit)

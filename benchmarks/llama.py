@@ -44,6 +44,7 @@ implies ``--quick``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -129,12 +130,10 @@ def run_session_part(quick: bool, tiny: bool) -> dict[str, Any]:
         weights, tokenizer = random_weights(tiny_config(), seed=0), TinyTokenizer()
         quick = True
     else:
-        from puma_async.model import Tokenizer, default_model_path, load_gguf
-        from puma_async.model.gguf_loader import open_gguf
+        from puma_async.session.models import SMOLLM2, resolve_model
 
-        reader = open_gguf(default_model_path())
-        weights = load_gguf(reader)
-        tokenizer = Tokenizer.from_reader(reader)
+        source = resolve_model(SMOLLM2)  # its certified gate bounds, as `local` runs it
+        weights, tokenizer = source.load_weights(), source.load_tokenizer()
     prompts = [tokenizer.encode("The capital of France is")]
     if not quick:
         prompts.append(tokenizer.encode(LONG_PROMPT)[:32])
@@ -175,9 +174,13 @@ def run_session_part(quick: bool, tiny: bool) -> dict[str, Any]:
 
 def run_block7b() -> dict[str, Any]:
     from puma_async.model import llama7b_block_config, random_weights
+    from puma_async.model.bounds import certify_gate_bounds
 
     config = llama7b_block_config()
     weights = random_weights(config, seed=0, dtype=np.float32)
+    # the gate bound its weights certify, as a model owner's export declares it
+    bounded = dataclasses.replace(config, gate_bounds=certify_gate_bounds(weights))
+    weights = dataclasses.replace(weights, config=bounded)
     prompt = list(np.random.default_rng(0).integers(0, config.vocab, LLAMA7B["tokens"]))
     stalls = LoopStalls()
     result = stalls.run(weights, [prompt], 1)
