@@ -215,6 +215,11 @@ def weight_plan(config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
     return plan
 
 
+FOLDED_EXTRA_BITS = 6
+"""Fractional bits the folded matrices carry beyond the fixed point's (module docstring of
+:func:`weight_tensors`): they are shared as 2^6 W' and their products truncated 6 bits more."""
+
+
 def weight_tensors(weights: LlamaWeights) -> Iterator[npt.NDArray[np.floating]]:
     """The model owner's plaintext tensors in :func:`weight_plan` order (fused lazily).
 
@@ -224,6 +229,16 @@ def weight_tensors(weights: LlamaWeights) -> Iterator[npt.NDArray[np.floating]]:
     same function with one fixed-point rounding per weight instead of a secret product and
     its truncation per normalised element (2 rounds and ~45 bytes per element saved per
     norm). The final norm keeps its gain (the tied head reads the embedding).
+
+    Precision: the gains are small (SmolLM2: median 0.25-0.31, 10% below 0.11-0.14), so
+    diag(g) W at f = 18 bits would keep log2(1/g) bits fewer of each weight than W does, and
+    the products' error from the weights' rounding (|h| 2^-19 per term, h the unit-RMS norm
+    output) would grow by 1/g (measured: 4x on gate/up). The folded matrices are therefore
+    shared as 2^6 diag(g) W (:data:`FOLDED_EXTRA_BITS`, an exact scaling), i.e. at 24
+    fractional bits, and their products are truncated by 6 more bits: no worse than before
+    for every gain >= 2^-6, at no cost in rounds or bytes. Headroom: the products' values
+    before truncation are |h W'| 2^42 (gate/up: below the certified gate bound 2^8, and up
+    alike: 2^50) and |x W'| 2^42 for :func:`normalised_qkv` (below 2^20: SmolLM2's 6,967).
     """
     yield weights.embed
     for layer in weights.layers:
@@ -237,8 +252,9 @@ def weight_tensors(weights: LlamaWeights) -> Iterator[npt.NDArray[np.floating]]:
 
 
 def _fold_gain(gain: npt.ArrayLike, *matrices: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """diag(gain) [W_1 | W_2 | ...]: the row k of every matrix times gain_k, in float64."""
-    g = np.asarray(gain, dtype=np.float64)[:, None]
+    """2^FOLDED_EXTRA_BITS diag(gain) [W_1 | W_2 | ...]: the row k of every matrix times
+    gain_k, in float64 (the power of two is exact)."""
+    g = np.asarray(gain, dtype=np.float64)[:, None] * 2.0**FOLDED_EXTRA_BITS
     return np.concatenate([g * np.asarray(w, dtype=np.float64) for w in matrices], axis=1)
 
 
@@ -436,9 +452,10 @@ async def normalised_qkv(
     truncated product by rho per row (scope ``qkv``). 2 rounds fewer than x rho first, for
     (q + 2 kv - hidden) more elements in the product by rho (44 bytes each, all parties).
 
-    Headroom and error: the raw product's pre-truncation value is |x W'| 2^36, and rho x W'
-    = q (or k, v) is taken at :data:`QKV_RAW_FRAC` + :data:`QKV_RHO_FRAC` = 54 fractional
-    bits before its truncation, so this needs |x W'| < 2^26 and |q|, |k|, |v| < 2^8.
+    Headroom and error: the raw product's pre-truncation value is |x W'| 2^42 (W' at 24
+    fractional bits: :func:`weight_tensors`), and rho x W' = q (or k, v) is taken at
+    :data:`QKV_RAW_FRAC` + :data:`QKV_RHO_FRAC` = 54 fractional bits before its truncation,
+    so this needs |x W'| < 2^20 and |q|, |k|, |v| < 2^8.
     SmolLM2 (plaintext reference, 4 prompts, first-token rows with |x| up to 24,926): max
     |x W'| 6,967 (< 2^13), max |q|, |k|, |v| 19.5 (< 2^5). Added error: x W''s rounding
     (2^-22) times rho (<= 11.2 measured): 2.7e-6, below the product's own truncation (2^-18
@@ -453,7 +470,8 @@ async def normalised_qkv(
 
     async def raw(c: Context) -> AShare:
         with c.scope("qkv"):
-            return await weight_matmul(c, stream.x, layer.wqkv, bits=2 * f - QKV_RAW_FRAC)
+            return await weight_matmul(c, stream.x, layer.wqkv,
+                                       bits=2 * f + FOLDED_EXTRA_BITS - QKV_RAW_FRAC)
 
     r, qkv_raw = await ctx.gather(rho, raw)
     with ctx.scope("qkv"):
@@ -543,7 +561,8 @@ async def mlp(
         h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide)  # w_gate_up
     probe(ctx, f"{name}.ffn_norm", h)
     with ctx.scope("gate_up"):
-        gate_up = await weight_matmul(ctx, h, layer.w_gate_up)
+        gate_up = await weight_matmul(ctx, h, layer.w_gate_up,
+                                      bits=fixed_point(ctx).frac_bits + FOLDED_EXTRA_BITS)
     probe(ctx, f"{name}.gate_up", gate_up)
     f = config.ffn
     gate = gate_up.map(lambda a: np.ascontiguousarray(a[..., :f]))

@@ -19,7 +19,12 @@ from puma_async.local import main
 from puma_async.model import KVCache, forward, greedy_generate, random_weights, tiny_config
 from puma_async.model.bounds import certify_gate_bounds
 from puma_async.model.gguf_loader import load_gguf
-from puma_async.protocols.llama import causal_mask, weight_plan, weight_tensors
+from puma_async.protocols.llama import (
+    FOLDED_EXTRA_BITS,
+    causal_mask,
+    weight_plan,
+    weight_tensors,
+)
 from puma_async.roles import MODEL_OWNER, PARTIES
 from puma_async.session import (
     GenerationOptions,
@@ -126,8 +131,10 @@ def test_norm_gains_are_folded_into_the_next_weights() -> None:
     for i, layer in enumerate(WEIGHTS.layers):
         qkv = np.concatenate([layer.wq, layer.wk, layer.wv], axis=1)
         gate_up = np.concatenate([layer.w_gate, layer.w_up], axis=1)
-        assert np.array_equal(tensors[f"layer{i}.wqkv"], layer.attn_norm[:, None] * qkv)
-        assert np.array_equal(tensors[f"layer{i}.w_gate_up"], layer.ffn_norm[:, None] * gate_up)
+        scale = 2.0**FOLDED_EXTRA_BITS  # shared at 6 more fractional bits
+        assert np.array_equal(tensors[f"layer{i}.wqkv"], scale * layer.attn_norm[:, None] * qkv)
+        assert np.array_equal(tensors[f"layer{i}.w_gate_up"],
+                              scale * layer.ffn_norm[:, None] * gate_up)
     assert [name for name, shape in weight_plan(CONFIG) if len(shape) == 1] == ["final_norm"]
     assert np.array_equal(tensors["final_norm"], WEIGHTS.final_norm)
 

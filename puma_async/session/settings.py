@@ -30,10 +30,11 @@ from puma_async.model.config import LlamaConfig
 from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
 from puma_async.session.models import PRESETS, TINY, preset_architecture
 
-DIGEST_VERSION = 6
+DIGEST_VERSION = 7
 """Bumped whenever what the digested settings imply changes: 5, the weight plan (the norms'
 gains folded into the QKV and gate/up matrices, ``protocols.llama.weight_plan``); 6, the
-architecture's certified gate bounds (``LlamaConfig.gate_bounds``: SiLU's comparison chains)."""
+architecture's certified gate bounds (``LlamaConfig.gate_bounds``: SiLU's comparison chains);
+7, the folded matrices shared at 6 more fractional bits (``protocols.llama.weight_tensors``)."""
 REVEAL_LOGITS = ("last", "all")
 """What a prompt pass reveals to the client: the logits of its last position (enough to
 choose the next token), or of every position (teacher-forced perplexity of a text in one
