@@ -6,8 +6,9 @@ transport with an emulated one-way delay per link) twice per delay: with round o
 sequential (``sequential=True``: same messages, one step after the other). Reports, per run,
 the critical-path rounds (the deepest round any role reached), P0's rounds and bytes of the
 prompt pass (scope ``p0.t0``), the prompt pass's wall time at P0 (the set-up of the weights,
-whose time varies by seconds between runs, excluded) and the whole run's wall time; the
-delay makes every round cost at least one latency, which is what overlapping saves.
+whose time varies by seconds between runs, excluded), each new token's pass at P0 (scopes
+``p0.t1``, ...; ``--max-new-tokens 2`` or more) and the whole run's wall time; the delay makes
+every round cost at least one latency, which is what overlapping saves.
 ``--model smollm2`` runs the real model (about five minutes for the four runs); the default
 tiny model takes seconds.
 
@@ -44,6 +45,8 @@ def measure(weights: LlamaWeights, prompt: list[int], new_tokens: int, delay: fl
         "p0_prompt_pass_rounds": prompt_pass.rounds,
         "p0_prompt_pass_bytes_sent": prompt_pass.bytes_sent,
         "p0_prompt_pass_seconds": run.stats[0].scope_seconds("p0.t0", phase="online"),
+        "p0_new_token_seconds": [run.stats[0].scope_seconds(f"p0.t{step}", phase="online")
+                                 for step in range(1, new_tokens)],
         "seconds": run.seconds,
     }
 
@@ -62,7 +65,7 @@ def main() -> None:
     prompt = source.load_tokenizer().encode(args.prompt)
     rows = []
     print(f"{'delay':>8} {'mode':>10} {'crit. rounds':>12} {'P0 p0.t0':>10} "
-          f"{'p0.t0 s':>9} {'run s':>9}")
+          f"{'p0.t0 s':>9} {'token s':>9} {'run s':>9}")
     for delay_ms in args.delays_ms:
         for sequential in (False, True):
             row = measure(weights, prompt, args.max_new_tokens, delay_ms / 1e3, sequential)
@@ -70,6 +73,7 @@ def main() -> None:
             mode = "overlap" if row["overlap"] else "sequential"
             print(f"{delay_ms:>6g}ms {mode:>10} {row['critical_path_rounds']:>12} "
                   f"{row['p0_prompt_pass_rounds']:>10} {row['p0_prompt_pass_seconds']:>9.2f} "
+                  f"{max(row['p0_new_token_seconds'], default=float('nan')):>9.2f} "
                   f"{row['seconds']:>9.2f}")
     result = {
         "benchmark": "overlap", "model": args.model, "max_new_tokens": args.max_new_tokens,
