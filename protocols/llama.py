@@ -457,7 +457,7 @@ async def normalised_qkv(
     :data:`QKV_RAW_FRAC` + :data:`QKV_RHO_FRAC` = 54 fractional bits before its truncation,
     so this needs |x W'| < 2^20 and |q|, |k|, |v| < 2^8.
     SmolLM2 (plaintext reference, 4 prompts, first-token rows with |x| up to 24,926): max
-    |x W'| 6,967 (< 2^13), max |q|, |k|, |v| 19.5 (< 2^5). Added error: x W''s rounding
+    |x W'| 6,967 (< 2^13), max |q|, |k|, |v| 19.5 (< 2^5). Added error: the rounding of x W'
     (2^-22) times rho (<= 11.2 measured): 2.7e-6, below the product's own truncation (2^-18
     = 3.8e-6); rho's resolution 2^-32 (2.4e-7 relative at rho = 1/1046, the smallest).
     """
