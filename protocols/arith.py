@@ -150,6 +150,14 @@ async def matmul_stacked(
     return await finish_product(ctx, await stacked_share(left, right), bits)
 
 
+async def product_share(ctx: Context, left: RingArray, right: RingArray) -> RingArray:
+    """This party's 3-out-of-3 share of x @ y from stacked operands, masked by a fresh
+    zero-sharing: for a consumer that starts in the truncation's first round
+    (:func:`.trunc.open_product`). Local."""
+    z = await stacked_share(left, right)
+    return ring.add(z, zero_share(ctx, np.shape(z)))
+
+
 async def stacked_share(left: RingArray, right: RingArray) -> RingArray:
     """This party's additive share of x @ y from stacked operands (a worker thread if large)."""
     return await offload(ring_matmul, left, right, size=_matmul_work(left, right))
@@ -223,5 +231,6 @@ async def mul_public_fxp(ctx: Context, x: AShare, c: Any, bits: int | None = Non
 __all__ = [
     "dot_fxp", "finish_product", "finish_product_wide", "matmul", "matmul_fxp", "matmul_public",
     "matmul_public_fxp", "matmul_stacked", "mul", "mul_fxp", "mul_local", "mul_public_fxp",
+    "product_share",
     "square", "square_fxp", "stack_left", "stack_right", "stacked_share",
 ]

@@ -369,12 +369,25 @@ async def _leaves(
     ctx: Context, plan: Plan, part: Part, view: RingArray, shifted: RingArray | None,
     of: npt.NDArray[np.intp],
 ) -> RingArray | None:
-    """Round 1: S sends E2 its masked monomials; E1 and E2 return their XOR-halves of the
-    leaves (and of the top bit, last). ``view``: S's a (values, size); ``shifted``: the
-    evaluators' b' per threshold (thresholds, size); ``of``: each threshold's value."""
+    """Round 1, then this evaluator's XOR-halves of the leaves (and of the top bit, last;
+    None at S). ``view``: S's a (values, size); ``shifted``: the evaluators' b' per threshold
+    (thresholds, size); ``of``: each threshold's value."""
+    values = view.shape[0]
+    mono = await _exchange_leaves(ctx, plan, part, view, values)
+    if mono is None:
+        return None
+    assert shifted is not None
+    return await offload(leaf_halves, plan, _spread(mono, values, of, part.size),
+                         bit_slices(shifted), part.role(ctx.role) == 1, size=shifted.size)
+
+
+async def _exchange_leaves(
+    ctx: Context, plan: Plan, part: Part, view: RingArray, values: int
+) -> RingArray | None:
+    """Round 1: S sends E2 its masked monomials of ``view`` (its a, (values, size); only S
+    reads it); E1 draws their pads, E2 receives them: this evaluator's monomials (None at S)."""
     role = part.role(ctx.role)
     label = ctx.label(b"fc.pad")
-    values = view.shape[0]
     shape = (plan.monomials, part.words(values))
     if role == 0:
         mono = await offload(sender_monomials, plan, bit_slices(view),
@@ -382,13 +395,9 @@ async def _leaves(
         pads = key_prg(ctx, part.sender + 1).bits(label, shape)
         await ctx.send_arrays(part.party(2), mono ^ pads)
         return None
-    assert shifted is not None
     if role == 1:
-        mono = key_prg(ctx, part.sender + 1).bits(label, shape)
-    else:
-        mono = await ctx.recv_array(part.sender, ArraySpec.ring(shape))
-    return await offload(leaf_halves, plan, _spread(mono, values, of, part.size),
-                         bit_slices(shifted), role == 1, size=shifted.size)
+        return key_prg(ctx, part.sender + 1).bits(label, shape)
+    return await ctx.recv_array(part.sender, ArraySpec.ring(shape))
 
 
 async def _tree(
@@ -525,34 +534,64 @@ def _tournament(m: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
     return index, negate
 
 
+def summands(x: AShare, parts: tuple[Part, ...], party: int) -> RingArray:
+    """What ``party`` knows of every element of x (flattened) in the form x = a + b of the
+    element's part: a = x_s + x_{s+1} where it is S, x_{s+2} where it is E1 or E2."""
+    flat = x.reshape(1, -1)
+    out = np.empty(flat.shape[1], RING_DTYPE)
+    for part in parts:
+        out[part.lo : part.hi] = _view(flat, part, part.role(party))[0]
+    return out
+
+
+def _pair_differences(entries: RingArray, m: int) -> RingArray:
+    """x_i - x_j of every pair i < j of every row of m entries (flat), as one row."""
+    flat = entries.reshape(-1, m)
+    first, second = np.triu_indices(m, 1)
+    return (flat[:, first] - flat[:, second]).reshape(1, -1)
+
+
+async def maximum_leaves(
+    ctx: Context, spec: MaximumSpec, entries: RingArray
+) -> tuple[RingArray | None, ...]:
+    """Round 1 of :func:`first_maximum`: per part of :attr:`MaximumSpec.parts`, S sends the
+    leaves' monomials of its rows' pair differences. ``entries``: this party's summands of
+    the entries (rows x entries, flat; :func:`summands`), read only where it is S: so this
+    round can start while the evaluators' summands are still being made (a product's first
+    round: :func:`.trunc.open_product`). Returns this evaluator's monomials per part."""
+    diffs = _pair_differences(entries, spec.entries)
+    plan = spec.pairs.plan
+    return tuple(await ctx.gather(*(
+        functools.partial(_exchange_leaves, plan=plan, part=part,
+                          view=diffs[:, part.lo : part.hi], values=1)
+        for part in spec.pairs.parts
+    )))
+
+
 async def _maximum_part(
-    ctx: Context, spec: MaximumSpec, pairs: Part, entries: Part, diffs: AShare,
-    material: tuple[TreeMaterial, TreeMaterial] | None,
+    ctx: Context, spec: MaximumSpec, pairs: Part, entries: Part, diffs: RingArray,
+    mono: RingArray | None, material: tuple[TreeMaterial, TreeMaterial] | None,
 ) -> RingArray | None:
-    """One part of :func:`first_maximum`: the pairs' comparisons, each entry's beats, their
-    AND. ``diffs``: x_i - x_j of every pair i < j of every row, (1, pairs). This
-    evaluator's XOR-half of [entry wins] (1, words), or None at S."""
+    """One part of :func:`first_maximum` after its leaves' round: the pairs' tree, each
+    entry's beats, their AND. ``diffs``: this party's summands of x_i - x_j for every pair
+    i < j of every row, (1, pairs); ``mono``: this evaluator's leaf monomials (None at S).
+    This evaluator's XOR-half of [entry wins] (1, words), or None at S."""
     m = spec.entries
     plan, wins_tree = spec.pairs.plan, and_tree(m - 1)
-    role = pairs.role(ctx.role)
-    view = _view(diffs, pairs, role)
-    shifted = view + to_ring(1 << plan.chain) if role else None
-
-    async def leaves(c: Context) -> RingArray | None:
-        return await _leaves(c, plan, pairs, view, shifted, np.zeros(1, np.intp))
-
     if material is None:
-        pair_tree, win_tree, halves = await ctx.gather(
+        material = tuple(await ctx.gather(
             lambda c: _offline(c, functools.partial(
                 _prepare_tree, tree=plan.tree, words=pairs.words(), part=pairs)),
             lambda c: _offline(c, functools.partial(
                 _prepare_tree, tree=wins_tree, words=entries.words(), part=entries)),
-            leaves,
-        )
-    else:
-        (pair_tree, win_tree), halves = material, await leaves(ctx)
-    if halves is None:
+        ))
+    if mono is None:
         return None
+    pair_tree, win_tree = material
+    role = pairs.role(ctx.role)
+    shifted = diffs[:, pairs.lo : pairs.hi] + to_ring(1 << plan.chain)
+    halves = await offload(leaf_halves, plan, mono, bit_slices(shifted), role == 1,
+                           size=shifted.size)
     # [x_i >= x_j] per pair i < j: entry i beats j > i on it and j < i on its negation
     at_least = await _tree(ctx, plan.tree, pairs, halves[:-1], pair_tree) ^ halves[-1:]
     index, negate = _tournament(m)
@@ -561,6 +600,32 @@ async def _maximum_part(
         bits ^= (~negate).astype(RING_DTYPE)
     beats = pack_bits(np.moveaxis(bits, -1, 0).reshape(m - 1, -1))
     return (await _tree(ctx, wins_tree, entries, beats, win_tree))[0]
+
+
+async def maximum_after_leaves(
+    ctx: Context, spec: MaximumSpec, leaves: tuple[RingArray | None, ...],
+    entries: RingArray, pre: MaximumMaterial | None = None,
+) -> MaskedBits:
+    """:func:`first_maximum` after :func:`maximum_leaves`: ``entries`` now this party's
+    summands of the entries where it is E1 or E2 too. 3 rounds (4 from 10 entries on);
+    masked bits of shape (rows, entries)."""
+    _check(pre, spec)
+    diffs = _pair_differences(entries, spec.entries)
+
+    async def random_bits(c: Context) -> RandomBits:
+        if pre is not None:
+            return pre.bits
+        return await _offline(c, functools.partial(prepare_random_bits, rows=1,
+                                                   parts=spec.parts))
+
+    rho, *halves = await ctx.gather(random_bits, *(
+        functools.partial(
+            _maximum_part, spec=spec, pairs=pairs, entries=part, diffs=diffs, mono=mono,
+            material=None if pre is None else (pre.pairs[j], pre.wins[j]))
+        for j, (pairs, part, mono) in enumerate(
+            zip(spec.pairs.parts, spec.parts, leaves, strict=True))
+    ))
+    return MaskedBits(tuple(halves), spec.parts, rho, (spec.rows, spec.entries))
 
 
 async def first_maximum(
@@ -577,30 +642,16 @@ async def first_maximum(
     up to 8 (two of up to 4 from 10 entries on). Cost: 4 rounds (5 with
     :func:`open_masked`; one more for rows of 10 to 17); per row 50.6 bytes per pair (online
     38.6) and per entry the AND's products (2^(m-1) - m bits), its 2 (m - 1) opened bits and
-    a random bit (24 bytes).
+    a random bit (24 bytes). The leaves' round (:func:`maximum_leaves`) needs only S's
+    summands, so it can travel in a product's first round (:func:`.softmax.max_of_product`).
     """
     m = x.shape[-1]
     if not 2 <= m <= 17:
         raise ValueError(f"first_maximum takes rows of 2 to 17 entries, got {m}")
-    flat = x.reshape(-1, m)
-    first, second = np.triu_indices(m, 1)
-    diffs = (flat[:, first] - flat[:, second]).reshape(1, -1)
-    spec = MaximumSpec(flat.shape[0], m, bits, levels)
-    _check(pre, spec)
-
-    async def random_bits(c: Context) -> RandomBits:
-        if pre is not None:
-            return pre.bits
-        return await _offline(c, functools.partial(prepare_random_bits, rows=1,
-                                                   parts=spec.parts))
-
-    rho, *halves = await ctx.gather(random_bits, *(
-        functools.partial(
-            _maximum_part, spec=spec, pairs=pairs, entries=entries, diffs=diffs,
-            material=None if pre is None else (pre.pairs[j], pre.wins[j]))
-        for j, (pairs, entries) in enumerate(zip(spec.pairs.parts, spec.parts, strict=True))
-    ))
-    return MaskedBits(tuple(halves), spec.parts, rho, x.shape)
+    spec = MaximumSpec(x.size // m, m, bits, levels)
+    own = summands(x, spec.parts, ctx.role)
+    leaves = await maximum_leaves(ctx, spec, own)
+    return (await maximum_after_leaves(ctx, spec, leaves, own, pre)).reshape(x.shape)
 
 
 async def _open_part(
@@ -643,5 +694,6 @@ async def open_masked(ctx: Context, masked: MaskedBits) -> RingArray:
 __all__ = [
     "CompareMaterial", "CompareSpec", "MaskedBits", "MaximumMaterial", "MaximumSpec", "Part",
     "RandomBits", "TreeMaterial", "bounded_bits", "compare_thresholds", "first_maximum",
-    "open_masked", "prepare_compare", "prepare_maximum", "prepare_random_bits",
+    "maximum_after_leaves", "maximum_leaves", "open_masked", "prepare_compare",
+    "prepare_maximum", "prepare_random_bits", "summands",
 ]

@@ -77,6 +77,7 @@ from .arith import (
     matmul_fxp,
     matmul_stacked,
     mul_fxp,
+    product_share,
     stack_left,
     stack_right,
     stacked_share,
@@ -88,7 +89,14 @@ from .polynomial import repeat_last
 from .ring import RingArray
 from .ringmatmul import ring_matmul
 from .shares import AShare, concatenate
-from .softmax import exp_rows, normalise_after, probabilities, row_reciprocals, scale_rows
+from .softmax import (
+    exp_rows,
+    max_of_product,
+    normalise_after,
+    probabilities,
+    row_reciprocals,
+    scale_rows,
+)
 from .trunc import truncate
 
 COMPONENTS = (
@@ -506,10 +514,14 @@ async def attention(
     total = keys.shape[1]
     start = total - n  # this layer's positions before the new rows
     q = qk[:, :heads].reshape(n, groups, rep, d).transpose(1, 2, 0, 3).reshape(groups, rep * n, d)
-    with ctx.scope("scores"):
-        scores = await matmul_fxp(ctx, q, keys.transpose(0, 2, 1))  # (groups, rep n, total)
+    keep = causal_mask(start, n, total, rep)
+    with ctx.scope("scores"):  # (groups, rep n, total): the maximum starts in its first round
+        z = await product_share(ctx, stack_left(q), stack_right(keys.transpose(0, 2, 1)))
+    scores, top = await max_of_product(
+        ctx, z, fixed_point(ctx).frac_bits, np.broadcast_to(keep, z.shape),
+        product_scope="scores", max_scope="softmax.max_along")
     probe(ctx, f"{name}.scores", scores.reshape(groups, rep, n, total))
-    out = await attend(ctx, scores, values, causal_mask(start, n, total, rep), n, name)
+    out = await attend(ctx, scores, values, keep, n, name, top)
     out = out.reshape(groups, rep, n, d).transpose(2, 0, 1, 3).reshape(n, heads * d)
     probe(ctx, f"{name}.attn_out", out)
     with ctx.scope("o"):
@@ -519,7 +531,8 @@ async def attention(
 
 
 async def attend(
-    ctx: Context, scores: AShare, values: AShare, keep: npt.NDArray[np.bool_], n: int, name: str
+    ctx: Context, scores: AShare, values: AShare, keep: npt.NDArray[np.bool_], n: int, name: str,
+    top: AShare | None = None,
 ) -> AShare:
     """softmax(scores) @ values per key/value group, (groups, rep n, T) @ (groups, T, d).
 
@@ -529,7 +542,7 @@ async def attend(
     (e @ V) x r, with e @ V beside the reciprocal (2 rounds fewer); else (e x r) @ V.
     """
     with ctx.scope("softmax"):
-        e = await exp_rows(ctx, scores, keep)
+        e = await exp_rows(ctx, scores, keep, top)
     groups, _, total = scores.shape
     probe(ctx, f"{name}.exp", e.reshape(groups, -1, n, total))
 

@@ -40,10 +40,18 @@ from puma_async.context import Context, protocol
 from .arith import mul_fxp
 from .compare import sign_times
 from .exp import neg_exp
-from .fastcmp import first_maximum
+from .fastcmp import (
+    MaskedBits,
+    MaximumSpec,
+    first_maximum,
+    maximum_after_leaves,
+    maximum_leaves,
+)
 from .polynomial import repeat_last
 from .reciprocal import reciprocal
+from .ring import RingArray
 from .shares import AShare, concatenate
+from .trunc import Opened, close_product, dealer_summands, open_product, product_blocks
 
 RECIPROCAL_FRAC = 32
 """Fractional bits of the row sums' reciprocals (e * r stays below 2^51)."""
@@ -84,6 +92,91 @@ async def _pick(ctx: Context, x: AShare) -> AShare:
     return (await sign_times(ctx, wins, x)).sum(axis=-1)
 
 
+def _groups(m: int) -> tuple[int, npt.NDArray[np.intp]]:
+    """The first step of :func:`max_along` on rows of m: entries per compared row (m, or
+    :data:`GROUP` for longer rows, cut into groups padded with the row's last entry) and
+    each compared entry's column."""
+    if m <= ALL_PAIRS_MAX:
+        return m, np.arange(m)
+    groups = -(-m // GROUP)
+    return GROUP, np.minimum(np.arange(groups * GROUP), m - 1)
+
+
+async def max_of_product(
+    ctx: Context, z: RingArray, bits: int, keep: npt.NDArray[np.bool_] | None, *,
+    product_scope: str, max_scope: str,
+) -> tuple[AShare, AShare]:
+    """x = z truncated by ``bits`` (z: this party's 3-out-of-3 shares of a product, masked
+    by a zero-sharing; :func:`.trunc.open_product`) and x's maximum along the last axis over
+    the ``keep`` entries (None: all), as :func:`max_along`, with the comparisons' leaves in
+    the product's first round: S = the truncation's dealer knows G, the openers public(c),
+    and x = G + public(c) modulo 2^(64 - bits) (:class:`.trunc.Opened`), which is all a
+    comparison of x's differences reads: |x| < 2^(62 - bits), so they lie in
+    (-2^(63 - bits), 2^(63 - bits)) and a chain of 64 - bits bits is exact. The comparisons
+    are on the truncated x itself: the maximum is exactly an entry of x, and x's largest.
+
+    Rounds: the product's 2 (scope ``product_scope``) and the maximum's (``max_scope``) end
+    together 5 rounds after the product (rows of up to 9; 6 up to 17): the leaves beside the
+    truncation's first round, the tree's first level beside its second; 2 fewer than
+    :func:`.arith.finish_product` then :func:`max_along`, for the same bytes. Longer rows: the
+    first step of groups this way, then :func:`max_along` on the group maxima.
+    """
+    m = z.shape[-1]
+    rows = z.size // m
+    width, columns = _groups(m)
+    per_row = columns.size // width
+    spec = MaximumSpec(rows * per_row, width, bits=64 - bits)
+    # the truncation's blocks: the elements of the compared rows of each part of spec
+    cuts = [(p.lo // width // per_row) * m + min(p.lo // width % per_row * width, m)
+            for p in spec.parts] + [z.size]
+    sizes = [0, 0, 0]
+    for p, lo, hi in zip(spec.parts, cuts, cuts[1:], strict=False):
+        sizes[(p.sender - 2) % 3] = hi - lo
+    blocks = product_blocks((sizes[0], sizes[1], sizes[2]))
+
+    def entries(a: RingArray) -> RingArray:
+        a = a.reshape(rows, m)
+        if keep is not None:
+            a = _fill(a, keep.reshape(rows, m))
+        return a[:, columns].reshape(-1)
+
+    async def leaves(c: Context) -> tuple[RingArray | None, ...]:
+        with c.scope(max_scope):
+            return await maximum_leaves(c, spec, entries(dealer_summands(z.reshape(-1), bits)))
+
+    async def opened(c: Context) -> Opened:
+        with c.scope(product_scope):
+            return await open_product(c, z.reshape(-1), bits, blocks)
+
+    sent, first = await ctx.gather(leaves, opened)
+
+    async def close(c: Context) -> AShare:
+        with c.scope(product_scope):
+            return (await close_product(c, first)).reshape(z.shape)
+
+    async def wins(c: Context) -> MaskedBits:
+        with c.scope(max_scope):
+            return await maximum_after_leaves(c, spec, sent, entries(first.summands))
+
+    x, won = await ctx.gather(close, wins)
+    with ctx.scope(max_scope):
+        compared = x if keep is None else x.map(lambda a: _fill(a, keep))
+        compared = compared[..., columns].reshape(rows * per_row, width)
+        top = (await sign_times(ctx, won, compared)).sum(axis=-1).reshape(*z.shape[:-1], per_row)
+        if per_row > 1:
+            top = await max_along(ctx, top)
+        else:
+            top = top[..., 0]
+    return x, top
+
+
+def _fill(a: RingArray, keep: npt.NDArray[np.bool_]) -> RingArray:
+    """Masked entries of each row replaced by its first kept entry (left out of the
+    maximum); linear, so the same on shares and on summands."""
+    first = keep.argmax(axis=-1)[..., None]
+    return np.where(keep, a, np.take_along_axis(a, first, axis=-1))
+
+
 @protocol
 async def softmax(
     ctx: Context, x: AShare, mask: npt.ArrayLike | None = None
@@ -99,20 +192,18 @@ def _keep(mask: npt.ArrayLike | None, shape: tuple[int, ...]) -> npt.NDArray[np.
     return None if mask is None else np.broadcast_to(np.asarray(mask, dtype=bool), shape)
 
 
-async def exp_rows(ctx: Context, x: AShare, mask: npt.ArrayLike | None = None) -> AShare:
+async def exp_rows(
+    ctx: Context, x: AShare, mask: npt.ArrayLike | None = None, top: AShare | None = None
+) -> AShare:
     """e = exp(x - max x) along the last axis (the maximum over the kept entries), exactly 0
     where ``mask`` is False: softmax's numerators, in [0, 1] at f bits, the row's first
-    maximum exactly 1 up to negExp's error. :func:`max_along` then :func:`.exp.neg_exp`."""
+    maximum exactly 1 up to negExp's error. :func:`max_along` (unless ``top`` gives it:
+    :func:`max_of_product`) then :func:`.exp.neg_exp`."""
     keep = _keep(mask, x.shape)
-    for_max = x
-    if keep is not None:
-        if not keep.any(axis=-1).all():
-            raise ValueError("softmax: every row needs at least one unmasked entry")
-        first = keep.argmax(axis=-1)[..., None]
-        for_max = x.map(
-            lambda a: np.where(keep, a, np.take_along_axis(a, first, axis=-1))
-        )
-    top = await max_along(ctx, for_max)
+    if keep is not None and not keep.any(axis=-1).all():
+        raise ValueError("softmax: every row needs at least one unmasked entry")
+    if top is None:
+        top = await max_along(ctx, x if keep is None else x.map(lambda a: _fill(a, keep)))
     e = await neg_exp(ctx, x - repeat_last(top, x.shape[-1]))
     return e if keep is None else e.scale(keep.astype(np.uint64))
 
@@ -168,6 +259,7 @@ def normalise_after(new_rows: int, keys: int, width: int) -> bool:
 
 
 __all__ = [
-    "ALL_PAIRS_MAX", "RECIPROCAL_FRAC", "exp_rows", "max_along", "normalise_after",
+    "ALL_PAIRS_MAX", "RECIPROCAL_FRAC", "exp_rows", "max_along", "max_of_product",
+    "normalise_after",
     "probabilities", "row_reciprocals", "scale_rows", "softmax",
 ]

@@ -48,6 +48,8 @@ total; below, the same total with the dealer's part from P_2 and the openers' fr
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from puma_async.context import ArraySpec, Context
@@ -129,15 +131,20 @@ def _three(stream: RingArray) -> tuple[RingArray, RingArray, RingArray]:
     return stream[:m], stream[m : 2 * m], stream[2 * m :]
 
 
+def dealer_summands(z: RingArray, bits: int) -> RingArray:
+    """G = 2^(63-f) m - (l >> f) for r' = -z = 2^63 m + l: the dealer's summand of the
+    result modulo 2^(64-f) (:class:`Opened`), local to the dealer."""
+    r = np.negative(z)
+    return ((r >> _SIXTY_THREE) << np.uint64(63 - bits)) - ((r & _LOW63) >> np.uint64(bits))
+
+
 def _deal(
     z: RingArray, g_a: RingArray, h_a: RingArray, bits: int
 ) -> tuple[RingArray, np.ndarray]:
     """Dealer: B's shares of G = 2^(63-f) m - (l >> f) and of m mod 2^f, for r' = -z."""
-    r = np.negative(z)
-    m = r >> _SIXTY_THREE
-    g = (m << np.uint64(63 - bits)) - ((r & _LOW63) >> np.uint64(bits))
+    m = np.negative(z) >> _SIXTY_THREE
     h = (m - h_a) & np.uint64((1 << bits) - 1)
-    return g - g_a, pack_low_bits(h, bits)
+    return dealer_summands(z, bits) - g_a, pack_low_bits(h, bits)
 
 
 def _opener(
@@ -157,16 +164,42 @@ def _packed(bits: int, n: int) -> ArraySpec:
     return ArraySpec.of(np.uint8, packed_size(n, bits))
 
 
+@dataclasses.dataclass(frozen=True)
+class Opened:
+    """:func:`truncate_additive` after its first round (:func:`open_product`).
+
+    ``summands``: per element (flat), what this party knows of the result y modulo
+    2^(64 - bits) in the element's block: G (:func:`dealer_summands`) as its dealer D, the
+    public part of c as an opener A or B; y = G + public(c) (mod 2^(64 - bits)). That is the
+    form x = a + b of :mod:`.fastcmp` with S = D, E1 = A, E2 = B, known after round 1 (D's at
+    once). The other fields are round 2's state (:func:`close_product`), per block where this
+    party is A, B and D.
+    """
+
+    blocks: tuple[slice, slice, slice]
+    summands: RingArray
+    public: tuple[RingArray, RingArray]
+    brackets: tuple[RingArray, RingArray]
+    components: tuple[RingArray, RingArray, RingArray]  # t_A as A, t_B as B, D's (t_B, t_A)
+    dealt: RingArray
+
+
 async def _truncate(
     ctx: Context, bits: int, a: RingArray, b: RingArray, dealt: RingArray, *, exchange: bool
 ) -> AShare:
-    """The protocol of the module docstring on flat arrays (see :func:`truncate`).
+    """The protocol of the module docstring on flat arrays (see :func:`truncate`)."""
+    return await _close(ctx, await _open(ctx, bits, a, b, dealt, exchange, _bounds(dealt.size)))
 
-    ``a`` / ``b``: this party's part of c - 2^62 as opener A / B (the whole of it when not
-    ``exchange``, else its 3-out-of-3 share to swap); ``dealt``: minus r' as dealer.
-    """
+
+async def _open(
+    ctx: Context, bits: int, a: RingArray, b: RingArray, dealt: RingArray, exchange: bool,
+    blocks: list[slice],
+) -> Opened:
+    """Round 1 of the module docstring: the swap of c's parts (products only) and the
+    dealer's message. ``a`` / ``b``: this party's part of c - 2^62 as opener A / B (the whole
+    of it when not ``exchange``, else its 3-out-of-3 share to swap); ``dealt``: minus r' as
+    dealer; ``blocks[j]``: the elements of openers P_j, P_{j+1} and dealer P_{j+2}."""
     me, nxt, prv = ctx.role, next_party(ctx.role), prev_party(ctx.role)
-    blocks = _bounds(dealt.size)
     ba, bb, bd = blocks[me], blocks[prv], blocks[nxt]  # where I am A, B, D
     na, nb, nd = (s.stop - s.start for s in (ba, bb, bd))
     keys = party_keys(ctx)
@@ -182,13 +215,13 @@ async def _truncate(
     dt_b = draw(keys.own, labels[nxt], nd)  # as D: B's stream
     mask = np.uint64((1 << bits) - 1)
     # A message whose blocks are all empty is not sent (all parties know the sizes).
-    # Round 1: the swap of c's parts (products only) and the dealer's message.
     if exchange and na:
         await ctx.send_arrays(nxt, a[ba])
     if (exchange and nb) or nd:
         g_b, h_b_packed = await offload(_deal, dealt[bd], dg_a, dh_a & mask, bits, size=nd)
         await ctx.send_arrays(prv, *([b[bb]] if exchange else []), g_b, h_b_packed)
     c_a, c_b = a[ba], b[bb]
+    g_b_mine, h_b = empty, empty
     if (exchange and na) or nb:  # from my next party: B of my A block, dealer of my B block
         from_next = await ctx.recv_arrays(
             nxt, *([ArraySpec.ring(na)] if exchange else []), ArraySpec.ring(nb),
@@ -196,32 +229,66 @@ async def _truncate(
         )
         if exchange:
             c_a = c_a + from_next[0]
-        g_b_mine, h_b_packed_mine = from_next[-2:]
+        g_b_mine, h_b = from_next[-2], unpack_low_bits(from_next[-1], bits, nb)
     if exchange and nb:
         z_a = await ctx.recv_array(prv, ArraySpec.ring(nb))
         c_b = c_b + z_a
+    pub_a, send_a = (await offload(_opener, c_a, g_a, h_a & mask, t_a, bits, size=na)
+                     if na else (empty, empty))
+    pub_b, send_b = (await offload(_opener, c_b, g_b_mine, h_b, t_b, bits, size=nb)
+                     if nb else (empty, empty))
+    summands = np.empty(dealt.size, RING_DTYPE)
+    summands[ba], summands[bb] = pub_a, pub_b
+    summands[bd] = dealer_summands(dealt[bd], bits)
+    return Opened((ba, bb, bd), summands, (pub_a, pub_b), (send_a, send_b), (t_a, t_b, dt_b),
+                  dt_a)
 
-    # Round 2: swap the brackets s - t of component j + 1.
-    first = np.empty(dealt.size, RING_DTYPE)
-    second = np.empty(dealt.size, RING_DTYPE)
-    if na:
-        pub_a, send_a = await offload(_opener, c_a, g_a, h_a & mask, t_a, bits, size=na)
+
+async def _close(ctx: Context, state: Opened) -> AShare:
+    """Round 2 of the module docstring: A and B swap their brackets s - t of component
+    j + 1; components j and j + 2 are t_A and t_B."""
+    nxt, prv = next_party(ctx.role), prev_party(ctx.role)
+    ba, bb, bd = state.blocks
+    (pub_a, pub_b), (send_a, send_b) = state.public, state.brackets
+    t_a, t_b, dt_b = state.components
+    if pub_a.size:
         await ctx.send_arrays(nxt, send_a)
-    if nb:
-        h_b = unpack_low_bits(h_b_packed_mine, bits, nb)
-        pub_b, send_b = await offload(_opener, c_b, g_b_mine, h_b, t_b, bits, size=nb)
+    if pub_b.size:
         await ctx.send_arrays(prv, send_b)
-    if na:
-        other_a = await ctx.recv_array(nxt, ArraySpec.ring(na))
+    first = np.empty(state.summands.size, RING_DTYPE)
+    second = np.empty(state.summands.size, RING_DTYPE)
+    if pub_a.size:
+        other_a = await ctx.recv_array(nxt, ArraySpec.ring(pub_a.size))
         first[ba], second[ba] = t_a, pub_a + send_a + other_a
-    if nb:
-        other_b = await ctx.recv_array(prv, ArraySpec.ring(nb))
+    if pub_b.size:
+        other_b = await ctx.recv_array(prv, ArraySpec.ring(pub_b.size))
         first[bb], second[bb] = pub_b + send_b + other_b, t_b
-    first[bd], second[bd] = dt_b, dt_a
+    first[bd], second[bd] = dt_b, state.dealt
     return AShare(first, second)
 
 
+def product_blocks(sizes: tuple[int, int, int]) -> list[slice]:
+    """Blocks of ``sizes[j]`` consecutive elements with openers P_j, P_{j+1}, dealer P_{j+2}."""
+    cuts = np.cumsum([0, *sizes])
+    return [slice(int(cuts[j]), int(cuts[j + 1])) for j in range(3)]
+
+
+async def open_product(
+    ctx: Context, z: RingArray, bits: int, blocks: list[slice] | None = None
+) -> Opened:
+    """Round 1 of :func:`truncate_additive` (bits > 0) on flat 3-out-of-3 shares z, in
+    ``blocks`` (default: as :func:`truncate_additive`'s; :func:`product_blocks`), stopping
+    where a comparison can start (:class:`Opened`). :func:`close_product` finishes it."""
+    blocks = _bounds(z.size) if blocks is None else blocks
+    return await _open(ctx, resolve_bits(ctx, bits), z, z, z, True, blocks)
+
+
+async def close_product(ctx: Context, state: Opened) -> AShare:
+    """Round 2 of :func:`truncate_additive` from :func:`open_product`'s state (flat)."""
+    return await _close(ctx, state)
+
+
 __all__ = [
-    "MAX_TRUNC_BITS", "ROTATE_MIN_ELEMENTS",
-    "resolve_bits", "truncate", "truncate_additive",
+    "MAX_TRUNC_BITS", "ROTATE_MIN_ELEMENTS", "Opened", "close_product", "dealer_summands",
+    "open_product", "product_blocks", "resolve_bits", "truncate", "truncate_additive",
 ]

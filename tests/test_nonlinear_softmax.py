@@ -11,12 +11,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from puma_async.context import Context
+from puma_async.protocols.arith import mul_local
 from puma_async.protocols.llama import attend
+from puma_async.protocols.randomness import zero_share
 from puma_async.protocols.shares import AShare
 from puma_async.protocols.softmax import (
     ALL_PAIRS_MAX,
     GROUP,
     max_along,
+    max_of_product,
     normalise_after,
     softmax,
 )
@@ -203,3 +206,67 @@ def test_hypothesis_normalised_after_near_the_headroom(fxp, keys: int, seed: int
     mask = np.ones(x.shape, dtype=bool)
     got = np.abs(_attention(fxp, x, v, mask, 1) - _attention_reference(fxp, x, v, mask))
     assert np.all(got <= _attention_bound(fxp, v))
+
+
+def _product_max(keep: np.ndarray | None):
+    """x = a * b truncated by f, and its row maxima, by max_of_product (the comparisons'
+    leaves in the truncation's first round)."""
+
+    async def fn(ctx: Context, a: AShare, b: AShare) -> list[AShare]:
+        z = mul_local(a, b) + zero_share(ctx, a.shape)
+        x, top = await max_of_product(
+            ctx, z, FRAC, None if keep is None else np.broadcast_to(keep, a.shape),
+            product_scope="product", max_scope="max")
+        return [x, top]
+
+    return fn
+
+
+FRAC = 18
+
+
+def _check_product_max(evaluate, a: np.ndarray, b: np.ndarray, keep: np.ndarray | None):
+    ev = evaluate(_product_max(keep), a.view(np.uint64), b.view(np.uint64))
+    x, top = (o.view(np.int64) for o in ev.outputs)
+    exact = a.astype(object) * b.astype(object)
+    floor = np.vectorize(lambda v: v >> FRAC, otypes=[object])(exact)
+    assert np.all((x - floor == 0) | (x - floor == 1))  # the truncation, unchanged
+    kept = x if keep is None else np.where(np.broadcast_to(keep, x.shape), x, np.iinfo(np.int64).min)
+    assert np.array_equal(top, kept.max(axis=-1))  # exactly the largest truncated entry
+    return ev
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(1, 3).flatmap(lambda rows: st.integers(2, 30).flatmap(
+        lambda n: st.tuples(
+            hnp.arrays(np.int64, (rows, n), elements=st.one_of(
+                st.integers(-(2**31), 2**31 - 1), st.sampled_from([-(2**31), -1, 0, 1, 2**31 - 1]))),
+            hnp.arrays(np.int64, (rows, n), elements=st.one_of(
+                st.integers(-(2**30), 2**30), st.sampled_from([-(2**30), 1, 2**18, 2**30]))),
+            st.booleans(),
+        )
+    ))
+)
+def test_max_of_product_is_exact(evaluate, args) -> None:
+    """Products up to |a b| = 2^61 (range ends), ties and near-ties of the truncated values
+    (products one unit apart straddle the truncation's rounding), and a causal-style mask."""
+    a, b, masked = args
+    keep = None
+    if masked:
+        keep = np.tril(np.ones((a.shape[0], a.shape[1]), bool), k=a.shape[1] - a.shape[0])
+    _check_product_max(evaluate, a, b, keep)
+
+
+@pytest.mark.parametrize("n", [2, 8, 9, 17, 25])
+def test_max_of_product_near_ties_and_rounds(evaluate, n: int) -> None:
+    """Products a few units apart around multiples of 2^f, where the truncation's random
+    rounding reorders them: the maximum is still the largest truncated entry. Rounds: the
+    product's 2 and the maximum's end together, 2 before the product then max_along."""
+    rng = np.random.default_rng(n)
+    base = rng.integers(-2**20, 2**20, size=(4, 1), dtype=np.int64) << FRAC
+    a = base + rng.integers(-3, 4, size=(4, n), dtype=np.int64)
+    b = np.ones((4, n), np.int64) << FRAC
+    ev = _check_product_max(evaluate, a, b, None)
+    rounds = max(ev.cost(p).rounds for p in range(3))
+    assert rounds == 2 + _max_rounds(n) - 2
