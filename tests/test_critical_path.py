@@ -234,6 +234,10 @@ OVERLAPS = {"attn.rope": 1, "attn.softmax.max_along": 1}
 """Rounds a component shares with the product before it (counted there): its first messages
 come from that product's dealer, whose output components are ready after the product's first
 round."""
+AHEAD = {"attn.scores": 1}
+"""Rounds of a component that run beside the next one's (counted there): the scores'
+truncation's second round beside the maximum's first tree level, whose leaves travel in the
+truncation's first round (``protocols.softmax.max_of_product``)."""
 WIDE = {"attn.norm": 2, "mlp.norm": 2}
 """Rounds of a component's op that the product before it does: the norms' wide copy (the
 standalone rms_norm's own truncation) comes from the product that makes the residual stream
@@ -248,7 +252,8 @@ BESIDE = {"attn.pv"}
 
 def test_layer_rounds_are_the_declared_costs(session: SessionResult) -> None:
     """A new token's layer components take the rounds their ops declare (costs.py), online
-    minus :data:`OVERLAPS`, :data:`WIDE` and :data:`DEFERRED`, offline the deepest preparation's."""
+    minus :data:`OVERLAPS`, :data:`AHEAD`, :data:`WIDE` and :data:`DEFERRED`, offline the
+    deepest preparation's."""
     def declared(name: str, phase: str) -> int:
         rounds = {getattr(c, phase).rounds for c in cost(name).cases}
         assert len(rounds) == 1, name  # the tiny model's arrays are the small cases
@@ -258,7 +263,8 @@ def test_layer_rounds_are_the_declared_costs(session: SessionResult) -> None:
     assert set(DECLARED) == set(COMPONENTS)
     for i in range(CONFIG.n_layers):
         online = {c: 0 if c in BESIDE else sum(declared(op, "online") for op in ops)
-                  - OVERLAPS.get(c, 0) - WIDE.get(c, 0) - DEFERRED.get(c, 0)
+                  - OVERLAPS.get(c, 0) - AHEAD.get(c, 0) - WIDE.get(c, 0)
+                  - DEFERRED.get(c, 0)
                   for c, ops in DECLARED.items()}
         offline = {c: max(declared(op, "offline") for op in ops) for c, ops in DECLARED.items()}
         assert {c: rows[c]["online"]["rounds"][i] for c in COMPONENTS} == online, i

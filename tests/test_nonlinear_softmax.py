@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from puma_async.context import Context
-from puma_async.protocols.arith import mul_local
+from puma_async.protocols.arith import mul_fxp, mul_local
 from puma_async.protocols.llama import attend
 from puma_async.protocols.randomness import zero_share
 from puma_async.protocols.shares import AShare
@@ -231,7 +231,8 @@ def _check_product_max(evaluate, a: np.ndarray, b: np.ndarray, keep: np.ndarray 
     exact = a.astype(object) * b.astype(object)
     floor = np.vectorize(lambda v: v >> FRAC, otypes=[object])(exact)
     assert np.all((x - floor == 0) | (x - floor == 1))  # the truncation, unchanged
-    kept = x if keep is None else np.where(np.broadcast_to(keep, x.shape), x, np.iinfo(np.int64).min)
+    low = np.iinfo(np.int64).min
+    kept = x if keep is None else np.where(np.broadcast_to(keep, x.shape), x, low)
     assert np.array_equal(top, kept.max(axis=-1))  # exactly the largest truncated entry
     return ev
 
@@ -241,7 +242,8 @@ def _check_product_max(evaluate, a: np.ndarray, b: np.ndarray, keep: np.ndarray 
     st.integers(1, 3).flatmap(lambda rows: st.integers(2, 30).flatmap(
         lambda n: st.tuples(
             hnp.arrays(np.int64, (rows, n), elements=st.one_of(
-                st.integers(-(2**31), 2**31 - 1), st.sampled_from([-(2**31), -1, 0, 1, 2**31 - 1]))),
+                st.integers(-(2**31), 2**31 - 1),
+                st.sampled_from([-(2**31), -1, 0, 1, 2**31 - 1]))),
             hnp.arrays(np.int64, (rows, n), elements=st.one_of(
                 st.integers(-(2**30), 2**30), st.sampled_from([-(2**30), 1, 2**18, 2**30]))),
             st.booleans(),
@@ -261,8 +263,10 @@ def test_max_of_product_is_exact(evaluate, args) -> None:
 @pytest.mark.parametrize("n", [2, 8, 9, 17, 25])
 def test_max_of_product_near_ties_and_rounds(evaluate, n: int) -> None:
     """Products a few units apart around multiples of 2^f, where the truncation's random
-    rounding reorders them: the maximum is still the largest truncated entry. Rounds: the
-    product's 2 and the maximum's end together, 2 before the product then max_along."""
+    rounding reorders them: the maximum is still the largest truncated entry. Rounds: one
+    fewer than the product then max_along (2 + max_along's - 1: the leaves from the dealer's
+    output components already travel in the product's first round; now the evaluators' tree
+    starts in its second)."""
     rng = np.random.default_rng(n)
     base = rng.integers(-2**20, 2**20, size=(4, 1), dtype=np.int64) << FRAC
     a = base + rng.integers(-3, 4, size=(4, n), dtype=np.int64)
@@ -270,3 +274,9 @@ def test_max_of_product_near_ties_and_rounds(evaluate, n: int) -> None:
     ev = _check_product_max(evaluate, a, b, None)
     rounds = max(ev.cost(p).rounds for p in range(3))
     assert rounds == 2 + _max_rounds(n) - 2
+
+    async def before(ctx: Context, a_: AShare, b_: AShare) -> AShare:
+        return await max_along(ctx, await mul_fxp(ctx, a_, b_))
+
+    old = evaluate(before, a.view(np.uint64), b.view(np.uint64))
+    assert max(old.cost(p).rounds for p in range(3)) == rounds + 1
