@@ -75,8 +75,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.context import Context
-from puma_async.stats import OFFLINE_PHASE
+from puma_async.context import OFFLINE_PHASE, Context
 
 from . import ring
 from .arith import dot_fxp, mul, square_fxp
