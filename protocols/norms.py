@@ -13,14 +13,24 @@ sums of squares per row, both in one dot product (one ring element per row on th
   copy by the product that made x (``wide``: :func:`.arith.finish_product_wide`, within
   1 + 2^-k units of x / 2^k instead of 1: the bound below grows by that factor, 1.004).
 
-rsqrt of both is one :func:`.segments.segmented_power` over a chain of two ranges (all
-comparisons in one batch, all candidates in another), sqrt(n) of the mean and each path's
-exponent folded into the candidates' coefficients. The wide range starts at S_w = 2^j
-(j = 60 - 2k) and its first comparison [S_w >= 2^j] *is* the selection: below it the precise
-path's result is taken (then S_p < 2^61, in the precise range), above it the wide path's,
-whose relative error is then below sqrt(n) / 2^(j/2) (5.7e-6 for RMSNorm's 576 values, 1.3e-5
-for LayerNorm's 768: the truncations' error in S_w, halved by the square root); the precise
-path's garbage on rows too large for it cancels exactly.
+rsqrt of both is one :func:`.segments.segmented_power` over two ranges (all comparisons in
+one batch, all candidates in another), sqrt(n) of the mean and each path's exponent folded
+into the candidates' coefficients. The wide range starts at S_w = 2^j (j = 60 - 2k) and its
+first comparison a = [S_w < 2^j] *is* the selection, made in the comparisons' opening round:
+where a = 1 the precise path's result is taken, else the wide path's, whose relative error is
+then below sqrt(n) / 2^(j/2) (5.7e-6 for RMSNorm's 576 values, 1.3e-5 for LayerNorm's 768:
+the truncations' error in S_w, halved by the square root). The precise range ends where S_p
+can be while a = 1 (:func:`_precise_top`): with u = v / 2^k and the wide copy within
+delta = 1 + 2^-k units of u, S_p < 2^2k (sqrt(2^j - eps_w) + delta sqrt(n))^2 + eps_p =
+2^(j+2k) (1 + 1.2e-5) for RMSNorm's 576 (1 + 2.7e-5 for LayerNorm's 768), within the
+extension (2^-14) of octave j + 2k - 1, its last. Which bits does a imply? The wide range's
+all (a = 1 makes them 1: no product). The precise range's none: above the switch it has no
+threshold, and below it, where a = 0, S_p may lie beyond the comparisons' bound 2^62 or
+wrap around the ring (from sum v^2 = 2^26 at 18 fractional bits: a row with an entry of
+2^13, or RMSNorm's of 576 with an rms of 341, as SmolLM2's first token), which makes its
+comparisons arbitrary bits; so all of them (95 for RMSNorm's rows of 576) take the true
+product with a (two products each beside the opening, :mod:`.segments`), and the precise
+path's garbage on rows too large for it drops out exactly.
 
 LayerNorm first forms d = n x - sum x exactly (local), then v = d / 2^s (s = ceil(log2 n),
 one truncation beside the wide path's: v = a (x - mean) with a = n / 2^s), and normalises v
@@ -28,14 +38,14 @@ with eps a^2. Then y = v rsqrt (one fused multiplication+truncation, rsqrt carri
 61 - f - log2 sqrt(n) fractional bits), then * w (public: local scale and truncation; secret:
 a fixed-point multiplication), then + b.
 
-Cost (3 parties together; ``costs.py``): 14 rounds from 12,288 elements on (+2 with a
-weight): truncation 2, sums 1, rsqrt 7 + 2 (one round per path), product 2; 13 rounds on
-fewer elements, where the truncations leave their dealer idle; RMSNorm given its wide copy
-(``wide``) skips the truncation: 11 rounds on fewer elements. 19 messages sent by P0 for
-RMSNorm (8, 576), 30 for LayerNorm (128, 768). Bytes per element: 111.87 for RMSNorm
-(8, 576) (114.80 for one row), 129.31 for LayerNorm (8, 768): per element the truncation(s)
-(25 bytes each) and the product (45); per row 24 kB, the rsqrt's (152 comparisons with
-their products, 153 candidates, 51 octaves).
+Cost (3 parties together; ``costs.py``): 12 rounds (+2 with a weight): truncation 2, sums
+1, rsqrt 7 (the candidates 6, then the opening with both paths' selection), product 2;
+RMSNorm given its wide copy (``wide``) skips the truncation: 10 rounds. 14 messages sent by
+P0 online for RMSNorm (8, 576), 23 for LayerNorm (128, 768). Bytes per element online +
+offline: 104.86 + 13.33 for RMSNorm (8, 576) (108.33 + 14.17 for one row), 123.53 + 10.31
+for LayerNorm (8, 768): per element the truncation(s) (25 bytes each) and the product (45);
+per row of 576 the rsqrt's 22 kB online and 8 kB offline (149 comparisons with their
+products, 95 of them with two more, 150 candidates, 50 octaves).
 Accuracy (tests/test_nonlinear_norms.py, rows from all zeros to every entry at 2^16, one
 entry at 22,500, a mean of 2^15, sums of squares on both sides of the switch between the
 paths): rsqrt's relative error is <= 1.3e-6 on the precise path and below the wide path's
@@ -58,7 +68,7 @@ from .arith import dot_fxp, mul_fxp
 from .fixedpoint import fixed_point
 from .polynomial import HEADROOM_BITS, repeat_last
 from .reciprocal import RSQRT_SEGMENTS
-from .segments import Exponents, plan_segments, segmented_power
+from .segments import EXTENSION, Exponents, plan_segments, segmented_power
 from .shares import AShare, stack
 from .trunc import truncate
 
@@ -149,15 +159,14 @@ async def _rsqrt_rows(
     ctx: Context, v: AShare, v_wide: AShare, k: int, eps: float, rho_frac: int
 ) -> AShare:
     """1 / sqrt(mean(v^2) + eps) per row from v and v_wide = v / 2^k: the sums of squares
-    (1 round) and the rsqrt on the chain of the two paths (module docstring)."""
+    (1 round) and the rsqrt on the two paths' ranges (module docstring)."""
     f = fixed_point(ctx).frac_bits
     n = v.shape[-1]
     j_select = 60 - 2 * k
     eps_units = [round(n * eps * 2.0 ** (2 * (f - shift))) for shift in (0, k)]
     lo = max(0, min(eps_units[0].bit_length() - 1, j_select - 1))
     plan = plan_segments(RSQRT_SEGMENTS, (
-        # the precise path: S_p < 2^(j_select + 2k + 1) whenever S_w < 2^j_select
-        Exponents(lo, j_select + 2 * k, 2 * f, math.sqrt(n)),
+        Exponents(lo, max(lo, _precise_top(n, k, j_select, *eps_units)), 2 * f, math.sqrt(n)),
         Exponents(j_select, 61, 2 * f - 2 * k, math.sqrt(n)),
     ), rho_frac)
     both = stack([v, v_wide])
@@ -165,6 +174,21 @@ async def _rsqrt_rows(
         ctx.role, np.array(eps_units, dtype=np.uint64).reshape(2, *[1] * (len(v.shape) - 1))
     )
     return await segmented_power(ctx, sums, plan)
+
+
+def _precise_top(n: int, k: int, j: int, eps_p: int, eps_w: int) -> int:
+    """The precise range's last octave: the first whose end, extended by
+    :data:`.segments.EXTENSION`, is above every S_p of a row with S_w < 2^j.
+
+    With u = v / 2^k and the wide copy w within delta = 1 + 2^-k units of u, sqrt(sum u^2) <=
+    sqrt(sum w^2) + delta sqrt(n) (the triangle inequality), so S_w = sum w^2 + eps_w < 2^j
+    gives S_p = 2^2k sum u^2 + eps_p < 2^2k (sqrt(2^j - eps_w) + delta sqrt(n))^2 + eps_p:
+    2^(j+2k) (1 + 1.2e-5) for RMSNorm's rows of 576 (1 + 2.7e-5 for LayerNorm's 768), within
+    the extension of octave j + 2k - 1.
+    """
+    delta = 1 + 2.0**-k
+    bound = 4.0**k * (math.sqrt(2.0**j - eps_w) + delta * math.sqrt(n)) ** 2 + eps_p
+    return math.ceil(math.log2(bound * (1 + 1e-12) / (1 + EXTENSION))) - 1
 
 
 async def _scale_rows(

@@ -31,15 +31,27 @@ R_last - sum_j [X < T_j] (R_j - R_{j-1}), each difference multiplied by its comp
 in the round that opens the comparison (:func:`.compare.sign_times`), and ring arithmetic
 is exact, so the sum telescopes to exactly X's candidate. Inputs just below the lowest
 octave or above the highest (by at most EXTENSION) take its first or last candidate, whose
-polynomial holds there too (fits in :mod:`.reciprocal`). A chain of input ranges (X given
-per range) shares the comparisons and candidates: range i + 1's first threshold selects
-range i's result below it (RMSNorm's two sums of squares), one more round per range.
+polynomial holds there too (fits in :mod:`.reciprocal`).
 
-Cost: 5 rounds on the direct plan, else 7 (one range; one more per further range): the
-candidates' 4 or 6 and the opening. Bytes per element, all parties, per segment: a
-comparison (10 online and 36 offline beyond the leaves each value's thresholds share), its
-product (24) and a candidate's dot product (44.75); per octave about 68 (t's truncation and
-t^2): about 290 online and 82 offline per octave of three segments.
+Two input ranges (X given per range: RMSNorm's precise and wide sums of squares) share the
+comparisons and the candidates, and the second range's first threshold T'_0 selects between
+them in the same opening round. With a = [X' < T'_0], the second range's bits h_k and steps
+d'_k, the first range's l_i and d_i (candidates R, R'), the result is R'_last - sum_(k >= 1)
+h_k d'_k - a (R'_0 - R_last) - sum_i a l_i d_i. The h_k need no product with a: the
+thermometer is monotone (a = 1 makes every h_k 1, and the telescoping sum is R'_0 then). The
+l_i do: X is only known to lie in the first range where a = 1 (the caller's precondition;
+elsewhere the norms' precise sum may have wrapped around the ring, so l_i is an arbitrary
+bit), so every a l_i is a true product of two opened-masked bits: a l_i d_i = c_a (l_i d_i)
++ (1 - 2 c_a) r_a (l_i d_i) and r_a (l_i d_i) = c_i (r_a d_i) + (1 - 2 c_i) (r_a r_i) d_i,
+i.e. two more products per threshold of the first range (r_a d_i, (r_a r_i) d_i) beside the
+opening, r_a r_i made offline (one product of the random bits, after them).
+
+Cost: 5 rounds on the direct plan, else 7 (one range or two): the candidates' 4 or 6 and
+the opening with the selection. Bytes per element, all parties, per segment: a comparison
+(10 online and 36 offline beyond the leaves each value's thresholds share), its product (24)
+and a candidate's dot product (44.75); per octave about 68 (t's truncation and t^2): about
+290 online and 82 offline per octave of three segments; with two ranges, per threshold of
+the first range 48 more online (two products) and 24 offline (r_a r_i).
 
 Error, relative to the output y: the fit's (3.25e-7 for rsqrt, 1.34e-6 for 1/x); P's
 truncation, < 2^-22 / rho <= 4.8e-7 |y| where the output has at least 2^(K - 38) rho units
@@ -63,12 +75,12 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.context import Context
+from puma_async.context import OFFLINE_PHASE, Context
 
 from . import ring
 from .arith import dot_fxp, mul, square_fxp
-from .compare import sign_product
-from .fastcmp import compare_thresholds, open_masked
+from .compare import sign_product, sign_times
+from .fastcmp import MaskedBits, compare_thresholds, open_masked
 from .polynomial import HEADROOM_BITS
 from .ring import RingArray, neg, to_ring
 from .shares import AShare, concatenate, public_share, stack
@@ -117,7 +129,7 @@ class Segments:
 
 @dataclasses.dataclass(frozen=True)
 class SegmentPlan:
-    """Public constants of :func:`segmented_power` for a chain of input ranges.
+    """Public constants of :func:`segmented_power` for one input range or two.
 
     ``work``: the fractional bits W of t_m = X 2^(W+1-m) / 2^W - 3, exact; ``direct``: whether
     t_m^2 is squared from it (W <= :data:`DIRECT_MAX_FRAC`; else W = 60 and t_m is truncated
@@ -145,8 +157,8 @@ class SegmentPlan:
 
 @functools.cache
 def plan_segments(fit: Segments, ranges: tuple[Exponents, ...], frac_out: int) -> SegmentPlan:
-    """The plan of factor * x^e (e = ``fit.exponent``) at ``frac_out`` bits on a chain of
-    ranges, each after the first taking over from its 2^lo on (cached: shared, read-only).
+    """The plan of factor * x^e (e = ``fit.exponent``) at ``frac_out`` bits on one range or
+    two, the second taking over from its 2^lo on (cached: shared, read-only).
 
     A candidate's dot product is 2^K P rho (rho in [0.5, 1): the octave factor's mantissa)
     with 2^K max |P rho| < 2^61; truncated by DOT_BITS it keeps K - DOT_BITS fractional bits
@@ -154,6 +166,8 @@ def plan_segments(fit: Segments, ranges: tuple[Exponents, ...], frac_out: int) -
     coefficients are then scaled down).
     """
     f = SEGMENT_FRAC
+    if not 1 <= len(ranges) <= 2:
+        raise ValueError(f"one range or a chain of two, got {len(ranges)}")
     if not all(0 <= r.lo <= r.hi <= 61 for r in ranges):
         raise ValueError(f"need 0 <= lo <= hi <= 61, got {ranges}")
     work = max(f, max(r.hi for r in ranges) - 1)
@@ -230,12 +244,12 @@ def plan_segments(fit: Segments, ranges: tuple[Exponents, ...], frac_out: int) -
 
 
 async def segmented_power(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:
-    """factor * X^e for X of shape (ranges, *shape), X[i] in the plan's range i, each range
-    after the first taking over from its 2^lo on (module docstring; the earlier ranges'
-    garbage, where X is beyond them, cancels exactly).
+    """factor * X^e for X of shape (ranges, *shape), X[i] in the plan's range i (one range,
+    or two: the second taking over from its 2^lo on; module docstring, the first range's
+    garbage, where X is beyond it, drops out exactly).
 
     Cost: the comparisons in one batch beside all candidates (4 rounds on the direct plan,
-    else 6), then one round per range: 5 or 7 rounds for one range. Bytes: module docstring.
+    else 6), then the opening with the selection: 5 or 7 rounds. Bytes: module docstring.
     """
     by_range = x.map(lambda a: np.moveaxis(a, 0, -1))
     sign, values = await ctx.gather(
@@ -243,26 +257,38 @@ async def segmented_power(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:
                                      bits=plan.bits),
         lambda c: segment_candidates(c, by_range, plan),
     )
+    low = values[..., plan.candidates[0]]
+    steps = low[..., 1:] - low[..., :-1]
+    if len(plan.candidates) == 1:
+        return low[..., -1] - (await sign_times(ctx, sign, steps)).sum(axis=-1)
+    return await _select_two(ctx, sign, low, values[..., plan.candidates[1]])
+
+
+async def _select_two(ctx: Context, sign: MaskedBits, low: AShare, high: AShare) -> AShare:
+    """The two ranges' selection, in the opening's round (module docstring): with the
+    switch bit a = [X_1 < its first threshold] and the first range's bits l_i,
+    R_high_last - sum_(k >= 1) h_k dh_k - a (R_high_0 - R_low_last) - sum_i a l_i dl_i.
+    a l_i dl_i = c_a (l_i dl_i) + (1 - 2 c_a) r_a (l_i dl_i), and r_a (l_i dl_i) =
+    c_i (r_a dl_i) + (1 - 2 c_i) (r_a r_i) dl_i: the products r_a dl_i and (r_a r_i) dl_i
+    beside the opening, with r_a r_i made offline."""
+    n = low.shape[-1] - 1  # the first range's thresholds; threshold n is the switch
+    steps = concatenate([low[..., 1:] - low[..., :-1], high[..., :1] - low[..., -1:],
+                         high[..., 1:] - high[..., :-1]], axis=-1)
     r = sign.r_arith
-    opened: RingArray | None = None
-    result: AShare | None = None
-    done = 0  # thresholds of the ranges before
-    for candidates in plan.candidates:
-        chain = values[..., candidates]
-        if result is not None:  # below this range's first threshold: the range before's
-            chain = concatenate([result.map(lambda a: a[..., None]), chain], axis=-1)
-        steps = chain[..., 1:] - chain[..., :-1]
-        part = slice(done, done + steps.shape[-1])
-        done = part.stop
-        if opened is None:  # open every comparison beside the first range's products
-            opened, rf = await ctx.gather(
-                lambda c: open_masked(c, sign), lambda c, r=r[..., part], f=steps: mul(c, r, f)
-            )
-        else:
-            rf = await mul(ctx, r[..., part], steps)
-        result = chain[..., -1] - sign_product(opened[..., part], steps, rf).sum(axis=-1)
-    assert result is not None
-    return result
+    r_a = r[..., n : n + 1].map(lambda a: np.broadcast_to(a, (*a.shape[:-1], n)))
+    with ctx.phase(OFFLINE_PHASE):
+        pairs = await mul(ctx, r_a, r[..., :n])
+    below = steps[..., :n]
+    opened, products = await ctx.gather(
+        lambda c: open_masked(c, sign),
+        lambda c: mul(c, concatenate([r, r_a, pairs], axis=-1),
+                      concatenate([steps, below, below], axis=-1)),
+    )
+    m = steps.shape[-1]
+    terms = sign_product(opened, steps, products[..., :m])  # every bit times its step
+    switched = sign_product(opened[..., :n], products[..., m : m + n], products[..., m + n :])
+    selected = sign_product(opened[..., n : n + 1], terms[..., :n], switched)  # a l_i dl_i
+    return high[..., -1] - terms[..., n:].sum(axis=-1) - selected.sum(axis=-1)
 
 
 async def segment_candidates(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:

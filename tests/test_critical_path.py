@@ -181,7 +181,9 @@ def test_parents_are_consistent_across_parties(session: SessionResult) -> None:
         assert message.parent[1] == sender  # received by the child's sender
         assert parent.round == message.round - 1
         assert (parent.phase == OFFLINE_PHASE) == (message.phase == OFFLINE_PHASE)
-    assert with_parent > 0.9 * len(sent)
+    # without a parent: the setup's messages and every offline block's first round (the
+    # comparisons' random bits, the norms' products of two of them): 12% of them here
+    assert with_parent > 0.85 * len(sent)
 
 
 @pytest.mark.parametrize("step", [0, 1, 2])

@@ -226,15 +226,17 @@ def test_rsqrt_segments_fit() -> None:
 def test_segment_plan_stays_in_the_ring() -> None:
     """RMSNorm's chain: every candidate's dot product below 2^61 on its segment, the
     thresholds ascending within each range, the outputs below 2^61."""
-    ranges = (Exponents(28, 60, 36, 24.0), Exponents(44, 61, 20, 24.0))
+    ranges = (Exponents(28, 59, 36, 24.0), Exponents(44, 61, 20, 24.0))
     plan = plan_segments(RSQRT_SEGMENTS, ranges, 38)
     assert not plan.direct and plan.work == 60
     _assert_in_ring(RSQRT_SEGMENTS, plan, 38)
     for index in range(len(ranges)):
         t = plan.thresholds[plan.threshold_range == index].astype(np.float64)
         assert np.all(np.diff(t) > 0)
-    assert [c.stop - c.start for c in plan.candidates] == [99, 54]
-    assert plan.thresholds.size == 99 - 1 + 54
+    assert [c.stop - c.start for c in plan.candidates] == [96, 54]
+    assert plan.thresholds.size == 96 - 1 + 54
+    with pytest.raises(ValueError):
+        plan_segments(RSQRT_SEGMENTS, (*ranges, Exponents(60, 61, 10)), 38)
     with pytest.raises(ValueError):
         plan_segments(RSQRT_SEGMENTS, (Exponents(0, 62, 18),), 18)
     with pytest.raises(ValueError):
