@@ -140,10 +140,11 @@ def _deal(
     return g - g_a, pack_low_bits(h, bits)
 
 
-def _opener(
+def opened_terms(
     c: RingArray, g: RingArray, h: RingArray, t: RingArray, bits: int
 ) -> tuple[RingArray, RingArray]:
-    """Opener: (public part of the result from c = y + r', own bracket s - t)."""
+    """The output from the opened c = x + r' (2^62 is added here): its public part and
+    s - t, s = g - c_m 2^(64-f) h for shares g of G and h of m (step 3; also :mod:`.trunc1`)."""
     c = c + _HALF
     top = c >> _SIXTY_THREE
     public = ((c & _LOW63) >> np.uint64(bits)) + (top << np.uint64(63 - bits))
@@ -205,11 +206,11 @@ async def _truncate(
     first = np.empty(dealt.size, RING_DTYPE)
     second = np.empty(dealt.size, RING_DTYPE)
     if na:
-        pub_a, send_a = await offload(_opener, c_a, g_a, h_a & mask, t_a, bits, size=na)
+        pub_a, send_a = await offload(opened_terms, c_a, g_a, h_a & mask, t_a, bits, size=na)
         await ctx.send_arrays(nxt, send_a)
     if nb:
         h_b = unpack_low_bits(h_b_packed_mine, bits, nb)
-        pub_b, send_b = await offload(_opener, c_b, g_b_mine, h_b, t_b, bits, size=nb)
+        pub_b, send_b = await offload(opened_terms, c_b, g_b_mine, h_b, t_b, bits, size=nb)
         await ctx.send_arrays(prv, send_b)
     if na:
         other_a = await ctx.recv_array(nxt, ArraySpec.ring(na))
@@ -223,5 +224,5 @@ async def _truncate(
 
 __all__ = [
     "MAX_TRUNC_BITS", "ROTATE_MIN_ELEMENTS",
-    "resolve_bits", "truncate", "truncate_additive",
+    "opened_terms", "resolve_bits", "truncate", "truncate_additive",
 ]
