@@ -53,8 +53,9 @@ view is simulated from random values (and its components of the tuple, themselve
 **Costs** per element, all parties together (declared in :mod:`.costs`): online 1 round,
 24 bytes (replicated x) or 48 bytes (3-out-of-3 z); offline 4 rounds (leaves, two tree levels,
 the bits' opening; the random bits in rounds 1-2 beside), bytes for f = 18: leaves 29.125
-+ 8, dealt products 12 + 1.38, tree 9.5 + 3, opening 1.5, random bits 3 x 24, S's share 8,
-about 145 bytes (f enters through the f-bit chain only). Versus :func:`.trunc.truncate`:
++ 8, dealt products 12 + 1, tree 9.5 + 3 (63-bit chain + f-bit chain), opening 1.5, random
+bits 3 x 24, S's share 8: 144.125 bytes (f enters through the f-bit chain only: 132.375 at
+f = 1, 160 at f = 38, 182.25 at f = 62). Versus :func:`.trunc.truncate`:
 2 rounds, 26.25 bytes; :func:`.trunc.truncate_additive`: 2 rounds, 42.25 bytes. TP1 pays
 where the round is on the critical path and the elements are few.
 """
@@ -112,7 +113,7 @@ class Trunc1Material:
 async def prepare_trunc1(ctx: Context, spec: Trunc1Spec) -> Trunc1Material:
     """TP1 tuples for ``spec`` (public parameters only), in phase ``offline`` (its own round
     clock: start it early, e.g. in a ``gather`` beside earlier work, and pass the result as
-    ``pre``). Cost: 4 rounds; about 145 bytes per element for f = 18 (module docstring)."""
+    ``pre``). Cost: 4 rounds; 144.125 bytes per element for f = 18 (module docstring)."""
     return await _derive(ctx, spec, random_share(ctx, (spec.size,)))
 
 
@@ -180,10 +181,10 @@ async def truncate1(
     ctx: Context, x: AShare, bits: int | None = None, *, pre: Trunc1Material | None = None
 ) -> AShare:
     """floor(x / 2^bits) + e, e in {0, 1}, for -2^62 <= x < 2^62 (bits: default frac_bits),
-    in 1 round: 24 bytes per element online; offline 4 rounds, about 145 bytes (``pre``:
+    in 1 round: 24 bytes per element online; offline 4 rounds, 144.125 bytes (``pre``:
     tuples from :func:`prepare_trunc1` for ``Trunc1Spec(x.size, bits)``; None: inline)."""
     bits = resolve_bits(ctx, bits)
-    if bits == 0:
+    if bits == 0 and pre is None:
         return x
     return (await _truncate1(ctx, x.reshape(-1), bits, pre)).reshape(x.shape)
 
@@ -195,7 +196,7 @@ async def truncate1_additive(
     zero-sharing (as :func:`.trunc.truncate_additive`), sum in [-2^62, 2^62): 1 round,
     48 bytes per element online (bits = 0: the plain reshare, 1 round, 24 bytes); offline
     as :func:`truncate1`."""
-    if bits == 0:
+    if bits == 0 and pre is None:
         return await truncate_additive(ctx, z, 0)
     return (await _truncate1(ctx, z.reshape(-1), bits, pre)).reshape(z.shape)
 
