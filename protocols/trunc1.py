@@ -119,19 +119,17 @@ async def prepare_trunc1(ctx: Context, spec: Trunc1Spec) -> Trunc1Material:
 
 async def _derive(ctx: Context, spec: Trunc1Spec, r: AShare) -> Trunc1Material:
     """The tuple's [G] and [m] from [r] (module docstring), in phase ``offline``: 4 rounds."""
-    with ctx.phase("offline"):
-        return await _derive_offline(ctx, spec, r)
-
-
-async def _derive_offline(ctx: Context, spec: Trunc1Spec, r: AShare) -> Trunc1Material:
     parts, f = spec.parts, spec.bits
-    rho, *pieces = await ctx.gather(
-        lambda c: prepare_random_bits(c, BITS_PER_ELEMENT, parts),
-        *(functools.partial(_extract, part=part, r=r, bits=f) for part in parts),
-    )
-    masked = MaskedBits(tuple(h for h, _ in pieces), parts, rho, (spec.size, BITS_PER_ELEMENT))
-    c = await open_masked(ctx, masked)
-    # [bit] = c + (1 - 2c) [rho] (as .compare.to_arith)
+    with ctx.phase("offline"):
+        rho, *pieces = await ctx.gather(
+            lambda c: prepare_random_bits(c, BITS_PER_ELEMENT, parts),
+            *(functools.partial(_extract, part=part, r=r, bits=f) for part in parts),
+        )
+        shape = (spec.size, BITS_PER_ELEMENT)
+        masked = MaskedBits(tuple(h for h, _ in pieces), parts, rho, shape)
+        c = await open_masked(ctx, masked)
+    # [bit] = c + (1 - 2c) [rho], as .compare.to_arith (which this module cannot import:
+    # compare imports arith, which imports this module)
     one_minus = to_ring(np.int64(1) - (c.view(np.int64) << 1))
     bits = masked.r_arith.scale(one_minus) + public_share(ctx.role, c)
     c_f, c_63, m = (bits[:, k] for k in range(BITS_PER_ELEMENT))
