@@ -28,7 +28,7 @@ per party. Costs are declared and tested in :mod:`.costs`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -42,6 +42,11 @@ from .ring import RingArray, to_ring
 from .ringmatmul import ring_matmul
 from .shares import AShare
 from .trunc import resolve_bits, truncate, truncate_additive
+from .trunc1 import Trunc1Material, truncate1_additive
+
+Rounds = Literal[1, 2]
+"""Rounds of a fixed-point product: 2 (TP2, :func:`.trunc.truncate_additive`) or 1 (TP1,
+:func:`.trunc1.truncate1_additive`: offline tuples, 48 bytes online per element)."""
 
 MACS_PER_ELEMENT = 16
 """A ring multiply-add in a matmul kernel costs about 1/16 of an element-wise op's pass, so a
@@ -81,10 +86,19 @@ def stack_right(y: AShare) -> RingArray:
     return np.concatenate([y.first, y.second], axis=-2)
 
 
-async def finish_product(ctx: Context, z: RingArray, bits: int) -> AShare:
+async def finish_product(
+    ctx: Context, z: RingArray, bits: int, *, rounds: Rounds = 2,
+    pre: Trunc1Material | None = None,
+) -> AShare:
     """Replicated shares of a product from P_i's additive share ``z`` of it: mask z with a
-    zero-sharing, then reshare (``bits`` = 0: 1 round) or truncate (2 rounds)."""
+    zero-sharing, then reshare (``bits`` = 0: 1 round) or truncate (2 rounds; ``rounds`` = 1:
+    TP1 in 1 round, its tuples ``pre`` from :func:`.trunc1.prepare_trunc1` with
+    ``Trunc1Spec(z.size, bits)``, or prepared inline when None)."""
+    if rounds not in (1, 2) or (rounds == 2 and pre is not None):
+        raise ValueError(f"rounds must be 1 or 2 (tuples only with 1), got {rounds}")
     z = ring.add(z, zero_share(ctx, np.shape(z)))
+    if rounds == 1:
+        return await truncate1_additive(ctx, z, bits, pre=pre)
     return await truncate_additive(ctx, z, bits)
 
 
@@ -112,11 +126,15 @@ async def finish_product_wide(
     return product, wide
 
 
-async def dot_fxp(ctx: Context, a: AShare, b: AShare, bits: int) -> AShare:
+async def dot_fxp(
+    ctx: Context, a: AShare, b: AShare, bits: int, *, rounds: Rounds = 2,
+    pre: Trunc1Material | None = None,
+) -> AShare:
     """sum over the last axis of a * b (broadcasting), truncated once by ``bits``: 2 rounds
-    (1 if bits = 0), the bytes of one product (:func:`.arith.mul_fxp`) per sum."""
+    (1 if bits = 0), the bytes of one product (:func:`.arith.mul_fxp`) per sum; ``rounds=1``:
+    1 round with TP1 (:func:`finish_product`)."""
     z = await offload(_dot_local, a, b, size=max(a.size, b.size))
-    return await finish_product(ctx, z, bits)
+    return await finish_product(ctx, z, bits, rounds=rounds, pre=pre)
 
 
 def _dot_local(a: AShare, b: AShare) -> RingArray:
@@ -141,13 +159,15 @@ async def matmul(ctx: Context, x: AShare, y: AShare) -> AShare:
 
 
 async def matmul_stacked(
-    ctx: Context, left: RingArray, right: RingArray, bits: int | None = None
+    ctx: Context, left: RingArray, right: RingArray, bits: int | None = None, *,
+    rounds: Rounds = 2, pre: Trunc1Material | None = None,
 ) -> AShare:
     """x @ y from stacked operands (:func:`stack_left`, :func:`stack_right`), truncated by
     ``bits`` (default frac_bits; 0: none). 2 rounds with truncation, else 1; as
-    :func:`matmul_fxp` / :func:`matmul` per output element."""
+    :func:`matmul_fxp` / :func:`matmul` per output element (``rounds=1``: TP1)."""
     bits = resolve_bits(ctx, bits)
-    return await finish_product(ctx, await stacked_share(left, right), bits)
+    z = await stacked_share(left, right)
+    return await finish_product(ctx, z, bits, rounds=rounds, pre=pre)
 
 
 async def product_share(ctx: Context, left: RingArray, right: RingArray) -> RingArray:
@@ -163,28 +183,43 @@ async def stacked_share(left: RingArray, right: RingArray) -> RingArray:
     return await offload(ring_matmul, left, right, size=_matmul_work(left, right))
 
 
-async def mul_fxp(ctx: Context, x: AShare, y: AShare, bits: int | None = None) -> AShare:
+async def mul_fxp(
+    ctx: Context, x: AShare, y: AShare, bits: int | None = None, *, rounds: Rounds = 2,
+    pre: Trunc1Material | None = None,
+) -> AShare:
     """Fixed-point x * y, truncated by ``bits`` (default frac_bits) within one ulp.
 
     Needs |x y| < 2^62 in ring units. 2 rounds; 40 + bits/8 bytes per element in all.
+    ``rounds=1``: 1 round with TP1 (:func:`finish_product`), 48 bytes per element online and
+    the offline tuple (:mod:`.trunc1`).
     """
     bits = resolve_bits(ctx, bits)
     z = await offload(mul_local, x, y, size=max(x.size, y.size))
-    return await finish_product(ctx, z, bits)
+    return await finish_product(ctx, z, bits, rounds=rounds, pre=pre)
 
 
-async def square_fxp(ctx: Context, x: AShare, bits: int | None = None) -> AShare:
-    """Fixed-point x * x, truncated; as :func:`mul_fxp` (2 rounds, 40 + bits/8 bytes)."""
+async def square_fxp(
+    ctx: Context, x: AShare, bits: int | None = None, *, rounds: Rounds = 2,
+    pre: Trunc1Material | None = None,
+) -> AShare:
+    """Fixed-point x * x, truncated; as :func:`mul_fxp` (2 rounds, 40 + bits/8 bytes;
+    ``rounds=1``: 1 round with TP1)."""
     bits = resolve_bits(ctx, bits)
-    return await finish_product(ctx, await offload(_square_local, x, size=x.size), bits)
+    z = await offload(_square_local, x, size=x.size)
+    return await finish_product(ctx, z, bits, rounds=rounds, pre=pre)
 
 
-async def matmul_fxp(ctx: Context, x: AShare, y: AShare, bits: int | None = None) -> AShare:
+async def matmul_fxp(
+    ctx: Context, x: AShare, y: AShare, bits: int | None = None, *, rounds: Rounds = 2,
+    pre: Trunc1Material | None = None,
+) -> AShare:
     """Fixed-point x @ y, truncated; every output needs |sum| < 2^62 in ring units.
 
-    2 rounds; 40 + bits/8 bytes per output element from all parties together.
+    2 rounds; 40 + bits/8 bytes per output element from all parties together (``rounds=1``:
+    1 round with TP1, 48 bytes online and the offline tuple per output element).
     """
-    return await matmul_stacked(ctx, stack_left(x), stack_right(y), bits)
+    return await matmul_stacked(ctx, stack_left(x), stack_right(y), bits, rounds=rounds,
+                                pre=pre)
 
 
 def _matmul_public_local(a: AShare | RingArray, b: AShare | RingArray) -> AShare:
@@ -229,8 +264,8 @@ async def mul_public_fxp(ctx: Context, x: AShare, c: Any, bits: int | None = Non
 
 
 __all__ = [
-    "dot_fxp", "finish_product", "finish_product_wide", "matmul", "matmul_fxp", "matmul_public",
-    "matmul_public_fxp", "matmul_stacked", "mul", "mul_fxp", "mul_local", "mul_public_fxp",
-    "product_share",
-    "square", "square_fxp", "stack_left", "stack_right", "stacked_share",
+    "Rounds", "dot_fxp", "finish_product", "finish_product_wide", "matmul", "matmul_fxp",
+    "matmul_public", "matmul_public_fxp", "matmul_stacked", "mul", "mul_fxp", "mul_local",
+    "mul_public_fxp", "product_share", "square", "square_fxp", "stack_left", "stack_right",
+    "stacked_share",
 ]

@@ -112,10 +112,21 @@ _LINEAR = "the same per element for any multiple of 64 elements"
 _ONE_ULP = "floor or floor + 1 (1 unit) while the value truncated lies in [-2^62, 2^62)"
 _RANGE = {"min_value": 0.5, "max_value": 129.0}
 _SOFTMAX_ERROR = "1.7e-5 per probability; 4.1e-5 on (12, 128, 128) rows of scale 3"
+TRUNC1_OFFLINE = Cost(4, 144.125)
+"""TP1's tuple at f = 18 (:mod:`.trunc1`): 4 rounds deep (leaves, two tree levels, opening)."""
+_TRUNC1_SCALING = ("offline per element 132.38 (f = 1), 144.13 (f = 18), 160 (f = 38), "
+                   "182.25 (f = 62): the f-bit chain; " + _LINEAR)
+
+
+def _trunc1(online: float, inputs: int = 1) -> tuple[Case, ...]:
+    """The small and the large case of an element-wise TP1 op (1 round, tuples inline)."""
+    return tuple(Case(((n,),) * inputs, Cost(1, online), TRUNC1_OFFLINE) for n in (SMALL, LARGE))
+
 
 COSTS: tuple[OpCost, ...] = (
     OpCost("trunc.truncate", _elementwise(2, 26.25), _ONE_ULP,
            "24 + f/8 bytes per element (f = bits truncated, 18 here); " + _LINEAR),
+    OpCost("trunc1.truncate1", _trunc1(24.0), _ONE_ULP, "online 3 elements; " + _TRUNC1_SCALING),
     OpCost("arith.mul", _elementwise(1, 24.0, 2), "exact (in the ring)", _LINEAR),
     OpCost("arith.square", _elementwise(1, 24.0), "exact (in the ring)", _LINEAR),
     OpCost("arith.matmul", (Case(_MATMUL_SMALL, Cost(1, 24.0)), Case(_MATMUL_LARGE, Cost(1, 24.0))),
@@ -125,9 +136,18 @@ COSTS: tuple[OpCost, ...] = (
            "40 + f/8 bytes per element; " + _LINEAR),
     OpCost("arith.square_fxp", _elementwise(2, 42.25), _ONE_ULP,
            "40 + f/8 bytes per element; " + _LINEAR),
+    OpCost("arith.mul_fxp", _trunc1(48.0, 2), _ONE_ULP, "online 6 elements; " + _TRUNC1_SCALING,
+           kwargs={"rounds": 1}, variant="rounds=1"),
+    OpCost("arith.square_fxp", _trunc1(48.0), _ONE_ULP, "as mul_fxp (rounds=1)",
+           kwargs={"rounds": 1}, variant="rounds=1"),
     OpCost("arith.matmul_fxp",
            (Case(_MATMUL_SMALL, Cost(2, 42.25)), Case(_MATMUL_LARGE, Cost(2, 42.25))), _ONE_ULP,
            "40 + f/8 bytes per output element, whatever the inner size", per="output element"),
+    OpCost("arith.matmul_fxp",
+           (Case(_MATMUL_SMALL, Cost(1, 48.0), TRUNC1_OFFLINE),
+            Case(_MATMUL_LARGE, Cost(1, 48.0), TRUNC1_OFFLINE)), _ONE_ULP,
+           "as mul_fxp (rounds=1) per output element, whatever the inner size",
+           kwargs={"rounds": 1}, variant="rounds=1", per="output element"),
     OpCost("arith.mul_public_fxp", _elementwise(2, 26.25), _ONE_ULP,
            "a local product and a truncation: as truncate", kwargs={"c": 1.5}),
     OpCost("arith.dot_fxp",
@@ -135,6 +155,11 @@ COSTS: tuple[OpCost, ...] = (
             Case(((LARGE, 8), (LARGE, 8)), Cost(2, 42.25))), _ONE_ULP,
            "as mul_fxp per sum, whatever the length of the sums", kwargs={"bits": 18},
            per="output element"),
+    OpCost("arith.dot_fxp",
+           (Case(((SMALL, 8), (SMALL, 8)), Cost(1, 48.0), TRUNC1_OFFLINE),
+            Case(((LARGE, 8), (LARGE, 8)), Cost(1, 48.0), TRUNC1_OFFLINE)), _ONE_ULP,
+           "as mul_fxp (rounds=1) per sum, whatever the length of the sums",
+           kwargs={"bits": 18, "rounds": 1}, variant="rounds=1", per="output element"),
     OpCost("compare.is_negative", _elementwise(4, 39.125, offline=36.0),
            "exact for every ring value",
            "online 29.125 leaves + 9.5 tree + 0.5 opening; offline 12 dealt products + 24 "

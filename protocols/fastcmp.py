@@ -417,6 +417,34 @@ async def _tree(
     return halves
 
 
+async def carry_halves(
+    ctx: Context, plan: Plan, part: Part, view: RingArray, shifted: RingArray | None,
+    of: npt.NDArray[np.intp], material: TreeMaterial | None = None,
+) -> tuple[RingArray, RingArray] | None:
+    """Leaves and tree of one part (3 rounds): this evaluator's XOR-halves of the tree's
+    output (``"less"``: the carry of a + b' into bit ``plan.chain``; ``"equal"``: the AND of
+    the propagates) and of the top bit a_L ^ b'_L (``"less"``; no rows for ``"equal"``),
+    (thresholds, words) each; None at S. ``view``, ``shifted``, ``of``: as for
+    :func:`_leaves`. Without ``material`` its preparation runs beside the leaves."""
+
+    async def leaves(c: Context) -> RingArray | None:
+        return await _leaves(c, plan, part, view, shifted, of)
+
+    if material is None:
+        material, halves = await ctx.gather(
+            lambda c: _offline(c, functools.partial(
+                _prepare_tree, tree=plan.tree, words=part.words(of.size), part=part)),
+            leaves,
+        )
+    else:
+        halves = await leaves(ctx)
+    if halves is None:
+        return None
+    if plan.kind == "equal":
+        return await _tree(ctx, plan.tree, part, halves, material), halves[:0]
+    return await _tree(ctx, plan.tree, part, halves[:-1], material), halves[-1:]
+
+
 async def _compare_part(
     ctx: Context, plan: Plan, part: Part, x: AShare, thresholds: RingArray,
     of: npt.NDArray[np.intp], material: TreeMaterial | None,
@@ -429,24 +457,13 @@ async def _compare_part(
     if role:
         offset = -1 if plan.kind == "equal" else 1 << plan.chain
         shifted = view[of] - thresholds[:, None] + to_ring(offset)
-
-    async def leaves(c: Context) -> RingArray | None:
-        return await _leaves(c, plan, part, view, shifted, of)
-
-    if material is None:
-        material, halves = await ctx.gather(
-            lambda c: _offline(c, functools.partial(
-                _prepare_tree, tree=plan.tree, words=part.words(thresholds.size), part=part)),
-            leaves,
-        )
-    else:
-        halves = await leaves(ctx)
-    if halves is None:
+    got = await carry_halves(ctx, plan, part, view, shifted, of, material)
+    if got is None:
         return None
+    root, top = got
     if plan.kind == "equal":
-        return (await _tree(ctx, plan.tree, part, halves, material))[0]
-    root = await _tree(ctx, plan.tree, part, halves[:-1], material)
-    below = root ^ halves[-1:]  # bit L of x - t + 2^L, i.e. [x >= t]; E1 flips it
+        return root[0]
+    below = root ^ top  # bit L of x - t + 2^L, i.e. [x >= t]; E1 flips it
     return (below ^ ALL_ONES if role == 1 else below)[0]
 
 
@@ -693,7 +710,7 @@ async def open_masked(ctx: Context, masked: MaskedBits) -> RingArray:
 
 __all__ = [
     "CompareMaterial", "CompareSpec", "MaskedBits", "MaximumMaterial", "MaximumSpec", "Part",
-    "RandomBits", "TreeMaterial", "bounded_bits", "compare_thresholds", "first_maximum",
-    "maximum_after_leaves", "maximum_leaves", "open_masked", "prepare_compare",
+    "RandomBits", "TreeMaterial", "bounded_bits", "carry_halves", "compare_thresholds",
+    "first_maximum", "maximum_after_leaves", "maximum_leaves", "open_masked", "prepare_compare",
     "prepare_maximum", "prepare_random_bits", "summands",
 ]

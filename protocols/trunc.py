@@ -147,10 +147,11 @@ def _deal(
     return dealer_summands(z, bits) - g_a, pack_low_bits(h, bits)
 
 
-def _opener(
+def opened_terms(
     c: RingArray, g: RingArray, h: RingArray, t: RingArray, bits: int
 ) -> tuple[RingArray, RingArray]:
-    """Opener: (public part of the result from c = y + r', own bracket s - t)."""
+    """The output from the opened c = x + r' (2^62 is added here): its public part and
+    s - t, s = g - c_m 2^(64-f) h for shares g of G and h of m (step 3; also :mod:`.trunc1`)."""
     c = c + _HALF
     top = c >> _SIXTY_THREE
     public = ((c & _LOW63) >> np.uint64(bits)) + (top << np.uint64(63 - bits))
@@ -233,9 +234,9 @@ async def _open(
     if exchange and nb:
         z_a = await ctx.recv_array(prv, ArraySpec.ring(nb))
         c_b = c_b + z_a
-    pub_a, send_a = (await offload(_opener, c_a, g_a, h_a & mask, t_a, bits, size=na)
+    pub_a, send_a = (await offload(opened_terms, c_a, g_a, h_a & mask, t_a, bits, size=na)
                      if na else (empty, empty))
-    pub_b, send_b = (await offload(_opener, c_b, g_b_mine, h_b, t_b, bits, size=nb)
+    pub_b, send_b = (await offload(opened_terms, c_b, g_b_mine, h_b, t_b, bits, size=nb)
                      if nb else (empty, empty))
     summands = np.empty(dealt.size, RING_DTYPE)
     summands[ba], summands[bb] = pub_a, pub_b
@@ -290,5 +291,6 @@ async def close_product(ctx: Context, state: Opened) -> AShare:
 
 __all__ = [
     "MAX_TRUNC_BITS", "ROTATE_MIN_ELEMENTS", "Opened", "close_product", "dealer_summands",
-    "open_product", "product_blocks", "resolve_bits", "truncate", "truncate_additive",
+    "open_product", "opened_terms", "product_blocks", "resolve_bits", "truncate",
+    "truncate_additive",
 ]

@@ -1,0 +1,191 @@
+"""TP1 (one-round exact truncation) against plaintext numpy: floor or floor + 1 over the whole
+range |x| < 2^62 for both input forms, 1 online round, the offline tuple's rounds and bytes,
+tuples prepared ahead, and a schedule without overlapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from puma_async.context import Context
+from puma_async.evaluate import Evaluation, evaluation_program
+from puma_async.protocols.arith import dot_fxp, finish_product, mul_fxp, mul_local
+from puma_async.protocols.ring import RING_DTYPE
+from puma_async.protocols.shares import AShare, public_share
+from puma_async.protocols.trunc import ROTATE_MIN_ELEMENTS
+from puma_async.protocols.trunc1 import Trunc1Spec, prepare_trunc1, truncate1
+from puma_async.roles import CLIENT, PARTIES
+from puma_async.runner import run_local
+
+LIMIT = 2**62
+EDGES = [0, -1, 1, LIMIT - 1, -LIMIT, LIMIT - 2, 1 - LIMIT, 2**18, -(2**18), 2**18 - 1,
+         -(2**18) - 1, 2**38, -(2**38) + 1, 2**60 - 1, -(2**60)]
+values = st.one_of(st.sampled_from(EDGES), st.integers(-LIMIT, LIMIT - 1),
+                   st.integers(-(2**20), 2**20))
+BITS = st.sampled_from([1, 18, 38, 60, 62])
+OFFLINE_BYTES = {1: 132.375, 18: 144.125, 38: 160.0, 60: 179.625, 62: 182.25}
+"""Offline bytes per element (all parties, multiples of 64 elements) by f: the f-bit chain."""
+
+
+def run(fn: Any, *inputs: np.ndarray, sequential: bool = False) -> Evaluation:
+    """``evaluate`` with the runtime's options (``sequential``: no ``gather`` overlaps)."""
+    program = evaluation_program(fn, *inputs)
+    result = run_local({role: program for role in (*PARTIES, CLIENT)}, sequential=sequential)
+    return Evaluation(result.results[CLIENT], dict(result.stats), result.seconds)
+
+
+def assert_floor_or_next(got: np.ndarray, x: np.ndarray, bits: int) -> np.ndarray:
+    """got - floor(x / 2^bits) is 0 or 1 everywhere; returns the differences."""
+    diff = got.view(np.int64) - (x.view(np.int64) >> bits)
+    assert set(np.unique(diff).tolist()) <= {0, 1}, np.unique(diff)
+    return diff
+
+
+async def _additive(ctx: Context, x: AShare, bits: int) -> AShare:
+    """x as the 3-out-of-3 product x * 1, truncated by TP1 (:func:`.arith.finish_product`)."""
+    one = public_share(ctx.role, np.ones(x.shape, RING_DTYPE))
+    return await finish_product(ctx, mul_local(x, one), bits, rounds=1)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(values, max_size=70), BITS, st.sampled_from([(-1,), (1, -1), (-1, 1)]),
+       st.booleans())
+def test_floor_or_next_over_the_whole_range(
+    xs: list[int], bits: int, shape: tuple[int, ...], additive: bool
+) -> None:
+    x = np.array(xs, np.int64).reshape(shape).view(RING_DTYPE)
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        return await (_additive(ctx, a, bits) if additive else truncate1(ctx, a, bits))
+
+    got = run(fn, x).outputs[0]
+    assert got.shape == x.shape
+    assert_floor_or_next(got, x, bits)
+
+
+@pytest.mark.parametrize("bits", [1, 18, 38, 60, 62])
+@pytest.mark.parametrize("additive", [False, True])
+def test_one_online_round_and_the_tuple_cost(bits: int, additive: bool) -> None:
+    n = 256
+    x = np.random.default_rng(bits).integers(-LIMIT, LIMIT, n, dtype=np.int64).view(RING_DTYPE)
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        return await (_additive(ctx, a, bits) if additive else truncate1(ctx, a, bits))
+
+    ev = run(fn, x)
+    assert_floor_or_next(ev.outputs[0], x, bits)
+    online = [ev.stats[p].totals(phase="online", scope="op") for p in PARTIES]
+    offline = [ev.stats[p].totals(phase="offline", scope="op") for p in PARTIES]
+    assert max(t.rounds for t in online) == 1
+    # replicated: P_i sends the component P_{i-1} lacks; additive: w_i to both others
+    assert [t.bytes_sent for t in online] == [(16 if additive else 8) * n] * 3
+    assert max(t.rounds for t in offline) == 4
+    assert sum(t.bytes_sent for t in offline) / n == OFFLINE_BYTES[bits]
+
+
+def test_long_arrays_rotate_the_extraction_and_every_party_sends_the_same() -> None:
+    n = ROTATE_MIN_ELEMENTS + 7
+    x = np.random.default_rng(1).integers(-LIMIT, LIMIT, n, dtype=np.int64).view(RING_DTYPE)
+    ev = run(lambda ctx, a: truncate1(ctx, a, 18), x)
+    assert_floor_or_next(ev.outputs[0], x, 18)
+    for phase in ("online", "offline"):
+        sent = [ev.stats[p].totals(phase=phase, scope="op").bytes_sent for p in PARTIES]
+        assert max(sent) - min(sent) <= 0.01 * max(sent), (phase, sent)
+
+
+def test_rounding_is_stochastic_and_unbiased() -> None:
+    """e = 1 exactly when (y mod 2^f) + (l mod 2^f) >= 2^f, l uniform: P(e = 1) = x mod 2^f
+    over 2^f, so the mean of x / 2^f is kept."""
+    n, bits = 4096, 18
+    x = np.full(n, (5 << bits) + (1 << bits) // 4, np.int64).view(RING_DTYPE)
+    diff = assert_floor_or_next(run(lambda ctx, a: truncate1(ctx, a, bits), x).outputs[0],
+                                x, bits)
+    assert 0.2 < diff.mean() < 0.3
+    exact = np.full(n, -(7 << bits), np.int64).view(RING_DTYPE)
+    got = run(lambda ctx, a: truncate1(ctx, a, bits), exact).outputs[0]
+    assert np.all(got.view(np.int64) == -7)  # a multiple of 2^f is never rounded up
+
+
+def test_products_in_one_round_match_numpy() -> None:
+    rng = np.random.default_rng(2)
+    a, b = (rng.integers(-(2**29), 2**29, (40, 9), dtype=np.int64) for _ in range(2))
+
+    async def fn(ctx: Context, x: AShare, y: AShare) -> list[AShare]:
+        return await ctx.gather(lambda c: mul_fxp(c, x, y, rounds=1),
+                                lambda c: dot_fxp(c, x, y, 18, rounds=1))
+
+    ev = run(fn, a.view(RING_DTYPE), b.view(RING_DTYPE))
+    exact = a.astype(object) * b.astype(object)
+    for got, want in ((ev.outputs[0], exact), (ev.outputs[1], exact.sum(axis=-1))):
+        diff = got.view(np.int64).astype(object) - np.vectorize(lambda v: v >> 18)(want)
+        assert set(np.unique(diff.astype(np.int64)).tolist()) <= {0, 1}
+    assert max(ev.cost(p).rounds for p in PARTIES) == 1
+    with pytest.raises(Exception, match="rounds"):
+        run(lambda ctx, x, y: mul_fxp(ctx, x, y, rounds=3), a.view(RING_DTYPE),
+            b.view(RING_DTYPE))
+
+
+def test_tuples_prepared_ahead_overlap_earlier_work() -> None:
+    """A caller prepares the tuples beside earlier work (a 2-round product here): the
+    truncation afterwards costs 1 online round and no offline traffic of its own."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(-(2**20), 2**20, (6, 5), dtype=np.int64).view(RING_DTYPE)
+
+    async def fn(ctx: Context, x: AShare) -> AShare:
+        pre, p = await ctx.gather(lambda c: prepare_trunc1(c, Trunc1Spec(x.size, 18)),
+                                  lambda c: mul_fxp(c, x, x))
+        return await mul_fxp(ctx, p, x, bits=18, rounds=1, pre=pre)
+
+    ev = run(fn, a)
+    assert max(ev.cost(p).rounds for p in PARTIES) == 3
+    want = ((a.view(np.int64).astype(object) ** 2) >> 18) * a.view(np.int64) >> 18
+    diff = ev.outputs[0].view(np.int64) - want.astype(np.int64)
+    assert np.all(np.abs(diff) <= 5)  # the first rounding times |x| / 2^18 <= 4, and 1
+    with pytest.raises(Exception, match="prepared for"):
+        run(_mismatched, a)
+
+
+async def _mismatched(ctx: Context, x: AShare) -> AShare:
+    pre = await prepare_trunc1(ctx, Trunc1Spec(x.size, 17))
+    return await truncate1(ctx, x, 18, pre=pre)
+
+
+def test_tuples_prepared_before_any_input_exists() -> None:
+    """The preparation takes public parameters only: the parties prepare with nothing but
+    their keys, then truncate a public value shared afterwards."""
+    from puma_async.protocols.randomness import setup_keys
+
+    x = np.arange(-64, 64, dtype=np.int64) * 12345
+
+    async def program(ctx: Context) -> Any:
+        if ctx.role == CLIENT:
+            return None
+        await setup_keys(ctx)
+        pre = await prepare_trunc1(ctx, Trunc1Spec(x.size, 10))
+        out = await truncate1(ctx, public_share(ctx.role, x.view(RING_DTYPE)), 10, pre=pre)
+        return out
+
+    results = run_local({role: program for role in (*PARTIES, CLIENT)}).results
+    total = results[0].first + results[1].first + results[2].first
+    assert_floor_or_next(total, x.view(RING_DTYPE), 10)
+
+
+@pytest.mark.parametrize("additive", [False, True])
+def test_a_schedule_without_overlap_gives_the_same_function(additive: bool) -> None:
+    x = np.array(EDGES, np.int64).view(RING_DTYPE)
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        return await (_additive(ctx, a, 18) if additive else truncate1(ctx, a, 18))
+
+    assert_floor_or_next(run(fn, x, sequential=True).outputs[0], x, 18)
+
+
+def test_bits_out_of_range_are_refused() -> None:
+    with pytest.raises(ValueError, match="1 to 62"):
+        Trunc1Spec(4, 63)
+    with pytest.raises(ValueError, match="1 to 62"):
+        Trunc1Spec(4, 0)
