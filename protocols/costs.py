@@ -214,6 +214,12 @@ COSTS: tuple[OpCost, ...] = (
            "exact for entries in [-2^62, 2^62)",
            "per row of 8 (28 pairs, 8 entries); rows of n > 17: groups of 8 first "
            "(5 rounds each)", per="output element", variant="rows of 8"),
+    OpCost("softmax.matmul_max",
+           (Case(((32, 16), (16, 8)), Cost(5, 166.06), Cost(PREPARED, 67.0)),
+            Case(((LARGE // 8, 16), (16, 8)), Cost(5, 166.06), Cost(PREPARED, 67.0))),
+           "the product: " + _ONE_ULP + "; the maximum exact on the truncated entries",
+           "per output element, rows of 8: the product's 42.25 and the maximum's (chains of "
+           "64 - f bits)", per="output element"),
     OpCost("softmax.softmax",
            (Case(((32, 8),), Cost(18, 595.5), Cost(PREPARED, 430.75)),
             Case(((LARGE // 8, 8),), Cost(18, 594.3), Cost(PREPARED, 430.75))),

@@ -77,7 +77,6 @@ from .arith import (
     matmul_fxp,
     matmul_stacked,
     mul_fxp,
-    product_share,
     stack_left,
     stack_right,
     stacked_share,
@@ -91,7 +90,7 @@ from .ringmatmul import ring_matmul
 from .shares import AShare, concatenate
 from .softmax import (
     exp_rows,
-    max_of_product,
+    matmul_max,
     normalise_after,
     probabilities,
     row_reciprocals,
@@ -515,11 +514,9 @@ async def attention(
     start = total - n  # this layer's positions before the new rows
     q = qk[:, :heads].reshape(n, groups, rep, d).transpose(1, 2, 0, 3).reshape(groups, rep * n, d)
     keep = causal_mask(start, n, total, rep)
-    with ctx.scope("scores"):  # (groups, rep n, total): the maximum starts in its first round
-        z = await product_share(ctx, stack_left(q), stack_right(keys.transpose(0, 2, 1)))
-    scores, top = await max_of_product(
-        ctx, z, fixed_point(ctx).frac_bits, np.broadcast_to(keep, z.shape),
-        product_scope="scores", max_scope="softmax.max_along")
+    # (groups, rep n, total): the maximum starts in the scores' first round
+    scores, top = await matmul_max(ctx, q, keys.transpose(0, 2, 1), keep,
+                                   product_scope="scores", max_scope="softmax.max_along")
     probe(ctx, f"{name}.scores", scores.reshape(groups, rep, n, total))
     out = await attend(ctx, scores, values, keep, n, name, top)
     out = out.reshape(groups, rep, n, d).transpose(2, 0, 1, 3).reshape(n, heads * d)

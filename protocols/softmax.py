@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from puma_async.context import Context, protocol
 
-from .arith import mul_fxp
+from .arith import mul_fxp, product_share, stack_left, stack_right
 from .compare import sign_times
 from .exp import neg_exp
 from .fastcmp import (
@@ -51,7 +51,14 @@ from .polynomial import repeat_last
 from .reciprocal import reciprocal
 from .ring import RingArray
 from .shares import AShare, concatenate
-from .trunc import Opened, close_product, dealer_summands, open_product, product_blocks
+from .trunc import (
+    Opened,
+    close_product,
+    dealer_summands,
+    open_product,
+    product_blocks,
+    resolve_bits,
+)
 
 RECIPROCAL_FRAC = 32
 """Fractional bits of the row sums' reciprocals (e * r stays below 2^51)."""
@@ -170,6 +177,20 @@ async def max_of_product(
     return x, top
 
 
+async def matmul_max(
+    ctx: Context, x: AShare, y: AShare, mask: npt.ArrayLike | None = None, *,
+    bits: int | None = None, product_scope: str = "product", max_scope: str = "max",
+) -> tuple[AShare, AShare]:
+    """s = x @ y truncated by ``bits`` (default frac_bits) and s's maximum along its last axis
+    over the ``mask`` entries (None: all), by :func:`max_of_product` (the attention's scores
+    and their maximum). Rounds: 5 for rows of up to 9 (2 fewer than
+    :func:`.arith.matmul_fxp` then :func:`max_along`), 6 up to 17."""
+    z = await product_share(ctx, stack_left(x), stack_right(y))
+    keep = _keep(mask, z.shape)
+    return await max_of_product(ctx, z, resolve_bits(ctx, bits), keep,
+                                product_scope=product_scope, max_scope=max_scope)
+
+
 def _fill(a: RingArray, keep: npt.NDArray[np.bool_]) -> RingArray:
     """Masked entries of each row replaced by its first kept entry (left out of the
     maximum); linear, so the same on shares and on summands."""
@@ -259,7 +280,7 @@ def normalise_after(new_rows: int, keys: int, width: int) -> bool:
 
 
 __all__ = [
-    "ALL_PAIRS_MAX", "RECIPROCAL_FRAC", "exp_rows", "max_along", "max_of_product",
+    "ALL_PAIRS_MAX", "RECIPROCAL_FRAC", "exp_rows", "matmul_max", "max_along", "max_of_product",
     "normalise_after",
     "probabilities", "row_reciprocals", "scale_rows", "softmax",
 ]
