@@ -311,20 +311,47 @@ def _block_subsets(width: int) -> tuple[tuple[int, ...], ...]:
 
 
 @functools.cache
-def _block_terms(width: int) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+def _block_terms(width: int) -> tuple[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]], ...]:
     """For G and P of a block: the (a-monomial, b-monomial) index pairs of their expansion
-    XOR_S a^S c_S(b) (indices into :func:`_block_subsets`).
+    XOR_S a^S c_S(b) (indices into :func:`_block_subsets`), as two index arrays each.
 
     G = XOR_i a_i b_i prod_{j>i} (a_j ^ b_j): a^S (i = min S) has the coefficient
     b^({i} + {j > i not in S}); P = prod_j (a_j ^ b_j): a^S has b^(complement of S).
     """
     subsets = _block_subsets(width)
     index = {s: k for k, s in enumerate(subsets)}
-    g = tuple((k, index[(s[0], *(j for j in range(s[0] + 1, width) if j not in s))])
-              for k, s in enumerate(subsets) if s)
-    p = tuple((k, index[tuple(j for j in range(width) if j not in s)])
-              for k, s in enumerate(subsets))
-    return g, p
+    g = [(k, index[(s[0], *(j for j in range(s[0] + 1, width) if j not in s))])
+         for k, s in enumerate(subsets) if s]
+    p = [(k, index[tuple(j for j in range(width) if j not in s)]) for k, s in enumerate(subsets)]
+    return tuple((np.array([a for a, _ in t], np.int64), np.array([b for _, b in t], np.int64))
+                 for t in (g, p))
+
+
+_TERMS_SIGNATURE = types.void(
+    _WORDS_IN, _WORDS_IN, _INDEX, _INDEX, types.boolean, types.Array(types.uint64, 1, "C"),
+)
+
+
+@njit(_TERMS_SIGNATURE, nogil=True, cache=True)
+def _xor_terms(  # pragma: no cover (compiled)
+    pads: RingArray, coefficients: RingArray, a_index: npt.NDArray[np.int64],
+    b_index: npt.NDArray[np.int64], first: bool, out: RingArray,
+) -> None:
+    """out = XOR over terms t of pads[a_t - 1] & coefficients[b_t]; a_t = 0 is the constant
+    monomial 1, E2's (``first`` False) alone. One pass per term, no temporaries."""
+    n = out.shape[0]
+    for j in range(n):
+        out[j] = 0
+    for t in range(a_index.shape[0]):
+        c = coefficients[b_index[t]]
+        a = a_index[t]
+        if a:
+            pad = pads[a - 1]
+            for j in range(n):
+                out[j] ^= pad[j] & c[j]
+        elif not first:
+            for j in range(n):
+                out[j] ^= c[j]
 
 
 def _groups(widths: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -382,16 +409,14 @@ def leaf_halves(plan: Plan, mono: RingArray, slices: RingArray, first: bool) -> 
         row += count * blocks
         coefficients = _all_monomials(
             slices[bit : bit + width * blocks].reshape(blocks, width, -1).transpose(1, 0, 2))
+        flat_pads = np.ascontiguousarray(pads).reshape(count, -1)
+        flat_coefficients = coefficients.reshape(coefficients.shape[0], -1)
         g_terms, p_terms = _block_terms(width)
-        for terms, out in ((g_terms, gs), (p_terms, ps)):
-            if terms is g_terms and plan.kind == "equal":
+        for (a_index, b_index), out in ((g_terms, gs), (p_terms, ps)):
+            if out is gs and plan.kind == "equal":
                 continue
-            acc = np.zeros(pads.shape[1:], RING_DTYPE)
-            for a_index, b_index in terms:
-                if a_index:
-                    acc ^= pads[a_index - 1] & coefficients[b_index]
-                elif not first:  # the constant monomial 1 is E2's
-                    acc ^= coefficients[b_index]
+            acc = np.empty(pads.shape[1:], RING_DTYPE)
+            _xor_terms(flat_pads, flat_coefficients, a_index, b_index, first, acc.reshape(-1))
             out.append(acc)
     p = np.concatenate(ps)
     if plan.kind == "equal":
