@@ -135,6 +135,44 @@ def _unpack_kernel(packed: np.ndarray, bits: int, out: RingArray) -> None:  # pr
         out[i] = v & mask
 
 
+_RUNS_SIGNATURE = types.void(
+    types.Array(types.uint64, 2, "C", readonly=True), types.int64,
+    types.Array(types.int64, 1, "C", readonly=True), types.Array(types.uint64, 2, "C"),
+)
+
+
+@njit(_RUNS_SIGNATURE, nogil=True, cache=True)
+def _runs_kernel(  # pragma: no cover (compiled)
+    rows: RingArray, n: int, of: np.ndarray, out: RingArray
+) -> None:
+    for r in range(rows.shape[0]):
+        src, dst = rows[r], out[r]
+        for t in range(of.shape[0]):
+            s, d = of[t] * n, t * n
+            i = 0
+            while i < n:  # up to 64 bits at a time, up to the next destination word
+                db = (d + i) & 63
+                take = min(64 - db, n - i)
+                sw, sb = (s + i) >> 6, (s + i) & 63
+                v = src[sw] >> np.uint64(sb)
+                if sb + take > 64:
+                    v |= src[sw + 1] << np.uint64(64 - sb)
+                if take < 64:
+                    v &= (np.uint64(1) << np.uint64(take)) - np.uint64(1)
+                dst[(d + i) >> 6] |= v << np.uint64(db)
+                i += take
+
+
+def gather_bit_runs(rows: RingArray, n: int, of: npt.NDArray[np.integer]) -> RingArray:
+    """Packed rows holding runs of n bits -> rows of the runs ``of`` (in that order), packed:
+    (R, >= packed_words(values * n)) -> (R, packed_words(of.size * n)), run t of an output
+    row being run of[t] of its input row; the padding bits are 0 (as :func:`pack_bits`)."""
+    out = np.zeros((rows.shape[0], packed_words(of.size * n)), RING_DTYPE)
+    _runs_kernel(np.ascontiguousarray(rows, RING_DTYPE), n,
+                 np.ascontiguousarray(of, np.int64), out)
+    return out
+
+
 def packed_size(count: int, bits: int) -> int:
     """Bytes of ``count`` packed values of ``bits`` bits."""
     return (count * bits + 7) // 8
@@ -165,6 +203,6 @@ def unpack_low_bits(packed: np.ndarray, bits: int, count: int) -> RingArray:
 
 
 __all__ = [
-    "MAX_BITS", "WORD_BITS", "bit_slices", "pack_bits", "pack_low_bits", "packed_size",
-    "packed_words", "unpack_bits", "unpack_low_bits",
+    "MAX_BITS", "WORD_BITS", "bit_slices", "gather_bit_runs", "pack_bits", "pack_low_bits",
+    "packed_size", "packed_words", "unpack_bits", "unpack_low_bits",
 ]

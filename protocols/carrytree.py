@@ -14,8 +14,11 @@
   wires d = w ^ alpha (:func:`evaluate_level`), each monomial AND_{w in M} w expanded as
   XOR_{T subset M} (AND_{w in M \\ T} d_w) alpha_T.
 
-Everything works on packed uint64 words (64 elements per word) with numpy, one operation per
-monomial term vectorised over all nodes and elements.
+Everything works on packed uint64 words (64 elements per word): plans and leaves with numpy,
+one operation per monomial term vectorised over all nodes and elements; a level's evaluation
+in one numba kernel (:func:`_evaluate_kernel`: no GIL, compiled once and cached on disk) that
+builds the subset products and XORs every output's terms block by block of words, so that
+nothing larger than a block of products is ever stored (numpy would materialise every term).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from numba import njit, types
 
 from .boolean import ALL_ONES
 from .ring import RING_DTYPE, RingArray
@@ -165,15 +169,19 @@ class Compiled:
     """A level as index arrays. Subsets of inputs are numbered: 0 the empty set, 1 + w the
     single wire w, then every larger subset any monomial needs (by size). Each larger subset
     is built as (subset without its last wire) AND (its last wire): ``steps`` (lo, hi,
-    parent, wire) per size. Output o is the XOR over ``terms`` (o, d subset, alpha subset)."""
+    parent, wire) per size; ``parents`` / ``wires`` list them for every larger subset in
+    numbering order. Output o is the XOR over ``terms`` (o, d subset, alpha subset), its
+    terms from ``starts[o]`` to ``starts[o + 1]``."""
 
     inputs: int
     outputs: int
     subsets: int
     steps: tuple[tuple[int, int, npt.NDArray[np.intp], npt.NDArray[np.intp]], ...]
-    term_d: npt.NDArray[np.intp]
-    term_alpha: npt.NDArray[np.intp]
-    starts: npt.NDArray[np.intp]
+    parents: npt.NDArray[np.int64]
+    wires: npt.NDArray[np.int64]
+    term_d: npt.NDArray[np.int64]
+    term_alpha: npt.NDArray[np.int64]
+    starts: npt.NDArray[np.int64]
 
     @property
     def products(self) -> int:
@@ -199,12 +207,14 @@ def compile_level(level: Level) -> Compiled:
                       np.array([1 + s[-1] for s in group], np.intp)))
     terms = [(o, index[tuple(w for w in m if w not in t)], index[t])
              for o, out in enumerate(level.outputs) for m in out for t in subsets_of(m)]
-    term_d = np.array([d for _, d, _ in terms], np.intp)
-    term_alpha = np.array([a for _, _, a in terms], np.intp)
+    term_d = np.array([d for _, d, _ in terms], np.int64)
+    term_alpha = np.array([a for _, _, a in terms], np.int64)
     outs = np.array([o for o, _, _ in terms], np.intp)
-    starts = np.flatnonzero(np.r_[True, outs[1:] != outs[:-1]])
-    return Compiled(level.inputs, len(level.outputs), len(index), tuple(steps), term_d,
-                     term_alpha, starts)
+    starts = np.flatnonzero(np.r_[True, outs[1:] != outs[:-1], True]).astype(np.int64)
+    parents = np.array([index[s[:-1]] for s in larger], np.int64)
+    wires = np.array([1 + s[-1] for s in larger], np.int64)
+    return Compiled(level.inputs, len(level.outputs), len(index), tuple(steps), parents, wires,
+                    term_d, term_alpha, starts)
 
 
 def _products(c: Compiled, wires: RingArray) -> RingArray:
@@ -227,12 +237,68 @@ def evaluate_level(
 ) -> RingArray:
     """An evaluator's XOR-half of every output from the opened d = w ^ alpha, its halves of
     the masks and of their products; ``first`` (E1) holds the empty product (1)."""
-    shares = np.empty((c.subsets, d.shape[1]), RING_DTYPE)
-    shares[0] = ALL_ONES if first else 0
-    shares[1 : 1 + c.inputs] = alpha
-    shares[1 + c.inputs :] = products
-    terms = _products(c, d)[c.term_d] & shares[c.term_alpha]
-    return np.bitwise_xor.reduceat(terms, c.starts, axis=0)
+    out = np.empty((c.outputs, d.shape[1]), RING_DTYPE)
+    _evaluate_kernel(np.ascontiguousarray(d, RING_DTYPE), np.ascontiguousarray(alpha, RING_DTYPE),
+                     np.ascontiguousarray(products, RING_DTYPE), first, c.parents, c.wires,
+                     c.term_d, c.term_alpha, c.starts, out)
+    return out
+
+
+_BLOCK_WORDS = 256
+"""Words per block in :func:`_evaluate_kernel`: a block's products (at most a few hundred
+subsets) stay in L2 while every output's terms are read from them."""
+_WORDS_IN = types.Array(types.uint64, 2, "C", readonly=True)  # also accepts writable arrays
+_INDEX = types.Array(types.int64, 1, "C", readonly=True)
+_EVALUATE_SIGNATURE = types.void(
+    _WORDS_IN, _WORDS_IN, _WORDS_IN, types.boolean, _INDEX, _INDEX, _INDEX, _INDEX, _INDEX,
+    types.Array(types.uint64, 2, "C"),
+)
+
+
+@njit(_EVALUATE_SIGNATURE, nogil=True, cache=True)
+def _evaluate_kernel(  # pragma: no cover (compiled)
+    d: RingArray, alpha: RingArray, products: RingArray, first: bool,
+    parents: npt.NDArray[np.int64], wires: npt.NDArray[np.int64],
+    term_d: npt.NDArray[np.int64], term_alpha: npt.NDArray[np.int64],
+    starts: npt.NDArray[np.int64], out: RingArray,
+) -> None:
+    """:func:`evaluate_level`: subsets numbered as in :class:`Compiled`; the alpha side of
+    subset s is 1 or 0 (s = 0, E1 or E2), alpha[s - 1] (single wires) or products[s - 1 -
+    inputs]."""
+    inputs, words = d.shape
+    subsets = 1 + inputs + parents.shape[0]
+    ones = ~np.uint64(0)
+    block = np.empty((subsets, _BLOCK_WORDS), np.uint64)
+    for w0 in range(0, words, _BLOCK_WORDS):
+        n = min(_BLOCK_WORDS, words - w0)
+        for j in range(n):
+            block[0, j] = ones
+        for i in range(inputs):
+            for j in range(n):
+                block[1 + i, j] = d[i, w0 + j]
+        for s in range(parents.shape[0]):
+            p, w, k = parents[s], wires[s], 1 + inputs + s
+            for j in range(n):
+                block[k, j] = block[p, j] & block[w, j]
+        for o in range(starts.shape[0] - 1):
+            row = out[o]
+            for j in range(n):
+                row[w0 + j] = 0
+            for t in range(starts[o], starts[o + 1]):
+                dv = block[term_d[t]]
+                a = term_alpha[t]
+                if a == 0:
+                    if first:
+                        for j in range(n):
+                            row[w0 + j] ^= dv[j]
+                elif a <= inputs:
+                    av = alpha[a - 1]
+                    for j in range(n):
+                        row[w0 + j] ^= dv[j] & av[w0 + j]
+                else:
+                    pv = products[a - 1 - inputs]
+                    for j in range(n):
+                        row[w0 + j] ^= dv[j] & pv[w0 + j]
 
 
 # ------------------------------------------------------------------------------- leaf algebra
@@ -245,20 +311,47 @@ def _block_subsets(width: int) -> tuple[tuple[int, ...], ...]:
 
 
 @functools.cache
-def _block_terms(width: int) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+def _block_terms(width: int) -> tuple[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]], ...]:
     """For G and P of a block: the (a-monomial, b-monomial) index pairs of their expansion
-    XOR_S a^S c_S(b) (indices into :func:`_block_subsets`).
+    XOR_S a^S c_S(b) (indices into :func:`_block_subsets`), as two index arrays each.
 
     G = XOR_i a_i b_i prod_{j>i} (a_j ^ b_j): a^S (i = min S) has the coefficient
     b^({i} + {j > i not in S}); P = prod_j (a_j ^ b_j): a^S has b^(complement of S).
     """
     subsets = _block_subsets(width)
     index = {s: k for k, s in enumerate(subsets)}
-    g = tuple((k, index[(s[0], *(j for j in range(s[0] + 1, width) if j not in s))])
-              for k, s in enumerate(subsets) if s)
-    p = tuple((k, index[tuple(j for j in range(width) if j not in s)])
-              for k, s in enumerate(subsets))
-    return g, p
+    g = [(k, index[(s[0], *(j for j in range(s[0] + 1, width) if j not in s))])
+         for k, s in enumerate(subsets) if s]
+    p = [(k, index[tuple(j for j in range(width) if j not in s)]) for k, s in enumerate(subsets)]
+    return tuple((np.array([a for a, _ in t], np.int64), np.array([b for _, b in t], np.int64))
+                 for t in (g, p))
+
+
+_TERMS_SIGNATURE = types.void(
+    _WORDS_IN, _WORDS_IN, _INDEX, _INDEX, types.boolean, types.Array(types.uint64, 1, "C"),
+)
+
+
+@njit(_TERMS_SIGNATURE, nogil=True, cache=True)
+def _xor_terms(  # pragma: no cover (compiled)
+    pads: RingArray, coefficients: RingArray, a_index: npt.NDArray[np.int64],
+    b_index: npt.NDArray[np.int64], first: bool, out: RingArray,
+) -> None:
+    """out = XOR over terms t of pads[a_t - 1] & coefficients[b_t]; a_t = 0 is the constant
+    monomial 1, E2's (``first`` False) alone. One pass per term, no temporaries."""
+    n = out.shape[0]
+    for j in range(n):
+        out[j] = 0
+    for t in range(a_index.shape[0]):
+        c = coefficients[b_index[t]]
+        a = a_index[t]
+        if a:
+            pad = pads[a - 1]
+            for j in range(n):
+                out[j] ^= pad[j] & c[j]
+        elif not first:
+            for j in range(n):
+                out[j] ^= c[j]
 
 
 def _groups(widths: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -316,16 +409,14 @@ def leaf_halves(plan: Plan, mono: RingArray, slices: RingArray, first: bool) -> 
         row += count * blocks
         coefficients = _all_monomials(
             slices[bit : bit + width * blocks].reshape(blocks, width, -1).transpose(1, 0, 2))
+        flat_pads = np.ascontiguousarray(pads).reshape(count, -1)
+        flat_coefficients = coefficients.reshape(coefficients.shape[0], -1)
         g_terms, p_terms = _block_terms(width)
-        for terms, out in ((g_terms, gs), (p_terms, ps)):
-            if terms is g_terms and plan.kind == "equal":
+        for (a_index, b_index), out in ((g_terms, gs), (p_terms, ps)):
+            if out is gs and plan.kind == "equal":
                 continue
-            acc = np.zeros(pads.shape[1:], RING_DTYPE)
-            for a_index, b_index in terms:
-                if a_index:
-                    acc ^= pads[a_index - 1] & coefficients[b_index]
-                elif not first:  # the constant monomial 1 is E2's
-                    acc ^= coefficients[b_index]
+            acc = np.empty(pads.shape[1:], RING_DTYPE)
+            _xor_terms(flat_pads, flat_coefficients, a_index, b_index, first, acc.reshape(-1))
             out.append(acc)
     p = np.concatenate(ps)
     if plan.kind == "equal":

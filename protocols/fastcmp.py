@@ -83,7 +83,7 @@ import numpy.typing as npt
 
 from puma_async.context import ArraySpec, Context, Step
 
-from .bitpack import WORD_BITS, bit_slices, pack_bits, packed_words, unpack_bits
+from .bitpack import WORD_BITS, bit_slices, gather_bit_runs, pack_bits, packed_words, unpack_bits
 from .boolean import ALL_ONES, bit_to_arith
 from .carrytree import (
     Kind,
@@ -361,8 +361,7 @@ def _spread(mono: RingArray, values: int, of: npt.NDArray[np.intp], n: int) -> R
         return mono
     if n % WORD_BITS == 0:  # whole words per value: move words
         return mono.reshape(mono.shape[0], values, -1)[:, of].reshape(mono.shape[0], -1)
-    bits = unpack_bits(mono, values * n, np.uint8).reshape(mono.shape[0], values, n)[:, of]
-    return pack_bits(bits.reshape(mono.shape[0], -1))
+    return gather_bit_runs(mono, n, of)
 
 
 async def _leaves(

@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from puma_async.protocols.bitpack import pack_low_bits, packed_size, unpack_low_bits
+from puma_async.protocols.bitpack import (
+    gather_bit_runs,
+    pack_low_bits,
+    packed_size,
+    packed_words,
+    unpack_low_bits,
+)
 
 
 def _reference(values: np.ndarray, bits: int) -> np.ndarray:
@@ -52,3 +58,21 @@ def test_bits_out_of_range_are_refused(bits: int) -> None:
 def test_wrong_packed_size_is_refused() -> None:
     with pytest.raises(ValueError, match="need 7 packed bytes"):
         unpack_low_bits(np.zeros(6, np.uint8), 18, 3)
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 200),
+       st.lists(st.integers(0, 4), min_size=1, max_size=9), st.integers(0, 2**32))
+def test_gather_bit_runs_matches_moving_unpacked_bits(
+    rows: int, values: int, n: int, picks: list[int], seed: int
+) -> None:
+    """Runs of n bits (n across word boundaries, 64 and not) picked and repeated, padding 0."""
+    of = np.array([p % values for p in picks])
+    packed = np.random.default_rng(seed).integers(
+        0, 2**64, (rows, packed_words(values * n)), dtype=np.uint64, endpoint=False)
+    bits = np.unpackbits(packed.view(np.uint8), axis=-1, bitorder="little")[:, : values * n]
+    moved = bits.reshape(rows, values, n)[:, of].reshape(rows, -1)
+    padded = np.zeros((rows, 64 * packed_words(of.size * n)), np.uint8)
+    padded[:, : moved.shape[1]] = moved
+    expected = np.packbits(padded, axis=-1, bitorder="little").view("<u8")
+    np.testing.assert_array_equal(gather_bit_runs(packed, n, of), expected)
