@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import math
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -114,7 +115,7 @@ async def _attempt(setup: Setup, peer: int, host: str, target: _Target) -> Conne
             try:
                 await sock.connect(target.sockaddr)
             except OSError as exc:  # refused, unreachable: not up (yet)
-                target.note(exc.strerror or str(exc), peer)
+                target.note(os.strerror(exc.errno) if exc.errno else str(exc), peer)
                 return None
             stream = trio.SocketStream(sock)
             target.answered = True
@@ -417,9 +418,10 @@ async def listen(role: int, host: str, port: int) -> list[trio.SocketListener]:
             except OSError as exc:
                 sock.close()
                 if exc.errno == errno.EADDRINUSE:
+                    which = "" if where == format_address((host, port)) else f"{where} is "
                     raise AddressInUseError(
-                        f"{what}: {where} is in use (another process listens there: a role of "
-                        f"an earlier session?)"
+                        f"{what}: {which}in use by another socket (a role of an earlier session "
+                        f"still running?)"
                     ) from exc
                 if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
                     skipped.append(f"{where}: {exc.strerror or exc}")
