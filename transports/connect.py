@@ -5,11 +5,23 @@ Topology
 ``addresses`` maps every role of the session to its ``(host, port)``. For each pair of roles
 the **higher role connects to the lower one**: role r listens on its own address for the roles
 above it (the highest role does not listen) and dials the roles below it
-(:func:`connect_all`). Dialling retries with exponential backoff until ``connect_timeout``,
-also when the listener drops the connection before its Hello (as it does to shed a flood), but
-gives up after a few drops that follow its own TLS handshake (that is a listener refusing its
-certificate); accepting waits as long. Each connection is secured and handshaken by
+(:func:`connect_all`). Dialling tries every address the peer's host resolves to in turn (not
+only the first that accepts: ``localhost`` may be ``[::1]`` and ``127.0.0.1``), each within
+``handshake_timeout`` for connecting and handshaking, and retries in rounds with exponential
+backoff until ``connect_timeout`` while the peer is not up or drops the connection before its
+Hello (as it does to shed a flood); accepting waits as long. A round in which no address was
+the peer and one proved not to be fails at once, naming each address and what it got: a
+listener that refused our certificate or Hello, or dropped us after our TLS handshake a few
+times, or accepted 3 connections and answered none (a stale, stopped or foreign process on the
+port: a peer's listener answers at once). Each failed attempt is logged when its outcome
+changes, so waiting is never silent. Each connection is secured and handshaken by
 :func:`puma_async.transports.link.handshake`.
+
+Listening binds every address of the role's host with ``SO_REUSEADDR`` (TIME_WAIT leftovers of
+an earlier session do not block a port; on Linux it never lets two sockets listen on one
+address) and never ``SO_REUSEPORT``: a port another socket listens on fails at once with
+:class:`~puma_async.transports.link.AddressInUseError` naming the address (:func:`listen`).
+These timeouts only bound establishing connections; a session has no deadline.
 
 A mismatching Hello (a peer of this cluster with another session, configuration, version,
 frame limit or role) fails the open on both sides with :class:`HandshakeError`. A connection
