@@ -363,7 +363,7 @@ def test_failing_role_stops_its_neighbour_at_once(processes, tmp_path: Path) -> 
         code, _out, err = processes.finish(processes.start(cluster, [0, 1]))
     assert code == 1 and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if "error:" in line]
-    assert "error: P1 failed: TcpSetupError: P1 cannot listen" in line
+    assert "error: P1 failed: AddressInUseError: P1 cannot listen" in line
     assert line.endswith("stopped with it: P0")
 
 

@@ -368,7 +368,8 @@ async def test_port_in_use() -> None:
     blocker.bind(addresses[0])
     blocker.listen()
     try:
-        with pytest.raises(TcpSetupError, match=r"cannot listen on 127\.0\.0\.1"):
+        with pytest.raises(link.AddressInUseError,
+                           match=r"^P0 cannot listen on 127\.0\.0\.1:\d+: in use by another"):
             async with open_tcp_transport(
                 0, addresses, session=SESSION, config_digest=DIGEST, tls=None, allow_plain=True
             ):
@@ -649,3 +650,153 @@ async def test_a_peer_past_its_hello_is_not_dropped_and_may_try_again() -> None:
     check_exchange(results)
     reasons = [entry["error"] for entry in logs if entry.get("error")]
     assert "no handshake within 1 s" in reasons
+
+
+# ----------------------------------------------------------------------------- reused ports
+
+
+class _DualStack(trio.abc.HostnameResolver):
+    """``dual.test`` resolves to ``[::1]`` first, then ``127.0.0.1`` (as ``localhost`` does on
+    many hosts); other names as usual."""
+
+    async def getaddrinfo(self, host: bytes | None, port: bytes | str | int | None,
+                          family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+                          ) -> list[Any]:
+        assert host == b"dual.test", host
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", int(port or 0), 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", int(port or 0)))]
+
+    async def getnameinfo(self, sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+def stray_listener(address: tuple[str, int], *, reuse_port: bool = False) -> socket.socket:
+    """A socket listening on ``address`` that never accepts: the kernel completes TCP
+    handshakes into its backlog, and nothing ever answers (a stopped or stuck process)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.listen(16)
+    return sock
+
+
+PLAIN = {"tls": None, "allow_plain": True}
+
+
+async def test_a_listener_that_never_answers_is_not_the_peer(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A dialler that reaches a listener accepting and never answering fails after 3 silent
+    handshakes, naming the address, long before its connect timeout (it used to retry until
+    then, silently)."""
+    mock_clock.autojump_threshold = 0.5  # the stray never answers: time may jump
+    addresses = free_addresses([0, 1])
+    with contextlib.closing(stray_listener(addresses[0])), \
+            structlog.testing.capture_logs() as logs:
+        start = trio.current_time()
+        with pytest.raises(TcpSetupError) as caught:
+            async with open_tcp_transport(1, addresses, session=SESSION, config_digest=DIGEST,
+                                          connect_timeout=3600.0, handshake_timeout=10.0,
+                                          **PLAIN):
+                pass
+    where = link.format_address(addresses[0])
+    assert str(caught.value) == (
+        f"{where} accepted 3 connections but answered none within the handshake timeout of "
+        "10 s: another process, not P0, listens there (a role of an earlier session, stopped "
+        "or stuck?)"
+    )
+    assert trio.current_time() - start < 60.0  # virtual time: 3 handshakes and back-offs
+    warnings = [entry["error"] for entry in logs if entry.get("address") == where]
+    assert warnings == [f"accepted the connection but did not answer the handshake within 10 s "
+                        f"({n} of 3 times)" for n in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("stale", ["silent", "other session"])
+async def test_a_stale_listener_on_one_address_does_not_hide_the_peer_on_another(
+    mock_clock: trio.testing.MockClock, stale: str
+) -> None:
+    """The peer's name resolves to [::1] and 127.0.0.1; a stale listener holds [::1] (one
+    that never answers, or a role of another session), the peer listens on 127.0.0.1. The
+    dialler tries both and connects to the peer; a stale role of another session fails on
+    the session id."""
+    mock_clock.autojump_threshold = 0.5  # the stale listener never answers (or at once)
+    trio.socket.set_custom_hostname_resolver(_DualStack())
+    port = free_addresses([0])[0][1]
+    options = {r: {**PLAIN, "handshake_timeout": 10.0} for r in (0, 1)}
+    results: dict[str, Any] = {}
+    with structlog.testing.capture_logs() as logs, contextlib.ExitStack() as stack:
+        async with trio.open_nursery() as nursery:
+            if stale == "silent":
+                stack.enter_context(contextlib.closing(stray_listener(("::1", port))))
+            else:
+                async def old_session() -> None:
+                    old = {0: {**PLAIN, "session": b"o" * 16, "connect_timeout": 3600.0}}
+                    results.update({"old": (await run_roles(
+                        {0: nothing}, old, {0: ("::1", port), 1: ("::1", port + 1)}))[0]})
+                nursery.start_soon(old_session)
+                await junk_until_closed(("::1", port), b"")  # the stale listener is up
+            new: dict[int, Any] = {}
+
+            async def role(role: int, addresses: dict[int, tuple[str, int]]) -> None:
+                new.update(await run_roles({role: exchange}, options, addresses))
+
+            nursery.start_soon(role, 0, {0: ("127.0.0.1", port), 1: ("127.0.0.1", port + 1)})
+            nursery.start_soon(role, 1, {0: ("dual.test", port), 1: ("127.0.0.1", port + 1)})
+    check_exchange(new)
+    reached = [entry["error"] for entry in logs if entry.get("address") == f"[::1]:{port}"]
+    if stale == "silent":
+        assert reached == ["accepted the connection but did not answer the handshake within "
+                           "10 s (1 of 3 times)"]
+    else:
+        assert len(reached) == 1 and "session id" in reached[0]
+        assert isinstance(results["old"], HandshakeError)
+        assert "session id" in str(results["old"])
+
+
+@pytest.mark.parametrize("taken", ["127.0.0.1", "::1"])
+async def test_an_address_in_use_fails_at_once_naming_it(taken: str) -> None:
+    """A listener with SO_REUSEPORT on the role's port (on one of the addresses its name
+    resolves to) does not share it: the open fails at once naming that address."""
+    trio.socket.set_custom_hostname_resolver(_DualStack())
+    port = free_addresses([0])[0][1]
+    with contextlib.closing(stray_listener((taken, port), reuse_port=True)), \
+            pytest.raises(link.AddressInUseError) as caught:
+        async with open_tcp_transport(0, {0: ("dual.test", port), 1: ("dual.test", 1)},
+                                      session=SESSION, config_digest=DIGEST, **PLAIN):
+            pass
+    where = link.format_address((taken, port))
+    assert str(caught.value) == (
+        f"P0 cannot listen on dual.test:{port}: {where} is in use by another socket (a role of "
+        "an earlier session still running?)"
+    )
+
+
+async def test_a_stale_session_on_the_same_ports_fails_both_at_once(
+    pki: ClusterPki, mock_clock: trio.testing.MockClock
+) -> None:
+    """A role of an earlier session still listens on the new session's port: the new role
+    there cannot listen (in use), the new dialler is refused on the session id, naming the
+    address, and the stale role fails too; no one waits for a deadline (an hour here)."""
+    mock_clock.autojump_threshold = 0.5  # the junk connection times out
+    addresses = free_addresses([0, 1])
+    results: dict[str, Any] = {}
+    options = tls_options(pki, [0, 1], connect_timeout=3600.0)
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+
+        async def old_session() -> None:
+            old = {0: {**options[0], "session": b"o" * 16}}
+            results["old"] = (await run_roles({0: nothing}, old, addresses))[0]
+
+        nursery.start_soon(old_session)
+        await junk_until_closed(addresses[0], b"\x16\x03\x01 junk")  # the stale one is up
+        new = await run_roles({0: nothing, 1: nothing}, options, addresses)
+    assert trio.current_time() - start < 60.0  # virtual time: the junk's handshake timeout
+    assert isinstance(new[0], link.AddressInUseError)
+    assert isinstance(new[1], HandshakeError)
+    where = link.format_address(addresses[0])
+    assert str(new[1]) == (f"handshake with {where} failed: session id {(b'o' * 16).hex()} "
+                           f"differs from ours {SESSION.hex()} (peer P0)")
+    assert isinstance(results["old"], HandshakeError)
+    assert f"session id {SESSION.hex()} differs" in str(results["old"])

@@ -5,11 +5,23 @@ Topology
 ``addresses`` maps every role of the session to its ``(host, port)``. For each pair of roles
 the **higher role connects to the lower one**: role r listens on its own address for the roles
 above it (the highest role does not listen) and dials the roles below it
-(:func:`connect_all`). Dialling retries with exponential backoff until ``connect_timeout``,
-also when the listener drops the connection before its Hello (as it does to shed a flood), but
-gives up after a few drops that follow its own TLS handshake (that is a listener refusing its
-certificate); accepting waits as long. Each connection is secured and handshaken by
+(:func:`connect_all`). Dialling tries every address the peer's host resolves to in turn (not
+only the first that accepts: ``localhost`` may be ``[::1]`` and ``127.0.0.1``), each within
+``handshake_timeout`` for connecting and handshaking, and retries in rounds with exponential
+backoff until ``connect_timeout`` while the peer is not up or drops the connection before its
+Hello (as it does to shed a flood); accepting waits as long. A round in which no address was
+the peer and one proved not to be fails at once, naming each address and what it got: a
+listener that refused our certificate or Hello, or dropped us after our TLS handshake a few
+times, or accepted 3 connections and answered none (a stale, stopped or foreign process on the
+port: a peer's listener answers at once). Each failed attempt is logged when its outcome
+changes, so waiting is never silent. Each connection is secured and handshaken by
 :func:`puma_async.transports.link.handshake`.
+
+Listening binds every address of the role's host with ``SO_REUSEADDR`` (TIME_WAIT leftovers of
+an earlier session do not block a port; on Linux it never lets two sockets listen on one
+address) and never ``SO_REUSEPORT``: a port another socket listens on fails at once with
+:class:`~puma_async.transports.link.AddressInUseError` naming the address (:func:`listen`).
+These timeouts only bound establishing connections; a session has no deadline.
 
 A mismatching Hello (a peer of this cluster with another session, configuration, version,
 frame limit or role) fails the open on both sides with :class:`HandshakeError`. A connection
@@ -31,16 +43,21 @@ at most every 10 s.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import os
+import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 import trio
 
-from puma_async.errors import HandshakeError
+from puma_async.errors import HandshakeError, PumaError
 from puma_async.roles import role_name
 from puma_async.transports.handshake import Hello
 from puma_async.transports.link import (
+    AddressInUseError,
     Connection,
     RejectedConnection,
     Setup,
@@ -54,57 +71,159 @@ _REJECTIONS_SHOWN = 5  # rejected connections named in the error and logged one 
 _LOG_INTERVAL = 10.0  # then at most one log line about them per this many seconds
 _BACKOFF_MIN, _BACKOFF_MAX = 0.01, 1.0  # accept() back-off when out of descriptors
 _MAX_DROPS_AFTER_TLS = 3  # a dialler dropped this often after its TLS handshake gives up
+_MAX_SILENT = 3  # an address that accepted this many connections in a row, answering none, is
+# not the peer (a peer's listener answers at once; a stale or stopped process never does)
 
 log = structlog.get_logger("puma_async.transports.connect")
 
 
+@dataclasses.dataclass
+class _Target:
+    """One resolved address of a peer and what dialling it met so far."""
+
+    family: int
+    sockaddr: tuple[Any, ...]
+    where: str
+    answered: bool = False  # a listener there accepted a connection at least once
+    silent: int = 0  # connections accepted there in a row that never answered the handshake
+    drops: int = 0  # connections dropped there after our TLS handshake
+    last: str | None = None  # what the last attempt there got
+    fatal: str | None = None  # why this address is not the peer (checked after a round)
+
+    def note(self, what: str, peer: int, *, retrying: bool = True) -> None:
+        """Record what an attempt got; log it when it differs from the last (bounded)."""
+        if what != self.last:
+            log.warning("peer not reached" if retrying else "not the peer", peer=role_name(peer),
+                        address=self.where, error=what)
+        self.last = what
+
+
+async def _targets(host: str, port: int, known: dict[tuple[Any, ...], _Target]
+                   ) -> list[_Target]:
+    """Every address ``host`` resolves to, in resolver order (their records kept across
+    rounds in ``known``)."""
+    targets = []
+    for family, _type, _proto, _name, sockaddr in await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM
+    ):
+        key = (family, sockaddr[:2])
+        if key not in known:
+            known[key] = _Target(family, sockaddr, format_address(sockaddr[:2]))
+        if known[key] not in targets:
+            targets.append(known[key])
+    return targets
+
+
+async def _attempt(setup: Setup, peer: int, host: str, target: _Target) -> Connection | None:
+    """Connect to one address of ``peer`` and handshake, within the handshake timeout; the
+    connection, or None with what went wrong in ``target`` (``target.fatal`` if this address
+    is not the peer: it refused us, is not of this cluster or session, or kept accepting
+    connections without ever answering)."""
+    sock = trio.socket.socket(target.family, socket.SOCK_STREAM)
+    stream: trio.SocketStream | None = None
+    connected = False
+    try:
+        with trio.fail_after(setup.handshake_timeout):
+            try:
+                await sock.connect(target.sockaddr)
+            except OSError as exc:  # refused, unreachable: not up (yet)
+                target.note(os.strerror(exc.errno) if exc.errno else str(exc), peer)
+                return None
+            stream = trio.SocketStream(sock)
+            target.answered = True
+            nodelay(stream)
+            role, secured, reader = await handshake(
+                setup, stream, expected={peer}, server_hostname=host,
+            )
+        target.silent = 0
+        name = format_address((host, target.sockaddr[1]))
+        where = name if name == target.where else f"{name} ({target.where})"
+        connected = True
+        return Connection(role, where, secured, reader)
+    except trio.TooSlowError:
+        if stream is None:
+            target.note(f"connecting took over {setup.handshake_timeout:g} s", peer)
+            return None
+        target.silent += 1
+        what = (f"accepted the connection but did not answer the handshake within "
+                f"{setup.handshake_timeout:g} s ({target.silent} of {_MAX_SILENT} times)")
+        if target.silent >= _MAX_SILENT:
+            target.fatal = (
+                f"{target.where} accepted {_MAX_SILENT} connections but answered none within "
+                f"the handshake timeout of {setup.handshake_timeout:g} s: another process, not "
+                f"{role_name(peer)}, listens there (a role of an earlier session, stopped or "
+                f"stuck?)"
+            )
+        target.note(what, peer, retrying=target.fatal is None)
+        return None
+    except RejectedConnection as exc:
+        target.silent = 0
+        target.drops += exc.secured
+        if not exc.transient or target.drops >= _MAX_DROPS_AFTER_TLS:
+            target.fatal = f"handshake with {target.where} failed: {exc}"
+        target.note(f"handshake failed: {exc}", peer, retrying=target.fatal is None)
+        return None
+    except HandshakeError as exc:  # a puma-async role of this cluster refused us, or we it
+        target.silent = 0
+        target.fatal = f"handshake with {target.where} failed: {exc.reason}"
+        target.note(exc.reason, peer, retrying=False)
+        return None
+    except OSError as exc:  # the connection broke before the handshake began
+        target.silent = 0
+        target.note(exc.strerror or str(exc), peer)
+        return None
+    finally:
+        if stream is not None and not connected:
+            await trio.aclose_forcefully(stream)
+        elif stream is None:
+            sock.close()
+
+
+def _not_the_peer(peer: int, name: str, target: _Target, targets: list[_Target]
+                  ) -> PumaError:
+    """The error for an address of ``name`` that is not ``peer`` (after every other address
+    of it was tried too): a setup error for a silent listener, else a handshake error."""
+    others = "; ".join(f"{t.where}: {t.last}" for t in targets if t is not target)
+    message = f"{target.fatal}{f' (other addresses of {name}: {others})' if others else ''}"
+    if target.silent >= _MAX_SILENT:
+        return TcpSetupError(message)
+    return HandshakeError(message, peer=peer)
+
+
 async def dial(setup: Setup, peer: int, deadline: float) -> Connection:
-    """Connect to ``peer`` and handshake, retrying with backoff until ``deadline`` while it
-    is not up or drops the connection before its Hello (a listener shedding a flood)."""
+    """Connect to ``peer`` and handshake, trying every address its host resolves to in turn,
+    in rounds with backoff until ``deadline`` while it is not up or drops the connection
+    before its Hello (a listener shedding a flood). After a round in which no address was the
+    peer and one proved not to be (see :func:`_attempt`), fails at once naming each address
+    and what it got: a stale or foreign listener does not hold a role until the deadline."""
     host, port = setup.addresses[peer]
-    where = format_address((host, port))
+    name = format_address((host, port))
+    known: dict[tuple[Any, ...], _Target] = {}
     delay = setup.retry_initial
-    attempts = refusals = 0
-    last_error: str | None = None
+    rounds = 0
+    unresolved: str | None = None
     while True:
-        attempts += 1
-        stream: trio.SocketStream | None = None
+        rounds += 1
         with trio.move_on_at(deadline):
             try:
-                stream = await trio.open_tcp_stream(host, port)
-            except OSError as exc:
-                last_error = str(exc)
-        if stream is not None:
-            try:
-                nodelay(stream)
-                with trio.fail_after(setup.handshake_timeout):
-                    role, secured, reader = await handshake(
-                        setup, stream, expected={peer}, server_hostname=host,
-                    )
-                return Connection(role, where, secured, reader)
-            except RejectedConnection as exc:
-                await trio.aclose_forcefully(stream)
-                refusals += exc.secured
-                if not exc.transient or refusals >= _MAX_DROPS_AFTER_TLS:
-                    raise HandshakeError(
-                        f"handshake with {where} failed: {exc}", peer=peer
-                    ) from exc.__cause__
-                last_error = f"handshake failed: {exc}"
-            except trio.TooSlowError:
-                await trio.aclose_forcefully(stream)
-                last_error = f"no handshake within {setup.handshake_timeout:g} s"
-            except OSError as exc:  # the connection broke before the handshake began
-                await trio.aclose_forcefully(stream)
-                last_error = str(exc)
-            except BaseException:
-                await trio.aclose_forcefully(stream)
-                raise
+                targets = await _targets(host, port, known)
+            except OSError as exc:  # socket.gaierror: the name does not resolve (yet)
+                unresolved = f"cannot resolve {host}: {exc.strerror or exc}"
+                targets = []
+            for target in targets:
+                connection = await _attempt(setup, peer, host, target)
+                if connection is not None:
+                    return connection
+            for target in targets:
+                if target.fatal is not None:
+                    raise _not_the_peer(peer, name, target, targets)
         if trio.current_time() + delay > deadline:
-            reason = f" (last error: {last_error})" if last_error is not None else ""
-            error = HandshakeError if stream is not None else TcpSetupError
-            raise error(
-                f"peer {role_name(peer)} at {where} never came up after {attempts} attempts "
-                f"in {setup.connect_timeout:g} s{reason}"
+            got = "; ".join(f"{t.where}: {t.last}" for t in known.values() if t.last) or unresolved
+            reason = f" ({got})" if got else ""
+            answered = any(t.answered for t in known.values())
+            raise (HandshakeError if answered else TcpSetupError)(
+                f"peer {role_name(peer)} at {name} never came up after {rounds} attempts in "
+                f"{setup.connect_timeout:g} s{reason}"
             )
         await trio.sleep(delay)
         delay = min(delay * 2, setup.retry_max)
@@ -186,7 +305,7 @@ async def accept(
     attempts: dict[_Attempt, None] = {}  # in arrival order
     fatal: list[HandshakeError] = []
     pending = set(expected)
-    claimed: set[int] = set()
+    claimed: dict[int, str] = {}  # role -> the address its connection came from
     where = format_address(setup.addresses[setup.role])
 
     def drop_oldest() -> None:
@@ -206,8 +325,12 @@ async def accept(
 
             def claim(hello: Hello) -> None:
                 if hello.role in claimed:
-                    raise HandshakeError(f"{role_name(hello.role)} is already connected")
-                claimed.add(hello.role)
+                    raise HandshakeError(
+                        f"{role_name(hello.role)} is already connected from "
+                        f"{claimed[hello.role]} (a role of an earlier session with this session "
+                        f"id still running?)"
+                    )
+                claimed[hello.role] = remote
                 attempt.role = hello.role
 
             try:
@@ -237,7 +360,8 @@ async def accept(
                 reason = str(exc) or type(exc).__name__
             finally:
                 del attempts[attempt]
-            claimed.discard(attempt.role)  # it may try again
+            if attempt.role is not None:
+                del claimed[attempt.role]  # it may try again
             rejections.add(remote, reason)
             await trio.aclose_forcefully(stream)
 
@@ -278,6 +402,53 @@ async def accept(
     return connections
 
 
+async def listen(role: int, host: str, port: int) -> list[trio.SocketListener]:
+    """Listen on every address ``host`` resolves to, or fail at once naming the address that
+    cannot be bound: :class:`AddressInUseError` if another socket listens there. Like
+    :func:`trio.open_tcp_listeners`: ``SO_REUSEADDR`` (a port whose earlier connections linger
+    in TIME_WAIT binds at once; on Linux it never lets two sockets listen on one address) and
+    IPv6 sockets IPv6-only, but never ``SO_REUSEPORT``. An address of a family this host lacks
+    is skipped if another one binds."""
+    what = f"{role_name(role)} cannot listen on {format_address((host, port))}"
+    try:
+        found = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                              flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise TcpSetupError(f"{what}: {exc.strerror or exc}") from exc
+    listeners: list[trio.SocketListener] = []
+    skipped: list[str] = []
+    try:
+        for family, type_, proto, _name, sockaddr in found:
+            where = format_address(sockaddr[:2])
+            sock = trio.socket.socket(family, type_, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                await sock.bind(sockaddr)
+                sock.listen(socket.SOMAXCONN)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    which = "" if where == format_address((host, port)) else f"{where} is "
+                    raise AddressInUseError(
+                        f"{what}: {which}in use by another socket (a role of an earlier session "
+                        f"still running?)"
+                    ) from exc
+                if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    skipped.append(f"{where}: {exc.strerror or exc}")
+                    continue
+                raise TcpSetupError(f"{what}: {where}: {exc.strerror or exc}") from exc
+            listeners.append(trio.SocketListener(sock))
+        if not listeners:
+            raise TcpSetupError(f"{what}: {'; '.join(skipped)}")
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
 async def connect_all(setup: Setup) -> dict[int, Connection]:
     """All connections of one role: listen for higher roles, dial lower ones, concurrently."""
     role = setup.role
@@ -286,14 +457,7 @@ async def connect_all(setup: Setup) -> dict[int, Connection]:
     deadline = trio.current_time() + setup.connect_timeout
     listeners: list[trio.SocketListener] = []
     if higher:
-        host, port = setup.addresses[role]
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as exc:
-            raise TcpSetupError(
-                f"{role_name(role)} cannot listen on {format_address((host, port))}: "
-                f"{exc.strerror or exc}"
-            ) from exc
+        listeners = await listen(role, *setup.addresses[role])
 
     connections: dict[int, Connection] = {}
     errors: list[Exception] = []

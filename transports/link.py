@@ -37,6 +37,11 @@ class TcpSetupError(PumaError):
     """The TCP transport could not be set up: a port in use, a peer that never came up."""
 
 
+class AddressInUseError(TcpSetupError):
+    """A role cannot listen on its address: another socket listens there (a role of an
+    earlier session, another program); ports are never shared (no ``SO_REUSEPORT``)."""
+
+
 class RejectedConnection(Exception):
     """A connection failed before a valid Hello: a listener drops it and keeps waiting; a
     dialler tries again if it is ``transient`` (closed or reset, as when a listener sheds a

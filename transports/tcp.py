@@ -45,14 +45,20 @@ from puma_async.transports.framing import (
     write_unit,
 )
 from puma_async.transports.handshake import WIRE_VERSION, Hello
-from puma_async.transports.link import Connection, Setup, TcpSetupError, tls_contexts
+from puma_async.transports.link import (
+    AddressInUseError,
+    Connection,
+    Setup,
+    TcpSetupError,
+    tls_contexts,
+)
 from puma_async.transports.tls import TlsConfig
 
 _CLOSE_TIMEOUT = 5.0
 
 _Item = tuple[int, bytes | None] | ProtocolError
 
-__all__ = ["TcpSetupError", "TcpTransport", "open_tcp_transport"]
+__all__ = ["AddressInUseError", "TcpSetupError", "TcpTransport", "open_tcp_transport"]
 
 
 class TcpTransport(Transport):
@@ -248,8 +254,9 @@ async def open_tcp_transport(
     ``max_buffered_frames`` bounds the received frames waiting for
     :meth:`TcpTransport.receive` (0: unbounded). ``max_handshakes`` bounds the incoming
     connections in their handshake at once. Raises
-    :class:`HandshakeError` for a peer that fails the handshake and :class:`TcpSetupError`
-    for a port in use, unreadable TLS files or a peer that never came up.
+    :class:`HandshakeError` for a peer that fails the handshake, :class:`AddressInUseError`
+    (a :class:`TcpSetupError`) for a port in use, and :class:`TcpSetupError` for unreadable
+    TLS files, a peer that never came up or a listener at its address that never answers.
     """
     if role not in addresses:
         raise ValueError(f"role {role} has no address in {dict(addresses)}")
