@@ -54,7 +54,7 @@ import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from puma_async.errors import SettingsError
@@ -239,8 +239,10 @@ def parse_cluster(text: str, path: Path) -> Cluster:
     cluster = _table(data, "cluster", where)
     _check_keys(cluster, {"name", "pki", "ca"}, f"{where} [cluster]")
     name = _get(cluster, "name", str, f"{where} [cluster]")
-    pki = base / _get(cluster, "pki", str, f"{where} [cluster]", "pki")
-    ca_cert = base / _get(cluster, "ca", str, f"{where} [cluster]", os.fspath(pki / "ca.pem"))
+    pki_name = PurePath(_get(cluster, "pki", str, f"{where} [cluster]", "pki"))
+    pki = base / pki_name  # the defaults below are relative to the file too, as given paths are
+    ca_cert = base / _get(cluster, "ca", str, f"{where} [cluster]",
+                          os.fspath(pki_name / "ca.pem"))
     settings = _settings(data, where)
 
     endpoints: dict[int, RoleEndpoint] = {}
@@ -262,8 +264,8 @@ def parse_cluster(text: str, path: Path) -> Cluster:
         seen[(host, port)] = key
         endpoints[role] = RoleEndpoint(
             role, host, port,
-            cert=base / _get(table, "cert", str, rwhere, os.fspath(pki / f"role-{role}.pem")),
-            key=base / _get(table, "key", str, rwhere, os.fspath(pki / f"role-{role}.key")),
+            cert=base / _get(table, "cert", str, rwhere, os.fspath(pki_name / f"role-{role}.pem")),
+            key=base / _get(table, "key", str, rwhere, os.fspath(pki_name / f"role-{role}.key")),
         )
     missing = [role_name(r) for r in ALL_ROLES if r not in endpoints]
     if missing:

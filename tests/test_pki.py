@@ -288,6 +288,21 @@ def test_all_on_one_machine(processes, tmp_path: Path) -> None:
     assert main(["certs", "all", "--cluster-file", os.fspath(cluster_file)]) == 2
 
 
+
+def test_all_with_a_relative_cluster_file(processes, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster file named relative to the working directory: the default pki paths are
+    under its folder once (not the folder's path repeated)."""
+    (cluster_file,) = machines(processes, tmp_path, ["trial"]).values()
+    monkeypatch.chdir(tmp_path)
+    relative = cluster_file.relative_to(tmp_path)
+    assert relative.parent != Path(".")
+    assert main(["certs", "all", "--cluster-file", os.fspath(relative)]) == 0
+    cluster = load_cluster(relative)
+    assert cluster.ca_cert == relative.parent / "pki" / "ca.pem"
+    assert (cluster_file.parent / "pki" / "ca.pem").is_file()
+    assert all(cluster.tls_config(role) for role in ALL_ROLES)
+
 @pytest.mark.system
 async def test_hostname_is_checked_against_the_role_host(processes, tmp_path: Path) -> None:
     """P0's certificate names only its host from the cluster file (here another address), so
