@@ -38,14 +38,15 @@ with eps a^2. Then y = v rsqrt (one fused multiplication+truncation, rsqrt carri
 61 - f - log2 sqrt(n) fractional bits), then * w (public: local scale and truncation; secret:
 a fixed-point multiplication), then + b.
 
-Cost (3 parties together; ``costs.py``): 12 rounds (+2 with a weight): truncation 2, sums
-1, rsqrt 7 (the candidates 6, then the opening with both paths' selection), product 2;
-RMSNorm given its wide copy (``wide``) skips the truncation: 10 rounds. 14 messages sent by
-P0 online for RMSNorm (8, 576), 23 for LayerNorm (128, 768). Bytes per element online +
-offline: 104.86 + 13.33 for RMSNorm (8, 576) (108.33 + 14.17 for one row), 123.53 + 10.31
-for LayerNorm (8, 768): per element the truncation(s) (25 bytes each) and the product (45);
-per row of 576 the rsqrt's 22 kB online and 8 kB offline (149 comparisons with their
-products, 95 of them with two more, 150 candidates, 50 octaves).
+Cost (3 parties together; ``costs.py``): 9 rounds (+2 with a weight): truncation 2, sums
+1, rsqrt 4 (the comparisons 3 beside the candidates' 3 TP1 truncations, then the opening
+with both paths' selection), product 2; RMSNorm given its wide copy (``wide``) skips the
+truncation: 7 rounds. 14 messages sent by P0 online for RMSNorm (8, 576), 21 for LayerNorm
+(128, 768). Bytes per element online + offline: 105.74 + 83.44 for
+RMSNorm (8, 576) (109.22 + 91.85 for one row), 124.23 + 64.77 for LayerNorm (8, 768): per
+element the truncation(s) (25 bytes each) and the product (45); per row of 576 the rsqrt's
+21 kB online and 48 kB offline (149 comparisons with their products, 95 of them with two
+more, 150 candidates, 50 octaves; offline mostly the candidates' TP1 tuples, 40 kB).
 Accuracy (tests/test_nonlinear_norms.py, rows from all zeros to every entry at 2^16, one
 entry at 22,500, a mean of 2^15, sums of squares on both sides of the switch between the
 paths): rsqrt's relative error is <= 1.3e-6 on the precise path and below the wide path's
@@ -68,7 +69,7 @@ from .arith import dot_fxp, mul_fxp
 from .fixedpoint import fixed_point
 from .polynomial import HEADROOM_BITS, repeat_last
 from .reciprocal import RSQRT_SEGMENTS
-from .segments import EXTENSION, Exponents, plan_segments, segmented_power
+from .segments import EXTENSION, Exponents, plan_segments, prepare_segments, segmented_power
 from .shares import AShare, stack
 from .trunc import truncate
 
@@ -159,7 +160,9 @@ async def _rsqrt_rows(
     ctx: Context, v: AShare, v_wide: AShare, k: int, eps: float, rho_frac: int
 ) -> AShare:
     """1 / sqrt(mean(v^2) + eps) per row from v and v_wide = v / 2^k: the sums of squares
-    (1 round) and the rsqrt on the two paths' ranges (module docstring)."""
+    (1 round) and the rsqrt on the two paths' ranges (module docstring); the candidates' TP1
+    tuples are prepared beside the sums (their 4 offline rounds then end with the
+    comparisons')."""
     f = fixed_point(ctx).frac_bits
     n = v.shape[-1]
     j_select = 60 - 2 * k
@@ -170,10 +173,13 @@ async def _rsqrt_rows(
         Exponents(j_select, 61, 2 * f - 2 * k, math.sqrt(n)),
     ), rho_frac)
     both = stack([v, v_wide])
-    sums = (await dot_fxp(ctx, both, both, 0)).add_public(
-        ctx.role, np.array(eps_units, dtype=np.uint64).reshape(2, *[1] * (len(v.shape) - 1))
-    )
-    return await segmented_power(ctx, sums, plan)
+
+    async def sums(c: Context) -> AShare:
+        return (await dot_fxp(c, both, both, 0)).add_public(
+            c.role, np.array(eps_units, dtype=np.uint64).reshape(2, *[1] * (len(v.shape) - 1)))
+
+    pre, x = await ctx.gather(lambda c: prepare_segments(c, plan, v.size // n), sums)
+    return await segmented_power(ctx, x, plan, pre)
 
 
 def _precise_top(n: int, k: int, j: int, eps_p: int, eps_w: int) -> int:
