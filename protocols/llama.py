@@ -84,11 +84,12 @@ from .arith import (
     stacked_share,
 )
 from .fixedpoint import fixed_point
-from .norms import MAX_ABS, rms_norm, rms_rsqrt, wide_shift
+from .norms import MAX_ABS, prepare_rms_norm, rms_norm, rms_rsqrt, wide_shift
 from .offload import offload
 from .polynomial import repeat_last
 from .ring import RingArray
 from .ringmatmul import ring_matmul
+from .segments import SegmentMaterial
 from .shares import AShare, concatenate
 from .softmax import (
     exp_rows,
@@ -565,14 +566,16 @@ async def attend(
 
 
 async def mlp(
-    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, index: int
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, index: int,
+    pre: SegmentMaterial | None = None,
 ) -> Stream:
     """The stream x plus SwiGLU (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and
-    up in one product. SiLU's comparisons are as long as the layer's certified gate bound
-    needs, if declared."""
+    up in one product (``pre``: the norm's TP1 tuples, :func:`.norms.prepare_rms_norm`).
+    SiLU's comparisons are as long as the layer's certified gate bound needs, if declared."""
     name = f"layer{index}"
     with ctx.scope("norm"):
-        h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide)  # w_gate_up
+        h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide,
+                           pre=pre)  # w_gate_up
     probe(ctx, f"{name}.ffn_norm", h)
     with ctx.scope("gate_up"):
         gate_up = await weight_matmul(ctx, h, layer.w_gate_up,
@@ -596,12 +599,22 @@ async def decoder_layer(
     ctx: Context, config: LlamaConfig, layer: SecureLayer, x: Stream, rope: Rope,
     cache: SecureKVCache, index: int,
 ) -> Stream:
-    """One block on the residual stream (n, hidden); appends its keys/values to the cache."""
-    with ctx.scope("attn"):
-        x = await attention(ctx, config, layer, x, rope, cache, index)
-    probe(ctx, f"layer{index}.attn_residual", x.x)
+    """One block on the residual stream (n, hidden); appends its keys/values to the cache.
+    The MLP norm's TP1 tuples are prepared beside the attention (offline, scope
+    ``mlp.norm``), so that their 4 offline rounds are not on the norm's path."""
+
+    async def attend_(c: Context) -> Stream:
+        with c.scope("attn"):
+            return await attention(c, config, layer, x, rope, cache, index)
+
+    async def tuples(c: Context) -> SegmentMaterial:
+        with c.scope("mlp.norm"):
+            return await prepare_rms_norm(c, x.x.shape, eps=config.rms_eps)
+
+    after, pre = await ctx.gather(attend_, tuples)
+    probe(ctx, f"layer{index}.attn_residual", after.x)
     with ctx.scope("mlp"):
-        x = await mlp(ctx, config, layer, x, index)
+        x = await mlp(ctx, config, layer, after, index, pre)
     probe(ctx, f"layer{index}.residual", x.x)
     return x
 

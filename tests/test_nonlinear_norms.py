@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from puma_async.context import Context
-from puma_async.protocols.norms import MAX_ABS, layer_norm, rms_norm, wide_shift
+from puma_async.protocols.norms import MAX_ABS, layer_norm, prepare_rms_norm, rms_norm, wide_shift
 from puma_async.protocols.shares import AShare
 
 EPS = 1e-5
@@ -91,6 +91,22 @@ def test_rms_norm_given_the_wide_copy(fxp, low: int) -> None:
     want, inv = _rms(fxp, x, np.ones(576))
     assert np.all(np.abs(got - want) <= _tolerance(fxp, want, inv, np.ones(576), centred=False))
     assert max(ev.cost(p).rounds for p in range(3)) == 7
+
+
+def test_rms_norm_with_tuples_made_ahead(fxp) -> None:
+    """The rsqrt's TP1 tuples made before the norm (:func:`prepare_rms_norm`, offline) give
+    the same bounds, in the same online rounds."""
+    rng = np.random.default_rng(8)
+    x = _rows(rng, 24, 576)
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        pre = await prepare_rms_norm(ctx, a.shape, eps=EPS)
+        return await rms_norm(ctx, a, eps=EPS, pre=pre)
+
+    got, ev = fxp.run(fn, x)
+    want, inv = _rms(fxp, x, np.ones(576))
+    assert np.all(np.abs(got - want) <= _tolerance(fxp, want, inv, np.ones(576), centred=False))
+    assert max(ev.cost(p).rounds for p in range(3)) == 9
 
 
 @pytest.mark.parametrize("kind", WEIGHTS)
