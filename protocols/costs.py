@@ -194,19 +194,21 @@ COSTS: tuple[OpCost, ...] = (
            "0.0719", _LINEAR, kwargs={"method": "puma"}, variant='method="puma"'),
     OpCost("exp.neg_exp", _elementwise(6, 293.38, offline=324.0), "4.5e-6 on x <= 0", _LINEAR),
     OpCost("reciprocal.reciprocal",
-           (Case(((64,),), Cost(5, 2586.0), Cost(PREPARED, 669.5)),
-            Case(((SMALL,),), Cost(5, 2586.0), Cost(PREPARED, 669.5))),
+           (Case(((64,),), Cost(4, 2709.75), Cost(4, 7561.25)),
+            Case(((SMALL,),), Cost(4, 2709.75), Cost(4, 7561.25))),
            "relative 2.4e-6 where the output has 2^21 units (measured 2.2e-6 from 2^20); "
            "2.6e-6 + 1.5 units everywhere",
            "per octave of [min_value, max_value] three comparisons with their products and "
-           "three candidates; 7 rounds where the range reaches 2^32 units",
+           "three candidates (about 300 bytes online, 840 offline: TP1 tuples); 4 rounds on "
+           "both plans",
            kwargs=_RANGE, variant="x in [0.5, 129]"),
     OpCost("reciprocal.rsqrt",
-           (Case(((64,),), Cost(5, 2586.0), Cost(PREPARED, 669.5)),
-            Case(((SMALL,),), Cost(5, 2586.0), Cost(PREPARED, 669.5))),
+           (Case(((64,),), Cost(4, 2709.75), Cost(4, 7561.25)),
+            Case(((SMALL,),), Cost(4, 2709.75), Cost(4, 7561.25))),
            "relative 1.3e-6 + 1.25 units",
            "per octave of [min_value, max_value] three comparisons with their products and "
-           "three candidates; 7 rounds where the range reaches 2^32 units",
+           "three candidates (about 300 bytes online, 840 offline: TP1 tuples); 4 rounds on "
+           "both plans",
            kwargs=_RANGE, variant="x in [0.5, 129]"),
     OpCost("softmax.max_along",
            (Case(((32, 8),), Cost(5, 1291.5), Cost(PREPARED, 648.0)),
@@ -221,27 +223,27 @@ COSTS: tuple[OpCost, ...] = (
            "per output element, rows of 8: the product's 42.25 and the maximum's (chains of "
            "64 - f bits)", per="output element"),
     OpCost("softmax.softmax",
-           (Case(((32, 8),), Cost(18, 595.5), Cost(PREPARED, 430.75)),
-            Case(((LARGE // 8, 8),), Cost(18, 594.3), Cost(PREPARED, 430.75))),
+           (Case(((32, 8),), Cost(16, 601.22), Cost(4, 683.31)),
+            Case(((LARGE // 8, 8),), Cost(17, 600.02), Cost(4, 665.36))),
            _SOFTMAX_ERROR, "per element, for rows of 8 (a decoding step at 8 keys)",
            variant="rows of 8"),
     OpCost("softmax.softmax",
-           (Case(((8, 128),), Cost(24, 555.13), Cost(PREPARED, 424.08)),
-            Case(((LARGE // 128, 128),), Cost(24, 554.37), Cost(PREPARED, 424.02))),
+           (Case(((8, 128),), Cost(22, 555.9), Cost(4, 468.63)),
+            Case(((LARGE // 128, 128),), Cost(23, 555.14), Cost(4, 466.29))),
            _SOFTMAX_ERROR,
            "per element, for rows of 128 (groups of 8, then all pairs of 16)",
            variant="rows of 128"),
     OpCost("norms.rms_norm",
-           (Case(((1, 576),), Cost(12, 108.33), Cost(PREPARED, 14.17)),
-            Case(((8, 576),), Cost(12, 104.86), Cost(PREPARED, 13.33))),
+           (Case(((1, 576),), Cost(9, 109.22), Cost(4, 91.85)),
+            Case(((8, 576),), Cost(9, 105.74), Cost(4, 83.44))),
            "2e-5 |y| + 4 units for |x| <= 2^16",
-           "per element about 70 bytes, per row of 576 about 28 kB online and 7 kB offline "
+           "per element about 70 bytes, per row of 576 about 21 kB online and 48 kB offline "
            "(the rsqrt)"),
     OpCost("norms.layer_norm",
-           (Case(((8, 768),), Cost(12, 123.53), Cost(PREPARED, 10.31)),
-            Case(((16, 768),), Cost(12, 123.33), Cost(PREPARED, 10.25))),
+           (Case(((8, 768),), Cost(9, 124.23), Cost(4, 64.77)),
+            Case(((16, 768),), Cost(9, 124.02), Cost(4, 63.54))),
            "2 units for sigma >= 1 (1.4e-3 at sigma = 0.001)",
-           "per element about 100 bytes, per row of 768 about 28 kB online and 7 kB offline "
+           "per element about 100 bytes, per row of 768 about 19 kB online and 50 kB offline "
            "(the rsqrt)"),
 )
 """Every op's declared costs (module docstring)."""

@@ -20,20 +20,21 @@ Weight layout (:class:`SecureModel`, built once per session from the model owner
 
 Costs per layer for n new tokens and T cached + new positions (per party; R = rounds;
 M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith`` and
-``trunc``): attention RMSNorm as rho only (``norms.rms_rsqrt``: 8 R; its wide copy comes from
+``trunc``): attention RMSNorm as rho only (``norms.rms_rsqrt``: 5 R; its wide copy comes from
 the product that made the stream, :func:`residual_matmul`) beside x @ W'qkv (M, the gain
 folded into W'qkv), then (x W'qkv) rho (2 R, n (q + 2kv) outputs: :func:`normalised_qkv`),
 RoPE (truncation: 2 R, ~8 bytes per q/k element), scores (2 R, all heads batched by
 key/value group), softmax numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum
 beside e @ V and (e @ V) x 1/sum (2 R) for one new row or T >= head_dim, else
 (e x 1/sum) @ V (2 + 2 R; :func:`attend`), output projection (M, and the wide copy of the
-stream for the next norm), MLP RMSNorm (10 R, its gain folded into W_gate_up), gate/up (M),
+stream for the next norm), MLP RMSNorm (7 R, its gain folded into W_gate_up), gate/up (M),
 SiLU (``activations``, 6 R; its comparisons as long as the layer's certified gate bound
 needs), SiLU x up (2 R), down (M, and the next wide copy).
-Critical path of a new SmolLM2 token per layer, measured (``benchmarks/llama.py``: 54
-rounds): attn.norm 8, qkv 2 (x W'qkv beside the norm), RoPE 1, scores 2, maximum 4, negExp 6,
-reciprocal 5 (e @ V beside it), (e @ V) x r 2, O 2, mlp.norm 10, gate/up 2, SiLU 6, x up 2,
-down 2.
+Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``: 54 rounds measured
+before the norms' and the reciprocal's candidates took TP1, 46 expected now; the tiny model
+measured 58 -> 50): attn.norm 5, qkv 2 (x W'qkv beside the norm), RoPE 1, scores 2, maximum 4,
+negExp 6, reciprocal 3 (its comparisons' leaves in negExp's last round; e @ V beside it),
+(e @ V) x r 2, O 2, mlp.norm 7, gate/up 2, SiLU 6, x up 2, down 2.
 Embedding: 2 rounds (the first norm's wide copy), 2 n hidden elements; head (last position
 only): RMSNorm (given its wide copy) + M on vocab outputs.
 Statistics: scopes ``embed``, ``layer{i}`` and ``head``; inside a layer one scope per
@@ -82,11 +83,12 @@ from .arith import (
     stacked_share,
 )
 from .fixedpoint import fixed_point
-from .norms import MAX_ABS, rms_norm, rms_rsqrt, wide_shift
+from .norms import MAX_ABS, prepare_rms_norm, rms_norm, rms_rsqrt, wide_shift
 from .offload import offload
 from .polynomial import repeat_last
 from .ring import RingArray
 from .ringmatmul import ring_matmul
+from .segments import SegmentMaterial
 from .shares import AShare, concatenate
 from .softmax import (
     exp_rows,
@@ -561,14 +563,16 @@ async def attend(
 
 
 async def mlp(
-    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, index: int
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, index: int,
+    pre: SegmentMaterial | None = None,
 ) -> Stream:
     """The stream x plus SwiGLU (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and
-    up in one product. SiLU's comparisons are as long as the layer's certified gate bound
-    needs, if declared."""
+    up in one product (``pre``: the norm's TP1 tuples, :func:`.norms.prepare_rms_norm`).
+    SiLU's comparisons are as long as the layer's certified gate bound needs, if declared."""
     name = f"layer{index}"
     with ctx.scope("norm"):
-        h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide)  # w_gate_up
+        h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide,
+                           pre=pre)  # w_gate_up
     probe(ctx, f"{name}.ffn_norm", h)
     with ctx.scope("gate_up"):
         gate_up = await weight_matmul(ctx, h, layer.w_gate_up,
@@ -592,12 +596,22 @@ async def decoder_layer(
     ctx: Context, config: LlamaConfig, layer: SecureLayer, x: Stream, rope: Rope,
     cache: SecureKVCache, index: int,
 ) -> Stream:
-    """One block on the residual stream (n, hidden); appends its keys/values to the cache."""
-    with ctx.scope("attn"):
-        x = await attention(ctx, config, layer, x, rope, cache, index)
-    probe(ctx, f"layer{index}.attn_residual", x.x)
+    """One block on the residual stream (n, hidden); appends its keys/values to the cache.
+    The MLP norm's TP1 tuples are prepared beside the attention (offline, scope
+    ``mlp.norm``), so that their 4 offline rounds are not on the norm's path."""
+
+    async def attend_(c: Context) -> Stream:
+        with c.scope("attn"):
+            return await attention(c, config, layer, x, rope, cache, index)
+
+    async def tuples(c: Context) -> SegmentMaterial:
+        with c.scope("mlp.norm"):
+            return await prepare_rms_norm(c, x.x.shape, eps=config.rms_eps)
+
+    after, pre = await ctx.gather(attend_, tuples)
+    probe(ctx, f"layer{index}.attn_residual", after.x)
     with ctx.scope("mlp"):
-        x = await mlp(ctx, config, layer, x, index)
+        x = await mlp(ctx, config, layer, after, index, pre)
     probe(ctx, f"layer{index}.residual", x.x)
     return x
 

@@ -38,14 +38,15 @@ with eps a^2. Then y = v rsqrt (one fused multiplication+truncation, rsqrt carri
 61 - f - log2 sqrt(n) fractional bits), then * w (public: local scale and truncation; secret:
 a fixed-point multiplication), then + b.
 
-Cost (3 parties together; ``costs.py``): 12 rounds (+2 with a weight): truncation 2, sums
-1, rsqrt 7 (the candidates 6, then the opening with both paths' selection), product 2;
-RMSNorm given its wide copy (``wide``) skips the truncation: 10 rounds. 14 messages sent by
-P0 online for RMSNorm (8, 576), 23 for LayerNorm (128, 768). Bytes per element online +
-offline: 104.86 + 13.33 for RMSNorm (8, 576) (108.33 + 14.17 for one row), 123.53 + 10.31
-for LayerNorm (8, 768): per element the truncation(s) (25 bytes each) and the product (45);
-per row of 576 the rsqrt's 22 kB online and 8 kB offline (149 comparisons with their
-products, 95 of them with two more, 150 candidates, 50 octaves).
+Cost (3 parties together; ``costs.py``): 9 rounds (+2 with a weight): truncation 2, sums
+1, rsqrt 4 (the comparisons 3 beside the candidates' 3 TP1 truncations, then the opening
+with both paths' selection), product 2; RMSNorm given its wide copy (``wide``) skips the
+truncation: 7 rounds. 14 messages sent by P0 online for RMSNorm (8, 576), 21 for LayerNorm
+(128, 768). Bytes per element online + offline: 105.74 + 83.44 for
+RMSNorm (8, 576) (109.22 + 91.85 for one row), 124.23 + 64.77 for LayerNorm (8, 768): per
+element the truncation(s) (25 bytes each) and the product (45); per row of 576 the rsqrt's
+21 kB online and 48 kB offline (149 comparisons with their products, 95 of them with two
+more, 150 candidates, 50 octaves; offline mostly the candidates' TP1 tuples, 40 kB).
 Accuracy (tests/test_nonlinear_norms.py, rows from all zeros to every entry at 2^16, one
 entry at 22,500, a mean of 2^15, sums of squares on both sides of the switch between the
 paths): rsqrt's relative error is <= 1.3e-6 on the precise path and below the wide path's
@@ -68,7 +69,15 @@ from .arith import dot_fxp, mul_fxp
 from .fixedpoint import fixed_point
 from .polynomial import HEADROOM_BITS, repeat_last
 from .reciprocal import RSQRT_SEGMENTS
-from .segments import EXTENSION, Exponents, plan_segments, segmented_power
+from .segments import (
+    EXTENSION,
+    Exponents,
+    SegmentMaterial,
+    SegmentPlan,
+    plan_segments,
+    prepare_segments,
+    segmented_power,
+)
 from .shares import AShare, stack
 from .trunc import truncate
 
@@ -91,17 +100,30 @@ async def rms_norm(
     eps: float = 1e-5,
     max_abs: float = MAX_ABS,
     wide: AShare | None = None,
+    pre: SegmentMaterial | None = None,
 ) -> AShare:
     """RMSNorm of fixed-point x over its last axis, times ``weight`` (public, secret or None).
 
     Correct for |x| <= max_abs (and eps > 0 for all-zero rows). ``wide``: x / 2^k (k =
     :func:`wide_shift`) within 1 + 2^-k units, made by the product that made x
-    (:func:`.arith.finish_product_wide`); None: truncated here (2 rounds). Cost and accuracy:
-    module docstring.
+    (:func:`.arith.finish_product_wide`); None: truncated here (2 rounds). ``pre``: the
+    rsqrt's TP1 tuples, made ahead by :func:`prepare_rms_norm` (None: beside the sums).
+    Cost and accuracy: module docstring.
     """
     rho_frac = _rho_frac(ctx, x.shape[-1])
-    rho = await rms_rsqrt(ctx, x, wide, eps=eps, max_abs=max_abs, frac_bits=rho_frac)
+    rho = await rms_rsqrt(ctx, x, wide, eps=eps, max_abs=max_abs, frac_bits=rho_frac, pre=pre)
     return await _scale_rows(ctx, x, rho, rho_frac, weight, None)
+
+
+async def prepare_rms_norm(
+    ctx: Context, shape: tuple[int, ...], *, eps: float = 1e-5, max_abs: float = MAX_ABS
+) -> SegmentMaterial:
+    """The TP1 tuples of :func:`rms_norm` on x of ``shape`` (public parameters only; phase
+    ``offline``, 4 rounds): run it beside earlier work and pass it as ``pre``."""
+    n = shape[-1]
+    k = wide_shift(n, max_abs, fixed_point(ctx).frac_bits)
+    plan = _rsqrt_plan(ctx, n, k, eps, _rho_frac(ctx, n))
+    return await prepare_segments(ctx, plan, math.prod(shape[:-1]))
 
 
 async def rms_rsqrt(
@@ -112,14 +134,15 @@ async def rms_rsqrt(
     eps: float,
     max_abs: float,
     frac_bits: int,
+    pre: SegmentMaterial | None = None,
 ) -> AShare:
     """rho = 1 / sqrt(mean(x^2) + eps) per row (shape x.shape[:-1]) at ``frac_bits``: RMSNorm
-    without its product x rho (``wide`` as :func:`rms_norm`'s). Relative error as the
-    module docstring's rsqrt, plus rho's resolution 2^-frac_bits."""
+    without its product x rho (``wide`` and ``pre`` as :func:`rms_norm`'s). Relative error
+    as the module docstring's rsqrt, plus rho's resolution 2^-frac_bits."""
     k = wide_shift(x.shape[-1], max_abs, fixed_point(ctx).frac_bits)
     if wide is None:
         wide = await truncate(ctx, x, bits=k)
-    return await _rsqrt_rows(ctx, x, wide, k, eps, frac_bits)
+    return await _rsqrt_rows(ctx, x, wide, k, eps, frac_bits, pre)
 
 
 @protocol
@@ -146,7 +169,7 @@ async def layer_norm(
         lambda c: truncate(c, d, bits=s), lambda c: truncate(c, d, bits=s + k)
     )
     rho_frac = _rho_frac(ctx, n)
-    rho = await _rsqrt_rows(ctx, v, v_wide, k, eps * a * a, rho_frac)
+    rho = await _rsqrt_rows(ctx, v, v_wide, k, eps * a * a, rho_frac, None)
     return await _scale_rows(ctx, v, rho, rho_frac, weight, bias)
 
 
@@ -155,25 +178,47 @@ def _rho_frac(ctx: Context, n: int) -> int:
     return HEADROOM_BITS - fixed_point(ctx).frac_bits - math.ceil(math.log2(math.sqrt(n)))
 
 
-async def _rsqrt_rows(
-    ctx: Context, v: AShare, v_wide: AShare, k: int, eps: float, rho_frac: int
-) -> AShare:
-    """1 / sqrt(mean(v^2) + eps) per row from v and v_wide = v / 2^k: the sums of squares
-    (1 round) and the rsqrt on the two paths' ranges (module docstring)."""
+def _rsqrt_plan(ctx: Context, n: int, k: int, eps: float, rho_frac: int) -> SegmentPlan:
+    """The rsqrt's two ranges for rows of n (module docstring): the precise sum at 2f
+    fractional bits below the switch, the wide sum from 2^j (j = 60 - 2k) on."""
     f = fixed_point(ctx).frac_bits
-    n = v.shape[-1]
     j_select = 60 - 2 * k
-    eps_units = [round(n * eps * 2.0 ** (2 * (f - shift))) for shift in (0, k)]
+    eps_units = _eps_units(ctx, n, k, eps)
     lo = max(0, min(eps_units[0].bit_length() - 1, j_select - 1))
-    plan = plan_segments(RSQRT_SEGMENTS, (
+    return plan_segments(RSQRT_SEGMENTS, (
         Exponents(lo, max(lo, _precise_top(n, k, j_select, *eps_units)), 2 * f, math.sqrt(n)),
         Exponents(j_select, 61, 2 * f - 2 * k, math.sqrt(n)),
     ), rho_frac)
+
+
+def _eps_units(ctx: Context, n: int, k: int, eps: float) -> list[int]:
+    """n eps in the precise and the wide sums' units."""
+    f = fixed_point(ctx).frac_bits
+    return [round(n * eps * 2.0 ** (2 * (f - shift))) for shift in (0, k)]
+
+
+async def _rsqrt_rows(
+    ctx: Context, v: AShare, v_wide: AShare, k: int, eps: float, rho_frac: int,
+    pre: SegmentMaterial | None,
+) -> AShare:
+    """1 / sqrt(mean(v^2) + eps) per row from v and v_wide = v / 2^k: the sums of squares
+    (1 round) and the rsqrt on the two paths' ranges (module docstring); the candidates' TP1
+    tuples ``pre``, or prepared beside the sums when None (their 4 offline rounds then end
+    with the comparisons')."""
+    n = v.shape[-1]
+    plan = _rsqrt_plan(ctx, n, k, eps, rho_frac)
+    eps_units = np.array(_eps_units(ctx, n, k, eps), dtype=np.uint64)
     both = stack([v, v_wide])
-    sums = (await dot_fxp(ctx, both, both, 0)).add_public(
-        ctx.role, np.array(eps_units, dtype=np.uint64).reshape(2, *[1] * (len(v.shape) - 1))
-    )
-    return await segmented_power(ctx, sums, plan)
+
+    async def sums(c: Context) -> AShare:
+        return (await dot_fxp(c, both, both, 0)).add_public(
+            c.role, eps_units.reshape(2, *[1] * (len(v.shape) - 1)))
+
+    async def tuples(c: Context) -> SegmentMaterial:
+        return pre if pre is not None else await prepare_segments(c, plan, v.size // n)
+
+    material, x = await ctx.gather(tuples, sums)
+    return await segmented_power(ctx, x, plan, material)
 
 
 def _precise_top(n: int, k: int, j: int, eps_p: int, eps_w: int) -> int:
@@ -219,4 +264,4 @@ def _add_bias(ctx: Context, y: AShare, bias: Weight) -> AShare:
     return y.add_public(ctx.role, fixed_point(ctx).encode(np.broadcast_to(bias, y.shape)))
 
 
-__all__ = ["MAX_ABS", "layer_norm", "rms_norm", "rms_rsqrt", "wide_shift"]
+__all__ = ["MAX_ABS", "layer_norm", "prepare_rms_norm", "rms_norm", "rms_rsqrt", "wide_shift"]

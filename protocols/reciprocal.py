@@ -6,17 +6,19 @@ left out, its neighbour's end segment serving it) and return garbage outside it.
 three degree-4 segments per octave, every candidate computed alongside the comparisons
 (:func:`.segments.segmented_power`): :data:`RECIPROCAL_SEGMENTS`, :data:`RSQRT_SEGMENTS`.
 
-Cost: 5 rounds where the range's inputs stay below 2^32 units (2^14 at 18 fractional bits:
-t_m exact at <= 30 bits, :mod:`.segments`), else 7; bytes per element, all parties, about
-290 online and 82 offline per octave of the range: 2,586 and 669.5 for [0.5, 129] (5
-rounds), 11,283 and 3,221 for [2^-18, 2^20] (7 rounds). (The reciprocal by normalisation and
-one degree-7 polynomial, before: 13 or 14 rounds, 383.5 + 206 bytes for [0.5, 129].)
+Cost: 4 rounds (the comparisons 3, the candidates beside them with TP1 truncations, the
+opening; :mod:`.segments`); bytes per element, all parties, about 300 online and 840
+offline (mostly TP1 tuples) per octave of the range: 2,709.75 and 7,561.25 for [0.5, 129].
+(With TP2 truncations, before: 5 rounds where the range's inputs stay below 2^32 units, else
+7, and 2,586 + 669.5 bytes for [0.5, 129]; by normalisation and one degree-7 polynomial:
+13 or 14 rounds, 383.5 + 206 bytes.)
 
 - :func:`reciprocal`, error (analysis in :mod:`.segments`): |error| <= 1.9e-6 |y| +
-  max(1.4 units, 4.8e-7 |y|) at ``frac_out`` on the 5-round path, so relative <= 2.4e-6
-  wherever the output has at least 2^21 units (the softmax's row sums: all of them);
-  4.8e-7 |y| more on the 7-round path (t's rounding). Measured (40,000-point log grids, the
-  segment starts and range ends, tests/test_nonlinear_reciprocal.py): <= 2.2e-6 relative
+  max(1.4 units, 4.8e-7 |y|) at ``frac_out`` where the range's inputs stay below 2^32 units
+  (t_m exact: the direct plan), so relative <= 2.4e-6 wherever the output has at least
+  2^21 units (the softmax's row sums: all of them); 4.8e-7 |y| more beyond (t's rounding).
+  Measured (40,000-point log grids, the segment starts and range ends,
+  tests/test_nonlinear_reciprocal.py): <= 2.2e-6 relative
   wherever the output has 2^20 units (the bound tested: 2.6e-6), within 2.6e-6 + 1.5 units
   everywhere.
 - :func:`rsqrt`: relative error <= 1.3e-6 wherever the output has at least 2^22 units at
@@ -96,8 +98,8 @@ async def reciprocal(
 ) -> AShare:
     """1/x for fixed-point x in [min_value (default one unit), max_value], at ``frac_out`` bits.
 
-    Garbage outside that range. Cost: 5 rounds (7 where max_value reaches 2^(32 - frac_in)),
-    about 290 bytes per element and octave of [min_value, max_value]. Error <= 1.9e-6 |y| +
+    Garbage outside that range. Cost: 4 rounds, about 300 bytes online and 840 offline per
+    element and octave of [min_value, max_value]. Error <= 1.9e-6 |y| +
     max(1.4 units, 4.8e-7 |y|) (module docstring).
     """
     return await _segments(ctx, x, RECIPROCAL_SEGMENTS, min_value, max_value, frac_out)
@@ -114,8 +116,8 @@ async def rsqrt(
 ) -> AShare:
     """1/sqrt(x) for fixed-point x in [min_value (default one unit), max_value].
 
-    Garbage outside that range. Cost: 5 rounds (7 where max_value reaches 2^(32 - frac_in)),
-    about 290 bytes per element and octave of [min_value, max_value]. Relative error
+    Garbage outside that range. Cost: 4 rounds, about 300 bytes online and 840 offline per
+    element and octave of [min_value, max_value]. Relative error
     <= 1.3e-6 + 1.25 units (module docstring).
     """
     return await _segments(ctx, x, RSQRT_SEGMENTS, min_value, max_value, frac_out)

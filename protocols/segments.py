@@ -2,29 +2,30 @@
 
 factor * x^e for x = X / 2^frac_in with an integer X known to lie in [2^lo, 2^(hi+1)) (public
 bounds from the caller's input range, :class:`Exponents`, up to :data:`EXTENSION` beyond
-them), in 5 or 7 rounds, with many bytes per element (meant for per-row values:
+them), in 4 rounds, with many bytes per element (meant for per-row values:
 :mod:`.reciprocal`'s 1/x and 1/sqrt(x), the norms).
 
 Every octave [2^m, 2^(m+1)) is cut into segments (three, from X / 2^m = 1, 323/256 and
 406/256: nearly geometric, :data:`.reciprocal.RSQRT_SEGMENTS`, :data:`.RECIPROCAL_SEGMENTS`)
 and X is compared with every segment start T_j, all in one batch sharing its leaves
 (:func:`.fastcmp.compare_thresholds`, bounded by the range: 3 rounds to the masked bits).
-Alongside, a *candidate* R_j per segment is computed from X as if X lay in that segment
-(4 or 6 rounds):
+Alongside, a *candidate* R_j per segment is computed from X as if X lay in that segment,
+every truncation by TP1 (:mod:`.trunc1`: one online round from an offline tuple; 2 or 3
+rounds):
 
 1. t_m = 4 X / 2^(m+1) - 3 for every octave m, exact at W fractional bits: X 2^(W+1-m) -
    3 2^W, local. *Direct* plan, W = max(F, hi - 1) <= :data:`DIRECT_MAX_FRAC` = 30 (inputs
    below 2^32 units: the softmax's row sums, rsqrt of small ranges): t_m^2 squared from it
    (below (1 + 4 EXTENSION)^2 2^60 < 2^61 before its truncation to F =
-   :data:`SEGMENT_FRAC` = 20 bits) beside t_m's own truncation to F bits: 2 rounds. Else
-   W = 60 and t_m is truncated to F bits first, then squared: 4 rounds.
+   :data:`SEGMENT_FRAC` = 20 bits) beside t_m's own truncation to F bits: 1 round. Else
+   W = 60 and t_m is truncated to F bits first, then squared: 2 rounds.
 2. With s = t_m - centre (a multiple of 1/2 per segment, so that s and s^2 are local), the
    segment's degree-4 polynomial times the octave's scale factor 2^(e(m+1-frac_in)) (its
    power-of-two part a shift after the truncation, the rest rho in [0.5, 1) in the
    coefficients) is one fused dot product [s^2, 1] . [a_2 + a_3 s + a_4 s^2, a_0 + a_1 s]
    with public integer coefficients (a_1 s from the exact t_m at W bits on the direct plan,
    the rest from the F-bit values), 2^K rho P (K = 60: 2^K max |rho P| < 2^61), truncated by
-   :data:`DOT_BITS` = 38: 2 rounds.
+   :data:`DOT_BITS` = 38: 1 round.
 
 The candidates of the wrong octaves overflow, which does not matter: the result is
 R_last - sum_j [X < T_j] (R_j - R_{j-1}), each difference multiplied by its comparison bit
@@ -46,12 +47,15 @@ bit), so every a l_i is a true product of two opened-masked bits: a l_i d_i = c_
 i.e. two more products per threshold of the first range (r_a d_i, (r_a r_i) d_i) beside the
 opening, r_a r_i made offline (one product of the random bits, after them).
 
-Cost: 5 rounds on the direct plan, else 7 (one range or two): the candidates' 4 or 6 and
-the opening with the selection. Bytes per element, all parties, per segment: a comparison
-(10 online and 36 offline beyond the leaves each value's thresholds share), its product (24)
-and a candidate's dot product (44.75); per octave about 68 (t's truncation and t^2): about
-290 online and 82 offline per octave of three segments; with two ranges, per threshold of
-the first range 48 more online (two products) and 24 offline (r_a r_i).
+Cost: 4 rounds, on either plan and with one range or two: the comparisons' 3 beside the
+candidates' 2 or 3, then the opening with the selection. Bytes per element, all parties, per
+segment: a comparison (10 online and 36 offline beyond the leaves each value's thresholds
+share), its product (24) and a candidate's dot product (48 online, 160 offline: TP1 at 38
+bits); per octave t's truncation (24 online) and t^2 (48) with their TP1 tuples (about
+140-165 offline each, by the bits truncated): about 300 online and 840 offline per octave of
+three segments (2,710 and 7,561 for [0.5, 129]); with two ranges, per threshold of the first
+range 48 more online (two products) and 24 offline (r_a r_i). The TP1 tuples can be made
+ahead (:func:`prepare_segments`); inline, their 4 offline rounds run beside the comparisons.
 
 Error, relative to the output y: the fit's (3.25e-7 for rsqrt, 1.34e-6 for 1/x); P's
 truncation, < 2^-22 / rho <= 4.8e-7 |y| where the output has at least 2^(K - 38) rho units
@@ -59,8 +63,8 @@ truncation, < 2^-22 / rho <= 4.8e-7 |y| where the output has at least 2^(K - 38)
 a_3, a_4 at 2^(K - 40) then add <= 0.5 (w^3 + w^4) 2^2 <= 0.375 units, |s| <= w <= 0.5);
 s^2's rounding, < 2^-19 (t^2's and the centre times t's), times |a_2 + a_3 s + a_4 s^2| <=
 0.16 |y| for 1/x: 3.9e-7 |y|; the integer coefficients' rounding otherwise (<= 1e-7 |y|);
-on the 7-round plan also t's rounding (< 2^-20, times |y'/y| <= 1/2 for 1/x, 1/4 for
-1/sqrt(x)). So 1/x: |error| <= 1.9e-6 |y| + max(1.4 units, 4.8e-7 |y|) (5 rounds);
+on the wide plan also t's rounding (< 2^-20, times |y'/y| <= 1/2 for 1/x, 1/4 for
+1/sqrt(x)). So 1/x: |error| <= 1.9e-6 |y| + max(1.4 units, 4.8e-7 |y|) (direct plan);
 1/sqrt(x): relative <= 1.3e-6 wherever the output has at least 2^22 units at ``frac_out``,
 and within that + 1.25 units everywhere (tests/test_nonlinear_reciprocal.py).
 """
@@ -84,7 +88,7 @@ from .fastcmp import MaskedBits, compare_thresholds, open_masked
 from .polynomial import HEADROOM_BITS
 from .ring import RingArray, neg, to_ring
 from .shares import AShare, concatenate, public_share, stack
-from .trunc import truncate
+from .trunc1 import Trunc1Material, Trunc1Spec, prepare_trunc1, truncate1
 
 SEGMENT_FRAC = 20
 """Fractional bits of t and t^2 in :func:`segmented_power`."""
@@ -243,19 +247,23 @@ def plan_segments(fit: Segments, ranges: tuple[Exponents, ...], frac_out: int) -
     )
 
 
-async def segmented_power(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:
+async def segmented_power(
+    ctx: Context, x: AShare, plan: SegmentPlan, pre: SegmentMaterial | None = None
+) -> AShare:
     """factor * X^e for X of shape (ranges, *shape), X[i] in the plan's range i (one range,
     or two: the second taking over from its 2^lo on; module docstring, the first range's
-    garbage, where X is beyond it, drops out exactly).
+    garbage, where X is beyond it, drops out exactly). ``pre``: the candidates' TP1 tuples
+    (:func:`prepare_segments` for X[0]'s size); None: prepared inline.
 
-    Cost: the comparisons in one batch beside all candidates (4 rounds on the direct plan,
-    else 6), then the opening with the selection: 5 or 7 rounds. Bytes: module docstring.
+    Cost: the comparisons in one batch (3 rounds) beside all candidates (2 rounds on the
+    direct plan, else 3), then the opening with the selection: 4 rounds. Bytes: module
+    docstring.
     """
     by_range = x.map(lambda a: np.moveaxis(a, 0, -1))
     sign, values = await ctx.gather(
         lambda c: compare_thresholds(c, by_range, plan.thresholds, of=plan.threshold_range,
                                      bits=plan.bits),
-        lambda c: segment_candidates(c, by_range, plan),
+        lambda c: segment_candidates(c, by_range, plan, pre),
     )
     low = values[..., plan.candidates[0]]
     steps = low[..., 1:] - low[..., :-1]
@@ -291,20 +299,60 @@ async def _select_two(ctx: Context, sign: MaskedBits, low: AShare, high: AShare)
     return high[..., -1] - terms[..., n:].sum(axis=-1) - selected.sum(axis=-1)
 
 
-async def segment_candidates(ctx: Context, x: AShare, plan: SegmentPlan) -> AShare:
+@dataclasses.dataclass(frozen=True)
+class SegmentMaterial:
+    """The TP1 tuples of :func:`segment_candidates` (:func:`prepare_segments`): t_m's
+    truncation (None when W = F: no truncation), t_m^2's and the candidates' dot products'."""
+
+    t: Trunc1Material | None
+    t2: Trunc1Material
+    dot: Trunc1Material
+
+
+def _trunc1_specs(plan: SegmentPlan, rows: int) -> tuple[Trunc1Spec | None, Trunc1Spec,
+                                                          Trunc1Spec]:
+    """The TP1 batches of ``rows`` rows (elements of X's shape without its ranges axis)."""
+    f, w = SEGMENT_FRAC, plan.work
+    octaves, candidates = rows * plan.scales.size, rows * plan.octave.size
+    return (Trunc1Spec(octaves, w - f) if w > f else None,
+            Trunc1Spec(octaves, 2 * w - f if plan.direct else f),
+            Trunc1Spec(candidates, DOT_BITS))
+
+
+async def prepare_segments(ctx: Context, plan: SegmentPlan, rows: int) -> SegmentMaterial:
+    """The TP1 tuples of :func:`segmented_power` on ``rows`` rows (public parameters only;
+    phase ``offline``, 4 rounds): start it early, beside earlier work, and pass it as
+    ``pre``."""
+    t, t2, dot = _trunc1_specs(plan, rows)
+
+    async def first(c: Context) -> Trunc1Material | None:
+        return None if t is None else await prepare_trunc1(c, t)
+
+    got_t, got_t2, got_dot = await ctx.gather(
+        first, lambda c: prepare_trunc1(c, t2), lambda c: prepare_trunc1(c, dot))
+    return SegmentMaterial(got_t, got_t2, got_dot)
+
+
+async def segment_candidates(
+    ctx: Context, x: AShare, plan: SegmentPlan, pre: SegmentMaterial | None = None
+) -> AShare:
     """Every candidate (module docstring) of x (shape (*shape, ranges)), shape
-    (*shape, candidates): per octave t_m (exact, local) and t_m, t_m^2 at SEGMENT_FRAC bits
-    (2 rounds on the direct plan, t_m's truncation beside the square; else 4: truncation,
-    then square), per candidate one dot product of length 2 (2 rounds): 4 or 6 rounds."""
+    (*shape, candidates), every truncation by TP1 (:mod:`.trunc1`; ``pre``: its tuples from
+    :func:`prepare_segments`, None: prepared inline): per octave t_m (exact, local) and t_m,
+    t_m^2 at SEGMENT_FRAC bits (1 round on the direct plan, t_m's truncation beside the
+    square; else 2: truncation, then square), per candidate one dot product of length 2
+    (1 round): 2 or 3 rounds."""
     role, f, w = ctx.role, SEGMENT_FRAC, plan.work
+    t_pre, t2_pre, dot_pre = (None, None, None) if pre is None else (pre.t, pre.t2, pre.dot)
     exact = x[..., plan.octave_range].scale(plan.scales).add_public(role, neg(3 << w))
     if plan.direct:
-        t, t2 = await ctx.gather(lambda c: truncate(c, exact, bits=w - f),
-                                 lambda c: square_fxp(c, exact, bits=2 * w - f))
+        t, t2 = await ctx.gather(
+            lambda c: truncate1(c, exact, w - f, pre=t_pre),
+            lambda c: square_fxp(c, exact, bits=2 * w - f, rounds=1, pre=t2_pre))
         low = w
     else:
-        t = await truncate(ctx, exact, bits=w - f)
-        t2 = await square_fxp(ctx, t, bits=f)
+        t = await truncate1(ctx, exact, w - f, pre=t_pre)
+        t2 = await square_fxp(ctx, t, bits=f, rounds=1, pre=t2_pre)
         exact, low = t, f
     exact, t, t2 = (a[..., plan.octave] for a in (exact, t, t2))
     halves = plan.halves
@@ -316,10 +364,11 @@ async def segment_candidates(ctx: Context, x: AShare, plan: SegmentPlan) -> ASha
     lhs = stack([s2, one], axis=-1)
     rhs = stack([(s.scale(a[3]) + s2.scale(a[4])).add_public(role, a[2]),
                  s_low.scale(a[1]).add_public(role, a[0])], axis=-1)
-    return (await dot_fxp(ctx, lhs, rhs, DOT_BITS)).scale(plan.shifts)
+    return (await dot_fxp(ctx, lhs, rhs, DOT_BITS, rounds=1, pre=dot_pre)).scale(plan.shifts)
 
 
 __all__ = [
-    "DIRECT_MAX_FRAC", "DOT_BITS", "EXTENSION", "SEGMENT_FRAC", "Exponents", "SegmentPlan",
-    "Segments", "plan_segments", "segment_candidates", "segmented_power",
+    "DIRECT_MAX_FRAC", "DOT_BITS", "EXTENSION", "SEGMENT_FRAC", "Exponents", "SegmentMaterial",
+    "SegmentPlan", "Segments", "plan_segments", "prepare_segments", "segment_candidates",
+    "segmented_power",
 ]

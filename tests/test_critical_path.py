@@ -182,8 +182,9 @@ def test_parents_are_consistent_across_parties(session: SessionResult) -> None:
         assert parent.round == message.round - 1
         assert (parent.phase == OFFLINE_PHASE) == (message.phase == OFFLINE_PHASE)
     # without a parent: the setup's messages and every offline block's first round (the
-    # comparisons' random bits, the norms' products of two of them): 12% of them here
-    assert with_parent > 0.85 * len(sent)
+    # comparisons' random bits, the norms' products of two of them, the TP1 tuples' leaves
+    # and shares): 25% of them here
+    assert with_parent > 0.7 * len(sent)
 
 
 @pytest.mark.parametrize("step", [0, 1, 2])
@@ -232,10 +233,10 @@ DECLARED = {
     "mlp.down": ("matmul_fxp",),
 }
 """The ops of each component of a layer (``costs.py`` names), one after the other."""
-OVERLAPS = {"attn.rope": 1, "attn.softmax.max_along": 1}
+OVERLAPS = {"attn.rope": 1, "attn.softmax.max_along": 1, "attn.softmax.reciprocal": 1}
 """Rounds a component shares with the product before it (counted there): its first messages
 come from that product's dealer, whose output components are ready after the product's first
-round."""
+round (the reciprocal's: its comparisons' leaves, sent by negExp's last dealer)."""
 AHEAD = {"attn.scores": 1}
 """Rounds of a component that run beside the next one's (counted there): the scores'
 truncation's second round beside the maximum's first tree level, whose leaves travel in the
