@@ -93,8 +93,11 @@ class _Target:
     def note(self, what: str, peer: int, *, retrying: bool = True) -> None:
         """Record what an attempt got; log it when it differs from the last (bounded)."""
         if what != self.last:
-            log.warning("peer not reached" if retrying else "not the peer", peer=role_name(peer),
-                        address=self.where, error=what)
+            if retrying:
+                log.warning("peer not reached", peer=role_name(peer), address=self.where,
+                            error=what)
+            else:
+                log.warning("not the peer", peer=role_name(peer), address=self.where, error=what)
         self.last = what
 
 
