@@ -290,9 +290,9 @@ async def prepare_random_bits(
                                     for p, part in zip(per_part, parts, strict=True)], axis=1)
                     for half in ("first", "second")))
     groups = {k: [row for row, m in enumerate(moduli) if m == k] for k in sorted(set(moduli))}
-    converted = await ctx.gather(*(
-        functools.partial(bit_to_arith, b=bits[rs], ring_bits=k)
-        for k, rs in groups.items()))
+    steps = [functools.partial(bit_to_arith, b=bits[rs], ring_bits=k) for k, rs in groups.items()]
+    # one ring: no child steps, so a comparison's messages keep their steps
+    converted = await ctx.gather(*steps) if len(steps) > 1 else [await steps[0](ctx)]
     first = np.empty(bits.shape, RING_DTYPE)
     second = np.empty(bits.shape, RING_DTYPE)
     for rs, share in zip(groups.values(), converted, strict=True):
