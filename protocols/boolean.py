@@ -6,9 +6,9 @@ word (:mod:`.bitpack`). Costs (each party; all three parties send the same):
 
 - :func:`and_`: 1 round, one word per word (64 bits; 1 bit per packed bit).
 - :func:`open_bits`: 1 round, one word per word.
-- :func:`bit_to_arith`: 2 rounds, one ring element per bit (24 bytes per bit in all); applied
-  to random boolean shares it gives the comparisons' random bits in both forms
-  (:func:`.fastcmp.prepare_random_bits`).
+- :func:`bit_to_arith`: 2 rounds, one ring element per bit (24 bytes per bit in all), or
+  k bits modulo 2^k (3k / 8 bytes); applied to random boolean shares it gives the
+  comparisons' random bits in both forms (:func:`.fastcmp.prepare_random_bits`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from puma_async.context import ArraySpec, Context
 from puma_async.roles import next_party, prev_party
 
+from .bitpack import WORD_BITS, pack_low_bits, packed_size, unpack_low_bits
 from .randomness import key_prg, zero_bits
 from .ring import RingArray
 from .shares import AShare, BShare
@@ -52,39 +53,58 @@ async def open_bits(ctx: Context, b: BShare) -> RingArray:
     return (flat.first ^ flat.second ^ missing).reshape(b.shape)
 
 
-async def bit_to_arith(ctx: Context, b: BShare) -> AShare:
-    """Arithmetic shares of the bit in bit 0 of each word of ``b`` (other bits ignored).
+async def bit_to_arith(ctx: Context, b: BShare, ring_bits: int = 64) -> AShare:
+    """Arithmetic shares modulo 2^``ring_bits`` of the bit in bit 0 of each word of ``b``
+    (other bits ignored; below 64 the shares' upper bits are garbage: only
+    2^(64 - ring_bits) times the value is meaningful in the 64-bit ring).
 
     b = d ^ e with d = b_0 ^ b_1 known to P_0 and e = b_2 known to P_1, P_2, so
     b = d + e - 2 d e. P_0 shares d as (d - R, R, 0) with R from k_1 (sending d - R to P_2);
     then d e = R e + (d - R) e, whose halves P_1 and P_2 know, is reshared with masks from
-    k_0 and k_2. Cost: 2 rounds; each party sends one ring element per bit (24 bytes in all).
+    k_0 and k_2. Every message is masked by a PRG value of a key its receiver lacks, uniform
+    modulo 2^ring_bits, so it travels as ``ring_bits`` bits (:func:`.bitpack.pack_low_bits`).
+    Cost: 2 rounds; each party sends ``ring_bits`` bits per bit (3 ring_bits / 8 bytes in
+    all: 24 for the full ring).
     """
+    if not 1 <= ring_bits <= WORD_BITS:
+        raise ValueError(f"ring bits must be in [1, {WORD_BITS}], got {ring_bits}")
     me = ctx.role
     shape, b = b.shape, b.map(np.ravel)  # 0-d: send 1-d arrays
+    n = b.shape[0]
     one = np.uint64(1)
     label_r, label_m0, label_m2 = (ctx.label(p) for p in (b"b2a.r", b"b2a.m0", b"b2a.m2"))
+
+    async def send(to: int, values: RingArray) -> None:
+        await ctx.send_arrays(to, values if ring_bits == WORD_BITS
+                              else pack_low_bits(values, ring_bits))
+
+    async def recv(frm: int) -> RingArray:
+        if ring_bits == WORD_BITS:
+            return await ctx.recv_array(frm, ArraySpec.ring(n))
+        got = await ctx.recv_array(frm, ArraySpec.of(np.uint8, packed_size(n, ring_bits)))
+        return unpack_low_bits(got, ring_bits, n)
+
     if me == 0:
         d = (b.first ^ b.second) & one
         r = key_prg(ctx, 1).ring(label_r, b.shape)
         d0 = d - r
-        await ctx.send_arrays(2, d0)
+        await send(2, d0)
         m0 = key_prg(ctx, 0).ring(label_m0, b.shape)
-        y1 = await ctx.recv_array(1, ArraySpec.ring(b.shape))
+        y1 = await recv(1)
         return AShare(d0 - (m0 << one), r - (y1 << one)).reshape(shape)
     m2 = key_prg(ctx, 2).ring(label_m2, b.shape)
     if me == 1:
         e = b.second & one
         r = key_prg(ctx, 1).ring(label_r, b.shape)
         y1 = r * e - m2
-        await ctx.send_arrays(0, y1)
-        y2 = await ctx.recv_array(2, ArraySpec.ring(b.shape))
+        await send(0, y1)
+        y2 = await recv(2)
         return AShare(r - (y1 << one), e - (y2 << one)).reshape(shape)
     e = b.first & one
-    d0 = await ctx.recv_array(0, ArraySpec.ring(b.shape))
+    d0 = await recv(0)
     m0 = key_prg(ctx, 0).ring(label_m0, b.shape)
     y2 = d0 * e + m2 - m0
-    await ctx.send_arrays(1, y2)
+    await send(1, y2)
     return AShare(e - (y2 << one), d0 - (m0 << one)).reshape(shape)
 
 

@@ -5,7 +5,9 @@
 - *plans* (:func:`comparison_plan`): the leaf blocks of a comparison's carry chain (their
   bit widths from the lowest) and its tree of :class:`Level` s, each output an XOR of
   monomials (ANDs) of the level's input wires: :func:`carry_level` combines (generate,
-  propagate) nodes, :func:`and_level` ANDs wires (:func:`and_tree`);
+  propagate) nodes, :func:`and_level` ANDs wires (:func:`and_tree`); a plan's root may have
+  several outputs (:func:`boundary_plan`: the carries into bit 63 and into a bit f, for
+  :mod:`.trunc1`);
 - *leaves*: S's monomials of its summand's block bits (:func:`sender_monomials`) and an
   evaluator's XOR-halves of every block's (G, P), from its halves of those monomials and
   the coefficients its summand gives them (:func:`leaf_halves`);
@@ -26,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
-from itertools import combinations
+from itertools import combinations, product
 from typing import Literal
 
 import numpy as np
@@ -153,6 +155,74 @@ def comparison_plan(kind: Kind, bits: int = 64, levels: int | None = None) -> Pl
     return Plan(kind, chain, widths, tuple(make(f) for f in _fanins(blocks, depth)))
 
 
+def _compositions(n: int, largest: int, parts: int) -> list[tuple[int, ...]]:
+    """Every ordered split of n into at most ``parts`` parts of at most ``largest``."""
+    if n == 0:
+        return [()]
+    return [(p, *rest) for p in range(1, min(largest, n) + 1) if parts
+            for rest in _compositions(n - p, largest, parts - 1)]
+
+
+def _even_widths(bits: int, cap: int) -> list[int]:
+    """``bits`` in the fewest blocks of at most ``cap`` bits, as even as possible (the
+    narrower ones lowest, as :func:`comparison_plan`'s)."""
+    blocks = -(-bits // cap)
+    base, wider = divmod(bits, blocks)
+    return [base] * (blocks - wider) + [base + 1] * wider
+
+
+def _boundary_tree(n: int, j: int, fanins: Sequence[int]) -> tuple[Level, Level]:
+    """Two carry levels over n leaves (inputs G_0..G_{n-1}, P_1..P_{n-1}) grouped by
+    ``fanins`` whose root outputs the carry out of every leaf, then the carry out of leaves
+    0..j-1. Level 1 is :func:`carry_level`, plus, when leaf j is inside group g (not its
+    first), the prefix (G, P) of that group's leaves below j (P only for g > 0: monomials
+    that are subsets of the group's own, so no new dealt products). Level 2 combines the m
+    groups (inputs G'_0.., P'_1.., then those extra wires) into the root G and the prefix G
+    of groups 0..g-1 (and the partial group)."""
+    first = carry_level(fanins)
+    starts = [sum(fanins[:k]) for k in range(len(fanins))]
+    m, g = len(fanins), max(k for k, st in enumerate(starts) if st <= j)
+    extra: list[tuple[Monomial, ...]] = []
+    if starts[g] != j:
+        below = range(starts[g], j)
+        extra.append(tuple((i, *(n - 1 + k for k in below if k > i)) for i in below))
+        if g:
+            extra.append((tuple(n - 1 + k for k in below),))
+    partial = (2 * m,) if len(extra) == 2 else ()  # the partial group's P wire
+    prefix = tuple((i, *(m - 1 + k for k in range(i + 1, g)), *partial) for i in range(g))
+    prefix += ((2 * m - 1,),) if extra else ()
+    root = carry_level([m])
+    return (Level(first.inputs, (*first.outputs, *extra)),
+            Level(root.inputs + len(extra), (*root.outputs, prefix)))
+
+
+def _plan_bits(plan: Plan) -> int:
+    """Bits per element the plan sends in all: leaves, dealt products, opened wires."""
+    return plan.monomials + sum(len(_dealt_subsets(level)) + 2 * level.inputs
+                                for level in plan.tree)
+
+
+@functools.cache
+def boundary_plan(boundary: int) -> Plan:
+    """The 64-bit [x < t] plan (63-bit chain, :func:`comparison_plan`) whose root also
+    outputs the carry into bit ``boundary`` (1 to 62): the tree's outputs are the carry into
+    bit 63, then into bit ``boundary``. Leaf blocks of at most :data:`LEAF_BITS` bits split
+    at the boundary, two levels (:func:`_boundary_tree`); of the block widths and level-1
+    groups (at most 5 of at most 5), the plan sending the fewest bits. Costs about what the
+    63-bit chain alone costs (397 to 428 bits per element against 405), where a separate
+    chain to ``boundary`` adds its own leaves and tree (2 to 401 bits). The search takes
+    about 0.1 s, once per boundary (cached)."""
+    if not 1 <= boundary <= 62:
+        raise ValueError(f"the boundary must be in [1, 62], got {boundary}")
+    splits = {(tuple(_even_widths(boundary, low)), tuple(_even_widths(63 - boundary, high)))
+              for low, high in product(range(2, LEAF_BITS + 1), repeat=2)}
+    plans = [Plan("less", 63, below + above,
+                  _boundary_tree(len(below) + len(above), len(below), fanins))
+             for below, above in sorted(splits)
+             for fanins in _compositions(len(below) + len(above), 5, 5)]
+    return min(plans, key=_plan_bits)
+
+
 @functools.cache
 def and_tree(inputs: int, levels: int | None = None) -> tuple[Level, ...]:
     """Levels that AND ``inputs`` wires (default: the fewest with fan-in <= 8, which one
@@ -189,13 +259,22 @@ class Compiled:
         return self.subsets - 1 - self.inputs
 
 
+def _subsets_of(m: Monomial) -> list[tuple[int, ...]]:
+    return [c for r in range(len(m) + 1) for c in combinations(sorted(m), r)]
+
+
+@functools.cache
+def _dealt_subsets(level: Level) -> list[tuple[int, ...]]:
+    """The subsets of two or more wires of the level's monomials (by size): one dealt
+    product each."""
+    return sorted({s for out in level.outputs for m in out for s in _subsets_of(m)
+                   if len(s) >= 2}, key=lambda s: (len(s), s))
+
+
 @functools.cache
 def compile_level(level: Level) -> Compiled:
-    def subsets_of(m: Monomial) -> list[tuple[int, ...]]:
-        return [c for r in range(len(m) + 1) for c in combinations(sorted(m), r)]
-
-    larger = sorted({s for out in level.outputs for m in out for s in subsets_of(m)
-                     if len(s) >= 2}, key=lambda s: (len(s), s))
+    subsets_of = _subsets_of
+    larger = _dealt_subsets(level)
     index = {(): 0, **{(w,): 1 + w for w in range(level.inputs)}}
     for s in larger:
         index[s] = len(index)
@@ -436,6 +515,7 @@ __all__ = [
     "Plan",
     "and_level",
     "and_tree",
+    "boundary_plan",
     "carry_level",
     "comparison_plan",
     "compile_level",

@@ -112,10 +112,11 @@ _LINEAR = "the same per element for any multiple of 64 elements"
 _ONE_ULP = "floor or floor + 1 (1 unit) while the value truncated lies in [-2^62, 2^62)"
 _RANGE = {"min_value": 0.5, "max_value": 129.0}
 _SOFTMAX_ERROR = "1.7e-5 per probability; 4.1e-5 on (12, 128, 128) rows of scale 3"
-TRUNC1_OFFLINE = Cost(4, 144.125)
+TRUNC1_OFFLINE = Cost(4, 98.125)
 """TP1's tuple at f = 18 (:mod:`.trunc1`): 4 rounds deep (leaves, two tree levels, opening)."""
-_TRUNC1_SCALING = ("offline per element 132.38 (f = 1), 144.13 (f = 18), 160 (f = 38), "
-                   "182.25 (f = 62): the f-bit chain; " + _LINEAR)
+_TRUNC1_SCALING = ("offline per element 86.25 (f = 1), 98.13 (f = 18), 112.5 (f = 38), "
+                   "131.38 (f = 60), 134.25 (f = 62): the carry tree's split at f and the "
+                   "(f + 1)-bit ring of two bits; " + _LINEAR)
 
 
 def _trunc1(online: float, inputs: int = 1) -> tuple[Case, ...]:

@@ -268,9 +268,16 @@ async def _prepare_trees(
     )))
 
 
-async def prepare_random_bits(ctx: Context, rows: int, parts: tuple[Part, ...]) -> RandomBits:
+async def prepare_random_bits(
+    ctx: Context, rows: int, parts: tuple[Part, ...], ring_bits: int | tuple[int, ...] = 64
+) -> RandomBits:
     """``rows`` random bits per element of ``parts``, unknown to every party, packed per part
-    and arithmetic. Cost: 2 rounds, 24 bytes per bit in all (:func:`.boolean.bit_to_arith`)."""
+    and arithmetic: row k modulo 2^``ring_bits[k]`` (an int: every row; below 64 only
+    2^(64 - ring_bits) times the bit is meaningful). Cost: 2 rounds, 3 ring_bits / 8 bytes
+    per bit in all, 24 in the full ring (:func:`.boolean.bit_to_arith`)."""
+    moduli = (ring_bits,) * rows if isinstance(ring_bits, int) else tuple(ring_bits)
+    if len(moduli) != rows:
+        raise ValueError(f"{len(moduli)} ring sizes for {rows} rows of random bits")
     if not parts:
         empty = np.zeros((rows, 0), RING_DTYPE)
         return RandomBits((), AShare(empty, empty))
@@ -282,7 +289,15 @@ async def prepare_random_bits(ctx: Context, rows: int, parts: tuple[Part, ...]) 
     bits = BShare(*(np.concatenate([_unpack(getattr(p, half), rows, part.size)
                                     for p, part in zip(per_part, parts, strict=True)], axis=1)
                     for half in ("first", "second")))
-    return RandomBits(tuple(per_part), await bit_to_arith(ctx, bits))
+    groups = {k: [row for row, m in enumerate(moduli) if m == k] for k in sorted(set(moduli))}
+    steps = [functools.partial(bit_to_arith, b=bits[rs], ring_bits=k) for k, rs in groups.items()]
+    # one ring: no child steps, so a comparison's messages keep their steps
+    converted = await ctx.gather(*steps) if len(steps) > 1 else [await steps[0](ctx)]
+    first = np.empty(bits.shape, RING_DTYPE)
+    second = np.empty(bits.shape, RING_DTYPE)
+    for rs, share in zip(groups.values(), converted, strict=True):
+        first[rs], second[rs] = share.first, share.second
+    return RandomBits(tuple(per_part), AShare(first, second))
 
 
 async def prepare_compare(ctx: Context, spec: CompareSpec) -> CompareMaterial:

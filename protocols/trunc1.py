@@ -16,12 +16,23 @@ b' = b mod 2^63 and the carries c_f (into bit f) and c_63 (into bit 63) of a + b
 
     l >> f = (a' >> f) + (b' >> f) + c_f - 2^(63-f) c_63,    m = a_63 ^ b_63 ^ c_63.
 
-Two fast-comparison carry trees on (a, b) (:func:`.fastcmp.carry_halves`: leaves, dealer-
-masked levels) give XOR-halves at E1, E2 of c_63 and a_63 ^ b_63 (the 63-bit chain, as the
-MSB comparison) and of c_f (an f-bit chain); the three bits c_f, c_63, m are opened against
-random bits (:func:`.fastcmp.open_masked`) and become arithmetic. S shares a' >> f (E2 gets
-(a' >> f) - R, R from k(S, E1)); b' >> f is the component E1, E2 hold. Then
-[G] = 2^(63-f) [m] - [l >> f], the G of :mod:`.trunc`, and the tuple is ([r], [G], [m]).
+One fast-comparison carry tree on (a, b) (:func:`.fastcmp.carry_halves`: leaves, dealer-
+masked levels) on the 63-bit chain, its leaf blocks split at bit f and its root with a
+second output (:func:`.carrytree.boundary_plan`), gives XOR-halves at E1, E2 of c_63, of
+c_f and of a_63 ^ b_63 (the MSB comparison's top bit); the three bits c_f, c_63, m are
+opened against random bits (:func:`.fastcmp.open_masked`) and become arithmetic: c_f in the
+full ring, c_63 and m modulo 2^(f+1) only (below). S shares a' >> f (E2 gets (a' >> f) - R,
+R from k(S, E1)); b' >> f is the component E1, E2 hold. Then [G] = 2^(63-f) [m] - [l >> f],
+the G of :mod:`.trunc`, and the tuple is ([r], [G], [m]).
+
+*Small rings.* c_63 enters [l >> f], hence [G], as 2^(63-f) c_63; m enters [G] as
+2^(63-f) m and the output (below) as c_m 2^(64-f) m, nowhere else. A sharing of either bit
+modulo 2^(f+1) (upper bits of the components arbitrary) therefore gives exactly the same
+[G] and output in the 64-bit ring: 2^(63-f) (v + 2^(f+1) k) = 2^(63-f) v (mod 2^64). So their
+random bits rho are converted modulo 2^(f+1) (:func:`.boolean.bit_to_arith` with
+``ring_bits`` = f + 1: 3 (f + 1) bits per bit instead of 192), and [bit] = c + (1 - 2c)[rho]
+holds modulo 2^(f+1). c_f enters [l >> f] unscaled and keeps the full ring. [m] in the
+tuple is thus m modulo 2^(f+1) only.
 
 **Online** (:func:`truncate1`, :func:`truncate1_additive`), 1 round: all three parties learn
 c = x + r (+ 2^62, added publicly):
@@ -44,20 +55,27 @@ probabilistic failure.
 **Security** (semi-honest, one corruption). Offline: the fast comparison's argument
 (:mod:`.fastcmp`: every received array masked by a PRG stream of a key the receiver lacks,
 the opened bits masked by random bits unknown to all), and E2's (a' >> f) - R (R from
-k(S, E1)). No party learns anything of r beyond its two components, and each lacks one:
-r_{i+2} at P_i, drawn under its own label. Online: P_{i-1} receives x_{i+1} + r_{i+1} (or
-z_i + r_i, z_i masked by the zero-sharing's k_{i+1} stream, and z_{i+1} + r_{i+1}); r_{i+1}
-is unknown to it, so what it receives is uniform, and c = x + 2^62 + r is uniform. A party's
-view is simulated from random values (and its components of the tuple, themselves uniform).
+k(S, E1)). The small-ring conversion is :func:`.boolean.bit_to_arith` read modulo 2^(f+1):
+each of its messages is a value plus a PRG value of a key the receiver lacks, uniform
+modulo 2^(f+1) (the low bits of a uniform word), and only those bits travel; rho itself
+stays the XOR of three components, each unknown to one party, so it is uniform in every
+party's view and the opened c = bit ^ rho is too. No party learns anything of r beyond its
+two components, and each lacks one: r_{i+2} at P_i, drawn under its own label. Online:
+P_{i-1} receives x_{i+1} + r_{i+1} (or z_i + r_i, z_i masked by the zero-sharing's k_{i+1}
+stream, and z_{i+1} + r_{i+1}); r_{i+1} is unknown to it, so what it receives is uniform,
+and c = x + 2^62 + r is uniform. A party's view is simulated from random values (and its
+components of the tuple, themselves uniform).
 
 **Costs** per element, all parties together (declared in :mod:`.costs`): online 1 round,
 24 bytes (replicated x) or 48 bytes (3-out-of-3 z); offline 4 rounds (leaves, two tree levels,
-the bits' opening; the random bits in rounds 1-2 beside), bytes for f = 18: leaves 29.125
-+ 8, dealt products 12 + 1, tree 9.5 + 3 (63-bit chain + f-bit chain), opening 1.5, random
-bits 3 x 24, S's share 8: 144.125 bytes (f enters through the f-bit chain only: 132.375 at
-f = 1, 160 at f = 38, 182.25 at f = 62). Versus :func:`.trunc.truncate`:
-2 rounds, 26.25 bytes; :func:`.trunc.truncate_additive`: 2 rounds, 42.25 bytes. TP1 pays
-where the round is on the critical path and the elements are few.
+the bits' opening; the random bits in rounds 1-2 beside), bytes for f = 18: leaves 24.875
+(18 blocks of 3 or 4 bits, split at bit 18), dealt products 14.5, tree 11 (level-1 groups
+3, 3, 4, 4, 4), opening 1.5, random bits 24 (c_f) + 2 x 3 (f + 1) / 8 (c_63, m: 14.25),
+S's share 8: 98.125 bytes. f enters through the tree's shape and the small ring: 86.25 at
+f = 1, 112.5 at f = 38, 131.375 at f = 60, 134.25 at f = 62. (With a separate f-bit chain and
+every bit in the full ring: 132.375, 144.125, 160, 179.625, 182.25.) Versus
+:func:`.trunc.truncate`: 2 rounds, 26.25 bytes; :func:`.trunc.truncate_additive`: 2 rounds,
+42.25 bytes. TP1 pays where the round is on the critical path and the elements are few.
 """
 
 from __future__ import annotations
@@ -71,7 +89,7 @@ from puma_async.context import ArraySpec, Context
 from puma_async.roles import next_party, prev_party
 
 from .bitpack import pack_bits, unpack_bits
-from .carrytree import comparison_plan
+from .carrytree import boundary_plan
 from .fastcmp import CompareSpec, MaskedBits, Part, carry_halves, open_masked, prepare_random_bits
 from .randomness import key_prg, random_share
 from .ring import RING_DTYPE, RingArray, to_ring
@@ -102,7 +120,8 @@ class Trunc1Spec:
 
 @dataclasses.dataclass(frozen=True)
 class Trunc1Material:
-    """TP1 tuples (flat, ``spec.size``): [r] random, [G] = 2^(63-f) [m] - [l >> f], [m]."""
+    """TP1 tuples (flat, ``spec.size``): [r] random, [G] = 2^(63-f) [m] - [l >> f], and [m]
+    modulo 2^(f+1) (the components' upper bits arbitrary: only 2^(63-f) [m] is used)."""
 
     spec: Trunc1Spec
     r: AShare
@@ -113,7 +132,7 @@ class Trunc1Material:
 async def prepare_trunc1(ctx: Context, spec: Trunc1Spec) -> Trunc1Material:
     """TP1 tuples for ``spec`` (public parameters only), in phase ``offline`` (its own round
     clock: start it early, e.g. in a ``gather`` beside earlier work, and pass the result as
-    ``pre``). Cost: 4 rounds; 144.125 bytes per element for f = 18 (module docstring)."""
+    ``pre``). Cost: 4 rounds; 98.125 bytes per element for f = 18 (module docstring)."""
     return await _derive(ctx, spec, random_share(ctx, (spec.size,)))
 
 
@@ -122,7 +141,7 @@ async def _derive(ctx: Context, spec: Trunc1Spec, r: AShare) -> Trunc1Material:
     parts, f = spec.parts, spec.bits
     with ctx.phase("offline"):
         rho, *pieces = await ctx.gather(
-            lambda c: prepare_random_bits(c, BITS_PER_ELEMENT, parts),
+            lambda c: prepare_random_bits(c, BITS_PER_ELEMENT, parts, (64, f + 1, f + 1)),
             *(functools.partial(_extract, part=part, r=r, bits=f) for part in parts),
         )
         shape = (spec.size, BITS_PER_ELEMENT)
@@ -163,15 +182,12 @@ async def _extract(
         await c.send_arrays(part.party(2), low - mask)
         return AShare(low - mask, mask)
 
-    full, short, shared = await ctx.gather(
-        lambda c: carry_halves(c, comparison_plan("less"), part, view, shifted, of),
-        lambda c: carry_halves(c, comparison_plan("less", bits + 1), part, view, shifted, of),
-        share_low,
-    )
-    if full is None or short is None:
+    carries, shared = await ctx.gather(
+        lambda c: carry_halves(c, boundary_plan(bits), part, view, shifted, of), share_low)
+    if carries is None:
         return None, shared
-    (c_63, top), (c_f, _) = full, short
-    rows = [unpack_bits(h, part.size, np.uint8) for h in (c_f, c_63, c_63 ^ top)]
+    tree, top = carries  # rows: the carries into bit 63 and into bit f; a_63 ^ b_63
+    rows = [unpack_bits(h, part.size, np.uint8) for h in (tree[1:], tree[:1], tree[:1] ^ top)]
     return pack_bits(np.concatenate(rows, axis=1))[0], shared
 
 
@@ -179,7 +195,7 @@ async def truncate1(
     ctx: Context, x: AShare, bits: int | None = None, *, pre: Trunc1Material | None = None
 ) -> AShare:
     """floor(x / 2^bits) + e, e in {0, 1}, for -2^62 <= x < 2^62 (bits: default frac_bits),
-    in 1 round: 24 bytes per element online; offline 4 rounds, 144.125 bytes (``pre``:
+    in 1 round: 24 bytes per element online; offline 4 rounds, 98.125 bytes (``pre``:
     tuples from :func:`prepare_trunc1` for ``Trunc1Spec(x.size, bits)``; None: inline)."""
     bits = resolve_bits(ctx, bits)
     if bits == 0 and pre is None:

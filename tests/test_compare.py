@@ -101,20 +101,25 @@ def test_shapes_scalars_and_empty_arrays(evaluate) -> None:
 
 
 @SLOW
-@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=200))
-def test_bit_to_arith_uses_bit_zero_only(evaluate, values: list[int]) -> None:
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=200),
+       st.sampled_from([64, 63, 19, 2, 1]))
+def test_bit_to_arith_uses_bit_zero_only(evaluate, values: list[int], ring_bits: int) -> None:
+    """Shares modulo 2^ring_bits: 2^(64 - ring_bits) times the bit is exact in the ring,
+    each message ring_bits bits (packed)."""
     words = np.array(values, RING_DTYPE)
 
     async def fn(ctx: Context, dummy: AShare) -> AShare:
         pad = random_bshare(ctx, words.shape)  # fresh shares of `words`, then convert bit 0
         shares = pad.xor_public(ctx.role, words ^ await open_bits(ctx, pad))
         with ctx.scope("b2a"):
-            return await bit_to_arith(ctx, shares)
+            out = await bit_to_arith(ctx, shares, ring_bits)
+        return out.scale(np.uint64(1 << (64 - ring_bits)))
 
     ev = evaluate(fn, np.zeros(1, RING_DTYPE))
-    assert np.array_equal(ev.outputs[0], words & np.uint64(1))
+    scaled = (words & np.uint64(1)) << np.uint64(64 - ring_bits)
+    assert np.array_equal(ev.outputs[0], scaled)
     costs = [ev.stats[p].totals(phase="online", scope="op.b2a") for p in range(3)]
-    assert [c.bytes_sent for c in costs] == [8 * words.size] * 3
+    assert [c.bytes_sent for c in costs] == [-(-ring_bits * words.size // 8)] * 3
     assert max(c.rounds for c in costs) == 2
 
 

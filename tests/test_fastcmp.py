@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from puma_async.context import Context
 from puma_async.evaluate import evaluate, evaluation_program
 from puma_async.protocols import fastcmp
-from puma_async.protocols.carrytree import comparison_plan
+from puma_async.protocols.carrytree import boundary_plan, comparison_plan
 from puma_async.protocols.compare import to_arith
 from puma_async.protocols.randomness import setup_keys
 from puma_async.protocols.ring import RING_DTYPE
@@ -137,6 +137,44 @@ def test_plans_and_their_costs() -> None:
         comparison_plan("less", 64, levels=1)
     with pytest.raises(ValueError, match="levels"):
         comparison_plan("less", 64, levels=0)
+
+
+def _plain_tree(plan: Any, a: list[int], b: list[int]) -> list[list[int]]:
+    """A "less" plan evaluated on plain bits: its leaves' (G, P) from a and b, then every
+    level's monomials; the root's outputs per element."""
+    out = []
+    for x, y in zip(a, b, strict=True):
+        gs, ps, bit = [], [], 0
+        for w in plan.widths:
+            g, p = 0, 1
+            for i in range(bit, bit + w):  # carry-lookahead of the block, from its lowest bit
+                ai, bi = (x >> i) & 1, (y >> i) & 1
+                g, p = (ai & bi) | ((ai ^ bi) & g), p & (ai ^ bi)
+            gs.append(g)
+            ps.append(p)
+            bit += w
+        wires = gs + ps[1:]
+        for level in plan.tree:
+            wires = [sum(all(wires[i] for i in m) for m in o) & 1 for o in level.outputs]
+        out.append(wires)
+    return out
+
+
+@pytest.mark.parametrize("boundary", range(1, 63))
+def test_boundary_plans_output_both_carries(boundary: int) -> None:
+    """:func:`.carrytree.boundary_plan` on plain bits: its root gives the carries of
+    a + b (63-bit chain) into bit 63 and into the boundary, at edges and at random."""
+    plan = boundary_plan(boundary)
+    assert sum(plan.widths) == 63 and len(plan.tree) == 2
+    assert boundary in np.cumsum(plan.widths)
+    top, f = 2**63 - 1, 2**boundary
+    pairs = [(0, 0), (top, 1), (top, 0), (f - 1, 1), (f - 1, 0), (top - f + 1, f - 1),
+             (top - f + 1, f), (f - 1, top - f + 1), (top, top)]
+    rng = np.random.default_rng(boundary).integers(0, 2**63, (24, 2), dtype=np.int64)
+    a, b = zip(*pairs, *((int(x), int(y)) for x, y in rng), strict=True)
+    low = f - 1
+    want = [[(x + y) >> 63, ((x & low) + (y & low)) >> boundary] for x, y in zip(a, b, strict=True)]
+    assert _plain_tree(plan, a, b) == want
 
 
 @SLOW
