@@ -42,8 +42,8 @@ Cost (3 parties together; ``costs.py``): 9 rounds (+2 with a weight): truncation
 1, rsqrt 4 (the comparisons 3 beside the candidates' 3 TP1 truncations, then the opening
 with both paths' selection), product 2; RMSNorm given its wide copy (``wide``) skips the
 truncation: 7 rounds. 14 messages sent by P0 online for RMSNorm (8, 576), 21 for LayerNorm
-(128, 768). Bytes per element online + offline: 105.74 + 83.44 for
-RMSNorm (8, 576) (109.22 + 91.85 for one row), 124.23 + 64.77 for LayerNorm (8, 768): per
+(128, 768). Bytes per element online + offline: 105.74 + 62.37 for
+RMSNorm (8, 576) (109.22 + 68.18 for one row), 124.23 + 48.4 for LayerNorm (8, 768): per
 element the truncation(s) (25 bytes each) and the product (45); per row of 576 the rsqrt's
 21 kB online and 48 kB offline (149 comparisons with their products, 95 of them with two
 more, 150 candidates, 50 octaves; offline mostly the candidates' TP1 tuples, 40 kB).

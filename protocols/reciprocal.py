@@ -7,8 +7,8 @@ three degree-4 segments per octave, every candidate computed alongside the compa
 (:func:`.segments.segmented_power`): :data:`RECIPROCAL_SEGMENTS`, :data:`RSQRT_SEGMENTS`.
 
 Cost: 4 rounds (the comparisons 3, the candidates beside them with TP1 truncations, the
-opening; :mod:`.segments`); bytes per element, all parties, about 300 online and 840
-offline (mostly TP1 tuples) per octave of the range: 2,709.75 and 7,561.25 for [0.5, 129].
+opening; :mod:`.segments`); bytes per element, all parties, about 300 online and 600
+offline (mostly TP1 tuples) per octave of the range: 2,709.75 and 5,435 for [0.5, 129].
 (With TP2 truncations, before: 5 rounds where the range's inputs stay below 2^32 units, else
 7, and 2,586 + 669.5 bytes for [0.5, 129]; by normalisation and one degree-7 polynomial:
 13 or 14 rounds, 383.5 + 206 bytes.)
@@ -98,7 +98,7 @@ async def reciprocal(
 ) -> AShare:
     """1/x for fixed-point x in [min_value (default one unit), max_value], at ``frac_out`` bits.
 
-    Garbage outside that range. Cost: 4 rounds, about 300 bytes online and 840 offline per
+    Garbage outside that range. Cost: 4 rounds, about 300 bytes online and 600 offline per
     element and octave of [min_value, max_value]. Error <= 1.9e-6 |y| +
     max(1.4 units, 4.8e-7 |y|) (module docstring).
     """
@@ -116,7 +116,7 @@ async def rsqrt(
 ) -> AShare:
     """1/sqrt(x) for fixed-point x in [min_value (default one unit), max_value].
 
-    Garbage outside that range. Cost: 4 rounds, about 300 bytes online and 840 offline per
+    Garbage outside that range. Cost: 4 rounds, about 300 bytes online and 600 offline per
     element and octave of [min_value, max_value]. Relative error
     <= 1.3e-6 + 1.25 units (module docstring).
     """

@@ -50,10 +50,10 @@ opening, r_a r_i made offline (one product of the random bits, after them).
 Cost: 4 rounds, on either plan and with one range or two: the comparisons' 3 beside the
 candidates' 2 or 3, then the opening with the selection. Bytes per element, all parties, per
 segment: a comparison (10 online and 36 offline beyond the leaves each value's thresholds
-share), its product (24) and a candidate's dot product (48 online, 160 offline: TP1 at 38
+share), its product (24) and a candidate's dot product (48 online, 112.5 offline: TP1 at 38
 bits); per octave t's truncation (24 online) and t^2 (48) with their TP1 tuples (about
-140-165 offline each, by the bits truncated): about 300 online and 840 offline per octave of
-three segments (2,710 and 7,561 for [0.5, 129]); with two ranges, per threshold of the first
+100-130 offline each, by the bits truncated): about 300 online and 600 offline per octave of
+three segments (2,709.75 and 5,435 for [0.5, 129]); with two ranges, per threshold of the first
 range 48 more online (two products) and 24 offline (r_a r_i). The TP1 tuples can be made
 ahead (:func:`prepare_segments`); inline, their 4 offline rounds run beside the comparisons.
 
