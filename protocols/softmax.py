@@ -131,6 +131,8 @@ async def max_of_product(
     :func:`.arith.finish_product` then :func:`max_along`, for the same bytes. Longer rows: the
     first step of groups this way, then :func:`max_along` on the group maxima.
     """
+    if keep is not None and not keep.any(axis=-1).all():
+        raise ValueError("softmax: every row needs at least one unmasked entry")
     m = z.shape[-1]
     rows = z.size // m
     width, columns = _groups(m)

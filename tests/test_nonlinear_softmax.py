@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from puma_async.errors import RunFailedError
 from puma_async.context import Context
 from puma_async.protocols.arith import mul_fxp, mul_local
 from puma_async.protocols.llama import attend
@@ -256,8 +257,16 @@ def test_max_of_product_is_exact(evaluate, args) -> None:
     a, b, masked = args
     keep = None
     if masked:
-        keep = np.tril(np.ones((a.shape[0], a.shape[1]), bool), k=a.shape[1] - a.shape[0])
+        keep = np.tril(np.ones((a.shape[0], a.shape[1]), bool),
+                       k=max(0, a.shape[1] - a.shape[0]))  # every row keeps an entry
     _check_product_max(evaluate, a, b, keep)
+
+
+def test_max_of_product_refuses_a_row_with_nothing_kept(evaluate) -> None:
+    a = np.zeros((3, 2), np.int64)
+    keep = np.tril(np.ones((3, 2), bool), k=-1)  # the first row keeps nothing
+    with pytest.raises(RunFailedError, match="at least one unmasked entry"):
+        _check_product_max(evaluate, a, a, keep)
 
 
 @pytest.mark.parametrize("n", [2, 8, 9, 17, 25])
