@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from puma_async.errors import RunFailedError
 from puma_async.context import Context
+from puma_async.errors import RunFailedError
 from puma_async.protocols.arith import mul_fxp, mul_local
 from puma_async.protocols.llama import attend
 from puma_async.protocols.randomness import zero_share
