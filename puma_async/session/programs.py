@@ -12,7 +12,9 @@ One session = one architecture, one set of weight shares and any number of promp
 2. Online (step child 1): per prompt and per pass, the client tells the parties how many
    new positions follow (:class:`Run`: public), secret-shares their one-hot rows, and alone
    receives the logits of the last position (of every new position if the session's
-   ``reveal_logits`` is "all", in row blocks that fit the frame limit); it picks the next
+   ``reveal_logits`` is "all", in row blocks that fit the frame limit): each party sends its
+   3-out-of-3 share of the head's untruncated product (``io.reveal_product_to``), the client
+   adds them and decodes at 2f fractional bits (``llama.logit_format``); it picks the next
    token itself from the last (greedy, or sampled from its own seeded generator:
    client-side randomness, not a protocol secret).
    The parties keep a secret-shared KV cache, so each new token costs one position. Every
