@@ -11,6 +11,9 @@ Openings (1 round each):
 - :func:`reveal_to_party`: to one party P_j; P_{j+1} sends 1 element per element.
 - :func:`reveal_to`: to an output role (the client); P_0 sends x_0 + x_1, P_1 sends x_2:
   2 elements per element in all.
+- :func:`reveal_product_to`: a product's untruncated 3-out-of-3 shares
+  (:class:`~.shares.ProductShare`) to an output role; each party sends its share: 3 elements
+  per element in all, and no truncation before it (the role gets the product at 2f bits).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from .offload import offload
 from .prg import Prg
 from .randomness import input_prg
 from .ring import RingArray, to_ring
-from .shares import AShare
+from .shares import AShare, ProductShare
 
 
 async def share_input(
@@ -109,3 +112,30 @@ async def reveal_to(
         return None
     spec = ArraySpec.ring(shape)
     return ring.add(await ctx.recv_array(0, spec), await ctx.recv_array(1, spec))
+
+
+async def reveal_product_to(
+    ctx: Context, z: ProductShare | None, role: int, shape: Sequence[int]
+) -> RingArray | None:
+    """Open a product z to ``role`` (outside the parties) from its 3-out-of-3 shares.
+
+    Run by the three parties (with their :class:`ProductShare`, masked by a fresh
+    zero-sharing) and by ``role`` (with ``z=None`` and the public ``shape``), which gets
+    z = z_0 + z_1 + z_2 mod 2^64 at the shares' ``frac_bits`` (2f for a product of two values
+    at f; decode with that format) and learns nothing else: the three values it receives
+    are uniform but for their sum. Instead of truncating z (2 rounds, ~42 bytes per element
+    in all) and opening the result (2 elements per element): 1 round, 1 element per element
+    from each party (24 bytes per element in all); the role gets z without the truncation's
+    rounding. Headroom: z must satisfy |z| < 2^63 (read as two's complement), i.e.
+    |value| < 2^(63 - frac_bits) (2^27 at 36 bits).
+    """
+    me = ctx.role
+    if me in PARTIES and z is not None:
+        await ctx.send_arrays(role, z.value)
+    if me != role:
+        return None
+    spec = ArraySpec.ring(shape)
+    total = await ctx.recv_array(0, spec)
+    for party in PARTIES[1:]:
+        total = ring.add(total, await ctx.recv_array(party, spec))
+    return total

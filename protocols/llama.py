@@ -36,7 +36,8 @@ measured 58 -> 50): attn.norm 5, qkv 2 (x W'qkv beside the norm), RoPE 1, scores
 negExp 6, reciprocal 3 (its comparisons' leaves in negExp's last round; e @ V beside it),
 (e @ V) x r 2, O 2, mlp.norm 7, gate/up 2, SiLU 6, x up 2, down 2.
 Embedding: 2 rounds (the first norm's wide copy), 2 n hidden elements; head (last position
-only): RMSNorm (given its wide copy) + M on vocab outputs.
+only): RMSNorm (given its wide copy) and a local product: the logits are not truncated, the
+client gets their 3-out-of-3 shares (:func:`lm_head`, ``io.reveal_product_to``).
 Statistics: scopes ``embed``, ``layer{i}`` and ``head``; inside a layer one scope per
 component, :data:`COMPONENTS` (``attn.norm``, ``attn.qkv``, ..., ``mlp.down``), and inside
 those the protocols' own (``rms_norm``, ``softmax`` with ``max_along``, ``neg_exp`` and
@@ -45,8 +46,10 @@ critical-path rounds (:mod:`puma_async.critical_path`) sum to the layer's.
 
 **Probes** (accuracy measurements only). A :class:`LayerProbe` installed as the party's state
 (``ctx.install(LayerProbe(fn))``) is called as ``fn(role, point, share)`` with this party's
-share at every point of :data:`PROBE_POINTS`; with none installed (:data:`NO_PROBE`), nothing
-is called (one state lookup per point; no messages either way). A probe sees a party's shares,
+share at every point of :data:`PROBE_POINTS` (at ``logits`` the
+:class:`~.shares.ProductShare` the party sends the client, so a probe sees what the client
+decodes); with none installed (:data:`NO_PROBE`), nothing is called (one state lookup per
+point; no messages either way). A probe sees a party's shares,
 and whoever collects all three parties' shares sees the secrets: probes exist only where every
 role runs in one process (``puma_async.session.run_session(probe=...)``: tests,
 ``benchmarks/accuracy.py``, ``local --compare``), to compare the secure pass with the float64
@@ -78,18 +81,19 @@ from .arith import (
     matmul_fxp,
     matmul_stacked,
     mul_fxp,
+    product_share,
     stack_left,
     stack_right,
     stacked_share,
 )
-from .fixedpoint import fixed_point
+from .fixedpoint import FixedPoint, fixed_point
 from .norms import MAX_ABS, prepare_rms_norm, rms_norm, rms_rsqrt, wide_shift
 from .offload import offload
 from .polynomial import repeat_last
 from .ring import RingArray
 from .ringmatmul import ring_matmul
 from .segments import SegmentMaterial
-from .shares import AShare, concatenate
+from .shares import AShare, ProductShare
 from .softmax import (
     exp_rows,
     matmul_max,
@@ -121,7 +125,7 @@ def forward_scopes(n_layers: int) -> tuple[str, ...]:
     return ("embed", *layers, "head")
 
 
-Probe = Callable[[int, str, AShare], None]
+Probe = Callable[[int, str, AShare | ProductShare], None]
 """``fn(role, point, share)``: what a :class:`LayerProbe` calls at every probe point."""
 
 
@@ -132,7 +136,7 @@ class LayerProbe:
     fn: Probe
 
 
-def _see_nothing(role: int, point: str, share: AShare) -> None:
+def _see_nothing(role: int, point: str, share: AShare | ProductShare) -> None:
     """The function of :data:`NO_PROBE` (never called)."""
 
 
@@ -159,7 +163,7 @@ of the last row, or (n, hidden) and (n, vocab) of every row (``forward``'s ``all
 """
 
 
-def probe(ctx: Context, point: str, share: AShare) -> None:
+def probe(ctx: Context, point: str, share: AShare | ProductShare) -> None:
     """Hand this party's share at ``point`` to the installed probe, if any (no-op otherwise)."""
     installed = ctx.state(LayerProbe, NO_PROBE)
     if installed is not NO_PROBE:
@@ -368,16 +372,30 @@ async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare) -> Str
     return Stream(x, wide)
 
 
-async def lm_head(ctx: Context, model: SecureModel, x: AShare) -> AShare:
-    """Logits (n, vocab) of normalised rows x (n, hidden): tied (E @ x^T) or untied head.
+def logit_format(ctx: Context) -> FixedPoint:
+    """The fixed point of the logits :func:`lm_head` makes (and the client decodes): 2f
+    fractional bits, those of an untruncated product of two values at f."""
+    return FixedPoint(2 * fixed_point(ctx).frac_bits)
 
-    Cost: 2 rounds; about 14 bytes per logit per party.
+
+async def lm_head(ctx: Context, model: SecureModel, x: AShare) -> ProductShare:
+    """Logits (n, vocab) of normalised rows x (n, hidden), tied (E @ x^T) or untied head, as
+    this party's 3-out-of-3 share of the untruncated product (:func:`.arith.product_share`:
+    masked by a fresh zero-sharing) at 2f fractional bits (:func:`logit_format`).
+
+    The logits go to the client only, which adds the three shares
+    (``io.reveal_product_to``): truncating them first would cost 2 rounds and ~42 bytes per
+    logit and only add rounding. Headroom: the product is |logit| 2^36, below 2^62 for
+    |logit| < 2^26 (SmolLM2's are below 40; the final norm's rows are unit-RMS times its
+    gain). Cost: local, no messages (the reveal: 1 round, 8 bytes per logit per party).
     """
+    frac_bits = logit_format(ctx).frac_bits
     if model.lm_head is not None:
-        return await weight_matmul(ctx, x, model.lm_head)
+        z = await product_share(ctx, stack_left(x), model.lm_head.stacked)
+        return ProductShare(z, frac_bits)
     # z_i^T = E_i (x_i + x_{i+1})^T + E_{i+1} x_i^T = [E_i | E_{i+1}] @ [(x_i + x_{i+1})^T; x_i^T]
-    out = await matmul_stacked(ctx, model.embed, stack_left(x).T.copy())
-    return out.transpose()
+    z = await product_share(ctx, model.embed, stack_left(x).T.copy())
+    return ProductShare(np.ascontiguousarray(z.T), frac_bits)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -618,18 +636,17 @@ async def decoder_layer(
 
 async def forward(
     ctx: Context, model: SecureModel, one_hot: AShare, cache: SecureKVCache, *,
-    all_positions: bool = False, head_block: int | None = None,
-) -> AShare:
+    all_positions: bool = False,
+) -> ProductShare:
     """Logits (1, vocab) at the last of n new tokens (one-hot rows (n, vocab)), or (n, vocab)
-    at every one of them if ``all_positions``.
+    at every one of them if ``all_positions``: this party's 3-out-of-3 share of them,
+    untruncated, for the client (:func:`lm_head`).
 
-    ``all_positions`` runs the final norm and the head on n rows instead of 1: the head's
-    cost (2 rounds, about 14 bytes per logit per party) grows n-fold, n x vocab logits, in
-    blocks of at most ``head_block`` rows (None: one block), so that no message exceeds a
-    frame limit (one more 2-round head per block). The tokens continue at position
-    ``cache.length``; the cache is extended. Scopes: :func:`forward_scopes`. Raises
-    ContextLengthError (before any message) if the cache plus the new tokens exceed the
-    context length.
+    ``all_positions`` runs the final norm and the head on n rows instead of 1 (the head's
+    product is local: no more messages or rounds, only its n x vocab shares to reveal). The
+    tokens continue at position ``cache.length``; the cache is extended. Scopes:
+    :func:`forward_scopes`. Raises ContextLengthError (before any message) if the cache plus
+    the new tokens exceed the context length.
     """
     config = model.config
     n, start = one_hot.shape[0], cache.length
@@ -648,10 +665,7 @@ async def forward(
         normed = await rms_norm(ctx, rows.x, model.final_norm, eps=config.rms_eps,
                                 wide=rows.wide)
         probe(ctx, "final_norm", normed)
-        block = head_block or normed.shape[0]
-        blocks = [await lm_head(ctx, model, normed[b : b + block])
-                  for b in range(0, normed.shape[0], block)]
-        logits = blocks[0] if len(blocks) == 1 else concatenate(blocks)
+        logits = await lm_head(ctx, model, normed)
         probe(ctx, "logits", logits)
         return logits
 
@@ -660,6 +674,6 @@ __all__ = [
     "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "LayerProbe", "Probe", "Rope", "SecureKVCache",
     "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream", "apply_rope",
     "assemble_model", "attend", "attention", "causal_mask", "decoder_layer", "embed_tokens",
-    "forward", "forward_scopes", "lm_head", "mlp", "norm_shift", "probe", "residual_matmul",
-    "store_share", "weight_matmul", "weight_plan", "weight_tensors",
+    "forward", "forward_scopes", "lm_head", "logit_format", "mlp", "norm_shift", "probe",
+    "residual_matmul", "store_share", "weight_matmul", "weight_plan", "weight_tensors",
 ]

@@ -109,6 +109,25 @@ class BShare(_SharePair):
 
 
 
+@dataclasses.dataclass(frozen=True)
+class ProductShare:
+    """One party's 3-out-of-3 additive share ``value`` = z_i of a product z = z_0 + z_1 + z_2
+    that is not truncated: z carries ``frac_bits`` fractional bits (2f for a product of two
+    values at f). Made by :func:`.arith.product_share`, masked by a fresh zero-sharing: the
+    three shares are uniform but for their sum, so whoever gets all three learns z only
+    (:func:`.io.reveal_product_to`)."""
+
+    value: RingArray
+    frac_bits: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.value.shape
+
+    def __getitem__(self, index: Any) -> ProductShare:
+        return ProductShare(self.value[index], self.frac_bits)
+
+
 def stack(shares: Sequence[AShare], axis: int = 0) -> AShare:
     """Stack arithmetic shares along a new axis (local)."""
     return AShare(

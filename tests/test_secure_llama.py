@@ -224,3 +224,18 @@ def test_cli_json_with_compare(capsys: pytest.CaptureFixture[str]) -> None:
     for step in prompt["steps"]:
         assert step["seconds"] > 0 and step["rounds"] > 0
         assert all(step["bytes_sent"][p] > 0 for p in ("P0", "P1", "P2"))
+
+
+def test_untied_head_logits_match_plaintext() -> None:
+    """An untied head (x @ W_head, its own weight): the client's logits (the head's
+    untruncated product at 36 bits) within the same bound."""
+    config = dataclasses.replace(tiny_config(), n_layers=1, tied_embeddings=False)
+    weights = random_weights(config, seed=5)
+    result = run_session(weights, [PROMPTS[1]], max_new_tokens=2)
+    (generated,) = result.prompts
+    cache = KVCache.empty(config)
+    reference = [forward(weights, PROMPTS[1], cache)[-1],
+                 forward(weights, generated.tokens[:1], cache)[-1]]
+    errors = [np.abs(r.logits - ref).max() for r, ref in zip(generated.records, reference,
+                                                              strict=True)]
+    assert max(errors) < LOGIT_BOUND, errors

@@ -29,7 +29,6 @@ from puma_async.session.factory import build_program
 from puma_async.session.frames import (
     ELEMENT_BYTES,
     FRAME_SAFETY,
-    head_block_rows,
     max_frame_bytes,
     row_blocks,
 )
@@ -197,16 +196,14 @@ def test_frames_stay_within_the_sessions_limit(config: LlamaConfig, prompt: int,
 
 def test_all_positions_logits_stay_within_the_frame_limit() -> None:
     """A prompt pass revealing every position's logits, with a vocabulary far wider than the
-    other per-position tensors (so one (n, vocab) array would pass the limit): the head runs
-    in blocks of head_block_rows, the logits are opened in row blocks, and no frame exceeds
-    the limit, which "all" leaves unchanged."""
+    other per-position tensors (so one (n, vocab) array would pass the limit): the head's
+    product is local, each party sends the client its shares of the logits in row blocks (of
+    at least one row), and no frame exceeds the limit, which "all" leaves unchanged."""
     config = dataclasses.replace(tiny_config(), n_layers=1, vocab=4000, context_length=32)
     settings = in_process_settings(config, 2, context=24, input_block_bytes=1 << 16,
                                    reveal_logits="all")
     assert settings.max_frame_bytes == dataclasses.replace(settings,
                                                            reveal_logits="last").max_frame_bytes
-    rows = head_block_rows(config, settings.positions)
-    assert 1 < rows < 23
     assert FRAME_SAFETY * ELEMENT_BYTES * 23 * config.vocab > settings.max_frame_bytes
     sizes: list[int] = []
     result = run_session(random_weights(config, seed=5), [list(range(23))], settings=settings,

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from puma_async.context import Context
-from puma_async.protocols.io import reveal, reveal_to_party, share_input
+from puma_async.protocols.arith import product_share, stack_left, stack_right, stacked_share
+from puma_async.protocols.io import reveal, reveal_product_to, reveal_to_party, share_input
 from puma_async.protocols.randomness import (
     common_random,
     random_bshare,
@@ -18,7 +19,7 @@ from puma_async.protocols.randomness import (
     zero_bits,
     zero_share,
 )
-from puma_async.protocols.shares import AShare, concatenate, public_share, stack
+from puma_async.protocols.shares import AShare, ProductShare, concatenate, public_share, stack
 from puma_async.roles import CLIENT, PARTIES
 
 ring_arrays = hnp.arrays(
@@ -115,3 +116,47 @@ def test_stack_concatenate_and_public_share(evaluate) -> None:
     np.testing.assert_array_equal(e.outputs[0], np.stack([x, x]))
     np.testing.assert_array_equal(e.outputs[1], np.concatenate([x, x], axis=1))
     np.testing.assert_array_equal(e.outputs[2], x + np.uint64(1))
+
+
+matrix_shapes = st.tuples(st.integers(1, 5), st.integers(1, 6), st.integers(0, 5))
+
+
+@settings(max_examples=20, deadline=None)
+@given(matrix_shapes, st.integers(0, 2**32))
+def test_reveal_product_to_gives_the_product_in_a_fresh_sharing(spmd, dims, seed: int) -> None:
+    """The client gets x @ y exactly (mod 2^64, no truncation) from the parties' 3-out-of-3
+    shares, in 1 round (here two reveals side by side), 8 bytes per element from each party;
+    what it receives is masked by a fresh zero-sharing: the same product revealed twice gives
+    other values, the same sum, and no party sends its unmasked share."""
+    m, k, n = dims
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2**64, (m, k), dtype=np.uint64)
+    y = rng.integers(0, 2**64, (k, n), dtype=np.uint64)
+
+    async def program(ctx: Context):
+        a = await share_input(ctx, CLIENT, x.shape, x if ctx.role == CLIENT else None)
+        b = await share_input(ctx, CLIENT, y.shape, y if ctx.role == CLIENT else None)
+        with ctx.scope("io"):
+            if ctx.role == CLIENT:
+                return [await reveal_product_to(ctx, None, CLIENT, (m, n)) for _ in range(2)]
+            raw = await stacked_share(stack_left(a), stack_right(b))
+            sent = [ProductShare(await product_share(ctx, stack_left(a), stack_right(b)), 36)
+                    for _ in range(2)]
+            for z in sent:
+                assert await reveal_product_to(ctx, z, CLIENT, (m, n)) is None
+            return raw, [z.value for z in sent]
+
+    run = _run_parties(spmd, program)
+    with np.errstate(over="ignore"):
+        want = x @ y  # numpy's uint64 product wraps mod 2^64
+    first, second = run.results[CLIENT]
+    np.testing.assert_array_equal(first, want)
+    np.testing.assert_array_equal(second, want)
+    if m * n:
+        for p in PARTIES:
+            raw, (once, twice) = run.results[p]
+            assert not np.array_equal(once, twice) and not np.array_equal(once, raw)
+    for p in PARTIES:
+        io = run.stats[p].totals(scope="io")
+        assert io.bytes_sent == 2 * 8 * m * n and io.rounds == 1  # the two reveals side by side
+    assert run.stats[CLIENT].totals(scope="io").bytes_received == 2 * 3 * 8 * m * n

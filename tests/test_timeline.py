@@ -47,7 +47,7 @@ def test_one_row_per_link_with_every_frame(reports: list[ReplayReport], svg: ET.
 def test_frames_are_coloured_by_scope_class_with_a_legend(svg: ET.Element) -> None:
     frames = [r for r in svg.iter(f"{SVG}rect") if r.get("class") == "frame"]
     used = {r.get("data-class") for r in frames}
-    assert {"setup", "attention", "mlp", "head", "io", "control"} <= used
+    assert {"setup", "attention", "mlp", "norm", "io", "control"} <= used  # the head: its norm
     (legend,) = [g for g in svg.iter(f"{SVG}g") if g.get("class") == "legend"]
     labels = {t.get("data-class"): t.text for t in legend.iter(f"{SVG}text")}
     assert used <= set(labels)

@@ -14,14 +14,14 @@ What makes frames large:
 - **A forward pass** of n new positions over T cached + new ones sends, per message, a few
   arrays of at most n x (the widest per-position tensor) ring elements: the fused gate/up
   projection (2 ffn), Q/K/V (q + 2 kv), attention scores of every head (n_heads x T), the
-  norms' per-row rsqrt candidates (under :data:`NORM_ROW_ELEMENTS`); and the logits of one
-  position (vocab). With n, T <= context the bound below is that product times
+  norms' per-row rsqrt candidates (under :data:`NORM_ROW_ELEMENTS`); the head's product is
+  local (no message of vocab elements). With n, T <= context the bound below is that product times
   :data:`FRAME_SAFETY` (measured: the largest message is at most 2.8 times it;
   ``tests/test_session.py`` checks the bound on whole sessions).
-- **Logits of every position** (a session that reveals them, ``reveal_logits="all"``): the
-  head runs on blocks of :func:`head_block_rows` positions, whose (rows, vocab) messages stay
-  within the same bound, and the client opens them in row blocks as inputs are shared; so
-  the limit does not grow with the context times the vocabulary.
+- **Logits** (of the last position, or of every one in a session that reveals them all,
+  ``reveal_logits="all"``): each party sends the client its share of them in row blocks of
+  at most the input block (one row at least: one element per logit per party), so the
+  limit does not grow with the context times the vocabulary.
 - Small envelopes ready together are merged into frames of at most 64 KiB
   (:data:`~puma_async.runtime.COALESCE_BYTES`), inside :data:`FRAME_SLACK`.
 """
@@ -63,21 +63,14 @@ def _online_elements(config: LlamaConfig, context: int) -> int:
     """Ring elements of a forward pass's largest array, before :data:`FRAME_SAFETY`."""
     per_position = max(2 * config.ffn, config.q_dim + 2 * config.kv_dim, config.hidden,
                        config.n_heads * context, NORM_ROW_ELEMENTS)
-    return max(context * per_position, config.vocab)
-
-
-def head_block_rows(config: LlamaConfig, context: int) -> int:
-    """How many positions' logits the head computes at once (at least 1) when a pass
-    computes them all: (rows, vocab) arrays within :func:`max_frame_bytes`'s online bound."""
-    return max(1, _online_elements(config, context) // config.vocab)
+    return context * per_position
 
 
 def max_frame_bytes(config: LlamaConfig, context: int, block_bytes: int) -> int:
     """The largest frame a role of a session may receive (see the module docstring).
 
     ``context`` is the session's bound on positions per prompt (prompt + new tokens),
-    ``block_bytes`` the size of the row blocks inputs are shared (and all positions' logits
-    opened) in.
+    ``block_bytes`` the size of the row blocks inputs are shared (and logits opened) in.
     """
     widest_row = max(2 * config.ffn, config.q_dim + 2 * config.kv_dim, config.hidden,
                      config.vocab)
@@ -88,5 +81,5 @@ def max_frame_bytes(config: LlamaConfig, context: int, block_bytes: int) -> int:
 
 __all__ = [
     "ELEMENT_BYTES", "FRAME_SAFETY", "FRAME_SLACK", "INPUT_BLOCK_BYTES", "NORM_ROW_ELEMENTS",
-    "head_block_rows", "max_frame_bytes", "row_block_rows", "row_blocks",
+    "max_frame_bytes", "row_block_rows", "row_blocks",
 ]

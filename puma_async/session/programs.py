@@ -12,7 +12,9 @@ One session = one architecture, one set of weight shares and any number of promp
 2. Online (step child 1): per prompt and per pass, the client tells the parties how many
    new positions follow (:class:`Run`: public), secret-shares their one-hot rows, and alone
    receives the logits of the last position (of every new position if the session's
-   ``reveal_logits`` is "all", in row blocks that fit the frame limit); it picks the next
+   ``reveal_logits`` is "all", in row blocks that fit the frame limit): each party sends its
+   3-out-of-3 share of the head's untruncated product (``io.reveal_product_to``), the client
+   adds them and decodes at 2f fractional bits (``llama.logit_format``); it picks the next
    token itself from the last (greedy, or sampled from its own seeded generator:
    client-side randomness, not a protocol secret).
    The parties keep a secret-shared KV cache, so each new token costs one position. Every
@@ -41,21 +43,22 @@ from puma_async.context import Context, Program
 from puma_async.errors import ProtocolError, SettingsError
 from puma_async.model.weights import LlamaWeights
 from puma_async.protocols.fixedpoint import fixed_point
-from puma_async.protocols.io import reveal_to, share_input
+from puma_async.protocols.io import reveal_product_to, share_input
 from puma_async.protocols.llama import (
     SecureKVCache,
     Stored,
     assemble_model,
     forward,
+    logit_format,
     store_share,
     weight_plan,
     weight_tensors,
 )
 from puma_async.protocols.randomness import setup_input_seeds, setup_keys
 from puma_async.protocols.ring import RingArray
-from puma_async.protocols.shares import AShare
+from puma_async.protocols.shares import AShare, ProductShare
 from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES
-from puma_async.session.frames import head_block_rows, row_blocks
+from puma_async.session.frames import row_blocks
 from puma_async.session.generation import (
     GenerationOptions,
     Progress,
@@ -105,15 +108,17 @@ async def receive_rows(ctx: Context, owner: int, shape: tuple[int, ...], block_b
     return AShare(first, second)
 
 
-async def reveal_rows(ctx: Context, x: AShare | None, role: int, shape: tuple[int, ...],
-                      block_bytes: int) -> RingArray | None:
-    """:func:`~puma_async.protocols.io.reveal_to` in row blocks of at most ``block_bytes``
-    (one row at least; :mod:`.frames`): the parties give their share ``x`` of ``shape``,
-    ``role`` gives None and gets the whole value; the parties get None."""
+async def reveal_rows(ctx: Context, z: ProductShare | None, role: int,
+                      shape: tuple[int, ...], block_bytes: int) -> RingArray | None:
+    """:func:`~puma_async.protocols.io.reveal_product_to` in row blocks of at most
+    ``block_bytes`` per party (one row at least; :mod:`.frames`): the parties give their
+    3-out-of-3 share ``z`` of ``shape``, ``role`` gives None and gets the whole product; the
+    parties get None."""
     opened = []
     for rows in row_blocks(shape, block_bytes):
-        part = None if x is None else x[rows]
-        opened.append(await reveal_to(ctx, part, role, (rows.stop - rows.start, *shape[1:])))
+        part = None if z is None else z[rows]
+        opened.append(await reveal_product_to(ctx, part, role,
+                                              (rows.stop - rows.start, *shape[1:])))
     if ctx.role != role:
         return None
     return opened[0] if len(opened) == 1 else np.concatenate(opened)
@@ -156,7 +161,6 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
     """
     config, blocks = settings.config, settings.input_block_bytes
     all_positions = settings.reveal_logits == "all"
-    head_block = head_block_rows(config, settings.positions)
     report = progress or _no_progress
 
     async def program(ctx: Context) -> None:
@@ -193,8 +197,7 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
                     tokens = await receive_rows(online, CLIENT, (command.positions, config.vocab),
                                                 blocks)
                 inner = online.child()
-                logits = await forward(inner, model, tokens, cache, all_positions=all_positions,
-                                       head_block=head_block)
+                logits = await forward(inner, model, tokens, cache, all_positions=all_positions)
                 online.join([inner])
                 with online.scope("io"):
                     await reveal_rows(online, logits, CLIENT, logits.shape, blocks)
@@ -248,7 +251,7 @@ def client_program(
         state.handle(Ready())
         setup_seconds = time.perf_counter() - started
         report(Progress("setup", setup_seconds))
-        fx = fixed_point(online)
+        fx = logit_format(online)  # the logits' 2f fractional bits: no truncation
         rng = np.random.default_rng(options.seed)
         results = []
         for p, ids in enumerate(checked):
