@@ -137,6 +137,14 @@ async def dot_fxp(
     return await finish_product(ctx, z, bits, rounds=rounds, pre=pre)
 
 
+async def dot_share(ctx: Context, a: AShare, b: AShare) -> RingArray:
+    """This party's 3-out-of-3 share of sum over the last axis of a * b (untruncated), masked
+    by a fresh zero-sharing: for consumers that start in the product's resharing round
+    (:func:`.fastcmp.compare_thresholds`, :func:`.segments.segmented_power`). Local."""
+    z = await offload(_dot_local, a, b, size=max(a.size, b.size))
+    return ring.add(z, zero_share(ctx, np.shape(z)))
+
+
 def _dot_local(a: AShare, b: AShare) -> RingArray:
     """This party's additive share of sum_k a_k b_k (the products of :func:`.arith.mul`)."""
     return np.sum(mul_local(a, b), axis=-1, dtype=np.uint64)
@@ -264,7 +272,8 @@ async def mul_public_fxp(ctx: Context, x: AShare, c: Any, bits: int | None = Non
 
 
 __all__ = [
-    "Rounds", "dot_fxp", "finish_product", "finish_product_wide", "matmul", "matmul_fxp",
+    "Rounds", "dot_fxp", "dot_share", "finish_product", "finish_product_wide", "matmul",
+    "matmul_fxp",
     "matmul_public", "matmul_public_fxp", "matmul_stacked", "mul", "mul_fxp", "mul_local",
     "mul_public_fxp", "product_share", "square", "square_fxp", "stack_left", "stack_right",
     "stacked_share",

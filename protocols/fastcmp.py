@@ -459,14 +459,27 @@ async def carry_halves(
     return await _tree(ctx, plan.tree, part, halves[:-1], material), halves[-1:]
 
 
+async def _swap(ctx: Context, z: RingArray, part: Part, role: int) -> RingArray:
+    """x = a + b of one part from 3-out-of-3 shares ``z`` (values, n): S's a is its own z_S;
+    E1 and E2 swap theirs for b = z_E1 + z_E2 (1 round, 8 bytes per value each, beside S's
+    leaves)."""
+    own = z[:, part.lo : part.hi]
+    if role == 0:
+        return own
+    other = part.party(3 - role)
+    await ctx.send_arrays(other, own)
+    return own + await ctx.recv_array(other, ArraySpec.ring(own.shape))
+
+
 async def _compare_part(
-    ctx: Context, plan: Plan, part: Part, x: AShare, thresholds: RingArray,
+    ctx: Context, plan: Plan, part: Part, x: AShare | RingArray, thresholds: RingArray,
     of: npt.NDArray[np.intp], material: TreeMaterial | None,
 ) -> RingArray | None:
     """Leaves and tree of one part: this evaluator's XOR-half of the result bits (thresholds,
-    words), or None at S. Without ``material`` its preparation runs beside the leaves."""
+    words), or None at S. Without ``material`` its preparation runs beside the leaves. ``x``
+    replicated, or 3-out-of-3 shares (:func:`_swap` in the leaves' round)."""
     role = part.role(ctx.role)
-    view = _view(x, part, role)
+    view = _view(x, part, role) if isinstance(x, AShare) else await _swap(ctx, x, part, role)
     shifted = None
     if role:
         offset = -1 if plan.kind == "equal" else 1 << plan.chain
@@ -483,7 +496,7 @@ async def _compare_part(
 
 async def compare_thresholds(
     ctx: Context,
-    x: AShare,
+    x: AShare | RingArray,
     thresholds: npt.ArrayLike,
     *,
     of: npt.ArrayLike | None = None,
@@ -497,6 +510,14 @@ async def compare_thresholds(
     (*x.shape, m). With ``of`` (m indices), x has a last axis of values and threshold k
     compares value of[k] (shape (*x.shape[:-1], m)). All thresholds on one value share the
     leaves.
+
+    ``x`` is replicated, or this party's 3-out-of-3 share z of it (a product's local shares
+    masked by a fresh zero-sharing, :func:`.arith.dot_share`): then per part S's summand is
+    its own z_S and E1, E2 swap theirs (b = z_E1 + z_E2) in the leaves' round, which needs
+    only S's: the comparisons start in the product's resharing round, 16 bytes per value
+    more. Each evaluator receives the other's z_E, masked by the zero-sharing's stream of the
+    key it lacks (z_E1: k_(s+1); z_E2: k_s), so b and x = z_S + b stay hidden as with
+    replicated x (module docstring).
 
     Exact: [x < t] when x - t lies in [-2^(bits-1), 2^(bits-1)) (bits = 64: any x - t in
     [-2^63, 2^63)); [x == t] for every ring value. ``pre``: material from

@@ -38,15 +38,19 @@ with eps a^2. Then y = v rsqrt (one fused multiplication+truncation, rsqrt carri
 61 - f - log2 sqrt(n) fractional bits), then * w (public: local scale and truncation; secret:
 a fixed-point multiplication), then + b.
 
-Cost (3 parties together; ``costs.py``): 9 rounds (+2 with a weight): truncation 2, sums
-1, rsqrt 4 (the comparisons 3 beside the candidates' 3 TP1 truncations, then the opening
-with both paths' selection), product 2; RMSNorm given its wide copy (``wide``) skips the
-truncation: 7 rounds. 14 messages sent by P0 online for RMSNorm (8, 576), 21 for LayerNorm
-(128, 768). Bytes per element online + offline: 105.74 + 62.37 for
-RMSNorm (8, 576) (109.22 + 68.18 for one row), 124.23 + 48.4 for LayerNorm (8, 768): per
-element the truncation(s) (25 bytes each) and the product (45); per row of 576 the rsqrt's
-21 kB online and 48 kB offline (149 comparisons with their products, 95 of them with two
-more, 150 candidates, 50 octaves; offline mostly the candidates' TP1 tuples, 40 kB).
+Cost (3 parties together; ``costs.py``): 8 rounds (+2 with a weight): truncation 2, rsqrt 4
+(the comparisons 3 beside the candidates' 3 TP1 truncations, then the opening with both
+paths' selection), product 2. The sums of squares cost no round of their own: their
+3-out-of-3 shares (:func:`.arith.dot_share`) go straight into the rsqrt, whose first round
+(the comparisons' leaves with the evaluators' swap of their shares, t_m's TP1 on
+3-out-of-3 shares under a second zero-sharing: :func:`.segments.segmented_power`, whose
+docstrings give the security argument) replaces their resharing. RMSNorm given its wide
+copy (``wide``) skips the truncation: 6 rounds. Bytes per element online + offline: 107.8
++ 62.37 for RMSNorm (8, 576) (111.28 + 68.18 for one row), 125.83 + 48.4 for LayerNorm
+(8, 768): per element the truncation(s) (25 bytes each) and the product (45); per row of
+576 the rsqrt's 22 kB online and 48 kB offline (149 comparisons with their products, 95 of
+them with two more, 150 candidates, 50 octaves; offline mostly the candidates' TP1 tuples,
+40 kB).
 Accuracy (tests/test_nonlinear_norms.py, rows from all zeros to every entry at 2^16, one
 entry at 22,500, a mean of 2^15, sums of squares on both sides of the switch between the
 paths): rsqrt's relative error is <= 1.3e-6 on the precise path and below the wide path's
@@ -65,10 +69,12 @@ import numpy.typing as npt
 
 from puma_async.context import Context, protocol
 
-from .arith import dot_fxp, mul_fxp
+from . import ring
+from .arith import dot_share, mul_fxp
 from .fixedpoint import fixed_point
 from .polynomial import HEADROOM_BITS, repeat_last
 from .reciprocal import RSQRT_SEGMENTS
+from .ring import RingArray
 from .segments import (
     EXTENSION,
     Exponents,
@@ -210,15 +216,18 @@ async def _rsqrt_rows(
     eps_units = np.array(_eps_units(ctx, n, k, eps), dtype=np.uint64)
     both = stack([v, v_wide])
 
-    async def sums(c: Context) -> AShare:
-        return (await dot_fxp(c, both, both, 0)).add_public(
-            c.role, eps_units.reshape(2, *[1] * (len(v.shape) - 1)))
+    async def sums(c: Context) -> RingArray:
+        """3-out-of-3 shares of the sums (+ eps at P_0), untruncated: no resharing round."""
+        z = await dot_share(c, both, both)
+        if c.role == 0:
+            z = ring.add(z, eps_units.reshape(2, *[1] * (len(v.shape) - 1)))
+        return z
 
     async def tuples(c: Context) -> SegmentMaterial:
         return pre if pre is not None else await prepare_segments(c, plan, v.size // n)
 
-    material, x = await ctx.gather(tuples, sums)
-    return await segmented_power(ctx, x, plan, material)
+    material, z = await ctx.gather(tuples, sums)
+    return await segmented_power(ctx, z, plan, material)
 
 
 def _precise_top(n: int, k: int, j: int, eps_p: int, eps_w: int) -> int:

@@ -86,9 +86,10 @@ from .arith import dot_fxp, mul, square_fxp
 from .compare import sign_product, sign_times
 from .fastcmp import MaskedBits, compare_thresholds, open_masked
 from .polynomial import HEADROOM_BITS
+from .randomness import zero_share
 from .ring import RingArray, neg, to_ring
 from .shares import AShare, concatenate, public_share, stack
-from .trunc1 import Trunc1Material, Trunc1Spec, prepare_trunc1, truncate1
+from .trunc1 import Trunc1Material, Trunc1Spec, prepare_trunc1, truncate1, truncate1_additive
 
 SEGMENT_FRAC = 20
 """Fractional bits of t and t^2 in :func:`segmented_power`."""
@@ -248,7 +249,7 @@ def plan_segments(fit: Segments, ranges: tuple[Exponents, ...], frac_out: int) -
 
 
 async def segmented_power(
-    ctx: Context, x: AShare, plan: SegmentPlan, pre: SegmentMaterial | None = None
+    ctx: Context, x: AShare | RingArray, plan: SegmentPlan, pre: SegmentMaterial | None = None
 ) -> AShare:
     """factor * X^e for X of shape (ranges, *shape), X[i] in the plan's range i (one range,
     or two: the second taking over from its 2^lo on; module docstring, the first range's
@@ -258,8 +259,17 @@ async def segmented_power(
     Cost: the comparisons in one batch (3 rounds) beside all candidates (2 rounds on the
     direct plan, else 3), then the opening with the selection: 4 rounds. Bytes: module
     docstring.
+
+    ``x`` may be this party's 3-out-of-3 share z of X (untruncated, masked by a fresh
+    zero-sharing: :func:`.arith.dot_share`; not on the direct plan), so that everything
+    starts in the product's resharing round, which it replaces: the comparisons' evaluators
+    swap their z beside S's leaves (:func:`.fastcmp.compare_thresholds`), and t_m's TP1
+    takes its 3-out-of-3 shares (:func:`segment_candidates`). The 4 rounds then count from
+    the product's local step. Bytes per element: the swap's 16 instead of the reshare's 24,
+    and per octave t_m's TP1 at 48 instead of 24.
     """
-    by_range = x.map(lambda a: np.moveaxis(a, 0, -1))
+    move = functools.partial(np.moveaxis, source=0, destination=-1)
+    by_range = x.map(move) if isinstance(x, AShare) else move(x)
     sign, values = await ctx.gather(
         lambda c: compare_thresholds(c, by_range, plan.thresholds, of=plan.threshold_range,
                                      bits=plan.bits),
@@ -334,26 +344,58 @@ async def prepare_segments(ctx: Context, plan: SegmentPlan, rows: int) -> Segmen
 
 
 async def segment_candidates(
-    ctx: Context, x: AShare, plan: SegmentPlan, pre: SegmentMaterial | None = None
+    ctx: Context, x: AShare | RingArray, plan: SegmentPlan, pre: SegmentMaterial | None = None
 ) -> AShare:
     """Every candidate (module docstring) of x (shape (*shape, ranges)), shape
     (*shape, candidates), every truncation by TP1 (:mod:`.trunc1`; ``pre``: its tuples from
     :func:`prepare_segments`, None: prepared inline): per octave t_m (exact, local) and t_m,
     t_m^2 at SEGMENT_FRAC bits (1 round on the direct plan, t_m's truncation beside the
     square; else 2: truncation, then square), per candidate one dot product of length 2
-    (1 round): 2 or 3 rounds."""
+    (1 round): 2 or 3 rounds.
+
+    ``x`` as 3-out-of-3 shares z (:func:`segmented_power`; wide plan only): t_m's TP1 takes
+    P_i's share z_i 2^(W+1-m) (- 3 2^W at P_0) + beta_i, beta a *second* fresh zero-sharing,
+    one word per octave and element. Why the second mask: TP1 on 3-out-of-3 shares sends
+    w_i = t_i + r_i to both others, and P_(i-1) knows r_i, so P_(i-1) learns t_i. With
+    t_i = z_i 2^(W+1-m) + beta_i, what each party learns of z is masked twice over: E2 =
+    P_(s+2) gets z_E1 (the comparisons' swap, masked by alpha_(s+1), from k_(s+1), which E2
+    lacks) and t_(m,s) (masked by beta_(m,s) = F(k_s) - F(k_(s+1)): k_(s+1) again, under a
+    fresh label, so independent of alpha and of the other octaves' betas); E1 = P_(s+1)
+    gets z_E2 (alpha_(s+2), k_s) and t_(m,s+2) (beta, k_s); S = P_s gets t_(m,s+1) only
+    (beta, k_(s+2)). Every received word is a value plus a fresh PRG word of a key the
+    receiver lacks: uniform. With beta = alpha (or no beta) E2 would hold z_s, z_(s+1) and
+    its own z_(s+2), i.e. X itself; the scales 2^(W+1-m) are powers of two, so even z_s
+    2^(W+1-m) mod 2^64 would give X's low bits. The opened c = t + r stays uniform (r)."""
     role, f, w = ctx.role, SEGMENT_FRAC, plan.work
     t_pre, t2_pre, dot_pre = (None, None, None) if pre is None else (pre.t, pre.t2, pre.dot)
-    exact = x[..., plan.octave_range].scale(plan.scales).add_public(role, neg(3 << w))
-    if plan.direct:
-        t, t2 = await ctx.gather(
-            lambda c: truncate1(c, exact, w - f, pre=t_pre),
-            lambda c: square_fxp(c, exact, bits=2 * w - f, rounds=1, pre=t2_pre))
-        low = w
+    if not isinstance(x, AShare):
+        if plan.direct:
+            raise ValueError("3-out-of-3 input only on the wide plan (W = 60)")
+        shares = ring.mul(x[..., plan.octave_range], plan.scales)
+        if role == 0:
+            shares = ring.add(shares, to_ring(neg(3 << w)))
+        masked = ring.add(shares, zero_share(ctx, shares.shape))
+        t = await truncate1_additive(ctx, masked, w - f, pre=t_pre)
     else:
+        exact = x[..., plan.octave_range].scale(plan.scales).add_public(role, neg(3 << w))
+        if plan.direct:
+            t, t2 = await ctx.gather(
+                lambda c: truncate1(c, exact, w - f, pre=t_pre),
+                lambda c: square_fxp(c, exact, bits=2 * w - f, rounds=1, pre=t2_pre))
+            return await _candidates_from_t(ctx, plan, exact, t, w, t2_pre, dot_pre, t2)
         t = await truncate1(ctx, exact, w - f, pre=t_pre)
+    return await _candidates_from_t(ctx, plan, t, t, f, t2_pre, dot_pre)
+
+
+async def _candidates_from_t(
+    ctx: Context, plan: SegmentPlan, exact: AShare, t: AShare, low: int,
+    t2_pre: Trunc1Material | None, dot_pre: Trunc1Material | None, t2: AShare | None = None,
+) -> AShare:
+    """The candidates from t_m at SEGMENT_FRAC bits (``exact``: t_m at ``low`` bits, for
+    a_1 s) and t_m^2 (squared here, 1 round, when None): the dot products (1 round)."""
+    role, f = ctx.role, SEGMENT_FRAC
+    if t2 is None:
         t2 = await square_fxp(ctx, t, bits=f, rounds=1, pre=t2_pre)
-        exact, low = t, f
     exact, t, t2 = (a[..., plan.octave] for a in (exact, t, t2))
     halves = plan.halves
     s_low = exact.add_public(role, neg(ring.mul(halves, 1 << (low - 1))))
