@@ -20,24 +20,28 @@ Weight layout (:class:`SecureModel`, built once per session from the model owner
 
 Costs per layer for n new tokens and T cached + new positions (per party; R = rounds;
 M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith`` and
-``trunc``): attention RMSNorm as rho only (``norms.rms_rsqrt``: 5 R; its wide copy comes from
+``trunc``): attention RMSNorm as rho only (``norms.rms_rsqrt``: 4 R; its wide copy comes from
 the product that made the stream, :func:`residual_matmul`) beside x @ W'qkv (M, the gain
 folded into W'qkv), then (x W'qkv) rho (2 R, n (q + 2kv) outputs: :func:`normalised_qkv`),
 RoPE (truncation: 2 R, ~8 bytes per q/k element), scores (2 R, all heads batched by
 key/value group), softmax numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum
 beside e @ V and (e @ V) x 1/sum (2 R) for one new row or T >= head_dim, else
 (e x 1/sum) @ V (2 + 2 R; :func:`attend`), output projection (M, and the wide copy of the
-stream for the next norm), MLP RMSNorm (7 R, its gain folded into W_gate_up), gate/up (M),
+stream for the next norm), MLP RMSNorm (6 R, its gain folded into W_gate_up), gate/up (M),
 SiLU (``activations``, 6 R; its comparisons as long as the layer's certified gate bound
 needs), SiLU x up (2 R), down (M, and the next wide copy).
 Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``: 54 rounds measured
-before the norms' and the reciprocal's candidates took TP1, 46 expected now; the tiny model
-measured 58 -> 50): attn.norm 5, qkv 2 (x W'qkv beside the norm), RoPE 1, scores 2, maximum 4,
+before the norms' and the reciprocal's candidates took TP1, 44 expected now; the tiny model
+measured 58 -> 50 -> 48): attn.norm 4 (the rsqrt from the sums of squares' 3-out-of-3
+shares: no resharing round), qkv 2 (x W'qkv beside the norm), RoPE 1, scores 2, maximum 4,
 negExp 6, reciprocal 3 (its comparisons' leaves in negExp's last round; e @ V beside it),
-(e @ V) x r 2, O 2, mlp.norm 7, gate/up 2, SiLU 6, x up 2, down 2.
+(e @ V) x r 2, O 2, mlp.norm 6, gate/up 2, SiLU 6, x up 2, down 2.
 Embedding: 2 rounds (the first norm's wide copy), 2 n hidden elements; head (last position
 only): RMSNorm (given its wide copy) and a local product: the logits are not truncated, the
 client gets their 3-out-of-3 shares (:func:`lm_head`, ``io.reveal_product_to``).
+Offline: every norm's TP1 tuples of the pass (per layer two, and the head's) are prepared at
+its start, beside the embedding (:func:`prepare_tuples`, in the scopes of the norms they
+serve): their offline rounds never wait on, nor delay, the online path.
 Statistics: scopes ``embed``, ``layer{i}`` and ``head``; inside a layer one scope per
 component, :data:`COMPONENTS` (``attn.norm``, ``attn.qkv``, ..., ``mlp.down``), and inside
 those the protocols' own (``rms_norm``, ``softmax`` with ``max_along``, ``neg_exp`` and
@@ -61,7 +65,9 @@ shapes, and a reader checks them against the LLaMA architecture in one place.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -472,7 +478,8 @@ QKV_RHO_FRAC = 32
 
 
 async def normalised_qkv(
-    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream,
+    pre: SegmentMaterial | None = None,
 ) -> AShare:
     """RMSNorm(x) @ W'qkv (the gain folded into W'qkv) as rho (x @ W'qkv): the product on
     the raw residual (scope ``qkv``) runs beside the norm's rsqrt (scope ``norm``), then one
@@ -493,7 +500,7 @@ async def normalised_qkv(
     async def rho(c: Context) -> AShare:
         with c.scope("norm"):
             return await rms_rsqrt(c, stream.x, stream.wide, eps=config.rms_eps,
-                                   max_abs=MAX_ABS, frac_bits=QKV_RHO_FRAC)
+                                   max_abs=MAX_ABS, frac_bits=QKV_RHO_FRAC, pre=pre)
 
     async def raw(c: Context) -> AShare:
         with c.scope("qkv"):
@@ -508,10 +515,10 @@ async def normalised_qkv(
 
 async def attention(
     ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, rope: Rope,
-    cache: SecureKVCache, index: int,
+    cache: SecureKVCache, index: int, pre: SegmentMaterial | None = None,
 ) -> Stream:
     """The stream plus the grouped-query causal self-attention of its new rows x (n, hidden),
-    with the cache.
+    with the cache (``pre``: the norm's TP1 tuples, :func:`prepare_tuples`).
 
     All query heads of one key/value group form one batched product against that group's
     keys (no copies of K or V per query head); one softmax over every head and row.
@@ -520,7 +527,7 @@ async def attention(
     n, d = x.shape[0], config.head_dim
     heads, groups, rep = config.n_heads, config.n_kv_heads, config.n_rep
     name = f"layer{index}"
-    qkv = await normalised_qkv(ctx, config, layer, stream)
+    qkv = await normalised_qkv(ctx, config, layer, stream, pre)
     probe(ctx, f"{name}.qkv", qkv)
     split = (heads + groups) * d
     with ctx.scope("rope"):
@@ -612,26 +619,52 @@ async def mlp(
 
 async def decoder_layer(
     ctx: Context, config: LlamaConfig, layer: SecureLayer, x: Stream, rope: Rope,
-    cache: SecureKVCache, index: int,
+    cache: SecureKVCache, index: int, pre: LayerTuples | None = None,
 ) -> Stream:
     """One block on the residual stream (n, hidden); appends its keys/values to the cache.
-    The MLP norm's TP1 tuples are prepared beside the attention (offline, scope
-    ``mlp.norm``), so that their 4 offline rounds are not on the norm's path."""
-
-    async def attend_(c: Context) -> Stream:
-        with c.scope("attn"):
-            return await attention(c, config, layer, x, rope, cache, index)
-
-    async def tuples(c: Context) -> SegmentMaterial:
-        with c.scope("mlp.norm"):
-            return await prepare_rms_norm(c, x.x.shape, eps=config.rms_eps)
-
-    after, pre = await ctx.gather(attend_, tuples)
+    ``pre``: its norms' TP1 tuples (:func:`prepare_tuples`; None: prepared inline)."""
+    attn_pre, mlp_pre = (None, None) if pre is None else pre
+    with ctx.scope("attn"):
+        after = await attention(ctx, config, layer, x, rope, cache, index, attn_pre)
     probe(ctx, f"layer{index}.attn_residual", after.x)
     with ctx.scope("mlp"):
-        x = await mlp(ctx, config, layer, after, index, pre)
+        x = await mlp(ctx, config, layer, after, index, mlp_pre)
     probe(ctx, f"layer{index}.residual", x.x)
     return x
+
+
+LayerTuples = tuple[SegmentMaterial, SegmentMaterial]
+"""A layer's norms' TP1 tuples: the attention norm's (rho at :data:`QKV_RHO_FRAC`), the
+MLP norm's."""
+
+
+async def prepare_tuples(
+    ctx: Context, config: LlamaConfig, rows: int, head_rows: int
+) -> tuple[list[LayerTuples], SegmentMaterial]:
+    """Every norm's TP1 tuples of a pass over ``rows`` new rows (the head's norm on
+    ``head_rows``), public parameters only: phase ``offline``, 4 rounds for all, each in the
+    scopes of the norm it serves (``layer{i}``, ``attn`` or ``mlp``, ``norm``; ``head``), so
+    that its traffic is attributed there. Run at the start of a pass, beside the embedding,
+    its offline rounds never wait on (or delay) the online path."""
+    eps = config.rms_eps
+
+    async def norm(c: Context, scopes: tuple[str, ...], frac_bits: int | None,
+                   n: int = rows) -> SegmentMaterial:
+        with contextlib.ExitStack() as stack:
+            for name in scopes:
+                stack.enter_context(c.scope(name))
+            return await prepare_rms_norm(c, (n, config.hidden), eps=eps, frac_bits=frac_bits)
+
+    steps = []
+    for i in range(config.n_layers):
+        steps.append(functools.partial(norm, scopes=(f"layer{i}", "attn", "norm"),
+                                       frac_bits=QKV_RHO_FRAC))
+        steps.append(functools.partial(norm, scopes=(f"layer{i}", "mlp", "norm"),
+                                       frac_bits=None))
+    steps.append(functools.partial(norm, scopes=("head",), frac_bits=None, n=head_rows))
+    got = await ctx.gather(*steps)
+    layers = [(got[2 * i], got[2 * i + 1]) for i in range(config.n_layers)]
+    return layers, got[-1]
 
 
 async def forward(
@@ -655,15 +688,20 @@ async def forward(
             f"{start} cached + {n} new tokens exceed the context length {config.context_length}"
         )
     rope = Rope.at(ctx, config, start, n)
-    with ctx.scope("embed"):
-        x = await embed_tokens(ctx, model, one_hot)
+
+    async def embed(c: Context) -> Stream:
+        with c.scope("embed"):
+            return await embed_tokens(c, model, one_hot)
+
+    x, (layer_pre, head_pre) = await ctx.gather(
+        embed, lambda c: prepare_tuples(c, config, n, n if all_positions else 1))
     for i, layer in enumerate(model.layers):
         with ctx.scope(f"layer{i}"):
-            x = await decoder_layer(ctx, config, layer, x, rope, cache, i)
+            x = await decoder_layer(ctx, config, layer, x, rope, cache, i, layer_pre[i])
     with ctx.scope("head"):
         rows = x if all_positions else x.rows(slice(n - 1, None))
         normed = await rms_norm(ctx, rows.x, model.final_norm, eps=config.rms_eps,
-                                wide=rows.wide)
+                                wide=rows.wide, pre=head_pre)
         probe(ctx, "final_norm", normed)
         logits = await lm_head(ctx, model, normed)
         probe(ctx, "logits", logits)
@@ -674,6 +712,7 @@ __all__ = [
     "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "LayerProbe", "Probe", "Rope", "SecureKVCache",
     "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream", "apply_rope",
     "assemble_model", "attend", "attention", "causal_mask", "decoder_layer", "embed_tokens",
-    "forward", "forward_scopes", "lm_head", "logit_format", "mlp", "norm_shift", "probe",
+    "forward", "forward_scopes", "lm_head", "logit_format", "mlp", "norm_shift", "prepare_tuples",
+    "probe",
     "residual_matmul", "store_share", "weight_matmul", "weight_plan", "weight_tensors",
 ]

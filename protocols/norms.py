@@ -122,13 +122,15 @@ async def rms_norm(
 
 
 async def prepare_rms_norm(
-    ctx: Context, shape: tuple[int, ...], *, eps: float = 1e-5, max_abs: float = MAX_ABS
+    ctx: Context, shape: tuple[int, ...], *, eps: float = 1e-5, max_abs: float = MAX_ABS,
+    frac_bits: int | None = None,
 ) -> SegmentMaterial:
     """The TP1 tuples of :func:`rms_norm` on x of ``shape`` (public parameters only; phase
-    ``offline``, 4 rounds): run it beside earlier work and pass it as ``pre``."""
+    ``offline``, 4 rounds): run it beside earlier work and pass it as ``pre``. ``frac_bits``:
+    those of :func:`rms_rsqrt`'s rho when the tuples are for it (None: rms_norm's)."""
     n = shape[-1]
     k = wide_shift(n, max_abs, fixed_point(ctx).frac_bits)
-    plan = _rsqrt_plan(ctx, n, k, eps, _rho_frac(ctx, n))
+    plan = _rsqrt_plan(ctx, n, k, eps, _rho_frac(ctx, n) if frac_bits is None else frac_bits)
     return await prepare_segments(ctx, plan, math.prod(shape[:-1]))
 
 
