@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from puma_async.context import Context
 from puma_async.evaluate import evaluate, evaluation_program
 from puma_async.protocols import fastcmp
+from puma_async.protocols.arith import mul_local
 from puma_async.protocols.carrytree import boundary_plan, comparison_plan
 from puma_async.protocols.compare import to_arith
-from puma_async.protocols.randomness import setup_keys
+from puma_async.protocols.randomness import setup_keys, zero_share
 from puma_async.protocols.ring import RING_DTYPE
 from puma_async.protocols.shares import AShare, public_share
 from puma_async.roles import CLIENT, PARTIES
@@ -111,6 +112,30 @@ def test_long_arrays_rotate_roles_and_every_party_sends_the_same(n: int) -> None
     assert np.array_equal(_signed(ev.outputs[0]), (x[:, None] < np.array([0, -5])).astype(int))
     sent = [ev.cost(p).bytes_sent for p in PARTIES]
     assert len(set(sent)) == 1 and max(ev.cost(p).rounds for p in PARTIES) == 4
+
+
+@pytest.mark.parametrize("n", [200, 12288])
+def test_three_out_of_three_input_starts_in_its_resharing_round(n: int) -> None:
+    """x given as 3-out-of-3 shares (a product's, masked by a zero-sharing): the same bits,
+    in the same 4 rounds counted from the local shares (the evaluators' swap beside S's
+    leaves), 16 bytes per value more than from replicated x; one part or three."""
+    rng = np.random.default_rng(n)
+    x = rng.integers(-(2**40), 2**40, (n, 2), dtype=np.int64)
+    t, of = np.array([0, 5, -(2**39), 2**30]), np.array([0, 1, 1, 0])
+
+    async def fn(ctx: Context, a: AShare, additive: bool) -> AShare:
+        z = mul_local(a, public_share(ctx.role, np.ones(a.shape, np.uint64)))
+        z = z + zero_share(ctx, z.shape)
+        return await to_arith(ctx, await fastcmp.compare_thresholds(
+            ctx, z if additive else a, t, of=of, bits=42))
+
+    runs = [evaluate(lambda ctx, a, m=m: fn(ctx, a, m), x) for m in (False, True)]
+    for ev in runs:
+        assert np.array_equal(_signed(ev.outputs[0]), (x[..., of] < t).astype(np.int64))
+        assert max(ev.cost(p).rounds for p in PARTIES) == 4
+    extra = sum(runs[1].cost(p).bytes_sent for p in PARTIES) - sum(
+        runs[0].cost(p).bytes_sent for p in PARTIES)
+    assert extra == 16 * x.size
 
 
 def test_empty_and_single_elements() -> None:
