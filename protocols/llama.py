@@ -75,7 +75,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from puma_async.context import Context
+from puma_async.context import Context, Step
 from puma_async.errors import ContextLengthError
 from puma_async.model.config import LlamaConfig
 from puma_async.model.rope import rope_tables
@@ -104,6 +104,7 @@ from .softmax import (
     exp_rows,
     matmul_max,
     normalise_after,
+    prepare_row_reciprocals,
     probabilities,
     row_reciprocals,
     scale_rows,
@@ -515,10 +516,11 @@ async def normalised_qkv(
 
 async def attention(
     ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, rope: Rope,
-    cache: SecureKVCache, index: int, pre: SegmentMaterial | None = None,
+    cache: SecureKVCache, index: int, pre: LayerTuples | None = None,
 ) -> Stream:
     """The stream plus the grouped-query causal self-attention of its new rows x (n, hidden),
-    with the cache (``pre``: the norm's TP1 tuples, :func:`prepare_tuples`).
+    with the cache (``pre``: the layer's TP1 tuples, :func:`prepare_tuples`; the attention
+    uses the norm's and the reciprocal's).
 
     All query heads of one key/value group form one batched product against that group's
     keys (no copies of K or V per query head); one softmax over every head and row.
@@ -527,7 +529,7 @@ async def attention(
     n, d = x.shape[0], config.head_dim
     heads, groups, rep = config.n_heads, config.n_kv_heads, config.n_rep
     name = f"layer{index}"
-    qkv = await normalised_qkv(ctx, config, layer, stream, pre)
+    qkv = await normalised_qkv(ctx, config, layer, stream, None if pre is None else pre.attn_norm)
     probe(ctx, f"{name}.qkv", qkv)
     split = (heads + groups) * d
     with ctx.scope("rope"):
@@ -545,7 +547,8 @@ async def attention(
     scores, top = await matmul_max(ctx, q, keys.transpose(0, 2, 1), keep,
                                    product_scope="scores", max_scope="softmax.max_along")
     probe(ctx, f"{name}.scores", scores.reshape(groups, rep, n, total))
-    out = await attend(ctx, scores, values, keep, n, name, top)
+    out = await attend(ctx, scores, values, keep, n, name, top,
+                       None if pre is None else pre.reciprocal)
     out = out.reshape(groups, rep, n, d).transpose(2, 0, 1, 3).reshape(n, heads * d)
     probe(ctx, f"{name}.attn_out", out)
     with ctx.scope("o"):
@@ -556,9 +559,10 @@ async def attention(
 
 async def attend(
     ctx: Context, scores: AShare, values: AShare, keep: npt.NDArray[np.bool_], n: int, name: str,
-    top: AShare | None = None,
+    top: AShare | None = None, pre: SegmentMaterial | None = None,
 ) -> AShare:
-    """softmax(scores) @ values per key/value group, (groups, rep n, T) @ (groups, T, d).
+    """softmax(scores) @ values per key/value group, (groups, rep n, T) @ (groups, T, d);
+    ``pre``: the reciprocal's TP1 tuples (:func:`.softmax.prepare_row_reciprocals`).
 
     Scopes ``softmax`` (its maximum, exponential and reciprocal in theirs, and the product
     by 1/sum) and ``pv``. For one new row, or when it costs no more bytes
@@ -576,14 +580,14 @@ async def attend(
 
     async def sums(c: Context) -> AShare:
         with c.scope("softmax"):
-            return await row_reciprocals(c, e)
+            return await row_reciprocals(c, e, pre)
 
     if normalise_after(n, total, values.shape[-1]):
         weighted, r = await ctx.gather(lambda c: product(c, e), sums)
         with ctx.scope("softmax"):
             return await scale_rows(ctx, weighted, r)
     with ctx.scope("softmax"):
-        probs = await probabilities(ctx, e, keep)
+        probs = await probabilities(ctx, e, keep, pre)
     return await product(ctx, probs)
 
 
@@ -623,48 +627,57 @@ async def decoder_layer(
 ) -> Stream:
     """One block on the residual stream (n, hidden); appends its keys/values to the cache.
     ``pre``: its norms' TP1 tuples (:func:`prepare_tuples`; None: prepared inline)."""
-    attn_pre, mlp_pre = (None, None) if pre is None else pre
     with ctx.scope("attn"):
-        after = await attention(ctx, config, layer, x, rope, cache, index, attn_pre)
+        after = await attention(ctx, config, layer, x, rope, cache, index, pre)
     probe(ctx, f"layer{index}.attn_residual", after.x)
     with ctx.scope("mlp"):
-        x = await mlp(ctx, config, layer, after, index, mlp_pre)
+        x = await mlp(ctx, config, layer, after, index, None if pre is None else pre.mlp_norm)
     probe(ctx, f"layer{index}.residual", x.x)
     return x
 
 
-LayerTuples = tuple[SegmentMaterial, SegmentMaterial]
-"""A layer's norms' TP1 tuples: the attention norm's (rho at :data:`QKV_RHO_FRAC`), the
-MLP norm's."""
+@dataclasses.dataclass(frozen=True)
+class LayerTuples:
+    """A layer's TP1 tuples (:func:`prepare_tuples`): the attention norm's (rho at
+    :data:`QKV_RHO_FRAC`), the softmax reciprocal's, the MLP norm's."""
+
+    attn_norm: SegmentMaterial
+    reciprocal: SegmentMaterial
+    mlp_norm: SegmentMaterial
 
 
 async def prepare_tuples(
-    ctx: Context, config: LlamaConfig, rows: int, head_rows: int
+    ctx: Context, config: LlamaConfig, rows: int, keys: int, head_rows: int
 ) -> tuple[list[LayerTuples], SegmentMaterial]:
-    """Every norm's TP1 tuples of a pass over ``rows`` new rows (the head's norm on
-    ``head_rows``), public parameters only: phase ``offline``, 4 rounds for all, each in the
-    scopes of the norm it serves (``layer{i}``, ``attn`` or ``mlp``, ``norm``; ``head``), so
-    that its traffic is attributed there. Run at the start of a pass, beside the embedding,
-    its offline rounds never wait on (or delay) the online path."""
-    eps = config.rms_eps
+    """Every TP1 tuple of a pass over ``rows`` new rows and ``keys`` cached + new positions
+    (the head's norm on ``head_rows``), public parameters only: phase ``offline``, 4 rounds
+    for all, each in the scopes of the protocol it serves (``layer{i}``, then ``attn.norm``,
+    ``attn.softmax.reciprocal`` or ``mlp.norm``; ``head``), so that its traffic is
+    attributed there. Run at the start of a pass, beside the embedding: its offline rounds
+    never wait on (or delay) the online path."""
+    shape, eps = (rows, config.hidden), config.rms_eps
 
-    async def norm(c: Context, scopes: tuple[str, ...], frac_bits: int | None,
-                   n: int = rows) -> SegmentMaterial:
+    async def scoped(c: Context, scopes: tuple[str, ...], step: Step[SegmentMaterial]
+                     ) -> SegmentMaterial:
         with contextlib.ExitStack() as stack:
             for name in scopes:
                 stack.enter_context(c.scope(name))
-            return await prepare_rms_norm(c, (n, config.hidden), eps=eps, frac_bits=frac_bits)
+            return await step(c)
 
     steps = []
     for i in range(config.n_layers):
-        steps.append(functools.partial(norm, scopes=(f"layer{i}", "attn", "norm"),
-                                       frac_bits=QKV_RHO_FRAC))
-        steps.append(functools.partial(norm, scopes=(f"layer{i}", "mlp", "norm"),
-                                       frac_bits=None))
-    steps.append(functools.partial(norm, scopes=("head",), frac_bits=None, n=head_rows))
+        for scopes, step in (
+            (("attn", "norm"), functools.partial(prepare_rms_norm, shape=shape, eps=eps,
+                                                 frac_bits=QKV_RHO_FRAC)),
+            (("attn", "softmax", "reciprocal"), functools.partial(
+                prepare_row_reciprocals, rows=config.n_heads * rows, n=keys)),
+            (("mlp", "norm"), functools.partial(prepare_rms_norm, shape=shape, eps=eps)),
+        ):
+            steps.append(functools.partial(scoped, scopes=(f"layer{i}", *scopes), step=step))
+    steps.append(functools.partial(scoped, scopes=("head",), step=functools.partial(
+        prepare_rms_norm, shape=(head_rows, config.hidden), eps=eps)))
     got = await ctx.gather(*steps)
-    layers = [(got[2 * i], got[2 * i + 1]) for i in range(config.n_layers)]
-    return layers, got[-1]
+    return [LayerTuples(*got[3 * i : 3 * i + 3]) for i in range(config.n_layers)], got[-1]
 
 
 async def forward(
@@ -694,7 +707,7 @@ async def forward(
             return await embed_tokens(c, model, one_hot)
 
     x, (layer_pre, head_pre) = await ctx.gather(
-        embed, lambda c: prepare_tuples(c, config, n, n if all_positions else 1))
+        embed, lambda c: prepare_tuples(c, config, n, start + n, n if all_positions else 1))
     for i, layer in enumerate(model.layers):
         with ctx.scope(f"layer{i}"):
             x = await decoder_layer(ctx, config, layer, x, rope, cache, i, layer_pre[i])

@@ -37,7 +37,16 @@ import math
 from puma_async.context import Context, protocol
 
 from .fixedpoint import fixed_point
-from .segments import EXTENSION, Exponents, Segments, plan_segments, segmented_power
+from .segments import (
+    EXTENSION,
+    Exponents,
+    SegmentMaterial,
+    SegmentPlan,
+    Segments,
+    plan_segments,
+    prepare_segments,
+    segmented_power,
+)
 from .shares import AShare
 
 RECIPROCAL_SEGMENTS = Segments(
@@ -95,14 +104,27 @@ async def reciprocal(
     max_value: float,
     min_value: float | None = None,
     frac_out: int | None = None,
+    pre: SegmentMaterial | None = None,
 ) -> AShare:
     """1/x for fixed-point x in [min_value (default one unit), max_value], at ``frac_out`` bits.
 
     Garbage outside that range. Cost: 4 rounds, about 300 bytes online and 600 offline per
     element and octave of [min_value, max_value]. Error <= 1.9e-6 |y| +
-    max(1.4 units, 4.8e-7 |y|) (module docstring).
+    max(1.4 units, 4.8e-7 |y|) (module docstring). ``pre``: the TP1 tuples from
+    :func:`prepare_reciprocal` (None: prepared inline).
     """
-    return await _segments(ctx, x, RECIPROCAL_SEGMENTS, min_value, max_value, frac_out)
+    plan = _plan(ctx, RECIPROCAL_SEGMENTS, min_value, max_value, frac_out)
+    return await segmented_power(ctx, x.map(lambda a: a[None]), plan, pre)
+
+
+async def prepare_reciprocal(
+    ctx: Context, size: int, *, max_value: float, min_value: float | None = None,
+    frac_out: int | None = None,
+) -> SegmentMaterial:
+    """The TP1 tuples of :func:`reciprocal` on ``size`` elements (public parameters only;
+    phase ``offline``, 4 rounds): run it ahead, beside earlier work, and pass it as ``pre``."""
+    plan = _plan(ctx, RECIPROCAL_SEGMENTS, min_value, max_value, frac_out)
+    return await prepare_segments(ctx, plan, size)
 
 
 @protocol
@@ -120,17 +142,20 @@ async def rsqrt(
     element and octave of [min_value, max_value]. Relative error
     <= 1.3e-6 + 1.25 units (module docstring).
     """
-    return await _segments(ctx, x, RSQRT_SEGMENTS, min_value, max_value, frac_out)
-
-
-async def _segments(
-    ctx: Context, x: AShare, fit: Segments, min_value: float | None, max_value: float,
-    frac_out: int | None,
-) -> AShare:
-    """c^e by ``fit`` on [min_value, max_value] (:func:`.segments.segmented_power`)."""
-    out = fixed_point(ctx).frac_bits if frac_out is None else frac_out
-    plan = plan_segments(fit, (exponents(ctx, min_value, max_value),), out)
+    plan = _plan(ctx, RSQRT_SEGMENTS, min_value, max_value, frac_out)
     return await segmented_power(ctx, x.map(lambda a: a[None]), plan)
 
 
-__all__ = ["RECIPROCAL_SEGMENTS", "RSQRT_SEGMENTS", "exponents", "reciprocal", "rsqrt"]
+def _plan(
+    ctx: Context, fit: Segments, min_value: float | None, max_value: float,
+    frac_out: int | None,
+) -> SegmentPlan:
+    """The plan of c^e by ``fit`` on [min_value, max_value] (:func:`.segments.plan_segments`)."""
+    out = fixed_point(ctx).frac_bits if frac_out is None else frac_out
+    return plan_segments(fit, (exponents(ctx, min_value, max_value),), out)
+
+
+__all__ = [
+    "RECIPROCAL_SEGMENTS", "RSQRT_SEGMENTS", "exponents", "prepare_reciprocal", "reciprocal",
+    "rsqrt",
+]

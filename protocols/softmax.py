@@ -51,8 +51,9 @@ from .fastcmp import (
     maximum_leaves,
 )
 from .polynomial import repeat_last
-from .reciprocal import reciprocal
+from .reciprocal import prepare_reciprocal, reciprocal
 from .ring import RingArray
+from .segments import SegmentMaterial
 from .shares import AShare, concatenate
 from .trunc import (
     Opened,
@@ -234,14 +235,26 @@ async def exp_rows(
     return e if keep is None else e.scale(keep.astype(np.uint64))
 
 
-async def row_reciprocals(ctx: Context, e: AShare) -> AShare:
+async def row_reciprocals(
+    ctx: Context, e: AShare, pre: SegmentMaterial | None = None
+) -> AShare:
     """r = 1 / sum(e) per row of :func:`exp_rows`' e, at :data:`RECIPROCAL_FRAC` fractional
     bits. Every e is within one unit of [0, 1] and the maximum's is e^0 = 1 exactly, so the
     sum lies in [1 - 2^-17, n (1 + 2^-17)]: :func:`.reciprocal.reciprocal` on that range
-    (its octaves 0 .. log2 n)."""
-    n = e.shape[-1]
-    return await reciprocal(ctx, e.sum(axis=-1), min_value=1 - 2.0**-17,
-                            max_value=n * (1 + 2.0**-17), frac_out=RECIPROCAL_FRAC)
+    (its octaves 0 .. log2 n). ``pre``: its TP1 tuples (:func:`prepare_row_reciprocals`)."""
+    return await reciprocal(ctx, e.sum(axis=-1), **_reciprocal_range(e.shape[-1]), pre=pre)
+
+
+async def prepare_row_reciprocals(ctx: Context, rows: int, n: int) -> SegmentMaterial:
+    """The TP1 tuples of :func:`row_reciprocals` on ``rows`` rows of n entries (public
+    parameters only; phase ``offline``, 4 rounds)."""
+    return await prepare_reciprocal(ctx, rows, **_reciprocal_range(n))
+
+
+def _reciprocal_range(n: int) -> dict[str, float | int]:
+    """The row sums' range and r's bits (:func:`row_reciprocals`)."""
+    return {"min_value": 1 - 2.0**-17, "max_value": n * (1 + 2.0**-17),
+            "frac_out": RECIPROCAL_FRAC}
 
 
 async def scale_rows(ctx: Context, y: AShare, r: AShare) -> AShare:
@@ -254,10 +267,14 @@ async def scale_rows(ctx: Context, y: AShare, r: AShare) -> AShare:
     return await mul_fxp(ctx, y, repeat_last(r, y.shape[-1]), bits=RECIPROCAL_FRAC)
 
 
-async def probabilities(ctx: Context, e: AShare, mask: npt.ArrayLike | None = None) -> AShare:
-    """e / sum(e) per row (:func:`row_reciprocals`, :func:`scale_rows`), 0 where masked."""
+async def probabilities(
+    ctx: Context, e: AShare, mask: npt.ArrayLike | None = None,
+    pre: SegmentMaterial | None = None,
+) -> AShare:
+    """e / sum(e) per row (:func:`row_reciprocals`, ``pre`` its tuples; :func:`scale_rows`),
+    0 where masked."""
     keep = _keep(mask, e.shape)
-    out = await scale_rows(ctx, e, await row_reciprocals(ctx, e))
+    out = await scale_rows(ctx, e, await row_reciprocals(ctx, e, pre))
     return out if keep is None else out.scale(keep.astype(np.uint64))
 
 
@@ -287,5 +304,5 @@ def normalise_after(new_rows: int, keys: int, width: int) -> bool:
 __all__ = [
     "ALL_PAIRS_MAX", "RECIPROCAL_FRAC", "exp_rows", "matmul_max", "max_along", "max_of_product",
     "normalise_after",
-    "probabilities", "row_reciprocals", "scale_rows", "softmax",
+    "prepare_row_reciprocals", "probabilities", "row_reciprocals", "scale_rows", "softmax",
 ]
