@@ -67,9 +67,7 @@ shapes, and a reader checks them against the LLaMA architecture in one place.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -77,7 +75,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from puma_async.context import Context, Step
+from puma_async.context import Context
 from puma_async.errors import ContextLengthError
 from puma_async.model.config import LlamaConfig
 from puma_async.model.rope import rope_tables
@@ -95,20 +93,20 @@ from .arith import (
     stacked_share,
 )
 from .fixedpoint import FixedPoint, fixed_point
-from .norms import MAX_ABS, prepare_rms_norm, rms_norm, rms_rsqrt, wide_shift
+from .norms import MAX_ABS, rms_norm, rms_norm_tuples, rms_rsqrt, wide_shift
 from .offload import offload
 from .polynomial import repeat_last
 from .ring import RingArray
 from .ringmatmul import ring_matmul
-from .segments import SegmentMaterial
+from .segments import SegmentMaterial, prepare_segment_batches
 from .shares import AShare, ProductShare
 from .softmax import (
     exp_rows,
     matmul_max,
     normalise_after,
-    prepare_row_reciprocals,
     probabilities,
     row_reciprocals,
+    row_reciprocals_tuples,
     scale_rows,
 )
 from .trunc import truncate
@@ -127,11 +125,12 @@ residual, beside the norm's rsqrt, and the product by its rho (:func:`normalised
 
 
 def forward_scopes(n_layers: int) -> tuple[str, ...]:
-    """Every scope :func:`forward` sends in, nested ones before none: ``embed``, each layer's
+    """Every scope :func:`forward` sends in, nested ones before none: ``embed``, ``tuples``
+    (the pass's TP1 tuples, offline: :func:`prepare_tuples`), each layer's
     :data:`COMPONENTS` (``layer0.attn.norm``, ...), ``head``. Each message of a pass is in
     exactly one of them (the longest that contains its scope)."""
     layers = tuple(f"layer{i}.{c}" for i in range(n_layers) for c in COMPONENTS)
-    return ("embed", *layers, "head")
+    return ("embed", "tuples", *layers, "head")
 
 
 Probe = Callable[[int, str, AShare | ProductShare], None]
@@ -564,7 +563,7 @@ async def attend(
     top: AShare | None = None, pre: SegmentMaterial | None = None,
 ) -> AShare:
     """softmax(scores) @ values per key/value group, (groups, rep n, T) @ (groups, T, d);
-    ``pre``: the reciprocal's TP1 tuples (:func:`.softmax.prepare_row_reciprocals`).
+    ``pre``: the reciprocal's TP1 tuples (:func:`prepare_tuples`).
 
     Scopes ``softmax`` (its maximum, exponential and reciprocal in theirs, and the product
     by 1/sum) and ``pv``. For one new row, or when it costs no more bytes
@@ -598,7 +597,7 @@ async def mlp(
     pre: SegmentMaterial | None = None,
 ) -> Stream:
     """The stream x plus SwiGLU (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and
-    up in one product (``pre``: the norm's TP1 tuples, :func:`.norms.prepare_rms_norm`).
+    up in one product (``pre``: the norm's TP1 tuples, :func:`prepare_tuples`).
     SiLU's comparisons are as long as the layer's certified gate bound needs, if declared."""
     name = f"layer{index}"
     with ctx.scope("norm"):
@@ -652,33 +651,18 @@ async def prepare_tuples(
     ctx: Context, config: LlamaConfig, rows: int, keys: int, head_rows: int
 ) -> tuple[list[LayerTuples], SegmentMaterial]:
     """Every TP1 tuple of a pass over ``rows`` new rows and ``keys`` cached + new positions
-    (the head's norm on ``head_rows``), public parameters only: phase ``offline``, 4 rounds
-    for all, each in the scopes of the protocol it serves (``layer{i}``, then ``attn.norm``,
-    ``attn.softmax.reciprocal`` or ``mlp.norm``; ``head``), so that its traffic is
-    attributed there. Run at the start of a pass, beside the embedding: its offline rounds
-    never wait on (or delay) the online path."""
+    (the head's norm on ``head_rows``), public parameters only: phase ``offline``, 4 rounds,
+    one preparation per truncation width for the whole pass
+    (:func:`.segments.prepare_segment_batches`: its local time does not grow with the
+    number of norms), in scope ``tuples``. Run at the start of a pass, beside the embedding:
+    its offline rounds never wait on (or delay) the online path."""
     shape, eps = (rows, config.hidden), config.rms_eps
-
-    async def scoped(c: Context, scopes: tuple[str, ...], step: Step[SegmentMaterial]
-                     ) -> SegmentMaterial:
-        with contextlib.ExitStack() as stack:
-            for name in scopes:
-                stack.enter_context(c.scope(name))
-            return await step(c)
-
-    steps = []
-    for i in range(config.n_layers):
-        for scopes, step in (
-            (("attn", "norm"), functools.partial(prepare_rms_norm, shape=shape, eps=eps,
-                                                 frac_bits=QKV_RHO_FRAC)),
-            (("attn", "softmax", "reciprocal"), functools.partial(
-                prepare_row_reciprocals, rows=config.n_heads * rows, n=keys)),
-            (("mlp", "norm"), functools.partial(prepare_rms_norm, shape=shape, eps=eps)),
-        ):
-            steps.append(functools.partial(scoped, scopes=(f"layer{i}", *scopes), step=step))
-    steps.append(functools.partial(scoped, scopes=("head",), step=functools.partial(
-        prepare_rms_norm, shape=(head_rows, config.hidden), eps=eps)))
-    got = await ctx.gather(*steps)
+    layer = [rms_norm_tuples(ctx, shape, eps=eps, frac_bits=QKV_RHO_FRAC),
+             row_reciprocals_tuples(ctx, config.n_heads * rows, keys),
+             rms_norm_tuples(ctx, shape, eps=eps)]
+    with ctx.scope("tuples"):
+        got = await prepare_segment_batches(ctx, [
+            *layer * config.n_layers, rms_norm_tuples(ctx, (head_rows, config.hidden), eps=eps)])
     return [LayerTuples(*got[3 * i : 3 * i + 3]) for i in range(config.n_layers)], got[-1]
 
 

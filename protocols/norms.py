@@ -113,7 +113,7 @@ async def rms_norm(
     Correct for |x| <= max_abs (and eps > 0 for all-zero rows). ``wide``: x / 2^k (k =
     :func:`wide_shift`) within 1 + 2^-k units, made by the product that made x
     (:func:`.arith.finish_product_wide`); None: truncated here (2 rounds). ``pre``: the
-    rsqrt's TP1 tuples, made ahead by :func:`prepare_rms_norm` (None: beside the sums).
+    rsqrt's TP1 tuples, made ahead (:func:`rms_norm_tuples`) (None: beside the sums).
     Cost and accuracy: module docstring.
     """
     rho_frac = _rho_frac(ctx, x.shape[-1])
@@ -121,17 +121,18 @@ async def rms_norm(
     return await _scale_rows(ctx, x, rho, rho_frac, weight, None)
 
 
-async def prepare_rms_norm(
+def rms_norm_tuples(
     ctx: Context, shape: tuple[int, ...], *, eps: float = 1e-5, max_abs: float = MAX_ABS,
     frac_bits: int | None = None,
-) -> SegmentMaterial:
-    """The TP1 tuples of :func:`rms_norm` on x of ``shape`` (public parameters only; phase
-    ``offline``, 4 rounds): run it beside earlier work and pass it as ``pre``. ``frac_bits``:
-    those of :func:`rms_rsqrt`'s rho when the tuples are for it (None: rms_norm's)."""
+) -> tuple[SegmentPlan, int]:
+    """What the TP1 tuples of :func:`rms_norm` on x of ``shape`` are for (public): make them
+    ahead with :func:`.segments.prepare_segments` (or a pass's all at once,
+    :func:`.segments.prepare_segment_batches`) and pass them as ``pre``. ``frac_bits``: those
+    of :func:`rms_rsqrt`'s rho when the tuples are for it (None: rms_norm's)."""
     n = shape[-1]
     k = wide_shift(n, max_abs, fixed_point(ctx).frac_bits)
     plan = _rsqrt_plan(ctx, n, k, eps, _rho_frac(ctx, n) if frac_bits is None else frac_bits)
-    return await prepare_segments(ctx, plan, math.prod(shape[:-1]))
+    return plan, math.prod(shape[:-1])
 
 
 async def rms_rsqrt(
@@ -275,4 +276,4 @@ def _add_bias(ctx: Context, y: AShare, bias: Weight) -> AShare:
     return y.add_public(ctx.role, fixed_point(ctx).encode(np.broadcast_to(bias, y.shape)))
 
 
-__all__ = ["MAX_ABS", "layer_norm", "prepare_rms_norm", "rms_norm", "rms_rsqrt", "wide_shift"]
+__all__ = ["MAX_ABS", "layer_norm", "rms_norm", "rms_norm_tuples", "rms_rsqrt", "wide_shift"]

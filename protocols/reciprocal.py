@@ -44,7 +44,6 @@ from .segments import (
     SegmentPlan,
     Segments,
     plan_segments,
-    prepare_segments,
     segmented_power,
 )
 from .shares import AShare
@@ -111,20 +110,19 @@ async def reciprocal(
     Garbage outside that range. Cost: 4 rounds, about 300 bytes online and 600 offline per
     element and octave of [min_value, max_value]. Error <= 1.9e-6 |y| +
     max(1.4 units, 4.8e-7 |y|) (module docstring). ``pre``: the TP1 tuples from
-    :func:`prepare_reciprocal` (None: prepared inline).
+    :func:`reciprocal_tuples` (None: prepared inline).
     """
     plan = _plan(ctx, RECIPROCAL_SEGMENTS, min_value, max_value, frac_out)
     return await segmented_power(ctx, x.map(lambda a: a[None]), plan, pre)
 
 
-async def prepare_reciprocal(
+def reciprocal_tuples(
     ctx: Context, size: int, *, max_value: float, min_value: float | None = None,
     frac_out: int | None = None,
-) -> SegmentMaterial:
-    """The TP1 tuples of :func:`reciprocal` on ``size`` elements (public parameters only;
-    phase ``offline``, 4 rounds): run it ahead, beside earlier work, and pass it as ``pre``."""
-    plan = _plan(ctx, RECIPROCAL_SEGMENTS, min_value, max_value, frac_out)
-    return await prepare_segments(ctx, plan, size)
+) -> tuple[SegmentPlan, int]:
+    """What the TP1 tuples of :func:`reciprocal` on ``size`` elements are for (public): make
+    them ahead with :func:`.segments.prepare_segments` and pass them as ``pre``."""
+    return _plan(ctx, RECIPROCAL_SEGMENTS, min_value, max_value, frac_out), size
 
 
 @protocol
@@ -156,6 +154,6 @@ def _plan(
 
 
 __all__ = [
-    "RECIPROCAL_SEGMENTS", "RSQRT_SEGMENTS", "exponents", "prepare_reciprocal", "reciprocal",
+    "RECIPROCAL_SEGMENTS", "RSQRT_SEGMENTS", "exponents", "reciprocal", "reciprocal_tuples",
     "rsqrt",
 ]

@@ -75,6 +75,7 @@ import dataclasses
 import fractions
 import functools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -89,7 +90,13 @@ from .polynomial import HEADROOM_BITS
 from .randomness import zero_share
 from .ring import RingArray, neg, to_ring
 from .shares import AShare, concatenate, public_share, stack
-from .trunc1 import Trunc1Material, Trunc1Spec, prepare_trunc1, truncate1, truncate1_additive
+from .trunc1 import (
+    Trunc1Material,
+    Trunc1Spec,
+    prepare_trunc1_batches,
+    truncate1,
+    truncate1_additive,
+)
 
 SEGMENT_FRAC = 20
 """Fractional bits of t and t^2 in :func:`segmented_power`."""
@@ -319,9 +326,10 @@ class SegmentMaterial:
     dot: Trunc1Material
 
 
-def _trunc1_specs(plan: SegmentPlan, rows: int) -> tuple[Trunc1Spec | None, Trunc1Spec,
+def segment_specs(plan: SegmentPlan, rows: int) -> tuple[Trunc1Spec | None, Trunc1Spec,
                                                           Trunc1Spec]:
-    """The TP1 batches of ``rows`` rows (elements of X's shape without its ranges axis)."""
+    """The TP1 batches of ``rows`` rows (elements of X's shape without its ranges axis): t_m's
+    (None on the direct plan's W = f), t_m^2's and the candidates' dot products'."""
     f, w = SEGMENT_FRAC, plan.work
     octaves, candidates = rows * plan.scales.size, rows * plan.octave.size
     return (Trunc1Spec(octaves, w - f) if w > f else None,
@@ -329,18 +337,21 @@ def _trunc1_specs(plan: SegmentPlan, rows: int) -> tuple[Trunc1Spec | None, Trun
             Trunc1Spec(candidates, DOT_BITS))
 
 
+async def prepare_segment_batches(
+    ctx: Context, requests: Sequence[tuple[SegmentPlan, int]]
+) -> list[SegmentMaterial]:
+    """The TP1 tuples of :func:`segmented_power` for each (plan, rows) request (public
+    parameters only; phase ``offline``, 4 rounds), one preparation per truncation width for
+    all of them (:func:`.trunc1.prepare_trunc1_batches`): start it early, beside earlier
+    work, and pass each as ``pre``."""
+    specs = [spec for plan, rows in requests for spec in segment_specs(plan, rows)]
+    got = await prepare_trunc1_batches(ctx, specs)
+    return [SegmentMaterial(*got[3 * i : 3 * i + 3]) for i in range(len(requests))]
+
+
 async def prepare_segments(ctx: Context, plan: SegmentPlan, rows: int) -> SegmentMaterial:
-    """The TP1 tuples of :func:`segmented_power` on ``rows`` rows (public parameters only;
-    phase ``offline``, 4 rounds): start it early, beside earlier work, and pass it as
-    ``pre``."""
-    t, t2, dot = _trunc1_specs(plan, rows)
-
-    async def first(c: Context) -> Trunc1Material | None:
-        return None if t is None else await prepare_trunc1(c, t)
-
-    got_t, got_t2, got_dot = await ctx.gather(
-        first, lambda c: prepare_trunc1(c, t2), lambda c: prepare_trunc1(c, dot))
-    return SegmentMaterial(got_t, got_t2, got_dot)
+    """:func:`prepare_segment_batches` for one request."""
+    return (await prepare_segment_batches(ctx, [(plan, rows)]))[0]
 
 
 async def segment_candidates(
@@ -411,6 +422,7 @@ async def _candidates_from_t(
 
 __all__ = [
     "DIRECT_MAX_FRAC", "DOT_BITS", "EXTENSION", "SEGMENT_FRAC", "Exponents", "SegmentMaterial",
-    "SegmentPlan", "Segments", "plan_segments", "prepare_segments", "segment_candidates",
+    "SegmentPlan", "Segments", "plan_segments", "prepare_segment_batches", "prepare_segments",
+    "segment_candidates", "segment_specs",
     "segmented_power",
 ]

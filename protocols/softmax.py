@@ -51,9 +51,9 @@ from .fastcmp import (
     maximum_leaves,
 )
 from .polynomial import repeat_last
-from .reciprocal import prepare_reciprocal, reciprocal
+from .reciprocal import reciprocal, reciprocal_tuples
 from .ring import RingArray
-from .segments import SegmentMaterial
+from .segments import SegmentMaterial, SegmentPlan
 from .shares import AShare, concatenate
 from .trunc import (
     Opened,
@@ -241,14 +241,14 @@ async def row_reciprocals(
     """r = 1 / sum(e) per row of :func:`exp_rows`' e, at :data:`RECIPROCAL_FRAC` fractional
     bits. Every e is within one unit of [0, 1] and the maximum's is e^0 = 1 exactly, so the
     sum lies in [1 - 2^-17, n (1 + 2^-17)]: :func:`.reciprocal.reciprocal` on that range
-    (its octaves 0 .. log2 n). ``pre``: its TP1 tuples (:func:`prepare_row_reciprocals`)."""
+    (its octaves 0 .. log2 n). ``pre``: its TP1 tuples (:func:`row_reciprocals_tuples`)."""
     return await reciprocal(ctx, e.sum(axis=-1), **_reciprocal_range(e.shape[-1]), pre=pre)
 
 
-async def prepare_row_reciprocals(ctx: Context, rows: int, n: int) -> SegmentMaterial:
-    """The TP1 tuples of :func:`row_reciprocals` on ``rows`` rows of n entries (public
-    parameters only; phase ``offline``, 4 rounds)."""
-    return await prepare_reciprocal(ctx, rows, **_reciprocal_range(n))
+def row_reciprocals_tuples(ctx: Context, rows: int, n: int) -> tuple[SegmentPlan, int]:
+    """What the TP1 tuples of :func:`row_reciprocals` on ``rows`` rows of n entries are for
+    (public; :func:`.segments.prepare_segments`)."""
+    return reciprocal_tuples(ctx, rows, **_reciprocal_range(n))
 
 
 def _reciprocal_range(n: int) -> dict[str, float | int]:
@@ -304,5 +304,5 @@ def normalise_after(new_rows: int, keys: int, width: int) -> bool:
 __all__ = [
     "ALL_PAIRS_MAX", "RECIPROCAL_FRAC", "exp_rows", "matmul_max", "max_along", "max_of_product",
     "normalise_after",
-    "prepare_row_reciprocals", "probabilities", "row_reciprocals", "scale_rows", "softmax",
+    "probabilities", "row_reciprocals", "row_reciprocals_tuples", "scale_rows", "softmax",
 ]

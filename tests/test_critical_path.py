@@ -20,7 +20,7 @@ from puma_async.critical_path import (
     rounds_by_scope,
 )
 from puma_async.model import random_weights, tiny_config
-from puma_async.protocols.costs import cost
+from puma_async.protocols.costs import PREPARED, cost
 from puma_async.protocols.llama import COMPONENTS, forward_scopes
 from puma_async.roles import PARTIES, next_party, prev_party
 from puma_async.runner import run_local
@@ -248,6 +248,10 @@ standalone rms_norm's own truncation) comes from the product that makes the resi
 DEFERRED = {"attn.norm": 2}
 """Rounds of a component's op done in the next component: the attention norm's product x rho
 becomes the product of x W'qkv by rho (``protocols.llama.normalised_qkv``)."""
+TUPLES_AHEAD = {"attn.norm", "attn.softmax.reciprocal", "mlp.norm"}
+"""Components whose TP1 tuples (4 offline rounds) the pass makes at its start, in scope
+``tuples`` (``protocols.llama.prepare_tuples``): their own offline depth is their
+comparisons' material's (:data:`.costs.PREPARED`)."""
 BESIDE = {"attn.pv"}
 """Components off the critical path: a new token's e @ V runs beside the softmax's reciprocal
 (``protocols.llama.attend``), so its rounds are the reciprocal's."""
@@ -269,9 +273,12 @@ def test_layer_rounds_are_the_declared_costs(session: SessionResult) -> None:
                   - OVERLAPS.get(c, 0) - AHEAD.get(c, 0) - WIDE.get(c, 0)
                   - DEFERRED.get(c, 0)
                   for c, ops in DECLARED.items()}
-        offline = {c: max(declared(op, "offline") for op in ops) for c, ops in DECLARED.items()}
+        offline = {c: PREPARED if c in TUPLES_AHEAD else max(declared(op, "offline") for op in ops)
+                   for c, ops in DECLARED.items()}
         assert {c: rows[c]["online"]["rounds"][i] for c in COMPONENTS} == online, i
         assert {c: rows[c]["offline"]["rounds"][i] for c in COMPONENTS} == offline, i
+    assert rows["tuples"]["online"]["rounds"] == [0]
+    assert rows["tuples"]["offline"]["rounds"] == [declared("truncate1", "offline")]
     softmax = [c for c in COMPONENTS if c.startswith("attn.softmax")]
     assert sum(declared(DECLARED[c][0], "online") - OVERLAPS.get(c, 0) * (c != softmax[0])
                for c in softmax) == cost("softmax (rows of 8)").cases[0].online.rounds  # small

@@ -10,7 +10,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from puma_async.context import Context
-from puma_async.protocols.norms import MAX_ABS, layer_norm, prepare_rms_norm, rms_norm, wide_shift
+from puma_async.protocols.norms import MAX_ABS, layer_norm, rms_norm, rms_norm_tuples, wide_shift
+from puma_async.protocols.segments import prepare_segments
 from puma_async.protocols.shares import AShare
 
 EPS = 1e-5
@@ -95,13 +96,13 @@ def test_rms_norm_given_the_wide_copy(fxp, low: int) -> None:
 
 
 def test_rms_norm_with_tuples_made_ahead(fxp) -> None:
-    """The rsqrt's TP1 tuples made before the norm (:func:`prepare_rms_norm`, offline) give
+    """The rsqrt's TP1 tuples made before the norm (:func:`rms_norm_tuples`, offline) give
     the same bounds, in the same online rounds."""
     rng = np.random.default_rng(8)
     x = _rows(rng, 24, 576)
 
     async def fn(ctx: Context, a: AShare) -> AShare:
-        pre = await prepare_rms_norm(ctx, a.shape, eps=EPS)
+        pre = await prepare_segments(ctx, *rms_norm_tuples(ctx, a.shape, eps=EPS))
         return await rms_norm(ctx, a, eps=EPS, pre=pre)
 
     got, ev = fxp.run(fn, x)

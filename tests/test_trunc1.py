@@ -17,7 +17,12 @@ from puma_async.protocols.arith import dot_fxp, finish_product, mul_fxp, mul_loc
 from puma_async.protocols.ring import RING_DTYPE
 from puma_async.protocols.shares import AShare, public_share
 from puma_async.protocols.trunc import ROTATE_MIN_ELEMENTS
-from puma_async.protocols.trunc1 import Trunc1Spec, prepare_trunc1, truncate1
+from puma_async.protocols.trunc1 import (
+    Trunc1Spec,
+    prepare_trunc1,
+    prepare_trunc1_batches,
+    truncate1,
+)
 from puma_async.roles import CLIENT, PARTIES
 from puma_async.runner import run_local
 
@@ -66,6 +71,35 @@ def test_floor_or_next_over_the_whole_range(
     got = run(fn, x).outputs[0]
     assert got.shape == x.shape
     assert_floor_or_next(got, x, bits)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.sampled_from([10, 18, 38])), min_size=1,
+                max_size=6), st.integers(0, 2**32 - 1))
+def test_batched_tuples_serve_each_request(requests: list[tuple[int, int]], seed: int) -> None:
+    """:func:`prepare_trunc1_batches`: one preparation per width, sliced back in order (with
+    a None among the specs); every slice truncates its own request's values exactly, and
+    the offline cost is one preparation's depth (4 rounds) for all."""
+    rng = np.random.default_rng(seed)
+    xs = [rng.integers(-LIMIT, LIMIT, size, dtype=np.int64) for size, _ in requests]
+    flat = np.concatenate([*xs, np.zeros(1, np.int64)])
+
+    async def fn(ctx: Context, x: AShare) -> list[AShare]:
+        specs = [Trunc1Spec(size, bits) for size, bits in requests]
+        made = await prepare_trunc1_batches(ctx, [*specs, None])
+        assert made[-1] is None
+        outs, start = [], 0
+        for (size, bits), pre in zip(requests, made, strict=False):
+            assert pre is not None and pre.spec == Trunc1Spec(size, bits)
+            outs.append(await truncate1(ctx, x[start : start + size], bits, pre=pre))
+            start += size
+        return outs
+
+    ev = run(fn, flat.view(RING_DTYPE))
+    for got, x, (_, bits) in zip(ev.outputs, xs, requests, strict=True):
+        assert_floor_or_next(got, x.view(RING_DTYPE), bits)
+    assert max(ev.stats[p].totals(phase="offline", scope="op").rounds for p in PARTIES) == (
+        4 if any(size for size, _ in requests) else 0)
 
 
 @pytest.mark.parametrize("bits", [1, 18, 38, 60, 62])

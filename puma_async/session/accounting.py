@@ -45,9 +45,10 @@ def pass_scope(prompt: int, step: int) -> str:
 
 
 def component_rows(n_layers: int) -> dict[str, tuple[str, ...]]:
-    """Each row of a component table and the scopes it covers: ``io``, ``embed``, one per
-    layer component (its scope in every layer, in layer order) and ``head``."""
-    rows: dict[str, tuple[str, ...]] = {IO: (IO,), "embed": ("embed",)}
+    """Each row of a component table and the scopes it covers: ``io``, ``embed``, ``tuples``
+    (the pass's TP1 tuples, offline), one per layer component (its scope in every layer, in
+    layer order) and ``head``."""
+    rows: dict[str, tuple[str, ...]] = {IO: (IO,), "embed": ("embed",), "tuples": ("tuples",)}
     for name in COMPONENTS:
         rows[name] = tuple(f"layer{i}.{name}" for i in range(n_layers))
     rows["head"] = ("head",)
