@@ -236,7 +236,8 @@ def render_llama_components(data: Data) -> list[str]:
     """SmolLM2's first new token (KV cache, 5-token prompt) by component of a layer
     (``benchmarks/llama.py``'s accounting): online rounds on the critical path and bytes per
     layer (min-max over the layers), and the offline bytes; ``io``, ``embed``, ``tuples`` (the
-    pass's TP1 tuples, offline) and ``head`` once per pass. The rows' rounds and bytes, over all layers, sum to the pass's."""
+    pass's TP1 tuples, offline) and ``head`` once per pass. The rows' rounds and bytes, over
+    all layers, sum to the pass's."""
     token = data["smollm2"]["prompts"][0]["new_tokens"][0]
     lines = ["| component | online rounds per layer | online KB per layer | offline KB per layer |",
              "|---|---|---|---|"]
