@@ -24,27 +24,30 @@ M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith``
 the product that made the stream, :func:`residual_matmul`) beside x @ W'qkv (M, the gain
 folded into W'qkv), then (x W'qkv) rho (2 R, n (q + 2kv) outputs: :func:`normalised_qkv`),
 RoPE (truncation: 2 R, ~8 bytes per q/k element), scores (2 R, all heads batched by
-key/value group), softmax numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum
-beside e @ V and (e @ V) x 1/sum (2 R) for one new row or T >= head_dim, else
-(e x 1/sum) @ V (2 + 2 R; :func:`attend`), output projection (M, and the wide copy of the
-stream for the next norm), MLP RMSNorm (6 R, its gain folded into W_gate_up), gate/up (M),
+key/value group; the maximum's comparisons start in their first round), softmax
+numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum beside e @ V and
+(e @ V) x 1/sum (2 R) for one new row or T >= head_dim, else (e x 1/sum) @ V (2 + 2 R;
+:func:`attend`), output projection (M, and the wide copy of the stream for the next norm),
+MLP RMSNorm (6 R, its gain folded into W_gate_up), gate/up (M),
 SiLU (``activations``, 6 R; its comparisons as long as the layer's certified gate bound
 needs), SiLU x up (2 R), down (M, and the next wide copy).
-Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``: 54 rounds measured
-before the norms' and the reciprocal's candidates took TP1, 44 expected now; the tiny model
-measured 58 -> 50 -> 48): attn.norm 4 (the rsqrt from the sums of squares' 3-out-of-3
-shares: no resharing round), qkv 2 (x W'qkv beside the norm), RoPE 1, scores 2, maximum 4,
+Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``, measured: 43
+rounds; 1,301 per token with the embedding's 2, the head's 8 and the logits' reveal):
+attn.norm 4 (the rsqrt from the sums of squares' 3-out-of-3
+shares: no resharing round), qkv 2 (x W'qkv beside the norm), RoPE 1, scores 1, maximum 4,
 negExp 6, reciprocal 3 (its comparisons' leaves in negExp's last round; e @ V beside it),
 (e @ V) x r 2, O 2, mlp.norm 6, gate/up 2, SiLU 6, x up 2, down 2.
 Embedding: 2 rounds (the first norm's wide copy), 2 n hidden elements; head (last position
 only): RMSNorm (given its wide copy) and a local product: the logits are not truncated, the
 client gets their 3-out-of-3 shares (:func:`lm_head`, ``io.reveal_product_to``).
 Offline: every TP1 tuple of the pass (per layer the two norms' and the softmax reciprocal's,
-and the head norm's) is prepared at its start, beside the embedding (:func:`prepare_tuples`,
-in the scopes of the protocols they serve): their offline rounds never wait on, nor delay,
-the online path (tiny model, 10 ms latency, ``benchmarks/overlap.py``: 1.74 -> 1.47 s per new
-token, with the norms' round fewer each).
-Statistics: scopes ``embed``, ``layer{i}`` and ``head``; inside a layer one scope per
+and the head norm's) is prepared at its start, beside the embedding, one preparation per
+truncation width for all of them (:func:`prepare_tuples`, scope ``tuples``): their offline
+rounds never wait on, nor delay, the online path (tiny model, 10 ms latency,
+``benchmarks/overlap.py``: 1.74 -> 1.47 s per new token, with the norms' round fewer each),
+and their local work does not grow with the number of norms (a SmolLM2-shaped 2-layer token
+0.330 -> 0.208 s against per-norm preparations).
+Statistics: scopes ``embed``, ``tuples``, ``layer{i}`` and ``head``; inside a layer one scope per
 component, :data:`COMPONENTS` (``attn.norm``, ``attn.qkv``, ..., ``mlp.down``), and inside
 those the protocols' own (``rms_norm``, ``softmax`` with ``max_along``, ``neg_exp`` and
 ``reciprocal``; ``silu``). Every message of a layer belongs to one component, so their
