@@ -202,25 +202,66 @@ def _plan_bits(plan: Plan) -> int:
                                 for level in plan.tree)
 
 
+BOUNDARY_PLANS: dict[int, tuple[int, int, tuple[int, ...]]]
+"""Per boundary f (1 to 62), the cheapest :func:`boundary_plan`'s parameters: the widest leaf
+blocks below and above f and the level-1 group sizes. Found offline by
+:func:`search_boundary_plan` over every block width (2 to 4) and grouping (at most 5 groups
+of at most 5), the plan sending the fewest bits, first in search order among equals
+(tests/test_fastcmp.py checks the table against the search): the search takes 0.1-0.4 s per
+boundary, which a pass would otherwise spend the first time it meets a width."""
+BOUNDARY_PLANS = {
+    1: (2, 4, (4, 3, 3, 3, 4)), 2: (2, 4, (4, 3, 3, 3, 4)), 3: (3, 4, (4, 3, 3, 3, 3)),
+    4: (4, 4, (4, 3, 3, 3, 3)), 5: (3, 4, (4, 3, 3, 3, 4)), 6: (3, 4, (4, 3, 3, 3, 4)),
+    7: (4, 4, (4, 3, 3, 3, 3)), 8: (4, 4, (4, 3, 3, 3, 3)), 9: (3, 4, (4, 3, 3, 3, 4)),
+    10: (4, 4, (4, 3, 3, 3, 4)), 11: (4, 4, (4, 3, 3, 3, 3)), 12: (3, 4, (4, 3, 3, 3, 4)),
+    13: (4, 4, (4, 3, 3, 3, 4)), 14: (4, 4, (4, 3, 3, 3, 4)), 15: (4, 4, (4, 3, 3, 3, 3)),
+    16: (4, 4, (4, 3, 3, 3, 3)), 17: (4, 4, (4, 3, 3, 3, 4)), 18: (3, 4, (3, 3, 4, 4, 4)),
+    19: (4, 4, (4, 3, 3, 3, 3)), 20: (4, 4, (4, 3, 3, 3, 3)), 21: (3, 4, (4, 3, 3, 4, 4)),
+    22: (4, 4, (3, 3, 3, 4, 4)), 23: (4, 4, (3, 3, 3, 3, 4)), 24: (3, 4, (4, 4, 3, 3, 4)),
+    25: (4, 4, (4, 3, 3, 3, 4)), 26: (4, 4, (4, 3, 3, 3, 4)), 27: (4, 4, (4, 3, 3, 3, 3)),
+    28: (4, 4, (4, 3, 3, 3, 3)), 29: (4, 4, (4, 4, 3, 3, 3)), 30: (4, 4, (4, 4, 3, 3, 3)),
+    31: (4, 3, (4, 4, 3, 4, 4)), 32: (3, 4, (4, 3, 4, 4, 4)), 33: (3, 4, (4, 3, 4, 4, 4)),
+    34: (4, 4, (3, 3, 3, 4, 4)), 35: (4, 4, (3, 3, 3, 3, 4)), 36: (3, 4, (4, 4, 4, 3, 4)),
+    37: (4, 4, (4, 3, 3, 3, 4)), 38: (4, 4, (4, 3, 3, 3, 4)), 39: (4, 4, (4, 3, 3, 3, 3)),
+    40: (4, 4, (4, 3, 3, 3, 3)), 41: (4, 4, (4, 3, 4, 3, 3)), 42: (4, 4, (4, 3, 4, 3, 3)),
+    43: (4, 3, (4, 3, 4, 3, 4)), 44: (4, 4, (4, 3, 4, 2, 3)), 45: (4, 3, (4, 4, 4, 3, 3)),
+    46: (4, 3, (4, 4, 4, 3, 3)), 47: (4, 4, (3, 3, 3, 3, 4)), 48: (3, 4, (4, 4, 4, 4, 4)),
+    49: (4, 4, (4, 3, 3, 3, 4)), 50: (4, 4, (4, 3, 3, 3, 4)), 51: (4, 4, (4, 3, 3, 3, 3)),
+    52: (4, 4, (4, 3, 3, 3, 3)), 53: (4, 4, (4, 3, 3, 4, 3)), 54: (4, 3, (4, 3, 3, 4, 3)),
+    55: (4, 3, (4, 3, 3, 4, 3)), 56: (4, 4, (4, 3, 3, 4, 2)), 57: (4, 3, (4, 3, 4, 4, 2)),
+    58: (4, 3, (4, 3, 4, 4, 2)), 59: (4, 2, (4, 3, 4, 4, 2)), 60: (4, 3, (4, 3, 4, 4, 1)),
+    61: (4, 2, (4, 4, 4, 4, 1)), 62: (4, 2, (4, 4, 4, 4, 1)),
+}
+
+
+def _boundary(boundary: int, low: int, high: int, fanins: tuple[int, ...]) -> Plan:
+    """The plan of leaf blocks of at most ``low`` bits below the boundary and ``high`` above,
+    level 1 grouped by ``fanins``."""
+    below, above = _even_widths(boundary, low), _even_widths(63 - boundary, high)
+    return Plan("less", 63, (*below, *above),
+                _boundary_tree(len(below) + len(above), len(below), fanins))
+
+
+def search_boundary_plan(boundary: int) -> tuple[int, int, tuple[int, ...]]:
+    """The parameters of the cheapest boundary plan (:data:`BOUNDARY_PLANS`' source)."""
+    options = [(low, high, fanins)
+               for low, high in product(range(2, LEAF_BITS + 1), repeat=2)
+               for fanins in _compositions(len(_even_widths(boundary, low))
+                                           + len(_even_widths(63 - boundary, high)), 5, 5)]
+    return min(options, key=lambda o: _plan_bits(_boundary(boundary, *o)))
+
+
 @functools.cache
 def boundary_plan(boundary: int) -> Plan:
     """The 64-bit [x < t] plan (63-bit chain, :func:`comparison_plan`) whose root also
     outputs the carry into bit ``boundary`` (1 to 62): the tree's outputs are the carry into
     bit 63, then into bit ``boundary``. Leaf blocks of at most :data:`LEAF_BITS` bits split
-    at the boundary, two levels (:func:`_boundary_tree`); of the block widths and level-1
-    groups (at most 5 of at most 5), the plan sending the fewest bits. Costs about what the
-    63-bit chain alone costs (397 to 428 bits per element against 405), where a separate
-    chain to ``boundary`` adds its own leaves and tree (2 to 401 bits). The search takes
-    about 0.1 s, once per boundary (cached)."""
+    at the boundary, two levels (:func:`_boundary_tree`), as :data:`BOUNDARY_PLANS` gives.
+    Costs about what the 63-bit chain alone costs (397 to 428 bits per element against 405),
+    where a separate chain to ``boundary`` adds its own leaves and tree (2 to 401 bits)."""
     if not 1 <= boundary <= 62:
         raise ValueError(f"the boundary must be in [1, 62], got {boundary}")
-    splits = {(tuple(_even_widths(boundary, low)), tuple(_even_widths(63 - boundary, high)))
-              for low, high in product(range(2, LEAF_BITS + 1), repeat=2)}
-    plans = [Plan("less", 63, below + above,
-                  _boundary_tree(len(below) + len(above), len(below), fanins))
-             for below, above in sorted(splits)
-             for fanins in _compositions(len(below) + len(above), 5, 5)]
-    return min(plans, key=_plan_bits)
+    return _boundary(boundary, *BOUNDARY_PLANS[boundary])
 
 
 @functools.cache
@@ -505,6 +546,7 @@ def leaf_halves(plan: Plan, mono: RingArray, slices: RingArray, first: bool) -> 
 
 
 __all__ = [
+    "BOUNDARY_PLANS",
     "LARGEST_FANIN",
     "LEAF_BITS",
     "MAX_FANIN",
@@ -522,5 +564,6 @@ __all__ = [
     "deal",
     "evaluate_level",
     "leaf_halves",
+    "search_boundary_plan",
     "sender_monomials",
 ]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from puma_async.context import Context
 from puma_async.evaluate import evaluate, evaluation_program
-from puma_async.protocols import fastcmp
+from puma_async.protocols import carrytree, fastcmp
 from puma_async.protocols.arith import mul_local
 from puma_async.protocols.carrytree import boundary_plan, comparison_plan
 from puma_async.protocols.compare import to_arith
@@ -201,6 +201,22 @@ def test_boundary_plans_output_both_carries(boundary: int) -> None:
     want = [[(x + y) >> 63, ((x & low) + (y & low)) >> boundary] for x, y in zip(a, b, strict=True)]
     assert _plain_tree(plan, a, b) == want
 
+
+
+@pytest.mark.parametrize("boundary", [1, 18, 20, 38, 40, 62])
+def test_the_boundary_plan_table_is_the_searched_optimum(boundary: int) -> None:
+    """:data:`.carrytree.BOUNDARY_PLANS` (made offline so that no pass waits on the search)
+    sends as few bits as the search's best, at the widths TP1 uses and the range ends (every
+    boundary in the slow tier)."""
+    best = carrytree._boundary(boundary, *carrytree.search_boundary_plan(boundary))
+    assert carrytree._plan_bits(boundary_plan(boundary)) == carrytree._plan_bits(best)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("boundary", range(1, 63))
+def test_every_boundary_plan_in_the_table_is_the_searched_optimum(boundary: int) -> None:
+    best = carrytree._boundary(boundary, *carrytree.search_boundary_plan(boundary))
+    assert carrytree._plan_bits(boundary_plan(boundary)) == carrytree._plan_bits(best)
 
 @SLOW
 @given(st.integers(2, 17).flatmap(lambda m: st.lists(
