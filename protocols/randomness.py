@@ -101,6 +101,12 @@ def zero_share(ctx: Context, shape: tuple[int, ...]) -> RingArray:
     return ring.sub(keys.own.ring(label, shape), keys.next.ring(label, shape))
 
 
+def masked_share(ctx: Context, z: RingArray) -> RingArray:
+    """This party's 3-out-of-3 share z plus a fresh zero-sharing: the same sum, each share
+    uniform to the others (what every product's shares get before they leave the party)."""
+    return ring.add(z, zero_share(ctx, z.shape))
+
+
 def zero_bits(ctx: Context, shape: tuple[int, ...]) -> RingArray:
     """Words beta_i with beta_0 ^ beta_1 ^ beta_2 = 0."""
     keys = party_keys(ctx)
@@ -171,6 +177,7 @@ def input_prg(ctx: Context, owner: int, j: int) -> Prg:
 
 __all__ = [
     "HELD_COMPONENTS", "InputSeeds", "PartyKeys", "common_random", "input_prg", "key_prg",
+    "masked_share",
     "party_keys", "random_bshare", "random_share", "setup_input_seeds", "setup_keys",
     "zero_bits", "zero_share",
 ]

@@ -87,7 +87,7 @@ from .arith import dot_fxp, mul, square_fxp
 from .compare import sign_product, sign_times
 from .fastcmp import MaskedBits, compare_thresholds, open_masked
 from .polynomial import HEADROOM_BITS
-from .randomness import zero_share
+from .randomness import masked_share
 from .ring import RingArray, neg, to_ring
 from .shares import AShare, concatenate, public_share, stack
 from .trunc1 import (
@@ -385,8 +385,7 @@ async def segment_candidates(
         shares = ring.mul(x[..., plan.octave_range], plan.scales)
         if role == 0:
             shares = ring.add(shares, to_ring(neg(3 << w)))
-        masked = ring.add(shares, zero_share(ctx, shares.shape))
-        t = await truncate1_additive(ctx, masked, w - f, pre=t_pre)
+        t = await truncate1_additive(ctx, masked_share(ctx, shares), w - f, pre=t_pre)
     else:
         exact = x[..., plan.octave_range].scale(plan.scales).add_public(role, neg(3 << w))
         if plan.direct:
