@@ -132,8 +132,7 @@ async def max_of_product(
     :func:`.arith.finish_product` then :func:`max_along`, for the same bytes. Longer rows: the
     first step of groups this way, then :func:`max_along` on the group maxima.
     """
-    if keep is not None and not keep.any(axis=-1).all():
-        raise ValueError("softmax: every row needs at least one unmasked entry")
+    _check_kept(keep)
     m = z.shape[-1]
     rows = z.size // m
     width, columns = _groups(m)
@@ -219,6 +218,12 @@ def _keep(mask: npt.ArrayLike | None, shape: tuple[int, ...]) -> npt.NDArray[np.
     return None if mask is None else np.broadcast_to(np.asarray(mask, dtype=bool), shape)
 
 
+def _check_kept(keep: npt.NDArray[np.bool_] | None) -> None:
+    """A row whose entries are all masked has no maximum and no softmax: refused."""
+    if keep is not None and not keep.any(axis=-1).all():
+        raise ValueError("softmax: every row needs at least one unmasked entry")
+
+
 async def exp_rows(
     ctx: Context, x: AShare, mask: npt.ArrayLike | None = None, top: AShare | None = None
 ) -> AShare:
@@ -227,8 +232,7 @@ async def exp_rows(
     maximum exactly 1 up to negExp's error. :func:`max_along` (unless ``top`` gives it:
     :func:`max_of_product`) then :func:`.exp.neg_exp`."""
     keep = _keep(mask, x.shape)
-    if keep is not None and not keep.any(axis=-1).all():
-        raise ValueError("softmax: every row needs at least one unmasked entry")
+    _check_kept(keep)
     if top is None:
         top = await max_along(ctx, x if keep is None else x.map(lambda a: _fill(a, keep)))
     e = await neg_exp(ctx, x - repeat_last(top, x.shape[-1]))
