@@ -150,16 +150,17 @@ async def reveal_product_to(
     zero-sharing) and by ``role`` (with ``z=None``, the public ``shape`` and F). Each party
     drops its share's low d = F - f bits and sends bits [d, 64) (:func:`high_part`, packed:
     :func:`.bitpack.pack_low_bits`); ``role`` adds the three mod 2^(64 - d)
-    (:func:`add_high_parts`) and gets, as a ring element at f fractional bits,
+    (:func:`add_high_parts`) and gets, as a ring element at f fractional bits, exactly
 
-        floor(z / 2^d) - e,  e in {0, 1, 2}  (exactly; e is the carry the dropped bits lose),
+        floor(z / 2^d) - e,  e in {0, 1, 2}  (the carries of the three dropped low parts),
 
-    i.e. value - 3 * 2^-f < opened <= value for z's value z / 2^F: the logits at 18 fractional
-    bits (F = 36), the precision they had when truncated before being opened, with at most
-    2 units of 2^-f below the floor. Wrap-around stays consistent (2^64 / 2^d = 2^(64 - d));
-    headroom: -2^63 + 2^(d + 1) <= z < 2^63 (read as two's complement), i.e. |value| < 2^(63 - F)
-    less 2 units at the bottom (2^27 at F = 36). ``role`` learns that value only: each share
-    is uniform but for the three's sum, and the dropped bits are not sent.
+    so that z / 2^F - 3 * 2^-f < opened <= z / 2^F: at f fractional bits (for the logits,
+    F = 36 and f = 18: the precision they had when truncated before being opened) and at most
+    2 units of 2^-f below the floor. The wrap-around stays consistent (2^64 / 2^d =
+    2^(64 - d)). Headroom: -2^63 + 2^(d + 1) <= z < 2^63 read as two's complement (|z| < 2^63
+    but for its lowest 2^(d + 1) values), i.e. |z / 2^F| < 2^(63 - F) (2^27 at F = 36).
+    ``role`` learns that value only: the shares are uniform but for their sum, and what a
+    party sends is a function of its share (the dropped bits are just not sent).
     Cost: 1 round; each party sends 64 - d bits per element (46 at d = 18: 17.25 bytes per
     element in all, against 24 for whole shares), instead of a truncation (2 rounds, ~42
     bytes per element) and an opening.
