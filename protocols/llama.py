@@ -39,7 +39,7 @@ negExp 6, reciprocal 3 (its comparisons' leaves in negExp's last round; e @ V be
 (e @ V) x r 2, O 2, mlp.norm 6, gate/up 2, SiLU 6, x up 2, down 2.
 Embedding: 2 rounds (the first norm's wide copy), 2 n hidden elements; head (last position
 only): RMSNorm (given its wide copy) and a local product: the logits are not truncated, the
-client gets their 3-out-of-3 shares (:func:`lm_head`, ``io.reveal_product_to``).
+client gets their 3-out-of-3 shares' bits [f, 64) (:func:`lm_head`, ``io.reveal_product_to``).
 Offline: every TP1 tuple of the pass (per layer the two norms' and the softmax reciprocal's,
 and the head norm's) is prepared at its start, beside the embedding, one preparation per
 truncation width for all of them (:func:`prepare_tuples`, scope ``tuples``): their offline
@@ -383,24 +383,27 @@ async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare) -> Str
     return Stream(x, wide)
 
 
-def logit_format(ctx: Context) -> FixedPoint:
-    """The fixed point of the logits :func:`lm_head` makes (and the client decodes): 2f
-    fractional bits, those of an untruncated product of two values at f."""
+def head_format(ctx: Context) -> FixedPoint:
+    """The fixed point of the head's product :func:`lm_head` makes: 2f fractional bits, those
+    of an untruncated product of two values at f (the client gets the logits at f:
+    ``io.reveal_product_to``)."""
     return FixedPoint(2 * fixed_point(ctx).frac_bits)
 
 
 async def lm_head(ctx: Context, model: SecureModel, x: AShare) -> ProductShare:
     """Logits (n, vocab) of normalised rows x (n, hidden), tied (E @ x^T) or untied head, as
     this party's 3-out-of-3 share of the untruncated product (:func:`.arith.product_share`:
-    masked by a fresh zero-sharing) at 2f fractional bits (:func:`logit_format`).
+    masked by a fresh zero-sharing) at 2f fractional bits (:func:`head_format`).
 
-    The logits go to the client only, which adds the three shares
-    (``io.reveal_product_to``): truncating them first would cost 2 rounds and ~42 bytes per
-    logit and only add rounding. Headroom: the product is |logit| 2^36, below 2^62 for
-    |logit| < 2^26 (SmolLM2's are below 40; the final norm's rows are unit-RMS times its
-    gain). Cost: local, no messages (the reveal: 1 round, 8 bytes per logit per party).
+    The logits go to the client only (``io.reveal_product_to``): each party sends its
+    share's bits [f, 64) and the client adds the three mod 2^(64 - f), getting the logits at
+    f fractional bits, floor(z / 2^f) - e with e in {0, 1, 2} (at most 3 units of 2^-f below
+    the exact product, never above); truncating first would cost 2 rounds and ~42 bytes per
+    logit. Headroom: the product is |logit| 2^36, below 2^62 for |logit| < 2^26 (SmolLM2's
+    are below 40; the final norm's rows are unit-RMS times its gain). Cost: local, no
+    messages (the reveal: 1 round, 46 bits = 5.75 bytes per logit per party).
     """
-    frac_bits = logit_format(ctx).frac_bits
+    frac_bits = head_format(ctx).frac_bits
     if model.lm_head is not None:
         z = await product_share(ctx, stack_left(x), model.lm_head.stacked)
         return ProductShare(z, frac_bits)
@@ -714,7 +717,7 @@ __all__ = [
     "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "LayerProbe", "Probe", "Rope", "SecureKVCache",
     "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream", "apply_rope",
     "assemble_model", "attend", "attention", "causal_mask", "decoder_layer", "embed_tokens",
-    "forward", "forward_scopes", "lm_head", "logit_format", "mlp", "norm_shift", "prepare_tuples",
+    "forward", "forward_scopes", "head_format", "lm_head", "mlp", "norm_shift", "prepare_tuples",
     "probe",
     "residual_matmul", "store_share", "weight_matmul", "weight_plan", "weight_tensors",
 ]

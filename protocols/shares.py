@@ -114,8 +114,9 @@ class ProductShare:
     """One party's 3-out-of-3 additive share ``value`` = z_i of a product z = z_0 + z_1 + z_2
     that is not truncated: z carries ``frac_bits`` fractional bits (2f for a product of two
     values at f). Made by :func:`.arith.product_share`, masked by a fresh zero-sharing: the
-    three shares are uniform but for their sum, so whoever gets all three learns z only
-    (:func:`.io.reveal_product_to`)."""
+    three shares are uniform but for their sum, so whoever gets all three learns z only;
+    :func:`.io.reveal_product_to` opens it at the session's f (each party sends its share's
+    bits [frac_bits - f, 64): the role gets floor(z / 2^(frac_bits - f)) - e, e in {0, 1, 2})."""
 
     value: RingArray
     frac_bits: int

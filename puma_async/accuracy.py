@@ -5,9 +5,10 @@ The error profile compares the secure pass's intermediate values with the refere
 the *same tokens*. The secure values come from probes (``protocols.llama``'s ``LayerProbe``):
 with every role in one process, :class:`ShareCollector` receives each party's share at every
 probe point and sums the three parties' first components, x = x_0 + x_1 + x_2, with no
-protocol message added (at ``logits`` their 3-out-of-3 shares at 2f bits: what the client
-adds and decodes). **Only for in-process measurements**: the collector holds the
-secrets (activations, logits) of the run; a deployed party never installs a probe
+protocol message added (at ``logits`` their 3-out-of-3 shares at 2f bits, opened as the
+client opens them: each share's bits [f, 64) added mod 2^(64 - f), decoded at f). **Only
+for in-process measurements**: the collector holds the secrets (activations, logits) of the
+run; a deployed party never installs a probe
 (``session.run_session(..., probe=collector)`` does, in-process).
 
 Next-token metrics per position (plaintext p, secure q, both softmax of their logits):
@@ -28,6 +29,7 @@ import numpy.typing as npt
 
 from puma_async.model import KVCache, LlamaWeights, forward
 from puma_async.protocols.fixedpoint import FixedPoint
+from puma_async.protocols.io import add_high_parts, dropped_bits, high_part
 from puma_async.protocols.ring import RING_DTYPE, RingArray
 from puma_async.protocols.shares import AShare, ProductShare
 from puma_async.roles import PARTIES
@@ -48,27 +50,30 @@ class ShareCollector:
     Called as ``collector(role, point, share)`` by each party (``protocols.llama.probe``);
     the k-th call of a point by each party is the same value, complete once all three
     parties have given their share. :meth:`take` returns (and forgets) the complete values,
-    decoded from fixed point (a :class:`ProductShare` at its own fractional bits, as the
-    client decodes it), in the order they were completed.
+    decoded from fixed point at ``fixed_point``'s f (a :class:`ProductShare` opened from
+    its shares' high parts, as the client opens it: ``io.reveal_product_to``), in the order
+    they were completed.
     """
 
     def __init__(self, fixed_point: FixedPoint | None = None):
         self.fixed_point = fixed_point or FixedPoint()
         self._calls: dict[tuple[int, str], int] = {}
         self._partial: dict[tuple[str, int], tuple[RingArray, int]] = {}
-        self._complete: list[tuple[str, RingArray, FixedPoint]] = []
+        self._complete: list[tuple[str, RingArray]] = []
 
     def __call__(self, role: int, point: str, share: AShare | ProductShare) -> None:
         k = self._calls.get((role, point), 0)
         self._calls[role, point] = k + 1
         key = (point, k)
         total, count = self._partial.pop(key, (np.zeros(share.shape, RING_DTYPE), 0))
-        if isinstance(share, ProductShare):  # z = z_0 + z_1 + z_2, as the client adds them
-            total, fx = total + share.value, FixedPoint(share.frac_bits)
+        drop = 0
+        if isinstance(share, ProductShare):  # the high parts of z_0, z_1, z_2, as the client
+            drop = dropped_bits(share.frac_bits, self.fixed_point)
+            total = total + high_part(share.value, drop)
         else:  # x = x_0 + x_1 + x_2 (mod 2^64)
-            total, fx = total + share.first, self.fixed_point
+            total = total + share.first
         if count + 1 == len(PARTIES):
-            self._complete.append((point, total, fx))
+            self._complete.append((point, add_high_parts(total, drop) if drop else total))
         else:
             self._partial[key] = (total, count + 1)
 
@@ -76,10 +81,10 @@ class ShareCollector:
         """The values completed since the last call, by point (a point probed twice in that
         time raises ValueError: take after every pass)."""
         out: dict[str, F64] = {}
-        for point, value, fx in self._complete:
+        for point, value in self._complete:
             if point in out:
                 raise ValueError(f"probe point {point!r} completed twice since the last take")
-            out[point] = fx.decode(value)
+            out[point] = self.fixed_point.decode(value)
         self._complete.clear()
         return out
 

@@ -228,7 +228,7 @@ def test_cli_json_with_compare(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_untied_head_logits_match_plaintext() -> None:
     """An untied head (x @ W_head, its own weight): the client's logits (the head's
-    untruncated product at 36 bits) within the same bound."""
+    untruncated product at 36 bits, opened at 18) within the same bound."""
     config = dataclasses.replace(tiny_config(), n_layers=1, tied_embeddings=False)
     weights = random_weights(config, seed=5)
     result = run_session(weights, [PROMPTS[1]], max_new_tokens=2)

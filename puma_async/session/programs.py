@@ -12,9 +12,10 @@ One session = one architecture, one set of weight shares and any number of promp
 2. Online (step child 1): per prompt and per pass, the client tells the parties how many
    new positions follow (:class:`Run`: public), secret-shares their one-hot rows, and alone
    receives the logits of the last position (of every new position if the session's
-   ``reveal_logits`` is "all", in row blocks that fit the frame limit): each party sends its
-   3-out-of-3 share of the head's untruncated product (``io.reveal_product_to``), the client
-   adds them and decodes at 2f fractional bits (``llama.logit_format``); it picks the next
+   ``reveal_logits`` is "all", in row blocks that fit the frame limit): each party sends bits
+   [f, 64) of its 3-out-of-3 share of the head's untruncated product at 2f
+   (``io.reveal_product_to``: 46 bits per logit), the client adds them mod 2^(64 - f) and
+   decodes at f fractional bits (floor(z / 2^f) - e, e in {0, 1, 2}); it picks the next
    token itself from the last (greedy, or sampled from its own seeded generator:
    client-side randomness, not a protocol secret).
    The parties keep a secret-shared KV cache, so each new token costs one position. Every
@@ -49,7 +50,7 @@ from puma_async.protocols.llama import (
     Stored,
     assemble_model,
     forward,
-    logit_format,
+    head_format,
     store_share,
     weight_plan,
     weight_tensors,
@@ -109,16 +110,18 @@ async def receive_rows(ctx: Context, owner: int, shape: tuple[int, ...], block_b
 
 
 async def reveal_rows(ctx: Context, z: ProductShare | None, role: int,
-                      shape: tuple[int, ...], block_bytes: int) -> RingArray | None:
+                      shape: tuple[int, ...], frac_bits: int, block_bytes: int
+                      ) -> RingArray | None:
     """:func:`~puma_async.protocols.io.reveal_product_to` in row blocks of at most
-    ``block_bytes`` per party (one row at least; :mod:`.frames`): the parties give their
-    3-out-of-3 share ``z`` of ``shape``, ``role`` gives None and gets the whole product; the
+    ``block_bytes`` of ring elements per party (one row at least; :mod:`.frames`; each party
+    sends 64 - (frac_bits - f) bits of them): the parties give their 3-out-of-3 share ``z`` of
+    ``shape`` at ``frac_bits``, ``role`` gives None and gets the whole product at f; the
     parties get None."""
     opened = []
     for rows in row_blocks(shape, block_bytes):
         part = None if z is None else z[rows]
         opened.append(await reveal_product_to(ctx, part, role,
-                                              (rows.stop - rows.start, *shape[1:])))
+                                              (rows.stop - rows.start, *shape[1:]), frac_bits))
     if ctx.role != role:
         return None
     return opened[0] if len(opened) == 1 else np.concatenate(opened)
@@ -200,7 +203,8 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
                 logits = await forward(inner, model, tokens, cache, all_positions=all_positions)
                 online.join([inner])
                 with online.scope("io"):
-                    await reveal_rows(online, logits, CLIENT, logits.shape, blocks)
+                    await reveal_rows(online, logits, CLIENT, logits.shape, logits.frac_bits,
+                                      blocks)
             state.handle(PassDone())
             report(Progress("token", time.perf_counter() - t0, state.prompt, step))
 
@@ -251,7 +255,8 @@ def client_program(
         state.handle(Ready())
         setup_seconds = time.perf_counter() - started
         report(Progress("setup", setup_seconds))
-        fx = logit_format(online)  # the logits' 2f fractional bits: no truncation
+        head_bits = head_format(online).frac_bits  # the head's product at 2f
+        fx = fixed_point(online)  # the logits as opened: at f (io.reveal_product_to)
         rng = np.random.default_rng(options.seed)
         results = []
         for p, ids in enumerate(checked):
@@ -267,7 +272,7 @@ def client_program(
                                 lambda rows, pending=pending: one_hot(pending[rows], config.vocab))
                 rows = len(pending) if all_positions else 1
                 opened = await reveal_rows(online, None, CLIENT, (rows, config.vocab),
-                                           settings.input_block_bytes)
+                                           head_bits, settings.input_block_bytes)
                 assert opened is not None
                 state.handle(PassDone())
                 logits = fx.decode(opened)
