@@ -240,11 +240,12 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     for |x| <= bound (:func:`.fastcmp.bounded_bits`): the precondition, beyond which the
     selected row is arbitrary.
 
-    The identity x is the row (0, scale, 0, ..., 0) of the table when the comparisons' reach
-    |x| < 2^(L - 1) units (L chain bits) lets x scale 2^(coefficient + power frac bits) stay
-    below the truncation's 2^62 with the coefficients at >= :data:`MIN_ROW_FRAC` bits (bound
-    2^8: 25 instead of 27); else (no bound) it is the ring product [x >= t_m] x beside the dot
-    product. Garbage powers of large v meet exact zeros in the rows of those elements.
+    The identity x is the row (0, scale, 0, ..., 0) of the table when, wherever the
+    comparisons are exact (|x| 2^f < 2^(L - 1) on L-bit chains), its value x 2^(c + p) stays
+    below the truncation's 2^62 with coefficients at c >= :data:`MIN_ROW_FRAC` bits (p =
+    power_frac; bound 2^8: c = 25 instead of 27); else (no bound) it is the ring product
+    [x >= t_m] x beside the dot product. The garbage powers of large v meet exact zeros in
+    that row.
 
     Cost: max(comparison (4), powers) + dot product (2) rounds, 6 rounds up to degree 4 and
     8 up to degree 8; per element one comparison per threshold, one fused product per power,
