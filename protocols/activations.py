@@ -16,15 +16,18 @@ x above: garbage polynomial values there are multiplied by an exact 0):
   at T.
 - :class:`TablePolynomial` (SiLU, ``method="accurate"``, and :func:`.exp.neg_exp`): a
   polynomial of degree d in v = x / s (s a power of two) on each of the intervals between
-  thresholds t_0 < ... < t_m, 0 below t_0, and from t_m on x (SiLU: beside the product
-  [x >= t_m] x) or the last polynomial (negExp). The comparisons [x >= t_k] (one batch sharing
-  its leaves, :func:`.fastcmp.compare_thresholds`, opened as arithmetic 0/1 shares) select
-  each element's row of a public coefficient table locally, C = sum_k [x >= t_k] (row_k -
+  thresholds t_0 < ... < t_m, 0 below t_0, and from t_m on x (SiLU) or the last polynomial
+  (negExp). The comparisons [x >= t_k] (one batch sharing its leaves,
+  :func:`.fastcmp.compare_thresholds`, opened as arithmetic 0/1 shares) select each
+  element's row of a public coefficient table locally, C = sum_k [x >= t_k] (row_k -
   row_{k-1}); the powers of v run alongside the comparisons, and the result is one dot
   product C . (1, v, ..., v^d) with one truncation. v's powers and the coefficients carry
   fractional bits of their own per table (headroom and precision differ: SiLU 28 and 27,
-  negExp 25 and 32). Rounds: max(comparison (4), powers (2 per level)) + dot product (2):
-  6 for SiLU and negExp (degree 4: v^2, then v^3 and v^4).
+  negExp 25 and 32). SiLU's identity x = scale v is one more row, (0, scale, 0, ..., 0), when
+  a bound on |x| leaves the dot product room for it (the coefficients then at 25 bits for
+  |x| <= 2^8); without a bound it is the ring product [x >= t_m] x beside the dot product.
+  Rounds: max(comparison (4), powers (2 per level)) + dot product (2): 6 for SiLU and negExp
+  (degree 4: v^2, then v^3 and v^4).
   Fit (offline, numpy): per interval, Lawson's minimax of SiLU on 8,001 points in the interval's
   own variable w in [-1, 1], converted to powers of v; thresholds by a greedy search from -11
   on a 0.025 grid (each piece as wide as a fit error of 2.6e-5 where it meets [-3, 3], 1.55e-4
@@ -44,7 +47,7 @@ GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    363.63  0.
 SiLU accurate  -11, -4.875, -2.825,       v^2, v^3, v^4       6 / 6    308.25  1.8e-4 (11)
                -0.875, 0.875, 2.975,                                  + 288
                5.175, 11
- |x| <= 2^8    (27-bit chains)                               6 / 6    251.38  same
+ |x| <= 2^8    (27-bit chains)                               6 / 6    227.13  same
                                                                       + 206
 SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    319.13  0.0719 (4.00)
                                                                       + 108
@@ -55,9 +58,14 @@ the tail's 1.8e-4 at +-11). Its bytes: the comparisons' shared leaves (29.1) and
 10 online and 36 offline (8), about 43.5 per power (3), 45 for the dot product, 24 for
 [x >= 11] x. With a bound on |x| (``silu(..., bound=B)``) the comparisons run on L-bit chains,
 (B + 11) 2^18 < 2^L: for B = 2^8, 7 leaves of at most 4 bits (12.25 shared) and per threshold 5
-online and 1.75 + 24 offline (the tree keeps 2 levels: the same rounds); the rest is
-unchanged. The other errors are those of the approximations on the whole
-real line (fixed-point rounding adds < 1e-4). Per element: the comparisons' shared leaves
+online and 1.75 + 24 offline (the tree keeps 2 levels: the same rounds); and x is the table's
+last row, no product: its value x 2^(25 + 28) stays below the truncation's 2^62 wherever the
+chains are exact (|x| < 2^9 - 11), the coefficients at 25 bits instead of 27 (their rounding
+adds at most 1.6e-7, measured 3.6e-8; the dot product truncates 2 bits fewer, 0.25 bytes).
+The identity stays exact: x 2^(25 + 28 - 18) truncates with no remainder.
+
+The other errors are those of the approximations on the whole real line (fixed-point rounding
+adds < 1e-4). Per element: the comparisons' shared leaves
 (29.1) and per breakpoint 10 online and 36 offline, about 44 per fused
 multiplication+truncation (one per power, one more for u = (x/T)^2), 27 for the truncation of
 all pieces together, 24 per breakpoint for the selection.
@@ -84,6 +92,10 @@ from .shares import AShare, public_share, stack
 WORK_FRAC = 30
 """Fractional bits of u and its powers (|u| <= 1 where it matters)."""
 EVEN_SCALE_BITS = 24  # u = X^2 * round(2^24 / T^2), then truncated
+MIN_ROW_FRAC = 24
+"""A table's identity above its last threshold becomes a row of coefficients (no product of
+its own) when the row's value fits the ring with the coefficients at >= 24 fractional bits:
+their rounding then adds at most 2^-25 sum_k |v|^k (3.1e-7 for SiLU, |v| <= 11/8)."""
 ZERO, IDENTITY = "zero", "x"
 Piece = str | tuple[float, ...]  # ZERO, IDENTITY or (c0, a, c1, ..., cn)
 Method = Literal["accurate", "puma"]
@@ -104,8 +116,9 @@ class TablePolynomial:
     """0 below breakpoints[0]; between breakpoints[i] and breakpoints[i + 1] the polynomial
     sum_k coefficients[i][k] v^k, v = x / scale (a power of two); from breakpoints[-1] on, x
     (``identity_above``: one row fewer) or the last polynomial. v and its powers carry
-    ``power_frac`` fractional bits, the coefficients ``coefficient_frac``: the dot product's
-    value at their sum must stay below 2^62 on the domain, and |v^a v^b| 2^(2 power_frac) too."""
+    ``power_frac`` fractional bits, the coefficients at most ``coefficient_frac``: the dot
+    product's value at their sum must stay below 2^62 on the domain, and |v^a v^b|
+    2^(2 power_frac) too."""
 
     breakpoints: tuple[float, ...]
     scale: float
@@ -121,12 +134,14 @@ class TablePolynomial:
     def degree(self) -> int:
         return len(self.coefficients[0]) - 1
 
-    def table(self) -> RingArray:
-        """Coefficient rows at coefficient_frac bits, one per interval with a zero row below
-        (and above, if the identity is added apart): (breakpoints + 1, degree + 1)."""
+    def table(self, frac: int, identity_row: bool) -> RingArray:
+        """Coefficient rows at ``frac`` fractional bits, one per interval with a zero row
+        below and, if ``identity_above``, one above: x = scale v (``identity_row``) or zero
+        (the identity added apart): (breakpoints + 1, degree + 1)."""
         zero = (0.0,) * (self.degree + 1)
-        rows = [zero, *self.coefficients, *[zero] * self.identity_above]
-        scaled = [[round(c * 2.0**self.coefficient_frac) for c in row] for row in rows]
+        above = (0.0, self.scale, *zero[2:]) if identity_row else zero
+        rows = [zero, *self.coefficients, *[above] * self.identity_above]
+        scaled = [[round(c * 2.0**frac) for c in row] for row in rows]
         return to_ring(np.array(scaled, dtype=object))
 
 
@@ -225,9 +240,16 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     for |x| <= bound (:func:`.fastcmp.bounded_bits`): the precondition, beyond which the
     selected row is arbitrary.
 
+    The identity x is the row (0, scale, 0, ..., 0) of the table when, wherever the
+    comparisons are exact (|x| 2^f < 2^(L - 1) on L-bit chains), its value x 2^(c + p) stays
+    below the truncation's 2^62 with coefficients at c >= :data:`MIN_ROW_FRAC` bits (p =
+    power_frac; bound 2^8: c = 25 instead of 27); else (no bound) it is the ring product
+    [x >= t_m] x beside the dot product. The garbage powers of large v meet exact zeros in
+    that row.
+
     Cost: max(comparison (4), powers) + dot product (2) rounds, 6 rounds up to degree 4 and
     8 up to degree 8; per element one comparison per threshold, one fused product per power,
-    one dot product, and one ring product for the identity (module docstring).
+    one dot product, and, apart, one ring product for the identity (module docstring).
     """
     f = fixed_point(ctx).frac_bits
     role, m, d, frac = ctx.role, len(spec.breakpoints), spec.degree, spec.power_frac
@@ -235,21 +257,25 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     assert spec.scale == 2 ** (int(spec.scale).bit_length() - 1) and shift >= 0
     v = x.scale(1 << shift)  # x / scale at power_frac bits, exact
     thresholds = fixed_point(ctx).encode(spec.breakpoints)
+    chain = bounded_bits(bound, thresholds, f)
+    room = 63 + f - chain - frac  # |x| 2^(room + frac) <= 2^62 wherever the chain is exact
+    in_table = spec.identity_above and room >= MIN_ROW_FRAC
+    coefficient_frac = min(spec.coefficient_frac, room) if in_table else spec.coefficient_frac
     below, pw = await ctx.gather(
-        lambda c: _below(c, x, thresholds, bounded_bits(bound, thresholds, f)),
+        lambda c: _below(c, x, thresholds, chain),
         lambda c: powers(c, v, range(2, d + 1), frac=frac),
     )
     steps = (-below).add_public(role, 1)  # [x >= t_k], (*x, m)
-    table = spec.table()
+    table = spec.table(coefficient_frac, in_table)
     coefficients = steps.map(np.matmul, ring.sub(table[1:], table[:-1]))  # (*x, d + 1)
     one = public_share(role, np.full(x.shape, 1 << frac, dtype=np.uint64))
     basis = stack([one, *(pw[k] for k in range(1, d + 1))], axis=-1)
-    bits = spec.coefficient_frac + frac - f
+    bits = coefficient_frac + frac - f
 
     async def dot(c: Context) -> AShare:
         return await dot_fxp(c, coefficients, basis, bits)
 
-    if not spec.identity_above:
+    if in_table or not spec.identity_above:
         return await dot(ctx)
     poly, identity = await ctx.gather(dot, lambda c: mul(c, steps[..., m - 1], x))
     return poly + identity
@@ -284,7 +310,8 @@ async def silu(ctx: Context, x: AShare, method: Method = "accurate",
     caller's precondition, as a comparison's own range is). None: the full 64-bit chains.
 
     Cost: "accurate" 6 rounds at any size, 308.25 bytes per element online and 288 offline
-    (bound 2^8: 6 rounds, 251.38 online and 206 offline); "puma" 8 rounds
+    (bound 2^8: 6 rounds, 227.13 online and 206 offline: the identity is a row of the
+    table, :func:`evaluate_table`); "puma" 8 rounds
     below 12,288 elements, 9 rounds from there on, 319.13 and 108 bytes.
     """
     if method == "accurate":
