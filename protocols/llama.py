@@ -102,7 +102,7 @@ from .polynomial import repeat_last
 from .ring import RingArray
 from .ringmatmul import ring_matmul
 from .segments import SegmentMaterial, prepare_segment_batches
-from .shares import AShare, ProductShare
+from .shares import AShare, ProductShare, concatenate
 from .softmax import (
     exp_rows,
     matmul_max,
@@ -155,7 +155,7 @@ NO_PROBE = LayerProbe(_see_nothing)
 """The state of a party with no probe installed: every deployed party."""
 
 PROBE_POINTS = (
-    "qkv", "rope", "scores", "exp", "attn_out", "o_proj", "attn_residual",
+    "qkv", "scores", "exp", "attn_out", "o_proj", "attn_residual",
     "ffn_norm", "gate_up", "silu", "silu_up", "down", "residual",
 )
 """Per-layer probe points, named ``layer{i}.{point}`` (then ``final_norm`` and ``logits``).
@@ -164,8 +164,8 @@ Layouts (n new rows, T = cached + new positions): o_proj, attn_residual, ffn_nor
 residual (n, hidden), ffn_norm the MLP norm's output *before* its gain (x / rms(x): the gains
 are folded into the next weights, :func:`weight_tensors`); the attention norm's output is
 never formed (its rho scales the QKV product, :func:`normalised_qkv`), so its error shows in
-qkv (n, q + 2 kv); rope (n, heads
-+ kv heads, head_dim), the query heads times the attention scale 1/sqrt(head_dim); scores
+qkv (n, q + 2 kv), with q and k rotated (RoPE is applied before rho), the query heads times
+the attention scale 1/sqrt(head_dim); scores
 and exp (kv heads, heads per kv head, n, T), exp = e^(score - row max), zero where masked
 (softmax's numerators: the probabilities themselves are not formed when the rows are
 normalised after P @ V, :func:`attend`); attn_out (n, q) before the output projection;
@@ -464,7 +464,9 @@ class Rope:
 
 
 async def apply_rope(ctx: Context, qk: AShare, rope: Rope) -> AShare:
-    """x cos + rotate_half(x) sin on (n, heads, d): local products, one truncation (2 R)."""
+    """x cos + rotate_half(x) sin on (n, heads, d) at any fractional bits a: local products
+    (a + f bits), one truncation by f back to a (2 R, ~8 bytes per element per party).
+    Needs |x| (|cos| + |sin|) 2^(a + f) < 2^62."""
     half = qk.shape[-1] // 2
     swapped = qk.map(lambda a: np.concatenate([a[..., half:], a[..., :half]], axis=-1))
     return await truncate(ctx, qk.scale(rope.cos) + swapped.scale(rope.signed_sin))
@@ -483,24 +485,38 @@ QKV_RHO_FRAC = 32
 
 
 async def normalised_qkv(
-    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream,
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, rope: Rope,
     pre: SegmentMaterial | None = None,
 ) -> AShare:
-    """RMSNorm(x) @ W'qkv (the gain folded into W'qkv) as rho (x @ W'qkv): the product on
-    the raw residual (scope ``qkv``) runs beside the norm's rsqrt (scope ``norm``), then one
-    truncated product by rho per row (scope ``qkv``). 2 rounds fewer than x rho first, for
-    (q + 2 kv - hidden) more elements in the product by rho (44 bytes each, all parties).
+    """RMSNorm(x) @ W'qkv (the gain folded into W'qkv) with q and k rotated, (n, q + 2 kv):
+    rho RoPE(x @ W'qkv). rho is a scalar per row and RoPE a linear map of each row with
+    public coefficients, so they commute: the product on the raw residual (scope ``qkv``)
+    and the rotation of its q and k columns (:func:`apply_rope`, scope ``rope``) run beside
+    the norm's rsqrt (scope ``norm``: 4 rounds, against 2 + 2), then one truncated product by
+    rho per row (scope ``qkv``). The query heads carry 1/sqrt(head_dim) (:class:`Rope`).
+    Rounds: norm 4, then the product by rho 2 (RoPE none of its own: 1 round fewer than
+    rotating q and k after it); 2 rounds fewer than x rho first, for (q + 2 kv - hidden)
+    more elements in the product by rho (44 bytes each, all parties). Bytes: RoPE's
+    truncation, as many elements as after the product.
 
     Headroom and error: the raw product's pre-truncation value is |x W'| 2^42 (W' at 24
-    fractional bits: :func:`weight_tensors`), and rho x W' = q (or k, v) is taken at
-    :data:`QKV_RAW_FRAC` + :data:`QKV_RHO_FRAC` = 54 fractional bits before its truncation,
-    so this needs |x W'| < 2^20 and |q|, |k|, |v| < 2^8.
+    fractional bits: :func:`weight_tensors`); the rotation of x W' (at :data:`QKV_RAW_FRAC`
+    bits) by cos and sin (at f) is |RoPE(x W')| 2^40 <= sqrt(2) max |x W'| 2^40 before its
+    truncation (a rotation of pairs; the query heads' 1/8 only lowers it); and
+    rho RoPE(x W') = q (or k, v) is taken at :data:`QKV_RAW_FRAC` + :data:`QKV_RHO_FRAC` = 54
+    fractional bits before its truncation, so this needs |x W'| < 2^20 and |q|, |k|, |v| < 2^8
+    (q, k rotated: at most sqrt(2) times their largest element before the rotation).
     SmolLM2 (plaintext reference, 4 prompts, first-token rows with |x| up to 24,926): max
-    |x W'| 6,967 (< 2^13), max |q|, |k|, |v| 19.5 (< 2^5). Added error: the rounding of x W'
-    (2^-22) times rho (<= 11.2 measured): 2.7e-6, below the product's own truncation (2^-18
-    = 3.8e-6); rho's resolution 2^-32 (2.4e-7 relative at rho = 1/1046, the smallest).
+    |x W'| 6,967 (< 2^13), max |q|, |k|, |v| 19.5 (< 2^5). Added error: the roundings of x W'
+    and of its rotation (2^-22 each; the first rotated: up to (sqrt(2) + 1) 2^-22) times rho
+    (<= 11.2 measured): up to 6.4e-6, besides the product's own truncation (2^-18 = 3.8e-6);
+    rho's resolution 2^-32 (2.4e-7 relative at rho = 1/1046, the smallest); cos and sin
+    (rounded to 2^-19) relative to q and k as when q and k are rotated after rho. Rotating
+    q, k after rho instead adds the product's and the rotation's truncations (2^-18 each):
+    the largest error is about the same, (1 + sqrt(2) + 1) 3.8e-6 = 1.3e-5 either way.
     """
     f = fixed_point(ctx).frac_bits
+    n, split = stream.x.shape[0], (config.n_heads + config.n_kv_heads) * config.head_dim
 
     async def rho(c: Context) -> AShare:
         with c.scope("norm"):
@@ -509,12 +525,15 @@ async def normalised_qkv(
 
     async def raw(c: Context) -> AShare:
         with c.scope("qkv"):
-            return await weight_matmul(c, stream.x, layer.wqkv,
-                                       bits=2 * f + FOLDED_EXTRA_BITS - QKV_RAW_FRAC)
+            qkv = await weight_matmul(c, stream.x, layer.wqkv,
+                                      bits=2 * f + FOLDED_EXTRA_BITS - QKV_RAW_FRAC)
+        with c.scope("rope"):
+            qk = await apply_rope(c, qkv[:, :split].reshape(n, -1, config.head_dim), rope)
+        return concatenate([qk.reshape(n, split), qkv[:, split:]], axis=-1)
 
-    r, qkv_raw = await ctx.gather(rho, raw)
+    r, rotated = await ctx.gather(rho, raw)
     with ctx.scope("qkv"):
-        return await mul_fxp(ctx, qkv_raw, repeat_last(r, qkv_raw.shape[-1]),
+        return await mul_fxp(ctx, rotated, repeat_last(r, rotated.shape[-1]),
                              bits=QKV_RAW_FRAC + QKV_RHO_FRAC - f)
 
 
@@ -533,12 +552,11 @@ async def attention(
     n, d = x.shape[0], config.head_dim
     heads, groups, rep = config.n_heads, config.n_kv_heads, config.n_rep
     name = f"layer{index}"
-    qkv = await normalised_qkv(ctx, config, layer, stream, None if pre is None else pre.attn_norm)
+    qkv = await normalised_qkv(ctx, config, layer, stream, rope,
+                               None if pre is None else pre.attn_norm)
     probe(ctx, f"{name}.qkv", qkv)
     split = (heads + groups) * d
-    with ctx.scope("rope"):
-        qk = await apply_rope(ctx, qkv[:, :split].reshape(n, heads + groups, d), rope)
-    probe(ctx, f"{name}.rope", qk)
+    qk = qkv[:, :split].reshape(n, heads + groups, d)
     k_new = qk[:, heads:].transpose(1, 0, 2)  # (groups, n, d)
     v_new = qkv[:, split:].reshape(n, groups, d).transpose(1, 0, 2)
     keys, values = cache.append(index, k_new.map(np.ascontiguousarray),
