@@ -22,8 +22,9 @@ Costs per layer for n new tokens and T cached + new positions (per party; R = ro
 M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith`` and
 ``trunc``): attention RMSNorm as rho only (``norms.rms_rsqrt``: 4 R; its wide copy comes from
 the product that made the stream, :func:`residual_matmul`) beside x @ W'qkv (M, the gain
-folded into W'qkv), then (x W'qkv) rho (2 R, n (q + 2kv) outputs: :func:`normalised_qkv`),
-RoPE (truncation: 2 R, ~8 bytes per q/k element), scores (2 R, all heads batched by
+folded into W'qkv) and RoPE of its q and k columns (truncation: 2 R, ~8 bytes per q/k
+element), then (RoPE(x W'qkv)) rho (2 R, n (q + 2kv) outputs: :func:`normalised_qkv`),
+scores (2 R, all heads batched by
 key/value group; the maximum's comparisons start in their first round), softmax
 numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum beside e @ V and
 (e @ V) x 1/sum (2 R) for one new row or T >= head_dim, else (e x 1/sum) @ V (2 + 2 R;
@@ -31,10 +32,11 @@ numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum beside e @ V a
 MLP RMSNorm (6 R, its gain folded into W_gate_up), gate/up (M),
 SiLU (``activations``, 6 R; its comparisons as long as the layer's certified gate bound
 needs), SiLU x up (2 R), down (M, and the next wide copy).
-Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``, measured: 43
-rounds; 1,301 per token with the embedding's 2, the head's 8 and the logits' reveal):
-attn.norm 4 (the rsqrt from the sums of squares' 3-out-of-3
-shares: no resharing round), qkv 2 (x W'qkv beside the norm), RoPE 1, scores 1, maximum 4,
+Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``; 42 rounds,
+measured on a 2-layer SmolLM2-shaped model; 30 x 42 + the embedding's 2, the head's 8 and the
+logits' reveal = 1,271 per token, 1,301 measured with RoPE after rho): attn.norm 4 (the rsqrt
+from the sums of squares' 3-out-of-3 shares: no resharing round), qkv 2 (x W'qkv and its
+RoPE beside the norm), RoPE 0, scores 1, maximum 4,
 negExp 6, reciprocal 3 (its comparisons' leaves in negExp's last round; e @ V beside it),
 (e @ V) x r 2, O 2, mlp.norm 6, gate/up 2, SiLU 6, x up 2, down 2.
 Embedding: 2 rounds (the first norm's wide copy), 2 n hidden elements; head (last position
@@ -124,7 +126,9 @@ softmax's maximum, exponential and reciprocal are its own protocols' scopes, and
 ``attn.softmax`` keeps the rest of it (the masking and the product by 1/sum, of e @ V or of
 e: :func:`attend`); ``attn.pv`` is the product with V, which for a new token runs beside the
 reciprocal (no rounds of its own on the critical path); ``attn.qkv`` is the product on the raw
-residual, beside the norm's rsqrt, and the product by its rho (:func:`normalised_qkv`)."""
+residual, beside the norm's rsqrt, and the product by its rho, ``attn.rope`` the rotation of
+that raw product's q and k, beside the rsqrt too (none on the critical path either:
+:func:`normalised_qkv`)."""
 
 
 def forward_scopes(n_layers: int) -> tuple[str, ...]:
@@ -494,26 +498,32 @@ async def normalised_qkv(
     and the rotation of its q and k columns (:func:`apply_rope`, scope ``rope``) run beside
     the norm's rsqrt (scope ``norm``: 4 rounds, against 2 + 2), then one truncated product by
     rho per row (scope ``qkv``). The query heads carry 1/sqrt(head_dim) (:class:`Rope`).
-    Rounds: norm 4, then the product by rho 2 (RoPE none of its own: 1 round fewer than
-    rotating q and k after it); 2 rounds fewer than x rho first, for (q + 2 kv - hidden)
-    more elements in the product by rho (44 bytes each, all parties). Bytes: RoPE's
-    truncation, as many elements as after the product.
+    Rounds: norm 4, then the product by rho 2; RoPE has none of its own (rotating q and k
+    after the product took 1 round, 2 when its truncation's blocks rotate), and x rho first
+    would take 2 more, for (q + 2 kv - hidden) elements fewer in the product by rho (44
+    bytes each, all parties). RoPE's truncation: as many elements as after the product.
 
-    Headroom and error: the raw product's pre-truncation value is |x W'| 2^42 (W' at 24
-    fractional bits: :func:`weight_tensors`); the rotation of x W' (at :data:`QKV_RAW_FRAC`
-    bits) by cos and sin (at f) is |RoPE(x W')| 2^40 <= sqrt(2) max |x W'| 2^40 before its
-    truncation (a rotation of pairs; the query heads' 1/8 only lowers it); and
-    rho RoPE(x W') = q (or k, v) is taken at :data:`QKV_RAW_FRAC` + :data:`QKV_RHO_FRAC` = 54
-    fractional bits before its truncation, so this needs |x W'| < 2^20 and |q|, |k|, |v| < 2^8
-    (q, k rotated: at most sqrt(2) times their largest element before the rotation).
-    SmolLM2 (plaintext reference, 4 prompts, first-token rows with |x| up to 24,926): max
-    |x W'| 6,967 (< 2^13), max |q|, |k|, |v| 19.5 (< 2^5). Added error: the roundings of x W'
-    and of its rotation (2^-22 each; the first rotated: up to (sqrt(2) + 1) 2^-22) times rho
-    (<= 11.2 measured): up to 6.4e-6, besides the product's own truncation (2^-18 = 3.8e-6);
-    rho's resolution 2^-32 (2.4e-7 relative at rho = 1/1046, the smallest); cos and sin
-    (rounded to 2^-19) relative to q and k as when q and k are rotated after rho. Rotating
-    q, k after rho instead adds the product's and the rotation's truncations (2^-18 each):
-    the largest error is about the same, (1 + sqrt(2) + 1) 3.8e-6 = 1.3e-5 either way.
+    Headroom: the raw product's pre-truncation value is |x W'| 2^42 (W' at 24 fractional
+    bits: :func:`weight_tensors`); its rotation (x W' at :data:`QKV_RAW_FRAC` bits, cos and
+    sin at f) is at most sqrt(2) max |x W'| 2^40 before its truncation (pairs rotated; the
+    query heads' 1/sqrt(head_dim) only lowers it); and rho RoPE(x W') = q (or k, v) is taken
+    at :data:`QKV_RAW_FRAC` + :data:`QKV_RHO_FRAC` = 54 fractional bits before its
+    truncation. So this needs |x W'| < 2^20 and |q|, |k|, |v| < 2^8 (q, k rotated: at most
+    sqrt(2) times their largest element before). SmolLM2 (plaintext reference, 4 prompts,
+    first-token rows with |x| up to 24,926): max |x W'| 6,967 (< 2^13), max |q|, |k|, |v|
+    19.5 (< 2^5).
+
+    Error added, with rho <= 11.2 (SmolLM2, measured) and s = 1/sqrt(head_dim) for the query
+    heads, 1 for the keys: the rounding of x W' (2^-22) rotated (at most sqrt(2) s 2^-22) and
+    the rotation's own (2^-22), both times rho, and the product's truncation (2^-18):
+    rho (sqrt(2) s + 1) 2^-22 + 2^-18, at most 1.03e-5 for k and 7.0e-6 for q (s = 1/8);
+    v as before, rho 2^-22 + 2^-18 <= 6.5e-6; rho's resolution 2^-32 (2.4e-7 relative at
+    rho = 1/1046, the smallest); cos and sin rounded to 2^-19, relative to q and k as when
+    they are rotated after rho. Rotated after rho, as before: (rho 2^-22 + 2^-18) sqrt(2) s
+    + 2^-18, 1.30e-5 for k and 5.0e-6 for q (at rho = 1: q 4.1e-6 now, 4.5e-6 before).
+    Measured against float64 (tiny and SmolLM2-shaped models, random weights, 3 tokens
+    after a 6-token prompt): RMS error of rotated q unchanged, of k 15% lower, of the scores
+    unchanged. Test: tests/test_secure_llama.py (this bound plus rsqrt's relative error).
     """
     f = fixed_point(ctx).frac_bits
     n, split = stream.x.shape[0], (config.n_heads + config.n_kv_heads) * config.head_dim
