@@ -217,7 +217,7 @@ def test_components_sum_to_the_pass(session: SessionResult, step: int) -> None:
 
 DECLARED = {
     "attn.norm": ("rms_norm",),  # its gain is folded into W_qkv
-    "attn.qkv": ("mul_fxp",),  # (x W'qkv) rho; x W'qkv beside the norm
+    "attn.qkv": ("mul_fxp",),  # RoPE(x W'qkv) rho; x W'qkv beside the norm
     "attn.rope": ("truncate",),  # on x W'qkv, beside the norm
     "attn.scores": ("matmul_fxp",),
     "attn.softmax.max_along": ("max_along (rows of 8)",),
