@@ -22,8 +22,9 @@ Costs per layer for n new tokens and T cached + new positions (per party; R = ro
 M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith`` and
 ``trunc``): attention RMSNorm as rho only (``norms.rms_rsqrt``: 4 R; its wide copy comes from
 the product that made the stream, :func:`residual_matmul`) beside x @ W'qkv (M, the gain
-folded into W'qkv), then (x W'qkv) rho (2 R, n (q + 2kv) outputs: :func:`normalised_qkv`),
-RoPE (truncation: 2 R, ~8 bytes per q/k element), scores (2 R, all heads batched by
+folded into W'qkv) and RoPE of its q and k columns (truncation: 2 R, ~8 bytes per q/k
+element), then (RoPE(x W'qkv)) rho (2 R, n (q + 2kv) outputs: :func:`normalised_qkv`),
+scores (2 R, all heads batched by
 key/value group; the maximum's comparisons start in their first round), softmax
 numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum beside e @ V and
 (e @ V) x 1/sum (2 R) for one new row or T >= head_dim, else (e x 1/sum) @ V (2 + 2 R;
@@ -31,10 +32,11 @@ numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum beside e @ V a
 MLP RMSNorm (6 R, its gain folded into W_gate_up), gate/up (M),
 SiLU (``activations``, 6 R; its comparisons as long as the layer's certified gate bound
 needs), SiLU x up (2 R), down (M, and the next wide copy).
-Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``, measured: 43
-rounds; 1,301 per token with the embedding's 2, the head's 8 and the logits' reveal):
-attn.norm 4 (the rsqrt from the sums of squares' 3-out-of-3
-shares: no resharing round), qkv 2 (x W'qkv beside the norm), RoPE 1, scores 1, maximum 4,
+Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``; 42 rounds,
+measured on a 2-layer SmolLM2-shaped model; 30 x 42 + the embedding's 2, the head's 8 and the
+logits' reveal = 1,271 per token, 1,301 measured with RoPE after rho): attn.norm 4 (the rsqrt
+from the sums of squares' 3-out-of-3 shares: no resharing round), qkv 2 (x W'qkv and its
+RoPE beside the norm), RoPE 0, scores 1, maximum 4,
 negExp 6, reciprocal 3 (its comparisons' leaves in negExp's last round; e @ V beside it),
 (e @ V) x r 2, O 2, mlp.norm 6, gate/up 2, SiLU 6, x up 2, down 2.
 Embedding: 2 rounds (the first norm's wide copy), 2 n hidden elements; head (last position
@@ -102,7 +104,7 @@ from .polynomial import repeat_last
 from .ring import RingArray
 from .ringmatmul import ring_matmul
 from .segments import SegmentMaterial, prepare_segment_batches
-from .shares import AShare, ProductShare
+from .shares import AShare, ProductShare, concatenate
 from .softmax import (
     exp_rows,
     matmul_max,
@@ -124,7 +126,9 @@ softmax's maximum, exponential and reciprocal are its own protocols' scopes, and
 ``attn.softmax`` keeps the rest of it (the masking and the product by 1/sum, of e @ V or of
 e: :func:`attend`); ``attn.pv`` is the product with V, which for a new token runs beside the
 reciprocal (no rounds of its own on the critical path); ``attn.qkv`` is the product on the raw
-residual, beside the norm's rsqrt, and the product by its rho (:func:`normalised_qkv`)."""
+residual, beside the norm's rsqrt, and the product by its rho, ``attn.rope`` the rotation of
+that raw product's q and k, beside the rsqrt too (none on the critical path either:
+:func:`normalised_qkv`)."""
 
 
 def forward_scopes(n_layers: int) -> tuple[str, ...]:
@@ -155,7 +159,7 @@ NO_PROBE = LayerProbe(_see_nothing)
 """The state of a party with no probe installed: every deployed party."""
 
 PROBE_POINTS = (
-    "qkv", "rope", "scores", "exp", "attn_out", "o_proj", "attn_residual",
+    "qkv", "scores", "exp", "attn_out", "o_proj", "attn_residual",
     "ffn_norm", "gate_up", "silu", "silu_up", "down", "residual",
 )
 """Per-layer probe points, named ``layer{i}.{point}`` (then ``final_norm`` and ``logits``).
@@ -164,8 +168,8 @@ Layouts (n new rows, T = cached + new positions): o_proj, attn_residual, ffn_nor
 residual (n, hidden), ffn_norm the MLP norm's output *before* its gain (x / rms(x): the gains
 are folded into the next weights, :func:`weight_tensors`); the attention norm's output is
 never formed (its rho scales the QKV product, :func:`normalised_qkv`), so its error shows in
-qkv (n, q + 2 kv); rope (n, heads
-+ kv heads, head_dim), the query heads times the attention scale 1/sqrt(head_dim); scores
+qkv (n, q + 2 kv), with q and k rotated (RoPE is applied before rho), the query heads times
+the attention scale 1/sqrt(head_dim); scores
 and exp (kv heads, heads per kv head, n, T), exp = e^(score - row max), zero where masked
 (softmax's numerators: the probabilities themselves are not formed when the rows are
 normalised after P @ V, :func:`attend`); attn_out (n, q) before the output projection;
@@ -467,7 +471,9 @@ class Rope:
 
 
 async def apply_rope(ctx: Context, qk: AShare, rope: Rope) -> AShare:
-    """x cos + rotate_half(x) sin on (n, heads, d): local products, one truncation (2 R)."""
+    """x cos + rotate_half(x) sin on (n, heads, d) at any fractional bits a: local products
+    (a + f bits), one truncation by f back to a (2 R, ~8 bytes per element per party).
+    Needs |x| (|cos| + |sin|) 2^(a + f) < 2^62."""
     half = qk.shape[-1] // 2
     swapped = qk.map(lambda a: np.concatenate([a[..., half:], a[..., :half]], axis=-1))
     return await truncate(ctx, qk.scale(rope.cos) + swapped.scale(rope.signed_sin))
@@ -486,24 +492,44 @@ QKV_RHO_FRAC = 32
 
 
 async def normalised_qkv(
-    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream,
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, rope: Rope,
     pre: SegmentMaterial | None = None,
 ) -> AShare:
-    """RMSNorm(x) @ W'qkv (the gain folded into W'qkv) as rho (x @ W'qkv): the product on
-    the raw residual (scope ``qkv``) runs beside the norm's rsqrt (scope ``norm``), then one
-    truncated product by rho per row (scope ``qkv``). 2 rounds fewer than x rho first, for
-    (q + 2 kv - hidden) more elements in the product by rho (44 bytes each, all parties).
+    """RMSNorm(x) @ W'qkv (the gain folded into W'qkv) with q and k rotated, (n, q + 2 kv):
+    rho RoPE(x @ W'qkv). rho is a scalar per row and RoPE a linear map of each row with
+    public coefficients, so they commute: the product on the raw residual (scope ``qkv``)
+    and the rotation of its q and k columns (:func:`apply_rope`, scope ``rope``) run beside
+    the norm's rsqrt (scope ``norm``: 4 rounds, against 2 + 2), then one truncated product by
+    rho per row (scope ``qkv``). The query heads carry 1/sqrt(head_dim) (:class:`Rope`).
+    Rounds: norm 4, then the product by rho 2; RoPE has none of its own (rotating q and k
+    after the product took 1 round, 2 when its truncation's blocks rotate), and x rho first
+    would take 2 more, for (q + 2 kv - hidden) elements fewer in the product by rho (44
+    bytes each, all parties). RoPE's truncation: as many elements as after the product.
 
-    Headroom and error: the raw product's pre-truncation value is |x W'| 2^42 (W' at 24
-    fractional bits: :func:`weight_tensors`), and rho x W' = q (or k, v) is taken at
-    :data:`QKV_RAW_FRAC` + :data:`QKV_RHO_FRAC` = 54 fractional bits before its truncation,
-    so this needs |x W'| < 2^20 and |q|, |k|, |v| < 2^8.
-    SmolLM2 (plaintext reference, 4 prompts, first-token rows with |x| up to 24,926): max
-    |x W'| 6,967 (< 2^13), max |q|, |k|, |v| 19.5 (< 2^5). Added error: the rounding of x W'
-    (2^-22) times rho (<= 11.2 measured): 2.7e-6, below the product's own truncation (2^-18
-    = 3.8e-6); rho's resolution 2^-32 (2.4e-7 relative at rho = 1/1046, the smallest).
+    Headroom: the raw product's pre-truncation value is |x W'| 2^42 (W' at 24 fractional
+    bits: :func:`weight_tensors`); its rotation (x W' at :data:`QKV_RAW_FRAC` bits, cos and
+    sin at f) is at most sqrt(2) max |x W'| 2^40 before its truncation (pairs rotated; the
+    query heads' 1/sqrt(head_dim) only lowers it); and rho RoPE(x W') = q (or k, v) is taken
+    at :data:`QKV_RAW_FRAC` + :data:`QKV_RHO_FRAC` = 54 fractional bits before its
+    truncation. So this needs |x W'| < 2^20 and |q|, |k|, |v| < 2^8 (q, k rotated: at most
+    sqrt(2) times their largest element before). SmolLM2 (plaintext reference, 4 prompts,
+    first-token rows with |x| up to 24,926): max |x W'| 6,967 (< 2^13), max |q|, |k|, |v|
+    19.5 (< 2^5).
+
+    Error added, with rho <= 11.2 (SmolLM2, measured) and s = 1/sqrt(head_dim) for the query
+    heads, 1 for the keys: the rounding of x W' (2^-22) rotated (at most sqrt(2) s 2^-22) and
+    the rotation's own (2^-22), both times rho, and the product's truncation (2^-18):
+    rho (sqrt(2) s + 1) 2^-22 + 2^-18, at most 1.03e-5 for k and 7.0e-6 for q (s = 1/8);
+    v as before, rho 2^-22 + 2^-18 <= 6.5e-6; rho's resolution 2^-32 (2.4e-7 relative at
+    rho = 1/1046, the smallest); cos and sin rounded to 2^-19, relative to q and k as when
+    they are rotated after rho. Rotated after rho, as before: (rho 2^-22 + 2^-18) sqrt(2) s
+    + 2^-18, 1.30e-5 for k and 5.0e-6 for q (at rho = 1: q 4.1e-6 now, 4.5e-6 before).
+    Measured against float64 (tiny and SmolLM2-shaped models, random weights, 3 tokens
+    after a 6-token prompt): RMS error of rotated q unchanged, of k 15% lower, of the scores
+    unchanged. Test: tests/test_secure_llama.py (this bound plus rsqrt's relative error).
     """
     f = fixed_point(ctx).frac_bits
+    n, split = stream.x.shape[0], (config.n_heads + config.n_kv_heads) * config.head_dim
 
     async def rho(c: Context) -> AShare:
         with c.scope("norm"):
@@ -512,12 +538,15 @@ async def normalised_qkv(
 
     async def raw(c: Context) -> AShare:
         with c.scope("qkv"):
-            return await weight_matmul(c, stream.x, layer.wqkv,
-                                       bits=2 * f + FOLDED_EXTRA_BITS - QKV_RAW_FRAC)
+            qkv = await weight_matmul(c, stream.x, layer.wqkv,
+                                      bits=2 * f + FOLDED_EXTRA_BITS - QKV_RAW_FRAC)
+        with c.scope("rope"):
+            qk = await apply_rope(c, qkv[:, :split].reshape(n, -1, config.head_dim), rope)
+        return concatenate([qk.reshape(n, split), qkv[:, split:]], axis=-1)
 
-    r, qkv_raw = await ctx.gather(rho, raw)
+    r, rotated = await ctx.gather(rho, raw)
     with ctx.scope("qkv"):
-        return await mul_fxp(ctx, qkv_raw, repeat_last(r, qkv_raw.shape[-1]),
+        return await mul_fxp(ctx, rotated, repeat_last(r, rotated.shape[-1]),
                              bits=QKV_RAW_FRAC + QKV_RHO_FRAC - f)
 
 
@@ -536,12 +565,11 @@ async def attention(
     n, d = x.shape[0], config.head_dim
     heads, groups, rep = config.n_heads, config.n_kv_heads, config.n_rep
     name = f"layer{index}"
-    qkv = await normalised_qkv(ctx, config, layer, stream, None if pre is None else pre.attn_norm)
+    qkv = await normalised_qkv(ctx, config, layer, stream, rope,
+                               None if pre is None else pre.attn_norm)
     probe(ctx, f"{name}.qkv", qkv)
     split = (heads + groups) * d
-    with ctx.scope("rope"):
-        qk = await apply_rope(ctx, qkv[:, :split].reshape(n, heads + groups, d), rope)
-    probe(ctx, f"{name}.rope", qk)
+    qk = qkv[:, :split].reshape(n, heads + groups, d)
     k_new = qk[:, heads:].transpose(1, 0, 2)  # (groups, n, d)
     v_new = qkv[:, split:].reshape(n, groups, d).transpose(1, 0, 2)
     keys, values = cache.append(index, k_new.map(np.ascontiguousarray),

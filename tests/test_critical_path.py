@@ -217,8 +217,8 @@ def test_components_sum_to_the_pass(session: SessionResult, step: int) -> None:
 
 DECLARED = {
     "attn.norm": ("rms_norm",),  # its gain is folded into W_qkv
-    "attn.qkv": ("mul_fxp",),  # (x W'qkv) rho; x W'qkv beside the norm
-    "attn.rope": ("truncate",),
+    "attn.qkv": ("mul_fxp",),  # RoPE(x W'qkv) rho; x W'qkv beside the norm
+    "attn.rope": ("truncate",),  # on x W'qkv, beside the norm
     "attn.scores": ("matmul_fxp",),
     "attn.softmax.max_along": ("max_along (rows of 8)",),
     "attn.softmax.neg_exp": ("neg_exp",),
@@ -233,7 +233,7 @@ DECLARED = {
     "mlp.down": ("matmul_fxp",),
 }
 """The ops of each component of a layer (``costs.py`` names), one after the other."""
-OVERLAPS = {"attn.rope": 1, "attn.softmax.max_along": 1, "attn.softmax.reciprocal": 1}
+OVERLAPS = {"attn.softmax.max_along": 1, "attn.softmax.reciprocal": 1}
 """Rounds a component shares with the product before it (counted there): its first messages
 come from that product's dealer, whose output components are ready after the product's first
 round (the reciprocal's: its comparisons' leaves, sent by negExp's last dealer)."""
@@ -252,9 +252,11 @@ TUPLES_AHEAD = {"attn.norm", "attn.softmax.reciprocal", "mlp.norm"}
 """Components whose TP1 tuples (4 offline rounds) the pass makes at its start, in scope
 ``tuples`` (``protocols.llama.prepare_tuples``): their own offline depth is their
 comparisons' material's (:data:`.costs.PREPARED`)."""
-BESIDE = {"attn.pv"}
-"""Components off the critical path: a new token's e @ V runs beside the softmax's reciprocal
-(``protocols.llama.attend``), so its rounds are the reciprocal's."""
+BESIDE = {"attn.rope", "attn.pv"}
+"""Components off the critical path: RoPE rotates x W'qkv beside the attention norm's rsqrt
+(``protocols.llama.normalised_qkv``), and a new token's e @ V runs beside the softmax's
+reciprocal (``protocols.llama.attend``), so their rounds are the norm's and the
+reciprocal's."""
 
 
 def test_layer_rounds_are_the_declared_costs(session: SessionResult) -> None:

@@ -13,18 +13,37 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from puma_async.errors import ContextLengthError, ModelFileError
 from puma_async.local import main
-from puma_async.model import KVCache, forward, greedy_generate, random_weights, tiny_config
+from puma_async.model import (
+    KVCache,
+    apply_rope,
+    forward,
+    greedy_generate,
+    random_weights,
+    rope_tables,
+    tiny_config,
+)
 from puma_async.model.bounds import certify_gate_bounds
 from puma_async.model.gguf_loader import load_gguf
+from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.llama import (
     FOLDED_EXTRA_BITS,
+    QKV_RAW_FRAC,
+    QKV_RHO_FRAC,
+    Rope,
+    SecureLayer,
+    SecureWeight,
+    Stream,
     causal_mask,
+    normalised_qkv,
     weight_plan,
     weight_tensors,
 )
+from puma_async.protocols.norms import MAX_ABS, wide_shift
 from puma_async.roles import MODEL_OWNER, PARTIES
 from puma_async.session import (
     GenerationOptions,
@@ -137,6 +156,57 @@ def test_norm_gains_are_folded_into_the_next_weights() -> None:
                               scale * layer.ffn_norm[:, None] * gate_up)
     assert [name for name, shape in weight_plan(CONFIG) if len(shape) == 1] == ["final_norm"]
     assert np.array_equal(tensors["final_norm"], WEIGHTS.final_norm)
+
+
+FX = FixedPoint(18)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), log2_rms=st.floats(-4, 13), log2_q=st.floats(-3, 5),
+       start=st.integers(0, tiny_config().context_length - 3))
+@example(seed=1, log2_rms=13, log2_q=5.5, start=61)  # |x W'| near 2^19 (headroom)
+@example(seed=2, log2_rms=-4, log2_q=5, start=0)  # rho = 16: the rotation's rounding x 16
+def test_normalised_qkv_rotates_before_rho(evaluate, seed: int, log2_rms: float, log2_q: float,
+                                           start: int) -> None:
+    """rho RoPE(x W'qkv) against float64 (on the encoded x and W'): RoPE commutes with rho,
+    the query heads carry 1/sqrt(head_dim), and the error is within rsqrt's relative error
+    plus the docstring's rho (sqrt(2) s + 1) 2^-22 + 2^-18 (and rho's resolution)."""
+    config, n = tiny_config(), 3
+    h, d, heads, groups = config.hidden, config.head_dim, config.n_heads, config.n_kv_heads
+    rng = np.random.default_rng(seed)
+    x = np.clip(rng.normal(0, 2.0**log2_rms, (n, h)), -MAX_ABS, MAX_ABS)
+    w = rng.normal(0, 2.0**log2_q / np.sqrt(h), (h, config.q_dim + 2 * config.kv_dim))
+    folded = 2.0**FOLDED_EXTRA_BITS * rng.uniform(0.1, 1.0, h)[:, None] * w
+    k = wide_shift(h, MAX_ABS, FX.frac_bits)
+    enc_x, enc_w = FX.encode(x), FX.encode(folded)
+    wide = (enc_x.view(np.int64) >> k).view(np.uint64)
+
+    async def qkv(ctx, xs, wides, ws):
+        weight = SecureWeight.from_share(ws)
+        layer = SecureLayer(weight, weight, weight, weight)
+        return await normalised_qkv(ctx, config, layer, Stream(xs, wides),
+                                    Rope.at(ctx, config, start, n))
+
+    ev = evaluate(qkv, enc_x, wide, enc_w)
+    got = FX.decode(ev.outputs[0])
+    xq, raw = FX.decode(enc_x), FX.decode(enc_x) @ (FX.decode(enc_w) / 2.0**FOLDED_EXTRA_BITS)
+    rho = 1 / np.sqrt(np.mean(xq * xq, axis=-1, keepdims=True) + config.rms_eps)
+    cos, sin = rope_tables(config, np.arange(start, start + n))
+    split = (heads + groups) * d
+    qk = apply_rope(raw[:, :split].reshape(n, heads + groups, d).transpose(1, 0, 2), cos, sin)
+    s = np.array([d**-0.5] * heads + [1.0] * groups)[:, None, None]
+    want = rho * np.concatenate([(qk * s).transpose(1, 0, 2).reshape(n, split), raw[:, split:]],
+                                axis=-1)
+    scale = np.concatenate([np.repeat(s.ravel(), d), np.zeros(config.kv_dim)])
+    # rsqrt: 1.3e-6 relative on the precise path (sum of squares below 2^24), else 2e-5;
+    # cos and sin rounded to 2^-19 (x s): rho (|a| + |b|) 2^-19 on a rotated pair (a, b)
+    rel = np.where(np.sum(xq * xq, axis=-1, keepdims=True) < 2.0**24, 1.3e-6, 2e-5)
+    pairs = np.abs(raw) + np.abs(np.roll(raw.reshape(n, -1, d), d // 2, axis=-1).reshape(n, -1))
+    tables = np.where(np.arange(raw.shape[1]) < split, rho * pairs * 2.0**-19, 0.0)
+    added = rho * (np.sqrt(2) * scale + 1) * 2.0**-QKV_RAW_FRAC + 2.0**-18
+    bound = rel * np.abs(want) + tables + added + np.abs(want / rho) * 2.0**-QKV_RHO_FRAC
+    assert np.all(np.abs(got - want) <= bound), np.max(np.abs(got - want) - bound)
+    assert ev.cost().rounds == 6  # rho 4 (x W'qkv and its rotation beside it), x rho 2
 
 
 def test_causal_mask_rows_by_group() -> None:

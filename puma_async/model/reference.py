@@ -121,8 +121,8 @@ def decoder_layer(
     down = (activated * up) @ layer.w_down
     if probe is not None:
         points = {
-            "qkv": np.concatenate(qkv, axis=-1),
-            "rope": np.concatenate([q / np.sqrt(d), k], axis=0).transpose(1, 0, 2),
+            "qkv": np.concatenate([q / np.sqrt(d), k, v], axis=0).transpose(1, 0, 2)
+            .reshape(n, -1),
             "attn_out": attn, "o_proj": o_proj, "attn_residual": x, "ffn_norm": unit2,
             "gate_up": np.concatenate([gate, up], axis=-1), "silu": activated,
             "silu_up": activated * up, "down": down, "residual": x + down,
