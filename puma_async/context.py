@@ -73,6 +73,7 @@ Step = Callable[["Context"], Awaitable[T]]
 """A protocol step: a coroutine function of its own :class:`Context` (``Step[AShare]``)."""
 Program = Step[Any]
 """A role's whole program: the root step that :func:`~puma_async.runtime.run_party` runs."""
+_RING_DTYPE = np.dtype(np.uint64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,16 +91,21 @@ class ArraySpec:
 
     @classmethod
     def of(cls, dtype: Any, shape: int | Sequence[int | None]) -> ArraySpec:
-        dims = (shape,) if isinstance(shape, int) else shape
-        return cls(np.dtype(dtype), tuple(None if d is None else int(d) for d in dims))
+        if isinstance(shape, int):  # the common case, without the generator below
+            return cls(np.dtype(dtype), (int(shape),))
+        return cls(np.dtype(dtype), tuple(None if d is None else int(d) for d in shape))
 
     @classmethod
     def ring(cls, shape: int | Sequence[int | None]) -> ArraySpec:
         """Ring elements (or packed boolean words: both uint64) of ``shape``."""
-        return cls.of(np.uint64, shape)
+        return cls.of(_RING_DTYPE, shape)
 
     def matches(self, array: np.ndarray) -> bool:
-        return array.dtype == self.dtype and array.ndim == len(self.shape) and all(
+        if array.dtype != self.dtype:
+            return False
+        if array.shape == self.shape:  # every spec without a None dimension that matches
+            return True
+        return array.ndim == len(self.shape) and all(
             want is None or want == got for want, got in zip(self.shape, array.shape, strict=True)
         )
 
@@ -261,9 +267,7 @@ class Context:
         its spec's dtype and shape, else a :class:`ProtocolError` naming the peer, the step,
         what was expected and what came."""
         arrays = (await self.recv_message(frm, Arrays)).arrays
-        if len(arrays) != len(specs) or not all(
-            spec.matches(a) for spec, a in zip(specs, arrays, strict=False)
-        ):
+        if len(arrays) != len(specs) or not all(map(ArraySpec.matches, specs, arrays)):
             expected = ", ".join(map(str, specs)) or "nothing"
             got = ", ".join(f"{a.dtype} {a.shape}" for a in arrays) or "nothing"
             raise ProtocolError(
