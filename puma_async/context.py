@@ -74,6 +74,7 @@ Step = Callable[["Context"], Awaitable[T]]
 Program = Step[Any]
 """A role's whole program: the root step that :func:`~puma_async.runtime.run_party` runs."""
 _RING_DTYPE = np.dtype(np.uint64)
+_THREE_ITEMS = b"\x93"  # msgpack's header of an array of three items
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +144,7 @@ class Context:
         self._send_seq: dict[int, int] = defaultdict(int)
         self._recv_seq: dict[int, int] = defaultdict(int)
         self._labels: dict[bytes, int] = defaultdict(int)
+        self._label_head: bytes | None = None
 
     # -- identity ----------------------------------------------------------------------
 
@@ -390,7 +392,9 @@ class Context:
         """
         count = self._labels[purpose]
         self._labels[purpose] = count + 1
-        return codec.packb([list(self.path), purpose, count])
+        if self._label_head is None:  # msgpack's [path, purpose, count], the path packed once
+            self._label_head = _THREE_ITEMS + codec.packb(list(self.path))
+        return self._label_head + codec.packb(purpose) + codec.packb(count)
 
     def fresh_key(self, size: int = 16) -> bytes:
         """A new secret key for this party (PRG keys, input seeds).
