@@ -10,6 +10,9 @@ imported: several seconds the first time, then loaded from numba's on-disk cache
   four rows of ``a`` at a time so that four accumulators stay in registers. LLVM vectorises
   the reductions with AVX-512VL ``vpmullq`` (256-bit: LLVM prefers ymm on these CPUs); this
   runs at about the multiplier's throughput (ymm ``vpmullq``: 4 lanes per 1.5 cycles).
+  A panel holds at most 2048 rows of ``b`` (512 KiB, in L2); a longer k is cut into blocks
+  whose partial sums accumulate in ``out``: with whole-k panels (12 MiB at k = 49152, a
+  prompt's embedding) every four rows of ``a`` re-read the panel from memory.
 - ``_axpy_rows`` (fewer rows): out[i, :] += a[i, p:p+4] @ b[p:p+4, :] on L1-resident
   accumulators (32 KiB: tiles of 4096 / r columns for passes of r <= 8 rows), which reads
   ``b`` once per eight rows and needs no packing (packing costs as much as the product when
@@ -56,6 +59,7 @@ PANEL_MIN_ROWS = 16
 """From this many rows of ``a`` on, ``_dot_rows`` (packed panels) is used, else ``_axpy_rows``."""
 
 _PANEL = 32  # columns of b per packed panel (32 * k words; 147 KiB at k = 576)
+_PANEL_DEPTH = 2048  # rows of b per packed panel at most (512 KiB: it stays in L2)
 _ACC_WORDS = 4096  # accumulator words per pass in _axpy_rows (32 KiB): rows * tile columns
 _AXPY_ROWS = 8  # rows of a per pass over a tile of b in _axpy_rows
 _PARALLEL_MIN_WORK = 1 << 20  # multiply-adds below which the calling thread does it all
@@ -68,44 +72,47 @@ _SIGNATURE = (_IN, _IN, _OUT, types.int64, types.int64)
 @njit(nogil=True)  # compiled (and cached) as part of _kernel
 def _dot_rows(a: RingArray, b: RingArray, out: RingArray, j0: int, j1: int) -> None:
     m, k = a.shape
-    panel = np.empty((_PANEL, k), np.uint64)
+    panel = np.empty((_PANEL, min(k, _PANEL_DEPTH)), np.uint64)
     for jb in range(j0, j1, _PANEL):
         w = min(_PANEL, j1 - jb)
-        for p in range(k):
-            row = b[p, jb : jb + w]
-            for jj in range(w):
-                panel[jj, p] = row[jj]
-        i = 0
-        while i + 4 <= m:
-            a0 = a[i]
-            a1 = a[i + 1]
-            a2 = a[i + 2]
-            a3 = a[i + 3]
-            for jj in range(w):
-                s0 = np.uint64(0)
-                s1 = np.uint64(0)
-                s2 = np.uint64(0)
-                s3 = np.uint64(0)
-                bj = panel[jj]
-                for p in range(k):
-                    y = bj[p]
-                    s0 += a0[p] * y
-                    s1 += a1[p] * y
-                    s2 += a2[p] * y
-                    s3 += a3[p] * y
-                out[i, jb + jj] = s0
-                out[i + 1, jb + jj] = s1
-                out[i + 2, jb + jj] = s2
-                out[i + 3, jb + jj] = s3
-            i += 4
-        for r in range(i, m):
-            ar = a[r]
-            for jj in range(w):
-                s = np.uint64(0)
-                bj = panel[jj]
-                for p in range(k):
-                    s += ar[p] * bj[p]
-                out[r, jb + jj] = s
+        out[:, jb : jb + w] = 0
+        for kb in range(0, k, _PANEL_DEPTH):  # one block of k unless k > _PANEL_DEPTH
+            kc = min(_PANEL_DEPTH, k - kb)
+            for p in range(kc):
+                row = b[kb + p, jb : jb + w]
+                for jj in range(w):
+                    panel[jj, p] = row[jj]
+            i = 0
+            while i + 4 <= m:
+                a0 = a[i, kb : kb + kc]
+                a1 = a[i + 1, kb : kb + kc]
+                a2 = a[i + 2, kb : kb + kc]
+                a3 = a[i + 3, kb : kb + kc]
+                for jj in range(w):
+                    s0 = out[i, jb + jj]
+                    s1 = out[i + 1, jb + jj]
+                    s2 = out[i + 2, jb + jj]
+                    s3 = out[i + 3, jb + jj]
+                    bj = panel[jj]
+                    for p in range(kc):
+                        y = bj[p]
+                        s0 += a0[p] * y
+                        s1 += a1[p] * y
+                        s2 += a2[p] * y
+                        s3 += a3[p] * y
+                    out[i, jb + jj] = s0
+                    out[i + 1, jb + jj] = s1
+                    out[i + 2, jb + jj] = s2
+                    out[i + 3, jb + jj] = s3
+                i += 4
+            for r in range(i, m):
+                ar = a[r, kb : kb + kc]
+                for jj in range(w):
+                    s = out[r, jb + jj]
+                    bj = panel[jj]
+                    for p in range(kc):
+                        s += ar[p] * bj[p]
+                    out[r, jb + jj] = s
 
 
 @njit(nogil=True)  # compiled (and cached) as part of _kernel
