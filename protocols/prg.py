@@ -49,6 +49,7 @@ _CHUNK = 1 << 20  # bytes of keystream per OpenSSL call: the zero input stays in
 SMALL_DRAW = 2048
 """Draws of up to this many bytes use SHAKE128 (cheaper than AES-CTR below about 2 KiB)."""
 _ZEROS = memoryview(bytes(_CHUNK))
+_WORDS = np.dtype("<u8")  # the stream's words
 
 
 Bytes = bytes  # for annotations inside Prg, where ``bytes`` names the method
@@ -62,6 +63,8 @@ def new_key(size: int = 16) -> bytes:
 
 
 def _count(shape: int | tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    if type(shape) is int and shape >= 0:  # the common case, without the generators below
+        return (shape,), shape
     shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
         raise ValueError(f"negative dimension in shape {shape}")
@@ -99,8 +102,10 @@ class Prg:
 
     def _words(self, kind: Bytes, label: Bytes, shape: int | tuple[int, ...]) -> RingArray:
         shape, n = _count(shape)
-        words = self._stream(kind, label, 8 * n).view("<u8")  # little-endian on every host
-        return words.astype(RING_DTYPE, copy=False).reshape(shape)
+        words = self._stream(kind, label, 8 * n).view(_WORDS)  # little-endian on every host
+        if _WORDS != RING_DTYPE:  # a big-endian host
+            words = words.astype(RING_DTYPE)
+        return words if len(shape) == 1 else words.reshape(shape)
 
     def ring(self, label: Bytes, shape: int | tuple[int, ...]) -> RingArray:
         """Uniform elements of Z_2^64 for ``label`` (little-endian 8-byte words of the stream)."""

@@ -10,9 +10,16 @@ imported: several seconds the first time, then loaded from numba's on-disk cache
   four rows of ``a`` at a time so that four accumulators stay in registers. LLVM vectorises
   the reductions with AVX-512VL ``vpmullq`` (256-bit: LLVM prefers ymm on these CPUs); this
   runs at about the multiplier's throughput (ymm ``vpmullq``: 4 lanes per 1.5 cycles).
-- ``_axpy_rows`` (fewer rows): out[i, :] += a[i, p] * b[p, :] on L1-resident accumulators
-  for tiles of 512 columns, which reads ``b`` once per eight rows and needs no packing
-  (packing costs as much as the product when m is small); memory-bound for m = 1.
+  A panel holds at most 2048 rows of ``b`` (512 KiB, in L2); a longer k is cut into blocks
+  whose partial sums accumulate in ``out``: with whole-k panels (12 MiB at k = 49152, a
+  prompt's embedding) every four rows of ``a`` re-read the panel from memory.
+- ``_axpy_rows`` (fewer rows): out[i, :] += a[i, p:p+4] @ b[p:p+4, :] on L1-resident
+  accumulators (32 KiB: tiles of 4096 / r columns for passes of r <= 8 rows), which reads
+  ``b`` once per eight rows and needs no packing (packing costs as much as the product when
+  m is small); memory-bound for m = 1. Wide tiles and four rows of ``b`` per update matter
+  when m is 1 or 2 (every new token's products): (2, 49152) @ (49152, 1152), the
+  embedding, took 82 ms (one thread) with tiles of 512 columns and one row of ``b``, 46 ms
+  with tiles of 2048 and 42 ms with four rows of ``b`` per update.
 
 Both are exact by construction (wrapping 64-bit integer arithmetic, no range assumption).
 
@@ -52,7 +59,8 @@ PANEL_MIN_ROWS = 16
 """From this many rows of ``a`` on, ``_dot_rows`` (packed panels) is used, else ``_axpy_rows``."""
 
 _PANEL = 32  # columns of b per packed panel (32 * k words; 147 KiB at k = 576)
-_TILE = 512  # columns per tile in _axpy_rows: 8 rows * 512 words = 32 KiB of accumulators
+_PANEL_DEPTH = 2048  # rows of b per packed panel at most (512 KiB: it stays in L2)
+_ACC_WORDS = 4096  # accumulator words per pass in _axpy_rows (32 KiB): rows * tile columns
 _AXPY_ROWS = 8  # rows of a per pass over a tile of b in _axpy_rows
 _PARALLEL_MIN_WORK = 1 << 20  # multiply-adds below which the calling thread does it all
 
@@ -64,61 +72,80 @@ _SIGNATURE = (_IN, _IN, _OUT, types.int64, types.int64)
 @njit(nogil=True)  # compiled (and cached) as part of _kernel
 def _dot_rows(a: RingArray, b: RingArray, out: RingArray, j0: int, j1: int) -> None:
     m, k = a.shape
-    panel = np.empty((_PANEL, k), np.uint64)
+    panel = np.empty((_PANEL, min(k, _PANEL_DEPTH)), np.uint64)
     for jb in range(j0, j1, _PANEL):
         w = min(_PANEL, j1 - jb)
-        for p in range(k):
-            row = b[p, jb : jb + w]
-            for jj in range(w):
-                panel[jj, p] = row[jj]
-        i = 0
-        while i + 4 <= m:
-            a0 = a[i]
-            a1 = a[i + 1]
-            a2 = a[i + 2]
-            a3 = a[i + 3]
-            for jj in range(w):
-                s0 = np.uint64(0)
-                s1 = np.uint64(0)
-                s2 = np.uint64(0)
-                s3 = np.uint64(0)
-                bj = panel[jj]
-                for p in range(k):
-                    y = bj[p]
-                    s0 += a0[p] * y
-                    s1 += a1[p] * y
-                    s2 += a2[p] * y
-                    s3 += a3[p] * y
-                out[i, jb + jj] = s0
-                out[i + 1, jb + jj] = s1
-                out[i + 2, jb + jj] = s2
-                out[i + 3, jb + jj] = s3
-            i += 4
-        for r in range(i, m):
-            ar = a[r]
-            for jj in range(w):
-                s = np.uint64(0)
-                bj = panel[jj]
-                for p in range(k):
-                    s += ar[p] * bj[p]
-                out[r, jb + jj] = s
+        out[:, jb : jb + w] = 0
+        for kb in range(0, k, _PANEL_DEPTH):  # one block of k unless k > _PANEL_DEPTH
+            kc = min(_PANEL_DEPTH, k - kb)
+            for p in range(kc):
+                row = b[kb + p, jb : jb + w]
+                for jj in range(w):
+                    panel[jj, p] = row[jj]
+            i = 0
+            while i + 4 <= m:
+                a0 = a[i, kb : kb + kc]
+                a1 = a[i + 1, kb : kb + kc]
+                a2 = a[i + 2, kb : kb + kc]
+                a3 = a[i + 3, kb : kb + kc]
+                for jj in range(w):
+                    s0 = out[i, jb + jj]
+                    s1 = out[i + 1, jb + jj]
+                    s2 = out[i + 2, jb + jj]
+                    s3 = out[i + 3, jb + jj]
+                    bj = panel[jj]
+                    for p in range(kc):
+                        y = bj[p]
+                        s0 += a0[p] * y
+                        s1 += a1[p] * y
+                        s2 += a2[p] * y
+                        s3 += a3[p] * y
+                    out[i, jb + jj] = s0
+                    out[i + 1, jb + jj] = s1
+                    out[i + 2, jb + jj] = s2
+                    out[i + 3, jb + jj] = s3
+                i += 4
+            for r in range(i, m):
+                ar = a[r, kb : kb + kc]
+                for jj in range(w):
+                    s = out[r, jb + jj]
+                    bj = panel[jj]
+                    for p in range(kc):
+                        s += ar[p] * bj[p]
+                    out[r, jb + jj] = s
 
 
 @njit(nogil=True)  # compiled (and cached) as part of _kernel
 def _axpy_rows(a: RingArray, b: RingArray, out: RingArray, j0: int, j1: int) -> None:
     m, k = a.shape
-    for t0 in range(j0, j1, _TILE):
-        t1 = min(j1, t0 + _TILE)
+    tile = _ACC_WORDS // max(1, min(_AXPY_ROWS, m))
+    for t0 in range(j0, j1, tile):
+        t1 = min(j1, t0 + tile)
         for i in range(0, m, _AXPY_ROWS):
             rows = min(_AXPY_ROWS, m - i)
             acc = np.zeros((rows, t1 - t0), np.uint64)
-            for p in range(k):
-                bp = b[p, t0:t1]
+            p = 0
+            while p + 4 <= k:  # four rows of b per update: a quarter of the accumulator traffic
+                b0 = b[p, t0:t1]
+                b1 = b[p + 1, t0:t1]
+                b2 = b[p + 2, t0:t1]
+                b3 = b[p + 3, t0:t1]
                 for r in range(rows):
-                    x = a[i + r, p]
+                    x0 = a[i + r, p]
+                    x1 = a[i + r, p + 1]
+                    x2 = a[i + r, p + 2]
+                    x3 = a[i + r, p + 3]
                     acc_r = acc[r]
                     for j in range(t1 - t0):
-                        acc_r[j] += x * bp[j]
+                        acc_r[j] += x0 * b0[j] + x1 * b1[j] + x2 * b2[j] + x3 * b3[j]
+                p += 4
+            for q in range(p, k):
+                bq = b[q, t0:t1]
+                for r in range(rows):
+                    x = a[i + r, q]
+                    acc_r = acc[r]
+                    for j in range(t1 - t0):
+                        acc_r[j] += x * bq[j]
             out[i : i + rows, t0:t1] = acc
 
 

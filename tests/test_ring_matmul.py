@@ -57,7 +57,9 @@ def test_large_k(m: int, k: int) -> None:
     assert (ring_matmul(ones, ones.T.copy()) == k).all()
 
 
-@pytest.mark.parametrize(("m", "n"), [(1, 1100), (PANEL_MIN_ROWS, 1100), (33, 200)])
+@pytest.mark.parametrize(
+    ("m", "n"), [(1, 1100), (2, 4500), (5, 1100), (PANEL_MIN_ROWS, 1100), (33, 200)]
+)  # (2, 4500), (5, 1100): several column tiles of _axpy_rows (4096 / rows columns)
 def test_wide_and_parallel(m: int, n: int) -> None:
     rng = np.random.default_rng(n)
     a = rng.integers(0, MOD, (m, 256), dtype=np.uint64, endpoint=False)
