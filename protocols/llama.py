@@ -685,18 +685,23 @@ async def prepare_tuples(
     ctx: Context, config: LlamaConfig, rows: int, keys: int, head_rows: int
 ) -> tuple[list[LayerTuples], SegmentMaterial]:
     """Every TP1 tuple of a pass over ``rows`` new rows and ``keys`` cached + new positions
-    (the head's norm on ``head_rows``), public parameters only: phase ``offline``, 4 rounds,
-    one preparation per truncation width for the whole pass
+    (the head's norm on ``head_rows``), and the comparisons' material of its norms and
+    reciprocals, public parameters only: phase ``offline``, 4 rounds. The TP1 tuples in one
+    preparation per truncation width for the whole pass
     (:func:`.segments.prepare_segment_batches`: its local time does not grow with the
-    number of norms), in scope ``tuples``. Run at the start of a pass, beside the embedding:
-    its offline rounds never wait on (or delay) the online path."""
+    number of norms), in scope ``tuples``; each norm's and reciprocal's comparisons' material
+    (:func:`.segments.prepare_selection`) in that component's scope. Run at the start of a
+    pass, beside the embedding: no online round of the pass waits on an offline one after
+    it."""
     shape, eps = (rows, config.hidden), config.rms_eps
     layer = [rms_norm_tuples(ctx, shape, eps=eps, frac_bits=QKV_RHO_FRAC),
              row_reciprocals_tuples(ctx, config.n_heads * rows, keys),
              rms_norm_tuples(ctx, shape, eps=eps)]
-    with ctx.scope("tuples"):
-        got = await prepare_segment_batches(ctx, [
-            *layer * config.n_layers, rms_norm_tuples(ctx, (head_rows, config.hidden), eps=eps)])
+    scopes = [f"layer{i}.{c}" for i in range(config.n_layers)
+              for c in ("attn.norm", "attn.softmax.reciprocal", "mlp.norm")]
+    got = await prepare_segment_batches(
+        ctx, [*layer * config.n_layers, rms_norm_tuples(ctx, (head_rows, config.hidden), eps=eps)],
+        scopes=[*scopes, "head"], tuples_scope="tuples")
     return [LayerTuples(*got[3 * i : 3 * i + 3]) for i in range(config.n_layers)], got[-1]
 
 
