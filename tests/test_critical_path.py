@@ -16,7 +16,9 @@ from puma_async.critical_path import (
     critical_path,
     depth_by_scope,
     group,
+    in_scope,
     link_traffic,
+    relative_scope,
     rounds_by_scope,
 )
 from puma_async.model import random_weights, tiny_config
@@ -214,6 +216,36 @@ def test_components_sum_to_the_pass(session: SessionResult, step: int) -> None:
     assert offline["rounds"] == max(
         (max(r["offline"]["rounds"]) for r in rows.values()), default=0)
 
+
+
+@pytest.mark.parametrize("step", [1, 2])
+def test_a_new_tokens_material_is_made_during_the_pass_before(
+    session: SessionResult, step: int
+) -> None:
+    """A new token's prepared offline material (its TP1 tuples, scope ``tuples``, and the
+    comparisons' material of :data:`TUPLES_AHEAD` and the head) is made beside the pass
+    before (``session.programs``, ``llama.prepare_tuples``): on every link it all left
+    before the pass's first online message, so no online round of the pass waits on it (the
+    prompt pass makes its own beside the embedding)."""
+    scope = pass_scope(0, step)
+    ahead = ("tuples", "head", *(f"layer{i}.{c}" for i in range(CONFIG.n_layers)
+                                 for c in TUPLES_AHEAD))
+
+    def prepared(m: MessageRecord) -> bool:
+        return m.phase == OFFLINE_PHASE and any(
+            in_scope(relative_scope(m.scope, scope), name) for name in ahead)
+
+    links = 0
+    for sender in PARTIES:
+        mine = [m for m in session.stats[sender].messages if in_scope(m.scope, scope)]
+        for receiver in set(PARTIES) - {sender}:
+            made = [m.frame for m in mine if m.receiver == receiver and prepared(m)]
+            online = [m.frame for m in mine
+                      if m.receiver == receiver and m.phase != OFFLINE_PHASE]
+            if made:
+                links += 1
+                assert max(made) < min(online), (sender, receiver)
+    assert links >= 3  # every party sends some of it
 
 DECLARED = {
     "attn.norm": ("rms_norm",),  # its gain is folded into W_qkv
