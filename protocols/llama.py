@@ -43,12 +43,16 @@ Embedding: 2 rounds (the first norm's wide copy), 2 n hidden elements; head (las
 only): RMSNorm (given its wide copy) and a local product: the logits are not truncated, the
 client gets their 3-out-of-3 shares' bits [f, 64) (:func:`lm_head`, ``io.reveal_product_to``).
 Offline: every TP1 tuple of the pass (per layer the two norms' and the softmax reciprocal's,
-and the head norm's) is prepared at its start, beside the embedding, one preparation per
-truncation width for all of them (:func:`prepare_tuples`, scope ``tuples``): their offline
-rounds never wait on, nor delay, the online path (tiny model, 10 ms latency,
-``benchmarks/overlap.py``: 1.74 -> 1.47 s per new token, with the norms' round fewer each),
-and their local work does not grow with the number of norms (a SmolLM2-shaped 2-layer token
-0.330 -> 0.208 s against per-norm preparations).
+and the head norm's), one preparation per truncation width for all of them, and those
+components' comparisons' material (the norms' with the products of two of its random bits)
+are made ahead (:func:`prepare_tuples`: scope ``tuples`` and each component's): a new
+token's during the pass before (``session.programs``), the prompt pass's at its start,
+beside the embedding (its first norm waits 2 latencies for them). So no online round waits
+on an offline one made inline after it: a 2-layer SmolLM2-shaped new token's longest chain
+of messages (client's rows in to logits out, 50 ms latency) went from 103 messages (95
+online rounds + the client's rows + 4 of the tuples instead of the embedding's 2 + one
+r_a r_i product per norm) to 96; the local work of the tuples does not grow with the number
+of norms (a SmolLM2-shaped 2-layer token 0.330 -> 0.208 s against per-norm preparations).
 Statistics: scopes ``embed``, ``tuples``, ``layer{i}`` and ``head``; inside a layer one scope per
 component, :data:`COMPONENTS` (``attn.norm``, ``attn.qkv``, ..., ``mlp.down``), and inside
 those the protocols' own (``rms_norm``, ``softmax`` with ``max_along``, ``neg_exp`` and
@@ -673,36 +677,57 @@ async def decoder_layer(
 
 @dataclasses.dataclass(frozen=True)
 class LayerTuples:
-    """A layer's TP1 tuples (:func:`prepare_tuples`): the attention norm's (rho at
-    :data:`QKV_RHO_FRAC`), the softmax reciprocal's, the MLP norm's."""
+    """A layer's offline material (:func:`prepare_tuples`: TP1 tuples and comparisons'):
+    the attention norm's (rho at :data:`QKV_RHO_FRAC`), the softmax reciprocal's, the MLP
+    norm's."""
 
     attn_norm: SegmentMaterial
     reciprocal: SegmentMaterial
     mlp_norm: SegmentMaterial
 
 
+@dataclasses.dataclass(frozen=True)
+class PassTuples:
+    """A pass's offline material (:func:`prepare_tuples`): its TP1 tuples and comparisons'
+    material per layer and the head norm's, for ``rows`` new rows at ``keys`` cached + new
+    positions with the head on ``head_rows``."""
+
+    rows: int
+    keys: int
+    head_rows: int
+    layers: tuple[LayerTuples, ...]
+    head: SegmentMaterial
+
+
 async def prepare_tuples(
     ctx: Context, config: LlamaConfig, rows: int, keys: int, head_rows: int
-) -> tuple[list[LayerTuples], SegmentMaterial]:
+) -> PassTuples:
     """Every TP1 tuple of a pass over ``rows`` new rows and ``keys`` cached + new positions
-    (the head's norm on ``head_rows``), public parameters only: phase ``offline``, 4 rounds,
-    one preparation per truncation width for the whole pass
+    (the head's norm on ``head_rows``), and the comparisons' material of its norms and
+    reciprocals, public parameters only: phase ``offline``, 4 rounds. The TP1 tuples in one
+    preparation per truncation width for the whole pass
     (:func:`.segments.prepare_segment_batches`: its local time does not grow with the
-    number of norms), in scope ``tuples``. Run at the start of a pass, beside the embedding:
-    its offline rounds never wait on (or delay) the online path."""
+    number of norms), in scope ``tuples``; each norm's and reciprocal's comparisons' material
+    (:func:`.segments.prepare_selection`) in that component's scope. Made during the pass
+    before (the session's passes after a prompt's first: 1 row, one position more), or at
+    the pass's start beside the embedding (:func:`forward`)."""
     shape, eps = (rows, config.hidden), config.rms_eps
     layer = [rms_norm_tuples(ctx, shape, eps=eps, frac_bits=QKV_RHO_FRAC),
              row_reciprocals_tuples(ctx, config.n_heads * rows, keys),
              rms_norm_tuples(ctx, shape, eps=eps)]
-    with ctx.scope("tuples"):
-        got = await prepare_segment_batches(ctx, [
-            *layer * config.n_layers, rms_norm_tuples(ctx, (head_rows, config.hidden), eps=eps)])
-    return [LayerTuples(*got[3 * i : 3 * i + 3]) for i in range(config.n_layers)], got[-1]
+    scopes = [f"layer{i}.{c}" for i in range(config.n_layers)
+              for c in ("attn.norm", "attn.softmax.reciprocal", "mlp.norm")]
+    got = await prepare_segment_batches(
+        ctx, [*layer * config.n_layers, rms_norm_tuples(ctx, (head_rows, config.hidden), eps=eps)],
+        scopes=[*scopes, "head"], tuples_scope="tuples")
+    return PassTuples(rows, keys, head_rows,
+                      tuple(LayerTuples(*got[3 * i : 3 * i + 3]) for i in range(config.n_layers)),
+                      got[-1])
 
 
 async def forward(
     ctx: Context, model: SecureModel, one_hot: AShare, cache: SecureKVCache, *,
-    all_positions: bool = False,
+    all_positions: bool = False, pre: PassTuples | None = None,
 ) -> ProductShare:
     """Logits (1, vocab) at the last of n new tokens (one-hot rows (n, vocab)), or (n, vocab)
     at every one of them if ``all_positions``: this party's 3-out-of-3 share of them,
@@ -710,7 +735,10 @@ async def forward(
 
     ``all_positions`` runs the final norm and the head on n rows instead of 1 (the head's
     product is local: no more messages or rounds, only its n x vocab shares to reveal). The
-    tokens continue at position ``cache.length``; the cache is extended. Scopes:
+    tokens continue at position ``cache.length``; the cache is extended. ``pre``: the pass's
+    offline material, made ahead (:func:`prepare_tuples` for this pass's rows, positions and
+    head rows, else a ValueError); None: made at the start, beside the embedding, which the
+    first norm then waits for (4 offline rounds against the embedding's 2). Scopes:
     :func:`forward_scopes`. Raises ContextLengthError (before any message) if the cache plus
     the new tokens exceed the context length.
     """
@@ -726,15 +754,22 @@ async def forward(
         with c.scope("embed"):
             return await embed_tokens(c, model, one_hot)
 
-    x, (layer_pre, head_pre) = await ctx.gather(
-        embed, lambda c: prepare_tuples(c, config, n, start + n, n if all_positions else 1))
+    head_rows = n if all_positions else 1
+    if pre is None:
+        x, pre = await ctx.gather(
+            embed, lambda c: prepare_tuples(c, config, n, start + n, head_rows))
+    elif (pre.rows, pre.keys, pre.head_rows) != (n, start + n, head_rows):
+        raise ValueError(f"material for {pre.rows} rows at {pre.keys} positions, head on "
+                         f"{pre.head_rows}; the pass has {n} at {start + n}, head on {head_rows}")
+    else:
+        x = await embed(ctx)
     for i, layer in enumerate(model.layers):
         with ctx.scope(f"layer{i}"):
-            x = await decoder_layer(ctx, config, layer, x, rope, cache, i, layer_pre[i])
+            x = await decoder_layer(ctx, config, layer, x, rope, cache, i, pre.layers[i])
     with ctx.scope("head"):
         rows = x if all_positions else x.rows(slice(n - 1, None))
         normed = await rms_norm(ctx, rows.x, model.final_norm, eps=config.rms_eps,
-                                wide=rows.wide, pre=head_pre)
+                                wide=rows.wide, pre=pre.head)
         probe(ctx, "final_norm", normed)
         logits = await lm_head(ctx, model, normed)
         probe(ctx, "logits", logits)
@@ -742,8 +777,8 @@ async def forward(
 
 
 __all__ = [
-    "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "LayerProbe", "Probe", "Rope", "SecureKVCache",
-    "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream", "apply_rope",
+    "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "LayerProbe", "PassTuples", "Probe", "Rope",
+    "SecureKVCache", "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream", "apply_rope",
     "assemble_model", "attend", "attention", "causal_mask", "decoder_layer", "embed_tokens",
     "forward", "forward_scopes", "head_format", "lm_head", "mlp", "norm_shift", "prepare_tuples",
     "probe",

@@ -113,7 +113,8 @@ async def rms_norm(
     Correct for |x| <= max_abs (and eps > 0 for all-zero rows). ``wide``: x / 2^k (k =
     :func:`wide_shift`) within 1 + 2^-k units, made by the product that made x
     (:func:`.arith.finish_product_wide`); None: truncated here (2 rounds). ``pre``: the
-    rsqrt's TP1 tuples, made ahead (:func:`rms_norm_tuples`) (None: beside the sums).
+    rsqrt's offline material (TP1 tuples and the comparisons'), made ahead
+    (:func:`rms_norm_tuples`) (None: beside the sums).
     Cost and accuracy: module docstring.
     """
     rho_frac = _rho_frac(ctx, x.shape[-1])
@@ -211,9 +212,10 @@ async def _rsqrt_rows(
     pre: SegmentMaterial | None,
 ) -> AShare:
     """1 / sqrt(mean(v^2) + eps) per row from v and v_wide = v / 2^k: the sums of squares
-    (1 round) and the rsqrt on the two paths' ranges (module docstring); the candidates' TP1
-    tuples ``pre``, or prepared beside the sums when None (their 4 offline rounds then end
-    with the comparisons')."""
+    (1 round) and the rsqrt on the two paths' ranges (module docstring); its offline
+    material ``pre`` (:func:`.segments.prepare_segments`: the candidates' TP1 tuples and the
+    comparisons' material), or prepared beside the sums when None (4 offline rounds, which
+    the rsqrt then waits for: latency, not online rounds)."""
     n = v.shape[-1]
     plan = _rsqrt_plan(ctx, n, k, eps, rho_frac)
     eps_units = np.array(_eps_units(ctx, n, k, eps), dtype=np.uint64)

@@ -54,8 +54,12 @@ share), its product (24) and a candidate's dot product (48 online, 112.5 offline
 bits); per octave t's truncation (24 online) and t^2 (48) with their TP1 tuples (about
 100-130 offline each, by the bits truncated): about 300 online and 600 offline per octave of
 three segments (2,709.75 and 5,435 for [0.5, 129]); with two ranges, per threshold of the first
-range 48 more online (two products) and 24 offline (r_a r_i). The TP1 tuples can be made
-ahead (:func:`prepare_segments`); inline, their 4 offline rounds run beside the comparisons.
+range 48 more online (two products) and 24 offline (r_a r_i). The offline material (TP1
+tuples, the comparisons' dealt products and random bits, r_a r_i) can be made ahead
+(:func:`prepare_segments`, 4 offline rounds), so that no online round waits on an offline
+one; inline, the TP1 tuples' 4 offline rounds run beside the comparisons, but r_a r_i takes
+one offline round after them, which the opening waits for (a latency of wall time, no
+online round).
 
 Error, relative to the output y: the fit's (3.25e-7 for rsqrt, 1.34e-6 for 1/x); P's
 truncation, < 2^-22 / rho <= 4.8e-7 |y| where the output has at least 2^(K - 38) rho units
@@ -71,11 +75,12 @@ and within that + 1.25 units everywhere (tests/test_nonlinear_reciprocal.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fractions
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -85,7 +90,14 @@ from puma_async.context import OFFLINE_PHASE, Context
 from . import ring
 from .arith import dot_fxp, mul, square_fxp
 from .compare import sign_product, sign_times
-from .fastcmp import MaskedBits, compare_thresholds, open_masked
+from .fastcmp import (
+    CompareMaterial,
+    CompareSpec,
+    MaskedBits,
+    compare_thresholds,
+    open_masked,
+    prepare_compare,
+)
 from .polynomial import HEADROOM_BITS
 from .randomness import masked_share
 from .ring import RingArray, neg, to_ring
@@ -279,34 +291,38 @@ async def segmented_power(
     by_range = x.map(move) if isinstance(x, AShare) else move(x)
     sign, values = await ctx.gather(
         lambda c: compare_thresholds(c, by_range, plan.thresholds, of=plan.threshold_range,
-                                     bits=plan.bits),
+                                     bits=plan.bits, pre=None if pre is None else pre.compare),
         lambda c: segment_candidates(c, by_range, plan, pre),
     )
     low = values[..., plan.candidates[0]]
     steps = low[..., 1:] - low[..., :-1]
     if len(plan.candidates) == 1:
         return low[..., -1] - (await sign_times(ctx, sign, steps)).sum(axis=-1)
-    return await _select_two(ctx, sign, low, values[..., plan.candidates[1]])
+    return await _select_two(ctx, sign, low, values[..., plan.candidates[1]],
+                             None if pre is None else pre.pairs)
 
 
-async def _select_two(ctx: Context, sign: MaskedBits, low: AShare, high: AShare) -> AShare:
+async def _select_two(
+    ctx: Context, sign: MaskedBits, low: AShare, high: AShare, pairs: AShare | None
+) -> AShare:
     """The two ranges' selection, in the opening's round (module docstring): with the
     switch bit a = [X_1 < its first threshold] and the first range's bits l_i,
     R_high_last - sum_(k >= 1) h_k dh_k - a (R_high_0 - R_low_last) - sum_i a l_i dl_i.
     a l_i dl_i = c_a (l_i dl_i) + (1 - 2 c_a) r_a (l_i dl_i), and r_a (l_i dl_i) =
     c_i (r_a dl_i) + (1 - 2 c_i) (r_a r_i) dl_i: the products r_a dl_i and (r_a r_i) dl_i
-    beside the opening, with r_a r_i made offline."""
+    beside the opening, with ``pairs`` = r_a r_i made offline (:func:`prepare_segments`;
+    None: here, one offline round after the comparisons, which the opening then waits for)."""
     n = low.shape[-1] - 1  # the first range's thresholds; threshold n is the switch
     steps = concatenate([low[..., 1:] - low[..., :-1], high[..., :1] - low[..., -1:],
                          high[..., 1:] - high[..., :-1]], axis=-1)
     r = sign.r_arith
-    r_a = r[..., n : n + 1].map(lambda a: np.broadcast_to(a, (*a.shape[:-1], n)))
-    with ctx.phase(OFFLINE_PHASE):
-        pairs = await mul(ctx, r_a, r[..., :n])
+    r_a = _switch_bits(r, n)
+    if pairs is None:
+        pairs = await _switch_pairs(ctx, r, n)
     below = steps[..., :n]
     opened, products = await ctx.gather(
         lambda c: open_masked(c, sign),
-        lambda c: mul(c, concatenate([r, r_a, pairs], axis=-1),
+        lambda c: mul(c, concatenate([r, r_a, pairs.reshape(r_a.shape)], axis=-1),
                       concatenate([steps, below, below], axis=-1)),
     )
     m = steps.shape[-1]
@@ -316,14 +332,31 @@ async def _select_two(ctx: Context, sign: MaskedBits, low: AShare, high: AShare)
     return high[..., -1] - terms[..., n:].sum(axis=-1) - selected.sum(axis=-1)
 
 
+def _switch_bits(r: AShare, n: int) -> AShare:
+    """The switch's random bit r_a (threshold n of the last axis) beside each of the first
+    range's n thresholds."""
+    return r[..., n : n + 1].map(lambda a: np.broadcast_to(a, (*a.shape[:-1], n)))
+
+
+async def _switch_pairs(ctx: Context, r: AShare, n: int) -> AShare:
+    """r_a r_i for the first range's n random bits r_i (``r``: every threshold's, last axis):
+    phase ``offline``, 1 round."""
+    with ctx.phase(OFFLINE_PHASE):
+        return await mul(ctx, _switch_bits(r, n), r[..., :n])
+
+
 @dataclasses.dataclass(frozen=True)
 class SegmentMaterial:
-    """The TP1 tuples of :func:`segment_candidates` (:func:`prepare_segments`): t_m's
-    truncation (None when W = F: no truncation), t_m^2's and the candidates' dot products'."""
+    """The offline material of :func:`segmented_power` (:func:`prepare_segments`): the TP1
+    tuples of :func:`segment_candidates` (t_m's truncation, None when W = F: no truncation;
+    t_m^2's; the candidates' dot products'), the comparisons' material and, with two ranges,
+    the products r_a r_i of their random bits (:func:`_select_two`; None with one range)."""
 
     t: Trunc1Material | None
     t2: Trunc1Material
     dot: Trunc1Material
+    compare: CompareMaterial
+    pairs: AShare | None
 
 
 def segment_specs(plan: SegmentPlan, rows: int) -> tuple[Trunc1Spec | None, Trunc1Spec,
@@ -337,16 +370,59 @@ def segment_specs(plan: SegmentPlan, rows: int) -> tuple[Trunc1Spec | None, Trun
             Trunc1Spec(candidates, DOT_BITS))
 
 
+async def prepare_selection(
+    ctx: Context, plan: SegmentPlan, rows: int
+) -> tuple[CompareMaterial, AShare | None]:
+    """The comparisons' material of :func:`segmented_power` on ``rows`` rows
+    (:func:`.fastcmp.prepare_compare`: 2 rounds) and, with two ranges, r_a r_i from their
+    random bits (1 round more): phase ``offline``, 2 or 3 rounds."""
+    with ctx.phase(OFFLINE_PHASE):
+        material = await prepare_compare(
+            ctx, CompareSpec(rows, plan.thresholds.size, "less", plan.bits))
+        if len(plan.candidates) == 1:
+            return material, None
+        r = material.bits.arith.map(lambda a: np.ascontiguousarray(a.T))  # (rows, thresholds)
+        return material, await _switch_pairs(ctx, r, plan.candidates[0].stop
+                                             - plan.candidates[0].start - 1)
+
+
 async def prepare_segment_batches(
-    ctx: Context, requests: Sequence[tuple[SegmentPlan, int]]
+    ctx: Context, requests: Sequence[tuple[SegmentPlan, int]], *,
+    scopes: Sequence[str] | None = None, tuples_scope: str | None = None,
 ) -> list[SegmentMaterial]:
-    """The TP1 tuples of :func:`segmented_power` for each (plan, rows) request (public
-    parameters only; phase ``offline``, 4 rounds), one preparation per truncation width for
-    all of them (:func:`.trunc1.prepare_trunc1_batches`): start it early, beside earlier
-    work, and pass each as ``pre``."""
+    """The offline material of :func:`segmented_power` for each (plan, rows) request (public
+    parameters only; phase ``offline``, 4 rounds): the TP1 tuples in one preparation per
+    truncation width for all of them (:func:`.trunc1.prepare_trunc1_batches`; in scope
+    ``tuples_scope`` if given), beside each request's comparisons' material
+    (:func:`prepare_selection`; in scope ``scopes[i]`` if given). Start it early, beside
+    earlier work, and pass each as ``pre``: then no online round of the power waits on an
+    offline one."""
     specs = [spec for plan, rows in requests for spec in segment_specs(plan, rows)]
-    got = await prepare_trunc1_batches(ctx, specs)
-    return [SegmentMaterial(*got[3 * i : 3 * i + 3]) for i in range(len(requests))]
+
+    async def tuples(c: Context) -> list[Trunc1Material | None]:
+        with _maybe_scope(c, tuples_scope):
+            return await prepare_trunc1_batches(c, specs)
+
+    def selection(i: int) -> Callable[[Context], Awaitable[tuple[CompareMaterial,
+                                                                  AShare | None]]]:
+        async def step(c: Context) -> tuple[CompareMaterial, AShare | None]:
+            with _maybe_scope(c, None if scopes is None else scopes[i]):
+                return await prepare_selection(c, *requests[i])
+        return step
+
+    got, *selections = await ctx.gather(tuples, *map(selection, range(len(requests))))
+    return [SegmentMaterial(*got[3 * i : 3 * i + 3], *selections[i])
+            for i in range(len(requests))]
+
+
+@contextlib.contextmanager
+def _maybe_scope(ctx: Context, name: str | None) -> Iterator[None]:
+    """:meth:`Context.scope` ``name``, or nothing when None."""
+    if name is None:
+        yield
+    else:
+        with ctx.scope(name):
+            yield
 
 
 async def prepare_segments(ctx: Context, plan: SegmentPlan, rows: int) -> SegmentMaterial:
@@ -422,6 +498,7 @@ async def _candidates_from_t(
 __all__ = [
     "DIRECT_MAX_FRAC", "DOT_BITS", "EXTENSION", "SEGMENT_FRAC", "Exponents", "SegmentMaterial",
     "SegmentPlan", "Segments", "plan_segments", "prepare_segment_batches", "prepare_segments",
+    "prepare_selection",
     "segment_candidates", "segment_specs",
     "segmented_power",
 ]

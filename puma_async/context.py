@@ -284,13 +284,15 @@ class Context:
 
     # -- structure ---------------------------------------------------------------------
 
-    def child(self) -> Context:
-        """A new child step (path = this path + next child index), starting at this clock."""
+    def child(self, scope: str | None = None) -> Context:
+        """A new child step (path = this path + next child index), starting at this clock, in
+        this step's scope or in ``scope`` (a whole dotted name: work for a later scope, such
+        as the next pass's material made during this one)."""
         index = self._children
         self._children += 1
         return Context(
             self.runtime, (*self.path, index), clock=self.clock, source=self.source,
-            scope=self._scope, phase=self._phase,
+            scope=self._scope if scope is None else tuple(scope.split(".")), phase=self._phase,
         )
 
     def raise_clock(self, clock: int, source: MessageId | None) -> None:
@@ -319,7 +321,21 @@ class Context:
         """
         if self.runtime.options.sequential or len(steps) <= 1:
             return await self.run_sequentially(*steps)
-        children = [self.child() for _ in steps]
+        return await self.run_children([self.child() for _ in steps], steps)
+
+    async def run_children(self, children: Sequence[Context], steps: Sequence[Step[Any]]
+                           ) -> list[Any]:
+        """:meth:`gather` in given children of this step (one per step, made by
+        :meth:`child`, possibly earlier: in another scope than the current one), then
+        :meth:`join` them; their results. With the ``sequential`` switch, one after the
+        other, each from the clock the one before left (as :meth:`run_sequentially`)."""
+        if self.runtime.options.sequential:
+            results = []
+            for child, step in zip(children, steps, strict=True):
+                child.raise_clock(self.clock, self.source)
+                results.append(await step(child))
+                self.join([child])
+            return results
         results: list[Any] = [None] * len(steps)
 
         async def run(i: int) -> None:

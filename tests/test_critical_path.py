@@ -16,7 +16,9 @@ from puma_async.critical_path import (
     critical_path,
     depth_by_scope,
     group,
+    in_scope,
     link_traffic,
+    relative_scope,
     rounds_by_scope,
 )
 from puma_async.model import random_weights, tiny_config
@@ -215,6 +217,36 @@ def test_components_sum_to_the_pass(session: SessionResult, step: int) -> None:
         (max(r["offline"]["rounds"]) for r in rows.values()), default=0)
 
 
+
+@pytest.mark.parametrize("step", [1, 2])
+def test_a_new_tokens_material_is_made_during_the_pass_before(
+    session: SessionResult, step: int
+) -> None:
+    """A new token's prepared offline material (its TP1 tuples, scope ``tuples``, and the
+    comparisons' material of :data:`TUPLES_AHEAD` and the head) is made beside the pass
+    before (``session.programs``, ``llama.prepare_tuples``): on every link it all left
+    before the pass's first online message, so no online round of the pass waits on it (the
+    prompt pass makes its own beside the embedding)."""
+    scope = pass_scope(0, step)
+    ahead = ("tuples", "head", *(f"layer{i}.{c}" for i in range(CONFIG.n_layers)
+                                 for c in TUPLES_AHEAD))
+
+    def prepared(m: MessageRecord) -> bool:
+        return m.phase == OFFLINE_PHASE and any(
+            in_scope(relative_scope(m.scope, scope), name) for name in ahead)
+
+    links = 0
+    for sender in PARTIES:
+        mine = [m for m in session.stats[sender].messages if in_scope(m.scope, scope)]
+        for receiver in set(PARTIES) - {sender}:
+            made = [m.frame for m in mine if m.receiver == receiver and prepared(m)]
+            online = [m.frame for m in mine
+                      if m.receiver == receiver and m.phase != OFFLINE_PHASE]
+            if made:
+                links += 1
+                assert max(made) < min(online), (sender, receiver)
+    assert links >= 3  # every party sends some of it
+
 DECLARED = {
     "attn.norm": ("rms_norm",),  # its gain is folded into W_qkv
     "attn.qkv": ("mul_fxp",),  # RoPE(x W'qkv) rho; x W'qkv beside the norm
@@ -248,10 +280,13 @@ standalone rms_norm's own truncation) comes from the product that makes the resi
 DEFERRED = {"attn.norm": 2}
 """Rounds of a component's op done in the next component: the attention norm's product x rho
 becomes the product of x W'qkv by rho (``protocols.llama.normalised_qkv``)."""
-TUPLES_AHEAD = {"attn.norm", "attn.softmax.reciprocal", "mlp.norm"}
-"""Components whose TP1 tuples (4 offline rounds) the pass makes at its start, in scope
-``tuples`` (``protocols.llama.prepare_tuples``): their own offline depth is their
-comparisons' material's (:data:`.costs.PREPARED`)."""
+TUPLES_AHEAD = {"attn.norm": PREPARED + 1, "attn.softmax.reciprocal": PREPARED,
+                "mlp.norm": PREPARED + 1}
+"""Components whose offline material the pass makes at its start
+(``protocols.llama.prepare_tuples``): their TP1 tuples (4 offline rounds) in scope ``tuples``,
+their comparisons' material in their own scope, whose offline depth is that material's
+(:data:`.costs.PREPARED`; the norms' one more: the products of two of its random bits,
+``protocols.segments.prepare_selection``)."""
 BESIDE = {"attn.rope", "attn.pv"}
 """Components off the critical path: RoPE rotates x W'qkv beside the attention norm's rsqrt
 (``protocols.llama.normalised_qkv``), and a new token's e @ V runs beside the softmax's
@@ -275,7 +310,7 @@ def test_layer_rounds_are_the_declared_costs(session: SessionResult) -> None:
                   - OVERLAPS.get(c, 0) - AHEAD.get(c, 0) - WIDE.get(c, 0)
                   - DEFERRED.get(c, 0)
                   for c, ops in DECLARED.items()}
-        offline = {c: PREPARED if c in TUPLES_AHEAD else max(declared(op, "offline") for op in ops)
+        offline = {c: TUPLES_AHEAD.get(c) or max(declared(op, "offline") for op in ops)
                    for c, ops in DECLARED.items()}
         assert {c: rows[c]["online"]["rounds"][i] for c in COMPONENTS} == online, i
         assert {c: rows[c]["offline"]["rounds"][i] for c in COMPONENTS} == offline, i

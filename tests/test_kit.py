@@ -189,3 +189,27 @@ def test_protocol_paths_follow_the_call_order_not_the_schedule() -> None:
         return [results["first"], results["second"]]
 
     assert all(r == [10, 20] for r in run(spmd(program)).results.values())
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_run_children_runs_steps_in_children_made_earlier_in_other_scopes(
+    sequential: bool,
+) -> None:
+    """A child made for a later scope (:meth:`Context.child` with ``scope``) sends in that
+    whole scope, whatever the scope its step runs in; :meth:`Context.run_children` runs it
+    beside another step (rounds of the longest) and joins both."""
+
+    async def program(ctx: Context) -> list[int]:
+        with ctx.scope("p0.t0"):
+            children = [ctx.child(), ctx.child("p0.t1")]
+            got = await ctx.run_children(
+                children, [lambda c: ping(c, 1), lambda c: ping(c, 2)])
+        return [*got, ctx.clock]
+
+    result = run_local(spmd(program), clock=trio.testing.MockClock(autojump_threshold=0),
+                       sequential=sequential)
+    assert all(r == [1, 2, 2 if sequential else 1] for r in result.results.values())
+    stats = result.stats[0]
+    assert stats.totals(scope="p0.t0.ping").messages_sent == 1
+    assert stats.totals(scope="p0.t1.ping").messages_sent == 1
+    assert stats.totals(scope="p0.t0.p0.t1").messages_sent == 0

@@ -21,12 +21,18 @@ One session = one architecture, one set of weight shares and any number of promp
    The parties keep a secret-shared KV cache, so each new token costs one position. Every
    prompt runs ``max_new_tokens`` passes unless the client stops at EOS (revealing the
    length: :mod:`.generation`); :class:`NextPrompt` drops the cache, :class:`End` ends.
+   A pass after a prompt's first has 1 row at one position more (the state's rules), so
+   while a pass runs, the parties make the next pass's offline material beside it
+   (``llama.prepare_tuples``, if the prompt may have another pass), and no online round of
+   a new token waits on an offline one; the prompt pass makes its own at its start. A
+   client that stops early leaves one pass's material unused.
 
 Every command goes through a :class:`~.state.SessionState` on both sides. The parties see
 shapes, positions and the number of passes (public by the threat model), never a weight,
 token, activation or logit. Traffic of prompt p's pass t (t = 0: the prompt pass) is in scope
 ``p{p}.t{t}`` of phase ``online``, with sub-scopes ``io``, ``embed``, ``layer{i}.attn``,
-``layer{i}.mlp`` and ``head``.
+``layer{i}.mlp`` and ``head`` (its offline material too, even when the pass before made
+it).
 
 Parties get the architecture only, the owner alone gets weights and the client alone gets
 prompts: :mod:`.factory` builds one role's program from what that role may hold.
@@ -34,23 +40,26 @@ prompts: :mod:`.factory` builds one role's program from what that role may hold.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import trio
 
-from puma_async.context import Context, Program
+from puma_async.context import OFFLINE_PHASE, Context, Program
 from puma_async.errors import ProtocolError, SettingsError
 from puma_async.model.weights import LlamaWeights
 from puma_async.protocols.fixedpoint import fixed_point
 from puma_async.protocols.io import reveal_product_to, share_input
 from puma_async.protocols.llama import (
+    PassTuples,
     SecureKVCache,
     Stored,
     assemble_model,
     forward,
     head_format,
+    prepare_tuples,
     store_share,
     weight_plan,
     weight_tensors,
@@ -187,21 +196,36 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
         await online.send(CLIENT, Ready())
         report(Progress("setup", time.perf_counter() - started))
         cache = SecureKVCache.empty(config)
+        ahead: PassTuples | None = None  # the next pass's offline material
+
+        async def prepare_next(c: Context, keys: int) -> PassTuples:
+            with c.phase(OFFLINE_PHASE):
+                return await prepare_tuples(c, config, 1, keys, 1)
+
         while True:
             command = await _command(online, state)
             if isinstance(command, End):
                 return
             if isinstance(command, NextPrompt):
-                cache = SecureKVCache.empty(config)
+                cache, ahead = SecureKVCache.empty(config), None
                 continue
-            t0, step = time.perf_counter(), state.passes - 1
+            t0, step, pre = time.perf_counter(), state.passes - 1, ahead
+            # a next pass of this prompt would have 1 row at one position more: its material
+            # is made beside this pass's forward (offline), in the next pass's scope
+            ahead = None
+            more = state.passes < state.max_new_tokens and state.positions < state.context
             with online.scope(f"p{state.prompt}.t{step}"):
                 with online.scope("io"):
                     tokens = await receive_rows(online, CLIENT, (command.positions, config.vocab),
                                                 blocks)
-                inner = online.child()
-                logits = await forward(inner, model, tokens, cache, all_positions=all_positions)
-                online.join([inner])
+                steps = [functools.partial(forward, model=model, one_hot=tokens, cache=cache,
+                                           all_positions=all_positions, pre=pre)]
+                children = [online.child()]
+                if more:
+                    steps.append(functools.partial(prepare_next, keys=state.positions + 1))
+                    children.append(online.child(f"p{state.prompt}.t{step + 1}"))
+                logits, *made = await online.run_children(children, steps)
+                ahead = made[0] if made else None
                 with online.scope("io"):
                     await reveal_rows(online, logits, CLIENT, logits.shape, logits.frac_bits,
                                       blocks)
