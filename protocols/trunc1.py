@@ -142,24 +142,41 @@ async def prepare_trunc1(ctx: Context, spec: Trunc1Spec) -> Trunc1Material:
     return await _derive(ctx, spec, random_share(ctx, (spec.size,)))
 
 
+BATCH_ELEMENTS = 1 << 18
+"""The most elements :func:`prepare_trunc1_batches` puts in one preparation (one spec larger
+than this gets one of its own): its largest message is about 8.3 bytes per element (25 below
+:data:`.trunc.ROTATE_MIN_ELEMENTS`, where one party plays every role), so ~2.2 MB, within any
+session's frame limit (:mod:`puma_async.session.frames`) however long the pass."""
+
+
 async def prepare_trunc1_batches(
     ctx: Context, specs: Sequence[Trunc1Spec | None]
 ) -> list[Trunc1Material | None]:
-    """Tuples for every spec (None: none), made as one :func:`prepare_trunc1` per width f,
-    side by side, and sliced: a preparation costs the same few protocol steps whatever its
-    size, so a pass's hundreds of small batches cost as much local time as a handful.
-    Cost: 4 rounds; the bytes of the specs' elements."""
-    widths = sorted({s.bits for s in specs if s is not None})
-    made = await ctx.gather(*(functools.partial(prepare_trunc1, spec=Trunc1Spec(
-        sum(s.size for s in specs if s is not None and s.bits == f), f)) for f in widths))
-    by_width, start = dict(zip(widths, made, strict=True)), dict.fromkeys(widths, 0)
-    out: list[Trunc1Material | None] = []
-    for s in specs:
+    """Tuples for every spec (None: none), made per width f in preparations of up to
+    :data:`BATCH_ELEMENTS` consecutive specs' elements, all side by side, and sliced: a
+    preparation costs the same few protocol steps whatever its size, so a pass's hundreds of
+    small batches cost as much local time as a handful, and no message outgrows the frame
+    limit on long prompts. Cost: 4 rounds; the bytes of the specs' elements."""
+    batches: list[list[tuple[int, Trunc1Spec]]] = []
+    filling: dict[int, list[tuple[int, Trunc1Spec]]] = {}  # width -> the batch being filled
+    filled: dict[int, int] = {}  # width -> its elements
+    for i, s in enumerate(specs):
         if s is None:
-            out.append(None)
             continue
-        out.append(by_width[s.bits].take(start[s.bits], start[s.bits] + s.size))
-        start[s.bits] += s.size
+        if filling.get(s.bits) and filled[s.bits] + s.size > BATCH_ELEMENTS:
+            batches.append(filling.pop(s.bits))
+            filled[s.bits] = 0
+        filling.setdefault(s.bits, []).append((i, s))
+        filled[s.bits] = filled.get(s.bits, 0) + s.size
+    batches = sorted([*batches, *filling.values()], key=lambda batch: batch[0][1].bits)
+    made = await ctx.gather(*(functools.partial(prepare_trunc1, spec=Trunc1Spec(
+        sum(s.size for _, s in batch), batch[0][1].bits)) for batch in batches))
+    out: list[Trunc1Material | None] = [None] * len(specs)
+    for material, batch in zip(made, batches, strict=True):
+        start = 0
+        for i, s in batch:
+            out[i] = material.take(start, start + s.size)
+            start += s.size
     return out
 
 
