@@ -22,6 +22,9 @@ What makes frames large:
   ``reveal_logits="all"``): each party sends the client its share of them in row blocks of
   at most the input block (one row at least: one element per logit per party), so the
   limit does not grow with the context times the vocabulary.
+- **Offline material** made for a whole pass at once (its TP1 tuples) goes in preparations of
+  at most :data:`puma_async.protocols.trunc1.BATCH_ELEMENTS` elements (messages of ~2.2 MB),
+  so it does not grow with the number of layers times the positions.
 - Small envelopes ready together are merged into frames of at most 64 KiB
   (:data:`~puma_async.runtime.COALESCE_BYTES`), inside :data:`FRAME_SLACK`.
 """
