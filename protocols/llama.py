@@ -32,9 +32,9 @@ numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum beside e @ V a
 MLP RMSNorm (6 R, its gain folded into W_gate_up), gate/up (M),
 SiLU (``activations``, 6 R; its comparisons as long as the layer's certified gate bound
 needs), SiLU x up (2 R), down (M, and the next wide copy).
-Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``; 42 rounds,
-measured on a 2-layer SmolLM2-shaped model; 30 x 42 + the embedding's 2, the head's 8 and the
-logits' reveal = 1,271 per token, 1,301 measured with RoPE after rho): attn.norm 4 (the rsqrt
+Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``, measured: 42
+rounds; 1,271 per token with the embedding's 2, the head's 8 and the logits' reveal):
+attn.norm 4 (the rsqrt
 from the sums of squares' 3-out-of-3 shares: no resharing round), qkv 2 (x W'qkv and its
 RoPE beside the norm), RoPE 0, scores 1, maximum 4,
 negExp 6, reciprocal 3 (its comparisons' leaves in negExp's last round; e @ V beside it),
