@@ -19,9 +19,13 @@ from puma_async.context import ArraySpec, Context
 from puma_async.roles import next_party, prev_party
 
 from .bitpack import WORD_BITS, pack_low_bits, packed_size, unpack_low_bits
+from .offload import offload
+from .prg import Prg
 from .randomness import key_prg, zero_bits
 from .ring import RingArray
 from .shares import AShare, BShare
+
+_ONE = np.uint64(1)
 
 ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -71,7 +75,6 @@ async def bit_to_arith(ctx: Context, b: BShare, ring_bits: int = 64) -> AShare:
     me = ctx.role
     shape, b = b.shape, b.map(np.ravel)  # 0-d: send 1-d arrays
     n = b.shape[0]
-    one = np.uint64(1)
     label_r, label_m0, label_m2 = (ctx.label(p) for p in (b"b2a.r", b"b2a.m0", b"b2a.m2"))
 
     async def send(to: int, values: RingArray) -> None:
@@ -85,27 +88,47 @@ async def bit_to_arith(ctx: Context, b: BShare, ring_bits: int = 64) -> AShare:
         return unpack_low_bits(got, ring_bits, n)
 
     if me == 0:
-        d = (b.first ^ b.second) & one
-        r = key_prg(ctx, 1).ring(label_r, b.shape)
-        d0 = d - r
+        d0, r, m0 = await offload(_dealer_local, b, key_prg(ctx, 1), label_r, key_prg(ctx, 0),
+                                  label_m0, size=n)
         await send(2, d0)
-        m0 = key_prg(ctx, 0).ring(label_m0, b.shape)
         y1 = await recv(1)
-        return AShare(d0 - (m0 << one), r - (y1 << one)).reshape(shape)
-    m2 = key_prg(ctx, 2).ring(label_m2, b.shape)
+        return AShare(d0 - (m0 << _ONE), r - (y1 << _ONE)).reshape(shape)
     if me == 1:
-        e = b.second & one
-        r = key_prg(ctx, 1).ring(label_r, b.shape)
-        y1 = r * e - m2
+        e, r, y1 = await offload(_first_evaluator_local, b, key_prg(ctx, 1), label_r,
+                                 key_prg(ctx, 2), label_m2, size=n)
         await send(0, y1)
         y2 = await recv(2)
-        return AShare(r - (y1 << one), e - (y2 << one)).reshape(shape)
-    e = b.first & one
+        return AShare(r - (y1 << _ONE), e - (y2 << _ONE)).reshape(shape)
+    e, m2, m0 = await offload(_second_evaluator_local, b, key_prg(ctx, 2), label_m2,
+                              key_prg(ctx, 0), label_m0, size=n)
     d0 = await recv(0)
-    m0 = key_prg(ctx, 0).ring(label_m0, b.shape)
-    y2 = d0 * e + m2 - m0
+    y2 = await offload(lambda: d0 * e + m2 - m0, size=n)
     await send(1, y2)
-    return AShare(e - (y2 << one), d0 - (m0 << one)).reshape(shape)
+    return AShare(e - (y2 << _ONE), d0 - (m0 << _ONE)).reshape(shape)
+
+
+# The parties' local work in bit_to_arith (PRG draws and elementwise arithmetic: in a worker
+# thread for long arrays, :func:`.offload.offload`, so that the event loop stays responsive).
+
+
+def _dealer_local(b: BShare, k_r: Prg, label_r: bytes, k_m0: Prg, label_m0: bytes
+                  ) -> tuple[RingArray, RingArray, RingArray]:
+    """P_0: d - R (d = b_0 ^ b_1), R, and its mask m_0."""
+    r = k_r.ring(label_r, b.shape)
+    return ((b.first ^ b.second) & _ONE) - r, r, k_m0.ring(label_m0, b.shape)
+
+
+def _first_evaluator_local(b: BShare, k_r: Prg, label_r: bytes, k_m2: Prg, label_m2: bytes
+                           ) -> tuple[RingArray, RingArray, RingArray]:
+    """P_1: e = b_2, R, and y_1 = R e - m_2."""
+    e, r = b.second & _ONE, k_r.ring(label_r, b.shape)
+    return e, r, r * e - k_m2.ring(label_m2, b.shape)
+
+
+def _second_evaluator_local(b: BShare, k_m2: Prg, label_m2: bytes, k_m0: Prg, label_m0: bytes
+                            ) -> tuple[RingArray, RingArray, RingArray]:
+    """P_2: e = b_2 and its masks m_2, m_0."""
+    return b.first & _ONE, k_m2.ring(label_m2, b.shape), k_m0.ring(label_m0, b.shape)
 
 
 __all__ = ["ALL_ONES", "and_", "bit_to_arith", "not_", "open_bits"]

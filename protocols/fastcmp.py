@@ -76,6 +76,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Iterable
 from typing import TypeVar
 
 import numpy as np
@@ -86,6 +87,7 @@ from puma_async.context import ArraySpec, Context, Step
 from .bitpack import WORD_BITS, bit_slices, gather_bit_runs, pack_bits, packed_words, unpack_bits
 from .boolean import ALL_ONES, bit_to_arith
 from .carrytree import (
+    Compiled,
     Kind,
     Level,
     Plan,
@@ -98,6 +100,7 @@ from .carrytree import (
     sender_monomials,
 )
 from .offload import offload
+from .prg import Prg
 from .randomness import key_prg, random_bshare
 from .ring import RING_DTYPE, RingArray, to_ring
 from .shares import AShare, BShare
@@ -245,17 +248,30 @@ async def _prepare_tree(
             tuple(k2.bits(l2, (c.inputs, words)) for c, _, l2, _ in levels),
             tuple(np.split(got, cuts)) if levels else (),
         )
-    k1 = key_prg(ctx, part.sender + 1)  # S and E1
-    alphas = tuple(k1.bits(l1, (c.inputs, words)) for c, l1, _, _ in levels)
-    shares = tuple(k1.bits(lp, (c.products, words)) for c, _, _, lp in levels)
+    alphas, shares = await offload(_draw_levels, levels, words, key_prg(ctx, part.sender + 1),
+                                   size=rows * words * 64)  # k_(s+1): S and E1
     if role == 1:
         return TreeMaterial(alphas, shares)
-    k2 = key_prg(ctx, part.sender)  # S and E2
-    dealt = [deal(c, alpha ^ k2.bits(l2, alpha.shape)) ^ share
-             for (c, _, l2, _), alpha, share in zip(levels, alphas, shares, strict=True)]
+    dealt = await offload(_deal_levels, levels, alphas, shares, key_prg(ctx, part.sender),
+                          size=rows * words * 64)  # k_s: S and E2
     if rows:
         await ctx.send_arrays(part.party(2), np.concatenate(dealt))
     return TreeMaterial()
+
+
+def _draw_levels(levels: list[tuple[Compiled, bytes, bytes, bytes]], words: int, k1: Prg
+                 ) -> tuple[tuple[RingArray, ...], tuple[RingArray, ...]]:
+    """S's and E1's halves of every level's masks and of its dealt products (key k_(s+1))."""
+    return (tuple(k1.bits(l1, (c.inputs, words)) for c, l1, _, _ in levels),
+            tuple(k1.bits(lp, (c.products, words)) for c, _, _, lp in levels))
+
+
+def _deal_levels(levels: list[tuple[Compiled, bytes, bytes, bytes]],
+                 alphas: tuple[RingArray, ...], shares: tuple[RingArray, ...], k2: Prg
+                 ) -> list[RingArray]:
+    """S's local work in :func:`_prepare_tree`: every level's dealt products, masked."""
+    return [deal(c, alpha ^ k2.bits(l2, alpha.shape)) ^ share
+            for (c, _, l2, _), alpha, share in zip(levels, alphas, shares, strict=True)]
 
 
 async def _prepare_trees(
@@ -286,18 +302,24 @@ async def prepare_random_bits(
     cuts = np.cumsum(words)[:-1]
     per_part = [BShare(f, s) for f, s in zip(np.split(packed.first, cuts),
                                              np.split(packed.second, cuts), strict=True)]
-    bits = BShare(*(np.concatenate([_unpack(getattr(p, half), rows, part.size)
-                                    for p, part in zip(per_part, parts, strict=True)], axis=1)
-                    for half in ("first", "second")))
+    bits = await offload(_unpack_parts, per_part, parts, rows, size=rows * sum(words) * 64)
     groups = {k: [row for row, m in enumerate(moduli) if m == k] for k in sorted(set(moduli))}
-    steps = [functools.partial(bit_to_arith, b=bits[rs], ring_bits=k) for k, rs in groups.items()]
-    # one ring: no child steps, so a comparison's messages keep their steps
-    converted = await ctx.gather(*steps) if len(steps) > 1 else [await steps[0](ctx)]
-    first = np.empty(bits.shape, RING_DTYPE)
-    second = np.empty(bits.shape, RING_DTYPE)
-    for rs, share in zip(groups.values(), converted, strict=True):
-        first[rs], second[rs] = share.first, share.second
-    return RandomBits(tuple(per_part), AShare(first, second))
+    if len(groups) == 1:  # one ring: no child steps, so a comparison's messages keep their steps
+        return RandomBits(tuple(per_part), await bit_to_arith(ctx, bits, moduli[0]))
+    selected = await offload(lambda: [bits[rs] for rs in groups.values()], size=bits.size)
+    converted = await ctx.gather(*(functools.partial(bit_to_arith, b=b, ring_bits=k)
+                                   for k, b in zip(groups, selected, strict=True)))
+    return RandomBits(tuple(per_part), await offload(_by_rows, bits.shape, groups.values(),
+                                                      converted, size=bits.size))
+
+
+def _by_rows(shape: tuple[int, ...], groups: Iterable[list[int]], shares: list[AShare]
+             ) -> AShare:
+    """Shares of the row groups ``groups`` put back in their rows."""
+    first, second = np.empty(shape, RING_DTYPE), np.empty(shape, RING_DTYPE)
+    for rows, share in zip(groups, shares, strict=True):
+        first[rows], second[rows] = share.first, share.second
+    return AShare(first, second)
 
 
 async def prepare_compare(ctx: Context, spec: CompareSpec) -> CompareMaterial:
@@ -369,6 +391,13 @@ def _unpack(words: RingArray, rows: int, n: int) -> RingArray:
     return unpack_bits(words, rows * n).reshape(rows, n)
 
 
+def _unpack_parts(per_part: list[BShare], parts: tuple[Part, ...], rows: int) -> BShare:
+    """Each part's packed random bits, one word per bit, side by side (rows, elements)."""
+    return BShare(*(np.concatenate([_unpack(getattr(p, half), rows, part.size)
+                                    for p, part in zip(per_part, parts, strict=True)], axis=1)
+                    for half in ("first", "second")))
+
+
 def _spread(mono: RingArray, values: int, of: npt.NDArray[np.intp], n: int) -> RingArray:
     """Rows of bits packed value by value (values x n) -> each threshold's copy of its
     value's bits, packed threshold by threshold (of.size x n)."""
@@ -391,8 +420,14 @@ async def _leaves(
     if mono is None:
         return None
     assert shifted is not None
-    return await offload(leaf_halves, plan, _spread(mono, values, of, part.size),
-                         bit_slices(shifted), part.role(ctx.role) == 1, size=shifted.size)
+    return await offload(_evaluator_leaves, plan, mono, values, of, part.size, shifted,
+                         part.role(ctx.role) == 1, size=shifted.size)
+
+
+def _evaluator_leaves(plan: Plan, mono: RingArray, values: int, of: npt.NDArray[np.intp],
+                      n: int, shifted: RingArray, first: bool) -> RingArray:
+    """An evaluator's local leaf work (:func:`_leaves`; in a worker thread for long arrays)."""
+    return leaf_halves(plan, _spread(mono, values, of, n), bit_slices(shifted), first)
 
 
 async def _exchange_leaves(
