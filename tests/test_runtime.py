@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -21,8 +22,9 @@ from puma_async.errors import (
     RunFailedError,
 )
 from puma_async.roles import PARTIES, next_party, prev_party
-from puma_async.runner import run_threaded
+from puma_async.runner import run_local, run_threaded
 from puma_async.transports.base import Transport
+from puma_async.transports.memory import OnTimeClock
 
 
 @pytest.mark.parametrize("hops", [1, 2, 3, 7])
@@ -119,6 +121,28 @@ def test_emulated_bandwidth_serialises_frames(spmd) -> None:
 
     result = spmd(program, latency=0.001, bandwidth=100e6)
     assert result.seconds == pytest.approx(0.001 + 0.01, rel=0.01)
+
+
+def test_on_time_clock_sleeps_until_just_before_the_deadline_then_polls(monkeypatch) -> None:
+    clock = OnTimeClock()
+    monkeypatch.setattr(time, "perf_counter", lambda: 100.0)
+    assert clock.current_time() == 100.0
+    assert clock.deadline_to_sleep_time(100.010) == pytest.approx(0.010 - OnTimeClock.SPIN)
+    assert clock.deadline_to_sleep_time(100.0 + OnTimeClock.SPIN / 2) == 0.0  # poll
+    assert clock.deadline_to_sleep_time(99.0) == 0.0  # overdue
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"latency": 0.001}, OnTimeClock), ({"bandwidth": 1e9}, OnTimeClock), ({}, None),
+])
+def test_emulated_links_run_on_the_on_time_clock(options, expected) -> None:
+    clocks: list[trio.abc.Clock] = []
+
+    async def program(ctx: Context) -> None:
+        clocks.append(trio.lowlevel.current_clock())
+
+    run_local({role: program for role in PARTIES}, **options)
+    assert (type(clocks[0]) is expected) if expected else not isinstance(clocks[0], OnTimeClock)
 
 
 def test_scopes_and_phases_are_attributed(spmd) -> None:
