@@ -102,6 +102,8 @@ class PartyRuntime:
         self._sending = dict.fromkeys(self.peers, 0)  # size of the frame being sent
         self.finished_peers: set[int] = set()
         self.reader_done = trio.Event()
+        if not self.peers:  # a role alone has nobody's end of stream to wait for
+            self.reader_done.set()
         self.final_stats: PartyStats | None = None
         """The statistics of a run that finished cleanly (set by :func:`open_party`)."""
         self.observer: Callable[[MessageKey, str, str], None] | None = None

@@ -145,6 +145,13 @@ def test_emulated_links_run_on_the_on_time_clock(options, expected) -> None:
     assert (type(clocks[0]) is expected) if expected else not isinstance(clocks[0], OnTimeClock)
 
 
+def test_a_role_alone_finishes() -> None:
+    async def program(ctx: Context) -> int:
+        return ctx.role
+
+    assert run_local({0: program}).results == {0: 0}
+
+
 def test_scopes_and_phases_are_attributed(spmd) -> None:
     async def program(ctx: Context) -> None:
         with ctx.phase("setup"), ctx.scope("keys"):
