@@ -167,9 +167,10 @@ class PartyRuntime:
             try:
                 await self.transport.send(peer, frame)
                 self._sending[peer] = 0
-            except Exception as exc:  # any transport failure means this peer is gone
+            except Exception as exc:  # the frame cannot reach this peer
                 self._sending[peer] = 0
-                self.fail(PeerDisconnectedError(f"send failed: {exc}", peer=peer))
+                self.fail(exc if isinstance(exc, ProtocolError)  # refused (e.g. too large)
+                          else PeerDisconnectedError(f"send failed: {exc}", peer=peer))
                 async for _ in receive:  # keep accepting (and dropping) until closed
                     pass
                 return

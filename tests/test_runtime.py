@@ -270,6 +270,21 @@ def _run_tampered(spmd, rewrite):
     return spmd(_exchange, wrap_transport=lambda t: _Tamper(t, rewrite))
 
 
+class _Refusing(_Tamper):
+    """Refuses to send any frame, as TCP refuses one above the frame limit."""
+
+    async def send(self, peer: int, frame: bytes) -> None:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of 1", peer=peer)
+
+
+def test_a_refused_send_fails_with_the_transports_error_not_a_disconnect(spmd) -> None:
+    with pytest.raises(RunFailedError) as info:
+        spmd(_exchange, wrap_transport=lambda t: _Refusing(t, None))
+    error = info.value.errors[0]
+    assert type(error) is ProtocolError and error.peer == 1
+    assert str(error).count("(peer P1)") == 1 and "exceeds the limit of 1" in str(error)
+
+
 def test_duplicate_message_is_a_protocol_error(spmd) -> None:
     with pytest.raises(RunFailedError) as info:
         _run_tampered(spmd, lambda role, peer, frame: [frame, frame] if role == 0 else [frame])
