@@ -24,7 +24,7 @@ from puma_async.liveness import DEFAULT_LIVENESS, Liveness
 from puma_async.runtime import PartyOptions, TransportWrapper, run_party
 from puma_async.stats import PartyStats
 from puma_async.transports.base import Transport
-from puma_async.transports.memory import open_memory_network
+from puma_async.transports.memory import OnTimeClock, open_memory_network
 from puma_async.transports.threads import ThreadNetwork
 
 
@@ -163,5 +163,9 @@ def run_local(
     decodes; a session passes its own, :mod:`puma_async.session.frames`), ``sequential`` (no
     round overlapping: every ``gather`` runs its steps one by one), ``record_messages`` (every
     role keeps a record of each message it sends, for :mod:`puma_async.critical_path`).
+    Emulated links run on :class:`~puma_async.transports.memory.OnTimeClock` unless given
+    another clock.
     """
+    if clock is None and (options.get("latency", 0.0) > 0 or options.get("bandwidth", 0.0) > 0):
+        clock = OnTimeClock()
     return trio.run(lambda: run_roles(programs, **options), clock=clock, instruments=instruments)

@@ -102,6 +102,8 @@ class PartyRuntime:
         self._sending = dict.fromkeys(self.peers, 0)  # size of the frame being sent
         self.finished_peers: set[int] = set()
         self.reader_done = trio.Event()
+        if not self.peers:  # a role alone has nobody's end of stream to wait for
+            self.reader_done.set()
         self.final_stats: PartyStats | None = None
         """The statistics of a run that finished cleanly (set by :func:`open_party`)."""
         self.observer: Callable[[MessageKey, str, str], None] | None = None
@@ -165,9 +167,10 @@ class PartyRuntime:
             try:
                 await self.transport.send(peer, frame)
                 self._sending[peer] = 0
-            except Exception as exc:  # any transport failure means this peer is gone
+            except Exception as exc:  # the frame cannot reach this peer
                 self._sending[peer] = 0
-                self.fail(PeerDisconnectedError(f"send failed: {exc}", peer=peer))
+                self.fail(exc if isinstance(exc, ProtocolError)  # refused (e.g. too large)
+                          else PeerDisconnectedError(f"send failed: {exc}", peer=peer))
                 async for _ in receive:  # keep accepting (and dropping) until closed
                     pass
                 return

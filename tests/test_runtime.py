@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -21,8 +22,9 @@ from puma_async.errors import (
     RunFailedError,
 )
 from puma_async.roles import PARTIES, next_party, prev_party
-from puma_async.runner import run_threaded
+from puma_async.runner import run_local, run_threaded
 from puma_async.transports.base import Transport
+from puma_async.transports.memory import OnTimeClock
 
 
 @pytest.mark.parametrize("hops", [1, 2, 3, 7])
@@ -119,6 +121,35 @@ def test_emulated_bandwidth_serialises_frames(spmd) -> None:
 
     result = spmd(program, latency=0.001, bandwidth=100e6)
     assert result.seconds == pytest.approx(0.001 + 0.01, rel=0.01)
+
+
+def test_on_time_clock_sleeps_until_just_before_the_deadline_then_polls(monkeypatch) -> None:
+    clock = OnTimeClock()
+    monkeypatch.setattr(time, "perf_counter", lambda: 100.0)
+    assert clock.current_time() == 100.0
+    assert clock.deadline_to_sleep_time(100.010) == pytest.approx(0.010 - OnTimeClock.SPIN)
+    assert clock.deadline_to_sleep_time(100.0 + OnTimeClock.SPIN / 2) == 0.0  # poll
+    assert clock.deadline_to_sleep_time(99.0) == 0.0  # overdue
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"latency": 0.001}, OnTimeClock), ({"bandwidth": 1e9}, OnTimeClock), ({}, None),
+])
+def test_emulated_links_run_on_the_on_time_clock(options, expected) -> None:
+    clocks: list[trio.abc.Clock] = []
+
+    async def program(ctx: Context) -> None:
+        clocks.append(trio.lowlevel.current_clock())
+
+    run_local({role: program for role in PARTIES}, **options)
+    assert (type(clocks[0]) is expected) if expected else not isinstance(clocks[0], OnTimeClock)
+
+
+def test_a_role_alone_finishes() -> None:
+    async def program(ctx: Context) -> int:
+        return ctx.role
+
+    assert run_local({0: program}).results == {0: 0}
 
 
 def test_scopes_and_phases_are_attributed(spmd) -> None:
@@ -237,6 +268,21 @@ async def _exchange(ctx: Context) -> None:
 
 def _run_tampered(spmd, rewrite):
     return spmd(_exchange, wrap_transport=lambda t: _Tamper(t, rewrite))
+
+
+class _Refusing(_Tamper):
+    """Refuses to send any frame, as TCP refuses one above the frame limit."""
+
+    async def send(self, peer: int, frame: bytes) -> None:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of 1", peer=peer)
+
+
+def test_a_refused_send_fails_with_the_transports_error_not_a_disconnect(spmd) -> None:
+    with pytest.raises(RunFailedError) as info:
+        spmd(_exchange, wrap_transport=lambda t: _Refusing(t, None))
+    error = info.value.errors[0]
+    assert type(error) is ProtocolError and error.peer == 1
+    assert str(error).count("(peer P1)") == 1 and "exceeds the limit of 1" in str(error)
 
 
 def test_duplicate_message_is_a_protocol_error(spmd) -> None:
