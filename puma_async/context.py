@@ -287,20 +287,28 @@ class Context:
         """Receive one message of arrays of exactly ``specs`` (in pieces if its payload is
         above :data:`~puma_async.pieces.PIECE_BYTES`, as :meth:`send_arrays` sends it): as
         many arrays, each of its spec's dtype and shape, else a :class:`ProtocolError` naming
-        the peer, the step, what was expected and what came. In pieces, each piece is checked
-        against the receiver's plan (its segments' dtypes and lengths): an array of the right
-        dtype and element count but another shape is read in C order into its spec's shape.
-        A spec with a None dimension cannot be planned in pieces: its message must fit in
-        one."""
+        the peer, the step, what was expected and what came (in pieces: the first piece's
+        header of shapes, each piece's dtypes and lengths). A spec with a None dimension
+        cannot be planned in pieces: its message must fit in one."""
         plan = plan_pieces(specs)
         if plan is None:
             return self._checked(frm, specs, (await self.recv_message(frm, Arrays)).arrays)
         joiner = Joiner(specs, plan)
+        expected = ", ".join(map(str, specs))
         for k in range(len(plan)):
             want = tuple(ArraySpec.of(dtype, n) for dtype, n in joiner.expected(k))
             got = (await self.recv_message(frm, Arrays)).arrays
-            joiner.put(k, self._checked(frm, want, got, f" (piece {k + 1} of {len(plan)} of ["
-                                        f"{', '.join(map(str, specs))}])"))
+            shapes = joiner.foreign_shapes(got) if k == 0 else None
+            if shapes is not None:
+                raise ProtocolError(f"expected arrays [{expected}], got arrays of shapes "
+                                    f"{', '.join(map(str, shapes))}", peer=frm,
+                                    step=self.step_name)
+            try:
+                joiner.put(k, self._checked(
+                    frm, want, got, f" (piece {k + 1} of {len(plan)} of [{expected}])"))
+            except ValueError as exc:  # a header of nothing
+                raise ProtocolError(f"expected arrays [{expected}], got {exc}", peer=frm,
+                                    step=self.step_name) from None
         return joiner.arrays
 
     def _checked(self, frm: int, specs: Sequence[ArraySpec], arrays: tuple[np.ndarray, ...],

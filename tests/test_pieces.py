@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from puma_async import pieces
 from puma_async.context import ArraySpec, Context
 from puma_async.errors import ProtocolError, RunFailedError
-from puma_async.pieces import Joiner, plan_pieces, split_pieces
+from puma_async.pieces import Joiner, layout_header, plan_pieces, read_header, split_pieces
 from puma_async.roles import PARTIES
 
 DTYPES = [np.dtype(d) for d in ("bool", "uint8", "int16", "uint32", "float32", "uint64",
@@ -43,12 +43,17 @@ def check_plan(arrays: list[np.ndarray], piece_bytes: int) -> None:
         assert plan is None
         return
     assert plan is not None
+    head = layout_header(arrays)
+    assert read_header(head) == [a.shape for a in arrays]
     covered: list[list[tuple[int, int]]] = [[] for _ in arrays]
-    for piece in plan:
-        assert piece
+    for k, piece in enumerate(plan):
         size = sum((s.stop - s.start) * arrays[s.array].dtype.itemsize for s in piece)
-        one_element = len(piece) == 1 and piece[0].stop - piece[0].start == 1
-        assert size <= piece_bytes or one_element
+        if k == 0:
+            size += head.nbytes
+            assert size <= piece_bytes or not piece  # the header, alone if it is too long
+        else:
+            one_element = len(piece) == 1 and piece[0].stop - piece[0].start == 1
+            assert piece and (size <= piece_bytes or one_element)
         for s in piece:
             assert s.start < s.stop
             covered[s.array].append((s.start, s.stop))
@@ -59,6 +64,7 @@ def check_plan(arrays: list[np.ndarray], piece_bytes: int) -> None:
     for k, got in enumerate(split_pieces(arrays, plan)):
         assert tuple((a.dtype, a.size) for a in got) == joiner.expected(k)
         assert all(a.ndim == 1 for a in got)
+        assert k or joiner.foreign_shapes(got) is None
         joiner.put(k, got)
     for want, got in zip(arrays, joiner.arrays, strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape
@@ -85,9 +91,24 @@ def test_a_message_within_a_piece_travels_whole() -> None:
     assert plan_pieces([words, np.zeros(0, np.uint8)], 4096) is None
     assert plan_pieces([], 1) is None
     assert plan_pieces([ArraySpec.ring((None,))], 8) is None  # cannot be planned: whole
-    plan = plan_pieces([words, np.zeros((), np.uint8)], 4096)
-    assert plan == (((0, 0, 512),), ((1, 0, 1),))
-    assert plan_pieces([np.zeros(1025, np.uint32)], 4096) == (((0, 0, 1024),), ((0, 1024, 1025),))
+    plan = plan_pieces([words, np.zeros((), np.uint8)], 4096)  # a header of 4 words first
+    assert plan == (((0, 0, 508),), ((0, 508, 512), (1, 0, 1)))
+    assert plan_pieces([np.zeros(1025, np.uint32)], 4096) == (((0, 0, 1018),), ((0, 1018, 1025),))
+    pairs = tuple(((0, i, i + 2),) for i in (0, 2, 4, 6))  # the header of 3 words alone first
+    assert plan_pieces([np.zeros(9, np.uint64)], 16) == ((), *pairs, ((0, 8, 9),))
+
+
+def test_headers_name_the_shapes() -> None:
+    arrays = [np.zeros((2, 3)), np.zeros(()), np.zeros((0, 5, 1))]
+    assert layout_header(arrays).tolist() == [3, 2, 2, 3, 0, 3, 0, 5, 1]
+    assert read_header(layout_header(arrays)) == [(2, 3), (), (0, 5, 1)]
+    for bad in ([], [2, 1, 5], [1, 1, 5, 7], [1, 3, 5]):
+        assert read_header(np.array(bad, np.uint64)) is None
+    joiner = Joiner([ArraySpec.ring((30, 20))], plan_pieces([ArraySpec.ring((30, 20))], 4096))
+    assert joiner.foreign_shapes([np.array([1, 1, 600], np.uint64)]) == [(600,)]
+    assert joiner.foreign_shapes([np.zeros(3, np.uint32)]) is None
+    with pytest.raises(ValueError, match="malformed layout header"):
+        joiner.put(0, [np.zeros(4, np.uint64), np.zeros(508, np.uint64)])
 
 
 def test_the_default_piece_size() -> None:
@@ -116,7 +137,7 @@ def test_a_large_message_travels_in_pieces_of_one_round() -> None:
     """Above the piece size (lowered to 512 bytes), P0's arrays reach P1 in consecutive
     messages of the same step and round, each of at most 512 payload bytes, accounted as
     their payload (the same bytes as one message) and one round; P1 gets them back exactly."""
-    total = payload(ARRAYS)  # 2400 + 4 + 1000 + 616 = 4020 bytes
+    total = payload(ARRAYS) + layout_header(ARRAYS).nbytes  # 2400 + 4 + 1000 + 616 + 96
     specs = [ArraySpec.of(a.dtype, a.shape) for a in ARRAYS]
 
     async def program(ctx: Context) -> tuple[np.ndarray, ...] | None:
@@ -136,7 +157,7 @@ def test_a_large_message_travels_in_pieces_of_one_round() -> None:
         assert np.array_equal(got, want)
     sent = result.stats[0].messages
     count = len(plan_pieces(ARRAYS, 512))
-    assert count == -(-total // 512) == 8
+    assert count == -(-total // 512) == 9
     assert [m.seq for m in sent] == list(range(count + 1))
     assert {m.round for m in sent} == {1} and {m.path for m in sent} == {()}
     assert all(m.nbytes <= 512 for m in sent)
@@ -148,17 +169,18 @@ def test_a_large_message_travels_in_pieces_of_one_round() -> None:
         assert getattr(totals, f"messages_{direction}") == count + 1
 
 
-@pytest.mark.parametrize(("sent", "where"), [
-    ([np.zeros(601, np.uint64)], "[uint64 (88,)] (piece 2 of 2"),  # longer: the last piece
-    ([np.zeros(500, np.uint64)], "[uint64 (512,)] (piece 1 of 2"),  # shorter: travels whole
-    ([np.zeros(600, np.uint32)], "[uint64 (512,)] (piece 1 of 2"),  # another dtype
-    ([np.zeros(300, np.uint64)] * 2, "[uint64 (512,)] (piece 1 of 2"),  # two arrays
+@pytest.mark.parametrize(("sent", "got"), [
+    ([np.zeros(600, np.uint64)], "arrays of shapes (600,)"),  # as many elements
+    ([np.zeros(601, np.uint64)], "arrays of shapes (601,)"),
+    ([np.zeros(300, np.uint64)] * 2, "arrays of shapes (300,), (300,)"),
+    ([np.zeros((30, 20), np.int64)], "[uint64 (4,), uint64 (508,)] (piece 1 of 2 of [uint64 "
+     "(30, 20)]), got [uint64 (4,), int64 (508,)]"),  # another dtype: the first segment
+    ([np.zeros(500, np.uint64)], "[uint64 (4,), uint64 (508,)] (piece 1 of 2 of [uint64 "
+     "(30, 20)]), got [uint64 (500,)]"),  # within a piece: travels whole
 ])
-def test_a_piece_that_is_not_as_planned_is_refused(sent: list[np.ndarray], where: str
-                                                   ) -> None:
-    """The receiver checks each piece against its own plan (a sender's array of the same
-    dtype and element count but another shape is not told apart: its elements are read in C
-    order into the receiver's shape, as :meth:`Context.recv_arrays` says)."""
+def test_a_message_not_as_planned_is_refused(sent: list[np.ndarray], got: str) -> None:
+    """The receiver checks the first piece's header of shapes, then each piece's arrays
+    against its own plan: it refuses what it would refuse of a whole message."""
 
     async def program(ctx: Context) -> None:
         if ctx.role == 0:
@@ -170,4 +192,7 @@ def test_a_piece_that_is_not_as_planned_is_refused(sent: list[np.ndarray], where
         run(dict.fromkeys(PARTIES, program))
     error = info.value.errors[1]
     assert isinstance(error, ProtocolError) and error.peer == 0
-    assert f"expected arrays {where} of [uint64 (30, 20)]), got" in str(error)
+    if got.startswith("arrays"):
+        assert f"expected arrays [uint64 (30, 20)], got {got}" in str(error)
+    else:
+        assert f"expected arrays {got}" in str(error)
