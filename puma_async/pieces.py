@@ -35,11 +35,10 @@ pieces of at most this size. Why 4 MiB: large enough that a piece's costs beside
 are lost in the copying of its bytes (about a millisecond), and above every message of the
 tiny model (its recorded traces replay unchanged) and of short SmolLM2 prompts, which stay
 whole (the largest, negExp's offline bits, is 9 heads x n x T x 72 bytes: 0.66 MB at
-n = T = 32); small
-enough that a frame is written in ~35 ms at 1 Gbit/s (heartbeats and other steps' frames
-interleave with a long message's pieces) and that a receiver's decoding budget per frame
-(4 times the frame) stays at ~20 MB, where a ~400-token prompt's 112 MB message needed
-450 MB at once."""
+n = T = 32); small enough that a frame is written in ~35 ms at 1 Gbit/s (heartbeats and
+other steps' frames interleave with a long message's pieces) and that a receiver's decoding
+budget per frame (4 times the frame) stays at ~20 MB, where a ~400-token prompt's 112 MB
+message needed 450 MB at once."""
 
 
 class Layout(Protocol):
