@@ -142,33 +142,20 @@ async def prepare_trunc1(ctx: Context, spec: Trunc1Spec) -> Trunc1Material:
     return await _derive(ctx, spec, random_share(ctx, (spec.size,)))
 
 
-BATCH_ELEMENTS = 1 << 18
-"""The most elements :func:`prepare_trunc1_batches` puts in one preparation (one spec larger
-than this gets one of its own): its largest message is about 8.3 bytes per element (25 below
-:data:`.trunc.ROTATE_MIN_ELEMENTS`, where one party plays every role), so ~2.2 MB, within any
-session's frame limit (:mod:`puma_async.session.frames`) however long the pass."""
-
-
 async def prepare_trunc1_batches(
     ctx: Context, specs: Sequence[Trunc1Spec | None]
 ) -> list[Trunc1Material | None]:
-    """Tuples for every spec (None: none), made per width f in preparations of up to
-    :data:`BATCH_ELEMENTS` consecutive specs' elements, all side by side, and sliced: a
-    preparation costs the same few protocol steps whatever its size, so a pass's hundreds of
-    small batches cost as much local time as a handful, and no message outgrows the frame
-    limit on long prompts. Cost: 4 rounds; the bytes of the specs' elements."""
-    batches: list[list[tuple[int, Trunc1Spec]]] = []
-    filling: dict[int, list[tuple[int, Trunc1Spec]]] = {}  # width -> the batch being filled
-    filled: dict[int, int] = {}  # width -> its elements
+    """Tuples for every spec (None: none), made in one preparation per width f of all its
+    specs' elements side by side, and sliced: a preparation costs the same few protocol steps
+    whatever its size, so a pass's hundreds of small batches cost as much local time as a
+    handful. (A long pass's messages are large: they travel in pieces, as every message does
+    above :data:`puma_async.pieces.PIECE_BYTES`.) Cost: 4 rounds; the bytes of the specs'
+    elements."""
+    by_width: dict[int, list[tuple[int, Trunc1Spec]]] = {}
     for i, s in enumerate(specs):
-        if s is None:
-            continue
-        if filling.get(s.bits) and filled[s.bits] + s.size > BATCH_ELEMENTS:
-            batches.append(filling.pop(s.bits))
-            filled[s.bits] = 0
-        filling.setdefault(s.bits, []).append((i, s))
-        filled[s.bits] = filled.get(s.bits, 0) + s.size
-    batches = sorted([*batches, *filling.values()], key=lambda batch: batch[0][1].bits)
+        if s is not None:
+            by_width.setdefault(s.bits, []).append((i, s))
+    batches = [by_width[bits] for bits in sorted(by_width)]
     made = await ctx.gather(*(functools.partial(prepare_trunc1, spec=Trunc1Spec(
         sum(s.size for _, s in batch), batch[0][1].bits)) for batch in batches))
     out: list[Trunc1Material | None] = [None] * len(specs)

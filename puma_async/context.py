@@ -9,9 +9,10 @@ concurrently (round overlapping) without any coordination.
 The kit a protocol is written with:
 
 - :class:`Context`: send and receive (:meth:`~Context.recv_arrays` checks every received
-  array against its public :class:`ArraySpec`; :meth:`~Context.recv_message` the message
-  type), child steps (:meth:`~Context.gather`), scopes and phases for the statistics (phase
-  ``offline`` on a round clock of its own), PRG labels, and typed per-party state
+  array against its public :class:`ArraySpec`; a large message travels in pieces of a fixed
+  size, :mod:`puma_async.pieces`; :meth:`~Context.recv_message` the message type), child
+  steps (:meth:`~Context.gather`), scopes and phases for the statistics (phase ``offline``
+  on a round clock of its own), PRG labels, and typed per-party state
   (:meth:`~Context.state`, :meth:`~Context.install`: keys, input seeds, the fixed-point
   format; one instance per type, as SPU's kernels ask ``ctx->getState<PrgState>()``).
 - :data:`Step`: the type of a step function (what :meth:`~Context.gather` runs);
@@ -32,7 +33,7 @@ which could be made before the input exists) runs on a clock of its own that sta
 is put aside when the phase ends: offline traffic is reported apart and never moves the
 online clock, even when it is prepared inline beside online rounds.
 
-The kit is kept in this one module (about 450 lines), beside the handle it extends, so that a
+The kit is kept in this one module (about 500 lines), beside the handle it extends, so that a
 protocol author reads one file.
 """
 
@@ -53,6 +54,7 @@ import trio
 from puma_async import codec
 from puma_async.codec import Arrays, Envelope, Message, StepPath, format_path
 from puma_async.errors import ProtocolError, first_error
+from puma_async.pieces import Joiner, plan_pieces, split_pieces
 from puma_async.roles import role_name
 from puma_async.stats import OFFLINE_PHASE, MessageId
 
@@ -84,7 +86,8 @@ class ArraySpec:
     ``ArraySpec.ring(n)`` is n ring elements (uint64), ``ArraySpec.of(np.uint8, (k,))`` any
     other whitelisted dtype; :meth:`Context.recv_arrays` refuses anything else. A dimension
     of None accepts any length (for the rare message whose length only the sender knows,
-    such as a list of output shapes; the frame limit still bounds it).
+    such as a list of output shapes; the receiver cannot plan its pieces, so such a message
+    must fit in one, :data:`~puma_async.pieces.PIECE_BYTES`).
     """
 
     dtype: np.dtype[Any]
@@ -203,12 +206,15 @@ class Context:
         the peer.
         """
         nbytes = codec.message_nbytes(message)
+        await self._enqueue(self._stamp(to, message, nbytes), nbytes)
+
+    async def _enqueue(self, env: Envelope, nbytes: int) -> None:
+        """Encode a stamped envelope and hand it to the runtime (:meth:`send`)."""
         if nbytes < ENCODE_OFFLOAD_BYTES:
-            self.runtime.enqueue(self._stamp(to, message, nbytes))
+            self.runtime.enqueue(env)
         else:
-            env = self._stamp(to, message, nbytes)
             frame = await trio.to_thread.run_sync(codec.encode_frame, [env])
-            self.runtime.enqueue_frame(to, frame, env.path, env.seq)
+            self.runtime.enqueue_frame(env.receiver, frame, env.path, env.seq)
 
     def _stamp(self, to: int, message: Message, nbytes: int) -> Envelope:
         """The envelope of the next message of this step to ``to``, accounted for (every
@@ -261,19 +267,60 @@ class Context:
         return msg
 
     async def send_arrays(self, to: int, *arrays: np.ndarray) -> None:
-        """Send arrays (numpy scalars become 0-d arrays) as one :class:`Arrays` message."""
-        await self.send(to, Arrays(tuple(map(np.asarray, arrays))))
+        """Send arrays (numpy scalars become 0-d arrays) as one :class:`Arrays` message, or,
+        above :data:`~puma_async.pieces.PIECE_BYTES`, as consecutive messages of its pieces
+        (:mod:`puma_async.pieces`: same step, same round; all stamped before the first is
+        encoded, so their sequence numbers follow each other)."""
+        message = tuple(map(np.asarray, arrays))
+        plan = plan_pieces(message)
+        if plan is None:
+            await self.send(to, Arrays(message))
+            return
+        stamped = []
+        for piece in split_pieces(message, plan):
+            nbytes = sum(a.nbytes for a in piece)
+            stamped.append((self._stamp(to, Arrays(piece), nbytes), nbytes))
+        for env, nbytes in stamped:
+            await self._enqueue(env, nbytes)
 
     async def recv_arrays(self, frm: int, *specs: ArraySpec) -> tuple[np.ndarray, ...]:
-        """Receive one :class:`Arrays` message of exactly ``specs``: as many arrays, each of
-        its spec's dtype and shape, else a :class:`ProtocolError` naming the peer, the step,
-        what was expected and what came."""
-        arrays = (await self.recv_message(frm, Arrays)).arrays
+        """Receive one message of arrays of exactly ``specs`` (in pieces if its payload is
+        above :data:`~puma_async.pieces.PIECE_BYTES`, as :meth:`send_arrays` sends it): as
+        many arrays, each of its spec's dtype and shape, else a :class:`ProtocolError` naming
+        the peer, the step, what was expected and what came (in pieces: the first piece's
+        header of shapes, each piece's dtypes and lengths). A spec with a None dimension
+        cannot be planned in pieces: its message must fit in one."""
+        plan = plan_pieces(specs)
+        if plan is None:
+            return self._checked(frm, specs, (await self.recv_message(frm, Arrays)).arrays)
+        joiner = Joiner(specs, plan)
+        expected = ", ".join(map(str, specs))
+        for k in range(len(plan)):
+            want = tuple(ArraySpec.of(dtype, n) for dtype, n in joiner.expected(k))
+            got = (await self.recv_message(frm, Arrays)).arrays
+            shapes = joiner.foreign_shapes(got) if k == 0 else None
+            if shapes is not None:
+                raise ProtocolError(f"expected arrays [{expected}], got arrays of shapes "
+                                    f"{', '.join(map(str, shapes))}", peer=frm,
+                                    step=self.step_name)
+            try:
+                joiner.put(k, self._checked(
+                    frm, want, got, f" (piece {k + 1} of {len(plan)} of [{expected}])"))
+            except ValueError as exc:  # a header of nothing
+                raise ProtocolError(f"expected arrays [{expected}], got {exc}", peer=frm,
+                                    step=self.step_name) from None
+        return joiner.arrays
+
+    def _checked(self, frm: int, specs: Sequence[ArraySpec], arrays: tuple[np.ndarray, ...],
+                 where: str = "") -> tuple[np.ndarray, ...]:
+        """``arrays`` if they match ``specs``, else the :class:`ProtocolError` of
+        :meth:`recv_arrays`."""
         if len(arrays) != len(specs) or not all(map(ArraySpec.matches, specs, arrays)):
             expected = ", ".join(map(str, specs)) or "nothing"
             got = ", ".join(f"{a.dtype} {a.shape}" for a in arrays) or "nothing"
             raise ProtocolError(
-                f"expected arrays [{expected}], got [{got}]", peer=frm, step=self.step_name
+                f"expected arrays [{expected}]{where}, got [{got}]", peer=frm,
+                step=self.step_name,
             )
         return arrays
 

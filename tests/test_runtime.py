@@ -398,7 +398,7 @@ def test_threaded_runner_reports_failures() -> None:
 
 
 def test_ready_envelopes_are_coalesced_up_to_the_frame_cap(spmd) -> None:
-    big = np.zeros((5 << 20) // 8, np.uint64)  # 5 MiB: two never share a frame
+    big = np.zeros((3 << 20) // 8, np.uint64)  # 3 MiB (one piece): two never share a frame
 
     async def program(ctx: Context) -> None:
         if ctx.role == 0:

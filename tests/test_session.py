@@ -6,12 +6,14 @@ import dataclasses
 import re
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from puma_async import context, pieces
 from puma_async.codec import decode_message, encode_message, packb
 from puma_async.errors import DecodeError, ModelFileError, SettingsError
 from puma_async.model import (
@@ -26,12 +28,7 @@ from puma_async.model.gguf_loader import open_gguf, read_config
 from puma_async.roles import CLIENT, MODEL_OWNER
 from puma_async.session import GenerationOptions, SessionSettings, in_process_settings, run_session
 from puma_async.session.factory import build_program
-from puma_async.session.frames import (
-    ELEMENT_BYTES,
-    FRAME_SAFETY,
-    max_frame_bytes,
-    row_blocks,
-)
+from puma_async.session.frames import ELEMENT_BYTES, FRAME_SLACK, row_blocks
 from puma_async.session.messages import End, NextPrompt, Ready, Run
 from puma_async.session.models import (
     SMOLLM2,
@@ -179,37 +176,68 @@ def frame_spy(sizes: list[int]) -> Callable[[Transport], Transport]:
 ])
 def test_frames_stay_within_the_sessions_limit(config: LlamaConfig, prompt: int, new: int,
                                                blocks: int) -> None:
-    """Whole sessions at the context's edge (and inputs in several blocks) send no frame
-    above :func:`max_frame_bytes`; the limit is not absurdly loose either."""
-    settings = in_process_settings(config, new, context=prompt + new - 1,
-                                   input_block_bytes=blocks)
-    weights = random_weights(config, seed=2)
-    sizes: list[int] = []
-    result = run_session(weights, [list(range(prompt))], settings=settings,
-                         wrap_transport=frame_spy(sizes))
+    """Whole sessions at the context's edge (inputs in several blocks), with the piece size
+    lowered to 96 KiB (above the 64 KiB of merged frames) so that their large messages are
+    split: no frame above :func:`max_frame_bytes`, nor above the piece size plus one
+    envelope's head and segment headers (the bound is tight but for the slack)."""
+    piece = 96 << 10
+    with mock.patch.object(pieces, "PIECE_BYTES", piece), \
+            mock.patch.object(context, "split_pieces", wraps=pieces.split_pieces) as split:
+        settings = in_process_settings(config, new, context=prompt + new - 1,
+                                       input_block_bytes=blocks)
+        assert settings.max_frame_bytes == piece + FRAME_SLACK
+        sizes: list[int] = []
+        result = run_session(random_weights(config, seed=2), [list(range(prompt))],
+                             settings=settings, wrap_transport=frame_spy(sizes))
     assert len(result.prompts[0].records) == new
-    limit = settings.max_frame_bytes
-    assert max(sizes) <= limit
-    online = max_frame_bytes(config, settings.positions, blocks) - (1 << 20)
-    assert online <= 64 * max(sizes)
+    assert split.called  # some messages were above the piece size
+    assert max(sizes) <= min(settings.max_frame_bytes, piece + 4096)
+
+
+def test_a_long_prompts_message_over_the_old_limit_travels_in_pieces() -> None:
+    """A prompt of 62 tokens at context 64 on a model of 16 heads: negExp's offline random
+    bits (16 heads x 62 x 62 scores x 9 thresholds, 8 bytes each: 4.4 MB) in one message
+    outgrew this session's old limit (4 x 8 x context x 16 heads x context bytes plus 1 MiB,
+    3 MiB; inputs in blocks of 64 KiB), as a ~400-token SmolLM2 prompt's 104 MB message did
+    its 77 MB at context 512; now it travels in pieces of 4 MiB, within the limit, and the
+    session generates."""
+    config = dataclasses.replace(tiny_config(), n_layers=1, n_heads=16, n_kv_heads=2,
+                                 head_dim=2, context_length=64)
+    settings = in_process_settings(config, 2, context=64, input_block_bytes=1 << 16)
+    old_limit = 4 * ELEMENT_BYTES * 64 * max(2 * config.ffn, config.q_dim + 2 * config.kv_dim,
+                                             config.hidden, config.n_heads * 64, 512) + (1 << 20)
+    split_sizes: list[int] = []
+
+    def spy(arrays: tuple[np.ndarray, ...], plan: pieces.Plan) -> list[tuple[np.ndarray, ...]]:
+        split_sizes.append(sum(a.nbytes for a in arrays))
+        return pieces.split_pieces(arrays, plan)
+
+    sizes: list[int] = []
+    with mock.patch.object(context, "split_pieces", spy):
+        result = run_session(random_weights(config, seed=3), [list(range(62))],
+                             settings=settings, wrap_transport=frame_spy(sizes))
+    assert len(result.prompts[0].records) == 2
+    assert max(split_sizes) > old_limit == 3 << 20
+    assert max(sizes) <= settings.max_frame_bytes == pieces.PIECE_BYTES + FRAME_SLACK
 
 
 def test_all_positions_logits_stay_within_the_frame_limit() -> None:
     """A prompt pass revealing every position's logits, with a vocabulary far wider than the
-    other per-position tensors (so one (n, vocab) array would pass the limit): the head's
-    product is local, each party sends the client its shares of the logits in row blocks (of
-    at least one row), and no frame exceeds the limit, which "all" leaves unchanged."""
+    other per-position tensors: the head's product is local, each party sends the client its
+    shares of the logits in row blocks (of at least one row), and no frame exceeds the limit
+    (with the piece size lowered to 64 KiB, every block above it in pieces), which "all"
+    leaves unchanged."""
     config = dataclasses.replace(tiny_config(), n_layers=1, vocab=4000, context_length=32)
-    settings = in_process_settings(config, 2, context=24, input_block_bytes=1 << 16,
-                                   reveal_logits="all")
-    assert settings.max_frame_bytes == dataclasses.replace(settings,
-                                                           reveal_logits="last").max_frame_bytes
-    assert FRAME_SAFETY * ELEMENT_BYTES * 23 * config.vocab > settings.max_frame_bytes
-    sizes: list[int] = []
-    result = run_session(random_weights(config, seed=5), [list(range(23))], settings=settings,
-                         wrap_transport=frame_spy(sizes))
+    with mock.patch.object(pieces, "PIECE_BYTES", 64 << 10):
+        settings = in_process_settings(config, 2, context=24, input_block_bytes=1 << 18,
+                                       reveal_logits="all")
+        assert settings.max_frame_bytes == dataclasses.replace(
+            settings, reveal_logits="last").max_frame_bytes
+        sizes: list[int] = []
+        result = run_session(random_weights(config, seed=5), [list(range(23))],
+                             settings=settings, wrap_transport=frame_spy(sizes))
     assert result.prompts[0].records[0].all_logits.shape == (23, config.vocab)
-    assert max(sizes) <= settings.max_frame_bytes
+    assert max(sizes) <= (64 << 10) + 4096
 
 
 def test_reveal_logits_setting() -> None:
@@ -244,7 +272,7 @@ def test_settings_resolve_presets_and_context() -> None:
     assert tiny.config == tiny_config() and tiny.positions == tiny_config().context_length
     smol = SessionSettings("s", model=SMOLLM2)
     assert smol.config == SMOLLM2_ARCHITECTURE and smol.positions == 512
-    assert smol.max_frame_bytes < 100 << 20  # tens of MB, not the codec's default of 256 MiB
+    assert smol.max_frame_bytes == tiny.max_frame_bytes == (4 << 20) + FRAME_SLACK  # pieces
     with pytest.raises(SettingsError, match="is a preset"):
         SessionSettings("s", model="tiny", architecture=SMOLLM2_ARCHITECTURE)
     with pytest.raises(SettingsError, match="not a preset"):

@@ -5,7 +5,6 @@ tuples prepared ahead, and a schedule without overlapping."""
 from __future__ import annotations
 
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,13 +13,11 @@ from hypothesis import strategies as st
 
 from puma_async.context import Context
 from puma_async.evaluate import Evaluation, evaluation_program
-from puma_async.protocols import trunc1
 from puma_async.protocols.arith import dot_fxp, finish_product, mul_fxp, mul_local
 from puma_async.protocols.ring import RING_DTYPE
 from puma_async.protocols.shares import AShare, public_share
 from puma_async.protocols.trunc import ROTATE_MIN_ELEMENTS
 from puma_async.protocols.trunc1 import (
-    BATCH_ELEMENTS,
     Trunc1Spec,
     prepare_trunc1,
     prepare_trunc1_batches,
@@ -78,14 +75,11 @@ def test_floor_or_next_over_the_whole_range(
 
 @settings(max_examples=10, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 40), st.sampled_from([10, 18, 38])), min_size=1,
-                max_size=6), st.integers(0, 2**32 - 1), st.sampled_from([BATCH_ELEMENTS, 30]))
-def test_batched_tuples_serve_each_request(
-    requests: list[tuple[int, int]], seed: int, batch_elements: int
-) -> None:
-    """:func:`prepare_trunc1_batches`: per width, preparations of up to ``batch_elements``
-    (the default, or 30: several per width, and specs larger than a batch), sliced back in
-    order (with a None among the specs); every slice truncates its own request's values
-    exactly, and the offline cost is one preparation's depth (4 rounds) for all."""
+                max_size=6), st.integers(0, 2**32 - 1))
+def test_batched_tuples_serve_each_request(requests: list[tuple[int, int]], seed: int) -> None:
+    """:func:`prepare_trunc1_batches`: one preparation per width, sliced back in order (with a
+    None among the specs); every slice truncates its own request's values exactly, and the
+    offline cost is one preparation's depth (4 rounds) for all."""
     rng = np.random.default_rng(seed)
     xs = [rng.integers(-LIMIT, LIMIT, size, dtype=np.int64) for size, _ in requests]
     flat = np.concatenate([*xs, np.zeros(1, np.int64)])
@@ -101,34 +95,11 @@ def test_batched_tuples_serve_each_request(
             start += size
         return outs
 
-    with mock.patch.object(trunc1, "BATCH_ELEMENTS", batch_elements):
-        ev = run(fn, flat.view(RING_DTYPE))
+    ev = run(fn, flat.view(RING_DTYPE))
     for got, x, (_, bits) in zip(ev.outputs, xs, requests, strict=True):
         assert_floor_or_next(got, x.view(RING_DTYPE), bits)
     assert max(ev.stats[p].totals(phase="offline", scope="op").rounds for p in PARTIES) == (
         4 if any(size for size, _ in requests) else 0)
-
-
-def test_a_long_pass_tuples_stay_within_small_messages() -> None:
-    """A pass's tuples beyond :data:`BATCH_ELEMENTS` (here lowered to 1,000) are made in
-    several preparations side by side: the same 4 offline rounds, and no message above ~25
-    bytes per element of one batch (8.3 from :data:`.trunc.ROTATE_MIN_ELEMENTS` on); a
-    128-token SmolLM2 prompt's single preparation had sent an 18.5 MB frame, over its
-    session's limit."""
-    specs = [Trunc1Spec(300, 18)] * 10 + [Trunc1Spec(700, 38)] * 3
-
-    async def fn(ctx: Context, x: AShare) -> AShare:
-        made = await prepare_trunc1_batches(ctx, specs)
-        assert [m.spec for m in made if m is not None] == specs
-        return x
-
-    program = evaluation_program(fn, np.zeros(1, RING_DTYPE))
-    with mock.patch.object(trunc1, "BATCH_ELEMENTS", 1000):
-        result = run_local({role: program for role in (*PARTIES, CLIENT)},
-                           record_messages=True)
-    for p in PARTIES:
-        assert result.stats[p].totals(phase="offline", scope="op").rounds == 4
-        assert max(m.nbytes for m in result.stats[p].messages) <= 25 * 1000 + 200
 
 
 @pytest.mark.parametrize("bits", [1, 18, 38, 60, 62])

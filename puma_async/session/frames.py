@@ -1,32 +1,33 @@
 """The largest legitimate frame of a session, and the row blocks inputs are shared in.
 
-Every role receives frames no larger than :func:`max_frame_bytes`, a function of the public
-architecture and of the session's context (positions per prompt); it is part of the
-configuration digest and the TCP transport refuses a larger frame before allocating it. So
-a peer cannot make a role allocate gigabytes, and the limit stays in the tens of MB for a
-model like SmolLM2 (about 26 MB for a context of 256 positions) instead of the codec's
-default of 256 MiB.
+Every role receives frames no larger than :func:`max_frame_bytes`: the piece size
+(:data:`puma_async.pieces.PIECE_BYTES`, 4 MiB) plus :data:`FRAME_SLACK`, whatever the model,
+the context or the prompt. It is part of the configuration digest and the TCP transport
+refuses a larger frame before allocating it, so a peer cannot make a role allocate more than
+that per frame (and its decoding at most 4 times that, :func:`puma_async.codec.decode_budget`).
 
-What makes frames large:
+Why no frame is larger:
 
-- **Inputs** (the model owner's weights, the client's one-hot rows) are shared in blocks of
-  whole rows of at most :data:`INPUT_BLOCK_BYTES` (one row at least): :func:`row_blocks`.
-- **A forward pass** of n new positions over T cached + new ones sends, per message, a few
-  arrays of at most n x (the widest per-position tensor) ring elements: the fused gate/up
-  projection (2 ffn), Q/K/V (q + 2 kv), attention scores of every head (n_heads x T), the
-  norms' per-row rsqrt candidates (under :data:`NORM_ROW_ELEMENTS`); the head's product is
-  local (no message of vocab elements). With n, T <= context the bound below is that product times
-  :data:`FRAME_SAFETY` (measured: the largest message is at most 2.8 times it;
-  ``tests/test_session.py`` checks the bound on whole sessions).
-- **Logits** (of the last position, or of every one in a session that reveals them all,
-  ``reveal_logits="all"``): each party sends the client its share of them in row blocks of
-  at most the input block (one row at least: one element per logit per party), so the
-  limit does not grow with the context times the vocabulary.
-- **Offline material** made for a whole pass at once (its TP1 tuples) goes in preparations of
-  at most :data:`puma_async.protocols.trunc1.BATCH_ELEMENTS` elements (messages of ~2.2 MB),
-  so it does not grow with the number of layers times the positions.
+- **Messages of arrays** (every share, opened value, dealt product, random bit, input block
+  and logit a protocol sends) go through
+  :meth:`~puma_async.context.Context.send_arrays`, which sends one whose payload is above
+  the piece size as consecutive messages of at most that size (:mod:`puma_async.pieces`):
+  the messages that grow with heads x n x T (negExp's offline random bits, the comparisons,
+  bit_to_arith, the carry trees' dealt products), which had outgrown a limit proportional to
+  the context on prompts of ~340 tokens at context 512, are split like any other.
+- **Other messages** are small by their type: seeds (32 bytes), :class:`~puma_async.codec.Value`
+  (at most 16 short scalars), aborts and the session's commands (a few fields).
 - Small envelopes ready together are merged into frames of at most 64 KiB
-  (:data:`~puma_async.runtime.COALESCE_BYTES`), inside :data:`FRAME_SLACK`.
+  (:data:`~puma_async.runtime.COALESCE_BYTES`); a larger one travels alone. A piece's frame
+  is its payload plus the envelope head (tens of bytes; the step path at most 64 items) and
+  16 bytes per segment (at most :data:`~puma_async.codec.MAX_ARRAYS`): inside
+  :data:`FRAME_SLACK`.
+
+**Inputs** (the model owner's weights, the client's one-hot rows) are still shared in blocks
+of whole rows of at most :data:`INPUT_BLOCK_BYTES` (one row at least; :func:`row_blocks`), and
+logits opened in row blocks of that size. The blocks no longer bound the frames (a block above
+the piece size travels in pieces too); the inputs' keep the owner making one block of shares
+at a time.
 """
 
 from __future__ import annotations
@@ -34,19 +35,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 
-from puma_async.model.config import LlamaConfig
+from puma_async import pieces
 
 ELEMENT_BYTES = 8
 """Bytes of one ring element (uint64)."""
 INPUT_BLOCK_BYTES = 16 << 20
 """Inputs are shared in blocks of whole rows of at most this many bytes (one row at least),
 unless the session sets another size."""
-NORM_ROW_ELEMENTS = 512
-"""An upper bound on the ring elements per row of a norm's largest message (rsqrt's
-comparisons and candidates)."""
-FRAME_SAFETY = 4
 FRAME_SLACK = 1 << 20
-"""Added to every bound: envelope heads and merged small frames."""
+"""Added to the piece size: envelope heads, segment headers, merged small frames."""
 
 
 def row_block_rows(shape: Sequence[int], block_bytes: int) -> int:
@@ -62,27 +59,13 @@ def row_blocks(shape: Sequence[int], block_bytes: int) -> Iterator[slice]:
         yield slice(start, min(start + rows, shape[0]))
 
 
-def _online_elements(config: LlamaConfig, context: int) -> int:
-    """Ring elements of a forward pass's largest array, before :data:`FRAME_SAFETY`."""
-    per_position = max(2 * config.ffn, config.q_dim + 2 * config.kv_dim, config.hidden,
-                       config.n_heads * context, NORM_ROW_ELEMENTS)
-    return context * per_position
-
-
-def max_frame_bytes(config: LlamaConfig, context: int, block_bytes: int) -> int:
-    """The largest frame a role of a session may receive (see the module docstring).
-
-    ``context`` is the session's bound on positions per prompt (prompt + new tokens),
-    ``block_bytes`` the size of the row blocks inputs are shared (and logits opened) in.
-    """
-    widest_row = max(2 * config.ffn, config.q_dim + 2 * config.kv_dim, config.hidden,
-                     config.vocab)
-    inputs = max(block_bytes, ELEMENT_BYTES * widest_row)
-    online = FRAME_SAFETY * ELEMENT_BYTES * _online_elements(config, context)
-    return max(inputs, online) + FRAME_SLACK
+def max_frame_bytes() -> int:
+    """The largest frame a role of a session may receive (see the module docstring): the
+    piece size (read when called) plus :data:`FRAME_SLACK`."""
+    return pieces.PIECE_BYTES + FRAME_SLACK
 
 
 __all__ = [
-    "ELEMENT_BYTES", "FRAME_SAFETY", "FRAME_SLACK", "INPUT_BLOCK_BYTES", "NORM_ROW_ELEMENTS",
-    "max_frame_bytes", "row_block_rows", "row_blocks",
+    "ELEMENT_BYTES", "FRAME_SLACK", "INPUT_BLOCK_BYTES", "max_frame_bytes", "row_block_rows",
+    "row_blocks",
 ]

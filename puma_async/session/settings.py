@@ -5,10 +5,10 @@ Everything the roles must agree on is public: the session id, the model's name a
 architecture (a preset, :data:`~.models.PRESETS`, or the table the model owner exported),
 the tiny model's weight seed (public: tiny weights are test data), the model file's SHA-256
 if given (the owner checks its file against it), the token budget per prompt, the context
-(positions per prompt) and the largest frame it implies (:mod:`.frames`), which logits the
-client receives (:data:`REVEAL_LOGITS`: the model owner consents to it), and the liveness
-settings (:class:`~puma_async.liveness.Liveness`: a role whose heartbeat interval exceeded
-a peer's ``dead_after`` would be declared dead by it). These go into the
+(positions per prompt), the largest frame (:mod:`.frames`: the piece size plus slack),
+which logits the client receives (:data:`REVEAL_LOGITS`: the model owner consents to it),
+and the liveness settings (:class:`~puma_async.liveness.Liveness`: a role whose heartbeat
+interval exceeded a peer's ``dead_after`` would be declared dead by it). These go into the
 :meth:`SessionSettings.config_digest` that the TCP handshake compares before any secret
 moves, with the version of the message format (:data:`puma_async.codec.VERSION`: the
 handshake is the transport's own and names no message). Timeouts are local and left out;
@@ -30,11 +30,12 @@ from puma_async.model.config import LlamaConfig
 from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
 from puma_async.session.models import PRESETS, TINY, preset_architecture
 
-DIGEST_VERSION = 7
+DIGEST_VERSION = 8
 """Bumped whenever what the digested settings imply changes: 5, the weight plan (the norms'
 gains folded into the QKV and gate/up matrices, ``protocols.llama.weight_plan``); 6, the
 architecture's certified gate bounds (``LlamaConfig.gate_bounds``: SiLU's comparison chains);
-7, the folded matrices shared at 6 more fractional bits (``protocols.llama.weight_tensors``)."""
+7, the folded matrices shared at 6 more fractional bits (``protocols.llama.weight_tensors``);
+8, messages above the piece size sent in pieces (:mod:`puma_async.pieces`)."""
 REVEAL_LOGITS = ("last", "all")
 """What a prompt pass reveals to the client: the logits of its last position (enough to
 choose the next token), or of every position (teacher-forced perplexity of a text in one
@@ -43,7 +44,7 @@ vocab: more about the model (its predictions at every prefix, which ease distill
 extracting it), so it is a digested setting the model owner must agree to."""
 DEFAULT_CONTEXT = 512
 """Positions per prompt when none is set (at most the model's own context): the context
-bounds the frame size (:mod:`.frames`), so it is not the model's 8k by default."""
+bounds the KV cache and every pass's arrays, so it is not the model's 8k by default."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -136,7 +137,7 @@ class SessionSettings:
     @property
     def max_frame_bytes(self) -> int:
         """The largest frame any role of this session may receive (:mod:`.frames`)."""
-        return max_frame_bytes(self.config, self.positions, self.input_block_bytes)
+        return max_frame_bytes()
 
     def public(self) -> dict[str, Any]:
         """The settings every role must agree on (no timeouts): plain data."""
