@@ -44,10 +44,10 @@ GeLU accurate  -3.15, 3.15               u, u^2, u^3, u^4    8 / 9    300.88  0.
                                                                       + 72
 GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    363.63  0.0199 (3.00)
                                                                       + 108
-SiLU accurate  -11, -4.875, -2.825,       v^2, v^3, v^4       6 / 6    308.25  1.8e-4 (11)
+SiLU accurate  -11, -4.875, -2.825,       v^2, v^3, v^4       6 / 6    306.5   1.8e-4 (11)
                -0.875, 0.875, 2.975,                                  + 288
                5.175, 11
- |x| <= 2^8    (27-bit chains)                               6 / 6    227.13  same
+ |x| <= 2^8    (27-bit chains)                               6 / 6    225.38  same
                                                                       + 206
 SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    319.13  0.0719 (4.00)
                                                                       + 108
@@ -55,10 +55,12 @@ SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    319.13  0.
 
 SiLU accurate: max error 2.9e-5 on [-3, 3] (1.6e-4 on [-11, -3], 1.1e-4 on [3, 11) before
 the tail's 1.8e-4 at +-11). Its bytes: the comparisons' shared leaves (29.1) and per threshold
-10 online and 36 offline (8), about 43.5 per power (3), 45 for the dot product, 24 for
-[x >= 11] x. With a bound on |x| (``silu(..., bound=B)``) the comparisons run on L-bit chains,
-(B + 11) 2^18 < 2^L: for B = 2^8, 7 leaves of at most 4 bits (12.25 shared) and per threshold 5
-online and 1.75 + 24 offline (the tree keeps 2 levels: the same rounds); and x is the table's
+10 online and 36 offline (8), about 43.5 per power (3; v^2 41.75: v = x / 8 is x itself
+read at 21 bits, so v v is truncated by 14 bits, not 28: :func:`.polynomial.powers`), 45 for
+the dot product, 24 for [x >= 11] x. With a bound on |x| (``silu(..., bound=B)``) the
+comparisons run on L-bit chains, (B + 11) 2^18 < 2^L: for B = 2^8, 7 leaves of at most 4 bits
+(12.25 shared) and per threshold 5 online and 1.75 + 24 offline (the tree keeps 2 levels:
+the same rounds); and x is the table's
 last row, no product: its value x 2^(25 + 28) stays below the truncation's 2^62 wherever the
 chains are exact (|x| < 2^9 - 11), the coefficients at 25 bits instead of 27 (their rounding
 adds at most 1.6e-7, measured 3.6e-8; the dot product truncates 2 bits fewer, 0.25 bytes).
@@ -255,7 +257,6 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     role, m, d, frac = ctx.role, len(spec.breakpoints), spec.degree, spec.power_frac
     shift = frac - f - (int(spec.scale).bit_length() - 1)
     assert spec.scale == 2 ** (int(spec.scale).bit_length() - 1) and shift >= 0
-    v = x.scale(1 << shift)  # x / scale at power_frac bits, exact
     thresholds = fixed_point(ctx).encode(spec.breakpoints)
     chain = bounded_bits(bound, thresholds, f)
     room = 63 + f - chain - frac  # |x| 2^(room + frac) <= 2^62 wherever the chain is exact
@@ -263,7 +264,8 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     coefficient_frac = min(spec.coefficient_frac, room) if in_table else spec.coefficient_frac
     below, pw = await ctx.gather(
         lambda c: _below(c, x, thresholds, chain),
-        lambda c: powers(c, v, range(2, d + 1), frac=frac),
+        # v = x / scale is x itself read at frac - shift bits (exact); pw[1]: v at frac
+        lambda c: powers(c, x, range(2, d + 1), frac=frac, u_frac=frac - shift),
     )
     steps = (-below).add_public(role, 1)  # [x >= t_k], (*x, m)
     table = spec.table(coefficient_frac, in_table)
@@ -309,8 +311,8 @@ async def silu(ctx: Context, x: AShare, method: Method = "accurate",
     threshold t), and *garbage* beyond (an arbitrary row of the table: the bound is the
     caller's precondition, as a comparison's own range is). None: the full 64-bit chains.
 
-    Cost: "accurate" 6 rounds at any size, 308.25 bytes per element online and 288 offline
-    (bound 2^8: 6 rounds, 227.13 online and 206 offline: the identity is a row of the
+    Cost: "accurate" 6 rounds at any size, 306.5 bytes per element online and 288 offline
+    (bound 2^8: 6 rounds, 225.38 online and 206 offline: the identity is a row of the
     table, :func:`evaluate_table`); "puma" 8 rounds
     below 12,288 elements, 9 rounds from there on, 319.13 and 108 bytes.
     """
