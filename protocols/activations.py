@@ -42,14 +42,14 @@ function       breakpoints               powers              rounds   bytes   ma
 =============  ========================  ==================  =======  ======  ==============
 GeLU accurate  -3.15, 3.15               u, u^2, u^3, u^4    8 / 9    300.88  0.0026 (3.15)
                                                                       + 72
-GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    363.63  0.0199 (3.00)
+GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    361.13  0.0199 (3.00)
                                                                       + 108
 SiLU accurate  -11, -4.875, -2.825,       v^2, v^3, v^4       6 / 6    306.5   1.8e-4 (11)
                -0.875, 0.875, 2.975,                                  + 288
                5.175, 11
  |x| <= 2^8    (27-bit chains)                               6 / 6    225.38  same
                                                                       + 206
-SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    319.13  0.0719 (4.00)
+SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    316.88  0.0719 (4.00)
                                                                       + 108
 =============  ========================  ==================  =======  ======  ==============
 
@@ -202,14 +202,18 @@ APPROXIMATIONS: dict[tuple[str, str], PiecewisePolynomial | TablePolynomial] = {
 }
 
 
-async def _variable(ctx: Context, x: AShare, spec: PiecewisePolynomial, f: int) -> AShare:
-    """u at WORK_FRAC bits: x / s (s a power of two: exact) or (x / s)^2 (1 mult + trunc)."""
+async def _variable(ctx: Context, x: AShare, spec: PiecewisePolynomial, f: int
+                    ) -> tuple[AShare, int]:
+    """u and its fractional bits: x / s (s a power of two) is x itself read at f + log2 s
+    bits (exact; :func:`.polynomial.powers` scales it to WORK_FRAC), (x / s)^2 is one
+    multiplication and truncation to WORK_FRAC bits."""
     if not spec.even:
-        shift = WORK_FRAC - f - (int(spec.scale).bit_length() - 1)
-        assert spec.scale == 2 ** (int(spec.scale).bit_length() - 1) and shift >= 0
-        return x.scale(1 << shift)
+        log_scale = int(spec.scale).bit_length() - 1
+        assert spec.scale == 2**log_scale and f + log_scale <= WORK_FRAC
+        return x, f + log_scale
     k = round(2.0**EVEN_SCALE_BITS / spec.scale**2)
-    return await mul_fxp(ctx, x, x.scale(k), bits=2 * f + EVEN_SCALE_BITS - WORK_FRAC)
+    return (await mul_fxp(ctx, x, x.scale(k), bits=2 * f + EVEN_SCALE_BITS - WORK_FRAC),
+            WORK_FRAC)
 
 
 async def piece_values(ctx: Context, x: AShare, spec: PiecewisePolynomial) -> list[AShare]:
@@ -217,8 +221,8 @@ async def piece_values(ctx: Context, x: AShare, spec: PiecewisePolynomial) -> li
     f = fixed_point(ctx).frac_bits
     polys = [p for p in spec.pieces if isinstance(p, tuple)]
     used = sorted({k for p in polys for k, c in enumerate(p[2:], start=1) if c})
-    u = await _variable(ctx, x, spec, f)
-    pw = await powers(ctx, u, used, frac=WORK_FRAC)
+    u, u_frac = await _variable(ctx, x, spec, f)
+    pw = await powers(ctx, u, used, frac=WORK_FRAC, u_frac=u_frac)
     terms = [Term(x, f, max(abs(t) for t in spec.breakpoints))]
     terms += [Term(pw[k], WORK_FRAC, 1.0) for k in used]
     rows = [[p[1]] + [p[k + 1] if k + 1 < len(p) else 0.0 for k in used] for p in polys]
@@ -293,7 +297,7 @@ async def gelu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
     """GeLU(x) = x Phi(x). Max error 0.0026 ("accurate") or 0.0199 ("puma", PUMA eq. 2-3).
 
     Cost (either method): 8 rounds below 12,288 elements, 9 rounds from there on; 300.88
-    ("accurate") or 363.63 ("puma") bytes per element online, 72 or 108 offline.
+    ("accurate") or 361.13 ("puma") bytes per element online, 72 or 108 offline.
     """
     return await evaluate_piecewise(ctx, x, GELU_ACCURATE if method == "accurate" else GELU_PUMA)
 
@@ -314,7 +318,7 @@ async def silu(ctx: Context, x: AShare, method: Method = "accurate",
     Cost: "accurate" 6 rounds at any size, 306.5 bytes per element online and 288 offline
     (bound 2^8: 6 rounds, 225.38 online and 206 offline: the identity is a row of the
     table, :func:`evaluate_table`); "puma" 8 rounds
-    below 12,288 elements, 9 rounds from there on, 319.13 and 108 bytes.
+    below 12,288 elements, 9 rounds from there on, 316.88 and 108 bytes.
     """
     if method == "accurate":
         return await evaluate_table(ctx, x, SILU_ACCURATE, bound)
