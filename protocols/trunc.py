@@ -49,7 +49,6 @@ total; below, the same total with the dealer's part from P_2 and the openers' fr
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 
@@ -132,8 +131,7 @@ async def truncate_additive_twin(
     flat = z.reshape(-1)
     states = await _open(ctx, bits, flat, flat, flat, True, _bounds(flat.size),
                          (twin_bits, s.map(np.ravel)))
-    first, second = await ctx.gather(*(functools.partial(_close, state=state)
-                                       for state in states))
+    first, second = await _close(ctx, *states)
     return first.reshape(z.shape), second.reshape(z.shape)
 
 
@@ -221,7 +219,8 @@ async def _truncate(
 ) -> AShare:
     """The protocol of the module docstring on flat arrays (see :func:`truncate`)."""
     (state,) = await _open(ctx, bits, a, b, dealt, exchange, _bounds(dealt.size))
-    return await _close(ctx, state)
+    (out,) = await _close(ctx, state)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,27 +325,34 @@ def _mask(bits: int) -> np.uint64:
     return np.uint64((1 << bits) - 1)
 
 
-async def _close(ctx: Context, state: Opened) -> AShare:
+async def _close(ctx: Context, *states: Opened) -> list[AShare]:
     """Round 2 of the module docstring: A and B swap their brackets s - t of component
-    j + 1; components j and j + 2 are t_A and t_B."""
+    j + 1; components j and j + 2 are t_A and t_B. Several truncations opened together
+    (same blocks: :func:`_open`'s twin) swap theirs in one message each way."""
     nxt, prv = next_party(ctx.role), prev_party(ctx.role)
-    ba, bb, bd = state.blocks
-    (pub_a, pub_b), (send_a, send_b) = state.public, state.brackets
-    t_a, t_b, dt_b = state.components
-    if pub_a.size:
-        await ctx.send_arrays(nxt, send_a)
-    if pub_b.size:
-        await ctx.send_arrays(prv, send_b)
-    first = np.empty(state.summands.size, RING_DTYPE)
-    second = np.empty(state.summands.size, RING_DTYPE)
-    if pub_a.size:
-        other_a = await ctx.recv_array(nxt, ArraySpec.ring(pub_a.size))
-        first[ba], second[ba] = t_a, pub_a + send_a + other_a
-    if pub_b.size:
-        other_b = await ctx.recv_array(prv, ArraySpec.ring(pub_b.size))
-        first[bb], second[bb] = pub_b + send_b + other_b, t_b
-    first[bd], second[bd] = dt_b, state.dealt
-    return AShare(first, second)
+    ba, bb, bd = states[0].blocks
+    na, nb = (part.size for part in states[0].public)
+    if na:
+        await ctx.send_arrays(nxt, *(state.brackets[0] for state in states))
+    if nb:
+        await ctx.send_arrays(prv, *(state.brackets[1] for state in states))
+    from_a = (await ctx.recv_arrays(nxt, *[ArraySpec.ring(na)] * len(states)) if na
+              else [None] * len(states))
+    from_b = (await ctx.recv_arrays(prv, *[ArraySpec.ring(nb)] * len(states)) if nb
+              else [None] * len(states))
+    out = []
+    for state, other_a, other_b in zip(states, from_a, from_b, strict=True):
+        (pub_a, pub_b), (send_a, send_b) = state.public, state.brackets
+        t_a, t_b, dt_b = state.components
+        first = np.empty(state.summands.size, RING_DTYPE)
+        second = np.empty(state.summands.size, RING_DTYPE)
+        if na:
+            first[ba], second[ba] = t_a, pub_a + send_a + other_a
+        if nb:
+            first[bb], second[bb] = pub_b + send_b + other_b, t_b
+        first[bd], second[bd] = dt_b, state.dealt
+        out.append(AShare(first, second))
+    return out
 
 
 def product_blocks(sizes: tuple[int, int, int]) -> list[slice]:
@@ -368,7 +374,8 @@ async def open_product(
 
 async def close_product(ctx: Context, state: Opened) -> AShare:
     """Round 2 of :func:`truncate_additive` from :func:`open_product`'s state (flat)."""
-    return await _close(ctx, state)
+    (out,) = await _close(ctx, state)
+    return out
 
 
 __all__ = [
