@@ -44,6 +44,8 @@ total; below, the same total with the dealer's part from P_2 and the openers' fr
   8 + f/24 bytes per party per element.
 - :func:`truncate_additive` (with the product): 2 rounds in all for multiply + truncate;
   5 elements + f bits per element in all (40 + f/8 bytes), about 1.76 elements per party.
+- :func:`truncate_additive_twin`: a second truncation, of the product plus a replicated
+  value, opened by the first's swap: 3 elements + f' bits more (24 + f'/8 bytes), 2 rounds.
 """
 
 from __future__ import annotations
