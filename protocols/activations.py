@@ -42,23 +42,25 @@ function       breakpoints               powers              rounds   bytes   ma
 =============  ========================  ==================  =======  ======  ==============
 GeLU accurate  -3.15, 3.15               u, u^2, u^3, u^4    8 / 9    300.88  0.0026 (3.15)
                                                                       + 72
-GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    363.63  0.0199 (3.00)
+GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    361.13  0.0199 (3.00)
                                                                       + 108
-SiLU accurate  -11, -4.875, -2.825,       v^2, v^3, v^4       6 / 6    308.25  1.8e-4 (11)
+SiLU accurate  -11, -4.875, -2.825,       v^2, v^3, v^4       6 / 6    306.5   1.8e-4 (11)
                -0.875, 0.875, 2.975,                                  + 288
                5.175, 11
- |x| <= 2^8    (27-bit chains)                               6 / 6    227.13  same
+ |x| <= 2^8    (27-bit chains)                               6 / 6    225.38  same
                                                                       + 206
-SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    319.13  0.0719 (4.00)
+SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    316.88  0.0719 (4.00)
                                                                       + 108
 =============  ========================  ==================  =======  ======  ==============
 
 SiLU accurate: max error 2.9e-5 on [-3, 3] (1.6e-4 on [-11, -3], 1.1e-4 on [3, 11) before
 the tail's 1.8e-4 at +-11). Its bytes: the comparisons' shared leaves (29.1) and per threshold
-10 online and 36 offline (8), about 43.5 per power (3), 45 for the dot product, 24 for
-[x >= 11] x. With a bound on |x| (``silu(..., bound=B)``) the comparisons run on L-bit chains,
-(B + 11) 2^18 < 2^L: for B = 2^8, 7 leaves of at most 4 bits (12.25 shared) and per threshold 5
-online and 1.75 + 24 offline (the tree keeps 2 levels: the same rounds); and x is the table's
+10 online and 36 offline (8), about 43.5 per power (3; v^2 41.75: v = x / 8 is x itself
+read at 21 bits, so v v is truncated by 14 bits, not 28: :func:`.polynomial.powers`), 45 for
+the dot product, 24 for [x >= 11] x. With a bound on |x| (``silu(..., bound=B)``) the
+comparisons run on L-bit chains, (B + 11) 2^18 < 2^L: for B = 2^8, 7 leaves of at most 4 bits
+(12.25 shared) and per threshold 5 online and 1.75 + 24 offline (the tree keeps 2 levels:
+the same rounds); and x is the table's
 last row, no product: its value x 2^(25 + 28) stays below the truncation's 2^62 wherever the
 chains are exact (|x| < 2^9 - 11), the coefficients at 25 bits instead of 27 (their rounding
 adds at most 1.6e-7, measured 3.6e-8; the dot product truncates 2 bits fewer, 0.25 bytes).
@@ -200,14 +202,18 @@ APPROXIMATIONS: dict[tuple[str, str], PiecewisePolynomial | TablePolynomial] = {
 }
 
 
-async def _variable(ctx: Context, x: AShare, spec: PiecewisePolynomial, f: int) -> AShare:
-    """u at WORK_FRAC bits: x / s (s a power of two: exact) or (x / s)^2 (1 mult + trunc)."""
+async def _variable(ctx: Context, x: AShare, spec: PiecewisePolynomial, f: int
+                    ) -> tuple[AShare, int]:
+    """u and its fractional bits: x / s (s a power of two) is x itself read at f + log2 s
+    bits (exact; :func:`.polynomial.powers` scales it to WORK_FRAC), (x / s)^2 is one
+    multiplication and truncation to WORK_FRAC bits."""
     if not spec.even:
-        shift = WORK_FRAC - f - (int(spec.scale).bit_length() - 1)
-        assert spec.scale == 2 ** (int(spec.scale).bit_length() - 1) and shift >= 0
-        return x.scale(1 << shift)
+        log_scale = int(spec.scale).bit_length() - 1
+        assert spec.scale == 2**log_scale and f + log_scale <= WORK_FRAC
+        return x, f + log_scale
     k = round(2.0**EVEN_SCALE_BITS / spec.scale**2)
-    return await mul_fxp(ctx, x, x.scale(k), bits=2 * f + EVEN_SCALE_BITS - WORK_FRAC)
+    return (await mul_fxp(ctx, x, x.scale(k), bits=2 * f + EVEN_SCALE_BITS - WORK_FRAC),
+            WORK_FRAC)
 
 
 async def piece_values(ctx: Context, x: AShare, spec: PiecewisePolynomial) -> list[AShare]:
@@ -215,8 +221,8 @@ async def piece_values(ctx: Context, x: AShare, spec: PiecewisePolynomial) -> li
     f = fixed_point(ctx).frac_bits
     polys = [p for p in spec.pieces if isinstance(p, tuple)]
     used = sorted({k for p in polys for k, c in enumerate(p[2:], start=1) if c})
-    u = await _variable(ctx, x, spec, f)
-    pw = await powers(ctx, u, used, frac=WORK_FRAC)
+    u, u_frac = await _variable(ctx, x, spec, f)
+    pw = await powers(ctx, u, used, frac=WORK_FRAC, u_frac=u_frac)
     terms = [Term(x, f, max(abs(t) for t in spec.breakpoints))]
     terms += [Term(pw[k], WORK_FRAC, 1.0) for k in used]
     rows = [[p[1]] + [p[k + 1] if k + 1 < len(p) else 0.0 for k in used] for p in polys]
@@ -255,7 +261,6 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     role, m, d, frac = ctx.role, len(spec.breakpoints), spec.degree, spec.power_frac
     shift = frac - f - (int(spec.scale).bit_length() - 1)
     assert spec.scale == 2 ** (int(spec.scale).bit_length() - 1) and shift >= 0
-    v = x.scale(1 << shift)  # x / scale at power_frac bits, exact
     thresholds = fixed_point(ctx).encode(spec.breakpoints)
     chain = bounded_bits(bound, thresholds, f)
     room = 63 + f - chain - frac  # |x| 2^(room + frac) <= 2^62 wherever the chain is exact
@@ -263,7 +268,8 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     coefficient_frac = min(spec.coefficient_frac, room) if in_table else spec.coefficient_frac
     below, pw = await ctx.gather(
         lambda c: _below(c, x, thresholds, chain),
-        lambda c: powers(c, v, range(2, d + 1), frac=frac),
+        # v = x / scale is x itself read at frac - shift bits (exact); pw[1]: v at frac
+        lambda c: powers(c, x, range(2, d + 1), frac=frac, u_frac=frac - shift),
     )
     steps = (-below).add_public(role, 1)  # [x >= t_k], (*x, m)
     table = spec.table(coefficient_frac, in_table)
@@ -291,7 +297,7 @@ async def gelu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
     """GeLU(x) = x Phi(x). Max error 0.0026 ("accurate") or 0.0199 ("puma", PUMA eq. 2-3).
 
     Cost (either method): 8 rounds below 12,288 elements, 9 rounds from there on; 300.88
-    ("accurate") or 363.63 ("puma") bytes per element online, 72 or 108 offline.
+    ("accurate") or 361.13 ("puma") bytes per element online, 72 or 108 offline.
     """
     return await evaluate_piecewise(ctx, x, GELU_ACCURATE if method == "accurate" else GELU_PUMA)
 
@@ -309,10 +315,10 @@ async def silu(ctx: Context, x: AShare, method: Method = "accurate",
     threshold t), and *garbage* beyond (an arbitrary row of the table: the bound is the
     caller's precondition, as a comparison's own range is). None: the full 64-bit chains.
 
-    Cost: "accurate" 6 rounds at any size, 308.25 bytes per element online and 288 offline
-    (bound 2^8: 6 rounds, 227.13 online and 206 offline: the identity is a row of the
+    Cost: "accurate" 6 rounds at any size, 306.5 bytes per element online and 288 offline
+    (bound 2^8: 6 rounds, 225.38 online and 206 offline: the identity is a row of the
     table, :func:`evaluate_table`); "puma" 8 rounds
-    below 12,288 elements, 9 rounds from there on, 319.13 and 108 bytes.
+    below 12,288 elements, 9 rounds from there on, 316.88 and 108 bytes.
     """
     if method == "accurate":
         return await evaluate_table(ctx, x, SILU_ACCURATE, bound)

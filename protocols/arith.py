@@ -41,7 +41,7 @@ from .randomness import masked_share
 from .ring import RingArray, to_ring
 from .ringmatmul import ring_matmul
 from .shares import AShare
-from .trunc import resolve_bits, truncate, truncate_additive
+from .trunc import resolve_bits, truncate, truncate_additive, truncate_additive_twin
 from .trunc1 import Trunc1Material, truncate1_additive
 
 Rounds = Literal[1, 2]
@@ -111,17 +111,27 @@ async def finish_product_wide(
     w is floor(s' / 2^shift) or that + 1, for s' = residual + z / 2^bits, the sum before p's
     rounding (so within 1 + 2^-shift units of s / 2^shift). What a norm of s needs when its
     squares would overflow at full scale (:func:`.norms.rms_norm`'s ``wide``), without a
-    truncation of its own. ``residual`` (None: zero) enters as 3-out-of-3 addends 2^bits x_i
-    under a second, fresh zero-sharing (with p's mask, the swapped addends would reveal
-    x_i); |2^bits residual + z| < 2^62. Cost: p's rounds (2; 1 when bits = 0, then w's 2),
-    plus 40 + (bits + shift)/8 bytes per element for w.
+    truncation of its own. |2^bits residual + z| < 2^62 (``residual`` None: zero).
+
+    With bits > 0, w is p's truncation's twin (:func:`.trunc.truncate_additive_twin`): it is
+    opened by p's swap, the residual's component that both openers hold added to it, so it
+    costs 24 + (bits + shift)/8 bytes per element. With bits = 0 (p a plain reshare, no
+    swap to share) w is a truncation of its own, the residual entering as 3-out-of-3 addends
+    2^bits x_i under a second, fresh zero-sharing (with p's mask, the swapped addends would
+    reveal x_i): 40 + shift/8 bytes. Rounds: 2 (1 when bits = shift = 0).
     """
+    if bits:
+        zero = np.zeros_like(z)
+        scaled = (AShare(zero, zero) if residual is None
+                  else residual.scale(np.uint64(1 << bits)))
+        return await truncate_additive_twin(ctx, masked_share(ctx, z), bits, scaled,
+                                            bits + shift)
     masked = masked_share(ctx, z)
     if residual is not None:
-        masked = ring.add(masked, ring.mul(residual.first, np.uint64(1 << bits)))
+        masked = ring.add(masked, residual.first)
     product, wide = await ctx.gather(
-        lambda c: finish_product(c, z, bits),
-        lambda c: truncate_additive(c, masked, bits + shift),
+        lambda c: finish_product(c, z, 0),
+        lambda c: truncate_additive(c, masked, shift),
     )
     return product, wide
 

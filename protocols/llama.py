@@ -28,7 +28,8 @@ scores (2 R, all heads batched by
 key/value group; the maximum's comparisons start in their first round), softmax
 numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum beside e @ V and
 (e @ V) x 1/sum (2 R) for one new row or T >= head_dim, else (e x 1/sum) @ V (2 + 2 R;
-:func:`attend`), output projection (M, and the wide copy of the stream for the next norm),
+:func:`attend`), output projection (M, and the wide copy of the stream for the next norm:
+about 9 bytes per element per party, opened by M's swap),
 MLP RMSNorm (6 R, its gain folded into W_gate_up), gate/up (M),
 SiLU (``activations``, 6 R; its comparisons as long as the layer's certified gate bound
 needs), SiLU x up (2 R), down (M, and the next wide copy).
@@ -367,7 +368,8 @@ async def residual_matmul(
     """p = x @ W (as :func:`weight_matmul`) and the stream residual + p, its wide copy from
     the same product in the same rounds (:func:`.arith.finish_product_wide`).
 
-    Cost: 2 rounds; about 14 + 14 bytes per output per party (p and the wide copy).
+    Cost: 2 rounds; about 14 + 9 bytes per output per party (p, and the wide copy opened
+    by p's swap: :func:`.trunc.truncate_additive_twin`).
     """
     z = await stacked_share(stack_left(x), w.stacked)
     p, wide = await finish_product_wide(

@@ -78,15 +78,27 @@ def _plan(degrees: Iterable[int]) -> list[list[tuple[int, int, int]]]:
 
 
 async def powers(
-    ctx: Context, u: AShare, degrees: Iterable[int], *, frac: int
+    ctx: Context, u: AShare, degrees: Iterable[int], *, frac: int, u_frac: int | None = None
 ) -> dict[int, AShare]:
     """u^k for every k in ``degrees`` (and u^1), all with ``frac`` fractional bits.
+
+    ``u_frac``: u's own fractional bits when u is exact at fewer (x / 2^s of an x at f bits
+    is x itself read at f + s bits): the first level's square u u is then truncated by
+    2 u_frac - frac bits instead of frac (the same value: u at frac bits is u 2^(frac -
+    u_frac), exact), i.e. frac - u_frac bits fewer dealt per element, and u is scaled to frac
+    bits locally for the rest.
 
     Cost: ceil(log2 max k) rounds of one multiplication and one truncation; one element
     (of each) per power computed. Needs |u^a * u^b| * 2^(2 frac) < 2^62 on the valid range.
     """
-    out = {1: u}
-    for level in _plan(degrees):
+    low = frac if u_frac is None else u_frac
+    if not (frac + 1) / 2 <= low <= frac:
+        raise ValueError(f"u_frac must lie in [(frac + 1) / 2, frac], got {low} for {frac}")
+    out = {1: u if low == frac else u.scale(np.uint64(1 << (frac - low)))}
+    for depth, level in enumerate(_plan(degrees)):
+        if depth == 0:  # u^2 = u u, the only product of the first level
+            out[2] = await mul_fxp(ctx, u, u, bits=2 * low - frac)
+            continue
         lhs = stack([out[a] for _, a, _ in level])
         rhs = stack([out[b] for _, _, b in level])
         prods = await mul_fxp(ctx, lhs, rhs, bits=frac)

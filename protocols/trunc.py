@@ -44,6 +44,8 @@ total; below, the same total with the dealer's part from P_2 and the openers' fr
   8 + f/24 bytes per party per element.
 - :func:`truncate_additive` (with the product): 2 rounds in all for multiply + truncate;
   5 elements + f bits per element in all (40 + f/8 bytes), about 1.76 elements per party.
+- :func:`truncate_additive_twin`: a second truncation, of the product plus a replicated
+  value, opened by the first's swap: 3 elements + f' bits more (24 + f'/8 bytes), 2 rounds.
 """
 
 from __future__ import annotations
@@ -104,6 +106,35 @@ async def truncate_additive(ctx: Context, z: RingArray, bits: int) -> AShare:
     flat = z.reshape(-1)
     out = await _truncate(ctx, bits, flat, flat, flat, exchange=True)
     return out.reshape(z.shape)
+
+
+async def truncate_additive_twin(
+    ctx: Context, z: RingArray, bits: int, s: AShare, twin_bits: int
+) -> tuple[AShare, AShare]:
+    """:func:`truncate_additive` of z by ``bits`` (> 0) and, from the same opening, of z + s
+    by ``twin_bits``, for a replicated s of z's shape: z_0 + z_1 + z_2 and z + s in
+    [-2^62, 2^62) as signed values.
+
+    The openers A = P_j and B = P_{j+1} both hold s_{j+1}: having swapped their parts of
+    c = z + 2^62 + r' (r' = -z_D), they add it and hold c' = c + s_{j+1} = (z + s) + 2^62 + r''
+    with r'' = -(z_D + s_{j+2} + s_j), which the dealer D = P_{j+2} knows. So the second
+    truncation needs no swap of its own: D deals G and m for r'' beside those for r' (one
+    more ring element and ``twin_bits`` bits to B), and A and B swap its brackets in round 2.
+    Nothing new reaches A or B in round 1 (c' is c plus a component they hold); every other
+    message is masked by a fresh PRG stream of a key its receiver lacks, as in the module
+    docstring. Both results are floor or floor + 1; l'' is uniform with z_D (masked by a
+    zero-sharing), so the second rounds stochastically too.
+    Cost: 2 rounds; 40 + bits/8 bytes per element for the first, 24 + twin_bits/8 for the
+    second (versus 40 + twin_bits/8 as a truncate_additive of its own).
+    """
+    if bits == 0 or twin_bits == 0:
+        raise ValueError("truncate_additive_twin truncates both by > 0 bits (0: a reshare)")
+    bits, twin_bits = resolve_bits(ctx, bits), resolve_bits(ctx, twin_bits)
+    flat = z.reshape(-1)
+    states = await _open(ctx, bits, flat, flat, flat, True, _bounds(flat.size),
+                         (twin_bits, s.map(np.ravel)))
+    first, second = await _close(ctx, *states)
+    return first.reshape(z.shape), second.reshape(z.shape)
 
 
 async def _reshare(ctx: Context, z: RingArray) -> AShare:
@@ -189,83 +220,141 @@ async def _truncate(
     ctx: Context, bits: int, a: RingArray, b: RingArray, dealt: RingArray, *, exchange: bool
 ) -> AShare:
     """The protocol of the module docstring on flat arrays (see :func:`truncate`)."""
-    return await _close(ctx, await _open(ctx, bits, a, b, dealt, exchange, _bounds(dealt.size)))
+    (state,) = await _open(ctx, bits, a, b, dealt, exchange, _bounds(dealt.size))
+    (out,) = await _close(ctx, state)
+    return out
 
 
-async def _open(
-    ctx: Context, bits: int, a: RingArray, b: RingArray, dealt: RingArray, exchange: bool,
-    blocks: list[slice],
-) -> Opened:
-    """Round 1 of the module docstring: the swap of c's parts (products only) and the
-    dealer's message. ``a`` / ``b``: this party's part of c - 2^62 as opener A / B (the whole
-    of it when not ``exchange``, else its 3-out-of-3 share to swap); ``dealt``: minus r' as
-    dealer; ``blocks[j]``: the elements of openers P_j, P_{j+1} and dealer P_{j+2}."""
+@dataclasses.dataclass(frozen=True)
+class _Streams:
+    """One truncation's PRG streams at this party: as A (t_A, A's shares of G and m), as B
+    (t_B) and as D (A's three streams and t_B)."""
+
+    t_a: RingArray
+    g_a: RingArray
+    h_a: RingArray
+    t_b: RingArray
+    dt_a: RingArray
+    dg_a: RingArray
+    dh_a: RingArray
+    dt_b: RingArray
+
+
+def _streams(ctx: Context, sizes: tuple[int, int, int]) -> _Streams:
+    """Draw one truncation's streams (three fresh labels) for blocks of ``sizes`` elements
+    where this party is A, B and D."""
     me, nxt, prv = ctx.role, next_party(ctx.role), prev_party(ctx.role)
-    ba, bb, bd = blocks[me], blocks[prv], blocks[nxt]  # where I am A, B, D
-    na, nb, nd = (s.stop - s.start for s in (ba, bb, bd))
+    na, nb, nd = sizes
     keys = party_keys(ctx)
     labels = [ctx.label(b"trunc") for _ in range(3)]
-    empty = np.zeros(0, RING_DTYPE)
 
     def draw(prg: Prg, label: bytes, n: int) -> RingArray:
-        return prg.ring(label, n) if n else empty
+        return prg.ring(label, n) if n else np.zeros(0, RING_DTYPE)
 
     t_a, g_a, h_a = _three(draw(keys.own, labels[me], 3 * na))  # key k_me, shared with D
     t_b = draw(keys.next, labels[prv], nb)  # key k_{me+1}: shared with D of block prv
     dt_a, dg_a, dh_a = _three(draw(keys.next, labels[nxt], 3 * nd))  # as D: A's streams
     dt_b = draw(keys.own, labels[nxt], nd)  # as D: B's stream
-    mask = np.uint64((1 << bits) - 1)
+    return _Streams(t_a, g_a, h_a, t_b, dt_a, dg_a, dh_a, dt_b)
+
+
+async def _open(
+    ctx: Context, bits: int, a: RingArray, b: RingArray, dealt: RingArray, exchange: bool,
+    blocks: list[slice], twin: tuple[int, AShare] | None = None,
+) -> list[Opened]:
+    """Round 1 of the module docstring: the swap of c's parts (products only) and the
+    dealer's message. ``a`` / ``b``: this party's part of c - 2^62 as opener A / B (the whole
+    of it when not ``exchange``, else its 3-out-of-3 share to swap); ``dealt``: minus r' as
+    dealer; ``blocks[j]``: the elements of openers P_j, P_{j+1} and dealer P_{j+2}.
+
+    ``twin`` = (bits', s), s replicated (flat): also the truncation of x + s by bits', opened
+    by the same swap (:func:`truncate_additive_twin`): A and B both hold s_{j+1} and add it
+    to their c, D adds s_{j+2} + s_j to its dealt value; only D's message grows. One
+    :class:`Opened` per truncation."""
+    me, nxt, prv = ctx.role, next_party(ctx.role), prev_party(ctx.role)
+    ba, bb, bd = blocks[me], blocks[prv], blocks[nxt]  # where I am A, B, D
+    na, nb, nd = (s.stop - s.start for s in (ba, bb, bd))
+    empty = np.zeros(0, RING_DTYPE)
+    # per truncation: bits, what A and B add to the opened c (None: nothing), D's dealt value
+    specs: list[tuple[int, RingArray | None, RingArray | None, RingArray]] = [
+        (bits, None, None, dealt)]
+    if twin is not None:
+        twin_bits, s = twin
+        specs.append((twin_bits, s.second, s.first, dealt + s.first + s.second))
+    streams = [_streams(ctx, (na, nb, nd)) for _ in specs]
     # A message whose blocks are all empty is not sent (all parties know the sizes).
     if exchange and na:
         await ctx.send_arrays(nxt, a[ba])
     if (exchange and nb) or nd:
-        g_b, h_b_packed = await offload(_deal, dealt[bd], dg_a, dh_a & mask, bits, size=nd)
-        await ctx.send_arrays(prv, *([b[bb]] if exchange else []), g_b, h_b_packed)
+        deals = []
+        for (f, _, _, value), st in zip(specs, streams, strict=True):
+            deals += await offload(_deal, value[bd], st.dg_a, st.dh_a & _mask(f), f, size=nd)
+        await ctx.send_arrays(prv, *([b[bb]] if exchange else []), *deals)
     c_a, c_b = a[ba], b[bb]
-    g_b_mine, h_b = empty, empty
+    from_dealer = [(empty, empty)] * len(specs)
     if (exchange and na) or nb:  # from my next party: B of my A block, dealer of my B block
         from_next = await ctx.recv_arrays(
-            nxt, *([ArraySpec.ring(na)] if exchange else []), ArraySpec.ring(nb),
-            _packed(bits, nb),
+            nxt, *([ArraySpec.ring(na)] if exchange else []),
+            *(spec for f, *_ in specs for spec in (ArraySpec.ring(nb), _packed(f, nb))),
         )
         if exchange:
             c_a = c_a + from_next[0]
-        g_b_mine, h_b = from_next[-2], unpack_low_bits(from_next[-1], bits, nb)
+        dealt_b = from_next[1:] if exchange else from_next
+        from_dealer = [(dealt_b[2 * i], unpack_low_bits(dealt_b[2 * i + 1], f, nb))
+                       for i, (f, *_) in enumerate(specs)]
     if exchange and nb:
         z_a = await ctx.recv_array(prv, ArraySpec.ring(nb))
         c_b = c_b + z_a
-    pub_a, send_a = (await offload(opened_terms, c_a, g_a, h_a & mask, t_a, bits, size=na)
-                     if na else (empty, empty))
-    pub_b, send_b = (await offload(opened_terms, c_b, g_b_mine, h_b, t_b, bits, size=nb)
-                     if nb else (empty, empty))
-    summands = np.empty(dealt.size, RING_DTYPE)
-    summands[ba], summands[bb] = pub_a, pub_b
-    summands[bd] = dealer_summands(dealt[bd], bits)
-    return Opened((ba, bb, bd), summands, (pub_a, pub_b), (send_a, send_b), (t_a, t_b, dt_b),
-                  dt_a)
+    out = []
+    for (f, add_a, add_b, value), st, (g_b, h_b) in zip(specs, streams, from_dealer,
+                                                      strict=True):
+        pub_a, send_a = (await offload(opened_terms, c_a if add_a is None else c_a + add_a[ba],
+                                       st.g_a, st.h_a & _mask(f), st.t_a, f, size=na)
+                         if na else (empty, empty))
+        pub_b, send_b = (await offload(opened_terms, c_b if add_b is None else c_b + add_b[bb],
+                                       g_b, h_b, st.t_b, f, size=nb)
+                         if nb else (empty, empty))
+        summands = np.empty(dealt.size, RING_DTYPE)
+        summands[ba], summands[bb] = pub_a, pub_b
+        summands[bd] = dealer_summands(value[bd], f)
+        out.append(Opened((ba, bb, bd), summands, (pub_a, pub_b), (send_a, send_b),
+                          (st.t_a, st.t_b, st.dt_b), st.dt_a))
+    return out
 
 
-async def _close(ctx: Context, state: Opened) -> AShare:
+def _mask(bits: int) -> np.uint64:
+    """The low ``bits`` bits of a word."""
+    return np.uint64((1 << bits) - 1)
+
+
+async def _close(ctx: Context, *states: Opened) -> list[AShare]:
     """Round 2 of the module docstring: A and B swap their brackets s - t of component
-    j + 1; components j and j + 2 are t_A and t_B."""
+    j + 1; components j and j + 2 are t_A and t_B. Several truncations opened together
+    (same blocks: :func:`_open`'s twin) swap theirs in one message each way."""
     nxt, prv = next_party(ctx.role), prev_party(ctx.role)
-    ba, bb, bd = state.blocks
-    (pub_a, pub_b), (send_a, send_b) = state.public, state.brackets
-    t_a, t_b, dt_b = state.components
-    if pub_a.size:
-        await ctx.send_arrays(nxt, send_a)
-    if pub_b.size:
-        await ctx.send_arrays(prv, send_b)
-    first = np.empty(state.summands.size, RING_DTYPE)
-    second = np.empty(state.summands.size, RING_DTYPE)
-    if pub_a.size:
-        other_a = await ctx.recv_array(nxt, ArraySpec.ring(pub_a.size))
-        first[ba], second[ba] = t_a, pub_a + send_a + other_a
-    if pub_b.size:
-        other_b = await ctx.recv_array(prv, ArraySpec.ring(pub_b.size))
-        first[bb], second[bb] = pub_b + send_b + other_b, t_b
-    first[bd], second[bd] = dt_b, state.dealt
-    return AShare(first, second)
+    ba, bb, bd = states[0].blocks
+    na, nb = (part.size for part in states[0].public)
+    if na:
+        await ctx.send_arrays(nxt, *(state.brackets[0] for state in states))
+    if nb:
+        await ctx.send_arrays(prv, *(state.brackets[1] for state in states))
+    from_a = (await ctx.recv_arrays(nxt, *[ArraySpec.ring(na)] * len(states)) if na
+              else [None] * len(states))
+    from_b = (await ctx.recv_arrays(prv, *[ArraySpec.ring(nb)] * len(states)) if nb
+              else [None] * len(states))
+    out = []
+    for state, other_a, other_b in zip(states, from_a, from_b, strict=True):
+        (pub_a, pub_b), (send_a, send_b) = state.public, state.brackets
+        t_a, t_b, dt_b = state.components
+        first = np.empty(state.summands.size, RING_DTYPE)
+        second = np.empty(state.summands.size, RING_DTYPE)
+        if na:
+            first[ba], second[ba] = t_a, pub_a + send_a + other_a
+        if nb:
+            first[bb], second[bb] = pub_b + send_b + other_b, t_b
+        first[bd], second[bd] = dt_b, state.dealt
+        out.append(AShare(first, second))
+    return out
 
 
 def product_blocks(sizes: tuple[int, int, int]) -> list[slice]:
@@ -281,16 +370,18 @@ async def open_product(
     ``blocks`` (default: as :func:`truncate_additive`'s; :func:`product_blocks`), stopping
     where a comparison can start (:class:`Opened`). :func:`close_product` finishes it."""
     blocks = _bounds(z.size) if blocks is None else blocks
-    return await _open(ctx, resolve_bits(ctx, bits), z, z, z, True, blocks)
+    (state,) = await _open(ctx, resolve_bits(ctx, bits), z, z, z, True, blocks)
+    return state
 
 
 async def close_product(ctx: Context, state: Opened) -> AShare:
     """Round 2 of :func:`truncate_additive` from :func:`open_product`'s state (flat)."""
-    return await _close(ctx, state)
+    (out,) = await _close(ctx, state)
+    return out
 
 
 __all__ = [
     "MAX_TRUNC_BITS", "ROTATE_MIN_ELEMENTS", "Opened", "close_product", "dealer_summands",
     "open_product", "opened_terms", "product_blocks", "resolve_bits", "truncate",
-    "truncate_additive",
+    "truncate_additive", "truncate_additive_twin",
 ]

@@ -189,6 +189,36 @@ def test_finish_product_wide(evaluate, seed: int, m: int, k: int, n: int, bits: 
         assert set(np.unique(signed(got) - exact).tolist()) <= {0, 1}
 
 
+@pytest.mark.parametrize(("m", "n", "bits", "shift"),
+                         [(16, 16, 18, 8), (96, 128, 24, 5), (16, 16, 0, 8)])
+def test_finish_product_wide_bytes(evaluate, m: int, n: int, bits: int, shift: int) -> None:
+    """The wide copy's bytes: with bits > 0 it shares the product's opening (a twin of its
+    truncation: 24 + (bits + shift)/8 per element beside the product's 40 + bits/8, in both
+    role layouts: one block below 12,288 elements, three from there); with bits = 0 a
+    truncation of its own (40 + shift/8 beside the reshare's 24). Values as exact as before:
+    the residual at its range's end too."""
+    rng = np.random.default_rng(m + n + bits)
+    top = 61 - bits
+    x = operands(rng, (m, 4), top // 2 - 2)
+    y = operands(rng, (4, n), top // 2 - 2)
+    z = signed(x) @ signed(y)
+    r = operands(rng, (m, n), top - bits - 1)
+    r[0, 0] = (2**top - 1 - abs(int(z[0, 0]))) >> bits
+
+    async def fn(ctx: Context, a: AShare, b: AShare, c: AShare) -> list[AShare]:
+        share = await stacked_share(stack_left(a), stack_right(b))
+        return list(await finish_product_wide(ctx, share, bits, c, shift))
+
+    e = evaluate(fn, x, y, r)
+    for got, exact in zip(e.outputs, [z >> bits, ((r << bits) + z) >> (bits + shift)],
+                          strict=True):
+        assert set(np.unique(signed(got) - exact).tolist()) <= {0, 1}
+    product = 40 + bits / 8 if bits else 24
+    wide = 24 + (bits + shift) / 8 if bits else 40 + shift / 8
+    assert e.bytes_all_parties() == (product + wide) * m * n
+    assert max(e.cost(p).rounds for p in range(3)) == 2
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=seeds, n=st.integers(1, 30), broadcast=st.booleans())
 def test_mul_public_fxp(evaluate, seed: int, n: int, broadcast: bool) -> None:
