@@ -461,7 +461,7 @@ async def segment_candidates(
         shares = ring.mul(x[..., plan.octave_range], plan.scales)
         if role == 0:
             shares = ring.add(shares, to_ring(neg(3 << w)))
-        t = await truncate1_additive(ctx, masked_share(ctx, shares), w - f, pre=t_pre)
+        t = await truncate1_additive(ctx, await masked_share(ctx, shares), w - f, pre=t_pre)
     else:
         exact = x[..., plan.octave_range].scale(plan.scales).add_public(role, neg(3 << w))
         if plan.direct:
