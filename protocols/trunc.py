@@ -141,7 +141,8 @@ def dealer_summands(z: RingArray, bits: int) -> RingArray:
 def _deal(
     z: RingArray, g_a: RingArray, h_a: RingArray, bits: int
 ) -> tuple[RingArray, np.ndarray]:
-    """Dealer: B's shares of G = 2^(63-f) m - (l >> f) and of m mod 2^f, for r' = -z."""
+    """Dealer: B's shares of G = 2^(63-f) m - (l >> f) and of m mod 2^f, for r' = -z (of
+    A's share h_a of m only the low f bits count)."""
     m = np.negative(z) >> _SIXTY_THREE
     h = (m - h_a) & np.uint64((1 << bits) - 1)
     return dealer_summands(z, bits) - g_a, pack_low_bits(h, bits)
@@ -151,7 +152,8 @@ def opened_terms(
     c: RingArray, g: RingArray, h: RingArray, t: RingArray, bits: int
 ) -> tuple[RingArray, RingArray]:
     """The output from the opened c = x + r' (2^62 is added here): its public part and
-    s - t, s = g - c_m 2^(64-f) h for shares g of G and h of m (step 3; also :mod:`.trunc1`)."""
+    s - t, s = g - c_m 2^(64-f) h for shares g of G and h of m (step 3; also :mod:`.trunc1`):
+    of h only the low f bits count."""
     c = c + _HALF
     top = c >> _SIXTY_THREE
     public = ((c & _LOW63) >> np.uint64(bits)) + (top << np.uint64(63 - bits))
@@ -210,16 +212,21 @@ async def _open(
     def draw(prg: Prg, label: bytes, n: int) -> RingArray:
         return prg.ring(label, n) if n else empty
 
-    t_a, g_a, h_a = _three(draw(keys.own, labels[me], 3 * na))  # key k_me, shared with D
-    t_b = draw(keys.next, labels[prv], nb)  # key k_{me+1}: shared with D of block prv
-    dt_a, dg_a, dh_a = _three(draw(keys.next, labels[nxt], 3 * nd))  # as D: A's streams
-    dt_b = draw(keys.own, labels[nxt], nd)  # as D: B's stream
-    mask = np.uint64((1 << bits) - 1)
+    def draws() -> tuple[RingArray, ...]:
+        return (
+            *_three(draw(keys.own, labels[me], 3 * na)),  # key k_me, shared with D
+            draw(keys.next, labels[prv], nb),  # key k_{me+1}: shared with D of block prv
+            *_three(draw(keys.next, labels[nxt], 3 * nd)),  # as D: A's streams
+            draw(keys.own, labels[nxt], nd),  # as D: B's stream
+        )
+
+    t_a, g_a, h_a, t_b, dt_a, dg_a, dh_a, dt_b = await offload(
+        draws, size=3 * na + nb + 4 * nd)
     # A message whose blocks are all empty is not sent (all parties know the sizes).
     if exchange and na:
         await ctx.send_arrays(nxt, a[ba])
     if (exchange and nb) or nd:
-        g_b, h_b_packed = await offload(_deal, dealt[bd], dg_a, dh_a & mask, bits, size=nd)
+        g_b, h_b_packed = await offload(_deal, dealt[bd], dg_a, dh_a, bits, size=nd)
         await ctx.send_arrays(prv, *([b[bb]] if exchange else []), g_b, h_b_packed)
     c_a, c_b = a[ba], b[bb]
     g_b_mine, h_b = empty, empty
@@ -229,40 +236,57 @@ async def _open(
             _packed(bits, nb),
         )
         if exchange:
-            c_a = c_a + from_next[0]
-        g_b_mine, h_b = from_next[-2], unpack_low_bits(from_next[-1], bits, nb)
+            c_a = await offload(np.add, c_a, from_next[0], size=na)
+        g_b_mine = from_next[-2]
+        h_b = await offload(unpack_low_bits, from_next[-1], bits, nb, size=nb)
     if exchange and nb:
         z_a = await ctx.recv_array(prv, ArraySpec.ring(nb))
-        c_b = c_b + z_a
-    pub_a, send_a = (await offload(opened_terms, c_a, g_a, h_a & mask, t_a, bits, size=na)
+        c_b = await offload(np.add, c_b, z_a, size=nb)
+    pub_a, send_a = (await offload(opened_terms, c_a, g_a, h_a, t_a, bits, size=na)
                      if na else (empty, empty))
     pub_b, send_b = (await offload(opened_terms, c_b, g_b_mine, h_b, t_b, bits, size=nb)
                      if nb else (empty, empty))
+    summands = await offload(_summands, dealt, (ba, bb, bd), pub_a, pub_b, bits,
+                             size=dealt.size)
+    return Opened((ba, bb, bd), summands, (pub_a, pub_b), (send_a, send_b), (t_a, t_b, dt_b),
+                  dt_a)
+
+
+def _summands(dealt: RingArray, blocks: tuple[slice, slice, slice], pub_a: RingArray,
+              pub_b: RingArray, bits: int) -> RingArray:
+    """:class:`Opened`'s summands: the public parts where this party opens, G where it deals."""
+    ba, bb, bd = blocks
     summands = np.empty(dealt.size, RING_DTYPE)
     summands[ba], summands[bb] = pub_a, pub_b
     summands[bd] = dealer_summands(dealt[bd], bits)
-    return Opened((ba, bb, bd), summands, (pub_a, pub_b), (send_a, send_b), (t_a, t_b, dt_b),
-                  dt_a)
+    return summands
 
 
 async def _close(ctx: Context, state: Opened) -> AShare:
     """Round 2 of the module docstring: A and B swap their brackets s - t of component
     j + 1; components j and j + 2 are t_A and t_B."""
     nxt, prv = next_party(ctx.role), prev_party(ctx.role)
-    ba, bb, bd = state.blocks
     (pub_a, pub_b), (send_a, send_b) = state.public, state.brackets
-    t_a, t_b, dt_b = state.components
     if pub_a.size:
         await ctx.send_arrays(nxt, send_a)
     if pub_b.size:
         await ctx.send_arrays(prv, send_b)
+    empty = np.zeros(0, RING_DTYPE)
+    other_a = await ctx.recv_array(nxt, ArraySpec.ring(pub_a.size)) if pub_a.size else empty
+    other_b = await ctx.recv_array(prv, ArraySpec.ring(pub_b.size)) if pub_b.size else empty
+    return await offload(_closed, state, other_a, other_b, size=state.summands.size)
+
+
+def _closed(state: Opened, other_a: RingArray, other_b: RingArray) -> AShare:
+    """The result's replicated share from round 2's brackets (:func:`_close`'s local end)."""
+    ba, bb, bd = state.blocks
+    (pub_a, pub_b), (send_a, send_b) = state.public, state.brackets
+    t_a, t_b, dt_b = state.components
     first = np.empty(state.summands.size, RING_DTYPE)
     second = np.empty(state.summands.size, RING_DTYPE)
     if pub_a.size:
-        other_a = await ctx.recv_array(nxt, ArraySpec.ring(pub_a.size))
         first[ba], second[ba] = t_a, pub_a + send_a + other_a
     if pub_b.size:
-        other_b = await ctx.recv_array(prv, ArraySpec.ring(pub_b.size))
         first[bb], second[bb] = pub_b + send_b + other_b, t_b
     first[bd], second[bd] = dt_b, state.dealt
     return AShare(first, second)
