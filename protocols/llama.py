@@ -384,8 +384,8 @@ async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare) -> Str
     themselves are ready after 1), 2 n hidden elements per party.
     """
     n, h = one_hot.shape[0], model.config.hidden
-    left = np.concatenate([one_hot.first + one_hot.second, one_hot.first], axis=0)
-    both = await trio.to_thread.run_sync(ring_matmul, left, model.embed)
+    both = await trio.to_thread.run_sync(lambda: ring_matmul(
+        np.concatenate([one_hot.first + one_hot.second, one_hot.first], axis=0), model.embed))
     x, wide = await finish_product_wide(
         ctx, both[:n, :h] + both[n:, h:], 0, None, norm_shift(ctx, model.config))
     return Stream(x, wide)
