@@ -256,7 +256,7 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     role, m, d, frac = ctx.role, len(spec.breakpoints), spec.degree, spec.power_frac
     shift = frac - f - (int(spec.scale).bit_length() - 1)
     assert spec.scale == 2 ** (int(spec.scale).bit_length() - 1) and shift >= 0
-    v = x.scale(1 << shift)  # x / scale at power_frac bits, exact
+    v = await offload(x.scale, 1 << shift, size=x.size)  # x / scale at power_frac bits, exact
     thresholds = fixed_point(ctx).encode(spec.breakpoints)
     chain = bounded_bits(bound, thresholds, f)
     room = 63 + f - chain - frac  # |x| 2^(room + frac) <= 2^62 wherever the chain is exact

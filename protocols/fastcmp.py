@@ -466,12 +466,18 @@ async def _tree(
     role = part.role(ctx.role)
     other = part.party(3 - role)
     for level, alpha, products in zip(tree, material.alphas, material.products, strict=True):
-        mine = halves ^ alpha
+        mine = await offload(np.bitwise_xor, halves, alpha, size=halves.size)
         await ctx.send_arrays(other, mine)
         theirs = await ctx.recv_array(other, ArraySpec.ring(mine.shape))
-        halves = await offload(evaluate_level, compile_level(level), mine ^ theirs, alpha,
+        halves = await offload(_next_level, compile_level(level), mine, theirs, alpha,
                                products, role == 1, size=8 * mine.size)
     return halves
+
+
+def _next_level(c: Compiled, mine: RingArray, theirs: RingArray, alpha: RingArray,
+                products: RingArray, first: bool) -> RingArray:
+    """One level's outputs (XOR-halves) from both evaluators' masked inputs."""
+    return evaluate_level(c, mine ^ theirs, alpha, products, first)
 
 
 async def carry_halves(

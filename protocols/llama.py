@@ -479,8 +479,12 @@ async def apply_rope(ctx: Context, qk: AShare, rope: Rope) -> AShare:
     (a + f bits), one truncation by f back to a (2 R, ~8 bytes per element per party).
     Needs |x| (|cos| + |sin|) 2^(a + f) < 2^62."""
     half = qk.shape[-1] // 2
-    swapped = qk.map(lambda a: np.concatenate([a[..., half:], a[..., :half]], axis=-1))
-    return await truncate(ctx, qk.scale(rope.cos) + swapped.scale(rope.signed_sin))
+
+    def rotated() -> AShare:
+        swapped = qk.map(lambda a: np.concatenate([a[..., half:], a[..., :half]], axis=-1))
+        return qk.scale(rope.cos) + swapped.scale(rope.signed_sin)
+
+    return await truncate(ctx, await offload(rotated, size=qk.size))
 
 
 def causal_mask(start: int, n: int, total: int, repeats: int) -> npt.NDArray[np.bool_]:
