@@ -22,11 +22,12 @@ that the components' rows sum to the pass; printed for the prompt pass and the f
 previous run's JSON beside this one's (before -> now).
 
 Both parts also record the event loop's longest synchronous stretches per phase (set-up,
-prompt pass, new token; :class:`~puma_async.liveness.StepTimer`): the longest task step (what
-delays a party's heartbeats when it runs alone in its process), the longest scheduler batch
-(all five roles' ready steps back to back, what delays them here) and the longest late
-wake-up (the loop thread waiting for the CPU or the GIL). They must stay well below the
-liveness bound (a peer silent for 10 s is dead).
+prompt pass, new token; :class:`~puma_async.liveness.StepTimer`): the longest task step (a
+lower bound of what delays a party's heartbeats in a process of its own, where its own ready
+steps make its batches: ``benchmarks/stalls.py`` measures those, a loop per role), the longest
+scheduler batch (all five roles' ready steps back to back, what delays them here) and the
+longest late wake-up (the loop thread waiting for the CPU or the GIL). They must stay well
+below the liveness bound (a peer silent for 10 s is dead).
 
 SPU 0.9.5 (PUMA's implementation) beside these: its figures for the same SmolLM2 forward over
 "The capital of France is" and the same 7B-shape block, as ``benchmarks/measure_spu.py``

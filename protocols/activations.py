@@ -87,6 +87,7 @@ from .arith import dot_fxp, mul, mul_fxp
 from .compare import to_arith
 from .fastcmp import bounded_bits, compare_thresholds
 from .fixedpoint import fixed_point
+from .offload import offload
 from .polynomial import Term, linear_forms, piecewise, powers, zeros_like
 from .ring import RingArray, to_ring
 from .shares import AShare, public_share, stack
@@ -271,11 +272,9 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
         # v = x / scale is x itself read at frac - shift bits (exact); pw[1]: v at frac
         lambda c: powers(c, x, range(2, d + 1), frac=frac, u_frac=frac - shift),
     )
-    steps = (-below).add_public(role, 1)  # [x >= t_k], (*x, m)
     table = spec.table(coefficient_frac, in_table)
-    coefficients = steps.map(np.matmul, ring.sub(table[1:], table[:-1]))  # (*x, d + 1)
-    one = public_share(role, np.full(x.shape, 1 << frac, dtype=np.uint64))
-    basis = stack([one, *(pw[k] for k in range(1, d + 1))], axis=-1)
+    steps, coefficients, basis = await offload(_table_terms, role, below, table, pw, frac,
+                                               size=(m + d + 1) * x.size)
     bits = coefficient_frac + frac - f
 
     async def dot(c: Context) -> AShare:
@@ -285,6 +284,17 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
         return await dot(ctx)
     poly, identity = await ctx.gather(dot, lambda c: mul(c, steps[..., m - 1], x))
     return poly + identity
+
+
+def _table_terms(party: int, below: AShare, table: RingArray, pw: dict[int, AShare], frac: int
+                 ) -> tuple[AShare, AShare, AShare]:
+    """:func:`evaluate_table`'s local work: the steps [x >= t_k] (*x, m), each element's
+    coefficients (*x, d + 1) and its basis (1, v, ..., v^d) (*x, d + 1)."""
+    steps = (-below).add_public(party, 1)
+    coefficients = steps.map(np.matmul, ring.sub(table[1:], table[:-1]))
+    one = public_share(party, np.full(pw[1].shape, 1 << frac, dtype=np.uint64))
+    basis = stack([one, *(pw[k] for k in range(1, len(table[0])))], axis=-1)
+    return steps, coefficients, basis
 
 
 async def _below(ctx: Context, x: AShare, thresholds: RingArray, bits: int) -> AShare:

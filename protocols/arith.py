@@ -96,7 +96,7 @@ async def finish_product(
     ``Trunc1Spec(z.size, bits)``, or prepared inline when None)."""
     if rounds not in (1, 2) or (rounds == 2 and pre is not None):
         raise ValueError(f"rounds must be 1 or 2 (tuples only with 1), got {rounds}")
-    z = masked_share(ctx, z)
+    z = await masked_share(ctx, z)
     if rounds == 1:
         return await truncate1_additive(ctx, z, bits, pre=pre)
     return await truncate_additive(ctx, z, bits)
@@ -124,9 +124,9 @@ async def finish_product_wide(
         zero = np.zeros_like(z)
         scaled = (AShare(zero, zero) if residual is None
                   else residual.scale(np.uint64(1 << bits)))
-        return await truncate_additive_twin(ctx, masked_share(ctx, z), bits, scaled,
+        return await truncate_additive_twin(ctx, await masked_share(ctx, z), bits, scaled,
                                             bits + shift)
-    masked = masked_share(ctx, z)
+    masked = await masked_share(ctx, z)
     if residual is not None:
         masked = ring.add(masked, residual.first)
     product, wide = await ctx.gather(
@@ -151,7 +151,7 @@ async def dot_share(ctx: Context, a: AShare, b: AShare) -> RingArray:
     """This party's 3-out-of-3 share of sum over the last axis of a * b (untruncated), masked
     by a fresh zero-sharing: for consumers that start in the product's resharing round
     (:func:`.fastcmp.compare_thresholds`, :func:`.segments.segmented_power`). Local."""
-    return masked_share(ctx, await offload(_dot_local, a, b, size=max(a.size, b.size)))
+    return await masked_share(ctx, await offload(_dot_local, a, b, size=max(a.size, b.size)))
 
 
 def _dot_local(a: AShare, b: AShare) -> RingArray:
@@ -191,7 +191,7 @@ async def product_share(ctx: Context, left: RingArray, right: RingArray) -> Ring
     """This party's 3-out-of-3 share of x @ y from stacked operands, masked by a fresh
     zero-sharing: for a consumer that starts in the truncation's first round
     (:func:`.trunc.open_product`). Local."""
-    return masked_share(ctx, await stacked_share(left, right))
+    return await masked_share(ctx, await stacked_share(left, right))
 
 
 async def stacked_share(left: RingArray, right: RingArray) -> RingArray:

@@ -79,32 +79,38 @@ async def bit_to_arith(ctx: Context, b: BShare, ring_bits: int = 64) -> AShare:
 
     async def send(to: int, values: RingArray) -> None:
         await ctx.send_arrays(to, values if ring_bits == WORD_BITS
-                              else pack_low_bits(values, ring_bits))
+                              else await offload(pack_low_bits, values, ring_bits, size=n))
 
     async def recv(frm: int) -> RingArray:
         if ring_bits == WORD_BITS:
             return await ctx.recv_array(frm, ArraySpec.ring(n))
         got = await ctx.recv_array(frm, ArraySpec.of(np.uint8, packed_size(n, ring_bits)))
-        return unpack_low_bits(got, ring_bits, n)
+        return await offload(unpack_low_bits, got, ring_bits, n, size=n)
 
     if me == 0:
         d0, r, m0 = await offload(_dealer_local, b, key_prg(ctx, 1), label_r, key_prg(ctx, 0),
                                   label_m0, size=n)
         await send(2, d0)
         y1 = await recv(1)
-        return AShare(d0 - (m0 << _ONE), r - (y1 << _ONE)).reshape(shape)
+        return await offload(_replicated, d0, m0, r, y1, shape, size=n)
     if me == 1:
         e, r, y1 = await offload(_first_evaluator_local, b, key_prg(ctx, 1), label_r,
                                  key_prg(ctx, 2), label_m2, size=n)
         await send(0, y1)
         y2 = await recv(2)
-        return AShare(r - (y1 << _ONE), e - (y2 << _ONE)).reshape(shape)
+        return await offload(_replicated, r, y1, e, y2, shape, size=n)
     e, m2, m0 = await offload(_second_evaluator_local, b, key_prg(ctx, 2), label_m2,
                               key_prg(ctx, 0), label_m0, size=n)
     d0 = await recv(0)
     y2 = await offload(lambda: d0 * e + m2 - m0, size=n)
     await send(1, y2)
-    return AShare(e - (y2 << _ONE), d0 - (m0 << _ONE)).reshape(shape)
+    return await offload(_replicated, e, y2, d0, m0, shape, size=n)
+
+
+def _replicated(a: RingArray, ma: RingArray, b: RingArray, mb: RingArray,
+                shape: tuple[int, ...]) -> AShare:
+    """The share (a - 2 ma, b - 2 mb) of ``shape``: each half minus twice its d e term."""
+    return AShare(a - (ma << _ONE), b - (mb << _ONE)).reshape(shape)
 
 
 # The parties' local work in bit_to_arith (PRG draws and elementwise arithmetic: in a worker

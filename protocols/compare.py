@@ -43,6 +43,7 @@ from puma_async.context import Context, protocol
 
 from .arith import mul
 from .fastcmp import MaskedBits, compare_thresholds, open_masked
+from .offload import offload
 from .ring import RingArray, neg, to_ring
 from .shares import AShare, public_share
 
@@ -61,7 +62,12 @@ def sign_product(c: RingArray, f: AShare, rf: AShare) -> AShare:
 async def to_arith(ctx: Context, bits: MaskedBits) -> AShare:
     """Arithmetic 0/1 shares of masked bits: c opened (1 round), then c + (1 - 2c) r."""
     c = await open_masked(ctx, bits)
-    return sign_product(c, public_share(ctx.role, np.ones(c.shape, np.uint64)), bits.r_arith)
+    return await offload(_bit_arith, ctx.role, c, bits.r_arith, size=c.size)
+
+
+def _bit_arith(party: int, c: RingArray, r: AShare) -> AShare:
+    """c + (1 - 2c) r: :func:`sign_product` with f = 1 (local)."""
+    return sign_product(c, public_share(party, np.ones(c.shape, np.uint64)), r)
 
 
 async def sign_times(ctx: Context, bits: MaskedBits, f: AShare) -> AShare:
@@ -70,7 +76,7 @@ async def sign_times(ctx: Context, bits: MaskedBits, f: AShare) -> AShare:
     c, rf = await ctx.gather(
         lambda c_: open_masked(c_, bits), lambda c_: mul(c_, bits.r_arith, f)
     )
-    return sign_product(c, f, rf)
+    return await offload(sign_product, c, f, rf, size=c.size)
 
 
 @protocol

@@ -244,18 +244,18 @@ async def _prepare_tree(
         got = (await ctx.recv_array(part.sender, ArraySpec.ring((rows, words))) if rows
                else np.zeros((0, words), RING_DTYPE))
         cuts = np.cumsum([c.products for c, *_ in levels])[:-1]
-        return TreeMaterial(
-            tuple(k2.bits(l2, (c.inputs, words)) for c, _, l2, _ in levels),
-            tuple(np.split(got, cuts)) if levels else (),
-        )
+        alphas = await offload(lambda: tuple(k2.bits(l2, (c.inputs, words))
+                                             for c, _, l2, _ in levels),
+                               size=sum(c.inputs for c, *_ in levels) * words * 64)
+        return TreeMaterial(alphas, tuple(np.split(got, cuts)) if levels else ())
     alphas, shares = await offload(_draw_levels, levels, words, key_prg(ctx, part.sender + 1),
                                    size=rows * words * 64)  # k_(s+1): S and E1
     if role == 1:
         return TreeMaterial(alphas, shares)
-    dealt = await offload(_deal_levels, levels, alphas, shares, key_prg(ctx, part.sender),
-                          size=rows * words * 64)  # k_s: S and E2
     if rows:
-        await ctx.send_arrays(part.party(2), np.concatenate(dealt))
+        dealt = await offload(_deal_levels, levels, alphas, shares, key_prg(ctx, part.sender),
+                              size=rows * words * 64)  # k_s: S and E2
+        await ctx.send_arrays(part.party(2), dealt)
     return TreeMaterial()
 
 
@@ -268,10 +268,12 @@ def _draw_levels(levels: list[tuple[Compiled, bytes, bytes, bytes]], words: int,
 
 def _deal_levels(levels: list[tuple[Compiled, bytes, bytes, bytes]],
                  alphas: tuple[RingArray, ...], shares: tuple[RingArray, ...], k2: Prg
-                 ) -> list[RingArray]:
-    """S's local work in :func:`_prepare_tree`: every level's dealt products, masked."""
-    return [deal(c, alpha ^ k2.bits(l2, alpha.shape)) ^ share
-            for (c, _, l2, _), alpha, share in zip(levels, alphas, shares, strict=True)]
+                 ) -> RingArray:
+    """S's local work in :func:`_prepare_tree`: every level's dealt products, masked, as
+    one array (what E2 receives)."""
+    return np.concatenate([deal(c, alpha ^ k2.bits(l2, alpha.shape)) ^ share
+                           for (c, _, l2, _), alpha, share in zip(levels, alphas, shares,
+                                                                  strict=True)])
 
 
 async def _prepare_trees(
@@ -439,14 +441,20 @@ async def _exchange_leaves(
     label = ctx.label(b"fc.pad")
     shape = (plan.monomials, part.words(values))
     if role == 0:
-        mono = await offload(sender_monomials, plan, bit_slices(view),
-                             size=values * part.size)
-        pads = key_prg(ctx, part.sender + 1).bits(label, shape)
-        await ctx.send_arrays(part.party(2), mono ^ pads)
+        masked = await offload(_masked_monomials, plan, view, key_prg(ctx, part.sender + 1),
+                               label, shape, size=values * part.size)
+        await ctx.send_arrays(part.party(2), masked)
         return None
     if role == 1:
-        return key_prg(ctx, part.sender + 1).bits(label, shape)
+        return await offload(key_prg(ctx, part.sender + 1).bits, label, shape,
+                             size=values * part.size)
     return await ctx.recv_array(part.sender, ArraySpec.ring(shape))
+
+
+def _masked_monomials(plan: Plan, view: RingArray, k1: Prg, label: bytes,
+                      shape: tuple[int, int]) -> RingArray:
+    """S's leaf monomials of ``view`` under E1's pads (key k_(s+1)): what E2 receives."""
+    return sender_monomials(plan, bit_slices(view)) ^ k1.bits(label, shape)
 
 
 async def _tree(
@@ -458,12 +466,18 @@ async def _tree(
     role = part.role(ctx.role)
     other = part.party(3 - role)
     for level, alpha, products in zip(tree, material.alphas, material.products, strict=True):
-        mine = halves ^ alpha
+        mine = await offload(np.bitwise_xor, halves, alpha, size=halves.size)
         await ctx.send_arrays(other, mine)
         theirs = await ctx.recv_array(other, ArraySpec.ring(mine.shape))
-        halves = await offload(evaluate_level, compile_level(level), mine ^ theirs, alpha,
+        halves = await offload(_next_level, compile_level(level), mine, theirs, alpha,
                                products, role == 1, size=8 * mine.size)
     return halves
+
+
+def _next_level(c: Compiled, mine: RingArray, theirs: RingArray, alpha: RingArray,
+                products: RingArray, first: bool) -> RingArray:
+    """One level's outputs (XOR-halves) from both evaluators' masked inputs."""
+    return evaluate_level(c, mine ^ theirs, alpha, products, first)
 
 
 async def carry_halves(
@@ -517,8 +531,9 @@ async def _compare_part(
     view = _view(x, part, role) if isinstance(x, AShare) else await _swap(ctx, x, part, role)
     shifted = None
     if role:
-        offset = -1 if plan.kind == "equal" else 1 << plan.chain
-        shifted = view[of] - thresholds[:, None] + to_ring(offset)
+        offset = to_ring(-1 if plan.kind == "equal" else 1 << plan.chain)
+        shifted = await offload(lambda: view[of] - thresholds[:, None] + offset,
+                                size=of.size * part.size)
     got = await carry_halves(ctx, plan, part, view, shifted, of, material)
     if got is None:
         return None
@@ -638,6 +653,11 @@ def _pair_differences(entries: RingArray, m: int) -> RingArray:
     return (flat[:, first] - flat[:, second]).reshape(1, -1)
 
 
+async def _offload_pair_differences(entries: RingArray, m: int) -> RingArray:
+    """:func:`_pair_differences`, in a worker thread for many pairs."""
+    return await offload(_pair_differences, entries, m, size=entries.size * (m - 1) // 2)
+
+
 async def maximum_leaves(
     ctx: Context, spec: MaximumSpec, entries: RingArray
 ) -> tuple[RingArray | None, ...]:
@@ -646,7 +666,7 @@ async def maximum_leaves(
     the entries (rows x entries, flat; :func:`summands`), read only where it is S: so this
     round can start while the evaluators' summands are still being made (a product's first
     round: :func:`.trunc.open_product`). Returns this evaluator's monomials per part."""
-    diffs = _pair_differences(entries, spec.entries)
+    diffs = await _offload_pair_differences(entries, spec.entries)
     plan = spec.pairs.plan
     return tuple(await ctx.gather(*(
         functools.partial(_exchange_leaves, plan=plan, part=part,
@@ -676,17 +696,27 @@ async def _maximum_part(
         return None
     pair_tree, win_tree = material
     role = pairs.role(ctx.role)
-    shifted = diffs[:, pairs.lo : pairs.hi] + to_ring(1 << plan.chain)
-    halves = await offload(leaf_halves, plan, mono, bit_slices(shifted), role == 1,
-                           size=shifted.size)
-    # [x_i >= x_j] per pair i < j: entry i beats j > i on it and j < i on its negation
-    at_least = await _tree(ctx, plan.tree, pairs, halves[:-1], pair_tree) ^ halves[-1:]
+    halves = await offload(_pair_leaves, plan, mono, diffs[:, pairs.lo : pairs.hi], role == 1,
+                           size=pairs.size)
+    at_least = await _tree(ctx, plan.tree, pairs, halves[:-1], pair_tree)
+    beats = await offload(_beats, at_least ^ halves[-1:], m, pairs, entries, role == 1,
+                          size=pairs.size)
+    return (await _tree(ctx, wins_tree, entries, beats, win_tree))[0]
+
+
+def _pair_leaves(plan: Plan, mono: RingArray, diffs: RingArray, first: bool) -> RingArray:
+    """An evaluator's leaf halves of the pairs' comparisons (:func:`_maximum_part`)."""
+    return leaf_halves(plan, mono, bit_slices(diffs + to_ring(1 << plan.chain)), first)
+
+
+def _beats(at_least: RingArray, m: int, pairs: Part, entries: Part, first: bool) -> RingArray:
+    """XOR-halves of [x_i >= x_j] per pair i < j (packed) to [entry beats opponent k], packed
+    (m - 1, words): entry i beats j > i on the pair's bit and j < i on its negation."""
     index, negate = _tournament(m)
     bits = unpack_bits(at_least, pairs.size).reshape(entries.size // m, -1)[:, index]
-    if role == 1:
+    if first:
         bits ^= (~negate).astype(RING_DTYPE)
-    beats = pack_bits(np.moveaxis(bits, -1, 0).reshape(m - 1, -1))
-    return (await _tree(ctx, wins_tree, entries, beats, win_tree))[0]
+    return pack_bits(np.moveaxis(bits, -1, 0).reshape(m - 1, -1))
 
 
 async def maximum_after_leaves(
@@ -697,7 +727,7 @@ async def maximum_after_leaves(
     summands of the entries where it is E1 or E2 too. 3 rounds (4 from 10 entries on);
     masked bits of shape (rows, entries)."""
     _check(pre, spec)
-    diffs = _pair_differences(entries, spec.entries)
+    diffs = await _offload_pair_differences(entries, spec.entries)
 
     async def random_bits(c: Context) -> RandomBits:
         if pre is not None:
@@ -770,9 +800,14 @@ async def open_masked(ctx: Context, masked: MaskedBits) -> RingArray:
         functools.partial(_open_part, part=part, half=half, rho=rho)
         for part, half, rho in zip(masked.parts, masked.halves, masked.bits.packed, strict=True)
     ))
-    rows = masked.bits.arith.shape[0]
     if not opened:
         return np.zeros(masked.shape, RING_DTYPE)
+    return await offload(_opened_bits, masked, opened, size=math.prod(masked.shape))
+
+
+def _opened_bits(masked: MaskedBits, opened: list[RingArray]) -> RingArray:
+    """The opened words of every part as 0/1 ring values of the bits' logical shape."""
+    rows = masked.bits.arith.shape[0]
     c = np.concatenate([_unpack(words, rows, part.size)
                         for words, part in zip(opened, masked.parts, strict=True)], axis=1)
     return c.reshape(rows, -1).T.reshape(masked.shape)

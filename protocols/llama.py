@@ -386,8 +386,8 @@ async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare) -> Str
     themselves are ready after 1), 2 n hidden elements per party.
     """
     n, h = one_hot.shape[0], model.config.hidden
-    left = np.concatenate([one_hot.first + one_hot.second, one_hot.first], axis=0)
-    both = await trio.to_thread.run_sync(ring_matmul, left, model.embed)
+    both = await trio.to_thread.run_sync(lambda: ring_matmul(
+        np.concatenate([one_hot.first + one_hot.second, one_hot.first], axis=0), model.embed))
     x, wide = await finish_product_wide(
         ctx, both[:n, :h] + both[n:, h:], 0, None, norm_shift(ctx, model.config))
     return Stream(x, wide)
@@ -481,8 +481,12 @@ async def apply_rope(ctx: Context, qk: AShare, rope: Rope) -> AShare:
     (a + f bits), one truncation by f back to a (2 R, ~8 bytes per element per party).
     Needs |x| (|cos| + |sin|) 2^(a + f) < 2^62."""
     half = qk.shape[-1] // 2
-    swapped = qk.map(lambda a: np.concatenate([a[..., half:], a[..., :half]], axis=-1))
-    return await truncate(ctx, qk.scale(rope.cos) + swapped.scale(rope.signed_sin))
+
+    def rotated() -> AShare:
+        swapped = qk.map(lambda a: np.concatenate([a[..., half:], a[..., :half]], axis=-1))
+        return qk.scale(rope.cos) + swapped.scale(rope.signed_sin)
+
+    return await truncate(ctx, await offload(rotated, size=qk.size))
 
 
 def causal_mask(start: int, n: int, total: int, repeats: int) -> npt.NDArray[np.bool_]:

@@ -1,5 +1,12 @@
 """Local work off the event loop: numpy releases the GIL, so the three parties of one process
 (and the liveness watchdog) keep running while a large array is processed in a worker thread.
+
+Every pure local step on long arrays goes through :func:`offload` (share arithmetic, PRG
+draws, bit packing, the carry trees' kernels), so that a party's event loop looks at its
+timers and I/O often even in a long prompt's pass: its heartbeats leave on time and a live
+peer is not declared dead (:mod:`puma_async.liveness`; ``benchmarks/stalls.py`` measures the
+stretches). Only the local work moves: messages and PRG labels (drawn on the loop, in program
+order) stay the same.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from .arith import mul_fxp
 from .compare import sign_times
 from .fastcmp import bounded_bits, compare_thresholds
 from .fixedpoint import fixed_point
+from .offload import offload
 from .ring import RING_DTYPE
 from .shares import AShare, stack
 from .trunc import truncate
@@ -99,12 +100,17 @@ async def powers(
         if depth == 0:  # u^2 = u u, the only product of the first level
             out[2] = await mul_fxp(ctx, u, u, bits=2 * low - frac)
             continue
-        lhs = stack([out[a] for _, a, _ in level])
-        rhs = stack([out[b] for _, _, b in level])
+        lhs, rhs = await offload(_operands, out, level, size=len(level) * u.size)
         prods = await mul_fxp(ctx, lhs, rhs, bits=frac)
         for i, (k, _, _) in enumerate(level):
             out[k] = prods[i]
     return out
+
+
+def _operands(out: dict[int, AShare], level: list[tuple[int, int, int]]
+              ) -> tuple[AShare, AShare]:
+    """The left and right factors of one level's products (k, a, b), stacked."""
+    return stack([out[a] for _, a, _ in level]), stack([out[b] for _, _, b in level])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,15 +143,23 @@ async def linear_forms(
     q = HEADROOM_BITS - max(0, math.ceil(math.log2(peak)))
     if q < frac_out or any(q - t.frac < 8 for t in terms):
         raise ValueError(f"linear form too large for the ring (scale 2^{q})")
+    rows = await offload(_scaled_forms, ctx.role, terms, coef, const, q,
+                         size=coef.size * terms[0].share.size)
+    out = await truncate(ctx, rows, bits=q - frac_out) if q > frac_out else rows
+    return [out[i] for i in range(coef.shape[0])]
+
+
+def _scaled_forms(party: int, terms: Sequence[Term], coef: np.ndarray, const: np.ndarray,
+                  q: int) -> AShare:
+    """Every row of :func:`linear_forms` at 2^q, stacked (local)."""
     rows = []
     for i in range(coef.shape[0]):
-        acc = zeros_like(terms[0].share).add_public(ctx.role, _ring_int(const[i] * 2.0**q))
+        acc = zeros_like(terms[0].share).add_public(party, _ring_int(const[i] * 2.0**q))
         for c, t in zip(coef[i], terms, strict=True):
             if c:
                 acc = acc + t.share.scale(_ring_int(c * 2.0 ** (q - t.frac)))
         rows.append(acc)
-    out = await truncate(ctx, stack(rows), bits=q - frac_out) if q > frac_out else stack(rows)
-    return [out[i] for i in range(len(rows))]
+    return stack(rows)
 
 
 def _ring_int(v: float) -> np.uint64:
@@ -173,12 +187,15 @@ async def piecewise(
 
     async def steps(c: Context) -> AShare:
         values.extend(await pieces(c))
-        return stack([values[i + 1] - values[i] for i in range(len(breakpoints))], axis=-1)
+        return await offload(
+            lambda: stack([values[i + 1] - values[i] for i in range(len(breakpoints))], axis=-1),
+            size=len(breakpoints) * x.size)
 
     below, diffs = await ctx.gather(
         lambda c: compare_thresholds(c, x, thresholds, bits=bits), steps
     )
-    return values[-1] - (await sign_times(ctx, below, diffs)).sum(axis=-1)
+    selected = await sign_times(ctx, below, diffs)
+    return await offload(lambda: values[-1] - selected.sum(axis=-1), size=selected.size)
 
 
 __all__ = [

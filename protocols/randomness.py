@@ -26,6 +26,7 @@ from puma_async.errors import ProtocolError
 from puma_async.roles import PARTIES, next_party, prev_party, role_name
 
 from . import ring
+from .offload import offload
 from .prg import Prg
 from .ring import RingArray
 from .shares import AShare, BShare
@@ -101,10 +102,17 @@ def zero_share(ctx: Context, shape: tuple[int, ...]) -> RingArray:
     return ring.sub(keys.own.ring(label, shape), keys.next.ring(label, shape))
 
 
-def masked_share(ctx: Context, z: RingArray) -> RingArray:
-    """This party's 3-out-of-3 share z plus a fresh zero-sharing: the same sum, each share
-    uniform to the others (what every product's shares get before they leave the party)."""
-    return ring.add(z, zero_share(ctx, z.shape))
+async def masked_share(ctx: Context, z: RingArray) -> RingArray:
+    """This party's 3-out-of-3 share z plus a fresh zero-sharing (:func:`zero_share`'s): the
+    same sum, each share uniform to the others (what every product's shares get before they
+    leave the party). In a worker thread for long arrays."""
+    keys = party_keys(ctx)
+    label = ctx.label(b"zero")
+
+    def masked() -> RingArray:
+        return ring.add(z, ring.sub(keys.own.ring(label, z.shape), keys.next.ring(label, z.shape)))
+
+    return await offload(masked, size=z.size)
 
 
 def zero_bits(ctx: Context, shape: tuple[int, ...]) -> RingArray:

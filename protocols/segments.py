@@ -98,6 +98,7 @@ from .fastcmp import (
     open_masked,
     prepare_compare,
 )
+from .offload import offload
 from .polynomial import HEADROOM_BITS
 from .randomness import masked_share
 from .ring import RingArray, neg, to_ring
@@ -461,7 +462,7 @@ async def segment_candidates(
         shares = ring.mul(x[..., plan.octave_range], plan.scales)
         if role == 0:
             shares = ring.add(shares, to_ring(neg(3 << w)))
-        t = await truncate1_additive(ctx, masked_share(ctx, shares), w - f, pre=t_pre)
+        t = await truncate1_additive(ctx, await masked_share(ctx, shares), w - f, pre=t_pre)
     else:
         exact = x[..., plan.octave_range].scale(plan.scales).add_public(role, neg(3 << w))
         if plan.direct:
@@ -482,17 +483,24 @@ async def _candidates_from_t(
     role, f = ctx.role, SEGMENT_FRAC
     if t2 is None:
         t2 = await square_fxp(ctx, t, bits=f, rounds=1, pre=t2_pre)
-    exact, t, t2 = (a[..., plan.octave] for a in (exact, t, t2))
-    halves = plan.halves
-    s_low = exact.add_public(role, neg(ring.mul(halves, 1 << (low - 1))))
-    s = t.add_public(role, neg(ring.mul(halves, 1 << (f - 1))))
-    s2 = (t2 - t.scale(halves)).add_public(role, ring.mul(ring.mul(halves, halves), 1 << (f - 2)))
-    a = plan.coefficients
-    one = public_share(role, np.ones(s.shape, dtype=np.uint64))
-    lhs = stack([s2, one], axis=-1)
-    rhs = stack([(s.scale(a[3]) + s2.scale(a[4])).add_public(role, a[2]),
-                 s_low.scale(a[1]).add_public(role, a[0])], axis=-1)
-    return (await dot_fxp(ctx, lhs, rhs, DOT_BITS, rounds=1, pre=dot_pre)).scale(plan.shifts)
+    squared = t2
+
+    def operands() -> tuple[AShare, AShare]:
+        e, u, u2 = (a[..., plan.octave] for a in (exact, t, squared))
+        halves = plan.halves
+        s_low = e.add_public(role, neg(ring.mul(halves, 1 << (low - 1))))
+        s = u.add_public(role, neg(ring.mul(halves, 1 << (f - 1))))
+        s2 = (u2 - u.scale(halves)).add_public(role,
+                                               ring.mul(ring.mul(halves, halves), 1 << (f - 2)))
+        a = plan.coefficients
+        one = public_share(role, np.ones(s.shape, dtype=np.uint64))
+        return (stack([s2, one], axis=-1),
+                stack([(s.scale(a[3]) + s2.scale(a[4])).add_public(role, a[2]),
+                       s_low.scale(a[1]).add_public(role, a[0])], axis=-1))
+
+    lhs, rhs = await offload(operands, size=4 * t.size)
+    dots = await dot_fxp(ctx, lhs, rhs, DOT_BITS, rounds=1, pre=dot_pre)
+    return await offload(dots.scale, plan.shifts, size=dots.size)
 
 
 __all__ = [

@@ -50,6 +50,7 @@ from .fastcmp import (
     maximum_after_leaves,
     maximum_leaves,
 )
+from .offload import offload
 from .polynomial import repeat_last
 from .reciprocal import reciprocal, reciprocal_tuples
 from .ring import RingArray
@@ -100,7 +101,8 @@ async def _pick(ctx: Context, x: AShare) -> AShare:
     (:func:`.compare.sign_times`: 1 round). Per row of m: 50.6 bytes per pair, and per entry
     its share of the AND's dealt products, a random bit and one multiplication."""
     wins = await first_maximum(ctx, x)
-    return (await sign_times(ctx, wins, x)).sum(axis=-1)
+    selected = await sign_times(ctx, wins, x)
+    return await offload(selected.sum, -1, size=selected.size)
 
 
 def _groups(m: int) -> tuple[int, npt.NDArray[np.intp]]:
@@ -154,7 +156,9 @@ async def max_of_product(
 
     async def leaves(c: Context) -> tuple[RingArray | None, ...]:
         with c.scope(max_scope):
-            return await maximum_leaves(c, spec, entries(dealer_summands(z.reshape(-1), bits)))
+            own = await offload(lambda: entries(dealer_summands(z.reshape(-1), bits)),
+                                size=z.size)
+            return await maximum_leaves(c, spec, own)
 
     async def opened(c: Context) -> Opened:
         with c.scope(product_scope):
@@ -168,13 +172,19 @@ async def max_of_product(
 
     async def wins(c: Context) -> MaskedBits:
         with c.scope(max_scope):
-            return await maximum_after_leaves(c, spec, sent, entries(first.summands))
+            own = await offload(entries, first.summands, size=z.size)
+            return await maximum_after_leaves(c, spec, sent, own)
 
     x, won = await ctx.gather(close, wins)
     with ctx.scope(max_scope):
-        compared = x if keep is None else x.map(lambda a: _fill(a, keep))
-        compared = compared[..., columns].reshape(rows * per_row, width)
-        top = (await sign_times(ctx, won, compared)).sum(axis=-1).reshape(*z.shape[:-1], per_row)
+        def compared_entries() -> AShare:
+            filled = x if keep is None else x.map(lambda a: _fill(a, keep))
+            return filled[..., columns].reshape(rows * per_row, width)
+
+        compared = await offload(compared_entries, size=x.size)
+        selected = await sign_times(ctx, won, compared)
+        top = await offload(lambda: selected.sum(axis=-1).reshape(*z.shape[:-1], per_row),
+                            size=selected.size)
         if per_row > 1:
             top = await max_along(ctx, top)
         else:
@@ -234,9 +244,11 @@ async def exp_rows(
     keep = _keep(mask, x.shape)
     _check_kept(keep)
     if top is None:
-        top = await max_along(ctx, x if keep is None else x.map(lambda a: _fill(a, keep)))
-    e = await neg_exp(ctx, x - repeat_last(top, x.shape[-1]))
-    return e if keep is None else e.scale(keep.astype(np.uint64))
+        top = await max_along(ctx, x if keep is None else await offload(
+            lambda: x.map(lambda a: _fill(a, keep)), size=x.size))
+    e = await neg_exp(ctx, await offload(lambda: x - repeat_last(top, x.shape[-1]),
+                                         size=x.size))
+    return e if keep is None else await offload(e.scale, keep.astype(np.uint64), size=x.size)
 
 
 async def row_reciprocals(

@@ -172,7 +172,8 @@ def dealer_summands(z: RingArray, bits: int) -> RingArray:
 def _deal(
     z: RingArray, g_a: RingArray, h_a: RingArray, bits: int
 ) -> tuple[RingArray, np.ndarray]:
-    """Dealer: B's shares of G = 2^(63-f) m - (l >> f) and of m mod 2^f, for r' = -z."""
+    """Dealer: B's shares of G = 2^(63-f) m - (l >> f) and of m mod 2^f, for r' = -z (of
+    A's share h_a of m only the low f bits count)."""
     m = np.negative(z) >> _SIXTY_THREE
     h = (m - h_a) & np.uint64((1 << bits) - 1)
     return dealer_summands(z, bits) - g_a, pack_low_bits(h, bits)
@@ -182,7 +183,8 @@ def opened_terms(
     c: RingArray, g: RingArray, h: RingArray, t: RingArray, bits: int
 ) -> tuple[RingArray, RingArray]:
     """The output from the opened c = x + r' (2^62 is added here): its public part and
-    s - t, s = g - c_m 2^(64-f) h for shares g of G and h of m (step 3; also :mod:`.trunc1`)."""
+    s - t, s = g - c_m 2^(64-f) h for shares g of G and h of m (step 3; also :mod:`.trunc1`):
+    of h only the low f bits count."""
     c = c + _HALF
     top = c >> _SIXTY_THREE
     public = ((c & _LOW63) >> np.uint64(bits)) + (top << np.uint64(63 - bits))
@@ -240,7 +242,7 @@ class _Streams:
     dt_b: RingArray
 
 
-def _streams(ctx: Context, sizes: tuple[int, int, int]) -> _Streams:
+async def _streams(ctx: Context, sizes: tuple[int, int, int]) -> _Streams:
     """Draw one truncation's streams (three fresh labels) for blocks of ``sizes`` elements
     where this party is A, B and D."""
     me, nxt, prv = ctx.role, next_party(ctx.role), prev_party(ctx.role)
@@ -251,11 +253,15 @@ def _streams(ctx: Context, sizes: tuple[int, int, int]) -> _Streams:
     def draw(prg: Prg, label: bytes, n: int) -> RingArray:
         return prg.ring(label, n) if n else np.zeros(0, RING_DTYPE)
 
-    t_a, g_a, h_a = _three(draw(keys.own, labels[me], 3 * na))  # key k_me, shared with D
-    t_b = draw(keys.next, labels[prv], nb)  # key k_{me+1}: shared with D of block prv
-    dt_a, dg_a, dh_a = _three(draw(keys.next, labels[nxt], 3 * nd))  # as D: A's streams
-    dt_b = draw(keys.own, labels[nxt], nd)  # as D: B's stream
-    return _Streams(t_a, g_a, h_a, t_b, dt_a, dg_a, dh_a, dt_b)
+    def draws() -> _Streams:
+        return _Streams(
+            *_three(draw(keys.own, labels[me], 3 * na)),  # key k_me, shared with D
+            draw(keys.next, labels[prv], nb),  # key k_{me+1}: shared with D of block prv
+            *_three(draw(keys.next, labels[nxt], 3 * nd)),  # as D: A's streams
+            draw(keys.own, labels[nxt], nd),  # as D: B's stream
+        )
+
+    return await offload(draws, size=3 * na + nb + 4 * nd)
 
 
 async def _open(
@@ -280,15 +286,16 @@ async def _open(
         (bits, None, None, dealt)]
     if twin is not None:
         twin_bits, s = twin
-        specs.append((twin_bits, s.second, s.first, dealt + s.first + s.second))
-    streams = [_streams(ctx, (na, nb, nd)) for _ in specs]
+        specs.append((twin_bits, s.second, s.first,
+                      await offload(_sum, dealt, s.first, s.second, size=dealt.size)))
+    streams = [await _streams(ctx, (na, nb, nd)) for _ in specs]
     # A message whose blocks are all empty is not sent (all parties know the sizes).
     if exchange and na:
         await ctx.send_arrays(nxt, a[ba])
     if (exchange and nb) or nd:
         deals = []
         for (f, _, _, value), st in zip(specs, streams, strict=True):
-            deals += await offload(_deal, value[bd], st.dg_a, st.dh_a & _mask(f), f, size=nd)
+            deals += await offload(_deal, value[bd], st.dg_a, st.dh_a, f, size=nd)
         await ctx.send_arrays(prv, *([b[bb]] if exchange else []), *deals)
     c_a, c_b = a[ba], b[bb]
     from_dealer = [(empty, empty)] * len(specs)
@@ -298,33 +305,48 @@ async def _open(
             *(spec for f, *_ in specs for spec in (ArraySpec.ring(nb), _packed(f, nb))),
         )
         if exchange:
-            c_a = c_a + from_next[0]
+            c_a = await offload(np.add, c_a, from_next[0], size=na)
         dealt_b = from_next[1:] if exchange else from_next
-        from_dealer = [(dealt_b[2 * i], unpack_low_bits(dealt_b[2 * i + 1], f, nb))
-                       for i, (f, *_) in enumerate(specs)]
+        from_dealer = [
+            (dealt_b[2 * i], await offload(unpack_low_bits, dealt_b[2 * i + 1], f, nb, size=nb))
+            for i, (f, *_) in enumerate(specs)
+        ]
     if exchange and nb:
         z_a = await ctx.recv_array(prv, ArraySpec.ring(nb))
-        c_b = c_b + z_a
+        c_b = await offload(np.add, c_b, z_a, size=nb)
     out = []
     for (f, add_a, add_b, value), st, (g_b, h_b) in zip(specs, streams, from_dealer,
                                                       strict=True):
-        pub_a, send_a = (await offload(opened_terms, c_a if add_a is None else c_a + add_a[ba],
-                                       st.g_a, st.h_a & _mask(f), st.t_a, f, size=na)
+        opened_a = c_a if add_a is None else await offload(np.add, c_a, add_a[ba], size=na)
+        opened_b = c_b if add_b is None else await offload(np.add, c_b, add_b[bb], size=nb)
+        pub_a, send_a = (await offload(opened_terms, opened_a, st.g_a, st.h_a, st.t_a, f,
+                                       size=na)
                          if na else (empty, empty))
-        pub_b, send_b = (await offload(opened_terms, c_b if add_b is None else c_b + add_b[bb],
-                                       g_b, h_b, st.t_b, f, size=nb)
+        pub_b, send_b = (await offload(opened_terms, opened_b, g_b, h_b, st.t_b, f, size=nb)
                          if nb else (empty, empty))
-        summands = np.empty(dealt.size, RING_DTYPE)
-        summands[ba], summands[bb] = pub_a, pub_b
-        summands[bd] = dealer_summands(value[bd], f)
+        summands = await offload(_summands, value, (ba, bb, bd), pub_a, pub_b, f,
+                                 size=dealt.size)
         out.append(Opened((ba, bb, bd), summands, (pub_a, pub_b), (send_a, send_b),
                           (st.t_a, st.t_b, st.dt_b), st.dt_a))
     return out
 
 
-def _mask(bits: int) -> np.uint64:
-    """The low ``bits`` bits of a word."""
-    return np.uint64((1 << bits) - 1)
+def _sum(*terms: RingArray) -> RingArray:
+    """The terms' sum (mod 2^64)."""
+    total = terms[0].copy()
+    for term in terms[1:]:
+        total += term
+    return total
+
+
+def _summands(dealt: RingArray, blocks: tuple[slice, slice, slice], pub_a: RingArray,
+              pub_b: RingArray, bits: int) -> RingArray:
+    """:class:`Opened`'s summands: the public parts where this party opens, G where it deals."""
+    ba, bb, bd = blocks
+    summands = np.empty(dealt.size, RING_DTYPE)
+    summands[ba], summands[bb] = pub_a, pub_b
+    summands[bd] = dealer_summands(dealt[bd], bits)
+    return summands
 
 
 async def _close(ctx: Context, *states: Opened) -> list[AShare]:
@@ -332,29 +354,31 @@ async def _close(ctx: Context, *states: Opened) -> list[AShare]:
     j + 1; components j and j + 2 are t_A and t_B. Several truncations opened together
     (same blocks: :func:`_open`'s twin) swap theirs in one message each way."""
     nxt, prv = next_party(ctx.role), prev_party(ctx.role)
-    ba, bb, bd = states[0].blocks
     na, nb = (part.size for part in states[0].public)
     if na:
         await ctx.send_arrays(nxt, *(state.brackets[0] for state in states))
     if nb:
         await ctx.send_arrays(prv, *(state.brackets[1] for state in states))
-    from_a = (await ctx.recv_arrays(nxt, *[ArraySpec.ring(na)] * len(states)) if na
-              else [None] * len(states))
-    from_b = (await ctx.recv_arrays(prv, *[ArraySpec.ring(nb)] * len(states)) if nb
-              else [None] * len(states))
-    out = []
-    for state, other_a, other_b in zip(states, from_a, from_b, strict=True):
-        (pub_a, pub_b), (send_a, send_b) = state.public, state.brackets
-        t_a, t_b, dt_b = state.components
-        first = np.empty(state.summands.size, RING_DTYPE)
-        second = np.empty(state.summands.size, RING_DTYPE)
-        if na:
-            first[ba], second[ba] = t_a, pub_a + send_a + other_a
-        if nb:
-            first[bb], second[bb] = pub_b + send_b + other_b, t_b
-        first[bd], second[bd] = dt_b, state.dealt
-        out.append(AShare(first, second))
-    return out
+    empty = [np.zeros(0, RING_DTYPE)] * len(states)
+    from_a = await ctx.recv_arrays(nxt, *[ArraySpec.ring(na)] * len(states)) if na else empty
+    from_b = await ctx.recv_arrays(prv, *[ArraySpec.ring(nb)] * len(states)) if nb else empty
+    return [await offload(_closed, state, other_a, other_b, size=state.summands.size)
+            for state, other_a, other_b in zip(states, from_a, from_b, strict=True)]
+
+
+def _closed(state: Opened, other_a: RingArray, other_b: RingArray) -> AShare:
+    """The result's replicated share from round 2's brackets (:func:`_close`'s local end)."""
+    ba, bb, bd = state.blocks
+    (pub_a, pub_b), (send_a, send_b) = state.public, state.brackets
+    t_a, t_b, dt_b = state.components
+    first = np.empty(state.summands.size, RING_DTYPE)
+    second = np.empty(state.summands.size, RING_DTYPE)
+    if pub_a.size:
+        first[ba], second[ba] = t_a, pub_a + send_a + other_a
+    if pub_b.size:
+        first[bb], second[bb] = pub_b + send_b + other_b, t_b
+    first[bd], second[bd] = dt_b, state.dealt
+    return AShare(first, second)
 
 
 def product_blocks(sizes: tuple[int, int, int]) -> list[slice]:

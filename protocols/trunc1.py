@@ -92,6 +92,7 @@ from puma_async.roles import next_party, prev_party
 from .bitpack import pack_bits, unpack_bits
 from .carrytree import boundary_plan
 from .fastcmp import CompareSpec, MaskedBits, Part, carry_halves, open_masked, prepare_random_bits
+from .offload import offload
 from .randomness import key_prg, random_share
 from .ring import RING_DTYPE, RingArray, to_ring
 from .shares import AShare, concatenate, public_share
@@ -178,12 +179,21 @@ async def _derive(ctx: Context, spec: Trunc1Spec, r: AShare) -> Trunc1Material:
         shape = (spec.size, BITS_PER_ELEMENT)
         masked = MaskedBits(tuple(h for h, _ in pieces), parts, rho, shape)
         c = await open_masked(ctx, masked)
+    return await offload(_material, ctx.role, spec, r, c, masked.r_arith,
+                         [share for _, share in pieces], size=c.size)
+
+
+def _material(party: int, spec: Trunc1Spec, r: AShare, c: RingArray, rho: AShare,
+              low_parts: list[AShare]) -> Trunc1Material:
+    """The tuple from the opened c = bit ^ rho and the parts' [(a' >> f) + (b' >> f)]
+    (:func:`_derive`'s local end)."""
+    f = spec.bits
     # [bit] = c + (1 - 2c) [rho], as .compare.to_arith (which this module cannot import:
     # compare imports arith, which imports this module)
     one_minus = to_ring(np.int64(1) - (c.view(np.int64) << 1))
-    bits = masked.r_arith.scale(one_minus) + public_share(ctx.role, c)
+    bits = rho.scale(one_minus) + public_share(party, c)
     c_f, c_63, m = (bits[:, k] for k in range(BITS_PER_ELEMENT))
-    low = (concatenate([share for _, share in pieces]) if pieces
+    low = (concatenate(low_parts) if low_parts
            else AShare(np.zeros(0, RING_DTYPE), np.zeros(0, RING_DTYPE)))
     shifted = low + c_f - c_63.scale(np.uint64(1 << (63 - f)))  # [l >> f]
     return Trunc1Material(spec, r, m.scale(np.uint64(1 << (63 - f))) - shifted, m)

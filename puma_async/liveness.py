@@ -18,7 +18,9 @@ So a peer that stops (crashed without closing its connections, frozen, cut off) 
 within ``dead_after + heartbeat_interval`` seconds of the last thing heard from it (the
 watchdog looks at least once per interval), plus however long our own event loop was busy;
 a live peer is never reported, as long as no event loop (its or ours) runs for ``dead_after``
-seconds without yielding (long local work runs in worker threads).
+seconds without looking at its timers and I/O (Trio looks once per scheduler batch, after
+every task that was ready has run its step; long local work runs in worker threads,
+:mod:`puma_async.protocols.offload`).
 
 **Our own stalls.** If our event loop was blocked (a long synchronous computation, a
 suspended process), the watchdog wakes late; frames that arrived meanwhile have not been read
@@ -299,16 +301,24 @@ class LiveTransport(Transport):
 class StepTimer(trio.abc.Instrument):
     """A Trio instrument: how long the event loop went without looking for I/O and timers.
 
-    ``longest_step``: the longest time one task ran without yielding (``longest_task``: its
-    name). ``longest_batch``: the longest time between two waits for I/O, in which every
-    task that was ready ran its step; nothing (a heartbeat, a frame) moves in that time.
-    ``longest_late_wake``: the longest a wait for I/O overran its timeout (the loop thread
-    did not get the CPU or the GIL back, e.g. from a worker thread holding it).
+    ``longest_batch``: the longest time between two waits for I/O, in which every task that
+    was ready ran its step; nothing (a heartbeat, a frame) moves in that time: this is what
+    must stay below ``dead_after`` (the watchdog's timer is only looked at between batches,
+    so many short steps ready together delay it as one long step does).
+    ``longest_batch_cpu``: the most CPU time the loop thread spent in one batch: the loop's
+    own work, whatever the host's load (a batch's wall time also counts the time the thread
+    waited for a core or the GIL). ``longest_step``: the longest time one task ran without
+    yielding (``longest_task``: its name): which task to look at. ``longest_late_wake``: the
+    longest a wait for I/O overran its timeout (the loop thread did not get the CPU or the
+    GIL back, e.g. from a worker thread holding it). With all roles on one loop a batch holds
+    every role's ready steps: one party's own batches need a loop per role
+    (:func:`~puma_async.runner.run_threaded`, one timer per role).
     Install it with ``trio.lowlevel.add_instrument`` or ``trio.run(..., instruments=[...])``.
     """
 
     def __init__(self) -> None:
         self._step_started = self._batch_started = self._wait_started = time.perf_counter()
+        self._batch_cpu_started = time.thread_time()
         self._wait_timeout = 0.0
         self.restart()
 
@@ -317,6 +327,7 @@ class StepTimer(trio.abc.Instrument):
         self.longest_step = 0.0
         self.longest_task = ""
         self.longest_batch = 0.0
+        self.longest_batch_cpu = 0.0
         self.longest_late_wake = 0.0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
@@ -332,8 +343,11 @@ class StepTimer(trio.abc.Instrument):
         self._wait_started = time.perf_counter()
         self._wait_timeout = timeout
         self.longest_batch = max(self.longest_batch, self._wait_started - self._batch_started)
+        self.longest_batch_cpu = max(self.longest_batch_cpu,
+                                     time.thread_time() - self._batch_cpu_started)
 
     def after_io_wait(self, timeout: float) -> None:
         self._batch_started = time.perf_counter()
+        self._batch_cpu_started = time.thread_time()
         late = self._batch_started - self._wait_started - self._wait_timeout
         self.longest_late_wake = max(self.longest_late_wake, late)

@@ -120,11 +120,14 @@ def run_threaded(
     sequential: bool = False,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     record_messages: bool = False,
+    role_instruments: Mapping[int, Sequence[trio.abc.Instrument]] | None = None,
 ) -> LocalRun:
     """Run each role in its own thread and event loop (:mod:`~puma_async.transports.threads`).
 
     Same results as :func:`run_local`, but the parties' numpy work (which releases the GIL)
-    runs on several cores at once. No emulated latency; options as for :func:`run_local`.
+    runs on several cores at once. No emulated latency; options as for :func:`run_local`,
+    and ``role_instruments`` (role -> Trio instruments of that role's own loop, e.g. a
+    :class:`~puma_async.liveness.StepTimer` each: what delays one party's heartbeats).
     """
     roles = _roles(programs, session, liveness, wrap_transport, entropy, sequential,
                    max_frame_bytes, record_messages)
@@ -134,7 +137,7 @@ def run_threaded(
         async def main() -> None:
             await roles.run_role(role, network.endpoint(role))
 
-        trio.run(main)
+        trio.run(main, instruments=(role_instruments or {}).get(role, ()))
 
     threads = [
         threading.Thread(target=run_in_thread, args=(role,), name=f"puma-role-{role}")

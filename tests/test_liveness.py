@@ -154,6 +154,26 @@ def test_step_timer_measures_the_longest_synchronous_stretch() -> None:
     trio.run(main, instruments=[timer])
     assert timer.longest_step >= 0.05 and timer.longest_batch >= 0.05
     assert timer.longest_task.endswith("main")
+    assert timer.longest_batch_cpu < 0.04  # a thread that sleeps does no work
+
+
+def test_step_timer_measures_the_loop_threads_cpu_in_one_batch() -> None:
+    timer = StepTimer()
+
+    async def busy() -> None:
+        await trio.sleep(0)
+        started = time.thread_time()
+        while time.thread_time() - started < 0.05:  # a long computation on the loop
+            pass
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):  # ready together: one batch of three steps of 50 ms
+                nursery.start_soon(busy)
+
+    trio.run(main, instruments=[timer])
+    # the three steps' CPU in one batch (wall times also count waits for a busy host's cores)
+    assert timer.longest_batch_cpu >= 0.15 and timer.longest_batch >= 0.15
 
 
 # ----------------------------------------------------------------------------- in one process

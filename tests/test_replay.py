@@ -14,6 +14,7 @@ from puma_async.codec import Arrays, Envelope, Message, decode_frame, split_fram
 from puma_async.context import Context
 from puma_async.files import DIR_MODE
 from puma_async.model import TinyTokenizer, random_weights
+from puma_async.protocols import offload
 from puma_async.replay import format_summary, main, replay_trace
 from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, PARTIES, role_name
 from puma_async.runtime import PartyRuntime
@@ -194,6 +195,17 @@ def test_split_frame_round_trip(traces: dict[int, Path]) -> None:
 
 @pytest.mark.skipif(not any(EXAMPLES.glob("*/*.trace")), reason="no example traces")
 def test_example_traces_replay_identical() -> None:
+    for path in sorted(EXAMPLES.glob("*/*.trace")):
+        report = trio.run(lambda path=path: replay_trace(path))
+        assert report.identical, report.verdict()
+
+
+@pytest.mark.skipif(not any(EXAMPLES.glob("*/*.trace")), reason="no example traces")
+def test_example_traces_replay_identical_with_all_local_work_in_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Moving local work to worker threads (every offload taken) changes no message."""
+    monkeypatch.setattr(offload, "OFFLOAD_MIN_ELEMENTS", 0)
     for path in sorted(EXAMPLES.glob("*/*.trace")):
         report = trio.run(lambda path=path: replay_trace(path))
         assert report.identical, report.verdict()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -383,6 +384,26 @@ def test_threaded_runner_matches_the_in_memory_one(spmd) -> None:
     assert threaded.results == in_memory.results
     for p in PARTIES:
         assert threaded.stats[p].totals() == in_memory.stats[p].totals()
+
+
+def test_threaded_runner_gives_each_role_its_own_instruments() -> None:
+    class Threads(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.seen: set[int] = set()
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            self.seen.add(threading.get_ident())
+
+    async def program(ctx: Context) -> None:
+        await ctx.send_arrays(next_party(ctx.role), np.zeros(3, np.uint64))
+        await ctx.recv_array(prev_party(ctx.role), ArraySpec.ring(3))
+
+    instruments = {role: Threads() for role in PARTIES}
+    run_threaded(dict.fromkeys(PARTIES, program),
+                 role_instruments={role: [i] for role, i in instruments.items()})
+    seen = [i.seen for i in instruments.values()]
+    assert all(len(threads) == 1 for threads in seen)  # its role's loop only
+    assert len(set.union(*seen)) == len(PARTIES)
 
 
 def test_threaded_runner_reports_failures() -> None:

@@ -18,7 +18,7 @@ from puma_async.model.config import LlamaConfig
 from puma_async.model.weights import LlamaWeights
 from puma_async.protocols.llama import LayerProbe, Probe
 from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES
-from puma_async.runner import run_local
+from puma_async.runner import run_local, run_threaded
 from puma_async.session.factory import build_program
 from puma_async.session.generation import GenerationOptions, ProgressFn, PromptResult
 from puma_async.session.programs import ClientResult
@@ -68,6 +68,7 @@ def run_session(
     settings: SessionSettings | None = None,
     progress: ProgressFn | None = None,
     probe: Probe | None = None,
+    threaded: bool = False,
     **run_options: Any,
 ) -> SessionResult:
     """Generate for every prompt with all five roles in this process (one weight sharing).
@@ -75,7 +76,8 @@ def run_session(
     ``settings`` default to :func:`in_process_settings` of the weights' architecture with
     ``max_new_tokens`` (which given settings replace). ``run_options`` go to
     :func:`~puma_async.runner.run_local` (latency, bandwidth, entropy, wrap_transport, ...;
-    the session id, liveness and frame limit default to the settings'). ``probe`` (accuracy
+    the session id, liveness and frame limit default to the settings'), or with ``threaded``
+    to :func:`~puma_async.runner.run_threaded` (a loop per role, in threads). ``probe`` (accuracy
     measurements: ``puma_async.accuracy``) is installed in P0, P1 and P2 as their
     :class:`~puma_async.protocols.llama.LayerProbe`; no other runner installs one. Raises
     ContextLengthError / ValueError before anything runs, RunFailedError if a role fails.
@@ -91,7 +93,7 @@ def run_session(
     run_options.setdefault("session", settings.session)
     run_options.setdefault("liveness", settings.liveness)
     run_options.setdefault("max_frame_bytes", settings.max_frame_bytes)
-    run = run_local(programs, **run_options)
+    run = (run_threaded if threaded else run_local)(programs, **run_options)
     client: ClientResult = run.results[CLIENT]
     results, setup_seconds = client
     return SessionResult(results, dict(run.stats), setup_seconds, run.seconds)
