@@ -375,19 +375,66 @@ async def residual_matmul(
     return p, Stream(residual.x + p, wide)
 
 
-async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare) -> Stream:
-    """Rows of E selected by secret one-hot rows (n, vocab): exact, no truncation, with the
-    wide copy for the first norm.
+@dataclasses.dataclass(frozen=True)
+class EmbedAhead:
+    """The terms of a one-row embedding product (:func:`embed_tokens`) that a party makes
+    from the client's input seeds before the row arrives (:func:`embed_ahead`): for the
+    input of ``label``, ``part`` (1, hidden) covers the share's ``first`` and/or ``second``
+    half."""
 
-    z_i = (o_i + o_{i+1}) E_i + o_i E_{i+1}, read off one product [o_i + o_{i+1}; o_i] @
-    [E_i | E_{i+1}] (E read once). Cost: 2 rounds (the wide copy's truncation; the rows
-    themselves are ready after 1), 2 n hidden elements per party.
+    label: bytes
+    part: RingArray
+    first: bool
+    second: bool
+
+
+def _embedding_terms(first: RingArray | None, second: RingArray | None, table: RingArray
+                     ) -> RingArray:
+    """a (E_i + E_{i+1}) + b E_i for one-hot share halves a = ``first``, b = ``second`` (n,
+    vocab) (None: that term left out; not both), with ``table`` = [E_i | E_{i+1}]: read off
+    one product of their rows stacked, [a; b] @ [E_i | E_{i+1}] (E read once)."""
+    rows = [half for half in (first, second) if half is not None]
+    n, h = rows[0].shape[0], table.shape[1] // 2
+    both = ring_matmul(np.concatenate(rows, axis=0), table)
+    z = np.zeros((n, h), both.dtype)
+    if first is not None:
+        z += both[:n, :h] + both[:n, h:]
+    if second is not None:
+        z += both[-n:, :h]
+    return z
+
+
+def embed_ahead(model: SecureModel, label: bytes, first: RingArray | None,
+                second: RingArray | None) -> EmbedAhead:
+    """The terms of the next one-row embedding a party makes from its pseudorandom halves of
+    the client's next input (``io.input_ahead``: ``label`` and the halves, None for the one
+    the client sends): P_0 all of it, P_1 the first half's (E read once), P_2 the second's.
+    Local, in the pass before (``session.programs``), in a worker thread (E is read once)."""
+    return EmbedAhead(label, _embedding_terms(first, second, model.embed),
+                      first is not None, second is not None)
+
+
+async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare,
+                       ahead: EmbedAhead | None = None) -> Stream:
+    """Rows of E selected by secret one-hot rows (n, vocab): exact, no truncation, with the
+    wide copy for the first norm; ``ahead``: the terms already made from the input seeds
+    (:func:`embed_ahead`; its label is the caller's to check).
+
+    z_i = (o_i + o_{i+1}) E_i + o_i E_{i+1} = o_i (E_i + E_{i+1}) + o_{i+1} E_i, read off one
+    product [o_i; o_{i+1}] @ [E_i | E_{i+1}] (E read once), or of the halves ``ahead`` does
+    not cover: for a new token (one row, its terms made during the pass before) P_0 reads no
+    table, P_1 and P_2 read it once, instead of all three (SmolLM2: 453 MB per party).
+    Cost: 2 rounds (the wide copy's truncation; the rows themselves are ready after 1),
+    2 n hidden elements per party.
     """
-    n, h = one_hot.shape[0], model.config.hidden
-    left = np.concatenate([one_hot.first + one_hot.second, one_hot.first], axis=0)
-    both = await trio.to_thread.run_sync(ring_matmul, left, model.embed)
-    x, wide = await finish_product_wide(
-        ctx, both[:n, :h] + both[n:, h:], 0, None, norm_shift(ctx, model.config))
+    first = None if ahead is not None and ahead.first else one_hot.first
+    second = None if ahead is not None and ahead.second else one_hot.second
+    z = ahead.part if ahead is not None else None
+    if first is not None or second is not None:
+        rest = await trio.to_thread.run_sync(_embedding_terms, first, second, model.embed)
+        z = rest if z is None else z + rest
+    assert z is not None
+    x, wide = await finish_product_wide(ctx, z, 0, None, norm_shift(ctx, model.config))
     return Stream(x, wide)
 
 
@@ -728,6 +775,7 @@ async def prepare_tuples(
 async def forward(
     ctx: Context, model: SecureModel, one_hot: AShare, cache: SecureKVCache, *,
     all_positions: bool = False, pre: PassTuples | None = None,
+    terms: EmbedAhead | None = None,
 ) -> ProductShare:
     """Logits (1, vocab) at the last of n new tokens (one-hot rows (n, vocab)), or (n, vocab)
     at every one of them if ``all_positions``: this party's 3-out-of-3 share of them,
@@ -738,7 +786,8 @@ async def forward(
     tokens continue at position ``cache.length``; the cache is extended. ``pre``: the pass's
     offline material, made ahead (:func:`prepare_tuples` for this pass's rows, positions and
     head rows, else a ValueError); None: made at the start, beside the embedding, which the
-    first norm then waits for (4 offline rounds against the embedding's 2). Scopes:
+    first norm then waits for (4 offline rounds against the embedding's 2). ``terms``: the
+    embedding's terms made from the input seeds (:func:`embed_ahead`), if any. Scopes:
     :func:`forward_scopes`. Raises ContextLengthError (before any message) if the cache plus
     the new tokens exceed the context length.
     """
@@ -752,7 +801,7 @@ async def forward(
 
     async def embed(c: Context) -> Stream:
         with c.scope("embed"):
-            return await embed_tokens(c, model, one_hot)
+            return await embed_tokens(c, model, one_hot, terms)
 
     head_rows = n if all_positions else 1
     if pre is None:
@@ -777,10 +826,10 @@ async def forward(
 
 
 __all__ = [
-    "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "LayerProbe", "PassTuples", "Probe", "Rope",
-    "SecureKVCache", "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream", "apply_rope",
-    "assemble_model", "attend", "attention", "causal_mask", "decoder_layer", "embed_tokens",
-    "forward", "forward_scopes", "head_format", "lm_head", "mlp", "norm_shift", "prepare_tuples",
-    "probe",
-    "residual_matmul", "store_share", "weight_matmul", "weight_plan", "weight_tensors",
+    "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "EmbedAhead", "LayerProbe", "PassTuples", "Probe",
+    "Rope", "SecureKVCache", "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream",
+    "apply_rope", "assemble_model", "attend", "attention", "causal_mask", "decoder_layer",
+    "embed_ahead", "embed_tokens", "forward", "forward_scopes", "head_format", "lm_head", "mlp",
+    "norm_shift", "prepare_tuples", "probe", "residual_matmul", "store_share", "weight_matmul",
+    "weight_plan", "weight_tensors",
 ]

@@ -51,12 +51,14 @@ from puma_async.context import OFFLINE_PHASE, Context, Program
 from puma_async.errors import ProtocolError, SettingsError
 from puma_async.model.weights import LlamaWeights
 from puma_async.protocols.fixedpoint import fixed_point
-from puma_async.protocols.io import reveal_product_to, share_input
+from puma_async.protocols.io import input_ahead, reveal_product_to, share_input
 from puma_async.protocols.llama import (
+    EmbedAhead,
     PassTuples,
     SecureKVCache,
     Stored,
     assemble_model,
+    embed_ahead,
     forward,
     head_format,
     prepare_tuples,
@@ -197,10 +199,23 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
         report(Progress("setup", time.perf_counter() - started))
         cache = SecureKVCache.empty(config)
         ahead: PassTuples | None = None  # the next pass's offline material
+        embed: EmbedAhead | None = None  # its embedding's terms from the input seeds
 
-        async def prepare_next(c: Context, keys: int) -> PassTuples:
-            with c.phase(OFFLINE_PHASE):
-                return await prepare_tuples(c, config, 1, keys, 1)
+        async def prepare_next(c: Context, keys: int, inputs: tuple[bytes, RingArray | None,
+                                                                     RingArray | None]
+                               ) -> tuple[PassTuples, EmbedAhead]:
+            """The next pass's offline material and, beside it in a worker thread, its
+            embedding's terms from this party's halves of its input (made now)."""
+            made: list[EmbedAhead] = []
+
+            async def terms() -> None:
+                made.append(await trio.to_thread.run_sync(embed_ahead, model, *inputs))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(terms)
+                with c.phase(OFFLINE_PHASE):
+                    material = await prepare_tuples(c, config, 1, keys, 1)
+            return material, made[0]
 
         while True:
             command = await _command(online, state)
@@ -210,22 +225,27 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
                 cache, ahead = SecureKVCache.empty(config), None
                 continue
             t0, step, pre = time.perf_counter(), state.passes - 1, ahead
+            terms = embed if embed is not None and embed.label == online.next_label(
+                b"input") and command.positions == 1 else None
             # a next pass of this prompt would have 1 row at one position more: its material
-            # is made beside this pass's forward (offline), in the next pass's scope
-            ahead = None
+            # is made beside this pass's forward (offline), in the next pass's scope, and its
+            # embedding's terms from the input seeds (its row's label is drawn next)
+            ahead, embed = None, None
             more = state.passes < state.max_new_tokens and state.positions < state.context
             with online.scope(f"p{state.prompt}.t{step}"):
                 with online.scope("io"):
                     tokens = await receive_rows(online, CLIENT, (command.positions, config.vocab),
                                                 blocks)
                 steps = [functools.partial(forward, model=model, one_hot=tokens, cache=cache,
-                                           all_positions=all_positions, pre=pre)]
+                                           all_positions=all_positions, pre=pre, terms=terms)]
                 children = [online.child()]
                 if more:
-                    steps.append(functools.partial(prepare_next, keys=state.positions + 1))
+                    inputs = input_ahead(online, CLIENT, (1, config.vocab))
+                    steps.append(functools.partial(prepare_next, keys=state.positions + 1,
+                                                   inputs=inputs))
                     children.append(online.child(f"p{state.prompt}.t{step + 1}"))
                 logits, *made = await online.run_children(children, steps)
-                ahead = made[0] if made else None
+                ahead, embed = made[0] if made else (None, None)
                 with online.scope("io"):
                     await reveal_rows(online, logits, CLIENT, logits.shape, logits.frac_bits,
                                       blocks)
