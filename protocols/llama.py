@@ -392,10 +392,11 @@ def _embedding_terms(first: RingArray | None, second: RingArray | None, table: R
                      ) -> RingArray:
     """a (E_i + E_{i+1}) + b E_i for one-hot share halves a = ``first``, b = ``second`` (n,
     vocab) (None: that term left out; not both), with ``table`` = [E_i | E_{i+1}]: read off
-    one product of their rows stacked, [a; b] @ [E_i | E_{i+1}] (E read once)."""
+    one product of their rows stacked, [a; b] @ [E_i | E_{i+1}] (E read once; b alone reads
+    E_i only)."""
     rows = [half for half in (first, second) if half is not None]
     n, h = rows[0].shape[0], table.shape[1] // 2
-    both = ring_matmul(np.concatenate(rows, axis=0), table)
+    both = ring_matmul(np.concatenate(rows, axis=0), table, None if first is not None else h)
     z = np.zeros((n, h), both.dtype)
     if first is not None:
         z += both[:n, :h] + both[:n, h:]
@@ -409,7 +410,8 @@ def embed_ahead(model: SecureModel, label: bytes, first: RingArray | None,
     """The terms of the next one-row embedding a party makes from its pseudorandom halves of
     the client's next input (``io.input_ahead``: ``label`` and the halves, None for the one
     the client sends): P_0 all of it, P_1 the first half's (E read once), P_2 the second's.
-    Local, in the pass before (``session.programs``), in a worker thread (E is read once)."""
+    Local, in the pass before (``session.programs``), in a worker thread (P_0 and P_1 read E
+    once, P_2 its left half)."""
     return EmbedAhead(label, _embedding_terms(first, second, model.embed),
                       first is not None, second is not None)
 
@@ -423,7 +425,8 @@ async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare,
     z_i = (o_i + o_{i+1}) E_i + o_i E_{i+1} = o_i (E_i + E_{i+1}) + o_{i+1} E_i, read off one
     product [o_i; o_{i+1}] @ [E_i | E_{i+1}] (E read once), or of the halves ``ahead`` does
     not cover: for a new token (one row, its terms made during the pass before) P_0 reads no
-    table, P_1 and P_2 read it once, instead of all three (SmolLM2: 453 MB per party).
+    table, P_1 its left half E_1, P_2 all of it: 1.5 tables instead of 3 (SmolLM2: 453 MB
+    each).
     Cost: 2 rounds (the wide copy's truncation; the rows themselves are ready after 1),
     2 n hidden elements per party.
     """

@@ -133,3 +133,22 @@ def test_empty_and_errors() -> None:
         ring_matmul(z(2, np.uint64), z((2, 2), np.uint64))
     with pytest.raises(ValueError, match="mismatch"):
         ring_matmul(z((2, 3), np.uint64), z((2, 2), np.uint64))
+
+
+@pytest.mark.parametrize(("m", "k", "n", "columns"), [
+    (2, 4099, 600, 300), (1, 40, 9, 5), (3000, 256, 40, 3), (PANEL_MIN_ROWS + 1, 300, 500, 250),
+    (2, 7, 4, 0), (3, 5, 6, 6),
+])  # each way of cutting the product among the workers, none, every column
+def test_leading_columns_of_b(m: int, k: int, n: int, columns: int) -> None:
+    """a @ b[:, :columns] without a copy of b: as the product with that block."""
+    rng = np.random.default_rng(m + k + n + columns)
+    a = rng.integers(0, MOD, (m, k), dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, MOD, (k, n), dtype=np.uint64, endpoint=False)
+    got = ring_matmul(a, b, columns)
+    assert got.shape == (m, columns)
+    rows = [0, m - 1]
+    want = a[rows].astype(object) @ b[:, :columns].astype(object) % MOD
+    assert (got[rows] == want.astype(np.uint64)).all()
+    assert (got == ring_matmul(a, b[:, :columns].copy())).all()
+    with pytest.raises(ValueError, match="columns"):
+        ring_matmul(a, b, n + 1)
