@@ -388,15 +388,16 @@ class EmbedAhead:
     second: bool
 
 
-def _embedding_terms(first: RingArray | None, second: RingArray | None, table: RingArray
-                     ) -> RingArray:
+def _embedding_terms(first: RingArray | None, second: RingArray | None, table: RingArray,
+                     inline: bool = False) -> RingArray:
     """a (E_i + E_{i+1}) + b E_i for one-hot share halves a = ``first``, b = ``second`` (n,
     vocab) (None: that term left out; not both), with ``table`` = [E_i | E_{i+1}]: read off
     one product of their rows stacked, [a; b] @ [E_i | E_{i+1}] (E read once; b alone reads
-    E_i only)."""
+    E_i only; ``inline``: ``ring_matmul``'s)."""
     rows = [half for half in (first, second) if half is not None]
     n, h = rows[0].shape[0], table.shape[1] // 2
-    both = ring_matmul(np.concatenate(rows, axis=0), table, None if first is not None else h)
+    both = ring_matmul(np.concatenate(rows, axis=0), table, None if first is not None else h,
+                       inline=inline)
     z = np.zeros((n, h), both.dtype)
     if first is not None:
         z += both[:n, :h] + both[:n, h:]
@@ -411,8 +412,9 @@ def embed_ahead(model: SecureModel, label: bytes, first: RingArray | None,
     the client's next input (``io.input_ahead``: ``label`` and the halves, None for the one
     the client sends): P_0 all of it, P_1 the first half's (E read once), P_2 the second's.
     Local, in the pass before (``session.programs``), in a worker thread (P_0 and P_1 read E
-    once, P_2 its left half)."""
-    return EmbedAhead(label, _embedding_terms(first, second, model.embed),
+    once, P_2 its left half), on one core: not on the kernel pool, where it would hold up the
+    pass's own products."""
+    return EmbedAhead(label, _embedding_terms(first, second, model.embed, inline=True),
                       first is not None, second is not None)
 
 

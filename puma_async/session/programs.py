@@ -204,18 +204,12 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
         async def prepare_next(c: Context, keys: int, inputs: tuple[bytes, RingArray | None,
                                                                      RingArray | None]
                                ) -> tuple[PassTuples, EmbedAhead]:
-            """The next pass's offline material and, beside it in a worker thread, its
-            embedding's terms from this party's halves of its input (made now)."""
-            made: list[EmbedAhead] = []
-
-            async def terms() -> None:
-                made.append(await trio.to_thread.run_sync(embed_ahead, model, *inputs))
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(terms)
-                with c.phase(OFFLINE_PHASE):
-                    material = await prepare_tuples(c, config, 1, keys, 1)
-            return material, made[0]
+            """The next pass's offline material, then (in a worker thread, when this pass's
+            embedding no longer needs the memory bandwidth) its embedding's terms from this
+            party's halves of its input."""
+            with c.phase(OFFLINE_PHASE):
+                material = await prepare_tuples(c, config, 1, keys, 1)
+            return material, await trio.to_thread.run_sync(embed_ahead, model, *inputs)
 
         while True:
             command = await _command(online, state)
