@@ -68,19 +68,16 @@ async def share_input(
     return AShare(mine, x2) if me == 1 else AShare(x2, mine)
 
 
-def input_ahead(ctx: Context, owner: int, shape: Sequence[int]
-                ) -> tuple[bytes, RingArray | None, RingArray | None]:
-    """This party's pseudorandom components of the next input ``ctx`` receives from ``owner``
-    (its next :func:`share_input`, of ``shape``), drawn before the owner has it: the input's
-    label and this party's (first, second) halves as :func:`share_input` will return them,
-    None for the half the owner sends (P_1's second, P_2's first; P_0 has both)."""
+def input_ahead(ctx: Context, owner: int, shape: Sequence[int]) -> tuple[bytes, AShare]:
+    """P_0's share of the next input ``ctx`` receives from ``owner`` (its next
+    :func:`share_input`, of ``shape``), drawn before the owner has it: both of P_0's halves,
+    x_0 and x_1, come from the owner's input seeds. Returns the input's label and the share
+    :func:`share_input` will return."""
+    if ctx.role != 0:
+        raise ValueError("only P0 draws both halves of its input shares from the seeds")
     label, shape = ctx.next_label(b"input"), tuple(int(d) for d in shape)
-    me = ctx.role
-    if me == 0:
-        first, second = input_prg(ctx, owner, 0), input_prg(ctx, owner, 1)
-        return label, first.ring(label, shape), second.ring(label, shape)
-    mine = input_prg(ctx, owner, 1 if me == 1 else 0).ring(label, shape)
-    return (label, mine, None) if me == 1 else (label, None, mine)
+    first, second = input_prg(ctx, owner, 0), input_prg(ctx, owner, 1)
+    return label, AShare(first.ring(label, shape), second.ring(label, shape))
 
 
 def _third_share(value: RingArray, s0: Prg, s1: Prg, label: bytes, shape: tuple[int, ...]

@@ -377,68 +377,47 @@ async def residual_matmul(
 
 @dataclasses.dataclass(frozen=True)
 class EmbedAhead:
-    """The terms of a one-row embedding product (:func:`embed_tokens`) that a party makes
-    from the client's input seeds before the row arrives (:func:`embed_ahead`): for the
-    input of ``label``, ``part`` (1, hidden) covers the share's ``first`` and/or ``second``
-    half."""
+    """P_0's embedding product of the client's input of ``label``, made before the input
+    arrives (:func:`embed_ahead`): ``part`` (n, hidden), the z_0 of :func:`embed_tokens`."""
 
     label: bytes
     part: RingArray
-    first: bool
-    second: bool
 
 
-def _embedding_terms(first: RingArray | None, second: RingArray | None, table: RingArray,
-                     inline: bool = False) -> RingArray:
-    """a (E_i + E_{i+1}) + b E_i for one-hot share halves a = ``first``, b = ``second`` (n,
-    vocab) (None: that term left out; not both), with ``table`` = [E_i | E_{i+1}]: read off
-    one product of their rows stacked, [a; b] @ [E_i | E_{i+1}] (E read once; b alone reads
-    E_i only; ``inline``: ``ring_matmul``'s)."""
-    rows = [half for half in (first, second) if half is not None]
-    n, h = rows[0].shape[0], table.shape[1] // 2
-    both = ring_matmul(np.concatenate(rows, axis=0), table, None if first is not None else h,
-                       inline=inline)
-    z = np.zeros((n, h), both.dtype)
-    if first is not None:
-        z += both[:n, :h] + both[:n, h:]
-    if second is not None:
-        z += both[-n:, :h]
-    return z
+def _embedding_product(one_hot: AShare, table: RingArray, inline: bool = False) -> RingArray:
+    """z_i = (o_i + o_{i+1}) E_i + o_i E_{i+1} for one-hot share halves (n, vocab) and
+    ``table`` = [E_i | E_{i+1}]: read off one product [o_i + o_{i+1}; o_i] @ [E_i | E_{i+1}]
+    (E read once; ``inline``: ``ring_matmul``'s)."""
+    n, h = one_hot.shape[0], table.shape[1] // 2
+    left = np.concatenate([one_hot.first + one_hot.second, one_hot.first], axis=0)
+    both = ring_matmul(left, table, inline=inline)
+    return both[:n, :h] + both[n:, h:]
 
 
-def embed_ahead(model: SecureModel, label: bytes, first: RingArray | None,
-                second: RingArray | None) -> EmbedAhead:
-    """The terms of the next one-row embedding a party makes from its pseudorandom halves of
-    the client's next input (``io.input_ahead``: ``label`` and the halves, None for the one
-    the client sends): P_0 all of it, P_1 the first half's (E read once), P_2 the second's.
-    Local, in the pass before (``session.programs``), in a worker thread (P_0 and P_1 read E
-    once, P_2 its left half), on one core: not on the kernel pool, where it would hold up the
-    pass's own products."""
-    return EmbedAhead(label, _embedding_terms(first, second, model.embed, inline=True),
-                      first is not None, second is not None)
+def embed_ahead(model: SecureModel, label: bytes, one_hot: AShare) -> EmbedAhead:
+    """P_0's embedding product of the client's next input (``io.input_ahead``: its label and
+    P_0's share, both halves from the client's input seeds), made during the pass before
+    (``session.programs``): local, in a worker thread and on one core (not on the kernel pool,
+    where it would hold up the pass's own products)."""
+    return EmbedAhead(label, _embedding_product(one_hot, model.embed, inline=True))
 
 
 async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare,
                        ahead: EmbedAhead | None = None) -> Stream:
     """Rows of E selected by secret one-hot rows (n, vocab): exact, no truncation, with the
-    wide copy for the first norm; ``ahead``: the terms already made from the input seeds
+    wide copy for the first norm; ``ahead``: P_0's product made before the rows arrived
     (:func:`embed_ahead`; its label is the caller's to check).
 
-    z_i = (o_i + o_{i+1}) E_i + o_i E_{i+1} = o_i (E_i + E_{i+1}) + o_{i+1} E_i, read off one
-    product [o_i; o_{i+1}] @ [E_i | E_{i+1}] (E read once), or of the halves ``ahead`` does
-    not cover: for a new token (one row, its terms made during the pass before) P_0 reads no
-    table, P_1 its left half E_1, P_2 all of it: 1.5 tables instead of 3 (SmolLM2: 453 MB
-    each).
-    Cost: 2 rounds (the wide copy's truncation; the rows themselves are ready after 1),
-    2 n hidden elements per party.
+    z_i = (o_i + o_{i+1}) E_i + o_i E_{i+1}, read off one product [o_i + o_{i+1}; o_i] @
+    [E_i | E_{i+1}] (E read once; :func:`_embedding_product`). For a new token P_0 made its
+    product during the pass before, so only P_1 and P_2 read their table (SmolLM2: 453 MB
+    each) when the row arrives. Cost: 2 rounds (the wide copy's truncation; the rows
+    themselves are ready after 1), 2 n hidden elements per party.
     """
-    first = None if ahead is not None and ahead.first else one_hot.first
-    second = None if ahead is not None and ahead.second else one_hot.second
-    z = ahead.part if ahead is not None else None
-    if first is not None or second is not None:
-        rest = await trio.to_thread.run_sync(_embedding_terms, first, second, model.embed)
-        z = rest if z is None else z + rest
-    assert z is not None
+    if ahead is not None:
+        z = ahead.part
+    else:
+        z = await trio.to_thread.run_sync(_embedding_product, one_hot, model.embed)
     x, wide = await finish_product_wide(ctx, z, 0, None, norm_shift(ctx, model.config))
     return Stream(x, wide)
 
@@ -780,7 +759,7 @@ async def prepare_tuples(
 async def forward(
     ctx: Context, model: SecureModel, one_hot: AShare, cache: SecureKVCache, *,
     all_positions: bool = False, pre: PassTuples | None = None,
-    terms: EmbedAhead | None = None,
+    embedded: EmbedAhead | None = None,
 ) -> ProductShare:
     """Logits (1, vocab) at the last of n new tokens (one-hot rows (n, vocab)), or (n, vocab)
     at every one of them if ``all_positions``: this party's 3-out-of-3 share of them,
@@ -791,8 +770,8 @@ async def forward(
     tokens continue at position ``cache.length``; the cache is extended. ``pre``: the pass's
     offline material, made ahead (:func:`prepare_tuples` for this pass's rows, positions and
     head rows, else a ValueError); None: made at the start, beside the embedding, which the
-    first norm then waits for (4 offline rounds against the embedding's 2). ``terms``: the
-    embedding's terms made from the input seeds (:func:`embed_ahead`), if any. Scopes:
+    first norm then waits for (4 offline rounds against the embedding's 2). ``embedded``: P_0's
+    embedding product made ahead (:func:`embed_ahead`), if any. Scopes:
     :func:`forward_scopes`. Raises ContextLengthError (before any message) if the cache plus
     the new tokens exceed the context length.
     """
@@ -806,7 +785,7 @@ async def forward(
 
     async def embed(c: Context) -> Stream:
         with c.scope("embed"):
-            return await embed_tokens(c, model, one_hot, terms)
+            return await embed_tokens(c, model, one_hot, embedded)
 
     head_rows = n if all_positions else 1
     if pre is None:

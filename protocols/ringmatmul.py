@@ -190,10 +190,10 @@ def _cut(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
 
 
 def _matmul_batch(a: RingArray, b: RingArray, out: RingArray, inline: bool = False) -> None:
-    """out[t] = a[t] @ b[t][:, :n] for C-contiguous (T, m, k), (T, k, >= n), (T, m, n) uint64
-    arrays (``inline``: all in the calling thread)."""
+    """out[t] = a[t] @ b[t] for C-contiguous (T, m, k), (T, k, n), (T, m, n) uint64 arrays
+    (``inline``: all in the calling thread)."""
     count, m, k = a.shape
-    n = out.shape[2]
+    n = b.shape[2]
     parts = _workers() if count * m * k * n >= _PARALLEL_MIN_WORK and not inline else 1
     tasks: list[Callable[[], None]] = []
     if count == 1 and parts > 1 and m < PANEL_MIN_ROWS and k >= parts:
@@ -235,16 +235,13 @@ def _sum_of_row_blocks(a: RingArray, b: RingArray, out: RingArray, parts: int) -
 
 def _each(a: RingArray, b: RingArray, out: RingArray, lo: int, hi: int) -> None:
     for t in range(lo, hi):
-        _kernel(a[t], b[t], out[t], 0, out.shape[2])
+        _kernel(a[t], b[t], out[t], 0, b.shape[2])
 
 
-def ring_matmul(a: RingArray, b: RingArray, columns: int | None = None, *,
-                inline: bool = False) -> RingArray:
-    """a @ b mod 2^64 for uint64 arrays (..., m, k) @ (..., k, n), numpy broadcasting; with
-    ``columns``, a @ b[..., :columns] (the kernels read those columns of b only: no copy of a
-    C-contiguous b's block, e.g. E_i of a side-by-side [E_i | E_{i+1}]). ``inline``: in the
-    calling thread only, not on the pool (background work, which must not queue before the
-    products that something waits for).
+def ring_matmul(a: RingArray, b: RingArray, *, inline: bool = False) -> RingArray:
+    """a @ b mod 2^64 for uint64 arrays (..., m, k) @ (..., k, n), numpy broadcasting.
+    ``inline``: in the calling thread only, not on the pool (background work, which must not
+    queue before the products that something waits for).
 
     Exact for all inputs. Both operands need at least two dimensions. A 2-D ``b`` against a
     batched ``a`` is one (batch * m, k) @ (k, n) product; otherwise operands whose batch
@@ -263,8 +260,6 @@ def ring_matmul(a: RingArray, b: RingArray, columns: int | None = None, *,
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     m, k = a.shape[-2:]
     n = b.shape[-1]
-    if columns is not None and not 0 <= columns <= n:
-        raise ValueError(f"ring_matmul: {columns} columns of a b with {n}")
     if b.ndim == 2:  # fold the batch of a into its rows
         a3 = np.ascontiguousarray(a).reshape(1, math.prod(batch) * m, k)
         b3 = np.ascontiguousarray(b).reshape(1, k, n)
@@ -272,7 +267,6 @@ def ring_matmul(a: RingArray, b: RingArray, columns: int | None = None, *,
         count = math.prod(batch)
         a3 = np.ascontiguousarray(np.broadcast_to(a, (*batch, m, k))).reshape(count, m, k)
         b3 = np.ascontiguousarray(np.broadcast_to(b, (*batch, k, n))).reshape(count, k, n)
-    n = n if columns is None else columns
     out = np.empty((a3.shape[0], a3.shape[1], n), RING_DTYPE)
     _matmul_batch(a3, b3, out, inline)
     return out.reshape((*batch, m, n))

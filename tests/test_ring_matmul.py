@@ -82,6 +82,7 @@ def test_parallel_cuts(m: int, k: int, n: int) -> None:
     a[0, -3:] = b[-3:, 0] = [2**63, 2**64 - 1, 1]
     want = a.astype(object) @ b.astype(object) % MOD if m * n < 10**4 else None
     got = ring_matmul(a, b)
+    assert (ring_matmul(a, b, inline=True) == got).all()  # all in the calling thread
     if want is not None:
         assert (got == want.astype(np.uint64)).all()
     rows = [0, m // 2, m - 1]
@@ -134,21 +135,3 @@ def test_empty_and_errors() -> None:
     with pytest.raises(ValueError, match="mismatch"):
         ring_matmul(z((2, 3), np.uint64), z((2, 2), np.uint64))
 
-
-@pytest.mark.parametrize(("m", "k", "n", "columns"), [
-    (2, 4099, 600, 300), (1, 40, 9, 5), (3000, 256, 40, 3), (PANEL_MIN_ROWS + 1, 300, 500, 250),
-    (2, 7, 4, 0), (3, 5, 6, 6),
-])  # each way of cutting the product among the workers, none, every column
-def test_leading_columns_of_b(m: int, k: int, n: int, columns: int) -> None:
-    """a @ b[:, :columns] without a copy of b: as the product with that block."""
-    rng = np.random.default_rng(m + k + n + columns)
-    a = rng.integers(0, MOD, (m, k), dtype=np.uint64, endpoint=False)
-    b = rng.integers(0, MOD, (k, n), dtype=np.uint64, endpoint=False)
-    got = ring_matmul(a, b, columns)
-    assert got.shape == (m, columns)
-    rows = [0, m - 1]
-    want = a[rows].astype(object) @ b[:, :columns].astype(object) % MOD
-    assert (got[rows] == want.astype(np.uint64)).all()
-    assert (got == ring_matmul(a, b[:, :columns].copy())).all()
-    with pytest.raises(ValueError, match="columns"):
-        ring_matmul(a, b, n + 1)

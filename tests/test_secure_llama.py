@@ -48,6 +48,7 @@ from puma_async.protocols.llama import (
     weight_tensors,
 )
 from puma_async.protocols.norms import MAX_ABS, wide_shift
+from puma_async.protocols.shares import AShare
 from puma_async.roles import ALL_ROLES, MODEL_OWNER, PARTIES
 from puma_async.session import (
     GenerationOptions,
@@ -315,36 +316,29 @@ def test_untied_head_logits_match_plaintext() -> None:
     assert max(errors) < LOGIT_BOUND, errors
 
 
-@pytest.mark.parametrize(("first", "second"), [(True, True), (True, False), (False, True)])
-def test_embedding_terms_ahead_plus_the_rest_are_the_product(first: bool, second: bool) -> None:
-    """P_0's (both halves), P_1's (first) and P_2's (second) terms made ahead from the input
-    seeds, plus the rest's when the row arrives, are (a + b) E_i + a E_{i+1} exactly."""
-    rng = np.random.default_rng(int(first) + 2 * int(second))
+def test_embedding_product_made_ahead_is_exact() -> None:
+    """P_0's embedding product made ahead (both halves of its share from the input seeds) is
+    z_0 = (a + b) E_0 + a E_1, exactly."""
+    rng = np.random.default_rng(5)
     vocab, hidden = 300, 8
     table = rng.integers(0, 2**64, (vocab, 2 * hidden), dtype=np.uint64, endpoint=False)
     table[:3] = [2**64 - 1], [2**63], [1]
     a, b = (rng.integers(0, 2**64, (1, vocab), dtype=np.uint64, endpoint=False) for _ in "ab")
     model = SimpleNamespace(embed=table)
-    ahead = embed_ahead(model, b"label", a if first else None,  # type: ignore[arg-type]
-                        b if second else None)
-    if first and second:
-        got = ahead.part
-    else:  # the rest, as embed_tokens makes it when the row arrives
-        got = ahead.part + embed_ahead(model, b"label", None if first else a,  # type: ignore[arg-type]
-                                       None if second else b).part
+    ahead = embed_ahead(model, b"label", AShare(a, b))  # type: ignore[arg-type]
     exact = ((a + b).astype(object) @ table[:, :hidden].astype(object)
              + a.astype(object) @ table[:, hidden:].astype(object)) % 2**64
-    assert (ahead.first, ahead.second) == (first, second)
-    assert np.array_equal(got, exact.astype(np.uint64))
+    assert ahead.label == b"label"
+    assert np.array_equal(ahead.part, exact.astype(np.uint64))
 
 
 ENTROPY = {role: bytes([role]) * 32 for role in ALL_ROLES}
 
 
-def test_embedding_terms_made_ahead_change_no_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the same entropy, a session whose new tokens' embeddings use the terms made during
-    the pass before (session.programs) reveals the very same logits, bit for bit, as one that
-    makes each embedding's whole product when its row arrives."""
+def test_embedding_made_ahead_changes_no_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the same entropy, a session where P_0 makes its new tokens' embedding products
+    during the pass before (session.programs) reveals the very same logits, bit for bit, as
+    one where it makes each when the row arrives."""
     with_terms = run_session(WEIGHTS, PROMPTS[:1], max_new_tokens=NEW, entropy=ENTROPY)
     original, used = llama.embed_tokens, []
 
@@ -354,6 +348,6 @@ def test_embedding_terms_made_ahead_change_no_message(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(llama, "embed_tokens", whole)
     without = run_session(WEIGHTS, PROMPTS[:1], max_new_tokens=NEW, entropy=ENTROPY)
-    assert sum(used) == len(PARTIES) * (NEW - 1)
+    assert sum(used) == NEW - 1  # P0's, every pass but the prompt's
     for a, b in zip(with_terms.prompts[0].records, without.prompts[0].records, strict=True):
         assert np.array_equal(a.logits, b.logits)
