@@ -37,12 +37,10 @@ version of it beside these kernels.
 Threads: each call is cut into blocks run on one process-wide pool of
 ``os.sched_getaffinity`` workers: of the batch; for one product with few rows of ``a``
 (``_axpy_rows``), of the rows of ``b`` (each worker streams whole rows of ``b``, contiguous,
-and the partial products are added: a new token's embedding (2, 49152) @ (49152, 1152),
-three parties at once on two cores, 290 -> 232 ms; blocks of columns read every row in
-strided pieces); for one with fewer columns than a panel per worker, of the rows of ``a`` (the
-tied head (49152, 1152) @ (1152, 1): 195 -> 136 ms, three parties, where one block of columns
-left one worker idle); else of the output columns. One call thus uses every core, and
-concurrent calls (three parties in one process, each in ``trio.to_thread.run_sync``) queue
+and the partial products are added; blocks of columns read every row in strided pieces: a
+new token's embedding (2, 49152) @ (49152, 1152), two parties at once on two cores, best of
+7 84 -> 63 ms, median 92 -> 80 ms); else of the output columns. One call thus uses every
+core, and concurrent calls (three parties in one process, each in ``trio.to_thread.run_sync``) queue
 on the same workers instead of oversubscribing the cores. Nothing here touches BLAS or its
 threads. Small products (< 2^20 multiply-adds) run inline in the calling thread.
 """
@@ -199,10 +197,7 @@ def _matmul_batch(a: RingArray, b: RingArray, out: RingArray, inline: bool = Fal
     if count == 1 and parts > 1 and m < PANEL_MIN_ROWS and k >= parts:
         _sum_of_row_blocks(a[0], b[0], out[0], parts)
         return
-    if count == 1 and parts > 1 and n < parts * _PANEL and m >= parts:  # blocks of rows of a
-        for lo, hi in _cut(m, parts):
-            tasks.append(lambda lo=lo, hi=hi: _kernel(a[0, lo:hi], b[0], out[0, lo:hi], 0, n))
-    elif count % parts == 0 or count >= 4 * parts:  # whole products per task, balanced enough
+    if count % parts == 0 or count >= 4 * parts:  # whole products per task, balanced enough
         for lo, hi in _cut(count, parts):
             tasks.append(lambda lo=lo, hi=hi: _each(a, b, out, lo, hi))
     else:  # blocks of columns of every product

@@ -73,7 +73,7 @@ def test_wide_and_parallel(m: int, n: int) -> None:
 
 @pytest.mark.parametrize(
     ("m", "k", "n"), [(3, 5001, 100), (1, 4099, 300), (3000, 256, 3), (PANEL_MIN_ROWS, 9, 7000)]
-)  # blocks of rows of b (few rows of a, k not a multiple of the blocks' 4), of rows of a
+)  # blocks of rows of b (few rows of a, k not a multiple of the blocks' 4), of columns
 def test_parallel_cuts(m: int, k: int, n: int) -> None:
     """Each way of cutting one product among the workers gives the exact product."""
     rng = np.random.default_rng(m + k + n)
