@@ -68,6 +68,18 @@ async def share_input(
     return AShare(mine, x2) if me == 1 else AShare(x2, mine)
 
 
+def input_ahead(ctx: Context, owner: int, shape: Sequence[int]) -> tuple[bytes, AShare]:
+    """P_0's share of the next input ``ctx`` receives from ``owner`` (its next
+    :func:`share_input`, of ``shape``), drawn before the owner has it: both of P_0's halves,
+    x_0 and x_1, come from the owner's input seeds. Returns the input's label and the share
+    :func:`share_input` will return."""
+    if ctx.role != 0:
+        raise ValueError("only P0 draws both halves of its input shares from the seeds")
+    label, shape = ctx.next_label(b"input"), tuple(int(d) for d in shape)
+    first, second = input_prg(ctx, owner, 0), input_prg(ctx, owner, 1)
+    return label, AShare(first.ring(label, shape), second.ring(label, shape))
+
+
 def _third_share(value: RingArray, s0: Prg, s1: Prg, label: bytes, shape: tuple[int, ...]
                  ) -> RingArray:
     """x_2 = x - x_0 - x_1, with x_0 and x_1 drawn from the input seeds."""

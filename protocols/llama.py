@@ -377,19 +377,50 @@ async def residual_matmul(
     return p, Stream(residual.x + p, wide)
 
 
-async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare) -> Stream:
+@dataclasses.dataclass(frozen=True)
+class EmbedAhead:
+    """P_0's embedding product of the client's input of ``label``, made before the input
+    arrives (:func:`embed_ahead`): ``part`` (n, hidden), the z_0 of :func:`embed_tokens`."""
+
+    label: bytes
+    part: RingArray
+
+
+def _embedding_product(one_hot: AShare, table: RingArray, inline: bool = False) -> RingArray:
+    """z_i = (o_i + o_{i+1}) E_i + o_i E_{i+1} for one-hot share halves (n, vocab) and
+    ``table`` = [E_i | E_{i+1}]: read off one product [o_i + o_{i+1}; o_i] @ [E_i | E_{i+1}]
+    (E read once; ``inline``: ``ring_matmul``'s)."""
+    n, h = one_hot.shape[0], table.shape[1] // 2
+    left = np.concatenate([one_hot.first + one_hot.second, one_hot.first], axis=0)
+    both = ring_matmul(left, table, inline=inline)
+    return both[:n, :h] + both[n:, h:]
+
+
+def embed_ahead(model: SecureModel, label: bytes, one_hot: AShare) -> EmbedAhead:
+    """P_0's embedding product of the client's next input (``io.input_ahead``: its label and
+    P_0's share, both halves from the client's input seeds), made during the pass before
+    (``session.programs``): local, in a worker thread and on one core (not on the kernel pool,
+    where it would hold up the pass's own products)."""
+    return EmbedAhead(label, _embedding_product(one_hot, model.embed, inline=True))
+
+
+async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare,
+                       ahead: EmbedAhead | None = None) -> Stream:
     """Rows of E selected by secret one-hot rows (n, vocab): exact, no truncation, with the
-    wide copy for the first norm.
+    wide copy for the first norm; ``ahead``: P_0's product made before the rows arrived
+    (:func:`embed_ahead`; its label is the caller's to check).
 
     z_i = (o_i + o_{i+1}) E_i + o_i E_{i+1}, read off one product [o_i + o_{i+1}; o_i] @
-    [E_i | E_{i+1}] (E read once). Cost: 2 rounds (the wide copy's truncation; the rows
+    [E_i | E_{i+1}] (E read once; :func:`_embedding_product`). For a new token P_0 made its
+    product during the pass before, so only P_1 and P_2 read their table (SmolLM2: 453 MB
+    each) when the row arrives. Cost: 2 rounds (the wide copy's truncation; the rows
     themselves are ready after 1), 2 n hidden elements per party.
     """
-    n, h = one_hot.shape[0], model.config.hidden
-    both = await trio.to_thread.run_sync(lambda: ring_matmul(
-        np.concatenate([one_hot.first + one_hot.second, one_hot.first], axis=0), model.embed))
-    x, wide = await finish_product_wide(
-        ctx, both[:n, :h] + both[n:, h:], 0, None, norm_shift(ctx, model.config))
+    if ahead is not None:
+        z = ahead.part
+    else:
+        z = await trio.to_thread.run_sync(_embedding_product, one_hot, model.embed)
+    x, wide = await finish_product_wide(ctx, z, 0, None, norm_shift(ctx, model.config))
     return Stream(x, wide)
 
 
@@ -734,6 +765,7 @@ async def prepare_tuples(
 async def forward(
     ctx: Context, model: SecureModel, one_hot: AShare, cache: SecureKVCache, *,
     all_positions: bool = False, pre: PassTuples | None = None,
+    embedded: EmbedAhead | None = None,
 ) -> ProductShare:
     """Logits (1, vocab) at the last of n new tokens (one-hot rows (n, vocab)), or (n, vocab)
     at every one of them if ``all_positions``: this party's 3-out-of-3 share of them,
@@ -744,7 +776,8 @@ async def forward(
     tokens continue at position ``cache.length``; the cache is extended. ``pre``: the pass's
     offline material, made ahead (:func:`prepare_tuples` for this pass's rows, positions and
     head rows, else a ValueError); None: made at the start, beside the embedding, which the
-    first norm then waits for (4 offline rounds against the embedding's 2). Scopes:
+    first norm then waits for (4 offline rounds against the embedding's 2). ``embedded``: P_0's
+    embedding product made ahead (:func:`embed_ahead`), if any. Scopes:
     :func:`forward_scopes`. Raises ContextLengthError (before any message) if the cache plus
     the new tokens exceed the context length.
     """
@@ -758,7 +791,7 @@ async def forward(
 
     async def embed(c: Context) -> Stream:
         with c.scope("embed"):
-            return await embed_tokens(c, model, one_hot)
+            return await embed_tokens(c, model, one_hot, embedded)
 
     head_rows = n if all_positions else 1
     if pre is None:
@@ -783,10 +816,10 @@ async def forward(
 
 
 __all__ = [
-    "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "LayerProbe", "PassTuples", "Probe", "Rope",
-    "SecureKVCache", "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream", "apply_rope",
-    "assemble_model", "attend", "attention", "causal_mask", "decoder_layer", "embed_tokens",
-    "forward", "forward_scopes", "head_format", "lm_head", "mlp", "norm_shift", "prepare_tuples",
-    "probe",
-    "residual_matmul", "store_share", "weight_matmul", "weight_plan", "weight_tensors",
+    "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "EmbedAhead", "LayerProbe", "PassTuples", "Probe",
+    "Rope", "SecureKVCache", "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream",
+    "apply_rope", "assemble_model", "attend", "attention", "causal_mask", "decoder_layer",
+    "embed_ahead", "embed_tokens", "forward", "forward_scopes", "head_format", "lm_head", "mlp",
+    "norm_shift", "prepare_tuples", "probe", "residual_matmul", "store_share", "weight_matmul",
+    "weight_plan", "weight_tensors",
 ]

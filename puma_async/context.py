@@ -453,11 +453,17 @@ class Context:
         drew before; parties that share a key must draw the same labels in the same order
         within a step (child steps keep concurrent draws apart).
         """
-        count = self._labels[purpose]
-        self._labels[purpose] = count + 1
+        label = self.next_label(purpose)
+        self._labels[purpose] += 1
+        return label
+
+    def next_label(self, purpose: bytes = b"") -> bytes:
+        """The label the next :meth:`label` call for ``purpose`` returns, without drawing it:
+        for work made ahead from a draw this step makes later (a new token's embedding from
+        the client's input seeds: ``protocols.llama.embed_ahead``)."""
         if self._label_head is None:  # msgpack's [path, purpose, count], the path packed once
             self._label_head = _THREE_ITEMS + codec.packb(list(self.path))
-        return self._label_head + codec.packb(purpose) + codec.packb(count)
+        return self._label_head + codec.packb(purpose) + codec.packb(self._labels[purpose])
 
     def fresh_key(self, size: int = 16) -> bytes:
         """A new secret key for this party (PRG keys, input seeds).

@@ -71,6 +71,25 @@ def test_wide_and_parallel(m: int, n: int) -> None:
             assert (got == want).all()
 
 
+@pytest.mark.parametrize(
+    ("m", "k", "n"), [(3, 5001, 100), (1, 4099, 300), (3000, 256, 3), (PANEL_MIN_ROWS, 9, 7000)]
+)  # blocks of rows of b (few rows of a, k not a multiple of the blocks' 4), of columns
+def test_parallel_cuts(m: int, k: int, n: int) -> None:
+    """Each way of cutting one product among the workers gives the exact product."""
+    rng = np.random.default_rng(m + k + n)
+    a = rng.integers(0, MOD, (m, k), dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, MOD, (k, n), dtype=np.uint64, endpoint=False)
+    a[0, -3:] = b[-3:, 0] = [2**63, 2**64 - 1, 1]
+    want = a.astype(object) @ b.astype(object) % MOD if m * n < 10**4 else None
+    got = ring_matmul(a, b)
+    assert (ring_matmul(a, b, inline=True) == got).all()  # all in the calling thread
+    if want is not None:
+        assert (got == want.astype(np.uint64)).all()
+    rows = [0, m // 2, m - 1]
+    sub = a[rows].astype(object) @ b.astype(object) % MOD
+    assert (got[rows] == sub.astype(np.uint64)).all()
+
+
 @settings(deadline=None, max_examples=25)
 @given(st.data())
 def test_batched_broadcasting(data: st.DataObject) -> None:
@@ -115,3 +134,4 @@ def test_empty_and_errors() -> None:
         ring_matmul(z(2, np.uint64), z((2, 2), np.uint64))
     with pytest.raises(ValueError, match="mismatch"):
         ring_matmul(z((2, 3), np.uint64), z((2, 2), np.uint64))
+

@@ -190,7 +190,9 @@ def test_scopes_and_phases_are_attributed(spmd) -> None:
 
 def test_labels_are_deterministic_and_distinct(spmd) -> None:
     async def program(ctx: Context) -> list[bytes]:
+        ahead = [ctx.next_label(b"a"), ctx.next_label(b"a")]  # draws none
         labels = [ctx.label(b"a"), ctx.label(b"a"), ctx.label(b"b")]
+        assert ahead == [labels[0], labels[0]] and ctx.next_label(b"b") != labels[2]
         children = await ctx.gather(
             lambda c: _label(c), lambda c: _label(c)
         )

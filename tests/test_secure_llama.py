@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ from puma_async.model import (
 )
 from puma_async.model.bounds import certify_gate_bounds
 from puma_async.model.gguf_loader import load_gguf
+from puma_async.protocols import llama
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.llama import (
     FOLDED_EXTRA_BITS,
@@ -39,12 +42,14 @@ from puma_async.protocols.llama import (
     SecureWeight,
     Stream,
     causal_mask,
+    embed_ahead,
     normalised_qkv,
     weight_plan,
     weight_tensors,
 )
 from puma_async.protocols.norms import MAX_ABS, wide_shift
-from puma_async.roles import MODEL_OWNER, PARTIES
+from puma_async.protocols.shares import AShare
+from puma_async.roles import ALL_ROLES, MODEL_OWNER, PARTIES
 from puma_async.session import (
     GenerationOptions,
     SessionResult,
@@ -309,3 +314,40 @@ def test_untied_head_logits_match_plaintext() -> None:
     errors = [np.abs(r.logits - ref).max() for r, ref in zip(generated.records, reference,
                                                               strict=True)]
     assert max(errors) < LOGIT_BOUND, errors
+
+
+def test_embedding_product_made_ahead_is_exact() -> None:
+    """P_0's embedding product made ahead (both halves of its share from the input seeds) is
+    z_0 = (a + b) E_0 + a E_1, exactly."""
+    rng = np.random.default_rng(5)
+    vocab, hidden = 300, 8
+    table = rng.integers(0, 2**64, (vocab, 2 * hidden), dtype=np.uint64, endpoint=False)
+    table[:3] = [2**64 - 1], [2**63], [1]
+    a, b = (rng.integers(0, 2**64, (1, vocab), dtype=np.uint64, endpoint=False) for _ in "ab")
+    model = SimpleNamespace(embed=table)
+    ahead = embed_ahead(model, b"label", AShare(a, b))  # type: ignore[arg-type]
+    exact = ((a + b).astype(object) @ table[:, :hidden].astype(object)
+             + a.astype(object) @ table[:, hidden:].astype(object)) % 2**64
+    assert ahead.label == b"label"
+    assert np.array_equal(ahead.part, exact.astype(np.uint64))
+
+
+ENTROPY = {role: bytes([role]) * 32 for role in ALL_ROLES}
+
+
+def test_embedding_made_ahead_changes_no_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the same entropy, a session where P_0 makes its new tokens' embedding products
+    during the pass before (session.programs) reveals the very same logits, bit for bit, as
+    one where it makes each when the row arrives."""
+    with_terms = run_session(WEIGHTS, PROMPTS[:1], max_new_tokens=NEW, entropy=ENTROPY)
+    original, used = llama.embed_tokens, []
+
+    async def whole(ctx: Any, model: Any, one_hot: Any, ahead: Any = None) -> Any:
+        used.append(ahead is not None)
+        return await original(ctx, model, one_hot)
+
+    monkeypatch.setattr(llama, "embed_tokens", whole)
+    without = run_session(WEIGHTS, PROMPTS[:1], max_new_tokens=NEW, entropy=ENTROPY)
+    assert sum(used) == NEW - 1  # P0's, every pass but the prompt's
+    for a, b in zip(with_terms.prompts[0].records, without.prompts[0].records, strict=True):
+        assert np.array_equal(a.logits, b.logits)

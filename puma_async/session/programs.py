@@ -51,12 +51,14 @@ from puma_async.context import OFFLINE_PHASE, Context, Program
 from puma_async.errors import ProtocolError, SettingsError
 from puma_async.model.weights import LlamaWeights
 from puma_async.protocols.fixedpoint import fixed_point
-from puma_async.protocols.io import reveal_product_to, share_input
+from puma_async.protocols.io import input_ahead, reveal_product_to, share_input
 from puma_async.protocols.llama import (
+    EmbedAhead,
     PassTuples,
     SecureKVCache,
     Stored,
     assemble_model,
+    embed_ahead,
     forward,
     head_format,
     prepare_tuples,
@@ -197,10 +199,19 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
         report(Progress("setup", time.perf_counter() - started))
         cache = SecureKVCache.empty(config)
         ahead: PassTuples | None = None  # the next pass's offline material
+        embedded: EmbedAhead | None = None  # P0: its embedding product
 
-        async def prepare_next(c: Context, keys: int) -> PassTuples:
+        async def prepare_next(c: Context, keys: int, inputs: tuple[bytes, AShare] | None
+                               ) -> tuple[PassTuples, EmbedAhead | None]:
+            """The next pass's offline material, then at P0 (``inputs``: the label and P0's
+            share of the next row, from the client's input seeds) its embedding product, in a
+            worker thread (after the material: this pass's own embedding has read its table
+            by then)."""
             with c.phase(OFFLINE_PHASE):
-                return await prepare_tuples(c, config, 1, keys, 1)
+                material = await prepare_tuples(c, config, 1, keys, 1)
+            if inputs is None:
+                return material, None
+            return material, await trio.to_thread.run_sync(embed_ahead, model, *inputs)
 
         while True:
             command = await _command(online, state)
@@ -210,22 +221,29 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
                 cache, ahead = SecureKVCache.empty(config), None
                 continue
             t0, step, pre = time.perf_counter(), state.passes - 1, ahead
+            made_ahead = embedded if embedded is not None and command.positions == 1 and (
+                embedded.label == online.next_label(b"input")) else None
             # a next pass of this prompt would have 1 row at one position more: its material
-            # is made beside this pass's forward (offline), in the next pass's scope
-            ahead = None
+            # is made beside this pass's forward (offline), in the next pass's scope, and P0's
+            # embedding product from the input seeds (the row's label is this step's next)
+            ahead, embedded = None, None
             more = state.passes < state.max_new_tokens and state.positions < state.context
             with online.scope(f"p{state.prompt}.t{step}"):
                 with online.scope("io"):
                     tokens = await receive_rows(online, CLIENT, (command.positions, config.vocab),
                                                 blocks)
                 steps = [functools.partial(forward, model=model, one_hot=tokens, cache=cache,
-                                           all_positions=all_positions, pre=pre)]
+                                           all_positions=all_positions, pre=pre,
+                                           embedded=made_ahead)]
                 children = [online.child()]
                 if more:
-                    steps.append(functools.partial(prepare_next, keys=state.positions + 1))
+                    inputs = input_ahead(online, CLIENT, (1, config.vocab)
+                                         ) if ctx.role == 0 else None
+                    steps.append(functools.partial(prepare_next, keys=state.positions + 1,
+                                                   inputs=inputs))
                     children.append(online.child(f"p{state.prompt}.t{step + 1}"))
                 logits, *made = await online.run_children(children, steps)
-                ahead = made[0] if made else None
+                ahead, embedded = made[0] if made else (None, None)
                 with online.scope("io"):
                     await reveal_rows(online, logits, CLIENT, logits.shape, logits.frac_bits,
                                       blocks)
