@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from puma_async.errors import ContextLengthError, ModelFileError
 from puma_async.local import main
 from puma_async.model import (
     KVCache,
+    LlamaConfig,
     apply_rope,
     forward,
     greedy_generate,
@@ -58,6 +60,7 @@ from puma_async.session import (
     pick_token,
     run_session,
 )
+from puma_async.session.models import SMOLLM2_ARCHITECTURE
 
 LOGIT_BOUND = 0.002
 UNBOUNDED = dataclasses.replace(tiny_config(), n_layers=3)  # >= 3 layers: masks of inner layers
@@ -173,15 +176,52 @@ FX = FixedPoint(18)
 @example(seed=2, log2_rms=-4, log2_q=5, start=0)  # rho = 16: the rotation's rounding x 16
 def test_normalised_qkv_rotates_before_rho(evaluate, seed: int, log2_rms: float, log2_q: float,
                                            start: int) -> None:
-    """rho RoPE(x W'qkv) against float64 (on the encoded x and W'): RoPE commutes with rho,
-    the query heads carry 1/sqrt(head_dim), and the error is within rsqrt's relative error
-    plus the docstring's rho (sqrt(2) s + 1) 2^-22 + 2^-18 (and rho's resolution)."""
+    """rho RoPE(x W'qkv) against float64 on rows of one scale (tiny model's shape)."""
     config, n = tiny_config(), 3
-    h, d, heads, groups = config.hidden, config.head_dim, config.n_heads, config.n_kv_heads
     rng = np.random.default_rng(seed)
-    x = np.clip(rng.normal(0, 2.0**log2_rms, (n, h)), -MAX_ABS, MAX_ABS)
+    x = np.clip(rng.normal(0, 2.0**log2_rms, (n, config.hidden)), -MAX_ABS, MAX_ABS)
+    check_normalised_qkv(evaluate, config, x, random_folded(rng, config, log2_q), start)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), log2_outlier=st.floats(5, 15), log2_rms=st.floats(-2, 3),
+       log2_q=st.floats(-2, 4), rows=st.integers(1, 7), start=st.integers(0, 8189))
+@example(seed=3, log2_outlier=9.7, log2_rms=1.3, log2_q=3, rows=1, start=0)  # SmolLM2's ~830
+@example(seed=4, log2_outlier=14.6, log2_rms=0, log2_q=4, rows=7, start=8189)  # its ~25,000
+@example(seed=5, log2_outlier=5.2, log2_rms=1.3, log2_q=4, rows=6, start=100)  # |x_507| ~ 36
+def test_normalised_qkv_on_rows_with_an_outlier(evaluate, seed: int, log2_outlier: float,
+                                                log2_rms: float, log2_q: float, rows: int,
+                                                start: int) -> None:
+    """rho RoPE(x W'qkv) against float64 at SmolLM2's shape on rows whose one dimension holds
+    a massive activation (SmolLM2's dimension 507: ~800 in layers 3-10, ~25,000 from layer
+    11 on, ~36 on ordinary rows), the others at unit-ish scale; ``rows``: which of the three
+    rows (bits) carry it. Their rho is 1/|outlier| sqrt(576) and x W' is the outlier's row of
+    W' times the outlier: the docstring's bound holds (rsqrt's wide path above rms 241)."""
+    config, n = SMOLLM2_ARCHITECTURE, 3
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 2.0**log2_rms, (n, config.hidden))
+    dim = int(rng.integers(config.hidden))
+    carry = np.array([(rows >> i) & 1 for i in range(n)], dtype=bool)
+    x[carry, dim] = rng.choice([-1.0, 1.0], carry.sum()) * 2.0**log2_outlier
+    check_normalised_qkv(evaluate, config, x, random_folded(rng, config, log2_q), start)
+
+
+def random_folded(rng: np.random.Generator, config: LlamaConfig,
+                  log2_q: float) -> npt.NDArray[np.float64]:
+    """A random W'qkv with the gains folded in (FOLDED_EXTRA_BITS): |q| about 2^log2_q."""
+    h = config.hidden
     w = rng.normal(0, 2.0**log2_q / np.sqrt(h), (h, config.q_dim + 2 * config.kv_dim))
-    folded = 2.0**FOLDED_EXTRA_BITS * rng.uniform(0.1, 1.0, h)[:, None] * w
+    return 2.0**FOLDED_EXTRA_BITS * rng.uniform(0.1, 1.0, h)[:, None] * w
+
+
+def check_normalised_qkv(evaluate, config: LlamaConfig, x: npt.NDArray[np.float64],
+                         folded: npt.NDArray[np.float64], start: int) -> None:
+    """normalised_qkv on x (n, hidden) and W' against float64 (on the encoded x and W'):
+    RoPE commutes with rho, the query heads carry 1/sqrt(head_dim), and the error is within
+    rsqrt's relative error plus the docstring's rho (sqrt(2) s + 1) 2^-22 + 2^-18, the cos and
+    sin tables' rounding and rho's resolution; 6 rounds."""
+    n, h, d = x.shape[0], config.hidden, config.head_dim
+    heads, groups = config.n_heads, config.n_kv_heads
     k = wide_shift(h, MAX_ABS, FX.frac_bits)
     enc_x, enc_w = FX.encode(x), FX.encode(folded)
     wide = (enc_x.view(np.int64) >> k).view(np.uint64)
