@@ -246,15 +246,15 @@ async def _prepare_tree(
         cuts = np.cumsum([c.products for c, *_ in levels])[:-1]
         alphas = await offload(lambda: tuple(k2.bits(l2, (c.inputs, words))
                                              for c, _, l2, _ in levels),
-                               size=sum(c.inputs for c, *_ in levels) * words * 64)
+                               size=sum(c.inputs for c, *_ in levels) * words)
         return TreeMaterial(alphas, tuple(np.split(got, cuts)) if levels else ())
     alphas, shares = await offload(_draw_levels, levels, words, key_prg(ctx, part.sender + 1),
-                                   size=rows * words * 64)  # k_(s+1): S and E1
+                                   size=rows * words)  # k_(s+1): S and E1
     if role == 1:
         return TreeMaterial(alphas, shares)
     if rows:
         dealt = await offload(_deal_levels, levels, alphas, shares, key_prg(ctx, part.sender),
-                              size=rows * words * 64)  # k_s: S and E2
+                              size=rows * words)  # k_s: S and E2
         await ctx.send_arrays(part.party(2), dealt)
     return TreeMaterial()
 
@@ -304,7 +304,7 @@ async def prepare_random_bits(
     cuts = np.cumsum(words)[:-1]
     per_part = [BShare(f, s) for f, s in zip(np.split(packed.first, cuts),
                                              np.split(packed.second, cuts), strict=True)]
-    bits = await offload(_unpack_parts, per_part, parts, rows, size=rows * sum(words) * 64)
+    bits = await offload(_unpack_parts, per_part, parts, rows, size=sum(words) * 64)
     groups = {k: [row for row, m in enumerate(moduli) if m == k] for k in sorted(set(moduli))}
     if len(groups) == 1:  # one ring: no child steps, so a comparison's messages keep their steps
         return RandomBits(tuple(per_part), await bit_to_arith(ctx, bits, moduli[0]))
