@@ -487,14 +487,49 @@ def _groups(widths: tuple[int, ...]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def _all_monomials(bits: RingArray) -> RingArray:
-    """(width, ...) bit rows -> (2^width, ...) products over :func:`_block_subsets`."""
-    subsets = _block_subsets(bits.shape[0])
+@functools.cache
+def _monomial_steps(width: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """For each non-empty monomial of :func:`_block_subsets` (in order): the index of the
+    monomial without its last bit, and that bit (the empty monomial is 1: index 0)."""
+    subsets = _block_subsets(width)
     index = {s: k for k, s in enumerate(subsets)}
-    out = np.empty((len(subsets), *bits.shape[1:]), RING_DTYPE)
-    out[0] = ALL_ONES
-    for k, s in enumerate(subsets[1:], start=1):
-        out[k] = bits[s[0]] if len(s) == 1 else out[index[s[:-1]]] & bits[s[-1]]
+    steps = np.array([(index[s[:-1]], s[-1]) for s in subsets[1:]], np.int64).reshape(-1, 2)
+    parents, bits = np.ascontiguousarray(steps[:, 0]), np.ascontiguousarray(steps[:, 1])
+    for table in (parents, bits):
+        table.flags.writeable = False
+    return parents, bits
+
+
+_MONOMIALS_SIGNATURE = types.void(
+    types.Array(types.uint64, 3, "C", readonly=True), _INDEX, _INDEX,
+    types.Array(types.uint64, 3, "C"),
+)
+
+
+@njit(_MONOMIALS_SIGNATURE, nogil=True, cache=True)
+def _monomials_kernel(  # pragma: no cover (compiled)
+    bits: RingArray, parents: npt.NDArray[np.int64], last: npt.NDArray[np.int64],
+    out: RingArray,
+) -> None:
+    """out[k + 1, b] = out[parents[k], b] & bits[b, last[k]], out[0] = all ones."""
+    blocks, n = bits.shape[0], bits.shape[2]
+    for b in range(blocks):
+        for j in range(n):
+            out[0, b, j] = ALL_ONES
+    for k in range(parents.shape[0]):
+        p, i = parents[k], last[k]
+        for b in range(blocks):
+            for j in range(n):
+                out[k + 1, b, j] = out[p, b, j] & bits[b, i, j]
+
+
+def _all_monomials(bits: RingArray) -> RingArray:
+    """(blocks, width, M) bit rows -> (2^width, blocks, M) products over
+    :func:`_block_subsets` (one numba pass: a new token's blocks are a few words long)."""
+    blocks, width, n = bits.shape
+    parents, last = _monomial_steps(width)
+    out = np.empty((1 << width, blocks, n), RING_DTYPE)
+    _monomials_kernel(np.ascontiguousarray(bits, RING_DTYPE), parents, last, out)
     return out
 
 
@@ -505,8 +540,7 @@ def sender_monomials(plan: Plan, slices: RingArray) -> RingArray:
     """
     rows = []
     for width, blocks, bit in _groups(plan.widths):
-        block_bits = slices[bit : bit + width * blocks].reshape(blocks, width, -1)
-        mono = _all_monomials(block_bits.transpose(1, 0, 2))[1:]
+        mono = _all_monomials(slices[bit : bit + width * blocks].reshape(blocks, width, -1))[1:]
         rows.append(mono.reshape(-1, *slices.shape[1:]))
     if plan.top:
         rows.append(slices[plan.chain : plan.chain + 1])
@@ -527,8 +561,7 @@ def leaf_halves(plan: Plan, mono: RingArray, slices: RingArray, first: bool) -> 
         count = (1 << width) - 1
         pads = mono[row : row + count * blocks].reshape(count, blocks, -1)
         row += count * blocks
-        coefficients = _all_monomials(
-            slices[bit : bit + width * blocks].reshape(blocks, width, -1).transpose(1, 0, 2))
+        coefficients = _all_monomials(slices[bit : bit + width * blocks].reshape(blocks, width, -1))
         flat_pads = np.ascontiguousarray(pads).reshape(count, -1)
         flat_coefficients = coefficients.reshape(coefficients.shape[0], -1)
         g_terms, p_terms = _block_terms(width)
