@@ -84,7 +84,15 @@ import numpy.typing as npt
 
 from puma_async.context import ArraySpec, Context, Step
 
-from .bitpack import WORD_BITS, bit_slices, gather_bit_runs, pack_bits, packed_words, unpack_bits
+from .bitpack import (
+    WORD_BITS,
+    bit_slices,
+    gather_bit_runs,
+    pack_bits,
+    packed_words,
+    unpack_bits,
+    unpack_rows_into,
+)
 from .boolean import ALL_ONES, bit_to_arith
 from .carrytree import (
     Compiled,
@@ -388,16 +396,19 @@ def _view(x: AShare, part: Part, role: int) -> RingArray:
     return sl.second if role == 1 else sl.first
 
 
-def _unpack(words: RingArray, rows: int, n: int) -> RingArray:
-    """Packed bits of ``rows`` rows of n elements (row by row) -> (rows, n) 0/1 values."""
-    return unpack_bits(words, rows * n).reshape(rows, n)
+def _unpack(per_part: Iterable[RingArray], parts: tuple[Part, ...], rows: int) -> RingArray:
+    """Each part's packed bits (``rows`` rows of its elements, row by row: :meth:`Part.words`)
+    as 0/1 values side by side, (rows, elements of all parts)."""
+    out = np.empty((rows, parts[-1].hi if parts else 0), RING_DTYPE)
+    for words, part in zip(per_part, parts, strict=True):
+        unpack_rows_into(words, out[:, part.lo : part.hi])
+    return out
 
 
 def _unpack_parts(per_part: list[BShare], parts: tuple[Part, ...], rows: int) -> BShare:
     """Each part's packed random bits, one word per bit, side by side (rows, elements)."""
-    return BShare(*(np.concatenate([_unpack(getattr(p, half), rows, part.size)
-                                    for p, part in zip(per_part, parts, strict=True)], axis=1)
-                    for half in ("first", "second")))
+    return BShare(_unpack((p.first for p in per_part), parts, rows),
+                  _unpack((p.second for p in per_part), parts, rows))
 
 
 def _spread(mono: RingArray, values: int, of: npt.NDArray[np.intp], n: int) -> RingArray:
@@ -808,8 +819,7 @@ async def open_masked(ctx: Context, masked: MaskedBits) -> RingArray:
 def _opened_bits(masked: MaskedBits, opened: list[RingArray]) -> RingArray:
     """The opened words of every part as 0/1 ring values of the bits' logical shape."""
     rows = masked.bits.arith.shape[0]
-    c = np.concatenate([_unpack(words, rows, part.size)
-                        for words, part in zip(opened, masked.parts, strict=True)], axis=1)
+    c = _unpack(opened, masked.parts, rows)
     return c.reshape(rows, -1).T.reshape(masked.shape)
 
 
