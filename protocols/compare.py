@@ -44,7 +44,7 @@ from puma_async.context import Context, protocol
 from .arith import mul
 from .fastcmp import MaskedBits, compare_thresholds, open_masked
 from .offload import offload
-from .ring import RingArray, neg, to_ring
+from .ring import RING_DTYPE, RingArray, neg, to_ring
 from .shares import AShare
 
 _ONE = np.uint64(1)
@@ -70,7 +70,7 @@ async def to_arith(ctx: Context, bits: MaskedBits) -> AShare:
 def _bit_arith(party: int, c: RingArray, r: AShare) -> AShare:
     """c + (1 - 2c) r (local): :func:`sign_product` with f = 1, the public c entering x_0
     (P_0's first half, P_2's second) without the products by f's ones and zeros."""
-    s = _ONE - (c << _ONE)
+    s = np.subtract(_ONE, c << _ONE, dtype=RING_DTYPE)  # a ufunc: 0-d c wraps silently
     first, second = r.first * s, r.second * s
     if party == 0:
         first += c
