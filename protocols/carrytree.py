@@ -279,15 +279,14 @@ def and_tree(inputs: int, levels: int | None = None) -> tuple[Level, ...]:
 class Compiled:
     """A level as index arrays. Subsets of inputs are numbered: 0 the empty set, 1 + w the
     single wire w, then every larger subset any monomial needs (by size). Each larger subset
-    is built as (subset without its last wire) AND (its last wire): ``steps`` (lo, hi,
-    parent, wire) per size; ``parents`` / ``wires`` list them for every larger subset in
-    numbering order. Output o is the XOR over ``terms`` (o, d subset, alpha subset), its
-    terms from ``starts[o]`` to ``starts[o + 1]``."""
+    is built as (subset without its last wire) AND (its last wire): ``parents`` / ``wires``
+    list those two subsets for every larger subset in numbering order. Output o is the XOR
+    over ``terms`` (o, d subset, alpha subset), its terms from ``starts[o]`` to
+    ``starts[o + 1]``."""
 
     inputs: int
     outputs: int
     subsets: int
-    steps: tuple[tuple[int, int, npt.NDArray[np.intp], npt.NDArray[np.intp]], ...]
     parents: npt.NDArray[np.int64]
     wires: npt.NDArray[np.int64]
     term_d: npt.NDArray[np.int64]
@@ -319,12 +318,6 @@ def compile_level(level: Level) -> Compiled:
     index = {(): 0, **{(w,): 1 + w for w in range(level.inputs)}}
     for s in larger:
         index[s] = len(index)
-    steps = []
-    for size in sorted({len(s) for s in larger}):
-        group = [s for s in larger if len(s) == size]
-        steps.append((index[group[0]], index[group[-1]] + 1,
-                      np.array([index[s[:-1]] for s in group], np.intp),
-                      np.array([1 + s[-1] for s in group], np.intp)))
     terms = [(o, index[tuple(w for w in m if w not in t)], index[t])
              for o, out in enumerate(level.outputs) for m in out for t in subsets_of(m)]
     term_d = np.array([d for _, d, _ in terms], np.int64)
@@ -333,8 +326,12 @@ def compile_level(level: Level) -> Compiled:
     starts = np.flatnonzero(np.r_[True, outs[1:] != outs[:-1], True]).astype(np.int64)
     parents = np.array([index[s[:-1]] for s in larger], np.int64)
     wires = np.array([1 + s[-1] for s in larger], np.int64)
-    return Compiled(level.inputs, len(level.outputs), len(index), tuple(steps), parents, wires,
+    return Compiled(level.inputs, len(level.outputs), len(index), parents, wires,
                     term_d, term_alpha, starts)
+
+
+_WORDS_IN = types.Array(types.uint64, 2, "C", readonly=True)  # also accepts writable arrays
+_INDEX = types.Array(types.int64, 1, "C", readonly=True)
 
 
 def _products(c: Compiled, wires: RingArray) -> RingArray:
@@ -342,9 +339,21 @@ def _products(c: Compiled, wires: RingArray) -> RingArray:
     out = np.empty((c.subsets, wires.shape[1]), RING_DTYPE)
     out[0] = ALL_ONES
     out[1 : 1 + c.inputs] = wires
-    for lo, hi, parent, wire in c.steps:
-        np.bitwise_and(out[parent], out[wire], out=out[lo:hi])
+    _subsets_kernel(out, 1 + c.inputs, c.parents, c.wires)
     return out
+
+
+@njit(types.void(types.Array(types.uint64, 2, "C"), types.int64, _INDEX, _INDEX),
+      nogil=True, cache=True)
+def _subsets_kernel(  # pragma: no cover (compiled)
+    out: RingArray, first: int, parents: npt.NDArray[np.int64], wires: npt.NDArray[np.int64]
+) -> None:
+    """out[first + k] = out[parents[k]] & out[wires[k]] for every k, in order: each larger
+    subset's product from two made before it (one pass, no temporaries)."""
+    for k in range(parents.shape[0]):
+        p, w, row = parents[k], wires[k], out[first + k]
+        for j in range(out.shape[1]):
+            row[j] = out[p, j] & out[w, j]
 
 
 def deal(c: Compiled, alpha: RingArray) -> RingArray:
@@ -367,8 +376,6 @@ def evaluate_level(
 _BLOCK_WORDS = 256
 """Words per block in :func:`_evaluate_kernel`: a block's products (at most a few hundred
 subsets) stay in L2 while every output's terms are read from them."""
-_WORDS_IN = types.Array(types.uint64, 2, "C", readonly=True)  # also accepts writable arrays
-_INDEX = types.Array(types.int64, 1, "C", readonly=True)
 _EVALUATE_SIGNATURE = types.void(
     _WORDS_IN, _WORDS_IN, _WORDS_IN, types.boolean, _INDEX, _INDEX, _INDEX, _INDEX, _INDEX,
     types.Array(types.uint64, 2, "C"),
@@ -489,47 +496,27 @@ def _groups(widths: tuple[int, ...]) -> list[tuple[int, int, int]]:
 
 @functools.cache
 def _monomial_steps(width: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """For each non-empty monomial of :func:`_block_subsets` (in order): the index of the
-    monomial without its last bit, and that bit (the empty monomial is 1: index 0)."""
+    """For each monomial of two or more bits of :func:`_block_subsets` (in order): the
+    index of the monomial without its last bit, and that bit's (1 + bit: the numbering of
+    :class:`Compiled`)."""
     subsets = _block_subsets(width)
     index = {s: k for k, s in enumerate(subsets)}
-    steps = np.array([(index[s[:-1]], s[-1]) for s in subsets[1:]], np.int64).reshape(-1, 2)
-    parents, bits = np.ascontiguousarray(steps[:, 0]), np.ascontiguousarray(steps[:, 1])
-    for table in (parents, bits):
+    larger = subsets[1 + width :]
+    parents = np.array([index[s[:-1]] for s in larger], np.int64)
+    wires = np.array([1 + s[-1] for s in larger], np.int64)
+    for table in (parents, wires):
         table.flags.writeable = False
-    return parents, bits
-
-
-_MONOMIALS_SIGNATURE = types.void(
-    types.Array(types.uint64, 3, "C", readonly=True), _INDEX, _INDEX,
-    types.Array(types.uint64, 3, "C"),
-)
-
-
-@njit(_MONOMIALS_SIGNATURE, nogil=True, cache=True)
-def _monomials_kernel(  # pragma: no cover (compiled)
-    bits: RingArray, parents: npt.NDArray[np.int64], last: npt.NDArray[np.int64],
-    out: RingArray,
-) -> None:
-    """out[k + 1, b] = out[parents[k], b] & bits[b, last[k]], out[0] = all ones."""
-    blocks, n = bits.shape[0], bits.shape[2]
-    for b in range(blocks):
-        for j in range(n):
-            out[0, b, j] = ALL_ONES
-    for k in range(parents.shape[0]):
-        p, i = parents[k], last[k]
-        for b in range(blocks):
-            for j in range(n):
-                out[k + 1, b, j] = out[p, b, j] & bits[b, i, j]
+    return parents, wires
 
 
 def _all_monomials(bits: RingArray) -> RingArray:
     """(blocks, width, M) bit rows -> (2^width, blocks, M) products over
-    :func:`_block_subsets` (one numba pass: a new token's blocks are a few words long)."""
+    :func:`_block_subsets` (the larger ones in one numba pass)."""
     blocks, width, n = bits.shape
-    parents, last = _monomial_steps(width)
     out = np.empty((1 << width, blocks, n), RING_DTYPE)
-    _monomials_kernel(np.ascontiguousarray(bits, RING_DTYPE), parents, last, out)
+    out[0] = ALL_ONES
+    out[1 : 1 + width] = bits.transpose(1, 0, 2)
+    _subsets_kernel(out.reshape(1 << width, -1), 1 + width, *_monomial_steps(width))
     return out
 
 
