@@ -76,6 +76,7 @@ all pieces together, 24 per breakpoint for the selection.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal
 
 import numpy as np
@@ -137,15 +138,19 @@ class TablePolynomial:
     def degree(self) -> int:
         return len(self.coefficients[0]) - 1
 
+    @functools.cache  # noqa: B019 (the specs are module constants)
     def table(self, frac: int, identity_row: bool) -> RingArray:
         """Coefficient rows at ``frac`` fractional bits, one per interval with a zero row
         below and, if ``identity_above``, one above: x = scale v (``identity_row``) or zero
-        (the identity added apart): (breakpoints + 1, degree + 1)."""
+        (the identity added apart): (breakpoints + 1, degree + 1). Made once per (frac,
+        identity_row): read-only."""
         zero = (0.0,) * (self.degree + 1)
         above = (0.0, self.scale, *zero[2:]) if identity_row else zero
         rows = [zero, *self.coefficients, *[above] * self.identity_above]
         scaled = [[round(c * 2.0**frac) for c in row] for row in rows]
-        return to_ring(np.array(scaled, dtype=object))
+        table = to_ring(np.array(scaled, dtype=object))
+        table.flags.writeable = False
+        return table
 
 
 def _in_u(coefficients_of_x: tuple[float, ...], scale: float) -> tuple[float, ...]:

@@ -52,6 +52,23 @@ def unpack_bits(rows: RingArray, n: int, dtype: npt.DTypeLike = RING_DTYPE) -> n
     raw = np.ascontiguousarray(rows, dtype="<u8").view(np.uint8)
     return np.unpackbits(raw, axis=-1, count=n, bitorder="little").astype(dtype, copy=False)
 
+def unpack_rows_into(words: RingArray, out: RingArray) -> None:
+    """Packed bits of out's rows, densely row after row (bit r n + j: row r, element j of
+    out's n), as 0/1 ring values into ``out`` (rows, n): one pass, and ``out`` may be a
+    block of columns of a wider array (a part of a batch's elements)."""
+    _unpack_rows_kernel(np.ascontiguousarray(words, RING_DTYPE).reshape(-1), out)
+
+
+@njit(types.void(types.Array(types.uint64, 1, "C", readonly=True),
+                 types.Array(types.uint64, 2, "A")), nogil=True, cache=True)
+def _unpack_rows_kernel(words: RingArray, out: RingArray) -> None:  # pragma: no cover
+    rows, n = out.shape
+    for r in range(rows):
+        for j in range(n):
+            i = r * n + j
+            out[r, j] = (words[i >> 6] >> np.uint64(i & 63)) & np.uint64(1)
+
+
 _TRANSPOSE_SIGNATURE = types.void(
     types.Array(types.uint64, 1, "C", readonly=True), types.Array(types.uint64, 2, "C")
 )
@@ -204,5 +221,5 @@ def unpack_low_bits(packed: np.ndarray, bits: int, count: int) -> RingArray:
 
 __all__ = [
     "MAX_BITS", "WORD_BITS", "bit_slices", "gather_bit_runs", "pack_bits", "pack_low_bits",
-    "packed_size", "packed_words", "unpack_bits", "unpack_low_bits",
+    "packed_size", "packed_words", "unpack_bits", "unpack_low_bits", "unpack_rows_into",
 ]

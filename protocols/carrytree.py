@@ -279,15 +279,14 @@ def and_tree(inputs: int, levels: int | None = None) -> tuple[Level, ...]:
 class Compiled:
     """A level as index arrays. Subsets of inputs are numbered: 0 the empty set, 1 + w the
     single wire w, then every larger subset any monomial needs (by size). Each larger subset
-    is built as (subset without its last wire) AND (its last wire): ``steps`` (lo, hi,
-    parent, wire) per size; ``parents`` / ``wires`` list them for every larger subset in
-    numbering order. Output o is the XOR over ``terms`` (o, d subset, alpha subset), its
-    terms from ``starts[o]`` to ``starts[o + 1]``."""
+    is built as (subset without its last wire) AND (its last wire): ``parents`` / ``wires``
+    list those two subsets for every larger subset in numbering order. Output o is the XOR
+    over ``terms`` (o, d subset, alpha subset), its terms from ``starts[o]`` to
+    ``starts[o + 1]``."""
 
     inputs: int
     outputs: int
     subsets: int
-    steps: tuple[tuple[int, int, npt.NDArray[np.intp], npt.NDArray[np.intp]], ...]
     parents: npt.NDArray[np.int64]
     wires: npt.NDArray[np.int64]
     term_d: npt.NDArray[np.int64]
@@ -319,12 +318,6 @@ def compile_level(level: Level) -> Compiled:
     index = {(): 0, **{(w,): 1 + w for w in range(level.inputs)}}
     for s in larger:
         index[s] = len(index)
-    steps = []
-    for size in sorted({len(s) for s in larger}):
-        group = [s for s in larger if len(s) == size]
-        steps.append((index[group[0]], index[group[-1]] + 1,
-                      np.array([index[s[:-1]] for s in group], np.intp),
-                      np.array([1 + s[-1] for s in group], np.intp)))
     terms = [(o, index[tuple(w for w in m if w not in t)], index[t])
              for o, out in enumerate(level.outputs) for m in out for t in subsets_of(m)]
     term_d = np.array([d for _, d, _ in terms], np.int64)
@@ -333,8 +326,12 @@ def compile_level(level: Level) -> Compiled:
     starts = np.flatnonzero(np.r_[True, outs[1:] != outs[:-1], True]).astype(np.int64)
     parents = np.array([index[s[:-1]] for s in larger], np.int64)
     wires = np.array([1 + s[-1] for s in larger], np.int64)
-    return Compiled(level.inputs, len(level.outputs), len(index), tuple(steps), parents, wires,
+    return Compiled(level.inputs, len(level.outputs), len(index), parents, wires,
                     term_d, term_alpha, starts)
+
+
+_WORDS_IN = types.Array(types.uint64, 2, "C", readonly=True)  # also accepts writable arrays
+_INDEX = types.Array(types.int64, 1, "C", readonly=True)
 
 
 def _products(c: Compiled, wires: RingArray) -> RingArray:
@@ -342,9 +339,21 @@ def _products(c: Compiled, wires: RingArray) -> RingArray:
     out = np.empty((c.subsets, wires.shape[1]), RING_DTYPE)
     out[0] = ALL_ONES
     out[1 : 1 + c.inputs] = wires
-    for lo, hi, parent, wire in c.steps:
-        np.bitwise_and(out[parent], out[wire], out=out[lo:hi])
+    _subsets_kernel(out, 1 + c.inputs, c.parents, c.wires)
     return out
+
+
+@njit(types.void(types.Array(types.uint64, 2, "C"), types.int64, _INDEX, _INDEX),
+      nogil=True, cache=True)
+def _subsets_kernel(  # pragma: no cover (compiled)
+    out: RingArray, first: int, parents: npt.NDArray[np.int64], wires: npt.NDArray[np.int64]
+) -> None:
+    """out[first + k] = out[parents[k]] & out[wires[k]] for every k, in order: each larger
+    subset's product from two made before it (one pass, no temporaries)."""
+    for k in range(parents.shape[0]):
+        p, w, row = parents[k], wires[k], out[first + k]
+        for j in range(out.shape[1]):
+            row[j] = out[p, j] & out[w, j]
 
 
 def deal(c: Compiled, alpha: RingArray) -> RingArray:
@@ -367,8 +376,6 @@ def evaluate_level(
 _BLOCK_WORDS = 256
 """Words per block in :func:`_evaluate_kernel`: a block's products (at most a few hundred
 subsets) stay in L2 while every output's terms are read from them."""
-_WORDS_IN = types.Array(types.uint64, 2, "C", readonly=True)  # also accepts writable arrays
-_INDEX = types.Array(types.int64, 1, "C", readonly=True)
 _EVALUATE_SIGNATURE = types.void(
     _WORDS_IN, _WORDS_IN, _WORDS_IN, types.boolean, _INDEX, _INDEX, _INDEX, _INDEX, _INDEX,
     types.Array(types.uint64, 2, "C"),
@@ -487,14 +494,29 @@ def _groups(widths: tuple[int, ...]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def _all_monomials(bits: RingArray) -> RingArray:
-    """(width, ...) bit rows -> (2^width, ...) products over :func:`_block_subsets`."""
-    subsets = _block_subsets(bits.shape[0])
+@functools.cache
+def _monomial_steps(width: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """For each monomial of two or more bits of :func:`_block_subsets` (in order): the
+    index of the monomial without its last bit, and that bit's (1 + bit: the numbering of
+    :class:`Compiled`)."""
+    subsets = _block_subsets(width)
     index = {s: k for k, s in enumerate(subsets)}
-    out = np.empty((len(subsets), *bits.shape[1:]), RING_DTYPE)
+    larger = subsets[1 + width :]
+    parents = np.array([index[s[:-1]] for s in larger], np.int64)
+    wires = np.array([1 + s[-1] for s in larger], np.int64)
+    for table in (parents, wires):
+        table.flags.writeable = False
+    return parents, wires
+
+
+def _all_monomials(bits: RingArray) -> RingArray:
+    """(blocks, width, M) bit rows -> (2^width, blocks, M) products over
+    :func:`_block_subsets` (the larger ones in one numba pass)."""
+    blocks, width, n = bits.shape
+    out = np.empty((1 << width, blocks, n), RING_DTYPE)
     out[0] = ALL_ONES
-    for k, s in enumerate(subsets[1:], start=1):
-        out[k] = bits[s[0]] if len(s) == 1 else out[index[s[:-1]]] & bits[s[-1]]
+    out[1 : 1 + width] = bits.transpose(1, 0, 2)
+    _subsets_kernel(out.reshape(1 << width, -1), 1 + width, *_monomial_steps(width))
     return out
 
 
@@ -505,8 +527,7 @@ def sender_monomials(plan: Plan, slices: RingArray) -> RingArray:
     """
     rows = []
     for width, blocks, bit in _groups(plan.widths):
-        block_bits = slices[bit : bit + width * blocks].reshape(blocks, width, -1)
-        mono = _all_monomials(block_bits.transpose(1, 0, 2))[1:]
+        mono = _all_monomials(slices[bit : bit + width * blocks].reshape(blocks, width, -1))[1:]
         rows.append(mono.reshape(-1, *slices.shape[1:]))
     if plan.top:
         rows.append(slices[plan.chain : plan.chain + 1])
@@ -527,8 +548,7 @@ def leaf_halves(plan: Plan, mono: RingArray, slices: RingArray, first: bool) -> 
         count = (1 << width) - 1
         pads = mono[row : row + count * blocks].reshape(count, blocks, -1)
         row += count * blocks
-        coefficients = _all_monomials(
-            slices[bit : bit + width * blocks].reshape(blocks, width, -1).transpose(1, 0, 2))
+        coefficients = _all_monomials(slices[bit : bit + width * blocks].reshape(blocks, width, -1))
         flat_pads = np.ascontiguousarray(pads).reshape(count, -1)
         flat_coefficients = coefficients.reshape(coefficients.shape[0], -1)
         g_terms, p_terms = _block_terms(width)

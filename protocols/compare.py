@@ -44,8 +44,10 @@ from puma_async.context import Context, protocol
 from .arith import mul
 from .fastcmp import MaskedBits, compare_thresholds, open_masked
 from .offload import offload
-from .ring import RingArray, neg, to_ring
-from .shares import AShare, public_share
+from .ring import RING_DTYPE, RingArray, neg, to_ring
+from .shares import AShare
+
+_ONE = np.uint64(1)
 
 
 async def masked_sign(ctx: Context, x: AShare) -> MaskedBits:
@@ -66,8 +68,15 @@ async def to_arith(ctx: Context, bits: MaskedBits) -> AShare:
 
 
 def _bit_arith(party: int, c: RingArray, r: AShare) -> AShare:
-    """c + (1 - 2c) r: :func:`sign_product` with f = 1 (local)."""
-    return sign_product(c, public_share(party, np.ones(c.shape, np.uint64)), r)
+    """c + (1 - 2c) r (local): :func:`sign_product` with f = 1, the public c entering x_0
+    (P_0's first half, P_2's second) without the products by f's ones and zeros."""
+    s = np.subtract(_ONE, c << _ONE, dtype=RING_DTYPE)  # a ufunc: 0-d c wraps silently
+    first, second = r.first * s, r.second * s
+    if party == 0:
+        first += c
+    elif party == 2:
+        second += c
+    return AShare(first, second)
 
 
 async def sign_times(ctx: Context, bits: MaskedBits, f: AShare) -> AShare:

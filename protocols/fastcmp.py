@@ -84,7 +84,15 @@ import numpy.typing as npt
 
 from puma_async.context import ArraySpec, Context, Step
 
-from .bitpack import WORD_BITS, bit_slices, gather_bit_runs, pack_bits, packed_words, unpack_bits
+from .bitpack import (
+    WORD_BITS,
+    bit_slices,
+    gather_bit_runs,
+    pack_bits,
+    packed_words,
+    unpack_bits,
+    unpack_rows_into,
+)
 from .boolean import ALL_ONES, bit_to_arith
 from .carrytree import (
     Compiled,
@@ -243,20 +251,28 @@ async def _prepare_tree(
         k2 = key_prg(ctx, part.sender)
         got = (await ctx.recv_array(part.sender, ArraySpec.ring((rows, words))) if rows
                else np.zeros((0, words), RING_DTYPE))
-        cuts = np.cumsum([c.products for c, *_ in levels])[:-1]
         alphas = await offload(lambda: tuple(k2.bits(l2, (c.inputs, words))
                                              for c, _, l2, _ in levels),
-                               size=sum(c.inputs for c, *_ in levels) * words * 64)
-        return TreeMaterial(alphas, tuple(np.split(got, cuts)) if levels else ())
+                               size=sum(c.inputs for c, *_ in levels) * words)
+        return TreeMaterial(alphas, _split(got, [c.products for c, *_ in levels]))
     alphas, shares = await offload(_draw_levels, levels, words, key_prg(ctx, part.sender + 1),
-                                   size=rows * words * 64)  # k_(s+1): S and E1
+                                   size=rows * words)  # k_(s+1): S and E1
     if role == 1:
         return TreeMaterial(alphas, shares)
     if rows:
         dealt = await offload(_deal_levels, levels, alphas, shares, key_prg(ctx, part.sender),
-                              size=rows * words * 64)  # k_s: S and E2
+                              size=rows * words)  # k_s: S and E2
         await ctx.send_arrays(part.party(2), dealt)
     return TreeMaterial()
+
+
+def _split(a: RingArray, sizes: Iterable[int]) -> tuple[RingArray, ...]:
+    """``a`` cut along its first axis into consecutive pieces of ``sizes`` (views)."""
+    pieces, lo = [], 0
+    for size in sizes:
+        pieces.append(a[lo : lo + size])
+        lo += size
+    return tuple(pieces)
 
 
 def _draw_levels(levels: list[tuple[Compiled, bytes, bytes, bytes]], words: int, k1: Prg
@@ -301,10 +317,9 @@ async def prepare_random_bits(
         return RandomBits((), AShare(empty, empty))
     words = [part.words(rows) for part in parts]
     packed = random_bshare(ctx, (sum(words),))
-    cuts = np.cumsum(words)[:-1]
-    per_part = [BShare(f, s) for f, s in zip(np.split(packed.first, cuts),
-                                             np.split(packed.second, cuts), strict=True)]
-    bits = await offload(_unpack_parts, per_part, parts, rows, size=rows * sum(words) * 64)
+    per_part = [BShare(f, s) for f, s in zip(_split(packed.first, words),
+                                             _split(packed.second, words), strict=True)]
+    bits = await offload(_unpack_parts, per_part, parts, rows, size=sum(words) * 64)
     groups = {k: [row for row, m in enumerate(moduli) if m == k] for k in sorted(set(moduli))}
     if len(groups) == 1:  # one ring: no child steps, so a comparison's messages keep their steps
         return RandomBits(tuple(per_part), await bit_to_arith(ctx, bits, moduli[0]))
@@ -388,16 +403,19 @@ def _view(x: AShare, part: Part, role: int) -> RingArray:
     return sl.second if role == 1 else sl.first
 
 
-def _unpack(words: RingArray, rows: int, n: int) -> RingArray:
-    """Packed bits of ``rows`` rows of n elements (row by row) -> (rows, n) 0/1 values."""
-    return unpack_bits(words, rows * n).reshape(rows, n)
+def _unpack(per_part: Iterable[RingArray], parts: tuple[Part, ...], rows: int) -> RingArray:
+    """Each part's packed bits (``rows`` rows of its elements, row by row: :meth:`Part.words`)
+    as 0/1 values side by side, (rows, elements of all parts)."""
+    out = np.empty((rows, parts[-1].hi if parts else 0), RING_DTYPE)
+    for words, part in zip(per_part, parts, strict=True):
+        unpack_rows_into(words, out[:, part.lo : part.hi])
+    return out
 
 
 def _unpack_parts(per_part: list[BShare], parts: tuple[Part, ...], rows: int) -> BShare:
     """Each part's packed random bits, one word per bit, side by side (rows, elements)."""
-    return BShare(*(np.concatenate([_unpack(getattr(p, half), rows, part.size)
-                                    for p, part in zip(per_part, parts, strict=True)], axis=1)
-                    for half in ("first", "second")))
+    return BShare(_unpack((p.first for p in per_part), parts, rows),
+                  _unpack((p.second for p in per_part), parts, rows))
 
 
 def _spread(mono: RingArray, values: int, of: npt.NDArray[np.intp], n: int) -> RingArray:
@@ -620,11 +638,20 @@ def _check(pre: CompareMaterial | MaximumMaterial | None,
 
 
 @functools.cache
+def _pairs(m: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """np.triu_indices(m, 1) (read-only, made once per m): the pairs i < j of m entries."""
+    first, second = np.triu_indices(m, 1)
+    for table in (first, second):
+        table.flags.writeable = False
+    return first, second
+
+
+@functools.cache
 def _tournament(m: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
     """For entry i and opponent slot k (opponent j = k + [k >= i]): the index of the pair
     {i, j} among the pairs i < j (np.triu_indices order), and whether i < j (then i beats j
     iff NOT [x_i < x_j]; else iff [x_j < x_i])."""
-    first, second = np.triu_indices(m, 1)
+    first, second = _pairs(m)
     pair = np.zeros((m, m), np.intp)
     pair[first, second] = pair[second, first] = np.arange(first.size)
     slots = np.arange(m - 1)
@@ -649,7 +676,7 @@ def summands(x: AShare, parts: tuple[Part, ...], party: int) -> RingArray:
 def _pair_differences(entries: RingArray, m: int) -> RingArray:
     """x_i - x_j of every pair i < j of every row of m entries (flat), as one row."""
     flat = entries.reshape(-1, m)
-    first, second = np.triu_indices(m, 1)
+    first, second = _pairs(m)
     return (flat[:, first] - flat[:, second]).reshape(1, -1)
 
 
@@ -716,7 +743,7 @@ def _beats(at_least: RingArray, m: int, pairs: Part, entries: Part, first: bool)
     bits = unpack_bits(at_least, pairs.size).reshape(entries.size // m, -1)[:, index]
     if first:
         bits ^= (~negate).astype(RING_DTYPE)
-    return pack_bits(np.moveaxis(bits, -1, 0).reshape(m - 1, -1))
+    return pack_bits(bits.transpose(2, 0, 1).reshape(m - 1, -1))
 
 
 async def maximum_after_leaves(
@@ -808,8 +835,7 @@ async def open_masked(ctx: Context, masked: MaskedBits) -> RingArray:
 def _opened_bits(masked: MaskedBits, opened: list[RingArray]) -> RingArray:
     """The opened words of every part as 0/1 ring values of the bits' logical shape."""
     rows = masked.bits.arith.shape[0]
-    c = np.concatenate([_unpack(words, rows, part.size)
-                        for words, part in zip(opened, masked.parts, strict=True)], axis=1)
+    c = _unpack(opened, masked.parts, rows)
     return c.reshape(rows, -1).T.reshape(masked.shape)
 
 

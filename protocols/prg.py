@@ -50,6 +50,7 @@ SMALL_DRAW = 2048
 """Draws of up to this many bytes use SHAKE128 (cheaper than AES-CTR below about 2 KiB)."""
 _ZEROS = memoryview(bytes(_CHUNK))
 _WORDS = np.dtype("<u8")  # the stream's words
+_BIG_ENDIAN = _WORDS != RING_DTYPE  # words are then converted to the native order
 
 
 Bytes = bytes  # for annotations inside Prg, where ``bytes`` names the method
@@ -63,8 +64,12 @@ def new_key(size: int = 16) -> bytes:
 
 
 def _count(shape: int | tuple[int, ...]) -> tuple[tuple[int, ...], int]:
-    if type(shape) is int and shape >= 0:  # the common case, without the generators below
+    if type(shape) is int and shape >= 0:  # the common cases, without the generators below
         return (shape,), shape
+    if type(shape) is tuple:
+        n = math.prod(shape)  # a Python int only when every dimension is one
+        if type(n) is int and (not shape or min(shape) >= 0):
+            return shape, n
     shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
         raise ValueError(f"negative dimension in shape {shape}")
@@ -103,7 +108,7 @@ class Prg:
     def _words(self, kind: Bytes, label: Bytes, shape: int | tuple[int, ...]) -> RingArray:
         shape, n = _count(shape)
         words = self._stream(kind, label, 8 * n).view(_WORDS)  # little-endian on every host
-        if _WORDS != RING_DTYPE:  # a big-endian host
+        if _BIG_ENDIAN:
             words = words.astype(RING_DTYPE)
         return words if len(shape) == 1 else words.reshape(shape)
 

@@ -13,7 +13,9 @@ from puma_async.protocols.bitpack import (
     pack_low_bits,
     packed_size,
     packed_words,
+    unpack_bits,
     unpack_low_bits,
+    unpack_rows_into,
 )
 
 
@@ -76,3 +78,17 @@ def test_gather_bit_runs_matches_moving_unpacked_bits(
     padded[:, : moved.shape[1]] = moved
     expected = np.packbits(padded, axis=-1, bitorder="little").view("<u8")
     np.testing.assert_array_equal(gather_bit_runs(packed, n, of), expected)
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 5), st.integers(1, 200), st.integers(0, 3), st.integers(0, 2**64 - 1))
+def test_unpack_rows_into_a_block_of_columns_matches_unpack_bits(
+    rows: int, n: int, left: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    packed = rng.integers(0, 2**64, packed_words(rows * n), dtype=np.uint64, endpoint=False)
+    wide = np.full((rows, left + n + 2), 7, np.uint64)
+    unpack_rows_into(packed, wide[:, left : left + n])
+    np.testing.assert_array_equal(wide[:, left : left + n],
+                                  unpack_bits(packed, rows * n).reshape(rows, n))
+    assert (wide[:, :left] == 7).all() and (wide[:, left + n :] == 7).all()
