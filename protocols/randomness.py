@@ -17,6 +17,7 @@ of 20 bytes: P_1 and P_2 send one, P_0 three (its key, and the common key to bot
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -122,11 +123,16 @@ def zero_bits(ctx: Context, shape: tuple[int, ...]) -> RingArray:
     return keys.own.bits(label, shape) ^ keys.next.bits(label, shape)
 
 
-def random_share(ctx: Context, shape: tuple[int, ...]) -> AShare:
-    """A replicated sharing of a uniformly random ring element unknown to every party."""
+async def random_share(ctx: Context, shape: tuple[int, ...]) -> AShare:
+    """A replicated sharing of a uniformly random ring element unknown to every party (drawn
+    in a worker thread when large: a long pass's TP1 tuples draw hundreds of MB at once)."""
     keys = party_keys(ctx)
     label = ctx.label(b"rand")
-    return AShare(keys.own.ring(label, shape), keys.next.ring(label, shape))
+
+    def draw() -> AShare:
+        return AShare(keys.own.ring(label, shape), keys.next.ring(label, shape))
+
+    return await offload(draw, size=math.prod(shape))
 
 
 def random_bshare(ctx: Context, shape: tuple[int, ...]) -> BShare:

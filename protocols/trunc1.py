@@ -140,7 +140,7 @@ async def prepare_trunc1(ctx: Context, spec: Trunc1Spec) -> Trunc1Material:
     """TP1 tuples for ``spec`` (public parameters only), in phase ``offline`` (its own round
     clock: start it early, e.g. in a ``gather`` beside earlier work, and pass the result as
     ``pre``). Cost: 4 rounds; 98.125 bytes per element for f = 18 (module docstring)."""
-    return await _derive(ctx, spec, random_share(ctx, (spec.size,)))
+    return await _derive(ctx, spec, await random_share(ctx, (spec.size,)))
 
 
 async def prepare_trunc1_batches(
@@ -205,31 +205,43 @@ async def _extract(
     """One part: this evaluator's XOR-halves of (c_f, c_63, m), packed row by row (None at
     S), and the part's replicated [(a' >> f) + (b' >> f)]."""
     role = part.role(ctx.role)
-    mine = r[part.lo : part.hi]
-    own = mine.first + mine.second if role == 0 else (mine.second if role == 1 else mine.first)
+    own, low = await offload(_own_and_low, role, r[part.lo : part.hi], bits, size=part.size)
     view = own.reshape(1, -1)  # S: a; E1, E2: b (its b' is b itself: no threshold)
     shifted = None if role == 0 else view
     of = np.zeros(1, np.intp)
-    low = (own & _LOW63) >> np.uint64(bits)
     label = ctx.label(b"trunc1.low")
 
     async def share_low(c: Context) -> AShare:
         """S's a' >> f as components (s: v - R, s+1: R), b' >> f as component s+2."""
         if role == 2:
             return AShare(low, await c.recv_array(part.sender, ArraySpec.ring(part.size)))
-        mask = key_prg(c, part.sender + 1).ring(label, part.size)  # k(S, E1)
+        prg = key_prg(c, part.sender + 1)  # k(S, E1)
+        mask = await offload(prg.ring, label, part.size, size=part.size)
         if role == 1:
             return AShare(mask, low)
-        await c.send_arrays(part.party(2), low - mask)
-        return AShare(low - mask, mask)
+        masked = await offload(np.subtract, low, mask, size=part.size)
+        await c.send_arrays(part.party(2), masked)
+        return AShare(masked, mask)
 
     carries, shared = await ctx.gather(
         lambda c: carry_halves(c, boundary_plan(bits), part, view, shifted, of), share_low)
     if carries is None:
         return None, shared
-    tree, top = carries  # rows: the carries into bit 63 and into bit f; a_63 ^ b_63
-    rows = [unpack_bits(h, part.size, np.uint8) for h in (tree[1:], tree[:1], tree[:1] ^ top)]
-    return pack_bits(np.concatenate(rows, axis=1))[0], shared
+    return await offload(_packed_rows, *carries, part.size, size=part.size), shared
+
+
+def _own_and_low(role: int, mine: AShare, bits: int) -> tuple[RingArray, RingArray]:
+    """This evaluator's summand of r in the part (S: a = r_0 + r_1; E1, E2: their b) and its
+    low 63 bits shifted right by f (:func:`_extract`'s local start)."""
+    own = mine.first + mine.second if role == 0 else (mine.second if role == 1 else mine.first)
+    return own, (own & _LOW63) >> np.uint64(bits)
+
+
+def _packed_rows(tree: np.ndarray, top: np.ndarray, size: int) -> np.ndarray:
+    """The XOR-halves of (c_f, c_63, m) packed row by row from the carry tree's rows (the
+    carries into bit 63 and into bit f) and a_63 ^ b_63 (:func:`_extract`'s local end)."""
+    rows = [unpack_bits(h, size, np.uint8) for h in (tree[1:], tree[:1], tree[:1] ^ top)]
+    return pack_bits(np.concatenate(rows, axis=1))[0]
 
 
 async def truncate1(
@@ -264,7 +276,7 @@ async def _truncate1(
     if pre is not None and pre.spec != spec:
         raise ValueError(f"TP1 tuples prepared for {pre.spec}, used for {spec}")
     if pre is None:  # the tuple's derivation beside the online round
-        r = random_share(ctx, (spec.size,))
+        r = await random_share(ctx, (spec.size,))
         material, c = await ctx.gather(
             lambda c_: _derive(c_, spec, r), lambda c_: _open(c_, value, r))
     else:

@@ -89,7 +89,7 @@ def test_randomness_is_consistent_and_reveals_correctly(spmd) -> None:
         x = await share_input(ctx, CLIENT, shape, secret if ctx.role == CLIENT else None)
         if ctx.role not in PARTIES:
             return None
-        r = random_share(ctx, shape)
+        r = await random_share(ctx, shape)
         b = random_bshare(ctx, shape)
         opened = await reveal(ctx, x)
         to_p1 = await reveal_to_party(ctx, x, 1)
