@@ -14,6 +14,7 @@ Threads of one process share the GIL and, here, two cores: a batch's wall time c
 time its thread waited for them (on a busy host, several times its CPU time).
 
     python benchmarks/stalls.py [--layers 1] [--prompt 400] [--context 512] [--where]
+        [--out benchmarks/results/stalls.json]
 
 Peak memory: about 6 GB at the defaults.
 """
@@ -30,6 +31,7 @@ import time
 import traceback
 
 import numpy as np
+import reporting
 
 from puma_async.liveness import StepTimer
 from puma_async.model import random_weights
@@ -82,7 +84,9 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--where", action="store_true", help="sample where the loops are")
+    reporting.add_out_argument(parser, "stalls")
     args = parser.parse_args()
+    machine = reporting.machine()
     config = dataclasses.replace(SMOLLM2_ARCHITECTURE, n_layers=args.layers, vocab=args.vocab,
                                  gate_bounds=(128,) * args.layers)
     weights = random_weights(config, seed=0, dtype=np.float32)
@@ -97,18 +101,32 @@ def main() -> None:
     started = time.perf_counter()
     prompt = [1 + i % (args.vocab - 1) for i in range(args.prompt)]
     run_session(weights, [prompt], max_new_tokens=1, settings=settings, threaded=True,
-                max_frame_bytes=1 << 30, role_instruments={r: [t] for r, t in timers.items()})
+                role_instruments={r: [t] for r, t in timers.items()})
+    seconds = time.perf_counter() - started
     print(f"{args.layers} layer(s), prompt {args.prompt}, context {args.context}, vocab "
-          f"{args.vocab}: {time.perf_counter() - started:.1f} s, load average {load:.1f} at "
+          f"{args.vocab}: {seconds:.1f} s, load average {load:.1f} at "
           f"start, {os.getloadavg()[0]:.1f} at the end")
+    places = {role: [(where, 20 * n) for (r, where), n in seen.most_common() if r == role][:5]
+              for role in timers}
     for role, timer in timers.items():
         print(f"{role_name(role):>11}: longest batch {timer.longest_batch:.2f} s "
               f"(most CPU in one batch {timer.longest_batch_cpu:.3f} s), longest step "
               f"{timer.longest_step:.2f} s ({timer.longest_task}), late wake "
               f"{timer.longest_late_wake:.2f} s")
-        places = [(where, n) for (r, where), n in seen.most_common() if r == role]
-        for where, n in places[:5]:
-            print(f"{'':>13}{20 * n:>5} ms  {where}")
+        for where, ms in places[role]:
+            print(f"{'':>13}{ms:>5} ms  {where}")
+    reporting.write(args.out, {
+        "benchmark": "stalls", "machine": machine, "layers": args.layers,
+        "prompt_tokens": args.prompt, "context": args.context, "vocab": args.vocab,
+        "seconds": seconds, "load_average_start": load,
+        "roles": {role_name(role): {
+            "longest_batch_seconds": timer.longest_batch,
+            "longest_batch_cpu_seconds": timer.longest_batch_cpu,
+            "longest_step_seconds": timer.longest_step,
+            "longest_late_wake_seconds": timer.longest_late_wake,
+            "places_ms": dict(places[role]),
+        } for role, timer in timers.items()},
+    })
 
 
 if __name__ == "__main__":

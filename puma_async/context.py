@@ -69,7 +69,9 @@ P = ParamSpec("P")
 DEFAULT_PHASE = "online"
 ENCODE_OFFLOAD_BYTES = 1 << 20
 """A message of this many payload bytes or more is encoded (copied into its frame) in a
-worker thread, so that the event loop keeps moving heartbeats and other frames."""
+worker thread, and a received piece this large copied into its arrays
+(:class:`~puma_async.pieces.Joiner`) too, so that the event loop keeps moving heartbeats
+and other frames."""
 
 Step = Callable[["Context"], Awaitable[T]]
 """A protocol step: a coroutine function of its own :class:`Context` (``Step[AShare]``)."""
@@ -303,9 +305,13 @@ class Context:
                 raise ProtocolError(f"expected arrays [{expected}], got arrays of shapes "
                                     f"{', '.join(map(str, shapes))}", peer=frm,
                                     step=self.step_name)
+            checked = self._checked(
+                frm, want, got, f" (piece {k + 1} of {len(plan)} of [{expected}])")
             try:
-                joiner.put(k, self._checked(
-                    frm, want, got, f" (piece {k + 1} of {len(plan)} of [{expected}])"))
+                if sum(a.nbytes for a in checked) < ENCODE_OFFLOAD_BYTES:
+                    joiner.put(k, checked)
+                else:  # copied in a worker thread, as a large message is encoded
+                    await trio.to_thread.run_sync(joiner.put, k, checked)
             except ValueError as exc:  # a header of nothing
                 raise ProtocolError(f"expected arrays [{expected}], got {exc}", peer=frm,
                                     step=self.step_name) from None
