@@ -98,8 +98,11 @@ def key_prg(ctx: Context, j: int) -> Prg:
 
 def zero_share(ctx: Context, shape: tuple[int, ...]) -> RingArray:
     """alpha_i with alpha_0 + alpha_1 + alpha_2 = 0 (3-out-of-3), fresh for this label."""
-    keys = party_keys(ctx)
-    label = ctx.label(b"zero")
+    return _zero(party_keys(ctx), ctx.label(b"zero"), shape)
+
+
+def _zero(keys: PartyKeys, label: bytes, shape: tuple[int, ...]) -> RingArray:
+    """This party's alpha_i of the zero-sharing of ``label``: k_i's draw minus k_{i+1}'s."""
     return ring.sub(keys.own.ring(label, shape), keys.next.ring(label, shape))
 
 
@@ -111,7 +114,7 @@ async def masked_share(ctx: Context, z: RingArray) -> RingArray:
     label = ctx.label(b"zero")
 
     def masked() -> RingArray:
-        return ring.add(z, ring.sub(keys.own.ring(label, z.shape), keys.next.ring(label, z.shape)))
+        return ring.add(z, _zero(keys, label, z.shape))
 
     return await offload(masked, size=z.size)
 
