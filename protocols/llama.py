@@ -5,7 +5,8 @@ stream (fixed point, f = 18 fractional bits, rows = token positions). The archit
 shapes, positions and the causal mask are public; weights, tokens and activations are not.
 
 Weight layout (:class:`SecureModel`, built once per session from the model owner's shares:
-:func:`store_share` per tensor of :func:`weight_plan`, then :func:`assemble_model`):
+:func:`stored_form` per tensor of :func:`weight_plan`, received into, then
+:func:`assemble_model`):
 
 - Every projection W (k, n) used as ``x @ W`` is held as a :class:`SecureWeight`: the party's
   two halves stacked as rows [W_i; W_{i+1}] (2k, n) in one C-contiguous array, so that the
@@ -294,23 +295,24 @@ def _fold_gain(gain: npt.ArrayLike, *matrices: npt.ArrayLike) -> npt.NDArray[np.
 Stored = AShare | SecureWeight | RingArray
 
 
-async def store_share(name: str, share: AShare) -> Stored:
-    """A weight share in its stored form: the final norm's gain as is, the embedding side by side,
-    projections stacked (one copy at set-up, in a worker thread if large, none afterwards;
-    drop ``share`` afterwards)."""
+def stored_form(name: str, shape: tuple[int, ...]) -> tuple[Stored, AShare] | None:
+    """Weight ``name``'s stored form, allocated empty, and the share halves to receive into
+    (views of it): the embedding side by side, projections stacked, so that set-up writes
+    each received block once and copies nothing afterwards. None for a 1-d tensor (the final
+    norm's gain): it is stored as received."""
+    if len(shape) == 1:
+        return None
+    rows, cols = shape
     if name == "embed":
-        return await offload(_side_by_side, share, size=share.size)
-    if share.first.ndim == 1:
-        return share
-    return await offload(SecureWeight.from_share, share, size=share.size)
-
-
-def _side_by_side(share: AShare) -> RingArray:
-    return np.concatenate([share.first, share.second], axis=1)
+        whole = np.empty((rows, 2 * cols), np.uint64)
+        return whole, AShare(whole[:, :cols], whole[:, cols:])
+    whole = np.empty((2 * rows, cols), np.uint64)
+    return SecureWeight(whole), AShare(whole[:rows], whole[rows:])
 
 
 def assemble_model(config: LlamaConfig, stored: dict[str, Stored]) -> SecureModel:
-    """A party's :class:`SecureModel` from its :func:`store_share` results by plan name."""
+    """A party's :class:`SecureModel` from its stored weights (:func:`stored_form`) by plan
+    name."""
 
     def get(name: str, kind: type) -> Any:
         value = stored[name]
@@ -825,6 +827,6 @@ __all__ = [
     "Rope", "SecureKVCache", "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream",
     "apply_rope", "assemble_model", "attend", "attention", "causal_mask", "decoder_layer",
     "embed_ahead", "embed_tokens", "forward", "forward_scopes", "head_format", "lm_head", "mlp",
-    "norm_shift", "prepare_tuples", "probe", "residual_matmul", "store_share", "weight_matmul",
+    "norm_shift", "prepare_tuples", "probe", "residual_matmul", "stored_form", "weight_matmul",
     "weight_plan", "weight_tensors",
 ]

@@ -6,6 +6,7 @@ import dataclasses
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -25,7 +26,10 @@ from puma_async.model import (
     tiny_config,
 )
 from puma_async.model.gguf_loader import open_gguf, read_config
-from puma_async.roles import CLIENT, MODEL_OWNER
+from puma_async.protocols.arith import stack_right
+from puma_async.protocols.llama import SecureWeight, stored_form
+from puma_async.protocols.randomness import setup_input_seeds
+from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES
 from puma_async.session import GenerationOptions, SessionSettings, in_process_settings, run_session
 from puma_async.session.factory import build_program
 from puma_async.session.frames import ELEMENT_BYTES, FRAME_SLACK, row_blocks
@@ -37,6 +41,7 @@ from puma_async.session.models import (
     client_tokenizer,
     owner_model,
 )
+from puma_async.session.programs import receive_rows, send_rows
 from puma_async.session.state import PassDone, Phase, SessionState, SessionStateError
 from puma_async.transports.base import Transport
 
@@ -333,3 +338,38 @@ def test_exported_tokenizer_round_trip(tmp_path: Path) -> None:
     assert client_tokenizer(settings, tmp_path).vocab_size <= SMOLLM2_ARCHITECTURE.vocab
     with pytest.raises(SettingsError, match="49152 tokens, the model's vocabulary 64"):
         client_tokenizer(SessionSettings("s"), tmp_path)
+
+
+@pytest.mark.parametrize("name, shape", [("embed", (37, 6)), ("layer0.wo", (37, 6)),
+                                         ("final_norm", (6,))])
+@pytest.mark.parametrize("block_bytes", [256, 1 << 20])
+def test_weights_are_received_into_their_stored_form(
+        spmd: Callable[..., Any], name: str, shape: tuple[int, ...], block_bytes: int) -> None:
+    """A weight shared in row blocks (several, or one) lands in its stored form, the embedding
+    side by side and a projection stacked, with no copy after set-up: the stored array's halves
+    are the received share (the three parties' halves add up to the value)."""
+    value = np.random.default_rng(7).integers(0, 2**63, size=shape, dtype=np.uint64)
+
+    async def program(ctx: context.Context) -> Any:
+        await setup_input_seeds(ctx, MODEL_OWNER)
+        if ctx.role == MODEL_OWNER:
+            await send_rows(ctx, MODEL_OWNER, shape, block_bytes, lambda rows: value[rows])
+            return None
+        form = stored_form(name, shape)
+        if form is None:
+            return None, await receive_rows(ctx, MODEL_OWNER, shape, block_bytes)
+        stored, halves = form
+        assert await receive_rows(ctx, MODEL_OWNER, shape, block_bytes, into=halves) is halves
+        return stored, halves
+
+    results = spmd(program, roles=(*PARTIES, MODEL_OWNER)).results
+    firsts = [results[p][1].first for p in PARTIES]
+    assert np.array_equal(firsts[0] + firsts[1] + firsts[2], value)
+    for p in PARTIES:
+        stored, share = results[p]
+        if name == "embed":
+            assert np.array_equal(stored, np.concatenate([share.first, share.second], axis=1))
+        elif stored is not None:
+            assert isinstance(stored, SecureWeight)
+            assert np.array_equal(stored.stacked, stack_right(share))
+            assert stored.stacked.flags.c_contiguous

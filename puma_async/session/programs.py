@@ -62,10 +62,11 @@ from puma_async.protocols.llama import (
     forward,
     head_format,
     prepare_tuples,
-    store_share,
+    stored_form,
     weight_plan,
     weight_tensors,
 )
+from puma_async.protocols.offload import offload
 from puma_async.protocols.randomness import setup_input_seeds, setup_keys
 from puma_async.protocols.ring import RingArray
 from puma_async.protocols.shares import AShare, ProductShare
@@ -103,21 +104,28 @@ async def send_rows(ctx: Context, owner: int, shape: tuple[int, ...], block_byte
         await trio.sleep(0)  # let the writers send it before the next block is made
 
 
-async def receive_rows(ctx: Context, owner: int, shape: tuple[int, ...], block_bytes: int
-                       ) -> AShare:
+async def receive_rows(ctx: Context, owner: int, shape: tuple[int, ...], block_bytes: int,
+                       into: AShare | None = None) -> AShare:
     """A party's share of an input of ``shape`` shared in row blocks of at most
-    ``block_bytes`` (:mod:`.frames`)."""
+    ``block_bytes`` (:mod:`.frames`), written into ``into``'s halves when given (views of a
+    stored form: :func:`~puma_async.protocols.llama.stored_form`), else into new arrays (a
+    one-block input as received). Large blocks are copied in a worker thread."""
     blocks = list(row_blocks(shape, block_bytes))
-    if len(blocks) == 1:
+    if into is None and len(blocks) == 1:
         share = await share_input(ctx, owner, shape)
         assert isinstance(share, AShare)
         return share
-    first, second = np.empty(shape, np.uint64), np.empty(shape, np.uint64)
+    if into is None:
+        into = AShare(np.empty(shape, np.uint64), np.empty(shape, np.uint64))
     for rows in blocks:
         part = await share_input(ctx, owner, (rows.stop - rows.start, *shape[1:]))
         assert isinstance(part, AShare)
-        first[rows], second[rows] = part.first, part.second
-    return AShare(first, second)
+        await offload(_write_rows, into, rows, part, size=part.size)
+    return into
+
+
+def _write_rows(into: AShare, rows: slice, part: AShare) -> None:
+    into.first[rows], into.second[rows] = part.first, part.second
 
 
 async def reveal_rows(ctx: Context, z: ProductShare | None, role: int,
@@ -186,9 +194,12 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
             await setup_input_seeds(setup, CLIENT)
             stored: dict[str, Stored] = {}
             for name, shape in weight_plan(config):
-                share = await receive_rows(setup, MODEL_OWNER, shape, blocks)
-                stored[name] = await store_share(name, share)
-                del share
+                form = stored_form(name, shape)
+                if form is None:
+                    stored[name] = await receive_rows(setup, MODEL_OWNER, shape, blocks)
+                else:
+                    stored[name], halves = form
+                    await receive_rows(setup, MODEL_OWNER, shape, blocks, into=halves)
             model = assemble_model(config, stored)
             del stored
         ctx.join([setup])
