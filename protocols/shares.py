@@ -22,19 +22,24 @@ from . import ring
 from .ring import RING_DTYPE, RingArray, to_ring
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class _SharePair:
     """The two halves one party holds: ``first`` = x_i, ``second`` = x_{i+1}."""
 
     first: RingArray
     second: RingArray
 
-    def __post_init__(self) -> None:
-        if self.first.shape != self.second.shape:
+    def __init__(self, first: RingArray, second: RingArray) -> None:
+        # written into __dict__ directly: frozen dataclasses' generated __init__ (one
+        # object.__setattr__ per field) and a __post_init__ cost twice as much, and protocols
+        # make tens of thousands of shares per token
+        if first.shape != second.shape:
             raise ValueError(
-                f"share halves of different shapes {np.shape(self.first)} and "
-                f"{np.shape(self.second)}"
+                f"share halves of different shapes {np.shape(first)} and {np.shape(second)}"
             )
+        fields = self.__dict__
+        fields["first"] = first
+        fields["second"] = second
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -52,13 +57,13 @@ class _SharePair:
         return type(self)(self.first[index], self.second[index])
 
     def reshape(self, *shape: Any) -> Self:
-        return self.map(np.reshape, shape[0] if len(shape) == 1 else shape)
+        return type(self)(self.first.reshape(*shape), self.second.reshape(*shape))
 
     def transpose(self, *axes: int) -> Self:
-        return self.map(np.transpose, axes or None)
+        return type(self)(self.first.transpose(*axes), self.second.transpose(*axes))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class AShare(_SharePair):
     """One party's arithmetic replicated share: ``first`` = x_i, ``second`` = x_{i+1}."""
 
@@ -83,7 +88,7 @@ class AShare(_SharePair):
         return self + public_share(party, np.broadcast_to(to_ring(c), self.shape))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class BShare(_SharePair):
     """One party's boolean replicated share, XOR-shared uint64 words: (b_i, b_{i+1})."""
 
