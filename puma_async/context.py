@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast, ov
 import numpy as np
 import trio
 
-from puma_async import codec
+from puma_async import codec, pieces
 from puma_async.codec import Arrays, Envelope, Message, StepPath, format_path
 from puma_async.errors import ProtocolError, first_error
 from puma_async.pieces import Joiner, plan_pieces, split_pieces
@@ -281,10 +281,14 @@ class Context:
         (:mod:`puma_async.pieces`: same step, same round; all stamped before the first is
         encoded, so their sequence numbers follow each other)."""
         message = tuple(map(np.asarray, arrays))
-        plan = plan_pieces(message)
-        if plan is None:
-            await self.send(to, Arrays(message))
+        nbytes = 0
+        for array in message:
+            nbytes += array.nbytes
+        if nbytes <= pieces.PIECE_BYTES:  # whole (as plan_pieces would say, without a plan)
+            await self._enqueue(self._stamp(to, Arrays(message), nbytes), nbytes)
             return
+        plan = plan_pieces(message)
+        assert plan is not None
         stamped = []
         for piece in split_pieces(message, plan):
             nbytes = sum(a.nbytes for a in piece)
@@ -465,7 +469,8 @@ class Context:
         the client's input seeds: ``protocols.llama.embed_ahead``)."""
         if self._label_head is None:  # msgpack's [path, purpose, count], the path packed once
             self._label_head = _THREE_ITEMS + codec.packb(list(self.path))
-        return self._label_head + codec.packb(purpose) + codec.packb(self._labels[purpose])
+        # [purpose, count] packed in one call, without its array header: the last two items
+        return self._label_head + codec.packb((purpose, self._labels[purpose]))[1:]
 
     def fresh_key(self, size: int = 16) -> bytes:
         """A new secret key for this party (PRG keys, input seeds).
