@@ -21,6 +21,8 @@ import numpy as np
 from . import ring
 from .ring import RING_DTYPE, RingArray, to_ring
 
+_ZERO = np.zeros((), RING_DTYPE)
+
 
 @dataclasses.dataclass(frozen=True, init=False)
 class _SharePair:
@@ -84,8 +86,13 @@ class AShare(_SharePair):
         return AShare(ring.mul(self.first, k), ring.mul(self.second, k))
 
     def add_public(self, party: int, c: Any) -> AShare:
-        """x + c for a public ring value c (broadcasting): c is added to x_0 only."""
-        return self + public_share(party, np.broadcast_to(to_ring(c), self.shape))
+        """x + c for a public ring value c (broadcasting to x's shape): c is added to x_0
+        only (so the other halves gain 0: fresh arrays all the same, as from a sum)."""
+        c = to_ring(c)
+        if c.ndim and c.shape != self.shape:
+            c = np.broadcast_to(c, self.shape)
+        return AShare(ring.add(self.first, c if party == 0 else _ZERO),
+                      ring.add(self.second, c if party == 2 else _ZERO))
 
 
 @dataclasses.dataclass(frozen=True, init=False)
