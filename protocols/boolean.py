@@ -75,7 +75,7 @@ async def bit_to_arith(ctx: Context, b: BShare, ring_bits: int = 64) -> AShare:
     me = ctx.role
     shape, b = b.shape, b.map(np.ravel)  # 0-d: send 1-d arrays
     n = b.shape[0]
-    label_r, label_m0, label_m2 = (ctx.label(p) for p in (b"b2a.r", b"b2a.m0", b"b2a.m2"))
+    label_r, label_m0, label_m2 = ctx.label(b"b2a.r"), ctx.label(b"b2a.m0"), ctx.label(b"b2a.m2")
 
     async def send(to: int, values: RingArray) -> None:
         await ctx.send_arrays(to, values if ring_bits == WORD_BITS

@@ -20,6 +20,7 @@ RING_BITS = 64
 RING_DTYPE = np.dtype(np.uint64)
 RING_MODULUS = 1 << RING_BITS
 _MASK = RING_MODULUS - 1
+_ARRAY = np.ndarray
 
 RingArray = npt.NDArray[np.uint64]
 
@@ -56,19 +57,27 @@ def to_signed(x: RingArray) -> npt.NDArray[np.int64]:
 
 def add(x: Any, y: Any) -> RingArray:
     """x + y mod 2^64."""
+    if type(x) is _ARRAY and type(y) is _ARRAY and x.dtype is RING_DTYPE is y.dtype:
+        return np.add(x, y)  # uint64 arrays already (the common case): no coercion
     return np.add(to_ring(x), to_ring(y), dtype=RING_DTYPE)
 
 
 def sub(x: Any, y: Any) -> RingArray:
     """x - y mod 2^64."""
+    if type(x) is _ARRAY and type(y) is _ARRAY and x.dtype is RING_DTYPE is y.dtype:
+        return np.subtract(x, y)  # uint64 arrays already (the common case): no coercion
     return np.subtract(to_ring(x), to_ring(y), dtype=RING_DTYPE)
 
 
 def neg(x: Any) -> RingArray:
     """-x mod 2^64."""
+    if type(x) is _ARRAY and x.dtype is RING_DTYPE:
+        return np.negative(x)
     return np.subtract(np.zeros((), RING_DTYPE), to_ring(x), dtype=RING_DTYPE)
 
 
 def mul(x: Any, y: Any) -> RingArray:
     """x * y mod 2^64 (element-wise; see ``ringmatmul`` for matrix products)."""
+    if type(x) is _ARRAY and type(y) is _ARRAY and x.dtype is RING_DTYPE is y.dtype:
+        return np.multiply(x, y)  # uint64 arrays already (the common case): no coercion
     return np.multiply(to_ring(x), to_ring(y), dtype=RING_DTYPE)

@@ -21,20 +21,27 @@ import numpy as np
 from . import ring
 from .ring import RING_DTYPE, RingArray, to_ring
 
+_ZERO = np.zeros((), RING_DTYPE)
 
-@dataclasses.dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True, init=False)
 class _SharePair:
     """The two halves one party holds: ``first`` = x_i, ``second`` = x_{i+1}."""
 
     first: RingArray
     second: RingArray
 
-    def __post_init__(self) -> None:
-        if self.first.shape != self.second.shape:
+    def __init__(self, first: RingArray, second: RingArray) -> None:
+        # written into __dict__ directly: frozen dataclasses' generated __init__ (one
+        # object.__setattr__ per field) and a __post_init__ cost twice as much, and protocols
+        # make tens of thousands of shares per token
+        if first.shape != second.shape:
             raise ValueError(
-                f"share halves of different shapes {np.shape(self.first)} and "
-                f"{np.shape(self.second)}"
+                f"share halves of different shapes {np.shape(first)} and {np.shape(second)}"
             )
+        fields = self.__dict__
+        fields["first"] = first
+        fields["second"] = second
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -52,13 +59,13 @@ class _SharePair:
         return type(self)(self.first[index], self.second[index])
 
     def reshape(self, *shape: Any) -> Self:
-        return self.map(np.reshape, shape[0] if len(shape) == 1 else shape)
+        return type(self)(self.first.reshape(*shape), self.second.reshape(*shape))
 
     def transpose(self, *axes: int) -> Self:
-        return self.map(np.transpose, axes or None)
+        return type(self)(self.first.transpose(*axes), self.second.transpose(*axes))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class AShare(_SharePair):
     """One party's arithmetic replicated share: ``first`` = x_i, ``second`` = x_{i+1}."""
 
@@ -79,11 +86,16 @@ class AShare(_SharePair):
         return AShare(ring.mul(self.first, k), ring.mul(self.second, k))
 
     def add_public(self, party: int, c: Any) -> AShare:
-        """x + c for a public ring value c (broadcasting): c is added to x_0 only."""
-        return self + public_share(party, np.broadcast_to(to_ring(c), self.shape))
+        """x + c for a public ring value c (broadcasting to x's shape): c is added to x_0
+        only (so the other halves gain 0: fresh arrays all the same, as from a sum)."""
+        c = to_ring(c)
+        if c.ndim and c.shape != self.shape:
+            c = np.broadcast_to(c, self.shape)
+        return AShare(ring.add(self.first, c if party == 0 else _ZERO),
+                      ring.add(self.second, c if party == 2 else _ZERO))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class BShare(_SharePair):
     """One party's boolean replicated share, XOR-shared uint64 words: (b_i, b_{i+1})."""
 

@@ -68,7 +68,6 @@ from .shares import AShare
 MAX_TRUNC_BITS = 62
 """Truncation needs -2^62 <= x < 2^62, so at most 62 bits can be removed."""
 _HALF = np.uint64(1 << 62)
-_LOW63 = np.uint64((1 << 63) - 1)
 _SIXTY_THREE = np.uint64(63)
 
 
@@ -166,7 +165,14 @@ def dealer_summands(z: RingArray, bits: int) -> RingArray:
     """G = 2^(63-f) m - (l >> f) for r' = -z = 2^63 m + l: the dealer's summand of the
     result modulo 2^(64-f) (:class:`Opened`), local to the dealer."""
     r = np.negative(z)
-    return ((r >> _SIXTY_THREE) << np.uint64(63 - bits)) - ((r & _LOW63) >> np.uint64(bits))
+    return _summands_of(r, r >> _SIXTY_THREE, bits)
+
+
+def _summands_of(r: RingArray, m: RingArray, bits: int) -> RingArray:
+    """:func:`dealer_summands` from r' = 2^63 m + l and its top bit m: 2^(63-f) m - (l >> f)
+    = 2^(64-f) m - (r' >> f) (as 2^63 m >> f = 2^(63-f) m; numpy shifts by 64 give 0, so
+    f = 0 holds too), in fewer passes."""
+    return (m << np.uint64(64 - bits)) - (r >> np.uint64(bits))
 
 
 def _deal(
@@ -174,9 +180,10 @@ def _deal(
 ) -> tuple[RingArray, np.ndarray]:
     """Dealer: B's shares of G = 2^(63-f) m - (l >> f) and of m mod 2^f, for r' = -z (of
     A's share h_a of m only the low f bits count)."""
-    m = np.negative(z) >> _SIXTY_THREE
+    r = np.negative(z)
+    m = r >> _SIXTY_THREE
     h = (m - h_a) & np.uint64((1 << bits) - 1)
-    return dealer_summands(z, bits) - g_a, pack_low_bits(h, bits)
+    return _summands_of(r, m, bits) - g_a, pack_low_bits(h, bits)
 
 
 def opened_terms(
@@ -184,12 +191,12 @@ def opened_terms(
 ) -> tuple[RingArray, RingArray]:
     """The output from the opened c = x + r' (2^62 is added here): its public part and
     s - t, s = g - c_m 2^(64-f) h for shares g of G and h of m (step 3; also :mod:`.trunc1`):
-    of h only the low f bits count."""
+    of h only the low f bits count. The public part ((c mod 2^63) >> f) + 2^(63-f) c_m -
+    2^(62-f) is (c >> f) - 2^(62-f): 2^63 c_m >> f = 2^(63-f) c_m exactly."""
     c = c + _HALF
-    top = c >> _SIXTY_THREE
-    public = ((c & _LOW63) >> np.uint64(bits)) + (top << np.uint64(63 - bits))
+    public = c >> np.uint64(bits)
     public -= np.uint64(1 << (62 - bits))
-    s = g - top * (h << np.uint64(64 - bits))
+    s = g - (c >> _SIXTY_THREE) * (h << np.uint64(64 - bits))
     return public, s - t
 
 
@@ -373,10 +380,14 @@ def _closed(state: Opened, other_a: RingArray, other_b: RingArray) -> AShare:
     t_a, t_b, dt_b = state.components
     first = np.empty(state.summands.size, RING_DTYPE)
     second = np.empty(state.summands.size, RING_DTYPE)
-    if pub_a.size:
-        first[ba], second[ba] = t_a, pub_a + send_a + other_a
+    if pub_a.size:  # sums written in place: no temporaries
+        first[ba], part = t_a, second[ba]
+        np.add(pub_a, send_a, out=part)
+        part += other_a
     if pub_b.size:
-        first[bb], second[bb] = pub_b + send_b + other_b, t_b
+        part, second[bb] = first[bb], t_b
+        np.add(pub_b, send_b, out=part)
+        part += other_b
     first[bd], second[bd] = dt_b, state.dealt
     return AShare(first, second)
 

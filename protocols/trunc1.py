@@ -284,7 +284,7 @@ async def _truncate1(
     g, m = material.g, material.m
     public, first = opened_terms(c, g.first, m.first, np.uint64(0), bits)
     _, second = opened_terms(c, g.second, m.second, np.uint64(0), bits)
-    return AShare(first, second) + public_share(ctx.role, public)
+    return AShare(first, second).add_public(ctx.role, public)
 
 
 async def _open(ctx: Context, value: AShare | RingArray, r: AShare) -> RingArray:
