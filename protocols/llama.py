@@ -84,13 +84,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import trio
 
 from puma_async.context import Context
 from puma_async.errors import ContextLengthError
 from puma_async.model.config import LlamaConfig
 from puma_async.model.rope import rope_tables
 from puma_async.model.weights import LlamaWeights
+from puma_async.workers import in_thread
 
 from .activations import silu
 from .arith import (
@@ -421,7 +421,7 @@ async def embed_tokens(ctx: Context, model: SecureModel, one_hot: AShare,
     if ahead is not None:
         z = ahead.part
     else:
-        z = await trio.to_thread.run_sync(_embedding_product, one_hot, model.embed)
+        z = await in_thread(_embedding_product, one_hot, model.embed)
     x, wide = await finish_product_wide(ctx, z, 0, None, norm_shift(ctx, model.config))
     return Stream(x, wide)
 

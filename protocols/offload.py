@@ -6,7 +6,8 @@ draws, bit packing, the carry trees' kernels), so that a party's event loop look
 timers and I/O often even in a long prompt's pass: its heartbeats leave on time and a live
 peer is not declared dead (:mod:`puma_async.liveness`; ``benchmarks/stalls.py`` measures the
 stretches). Only the local work moves: messages and PRG labels (drawn on the loop, in program
-order) stay the same.
+order) stay the same. The worker threads run below the loop's CPU priority
+(:mod:`puma_async.workers`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import trio
+from puma_async.workers import in_thread
 
 T = TypeVar("T")
 
@@ -26,7 +27,7 @@ so that the three parties of one process keep both cores busy."""
 async def offload(fn: Callable[..., T], *args: Any, size: int) -> T:
     """fn(*args), in a worker thread when ``size`` (elements) makes that worth it."""
     if size >= OFFLOAD_MIN_ELEMENTS:
-        return await trio.to_thread.run_sync(fn, *args)
+        return await in_thread(fn, *args)
     return fn(*args)
 
 

@@ -40,7 +40,7 @@ Threads: each call is cut into blocks run on one process-wide pool of
 and the partial products are added; blocks of columns read every row in strided pieces: a
 new token's embedding (2, 49152) @ (49152, 1152), two parties at once on two cores, best of
 7 84 -> 63 ms, median 92 -> 80 ms); else of the output columns. One call thus uses every
-core, and concurrent calls (three parties in one process, each in ``trio.to_thread.run_sync``) queue
+core, and concurrent calls (three parties in one process, each in a worker thread) queue
 on the same workers instead of oversubscribing the cores. Nothing here touches BLAS or its
 threads. Small products (< 2^20 multiply-adds) run inline in the calling thread.
 """
@@ -56,6 +56,8 @@ from functools import cache
 
 import numpy as np
 from numba import njit, types
+
+from puma_async.workers import lower_this_thread
 
 from .ring import RING_DTYPE, RingArray
 
@@ -172,12 +174,14 @@ _pools_lock = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
-    """The process-wide kernel pool (a forked child gets its own: threads do not survive fork)."""
+    """The process-wide kernel pool (a forked child gets its own: threads do not survive fork),
+    its threads below the event loop's priority (:mod:`puma_async.workers`)."""
     pid = os.getpid()
     with _pools_lock:
         if pid not in _pools:
             _pools.clear()
-            _pools[pid] = ThreadPoolExecutor(_workers(), thread_name_prefix="ring-matmul")
+            _pools[pid] = ThreadPoolExecutor(_workers(), thread_name_prefix="ring-matmul",
+                                             initializer=lower_this_thread)
         return _pools[pid]
 
 

@@ -57,6 +57,7 @@ from puma_async.errors import ProtocolError, first_error
 from puma_async.pieces import Joiner, plan_pieces, split_pieces
 from puma_async.roles import role_name
 from puma_async.stats import OFFLINE_PHASE, MessageId
+from puma_async.workers import in_thread
 
 if TYPE_CHECKING:
     from puma_async.runtime import PartyRuntime
@@ -222,7 +223,7 @@ class Context:
         if nbytes < ENCODE_OFFLOAD_BYTES:
             self.runtime.enqueue(env)
         else:
-            frame = await trio.to_thread.run_sync(codec.encode_frame, [env])
+            frame = await in_thread(codec.encode_frame, [env])
             self.runtime.enqueue_frame(env.receiver, frame, env.path, env.seq)
 
     def _stamp(self, to: int, message: Message, nbytes: int) -> Envelope:
@@ -322,7 +323,7 @@ class Context:
                 if sum(a.nbytes for a in checked) < ENCODE_OFFLOAD_BYTES:
                     joiner.put(k, checked)
                 else:  # copied in a worker thread, as a large message is encoded
-                    await trio.to_thread.run_sync(joiner.put, k, checked)
+                    await in_thread(joiner.put, k, checked)
             except ValueError as exc:  # a header of nothing
                 raise ProtocolError(f"expected arrays [{expected}], got {exc}", peer=frm,
                                     step=self.step_name) from None

@@ -87,6 +87,7 @@ from puma_async.session.generation import (
 from puma_async.session.messages import Command, End, NextPrompt, Ready, Run
 from puma_async.session.settings import SessionSettings
 from puma_async.session.state import PassDone, SessionState, SessionStateError
+from puma_async.workers import in_thread
 
 ClientResult = tuple[tuple[PromptResult, ...], float]
 """What the client's program returns: its prompts' results and the set-up's seconds."""
@@ -96,11 +97,11 @@ ClientResult = tuple[tuple[PromptResult, ...], float]
 
 
 async def send_rows(ctx: Context, owner: int, shape: tuple[int, ...], block_bytes: int,
-                    rows_of: Callable[[slice], RingArray], *, in_thread: bool = False) -> None:
+                    rows_of: Callable[[slice], RingArray], *, threaded: bool = False) -> None:
     """The input owner's side of :func:`receive_rows`: shares ``rows_of(block)`` for each
-    row block of ``shape`` (computed in a worker thread if ``in_thread``), one at a time."""
+    row block of ``shape`` (computed in a worker thread if ``threaded``), one at a time."""
     for rows in row_blocks(shape, block_bytes):
-        block = await trio.to_thread.run_sync(rows_of, rows) if in_thread else rows_of(rows)
+        block = await in_thread(rows_of, rows) if threaded else rows_of(rows)
         await share_input(ctx, owner, block.shape, block)
         del block
         await trio.sleep(0)  # let the writers send it before the next block is made
@@ -239,7 +240,7 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
                     material = await prepare_tuples(c, config, 1, keys, 1)
                 if inputs is None:
                     return material, None
-                return material, await trio.to_thread.run_sync(embed_ahead, model, *inputs)
+                return material, await in_thread(embed_ahead, model, *inputs)
 
             while True:
                 command = await _command(online, state)
@@ -293,10 +294,10 @@ def owner_program(settings: SessionSettings, weights: LlamaWeights) -> Program:
             fx = fixed_point(setup)
             tensors = weight_tensors(weights)  # fused lazily: in a worker thread, below
             for _, shape in weight_plan(weights.config):
-                tensor = await trio.to_thread.run_sync(next, tensors)
+                tensor = await in_thread(next, tensors)
                 await send_rows(setup, MODEL_OWNER, shape, settings.input_block_bytes,
                                 lambda rows, tensor=tensor: fx.encode(tensor[rows]),
-                                in_thread=True)
+                                threaded=True)
 
     return program
 
