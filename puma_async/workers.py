@@ -17,6 +17,7 @@ running its own steps, not waiting for the GIL). Elsewhere than Linux the priori
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -36,14 +37,16 @@ _thread = threading.local()
 
 def lower_this_thread() -> None:
     """Make the calling thread :data:`WORKER_NICENESS` nicer than its process, once (Linux:
-    a thread's own nice value; elsewhere nothing). Raising niceness needs no privilege."""
+    a thread's own nice value; elsewhere nothing). Raising niceness needs no privilege; where
+    a sandbox refuses it anyway, the thread runs on at the process's priority."""
     if getattr(_thread, "lowered", False):
         return
     _thread.lowered = True
     if sys.platform != "linux":
         return
     nice = os.getpriority(os.PRIO_PROCESS, os.getpid()) + WORKER_NICENESS
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(nice, _MAX_NICE))
+    with contextlib.suppress(OSError):  # a sandbox that forbids it: the process's priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(nice, _MAX_NICE))
 
 
 def _lowered(fn: Callable[..., T], *args: Any) -> T:

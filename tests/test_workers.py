@@ -13,7 +13,7 @@ import trio
 
 from puma_async.protocols.offload import OFFLOAD_MIN_ELEMENTS, offload
 from puma_async.protocols.ringmatmul import _pool
-from puma_async.workers import WORKER_NICENESS, in_thread
+from puma_async.workers import WORKER_NICENESS, in_thread, lower_this_thread
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values")
 
@@ -49,3 +49,20 @@ def test_offloaded_results_are_the_functions() -> None:
         return await offload(np.add, np.arange(4), 1, size=OFFLOAD_MIN_ELEMENTS)
 
     assert trio.run(main).tolist() == [1, 2, 3, 4]
+
+
+@linux_only
+def test_a_refused_priority_change_leaves_the_work_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise PermissionError("setpriority refused")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+
+    def fresh_thread() -> int:
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: (lower_this_thread(), result.append(1)))
+        thread.start()
+        thread.join()
+        return len(result)
+
+    assert fresh_thread() == 1
