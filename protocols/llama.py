@@ -100,7 +100,6 @@ from .arith import (
     mul_fxp,
     product_share,
     stack_left,
-    stack_right,
     stacked_share,
 )
 from .fixedpoint import FixedPoint, fixed_point
@@ -205,11 +204,6 @@ class SecureWeight:
         """The shape (k, n) of W."""
         rows, cols = self.stacked.shape
         return rows // 2, cols
-
-    @classmethod
-    def from_share(cls, share: AShare) -> SecureWeight:
-        """Stack a weight's share halves once (a copy at set-up, none afterwards)."""
-        return cls(stack_right(share))
 
 
 @dataclasses.dataclass(frozen=True)

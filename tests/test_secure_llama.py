@@ -34,6 +34,7 @@ from puma_async.model import (
 from puma_async.model.bounds import certify_gate_bounds
 from puma_async.model.gguf_loader import load_gguf
 from puma_async.protocols import llama
+from puma_async.protocols.arith import stack_right
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.llama import (
     FOLDED_EXTRA_BITS,
@@ -227,7 +228,7 @@ def check_normalised_qkv(evaluate, config: LlamaConfig, x: npt.NDArray[np.float6
     wide = (enc_x.view(np.int64) >> k).view(np.uint64)
 
     async def qkv(ctx, xs, wides, ws):
-        weight = SecureWeight.from_share(ws)
+        weight = SecureWeight(stack_right(ws))
         layer = SecureLayer(weight, weight, weight, weight)
         return await normalised_qkv(ctx, config, layer, Stream(xs, wides),
                                     Rope.at(ctx, config, start, n))
