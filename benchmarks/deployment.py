@@ -10,6 +10,9 @@ only; the client alone has the prompt. Reports:
 - the set-up as the client saw it (connected until every party stored its shares);
 - per new token (the passes after the prompt pass): the client's seconds, and MB sent by the
   three parties together, online and offline (the correlated randomness dealt for the pass);
+- each computing party's CPU time per pass, read from ``/proc`` when the party logs the end
+  of its set-up and of each pass: the whole process (event loop, worker threads, kernels) and
+  its event-loop thread alone (Linux; elsewhere not reported);
 - the peak memory (maximum resident set) of every process, from ``os.wait4``.
 
 Usage: ``python benchmarks/deployment.py [--model smollm2|tiny] [--max-new-tokens 4]
@@ -26,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +56,30 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+PROGRESS_MARKS = ("set-up done in", ": pass ")
+"""A computing party's stderr lines that end its set-up and each of its passes."""
+
+
+def cpu_seconds(pid: int, thread: int | None = None) -> float | None:
+    """User + system CPU seconds of a process (all its threads) or of one of its threads,
+    from ``/proc`` (None where there is none: not Linux, or the process is gone)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 class Role:
-    """One role's process: its stderr lines with their arrival times, stdout, max RSS."""
+    """One role's process: its stderr lines with their arrival times, stdout, max RSS, and for
+    a computing party its CPU seconds (process, event-loop thread) at each progress line."""
 
     def __init__(self, role: int, args: list[str], started: float):
         self.role = role
         self.started = started
         self.lines: list[tuple[float, str]] = []
+        self.cpu_marks: list[tuple[float | None, float | None]] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "puma_async.party", "run", "--role", role_name(role), *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -71,8 +92,11 @@ class Role:
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
+        pid = self.proc.pid  # a Python process's event loop runs in its main thread: tid = pid
         for line in self.proc.stderr:
             self.lines.append((time.monotonic() - self.started, line.rstrip("\n")))
+            if self.role in PARTIES and any(mark in line for mark in PROGRESS_MARKS):
+                self.cpu_marks.append((cpu_seconds(pid), cpu_seconds(pid, pid)))
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
@@ -85,6 +109,15 @@ class Role:
         _pid, status, usage = os.wait4(self.proc.pid, 0)
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         return self.proc.returncode, usage.ru_maxrss * 1024  # Linux reports KiB
+
+    def cpu_per_pass(self) -> dict[str, list[float]] | None:
+        """CPU seconds of each pass (the prompt pass first), of the process and of its event
+        loop; None if ``/proc`` could not be read."""
+        marks = self.cpu_marks
+        if len(marks) < 2 or any(None in mark for mark in marks):
+            return None
+        return {what: [round(after[i] - before[i], 2) for before, after in pairwise(marks)]
+                for i, what in enumerate(("process", "event_loop"))}
 
     def first(self, text: str) -> float:
         """Seconds from the start to the first stderr line containing ``text``."""
@@ -157,7 +190,12 @@ def run(model: str, prompt: str, max_new_tokens: int, directory: Path) -> dict[s
         "per_token_seconds": [result["steps"][t]["seconds"] for t in tokens],
         "per_token_mb_parties": [pass_mb(stats, f"p0.t{t}") for t in tokens],
         "peak_memory_bytes": {role_name(r): m for r, m in memory.items()},
+        "cpu_seconds_per_pass": {role_name(p): roles[p].cpu_per_pass() for p in PARTIES},
     }
+
+
+def _span(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f} s" if values else "-"
 
 
 def main() -> None:
@@ -181,6 +219,11 @@ def main() -> None:
                                     figures["per_token_mb_parties"], strict=True), 1):
         print(f"token {t}: {s:.2f} s, {mb['online']:.1f} MB online + {mb['offline']:.1f} MB "
               "offline (three parties)")
+    for role, cpu in figures["cpu_seconds_per_pass"].items():
+        if cpu is not None:
+            process, loop = cpu["process"], cpu["event_loop"]
+            print(f"{role} CPU: prompt pass {process[0]:.2f} s (event loop {loop[0]:.2f} s); "
+                  f"per new token {_span(process[1:])} (event loop {_span(loop[1:])})")
     for role, peak in figures["peak_memory_bytes"].items():
         print(f"peak memory {role}: {peak / 2**30:.2f} GiB")
     reporting.write(args.out, {"benchmark": "deployment", "machine": machine, **figures})

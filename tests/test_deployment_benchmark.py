@@ -28,3 +28,9 @@ def test_the_deployment_benchmark_runs_on_the_tiny_model(tmp_path: Path) -> None
     for mb in (figures["prompt_pass"]["mb_parties"], *figures["per_token_mb_parties"]):
         assert mb["online"] > 0 and mb["offline"] > 0
     assert set(figures["peak_memory_bytes"]) == {"P0", "P1", "P2", "model-owner", "client"}
+    cpu = figures["cpu_seconds_per_pass"]
+    assert set(cpu) == {"P0", "P1", "P2"}
+    if sys.platform == "linux":  # from /proc: the prompt pass and the one new token
+        for party in cpu.values():
+            assert len(party["process"]) == len(party["event_loop"]) == 2
+            assert sum(party["process"]) > 0 and min(party["process"]) >= 0
