@@ -79,13 +79,22 @@ def peak_memory() -> int:
 
 class LoopStalls:
     """The event loop's longest task step and scheduler batch per phase of a session: set-up,
-    prompt pass, new token (:meth:`run` runs a session measured so)."""
+    prompt pass, new token; and its CPU seconds per pass (:meth:`run` runs a session measured
+    so). All five roles share this thread's event loop, so a pass's seconds are its CPU time
+    (every role's Python, and the local work it does not hand to worker threads) plus the
+    time it waits for worker threads (the large ring products) with nothing else to run."""
 
     def __init__(self) -> None:
         self.timer = StepTimer()
         self.phases: dict[str, dict[str, float]] = {}
+        self.loop_cpu_marks: list[float] = []
+
+    def loop_cpu_per_pass(self) -> list[float]:
+        """The event loop's CPU seconds of each pass, in the order they ran."""
+        return [float(seconds) for seconds in np.diff(self.loop_cpu_marks)]
 
     def progress(self, event: Progress) -> None:
+        self.loop_cpu_marks.append(time.thread_time())  # progress runs in the loop's thread
         phase = ("setup" if event.kind == "setup" else
                  "prompt_pass" if event.step == 0 else "new_token")
         longest = self.phases.setdefault(phase, dict.fromkeys(
@@ -108,14 +117,16 @@ def format_stalls(phases: dict[str, dict[str, float]]) -> str:
                      f"{f['longest_late_wake_seconds']:.2f} s)" for phase, f in phases.items())
 
 
-def step_figures(result: SessionResult, prompt: int, step: int, n_layers: int
-                 ) -> dict[str, Any]:
-    """One pass: time, online bytes per party and rounds, and its accounting (``online``,
-    ``offline``, ``components``, ``links``: :func:`account_pass`)."""
+def step_figures(result: SessionResult, prompt: int, step: int, n_layers: int,
+                 loop_cpu: float) -> dict[str, Any]:
+    """One pass: time (and of it the event loop's CPU time), online bytes per party and
+    rounds, and its accounting (``online``, ``offline``, ``components``, ``links``:
+    :func:`account_pass`)."""
     record = result.prompts[prompt].records[step]
     costs = [result.step_cost(prompt, step, p) for p in PARTIES]
     return {
         "seconds": record.seconds,
+        "event_loop_cpu_seconds": loop_cpu,
         "bytes_sent": {f"P{p}": c.bytes_sent for p, c in zip(PARTIES, costs, strict=True)},
         "bytes_all_parties": sum(c.bytes_sent for c in costs),
         "rounds": max(c.rounds for c in costs),
@@ -153,15 +164,20 @@ def run_session_part(quick: bool, tiny: bool) -> dict[str, Any]:
         },
         "prompts": [],
     }
+    loop_cpu = iter(stalls.loop_cpu_per_pass())
     for i, prompt in enumerate(result.prompts):
-        tokens = [step_figures(result, i, t, layers) for t in range(1, len(prompt.records))]
+        passes = [step_figures(result, i, t, layers, next(loop_cpu))
+                  for t in range(len(prompt.records))]
+        tokens = passes[1:]
         out["prompts"].append({
             "prompt_tokens": len(prompt.prompt_ids),
             "generated": tokenizer.decode(prompt.tokens),
-            "prompt_pass": step_figures(result, i, 0, layers),
+            "prompt_pass": passes[0],
             "new_tokens": tokens,
             "new_token_mean": {
                 "seconds": float(np.mean([t["seconds"] for t in tokens])),
+                "event_loop_cpu_seconds": float(np.mean([t["event_loop_cpu_seconds"]
+                                                         for t in tokens])),
                 "bytes_all_parties": float(np.mean([t["bytes_all_parties"] for t in tokens])),
                 "rounds": float(np.mean([t["rounds"] for t in tokens])),
                 **{phase: {key: float(np.mean([t[phase][key] for t in tokens]))
@@ -188,7 +204,7 @@ def run_block7b() -> dict[str, Any]:
     block = [result.stats[p].totals(phase="online", scope="p0.t0.layer0") for p in PARTIES]
     block_offline = [result.stats[p].totals(phase="offline", scope="p0.t0.layer0")
                      for p in PARTIES]
-    forward = step_figures(result, 0, 0, config.n_layers)
+    forward = step_figures(result, 0, 0, config.n_layers, stalls.loop_cpu_per_pass()[0])
     head = [result.stats[p].totals(scope="p0.t0.head") for p in PARTIES]  # online + offline
     return {
         "config": {"hidden": config.hidden, "heads": config.n_heads, "ffn": config.ffn,
@@ -350,10 +366,12 @@ def print_summary(results: dict[str, Any], baseline: dict[str, Any] | None) -> N
           f"{s['setup']['model_owner_bytes_sent'] / mb:.0f} MB")
     for p in s["prompts"]:
         pp, mean = p["prompt_pass"], p["new_token_mean"]
-        print(f"  prompt of {p['prompt_tokens']} tokens: {pp['seconds']:.1f} s, "
+        print(f"  prompt of {p['prompt_tokens']} tokens: {pp['seconds']:.1f} s "
+              f"(event loop CPU {pp['event_loop_cpu_seconds']:.2f} s), "
               f"{pp['bytes_all_parties'] / mb:.1f} MB all parties "
               f"({', '.join(f'{k} {b / mb:.1f}' for k, b in pp['bytes_sent'].items())}), "
-              f"{pp['rounds']} rounds; per new token {mean['seconds']:.2f} s, "
+              f"{pp['rounds']} rounds; per new token {mean['seconds']:.2f} s (event loop CPU "
+              f"{mean['event_loop_cpu_seconds']:.2f} s), "
               f"{mean['bytes_all_parties'] / mb:.2f} MB, {mean['rounds']:.0f} rounds; "
               f"-> {p['generated']!r}")
     print(f"  peak memory {s['peak_memory_bytes'] / 1e9:.2f} GB")
