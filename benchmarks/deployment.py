@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -56,7 +57,7 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-PROGRESS_MARKS = ("set-up done in", ": pass ")
+PROGRESS_LINE = re.compile(r"set-up done in|: pass \d+ done in")
 """A computing party's stderr lines that end its set-up and each of its passes."""
 
 
@@ -95,7 +96,7 @@ class Role:
         pid = self.proc.pid  # a Python process's event loop runs in its main thread: tid = pid
         for line in self.proc.stderr:
             self.lines.append((time.monotonic() - self.started, line.rstrip("\n")))
-            if self.role in PARTIES and any(mark in line for mark in PROGRESS_MARKS):
+            if self.role in PARTIES and PROGRESS_LINE.search(line):
                 self.cpu_marks.append((cpu_seconds(pid), cpu_seconds(pid, pid)))
 
     def _read_stdout(self) -> None:
