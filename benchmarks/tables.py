@@ -30,7 +30,7 @@ import dataclasses
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +293,53 @@ def cost_rows() -> list[Data]:
     return list(costs.rows())
 
 
+def _span(values: Sequence[float], digits: int) -> str:
+    """min-max of ``values`` at ``digits`` decimals (one value when they agree)."""
+    low, high = (f"{v:.{digits}f}" for v in (min(values), max(values)))
+    return low if low == high else f"{low}-{high}"
+
+
+def render_deployment(data: Data) -> list[str]:
+    """Five processes over loopback TLS (``benchmarks/deployment.py``): time to first token,
+    set-up, passes (seconds, the three parties' MB), each party's CPU per pass (the process and
+    its event loop), peak memory."""
+    tokens = data["per_token_mb_parties"]
+    cpu = data.get("cpu_seconds_per_pass") or {}
+    peaks = data["peak_memory_bytes"]
+    party_peak = max(peaks[p] for p in ("P0", "P1", "P2"))
+    prompt_mb = data["prompt_pass"]["mb_parties"]
+
+    def party_cpu(passes: slice) -> str:
+        return ", ".join(
+            f"{party} {_span(c['process'][passes], 2)} ({_span(c['event_loop'][passes], 2)})"
+            for party, c in cpu.items() if c is not None)
+
+    rows = [
+        ("time to first token from start (processes started, owner loaded its file at "
+         f"{data['owner_loaded_seconds']:.1f} s, set-up, prompt pass)",
+         f"{data['time_to_first_token_seconds']:.1f} s"),
+        ("set-up as the client saw it (connected until every party stored its shares)",
+         f"{data['setup_seconds_client']:.1f} s"),
+        (f"prompt pass ({data['prompt_tokens']} tokens): seconds, MB sent by the three parties",
+         f"{data['prompt_pass']['seconds']:.2f} s, {prompt_mb['online']:.1f} MB online + "
+         f"{prompt_mb['offline']:.1f} MB offline"),
+        ("each new token", f"{_span(data['per_token_seconds'], 2)} s, "
+         f"{_span([t['online'] for t in tokens], 1)} MB online + "
+         f"{_span([t['offline'] for t in tokens], 1)} MB offline"),
+    ]
+    if cpu and all(c is not None for c in cpu.values()):
+        rows += [
+            ("CPU seconds of each new token, per party: whole process (its event loop)",
+             party_cpu(slice(1, None))),
+            ("CPU seconds of the prompt pass, per party: whole process (its event loop)",
+             party_cpu(slice(0, 1))),
+        ]
+    rows.append(("peak memory: each party / model owner / client",
+                 f"{party_peak / 2**30:.2f} GiB / {peaks['model-owner'] / 2**30:.2f} GiB / "
+                 f"{peaks['client'] / 2**30:.2f} GiB"))
+    return ["| figure | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
+
+
 TABLES = {
     "ops": Table("ops.json", "python benchmarks/ops.py", render_ops),
     "transport": Table("transport.json", "python benchmarks/transport.py", render_transport),
@@ -301,6 +348,8 @@ TABLES = {
     "llama": Table("llama.json", "python benchmarks/llama.py", render_llama),
     "llama-components": Table("llama.json", "python benchmarks/llama.py",
                               render_llama_components),
+    "deployment": Table("deployment.json", "python benchmarks/deployment.py",
+                        render_deployment),
 }
 
 

@@ -137,6 +137,45 @@ def test_the_llama_components_renderer(tables: ModuleType) -> None:
     ]
 
 
+DEPLOYMENT_JSON = {  # the layout benchmarks/deployment.py writes (figures made up)
+    "prompt_tokens": 5, "time_to_first_token_seconds": 19.34, "owner_loaded_seconds": 5.61,
+    "setup_seconds_client": 7.84,
+    "prompt_pass": {"seconds": 4.031, "mb_parties": {"online": 128.42, "offline": 62.63}},
+    "per_token_seconds": [2.504, 2.449],
+    "per_token_mb_parties": [{"online": 27.44, "offline": 12.71},
+                             {"online": 27.52, "offline": 12.81}],
+    "peak_memory_bytes": {"P0": 2 * 2**30, "P1": 2.5 * 2**30, "P2": 2 * 2**30,
+                          "model-owner": 2**30, "client": 0.5 * 2**30},
+    "cpu_seconds_per_pass": {
+        "P0": {"process": [2.25, 1.2, 1.3], "event_loop": [1.58, 1.0, 1.0]},
+        "P1": {"process": [2.32, 1.31, 1.35], "event_loop": [1.69, 1.07, 1.1]},
+        "P2": {"process": [1.89, 1.0, 1.04], "event_loop": [1.3, 0.75, 0.8]},
+    },
+}
+
+
+def test_the_deployment_renderer(tables: ModuleType) -> None:
+    """On the layout ``benchmarks/deployment.py`` writes; without ``/proc`` (CPU figures
+    null) the CPU rows are left out."""
+    lines = tables.render_deployment(DEPLOYMENT_JSON)
+    assert lines[2:] == [
+        "| time to first token from start (processes started, owner loaded its file at "
+        "5.6 s, set-up, prompt pass) | 19.3 s |",
+        "| set-up as the client saw it (connected until every party stored its shares) "
+        "| 7.8 s |",
+        "| prompt pass (5 tokens): seconds, MB sent by the three parties | 4.03 s, 128.4 MB "
+        "online + 62.6 MB offline |",
+        "| each new token | 2.45-2.50 s, 27.4-27.5 MB online + 12.7-12.8 MB offline |",
+        "| CPU seconds of each new token, per party: whole process (its event loop) | "
+        "P0 1.20-1.30 (1.00), P1 1.31-1.35 (1.07-1.10), P2 1.00-1.04 (0.75-0.80) |",
+        "| CPU seconds of the prompt pass, per party: whole process (its event loop) | "
+        "P0 2.25 (1.58), P1 2.32 (1.69), P2 1.89 (1.30) |",
+        "| peak memory: each party / model owner / client | 2.50 GiB / 1.00 GiB / 0.50 GiB |",
+    ]
+    no_proc = {**DEPLOYMENT_JSON, "cpu_seconds_per_pass": dict.fromkeys(("P0", "P1", "P2"))}
+    assert not any("CPU" in line for line in tables.render_deployment(no_proc))
+
+
 SPU_JSON = {  # the layout benchmarks/measure_spu.py writes (figures made up)
     "spu_version": "0.9.5", "date": "2026-12-06",
     "smollm2_forward_5_tokens": {"seconds": 30.0, "bytes_all_parties": 400e6,
