@@ -294,7 +294,10 @@ def cost_rows() -> list[Data]:
 
 
 def _span(values: Sequence[float], digits: int) -> str:
-    """min-max of ``values`` at ``digits`` decimals (one value when they agree)."""
+    """min-max of ``values`` at ``digits`` decimals (one value when they agree; "-" for
+    none: a run without new tokens)."""
+    if not values:
+        return "-"
     low, high = (f"{v:.{digits}f}" for v in (min(values), max(values)))
     return low if low == high else f"{low}-{high}"
 

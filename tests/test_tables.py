@@ -174,6 +174,9 @@ def test_the_deployment_renderer(tables: ModuleType) -> None:
     ]
     no_proc = {**DEPLOYMENT_JSON, "cpu_seconds_per_pass": dict.fromkeys(("P0", "P1", "P2"))}
     assert not any("CPU" in line for line in tables.render_deployment(no_proc))
+    prompt_only = {**DEPLOYMENT_JSON, "per_token_seconds": [], "per_token_mb_parties": []}
+    assert "| each new token | - s, - MB online + - MB offline |" in (
+        tables.render_deployment(prompt_only))
 
 
 SPU_JSON = {  # the layout benchmarks/measure_spu.py writes (figures made up)
