@@ -315,7 +315,7 @@ def render_deployment(data: Data) -> list[str]:
     def party_cpu(passes: slice) -> str:
         return ", ".join(
             f"{party} {_span(c['process'][passes], 2)} ({_span(c['event_loop'][passes], 2)})"
-            for party, c in cpu.items() if c is not None)
+            for party, c in cpu.items())
 
     rows = [
         ("time to first token from start (processes started, owner loaded its file at "
