@@ -195,10 +195,6 @@ def run(model: str, prompt: str, max_new_tokens: int, directory: Path) -> dict[s
     }
 
 
-def _span(values: list[float]) -> str:
-    return f"{min(values):.2f}-{max(values):.2f} s" if values else "-"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2", help="'smollm2' or 'tiny'")
@@ -224,7 +220,8 @@ def main() -> None:
         if cpu is not None:
             process, loop = cpu["process"], cpu["event_loop"]
             print(f"{role} CPU: prompt pass {process[0]:.2f} s (event loop {loop[0]:.2f} s); "
-                  f"per new token {_span(process[1:])} (event loop {_span(loop[1:])})")
+                  f"per new token {reporting.span(process[1:], '.2f')} s (event loop "
+                  f"{reporting.span(loop[1:], '.2f')} s)")
     for role, peak in figures["peak_memory_bytes"].items():
         print(f"peak memory {role}: {peak / 2**30:.2f} GiB")
     reporting.write(args.out, {"benchmark": "deployment", "machine": machine, **figures})

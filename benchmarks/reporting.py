@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,15 @@ def machine() -> dict[str, Any]:
         "load_average_at_start": os.getloadavg(),
         "python_loop_1e7_seconds": speed,
     }
+
+
+def span(values: Sequence[float], fmt: str) -> str:
+    """The values' min-max in ``fmt`` (one value when both ends format alike; "-" for none,
+    as in a run without new tokens)."""
+    if not values:
+        return "-"
+    low, high = format(min(values), fmt), format(max(values), fmt)
+    return low if low == high else f"{low}-{high}"
 
 
 def spu_figures(path: Path = RESULTS / "spu.json") -> dict[str, Any] | None:

@@ -30,11 +30,12 @@ import dataclasses
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import reporting  # benchmarks/: this script's folder
+from reporting import span
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -164,20 +165,14 @@ def render_ring_matmul(data: Data) -> list[str]:
     return lines
 
 
-def _range(values: list[float], fmt: str) -> str:
-    low, high = min(values), max(values)
-    return format(low, fmt) if format(low, fmt) == format(high, fmt) else (
-        f"{format(low, fmt)}-{format(high, fmt)}")
-
-
 def _phases(passes: list[Data]) -> tuple[str, str]:
     """The online and the offline cells of one pass or of several (min-max): rounds, MB."""
     cells = []
     for phase in ("online", "offline"):
-        rounds = _range([p[phase]["rounds"] for p in passes], ".0f")
+        rounds = span([p[phase]["rounds"] for p in passes], ".0f")
         nbytes = [p[phase]["bytes"] for p in passes]
         unit, scale = ("GB", 1e9) if max(nbytes) >= 1e9 else ("MB", 1e6)
-        cells.append(f"{rounds} rounds, {_range([b / scale for b in nbytes], '.3g')} {unit}")
+        cells.append(f"{rounds} rounds, {span([b / scale for b in nbytes], '.3g')} {unit}")
     return cells[0], cells[1]
 
 
@@ -198,7 +193,7 @@ def render_llama(data: Data) -> list[str]:
         if tokens:
             lines.append(
                 f"| SmolLM2-135M, each of {len(tokens)} new tokens (KV cache) "
-                f"| {_range([t['seconds'] for t in tokens], '.1f')} s "
+                f"| {span([t['seconds'] for t in tokens], '.1f')} s "
                 f"| {' | '.join(_phases(tokens))} "
                 f"| {'(no cache: a full pass)' if i == 0 else ''} |")
     block = data.get("block7b")
@@ -247,11 +242,11 @@ def render_llama_components(data: Data) -> list[str]:
         once = name in ONCE_PER_PASS
         if not once:
             layer_rounds = [a + b for a, b in zip(layer_rounds, on["rounds"], strict=True)]
-        offline = _range([b / 1e3 for b in off["bytes"]], ".1f") if any(off["bytes"]) else ""
+        offline = span([b / 1e3 for b in off["bytes"]], ".1f") if any(off["bytes"]) else ""
         lines.append(f"| `{name}`{' (once)' if once else ''} "
-                     f"| {_range(on['rounds'], 'd')} "
-                     f"| {_range([b / 1e3 for b in on['bytes']], '.1f')} | {offline} |")
-    lines.append(f"| a layer (its components) | {_range(layer_rounds, 'd')} | | |")
+                     f"| {span(on['rounds'], 'd')} "
+                     f"| {span([b / 1e3 for b in on['bytes']], '.1f')} | {offline} |")
+    lines.append(f"| a layer (its components) | {span(layer_rounds, 'd')} | | |")
     online, offline_all = token["online"], token["offline"]
     lines.append(f"| the pass ({len(layer_rounds)} layers; online, offline) "
                  f"| {online['rounds']} rounds | {online['bytes'] / 1e6:.3g} MB "
@@ -293,15 +288,6 @@ def cost_rows() -> list[Data]:
     return list(costs.rows())
 
 
-def _span(values: Sequence[float], digits: int) -> str:
-    """min-max of ``values`` at ``digits`` decimals (one value when they agree; "-" for
-    none: a run without new tokens)."""
-    if not values:
-        return "-"
-    low, high = (f"{v:.{digits}f}" for v in (min(values), max(values)))
-    return low if low == high else f"{low}-{high}"
-
-
 def render_deployment(data: Data) -> list[str]:
     """Five processes over loopback TLS (``benchmarks/deployment.py``): time to first token,
     set-up, passes (seconds, the three parties' MB), each party's CPU per pass (the process and
@@ -314,7 +300,7 @@ def render_deployment(data: Data) -> list[str]:
 
     def party_cpu(passes: slice) -> str:
         return ", ".join(
-            f"{party} {_span(c['process'][passes], 2)} ({_span(c['event_loop'][passes], 2)})"
+            f"{party} {span(c['process'][passes], '.2f')} ({span(c['event_loop'][passes], '.2f')})"
             for party, c in cpu.items())
 
     rows = [
@@ -326,9 +312,9 @@ def render_deployment(data: Data) -> list[str]:
         (f"prompt pass ({data['prompt_tokens']} tokens): seconds, MB sent by the three parties",
          f"{data['prompt_pass']['seconds']:.2f} s, {prompt_mb['online']:.1f} MB online + "
          f"{prompt_mb['offline']:.1f} MB offline"),
-        ("each new token", f"{_span(data['per_token_seconds'], 2)} s, "
-         f"{_span([t['online'] for t in tokens], 1)} MB online + "
-         f"{_span([t['offline'] for t in tokens], 1)} MB offline"),
+        ("each new token", f"{span(data['per_token_seconds'], '.2f')} s, "
+         f"{span([t['online'] for t in tokens], '.1f')} MB online + "
+         f"{span([t['offline'] for t in tokens], '.1f')} MB offline"),
     ]
     if cpu and all(c is not None for c in cpu.values()):
         rows += [
@@ -381,10 +367,10 @@ def render(name: str, results: Path = RESULTS) -> str | None:
                 [spu[key] for key in ("smollm2_forward_5_tokens", "llama7b_block_8_tokens")
                  if key in spu])
         loads = sorted({f"{run['load_average_at_start'][0]:.1f}" for run in runs}, key=float)
-        span = "-".join(dict.fromkeys([loads[0], loads[-1]])) if loads else ""
+        load_span = "-".join(dict.fromkeys([loads[0], loads[-1]])) if loads else ""
         extra = (f"; the SPU column: `python benchmarks/measure_spu.py` -> "
                  f"`{spu['source']}`, {spu['date']}"
-                 + (f", load average {span} at its runs' starts" if span else ""))
+                 + (f", load average {load_span} at its runs' starts" if load_span else ""))
     head = [_run_line(table.command, table.source, machine, extra), ""] if machine else []
     return "\n".join([*head, *table.render(data)]) + "\n"
 
