@@ -285,7 +285,7 @@ class Context:
         nbytes = 0
         for array in message:
             nbytes += array.nbytes
-        if nbytes <= pieces.PIECE_BYTES:  # whole (as plan_pieces would say, without a plan)
+        if pieces.travels_whole(nbytes):  # plan_pieces' own test, without making a plan
             await self._enqueue(self._stamp(to, Arrays(message), nbytes), nbytes)
             return
         plan = plan_pieces(message)

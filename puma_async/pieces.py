@@ -89,6 +89,13 @@ def read_header(words: np.ndarray) -> list[tuple[int, ...]] | None:
     return shapes if pos == len(values) else None
 
 
+def travels_whole(payload_bytes: int, piece_bytes: int | None = None) -> bool:
+    """Whether a message of ``payload_bytes`` of arrays goes as one message: at most
+    ``piece_bytes`` (default :data:`PIECE_BYTES`). The one test of :func:`plan_pieces` that
+    a sender of known arrays can make without a plan."""
+    return payload_bytes <= (PIECE_BYTES if piece_bytes is None else piece_bytes)
+
+
 def plan_pieces(layout: Sequence[Layout], piece_bytes: int | None = None) -> Plan | None:
     """The pieces of a message of arrays of ``layout``, or None if it travels whole: its
     payload is at most ``piece_bytes`` (default :data:`PIECE_BYTES`), or a dimension is None.
@@ -106,7 +113,7 @@ def plan_pieces(layout: Sequence[Layout], piece_bytes: int | None = None) -> Pla
         size = math.prod(item.shape)  # type: ignore[arg-type]
         sizes.append(size)
         total += size * item.dtype.itemsize
-    if total <= limit:
+    if travels_whole(total, limit):
         return None
     pieces: list[tuple[Segment, ...]] = []
     current: list[Segment] = []
@@ -179,4 +186,4 @@ class Joiner:
 
 
 __all__ = ["PIECE_BYTES", "Joiner", "Layout", "Plan", "Segment", "layout_header",
-           "plan_pieces", "read_header", "split_pieces"]
+           "plan_pieces", "read_header", "split_pieces", "travels_whole"]
