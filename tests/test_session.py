@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +42,7 @@ from puma_async.session.models import (
     client_tokenizer,
     owner_model,
 )
-from puma_async.session.programs import receive_rows, send_rows
+from puma_async.session.programs import _frozen_heap, receive_rows, send_rows
 from puma_async.session.state import PassDone, Phase, SessionState, SessionStateError
 from puma_async.transports.base import Transport
 
@@ -373,3 +374,17 @@ def test_weights_are_received_into_their_stored_form(
             assert isinstance(stored, SecureWeight)
             assert np.array_equal(stored.stacked, stack_right(share))
             assert stored.stacked.flags.c_contiguous
+
+
+def test_the_heap_stays_frozen_until_the_last_party_in_the_process_is_done() -> None:
+    """``gc.freeze`` is the process's: with three parties in one process, the first to end
+    its passes must not unfreeze the heap the others' passes rely on."""
+    assert gc.get_freeze_count() == 0
+    first, second = _frozen_heap(), _frozen_heap()
+    first.__enter__()
+    second.__enter__()
+    assert gc.get_freeze_count() > 0
+    first.__exit__(None, None, None)
+    assert gc.get_freeze_count() > 0  # the other party's passes still run
+    second.__exit__(None, None, None)
+    assert gc.get_freeze_count() == 0

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -176,18 +177,30 @@ def _no_progress(event: Progress) -> None:
     pass
 
 
+_FREEZE_LOCK = threading.Lock()
+_frozen_blocks = 0  # the _frozen_heap blocks open in this process (several roles in one)
+
+
 @contextlib.contextmanager
 def _frozen_heap() -> Iterator[None]:
     """The objects alive now (after the set-up: the model's shares and everything else this
     process holds) out of the cyclic collector's passes until the block ends (``gc.freeze``,
     process-wide): its full collections, about one per new token, then skip them (30 layers
     in one process: ~80 -> ~25 ms of collection per token). Refcounting still frees them;
-    cyclic garbage among them waits for the end of the block (``gc.unfreeze``)."""
-    gc.freeze()
+    cyclic garbage among them waits for the end of the block. The freeze is the process's,
+    so with several parties in one process (threads included) the heap is unfrozen
+    (``gc.unfreeze``) when the last of their blocks ends, not the first."""
+    global _frozen_blocks
+    with _FREEZE_LOCK:
+        gc.freeze()
+        _frozen_blocks += 1
     try:
         yield
     finally:
-        gc.unfreeze()
+        with _FREEZE_LOCK:
+            _frozen_blocks -= 1
+            if not _frozen_blocks:
+                gc.unfreeze()
 
 
 # ----------------------------------------------------------------------------- programs
