@@ -273,7 +273,9 @@ def render_costs(rows: Iterable[Data]) -> list[str]:
                  f"{r['online_bytes']:g}{per}"]
         if offline:
             has = r["offline_rounds"] or r["offline_bytes"]
-            cells.append(f"{r['offline_rounds']} rounds, {r['offline_bytes']:g}" if has else "")
+            rounds = r["offline_rounds"]
+            cells.append(f"{rounds} round{'s' * (rounds != 1)}, {r['offline_bytes']:g}" if has
+                         else "")
         cells.append(r["error"].replace("|", "\\|") if first else "")
         lines.append("| " + " | ".join(cells) + " |")
         previous = label

@@ -28,6 +28,14 @@ x above: garbage polynomial values there are multiplied by an exact 0):
   |x| <= 2^8); without a bound it is the ring product [x >= t_m] x beside the dot product.
   Rounds: max(comparison (4), powers (2 per level)) + dot product (2): 6 for SiLU and negExp
   (degree 4: v^2, then v^3 and v^4).
+  Where the whole selection is a row of the table (SiLU with a bound, negExp), the bits can
+  instead be opened to the comparisons' two evaluators only (``selection="evaluators"``:
+  :mod:`.evaluators`), who then hold the selected row as additive shares and exchange it
+  masked for the dot product's cross terms: one round more (7), 66 bytes per element fewer
+  for SiLU's 8 thresholds (the bits' arithmetic sharing offline, 24 per bit, becomes 8 per
+  bit; the exchange adds 64 online). SiLU in a LLaMA layer takes it (bytes are what its
+  SwiGLU's width costs); negExp keeps 6 rounds (the softmax is on every layer's critical
+  path, and its bytes are few).
   Fit (offline, numpy): per interval, Lawson's minimax of SiLU on 8,001 points in the interval's
   own variable w in [-1, 1], converted to powers of v; thresholds by a greedy search from -11
   on a 0.025 grid (each piece as wide as a fit error of 2.6e-5 where it meets [-3, 3], 1.55e-4
@@ -47,8 +55,8 @@ GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    361.13  0.
 SiLU accurate  -11, -4.875, -2.825,       v^2, v^3, v^4       6 / 6    306.5   1.8e-4 (11)
                -0.875, 0.875, 2.975,                                  + 288
                5.175, 11
- |x| <= 2^8    (27-bit chains)                               6 / 6    225.38  same
-                                                                      + 206
+ |x| <= 2^8    (27-bit chains, the bits                      7 / 7    287.38  same
+               opened to the evaluators)                              + 78
 SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    316.88  0.0719 (4.00)
                                                                       + 108
 =============  ========================  ==================  =======  ======  ==============
@@ -60,10 +68,12 @@ read at 21 bits, so v v is truncated by 14 bits, not 28: :func:`.polynomial.powe
 the dot product, 24 for [x >= 11] x. With a bound on |x| (``silu(..., bound=B)``) the
 comparisons run on L-bit chains, (B + 11) 2^18 < 2^L: for B = 2^8, 7 leaves of at most 4 bits
 (12.25 shared) and per threshold 5 online and 1.75 + 24 offline (the tree keeps 2 levels:
-the same rounds); and x is the table's
-last row, no product: its value x 2^(25 + 28) stays below the truncation's 2^62 wherever the
-chains are exact (|x| < 2^9 - 11), the coefficients at 25 bits instead of 27 (their rounding
-adds at most 1.6e-7, measured 3.6e-8; the dot product truncates 2 bits fewer, 0.25 bytes).
+the same rounds; opened to the evaluators, :mod:`.evaluators`: per threshold 5.25 online and
+1.75 + 8 offline, and 64 online per element for the selected row's exchange, 7 rounds); and
+x is the table's last row, no product: its value x 2^(25 + 28) stays below the truncation's
+2^62 wherever the chains are exact (|x| < 2^9 - 11), the coefficients at 25 bits instead of
+27 (their rounding adds at most 1.6e-7, measured 3.6e-8; the dot product truncates 2 bits
+fewer, 0.25 bytes).
 The identity stays exact: x 2^(25 + 28 - 18) truncates with no remainder.
 
 The other errors are those of the approximations on the whole real line (fixed-point rounding
@@ -86,6 +96,7 @@ from puma_async.context import Context, protocol
 from . import ring
 from .arith import dot_fxp, mul, mul_fxp
 from .compare import to_arith
+from .evaluators import EvaluatorBits, compare_for_evaluators, selected_dot
 from .fastcmp import bounded_bits, compare_thresholds
 from .fixedpoint import fixed_point
 from .offload import offload
@@ -103,6 +114,7 @@ their rounding then adds at most 2^-25 sum_k |v|^k (3.1e-7 for SiLU, |v| <= 11/8
 ZERO, IDENTITY = "zero", "x"
 Piece = str | tuple[float, ...]  # ZERO, IDENTITY or (c0, a, c1, ..., cn)
 Method = Literal["accurate", "puma"]
+Selection = Literal["opened", "evaluators"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +163,15 @@ class TablePolynomial:
         table = to_ring(np.array(scaled, dtype=object))
         table.flags.writeable = False
         return table
+
+    @functools.cache  # noqa: B019 (the specs are module constants)
+    def steps(self, frac: int, identity_row: bool) -> RingArray:
+        """What each threshold adds to the selected row: :meth:`table`'s row differences
+        (breakpoints, degree + 1), read-only."""
+        table = self.table(frac, identity_row)
+        steps = ring.sub(table[1:], table[:-1])
+        steps.flags.writeable = False
+        return steps
 
 
 def _in_u(coefficients_of_x: tuple[float, ...], scale: float) -> tuple[float, ...]:
@@ -246,7 +267,8 @@ async def evaluate_piecewise(ctx: Context, x: AShare, spec: PiecewisePolynomial,
 
 
 async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
-                         bound: float | None = None) -> AShare:
+                         bound: float | None = None, selection: Selection = "opened"
+                         ) -> AShare:
     """spec's polynomial of each element of x (fixed point); exact 0 below, x above if
     ``spec.identity_above``. With ``bound``, the comparisons' chains are just long enough
     for |x| <= bound (:func:`.fastcmp.bounded_bits`): the precondition, beyond which the
@@ -259,9 +281,16 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     [x >= t_m] x beside the dot product. The garbage powers of large v meet exact zeros in
     that row.
 
+    ``selection="evaluators"``: the bits opened to the comparisons' evaluators, who select
+    the row as additive shares and exchange it masked for the dot product
+    (:func:`.evaluators.selected_dot`: one round more, 16 d - m / 4 bytes per element more
+    online, 16 m fewer offline), wherever the table holds the whole selection (with a bound,
+    or without an identity above); else as ``"opened"``.
+
     Cost: max(comparison (4), powers) + dot product (2) rounds, 6 rounds up to degree 4 and
-    8 up to degree 8; per element one comparison per threshold, one fused product per power,
-    one dot product, and, apart, one ring product for the identity (module docstring).
+    8 up to degree 8 (7 and 9 selected by the evaluators); per element one comparison per
+    threshold, one fused product per power, one dot product, and, apart, one ring product
+    for the identity (module docstring).
     """
     f = fixed_point(ctx).frac_bits
     role, m, d, frac = ctx.role, len(spec.breakpoints), spec.degree, spec.power_frac
@@ -272,15 +301,27 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     room = 63 + f - chain - frac  # |x| 2^(room + frac) <= 2^62 wherever the chain is exact
     in_table = spec.identity_above and room >= MIN_ROW_FRAC
     coefficient_frac = min(spec.coefficient_frac, room) if in_table else spec.coefficient_frac
+    table = spec.table(coefficient_frac, in_table)
+    bits = coefficient_frac + frac - f
+    by_evaluators = selection == "evaluators" and (in_table or not spec.identity_above)
+
+    async def compared(c: Context) -> AShare | EvaluatorBits:
+        if by_evaluators:
+            return await compare_for_evaluators(c, x, thresholds, bits=chain)
+        return await _below(c, x, thresholds, chain)
+
     below, pw = await ctx.gather(
-        lambda c: _below(c, x, thresholds, chain),
+        compared,
         # v = x / scale is x itself read at frac - shift bits (exact); pw[1]: v at frac
         lambda c: powers(c, x, range(2, d + 1), frac=frac, u_frac=frac - shift),
     )
-    table = spec.table(coefficient_frac, in_table)
+    if isinstance(below, EvaluatorBits):
+        basis = await offload(lambda: stack([pw[k] for k in range(1, d + 1)], axis=-1),
+                              size=d * x.size)
+        return await selected_dot(ctx, below, spec.steps(coefficient_frac, in_table), basis,
+                                  frac, bits)
     steps, coefficients, basis = await offload(_table_terms, role, below, table, pw, frac,
                                                size=(m + d + 1) * x.size)
-    bits = coefficient_frac + frac - f
 
     async def dot(c: Context) -> AShare:
         return await dot_fxp(c, coefficients, basis, bits)
@@ -331,12 +372,13 @@ async def silu(ctx: Context, x: AShare, method: Method = "accurate",
     caller's precondition, as a comparison's own range is). None: the full 64-bit chains.
 
     Cost: "accurate" 6 rounds at any size, 306.5 bytes per element online and 288 offline
-    (bound 2^8: 6 rounds, 225.38 online and 206 offline: the identity is a row of the
-    table, :func:`evaluate_table`); "puma" 8 rounds
+    (bound 2^8: 7 rounds, 287.38 online and 78 offline: the identity is a row of the
+    table, and the comparisons' bits are opened to their evaluators, who select the row,
+    :func:`evaluate_table`); "puma" 8 rounds
     below 12,288 elements, 9 rounds from there on, 316.88 and 108 bytes.
     """
     if method == "accurate":
-        return await evaluate_table(ctx, x, SILU_ACCURATE, bound)
+        return await evaluate_table(ctx, x, SILU_ACCURATE, bound, selection="evaluators")
     return await evaluate_piecewise(ctx, x, SILU_PUMA, bound)
 
 

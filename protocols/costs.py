@@ -95,10 +95,11 @@ class OpCost:
 
 
 def _elementwise(rounds: int, bytes_: float, inputs: int = 1, large_rounds: int | None = None,
-                 offline: float = 0.0) -> tuple[Case, ...]:
+                 offline: float = 0.0, offline_rounds: int = PREPARED) -> tuple[Case, ...]:
     """The small and the large case of an element-wise op of ``inputs`` same-shape inputs,
-    with ``offline`` bytes per element prepared ahead (2 rounds deep: :data:`PREPARED`)."""
-    prepared = Cost(PREPARED, offline) if offline else FREE
+    with ``offline`` bytes per element prepared ahead (``offline_rounds`` deep, 2 by default:
+    :data:`PREPARED`)."""
+    prepared = Cost(offline_rounds, offline) if offline else FREE
     return (
         Case(((SMALL,),) * inputs, Cost(rounds, bytes_), prepared),
         Case(((LARGE,),) * inputs, Cost(rounds if large_rounds is None else large_rounds, bytes_),
@@ -187,10 +188,12 @@ COSTS: tuple[OpCost, ...] = (
            "0.0199", _LINEAR, kwargs={"method": "puma"}, variant='method="puma"'),
     OpCost("activations.silu", _elementwise(6, 306.5, offline=288.0),
            "1.8e-4; 2.9e-5 on [-3, 3]", _LINEAR),
-    OpCost("activations.silu", _elementwise(6, 225.38, offline=206.0),
+    OpCost("activations.silu", _elementwise(7, 287.38, offline=78.0, offline_rounds=1),
            "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 256 (garbage beyond)",
-           "12.25 leaves + 5 per threshold (27-bit chains), the identity a row of the "
-           "table; " + _LINEAR,
+           "12.25 leaves + 5 per threshold (27-bit chains), the bits opened to the evaluators "
+           "(0.25 per threshold) who exchange the selected row (64), the identity a row of "
+           "the table; offline 8 per threshold (S's share of its pads' bit) + 1.75 dealt "
+           "products; " + _LINEAR,
            kwargs={"bound": 256}, variant="bound=256"),
     OpCost("activations.silu", _elementwise(8, 316.88, large_rounds=9, offline=108.0),
            "0.0719", _LINEAR, kwargs={"method": "puma"}, variant='method="puma"'),

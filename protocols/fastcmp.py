@@ -76,7 +76,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import numpy as np
@@ -593,6 +593,37 @@ async def compare_thresholds(
     (its traffic in phase ``offline``, beside the leaves: no extra round).
     Cost: 3 rounds (4 with :func:`open_masked`); bytes: module docstring.
     """
+    def random_bits(parts: tuple[Part, ...]) -> Step[RandomBits]:
+        async def step(c: Context) -> RandomBits:
+            if pre is not None:
+                return pre.bits
+            return await _offline(c, functools.partial(prepare_random_bits, rows=rows,
+                                                       parts=parts))
+        return step
+
+    rows = np.asarray(thresholds).size
+    rho, halves, parts, shape = await threshold_halves(
+        ctx, x, thresholds, random_bits, of=of, kind=kind, bits=bits, levels=levels, pre=pre)
+    return MaskedBits(halves, parts, rho, shape)
+
+
+async def threshold_halves(
+    ctx: Context,
+    x: AShare | RingArray,
+    thresholds: npt.ArrayLike,
+    material: Callable[[tuple[Part, ...]], Step[T]],
+    *,
+    of: npt.ArrayLike | None = None,
+    kind: Kind = "less",
+    bits: int = 64,
+    levels: int | None = None,
+    pre: CompareMaterial | None = None,
+) -> tuple[T, tuple[RingArray | None, ...], tuple[Part, ...], tuple[int, ...]]:
+    """The leaves and trees of :func:`compare_thresholds` (3 rounds), beside the step that
+    ``material`` makes for the parts (the bits' opening material: a child step before the
+    parts' own, so its messages keep their step paths): that step's result, this party's
+    XOR-half of the bits per part (packed rows; None as S), the parts and the bits' logical
+    shape (arguments as :func:`compare_thresholds`)."""
     t = to_ring(np.asarray(thresholds)).reshape(-1)
     if of is None:
         values, index, shape = x.reshape(1, -1), np.zeros(t.size, np.intp), (*x.shape, t.size)
@@ -604,19 +635,12 @@ async def compare_thresholds(
     spec = CompareSpec(values.shape[1], t.size, kind, bits, levels)
     _check(pre, spec)
     plan, parts = spec.plan, spec.parts
-
-    async def random_bits(c: Context) -> RandomBits:
-        if pre is not None:
-            return pre.bits
-        return await _offline(c, functools.partial(prepare_random_bits, rows=t.size,
-                                                   parts=parts))
-
-    rho, *halves = await ctx.gather(random_bits, *(
+    made, *halves = await ctx.gather(material(parts), *(
         functools.partial(_compare_part, plan=plan, part=part, x=values, thresholds=t,
                           of=index, material=None if pre is None else pre.trees[j])
         for j, part in enumerate(parts)
     ))
-    return MaskedBits(tuple(halves), parts, rho, shape)
+    return made, tuple(halves), parts, shape
 
 
 def bounded_bits(bound: float | None, thresholds: RingArray, frac: int) -> int:
@@ -843,5 +867,5 @@ __all__ = [
     "CompareMaterial", "CompareSpec", "MaskedBits", "MaximumMaterial", "MaximumSpec", "Part",
     "RandomBits", "TreeMaterial", "bounded_bits", "carry_halves", "compare_thresholds",
     "first_maximum", "maximum_after_leaves", "maximum_leaves", "open_masked", "prepare_compare",
-    "prepare_maximum", "prepare_random_bits", "summands",
+    "prepare_maximum", "prepare_random_bits", "summands", "threshold_halves",
 ]

@@ -32,15 +32,17 @@ numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum beside e @ V a
 :func:`attend`), output projection (M, and the wide copy of the stream for the next norm:
 about 9 bytes per element per party, opened by M's swap),
 MLP RMSNorm (6 R, its gain folded into W_gate_up), gate/up (M),
-SiLU (``activations``, 6 R; its comparisons as long as the layer's certified gate bound
-needs), SiLU x up (2 R), down (M, and the next wide copy).
-Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``, measured: 42
-rounds; 1,271 per token with the embedding's 2, the head's 8 and the logits' reveal):
+SiLU (``activations``, 7 R; its comparisons as long as the layer's certified gate bound
+needs, their bits opened to their evaluators, who select the coefficient row: 66 bytes per
+element fewer than 6 R with the bits opened to all, :mod:`.evaluators`), SiLU x up (2 R),
+down (M, and the next wide copy).
+Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``, measured: 43
+rounds; 1,301 per token with the embedding's 2, the head's 8 and the logits' reveal):
 attn.norm 4 (the rsqrt
 from the sums of squares' 3-out-of-3 shares: no resharing round), qkv 2 (x W'qkv and its
 RoPE beside the norm), RoPE 0, scores 1, maximum 4,
 negExp 6, reciprocal 3 (its comparisons' leaves in negExp's last round; e @ V beside it),
-(e @ V) x r 2, O 2, mlp.norm 6, gate/up 2, SiLU 6, x up 2, down 2.
+(e @ V) x r 2, O 2, mlp.norm 6, gate/up 2, SiLU 7, x up 2, down 2.
 Embedding: 2 rounds (the first norm's wide copy), 2 n hidden elements; head (last position
 only): RMSNorm (given its wide copy) and a local product: the logits are not truncated, the
 client gets their 3-out-of-3 shares' bits [f, 64) (:func:`lm_head`, ``io.reveal_product_to``).

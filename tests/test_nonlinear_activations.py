@@ -67,13 +67,14 @@ def test_accurate_silu_beats_puma_by_far() -> None:
 @pytest.mark.parametrize("bound", [None, 256])
 def test_accurate_silu_near_zero_and_its_cost(fxp, bound: int | None) -> None:
     """Where a SwiGLU's gates mostly are, [-3, 3]: within 3.3e-5 (documented 2.9e-5) also with
-    the bound's coefficients at 25 bits; 6 rounds."""
+    the bound's coefficients at 25 bits; 6 rounds, 7 with the bound (the bits opened to the
+    evaluators, :mod:`.evaluators`), which costs 66 bytes per element fewer."""
     x = np.linspace(-3, 3, 60001)
     got, ev = fxp.run(_bounded_silu(bound), x)
     assert np.max(np.abs(got - EXACT["silu"](fxp.quantised(x)))) <= 3.3e-5
-    assert ev.cost(0).rounds == 6
+    assert ev.cost(0).rounds == (6 if bound is None else 7)
     offline = sum(ev.stats[p].totals(phase="offline").bytes_sent for p in range(3))
-    assert (ev.bytes_all_parties() + offline) / x.size < 600
+    assert (ev.bytes_all_parties() + offline) / x.size < (600 if bound is None else 366)
 
 
 @settings(max_examples=5, deadline=None)

@@ -69,8 +69,10 @@ def test_the_cost_renderer(tables: ModuleType) -> None:
     assert variant[3] == '| `arith.mul (method="puma")` | (256,), (256,) | 1 | 24 | 1 |'
     offline = tables.render_costs([{**row, "offline_rounds": 1, "offline_bytes": 8.0}])
     assert offline[0].endswith("| offline | error |")
-    assert offline[2] == ("| `arith.mul` | (256,), (256,) | 1 | 24 | 1 rounds, 8 "
+    assert offline[2] == ("| `arith.mul` | (256,), (256,) | 1 | 24 | 1 round, 8 "
                           "| exact for \\|x\\| < 2^62 |")
+    deeper = tables.render_costs([{**row, "offline_rounds": 2, "offline_bytes": 8.0}])
+    assert "| 2 rounds, 8 |" in deeper[2]
 
 
 def test_the_llama_renderer(tables: ModuleType) -> None:

@@ -1,0 +1,239 @@
+"""Comparison bits opened to the evaluators only, and a public table selected by them.
+
+:func:`.fastcmp.compare_thresholds` opens c = bit ^ rho to all three parties, with rho a
+random bit that *no* party knows, so that [bit] = c + (1 - 2c) [rho] is local; rho's
+arithmetic sharing costs 24 bytes per bit, offline (:func:`.boolean.bit_to_arith`). When the
+bits only select a row of a public table for a dot product with shared powers (SiLU's
+:class:`.activations.TablePolynomial`: 8 thresholds, one row of 5 coefficients), they can be
+opened to the evaluators only, with a rho that S knows: 8 bytes per bit offline, and one
+exchange of the selected row per element (1 round). Per part of the comparisons (S = P_s,
+E1 = P_{s+1}, E2 = P_{s+2}; keys k(S, E1) = k_{s+1}, k(S, E2) = k_s, as :mod:`.fastcmp`):
+
+1. *Offline* (:func:`prepare_evaluator_bits`, 1 round): pads a (from k_{s+1}: S and E1) and
+   a' (k_s: S and E2) per bit, so rho = a ^ a' is known to S alone; y1 from k_{s+1}, and S
+   sends E2 y2 = rho - y1 (mod 2^64): additive shares of rho held by E1 and E2.
+2. *Opening* (:func:`open_to_evaluators`, 1 round): E1 sends E2 s1 ^ a, E2 sends E1 s2 ^ a'
+   (s1, s2 their XOR-halves of the bit): both learn c = bit ^ rho, and hold additive shares
+   of the bit, u1 = c + (1 - 2c) y1 (E1) and u2 = (1 - 2c) y2 (E2). S learns nothing.
+3. *Selection and dot product* (:func:`selected_dot`, 1 round, then the truncation's 2):
+   with the steps 1 - bit_k selecting coefficient rows, C = sum_k (1 - bit_k) D_k (D_k the
+   table's row differences) is split as C1 (E1) + C2 (E2). For the dot product C . V with
+   replicated V = (1, v, ..., v^d) (components V_s, V_{s+1}, V_{s+2}), E1 holds V_{s+1} and
+   V_{s+2}, E2 V_{s+2} and V_s; the missing cross terms C1 . V_s and C2 . V_{s+1} go through
+   masks of S's keys: E1 sends E2 M1 = C1 + m1 (m1 from k_{s+1}), E2 sends E1 M2 = C2 + m2
+   (m2 from k_s), for the d non-constant entries. Then z_E1 = C1 . (V_{s+1} + V_{s+2}) +
+   M2 . V_{s+1}, z_E2 = C2 . (V_{s+2} + V_s) + M1 . V_s and z_S = -(m1 . V_s + m2 .
+   V_{s+1}) (constant entries: C_0 2^frac at E1 and E2) are 3-out-of-3 shares of C . V,
+   masked by a zero-sharing and truncated as every product (:func:`.arith.finish_product`).
+
+**Security** (semi-honest, one corruption): E2 receives y2 (uniform: y1 is a stream of k_{s+1},
+which E2 lacks), s1 ^ a (a: k_{s+1}) and M1 (m1: k_{s+1}); E1 receives s2 ^ a' (a': k_s) and
+M2 (m2: k_s); S receives nothing here. c = bit ^ rho is uniform to E1 and E2, who each know
+one of rho's two pads (and E2's y2 is masked by y1, E1's y1 is independent of rho). Every
+stream has a fresh label per step, part and purpose. The truncation's messages are masked by
+its own zero-sharing (:mod:`.trunc`).
+
+**Costs** per element, all parties together, for m thresholds and a row of d + 1 entries
+(:func:`.activations.evaluate_table`; SiLU: m = 8, d = 4): the opening m / 4 bytes (two bits
+per bit, packed), the exchange 16 d, the truncation 40 + bits / 8 (as any product), and 8 m
+offline. Against :func:`.fastcmp.open_masked` and the dot product of replicated shares:
+online 16 d - m / 4 more (SiLU: 62), offline 16 m less (128), one round more (7 instead of
+6 for SiLU). Exact: ring arithmetic, no probabilistic step but the truncation's last bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from puma_async.context import OFFLINE_PHASE, ArraySpec, Context, Step
+
+from . import ring
+from .arith import finish_product
+from .bitpack import unpack_rows_into
+from .fastcmp import Part, threshold_halves
+from .offload import offload
+from .prg import Prg
+from .randomness import key_prg
+from .ring import RING_DTYPE, RingArray
+from .shares import AShare
+
+_ONE = np.uint64(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorMaterial:
+    """One part's offline material at this party: as E1 the pads a (packed words) and y1,
+    as E2 the pads a' and y2 (rows, part elements); S keeps nothing (None)."""
+
+    pads: RingArray | None = None
+    shares: RingArray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorBits:
+    """Comparison bits opened to the evaluators (:func:`compare_for_evaluators`): per part
+    this party's additive share of them as E1 or E2 (thresholds, part elements; None as
+    S); the bits' logical shape (an element's thresholds last)."""
+
+    shares: tuple[RingArray | None, ...]
+    parts: tuple[Part, ...]
+    shape: tuple[int, ...]
+
+
+async def prepare_evaluator_bits(ctx: Context, rows: int, part: Part) -> EvaluatorMaterial:
+    """Step 1 of the module docstring for ``rows`` bits per element of ``part``: 1 round,
+    8 bytes per bit (S to E2)."""
+    role = part.role(ctx.role)
+    labels = ctx.label(b"ev.a"), ctx.label(b"ev.b"), ctx.label(b"ev.y")
+    words, shape = (part.words(rows),), (rows, part.size)
+    if role == 1:
+        k1 = key_prg(ctx, part.sender + 1)
+        return await offload(lambda: EvaluatorMaterial(k1.bits(labels[0], words),
+                                                       k1.ring(labels[2], shape)),
+                             size=rows * part.size)
+    if role == 2:
+        pads = key_prg(ctx, part.sender).bits(labels[1], words)
+        return EvaluatorMaterial(pads, await ctx.recv_array(part.sender, ArraySpec.ring(shape)))
+    dealt = await offload(_dealt, key_prg(ctx, part.sender + 1), key_prg(ctx, part.sender),
+                          labels, words, shape, size=rows * part.size)
+    await ctx.send_arrays(part.party(2), dealt)
+    return EvaluatorMaterial()
+
+
+def _dealt(k1: Prg, k2: Prg, labels: tuple[bytes, bytes, bytes], words: tuple[int],
+           shape: tuple[int, int]) -> RingArray:
+    """S: y2 = rho - y1, rho = a ^ a' as 0/1 ring values (rows, part elements)."""
+    rho = np.empty(shape, RING_DTYPE)
+    unpack_rows_into(k1.bits(labels[0], words) ^ k2.bits(labels[1], words), rho)
+    rho -= k1.ring(labels[2], shape)
+    return rho
+
+
+async def compare_for_evaluators(
+    ctx: Context, x: AShare, thresholds: RingArray, *, bits: int
+) -> EvaluatorBits:
+    """[x < t] for every element of x and each public threshold t (ring values, (m,)),
+    opened to the evaluators (steps 1 and 2): the comparisons of
+    :func:`.fastcmp.compare_thresholds` (3 rounds, exact within ``bits``), their material
+    made beside the leaves (phase ``offline``), then the opening (1 round)."""
+    rows = thresholds.size
+
+    def material(parts: tuple[Part, ...]) -> Step[tuple[EvaluatorMaterial, ...]]:
+        async def step(c: Context) -> tuple[EvaluatorMaterial, ...]:
+            with c.phase(OFFLINE_PHASE):
+                return tuple(await c.gather(*(
+                    functools.partial(prepare_evaluator_bits, rows=rows, part=part)
+                    for part in parts)))
+        return step
+
+    made, halves, parts, shape = await threshold_halves(ctx, x, thresholds, material, bits=bits)
+    shares = await ctx.gather(*(
+        functools.partial(open_to_evaluators, part=part, half=half, material=m)
+        for part, half, m in zip(parts, halves, made, strict=True)))
+    return EvaluatorBits(tuple(shares), parts, shape)
+
+
+async def open_to_evaluators(
+    ctx: Context, part: Part, half: RingArray | None, material: EvaluatorMaterial
+) -> RingArray | None:
+    """Step 2 for one part: this evaluator's additive share of its bits (rows, part
+    elements), None at S. 1 round, one bit each way per bit."""
+    role = part.role(ctx.role)
+    if role == 0:
+        return None
+    assert half is not None and material.pads is not None and material.shares is not None
+    other = part.party(3 - role)
+    await ctx.send_arrays(other, half ^ material.pads)
+    got = await ctx.recv_array(other, ArraySpec.ring(half.shape))
+    return await offload(_bit_shares, half ^ got ^ material.pads, material.shares, role == 1,
+                         size=material.shares.size)
+
+
+def _bit_shares(opened: RingArray, y: RingArray, first: bool) -> RingArray:
+    """c + (1 - 2c) y1 (E1, ``first``) or (1 - 2c) y2 (E2), c unpacked from ``opened``."""
+    c = np.empty(y.shape, RING_DTYPE)
+    unpack_rows_into(opened, c)
+    out = np.subtract(_ONE, c << _ONE, dtype=RING_DTYPE)
+    out *= y
+    if first:
+        out += c
+    return out
+
+
+async def selected_dot(
+    ctx: Context, below: EvaluatorBits, steps: RingArray, powers: AShare, frac: int,
+    bits: int,
+) -> AShare:
+    """sum_j C_j V_j, truncated by ``bits``, for C = sum_k (1 - [x < t_k]) steps[k] (the
+    table's row differences, (m, d + 1), public) and V = (2^frac, v, ..., v^d) (``powers``:
+    v^1 .. v^d, (*x, d)): step 3 of the module docstring. 3 rounds (the exchange, the
+    truncation's 2); x's shape out."""
+    flat = powers.reshape(-1, powers.shape[-1])
+    parts = await ctx.gather(*(
+        functools.partial(_part_dot, part=part, u=u, steps=steps,
+                          powers=flat[part.lo : part.hi], frac=frac)
+        for part, u in zip(below.parts, below.shares, strict=True)))
+    z = np.concatenate(parts) if parts else np.zeros(0, RING_DTYPE)
+    return (await finish_product(ctx, z, bits)).reshape(below.shape[:-1])
+
+
+async def _part_dot(
+    ctx: Context, part: Part, u: RingArray | None, steps: RingArray, powers: AShare,
+    frac: int,
+) -> RingArray:
+    """This party's 3-out-of-3 share of one part's dot products (step 3)."""
+    role = part.role(ctx.role)
+    labels = ctx.label(b"ev.m1"), ctx.label(b"ev.m2")
+    shape = powers.shape
+    if role == 0:
+        return await offload(_dealer_share, key_prg(ctx, part.sender + 1),
+                             key_prg(ctx, part.sender), labels, powers, size=powers.size)
+    assert u is not None
+    key, label = ((key_prg(ctx, part.sender + 1), labels[0]) if role == 1
+                  else (key_prg(ctx, part.sender), labels[1]))
+    rows, masked = await offload(_selected_rows, u, steps, role == 1, key, label, shape,
+                                 size=u.size + powers.size)
+    other = part.party(3 - role)
+    await ctx.send_arrays(other, masked)
+    got = await ctx.recv_array(other, ArraySpec.ring(shape))
+    return await offload(_evaluator_share, rows, powers, got, role == 1, frac,
+                         size=powers.size)
+
+
+def _dealer_share(k1: Prg, k2: Prg, labels: tuple[bytes, bytes], powers: AShare
+                  ) -> RingArray:
+    """S: -(m1 . V_s + m2 . V_{s+1}) (its halves are V_s, V_{s+1})."""
+    shape = powers.shape
+    total = np.sum(k1.ring(labels[0], shape) * powers.first, axis=-1, dtype=RING_DTYPE)
+    total += np.sum(k2.ring(labels[1], shape) * powers.second, axis=-1, dtype=RING_DTYPE)
+    return ring.neg(total)
+
+
+def _selected_rows(u: RingArray, steps: RingArray, first: bool, key: Prg, label: bytes,
+                   shape: tuple[int, ...]) -> tuple[RingArray, RingArray]:
+    """An evaluator's C (elements, d + 1) from its bit shares u (m, elements), and what it
+    sends: C's non-constant entries plus its mask."""
+    rows = ring.neg(np.matmul(u.T, steps, dtype=RING_DTYPE))
+    if first:
+        rows += np.sum(steps, axis=0, dtype=RING_DTYPE)
+    return rows, ring.add(rows[:, 1:], key.ring(label, shape))
+
+
+def _evaluator_share(rows: RingArray, powers: AShare, got: RingArray, first: bool, frac: int
+                     ) -> RingArray:
+    """E1: C1_0 2^frac + C1 . (V_{s+1} + V_{s+2}) + M2 . V_{s+1}; E2: C2_0 2^frac + C2 .
+    (V_{s+2} + V_s) + M1 . V_s (E1's first half is V_{s+1}, E2's second is V_s)."""
+    mine = ring.add(powers.first, powers.second)
+    total = np.sum(rows[:, 1:] * mine, axis=-1, dtype=RING_DTYPE)
+    total += np.sum(got * (powers.first if first else powers.second), axis=-1, dtype=RING_DTYPE)
+    total += rows[:, 0] << np.uint64(frac)
+    return total
+
+
+__all__ = [
+    "EvaluatorBits", "EvaluatorMaterial", "compare_for_evaluators", "open_to_evaluators",
+    "prepare_evaluator_bits", "selected_dot",
+]
