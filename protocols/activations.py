@@ -301,7 +301,7 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     room = 63 + f - chain - frac  # |x| 2^(room + frac) <= 2^62 wherever the chain is exact
     in_table = spec.identity_above and room >= MIN_ROW_FRAC
     coefficient_frac = min(spec.coefficient_frac, room) if in_table else spec.coefficient_frac
-    table = spec.table(coefficient_frac, in_table)
+    row_steps = spec.steps(coefficient_frac, in_table)
     bits = coefficient_frac + frac - f
     by_evaluators = selection == "evaluators" and (in_table or not spec.identity_above)
 
@@ -318,9 +318,8 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     if isinstance(below, EvaluatorBits):
         basis = await offload(lambda: stack([pw[k] for k in range(1, d + 1)], axis=-1),
                               size=d * x.size)
-        return await selected_dot(ctx, below, spec.steps(coefficient_frac, in_table), basis,
-                                  frac, bits)
-    steps, coefficients, basis = await offload(_table_terms, role, below, table, pw, frac,
+        return await selected_dot(ctx, below, row_steps, basis, frac, bits)
+    steps, coefficients, basis = await offload(_table_terms, role, below, row_steps, pw, frac,
                                                size=(m + d + 1) * x.size)
 
     async def dot(c: Context) -> AShare:
@@ -332,14 +331,15 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     return poly + identity
 
 
-def _table_terms(party: int, below: AShare, table: RingArray, pw: dict[int, AShare], frac: int
-                 ) -> tuple[AShare, AShare, AShare]:
+def _table_terms(party: int, below: AShare, row_steps: RingArray, pw: dict[int, AShare],
+                 frac: int) -> tuple[AShare, AShare, AShare]:
     """:func:`evaluate_table`'s local work: the steps [x >= t_k] (*x, m), each element's
-    coefficients (*x, d + 1) and its basis (1, v, ..., v^d) (*x, d + 1)."""
+    coefficients (*x, d + 1: ``row_steps``, :meth:`TablePolynomial.steps`, selected) and
+    its basis (1, v, ..., v^d) (*x, d + 1)."""
     steps = (-below).add_public(party, 1)
-    coefficients = steps.map(np.matmul, ring.sub(table[1:], table[:-1]))
+    coefficients = steps.map(np.matmul, row_steps)
     one = public_share(party, np.full(pw[1].shape, 1 << frac, dtype=np.uint64))
-    basis = stack([one, *(pw[k] for k in range(1, len(table[0])))], axis=-1)
+    basis = stack([one, *(pw[k] for k in range(1, row_steps.shape[1]))], axis=-1)
     return steps, coefficients, basis
 
 
