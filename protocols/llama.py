@@ -24,7 +24,10 @@ M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith``
 ``trunc``): attention RMSNorm as rho only (``norms.rms_rsqrt``: 4 R; its wide copy comes from
 the product that made the stream, :func:`residual_matmul`) beside x @ W'qkv (M, the gain
 folded into W'qkv) and RoPE of its q and k columns (truncation: 2 R, ~8 bytes per q/k
-element), then (RoPE(x W'qkv)) rho (2 R, n (q + 2kv) outputs: :func:`normalised_qkv`),
+element), then (RoPE(x W'qkv)) rho (2 R, n (q + 2kv) outputs: :func:`normalised_qkv`); with
+multi-head attention (q + 2 kv = 3 hidden, LLaMA-7B: :func:`normalises_input`) instead the
+MLP's order, RMSNorm with its product x rho (6 R, n hidden outputs), x rho @ W'qkv (M) and
+RoPE (2 R): 4 rounds more, 2 of every 3 products by rho fewer;
 scores (2 R, all heads batched by
 key/value group; the maximum's comparisons start in their first round), softmax
 numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum beside e @ V and
@@ -530,33 +533,66 @@ QKV_RHO_FRAC = 32
 """Fractional bits of that rho."""
 
 
+def normalises_input(config: LlamaConfig) -> bool:
+    """Whether the attention norm scales the residual before the QKV product (x rho first,
+    as the MLP's norm does) rather than the product after it: where the product has at
+    least :data:`NORMALISE_INPUT_FROM` outputs per input (multi-head attention, q + 2 kv =
+    3 hidden: LLaMA-7B), so that 2 of every 3 products by rho go (about 42 bytes each, all
+    parties) for 4 rounds more per layer (:func:`normalised_qkv`). With grouped-query
+    attention (SmolLM2: 960 outputs for 576 inputs) it would save 0.4 of them for the same
+    4 rounds, so the rounds win there."""
+    return config.q_dim + 2 * config.kv_dim >= NORMALISE_INPUT_FROM * config.hidden
+
+
+NORMALISE_INPUT_FROM = 3
+"""QKV outputs per residual input from which the attention norm scales the input
+(:func:`normalises_input`)."""
+
+
 async def normalised_qkv(
     ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, rope: Rope,
     pre: SegmentMaterial | None = None,
 ) -> AShare:
-    """RMSNorm(x) @ W'qkv (the gain folded into W'qkv) with q and k rotated, (n, q + 2 kv):
-    rho RoPE(x @ W'qkv). rho is a scalar per row and RoPE a linear map of each row with
-    public coefficients, so they commute: the product on the raw residual (scope ``qkv``)
-    and the rotation of its q and k columns (:func:`apply_rope`, scope ``rope``) run beside
-    the norm's rsqrt (scope ``norm``: 4 rounds, against 2 + 2), then one truncated product by
-    rho per row (scope ``qkv``). The query heads carry 1/sqrt(head_dim) (:class:`Rope`).
-    Rounds: norm 4, then the product by rho 2; RoPE has none of its own (rotating q and k
-    after the product took 1 round, 2 when its truncation's blocks rotate), and x rho first
-    would take 2 more, for (q + 2 kv - hidden) elements fewer in the product by rho (44
-    bytes each, all parties). RoPE's truncation: as many elements as after the product.
+    """RMSNorm(x) @ W'qkv (the gain folded into W'qkv) with q and k rotated, (n, q + 2 kv),
+    by one of two paths (:func:`normalises_input`; ``pre``: the norm's offline material,
+    :func:`prepare_tuples`). The query heads carry 1/sqrt(head_dim) (:class:`Rope`).
 
-    Headroom: the raw product's pre-truncation value is |x W'| 2^42 (W' at 24 fractional
-    bits: :func:`weight_tensors`); its rotation (x W' at :data:`QKV_RAW_FRAC` bits, cos and
-    sin at f) is at most sqrt(2) max |x W'| 2^40 before its truncation (pairs rotated; the
-    query heads' 1/sqrt(head_dim) only lowers it); and rho RoPE(x W') = q (or k, v) is taken
-    at :data:`QKV_RAW_FRAC` + :data:`QKV_RHO_FRAC` = 54 fractional bits before its
-    truncation. So this needs |x W'| < 2^20 and |q|, |k|, |v| < 2^8 (q, k rotated: at most
-    sqrt(2) times their largest element before). SmolLM2 (plaintext reference, 4 prompts,
-    first-token rows with |x| up to 24,926): max |x W'| 6,967 (< 2^13), max |q|, |k|, |v|
-    19.5 (< 2^5).
+    **rho after** (grouped-query attention: SmolLM2): rho RoPE(x @ W'qkv). rho is a scalar
+    per row and RoPE a linear map of each row with public coefficients, so they commute: the
+    product on the raw residual (scope ``qkv``) and the rotation of its q and k columns
+    (:func:`apply_rope`, scope ``rope``) run beside the norm's rsqrt (scope ``norm``: 4
+    rounds, against 2 + 2), then one truncated product by rho per output (scope ``qkv``).
+    Rounds: norm 4, then the product by rho 2 (6); RoPE has none of its own (rotating q and k
+    after the product took 1 round, 2 when its truncation's blocks rotate). RoPE's
+    truncation: as many elements as after the product.
 
-    Error added, with rho <= 11.2 (SmolLM2, measured) and s = 1/sqrt(head_dim) for the query
-    heads, 1 for the keys: the rounding of x W' (2^-22) rotated (at most sqrt(2) s 2^-22) and
+    **rho first** (multi-head attention: LLaMA-7B): RoPE(RMSNorm(x) @ W'qkv), the MLP's
+    order: the norm with its product x rho (:func:`.norms.rms_norm`: 6 rounds, n hidden
+    products), then x rho @ W'qkv truncated to f bits (2) and RoPE (2; 1 when its truncation
+    is one block, below :data:`.trunc.ROTATE_MIN_ELEMENTS`): 10 rounds, and n
+    (q + 2 kv - hidden) products by rho fewer (LLaMA-7B: 2 of 3; 2.85 of a block's 63.7 MB
+    for 8 tokens). Headroom: |x rho W'| 2^42 before the product's truncation, |q|, |k|
+    (|cos| + |sin|) 2^36 before RoPE's: |q|, |k|, |v| < 2^19.
+    Error added (f = 18; h = x rho at f bits, within rms_norm's relative error and one ulp;
+    s = 1/sqrt(head_dim) for the query heads, 1 for the keys): per output column j, h's ulp
+    through W' and the product's truncation, e_j = 2^-18 (sum_i |W'_ij| + 1); rotated,
+    sqrt(2) s max(e_a, e_b) on a pair (a, b), plus RoPE's truncation (2^-18) and the tables'
+    rounding (|a| + |b|) 2^-19 (times s); v: e_j. Relative: rsqrt's (as below) and rho's
+    resolution (:func:`.norms.rms_norm`'s rho bits).
+    Test: tests/test_secure_llama.py (this bound, against float64, at LLaMA-7B's head layout).
+
+    Headroom (rho after): the raw product's pre-truncation value is |x W'| 2^42 (W' at 24
+    fractional bits: :func:`weight_tensors`); its rotation (x W' at :data:`QKV_RAW_FRAC` bits,
+    cos and sin at f) is at most sqrt(2) max |x W'| 2^40 before its truncation (pairs
+    rotated; the query heads' 1/sqrt(head_dim) only lowers it); and rho RoPE(x W') = q (or k,
+    v) is taken at :data:`QKV_RAW_FRAC` + :data:`QKV_RHO_FRAC` = 54 fractional bits before
+    its truncation. So this needs |x W'| < 2^20 and |q|, |k|, |v| < 2^8 (q, k rotated: at
+    most sqrt(2) times their largest element before). SmolLM2 (plaintext reference, 4
+    prompts, first-token rows with |x| up to 24,926): max |x W'| 6,967 (< 2^13), max |q|,
+    |k|, |v| 19.5 (< 2^5).
+
+    Error added (rho after), with rho <= 11.2 (SmolLM2, measured) and s as above: the
+    rounding of x W' (2^-22) rotated (at most sqrt(2) s 2^-22) and
     the rotation's own (2^-22), both times rho, and the product's truncation (2^-18):
     rho (sqrt(2) s + 1) 2^-22 + 2^-18, at most 1.03e-5 for k and 7.0e-6 for q (s = 1/8);
     v as before, rho 2^-22 + 2^-18 <= 6.5e-6. Relative to q, k, v: rho's, i.e. rsqrt's
@@ -575,22 +611,29 @@ async def normalised_qkv(
     f = fixed_point(ctx).frac_bits
     n, split = stream.x.shape[0], (config.n_heads + config.n_kv_heads) * config.head_dim
 
+    async def rotated(c: Context, x: AShare, bits: int) -> AShare:
+        """x @ W'qkv truncated by ``bits``, its q and k columns rotated."""
+        with c.scope("qkv"):
+            qkv = await weight_matmul(c, x, layer.wqkv, bits=bits)
+        with c.scope("rope"):
+            qk = await apply_rope(c, qkv[:, :split].reshape(n, -1, config.head_dim), rope)
+        return concatenate([qk.reshape(n, split), qkv[:, split:]], axis=-1)
+
+    if normalises_input(config):
+        with ctx.scope("norm"):
+            h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide, pre=pre,
+                               out_frac=QKV_RAW_FRAC)
+        return await rotated(ctx, h, QKV_RAW_FRAC + FOLDED_EXTRA_BITS)
+
     async def rho(c: Context) -> AShare:
         with c.scope("norm"):
             return await rms_rsqrt(c, stream.x, stream.wide, eps=config.rms_eps,
                                    max_abs=MAX_ABS, frac_bits=QKV_RHO_FRAC, pre=pre)
 
-    async def raw(c: Context) -> AShare:
-        with c.scope("qkv"):
-            qkv = await weight_matmul(c, stream.x, layer.wqkv,
-                                      bits=2 * f + FOLDED_EXTRA_BITS - QKV_RAW_FRAC)
-        with c.scope("rope"):
-            qk = await apply_rope(c, qkv[:, :split].reshape(n, -1, config.head_dim), rope)
-        return concatenate([qk.reshape(n, split), qkv[:, split:]], axis=-1)
-
-    r, rotated = await ctx.gather(rho, raw)
+    r, raw = await ctx.gather(
+        rho, lambda c: rotated(c, stream.x, 2 * f + FOLDED_EXTRA_BITS - QKV_RAW_FRAC))
     with ctx.scope("qkv"):
-        return await mul_fxp(ctx, rotated, repeat_last(r, rotated.shape[-1]),
+        return await mul_fxp(ctx, raw, repeat_last(r, raw.shape[-1]),
                              bits=QKV_RAW_FRAC + QKV_RHO_FRAC - f)
 
 
@@ -718,8 +761,8 @@ async def decoder_layer(
 @dataclasses.dataclass(frozen=True)
 class LayerTuples:
     """A layer's offline material (:func:`prepare_tuples`: TP1 tuples and comparisons'):
-    the attention norm's (rho at :data:`QKV_RHO_FRAC`), the softmax reciprocal's, the MLP
-    norm's."""
+    the attention norm's (rho at :data:`QKV_RHO_FRAC`, or as the MLP's where it scales the
+    input: :func:`normalises_input`), the softmax reciprocal's, the MLP norm's."""
 
     attn_norm: SegmentMaterial
     reciprocal: SegmentMaterial
@@ -752,7 +795,8 @@ async def prepare_tuples(
     before (the session's passes after a prompt's first: 1 row, one position more), or at
     the pass's start beside the embedding (:func:`forward`)."""
     shape, eps = (rows, config.hidden), config.rms_eps
-    layer = [rms_norm_tuples(ctx, shape, eps=eps, frac_bits=QKV_RHO_FRAC),
+    attn_rho = None if normalises_input(config) else QKV_RHO_FRAC  # :func:`normalised_qkv`
+    layer = [rms_norm_tuples(ctx, shape, eps=eps, frac_bits=attn_rho),
              row_reciprocals_tuples(ctx, config.n_heads * rows, keys),
              rms_norm_tuples(ctx, shape, eps=eps)]
     scopes = [f"layer{i}.{c}" for i in range(config.n_layers)
@@ -823,6 +867,6 @@ __all__ = [
     "Rope", "SecureKVCache", "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream",
     "apply_rope", "assemble_model", "attend", "attention", "causal_mask", "decoder_layer",
     "embed_ahead", "embed_tokens", "forward", "forward_scopes", "head_format", "lm_head", "mlp",
-    "norm_shift", "prepare_tuples", "probe", "residual_matmul", "stored_form", "weight_matmul",
-    "weight_plan", "weight_tensors",
+    "norm_shift", "normalised_qkv", "normalises_input", "prepare_tuples", "probe",
+    "residual_matmul", "stored_form", "weight_matmul", "weight_plan", "weight_tensors",
 ]

@@ -107,6 +107,7 @@ async def rms_norm(
     max_abs: float = MAX_ABS,
     wide: AShare | None = None,
     pre: SegmentMaterial | None = None,
+    out_frac: int | None = None,
 ) -> AShare:
     """RMSNorm of fixed-point x over its last axis, times ``weight`` (public, secret or None).
 
@@ -114,12 +115,18 @@ async def rms_norm(
     :func:`wide_shift`) within 1 + 2^-k units, made by the product that made x
     (:func:`.arith.finish_product_wide`); None: truncated here (2 rounds). ``pre``: the
     rsqrt's offline material (TP1 tuples and the comparisons'), made ahead
-    (:func:`rms_norm_tuples`) (None: beside the sums).
+    (:func:`rms_norm_tuples`) (None: beside the sums). ``out_frac``: the output's fractional
+    bits, f (None) up to rho's (x rho truncated by fewer bits: its unit smaller, at no cost,
+    for a product that reads it).
     Cost and accuracy: module docstring.
     """
+    f = fixed_point(ctx).frac_bits
     rho_frac = _rho_frac(ctx, x.shape[-1])
+    extra = 0 if out_frac is None else out_frac - f
+    if not 0 <= extra <= rho_frac:
+        raise ValueError(f"out_frac must be in [{f}, {f + rho_frac}], got {out_frac}")
     rho = await rms_rsqrt(ctx, x, wide, eps=eps, max_abs=max_abs, frac_bits=rho_frac, pre=pre)
-    return await _scale_rows(ctx, x, rho, rho_frac, weight, None)
+    return await _scale_rows(ctx, x, rho, rho_frac - extra, weight, None)
 
 
 def rms_norm_tuples(
@@ -253,7 +260,7 @@ def _precise_top(n: int, k: int, j: int, eps_p: int, eps_w: int) -> int:
 async def _scale_rows(
     ctx: Context, v: AShare, rho: AShare, rho_frac: int, weight: Weight, bias: Weight
 ) -> AShare:
-    """v rho (rho per row at rho_frac bits; 2 rounds), then * weight + bias."""
+    """v rho (rho per row, truncated by ``rho_frac`` bits; 2 rounds), then * weight + bias."""
     y = await mul_fxp(ctx, v, repeat_last(rho, v.shape[-1]), bits=rho_frac)
     return _add_bias(ctx, await _apply_weight(ctx, y, weight), bias)
 

@@ -10,6 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from puma_async.context import Context
+from puma_async.errors import RunFailedError
 from puma_async.protocols.norms import MAX_ABS, layer_norm, rms_norm, rms_norm_tuples, wide_shift
 from puma_async.protocols.segments import prepare_segments
 from puma_async.protocols.shares import AShare
@@ -93,6 +94,25 @@ def test_rms_norm_given_the_wide_copy(fxp, low: int) -> None:
     want, inv = _rms(fxp, x, np.ones(576))
     assert np.all(np.abs(got - want) <= _tolerance(fxp, want, inv, np.ones(576), centred=False))
     assert max(ev.cost(p).rounds for p in range(3)) == 6
+
+
+def test_rms_norm_at_more_fractional_bits(fxp) -> None:
+    """``out_frac`` = f + 4: the same rows within the same relative bound and a unit 16
+    times smaller (x rho truncated by 4 bits fewer), in the same rounds; outside [f, f +
+    rho's bits] a ValueError before any message."""
+    rng = np.random.default_rng(9)
+    x = _rows(rng, 24, 576)
+    got, ev = fxp.run(lambda ctx, a: rms_norm(ctx, a, eps=EPS, out_frac=22), x)
+    got = got / 2.0**4  # decoded at 18 bits
+    want, _ = _rms(fxp, x, np.ones(576))
+    assert np.all(np.abs(got - want) <= REL * np.abs(want) + 2 * fxp.ulp / 2.0**4)
+    assert max(ev.cost(p).rounds for p in range(3)) == 8
+    for bad in (17, 18 + 41):
+        with pytest.raises(RunFailedError) as info:
+            fxp.run(lambda ctx, a, bad=bad: rms_norm(ctx, a, eps=EPS, out_frac=bad), x)
+        for party in range(3):
+            error = info.value.errors[party]
+            assert isinstance(error, ValueError) and "out_frac must be in" in str(error)
 
 
 def test_rms_norm_with_tuples_made_ahead(fxp) -> None:

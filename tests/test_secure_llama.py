@@ -51,6 +51,7 @@ from puma_async.protocols.llama import (
     weight_tensors,
 )
 from puma_async.protocols.norms import MAX_ABS, wide_shift
+from puma_async.protocols.polynomial import HEADROOM_BITS
 from puma_async.protocols.shares import AShare
 from puma_async.roles import ALL_ROLES, MODEL_OWNER, PARTIES
 from puma_async.session import (
@@ -153,6 +154,29 @@ def test_certified_bounds_shorten_silu_chains_only(session) -> None:
         assert bounded.bytes_sent < unbounded.bytes_sent
 
 
+def test_multi_head_model_matches_plaintext_with_three_rounds_more_per_layer(session) -> None:
+    """A multi-head model (q + 2 kv = 3 hidden: the attention norm scales its input,
+    :func:`.llama.normalises_input`) gives plaintext's tokens and logits; its passes take 3
+    rounds more per layer than the grouped-query model's: rho first, the norm 6, QKV 2 and
+    RoPE 1 before the scores (its truncation is one block at this width: 2 rounds where the
+    blocks rotate, LLaMA-7B's) against rho after, the norm 4 and the product by rho 2."""
+    raw = dataclasses.replace(UNBOUNDED, n_kv_heads=UNBOUNDED.n_heads)
+    config = dataclasses.replace(raw, gate_bounds=certify_gate_bounds(random_weights(raw, 3)))
+    weights = random_weights(config, seed=3)
+    result = run_session(weights, PROMPTS[:1], max_new_tokens=NEW)
+    generated = result.prompts[0]
+    assert generated.tokens == greedy_generate(weights, PROMPTS[0], NEW)
+    cache = KVCache.empty(config)
+    reference = [forward(weights, PROMPTS[0], cache)[-1]]
+    reference += [forward(weights, [t], cache)[-1] for t in generated.tokens[:-1]]
+    errors = [np.abs(r.logits - ref).max()
+              for r, ref in zip(generated.records, reference, strict=True)]
+    assert max(errors) < LOGIT_BOUND, errors
+    for step in (0, 1):
+        rounds = result.step_cost(0, step, PARTIES[0]).rounds
+        assert rounds == session.step_cost(0, step, PARTIES[0]).rounds + 3 * config.n_layers
+
+
 def test_norm_gains_are_folded_into_the_next_weights() -> None:
     """The owner shares diag(g_attn) [Wq | Wk | Wv] and diag(g_ffn) [W_gate | W_up] (no gains
     of their own); only the final norm's gain is shared as a vector."""
@@ -217,12 +241,32 @@ def random_folded(rng: np.random.Generator, config: LlamaConfig,
     return 2.0**FOLDED_EXTRA_BITS * rng.uniform(0.1, 1.0, h)[:, None] * w
 
 
+MULTI_HEAD = dataclasses.replace(tiny_config(), n_kv_heads=4)  # q + 2 kv = 3 hidden
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), log2_rms=st.floats(-4, 13), log2_q=st.floats(-3, 5),
+       rows=st.integers(1, 4), start=st.integers(0, tiny_config().context_length - 4))
+@example(seed=1, log2_rms=13, log2_q=5.5, rows=3, start=60)  # |x| at MAX_ABS's scale
+@example(seed=2, log2_rms=-4, log2_q=5, rows=1, start=0)  # rho = 16
+def test_normalised_qkv_scales_the_input_for_multi_head(evaluate, seed: int, log2_rms: float,
+                                                        log2_q: float, rows: int,
+                                                        start: int) -> None:
+    """Multi-head attention (q + 2 kv = 3 hidden) takes the rho-first path: RoPE(x rho @
+    W'qkv) against float64 within its docstring's bound, in 9 rounds."""
+    assert llama.normalises_input(MULTI_HEAD) and not llama.normalises_input(tiny_config())
+    rng = np.random.default_rng(seed)
+    x = np.clip(rng.normal(0, 2.0**log2_rms, (rows, MULTI_HEAD.hidden)), -MAX_ABS, MAX_ABS)
+    check_normalised_qkv(evaluate, MULTI_HEAD, x, random_folded(rng, MULTI_HEAD, log2_q), start)
+
+
 def check_normalised_qkv(evaluate, config: LlamaConfig, x: npt.NDArray[np.float64],
                          folded: npt.NDArray[np.float64], start: int) -> None:
     """normalised_qkv on x (n, hidden) and W' against float64 (on the encoded x and W'):
     RoPE commutes with rho, the query heads carry 1/sqrt(head_dim), and the error is within
-    rsqrt's relative error plus the docstring's rho (sqrt(2) s + 1) 2^-22 + 2^-18, the cos and
-    sin tables' rounding and rho's resolution; 6 rounds."""
+    the docstring's bound of the path the config takes (rho after: rsqrt's relative error,
+    rho (sqrt(2) s + 1) 2^-22 + 2^-18, the cos and sin tables' rounding and rho's
+    resolution, 6 rounds; rho first: x rho's error through W', RoPE's, 9 rounds)."""
     n, h, d = x.shape[0], config.hidden, config.head_dim
     heads, groups = config.n_heads, config.n_kv_heads
     k = wide_shift(h, MAX_ABS, FX.frac_bits)
@@ -237,7 +281,9 @@ def check_normalised_qkv(evaluate, config: LlamaConfig, x: npt.NDArray[np.float6
 
     ev = evaluate(qkv, enc_x, wide, enc_w)
     got = FX.decode(ev.outputs[0])
-    xq, raw = FX.decode(enc_x), FX.decode(enc_x) @ (FX.decode(enc_w) / 2.0**FOLDED_EXTRA_BITS)
+    w = FX.decode(enc_w) / 2.0**FOLDED_EXTRA_BITS
+    xq = FX.decode(enc_x)
+    raw = xq @ w
     rho = 1 / np.sqrt(np.mean(xq * xq, axis=-1, keepdims=True) + config.rms_eps)
     cos, sin = rope_tables(config, np.arange(start, start + n))
     split = (heads + groups) * d
@@ -246,15 +292,30 @@ def check_normalised_qkv(evaluate, config: LlamaConfig, x: npt.NDArray[np.float6
     want = rho * np.concatenate([(qk * s).transpose(1, 0, 2).reshape(n, split), raw[:, split:]],
                                 axis=-1)
     scale = np.concatenate([np.repeat(s.ravel(), d), np.zeros(config.kv_dim)])
+    rotated = np.arange(raw.shape[1]) < split
     # rsqrt: 1.3e-6 relative on the precise path (sum of squares below 2^24), else 2e-5;
     # cos and sin rounded to 2^-19 (x s): rho (|a| + |b|) 2^-19 on a rotated pair (a, b)
     rel = np.where(np.sum(xq * xq, axis=-1, keepdims=True) < 2.0**24, 1.3e-6, 2e-5)
     pairs = np.abs(raw) + np.abs(np.roll(raw.reshape(n, -1, d), d // 2, axis=-1).reshape(n, -1))
-    tables = np.where(np.arange(raw.shape[1]) < split, rho * pairs * 2.0**-19, 0.0)
-    added = rho * (np.sqrt(2) * scale + 1) * 2.0**-QKV_RAW_FRAC + 2.0**-18
-    bound = rel * np.abs(want) + tables + added + np.abs(want / rho) * 2.0**-QKV_RHO_FRAC
+    tables = np.where(rotated, rho * pairs * 2.0**-19, 0.0)
+    if llama.normalises_input(config):
+        # h = x rho within rel and rho's resolution, plus one ulp (at QKV_RAW_FRAC bits);
+        # through W', plus the product's ulp (e_j), rotated (sqrt(2) s max over the pair)
+        # plus RoPE's ulp
+        rho_bits = HEADROOM_BITS - FX.frac_bits - int(np.ceil(np.log2(np.sqrt(h))))
+        h_error = np.abs(xq) * (rel * rho + 2.0**-rho_bits) + 2.0**-QKV_RAW_FRAC
+        e = h_error @ np.abs(w) + 2.0**-18
+        pair_max = np.maximum(e, np.roll(e.reshape(n, -1, d), d // 2, axis=-1).reshape(n, -1))
+        bound = np.where(rotated, np.sqrt(2) * scale * pair_max + 2.0**-18, e) + tables
+        # rms_norm 6 (rho 4, x rho 2), x rho @ W' 2, RoPE 1: its truncation is one block
+        # here, its dealer's message in the product's last round (2 where blocks rotate)
+        rounds = 9
+    else:
+        added = rho * (np.sqrt(2) * scale + 1) * 2.0**-QKV_RAW_FRAC + 2.0**-18
+        bound = rel * np.abs(want) + tables + added + np.abs(want / rho) * 2.0**-QKV_RHO_FRAC
+        rounds = 6  # rho 4 (x W'qkv and its rotation beside it), x rho 2
     assert np.all(np.abs(got - want) <= bound), np.max(np.abs(got - want) - bound)
-    assert ev.cost().rounds == 6  # rho 4 (x W'qkv and its rotation beside it), x rho 2
+    assert ev.cost().rounds == rounds
 
 
 def test_causal_mask_rows_by_group() -> None:
