@@ -35,11 +35,12 @@ measured them on this host (3 parties in one process, in SPU's own venv), are re
 ``benchmarks/results/spu.json`` when present and recorded as ``spu_reference`` with that file's
 name and date. The machine may be shared with other work: the load average at start is recorded.
 
-    python benchmarks/llama.py [--quick] [--tiny] [--baseline PATH] [--out PATH]
+    python benchmarks/llama.py [--quick] [--tiny] [--tradeoff T] [--baseline PATH] [--out PATH]
 
 ``--quick``: SmolLM2 only, 5 tokens, 2 new. ``--tiny``: the session part on the tiny model
 (random weights, public seed) instead of SmolLM2, in seconds (checks the benchmark itself;
-implies ``--quick``).
+implies ``--quick``). ``--tradeoff``: the sessions' layer protocols (balanced, the default;
+fewer-rounds; fewer-bytes: ``protocols.llama.layer_plan``).
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ import numpy as np
 import reporting
 
 from puma_async.liveness import StepTimer
-from puma_async.protocols.llama import COMPONENTS
+from puma_async.protocols.llama import COMPONENTS, TRADEOFFS
 from puma_async.roles import PARTIES
-from puma_async.session import Progress, SessionResult, run_session
+from puma_async.session import Progress, SessionResult, in_process_settings, run_session
 from puma_async.session.accounting import account_pass, pass_scope
 
 PUMA_LLAMA7B_8_TO_1 = {"seconds": 200.473, "bytes": 1.794e9}
@@ -106,8 +107,10 @@ class LoopStalls:
             longest[name] = max(longest[name], value)
         self.timer.restart()
 
-    def run(self, weights: Any, prompts: list[list[int]], new: int) -> SessionResult:
-        return run_session(weights, prompts, max_new_tokens=new, progress=self.progress,
+    def run(self, weights: Any, prompts: list[list[int]], new: int, tradeoff: str
+            ) -> SessionResult:
+        settings = in_process_settings(weights.config, new, tradeoff=tradeoff)
+        return run_session(weights, prompts, settings=settings, progress=self.progress,
                            instruments=[self.timer], record_messages=True)
 
 
@@ -134,7 +137,7 @@ def step_figures(result: SessionResult, prompt: int, step: int, n_layers: int,
     }
 
 
-def run_session_part(quick: bool, tiny: bool) -> dict[str, Any]:
+def run_session_part(quick: bool, tiny: bool, tradeoff: str) -> dict[str, Any]:
     """SmolLM2 (or the tiny model): set-up, then every prompt's passes."""
     if tiny:
         from puma_async.model import TinyTokenizer, random_weights, tiny_config
@@ -152,7 +155,7 @@ def run_session_part(quick: bool, tiny: bool) -> dict[str, Any]:
         assert len(prompts[1]) == 32
     new = 2 if quick else 8
     stalls = LoopStalls()
-    result = stalls.run(weights, prompts, new)
+    result = stalls.run(weights, prompts, new, tradeoff)
     layers = weights.config.n_layers
     out: dict[str, Any] = {
         "model": "tiny" if tiny else "smollm2",
@@ -189,7 +192,7 @@ def run_session_part(quick: bool, tiny: bool) -> dict[str, Any]:
     return out
 
 
-def run_block7b() -> dict[str, Any]:
+def run_block7b(tradeoff: str) -> dict[str, Any]:
     from puma_async.model import llama7b_block_config, random_weights
     from puma_async.model.bounds import certify_gate_bounds
 
@@ -200,7 +203,7 @@ def run_block7b() -> dict[str, Any]:
     weights = dataclasses.replace(weights, config=bounded)
     prompt = list(np.random.default_rng(0).integers(0, config.vocab, LLAMA7B["tokens"]))
     stalls = LoopStalls()
-    result = stalls.run(weights, [prompt], 1)
+    result = stalls.run(weights, [prompt], 1, tradeoff)
     block = [result.stats[p].totals(phase="online", scope="p0.t0.layer0") for p in PARTIES]
     block_offline = [result.stats[p].totals(phase="offline", scope="p0.t0.layer0")
                      for p in PARTIES]
@@ -257,10 +260,10 @@ def derive_llama7b(block: dict[str, Any]) -> dict[str, Any]:
             "puma": PUMA_LLAMA7B_8_TO_1}
 
 
-def run_part(part: str, quick: bool, tiny: bool = False) -> dict[str, Any]:
+def run_part(part: str, quick: bool, tradeoff: str, tiny: bool = False) -> dict[str, Any]:
     """Run one part in a fresh interpreter (its own peak memory); its JSON result."""
-    cmd = [sys.executable, __file__, "--part", part] + (["--quick"] if quick else []) \
-        + (["--tiny"] if tiny else [])
+    cmd = [sys.executable, __file__, "--part", part, "--tradeoff", tradeoff] \
+        + (["--quick"] if quick else []) + (["--tiny"] if tiny else [])
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout)
 
@@ -404,11 +407,13 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path,
                         help="a previous run's JSON, printed beside this run (before -> now)")
     reporting.add_out_argument(parser, "llama")
+    parser.add_argument("--tradeoff", choices=TRADEOFFS, default="balanced",
+                        help="the sessions' layer protocols (local --tradeoff)")
     parser.add_argument("--part", choices=["smollm2", "block7b"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
-        out = run_session_part(args.quick, args.tiny) if args.part == "smollm2" \
-            else run_block7b()
+        out = run_session_part(args.quick, args.tiny, args.tradeoff) \
+            if args.part == "smollm2" else run_block7b(args.tradeoff)
         print(json.dumps(out))
         return
     baseline = None if args.baseline is None else json.loads(args.baseline.read_text())
@@ -417,11 +422,13 @@ def main() -> None:
         "machine": reporting.machine(),
         "quick": quick,
         "spu_reference": reporting.spu_figures(),
+        "tradeoff": args.tradeoff,
     }
     started = time.perf_counter()
-    results["tiny" if args.tiny else "smollm2"] = run_part("smollm2", quick, args.tiny)
+    results["tiny" if args.tiny else "smollm2"] = run_part("smollm2", quick, args.tradeoff,
+                                                           args.tiny)
     if not quick:
-        results["block7b"] = run_part("block7b", quick)
+        results["block7b"] = run_part("block7b", quick, args.tradeoff)
         results["llama7b_derived"] = derive_llama7b(results["block7b"])
     results["benchmark_seconds"] = time.perf_counter() - started
     print_summary(results, baseline)

@@ -13,7 +13,7 @@ every round cost at least one latency, which is what overlapping saves.
 tiny model takes seconds.
 
 Usage: ``python benchmarks/overlap.py [--model tiny|smollm2|FILE.gguf] [--max-new-tokens 1]
-[--delays-ms 1 10] [--out benchmarks/results/overlap.json]``.
+[--delays-ms 1 10] [--tradeoff balanced] [--out benchmarks/results/overlap.json]``.
 """
 
 from __future__ import annotations
@@ -24,17 +24,19 @@ from typing import Any
 import reporting
 
 from puma_async.model import LlamaWeights
+from puma_async.protocols.llama import TRADEOFFS
 from puma_async.roles import ALL_ROLES
-from puma_async.session import run_session
+from puma_async.session import in_process_settings, run_session
 from puma_async.session.models import resolve_model
 from puma_async.session.recording import role_entropy
 
 
 def measure(weights: LlamaWeights, prompt: list[int], new_tokens: int, delay: float,
-            sequential: bool) -> dict[str, Any]:
+            sequential: bool, tradeoff: str) -> dict[str, Any]:
     """One run: critical-path rounds, P0's online rounds and bytes, wall time."""
     run = run_session(
-        weights, [prompt], max_new_tokens=new_tokens, latency=delay, sequential=sequential,
+        weights, [prompt], latency=delay, sequential=sequential,
+        settings=in_process_settings(weights.config, new_tokens, tradeoff=tradeoff),
         entropy={role: role_entropy("0e", role) for role in ALL_ROLES},
     )
     prompt_pass = run.stats[0].totals(phase="online", scope="p0.t0")
@@ -57,6 +59,8 @@ def main() -> None:
     parser.add_argument("--prompt", default="The capital of France is")
     parser.add_argument("--max-new-tokens", type=int, default=1)
     parser.add_argument("--delays-ms", type=float, nargs="+", default=[1.0, 10.0])
+    parser.add_argument("--tradeoff", choices=TRADEOFFS, default="balanced",
+                        help="the session's layer protocols (local --tradeoff)")
     reporting.add_out_argument(parser, "overlap")
     args = parser.parse_args()
     machine = reporting.machine()
@@ -68,7 +72,8 @@ def main() -> None:
           f"{'p0.t0 s':>9} {'token s':>9} {'run s':>9}")
     for delay_ms in args.delays_ms:
         for sequential in (False, True):
-            row = measure(weights, prompt, args.max_new_tokens, delay_ms / 1e3, sequential)
+            row = measure(weights, prompt, args.max_new_tokens, delay_ms / 1e3, sequential,
+                          args.tradeoff)
             rows.append(row)
             mode = "overlap" if row["overlap"] else "sequential"
             print(f"{delay_ms:>6g}ms {mode:>10} {row['critical_path_rounds']:>12} "
@@ -77,6 +82,7 @@ def main() -> None:
                   f"{row['seconds']:>9.2f}")
     result = {
         "benchmark": "overlap", "model": args.model, "max_new_tokens": args.max_new_tokens,
+        "tradeoff": args.tradeoff,
         "machine": machine,
         "runs": rows,
     }

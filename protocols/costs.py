@@ -195,6 +195,13 @@ COSTS: tuple[OpCost, ...] = (
            "the table; offline 8 per threshold (S's share of its pads' bit) + 1.75 dealt "
            "products; " + _LINEAR,
            kwargs={"bound": 256}, variant="bound=256"),
+    OpCost("activations.silu", _elementwise(6, 225.38, offline=206.0),
+           "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 256 (garbage beyond)",
+           "12.25 leaves + 5 per threshold (27-bit chains), the bits opened to all three "
+           "and shared arithmetically offline (24 per threshold), the identity a row of the "
+           "table; " + _LINEAR,
+           kwargs={"bound": 256, "selection": "opened"},
+           variant='bound=256, selection="opened"'),
     OpCost("activations.silu", _elementwise(8, 316.88, large_rounds=9, offline=108.0),
            "0.0719", _LINEAR, kwargs={"method": "puma"}, variant='method="puma"'),
     OpCost("exp.neg_exp", _elementwise(6, 291.88, offline=324.0), "4.5e-6 on x <= 0", _LINEAR),

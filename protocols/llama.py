@@ -97,7 +97,7 @@ from puma_async.model.rope import rope_tables
 from puma_async.model.weights import LlamaWeights
 from puma_async.workers import in_thread
 
-from .activations import silu
+from .activations import Selection, silu
 from .arith import (
     finish_product_wide,
     matmul_fxp,
@@ -224,13 +224,49 @@ class SecureLayer:
 
 @dataclasses.dataclass(frozen=True)
 class SecureModel:
-    """A party's shares of a whole model; ``lm_head`` is None when tied to the embedding."""
+    """A party's shares of a whole model; ``lm_head`` is None when tied to the embedding;
+    ``plan``: the protocols its layers take (public, the session's :func:`layer_plan`)."""
 
     config: LlamaConfig
     embed: RingArray  # [E_i | E_{i+1}], (vocab, 2 hidden)
     layers: tuple[SecureLayer, ...]
     final_norm: AShare  # (hidden,)
     lm_head: SecureWeight | None  # (hidden, vocab) when untied
+    plan: LayerPlan
+
+
+TRADEOFFS = ("balanced", "fewer-rounds", "fewer-bytes")
+"""Where two protocols compute the same layer step, one in fewer rounds, the other in fewer
+bytes (:class:`LayerPlan`), which a session takes: "balanced" (the default: the fewer bytes
+where they save much, :func:`layer_plan`), "fewer-rounds" (links of high latency) or
+"fewer-bytes" (links of low bandwidth)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """The protocols every layer takes where two trade rounds for bytes (public; every
+    party the same): ``normalise_input``, whether the attention norm scales the residual
+    before the QKV product (4 rounds more per layer, n (q + 2 kv - hidden) products by rho
+    fewer: :func:`normalised_qkv`); ``silu_selection``, whether SiLU's comparison bits are
+    opened to all three parties or to their two evaluators only (1 round more per layer, 66
+    bytes per element fewer: :func:`.activations.evaluate_table`)."""
+
+    normalise_input: bool
+    silu_selection: Selection
+
+
+def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
+    """The layers' protocols for ``tradeoff`` (:data:`TRADEOFFS`): "balanced" takes SiLU's
+    evaluators (its bytes are most of a pass's) and scales the attention's input where
+    that saves 2 of 3 products by rho (:func:`normalises_input`), "fewer-rounds" neither,
+    "fewer-bytes" both everywhere. SmolLM2, per new token: balanced 1,301 rounds and 37.1
+    MB, fewer-rounds 1,271 and 40.2, fewer-bytes about 1,390 and 36.6."""
+    if tradeoff not in TRADEOFFS:
+        raise ValueError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, got {tradeoff!r}")
+    if tradeoff == "fewer-rounds":
+        return LayerPlan(normalise_input=False, silu_selection="opened")
+    return LayerPlan(normalise_input=tradeoff == "fewer-bytes" or normalises_input(config),
+                     silu_selection="evaluators")
 
 
 def weight_plan(config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
@@ -309,9 +345,10 @@ def stored_form(name: str, shape: tuple[int, ...]) -> tuple[Stored, AShare] | No
     return SecureWeight(whole), AShare(whole[:rows], whole[rows:])
 
 
-def assemble_model(config: LlamaConfig, stored: dict[str, Stored]) -> SecureModel:
+def assemble_model(config: LlamaConfig, stored: dict[str, Stored],
+                   plan: LayerPlan) -> SecureModel:
     """A party's :class:`SecureModel` from its stored weights (:func:`stored_form`) by plan
-    name."""
+    name, its layers taking ``plan``."""
 
     def get(name: str, kind: type) -> Any:
         value = stored[name]
@@ -328,7 +365,7 @@ def assemble_model(config: LlamaConfig, stored: dict[str, Stored]) -> SecureMode
     )
     head = None if config.tied_embeddings else get("lm_head", SecureWeight)
     return SecureModel(
-        config, get("embed", np.ndarray), layers, get("final_norm", AShare), head
+        config, get("embed", np.ndarray), layers, get("final_norm", AShare), head, plan
     )
 
 
@@ -534,8 +571,9 @@ QKV_RHO_FRAC = 32
 
 
 def normalises_input(config: LlamaConfig) -> bool:
-    """Whether the attention norm scales the residual before the QKV product (x rho first,
-    as the MLP's norm does) rather than the product after it: where the product has at
+    """Whether the balanced plan's attention norm (:func:`layer_plan`) scales the residual
+    before the QKV product (x rho first, as the MLP's norm does) rather than the product
+    after it: where the product has at
     least :data:`NORMALISE_INPUT_FROM` outputs per input (multi-head attention, q + 2 kv =
     3 hidden: LLaMA-7B), so that 2 of every 3 products by rho go (about 42 bytes each, all
     parties) for 4 rounds more per layer (:func:`normalised_qkv`). With grouped-query
@@ -551,13 +589,13 @@ NORMALISE_INPUT_FROM = 3
 
 async def normalised_qkv(
     ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, rope: Rope,
-    pre: SegmentMaterial | None = None,
+    normalise_input: bool, pre: SegmentMaterial | None = None,
 ) -> AShare:
     """RMSNorm(x) @ W'qkv (the gain folded into W'qkv) with q and k rotated, (n, q + 2 kv),
-    by one of two paths (:func:`normalises_input`; ``pre``: the norm's offline material,
-    :func:`prepare_tuples`). The query heads carry 1/sqrt(head_dim) (:class:`Rope`).
+    by one of two paths (``normalise_input``: :class:`LayerPlan`; ``pre``: the norm's offline
+    material, :func:`prepare_tuples`). The query heads carry 1/sqrt(head_dim) (:class:`Rope`).
 
-    **rho after** (grouped-query attention: SmolLM2): rho RoPE(x @ W'qkv). rho is a scalar
+    **rho after** (balanced: grouped-query attention, SmolLM2): rho RoPE(x @ W'qkv). rho is a scalar
     per row and RoPE a linear map of each row with public coefficients, so they commute: the
     product on the raw residual (scope ``qkv``) and the rotation of its q and k columns
     (:func:`apply_rope`, scope ``rope``) run beside the norm's rsqrt (scope ``norm``: 4
@@ -566,7 +604,7 @@ async def normalised_qkv(
     after the product took 1 round, 2 when its truncation's blocks rotate). RoPE's
     truncation: as many elements as after the product.
 
-    **rho first** (multi-head attention: LLaMA-7B): RoPE(RMSNorm(x) @ W'qkv), the MLP's
+    **rho first** (balanced: multi-head attention, LLaMA-7B): RoPE(RMSNorm(x) @ W'qkv), the MLP's
     order: the norm with its product x rho (:func:`.norms.rms_norm`: 6 rounds, n hidden
     products), then x rho @ W'qkv truncated to f bits (2) and RoPE (2; 1 when its truncation
     is one block, below :data:`.trunc.ROTATE_MIN_ELEMENTS`): 10 rounds, and n
@@ -619,7 +657,7 @@ async def normalised_qkv(
             qk = await apply_rope(c, qkv[:, :split].reshape(n, -1, config.head_dim), rope)
         return concatenate([qk.reshape(n, split), qkv[:, split:]], axis=-1)
 
-    if normalises_input(config):
+    if normalise_input:
         with ctx.scope("norm"):
             h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide, pre=pre,
                                out_frac=QKV_RAW_FRAC)
@@ -638,12 +676,12 @@ async def normalised_qkv(
 
 
 async def attention(
-    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, rope: Rope,
-    cache: SecureKVCache, index: int, pre: LayerTuples | None = None,
+    ctx: Context, config: LlamaConfig, plan: LayerPlan, layer: SecureLayer, stream: Stream,
+    rope: Rope, cache: SecureKVCache, index: int, pre: LayerTuples | None = None,
 ) -> Stream:
     """The stream plus the grouped-query causal self-attention of its new rows x (n, hidden),
     with the cache (``pre``: the layer's TP1 tuples, :func:`prepare_tuples`; the attention
-    uses the norm's and the reciprocal's).
+    uses the norm's and the reciprocal's; ``plan``: its norm's order, :class:`LayerPlan`).
 
     All query heads of one key/value group form one batched product against that group's
     keys (no copies of K or V per query head); one softmax over every head and row.
@@ -652,7 +690,7 @@ async def attention(
     n, d = x.shape[0], config.head_dim
     heads, groups, rep = config.n_heads, config.n_kv_heads, config.n_rep
     name = f"layer{index}"
-    qkv = await normalised_qkv(ctx, config, layer, stream, rope,
+    qkv = await normalised_qkv(ctx, config, layer, stream, rope, plan.normalise_input,
                                None if pre is None else pre.attn_norm)
     probe(ctx, f"{name}.qkv", qkv)
     split = (heads + groups) * d
@@ -714,12 +752,13 @@ async def attend(
 
 
 async def mlp(
-    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, index: int,
-    pre: SegmentMaterial | None = None,
+    ctx: Context, config: LlamaConfig, plan: LayerPlan, layer: SecureLayer, stream: Stream,
+    index: int, pre: SegmentMaterial | None = None,
 ) -> Stream:
     """The stream x plus SwiGLU (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and
     up in one product (``pre``: the norm's TP1 tuples, :func:`prepare_tuples`).
-    SiLU's comparisons are as long as the layer's certified gate bound needs, if declared."""
+    SiLU's comparisons are as long as the layer's certified gate bound needs, if declared,
+    and their bits opened as ``plan`` says (:class:`LayerPlan`)."""
     name = f"layer{index}"
     with ctx.scope("norm"):
         h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide,
@@ -732,7 +771,8 @@ async def mlp(
     f = config.ffn
     gate = gate_up.map(lambda a: np.ascontiguousarray(a[..., :f]))
     up = gate_up.map(lambda a: np.ascontiguousarray(a[..., f:]))
-    activated = await silu(ctx, gate, bound=config.gate_bound(index))  # its scope
+    activated = await silu(ctx, gate, bound=config.gate_bound(index),  # its scope
+                           selection=plan.silu_selection)
     probe(ctx, f"{name}.silu", activated)
     with ctx.scope("silu_up"):
         product = await mul_fxp(ctx, activated, up)
@@ -744,16 +784,18 @@ async def mlp(
 
 
 async def decoder_layer(
-    ctx: Context, config: LlamaConfig, layer: SecureLayer, x: Stream, rope: Rope,
-    cache: SecureKVCache, index: int, pre: LayerTuples | None = None,
+    ctx: Context, config: LlamaConfig, plan: LayerPlan, layer: SecureLayer, x: Stream,
+    rope: Rope, cache: SecureKVCache, index: int, pre: LayerTuples | None = None,
 ) -> Stream:
-    """One block on the residual stream (n, hidden); appends its keys/values to the cache.
-    ``pre``: its norms' TP1 tuples (:func:`prepare_tuples`; None: prepared inline)."""
+    """One block on the residual stream (n, hidden) by ``plan``'s protocols; appends its
+    keys/values to the cache. ``pre``: its norms' TP1 tuples (:func:`prepare_tuples`; None:
+    prepared inline)."""
     with ctx.scope("attn"):
-        after = await attention(ctx, config, layer, x, rope, cache, index, pre)
+        after = await attention(ctx, config, plan, layer, x, rope, cache, index, pre)
     probe(ctx, f"layer{index}.attn_residual", after.x)
     with ctx.scope("mlp"):
-        x = await mlp(ctx, config, layer, after, index, None if pre is None else pre.mlp_norm)
+        x = await mlp(ctx, config, plan, layer, after, index,
+                      None if pre is None else pre.mlp_norm)
     probe(ctx, f"layer{index}.residual", x.x)
     return x
 
@@ -762,7 +804,7 @@ async def decoder_layer(
 class LayerTuples:
     """A layer's offline material (:func:`prepare_tuples`: TP1 tuples and comparisons'):
     the attention norm's (rho at :data:`QKV_RHO_FRAC`, or as the MLP's where it scales the
-    input: :func:`normalises_input`), the softmax reciprocal's, the MLP norm's."""
+    input: :class:`LayerPlan`), the softmax reciprocal's, the MLP norm's."""
 
     attn_norm: SegmentMaterial
     reciprocal: SegmentMaterial
@@ -783,7 +825,7 @@ class PassTuples:
 
 
 async def prepare_tuples(
-    ctx: Context, config: LlamaConfig, rows: int, keys: int, head_rows: int
+    ctx: Context, config: LlamaConfig, plan: LayerPlan, rows: int, keys: int, head_rows: int
 ) -> PassTuples:
     """Every TP1 tuple of a pass over ``rows`` new rows and ``keys`` cached + new positions
     (the head's norm on ``head_rows``), and the comparisons' material of its norms and
@@ -795,7 +837,7 @@ async def prepare_tuples(
     before (the session's passes after a prompt's first: 1 row, one position more), or at
     the pass's start beside the embedding (:func:`forward`)."""
     shape, eps = (rows, config.hidden), config.rms_eps
-    attn_rho = None if normalises_input(config) else QKV_RHO_FRAC  # :func:`normalised_qkv`
+    attn_rho = None if plan.normalise_input else QKV_RHO_FRAC  # :func:`normalised_qkv`
     layer = [rms_norm_tuples(ctx, shape, eps=eps, frac_bits=attn_rho),
              row_reciprocals_tuples(ctx, config.n_heads * rows, keys),
              rms_norm_tuples(ctx, shape, eps=eps)]
@@ -843,7 +885,7 @@ async def forward(
     head_rows = n if all_positions else 1
     if pre is None:
         x, pre = await ctx.gather(
-            embed, lambda c: prepare_tuples(c, config, n, start + n, head_rows))
+            embed, lambda c: prepare_tuples(c, config, model.plan, n, start + n, head_rows))
     elif (pre.rows, pre.keys, pre.head_rows) != (n, start + n, head_rows):
         raise ValueError(f"material for {pre.rows} rows at {pre.keys} positions, head on "
                          f"{pre.head_rows}; the pass has {n} at {start + n}, head on {head_rows}")
@@ -851,7 +893,8 @@ async def forward(
         x = await embed(ctx)
     for i, layer in enumerate(model.layers):
         with ctx.scope(f"layer{i}"):
-            x = await decoder_layer(ctx, config, layer, x, rope, cache, i, pre.layers[i])
+            x = await decoder_layer(ctx, config, model.plan, layer, x, rope, cache, i,
+                                    pre.layers[i])
     with ctx.scope("head"):
         rows = x if all_positions else x.rows(slice(n - 1, None))
         normed = await rms_norm(ctx, rows.x, model.final_norm, eps=config.rms_eps,
@@ -863,10 +906,11 @@ async def forward(
 
 
 __all__ = [
-    "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "EmbedAhead", "LayerProbe", "PassTuples", "Probe",
-    "Rope", "SecureKVCache", "SecureLayer", "SecureModel", "SecureWeight", "Stored", "Stream",
-    "apply_rope", "assemble_model", "attend", "attention", "causal_mask", "decoder_layer",
-    "embed_ahead", "embed_tokens", "forward", "forward_scopes", "head_format", "lm_head", "mlp",
-    "norm_shift", "normalised_qkv", "normalises_input", "prepare_tuples", "probe",
-    "residual_matmul", "stored_form", "weight_matmul", "weight_plan", "weight_tensors",
+    "COMPONENTS", "NO_PROBE", "PROBE_POINTS", "TRADEOFFS", "EmbedAhead", "LayerPlan",
+    "LayerProbe", "PassTuples", "Probe", "Rope", "SecureKVCache", "SecureLayer", "SecureModel",
+    "SecureWeight", "Stored", "Stream", "apply_rope", "assemble_model", "attend", "attention",
+    "causal_mask", "decoder_layer", "embed_ahead", "embed_tokens", "forward", "forward_scopes",
+    "head_format", "layer_plan", "lm_head", "mlp", "norm_shift", "normalised_qkv",
+    "normalises_input", "prepare_tuples", "probe", "residual_matmul", "stored_form",
+    "weight_matmul", "weight_plan", "weight_tensors",
 ]

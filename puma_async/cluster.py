@@ -16,6 +16,8 @@ relative to the file itself::
     context = 256                 # optional: positions per prompt (default: the model's, <= 512)
     reveal_logits = "last"        # optional: "all" reveals every prompt position's logits to
                                   # the client (more about the model: the owner's consent)
+    tradeoff = "balanced"         # optional: "fewer-rounds" (high latency between the parties)
+                                  # or "fewer-bytes" (low bandwidth): the layers' protocols
     heartbeat_interval = 1.0      # a heartbeat to a peer we sent nothing for this many seconds
     dead_after = 10.0             # a peer silent this long (seconds) is dead; >= 2 x the interval
     connect_timeout = 600.0       # how long to wait for the peers to come up (seconds)
@@ -33,7 +35,7 @@ relative to the file itself::
     # cert = "..."  key = "..."   # optional: override the pki paths of this role
 
 Everything that must agree between the roles (cluster name, session id, model and
-architecture, model seed and hash, token budget, context, frame limit, prompt logits,
+architecture, model seed and hash, token budget, context, frame limit, prompt logits, tradeoff,
 liveness, the set of roles) is hashed into the **configuration digest** that the TCP
 handshake compares before any secret moves
 (:meth:`~puma_async.session.settings.SessionSettings.config_digest`). Timeouts and hosts
@@ -73,7 +75,7 @@ from puma_async.transports.tls import TlsConfig
 _ROLE_IDS = {role_name(r).lower(): r for r in ALL_ROLES}
 _SESSION_KEYS = {
     "id", "model", "model_seed", "model_sha256", "max_new_tokens", "context", "reveal_logits",
-    "heartbeat_interval", "dead_after", "connect_timeout", "handshake_timeout",
+    "tradeoff", "heartbeat_interval", "dead_after", "connect_timeout", "handshake_timeout",
 }
 PROMPT_REFUSED = (
     "a cluster file is copied to every machine, so it holds no prompt: prompts belong to the "
@@ -213,6 +215,7 @@ def _settings(data: Mapping[str, Any], where: str) -> SessionSettings:
             max_new_tokens=_get(session, "max_new_tokens", int, swhere, 4),
             context=context or None,
             reveal_logits=_get(session, "reveal_logits", str, swhere, "last"),
+            tradeoff=_get(session, "tradeoff", str, swhere, "balanced"),
             heartbeat_interval=float(_get(session, "heartbeat_interval", (int, float), swhere,
                                           DEFAULT_LIVENESS.heartbeat_interval)),
             dead_after=float(_get(session, "dead_after", (int, float), swhere,
@@ -298,6 +301,7 @@ def write_cluster(
         "[session]", f"id = {toml_value(settings.session_id)}",
         f"model_seed = {settings.model_seed}", f"max_new_tokens = {settings.max_new_tokens}",
         f"context = {settings.positions}", f"reveal_logits = {toml_value(settings.reveal_logits)}",
+        f"tradeoff = {toml_value(settings.tradeoff)}",
         f"heartbeat_interval = {settings.heartbeat_interval!r}",
         f"dead_after = {settings.dead_after!r}",
         f"connect_timeout = {settings.connect_timeout!r}",

@@ -37,6 +37,7 @@ import numpy as np
 from puma_async.accuracy import SessionComparison, ShareCollector, profile_table
 from puma_async.errors import ModelFileError, RunFailedError, SettingsError
 from puma_async.model import KVCache, forward
+from puma_async.protocols.llama import TRADEOFFS
 from puma_async.roles import ALL_ROLES, CLIENT, MODEL_OWNER, PARTIES
 from puma_async.session import (
     GenerationOptions,
@@ -146,6 +147,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_NEW_TOKENS)
     parser.add_argument("--model", default=SMOLLM2,
                         help="'tiny', 'smollm2' (the default: SmolLM2-135M-Instruct) or a GGUF")
+    parser.add_argument("--tradeoff", choices=TRADEOFFS, default="balanced",
+                        help="the layers' protocols where two trade rounds for bytes: "
+                             "'fewer-rounds' for high latency between parties, 'fewer-bytes' "
+                             "for low bandwidth (default: balanced)")
     parser.add_argument("--compare", action="store_true", help="also run the plaintext model")
     parser.add_argument("--json", action="store_true", help="print JSON results on stdout")
     parser.add_argument("--record", metavar="DIR",
@@ -186,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         source = resolve_model(args.model)
         settings = in_process_settings(source.architecture, args.max_new_tokens,
-                                       model=source.name)
+                                       model=source.name, tradeoff=args.tradeoff)
         tokenizer = source.load_tokenizer()
         check_tokenizer(tokenizer, settings.config, source.name)
         options = with_eos(options, tokenizer)

@@ -15,6 +15,7 @@ from puma_async.protocols.activations import (
     APPROXIMATIONS,
     MIN_ROW_FRAC,
     SILU_ACCURATE,
+    Selection,
     gelu,
     piece_values,
     silu,
@@ -64,17 +65,20 @@ def test_accurate_silu_beats_puma_by_far() -> None:
     assert MAX_ERROR["silu", "accurate"] <= 0.01 < MAX_ERROR["silu", "puma"]
 
 
-@pytest.mark.parametrize("bound", [None, 256])
-def test_accurate_silu_near_zero_and_its_cost(fxp, bound: int | None) -> None:
+@pytest.mark.parametrize(("bound", "selection", "rounds", "most_bytes"), [
+    (None, "evaluators", 6, 600), (256, "evaluators", 7, 366), (256, "opened", 6, 432)])
+def test_accurate_silu_near_zero_and_its_cost(fxp, bound: int | None, selection: str,
+                                              rounds: int, most_bytes: int) -> None:
     """Where a SwiGLU's gates mostly are, [-3, 3]: within 3.3e-5 (documented 2.9e-5) also with
-    the bound's coefficients at 25 bits; 6 rounds, 7 with the bound (the bits opened to the
-    evaluators, :mod:`.evaluators`), which costs 66 bytes per element fewer."""
+    the bound's coefficients at 25 bits; 6 rounds, 7 with the bound and the bits opened to
+    the evaluators (:mod:`.evaluators`), which costs 66 bytes per element fewer than opened
+    to all three (without a bound the table lacks the identity: opened to all)."""
     x = np.linspace(-3, 3, 60001)
-    got, ev = fxp.run(_bounded_silu(bound), x)
+    got, ev = fxp.run(_bounded_silu(bound, selection), x)
     assert np.max(np.abs(got - EXACT["silu"](fxp.quantised(x)))) <= 3.3e-5
-    assert ev.cost(0).rounds == (6 if bound is None else 7)
+    assert ev.cost(0).rounds == rounds
     offline = sum(ev.stats[p].totals(phase="offline").bytes_sent for p in range(3))
-    assert (ev.bytes_all_parties() + offline) / x.size < (600 if bound is None else 366)
+    assert (ev.bytes_all_parties() + offline) / x.size < most_bytes
 
 
 @settings(max_examples=5, deadline=None)
@@ -122,9 +126,9 @@ def test_silu_coefficients_at_fewer_bits_lose_little() -> None:
             assert np.max(np.abs(rounded - exact)) <= bound <= 3.2e-7, (frac, i)
 
 
-def _bounded_silu(bound: float | None) -> Any:
+def _bounded_silu(bound: float | None, selection: Selection = "evaluators") -> Any:
     async def fn(ctx: Context, x: AShare) -> AShare:
-        return await silu(ctx, x, bound=bound)
+        return await silu(ctx, x, bound=bound, selection=selection)
 
     return fn
 
@@ -136,15 +140,16 @@ def _exact_region(bound: float) -> float:
     return 2.0 ** (bounded_bits(bound, t, 18) - 1 - 18) - 11
 
 
+@pytest.mark.parametrize("selection", ["evaluators", "opened"])
 @pytest.mark.parametrize("bound", [32, 256, 1024])
-def test_bounded_silu_is_exact_within_its_bound(fxp, bound: int) -> None:
+def test_bounded_silu_is_exact_within_its_bound(fxp, bound: int, selection: Selection) -> None:
     """Near every threshold, on a grid of [-B, B] and at +-B: the unbounded SiLU's error, and
     exactly x from 11 on (the table's identity row up to 2^9; 2^10 leaves it no room: the
-    product apart, as without a bound)."""
+    product apart, as without a bound), with the bits opened either way."""
     near = [t + d for t in SILU_ACCURATE.breakpoints for d in (-2**-18, 0.0, 2**-18)]
     edges = [-bound, -bound + 2**-18, bound - 2**-18, bound]
     x = fxp.quantised(np.concatenate([np.linspace(-bound, bound, 20001), near, edges]))
-    got, _ = fxp.run(_bounded_silu(bound), x)
+    got, _ = fxp.run(_bounded_silu(bound, selection), x)
     assert np.max(np.abs(got - EXACT["silu"](x))) <= MAX_ERROR["silu", "accurate"]
     assert np.array_equal(got[x >= 11], x[x >= 11])
 
@@ -153,11 +158,13 @@ def test_bounded_silu_is_exact_within_its_bound(fxp, bound: int) -> None:
 @given(st.sampled_from([32, 64, 128, 256, 1024]), st.lists(
     st.one_of(st.floats(-1.0, 1.0), st.sampled_from(SILU_ACCURATE.breakpoints),
               st.floats(-11.5, 11.5)), min_size=1, max_size=100),
-       st.floats(-1.0, 1.0))
-def test_bounded_silu_hypothesis(fxp, bound: int, xs: list[float], edge: float) -> None:
-    """Values near the thresholds and near +-B (scaled from [-1, 1]): the documented error."""
+       st.floats(-1.0, 1.0), st.sampled_from(["evaluators", "opened"]))
+def test_bounded_silu_hypothesis(fxp, bound: int, xs: list[float], edge: float,
+                                 selection: Selection) -> None:
+    """Values near the thresholds and near +-B (scaled from [-1, 1]), the bits opened
+    either way: the documented error."""
     x = np.array([*xs, edge * bound, math.copysign(bound, edge)])
-    got, _ = fxp.run(_bounded_silu(bound), x)
+    got, _ = fxp.run(_bounded_silu(bound, selection), x)
     assert np.max(np.abs(got - EXACT["silu"](fxp.quantised(x)))) <= MAX_ERROR["silu", "accurate"]
     above = fxp.quantised(x) >= 11
     assert np.array_equal(got[above], fxp.quantised(x)[above])

@@ -58,7 +58,7 @@ def test_digest_covers_the_public_settings_only() -> None:
     for change in ({"max_new_tokens": 3}, {"context": 32}, {"model_seed": 1},
                    {"input_block_bytes": 4096}, {"session_id": "other"},
                    {"heartbeat_interval": 2.0}, {"dead_after": 20.0},
-                   {"reveal_logits": "all"}):
+                   {"reveal_logits": "all"}, {"tradeoff": "fewer-rounds"}):
         assert dataclasses.replace(SETTINGS, **change).config_digest("c", ALL_ROLES) != digest
     other = dataclasses.replace(tiny_config(), rope_theta=5000.0)
     assert SessionSettings("cli-test", model="mine", architecture=other, max_new_tokens=2
@@ -90,6 +90,16 @@ def test_reveal_logits_in_the_cluster_file(tmp_path: Path) -> None:
     assert parse_cluster(text, path).settings.reveal_logits == "last"
 
 
+def test_tradeoff_in_the_cluster_file(tmp_path: Path) -> None:
+    settings = dataclasses.replace(SETTINGS, tradeoff="fewer-bytes")
+    path = write_cluster(tmp_path / "c.toml", name="x", settings=settings,
+                         addresses={r: ("127.0.0.1", 7000 + r) for r in ALL_ROLES})
+    assert load_cluster(path).settings == settings
+    assert load_cluster(path).settings.plan.normalise_input
+    text = path.read_text().replace('tradeoff = "fewer-bytes"', "")
+    assert parse_cluster(text, path).settings.tradeoff == "balanced"
+
+
 def test_model_table_round_trip(tmp_path: Path) -> None:
     """An exported [model] table describes the architecture in the cluster file."""
     config = dataclasses.replace(tiny_config(), n_layers=3, rms_eps=9.999999747378752e-06,
@@ -111,6 +121,8 @@ def test_model_table_round_trip(tmp_path: Path) -> None:
     (HEAD + "[roles.P9]\nport = 1\n", "unknown role"),
     (HEAD + "max_new_tokens = 0\n", "max_new_tokens"),
     (HEAD + "reveal_logits = 'rows'\n", "reveal_logits must be one of last, all"),
+    (HEAD + "tradeoff = 'speed'\n",
+     "tradeoff must be one of balanced, fewer-rounds, fewer-bytes, got 'speed'"),
     (HEAD + "max_new_tokens = 64\n", "context must be above max_new_tokens"),
     (HEAD + "context = 65\n", "at most the model's context length 64"),
     (HEAD + "[roles.P0]\nport = 'a'\n", "must be a int"),

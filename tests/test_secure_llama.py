@@ -154,27 +154,38 @@ def test_certified_bounds_shorten_silu_chains_only(session) -> None:
         assert bounded.bytes_sent < unbounded.bytes_sent
 
 
-def test_multi_head_model_matches_plaintext_with_three_rounds_more_per_layer(session) -> None:
-    """A multi-head model (q + 2 kv = 3 hidden: the attention norm scales its input,
-    :func:`.llama.normalises_input`) gives plaintext's tokens and logits; its passes take 3
-    rounds more per layer than the grouped-query model's: rho first, the norm 6, QKV 2 and
-    RoPE 1 before the scores (its truncation is one block at this width: 2 rounds where the
-    blocks rotate, LLaMA-7B's) against rho after, the norm 4 and the product by rho 2."""
-    raw = dataclasses.replace(UNBOUNDED, n_kv_heads=UNBOUNDED.n_heads)
+@pytest.mark.parametrize(("heads", "tradeoff", "rounds_per_layer"), [
+    (2, "fewer-rounds", -1),  # SiLU's bits opened to all three: 6 rounds, not 7
+    (2, "fewer-bytes", 3),  # the attention norm before the QKV product
+    (4, "fewer-rounds", -4),  # multi-head: balanced takes the norm first, this neither
+])
+def test_tradeoffs_give_the_same_tokens(heads: int, tradeoff: str,
+                                        rounds_per_layer: int) -> None:
+    """Every tradeoff's plan computes the same layers: plaintext's tokens and logits, and per
+    pass the balanced plan's rounds plus those its protocols add or save per layer (3 for the
+    norm first here: RoPE's truncation is one block at this width), the bytes moving the
+    other way."""
+    raw = dataclasses.replace(UNBOUNDED, n_kv_heads=heads)
     config = dataclasses.replace(raw, gate_bounds=certify_gate_bounds(random_weights(raw, 3)))
     weights = random_weights(config, seed=3)
-    result = run_session(weights, PROMPTS[:1], max_new_tokens=NEW)
-    generated = result.prompts[0]
-    assert generated.tokens == greedy_generate(weights, PROMPTS[0], NEW)
-    cache = KVCache.empty(config)
-    reference = [forward(weights, PROMPTS[0], cache)[-1]]
-    reference += [forward(weights, [t], cache)[-1] for t in generated.tokens[:-1]]
-    errors = [np.abs(r.logits - ref).max()
-              for r, ref in zip(generated.records, reference, strict=True)]
-    assert max(errors) < LOGIT_BOUND, errors
-    for step in (0, 1):
-        rounds = result.step_cost(0, step, PARTIES[0]).rounds
-        assert rounds == session.step_cost(0, step, PARTIES[0]).rounds + 3 * config.n_layers
+    runs = {t: run_session(weights, PROMPTS[:1], settings=in_process_settings(
+        config, NEW, tradeoff=t)) for t in ("balanced", tradeoff)}
+    for result in runs.values():
+        generated = result.prompts[0]
+        assert generated.tokens == greedy_generate(weights, PROMPTS[0], NEW)
+        cache = KVCache.empty(config)
+        reference = [forward(weights, PROMPTS[0], cache)[-1]]
+        reference += [forward(weights, [t], cache)[-1] for t in generated.tokens[:-1]]
+        errors = [np.abs(r.logits - ref).max()
+                  for r, ref in zip(generated.records, reference, strict=True)]
+        assert max(errors) < LOGIT_BOUND, errors
+    for step in range(NEW):
+        base, other = (runs[t].step_cost(0, step, PARTIES[0]) for t in ("balanced", tradeoff))
+        assert other.rounds == base.rounds + rounds_per_layer * config.n_layers
+    base_bytes, other_bytes = (sum(runs[t].stats[p].totals(phase=phase).bytes_sent
+                                   for p in PARTIES for phase in ("online", "offline"))
+                               for t in ("balanced", tradeoff))  # the passes' bytes
+    assert (other_bytes < base_bytes) == (rounds_per_layer > 0)
 
 
 def test_norm_gains_are_folded_into_the_next_weights() -> None:
@@ -264,11 +275,13 @@ def check_normalised_qkv(evaluate, config: LlamaConfig, x: npt.NDArray[np.float6
                          folded: npt.NDArray[np.float64], start: int) -> None:
     """normalised_qkv on x (n, hidden) and W' against float64 (on the encoded x and W'):
     RoPE commutes with rho, the query heads carry 1/sqrt(head_dim), and the error is within
-    the docstring's bound of the path the config takes (rho after: rsqrt's relative error,
-    rho (sqrt(2) s + 1) 2^-22 + 2^-18, the cos and sin tables' rounding and rho's
-    resolution, 6 rounds; rho first: x rho's error through W', RoPE's, 9 rounds)."""
+    the docstring's bound of the path the balanced plan takes for the config (rho after:
+    rsqrt's relative error, rho (sqrt(2) s + 1) 2^-22 + 2^-18, the cos and sin tables'
+    rounding and rho's resolution, 6 rounds; rho first: x rho's error through W', RoPE's,
+    9 rounds)."""
     n, h, d = x.shape[0], config.hidden, config.head_dim
     heads, groups = config.n_heads, config.n_kv_heads
+    first = llama.layer_plan(config).normalise_input
     k = wide_shift(h, MAX_ABS, FX.frac_bits)
     enc_x, enc_w = FX.encode(x), FX.encode(folded)
     wide = (enc_x.view(np.int64) >> k).view(np.uint64)
@@ -277,7 +290,7 @@ def check_normalised_qkv(evaluate, config: LlamaConfig, x: npt.NDArray[np.float6
         weight = SecureWeight(stack_right(ws))
         layer = SecureLayer(weight, weight, weight, weight)
         return await normalised_qkv(ctx, config, layer, Stream(xs, wides),
-                                    Rope.at(ctx, config, start, n))
+                                    Rope.at(ctx, config, start, n), first)
 
     ev = evaluate(qkv, enc_x, wide, enc_w)
     got = FX.decode(ev.outputs[0])
@@ -298,7 +311,7 @@ def check_normalised_qkv(evaluate, config: LlamaConfig, x: npt.NDArray[np.float6
     rel = np.where(np.sum(xq * xq, axis=-1, keepdims=True) < 2.0**24, 1.3e-6, 2e-5)
     pairs = np.abs(raw) + np.abs(np.roll(raw.reshape(n, -1, d), d // 2, axis=-1).reshape(n, -1))
     tables = np.where(rotated, rho * pairs * 2.0**-19, 0.0)
-    if llama.normalises_input(config):
+    if first:
         # h = x rho within rel and rho's resolution, plus one ulp (at QKV_RAW_FRAC bits);
         # through W', plus the product's ulp (e_j), rotated (sqrt(2) s max over the pair)
         # plus RoPE's ulp
@@ -385,6 +398,25 @@ def test_wrong_model_file(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_context_length_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--model", "tiny", "--prompt", "x" * 70]) == 2
     assert "context length" in capsys.readouterr().err
+
+
+def test_cli_tradeoff(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--tradeoff fewer-bytes``: the same tokens as the plaintext model, the attention norm
+    before the QKV product (3 rounds more per layer at this width); an unknown tradeoff is a
+    usage error."""
+    rounds = {}
+    for tradeoff in ("balanced", "fewer-bytes"):
+        assert main(["--model", "tiny", "--prompt", "abc", "--max-new-tokens", "2", "--compare",
+                     "--json", "--tradeoff", tradeoff]) == 0
+        (prompt,) = json.loads(capsys.readouterr().out)["prompts"]
+        assert prompt["generated_ids"] == prompt["plaintext_ids"]
+        rounds[tradeoff] = [step["rounds"] for step in prompt["steps"]]
+    layers = tiny_config().n_layers
+    assert rounds["fewer-bytes"] == [r + 3 * layers for r in rounds["balanced"]]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "tiny", "--tradeoff", "fast"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
 
 
 def test_cli_json_with_compare(capsys: pytest.CaptureFixture[str]) -> None:

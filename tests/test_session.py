@@ -28,7 +28,7 @@ from puma_async.model import (
 )
 from puma_async.model.gguf_loader import open_gguf, read_config
 from puma_async.protocols.arith import stack_right
-from puma_async.protocols.llama import SecureWeight, stored_form
+from puma_async.protocols.llama import LayerPlan, SecureWeight, layer_plan, stored_form
 from puma_async.protocols.randomness import setup_input_seeds
 from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES
 from puma_async.session import GenerationOptions, SessionSettings, in_process_settings, run_session
@@ -252,6 +252,27 @@ def test_reveal_logits_setting() -> None:
                                      ).reveal_logits == "all"
     with pytest.raises(SettingsError, match="reveal_logits must be one of last, all"):
         SessionSettings("s", reveal_logits="some")
+
+
+def test_tradeoff_setting() -> None:
+    """The tradeoff names the layers' plan: balanced by default (the attention norm before
+    the QKV product for multi-head attention only), fewer-rounds (SiLU's bits opened to all,
+    rho after), fewer-bytes (both the other way everywhere); anything else is refused."""
+    multi_head = dataclasses.replace(tiny_config(), n_kv_heads=4)
+    assert SessionSettings("s").tradeoff == "balanced"
+    assert SessionSettings("s").plan == LayerPlan(False, "evaluators")
+    assert SessionSettings("s", architecture=multi_head, model="mh").plan == LayerPlan(
+        True, "evaluators")
+    assert SessionSettings("s", architecture=multi_head, model="mh",
+                           tradeoff="fewer-rounds").plan == LayerPlan(False, "opened")
+    assert SessionSettings("s", tradeoff="fewer-bytes").plan == LayerPlan(True, "evaluators")
+    assert SessionSettings.from_dict(SessionSettings("s", tradeoff="fewer-rounds").to_dict()
+                                     ).tradeoff == "fewer-rounds"
+    with pytest.raises(SettingsError, match="tradeoff must be one of balanced, fewer-rounds, "
+                                            "fewer-bytes, got 'fast'"):
+        SessionSettings("s", tradeoff="fast")
+    with pytest.raises(ValueError, match="tradeoff must be one of"):
+        layer_plan(tiny_config(), "fast")
 
 
 def test_blocked_inputs_give_the_same_session() -> None:

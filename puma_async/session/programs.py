@@ -230,7 +230,7 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
                 else:
                     stored[name], halves = form
                     await receive_rows(setup, MODEL_OWNER, shape, blocks, into=halves)
-            model = assemble_model(config, stored)
+            model = assemble_model(config, stored, settings.plan)
             del stored
         ctx.join([setup])
         online = ctx.child()
@@ -250,7 +250,7 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
                 worker thread (after the material: this pass's own embedding has read its table
                 by then)."""
                 with c.phase(OFFLINE_PHASE):
-                    material = await prepare_tuples(c, config, 1, keys, 1)
+                    material = await prepare_tuples(c, config, model.plan, 1, keys, 1)
                 if inputs is None:
                     return material, None
                 return material, await in_thread(embed_ahead, model, *inputs)

@@ -7,7 +7,8 @@ the tiny model's weight seed (public: tiny weights are test data), the model fil
 if given (the owner checks its file against it), the token budget per prompt, the context
 (positions per prompt), the largest frame (:mod:`.frames`: the piece size plus slack),
 which logits the client receives (:data:`REVEAL_LOGITS`: the model owner consents to it),
-and the liveness settings (:class:`~puma_async.liveness.Liveness`: a role whose heartbeat
+which protocols trade rounds for bytes (:data:`~puma_async.protocols.llama.TRADEOFFS`), and
+the liveness settings (:class:`~puma_async.liveness.Liveness`: a role whose heartbeat
 interval exceeded a peer's ``dead_after`` would be declared dead by it). These go into the
 :meth:`SessionSettings.config_digest` that the TCP handshake compares before any secret
 moves, with the version of the message format (:data:`puma_async.codec.VERSION`: the
@@ -27,15 +28,18 @@ from puma_async import codec
 from puma_async.errors import SettingsError
 from puma_async.liveness import DEFAULT_LIVENESS, Liveness
 from puma_async.model.config import LlamaConfig
+from puma_async.protocols.llama import TRADEOFFS, LayerPlan, layer_plan
 from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
 from puma_async.session.models import PRESETS, TINY, preset_architecture
 
-DIGEST_VERSION = 8
+DIGEST_VERSION = 9
 """Bumped whenever what the digested settings imply changes: 5, the weight plan (the norms'
 gains folded into the QKV and gate/up matrices, ``protocols.llama.weight_plan``); 6, the
 architecture's certified gate bounds (``LlamaConfig.gate_bounds``: SiLU's comparison chains);
 7, the folded matrices shared at 6 more fractional bits (``protocols.llama.weight_tensors``);
-8, messages above the piece size sent in pieces (:mod:`puma_async.pieces`)."""
+8, messages above the piece size sent in pieces (:mod:`puma_async.pieces`); 9, the
+tradeoff's layer plan (``protocols.llama.layer_plan``: multi-head attention's norm before
+its QKV product when balanced)."""
 REVEAL_LOGITS = ("last", "all")
 """What a prompt pass reveals to the client: the logits of its last position (enough to
 choose the next token), or of every position (teacher-forced perplexity of a text in one
@@ -59,6 +63,8 @@ class SessionSettings:
     ``reveal_logits``: "last" (default) or "all", what a prompt pass reveals to the client
     (:data:`REVEAL_LOGITS`; "all" tells it more about the model, so the model owner must
     consent, and costs a head of n rows instead of 1 per prompt of n tokens).
+    ``tradeoff``: "balanced" (default), "fewer-rounds" or "fewer-bytes", which protocols the
+    layers take where two trade rounds for bytes (:attr:`plan`).
     ``heartbeat_interval`` and ``dead_after``: every role's :attr:`liveness`. Raises
     :class:`SettingsError` naming a bad setting.
     """
@@ -72,6 +78,7 @@ class SessionSettings:
     context: int | None = None
     input_block_bytes: int = INPUT_BLOCK_BYTES
     reveal_logits: str = "last"
+    tradeoff: str = "balanced"
     heartbeat_interval: float = DEFAULT_LIVENESS.heartbeat_interval
     dead_after: float = DEFAULT_LIVENESS.dead_after
     connect_timeout: float = 600.0
@@ -100,6 +107,9 @@ class SessionSettings:
         if self.reveal_logits not in REVEAL_LOGITS:
             raise SettingsError(f"reveal_logits must be one of {', '.join(REVEAL_LOGITS)}, "
                                 f"got {self.reveal_logits!r}")
+        if self.tradeoff not in TRADEOFFS:
+            raise SettingsError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, "
+                                f"got {self.tradeoff!r}")
         if self.model_seed < 0:
             raise SettingsError(f"model_seed must be >= 0, got {self.model_seed}")
         try:
@@ -125,6 +135,12 @@ class SessionSettings:
         return self.context
 
     @property
+    def plan(self) -> LayerPlan:
+        """The layers' protocols for :attr:`tradeoff`
+        (:func:`~puma_async.protocols.llama.layer_plan`)."""
+        return layer_plan(self.config, self.tradeoff)
+
+    @property
     def liveness(self) -> Liveness:
         """Heartbeats and when a silent peer is dead, for every role of the session."""
         return Liveness(self.heartbeat_interval, self.dead_after)
@@ -148,6 +164,7 @@ class SessionSettings:
             "model_sha256": self.model_sha256, "max_new_tokens": self.max_new_tokens,
             "context": self.positions, "max_frame_bytes": self.max_frame_bytes,
             "input_block_bytes": self.input_block_bytes, "reveal_logits": self.reveal_logits,
+            "tradeoff": self.tradeoff,
             "heartbeat_interval": float(self.heartbeat_interval),
             "dead_after": float(self.dead_after),
         }
