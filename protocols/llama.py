@@ -259,8 +259,10 @@ def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
     """The layers' protocols for ``tradeoff`` (:data:`TRADEOFFS`): "balanced" takes SiLU's
     evaluators (its bytes are most of a pass's) and scales the attention's input where
     that saves 2 of 3 products by rho (:func:`normalises_input`), "fewer-rounds" neither,
-    "fewer-bytes" both everywhere. SmolLM2, per new token: balanced 1,301 rounds and 37.1
-    MB, fewer-rounds 1,271 and 40.2, fewer-bytes about 1,390 and 36.6."""
+    "fewer-bytes" both everywhere. Measured (``benchmarks/llama.py --tradeoff``, online +
+    offline, all parties): a new SmolLM2 token after 5 prompt tokens balanced 1,301 rounds
+    and 37.1 MB, fewer-rounds 1,271 and 40.2, fewer-bytes 1,391 and 36.6; a 7B-shape block
+    of 8 tokens balanced and fewer-bytes 49 rounds and 60.9 MB, fewer-rounds 44 and 69.5."""
     if tradeoff not in TRADEOFFS:
         raise ValueError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, got {tradeoff!r}")
     if tradeoff == "fewer-rounds":
