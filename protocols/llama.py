@@ -25,8 +25,8 @@ M = :func:`weight_matmul`: 2 R, about 14 bytes per output element; see ``arith``
 the product that made the stream, :func:`residual_matmul`) beside x @ W'qkv (M, the gain
 folded into W'qkv) and RoPE of its q and k columns (truncation: 2 R, ~8 bytes per q/k
 element), then (RoPE(x W'qkv)) rho (2 R, n (q + 2kv) outputs: :func:`normalised_qkv`); with
-multi-head attention (q + 2 kv = 3 hidden, LLaMA-7B: :func:`normalises_input`) instead the
-MLP's order, RMSNorm with its product x rho (6 R, n hidden outputs), x rho @ W'qkv (M) and
+multi-head attention (q + 2 kv = 3 hidden, LLaMA-7B: the balanced :func:`layer_plan`) instead
+the MLP's order, RMSNorm with its product x rho (6 R, n hidden outputs), x rho @ W'qkv (M) and
 RoPE (2 R): 4 rounds more, 2 of every 3 products by rho fewer;
 scores (2 R, all heads batched by
 key/value group; the maximum's comparisons start in their first round), softmax
@@ -575,12 +575,11 @@ QKV_RHO_FRAC = 32
 def normalises_input(config: LlamaConfig) -> bool:
     """Whether the balanced plan's attention norm (:func:`layer_plan`) scales the residual
     before the QKV product (x rho first, as the MLP's norm does) rather than the product
-    after it: where the product has at
-    least :data:`NORMALISE_INPUT_FROM` outputs per input (multi-head attention, q + 2 kv =
-    3 hidden: LLaMA-7B), so that 2 of every 3 products by rho go (about 42 bytes each, all
-    parties) for 4 rounds more per layer (:func:`normalised_qkv`). With grouped-query
-    attention (SmolLM2: 960 outputs for 576 inputs) it would save 0.4 of them for the same
-    4 rounds, so the rounds win there."""
+    after it: where the product has at least :data:`NORMALISE_INPUT_FROM` outputs per input
+    (multi-head attention, q + 2 kv = 3 hidden: LLaMA-7B), so that 2 of every 3 products by
+    rho go (about 42 bytes each, all parties) for 4 rounds more per layer
+    (:func:`normalised_qkv`). With grouped-query attention (SmolLM2: 960 outputs for 576
+    inputs) it would save 0.4 of them for the same 4 rounds, so the rounds win there."""
     return config.q_dim + 2 * config.kv_dim >= NORMALISE_INPUT_FROM * config.hidden
 
 
@@ -597,8 +596,8 @@ async def normalised_qkv(
     by one of two paths (``normalise_input``: :class:`LayerPlan`; ``pre``: the norm's offline
     material, :func:`prepare_tuples`). The query heads carry 1/sqrt(head_dim) (:class:`Rope`).
 
-    **rho after** (balanced: grouped-query attention, SmolLM2): rho RoPE(x @ W'qkv). rho is a scalar
-    per row and RoPE a linear map of each row with public coefficients, so they commute: the
+    **rho after** (balanced: grouped-query attention, SmolLM2): rho RoPE(x @ W'qkv). rho is a
+    scalar per row and RoPE a linear map of each row with public coefficients, so they commute: the
     product on the raw residual (scope ``qkv``) and the rotation of its q and k columns
     (:func:`apply_rope`, scope ``rope``) run beside the norm's rsqrt (scope ``norm``: 4
     rounds, against 2 + 2), then one truncated product by rho per output (scope ``qkv``).
@@ -606,20 +605,23 @@ async def normalised_qkv(
     after the product took 1 round, 2 when its truncation's blocks rotate). RoPE's
     truncation: as many elements as after the product.
 
-    **rho first** (balanced: multi-head attention, LLaMA-7B): RoPE(RMSNorm(x) @ W'qkv), the MLP's
-    order: the norm with its product x rho (:func:`.norms.rms_norm`: 6 rounds, n hidden
-    products), then x rho @ W'qkv truncated to f bits (2) and RoPE (2; 1 when its truncation
-    is one block, below :data:`.trunc.ROTATE_MIN_ELEMENTS`): 10 rounds, and n
-    (q + 2 kv - hidden) products by rho fewer (LLaMA-7B: 2 of 3; 2.85 of a block's 63.7 MB
-    for 8 tokens). Headroom: |x rho W'| 2^42 before the product's truncation, |q|, |k|
-    (|cos| + |sin|) 2^36 before RoPE's: |q|, |k|, |v| < 2^19.
-    Error added (f = 18; h = x rho at f bits, within rms_norm's relative error and one ulp;
-    s = 1/sqrt(head_dim) for the query heads, 1 for the keys): per output column j, h's ulp
-    through W' and the product's truncation, e_j = 2^-18 (sum_i |W'_ij| + 1); rotated,
+    **rho first** (balanced: multi-head attention, LLaMA-7B): RoPE(RMSNorm(x) @ W'qkv), the
+    MLP's order: the norm with its product x rho (:func:`.norms.rms_norm`: 6 rounds, n hidden
+    products; h = x rho kept at :data:`QKV_RAW_FRAC` = 22 fractional bits, at no cost: its
+    truncation removes 4 bits fewer), then h @ W'qkv truncated to f bits (2) and RoPE (2; 1
+    when its truncation is one block, below :data:`.trunc.ROTATE_MIN_ELEMENTS`): 10 rounds,
+    and n (q + 2 kv - hidden) products by rho fewer (LLaMA-7B: 2 of 3; 2.85 of a block's
+    63.7 MB for 8 tokens). Headroom: |h W'| 2^46 before the product's truncation, |q|, |k|
+    (|cos| + |sin|) 2^36 before RoPE's: |q|, |k|, |v| < 2^16.
+    Error added (f = 18; h within rms_norm's relative error and one unit of 2^-22; s =
+    1/sqrt(head_dim) for the query heads, 1 for the keys): per output column j, h's unit
+    through W' and the product's truncation, e_j = 2^-22 sum_i |W'_ij| + 2^-18; rotated,
     sqrt(2) s max(e_a, e_b) on a pair (a, b), plus RoPE's truncation (2^-18) and the tables'
     rounding (|a| + |b|) 2^-19 (times s); v: e_j. Relative: rsqrt's (as below) and rho's
-    resolution (:func:`.norms.rms_norm`'s rho bits).
-    Test: tests/test_secure_llama.py (this bound, against float64, at LLaMA-7B's head layout).
+    resolution (:func:`.norms.rms_norm`'s rho bits). On the same inputs the two paths' errors
+    are alike (multi-head tiny layout, 24 cases: the largest error per case in a ratio of
+    0.74-1.64, median 1.02, rho first to rho after), both mostly the tables' rounding.
+    Test: tests/test_secure_llama.py (this bound, against float64, at a multi-head layout).
 
     Headroom (rho after): the raw product's pre-truncation value is |x W'| 2^42 (W' at 24
     fractional bits: :func:`weight_tensors`); its rotation (x W' at :data:`QKV_RAW_FRAC` bits,

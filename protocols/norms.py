@@ -116,8 +116,8 @@ async def rms_norm(
     (:func:`.arith.finish_product_wide`); None: truncated here (2 rounds). ``pre``: the
     rsqrt's offline material (TP1 tuples and the comparisons'), made ahead
     (:func:`rms_norm_tuples`) (None: beside the sums). ``out_frac``: the output's fractional
-    bits, f (None) up to rho's (x rho truncated by fewer bits: its unit smaller, at no cost,
-    for a product that reads it).
+    bits, from f (None) to f + rho's (x rho truncated by fewer bits: its unit smaller, at no
+    cost, for a product that reads it; ValueError outside, before any message).
     Cost and accuracy: module docstring.
     """
     f = fixed_point(ctx).frac_bits
