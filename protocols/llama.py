@@ -137,8 +137,9 @@ softmax's maximum, exponential and reciprocal are its own protocols' scopes, and
 e: :func:`attend`); ``attn.pv`` is the product with V, which for a new token runs beside the
 reciprocal (no rounds of its own on the critical path); ``attn.qkv`` is the product on the raw
 residual, beside the norm's rsqrt, and the product by its rho, ``attn.rope`` the rotation of
-that raw product's q and k, beside the rsqrt too (none on the critical path either:
-:func:`normalised_qkv`)."""
+that raw product's q and k, beside the rsqrt too (none on the critical path either), or,
+where the norm scales the input (:class:`LayerPlan`), ``attn.norm`` holds its product x rho
+and ``attn.qkv`` and ``attn.rope`` follow it (:func:`normalised_qkv`)."""
 
 
 def forward_scopes(n_layers: int) -> tuple[str, ...]:
@@ -177,9 +178,9 @@ PROBE_POINTS = (
 Layouts (n new rows, T = cached + new positions): o_proj, attn_residual, ffn_norm, down,
 residual (n, hidden), ffn_norm the MLP norm's output *before* its gain (x / rms(x): the gains
 are folded into the next weights, :func:`weight_tensors`); the attention norm's output is
-never formed (its rho scales the QKV product, :func:`normalised_qkv`), so its error shows in
-qkv (n, q + 2 kv), with q and k rotated (RoPE is applied before rho), the query heads times
-the attention scale 1/sqrt(head_dim); scores
+not probed (where rho scales the QKV product it is never formed, :func:`normalised_qkv`), so
+its error shows in qkv (n, q + 2 kv), with q and k rotated, the query heads times the
+attention scale 1/sqrt(head_dim); scores
 and exp (kv heads, heads per kv head, n, T), exp = e^(score - row max), zero where masked
 (softmax's numerators: the probabilities themselves are not formed when the rows are
 normalised after P @ V, :func:`attend`); attn_out (n, q) before the output projection;
@@ -309,7 +310,8 @@ def weight_tensors(weights: LlamaWeights) -> Iterator[npt.NDArray[np.floating]]:
     fractional bits, and their products are truncated by 6 more bits: no worse than before
     for every gain >= 2^-6, at no cost in rounds or bytes. Headroom: the products' values
     before truncation are |h W'| 2^42 (gate/up: below the certified gate bound 2^8, and up
-    alike: 2^50) and |x W'| 2^42 for :func:`normalised_qkv` (below 2^20: SmolLM2's 6,967).
+    alike: 2^50) and, for :func:`normalised_qkv`, |x W'| 2^42 with rho after (below 2^20:
+    SmolLM2's 6,967) or |h W'| 2^46 with rho first (h at 22 bits: below 2^16).
     """
     yield weights.embed
     for layer in weights.layers:
@@ -567,7 +569,8 @@ def causal_mask(start: int, n: int, total: int, repeats: int) -> npt.NDArray[np.
 
 
 QKV_RAW_FRAC = 22
-"""Fractional bits of x @ W'qkv before the attention norm's rho (:func:`normalised_qkv`)."""
+"""Fractional bits of x @ W'qkv before the attention norm's rho, or of x rho before the QKV
+product where the norm scales the input (:func:`normalised_qkv`)."""
 QKV_RHO_FRAC = 32
 """Fractional bits of that rho."""
 

@@ -258,10 +258,10 @@ def _precise_top(n: int, k: int, j: int, eps_p: int, eps_w: int) -> int:
 
 
 async def _scale_rows(
-    ctx: Context, v: AShare, rho: AShare, rho_frac: int, weight: Weight, bias: Weight
+    ctx: Context, v: AShare, rho: AShare, bits: int, weight: Weight, bias: Weight
 ) -> AShare:
-    """v rho (rho per row, truncated by ``rho_frac`` bits; 2 rounds), then * weight + bias."""
-    y = await mul_fxp(ctx, v, repeat_last(rho, v.shape[-1]), bits=rho_frac)
+    """v rho (rho per row), truncated by ``bits`` (2 rounds), then * weight + bias."""
+    y = await mul_fxp(ctx, v, repeat_last(rho, v.shape[-1]), bits=bits)
     return _add_bias(ctx, await _apply_weight(ctx, y, weight), bias)
 
 

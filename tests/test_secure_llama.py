@@ -24,6 +24,7 @@ from puma_async.local import main
 from puma_async.model import (
     KVCache,
     LlamaConfig,
+    LlamaWeights,
     apply_rope,
     forward,
     greedy_generate,
@@ -82,10 +83,12 @@ def session() -> SessionResult:
     return run_session(WEIGHTS, [*PROMPTS, recompute], max_new_tokens=NEW)
 
 
-def _reference_logits(prompt: list[int], tokens: list[int]) -> list[np.ndarray]:
-    cache = KVCache.empty(CONFIG)
-    logits = [forward(WEIGHTS, prompt, cache)[-1]]
-    logits += [forward(WEIGHTS, [t], cache)[-1] for t in tokens[:-1]]
+def _reference_logits(prompt: list[int], tokens: list[int],
+                      weights: LlamaWeights = WEIGHTS) -> list[np.ndarray]:
+    """float64 logits of the prompt's last position, then of each token fed back but the last."""
+    cache = KVCache.empty(weights.config)
+    logits = [forward(weights, prompt, cache)[-1]]
+    logits += [forward(weights, [t], cache)[-1] for t in tokens[:-1]]
     return logits
 
 
@@ -173,9 +176,7 @@ def test_tradeoffs_give_the_same_tokens(heads: int, tradeoff: str,
     for result in runs.values():
         generated = result.prompts[0]
         assert generated.tokens == greedy_generate(weights, PROMPTS[0], NEW)
-        cache = KVCache.empty(config)
-        reference = [forward(weights, PROMPTS[0], cache)[-1]]
-        reference += [forward(weights, [t], cache)[-1] for t in generated.tokens[:-1]]
+        reference = _reference_logits(PROMPTS[0], generated.tokens, weights)
         errors = [np.abs(r.logits - ref).max()
                   for r, ref in zip(generated.records, reference, strict=True)]
         assert max(errors) < LOGIT_BOUND, errors
