@@ -40,6 +40,14 @@ x above: garbage polynomial values there are multiplied by an exact 0):
   own variable w in [-1, 1], converted to powers of v; thresholds by a greedy search from -11
   on a 0.025 grid (each piece as wide as a fit error of 2.6e-5 where it meets [-3, 3], 1.55e-4
   elsewhere, allows): 7 pieces of degree 4 (the earlier table: 4 of degree 6, 8 rounds).
+  Each piece is fit on its interval extended by :attr:`TablePolynomial.slack` = 2^-8 above
+  its end (fit errors 2.58e-5 on [-3, 3] instead of 2.52e-5), so that the comparisons may
+  ignore x's 10 lowest bits (at 18 fractional bits; ``drop`` of
+  :func:`.fastcmp.compare_thresholds`): an x less than 2^-8 above a threshold may take the
+  row below it, which holds there (above -11 the zero row: |SiLU| <= 1.844e-4 there, the
+  tail's own error). The chains are 10 bits shorter: 17 instead of 27 for |x| <= 2^8, 16 and
+  one tree level fewer for |x| <= 2^7 (SmolLM2's layers but two), 53 instead of 63 without
+  a bound.
 
 Measured (errors: tests/test_nonlinear_activations.py, 320,001 points of [-16, 16] plus
 +-2^16; costs: ``costs.py``; rounds below / from 12,288 elements; bytes per element sent by
@@ -52,28 +60,29 @@ GeLU accurate  -3.15, 3.15               u, u^2, u^3, u^4    8 / 9    300.88  0.
                                                                       + 72
 GeLU puma      -4, -1.95, 3              x^2, x^3, x^4, x^6  8 / 9    361.13  0.0199 (3.00)
                                                                       + 108
-SiLU accurate  -11, -4.875, -2.825,       v^2, v^3, v^4       6 / 6    306.5   1.8e-4 (11)
-               -0.875, 0.875, 2.975,                                  + 288
+SiLU accurate  -11, -4.875, -2.825,       v^2, v^3, v^4       6 / 6    294.0   1.8e-4 (11)
+               -0.875, 0.875, 2.975,                                  + 260
                5.175, 11
- |x| <= 2^8    (27-bit chains, the bits                      7 / 7    287.38  same
-               opened to the evaluators)                              + 78
+ |x| <= 2^8    (17-bit chains, the bits                      7 / 7    270.88  same
+               opened to the evaluators)                              + 72
 SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    316.88  0.0719 (4.00)
                                                                       + 108
 =============  ========================  ==================  =======  ======  ==============
 
-SiLU accurate: max error 2.9e-5 on [-3, 3] (1.6e-4 on [-11, -3], 1.1e-4 on [3, 11) before
-the tail's 1.8e-4 at +-11). Its bytes: the comparisons' shared leaves (29.1) and per threshold
-10 online and 36 offline (8), about 43.5 per power (3; v^2 41.75: v = x / 8 is x itself
-read at 21 bits, so v v is truncated by 14 bits, not 28: :func:`.polynomial.powers`), 45 for
-the dot product, 24 for [x >= 11] x. With a bound on |x| (``silu(..., bound=B)``) the
-comparisons run on L-bit chains, (B + 11) 2^18 < 2^L: for B = 2^8, 7 leaves of at most 4 bits
-(12.25 shared) and per threshold 5 online and 1.75 + 24 offline (the tree keeps 2 levels:
-the same rounds; opened to the evaluators, :mod:`.evaluators`: per threshold 5.25 online and
-1.75 + 8 offline, and 64 online per element for the selected row's exchange, 7 rounds); and
-x is the table's last row, no product: its value x 2^(25 + 28) stays below the truncation's
-2^62 wherever the chains are exact (|x| < 2^9 - 11), the coefficients at 25 bits instead of
-27 (their rounding adds at most 1.6e-7, measured 3.6e-8; the dot product truncates 2 bits
-fewer, 0.25 bytes).
+SiLU accurate: max error 2.9e-5 on [-3, 3] (1.1e-4 on [3, 11), 1.6e-4 on [-11 + 2^-8, -3],
+the tail's 1.8e-4 at +-11 and in the slack above -11). Its bytes: the comparisons' shared
+leaves (24.6) and per threshold 9 online and 32.5 offline (8.5), about 43.5 per power (3;
+v^2 41.75: v = x / 8 is x itself read at 21 bits, so v v is truncated by 14 bits, not 28:
+:func:`.polynomial.powers`), 45 for the dot product, 24 for [x >= 11] x. With a bound on
+|x| (``silu(..., bound=B)``) the comparisons run on L-bit chains, (B + slack + 11) 2^18 <
+2^L, less the 10 dropped bits: for B = 2^8, 5 leaves of at most 4 bits (7.75 shared) and
+per threshold 3.5 online and 1 + 24 offline (the tree keeps 2 levels: the same rounds;
+opened to the evaluators, :mod:`.evaluators`: per threshold 3.25 online and 1 + 8 offline,
+and 64 online per element for the selected row's exchange, 7 rounds); and x is the table's
+last row, no product: its value x 2^(25 + 28) stays below the truncation's 2^62 wherever
+the chains are exact (-(501 - 2^-8) <= x < 501 = 2^9 - 11), the coefficients at 25 bits
+instead of 27 (their rounding adds at most 1.6e-7, measured 3.6e-8; the dot product
+truncates 2 bits fewer, 0.25 bytes).
 The identity stays exact: x 2^(25 + 28 - 18) truncates with no remainder.
 
 The other errors are those of the approximations on the whole real line (fixed-point rounding
@@ -87,6 +96,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Literal
 
 import numpy as np
@@ -134,7 +144,9 @@ class TablePolynomial:
     (``identity_above``: one row fewer) or the last polynomial. v and its powers carry
     ``power_frac`` fractional bits, the coefficients at most ``coefficient_frac``: the dot
     product's value at their sum must stay below 2^62 on the domain, and |v^a v^b|
-    2^(2 power_frac) too."""
+    2^(2 power_frac) too. ``slack``: every row holds to its fit's error up to this far (real
+    units) above its interval's end, so the comparisons may ignore x's bits below it
+    (:meth:`dropped_bits`)."""
 
     breakpoints: tuple[float, ...]
     scale: float
@@ -142,6 +154,7 @@ class TablePolynomial:
     identity_above: bool
     power_frac: int
     coefficient_frac: int
+    slack: float = 0.0
 
     def __post_init__(self) -> None:
         assert len(self.coefficients) == len(self.breakpoints) - self.identity_above
@@ -149,6 +162,12 @@ class TablePolynomial:
     @property
     def degree(self) -> int:
         return len(self.coefficients[0]) - 1
+
+    def dropped_bits(self, frac: int) -> int:
+        """The low bits of x (at ``frac`` fractional bits) the comparisons may ignore: the
+        most with 2^drop units <= ``slack`` (:func:`.fastcmp.compare_thresholds`' ``drop``:
+        x within 2^drop units above a threshold may take the row below it)."""
+        return max(0, math.floor(math.log2(self.slack)) + frac) if self.slack else 0
 
     @functools.cache  # noqa: B019 (the specs are module constants)
     def table(self, frac: int, identity_row: bool) -> RingArray:
@@ -188,21 +207,22 @@ GELU_ACCURATE = PiecewisePolynomial(
 )
 SILU_ACCURATE = TablePolynomial(
     (-11.0, -4.875, -2.825, -0.875, 0.875, 2.975, 5.175, 11.0), 8.0,
-    ((-0.5655642522703246, -1.8876981204630536, -2.3963333964057583, -1.3639924340030471,
-      -0.29253003856289767),
-     (-0.4629997197661499, -0.5774065715981198, 2.3253961750762184, 5.403525287312418,
-      3.1434234667646814),
-     (0.021488752426335467, 4.649772234915148, 23.741331669507638, 44.91044129528465,
-      30.828735254822337),
-     (2.5149365685595004e-05, 4.00000000000004, 15.961192983871408, -3.6267444692986375e-12,
-      -76.37726259786079),
-     (0.02131575063970939, 3.353539020857961, 23.7186512142785, -44.84430386209475,
-      30.759155224869843),
-     (-0.5357047306708391, 9.187703652896001, 0.42185387205607494, -2.788646153037856,
-      1.8083823040110787),
-     (-0.5327762608832038, 9.754276015779459, -2.1969770260951016, 1.234194972293992,
-      -0.26141357110231833)),
+    ((-0.5659825508141461, -1.8894218541338175, -2.3989374460065696, -1.3657042294712505,
+      -0.2929438651860516),
+     (-0.4620508510546465, -0.5695105245567114, 2.349782371780865, 5.436665662211713,
+      3.16015197675485),
+     (0.02140753315140155, 4.64821852590349, 23.73069236180184, 44.87941758982541,
+      30.796091643886445),
+     (2.5799974310985852e-05, 3.9999999880745225, 15.960535147914939, 1.0080681028118432e-06,
+      -76.30381413445767),
+     (0.021259501720146082, 3.3546169414605806, 23.711264084400582, -44.82276357267785,
+      30.73650516926349),
+     (-0.5361582203707962, 9.191531218607368, 0.4098711796772818, -2.7721569106920967,
+      1.799966577322637),
+     (-0.5325671592895335, 9.75334957634305, -2.1954690058569186, 1.2331262005004207,
+      -0.2611351843192404)),
     identity_above=True, power_frac=28, coefficient_frac=27,  # |v^k| < 4, |terms| sum < 2^61
+    slack=2.0**-8,
 )
 GELU_PUMA = PiecewisePolynomial(
     (-4.0, -1.95, 3.0),
@@ -270,9 +290,11 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
                          bound: float | None = None, selection: Selection = "opened"
                          ) -> AShare:
     """spec's polynomial of each element of x (fixed point); exact 0 below, x above if
-    ``spec.identity_above``. With ``bound``, the comparisons' chains are just long enough
-    for |x| <= bound (:func:`.fastcmp.bounded_bits`): the precondition, beyond which the
-    selected row is arbitrary.
+    ``spec.identity_above`` (from the last threshold plus ``spec.slack`` on: the comparisons
+    drop x's bits below the slack, :meth:`TablePolynomial.dropped_bits`, so within it x may
+    take the row below). With ``bound``, the comparisons' chains are just long enough for
+    |x| <= bound (:func:`.fastcmp.bounded_bits`, the slack included): the precondition,
+    beyond which the selected row is arbitrary.
 
     The identity x is the row (0, scale, 0, ..., 0) of the table when, wherever the
     comparisons are exact (|x| 2^f < 2^(L - 1) on L-bit chains), its value x 2^(c + p) stays
@@ -297,7 +319,7 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     shift = frac - f - (int(spec.scale).bit_length() - 1)
     assert spec.scale == 2 ** (int(spec.scale).bit_length() - 1) and shift >= 0
     thresholds = fixed_point(ctx).encode(spec.breakpoints)
-    chain = bounded_bits(bound, thresholds, f)
+    chain = bounded_bits(None if bound is None else bound + spec.slack, thresholds, f)
     room = 63 + f - chain - frac  # |x| 2^(room + frac) <= 2^62 wherever the chain is exact
     in_table = spec.identity_above and room >= MIN_ROW_FRAC
     coefficient_frac = min(spec.coefficient_frac, room) if in_table else spec.coefficient_frac
@@ -305,10 +327,12 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     bits = coefficient_frac + frac - f
     by_evaluators = selection == "evaluators" and (in_table or not spec.identity_above)
 
+    drop = min(spec.dropped_bits(f), chain - 2)
+
     async def compared(c: Context) -> AShare | EvaluatorBits:
         if by_evaluators:
-            return await compare_for_evaluators(c, x, thresholds, bits=chain)
-        return await _below(c, x, thresholds, chain)
+            return await compare_for_evaluators(c, x, thresholds, bits=chain, drop=drop)
+        return await _below(c, x, thresholds, chain, drop)
 
     below, pw = await ctx.gather(
         compared,
@@ -343,9 +367,12 @@ def _table_terms(party: int, below: AShare, row_steps: RingArray, pw: dict[int, 
     return steps, coefficients, basis
 
 
-async def _below(ctx: Context, x: AShare, thresholds: RingArray, bits: int) -> AShare:
-    """[x < t_k] for every threshold, (*x, m): one batch sharing its leaves (4 rounds)."""
-    return await to_arith(ctx, await compare_thresholds(ctx, x, thresholds, bits=bits))
+async def _below(ctx: Context, x: AShare, thresholds: RingArray, bits: int, drop: int
+                 ) -> AShare:
+    """[x < t_k] for every threshold, (*x, m), ignoring ``drop`` low bits: one batch sharing
+    its leaves (4 rounds)."""
+    return await to_arith(ctx, await compare_thresholds(ctx, x, thresholds, bits=bits,
+                                                        drop=drop))
 
 
 @protocol
@@ -365,17 +392,18 @@ async def silu(ctx: Context, x: AShare, method: Method = "accurate",
     ("puma", SPU's LLaMA).
 
     ``bound``: a certified bound on |x| (the model owner's, ``LlamaConfig.gate_bounds``).
-    The comparisons then run on carry chains of L bits with (bound + 11) 2^18 < 2^L
-    (:func:`.fastcmp.bounded_bits`; 27 for bound 2^8 instead of 63): exact as without a
-    bound for every |x| <= bound (in fact while x - t lies in [-2^(L-18), 2^(L-18)) for every
-    threshold t), and *garbage* beyond (an arbitrary row of the table: the bound is the
-    caller's precondition, as a comparison's own range is). None: the full 64-bit chains.
+    The comparisons then run on carry chains of L bits with (bound + 2^-8 + 11) 2^18 < 2^L
+    (:func:`.fastcmp.bounded_bits`; 27 for bound 2^8 instead of 63), less the 10 low bits
+    the table's slack lets them drop: exact as without a bound for every |x| <= bound (in
+    fact while x - t and x - t - 2^-8 lie in [-2^(L-18), 2^(L-18)) for every threshold t),
+    and *garbage* beyond (an arbitrary row of the table: the bound is the caller's
+    precondition, as a comparison's own range is). None: the full chains (64 bits, less 10).
 
-    Cost: "accurate" 6 rounds at any size, 306.5 bytes per element online and 288 offline
-    (bound 2^8: 7 rounds, 287.38 online and 78 offline: the identity is a row of the
+    Cost: "accurate" 6 rounds at any size, 294 bytes per element online and 260 offline
+    (bound 2^8: 7 rounds, 270.88 online and 72 offline: the identity is a row of the
     table, and the comparisons' bits are opened to their evaluators, who select the row,
-    :func:`evaluate_table`; with ``selection="opened"``, to all three: 6 rounds, 225.38
-    and 206); "puma" 8 rounds
+    :func:`evaluate_table`; with ``selection="opened"``, to all three: 6 rounds, 208.88
+    and 200); "puma" 8 rounds
     below 12,288 elements, 9 rounds from there on, 316.88 and 108 bytes.
     """
     if method == "accurate":

@@ -186,20 +186,21 @@ COSTS: tuple[OpCost, ...] = (
            _LINEAR),
     OpCost("activations.gelu", _elementwise(8, 361.13, large_rounds=9, offline=108.0),
            "0.0199", _LINEAR, kwargs={"method": "puma"}, variant='method="puma"'),
-    OpCost("activations.silu", _elementwise(6, 306.5, offline=288.0),
-           "1.8e-4; 2.9e-5 on [-3, 3]", _LINEAR),
-    OpCost("activations.silu", _elementwise(7, 287.38, offline=78.0, offline_rounds=1),
+    OpCost("activations.silu", _elementwise(6, 294.0, offline=260.0),
+           "1.8e-4; 2.9e-5 on [-3, 3]",
+           "53-bit chains (the slack's 10 bits dropped); " + _LINEAR),
+    OpCost("activations.silu", _elementwise(7, 270.88, offline=72.0, offline_rounds=1),
            "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 256 (garbage beyond)",
-           "12.25 leaves + 5 per threshold (27-bit chains), the bits opened to the evaluators "
-           "(0.25 per threshold) who exchange the selected row (64), the identity a row of "
-           "the table; offline 8 per threshold (S's share of its pads' bit) + 1.75 dealt "
-           "products; " + _LINEAR,
+           "7.75 leaves + 3 per threshold (17-bit chains: 27 bits less the slack's 10), the "
+           "bits opened to the evaluators (0.25 per threshold) who exchange the selected row "
+           "(64), the identity a row of the table; offline 8 per threshold (S's share of its "
+           "pads' bit) + 1 dealt product; " + _LINEAR,
            kwargs={"bound": 256}, variant="bound=256"),
-    OpCost("activations.silu", _elementwise(6, 225.38, offline=206.0),
+    OpCost("activations.silu", _elementwise(6, 208.88, offline=200.0),
            "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 256 (garbage beyond)",
-           "12.25 leaves + 5 per threshold (27-bit chains), the bits opened to all three "
-           "and shared arithmetically offline (24 per threshold), the identity a row of the "
-           "table; " + _LINEAR,
+           "7.75 leaves + 3 per threshold (17-bit chains: 27 bits less the slack's 10), the "
+           "bits opened to all three and shared arithmetically offline (24 per threshold), "
+           "the identity a row of the table; " + _LINEAR,
            kwargs={"bound": 256, "selection": "opened"},
            variant='bound=256, selection="opened"'),
     OpCost("activations.silu", _elementwise(8, 316.88, large_rounds=9, offline=108.0),

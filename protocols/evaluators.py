@@ -113,12 +113,13 @@ def _dealt(k1: Prg, k2: Prg, labels: tuple[bytes, bytes, bytes], words: tuple[in
 
 
 async def compare_for_evaluators(
-    ctx: Context, x: AShare, thresholds: RingArray, *, bits: int
+    ctx: Context, x: AShare, thresholds: RingArray, *, bits: int, drop: int = 0
 ) -> EvaluatorBits:
     """[x < t] for every element of x and each public threshold t (ring values, (m,)),
     opened to the evaluators (steps 1 and 2): the comparisons of
-    :func:`.fastcmp.compare_thresholds` (3 rounds, exact within ``bits``), their material
-    made beside the leaves (phase ``offline``), then the opening (1 round)."""
+    :func:`.fastcmp.compare_thresholds` (3 rounds, exact within ``bits``, ignoring ``drop``
+    low bits), their material made beside the leaves (phase ``offline``), then the opening
+    (1 round)."""
     rows = thresholds.size
 
     def material(parts: tuple[Part, ...]) -> Step[tuple[EvaluatorMaterial, ...]]:
@@ -129,7 +130,8 @@ async def compare_for_evaluators(
                     for part in parts)))
         return step
 
-    made, halves, parts, shape = await threshold_halves(ctx, x, thresholds, material, bits=bits)
+    made, halves, parts, shape = await threshold_halves(ctx, x, thresholds, material, bits=bits,
+                                                       drop=drop)
     shares = await ctx.gather(*(
         functools.partial(open_to_evaluators, part=part, half=half, material=m)
         for part, half, m in zip(parts, halves, made, strict=True)))

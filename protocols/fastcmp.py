@@ -173,7 +173,9 @@ class RandomBits:
 class CompareSpec:
     """The public parameters a batch of comparisons' material depends on: ``size``
     elements (rows of ``unit`` are never split between parts), ``thresholds`` per element,
-    and the plan (``kind``, ``bits``, ``levels``: :func:`comparison_plan`)."""
+    and the plan (``kind``, ``bits``, ``levels``: :func:`comparison_plan`; ``drop``: the low
+    bits the comparisons ignore, :func:`compare_thresholds`, which shorten the chain to
+    ``bits - drop``)."""
 
     size: int
     thresholds: int = 1
@@ -181,10 +183,17 @@ class CompareSpec:
     bits: int = 64
     levels: int | None = None
     unit: int = 1
+    drop: int = 0
+
+    def __post_init__(self) -> None:
+        if self.drop and not (self.kind == "less" and 0 < self.drop <= self.bits - 2):
+            raise ValueError(f"a comparison can ignore 0 .. bits - 2 low bits of x - t, and "
+                             f"only for kind 'less'; got drop {self.drop} with bits "
+                             f"{self.bits}, kind {self.kind!r}")
 
     @property
     def plan(self) -> Plan:
-        return comparison_plan(self.kind, self.bits, self.levels)
+        return comparison_plan(self.kind, self.bits - self.drop, self.levels)
 
     @property
     def parts(self) -> tuple[Part, ...]:
@@ -540,18 +549,21 @@ async def _swap(ctx: Context, z: RingArray, part: Part, role: int) -> RingArray:
 
 async def _compare_part(
     ctx: Context, plan: Plan, part: Part, x: AShare | RingArray, thresholds: RingArray,
-    of: npt.NDArray[np.intp], material: TreeMaterial | None,
+    of: npt.NDArray[np.intp], material: TreeMaterial | None, drop: int = 0,
 ) -> RingArray | None:
     """Leaves and tree of one part: this evaluator's XOR-half of the result bits (thresholds,
     words), or None at S. Without ``material`` its preparation runs beside the leaves. ``x``
-    replicated, or 3-out-of-3 shares (:func:`_swap` in the leaves' round)."""
+    replicated, or 3-out-of-3 shares (:func:`_swap` in the leaves' round). ``drop``: both
+    summands lose their low bits first (:func:`compare_thresholds`)."""
     role = part.role(ctx.role)
     view = _view(x, part, role) if isinstance(x, AShare) else await _swap(ctx, x, part, role)
     shifted = None
     if role:
         offset = to_ring(-1 if plan.kind == "equal" else 1 << plan.chain)
-        shifted = await offload(lambda: view[of] - thresholds[:, None] + offset,
-                                size=of.size * part.size)
+        shifted = await offload(_evaluator_summand, view[of], thresholds[:, None], offset,
+                                drop, size=of.size * part.size)
+    elif drop:
+        view = view >> np.uint64(drop)
     got = await carry_halves(ctx, plan, part, view, shifted, of, material)
     if got is None:
         return None
@@ -562,6 +574,12 @@ async def _compare_part(
     return (below ^ ALL_ONES if role == 1 else below)[0]
 
 
+def _evaluator_summand(b: RingArray, t: RingArray, offset: np.uint64, drop: int
+                       ) -> RingArray:
+    """The evaluators' b' = (b - t) / 2^drop (rounded down) + 2^chain."""
+    return ((b - t) >> np.uint64(drop)) + offset
+
+
 async def compare_thresholds(
     ctx: Context,
     x: AShare | RingArray,
@@ -570,6 +588,7 @@ async def compare_thresholds(
     of: npt.ArrayLike | None = None,
     kind: Kind = "less",
     bits: int = 64,
+    drop: int = 0,
     levels: int | None = None,
     pre: CompareMaterial | None = None,
 ) -> MaskedBits:
@@ -588,7 +607,17 @@ async def compare_thresholds(
     replicated x (module docstring).
 
     Exact: [x < t] when x - t lies in [-2^(bits-1), 2^(bits-1)) (bits = 64: any x - t in
-    [-2^63, 2^63)); [x == t] for every ring value. ``pre``: material from
+    [-2^63, 2^63)); [x == t] for every ring value.
+
+    ``drop`` (``"less"`` only): S and the evaluators shift their summands of x - t right by
+    ``drop`` bits first, so that the chain is ``bits - drop`` bits long (fewer leaves, maybe a
+    tree level less). The result is then [x < t + c 2^drop], with c in {0, 1} the carry of
+    the two summands' dropped bits (secret, data-dependent): exact for x - t outside
+    [0, 2^drop), either bit inside, while x - t - c 2^drop stays within the bound above. For
+    callers whose answer may be either side of a threshold within 2^drop units
+    (:class:`.activations.TablePolynomial`'s ``slack``).
+
+    ``pre``: material from
     :func:`prepare_compare` with this call's :class:`CompareSpec`; None prepares it inline
     (its traffic in phase ``offline``, beside the leaves: no extra round).
     Cost: 3 rounds (4 with :func:`open_masked`); bytes: module docstring.
@@ -603,7 +632,8 @@ async def compare_thresholds(
 
     rows = np.asarray(thresholds).size
     rho, halves, parts, shape = await threshold_halves(
-        ctx, x, thresholds, random_bits, of=of, kind=kind, bits=bits, levels=levels, pre=pre)
+        ctx, x, thresholds, random_bits, of=of, kind=kind, bits=bits, drop=drop,
+        levels=levels, pre=pre)
     return MaskedBits(halves, parts, rho, shape)
 
 
@@ -616,6 +646,7 @@ async def threshold_halves(
     of: npt.ArrayLike | None = None,
     kind: Kind = "less",
     bits: int = 64,
+    drop: int = 0,
     levels: int | None = None,
     pre: CompareMaterial | None = None,
 ) -> tuple[T, tuple[RingArray | None, ...], tuple[Part, ...], tuple[int, ...]]:
@@ -632,12 +663,13 @@ async def threshold_halves(
         if index.size != t.size or not np.all((index >= 0) & (index < x.shape[-1])):
             raise ValueError("of: one value index per threshold, within x's last axis")
         values, shape = x.reshape(-1, x.shape[-1]).transpose(), (*x.shape[:-1], t.size)
-    spec = CompareSpec(values.shape[1], t.size, kind, bits, levels)
+    spec = CompareSpec(values.shape[1], t.size, kind, bits, levels, drop=drop)
     _check(pre, spec)
     plan, parts = spec.plan, spec.parts
     made, *halves = await ctx.gather(material(parts), *(
         functools.partial(_compare_part, plan=plan, part=part, x=values, thresholds=t,
-                          of=index, material=None if pre is None else pre.trees[j])
+                          of=index, material=None if pre is None else pre.trees[j],
+                          drop=drop)
         for j, part in enumerate(parts)
     ))
     return made, tuple(halves), parts, shape

@@ -36,8 +36,9 @@ numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum beside e @ V a
 about 9 bytes per element per party, opened by M's swap),
 MLP RMSNorm (6 R, its gain folded into W_gate_up), gate/up (M),
 SiLU (``activations``, 7 R; its comparisons as long as the layer's certified gate bound
-needs, their bits opened to their evaluators, who select the coefficient row: 66 bytes per
-element fewer than 6 R with the bits opened to all, :mod:`.evaluators`), SiLU x up (2 R),
+needs less the 10 low bits its table's slack lets go, their bits opened to their
+evaluators, who select the coefficient row: 66 bytes per element fewer than 6 R with the
+bits opened to all, :mod:`.evaluators`), SiLU x up (2 R),
 down (M, and the next wide copy).
 Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``, measured: 43
 rounds; 1,301 per token with the embedding's 2, the head's 8 and the logits' reveal):
@@ -764,8 +765,9 @@ async def mlp(
 ) -> Stream:
     """The stream x plus SwiGLU (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and
     up in one product (``pre``: the norm's TP1 tuples, :func:`prepare_tuples`).
-    SiLU's comparisons are as long as the layer's certified gate bound needs, if declared,
-    and their bits opened as ``plan`` says (:class:`LayerPlan`)."""
+    SiLU's comparisons are as long as the layer's certified gate bound needs, if declared
+    (less the table's slack bits), and their bits opened as ``plan`` says
+    (:class:`LayerPlan`)."""
     name = f"layer{index}"
     with ctx.scope("norm"):
         h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide,

@@ -81,6 +81,43 @@ def test_bounded_comparisons_are_exact_up_to_their_edges(bits: int) -> None:
     assert np.array_equal(got[inside], (x[:, None] < t[None, :])[inside])
 
 
+@SLOW
+@given(st.integers(1, 20), st.integers(22, 64), st.booleans(),
+       st.lists(st.integers(-(2**21), 2**21), min_size=1, max_size=200),
+       st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=3))
+def test_dropped_bits_blur_only_the_threshold_s_upper_side(
+        drop: int, bits: int, rotate: bool, offsets: list[int], ts: list[int]) -> None:
+    """With ``drop``, [x < t + c 2^drop] for a carry c in {0, 1}: exact where x - t lies
+    outside [0, 2^drop), either bit inside; the chain is ``bits - drop`` long. Offsets near
+    the threshold (and the edges of the blurred band) on one part or three."""
+    t = np.array(ts, np.int64)
+    band = [0, 1, -1, (1 << drop) - 1, 1 << drop, -(1 << drop)]
+    d = np.array(offsets + band, np.int64)
+    d = np.tile(d, 12288 // d.size + 1)[:12288] if rotate else d
+    x = d + t[np.arange(d.size) % t.size]
+    got = _signed(evaluate(_bits(thresholds=t, bits=bits, drop=drop), x).outputs[0])
+    diff = x[:, None].astype(object) - t[None, :].astype(object)
+    inside = (diff >= -(1 << (bits - 2))) & (diff < (1 << (bits - 2)))
+    blurred = (diff >= 0) & (diff < (1 << drop))
+    exact = inside & ~blurred
+    assert np.array_equal(got[exact], (x[:, None] < t[None, :])[exact])
+    assert set(np.unique(got[inside & blurred])) <= {0, 1}
+
+
+def test_dropped_bits_shorten_the_chain() -> None:
+    """Dropping 10 of 27 bits: a 17-bit chain, one tree level less (3 rounds to the opened
+    bits instead of 4), fewer bytes; a bad ``drop`` is refused before any message."""
+    x = np.arange(-4096, 4096, dtype=np.int64) << 10
+    t = np.array([0, 5 << 18, -(3 << 18)], np.int64)
+    runs = [evaluate(_bits(thresholds=t, bits=27, drop=k), x) for k in (0, 10)]
+    rounds = [max(ev.cost(p).rounds for p in PARTIES) for ev in runs]
+    sent = [sum(ev.cost(p).bytes_sent for p in PARTIES) for ev in runs]
+    assert rounds == [4, 3] and sent[1] < 0.6 * sent[0]
+    for bad in ({"bits": 27, "drop": 26}, {"kind": "equal", "drop": 3}):
+        with pytest.raises(ValueError, match="low bits"):
+            fastcmp.CompareSpec(8, **bad)
+
+
 def test_bounded_comparisons_are_garbage_outside_their_bound() -> None:
     """Outside |x - t| < 2^(bits-1) a bounded comparison is NOT bit bits-1 of x - t +
     2^(bits-1), which is not [x < t]: callers may use it only where their documented input

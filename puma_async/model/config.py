@@ -20,8 +20,9 @@ class LlamaConfig:
 
     ``gate_bounds``: per layer a power of two B_i with |h @ W'_gate| < B_i for every input,
     certified by the model owner from the weights (:mod:`puma_async.model.bounds`; it reveals
-    one number per layer). SiLU then compares on a carry chain just long enough for it; empty
-    (no bounds): full 64-bit chains. A model file's metadata has none: the owner's export
+    one number per layer). SiLU then compares on a carry chain just long enough for it (less
+    the 10 low bits its table's slack lets go); empty (no bounds): full 64-bit chains (less
+    those 10). A model file's metadata has none: the owner's export
     computes them.
     """
 

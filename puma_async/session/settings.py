@@ -32,14 +32,15 @@ from puma_async.protocols.llama import TRADEOFFS, LayerPlan, layer_plan
 from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
 from puma_async.session.models import PRESETS, TINY, preset_architecture
 
-DIGEST_VERSION = 9
+DIGEST_VERSION = 10
 """Bumped whenever what the digested settings imply changes: 5, the weight plan (the norms'
 gains folded into the QKV and gate/up matrices, ``protocols.llama.weight_plan``); 6, the
 architecture's certified gate bounds (``LlamaConfig.gate_bounds``: SiLU's comparison chains);
 7, the folded matrices shared at 6 more fractional bits (``protocols.llama.weight_tensors``);
 8, messages above the piece size sent in pieces (:mod:`puma_async.pieces`); 9, the
 tradeoff's layer plan (``protocols.llama.layer_plan``: multi-head attention's norm before
-its QKV product when balanced)."""
+its QKV product when balanced); 10, SiLU's comparisons drop the table's slack bits
+(``protocols.activations.TablePolynomial.slack``: shorter chains, other messages)."""
 REVEAL_LOGITS = ("last", "all")
 """What a prompt pass reveals to the client: the logits of its last position (enough to
 choose the next token), or of every position (teacher-forced perplexity of a text in one
