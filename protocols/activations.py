@@ -41,13 +41,13 @@ x above: garbage polynomial values there are multiplied by an exact 0):
   on a 0.025 grid (each piece as wide as a fit error of 2.6e-5 where it meets [-3, 3], 1.55e-4
   elsewhere, allows): 7 pieces of degree 4 (the earlier table: 4 of degree 6, 8 rounds).
   Each piece is fit on its interval extended by :attr:`TablePolynomial.slack` = 2^-8 above
-  its end (fit errors 2.58e-5 on [-3, 3] instead of 2.52e-5), so that the comparisons may
-  ignore x's 10 lowest bits (at 18 fractional bits; ``drop`` of
-  :func:`.fastcmp.compare_thresholds`): an x less than 2^-8 above a threshold may take the
-  row below it, which holds there (above -11 the zero row: |SiLU| <= 1.844e-4 there, the
-  tail's own error). The chains are 10 bits shorter: 17 instead of 27 for |x| <= 2^8, 16 and
-  one tree level fewer for |x| <= 2^7 (SmolLM2's layers but two), 53 instead of 63 without
-  a bound.
+  its end (largest fit error on [-3, 3] 2.61e-5 instead of 2.60e-5; 1.54e-4 elsewhere, as
+  before), so that the comparisons may ignore x's 10 lowest bits (at 18 fractional bits;
+  ``drop`` of :func:`.fastcmp.compare_thresholds`): an x less than 2^-8 above a threshold
+  may take the row below it, which holds there (above -11 the zero row: |SiLU| <= 1.844e-4
+  there, the tail's own error). The chains are 10 bits shorter: 17 instead of 27 for |x| <=
+  2^8, 16 and one tree level fewer for |x| <= 2^7 (SmolLM2's layers but two), 53 instead of
+  63 without a bound.
 
 Measured (errors: tests/test_nonlinear_activations.py, 320,001 points of [-16, 16] plus
 +-2^16; costs: ``costs.py``; rounds below / from 12,288 elements; bytes per element sent by
