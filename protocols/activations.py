@@ -26,16 +26,21 @@ x above: garbage polynomial values there are multiplied by an exact 0):
   negExp 25 and 32). SiLU's identity x = scale v is one more row, (0, scale, 0, ..., 0), when
   a bound on |x| leaves the dot product room for it (the coefficients then at 25 bits for
   |x| <= 2^8); without a bound it is the ring product [x >= t_m] x beside the dot product.
-  Rounds: max(comparison (4), powers (2 per level)) + dot product (2): 6 for SiLU and negExp
-  (degree 4: v^2, then v^3 and v^4).
+  Rounds: max(comparison (4; 3 on chains of one tree level), powers (2 per level)) + dot
+  product (2): 6 for SiLU and negExp (degree 4: v^2, then v^3 and v^4).
   Where the whole selection is a row of the table (SiLU with a bound, negExp), the bits can
   instead be opened to the comparisons' two evaluators only (``selection="evaluators"``:
   :mod:`.evaluators`), who then hold the selected row as additive shares and exchange it
-  masked for the dot product's cross terms: one round more (7), 66 bytes per element fewer
-  for SiLU's 8 thresholds (the bits' arithmetic sharing offline, 24 per bit, becomes 8 per
-  bit; the exchange adds 64 online). SiLU in a LLaMA layer takes it (bytes are what its
-  SwiGLU's width costs); negExp keeps 6 rounds (the softmax is on every layer's critical
-  path, and its bytes are few).
+  masked for the dot product's cross terms, 66 bytes per element fewer for SiLU's 8
+  thresholds (the bits' arithmetic sharing offline, 24 per bit, becomes 8 per bit; the
+  exchange adds 64 online). The exchange needs the bits only, so it runs beside the powers:
+  no round more where the comparisons' tree has one level (16-bit chains or shorter: SiLU
+  with |x| <= 2^7, 6 rounds), one more where it has two (2^8: 7 rounds), unless x comes
+  from a truncated product, whose dealer holds its components a round early, so the
+  leaves start in the product's last round (a LLaMA layer's gate: 6 rounds either way).
+  SiLU in a LLaMA layer takes the evaluators (:func:`.llama.mlp`); negExp keeps its bits
+  opened to all (64-bit chains: three tree levels' worth of rounds with the exchange, and
+  the softmax is on every layer's critical path).
   Fit (offline, numpy): per interval, Lawson's minimax of SiLU on 8,001 points in the interval's
   own variable w in [-1, 1], converted to powers of v; thresholds by a greedy search from -11
   on a 0.025 grid (each piece as wide as a fit error of 2.6e-5 where it meets [-3, 3], 1.55e-4
@@ -106,7 +111,7 @@ from puma_async.context import Context, protocol
 from . import ring
 from .arith import dot_fxp, mul, mul_fxp
 from .compare import to_arith
-from .evaluators import EvaluatorBits, compare_for_evaluators, selected_dot
+from .evaluators import SelectedRows, compare_for_evaluators, exchange_rows, selected_dot
 from .fastcmp import bounded_bits, compare_thresholds
 from .fixedpoint import fixed_point
 from .offload import offload
@@ -305,14 +310,16 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
 
     ``selection="evaluators"``: the bits opened to the comparisons' evaluators, who select
     the row as additive shares and exchange it masked for the dot product
-    (:func:`.evaluators.selected_dot`: one round more, 16 d - m / 4 bytes per element more
-    online, 16 m fewer offline), wherever the table holds the whole selection (with a bound,
-    or without an identity above); else as ``"opened"``.
+    (:func:`.evaluators.exchange_rows` beside the powers, then
+    :func:`.evaluators.selected_dot`: 16 d - m / 4 bytes per element more online, 16 m fewer
+    offline), wherever the table holds the whole selection (with a bound, or without an
+    identity above); else as ``"opened"``.
 
-    Cost: max(comparison (4), powers) + dot product (2) rounds, 6 rounds up to degree 4 and
-    8 up to degree 8 (7 and 9 selected by the evaluators); per element one comparison per
-    threshold, one fused product per power, one dot product, and, apart, one ring product
-    for the identity (module docstring).
+    Cost: max(comparison (4, 3 on one tree level), powers) + dot product (2) rounds, 6 rounds
+    up to degree 4 and 8 up to degree 8; selected by the evaluators max(comparison + 1,
+    powers) + 2 (6 or 7 for SiLU); per element one comparison per threshold, one fused
+    product per power, one dot product, and, apart, one ring product for the identity
+    (module docstring).
     """
     f = fixed_point(ctx).frac_bits
     role, m, d, frac = ctx.role, len(spec.breakpoints), spec.degree, spec.power_frac
@@ -325,13 +332,13 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     coefficient_frac = min(spec.coefficient_frac, room) if in_table else spec.coefficient_frac
     row_steps = spec.steps(coefficient_frac, in_table)
     bits = coefficient_frac + frac - f
+    drop = min(spec.dropped_bits(f), chain - 2)
     by_evaluators = selection == "evaluators" and (in_table or not spec.identity_above)
 
-    drop = min(spec.dropped_bits(f), chain - 2)
-
-    async def compared(c: Context) -> AShare | EvaluatorBits:
-        if by_evaluators:
-            return await compare_for_evaluators(c, x, thresholds, bits=chain, drop=drop)
+    async def compared(c: Context) -> AShare | SelectedRows:
+        if by_evaluators:  # the rows' exchange needs the bits only: beside the powers
+            bits_ = await compare_for_evaluators(c, x, thresholds, bits=chain, drop=drop)
+            return await exchange_rows(c, bits_, row_steps)
         return await _below(c, x, thresholds, chain, drop)
 
     below, pw = await ctx.gather(
@@ -339,10 +346,10 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
         # v = x / scale is x itself read at frac - shift bits (exact); pw[1]: v at frac
         lambda c: powers(c, x, range(2, d + 1), frac=frac, u_frac=frac - shift),
     )
-    if isinstance(below, EvaluatorBits):
+    if isinstance(below, SelectedRows):
         basis = await offload(lambda: stack([pw[k] for k in range(1, d + 1)], axis=-1),
                               size=d * x.size)
-        return await selected_dot(ctx, below, row_steps, basis, frac, bits)
+        return await selected_dot(ctx, below, basis, frac, bits)
     steps, coefficients, basis = await offload(_table_terms, role, below, row_steps, pw, frac,
                                                size=(m + d + 1) * x.size)
 

@@ -196,6 +196,12 @@ COSTS: tuple[OpCost, ...] = (
            "(64), the identity a row of the table; offline 8 per threshold (S's share of its "
            "pads' bit) + 1 dealt product; " + _LINEAR,
            kwargs={"bound": 256}, variant="bound=256"),
+    OpCost("activations.silu", _elementwise(6, 260.88, offline=79.0, offline_rounds=1),
+           "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 128 (garbage beyond)",
+           "as bound=256 on 16-bit chains (26 bits less the slack's 10): 7.625 leaves + "
+           "1.75 per threshold, one tree level, so the selected rows' exchange runs beside "
+           "the powers' second level; offline 8 + 1.875 per threshold; " + _LINEAR,
+           kwargs={"bound": 128}, variant="bound=128"),
     OpCost("activations.silu", _elementwise(6, 208.88, offline=200.0),
            "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 256 (garbage beyond)",
            "7.75 leaves + 3 per threshold (17-bit chains: 27 bits less the slack's 10), the "

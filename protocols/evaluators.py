@@ -15,7 +15,9 @@ E1 = P_{s+1}, E2 = P_{s+2}; keys k(S, E1) = k_{s+1}, k(S, E2) = k_s, as :mod:`.f
 2. *Opening* (:func:`open_to_evaluators`, 1 round): E1 sends E2 s1 ^ a, E2 sends E1 s2 ^ a'
    (s1, s2 their XOR-halves of the bit): both learn c = bit ^ rho, and hold additive shares
    of the bit, u1 = c + (1 - 2c) y1 (E1) and u2 = (1 - 2c) y2 (E2). S learns nothing.
-3. *Selection and dot product* (:func:`selected_dot`, 1 round, then the truncation's 2):
+3. *Selection and dot product* (:func:`exchange_rows`, 1 round, needing the bits only, so
+   it runs beside whatever makes the powers; then :func:`selected_dot`, local, and the
+   truncation's 2 rounds):
    with the steps 1 - bit_k selecting coefficient rows, C = sum_k (1 - bit_k) D_k (D_k the
    table's row differences) is split as C1 (E1) + C2 (E2). For the dot product C . V with
    replicated V = (1, v, ..., v^d) (components V_s, V_{s+1}, V_{s+2}), E1 holds V_{s+1} and
@@ -37,8 +39,10 @@ its own zero-sharing (:mod:`.trunc`).
 (:func:`.activations.evaluate_table`; SiLU: m = 8, d = 4): the opening m / 4 bytes (two bits
 per bit, packed), the exchange 16 d, the truncation 40 + bits / 8 (as any product), and 8 m
 offline. Against :func:`.fastcmp.open_masked` and the dot product of replicated shares:
-online 16 d - m / 4 more (SiLU: 62), offline 16 m less (128), one round more (7 instead of
-6 for SiLU). Exact: ring arithmetic, no probabilistic step but the truncation's last bit.
+online 16 d - m / 4 more (SiLU: 62), offline 16 m less (128); the exchange's round is one
+more only where it does not fit beside the powers (SiLU: 7 rounds instead of 6 on
+comparison trees of two levels, 6 on one). Exact: ring arithmetic, no probabilistic step but
+the truncation's last bit.
 """
 
 from __future__ import annotations
@@ -165,52 +169,77 @@ def _bit_shares(opened: RingArray, y: RingArray, first: bool) -> RingArray:
     return out
 
 
-async def selected_dot(
-    ctx: Context, below: EvaluatorBits, steps: RingArray, powers: AShare, frac: int,
-    bits: int,
-) -> AShare:
-    """sum_j C_j V_j, truncated by ``bits``, for C = sum_k (1 - [x < t_k]) steps[k] (the
-    table's row differences, (m, d + 1), public) and V = (2^frac, v, ..., v^d) (``powers``:
-    v^1 .. v^d, (*x, d)): step 3 of the module docstring. 3 rounds (the exchange, the
-    truncation's 2); x's shape out."""
-    flat = powers.reshape(-1, powers.shape[-1])
-    parts = await ctx.gather(*(
-        functools.partial(_part_dot, part=part, u=u, steps=steps,
-                          powers=flat[part.lo : part.hi], frac=frac)
+@dataclasses.dataclass(frozen=True)
+class SelectedRows:
+    """The selected rows after their exchange (:func:`exchange_rows`), per part at this
+    party: as E1 or E2 its additive share C_E of the rows (part elements, d + 1) and the
+    other evaluator's masked M (part elements, d); as S its masks m1, m2 (part elements,
+    d). The parts, and the rows' logical shape (x's)."""
+
+    held: tuple[tuple[RingArray, RingArray], ...]
+    parts: tuple[Part, ...]
+    shape: tuple[int, ...]
+
+
+async def exchange_rows(ctx: Context, below: EvaluatorBits, steps: RingArray) -> SelectedRows:
+    """The first half of step 3: each evaluator's share of C = sum_k (1 - [x < t_k])
+    steps[k] (the table's row differences, (m, d + 1), public), and the masked exchange of
+    its non-constant entries, 1 round, 16 d bytes per element; S draws the masks. Needs the
+    bits only, so it runs beside whatever makes the powers."""
+    held = await ctx.gather(*(
+        functools.partial(_exchange_part, part=part, u=u, steps=steps)
         for part, u in zip(below.parts, below.shares, strict=True)))
+    return SelectedRows(tuple(held), below.parts, below.shape[:-1])
+
+
+async def selected_dot(
+    ctx: Context, rows: SelectedRows, powers: AShare, frac: int, bits: int
+) -> AShare:
+    """sum_j C_j V_j, truncated by ``bits``, for the exchanged rows C (:func:`exchange_rows`)
+    and V = (2^frac, v, ..., v^d) (``powers``: v^1 .. v^d, (*x, d)): the rest of step 3,
+    local, then the truncation's 2 rounds; x's shape out."""
+    flat = powers.reshape(-1, powers.shape[-1])
+    parts = [
+        await offload(_dot_share, part.role(ctx.role), held, flat[part.lo : part.hi], frac,
+                      size=flat[part.lo : part.hi].size)
+        for part, held in zip(rows.parts, rows.held, strict=True)]
     z = np.concatenate(parts) if parts else np.zeros(0, RING_DTYPE)
-    return (await finish_product(ctx, z, bits)).reshape(below.shape[:-1])
+    return (await finish_product(ctx, z, bits)).reshape(rows.shape)
 
 
-async def _part_dot(
-    ctx: Context, part: Part, u: RingArray | None, steps: RingArray, powers: AShare,
-    frac: int,
-) -> RingArray:
-    """This party's 3-out-of-3 share of one part's dot products (step 3)."""
+async def _exchange_part(
+    ctx: Context, part: Part, u: RingArray | None, steps: RingArray
+) -> tuple[RingArray, RingArray]:
+    """One part of :func:`exchange_rows`: (C_E, the other's M) as an evaluator, (m1, m2) as S."""
     role = part.role(ctx.role)
     labels = ctx.label(b"ev.m1"), ctx.label(b"ev.m2")
-    shape = powers.shape
+    shape = (part.size, steps.shape[1] - 1)
     if role == 0:
-        return await offload(_dealer_share, key_prg(ctx, part.sender + 1),
-                             key_prg(ctx, part.sender), labels, powers, size=powers.size)
+        k1, k2 = key_prg(ctx, part.sender + 1), key_prg(ctx, part.sender)
+        return await offload(lambda: (k1.ring(labels[0], shape), k2.ring(labels[1], shape)),
+                             size=2 * part.size * shape[1])
     assert u is not None
     key, label = ((key_prg(ctx, part.sender + 1), labels[0]) if role == 1
                   else (key_prg(ctx, part.sender), labels[1]))
     rows, masked = await offload(_selected_rows, u, steps, role == 1, key, label, shape,
-                                 size=u.size + powers.size)
+                                 size=u.size + part.size * shape[1])
     other = part.party(3 - role)
     await ctx.send_arrays(other, masked)
-    got = await ctx.recv_array(other, ArraySpec.ring(shape))
-    return await offload(_evaluator_share, rows, powers, got, role == 1, frac,
-                         size=powers.size)
+    return rows, await ctx.recv_array(other, ArraySpec.ring(shape))
 
 
-def _dealer_share(k1: Prg, k2: Prg, labels: tuple[bytes, bytes], powers: AShare
-                  ) -> RingArray:
+def _dot_share(role: int, held: tuple[RingArray, RingArray], powers: AShare, frac: int
+               ) -> RingArray:
+    """This party's 3-out-of-3 share of one part's dot products (the end of step 3)."""
+    if role == 0:
+        return _dealer_share(*held, powers)
+    return _evaluator_share(*held, powers, role == 1, frac)
+
+
+def _dealer_share(m1: RingArray, m2: RingArray, powers: AShare) -> RingArray:
     """S: -(m1 . V_s + m2 . V_{s+1}) (its halves are V_s, V_{s+1})."""
-    shape = powers.shape
-    total = np.sum(k1.ring(labels[0], shape) * powers.first, axis=-1, dtype=RING_DTYPE)
-    total += np.sum(k2.ring(labels[1], shape) * powers.second, axis=-1, dtype=RING_DTYPE)
+    total = np.sum(m1 * powers.first, axis=-1, dtype=RING_DTYPE)
+    total += np.sum(m2 * powers.second, axis=-1, dtype=RING_DTYPE)
     return ring.neg(total)
 
 
@@ -224,7 +253,7 @@ def _selected_rows(u: RingArray, steps: RingArray, first: bool, key: Prg, label:
     return rows, ring.add(rows[:, 1:], key.ring(label, shape))
 
 
-def _evaluator_share(rows: RingArray, powers: AShare, got: RingArray, first: bool, frac: int
+def _evaluator_share(rows: RingArray, got: RingArray, powers: AShare, first: bool, frac: int
                      ) -> RingArray:
     """E1: C1_0 2^frac + C1 . (V_{s+1} + V_{s+2}) + M2 . V_{s+1}; E2: C2_0 2^frac + C2 .
     (V_{s+2} + V_s) + M1 . V_s (E1's first half is V_{s+1}, E2's second is V_s)."""
@@ -236,6 +265,6 @@ def _evaluator_share(rows: RingArray, powers: AShare, got: RingArray, first: boo
 
 
 __all__ = [
-    "EvaluatorBits", "EvaluatorMaterial", "compare_for_evaluators", "open_to_evaluators",
-    "prepare_evaluator_bits", "selected_dot",
+    "EvaluatorBits", "EvaluatorMaterial", "SelectedRows", "compare_for_evaluators",
+    "exchange_rows", "open_to_evaluators", "prepare_evaluator_bits", "selected_dot",
 ]

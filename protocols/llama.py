@@ -98,7 +98,7 @@ from puma_async.model.rope import rope_tables
 from puma_async.model.weights import LlamaWeights
 from puma_async.workers import in_thread
 
-from .activations import Selection, silu
+from .activations import silu
 from .arith import (
     finish_product_wide,
     matmul_fxp,
@@ -249,28 +249,24 @@ class LayerPlan:
     """The protocols every layer takes where two trade rounds for bytes (public; every
     party the same): ``normalise_input``, whether the attention norm scales the residual
     before the QKV product (4 rounds more per layer, n (q + 2 kv - hidden) products by rho
-    fewer: :func:`normalised_qkv`); ``silu_selection``, whether SiLU's comparison bits are
-    opened to all three parties or to their two evaluators only (1 round more per layer, 66
-    bytes per element fewer: :func:`.activations.evaluate_table`)."""
+    fewer: :func:`normalised_qkv`). (SiLU's comparison bits, once a second such choice, are
+    always opened to their two evaluators only: 66 bytes per element fewer than to all
+    three, and, with the selected rows' exchange beside the powers, no round more in a
+    layer, :func:`mlp`.)"""
 
     normalise_input: bool
-    silu_selection: Selection
 
 
 def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
-    """The layers' protocols for ``tradeoff`` (:data:`TRADEOFFS`): "balanced" takes SiLU's
-    evaluators (its bytes are most of a pass's) and scales the attention's input where
-    that saves 2 of 3 products by rho (:func:`normalises_input`), "fewer-rounds" neither,
-    "fewer-bytes" both everywhere. Measured (``benchmarks/llama.py --tradeoff``, online +
-    offline, all parties): a new SmolLM2 token after 5 prompt tokens balanced 1,301 rounds
-    and 37.1 MB, fewer-rounds 1,271 and 40.2, fewer-bytes 1,391 and 36.6; a 7B-shape block
-    of 8 tokens balanced and fewer-bytes 49 rounds and 60.9 MB, fewer-rounds 44 and 69.5."""
+    """The layers' protocols for ``tradeoff`` (:data:`TRADEOFFS`): "balanced" scales the
+    attention's input where that saves 2 of 3 products by rho (:func:`normalises_input`),
+    "fewer-rounds" nowhere, "fewer-bytes" everywhere. Measured (``benchmarks/llama.py
+    --tradeoff``, online + offline, all parties): MEASURED."""
     if tradeoff not in TRADEOFFS:
         raise ValueError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, got {tradeoff!r}")
     if tradeoff == "fewer-rounds":
-        return LayerPlan(normalise_input=False, silu_selection="opened")
-    return LayerPlan(normalise_input=tradeoff == "fewer-bytes" or normalises_input(config),
-                     silu_selection="evaluators")
+        return LayerPlan(normalise_input=False)
+    return LayerPlan(normalise_input=tradeoff == "fewer-bytes" or normalises_input(config))
 
 
 def weight_plan(config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
@@ -760,14 +756,16 @@ async def attend(
 
 
 async def mlp(
-    ctx: Context, config: LlamaConfig, plan: LayerPlan, layer: SecureLayer, stream: Stream,
-    index: int, pre: SegmentMaterial | None = None,
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, index: int,
+    pre: SegmentMaterial | None = None,
 ) -> Stream:
     """The stream x plus SwiGLU (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and
     up in one product (``pre``: the norm's TP1 tuples, :func:`prepare_tuples`).
     SiLU's comparisons are as long as the layer's certified gate bound needs, if declared
-    (less the table's slack bits), and their bits opened as ``plan`` says
-    (:class:`LayerPlan`)."""
+    (less the table's slack bits), and their bits opened to their evaluators only
+    (:mod:`.evaluators`: 66 bytes per element fewer than to all three; the selected rows'
+    exchange runs beside the powers, and the comparisons' leaves start in the gate
+    product's last round, where its dealer already holds its components)."""
     name = f"layer{index}"
     with ctx.scope("norm"):
         h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide,
@@ -781,7 +779,7 @@ async def mlp(
     gate = gate_up.map(lambda a: np.ascontiguousarray(a[..., :f]))
     up = gate_up.map(lambda a: np.ascontiguousarray(a[..., f:]))
     activated = await silu(ctx, gate, bound=config.gate_bound(index),  # its scope
-                           selection=plan.silu_selection)
+                           selection="evaluators")
     probe(ctx, f"{name}.silu", activated)
     with ctx.scope("silu_up"):
         product = await mul_fxp(ctx, activated, up)
@@ -803,8 +801,7 @@ async def decoder_layer(
         after = await attention(ctx, config, plan, layer, x, rope, cache, index, pre)
     probe(ctx, f"layer{index}.attn_residual", after.x)
     with ctx.scope("mlp"):
-        x = await mlp(ctx, config, plan, layer, after, index,
-                      None if pre is None else pre.mlp_norm)
+        x = await mlp(ctx, config, layer, after, index, None if pre is None else pre.mlp_norm)
     probe(ctx, f"layer{index}.residual", x.x)
     return x
 

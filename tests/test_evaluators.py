@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from puma_async.context import Context
 from puma_async.evaluate import Evaluation, evaluation_program
-from puma_async.protocols.evaluators import compare_for_evaluators, selected_dot
+from puma_async.protocols.evaluators import compare_for_evaluators, exchange_rows, selected_dot
 from puma_async.protocols.fastcmp import bounded_bits
 from puma_async.protocols.ring import RING_DTYPE, to_ring
 from puma_async.protocols.shares import AShare
@@ -42,7 +42,8 @@ def program(steps: np.ndarray, frac: int, bits: int) -> Any:
 
     async def fn(ctx: Context, x: AShare, powers: AShare) -> AShare:
         below = await compare_for_evaluators(ctx, x, thresholds, bits=chain)
-        return await selected_dot(ctx, below, to_ring(steps), powers, frac, bits)
+        rows = await exchange_rows(ctx, below, to_ring(steps))
+        return await selected_dot(ctx, rows, powers, frac, bits)
 
     return fn
 
