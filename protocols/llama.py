@@ -35,18 +35,20 @@ numerators (maximum and negExp: ``softmax``, ``exp``), then 1/sum beside e @ V a
 :func:`attend`), output projection (M, and the wide copy of the stream for the next norm:
 about 9 bytes per element per party, opened by M's swap),
 MLP RMSNorm (6 R, its gain folded into W_gate_up), gate/up (M),
-SiLU (``activations``, 7 R; its comparisons as long as the layer's certified gate bound
+SiLU (``activations``, 6 R; its comparisons as long as the layer's certified gate bound
 needs less the 10 low bits its table's slack lets go, their bits opened to their
-evaluators, who select the coefficient row: 66 bytes per element fewer than 6 R with the
-bits opened to all, :mod:`.evaluators`), SiLU x up (2 R),
+evaluators, who select the coefficient row, 66 bytes per element fewer than with the bits
+opened to all, :mod:`.evaluators`, and exchange it beside the powers; 7 R in a prompt
+pass's layers of gate bound 2^8, whose comparisons' 2 tree levels start no earlier than
+the powers), SiLU x up (2 R),
 down (M, and the next wide copy).
-Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``, measured: 43
-rounds; 1,301 per token with the embedding's 2, the head's 8 and the logits' reveal):
+Critical path of a new SmolLM2 token per layer (``benchmarks/llama.py``, measured: 42
+rounds; 1,271 per token with the embedding's 2, the head's 8 and the logits' reveal):
 attn.norm 4 (the rsqrt
 from the sums of squares' 3-out-of-3 shares: no resharing round), qkv 2 (x W'qkv and its
 RoPE beside the norm), RoPE 0, scores 1, maximum 4,
 negExp 6, reciprocal 3 (its comparisons' leaves in negExp's last round; e @ V beside it),
-(e @ V) x r 2, O 2, mlp.norm 6, gate/up 2, SiLU 7, x up 2, down 2.
+(e @ V) x r 2, O 2, mlp.norm 6, gate/up 2, SiLU 6, x up 2, down 2.
 Embedding: 2 rounds (the first norm's wide copy), 2 n hidden elements; head (last position
 only): RMSNorm (given its wide copy) and a local product: the logits are not truncated, the
 client gets their 3-out-of-3 shares' bits [f, 64) (:func:`lm_head`, ``io.reveal_product_to``).
@@ -261,7 +263,10 @@ def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
     """The layers' protocols for ``tradeoff`` (:data:`TRADEOFFS`): "balanced" scales the
     attention's input where that saves 2 of 3 products by rho (:func:`normalises_input`),
     "fewer-rounds" nowhere, "fewer-bytes" everywhere. Measured (``benchmarks/llama.py
-    --tradeoff``, online + offline, all parties): MEASURED."""
+    --tradeoff``, online + offline, all parties): a new SmolLM2 token after 5 prompt tokens
+    balanced and fewer-rounds (the same plan: grouped-query attention) 1,271 rounds and
+    36.0 MB, fewer-bytes 1,361 and 35.5; a 7B-shape block of 8 tokens balanced and
+    fewer-bytes 48 rounds and 58.6 MB, fewer-rounds 44 and 61.5."""
     if tradeoff not in TRADEOFFS:
         raise ValueError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, got {tradeoff!r}")
     if tradeoff == "fewer-rounds":
