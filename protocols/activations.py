@@ -39,8 +39,8 @@ x above: garbage polynomial values there are multiplied by an exact 0):
   from a truncated product, whose dealer holds its components a round early, so the
   leaves start in the product's last round (a LLaMA layer's gate: 6 rounds either way).
   SiLU in a LLaMA layer takes the evaluators (:func:`.llama.mlp`); negExp keeps its bits
-  opened to all (64-bit chains: three tree levels' worth of rounds with the exchange, and
-  the softmax is on every layer's critical path).
+  opened to all (its 64-bit chains' two tree levels would put the exchange a round after
+  the powers, and the softmax is on every layer's critical path).
   Fit (offline, numpy): per interval, Lawson's minimax of SiLU on 8,001 points in the interval's
   own variable w in [-1, 1], converted to powers of v; thresholds by a greedy search from -11
   on a 0.025 grid (each piece as wide as a fit error of 2.6e-5 where it meets [-3, 3], 1.55e-4
@@ -70,6 +70,8 @@ SiLU accurate  -11, -4.875, -2.825,       v^2, v^3, v^4       6 / 6    294.0   1
                5.175, 11
  |x| <= 2^8    (17-bit chains, the bits                      7 / 7    270.88  same
                opened to the evaluators)                              + 72
+ |x| <= 2^7    (16-bit chains: one tree                      6 / 6    260.88  same
+               level; the evaluators)                                 + 79
 SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    316.88  0.0719 (4.00)
                                                                       + 108
 =============  ========================  ==================  =======  ======  ==============

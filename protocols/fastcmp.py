@@ -577,7 +577,11 @@ async def _compare_part(
 def _evaluator_summand(b: RingArray, t: RingArray, offset: np.uint64, drop: int
                        ) -> RingArray:
     """The evaluators' b' = (b - t) / 2^drop (rounded down) + 2^chain."""
-    return ((b - t) >> np.uint64(drop)) + offset
+    difference = b - t
+    if drop:
+        difference >>= np.uint64(drop)
+    difference += offset
+    return difference
 
 
 async def compare_thresholds(

@@ -253,8 +253,8 @@ class LayerPlan:
     before the QKV product (4 rounds more per layer, n (q + 2 kv - hidden) products by rho
     fewer: :func:`normalised_qkv`). (SiLU's comparison bits, once a second such choice, are
     always opened to their two evaluators only: 66 bytes per element fewer than to all
-    three, and, with the selected rows' exchange beside the powers, no round more in a
-    layer, :func:`mlp`.)"""
+    three, and, with the selected rows' exchange beside the powers, a round more only in a
+    prompt pass's layers of gate bound 2^8, :func:`mlp`.)"""
 
     normalise_input: bool
 
@@ -768,9 +768,11 @@ async def mlp(
     up in one product (``pre``: the norm's TP1 tuples, :func:`prepare_tuples`).
     SiLU's comparisons are as long as the layer's certified gate bound needs, if declared
     (less the table's slack bits), and their bits opened to their evaluators only
-    (:mod:`.evaluators`: 66 bytes per element fewer than to all three; the selected rows'
-    exchange runs beside the powers, and the comparisons' leaves start in the gate
-    product's last round, where its dealer already holds its components)."""
+    (:mod:`.evaluators`: 66 bytes per element fewer than to all three). The selected rows'
+    exchange runs beside the powers: SiLU takes 6 rounds where its comparisons' tree has one
+    level (gate bounds up to 2^7) or where their sender is the gate product's dealer, who
+    holds its components a round early (a new token's one block: the leaves start in the
+    product's last round), else 7 (a prompt pass's layers of gate bound 2^8)."""
     name = f"layer{index}"
     with ctx.scope("norm"):
         h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide,
