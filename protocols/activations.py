@@ -39,7 +39,7 @@ x above: garbage polynomial values there are multiplied by an exact 0):
   from a truncated product, whose dealer holds its components a round early, so the
   leaves start in the product's last round (a LLaMA layer's gate: 6 rounds either way).
   SiLU in a LLaMA layer takes the evaluators (:func:`.llama.mlp`); negExp keeps its bits
-  opened to all (its 64-bit chains' two tree levels would put the exchange a round after
+  opened to all (its 54-bit chains' two tree levels would put the exchange a round after
   the powers, and the softmax is on every layer's critical path).
   Fit (offline, numpy): per interval, Lawson's minimax of SiLU on 8,001 points in the interval's
   own variable w in [-1, 1], converted to powers of v; thresholds by a greedy search from -11

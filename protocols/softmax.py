@@ -22,8 +22,8 @@ Costs, rows of n (bytes per element sent by the 3 parties together, online + off
   reciprocal 4, product 2; 16 rounds below 12,288 elements, where the reciprocal's
   comparisons' sender is negExp's last truncation's dealer, whose share is ready a round
   early),
-  599.7 + 607.3 bytes per element. Rows of 128: 23 rounds (max 11, negExp 6, reciprocal 4,
-  product 2; 22 rounds below 12,288 elements), 554.4 + 454.9 bytes per element. The reciprocal's
+  586.2 + 575.8 bytes per element. Rows of 128: 23 rounds (max 11, negExp 6, reciprocal 4,
+  product 2; 22 rounds below 12,288 elements), 540.9 + 423.4 bytes per element. The reciprocal's
   range is [1 - 2^-17, n (1 + 2^-17)]: every e is within one unit of [0, 1] and the
   maximum's is e^0 = 1 exactly, so the row sum's octaves are 0 .. log2 n (3 for rows of 8,
   at about 840 + 1,700 bytes per row, mostly TP1 tuples offline).

@@ -39,10 +39,10 @@ architecture's certified gate bounds (``LlamaConfig.gate_bounds``: SiLU's compar
 7, the folded matrices shared at 6 more fractional bits (``protocols.llama.weight_tensors``);
 8, messages above the piece size sent in pieces (:mod:`puma_async.pieces`); 9, the
 tradeoff's layer plan (``protocols.llama.layer_plan``: multi-head attention's norm before
-its QKV product when balanced); 10, SiLU's comparisons drop the table's slack bits
-(``protocols.activations.TablePolynomial.slack``: shorter chains), its selected rows'
-exchange runs beside the powers (other step paths), and SiLU's bits go to the evaluators
-under every tradeoff."""
+its QKV product when balanced); 10, SiLU's and negExp's comparisons drop their tables'
+slack bits (``protocols.activations.TablePolynomial.slack``: shorter chains), SiLU's
+selected rows' exchange runs beside the powers (other step paths), and SiLU's bits go to
+the evaluators under every tradeoff."""
 REVEAL_LOGITS = ("last", "all")
 """What a prompt pass reveals to the client: the logits of its last position (enough to
 choose the next token), or of every position (teacher-forced perplexity of a text in one
