@@ -265,8 +265,8 @@ def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
     "fewer-rounds" nowhere, "fewer-bytes" everywhere. Measured (``benchmarks/llama.py
     --tradeoff``, online + offline, all parties): a new SmolLM2 token after 5 prompt tokens
     balanced and fewer-rounds (the same plan: grouped-query attention) 1,271 rounds and
-    36.0 MB, fewer-bytes 1,361 and 35.5; a 7B-shape block of 8 tokens balanced and
-    fewer-bytes 48 rounds and 58.6 MB, fewer-rounds 44 and 61.5."""
+    35.9 MB, fewer-bytes 1,361 and 35.4; a 7B-shape block of 8 tokens balanced and
+    fewer-bytes 48 rounds and 58.6 MB, fewer-rounds 44 and 61.4."""
     if tradeoff not in TRADEOFFS:
         raise ValueError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, got {tradeoff!r}")
     if tradeoff == "fewer-rounds":
