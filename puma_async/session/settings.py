@@ -28,7 +28,7 @@ from puma_async import codec
 from puma_async.errors import SettingsError
 from puma_async.liveness import DEFAULT_LIVENESS, Liveness
 from puma_async.model.config import LlamaConfig
-from puma_async.protocols.llama import TRADEOFFS, LayerPlan, layer_plan
+from puma_async.protocols.llama import LayerPlan, layer_plan
 from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
 from puma_async.session.models import PRESETS, TINY, preset_architecture
 
@@ -110,9 +110,10 @@ class SessionSettings:
         if self.reveal_logits not in REVEAL_LOGITS:
             raise SettingsError(f"reveal_logits must be one of {', '.join(REVEAL_LOGITS)}, "
                                 f"got {self.reveal_logits!r}")
-        if self.tradeoff not in TRADEOFFS:
-            raise SettingsError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, "
-                                f"got {self.tradeoff!r}")
+        try:
+            layer_plan(config, self.tradeoff)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         if self.model_seed < 0:
             raise SettingsError(f"model_seed must be >= 0, got {self.model_seed}")
         try:
