@@ -38,6 +38,12 @@ x above: garbage polynomial values there are multiplied by an exact 0):
   with |x| <= 2^7, 6 rounds), one more where it has two (2^8: 7 rounds), unless x comes
   from a truncated product, whose dealer holds its components a round early, so the
   leaves start in the product's last round (a LLaMA layer's gate: 6 rounds either way).
+  There, ``horner=True`` makes v^2 only and splits the dot product as A + v^2 B (A the
+  terms up to v^2, B = C_3 v + C_4 v^2 truncated apart to the coefficients' bits,
+  :func:`.evaluators.selected_horner`): v^3 and v^4 (87 bytes per element) give way to B's
+  truncation (43.5), for 2 rounds more (the tradeoff "fewer-bytes" of
+  :func:`.llama.layer_plan`). Its error is the dot product's plus B's rounding, < 2^-25
+  |v^2| < 6e-8 (|B| <= 12.5 on its rows' intervals, |v^2 B| <= 2.6: far inside the ring).
   SiLU in a LLaMA layer takes the evaluators (:func:`.llama.mlp`); negExp keeps its bits
   opened to all (its 54-bit chains' two tree levels would put the exchange a round after
   the powers, and the softmax is on every layer's critical path).
@@ -72,6 +78,10 @@ SiLU accurate  -11, -4.875, -2.825,       v^2, v^3, v^4       6 / 6    294.0   1
                opened to the evaluators)                              + 72
  |x| <= 2^7    (16-bit chains: one tree                      6 / 6    260.88  same
                level; the evaluators)                                 + 79
+ 2^8, Horner   (the evaluators; A + v^2 B) v^2                9 / 9    227.38  same
+                                                                      + 72
+ 2^7, Horner   (one tree level)           v^2                 8 / 8    217.38  same
+                                                                      + 79
 SiLU puma      -8, -4, 4                 x^2, x^4, x^6       8 / 9    316.88  0.0719 (4.00)
                                                                       + 108
 =============  ========================  ==================  =======  ======  ==============
@@ -113,7 +123,13 @@ from puma_async.context import Context, protocol
 from . import ring
 from .arith import dot_fxp, mul, mul_fxp
 from .compare import to_arith
-from .evaluators import SelectedRows, compare_for_evaluators, exchange_rows, selected_dot
+from .evaluators import (
+    SelectedRows,
+    compare_for_evaluators,
+    exchange_rows,
+    selected_dot,
+    selected_horner,
+)
 from .fastcmp import bounded_bits, compare_thresholds
 from .fixedpoint import fixed_point
 from .offload import offload
@@ -294,8 +310,8 @@ async def evaluate_piecewise(ctx: Context, x: AShare, spec: PiecewisePolynomial,
 
 
 async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
-                         bound: float | None = None, selection: Selection = "opened"
-                         ) -> AShare:
+                         bound: float | None = None, selection: Selection = "opened",
+                         horner: bool = False) -> AShare:
     """spec's polynomial of each element of x (fixed point); exact 0 below, x above if
     ``spec.identity_above`` (from the last threshold plus ``spec.slack`` on: the comparisons
     drop x's bits below the slack, :meth:`TablePolynomial.dropped_bits`, so within it x may
@@ -315,7 +331,10 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     (:func:`.evaluators.exchange_rows` beside the powers, then
     :func:`.evaluators.selected_dot`: 16 d - m / 4 bytes per element more online, 16 m fewer
     offline), wherever the table holds the whole selection (with a bound, or without an
-    identity above); else as ``"opened"``.
+    identity above); else as ``"opened"``. There, ``horner``: the powers only up to v^h, h
+    = ceil(d / 2), and the dot product as A + v^h B (:func:`.evaluators.selected_horner`):
+    for degree 4, v^3 and v^4 fewer (87 bytes per element) for B's truncation (43.5), 2
+    rounds more.
 
     Cost: max(comparison (4, 3 on one tree level), powers) + dot product (2) rounds, 6 rounds
     up to degree 4 and 8 up to degree 8; selected by the evaluators max(comparison + 1,
@@ -336,6 +355,7 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     bits = coefficient_frac + frac - f
     drop = min(spec.dropped_bits(f), chain - 2)
     by_evaluators = selection == "evaluators" and (in_table or not spec.identity_above)
+    top = (d + 1) // 2 if by_evaluators and horner else d  # the highest power made
 
     async def compared(c: Context) -> AShare | SelectedRows:
         if by_evaluators:  # the rows' exchange needs the bits only: beside the powers
@@ -346,12 +366,13 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     below, pw = await ctx.gather(
         compared,
         # v = x / scale is x itself read at frac - shift bits (exact); pw[1]: v at frac
-        lambda c: powers(c, x, range(2, d + 1), frac=frac, u_frac=frac - shift),
+        lambda c: powers(c, x, range(2, top + 1), frac=frac, u_frac=frac - shift),
     )
     if isinstance(below, SelectedRows):
-        basis = await offload(lambda: stack([pw[k] for k in range(1, d + 1)], axis=-1),
-                              size=d * x.size)
-        return await selected_dot(ctx, below, basis, frac, bits)
+        basis = await offload(lambda: stack([pw[k] for k in range(1, top + 1)], axis=-1),
+                              size=top * x.size)
+        finish = selected_horner if top < d else selected_dot
+        return await finish(ctx, below, basis, frac, bits)
     steps, coefficients, basis = await offload(_table_terms, role, below, row_steps, pw, frac,
                                                size=(m + d + 1) * x.size)
 
@@ -396,7 +417,8 @@ async def gelu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
 
 @protocol
 async def silu(ctx: Context, x: AShare, method: Method = "accurate",
-               bound: float | None = None, selection: Selection = "evaluators") -> AShare:
+               bound: float | None = None, selection: Selection = "evaluators",
+               horner: bool = False) -> AShare:
     """SiLU(x) = x sigmoid(x). Max error 1.8e-4, 2.9e-5 on [-3, 3] ("accurate"), or 0.0719
     ("puma", SPU's LLaMA).
 
@@ -412,11 +434,14 @@ async def silu(ctx: Context, x: AShare, method: Method = "accurate",
     (bound 2^8: 7 rounds, 270.88 online and 72 offline: the identity is a row of the
     table, and the comparisons' bits are opened to their evaluators, who select the row,
     :func:`evaluate_table`; with ``selection="opened"``, to all three: 6 rounds, 208.88
-    and 200); "puma" 8 rounds
+    and 200; ``horner``, where the evaluators select: v^3 and v^4 not made, the dot
+    product by Horner's split, :func:`.evaluators.selected_horner`: 9 rounds, 227.38
+    online and 72 offline, bound 2^7: 8 rounds, 217.38 and 79); "puma" 8 rounds
     below 12,288 elements, 9 rounds from there on, 316.88 and 108 bytes.
     """
     if method == "accurate":
-        return await evaluate_table(ctx, x, SILU_ACCURATE, bound, selection=selection)
+        return await evaluate_table(ctx, x, SILU_ACCURATE, bound, selection=selection,
+                                    horner=horner)
     return await evaluate_piecewise(ctx, x, SILU_PUMA, bound)
 
 

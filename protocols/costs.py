@@ -202,6 +202,16 @@ COSTS: tuple[OpCost, ...] = (
            "1.75 per threshold, one tree level, so the selected rows' exchange runs beside "
            "the powers' second level; offline 8 + 1.875 per threshold; " + _LINEAR,
            kwargs={"bound": 128}, variant="bound=128"),
+    OpCost("activations.silu", _elementwise(9, 227.38, offline=72.0, offline_rounds=1),
+           "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 256 (garbage beyond)",
+           "as bound=256, but v^2 only (v^3 and v^4 not made: 87) and the dot product by "
+           "Horner's split, A + v^2 B, B truncated apart (43.5): 2 rounds more; " + _LINEAR,
+           kwargs={"bound": 256, "horner": True}, variant="bound=256, horner=True"),
+    OpCost("activations.silu", _elementwise(8, 217.38, offline=79.0, offline_rounds=1),
+           "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 128 (garbage beyond)",
+           "as bound=128 by Horner's split (as bound=256, horner=True): one tree level, so "
+           "8 rounds; " + _LINEAR,
+           kwargs={"bound": 128, "horner": True}, variant="bound=128, horner=True"),
     OpCost("activations.silu", _elementwise(6, 208.88, offline=200.0),
            "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 256 (garbage beyond)",
            "7.75 leaves + 3 per threshold (17-bit chains: 27 bits less the slack's 10), the "

@@ -55,7 +55,7 @@ import numpy as np
 from puma_async.context import OFFLINE_PHASE, ArraySpec, Context, Step
 
 from . import ring
-from .arith import finish_product
+from .arith import finish_product, mul_local
 from .bitpack import unpack_rows_into
 from .fastcmp import Part, threshold_halves
 from .offload import offload
@@ -174,11 +174,12 @@ class SelectedRows:
     """The selected rows after their exchange (:func:`exchange_rows`), per part at this
     party: as E1 or E2 its additive share C_E of the rows (part elements, d + 1) and the
     other evaluator's masked M (part elements, d); as S its masks m1, m2 (part elements,
-    d). The parts, and the rows' logical shape (x's)."""
+    d). The parts, the rows' logical shape (x's) and their degree d."""
 
     held: tuple[tuple[RingArray, RingArray], ...]
     parts: tuple[Part, ...]
     shape: tuple[int, ...]
+    degree: int
 
 
 async def exchange_rows(ctx: Context, below: EvaluatorBits, steps: RingArray) -> SelectedRows:
@@ -189,7 +190,7 @@ async def exchange_rows(ctx: Context, below: EvaluatorBits, steps: RingArray) ->
     held = await ctx.gather(*(
         functools.partial(_exchange_part, part=part, u=u, steps=steps)
         for part, u in zip(below.parts, below.shares, strict=True)))
-    return SelectedRows(tuple(held), below.parts, below.shape[:-1])
+    return SelectedRows(tuple(held), below.parts, below.shape[:-1], steps.shape[1] - 1)
 
 
 async def selected_dot(
@@ -199,12 +200,46 @@ async def selected_dot(
     and V = (2^frac, v, ..., v^d) (``powers``: v^1 .. v^d, (*x, d)): the rest of step 3,
     local, then the truncation's 2 rounds; x's shape out."""
     flat = powers.reshape(-1, powers.shape[-1])
-    parts = [
-        await offload(_dot_share, part.role(ctx.role), held, flat[part.lo : part.hi], frac,
-                      size=flat[part.lo : part.hi].size)
-        for part, held in zip(rows.parts, rows.held, strict=True)]
-    z = np.concatenate(parts) if parts else np.zeros(0, RING_DTYPE)
+    z = await _selected_share(ctx, rows, flat, frac, slice(None), constant=True)
     return (await finish_product(ctx, z, bits)).reshape(rows.shape)
+
+
+async def selected_horner(
+    ctx: Context, rows: SelectedRows, powers: AShare, frac: int, bits: int
+) -> AShare:
+    """:func:`selected_dot`'s value from the lower powers only, v^1 .. v^h (``powers``,
+    (*x, h), 2 h >= d): sum_j C_j V_j = A + v^h B with A = sum_(j <= h) C_j V_j and B =
+    sum_(j > h) C_j v^(j - h), both local as in step 3; B is truncated by ``frac`` (to the
+    coefficients' own bits, c), then v^h B + A (at c + frac bits) by ``bits``.
+
+    Why: the powers above v^h cost a multiplication and a truncation each (SiLU's degree 4:
+    v^3 and v^4, 87 bytes per element), B's truncation one (43.5): 43.5 bytes fewer, for
+    2 rounds more (4 after the exchange instead of 2). Needs |B| 2^(c + frac) < 2^62 (B is
+    part of the dot product's terms, whose sum of magnitudes the table keeps below 2^61)
+    and |v^h B| too. Error: B's truncation adds less than one unit at c bits times |v^h|
+    (SiLU: 2^-25 x 1.9 < 6e-8) to the dot product's."""
+    h, degree = powers.shape[-1], rows.degree
+    if not degree - h <= h < degree:
+        raise ValueError(f"Horner's split needs d / 2 <= h < d, got h = {h} for d = {degree}")
+    flat = powers.reshape(-1, h)
+    low = await _selected_share(ctx, rows, flat, frac, slice(0, h), constant=True)
+    high = await _selected_share(ctx, rows, flat[:, : degree - h], frac, slice(h, degree),
+                                 constant=False)
+    b = await finish_product(ctx, high, frac)
+    z = await offload(lambda: ring.add(low, mul_local(b, flat[:, h - 1])), size=low.size)
+    return (await finish_product(ctx, z, bits)).reshape(rows.shape)
+
+
+async def _selected_share(
+    ctx: Context, rows: SelectedRows, basis: AShare, frac: int, columns: slice, constant: bool
+) -> RingArray:
+    """This party's 3-out-of-3 share of sum_j C_j basis_j over the rows' non-constant
+    ``columns`` (C_1 .. C_d, 0-based), plus C_0 2^frac if ``constant``: flat elements."""
+    parts = [
+        await offload(_dot_share, part.role(ctx.role), held, basis[part.lo : part.hi], frac,
+                      columns, constant, size=basis[part.lo : part.hi].size)
+        for part, held in zip(rows.parts, rows.held, strict=True)]
+    return np.concatenate(parts) if parts else np.zeros(0, RING_DTYPE)
 
 
 async def _exchange_part(
@@ -228,12 +263,15 @@ async def _exchange_part(
     return rows, await ctx.recv_array(other, ArraySpec.ring(shape))
 
 
-def _dot_share(role: int, held: tuple[RingArray, RingArray], powers: AShare, frac: int
-               ) -> RingArray:
-    """This party's 3-out-of-3 share of one part's dot products (the end of step 3)."""
+def _dot_share(role: int, held: tuple[RingArray, RingArray], basis: AShare, frac: int,
+               columns: slice, constant: bool) -> RingArray:
+    """This party's 3-out-of-3 share of one part's dot products over ``columns`` (the end of
+    step 3)."""
     if role == 0:
-        return _dealer_share(*held, powers)
-    return _evaluator_share(*held, powers, role == 1, frac)
+        return _dealer_share(held[0][:, columns], held[1][:, columns], basis)
+    rows, got = held
+    return _evaluator_share(rows[:, 1:][:, columns], got[:, columns], basis, role == 1,
+                            rows[:, 0] << np.uint64(frac) if constant else None)
 
 
 def _dealer_share(m1: RingArray, m2: RingArray, powers: AShare) -> RingArray:
@@ -253,18 +291,21 @@ def _selected_rows(u: RingArray, steps: RingArray, first: bool, key: Prg, label:
     return rows, ring.add(rows[:, 1:], key.ring(label, shape))
 
 
-def _evaluator_share(rows: RingArray, got: RingArray, powers: AShare, first: bool, frac: int
-                     ) -> RingArray:
+def _evaluator_share(rows: RingArray, got: RingArray, powers: AShare, first: bool,
+                     constant: RingArray | None) -> RingArray:
     """E1: C1_0 2^frac + C1 . (V_{s+1} + V_{s+2}) + M2 . V_{s+1}; E2: C2_0 2^frac + C2 .
-    (V_{s+2} + V_s) + M1 . V_s (E1's first half is V_{s+1}, E2's second is V_s)."""
+    (V_{s+2} + V_s) + M1 . V_s (E1's first half is V_{s+1}, E2's second is V_s); ``rows``
+    and ``got`` the non-constant entries taken, ``constant`` C_E0 2^frac or None."""
     mine = ring.add(powers.first, powers.second)
-    total = np.sum(rows[:, 1:] * mine, axis=-1, dtype=RING_DTYPE)
+    total = np.sum(rows * mine, axis=-1, dtype=RING_DTYPE)
     total += np.sum(got * (powers.first if first else powers.second), axis=-1, dtype=RING_DTYPE)
-    total += rows[:, 0] << np.uint64(frac)
+    if constant is not None:
+        total += constant
     return total
 
 
 __all__ = [
     "EvaluatorBits", "EvaluatorMaterial", "SelectedRows", "compare_for_evaluators",
     "exchange_rows", "open_to_evaluators", "prepare_evaluator_bits", "selected_dot",
+    "selected_horner",
 ]

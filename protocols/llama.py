@@ -251,12 +251,15 @@ class LayerPlan:
     """The protocols every layer takes where two trade rounds for bytes (public; every
     party the same): ``normalise_input``, whether the attention norm scales the residual
     before the QKV product (4 rounds more per layer, n (q + 2 kv - hidden) products by rho
-    fewer: :func:`normalised_qkv`). (SiLU's comparison bits, once a second such choice, are
-    always opened to their two evaluators only: 66 bytes per element fewer than to all
-    three, and, with the selected rows' exchange beside the powers, a round more only in a
-    prompt pass's layers of gate bound 2^8, :func:`mlp`.)"""
+    fewer: :func:`normalised_qkv`); ``silu_horner``, whether SiLU makes v^2 only and its
+    dot product by Horner's split (2 rounds more per layer, 43.5 bytes per element fewer:
+    :func:`mlp`). (SiLU's comparison bits, once a third such choice, are always opened to
+    their two evaluators only: 66 bytes per element fewer than to all three, and, with the
+    selected rows' exchange beside the powers, a round more only in a prompt pass's layers
+    of gate bound 2^8.)"""
 
     normalise_input: bool
+    silu_horner: bool = False
 
 
 def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
@@ -271,7 +274,9 @@ def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
         raise ValueError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, got {tradeoff!r}")
     if tradeoff == "fewer-rounds":
         return LayerPlan(normalise_input=False)
-    return LayerPlan(normalise_input=tradeoff == "fewer-bytes" or normalises_input(config))
+    if tradeoff == "fewer-bytes":
+        return LayerPlan(normalise_input=True, silu_horner=True)
+    return LayerPlan(normalise_input=normalises_input(config))
 
 
 def weight_plan(config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
@@ -761,8 +766,8 @@ async def attend(
 
 
 async def mlp(
-    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream, index: int,
-    pre: SegmentMaterial | None = None,
+    ctx: Context, config: LlamaConfig, plan: LayerPlan, layer: SecureLayer, stream: Stream,
+    index: int, pre: SegmentMaterial | None = None,
 ) -> Stream:
     """The stream x plus SwiGLU (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and
     up in one product (``pre``: the norm's TP1 tuples, :func:`prepare_tuples`).
@@ -772,7 +777,8 @@ async def mlp(
     exchange runs beside the powers: SiLU takes 6 rounds where its comparisons' tree has one
     level (gate bounds up to 2^7) or where their sender is the gate product's dealer, who
     holds its components a round early (a new token's one block: the leaves start in the
-    product's last round), else 7 (a prompt pass's layers of gate bound 2^8)."""
+    product's last round), else 7 (a prompt pass's layers of gate bound 2^8); with
+    ``plan.silu_horner`` 2 more, 43.5 bytes per element fewer (:func:`.activations.silu`)."""
     name = f"layer{index}"
     with ctx.scope("norm"):
         h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide,
@@ -786,7 +792,7 @@ async def mlp(
     gate = gate_up.map(lambda a: np.ascontiguousarray(a[..., :f]))
     up = gate_up.map(lambda a: np.ascontiguousarray(a[..., f:]))
     activated = await silu(ctx, gate, bound=config.gate_bound(index),  # its scope
-                           selection="evaluators")
+                           selection="evaluators", horner=plan.silu_horner)
     probe(ctx, f"{name}.silu", activated)
     with ctx.scope("silu_up"):
         product = await mul_fxp(ctx, activated, up)
@@ -808,7 +814,8 @@ async def decoder_layer(
         after = await attention(ctx, config, plan, layer, x, rope, cache, index, pre)
     probe(ctx, f"layer{index}.attn_residual", after.x)
     with ctx.scope("mlp"):
-        x = await mlp(ctx, config, layer, after, index, None if pre is None else pre.mlp_norm)
+        x = await mlp(ctx, config, plan, layer, after, index,
+                      None if pre is None else pre.mlp_norm)
     probe(ctx, f"layer{index}.residual", x.x)
     return x
 

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from puma_async.context import Context
 from puma_async.evaluate import Evaluation, evaluation_program
-from puma_async.protocols.evaluators import compare_for_evaluators, exchange_rows, selected_dot
+from puma_async.protocols.evaluators import (
+    SelectedRows,
+    compare_for_evaluators,
+    exchange_rows,
+    selected_dot,
+    selected_horner,
+)
 from puma_async.protocols.fastcmp import bounded_bits
 from puma_async.protocols.ring import RING_DTYPE, to_ring
 from puma_async.protocols.shares import AShare
@@ -36,14 +42,15 @@ def encode(values: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(values, float) * 2**FRAC).astype(np.int64).view(RING_DTYPE)
 
 
-def program(steps: np.ndarray, frac: int, bits: int) -> Any:
+def program(steps: np.ndarray, frac: int, bits: int, horner: bool = False) -> Any:
     thresholds = encode(THRESHOLDS)
     chain = bounded_bits(BOUND, thresholds, FRAC)
+    finish = selected_horner if horner else selected_dot
 
     async def fn(ctx: Context, x: AShare, powers: AShare) -> AShare:
         below = await compare_for_evaluators(ctx, x, thresholds, bits=chain)
         rows = await exchange_rows(ctx, below, to_ring(steps))
-        return await selected_dot(ctx, rows, powers, frac, bits)
+        return await finish(ctx, rows, powers, frac, bits)
 
     return fn
 
@@ -83,6 +90,46 @@ def test_the_selected_rows_dot_product(xs: list[float], seed: int, degree: int,
     got = run(program(steps, frac, bits), encode(x),
               powers.astype(np.int64).view(RING_DTYPE), sequential=sequential).outputs[0]
     assert_floor_or_next(got, expected(x, steps, powers, frac), bits)
+
+
+@settings(max_examples=20, deadline=None)
+@given(xs=st.lists(values, min_size=1, max_size=80),
+       seed=st.integers(0, 2**32 - 1), degree=st.integers(2, 5), sequential=st.booleans())
+@example(xs=[-11.0, 5.0 - 2.0**-FRAC, 256.0, -256.0], seed=0, degree=4, sequential=True)
+def test_the_selected_rows_by_horner(xs: list[float], seed: int, degree: int,
+                                     sequential: bool) -> None:
+    """From the powers V_1 .. V_h only (h = ceil(d / 2)): A + q V_h truncated by ``bits``,
+    A = sum_(j <= h) C_j V_j and q = floor(B / 2^frac) or that + 1, B = sum_(j > h) C_j
+    V_(j-h) (exact integers): the output is floor or floor + 1 of A + q V_h for one of the
+    two q, at and next to every threshold, with and without overlapping steps."""
+    rng = np.random.default_rng(seed)
+    x = np.round(np.array(xs) * 2**FRAC) / 2**FRAC
+    h = (degree + 1) // 2
+    steps = rng.integers(-(2**20), 2**20, (THRESHOLDS.size, degree + 1))
+    powers = rng.integers(-(2**24), 2**24, (x.size, h))
+    frac, bits = 24, 20
+    got = run(program(steps, frac, bits, horner=True), encode(x),
+              powers.astype(np.int64).view(RING_DTYPE), sequential=sequential).outputs[0]
+    low = expected(x, steps[:, : h + 1], powers, frac)
+    high = np.sum(((x[:, None] >= THRESHOLDS[None, :]).astype(object) @ steps[:, h + 1 :]
+                   .astype(object)) * powers[:, : degree - h].astype(object), axis=1)
+    top = powers[:, h - 1].astype(object)
+    got_ = got.view(np.int64).astype(object)
+    for i in range(x.size):
+        q = int(high[i]) >> frac
+        allowed = {(int(low[i] + (q + e) * top[i]) >> bits) + d for e in (0, 1) for d in (0, 1)}
+        assert got_[i] in allowed, (i, got_[i], allowed)
+
+
+def test_horner_refuses_a_split_that_leaves_powers_out() -> None:
+    """h must satisfy d / 2 <= h < d (B's powers v^1 .. v^(d-h) among those given, and at
+    least one coefficient above h): the error names both, before the protocol's first step
+    (no context is touched)."""
+    for h, degree in [(1, 4), (4, 4)]:
+        powers = AShare(np.zeros((4, h), RING_DTYPE), np.zeros((4, h), RING_DTYPE))
+        step = selected_horner(None, SelectedRows((), (), (4,), degree), powers, 24, 20)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=f"d / 2 <= h < d, got h = {h} for d = {degree}"):
+            step.send(None)
 
 
 def test_three_parts_and_their_costs() -> None:

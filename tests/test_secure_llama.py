@@ -159,15 +159,17 @@ def test_certified_bounds_shorten_silu_chains_only(session) -> None:
 
 
 @pytest.mark.parametrize(("heads", "tradeoff", "rounds_per_layer"), [
-    (2, "fewer-bytes", 3),  # the attention norm before the QKV product
+    (2, "fewer-bytes", 4),  # the attention norm before the QKV product (3), SiLU by Horner
     (4, "fewer-rounds", -3),  # multi-head: balanced takes the norm first, this does not
 ])
 def test_tradeoffs_give_the_same_tokens(heads: int, tradeoff: str,
                                         rounds_per_layer: int) -> None:
     """Every tradeoff's plan computes the same layers: plaintext's tokens and logits, and per
     pass the balanced plan's rounds plus those its protocols add or save per layer (3 for the
-    norm first here: RoPE's truncation is one block at this width), the bytes moving the
-    other way."""
+    norm first here: RoPE's truncation is one block at this width; 1 for SiLU by Horner:
+    its comparisons' one tree level starts in the gate product's last round, so the rows'
+    exchange ends a round after v^2, and B's truncation and the last take 4 rounds from
+    there instead of max(exchange, v^4) + 2), the bytes moving the other way."""
     raw = dataclasses.replace(UNBOUNDED, n_kv_heads=heads)
     config = dataclasses.replace(raw, gate_bounds=certify_gate_bounds(random_weights(raw, 3)))
     weights = random_weights(config, seed=3)

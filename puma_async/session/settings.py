@@ -32,7 +32,7 @@ from puma_async.protocols.llama import LayerPlan, layer_plan
 from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
 from puma_async.session.models import PRESETS, TINY, preset_architecture
 
-DIGEST_VERSION = 10
+DIGEST_VERSION = 11
 """Bumped whenever what the digested settings imply changes: 5, the weight plan (the norms'
 gains folded into the QKV and gate/up matrices, ``protocols.llama.weight_plan``); 6, the
 architecture's certified gate bounds (``LlamaConfig.gate_bounds``: SiLU's comparison chains);
@@ -42,7 +42,8 @@ tradeoff's layer plan (``protocols.llama.layer_plan``: multi-head attention's no
 its QKV product when balanced); 10, SiLU's and negExp's comparisons drop their tables'
 slack bits (``protocols.activations.TablePolynomial.slack``: shorter chains), SiLU's
 selected rows' exchange runs beside the powers (other step paths), and SiLU's bits go to
-the evaluators under every tradeoff."""
+the evaluators under every tradeoff; 11, "fewer-bytes" evaluates SiLU by Horner's split
+(``protocols.llama.LayerPlan.silu_horner``: other messages)."""
 REVEAL_LOGITS = ("last", "all")
 """What a prompt pass reveals to the client: the logits of its last position (enough to
 choose the next token), or of every position (teacher-forced perplexity of a text in one
