@@ -253,13 +253,17 @@ class LayerPlan:
     before the QKV product (4 rounds more per layer, n (q + 2 kv - hidden) products by rho
     fewer: :func:`normalised_qkv`); ``silu_horner``, whether SiLU makes v^2 only and its
     dot product by Horner's split (2 rounds more per layer, 43.5 bytes per element fewer:
-    :func:`mlp`). (SiLU's comparison bits, once a third such choice, are always opened to
-    their two evaluators only: 66 bytes per element fewer than to all three, and, with the
-    selected rows' exchange beside the powers, a round more only in a prompt pass's layers
-    of gate bound 2^8.)"""
+    :func:`mlp`); ``candidate_tuples``, whether the norms' rsqrt and the softmax's 1/sum
+    truncate their segments' candidates by TP1 from offline tuples (1 round each) or by the
+    2-round truncation with no offline material (3 rounds more per norm, 1 per reciprocal;
+    about 40 kB per norm row fewer: :func:`prepare_tuples`). (SiLU's comparison bits, once a
+    fourth such choice, are always opened to their two evaluators only: 66 bytes per element
+    fewer than to all three, and, with the selected rows' exchange beside the powers, a
+    round more only in a prompt pass's layers of gate bound 2^8.)"""
 
     normalise_input: bool
     silu_horner: bool = False
+    candidate_tuples: bool = True
 
 
 def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
@@ -275,7 +279,7 @@ def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
     if tradeoff == "fewer-rounds":
         return LayerPlan(normalise_input=False)
     if tradeoff == "fewer-bytes":
-        return LayerPlan(normalise_input=True, silu_horner=True)
+        return LayerPlan(normalise_input=True, silu_horner=True, candidate_tuples=False)
     return LayerPlan(normalise_input=normalises_input(config))
 
 
@@ -848,9 +852,10 @@ async def prepare_tuples(
     ctx: Context, config: LlamaConfig, plan: LayerPlan, rows: int, keys: int, head_rows: int
 ) -> PassTuples:
     """Every TP1 tuple of a pass over ``rows`` new rows and ``keys`` cached + new positions
-    (the head's norm on ``head_rows``), and the comparisons' material of its norms and
-    reciprocals, public parameters only: phase ``offline``, 4 rounds. The TP1 tuples in one
-    preparation per truncation width for the whole pass
+    (the head's norm on ``head_rows``; none where ``plan.candidate_tuples`` is False: the
+    segments' candidates then truncate in 2 rounds each), and the comparisons' material of
+    its norms and reciprocals, public parameters only: phase ``offline``, 4 rounds. The TP1
+    tuples in one preparation per truncation width for the whole pass
     (:func:`.segments.prepare_segment_batches`: its local time does not grow with the
     number of norms), in scope ``tuples``; each norm's and reciprocal's comparisons' material
     (:func:`.segments.prepare_selection`) in that component's scope. Made during the pass
@@ -865,7 +870,7 @@ async def prepare_tuples(
               for c in ("attn.norm", "attn.softmax.reciprocal", "mlp.norm")]
     got = await prepare_segment_batches(
         ctx, [*layer * config.n_layers, rms_norm_tuples(ctx, (head_rows, config.hidden), eps=eps)],
-        scopes=[*scopes, "head"], tuples_scope="tuples")
+        scopes=[*scopes, "head"], tuples_scope="tuples", tuples=plan.candidate_tuples)
     return PassTuples(rows, keys, head_rows,
                       tuple(LayerTuples(*got[3 * i : 3 * i + 3]) for i in range(config.n_layers)),
                       got[-1])

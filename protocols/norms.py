@@ -45,7 +45,11 @@ paths' selection), product 2. The sums of squares cost no round of their own: th
 (the comparisons' leaves with the evaluators' swap of their shares, t_m's TP1 on
 3-out-of-3 shares under a second zero-sharing: :func:`.segments.segmented_power`, whose
 docstrings give the security argument) replaces their resharing. RMSNorm given its wide
-copy (``wide``) skips the truncation: 6 rounds. Bytes per element online + offline: 107.8
+copy (``wide``) skips the truncation: 6 rounds. Given material made without TP1 tuples
+(:func:`.segments.prepare_segment_batches`' ``tuples=False``), the rsqrt truncates its
+candidates in 2 rounds each: 3 rounds more (9 given the wide copy, 11 without), about 28 kB
+fewer offline per row of 576 (35.4 -> 7.6 kB: the comparisons' material only), online about
+the same. Bytes per element online + offline: 107.8
 + 62.37 for RMSNorm (8, 576) (111.28 + 68.18 for one row), 125.83 + 48.4 for LayerNorm
 (8, 768): per element the truncation(s) (25 bytes each) and the product (45); per row of
 576 the rsqrt's 22 kB online and 48 kB offline (149 comparisons with their products, 95 of

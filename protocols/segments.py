@@ -57,8 +57,11 @@ three segments (2,709.75 and 5,435 for [0.5, 129]); with two ranges, per thresho
 range 48 more online (two products) and 24 offline (r_a r_i). The offline material (TP1
 tuples, the comparisons' dealt products and random bits, r_a r_i) can be made ahead
 (:func:`prepare_segments`, 4 offline rounds), so that no online round waits on an offline
-one; inline, the TP1 tuples' 4 offline rounds run beside the comparisons, but r_a r_i takes
-one offline round after them, which the opening waits for (a latency of wall time, no
+one, or made without the TP1 tuples (``tuples=False``: every truncation of the candidates
+then takes :mod:`.trunc`'s 2 rounds, with no offline material: 5 rounds on the direct plan,
+7 on the wide one, and per octave of three segments about 570 bytes fewer offline); inline,
+the TP1 tuples' 4 offline rounds run beside the comparisons, but r_a r_i takes one offline
+round after them, which the opening waits for (a latency of wall time, no
 online round).
 
 Error, relative to the output y: the fit's (3.25e-7 for rsqrt, 1.34e-6 for 1/x); P's
@@ -81,6 +84,7 @@ import fractions
 import functools
 import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -88,7 +92,7 @@ import numpy.typing as npt
 from puma_async.context import OFFLINE_PHASE, Context
 
 from . import ring
-from .arith import dot_fxp, mul, square_fxp
+from .arith import Rounds, dot_fxp, mul, square_fxp
 from .compare import sign_product, sign_times
 from .fastcmp import (
     CompareMaterial,
@@ -103,6 +107,7 @@ from .polynomial import HEADROOM_BITS
 from .randomness import masked_share
 from .ring import RingArray, neg, to_ring
 from .shares import AShare, concatenate, public_share, stack
+from .trunc import truncate, truncate_additive
 from .trunc1 import (
     Trunc1Material,
     Trunc1Spec,
@@ -278,7 +283,9 @@ async def segmented_power(
 
     Cost: the comparisons in one batch (3 rounds) beside all candidates (2 rounds on the
     direct plan, else 3), then the opening with the selection: 4 rounds. Bytes: module
-    docstring.
+    docstring. With material made without TP1 tuples (:func:`prepare_segment_batches`'
+    ``tuples=False``) the candidates take 4 or 6 rounds: 5 rounds on the direct plan, 7 on
+    the wide one, and no offline bytes but the comparisons'.
 
     ``x`` may be this party's 3-out-of-3 share z of X (untruncated, masked by a fresh
     zero-sharing: :func:`.arith.dot_share`; not on the direct plan), so that everything
@@ -350,14 +357,21 @@ async def _switch_pairs(ctx: Context, r: AShare, n: int) -> AShare:
 class SegmentMaterial:
     """The offline material of :func:`segmented_power` (:func:`prepare_segments`): the TP1
     tuples of :func:`segment_candidates` (t_m's truncation, None when W = F: no truncation;
-    t_m^2's; the candidates' dot products'), the comparisons' material and, with two ranges,
-    the products r_a r_i of their random bits (:func:`_select_two`; None with one range)."""
+    t_m^2's; the candidates' dot products'), or None for all three (made with ``tuples=False``:
+    the candidates' truncations then take 2 rounds each, :mod:`.trunc`), the comparisons'
+    material and, with two ranges, the products r_a r_i of their random bits
+    (:func:`_select_two`; None with one range)."""
 
     t: Trunc1Material | None
-    t2: Trunc1Material
-    dot: Trunc1Material
+    t2: Trunc1Material | None
+    dot: Trunc1Material | None
     compare: CompareMaterial
     pairs: AShare | None
+
+    @property
+    def one_round(self) -> bool:
+        """Whether the candidates' truncations take TP1's one round (their tuples here)."""
+        return self.dot is not None
 
 
 def segment_specs(plan: SegmentPlan, rows: int) -> tuple[Trunc1Spec | None, Trunc1Spec,
@@ -389,7 +403,7 @@ async def prepare_selection(
 
 async def prepare_segment_batches(
     ctx: Context, requests: Sequence[tuple[SegmentPlan, int]], *,
-    scopes: Sequence[str] | None = None, tuples_scope: str | None = None,
+    scopes: Sequence[str] | None = None, tuples_scope: str | None = None, tuples: bool = True,
 ) -> list[SegmentMaterial]:
     """The offline material of :func:`segmented_power` for each (plan, rows) request (public
     parameters only; phase ``offline``, 4 rounds): the TP1 tuples in one preparation per
@@ -397,10 +411,13 @@ async def prepare_segment_batches(
     ``tuples_scope`` if given), beside each request's comparisons' material
     (:func:`prepare_selection`; in scope ``scopes[i]`` if given). Start it early, beside
     earlier work, and pass each as ``pre``: then no online round of the power waits on an
-    offline one."""
-    specs = [spec for plan, rows in requests for spec in segment_specs(plan, rows)]
+    offline one. ``tuples=False``: no TP1 tuples (the material's ``one_round`` False: the
+    power then truncates its candidates in 2 rounds each, 3 rounds more on the wide plan,
+    1 more on the direct one, and about 100-130 bytes per truncation fewer offline)."""
+    specs = [spec for plan, rows in requests for spec in segment_specs(plan, rows)
+             ] if tuples else [None] * (3 * len(requests))
 
-    async def tuples(c: Context) -> list[Trunc1Material | None]:
+    async def made(c: Context) -> list[Trunc1Material | None]:
         with _maybe_scope(c, tuples_scope):
             return await prepare_trunc1_batches(c, specs)
 
@@ -411,7 +428,7 @@ async def prepare_segment_batches(
                 return await prepare_selection(c, *requests[i])
         return step
 
-    got, *selections = await ctx.gather(tuples, *map(selection, range(len(requests))))
+    got, *selections = await ctx.gather(made, *map(selection, range(len(requests))))
     return [SegmentMaterial(*got[3 * i : 3 * i + 3], *selections[i])
             for i in range(len(requests))]
 
@@ -439,7 +456,8 @@ async def segment_candidates(
     :func:`prepare_segments`, None: prepared inline): per octave t_m (exact, local) and t_m,
     t_m^2 at SEGMENT_FRAC bits (1 round on the direct plan, t_m's truncation beside the
     square; else 2: truncation, then square), per candidate one dot product of length 2
-    (1 round): 2 or 3 rounds.
+    (1 round): 2 or 3 rounds. Material without tuples (``pre.one_round`` False): every
+    truncation by :mod:`.trunc`'s in 2 rounds, 4 or 6 rounds.
 
     ``x`` as 3-out-of-3 shares z (:func:`segmented_power`; wide plan only): t_m's TP1 takes
     P_i's share z_i 2^(W+1-m) (- 3 2^W at P_0) + beta_i, beta a *second* fresh zero-sharing,
@@ -455,34 +473,61 @@ async def segment_candidates(
     its own z_(s+2), i.e. X itself; the scales 2^(W+1-m) are powers of two, so even z_s
     2^(W+1-m) mod 2^64 would give X's low bits. The opened c = t + r stays uniform (r)."""
     role, f, w = ctx.role, SEGMENT_FRAC, plan.work
-    t_pre, t2_pre, dot_pre = (None, None, None) if pre is None else (pre.t, pre.t2, pre.dot)
+    trunc = _Truncations(pre)
     if not isinstance(x, AShare):
         if plan.direct:
             raise ValueError("3-out-of-3 input only on the wide plan (W = 60)")
         shares = ring.mul(x[..., plan.octave_range], plan.scales)
         if role == 0:
             shares = ring.add(shares, to_ring(neg(3 << w)))
-        t = await truncate1_additive(ctx, await masked_share(ctx, shares), w - f, pre=t_pre)
+        t = await trunc.additive(ctx, await masked_share(ctx, shares), w - f)
     else:
         exact = x[..., plan.octave_range].scale(plan.scales).add_public(role, neg(3 << w))
         if plan.direct:
             t, t2 = await ctx.gather(
-                lambda c: truncate1(c, exact, w - f, pre=t_pre),
-                lambda c: square_fxp(c, exact, bits=2 * w - f, rounds=1, pre=t2_pre))
-            return await _candidates_from_t(ctx, plan, exact, t, w, t2_pre, dot_pre, t2)
-        t = await truncate1(ctx, exact, w - f, pre=t_pre)
-    return await _candidates_from_t(ctx, plan, t, t, f, t2_pre, dot_pre)
+                lambda c: trunc.replicated(c, exact, w - f),
+                lambda c: square_fxp(c, exact, bits=2 * w - f, **trunc.of("t2")))
+            return await _candidates_from_t(ctx, plan, exact, t, w, trunc, t2)
+        t = await trunc.replicated(ctx, exact, w - f)
+    return await _candidates_from_t(ctx, plan, t, t, f, trunc)
+
+
+class _Truncations:
+    """How :func:`segment_candidates` truncates, by its material: TP1 (one round) from the
+    tuples in ``pre`` (or made inline when None), or, material without tuples, the 2-round
+    truncation of :mod:`.trunc`."""
+
+    def __init__(self, pre: SegmentMaterial | None) -> None:
+        self.pre = pre
+        self.rounds: Rounds = 1 if pre is None or pre.one_round else 2
+
+    def of(self, name: str) -> dict[str, Any]:
+        """The ``rounds`` and ``pre`` arguments of a product's truncation (``name``: its
+        tuples' field of :class:`SegmentMaterial`)."""
+        tuples = None if self.pre is None else getattr(self.pre, name)
+        return {"rounds": self.rounds, "pre": tuples}
+
+    async def replicated(self, ctx: Context, x: AShare, bits: int) -> AShare:
+        if self.rounds == 2:
+            return await truncate(ctx, x, bits)
+        return await truncate1(ctx, x, bits, pre=self.of("t")["pre"])
+
+    async def additive(self, ctx: Context, z: RingArray, bits: int) -> AShare:
+        if self.rounds == 2:
+            return await truncate_additive(ctx, z, bits)
+        return await truncate1_additive(ctx, z, bits, pre=self.of("t")["pre"])
 
 
 async def _candidates_from_t(
-    ctx: Context, plan: SegmentPlan, exact: AShare, t: AShare, low: int,
-    t2_pre: Trunc1Material | None, dot_pre: Trunc1Material | None, t2: AShare | None = None,
+    ctx: Context, plan: SegmentPlan, exact: AShare, t: AShare, low: int, trunc: _Truncations,
+    t2: AShare | None = None,
 ) -> AShare:
     """The candidates from t_m at SEGMENT_FRAC bits (``exact``: t_m at ``low`` bits, for
-    a_1 s) and t_m^2 (squared here, 1 round, when None): the dot products (1 round)."""
+    a_1 s) and t_m^2 (squared here, 1 or 2 rounds, when None): the dot products (1 or 2
+    rounds, by ``trunc``)."""
     role, f = ctx.role, SEGMENT_FRAC
     if t2 is None:
-        t2 = await square_fxp(ctx, t, bits=f, rounds=1, pre=t2_pre)
+        t2 = await square_fxp(ctx, t, bits=f, **trunc.of("t2"))
     squared = t2
 
     def operands() -> tuple[AShare, AShare]:
@@ -499,7 +544,7 @@ async def _candidates_from_t(
                        s_low.scale(a[1]).add_public(role, a[0])], axis=-1))
 
     lhs, rhs = await offload(operands, size=4 * t.size)
-    dots = await dot_fxp(ctx, lhs, rhs, DOT_BITS, rounds=1, pre=dot_pre)
+    dots = await dot_fxp(ctx, lhs, rhs, DOT_BITS, **trunc.of("dot"))
     return await offload(dots.scale, plan.shifts, size=dots.size)
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from puma_async.context import Context
 from puma_async.errors import RunFailedError
 from puma_async.protocols.norms import MAX_ABS, layer_norm, rms_norm, rms_norm_tuples, wide_shift
-from puma_async.protocols.segments import prepare_segments
+from puma_async.protocols.segments import prepare_segment_batches
 from puma_async.protocols.shares import AShare
 
 EPS = 1e-5
@@ -115,20 +115,49 @@ def test_rms_norm_at_more_fractional_bits(fxp) -> None:
             assert isinstance(error, ValueError) and "out_frac must be in" in str(error)
 
 
-def test_rms_norm_with_tuples_made_ahead(fxp) -> None:
-    """The rsqrt's TP1 tuples made before the norm (:func:`rms_norm_tuples`, offline) give
-    the same bounds, in the same online rounds."""
+@pytest.mark.parametrize(("tuples", "rounds", "offline_per_row"), [
+    (True, 8, (34_000, 37_000)), (False, 11, (7_000, 8_500))])
+def test_rms_norm_with_tuples_made_ahead(fxp, tuples: bool, rounds: int,
+                                         offline_per_row: tuple[int, int]) -> None:
+    """The rsqrt's material made before the norm (:func:`rms_norm_tuples`, offline) gives
+    the same bounds: with TP1 tuples in the same online rounds (8), about 35 kB per row
+    offline; without (``tuples=False``: the candidates truncated in 2 rounds each) 3 rounds
+    more, and only the comparisons' material offline, about 7.6 kB per row (rows of 576;
+    online about 61 kB either way, the product x rho's 26 kB included)."""
     rng = np.random.default_rng(8)
     x = _rows(rng, 24, 576)
 
     async def fn(ctx: Context, a: AShare) -> AShare:
-        pre = await prepare_segments(ctx, *rms_norm_tuples(ctx, a.shape, eps=EPS))
+        plan, rows = rms_norm_tuples(ctx, a.shape, eps=EPS)
+        (pre,) = await prepare_segment_batches(ctx, [(plan, rows)], tuples=tuples)
         return await rms_norm(ctx, a, eps=EPS, pre=pre)
 
     got, ev = fxp.run(fn, x)
     want, inv = _rms(fxp, x, np.ones(576))
     assert np.all(np.abs(got - want) <= _tolerance(fxp, want, inv, np.ones(576), centred=False))
-    assert max(ev.cost(p).rounds for p in range(3)) == 8
+    assert max(ev.cost(p).rounds for p in range(3)) == rounds
+    offline = sum(ev.stats[p].totals(phase="offline").bytes_sent for p in range(3)) / len(x)
+    assert offline_per_row[0] < offline < offline_per_row[1], offline
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.integers(0, 2**32), st.integers(-3 * 10**8, 3 * 10**8), st.integers(-1, 1))
+@example(1, 5 * 10**7, -1)
+@example(2, -5 * 10**7, 1)
+def test_rms_norm_without_tuples_at_the_switch(fxp, seed: int, offset: int, low: int) -> None:
+    """:func:`test_rms_norm_at_the_switch`'s rows, the rsqrt's candidates truncated in 2
+    rounds each (material without TP1 tuples): the same bounds on both paths."""
+    units, wide = _switch_rows(seed, offset, low)
+    x = units * fxp.ulp
+
+    async def fn(ctx: Context, a: AShare, b: AShare) -> AShare:
+        plan, rows = rms_norm_tuples(ctx, a.shape, eps=EPS)
+        (pre,) = await prepare_segment_batches(ctx, [(plan, rows)], tuples=False)
+        return await rms_norm(ctx, a, eps=EPS, wide=b, pre=pre)
+
+    got, _ = fxp.run(fn, x, wide * fxp.ulp)
+    want, inv = _rms(fxp, x, np.ones(576))
+    assert np.all(np.abs(got - want) <= _tolerance(fxp, want, inv, np.ones(576), centred=False))
 
 
 @pytest.mark.parametrize("kind", WEIGHTS)

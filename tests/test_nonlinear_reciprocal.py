@@ -16,6 +16,7 @@ from puma_async.protocols.reciprocal import (
     RSQRT_SEGMENTS,
     exponents,
     reciprocal,
+    reciprocal_tuples,
     rsqrt,
 )
 from puma_async.protocols.segments import (
@@ -24,6 +25,7 @@ from puma_async.protocols.segments import (
     Exponents,
     Segments,
     plan_segments,
+    prepare_segment_batches,
 )
 from puma_async.protocols.shares import AShare
 
@@ -90,6 +92,30 @@ def test_reciprocal_grid(fxp, lo: float, hi: float, frac_out: int) -> None:
     got, ev = fxp.run(fn, x, frac_out=frac_out)
     _check_reciprocal(got, 1 / fxp.quantised(x), frac_out, _direct(hi))
     assert [ev.cost(p).rounds for p in range(3)] == [ROUNDS] * 3
+
+
+@pytest.mark.parametrize(("lo", "hi", "frac_out", "rounds"), [
+    (1 - 2.0**-17, 8 * (1 + 2.0**-17), 32, 5),  # the direct plan: t and t^2, then the dots
+    (2.0**13, 2.0**17, 40, 7),  # the wide plan: t, t^2, the dots one after another
+])
+def test_reciprocal_without_tuples(fxp, lo: float, hi: float, frac_out: int,
+                                   rounds: int) -> None:
+    """Material made without TP1 tuples (``prepare_segment_batches(..., tuples=False)``):
+    the candidates' truncations take 2 rounds each, so 5 rounds on the direct plan and 7 on
+    the wide one instead of 4, the same bounds, and offline only the comparisons'
+    material."""
+    x = np.concatenate([_log_grid(lo, hi, 4001), _segment_starts(lo, hi), [lo, hi]])
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        request = reciprocal_tuples(ctx, a.size, min_value=lo, max_value=hi, frac_out=frac_out)
+        (pre,) = await prepare_segment_batches(ctx, [request], tuples=False)
+        return await reciprocal(ctx, a, min_value=lo, max_value=hi, frac_out=frac_out, pre=pre)
+
+    got, ev = fxp.run(fn, x, frac_out=frac_out)
+    _check_reciprocal(got, 1 / fxp.quantised(x), frac_out, _direct(hi))
+    assert [ev.cost(p).rounds for p in range(3)] == [rounds] * 3
+    offline = max(ev.stats[p].totals(phase="offline").rounds for p in range(3))
+    assert offline == 2  # the comparisons' random bits only: no TP1 tuple's 4 rounds
 
 
 @settings(max_examples=25, deadline=None)

@@ -264,7 +264,8 @@ def test_tradeoff_setting() -> None:
     assert SessionSettings("s", architecture=multi_head, model="mh").plan == LayerPlan(True)
     assert SessionSettings("s", architecture=multi_head, model="mh",
                            tradeoff="fewer-rounds").plan == LayerPlan(False)
-    assert SessionSettings("s", tradeoff="fewer-bytes").plan == LayerPlan(True, silu_horner=True)
+    assert SessionSettings("s", tradeoff="fewer-bytes").plan == LayerPlan(
+        True, silu_horner=True, candidate_tuples=False)
     assert SessionSettings.from_dict(SessionSettings("s", tradeoff="fewer-rounds").to_dict()
                                      ).tradeoff == "fewer-rounds"
     with pytest.raises(SettingsError, match="tradeoff must be one of balanced, fewer-rounds, "
