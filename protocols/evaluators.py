@@ -27,6 +27,9 @@ E1 = P_{s+1}, E2 = P_{s+2}; keys k(S, E1) = k_{s+1}, k(S, E2) = k_s, as :mod:`.f
    M2 . V_{s+1}, z_E2 = C2 . (V_{s+2} + V_s) + M1 . V_s and z_S = -(m1 . V_s + m2 .
    V_{s+1}) (constant entries: C_0 2^frac at E1 and E2) are 3-out-of-3 shares of C . V,
    masked by a zero-sharing and truncated as every product (:func:`.arith.finish_product`).
+   :func:`selected_horner` computes the same value from v .. v^h only (h = ceil(d / 2)):
+   the same shares over two column ranges, A + v^h B with B truncated apart (2 rounds
+   more, d - h powers fewer).
 
 **Security** (semi-honest, one corruption): E2 receives y2 (uniform: y1 is a stream of k_{s+1},
 which E2 lacks), s1 ^ a (a: k_{s+1}) and M1 (m1: k_{s+1}); E1 receives s2 ^ a' (a': k_s) and

@@ -268,12 +268,15 @@ class LayerPlan:
 
 def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
     """The layers' protocols for ``tradeoff`` (:data:`TRADEOFFS`): "balanced" scales the
-    attention's input where that saves 2 of 3 products by rho (:func:`normalises_input`),
-    "fewer-rounds" nowhere, "fewer-bytes" everywhere. Measured (``benchmarks/llama.py
+    attention's input where that saves 2 of 3 products by rho (:func:`normalises_input`)
+    and takes the rounds side of the other choices, "fewer-rounds" the rounds side
+    everywhere, "fewer-bytes" the bytes side everywhere (the norm first, SiLU by Horner's
+    split, the segments' candidates without TP1 tuples). Measured (``benchmarks/llama.py
     --tradeoff``, online + offline, all parties): a new SmolLM2 token after 5 prompt tokens
     balanced and fewer-rounds (the same plan: grouped-query attention) 1,271 rounds and
-    35.9 MB, fewer-bytes 1,361 and 35.4; a 7B-shape block of 8 tokens balanced and
-    fewer-bytes 48 rounds and 58.6 MB, fewer-rounds 44 and 61.4."""
+    35.9 MB, fewer-bytes 1,636 and 31.3; the 5-token prompt pass 1,333 rounds and 169.8 MB,
+    fewer-bytes 1,726 and 146.9; a 7B-shape block of 8 tokens balanced 48 rounds and 58.6
+    MB, fewer-rounds 44 and 61.4, fewer-bytes 58 and 54.8."""
     if tradeoff not in TRADEOFFS:
         raise ValueError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, got {tradeoff!r}")
     if tradeoff == "fewer-rounds":

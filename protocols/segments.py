@@ -471,7 +471,9 @@ async def segment_candidates(
     (beta, k_(s+2)). Every received word is a value plus a fresh PRG word of a key the
     receiver lacks: uniform. With beta = alpha (or no beta) E2 would hold z_s, z_(s+1) and
     its own z_(s+2), i.e. X itself; the scales 2^(W+1-m) are powers of two, so even z_s
-    2^(W+1-m) mod 2^64 would give X's low bits. The opened c = t + r stays uniform (r)."""
+    2^(W+1-m) mod 2^64 would give X's low bits. The opened c = t + r stays uniform (r).
+    Without tuples, :func:`.trunc.truncate_additive` sends each masked word t_(m,i) to one
+    opener only, a subset of the above."""
     role, f, w = ctx.role, SEGMENT_FRAC, plan.work
     trunc = _Truncations(pre)
     if not isinstance(x, AShare):

@@ -1,6 +1,8 @@
 """Secure generation with the real SmolLM2-135M-Instruct equals plaintext greedy generation.
 
-One session (the weights are shared once) with three prompts and a few tokens each. Bounds,
+One session per tradeoff (the weights are shared once in each: balanced, the default, and
+fewer-bytes, whose protocols differ: the attention norm first, SiLU by Horner's split, the
+norms' candidates truncated without TP1 tuples) with three prompts and a few tokens each. Bounds,
 secure logits vs the float64 reference on the same prefix, at every position: issue 13's
 goals, max |logit error| <= 0.05 and KL(plaintext || secure) <= 1e-4 (measured 0.0030 and
 7.8e-8 on logits up to 25; " Paris" 17.372 vs 17.371).
@@ -14,7 +16,7 @@ import pytest
 from puma_async.accuracy import token_metrics
 from puma_async.errors import ModelFileError
 from puma_async.model import KVCache, Tokenizer, forward, greedy_generate, load_gguf
-from puma_async.session import GenerationOptions, run_session
+from puma_async.session import GenerationOptions, in_process_settings, run_session
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +27,8 @@ NEW_TOKENS = 2
 PARIS = 7042
 
 
-def test_secure_greedy_generation_equals_plaintext() -> None:
+@pytest.mark.parametrize("tradeoff", ["balanced", "fewer-bytes"])
+def test_secure_greedy_generation_equals_plaintext(tradeoff: str) -> None:
     try:
         weights = load_gguf()
         tokenizer = Tokenizer.from_gguf()
@@ -35,7 +38,8 @@ def test_secure_greedy_generation_equals_plaintext() -> None:
     prompts = [tokenizer.encode(text) for text in PROMPTS]
     assert prompts[0] == [504, 3575, 282, 4649, 314]
     options = GenerationOptions(eos_id=tokenizer.eos_id)
-    result = run_session(weights, prompts, options, max_new_tokens=NEW_TOKENS)
+    settings = in_process_settings(weights.config, NEW_TOKENS, tradeoff=tradeoff)
+    result = run_session(weights, prompts, options, settings=settings)
     metrics = []
     for text, prompt, secure in zip(PROMPTS, prompts, result.prompts, strict=True):
         plain = greedy_generate(w64, prompt, NEW_TOKENS, tokenizer.eos_id)
