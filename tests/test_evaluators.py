@@ -74,51 +74,40 @@ near = st.sampled_from([t + d for t in THRESHOLDS for d in (-2.0**-FRAC, 0.0, 2.
 values = st.one_of(near, st.floats(-BOUND, BOUND), st.sampled_from([-BOUND, BOUND]))
 
 
-@settings(max_examples=20, deadline=None)
-@given(xs=st.lists(values, min_size=1, max_size=80),
-       seed=st.integers(0, 2**32 - 1), degree=st.integers(1, 4), sequential=st.booleans())
-@example(xs=[-11.0, 5.0 - 2.0**-FRAC, 256.0, -256.0], seed=0, degree=4, sequential=True)
+@settings(max_examples=30, deadline=None)
+@given(xs=st.lists(values, min_size=1, max_size=80), seed=st.integers(0, 2**32 - 1),
+       degree=st.integers(1, 5), sequential=st.booleans(), horner=st.booleans())
+@example(xs=[-11.0, 5.0 - 2.0**-FRAC, 256.0, -256.0], seed=0, degree=4, sequential=True,
+         horner=False)
+@example(xs=[-11.0, 5.0 - 2.0**-FRAC, 256.0, -256.0], seed=0, degree=4, sequential=True,
+         horner=True)
 def test_the_selected_rows_dot_product(xs: list[float], seed: int, degree: int,
-                                       sequential: bool) -> None:
+                                       sequential: bool, horner: bool) -> None:
     """Exact selection at and next to every threshold and at the bound's ends, any degree,
-    with and without overlapping steps: floor or floor + 1 of the exact dot product."""
+    with and without overlapping steps: floor or floor + 1 of the exact dot product. By
+    Horner's split (degree >= 2), from the powers V_1 .. V_h only (h = ceil(d / 2)): floor
+    or floor + 1 of A + q V_h, A = sum_(j <= h) C_j V_j, for q = floor(B / 2^frac) or that
+    + 1, B = sum_(j > h) C_j V_(j-h) (exact integers)."""
+    horner = horner and degree >= 2
     rng = np.random.default_rng(seed)
     x = np.round(np.array(xs) * 2**FRAC) / 2**FRAC
-    steps = rng.integers(-(2**20), 2**20, (THRESHOLDS.size, degree + 1))
-    powers = rng.integers(-(2**24), 2**24, (x.size, degree))
-    frac, bits = 24, 20  # |C V| < 5 * 2^20 * 2^25 * 2^24 < 2^62
-    got = run(program(steps, frac, bits), encode(x),
-              powers.astype(np.int64).view(RING_DTYPE), sequential=sequential).outputs[0]
-    assert_floor_or_next(got, expected(x, steps, powers, frac), bits)
-
-
-@settings(max_examples=20, deadline=None)
-@given(xs=st.lists(values, min_size=1, max_size=80),
-       seed=st.integers(0, 2**32 - 1), degree=st.integers(2, 5), sequential=st.booleans())
-@example(xs=[-11.0, 5.0 - 2.0**-FRAC, 256.0, -256.0], seed=0, degree=4, sequential=True)
-def test_the_selected_rows_by_horner(xs: list[float], seed: int, degree: int,
-                                     sequential: bool) -> None:
-    """From the powers V_1 .. V_h only (h = ceil(d / 2)): A + q V_h truncated by ``bits``,
-    A = sum_(j <= h) C_j V_j and q = floor(B / 2^frac) or that + 1, B = sum_(j > h) C_j
-    V_(j-h) (exact integers): the output is floor or floor + 1 of A + q V_h for one of the
-    two q, at and next to every threshold, with and without overlapping steps."""
-    rng = np.random.default_rng(seed)
-    x = np.round(np.array(xs) * 2**FRAC) / 2**FRAC
-    h = (degree + 1) // 2
+    h = (degree + 1) // 2 if horner else degree
     steps = rng.integers(-(2**20), 2**20, (THRESHOLDS.size, degree + 1))
     powers = rng.integers(-(2**24), 2**24, (x.size, h))
-    frac, bits = 24, 20
-    got = run(program(steps, frac, bits, horner=True), encode(x),
+    frac, bits = 24, 20  # |C| < 5 * 2^20, |V| < 2^24: |C V| < 6 * 5 * 2^44 < 2^62
+    got = run(program(steps, frac, bits, horner), encode(x),
               powers.astype(np.int64).view(RING_DTYPE), sequential=sequential).outputs[0]
+    if not horner:
+        assert_floor_or_next(got, expected(x, steps, powers, frac), bits)
+        return
     low = expected(x, steps[:, : h + 1], powers, frac)
     high = np.sum(((x[:, None] >= THRESHOLDS[None, :]).astype(object) @ steps[:, h + 1 :]
                    .astype(object)) * powers[:, : degree - h].astype(object), axis=1)
     top = powers[:, h - 1].astype(object)
-    got_ = got.view(np.int64).astype(object)
-    for i in range(x.size):
+    for i, value in enumerate(got.view(np.int64).tolist()):
         q = int(high[i]) >> frac
         allowed = {(int(low[i] + (q + e) * top[i]) >> bits) + d for e in (0, 1) for d in (0, 1)}
-        assert got_[i] in allowed, (i, got_[i], allowed)
+        assert value in allowed, (i, value, allowed)
 
 
 def test_horner_refuses_a_split_that_leaves_powers_out() -> None:
