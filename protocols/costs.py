@@ -107,6 +107,12 @@ def _elementwise(rounds: int, bytes_: float, inputs: int = 1, large_rounds: int 
     )
 
 
+def _per_value(online: Cost, offline: Cost) -> tuple[Case, ...]:
+    """64 and :data:`SMALL` values of a per-value op (the reciprocals: the same per element,
+    no rotation of roles below :data:`LARGE`)."""
+    return tuple(Case(((n,),), online, offline) for n in (64, SMALL))
+
+
 _MATMUL_SMALL: Shapes = ((16, 32), (32, 16))
 _MATMUL_LARGE: Shapes = ((768, 32), (32, 16))
 _LINEAR = "the same per element for any multiple of 64 elements"
@@ -223,18 +229,20 @@ COSTS: tuple[OpCost, ...] = (
            "0.0719", _LINEAR, kwargs={"method": "puma"}, variant='method="puma"'),
     OpCost("exp.neg_exp", _elementwise(6, 278.38, offline=292.5), "4.5e-6 on x <= 0",
            "54-bit chains (the slack's 10 bits dropped); " + _LINEAR),
-    OpCost("reciprocal.reciprocal",
-           (Case(((64,),), Cost(4, 2709.75), Cost(4, 5435.0)),
-            Case(((SMALL,),), Cost(4, 2709.75), Cost(4, 5435.0))),
+    OpCost("reciprocal.reciprocal", _per_value(Cost(4, 2709.75), Cost(4, 5435.0)),
            "relative 2.4e-6 where the output has 2^21 units (measured 2.2e-6 from 2^20); "
            "2.6e-6 + 1.5 units everywhere",
            "per octave of [min_value, max_value] three comparisons with their products and "
            "three candidates (about 300 bytes online, 600 offline: TP1 tuples); 4 rounds on "
            "both plans",
            kwargs=_RANGE, variant="x in [0.5, 129]"),
-    OpCost("reciprocal.rsqrt",
-           (Case(((64,),), Cost(4, 2709.75), Cost(4, 5435.0)),
-            Case(((SMALL,),), Cost(4, 2709.75), Cost(4, 5435.0))),
+    OpCost("reciprocal.reciprocal", _per_value(Cost(5, 2586.0), Cost(2, 669.5)),
+           "as with the tuples",
+           "as with the tuples, but every candidate truncated in 2 rounds (no TP1 tuple): "
+           "offline only the comparisons' material (669.5 instead of 5,435); 5 rounds on "
+           "the direct plan",
+           kwargs={**_RANGE, "tuples": False}, variant="x in [0.5, 129], tuples=False"),
+    OpCost("reciprocal.rsqrt", _per_value(Cost(4, 2709.75), Cost(4, 5435.0)),
            "relative 1.3e-6 + 1.25 units",
            "per octave of [min_value, max_value] three comparisons with their products and "
            "three candidates (about 300 bytes online, 600 offline: TP1 tuples); 4 rounds on "
@@ -269,6 +277,14 @@ COSTS: tuple[OpCost, ...] = (
            "2e-5 |y| + 4 units for |x| <= 2^16",
            "per element about 70 bytes, per row of 576 about 21 kB online and 48 kB offline "
            "(the rsqrt)"),
+    OpCost("norms.rms_norm",
+           (Case(((1, 576),), Cost(11, 109.69), Cost(3, 14.17)),
+            Case(((8, 576),), Cost(11, 106.22), Cost(3, 13.33))),
+           "2e-5 |y| + 4 units for |x| <= 2^16",
+           "as with the tuples, but the rsqrt's candidates truncated in 2 rounds each (no "
+           "TP1 tuple): per row of 576 about 28 kB fewer offline (7.7 kB instead of 35.9), "
+           "3 rounds more",
+           kwargs={"tuples": False}, variant="tuples=False"),
     OpCost("norms.layer_norm",
            (Case(((8, 768),), Cost(8, 125.83), Cost(4, 48.4)),
             Case(((16, 768),), Cost(8, 125.63), Cost(4, 47.55))),

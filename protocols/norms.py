@@ -47,7 +47,8 @@ paths' selection), product 2. The sums of squares cost no round of their own: th
 docstrings give the security argument) replaces their resharing. RMSNorm given its wide
 copy (``wide``) skips the truncation: 6 rounds. Given material made without TP1 tuples
 (:func:`.segments.prepare_segment_batches`' ``tuples=False``), the rsqrt truncates its
-candidates in 2 rounds each: 3 rounds more (9 given the wide copy, 11 without), about 28 kB
+candidates in 2 rounds each: 3 rounds more (9 rounds given the wide copy, 11 rounds
+without; ``rms_norm(..., tuples=False)`` makes such material itself), about 28 kB
 fewer offline per row of 576 (35.4 -> 7.6 kB: the comparisons' material only), online about
 the same. Bytes per element online + offline: 107.8
 + 62.37 for RMSNorm (8, 576) (111.28 + 68.18 for one row), 125.83 + 48.4 for LayerNorm
@@ -112,6 +113,7 @@ async def rms_norm(
     wide: AShare | None = None,
     pre: SegmentMaterial | None = None,
     out_frac: int | None = None,
+    tuples: bool = True,
 ) -> AShare:
     """RMSNorm of fixed-point x over its last axis, times ``weight`` (public, secret or None).
 
@@ -119,9 +121,10 @@ async def rms_norm(
     :func:`wide_shift`) within 1 + 2^-k units, made by the product that made x
     (:func:`.arith.finish_product_wide`); None: truncated here (2 rounds). ``pre``: the
     rsqrt's offline material (TP1 tuples and the comparisons'), made ahead
-    (:func:`rms_norm_tuples`) (None: beside the sums). ``out_frac``: the output's fractional
-    bits, from f (None) to f + rho's (x rho truncated by fewer bits: its unit smaller, at no
-    cost, for a product that reads it; ValueError outside, before any message).
+    (:func:`rms_norm_tuples`) (None: beside the sums, with TP1 tuples unless ``tuples`` is
+    False: then 11 rounds, module docstring). ``out_frac``: the output's fractional bits,
+    from f (None) to f + rho's (x rho truncated by fewer bits: its unit smaller, at no cost,
+    for a product that reads it; ValueError outside, before any message).
     Cost and accuracy: module docstring.
     """
     f = fixed_point(ctx).frac_bits
@@ -129,7 +132,8 @@ async def rms_norm(
     extra = 0 if out_frac is None else out_frac - f
     if not 0 <= extra <= rho_frac:
         raise ValueError(f"out_frac must be in [{f}, {f + rho_frac}], got {out_frac}")
-    rho = await rms_rsqrt(ctx, x, wide, eps=eps, max_abs=max_abs, frac_bits=rho_frac, pre=pre)
+    rho = await rms_rsqrt(ctx, x, wide, eps=eps, max_abs=max_abs, frac_bits=rho_frac, pre=pre,
+                          tuples=tuples)
     return await _scale_rows(ctx, x, rho, rho_frac - extra, weight, None)
 
 
@@ -156,14 +160,15 @@ async def rms_rsqrt(
     max_abs: float,
     frac_bits: int,
     pre: SegmentMaterial | None = None,
+    tuples: bool = True,
 ) -> AShare:
     """rho = 1 / sqrt(mean(x^2) + eps) per row (shape x.shape[:-1]) at ``frac_bits``: RMSNorm
-    without its product x rho (``wide`` and ``pre`` as :func:`rms_norm`'s). Relative error
-    as the module docstring's rsqrt, plus rho's resolution 2^-frac_bits."""
+    without its product x rho (``wide``, ``pre`` and ``tuples`` as :func:`rms_norm`'s).
+    Relative error as the module docstring's rsqrt, plus rho's resolution 2^-frac_bits."""
     k = wide_shift(x.shape[-1], max_abs, fixed_point(ctx).frac_bits)
     if wide is None:
         wide = await truncate(ctx, x, bits=k)
-    return await _rsqrt_rows(ctx, x, wide, k, eps, frac_bits, pre)
+    return await _rsqrt_rows(ctx, x, wide, k, eps, frac_bits, pre, tuples)
 
 
 @protocol
@@ -190,7 +195,7 @@ async def layer_norm(
         lambda c: truncate(c, d, bits=s), lambda c: truncate(c, d, bits=s + k)
     )
     rho_frac = _rho_frac(ctx, n)
-    rho = await _rsqrt_rows(ctx, v, v_wide, k, eps * a * a, rho_frac, None)
+    rho = await _rsqrt_rows(ctx, v, v_wide, k, eps * a * a, rho_frac, None, True)
     return await _scale_rows(ctx, v, rho, rho_frac, weight, bias)
 
 
@@ -220,13 +225,14 @@ def _eps_units(ctx: Context, n: int, k: int, eps: float) -> list[int]:
 
 async def _rsqrt_rows(
     ctx: Context, v: AShare, v_wide: AShare, k: int, eps: float, rho_frac: int,
-    pre: SegmentMaterial | None,
+    pre: SegmentMaterial | None, tuples: bool,
 ) -> AShare:
     """1 / sqrt(mean(v^2) + eps) per row from v and v_wide = v / 2^k: the sums of squares
     (1 round) and the rsqrt on the two paths' ranges (module docstring); its offline
-    material ``pre`` (:func:`.segments.prepare_segments`: the candidates' TP1 tuples and the
-    comparisons' material), or prepared beside the sums when None (4 offline rounds, which
-    the rsqrt then waits for: latency, not online rounds)."""
+    material ``pre`` (:func:`.segments.prepare_segments`: the candidates' TP1 tuples, unless
+    made without, and the comparisons' material), or prepared beside the sums when None
+    (with TP1 tuples if ``tuples``; 4 offline rounds, which the rsqrt then waits for:
+    latency, not online rounds)."""
     n = v.shape[-1]
     plan = _rsqrt_plan(ctx, n, k, eps, rho_frac)
     eps_units = np.array(_eps_units(ctx, n, k, eps), dtype=np.uint64)
@@ -239,10 +245,10 @@ async def _rsqrt_rows(
             z = ring.add(z, eps_units.reshape(2, *[1] * (len(v.shape) - 1)))
         return z
 
-    async def tuples(c: Context) -> SegmentMaterial:
-        return pre if pre is not None else await prepare_segments(c, plan, v.size // n)
+    async def made(c: Context) -> SegmentMaterial:
+        return pre if pre is not None else await prepare_segments(c, plan, v.size // n, tuples)
 
-    material, z = await ctx.gather(tuples, sums)
+    material, z = await ctx.gather(made, sums)
     return await segmented_power(ctx, z, plan, material)
 
 

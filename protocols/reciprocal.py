@@ -44,6 +44,7 @@ from .segments import (
     SegmentPlan,
     Segments,
     plan_segments,
+    prepare_segments,
     segmented_power,
 )
 from .shares import AShare
@@ -104,15 +105,20 @@ async def reciprocal(
     min_value: float | None = None,
     frac_out: int | None = None,
     pre: SegmentMaterial | None = None,
+    tuples: bool = True,
 ) -> AShare:
     """1/x for fixed-point x in [min_value (default one unit), max_value], at ``frac_out`` bits.
 
     Garbage outside that range. Cost: 4 rounds, about 300 bytes online and 600 offline per
     element and octave of [min_value, max_value]. Error <= 1.9e-6 |y| +
     max(1.4 units, 4.8e-7 |y|) (module docstring). ``pre``: the TP1 tuples from
-    :func:`reciprocal_tuples` (None: prepared inline).
+    :func:`reciprocal_tuples` (None: prepared inline, or with ``tuples=False`` no tuples,
+    only the comparisons' material: the candidates truncated in 2 rounds each, 5 rounds on
+    the direct plan (x below 2^32 units) and 7 on the wide one, :mod:`.segments`).
     """
     plan = _plan(ctx, RECIPROCAL_SEGMENTS, min_value, max_value, frac_out)
+    if pre is None and not tuples:
+        pre = await prepare_segments(ctx, plan, x.size, tuples=False)
     return await segmented_power(ctx, x.map(lambda a: a[None]), plan, pre)
 
 

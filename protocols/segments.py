@@ -443,9 +443,10 @@ def _maybe_scope(ctx: Context, name: str | None) -> Iterator[None]:
             yield
 
 
-async def prepare_segments(ctx: Context, plan: SegmentPlan, rows: int) -> SegmentMaterial:
+async def prepare_segments(ctx: Context, plan: SegmentPlan, rows: int, tuples: bool = True
+                           ) -> SegmentMaterial:
     """:func:`prepare_segment_batches` for one request."""
-    return (await prepare_segment_batches(ctx, [(plan, rows)]))[0]
+    return (await prepare_segment_batches(ctx, [(plan, rows)], tuples=tuples))[0]
 
 
 async def segment_candidates(

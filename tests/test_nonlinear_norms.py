@@ -115,19 +115,23 @@ def test_rms_norm_at_more_fractional_bits(fxp) -> None:
             assert isinstance(error, ValueError) and "out_frac must be in" in str(error)
 
 
+@pytest.mark.parametrize("ahead", [True, False])
 @pytest.mark.parametrize(("tuples", "rounds", "offline_per_row"), [
     (True, 8, (34_000, 37_000)), (False, 11, (7_000, 8_500))])
 def test_rms_norm_with_tuples_made_ahead(fxp, tuples: bool, rounds: int,
-                                         offline_per_row: tuple[int, int]) -> None:
-    """The rsqrt's material made before the norm (:func:`rms_norm_tuples`, offline) gives
-    the same bounds: with TP1 tuples in the same online rounds (8), about 35 kB per row
-    offline; without (``tuples=False``: the candidates truncated in 2 rounds each) 3 rounds
-    more, and only the comparisons' material offline, about 7.6 kB per row (rows of 576;
-    online about 61 kB either way, the product x rho's 26 kB included)."""
+                                         offline_per_row: tuple[int, int], ahead: bool) -> None:
+    """The rsqrt's material made before the norm (:func:`rms_norm_tuples`, offline; or by
+    the norm itself, ``ahead`` False) gives the same bounds: with TP1 tuples in the same
+    online rounds (8), about 35 kB per row offline; without (``tuples=False``: the
+    candidates truncated in 2 rounds each) 3 rounds more, and only the comparisons' material
+    offline, about 7.6 kB per row (rows of 576; online about 61 kB either way, the product
+    x rho's 26 kB included)."""
     rng = np.random.default_rng(8)
     x = _rows(rng, 24, 576)
 
     async def fn(ctx: Context, a: AShare) -> AShare:
+        if not ahead:
+            return await rms_norm(ctx, a, eps=EPS, tuples=tuples)
         plan, rows = rms_norm_tuples(ctx, a.shape, eps=EPS)
         (pre,) = await prepare_segment_batches(ctx, [(plan, rows)], tuples=tuples)
         return await rms_norm(ctx, a, eps=EPS, pre=pre)

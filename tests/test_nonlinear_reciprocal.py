@@ -94,22 +94,26 @@ def test_reciprocal_grid(fxp, lo: float, hi: float, frac_out: int) -> None:
     assert [ev.cost(p).rounds for p in range(3)] == [ROUNDS] * 3
 
 
+@pytest.mark.parametrize("ahead", [True, False])
 @pytest.mark.parametrize(("lo", "hi", "frac_out", "rounds"), [
     (1 - 2.0**-17, 8 * (1 + 2.0**-17), 32, 5),  # the direct plan: t and t^2, then the dots
     (2.0**13, 2.0**17, 40, 7),  # the wide plan: t, t^2, the dots one after another
 ])
-def test_reciprocal_without_tuples(fxp, lo: float, hi: float, frac_out: int,
-                                   rounds: int) -> None:
-    """Material made without TP1 tuples (``prepare_segment_batches(..., tuples=False)``):
-    the candidates' truncations take 2 rounds each, so 5 rounds on the direct plan and 7 on
-    the wide one instead of 4, the same bounds, and offline only the comparisons'
-    material."""
+def test_reciprocal_without_tuples(fxp, lo: float, hi: float, frac_out: int, rounds: int,
+                                   ahead: bool) -> None:
+    """Material made without TP1 tuples (``prepare_segment_batches(..., tuples=False)``
+    ahead, or by ``reciprocal(..., tuples=False)`` itself): the candidates' truncations take
+    2 rounds each, so 5 rounds on the direct plan and 7 on the wide one instead of 4, the
+    same bounds, and offline only the comparisons' material."""
     x = np.concatenate([_log_grid(lo, hi, 4001), _segment_starts(lo, hi), [lo, hi]])
+    bounds = {"min_value": lo, "max_value": hi, "frac_out": frac_out}
 
     async def fn(ctx: Context, a: AShare) -> AShare:
-        request = reciprocal_tuples(ctx, a.size, min_value=lo, max_value=hi, frac_out=frac_out)
-        (pre,) = await prepare_segment_batches(ctx, [request], tuples=False)
-        return await reciprocal(ctx, a, min_value=lo, max_value=hi, frac_out=frac_out, pre=pre)
+        if not ahead:
+            return await reciprocal(ctx, a, **bounds, tuples=False)
+        (pre,) = await prepare_segment_batches(ctx, [reciprocal_tuples(ctx, a.size, **bounds)],
+                                               tuples=False)
+        return await reciprocal(ctx, a, **bounds, pre=pre)
 
     got, ev = fxp.run(fn, x, frac_out=frac_out)
     _check_reciprocal(got, 1 / fxp.quantised(x), frac_out, _direct(hi))
