@@ -255,11 +255,12 @@ class LayerPlan:
     dot product by Horner's split (2 rounds more per layer, 43.5 bytes per element fewer:
     :func:`mlp`); ``candidate_tuples``, whether the norms' rsqrt and the softmax's 1/sum
     truncate their segments' candidates by TP1 from offline tuples (1 round each) or by the
-    2-round truncation with no offline material (3 rounds more per norm, 1 per reciprocal;
-    about 40 kB per norm row fewer: :func:`prepare_tuples`). (SiLU's comparison bits, once a
-    fourth such choice, are always opened to their two evaluators only: 66 bytes per element
-    fewer than to all three, and, with the selected rows' exchange beside the powers, a
-    round more only in a prompt pass's layers of gate bound 2^8.)"""
+    2-round truncation with no offline material (3 rounds more per norm, 1-2 per
+    reciprocal; about 28 kB per norm row of 576 fewer: :func:`prepare_tuples`). (SiLU's
+    comparison bits, once a fourth such choice, are always opened to their two evaluators
+    only: 66 bytes per element fewer than to all three, and, with the selected rows'
+    exchange beside the powers, a round more only in a prompt pass's layers of gate bound
+    2^8.)"""
 
     normalise_input: bool
     silu_horner: bool = False

@@ -49,8 +49,8 @@ copy (``wide``) skips the truncation: 6 rounds. Given material made without TP1 
 (:func:`.segments.prepare_segment_batches`' ``tuples=False``), the rsqrt truncates its
 candidates in 2 rounds each: 3 rounds more (9 rounds given the wide copy, 11 rounds
 without; ``rms_norm(..., tuples=False)`` makes such material itself), about 28 kB
-fewer offline per row of 576 (35.4 -> 7.6 kB: the comparisons' material only), online about
-the same. Bytes per element online + offline: 107.8
+fewer offline per row of 576 (35.9 -> 7.7 kB for (8, 576): the comparisons' material
+only), online about the same. Bytes per element online + offline: 107.8
 + 62.37 for RMSNorm (8, 576) (111.28 + 68.18 for one row), 125.83 + 48.4 for LayerNorm
 (8, 768): per element the truncation(s) (25 bytes each) and the product (45); per row of
 576 the rsqrt's 22 kB online and 48 kB offline (149 comparisons with their products, 95 of
