@@ -180,7 +180,8 @@ PROBE_POINTS = (
 
 Layouts (n new rows, T = cached + new positions): o_proj, attn_residual, ffn_norm, down,
 residual (n, hidden), ffn_norm the MLP norm's output *before* its gain (x / rms(x): the gains
-are folded into the next weights, :func:`weight_tensors`); the attention norm's output is
+are folded into the next weights, :func:`weight_tensors`; not probed where rho scales the
+gate/up product, which never forms it, :func:`normalised_gate_up`); the attention norm's output is
 not probed (where rho scales the QKV product it is never formed, :func:`normalised_qkv`), so
 its error shows in qkv (n, q + 2 kv), with q and k rotated, the query heads times the
 attention scale 1/sqrt(head_dim); scores
@@ -251,7 +252,10 @@ class LayerPlan:
     """The protocols every layer takes where two trade rounds for bytes (public; every
     party the same): ``normalise_input``, whether the attention norm scales the residual
     before the QKV product (4 rounds more per layer, n (q + 2 kv - hidden) products by rho
-    fewer: :func:`normalised_qkv`); ``silu_horner``, whether SiLU makes v^2 only and its
+    fewer: :func:`normalised_qkv`); ``normalise_mlp_input``, the same for the MLP's norm
+    and its gate/up product (rho after the product: 2 rounds fewer per layer, n (2 ffn -
+    hidden) products by rho more: :func:`normalised_gate_up`); ``silu_horner``, whether
+    SiLU makes v^2 only and its
     dot product by Horner's split (2 rounds more per layer, 43.5 bytes per element fewer:
     :func:`mlp`); ``candidate_tuples``, whether the norms' rsqrt and the softmax's 1/sum
     truncate their segments' candidates by TP1 from offline tuples (1 round each) or by the
@@ -265,6 +269,7 @@ class LayerPlan:
     normalise_input: bool
     silu_horner: bool = False
     candidate_tuples: bool = True
+    normalise_mlp_input: bool = True
 
 
 def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
@@ -281,7 +286,7 @@ def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
     if tradeoff not in TRADEOFFS:
         raise ValueError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, got {tradeoff!r}")
     if tradeoff == "fewer-rounds":
-        return LayerPlan(normalise_input=False)
+        return LayerPlan(normalise_input=False, normalise_mlp_input=False)
     if tradeoff == "fewer-bytes":
         return LayerPlan(normalise_input=True, silu_horner=True, candidate_tuples=False)
     return LayerPlan(normalise_input=normalises_input(config))
@@ -773,12 +778,65 @@ async def attend(
     return await product(ctx, probs)
 
 
+GATE_UP_RHO_FRAC = 30
+"""Fractional bits of the MLP norm's rho where it scales the gate/up product
+(:func:`normalised_gate_up`)."""
+
+
+async def normalised_gate_up(
+    ctx: Context, config: LlamaConfig, layer: SecureLayer, stream: Stream,
+    normalise_input: bool, name: str, pre: SegmentMaterial | None = None,
+) -> AShare:
+    """RMSNorm(x) @ W'gate_up (the gain folded into W'), (n, 2 ffn), by one of two paths
+    (``normalise_input``: :class:`LayerPlan`; ``pre``: the norm's offline material).
+
+    **rho first** (balanced, fewer-bytes): the norm with its product x rho
+    (:func:`.norms.rms_norm`: 6 rounds, n hidden products by rho; probe ``ffn_norm``), then
+    the gate/up product (2): 8 rounds.
+
+    **rho after** (fewer-rounds): rho (x @ W') as :func:`normalised_qkv`'s: the product on the
+    raw residual, truncated to :data:`QKV_RAW_FRAC` bits, beside the norm's rsqrt (4 rounds,
+    rho at :data:`GATE_UP_RHO_FRAC` bits), then one truncated product by rho per output (2):
+    6 rounds, n (2 ffn - hidden) products by rho more (SmolLM2: 2,496 per row, about 3.4 MB
+    per token, all parties). Headroom: |x W'| 2^42 before the raw product's truncation and
+    |rho x W'| 2^52 before the last: |x W'| < 2^20 and |gate|, |up| < 2^10. SmolLM2
+    (plaintext reference, 38 prompts and 4 prose windows of 128 tokens,
+    ``/work/coord/s27/rawgu.py``): max |x W'| 59,597 (< 2^16), |gate| 58.6, |up| 78.9,
+    rho in [0.00081, 10.03]. Error added: x W''s rounding times rho (2^-22 rho <= 2.4e-6)
+    and the last truncation (2^-18), against rho first's h unit through W' (2^-18 sum_i
+    |W'_ij|); relative: rho's (rsqrt's, as :func:`normalised_qkv`) and its resolution 2^-30
+    (1.2e-6 at the smallest rho)."""
+    f = fixed_point(ctx).frac_bits
+    if normalise_input:
+        with ctx.scope("norm"):
+            h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide, pre=pre)
+        probe(ctx, f"{name}.ffn_norm", h)
+        with ctx.scope("gate_up"):
+            return await weight_matmul(ctx, h, layer.w_gate_up, bits=f + FOLDED_EXTRA_BITS)
+
+    async def rho(c: Context) -> AShare:
+        with c.scope("norm"):
+            return await rms_rsqrt(c, stream.x, stream.wide, eps=config.rms_eps,
+                                   max_abs=MAX_ABS, frac_bits=GATE_UP_RHO_FRAC, pre=pre)
+
+    async def raw(c: Context) -> AShare:
+        with c.scope("gate_up"):
+            return await weight_matmul(c, stream.x, layer.w_gate_up,
+                                       bits=2 * f + FOLDED_EXTRA_BITS - QKV_RAW_FRAC)
+
+    r, product = await ctx.gather(rho, raw)
+    with ctx.scope("gate_up"):
+        return await mul_fxp(ctx, product, repeat_last(r, product.shape[-1]),
+                             bits=QKV_RAW_FRAC + GATE_UP_RHO_FRAC - f)
+
+
 async def mlp(
     ctx: Context, config: LlamaConfig, plan: LayerPlan, layer: SecureLayer, stream: Stream,
     index: int, pre: SegmentMaterial | None = None,
 ) -> Stream:
     """The stream x plus SwiGLU (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and
-    up in one product (``pre``: the norm's TP1 tuples, :func:`prepare_tuples`).
+    up in one product, the norm's rho before or after it (:func:`normalised_gate_up`, by
+    ``plan``; ``pre``: the norm's TP1 tuples, :func:`prepare_tuples`).
     SiLU's comparisons are as long as the layer's certified gate bound needs, if declared
     (less the table's slack bits), and their bits opened to their evaluators only
     (:mod:`.evaluators`: 66 bytes per element fewer than to all three). The selected rows'
@@ -788,13 +846,8 @@ async def mlp(
     product's last round), else 7 (a prompt pass's layers of gate bound 2^8); with
     ``plan.silu_horner`` 2 more, 43.5 bytes per element fewer (:func:`.activations.silu`)."""
     name = f"layer{index}"
-    with ctx.scope("norm"):
-        h = await rms_norm(ctx, stream.x, eps=config.rms_eps, wide=stream.wide,
-                           pre=pre)  # w_gate_up
-    probe(ctx, f"{name}.ffn_norm", h)
-    with ctx.scope("gate_up"):
-        gate_up = await weight_matmul(ctx, h, layer.w_gate_up,
-                                      bits=fixed_point(ctx).frac_bits + FOLDED_EXTRA_BITS)
+    gate_up = await normalised_gate_up(ctx, config, layer, stream, plan.normalise_mlp_input,
+                                       name, pre)
     probe(ctx, f"{name}.gate_up", gate_up)
     f = config.ffn
     gate = gate_up.map(lambda a: np.ascontiguousarray(a[..., :f]))
@@ -867,9 +920,10 @@ async def prepare_tuples(
     the pass's start beside the embedding (:func:`forward`)."""
     shape, eps = (rows, config.hidden), config.rms_eps
     attn_rho = None if plan.normalise_input else QKV_RHO_FRAC  # :func:`normalised_qkv`
+    mlp_rho = None if plan.normalise_mlp_input else GATE_UP_RHO_FRAC  # normalised_gate_up
     layer = [rms_norm_tuples(ctx, shape, eps=eps, frac_bits=attn_rho),
              row_reciprocals_tuples(ctx, config.n_heads * rows, keys),
-             rms_norm_tuples(ctx, shape, eps=eps)]
+             rms_norm_tuples(ctx, shape, eps=eps, frac_bits=mlp_rho)]
     scopes = [f"layer{i}.{c}" for i in range(config.n_layers)
               for c in ("attn.norm", "attn.softmax.reciprocal", "mlp.norm")]
     got = await prepare_segment_batches(
@@ -939,7 +993,7 @@ __all__ = [
     "LayerProbe", "PassTuples", "Probe", "Rope", "SecureKVCache", "SecureLayer", "SecureModel",
     "SecureWeight", "Stored", "Stream", "apply_rope", "assemble_model", "attend", "attention",
     "causal_mask", "decoder_layer", "embed_ahead", "embed_tokens", "forward", "forward_scopes",
-    "head_format", "layer_plan", "lm_head", "mlp", "norm_shift", "normalised_qkv",
-    "normalises_input", "prepare_tuples", "probe", "residual_matmul", "stored_form",
-    "weight_matmul", "weight_plan", "weight_tensors",
+    "head_format", "layer_plan", "lm_head", "mlp", "norm_shift", "normalised_gate_up",
+    "normalised_qkv", "normalises_input", "prepare_tuples", "probe", "residual_matmul",
+    "stored_form", "weight_matmul", "weight_plan", "weight_tensors",
 ]

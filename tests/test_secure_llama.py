@@ -160,7 +160,8 @@ def test_certified_bounds_shorten_silu_chains_only(session) -> None:
 
 @pytest.mark.parametrize(("heads", "tradeoff", "rounds_per_layer", "head_rounds"), [
     (2, "fewer-bytes", 12, 3),  # norm first (3), SiLU by Horner (1), no TP1 tuples (3 + 3 + 2)
-    (4, "fewer-rounds", -3, 0),  # multi-head: balanced takes the norm first, this does not
+    (4, "fewer-rounds", -5, 0),  # multi-head: balanced takes both norms first (3 + 2)
+    (2, "fewer-rounds", -2, 0),  # grouped-query: only the MLP's norm differs
 ])
 def test_tradeoffs_give_the_same_tokens(heads: int, tradeoff: str, rounds_per_layer: int,
                                         head_rounds: int) -> None:
@@ -172,7 +173,9 @@ def test_tradeoffs_give_the_same_tokens(heads: int, tradeoff: str, rounds_per_la
     v^2, and B's truncation and the last take 4 rounds from there instead of max(exchange,
     v^4) + 2); and the segments' candidates truncated in 2 rounds each, without TP1 tuples:
     3 per norm (two per layer, and the head's) and 2 for the softmax's 1/sum (its
-    comparisons' leaves start in negExp's last round, so its opening waited on nothing)."""
+    comparisons' leaves start in negExp's last round, so its opening waited on nothing).
+    Fewer-rounds: rho after the gate/up product instead of before (2: the raw product beside
+    the rsqrt), and with multi-head attention after the QKV product too (3)."""
     raw = dataclasses.replace(UNBOUNDED, n_kv_heads=heads)
     config = dataclasses.replace(raw, gate_bounds=certify_gate_bounds(random_weights(raw, 3)))
     weights = random_weights(config, seed=3)

@@ -256,14 +256,16 @@ def test_reveal_logits_setting() -> None:
 
 def test_tradeoff_setting() -> None:
     """The tradeoff names the layers' plan: balanced by default (the attention norm before
-    the QKV product for multi-head attention only), fewer-rounds (nowhere), fewer-bytes
-    (everywhere, and SiLU by Horner's split); anything else is refused."""
+    the QKV product for multi-head attention only), fewer-rounds (neither norm before its
+    product), fewer-bytes (everywhere, and SiLU by Horner's split); anything else is
+    refused."""
     multi_head = dataclasses.replace(tiny_config(), n_kv_heads=4)
     assert SessionSettings("s").tradeoff == "balanced"
     assert SessionSettings("s").plan == LayerPlan(False)
     assert SessionSettings("s", architecture=multi_head, model="mh").plan == LayerPlan(True)
     assert SessionSettings("s", architecture=multi_head, model="mh",
-                           tradeoff="fewer-rounds").plan == LayerPlan(False)
+                           tradeoff="fewer-rounds").plan == LayerPlan(
+        False, normalise_mlp_input=False)
     assert SessionSettings("s", tradeoff="fewer-bytes").plan == LayerPlan(
         True, silu_horner=True, candidate_tuples=False)
     assert SessionSettings.from_dict(SessionSettings("s", tradeoff="fewer-rounds").to_dict()

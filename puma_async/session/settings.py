@@ -43,9 +43,10 @@ its QKV product when balanced); 10, SiLU's and negExp's comparisons drop their t
 slack bits (``protocols.activations.TablePolynomial.slack``: shorter chains), SiLU's
 selected rows' exchange runs beside the powers (other step paths), and SiLU's bits go to
 the evaluators under every tradeoff; 11, "fewer-bytes" evaluates SiLU by Horner's split
-and truncates the norms' and reciprocals' candidates in 2 rounds without TP1 tuples
-(``protocols.llama.LayerPlan``'s ``silu_horner`` and ``candidate_tuples``: other
-messages)."""
+and truncates the norms' and reciprocals' candidates in 2 rounds without TP1 tuples, and
+"fewer-rounds" scales the gate/up product by the MLP norm's rho after it
+(``protocols.llama.LayerPlan``'s ``silu_horner``, ``candidate_tuples`` and
+``normalise_mlp_input``: other messages)."""
 REVEAL_LOGITS = ("last", "all")
 """What a prompt pass reveals to the client: the logits of its last position (enough to
 choose the next token), or of every position (teacher-forced perplexity of a text in one
