@@ -274,15 +274,15 @@ class LayerPlan:
 
 def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
     """The layers' protocols for ``tradeoff`` (:data:`TRADEOFFS`): "balanced" scales the
-    attention's input where that saves 2 of 3 products by rho (:func:`normalises_input`)
-    and takes the rounds side of the other choices, "fewer-rounds" the rounds side
+    attention's input where that saves 2 of 3 products by rho (:func:`normalises_input`),
+    the MLP's input, and the rounds side of the other choices, "fewer-rounds" the rounds side
     everywhere, "fewer-bytes" the bytes side everywhere (the norm first, SiLU by Horner's
     split, the segments' candidates without TP1 tuples). Measured (``benchmarks/llama.py
     --tradeoff``, online + offline, all parties): a new SmolLM2 token after 5 prompt tokens
-    balanced and fewer-rounds (the same plan: grouped-query attention) 1,271 rounds and
-    35.9 MB, fewer-bytes 1,636 and 31.3; the 5-token prompt pass 1,333 rounds and 169.8 MB,
+    balanced 1,271 rounds and 35.9 MB, fewer-rounds 1,211 and 39.1, fewer-bytes 1,636 and
+    31.3; the 5-token prompt pass 1,333 rounds and 169.8 MB, fewer-rounds 1,273 and 186.1,
     fewer-bytes 1,726 and 146.9; a 7B-shape block of 8 tokens balanced 48 rounds and 58.6
-    MB, fewer-rounds 44 and 61.4, fewer-bytes 58 and 54.8."""
+    MB, fewer-rounds 42 and 67.7, fewer-bytes 58 and 54.8."""
     if tradeoff not in TRADEOFFS:
         raise ValueError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, got {tradeoff!r}")
     if tradeoff == "fewer-rounds":
@@ -797,8 +797,9 @@ async def normalised_gate_up(
     **rho after** (fewer-rounds): rho (x @ W') as :func:`normalised_qkv`'s: the product on the
     raw residual, truncated to :data:`QKV_RAW_FRAC` bits, beside the norm's rsqrt (4 rounds,
     rho at :data:`GATE_UP_RHO_FRAC` bits), then one truncated product by rho per output (2):
-    6 rounds, n (2 ffn - hidden) products by rho more (SmolLM2: 2,496 per row, about 3.4 MB
-    per token, all parties). Headroom: |x W'| 2^42 before the raw product's truncation and
+    6 rounds, n (2 ffn - hidden) products by rho more (SmolLM2: 2,496 per row; a token 3.2
+    MB more, all parties, and 60 rounds fewer: ``benchmarks/llama.py --tradeoff
+    fewer-rounds``). Headroom: |x W'| 2^42 before the raw product's truncation and
     |rho x W'| 2^52 before the last: |x W'| < 2^20 and |gate|, |up| < 2^10. SmolLM2
     (plaintext reference, 38 prompts and 4 prose windows of 128 tokens,
     ``/work/coord/s27/rawgu.py``): max |x W'| 59,597 (< 2^16), |gate| 58.6, |up| 78.9,
