@@ -87,7 +87,7 @@ shapes, and a reader checks them against the LLaMA architecture in one place.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -590,7 +590,8 @@ def causal_mask(start: int, n: int, total: int, repeats: int) -> npt.NDArray[np.
 
 QKV_RAW_FRAC = 22
 """Fractional bits of x @ W'qkv before the attention norm's rho, or of x rho before the QKV
-product where the norm scales the input (:func:`normalised_qkv`)."""
+product where the norm scales the input (:func:`normalised_qkv`); and of x @ W'gate_up
+before the MLP norm's rho (:func:`normalised_gate_up`)."""
 QKV_RHO_FRAC = 32
 """Fractional bits of that rho."""
 
@@ -673,7 +674,6 @@ async def normalised_qkv(
     rho = 1: q 4.1e-6 now, 4.5e-6 before); on the same inputs at most 4.0e-5, RMS 3.1e-6.
     Test: tests/test_secure_llama.py (this bound, against float64, on rows of one scale and
     on SmolLM2-shaped rows with one massive activation)."""
-    f = fixed_point(ctx).frac_bits
     n, split = stream.x.shape[0], (config.n_heads + config.n_kv_heads) * config.head_dim
 
     async def rotated(c: Context, x: AShare, bits: int) -> AShare:
@@ -690,16 +690,31 @@ async def normalised_qkv(
                                out_frac=QKV_RAW_FRAC)
         return await rotated(ctx, h, QKV_RAW_FRAC + FOLDED_EXTRA_BITS)
 
+    return await _scaled_after(ctx, config, stream, lambda c, bits: rotated(c, stream.x, bits),
+                               QKV_RHO_FRAC, "qkv", pre)
+
+
+async def _scaled_after(
+    ctx: Context, config: LlamaConfig, stream: Stream,
+    raw: Callable[[Context, int], Awaitable[AShare]], rho_frac: int, scope: str,
+    pre: SegmentMaterial | None,
+) -> AShare:
+    """A norm's rho after its product (the rho-after path of :func:`normalised_qkv` and
+    :func:`normalised_gate_up`): ``raw(c, bits)``, the product on the raw residual truncated
+    by ``bits`` to :data:`QKV_RAW_FRAC` bits, beside the rsqrt (scope ``norm``, rho at
+    ``rho_frac`` bits), then one truncated product by rho per output, in scope ``scope``."""
+    f = fixed_point(ctx).frac_bits
+
     async def rho(c: Context) -> AShare:
         with c.scope("norm"):
             return await rms_rsqrt(c, stream.x, stream.wide, eps=config.rms_eps,
-                                   max_abs=MAX_ABS, frac_bits=QKV_RHO_FRAC, pre=pre)
+                                   max_abs=MAX_ABS, frac_bits=rho_frac, pre=pre)
 
-    r, raw = await ctx.gather(
-        rho, lambda c: rotated(c, stream.x, 2 * f + FOLDED_EXTRA_BITS - QKV_RAW_FRAC))
-    with ctx.scope("qkv"):
-        return await mul_fxp(ctx, raw, repeat_last(r, raw.shape[-1]),
-                             bits=QKV_RAW_FRAC + QKV_RHO_FRAC - f)
+    r, product = await ctx.gather(
+        rho, lambda c: raw(c, 2 * f + FOLDED_EXTRA_BITS - QKV_RAW_FRAC))
+    with ctx.scope(scope):
+        return await mul_fxp(ctx, product, repeat_last(r, product.shape[-1]),
+                             bits=QKV_RAW_FRAC + rho_frac - f)
 
 
 async def attention(
@@ -815,20 +830,11 @@ async def normalised_gate_up(
         with ctx.scope("gate_up"):
             return await weight_matmul(ctx, h, layer.w_gate_up, bits=f + FOLDED_EXTRA_BITS)
 
-    async def rho(c: Context) -> AShare:
-        with c.scope("norm"):
-            return await rms_rsqrt(c, stream.x, stream.wide, eps=config.rms_eps,
-                                   max_abs=MAX_ABS, frac_bits=GATE_UP_RHO_FRAC, pre=pre)
-
-    async def raw(c: Context) -> AShare:
+    async def raw(c: Context, bits: int) -> AShare:
         with c.scope("gate_up"):
-            return await weight_matmul(c, stream.x, layer.w_gate_up,
-                                       bits=2 * f + FOLDED_EXTRA_BITS - QKV_RAW_FRAC)
+            return await weight_matmul(c, stream.x, layer.w_gate_up, bits=bits)
 
-    r, product = await ctx.gather(rho, raw)
-    with ctx.scope("gate_up"):
-        return await mul_fxp(ctx, product, repeat_last(r, product.shape[-1]),
-                             bits=QKV_RAW_FRAC + GATE_UP_RHO_FRAC - f)
+    return await _scaled_after(ctx, config, stream, raw, GATE_UP_RHO_FRAC, "gate_up", pre)
 
 
 async def mlp(
