@@ -504,21 +504,24 @@ class _Truncations:
         self.pre = pre
         self.rounds: Rounds = 1 if pre is None or pre.one_round else 2
 
+    def tuples(self, name: str) -> Trunc1Material | None:
+        """The TP1 tuples of :class:`SegmentMaterial`'s field ``name`` (None: made inline)."""
+        return None if self.pre is None else getattr(self.pre, name)
+
     def of(self, name: str) -> dict[str, Any]:
         """The ``rounds`` and ``pre`` arguments of a product's truncation (``name``: its
         tuples' field of :class:`SegmentMaterial`)."""
-        tuples = None if self.pre is None else getattr(self.pre, name)
-        return {"rounds": self.rounds, "pre": tuples}
+        return {"rounds": self.rounds, "pre": self.tuples(name)}
 
     async def replicated(self, ctx: Context, x: AShare, bits: int) -> AShare:
         if self.rounds == 2:
             return await truncate(ctx, x, bits)
-        return await truncate1(ctx, x, bits, pre=self.of("t")["pre"])
+        return await truncate1(ctx, x, bits, pre=self.tuples("t"))
 
     async def additive(self, ctx: Context, z: RingArray, bits: int) -> AShare:
         if self.rounds == 2:
             return await truncate_additive(ctx, z, bits)
-        return await truncate1_additive(ctx, z, bits, pre=self.of("t")["pre"])
+        return await truncate1_additive(ctx, z, bits, pre=self.tuples("t"))
 
 
 async def _candidates_from_t(
