@@ -107,6 +107,12 @@ def _elementwise(rounds: int, bytes_: float, inputs: int = 1, large_rounds: int 
     )
 
 
+def _silu_error(bound: int | None = None) -> str:
+    """SiLU's error, and its precondition where a bound shortens the comparisons."""
+    error = "1.8e-4; 2.9e-5 on [-3, 3]"
+    return error if bound is None else f"{error}; for |x| <= {bound} (garbage beyond)"
+
+
 def _per_value(online: Cost, offline: Cost) -> tuple[Case, ...]:
     """64 and :data:`SMALL` values of a per-value op (the reciprocals: the same per element,
     no rotation of roles below :data:`LARGE`)."""
@@ -193,33 +199,33 @@ COSTS: tuple[OpCost, ...] = (
     OpCost("activations.gelu", _elementwise(8, 361.13, large_rounds=9, offline=108.0),
            "0.0199", _LINEAR, kwargs={"method": "puma"}, variant='method="puma"'),
     OpCost("activations.silu", _elementwise(6, 294.0, offline=260.0),
-           "1.8e-4; 2.9e-5 on [-3, 3]",
+           _silu_error(),
            "53-bit chains (the slack's 10 bits dropped); " + _LINEAR),
     OpCost("activations.silu", _elementwise(7, 270.88, offline=72.0, offline_rounds=1),
-           "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 256 (garbage beyond)",
+           _silu_error(256),
            "7.75 leaves + 3 per threshold (17-bit chains: 27 bits less the slack's 10), the "
            "bits opened to the evaluators (0.25 per threshold) who exchange the selected row "
            "(64), the identity a row of the table; offline 8 per threshold (S's share of its "
            "pads' bit) + 1 dealt product; " + _LINEAR,
            kwargs={"bound": 256}, variant="bound=256"),
     OpCost("activations.silu", _elementwise(6, 260.88, offline=79.0, offline_rounds=1),
-           "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 128 (garbage beyond)",
+           _silu_error(128),
            "as bound=256 on 16-bit chains (26 bits less the slack's 10): 7.625 leaves + "
            "1.75 per threshold, one tree level, so the selected rows' exchange runs beside "
            "the powers' second level; offline 8 + 1.875 per threshold; " + _LINEAR,
            kwargs={"bound": 128}, variant="bound=128"),
     OpCost("activations.silu", _elementwise(9, 227.38, offline=72.0, offline_rounds=1),
-           "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 256 (garbage beyond)",
+           _silu_error(256),
            "as bound=256, but v^2 only (v^3 and v^4 not made: 87) and the dot product by "
            "Horner's split, A + v^2 B, B truncated apart (43.5): 2 rounds more; " + _LINEAR,
            kwargs={"bound": 256, "horner": True}, variant="bound=256, horner=True"),
     OpCost("activations.silu", _elementwise(8, 217.38, offline=79.0, offline_rounds=1),
-           "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 128 (garbage beyond)",
+           _silu_error(128),
            "as bound=128 by Horner's split (as bound=256, horner=True): one tree level, so "
            "8 rounds; " + _LINEAR,
            kwargs={"bound": 128, "horner": True}, variant="bound=128, horner=True"),
     OpCost("activations.silu", _elementwise(6, 208.88, offline=200.0),
-           "1.8e-4; 2.9e-5 on [-3, 3]; for |x| <= 256 (garbage beyond)",
+           _silu_error(256),
            "7.75 leaves + 3 per threshold (17-bit chains: 27 bits less the slack's 10), the "
            "bits opened to all three and shared arithmetically offline (24 per threshold), "
            "the identity a row of the table; " + _LINEAR,
