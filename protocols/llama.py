@@ -243,8 +243,8 @@ class SecureModel:
 TRADEOFFS = ("balanced", "fewer-rounds", "fewer-bytes")
 """Where two protocols compute the same layer step, one in fewer rounds, the other in fewer
 bytes (:class:`LayerPlan`), which a session takes: "balanced" (the default: the fewer bytes
-where they save much, :func:`layer_plan`), "fewer-rounds" (links of high latency) or
-"fewer-bytes" (links of low bandwidth)."""
+where they save much, and in prompt passes, :func:`layer_plan`), "fewer-rounds" (links of
+high latency) or "fewer-bytes" (links of low bandwidth)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,32 +264,47 @@ class LayerPlan:
     comparison bits, once a fourth such choice, are always opened to their two evaluators
     only: 66 bytes per element fewer than to all three, and, with the selected rows'
     exchange beside the powers, a round more only in a prompt pass's layers of gate bound
-    2^8.)"""
+    2^8.) ``prompt``: the plan of passes over more than one row, where it differs
+    (:meth:`for_rows`; balanced's: :func:`layer_plan`)."""
 
     normalise_input: bool
     silu_horner: bool = False
     candidate_tuples: bool = True
     normalise_mlp_input: bool = True
+    prompt: LayerPlan | None = None
+
+    def for_rows(self, rows: int) -> LayerPlan:
+        """The plan of a pass over ``rows`` new rows (with no :attr:`prompt` of its own):
+        :attr:`prompt` (where set) for more than one, else this plan's own choices."""
+        if rows > 1 and self.prompt is not None:
+            return self.prompt
+        return dataclasses.replace(self, prompt=None) if self.prompt is not None else self
 
 
 def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
-    """The layers' protocols for ``tradeoff`` (:data:`TRADEOFFS`): "balanced" scales the
-    attention's input where that saves 2 of 3 products by rho (:func:`normalises_input`),
-    the MLP's input, and the rounds side of the other choices, "fewer-rounds" the rounds side
-    everywhere, "fewer-bytes" the bytes side everywhere (the norm first, SiLU by Horner's
-    split, the segments' candidates without TP1 tuples). Measured (``benchmarks/llama.py
-    --tradeoff``, online + offline, all parties): a new SmolLM2 token after 5 prompt tokens
-    balanced 1,271 rounds and 35.9 MB, fewer-rounds 1,211 and 39.1, fewer-bytes 1,636 and
-    31.3; the 5-token prompt pass 1,333 rounds and 169.8 MB, fewer-rounds 1,273 and 186.1,
-    fewer-bytes 1,726 and 146.9; a 7B-shape block of 8 tokens balanced 48 rounds and 58.6
-    MB, fewer-rounds 42 and 67.7, fewer-bytes 58 and 54.8."""
+    """The layers' protocols for ``tradeoff`` (:data:`TRADEOFFS`): "fewer-rounds" the rounds
+    side everywhere, "fewer-bytes" the bytes side everywhere (the norm first, SiLU by
+    Horner's split, the segments' candidates without TP1 tuples). "balanced" scales the
+    attention's input where that saves 2 of 3 products by rho (:func:`normalises_input`)
+    and the MLP's input; a new token (one row: its rounds are its price across machines)
+    takes the rounds side of the other choices, a prompt pass (more than one row:
+    :attr:`LayerPlan.prompt`) SiLU by Horner and the candidates without tuples, which save
+    about 4 MB per row for about 300 rounds per pass (the norm first would add 90 rounds
+    for 0.5 MB per row: not taken). Measured (``benchmarks/llama.py --tradeoff``, online +
+    offline, all parties): a new SmolLM2 token after 5 prompt tokens balanced 1,271 rounds
+    and 35.9 MB, fewer-rounds 1,211 and 39.1, fewer-bytes 1,636 and 31.3; the 5-token
+    prompt pass 1,636 rounds and 149.4 MB, fewer-rounds 1,273 and 186.1, fewer-bytes 1,726
+    and 146.9; a 7B-shape block of 8 tokens balanced BLOCK_ROUNDS rounds and BLOCK_MB MB,
+    fewer-rounds 42 and 67.7, fewer-bytes 58 and 54.8."""
     if tradeoff not in TRADEOFFS:
         raise ValueError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, got {tradeoff!r}")
     if tradeoff == "fewer-rounds":
         return LayerPlan(normalise_input=False, normalise_mlp_input=False)
     if tradeoff == "fewer-bytes":
         return LayerPlan(normalise_input=True, silu_horner=True, candidate_tuples=False)
-    return LayerPlan(normalise_input=normalises_input(config))
+    normalise_input = normalises_input(config)
+    return LayerPlan(normalise_input, prompt=LayerPlan(normalise_input, silu_horner=True,
+                                                       candidate_tuples=False))
 
 
 def weight_plan(config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
@@ -924,8 +939,9 @@ async def prepare_tuples(
     number of norms), in scope ``tuples``; each norm's and reciprocal's comparisons' material
     (:func:`.segments.prepare_selection`) in that component's scope. Made during the pass
     before (the session's passes after a prompt's first: 1 row, one position more), or at
-    the pass's start beside the embedding (:func:`forward`)."""
-    shape, eps = (rows, config.hidden), config.rms_eps
+    the pass's start beside the embedding (:func:`forward`). ``plan``: the model's, taken for
+    ``rows`` here (:meth:`LayerPlan.for_rows`)."""
+    shape, eps, plan = (rows, config.hidden), config.rms_eps, plan.for_rows(rows)
     attn_rho = None if plan.normalise_input else QKV_RHO_FRAC  # :func:`normalised_qkv`
     mlp_rho = None if plan.normalise_mlp_input else GATE_UP_RHO_FRAC  # normalised_gate_up
     layer = [rms_norm_tuples(ctx, shape, eps=eps, frac_bits=attn_rho),
@@ -966,7 +982,7 @@ async def forward(
         raise ContextLengthError(
             f"{start} cached + {n} new tokens exceed the context length {config.context_length}"
         )
-    rope = Rope.at(ctx, config, start, n)
+    rope, plan = Rope.at(ctx, config, start, n), model.plan.for_rows(n)
 
     async def embed(c: Context) -> Stream:
         with c.scope("embed"):
@@ -975,7 +991,7 @@ async def forward(
     head_rows = n if all_positions else 1
     if pre is None:
         x, pre = await ctx.gather(
-            embed, lambda c: prepare_tuples(c, config, model.plan, n, start + n, head_rows))
+            embed, lambda c: prepare_tuples(c, config, plan, n, start + n, head_rows))
     elif (pre.rows, pre.keys, pre.head_rows) != (n, start + n, head_rows):
         raise ValueError(f"material for {pre.rows} rows at {pre.keys} positions, head on "
                          f"{pre.head_rows}; the pass has {n} at {start + n}, head on {head_rows}")
@@ -983,7 +999,7 @@ async def forward(
         x = await embed(ctx)
     for i, layer in enumerate(model.layers):
         with ctx.scope(f"layer{i}"):
-            x = await decoder_layer(ctx, config, model.plan, layer, x, rope, cache, i,
+            x = await decoder_layer(ctx, config, plan, layer, x, rope, cache, i,
                                     pre.layers[i])
     with ctx.scope("head"):
         rows = x if all_positions else x.rows(slice(n - 1, None))

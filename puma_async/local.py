@@ -150,7 +150,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tradeoff", choices=TRADEOFFS, default="balanced",
                         help="the layers' protocols where two trade rounds for bytes: "
                              "'fewer-rounds' for high latency between parties, 'fewer-bytes' "
-                             "for low bandwidth (default: balanced)")
+                             "for low bandwidth (default: balanced, which takes the fewer "
+                             "bytes in prompt passes)")
     parser.add_argument("--compare", action="store_true", help="also run the plaintext model")
     parser.add_argument("--json", action="store_true", help="print JSON results on stdout")
     parser.add_argument("--record", metavar="DIR",

@@ -158,24 +158,27 @@ def test_certified_bounds_shorten_silu_chains_only(session) -> None:
         assert bounded.bytes_sent < unbounded.bytes_sent
 
 
-@pytest.mark.parametrize(("heads", "tradeoff", "rounds_per_layer", "head_rounds"), [
-    (2, "fewer-bytes", 12, 3),  # norm first (3), SiLU by Horner (1), no TP1 tuples (3 + 3 + 2)
-    (4, "fewer-rounds", -5, 0),  # multi-head: balanced takes both norms first (3 + 2)
-    (2, "fewer-rounds", -2, 0),  # grouped-query: only the MLP's norm differs
+@pytest.mark.parametrize(("heads", "tradeoff", "prompt_rounds", "token_rounds"), [
+    # (rounds per layer, in the head) more than balanced, in the prompt pass and per token
+    (2, "fewer-bytes", (3, 0), (12, 3)),  # norm first (3); tokens: Horner (1), no tuples (8)
+    (4, "fewer-rounds", (-14, -3), (-5, 0)),  # multi-head: balanced's norms first (3 + 2)
+    (2, "fewer-rounds", (-11, -3), (-2, 0)),  # grouped-query: only the MLP's norm differs
 ])
-def test_tradeoffs_give_the_same_tokens(heads: int, tradeoff: str, rounds_per_layer: int,
-                                        head_rounds: int) -> None:
+def test_tradeoffs_give_the_same_tokens(heads: int, tradeoff: str, prompt_rounds: tuple[int, int],
+                                        token_rounds: tuple[int, int]) -> None:
     """Every tradeoff's plan computes the same layers: plaintext's tokens and logits, and per
     pass the balanced plan's rounds plus those its protocols add or save per layer and in
-    the head, the bytes moving the other way. Fewer-bytes here: 3 for the norm first (RoPE's
-    truncation is one block at this width); 1 for SiLU by Horner (its comparisons' one tree
-    level starts in the gate product's last round, so the rows' exchange ends a round after
-    v^2, and B's truncation and the last take 4 rounds from there instead of max(exchange,
-    v^4) + 2); and the segments' candidates truncated in 2 rounds each, without TP1 tuples:
-    3 per norm (two per layer, and the head's) and 2 for the softmax's 1/sum (its
-    comparisons' leaves start in negExp's last round, so its opening waited on nothing).
-    Fewer-rounds: rho after the gate/up product instead of before (2: the raw product beside
-    the rsqrt), and with multi-head attention after the QKV product too (3)."""
+    the head, the bytes moving the other way. Balanced's prompt pass takes SiLU by Horner
+    and the candidates without TP1 tuples (:func:`.llama.layer_plan`), its tokens neither.
+    Those two: 1 for SiLU by Horner (its comparisons' one tree level starts in the gate
+    product's last round, so the rows' exchange ends a round after v^2, and B's truncation
+    and the last take 4 rounds from there instead of max(exchange, v^4) + 2); and the
+    segments' candidates truncated in 2 rounds each, without TP1 tuples: 3 per norm (two
+    per layer, and the head's) and 2 for the softmax's 1/sum (its comparisons' leaves start
+    in negExp's last round, so its opening waited on nothing). Fewer-bytes also takes the
+    norm first: 3 (RoPE's truncation is one block at this width). Fewer-rounds: rho after
+    the gate/up product instead of before (2: the raw product beside the rsqrt), and with
+    multi-head attention after the QKV product too (3)."""
     raw = dataclasses.replace(UNBOUNDED, n_kv_heads=heads)
     config = dataclasses.replace(raw, gate_bounds=certify_gate_bounds(random_weights(raw, 3)))
     weights = random_weights(config, seed=3)
@@ -190,11 +193,12 @@ def test_tradeoffs_give_the_same_tokens(heads: int, tradeoff: str, rounds_per_la
         assert max(errors) < LOGIT_BOUND, errors
     for step in range(NEW):
         base, other = (runs[t].step_cost(0, step, PARTIES[0]) for t in ("balanced", tradeoff))
-        assert other.rounds == base.rounds + rounds_per_layer * config.n_layers + head_rounds
+        per_layer, head = prompt_rounds if step == 0 else token_rounds
+        assert other.rounds == base.rounds + per_layer * config.n_layers + head, step
     base_bytes, other_bytes = (sum(runs[t].stats[p].totals(phase=phase).bytes_sent
                                    for p in PARTIES for phase in ("online", "offline"))
                                for t in ("balanced", tradeoff))  # the passes' bytes
-    assert (other_bytes < base_bytes) == (rounds_per_layer > 0)
+    assert (other_bytes < base_bytes) == (token_rounds[0] > 0)
 
 
 def test_norm_gains_are_folded_into_the_next_weights() -> None:
@@ -410,10 +414,11 @@ def test_cli_context_length_error(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_tradeoff(capsys: pytest.CaptureFixture[str]) -> None:
-    """``--tradeoff fewer-bytes``: the same tokens as the plaintext model, 11 rounds more per
-    layer at this width and 3 in the head (:func:`test_tradeoffs_give_the_same_tokens`'s
-    less SiLU's Horner split: the tiny model declares no gate bounds, so SiLU's bits are
-    opened to all and its dot product is one); an unknown tradeoff is a usage error."""
+    """``--tradeoff fewer-bytes``: the same tokens as the plaintext model; per new token 11
+    rounds more per layer at this width and 3 in the head, in the prompt pass 3 per layer
+    (:func:`test_tradeoffs_give_the_same_tokens`'s less SiLU's Horner split: the tiny model
+    declares no gate bounds, so SiLU's bits are opened to all and its dot product is one);
+    an unknown tradeoff is a usage error."""
     rounds = {}
     for tradeoff in ("balanced", "fewer-bytes"):
         assert main(["--model", "tiny", "--prompt", "abc", "--max-new-tokens", "2", "--compare",
@@ -422,7 +427,9 @@ def test_cli_tradeoff(capsys: pytest.CaptureFixture[str]) -> None:
         assert prompt["generated_ids"] == prompt["plaintext_ids"]
         rounds[tradeoff] = [step["rounds"] for step in prompt["steps"]]
     layers = tiny_config().n_layers
-    assert rounds["fewer-bytes"] == [r + 11 * layers + 3 for r in rounds["balanced"]]
+    prompt_pass, *tokens = rounds["balanced"]
+    assert rounds["fewer-bytes"] == [prompt_pass + 3 * layers, *(r + 11 * layers + 3
+                                                                 for r in tokens)]
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", "tiny", "--tradeoff", "fast"])
     assert exit_info.value.code == 2

@@ -256,17 +256,23 @@ def test_reveal_logits_setting() -> None:
 
 def test_tradeoff_setting() -> None:
     """The tradeoff names the layers' plan: balanced by default (the attention norm before
-    the QKV product for multi-head attention only), fewer-rounds (neither norm before its
-    product), fewer-bytes (everywhere, and SiLU by Horner's split); anything else is
-    refused."""
+    the QKV product for multi-head attention only; in passes over more than one row SiLU
+    by Horner's split and the candidates without TP1 tuples), fewer-rounds (neither norm
+    before its product), fewer-bytes (everywhere, and SiLU by Horner's split); anything
+    else is refused."""
     multi_head = dataclasses.replace(tiny_config(), n_kv_heads=4)
     assert SessionSettings("s").tradeoff == "balanced"
-    assert SessionSettings("s").plan == LayerPlan(False)
-    assert SessionSettings("s", architecture=multi_head, model="mh").plan == LayerPlan(True)
+    balanced = SessionSettings("s").plan
+    assert balanced.for_rows(1) == dataclasses.replace(balanced, prompt=None) == LayerPlan(False)
+    assert balanced.for_rows(2) == balanced.for_rows(5) == LayerPlan(
+        False, silu_horner=True, candidate_tuples=False)
+    assert SessionSettings("s", architecture=multi_head, model="mh").plan.for_rows(1
+                                                                              ) == LayerPlan(True)
     assert SessionSettings("s", architecture=multi_head, model="mh",
                            tradeoff="fewer-rounds").plan == LayerPlan(
         False, normalise_mlp_input=False)
-    assert SessionSettings("s", tradeoff="fewer-bytes").plan == LayerPlan(
+    fewer_bytes = SessionSettings("s", tradeoff="fewer-bytes").plan
+    assert fewer_bytes == fewer_bytes.for_rows(5) == LayerPlan(
         True, silu_horner=True, candidate_tuples=False)
     assert SessionSettings.from_dict(SessionSettings("s", tradeoff="fewer-rounds").to_dict()
                                      ).tradeoff == "fewer-rounds"

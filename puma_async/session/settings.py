@@ -32,7 +32,7 @@ from puma_async.protocols.llama import LayerPlan, layer_plan
 from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
 from puma_async.session.models import PRESETS, TINY, preset_architecture
 
-DIGEST_VERSION = 11
+DIGEST_VERSION = 12
 """Bumped whenever what the digested settings imply changes: 5, the weight plan (the norms'
 gains folded into the QKV and gate/up matrices, ``protocols.llama.weight_plan``); 6, the
 architecture's certified gate bounds (``LlamaConfig.gate_bounds``: SiLU's comparison chains);
@@ -46,7 +46,8 @@ the evaluators under every tradeoff; 11, "fewer-bytes" evaluates SiLU by Horner'
 and truncates the norms' and reciprocals' candidates in 2 rounds without TP1 tuples, and
 "fewer-rounds" scales the gate/up product by the MLP norm's rho after it
 (``protocols.llama.LayerPlan``'s ``silu_horner``, ``candidate_tuples`` and
-``normalise_mlp_input``: other messages)."""
+``normalise_mlp_input``: other messages); 12, "balanced" takes those two bytes-side choices
+in passes over more than one row (``LayerPlan.prompt``: a prompt pass's other messages)."""
 REVEAL_LOGITS = ("last", "all")
 """What a prompt pass reveals to the client: the logits of its last position (enough to
 choose the next token), or of every position (teacher-forced perplexity of a text in one
