@@ -276,9 +276,9 @@ class LayerPlan:
     def for_rows(self, rows: int) -> LayerPlan:
         """The plan of a pass over ``rows`` new rows (with no :attr:`prompt` of its own):
         :attr:`prompt` (where set) for more than one, else this plan's own choices."""
-        if rows > 1 and self.prompt is not None:
-            return self.prompt
-        return dataclasses.replace(self, prompt=None) if self.prompt is not None else self
+        if self.prompt is None:
+            return self
+        return self.prompt if rows > 1 else dataclasses.replace(self, prompt=None)
 
 
 def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
