@@ -40,6 +40,7 @@ from puma_async.protocols.arith import matmul_fxp, mul_fxp
 from puma_async.protocols.fixedpoint import FixedPoint
 from puma_async.protocols.norms import layer_norm, rms_norm
 from puma_async.protocols.ringmatmul import ring_matmul
+from puma_async.protocols.shares import AShare
 from puma_async.protocols.softmax import softmax
 from puma_async.roles import PARTIES
 
@@ -144,6 +145,45 @@ def bench_mul_fxp(repeats: int) -> Result:
     result["max_error_ulp"] = _max_ulp_error(e.outputs[0], exact)
     result["per_second"] = n / result["seconds"]
     return result
+
+
+CHAIN_STEPS = 100
+"""Dependent products in a chain benchmark: a step's cost, not its arithmetic."""
+
+
+def _bench_product_chain(width: int, repeats: int) -> Result:
+    """:data:`CHAIN_STEPS` dependent fixed-point products of one row (1, ``width``), each
+    waiting for the last: what a new token's sequential steps cost per step (its rows are
+    576-1536 elements wide), and ``seconds_per_product``. Error in ulps against float64 on
+    the encoded inputs: each truncation adds at most 1 and |y| <= 1 scales the earlier ones
+    down, so at most :data:`CHAIN_STEPS`."""
+    fx = FixedPoint()
+    rng = np.random.default_rng(4)
+    x, y = fx.encode(rng.uniform(-2, 2, (1, width))), fx.encode(rng.uniform(0.98, 1.0, width))
+
+    async def chain(ctx: Context, a: AShare, b: AShare) -> AShare:
+        for _ in range(CHAIN_STEPS):
+            a = await mul_fxp(ctx, a, b)
+        return a
+
+    result, e = measure_op(chain, x, y, repeats=repeats)
+    exact = fx.decode(x) * fx.decode(y) ** CHAIN_STEPS
+    result["max_error_ulp"] = float(np.max(np.abs(fx.decode(e.outputs[0]) - exact))
+                                    * 2**fx.frac_bits)
+    result["seconds_per_product"] = result["seconds"] / CHAIN_STEPS
+    return result
+
+
+@benchmark("mul_fxp_chain_100x576",
+           f"{CHAIN_STEPS} dependent fixed-point products of one row (1, 576), in sequence")
+def bench_chain_576(repeats: int) -> Result:
+    return _bench_product_chain(576, repeats)
+
+
+@benchmark("mul_fxp_chain_100x4608",
+           f"{CHAIN_STEPS} dependent fixed-point products of one row (1, 4608), in sequence")
+def bench_chain_4608(repeats: int) -> Result:
+    return _bench_product_chain(4608, repeats)
 
 
 def _comparison_inputs(n: int) -> tuple[np.ndarray, np.ndarray]:
