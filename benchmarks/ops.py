@@ -174,13 +174,13 @@ def _bench_product_chain(width: int, repeats: int) -> Result:
     return result
 
 
-@benchmark("mul_fxp_chain_100x576",
+@benchmark(f"mul_fxp_chain_{CHAIN_STEPS}x576",
            f"{CHAIN_STEPS} dependent fixed-point products of one row (1, 576), in sequence")
 def bench_chain_576(repeats: int) -> Result:
     return _bench_product_chain(576, repeats)
 
 
-@benchmark("mul_fxp_chain_100x4608",
+@benchmark(f"mul_fxp_chain_{CHAIN_STEPS}x4608",
            f"{CHAIN_STEPS} dependent fixed-point products of one row (1, 4608), in sequence")
 def bench_chain_4608(repeats: int) -> Result:
     return _bench_product_chain(4608, repeats)
