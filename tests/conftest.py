@@ -40,6 +40,7 @@ from typing import Any
 
 import pytest
 import trio.testing
+from support.benchmark_scripts import BenchmarkScripts
 from support.fixed_point import FixedPointRuns
 from support.gguf_files import GgufWriter
 from support.processes import Processes
@@ -149,3 +150,9 @@ def write_gguf() -> GgufWriter:
 @pytest.fixture(scope="session")
 def processes() -> Processes:
     return Processes()
+
+
+@pytest.fixture(scope="session")
+def benchmark_script() -> BenchmarkScripts:
+    """Run a script of ``benchmarks/`` as a process: its JSON output and stdout."""
+    return BenchmarkScripts()

@@ -4,26 +4,16 @@ come from the same script)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
-
 
 @pytest.mark.system
-def test_the_deployment_benchmark_runs_on_the_tiny_model(tmp_path: Path) -> None:
-    out = tmp_path / "deployment.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "deployment.py"), "--model", "tiny",
-         "--prompt", "1 2 3", "--max-new-tokens", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    figures = json.loads(out.read_text())
+def test_the_deployment_benchmark_runs_on_the_tiny_model(benchmark_script, tmp_path: Path) -> None:
+    figures, _ = benchmark_script.run(tmp_path, "deployment.py", "--model", "tiny",
+                                      "--prompt", "1 2 3", "--max-new-tokens", "2")
     assert figures["prompt_tokens"] > 0 and len(figures["per_token_seconds"]) == 1
     for mb in (figures["prompt_pass"]["mb_parties"], *figures["per_token_mb_parties"]):
         assert mb["online"] > 0 and mb["offline"] > 0
