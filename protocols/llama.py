@@ -831,9 +831,10 @@ async def normalised_gate_up(
     MB more, all parties, and 60 rounds fewer: ``benchmarks/llama.py --tradeoff
     fewer-rounds``). Headroom: |x W'| 2^42 before the raw product's truncation and
     |rho x W'| 2^52 before the last: |x W'| < 2^20 and |gate|, |up| < 2^10. SmolLM2
-    (plaintext reference, 38 prompts and 4 prose windows of 128 tokens,
-    ``/work/coord/s27/rawgu.py``): max |x W'| 59,597 (< 2^16), |gate| 58.6, |up| 78.9,
-    rho in [0.00081, 10.03]. Error added: x W''s rounding times rho (2^-22 rho <= 2.4e-6)
+    (the float64 reference forward over 38 prompts and 4 windows of 128 tokens of
+    ``benchmarks/prompts/pride-and-prejudice-ch1.txt``, the massive-activation first tokens
+    included, measured when this path was added): max |x W'| 59,597 (< 2^16), |gate| 58.6,
+    |up| 78.9, rho in [0.00081, 10.03]. Error added: x W''s rounding times rho (2^-22 rho <= 2.4e-6)
     and the last truncation (2^-18), against rho first's h unit through W' (2^-18 sum_i
     |W'_ij|); relative: rho's (rsqrt's, as :func:`normalised_qkv`) and its resolution 2^-30
     (1.2e-6 at the smallest rho)."""
