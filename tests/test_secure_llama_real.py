@@ -1,9 +1,11 @@
 """Secure generation with the real SmolLM2-135M-Instruct equals plaintext greedy generation.
 
-One session per tradeoff (the weights are shared once in each: balanced, the default;
-fewer-bytes, whose protocols differ: the attention norm first, SiLU by Horner's split, the
-norms' candidates truncated without TP1 tuples; fewer-rounds: the MLP norm's rho after the
-gate/up product, on the raw residual's product) with three prompts and a few tokens each. Bounds,
+One session per tradeoff (the weights are shared once in each: balanced, the default, whose
+prompt passes take SiLU by Horner's split and the candidates without TP1 tuples;
+fewer-bytes, whose protocols differ everywhere: the attention norm first, SiLU by Horner's
+split, the norms' candidates truncated without TP1 tuples; fewer-rounds: the MLP norm's rho
+after the gate/up product, on the raw residual's product) with three prompts and a few
+tokens each. Bounds,
 secure logits vs the float64 reference on the same prefix, at every position: issue 13's
 goals, max |logit error| <= 0.05 and KL(plaintext || secure) <= 1e-4 (measured 0.0030 and
 7.8e-8 on logits up to 25; " Paris" 17.372 vs 17.371).
