@@ -1,13 +1,14 @@
 """Multiplication and matrix products of shares, in the ring and in fixed point.
 
 Secret x secret (ABY3): P_i computes its 3-out-of-3 share of the product from its two pairs,
-z_i = (x_i + x_{i+1}) y_i + x_i y_{i+1} (+ a fresh zero-sharing alpha_i), and
+z_i = (x_i + x_{i+1}) y_i + x_i y_{i+1}, masks it with a fresh zero-sharing alpha_i, and
 
 - in the ring (:func:`mul`, :func:`square`, :func:`matmul`) sends z_i to P_{i-1}:
   1 round, one ring element per output element per party (8 bytes);
 - in fixed point (:func:`mul_fxp`, :func:`square_fxp`, :func:`matmul_fxp`, and
   :func:`dot_fxp` for sums of products) feeds z_i straight into the truncation
-  (:func:`.trunc.truncate_additive`) instead of resharing it:
+  (:func:`.trunc.truncate_additive`, whose own streams mask it: no zero-sharing to draw)
+  instead of resharing it:
   2 rounds in all, 40 + f/8 bytes per output element from all parties together (f = bits,
   18 by default: 42.25 bytes, 14.1 per party), versus 3 rounds and 50.25 bytes for
   :func:`mul` followed by :func:`.trunc.truncate`.
@@ -90,13 +91,13 @@ async def finish_product(
     ctx: Context, z: RingArray, bits: int, *, rounds: Rounds = 2,
     pre: Trunc1Material | None = None,
 ) -> AShare:
-    """Replicated shares of a product from P_i's additive share ``z`` of it: mask z with a
-    zero-sharing, then reshare (``bits`` = 0: 1 round) or truncate (2 rounds; ``rounds`` = 1:
-    TP1 in 1 round, its tuples ``pre`` from :func:`.trunc1.prepare_trunc1` with
-    ``Trunc1Spec(z.size, bits)``, or prepared inline when None)."""
+    """Replicated shares of a product from P_i's additive share ``z`` of it: reshare
+    (``bits`` = 0: 1 round) or truncate (2 rounds; ``rounds`` = 1: TP1 in 1 round, its tuples
+    ``pre`` from :func:`.trunc1.prepare_trunc1` with ``Trunc1Spec(z.size, bits)``, or prepared
+    inline when None), each masking z with a zero-sharing of its own (the 2-round
+    truncation's costs no draw: :mod:`.trunc`)."""
     if rounds not in (1, 2) or (rounds == 2 and pre is not None):
         raise ValueError(f"rounds must be 1 or 2 (tuples only with 1), got {rounds}")
-    z = await masked_share(ctx, z)
     if rounds == 1:
         return await truncate1_additive(ctx, z, bits, pre=pre)
     return await truncate_additive(ctx, z, bits)
@@ -117,21 +118,18 @@ async def finish_product_wide(
     opened by p's swap, the residual's component that both openers hold added to it, so it
     costs 24 + (bits + shift)/8 bytes per element. With bits = 0 (p a plain reshare, no
     swap to share) w is a truncation of its own, the residual entering as 3-out-of-3 addends
-    2^bits x_i under a second, fresh zero-sharing (with p's mask, the swapped addends would
-    reveal x_i): 40 + shift/8 bytes. Rounds: 2 (1 when bits = shift = 0).
+    2^bits x_i under that truncation's own fresh masks (with p's mask, the swapped addends
+    would reveal x_i): 40 + shift/8 bytes. Rounds: 2 (1 when bits = shift = 0).
     """
     if bits:
         zero = np.zeros_like(z)
         scaled = (AShare(zero, zero) if residual is None
                   else residual.scale(np.uint64(1 << bits)))
-        return await truncate_additive_twin(ctx, await masked_share(ctx, z), bits, scaled,
-                                            bits + shift)
-    masked = await masked_share(ctx, z)
-    if residual is not None:
-        masked = ring.add(masked, residual.first)
+        return await truncate_additive_twin(ctx, z, bits, scaled, bits + shift)
+    addends = z if residual is None else ring.add(z, residual.first)
     product, wide = await ctx.gather(
         lambda c: finish_product(c, z, 0),
-        lambda c: truncate_additive(c, masked, shift),
+        lambda c: truncate_additive(c, addends, shift),
     )
     return product, wide
 

@@ -104,7 +104,6 @@ from .fastcmp import (
 )
 from .offload import offload
 from .polynomial import HEADROOM_BITS
-from .randomness import masked_share
 from .ring import RingArray, neg, to_ring
 from .shares import AShare, concatenate, public_share, stack
 from .trunc import truncate, truncate_additive
@@ -473,8 +472,10 @@ async def segment_candidates(
     receiver lacks: uniform. With beta = alpha (or no beta) E2 would hold z_s, z_(s+1) and
     its own z_(s+2), i.e. X itself; the scales 2^(W+1-m) are powers of two, so even z_s
     2^(W+1-m) mod 2^64 would give X's low bits. The opened c = t + r stays uniform (r).
-    Without tuples, :func:`.trunc.truncate_additive` sends each masked word t_(m,i) to one
-    opener only, a subset of the above."""
+    Without tuples, :func:`.trunc.truncate_additive` takes t_i unmasked and masks it with
+    fresh words of its own in beta's place (an opener's word comes from the key it shares with
+    the dealer, which the other opener lacks), and sends each masked word to one opener only:
+    a subset of the above."""
     role, f, w = ctx.role, SEGMENT_FRAC, plan.work
     trunc = _Truncations(pre)
     if not isinstance(x, AShare):
@@ -483,7 +484,7 @@ async def segment_candidates(
         shares = ring.mul(x[..., plan.octave_range], plan.scales)
         if role == 0:
             shares = ring.add(shares, to_ring(neg(3 << w)))
-        t = await trunc.additive(ctx, await masked_share(ctx, shares), w - f)
+        t = await trunc.additive(ctx, shares, w - f)
     else:
         exact = x[..., plan.octave_range].scale(plan.scales).add_public(role, neg(3 << w))
         if plan.direct:

@@ -18,7 +18,9 @@ not play):
 1. A and B learn c = x + 2^62 + r' and D knows r'. For a replicated x, A and B both hold
    x_{j+1}: c = x_{j+1} + 2^62 and r' = -(x_{j+2} + x_j), no message. For a product (fused
    with the multiplication, :func:`truncate_additive`), each party holds a 3-out-of-3 share
-   z_i masked by a fresh zero-sharing; A and B swap z_j and z_{j+1}, and r' = -z_{j+2}.
+   z_i, which it masks here (:func:`_masked`): A adds u_A (key k_j: A, D), B adds u_B (key
+   k_{j+2}: B, D), D subtracts both; A and B swap z_j + u_A and z_{j+1} + u_B, and
+   r' = -(z_{j+2} - u_A - u_B).
 2. D splits r' = 2^63 m + l and sends B its additive shares (A's come from the key k_j that A
    and D share) of G = 2^(63-f) m - (l >> f) (64 bits) and of m modulo 2^f (f bits, packed).
    This message is computable at once, so it travels in the same round as step 1.
@@ -37,13 +39,19 @@ shared or computed); e is in {0, 1} whatever they are.
 Security (semi-honest, one corruption): every value a party receives is masked by a PRG
 stream of a key it does not hold (A never sees k_{j+2}, B never sees k_j, D receives
 nothing), and c is known to A and B anyway (a share component, or x plus the dealer's secret).
+The product's masks (u_A, u_B, -u_A - u_B) are a zero-sharing that costs no draw of its own:
+they are further words of the streams A, B and D draw anyway. They are the usual zero-sharing
+(alpha_i = R_i - R_{i+1}, :func:`.randomness.masked_share`) without the term R_{j+1}, which A
+and B both hold: in the swap that term hid nothing from either, so each party's view is the
+same as with a separate zero-sharing, for two draws fewer per party and product.
 
 Costs (n elements, f = bits; per party, from 12,288 elements on: each sends a third of the
 total; below, the same total with the dealer's part from P_2 and the openers' from P_0, P_1):
 - :func:`truncate`: 2 rounds; 3 elements + f bits per element in all (24 + f/8 bytes),
   8 + f/24 bytes per party per element.
 - :func:`truncate_additive` (with the product): 2 rounds in all for multiply + truncate;
-  5 elements + f bits per element in all (40 + f/8 bytes), about 1.76 elements per party.
+  5 elements + f bits per element in all (40 + f/8 bytes), about 1.76 elements per party;
+  PRG words drawn per element: 4 (A) + 2 (B) + 6 (D), the product's masks included.
 - :func:`truncate_additive_twin`: a second truncation, of the product plus a replicated
   value, opened by the first's swap: 3 elements + f' bits more (24 + f'/8 bytes), 2 rounds.
 """
@@ -61,7 +69,7 @@ from .bitpack import pack_low_bits, packed_size, unpack_low_bits
 from .fixedpoint import fixed_point
 from .offload import offload
 from .prg import Prg
-from .randomness import party_keys
+from .randomness import masked_share, party_keys
 from .ring import RING_DTYPE, RingArray
 from .shares import AShare
 
@@ -94,14 +102,16 @@ async def truncate(ctx: Context, x: AShare, bits: int | None = None) -> AShare:
 
 
 async def truncate_additive(ctx: Context, z: RingArray, bits: int) -> AShare:
-    """Replicated floor(z / 2^bits) + e from 3-out-of-3 shares z (masked by a zero-sharing).
+    """Replicated floor(z / 2^bits) + e from this party's 3-out-of-3 share z of a product
+    (unmasked: the masks are the truncation's own, module docstring).
 
     z_0 + z_1 + z_2 must lie in [-2^62, 2^62) as a signed value. With bits = 0 this is the
-    plain reshare of a multiplication (1 round, one element per party per element); else
-    2 rounds and 40 + bits/8 bytes per element from all parties together.
+    plain reshare of a multiplication under a fresh zero-sharing (1 round, one element per
+    party per element); else 2 rounds and 40 + bits/8 bytes per element from all parties
+    together.
     """
     if bits == 0:
-        return await _reshare(ctx, z)
+        return await reshare(ctx, await masked_share(ctx, z))
     flat = z.reshape(-1)
     out = await _truncate(ctx, bits, flat, flat, flat, exchange=True)
     return out.reshape(z.shape)
@@ -112,7 +122,7 @@ async def truncate_additive_twin(
 ) -> tuple[AShare, AShare]:
     """:func:`truncate_additive` of z by ``bits`` (> 0) and, from the same opening, of z + s
     by ``twin_bits``, for a replicated s of z's shape: z_0 + z_1 + z_2 and z + s in
-    [-2^62, 2^62) as signed values.
+    [-2^62, 2^62) as signed values (z unmasked, as for :func:`truncate_additive`).
 
     The openers A = P_j and B = P_{j+1} both hold s_{j+1}: having swapped their parts of
     c = z + 2^62 + r' (r' = -z_D), they add it and hold c' = c + s_{j+1} = (z + s) + 2^62 + r''
@@ -121,8 +131,8 @@ async def truncate_additive_twin(
     more ring element and ``twin_bits`` bits to B), and A and B swap its brackets in round 2.
     Nothing new reaches A or B in round 1 (c' is c plus a component they hold); every other
     message is masked by a fresh PRG stream of a key its receiver lacks, as in the module
-    docstring. Both results are floor or floor + 1; l'' is uniform with z_D (masked by a
-    zero-sharing), so the second rounds stochastically too.
+    docstring. Both results are floor or floor + 1; l'' is uniform with z_D (masked by the
+    truncation's masks), so the second rounds stochastically too.
     Cost: 2 rounds; 40 + bits/8 bytes per element for the first, 24 + twin_bits/8 for the
     second (versus 40 + twin_bits/8 as a truncate_additive of its own).
     """
@@ -131,13 +141,14 @@ async def truncate_additive_twin(
     bits, twin_bits = resolve_bits(ctx, bits), resolve_bits(ctx, twin_bits)
     flat = z.reshape(-1)
     states = await _open(ctx, bits, flat, flat, flat, True, _bounds(flat.size),
-                         (twin_bits, s.map(np.ravel)))
+                         (twin_bits, s.map(np.ravel)), mask=True)
     first, second = await _close(ctx, *states)
     return first.reshape(z.shape), second.reshape(z.shape)
 
 
-async def _reshare(ctx: Context, z: RingArray) -> AShare:
-    """3-out-of-3 z_i -> replicated (z_i, z_{i+1}): P_i sends z_i to P_{i-1}. 1 round."""
+async def reshare(ctx: Context, z: RingArray) -> AShare:
+    """3-out-of-3 z_i, masked by a zero-sharing -> replicated (z_i, z_{i+1}): P_i sends z_i
+    to P_{i-1}. 1 round."""
     me = ctx.role
     await ctx.send_arrays(prev_party(me), z)
     return AShare(z, await ctx.recv_array(next_party(me), ArraySpec.ring(z.shape)))
@@ -154,11 +165,6 @@ def _bounds(n: int) -> list[slice]:
     Python cost is what short arrays cost)."""
     cuts = [n * j // 3 for j in range(4)] if n >= ROTATE_MIN_ELEMENTS else [0, n, n, n]
     return [slice(cuts[j], cuts[j + 1]) for j in range(3)]
-
-
-def _three(stream: RingArray) -> tuple[RingArray, RingArray, RingArray]:
-    m = stream.size // 3
-    return stream[:m], stream[m : 2 * m], stream[2 * m :]
 
 
 def dealer_summands(z: RingArray, bits: int) -> RingArray:
@@ -228,57 +234,90 @@ class Opened:
 async def _truncate(
     ctx: Context, bits: int, a: RingArray, b: RingArray, dealt: RingArray, *, exchange: bool
 ) -> AShare:
-    """The protocol of the module docstring on flat arrays (see :func:`truncate`)."""
-    (state,) = await _open(ctx, bits, a, b, dealt, exchange, _bounds(dealt.size))
+    """The protocol of the module docstring on flat arrays (see :func:`truncate`); a
+    product's share (``exchange``) is masked here."""
+    (state,) = await _open(ctx, bits, a, b, dealt, exchange, _bounds(dealt.size),
+                           mask=exchange)
     (out,) = await _close(ctx, state)
     return out
 
 
 @dataclasses.dataclass(frozen=True)
 class _Streams:
-    """One truncation's PRG streams at this party: as A (t_A, A's shares of G and m), as B
-    (t_B) and as D (A's three streams and t_B)."""
+    """One truncation's PRG streams at this party: as A (t_A, A's shares of G and m, and the
+    product's mask u_A), as B (t_B and u_B) and as D (A's four streams, t_B and u_B). The
+    masks are empty unless the truncation opens a product (:func:`_masked`)."""
 
     t_a: RingArray
     g_a: RingArray
     h_a: RingArray
+    u_a: RingArray
     t_b: RingArray
+    u_b: RingArray
     dt_a: RingArray
     dg_a: RingArray
     dh_a: RingArray
+    du_a: RingArray
     dt_b: RingArray
+    du_b: RingArray
 
 
-async def _streams(ctx: Context, sizes: tuple[int, int, int]) -> _Streams:
+def _split(stream: RingArray, sizes: tuple[int, ...]) -> list[RingArray]:
+    """Consecutive parts of ``stream`` of ``sizes`` words."""
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(stream[start : start + size])
+        start += size
+    return parts
+
+
+async def _streams(ctx: Context, sizes: tuple[int, int, int], masks: bool) -> _Streams:
     """Draw one truncation's streams (three fresh labels) for blocks of ``sizes`` elements
-    where this party is A, B and D."""
+    where this party is A, B and D; with ``masks``, one more word per element in A's and B's
+    streams for the product's masks. Two draws at D, one at A and one at B."""
     me, nxt, prv = ctx.role, next_party(ctx.role), prev_party(ctx.role)
     na, nb, nd = sizes
+    ua, ub, ud = (na, nb, nd) if masks else (0, 0, 0)
     keys = party_keys(ctx)
     labels = [ctx.label(b"trunc") for _ in range(3)]
 
-    def draw(prg: Prg, label: bytes, n: int) -> RingArray:
-        return prg.ring(label, n) if n else np.zeros(0, RING_DTYPE)
+    def draw(prg: Prg, label: bytes, sizes: tuple[int, ...]) -> list[RingArray]:
+        n = sum(sizes)
+        return _split(prg.ring(label, n) if n else np.zeros(0, RING_DTYPE), sizes)
 
     def draws() -> _Streams:
         return _Streams(
-            *_three(draw(keys.own, labels[me], 3 * na)),  # key k_me, shared with D
-            draw(keys.next, labels[prv], nb),  # key k_{me+1}: shared with D of block prv
-            *_three(draw(keys.next, labels[nxt], 3 * nd)),  # as D: A's streams
-            draw(keys.own, labels[nxt], nd),  # as D: B's stream
+            *draw(keys.own, labels[me], (na, na, na, ua)),  # key k_me, shared with D
+            *draw(keys.next, labels[prv], (nb, ub)),  # key k_{me+1}: shared with D of block prv
+            *draw(keys.next, labels[nxt], (nd, nd, nd, ud)),  # as D: A's streams
+            *draw(keys.own, labels[nxt], (nd, ud)),  # as D: B's streams
         )
 
     return await offload(draws, size=3 * na + nb + 4 * nd)
 
 
+def _masked(z: RingArray, blocks: tuple[slice, slice, slice], st: _Streams) -> RingArray:
+    """This party's share of the product z under the truncation's masks: + u_A where it is
+    A, + u_B where it is B, - u_A - u_B where it deals (a zero-sharing, module docstring)."""
+    ba, bb, bd = blocks
+    out = np.empty_like(z)
+    np.add(z[ba], st.u_a, out=out[ba])
+    np.add(z[bb], st.u_b, out=out[bb])
+    part = out[bd]
+    np.subtract(z[bd], st.du_a, out=part)
+    part -= st.du_b
+    return out
+
+
 async def _open(
     ctx: Context, bits: int, a: RingArray, b: RingArray, dealt: RingArray, exchange: bool,
-    blocks: list[slice], twin: tuple[int, AShare] | None = None,
+    blocks: list[slice], twin: tuple[int, AShare] | None = None, *, mask: bool = False,
 ) -> list[Opened]:
     """Round 1 of the module docstring: the swap of c's parts (products only) and the
     dealer's message. ``a`` / ``b``: this party's part of c - 2^62 as opener A / B (the whole
     of it when not ``exchange``, else its 3-out-of-3 share to swap); ``dealt``: minus r' as
     dealer; ``blocks[j]``: the elements of openers P_j, P_{j+1} and dealer P_{j+2}.
+    ``mask``: a, b and dealt are one unmasked 3-out-of-3 share z, masked here (:func:`_masked`).
 
     ``twin`` = (bits', s), s replicated (flat): also the truncation of x + s by bits', opened
     by the same swap (:func:`truncate_additive_twin`): A and B both hold s_{j+1} and add it
@@ -288,6 +327,9 @@ async def _open(
     ba, bb, bd = blocks[me], blocks[prv], blocks[nxt]  # where I am A, B, D
     na, nb, nd = (s.stop - s.start for s in (ba, bb, bd))
     empty = np.zeros(0, RING_DTYPE)
+    streams = [await _streams(ctx, (na, nb, nd), mask)]
+    if mask:
+        a = b = dealt = await offload(_masked, dealt, (ba, bb, bd), streams[0], size=dealt.size)
     # per truncation: bits, what A and B add to the opened c (None: nothing), D's dealt value
     specs: list[tuple[int, RingArray | None, RingArray | None, RingArray]] = [
         (bits, None, None, dealt)]
@@ -295,7 +337,7 @@ async def _open(
         twin_bits, s = twin
         specs.append((twin_bits, s.second, s.first,
                       await offload(_sum, dealt, s.first, s.second, size=dealt.size)))
-    streams = [await _streams(ctx, (na, nb, nd)) for _ in specs]
+        streams.append(await _streams(ctx, (na, nb, nd), False))
     # A message whose blocks are all empty is not sent (all parties know the sizes).
     if exchange and na:
         await ctx.send_arrays(nxt, a[ba])
@@ -401,9 +443,11 @@ def product_blocks(sizes: tuple[int, int, int]) -> list[slice]:
 async def open_product(
     ctx: Context, z: RingArray, bits: int, blocks: list[slice] | None = None
 ) -> Opened:
-    """Round 1 of :func:`truncate_additive` (bits > 0) on flat 3-out-of-3 shares z, in
-    ``blocks`` (default: as :func:`truncate_additive`'s; :func:`product_blocks`), stopping
-    where a comparison can start (:class:`Opened`). :func:`close_product` finishes it."""
+    """Round 1 of :func:`truncate_additive` (bits > 0) on flat 3-out-of-3 shares z already
+    masked by a zero-sharing (:func:`.arith.product_share`: the caller computes the dealer's
+    summands from them beside this round), in ``blocks`` (default: as
+    :func:`truncate_additive`'s; :func:`product_blocks`), stopping where a comparison can
+    start (:class:`Opened`). :func:`close_product` finishes it."""
     blocks = _bounds(z.size) if blocks is None else blocks
     (state,) = await _open(ctx, resolve_bits(ctx, bits), z, z, z, True, blocks)
     return state

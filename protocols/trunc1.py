@@ -93,10 +93,10 @@ from .bitpack import pack_bits, unpack_bits
 from .carrytree import boundary_plan
 from .fastcmp import CompareSpec, MaskedBits, Part, carry_halves, open_masked, prepare_random_bits
 from .offload import offload
-from .randomness import key_prg, random_share
+from .randomness import key_prg, masked_share, random_share
 from .ring import RING_DTYPE, RingArray, to_ring
 from .shares import AShare, concatenate, public_share
-from .trunc import MAX_TRUNC_BITS, opened_terms, resolve_bits, truncate_additive
+from .trunc import MAX_TRUNC_BITS, opened_terms, reshare, resolve_bits
 
 _LOW63 = np.uint64((1 << 63) - 1)
 BITS_PER_ELEMENT = 3
@@ -259,12 +259,13 @@ async def truncate1(
 async def truncate1_additive(
     ctx: Context, z: RingArray, bits: int, *, pre: Trunc1Material | None = None
 ) -> AShare:
-    """Replicated floor(z / 2^bits) + e from 3-out-of-3 shares z masked by a fresh
-    zero-sharing (as :func:`.trunc.truncate_additive`), sum in [-2^62, 2^62): 1 round,
-    48 bytes per element online (bits = 0: the plain reshare, 1 round, 24 bytes); offline
-    as :func:`truncate1`."""
+    """Replicated floor(z / 2^bits) + e from this party's 3-out-of-3 share z of a product
+    (unmasked, as for :func:`.trunc.truncate_additive`; masked here by a fresh zero-sharing),
+    sum in [-2^62, 2^62): 1 round, 48 bytes per element online (bits = 0: the plain reshare,
+    1 round, 24 bytes); offline as :func:`truncate1`."""
+    z = await masked_share(ctx, z)
     if bits == 0 and pre is None:
-        return await truncate_additive(ctx, z, 0)
+        return await reshare(ctx, z)
     return (await _truncate1(ctx, z.reshape(-1), bits, pre)).reshape(z.shape)
 
 

@@ -12,7 +12,7 @@ from puma_async.evaluate import Evaluation
 from puma_async.protocols.arith import mul, mul_fxp
 from puma_async.protocols.fixedpoint import FixedPoint, fixed_point
 from puma_async.protocols.shares import AShare
-from puma_async.protocols.trunc import ROTATE_MIN_ELEMENTS, truncate
+from puma_async.protocols.trunc import ROTATE_MIN_ELEMENTS, truncate, truncate_additive
 
 LIMIT = 2**62
 
@@ -173,3 +173,29 @@ def test_stochastic_rounding_is_unbiased(evaluate) -> None:
     e = evaluate(fn, x, quarter)
     diff = assert_within_ulp(e.outputs[0], (x * quarter).view(np.uint64), f)
     assert abs(diff.mean() - 0.25) < 0.01
+
+
+def test_product_masks_hide_the_swapped_shares(evaluate, monkeypatch) -> None:
+    """A truncated product's shares are masked by the truncation's own streams: with every
+    party's unmasked share zero, what the openers P0 and P1 swap in round 1 is all mask
+    (nonzero words, and their sum, the opened c - 2^62, nonzero too: the masks do not cancel
+    between the openers), and the result is still floor(0) = 0."""
+    n, sent = 37, []
+    original = Context.send_arrays
+
+    async def spy(self: Context, to: int, *arrays: np.ndarray) -> None:
+        if {self.role, to} == {0, 1} and arrays[0].shape == (n,):
+            sent.append((self.role, arrays[0].copy()))
+        await original(self, to, *arrays)
+
+    monkeypatch.setattr(Context, "send_arrays", spy)
+
+    async def fn(ctx: Context) -> AShare:
+        return await truncate_additive(ctx, np.zeros(n, np.uint64), 18)
+
+    e = evaluate(fn)
+    assert not e.outputs[0].any()
+    swap = {role: words for role, words in reversed(sent)}  # each opener's first message
+    assert set(swap) == {0, 1}
+    assert np.count_nonzero(swap[0]) == n and np.count_nonzero(swap[1]) == n
+    assert np.count_nonzero(swap[0] + swap[1]) == n

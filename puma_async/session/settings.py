@@ -32,7 +32,7 @@ from puma_async.protocols.llama import LayerPlan, layer_plan
 from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
 from puma_async.session.models import PRESETS, TINY, preset_architecture
 
-DIGEST_VERSION = 12
+DIGEST_VERSION = 13
 """Bumped whenever what the digested settings imply changes: 5, the weight plan (the norms'
 gains folded into the QKV and gate/up matrices, ``protocols.llama.weight_plan``); 6, the
 architecture's certified gate bounds (``LlamaConfig.gate_bounds``: SiLU's comparison chains);
@@ -47,7 +47,10 @@ and truncates the norms' and reciprocals' candidates in 2 rounds without TP1 tup
 "fewer-rounds" scales the gate/up product by the MLP norm's rho after it
 (``protocols.llama.LayerPlan``'s ``silu_horner``, ``candidate_tuples`` and
 ``normalise_mlp_input``: other messages); 12, "balanced" takes those two bytes-side choices
-in passes over more than one row (``LayerPlan.prompt``: a prompt pass's other messages)."""
+in passes over more than one row (``LayerPlan.prompt``: a prompt pass's other messages); 13,
+a 2-round truncated product masks its shares with the truncation's own streams
+(``protocols.trunc``: other PRG labels, and masks that cancel only between parties that agree
+on it)."""
 REVEAL_LOGITS = ("last", "all")
 """What a prompt pass reveals to the client: the logits of its last position (enough to
 choose the next token), or of every position (teacher-forced perplexity of a text in one
