@@ -76,6 +76,8 @@ from .shares import AShare
 MAX_TRUNC_BITS = 62
 """Truncation needs -2^62 <= x < 2^62, so at most 62 bits can be removed."""
 _HALF = np.uint64(1 << 62)
+_EMPTY = np.zeros(0, RING_DTYPE)
+_EMPTY.flags.writeable = False
 _SIXTY_THREE = np.uint64(63)
 
 
@@ -215,16 +217,18 @@ def _packed(bits: int, n: int) -> ArraySpec:
 class Opened:
     """:func:`truncate_additive` after its first round (:func:`open_product`).
 
-    ``summands``: per element (flat), what this party knows of the result y modulo
-    2^(64 - bits) in the element's block: G (:func:`dealer_summands`) as its dealer D, the
-    public part of c as an opener A or B; y = G + public(c) (mod 2^(64 - bits)). That is the
-    form x = a + b of :mod:`.fastcmp` with S = D, E1 = A, E2 = B, known after round 1 (D's at
-    once). The other fields are round 2's state (:func:`close_product`), per block where this
-    party is A, B and D.
+    ``size``: the elements (flat). ``summands`` (:func:`open_product`'s only; None for the
+    truncations that finish at once): per element, what this party knows of the result y
+    modulo 2^(64 - bits) in the element's block: G (:func:`dealer_summands`) as its dealer D,
+    the public part of c as an opener A or B; y = G + public(c) (mod 2^(64 - bits)). That is
+    the form x = a + b of :mod:`.fastcmp` with S = D, E1 = A, E2 = B, known after round 1
+    (D's at once). The other fields are round 2's state (:func:`close_product`), per block
+    where this party is A, B and D.
     """
 
     blocks: tuple[slice, slice, slice]
-    summands: RingArray
+    size: int
+    summands: RingArray | None
     public: tuple[RingArray, RingArray]
     brackets: tuple[RingArray, RingArray]
     components: tuple[RingArray, RingArray, RingArray]  # t_A as A, t_B as B, D's (t_B, t_A)
@@ -283,7 +287,7 @@ async def _streams(ctx: Context, sizes: tuple[int, int, int], masks: bool) -> _S
 
     def draw(prg: Prg, label: bytes, sizes: tuple[int, ...]) -> list[RingArray]:
         n = sum(sizes)
-        return _split(prg.ring(label, n) if n else np.zeros(0, RING_DTYPE), sizes)
+        return _split(prg.ring(label, n), sizes) if n else [_EMPTY] * len(sizes)
 
     def draws() -> _Streams:
         return _Streams(
@@ -312,12 +316,14 @@ def _masked(z: RingArray, blocks: tuple[slice, slice, slice], st: _Streams) -> R
 async def _open(
     ctx: Context, bits: int, a: RingArray, b: RingArray, dealt: RingArray, exchange: bool,
     blocks: list[slice], twin: tuple[int, AShare] | None = None, *, mask: bool = False,
+    summands: bool = False,
 ) -> list[Opened]:
     """Round 1 of the module docstring: the swap of c's parts (products only) and the
     dealer's message. ``a`` / ``b``: this party's part of c - 2^62 as opener A / B (the whole
     of it when not ``exchange``, else its 3-out-of-3 share to swap); ``dealt``: minus r' as
     dealer; ``blocks[j]``: the elements of openers P_j, P_{j+1} and dealer P_{j+2}.
     ``mask``: a, b and dealt are one unmasked 3-out-of-3 share z, masked here (:func:`_masked`).
+    ``summands``: fill :attr:`Opened.summands` (a comparison starts from them).
 
     ``twin`` = (bits', s), s replicated (flat): also the truncation of x + s by bits', opened
     by the same swap (:func:`truncate_additive_twin`): A and B both hold s_{j+1} and add it
@@ -373,9 +379,9 @@ async def _open(
                          if na else (empty, empty))
         pub_b, send_b = (await offload(opened_terms, opened_b, g_b, h_b, st.t_b, f, size=nb)
                          if nb else (empty, empty))
-        summands = await offload(_summands, value, (ba, bb, bd), pub_a, pub_b, f,
-                                 size=dealt.size)
-        out.append(Opened((ba, bb, bd), summands, (pub_a, pub_b), (send_a, send_b),
+        known = (await offload(_summands, value, (ba, bb, bd), pub_a, pub_b, f,
+                               size=dealt.size) if summands else None)
+        out.append(Opened((ba, bb, bd), dealt.size, known, (pub_a, pub_b), (send_a, send_b),
                           (st.t_a, st.t_b, st.dt_b), st.dt_a))
     return out
 
@@ -411,7 +417,7 @@ async def _close(ctx: Context, *states: Opened) -> list[AShare]:
     empty = [np.zeros(0, RING_DTYPE)] * len(states)
     from_a = await ctx.recv_arrays(nxt, *[ArraySpec.ring(na)] * len(states)) if na else empty
     from_b = await ctx.recv_arrays(prv, *[ArraySpec.ring(nb)] * len(states)) if nb else empty
-    return [await offload(_closed, state, other_a, other_b, size=state.summands.size)
+    return [await offload(_closed, state, other_a, other_b, size=state.size)
             for state, other_a, other_b in zip(states, from_a, from_b, strict=True)]
 
 
@@ -420,8 +426,8 @@ def _closed(state: Opened, other_a: RingArray, other_b: RingArray) -> AShare:
     ba, bb, bd = state.blocks
     (pub_a, pub_b), (send_a, send_b) = state.public, state.brackets
     t_a, t_b, dt_b = state.components
-    first = np.empty(state.summands.size, RING_DTYPE)
-    second = np.empty(state.summands.size, RING_DTYPE)
+    first = np.empty(state.size, RING_DTYPE)
+    second = np.empty(state.size, RING_DTYPE)
     if pub_a.size:  # sums written in place: no temporaries
         first[ba], part = t_a, second[ba]
         np.add(pub_a, send_a, out=part)
@@ -449,7 +455,7 @@ async def open_product(
     :func:`truncate_additive`'s; :func:`product_blocks`), stopping where a comparison can
     start (:class:`Opened`). :func:`close_product` finishes it."""
     blocks = _bounds(z.size) if blocks is None else blocks
-    (state,) = await _open(ctx, resolve_bits(ctx, bits), z, z, z, True, blocks)
+    (state,) = await _open(ctx, resolve_bits(ctx, bits), z, z, z, True, blocks, summands=True)
     return state
 
 
