@@ -297,7 +297,7 @@ async def _streams(ctx: Context, sizes: tuple[int, int, int], masks: bool) -> _S
             *draw(keys.own, labels[nxt], (nd, ud)),  # as D: B's streams
         )
 
-    return await offload(draws, size=3 * na + nb + 4 * nd)
+    return await offload(draws, size=3 * na + nb + 4 * nd + ua + ub + 2 * ud)
 
 
 def _masked(z: RingArray, blocks: tuple[slice, slice, slice], st: _Streams) -> RingArray:
