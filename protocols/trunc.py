@@ -467,6 +467,6 @@ async def close_product(ctx: Context, state: Opened) -> AShare:
 
 __all__ = [
     "MAX_TRUNC_BITS", "ROTATE_MIN_ELEMENTS", "Opened", "close_product", "dealer_summands",
-    "open_product", "opened_terms", "product_blocks", "resolve_bits", "truncate",
+    "open_product", "opened_terms", "product_blocks", "reshare", "resolve_bits", "truncate",
     "truncate_additive", "truncate_additive_twin",
 ]
