@@ -76,7 +76,7 @@ from .shares import AShare
 MAX_TRUNC_BITS = 62
 """Truncation needs -2^62 <= x < 2^62, so at most 62 bits can be removed."""
 _HALF = np.uint64(1 << 62)
-_EMPTY = np.zeros(0, RING_DTYPE)
+_EMPTY = np.zeros(0, RING_DTYPE)  # what a party holds of a block where it has no role
 _EMPTY.flags.writeable = False
 _SIXTY_THREE = np.uint64(63)
 
@@ -332,7 +332,6 @@ async def _open(
     me, nxt, prv = ctx.role, next_party(ctx.role), prev_party(ctx.role)
     ba, bb, bd = blocks[me], blocks[prv], blocks[nxt]  # where I am A, B, D
     na, nb, nd = (s.stop - s.start for s in (ba, bb, bd))
-    empty = np.zeros(0, RING_DTYPE)
     streams = [await _streams(ctx, (na, nb, nd), mask)]
     if mask:
         a = b = dealt = await offload(_masked, dealt, (ba, bb, bd), streams[0], size=dealt.size)
@@ -353,7 +352,7 @@ async def _open(
             deals += await offload(_deal, value[bd], st.dg_a, st.dh_a, f, size=nd)
         await ctx.send_arrays(prv, *([b[bb]] if exchange else []), *deals)
     c_a, c_b = a[ba], b[bb]
-    from_dealer = [(empty, empty)] * len(specs)
+    from_dealer = [(_EMPTY, _EMPTY)] * len(specs)
     if (exchange and na) or nb:  # from my next party: B of my A block, dealer of my B block
         from_next = await ctx.recv_arrays(
             nxt, *([ArraySpec.ring(na)] if exchange else []),
@@ -376,9 +375,9 @@ async def _open(
         opened_b = c_b if add_b is None else await offload(np.add, c_b, add_b[bb], size=nb)
         pub_a, send_a = (await offload(opened_terms, opened_a, st.g_a, st.h_a, st.t_a, f,
                                        size=na)
-                         if na else (empty, empty))
+                         if na else (_EMPTY, _EMPTY))
         pub_b, send_b = (await offload(opened_terms, opened_b, g_b, h_b, st.t_b, f, size=nb)
-                         if nb else (empty, empty))
+                         if nb else (_EMPTY, _EMPTY))
         known = (await offload(_summands, value, (ba, bb, bd), pub_a, pub_b, f,
                                size=dealt.size) if summands else None)
         out.append(Opened((ba, bb, bd), dealt.size, known, (pub_a, pub_b), (send_a, send_b),
@@ -414,7 +413,7 @@ async def _close(ctx: Context, *states: Opened) -> list[AShare]:
         await ctx.send_arrays(nxt, *(state.brackets[0] for state in states))
     if nb:
         await ctx.send_arrays(prv, *(state.brackets[1] for state in states))
-    empty = [np.zeros(0, RING_DTYPE)] * len(states)
+    empty = [_EMPTY] * len(states)
     from_a = await ctx.recv_arrays(nxt, *[ArraySpec.ring(na)] * len(states)) if na else empty
     from_b = await ctx.recv_arrays(prv, *[ArraySpec.ring(nb)] * len(states)) if nb else empty
     return [await offload(_closed, state, other_a, other_b, size=state.size)
