@@ -14,6 +14,10 @@ its own; all five roles in one process, in-memory transport, no emulated latency
   the protocol's per-element costs, time by multiply-add count relative to the block), set
   beside PUMA's published 200.473 s and 1.794 GB.
 
+Each part runs its session twice: recorded, for the accounting and the stalls below, then as
+``python -m puma_async.local`` runs it (no message records, no instrument: together they cost
+a SmolLM2 token about 0.14 s of its 1.5 s), for every time and event-loop CPU figure.
+
 Both parts also account each pass (:mod:`puma_async.session.accounting`): online and offline
 rounds and bytes, frames per peer per round, and per component of a layer (``attn.norm``, ...,
 ``mlp.down``, with ``io``, ``embed`` and ``head``) the critical-path rounds and the bytes, so
@@ -78,16 +82,14 @@ def peak_memory() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-class LoopStalls:
-    """The event loop's longest task step and scheduler batch per phase of a session: set-up,
-    prompt pass, new token; and its CPU seconds per pass (:meth:`run` runs a session measured
-    so). All five roles share this thread's event loop, so a pass's seconds are its CPU time
-    (every role's Python, and the local work it does not hand to worker threads) plus the
-    time it waits for worker threads (the large ring products) with nothing else to run."""
+class PassClock:
+    """Each pass's event-loop CPU seconds (:meth:`run` runs a session measured so, as
+    ``python -m puma_async.local`` runs it: no message records, no instrument). All five roles
+    share this thread's event loop, so a pass's seconds are its CPU time (every role's Python,
+    and the local work it does not hand to worker threads) plus the time it waits for worker
+    threads (the large ring products) with nothing else to run."""
 
     def __init__(self) -> None:
-        self.timer = StepTimer()
-        self.phases: dict[str, dict[str, float]] = {}
         self.loop_cpu_marks: list[float] = []
 
     def loop_cpu_per_pass(self) -> list[float]:
@@ -96,6 +98,30 @@ class LoopStalls:
 
     def progress(self, event: Progress) -> None:
         self.loop_cpu_marks.append(time.thread_time())  # progress runs in the loop's thread
+
+    def run(self, weights: Any, prompts: list[list[int]], new: int, tradeoff: str
+            ) -> SessionResult:
+        settings = in_process_settings(weights.config, new, tradeoff=tradeoff)
+        return run_session(weights, prompts, settings=settings, progress=self.progress,
+                           **self.run_options())
+
+    def run_options(self) -> dict[str, Any]:
+        return {}
+
+
+class LoopStalls(PassClock):
+    """:class:`PassClock` in a run that records every message (for the accounting) and the
+    event loop's longest task step and scheduler batch per phase: set-up, prompt pass, new
+    token. Both cost the loop time (about 0.14 s of a SmolLM2 token's 1.5 s, measured), so
+    passes are timed in a run of their own (:func:`measured_runs`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timer = StepTimer()
+        self.phases: dict[str, dict[str, float]] = {}
+
+    def progress(self, event: Progress) -> None:
+        super().progress(event)
         phase = ("setup" if event.kind == "setup" else
                  "prompt_pass" if event.step == 0 else "new_token")
         longest = self.phases.setdefault(phase, dict.fromkeys(
@@ -107,11 +133,42 @@ class LoopStalls:
             longest[name] = max(longest[name], value)
         self.timer.restart()
 
-    def run(self, weights: Any, prompts: list[list[int]], new: int, tradeoff: str
-            ) -> SessionResult:
-        settings = in_process_settings(weights.config, new, tradeoff=tradeoff)
-        return run_session(weights, prompts, settings=settings, progress=self.progress,
-                           instruments=[self.timer], record_messages=True)
+    def run_options(self) -> dict[str, Any]:
+        return {"instruments": [self.timer], "record_messages": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasuredRuns:
+    """The same session twice (:func:`measured_runs`): ``accounted`` recorded (bytes, rounds,
+    components, links, stalls: ``stalls``), then ``timed`` as users run it (seconds and loop
+    CPU per pass: ``clock``)."""
+
+    accounted: SessionResult
+    stalls: LoopStalls
+    timed: SessionResult
+    clock: PassClock
+
+    def figures(self, prompt: int, step: int, n_layers: int) -> dict[str, Any]:
+        """:func:`step_figures` of one pass: its time from the timed run."""
+        passes = [len(p.records) for p in self.timed.prompts]
+        loop_cpu = self.clock.loop_cpu_per_pass()[sum(passes[:prompt]) + step]
+        return step_figures(self.accounted, prompt, step, n_layers, loop_cpu,
+                            self.timed.prompts[prompt].records[step].seconds)
+
+
+def measured_runs(weights: Any, prompts: list[list[int]], new: int, tradeoff: str
+                  ) -> MeasuredRuns:
+    """The session recorded, then timed: the first run also warms what both read (the model's
+    pages, compiled kernels). A pass's messages depend on its shapes only, never on the token
+    values (the two runs' masks differ, so a near tie may pick another token), so the recorded
+    run's accounting is the timed run's as long as both ran the same passes (EOS is ignored:
+    RuntimeError otherwise)."""
+    stalls, clock = LoopStalls(), PassClock()
+    accounted = stalls.run(weights, prompts, new, tradeoff)
+    timed = clock.run(weights, prompts, new, tradeoff)
+    if [len(p.records) for p in timed.prompts] != [len(p.records) for p in accounted.prompts]:
+        raise RuntimeError("the timed run made other passes than the accounted run")
+    return MeasuredRuns(accounted, stalls, timed, clock)
 
 
 def format_stalls(phases: dict[str, dict[str, float]]) -> str:
@@ -121,14 +178,13 @@ def format_stalls(phases: dict[str, dict[str, float]]) -> str:
 
 
 def step_figures(result: SessionResult, prompt: int, step: int, n_layers: int,
-                 loop_cpu: float) -> dict[str, Any]:
-    """One pass: time (and of it the event loop's CPU time), online bytes per party and
-    rounds, and its accounting (``online``, ``offline``, ``components``, ``links``:
-    :func:`account_pass`)."""
-    record = result.prompts[prompt].records[step]
+                 loop_cpu: float, seconds: float) -> dict[str, Any]:
+    """One pass: ``seconds`` (and of them ``loop_cpu``, the event loop's CPU time), then from
+    ``result`` (recorded) its online bytes per party and rounds, and its accounting
+    (``online``, ``offline``, ``components``, ``links``: :func:`account_pass`)."""
     costs = [result.step_cost(prompt, step, p) for p in PARTIES]
     return {
-        "seconds": record.seconds,
+        "seconds": seconds,
         "event_loop_cpu_seconds": loop_cpu,
         "bytes_sent": {f"P{p}": c.bytes_sent for p, c in zip(PARTIES, costs, strict=True)},
         "bytes_all_parties": sum(c.bytes_sent for c in costs),
@@ -154,23 +210,21 @@ def run_session_part(quick: bool, tiny: bool, tradeoff: str) -> dict[str, Any]:
         prompts.append(tokenizer.encode(LONG_PROMPT)[:32])
         assert len(prompts[1]) == 32
     new = 2 if quick else 8
-    stalls = LoopStalls()
-    result = stalls.run(weights, prompts, new, tradeoff)
+    runs = measured_runs(weights, prompts, new, tradeoff)
+    result = runs.accounted
     layers = weights.config.n_layers
     out: dict[str, Any] = {
         "model": "tiny" if tiny else "smollm2",
         "layers": layers,
         "setup": {
-            "seconds": result.setup_seconds,
+            "seconds": runs.timed.setup_seconds,
             "model_owner_bytes_sent": result.owner_setup_bytes(),
             "parties_bytes_sent": {f"P{p}": result.setup_cost(p).bytes_sent for p in PARTIES},
         },
         "prompts": [],
     }
-    loop_cpu = iter(stalls.loop_cpu_per_pass())
     for i, prompt in enumerate(result.prompts):
-        passes = [step_figures(result, i, t, layers, next(loop_cpu))
-                  for t in range(len(prompt.records))]
+        passes = [runs.figures(i, t, layers) for t in range(len(prompt.records))]
         tokens = passes[1:]
         out["prompts"].append({
             "prompt_tokens": len(prompt.prompt_ids),
@@ -187,7 +241,7 @@ def run_session_part(quick: bool, tiny: bool, tradeoff: str) -> dict[str, Any]:
                            for key in ("rounds", "bytes")} for phase in ("online", "offline")},
             },
         })
-    out["event_loop"] = stalls.phases
+    out["event_loop"] = runs.stalls.phases
     out["peak_memory_bytes"] = peak_memory()
     return out
 
@@ -202,17 +256,17 @@ def run_block7b(tradeoff: str) -> dict[str, Any]:
     bounded = dataclasses.replace(config, gate_bounds=certify_gate_bounds(weights))
     weights = dataclasses.replace(weights, config=bounded)
     prompt = list(np.random.default_rng(0).integers(0, config.vocab, LLAMA7B["tokens"]))
-    stalls = LoopStalls()
-    result = stalls.run(weights, [prompt], 1, tradeoff)
+    runs = measured_runs(weights, [prompt], 1, tradeoff)
+    result = runs.accounted
     block = [result.stats[p].totals(phase="online", scope="p0.t0.layer0") for p in PARTIES]
     block_offline = [result.stats[p].totals(phase="offline", scope="p0.t0.layer0")
                      for p in PARTIES]
-    forward = step_figures(result, 0, 0, config.n_layers, stalls.loop_cpu_per_pass()[0])
+    forward = runs.figures(0, 0, config.n_layers)
     head = [result.stats[p].totals(scope="p0.t0.head") for p in PARTIES]  # online + offline
     return {
         "config": {"hidden": config.hidden, "heads": config.n_heads, "ffn": config.ffn,
                    "vocab": config.vocab, "tokens": LLAMA7B["tokens"]},
-        "setup_seconds": result.setup_seconds,
+        "setup_seconds": runs.timed.setup_seconds,
         "forward": forward,
         "block": {
             "bytes_sent": {f"P{p}": c.bytes_sent for p, c in zip(PARTIES, block, strict=True)},
@@ -222,7 +276,7 @@ def run_block7b(tradeoff: str) -> dict[str, Any]:
                         "rounds": max(c.rounds for c in block_offline)},
         },
         "head_bytes_all_parties": sum(c.bytes_sent for c in head),
-        "event_loop": stalls.phases,
+        "event_loop": runs.stalls.phases,
         "peak_memory_bytes": peak_memory(),
     }
 
