@@ -1,0 +1,32 @@
+"""``benchmarks/token_time.py`` still runs (on the tiny model, ``--tiny``: the README's split of
+a SmolLM2 token comes from the same script) and writes each new token's split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+KEYS = {"seconds", "loop_cpu_seconds", "workers_cpu_seconds", "loop_idle_seconds"}
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_the_token_time_benchmark_runs_on_the_tiny_model(benchmark_script, tmp_path: Path,
+                                                         recorded: bool) -> None:
+    args = ["--tiny", "--tokens", "3", *(["--recorded"] if recorded else [])]
+    results, stdout = benchmark_script.run(tmp_path, "token_time.py", *args)
+    assert results["recorded"] is recorded and results["model"] == "tiny"
+    tokens = results["new_tokens"]
+    assert len(tokens) == 3 and all(set(token) == KEYS for token in tokens)
+    for token in tokens:  # every token runs Python on the loop's thread and waits for I/O
+        assert token["seconds"] > 0 and token["loop_idle_seconds"] > 0
+        assert token["loop_cpu_seconds"] >= 0 and token["workers_cpu_seconds"] >= 0
+    assert set(results["mean"]) == KEYS
+    assert "3 new tokens" in stdout and "event loop CPU" in stdout
+
+
+def test_a_token_count_below_one_is_refused(benchmark_script, tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="--tokens must be at least 1"):
+        benchmark_script.run(tmp_path, "token_time.py", "--tiny", "--tokens", "0")
