@@ -16,7 +16,8 @@ its own; all five roles in one process, in-memory transport, no emulated latency
 
 Each part runs its session twice: recorded, for the accounting and the stalls below, then as
 ``python -m puma_async.local`` runs it (no message records, no instrument: together they cost
-a SmolLM2 token about 0.14 s of its 1.5 s), for every time and event-loop CPU figure.
+a SmolLM2 token 0.08-0.14 s of its ~1.6 s, ``benchmarks/token_time.py`` against its
+``--recorded``), for every time and event-loop CPU figure.
 
 Both parts also account each pass (:mod:`puma_async.session.accounting`): online and offline
 rounds and bytes, frames per peer per round, and per component of a layer (``attn.norm``, ...,
@@ -112,8 +113,8 @@ class PassClock:
 class LoopStalls(PassClock):
     """:class:`PassClock` in a run that records every message (for the accounting) and the
     event loop's longest task step and scheduler batch per phase: set-up, prompt pass, new
-    token. Both cost the loop time (about 0.14 s of a SmolLM2 token's 1.5 s, measured), so
-    passes are timed in a run of their own (:func:`measured_runs`)."""
+    token. Both cost the loop time (0.08-0.14 s of a SmolLM2 token's ~1.6 s: module
+    docstring), so passes are timed in a run of their own (:func:`measured_runs`)."""
 
     def __init__(self) -> None:
         super().__init__()
