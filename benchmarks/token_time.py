@@ -5,7 +5,8 @@ All five roles share one event loop (one thread): a token's seconds are that thr
 (every role's Python, and the local work it keeps) plus the time it waits, with nothing
 else to run, for worker threads (the large ring products, which use the other core). This
 script runs one SmolLM2 session as ``python -m puma_async.local`` runs it ("The capital of
-France is", balanced, greedy) and, between consecutive new tokens, reads every thread's CPU
+France is", balanced, greedy; each measured token makes the next one's offline material, as
+all but a session's last do) and, between consecutive new tokens, reads every thread's CPU
 time from ``/proc/self/task`` (Linux) and the loop's time in its waits for I/O (a Trio
 instrument on those waits only: no per-step cost). Per new token it writes:
 
@@ -15,11 +16,18 @@ instrument on those waits only: no per-step cost). Per new token it writes:
   large local steps in worker threads, Trio's thread pool);
 - ``loop_idle_seconds``: the loop's time blocked in waits for I/O (nothing ready to run).
 
+``--components`` also times every task step (:class:`~puma_async.scopetime.ScopeTimer`) and
+writes, per component of a layer (its scope with the pass and the layer left out:
+``attn.norm``, ``mlp.silu``, ...; offline work apart), the loop's seconds per token: which
+protocols' Python a token is made of. Timing every step slows the loop (about a microsecond
+per step), so the other figures of such a run are a little high.
+
 ``--recorded`` runs the session as ``benchmarks/llama.py``'s accounting run does (every
 message recorded, a step timer on every task step), which shows what that instrumentation
 costs a token. ``--tiny``: the tiny model (random weights), to check the script itself.
 
-    python benchmarks/token_time.py [--tokens N] [--recorded] [--tiny] [--out PATH]
+    python benchmarks/token_time.py [--tokens N] [--components] [--recorded] [--tiny]
+                                    [--out PATH]
 """
 
 from __future__ import annotations
@@ -27,8 +35,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import re
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +46,10 @@ import numpy as np
 import reporting
 import trio
 
+from puma_async.context import OFFLINE_PHASE
 from puma_async.liveness import StepTimer
+from puma_async.protocols.llama import COMPONENTS
+from puma_async.scopetime import ScopeTimer
 from puma_async.session import Progress, in_process_settings, run_session
 
 PROMPT = "The capital of France is"
@@ -74,29 +87,63 @@ class IdleClock(trio.abc.Instrument):
         self.idle += time.perf_counter() - self._started
 
 
-def measure(weights: Any, prompt: list[int], tokens: int, recorded: bool) -> list[dict[str, float]]:
-    """One session; per new token its seconds and the split above."""
+def component(phase: str, scope: str) -> str:
+    """The row of ``benchmarks/llama.py``'s component tables a scope belongs to (the longest
+    of :data:`~puma_async.protocols.llama.COMPONENTS` that contains it, in any layer; else
+    its first part: ``io``, ``embed``, ``tuples``, ``head``; "attn (other)" for attention's
+    own steps), "(offline)" added in the offline phase; "(pass)" in a pass outside those,
+    "(runtime)" outside any scope."""
+    rest = re.sub(r"^p\d+\.t\d+\.?", "", scope)
+    layer = re.match(r"layer\d+\.?", rest)
+    if layer is None:
+        name = rest.split(".")[0] or ("(pass)" if scope else "(runtime)")
+    else:
+        rest = rest[layer.end():]
+        matches = [c for c in COMPONENTS if rest == c or rest.startswith(c + ".")]
+        name = max(matches, key=len) if matches else f"{rest.split('.')[0] or 'layer'} (other)"
+    return f"{name} (offline)" if phase == OFFLINE_PHASE else name
+
+
+def measure(weights: Any, prompt: list[int], tokens: int, recorded: bool, components: bool
+            ) -> list[dict[str, Any]]:
+    """One session; per new token its seconds and the split above (and with ``components``
+    the loop's seconds per component)."""
     idle, loop_thread = IdleClock(), threading.get_native_id()
-    marks: list[tuple[float, float, float, float]] = []
+    scopes = ScopeTimer() if components else None
+    marks: list[tuple[float, float, float, float, Counter[tuple[str, str]]]] = []
 
     def progress(event: Progress) -> None:  # runs in the loop's thread
         if event.kind == "token":
-            marks.append((time.perf_counter(), *thread_cpu(loop_thread), idle.idle))
+            by_scope = Counter(scopes.seconds) if scopes is not None else Counter()
+            marks.append((time.perf_counter(), *thread_cpu(loop_thread), idle.idle, by_scope))
 
-    options: dict[str, Any] = {"instruments": [idle]}
+    instruments: list[trio.abc.Instrument] = [idle] if scopes is None else [idle, scopes]
+    options: dict[str, Any] = {"instruments": instruments}
     if recorded:
-        options = {"instruments": [idle, StepTimer()], "record_messages": True}
+        options = {"instruments": [*instruments, StepTimer()], "record_messages": True}
+    # one token more than measured: a session's last pass makes no next pass's material
     run_session(weights, [prompt], progress=progress,
-                settings=in_process_settings(weights.config, tokens + 1), **options)
-    # marks[0] ends the prompt pass; each later mark ends a new token
-    return [{"seconds": b[0] - a[0], "loop_cpu_seconds": b[1] - a[1],
-             "workers_cpu_seconds": b[2] - a[2], "loop_idle_seconds": b[3] - a[3]}
-            for a, b in itertools.pairwise(marks)]
+                settings=in_process_settings(weights.config, tokens + 2), **options)
+    per_token: list[dict[str, Any]] = []
+    # marks[0] ends the prompt pass, each later one a new token
+    for a, b in itertools.pairwise(marks[: tokens + 1]):
+        figures: dict[str, Any] = {
+            "seconds": b[0] - a[0], "loop_cpu_seconds": b[1] - a[1],
+            "workers_cpu_seconds": b[2] - a[2], "loop_idle_seconds": b[3] - a[3]}
+        if components:
+            spent: Counter[str] = Counter()
+            for (phase, scope), seconds in (b[4] - a[4]).items():
+                spent[component(phase, scope)] += seconds
+            figures["loop_seconds_by_component"] = dict(spent.most_common())
+        per_token.append(figures)
+    return per_token
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=8, help="new tokens measured (default 8)")
+    parser.add_argument("--components", action="store_true",
+                        help="also the loop's seconds per component (times every task step)")
     parser.add_argument("--recorded", action="store_true",
                         help="record every message and time every task step (llama.py's "
                              "accounting run)")
@@ -116,16 +163,28 @@ def main() -> None:
         weights, tokenizer = source.load_weights(), source.load_tokenizer()
     results: dict[str, Any] = {"machine": reporting.machine(),
                                "model": "tiny" if args.tiny else "smollm2",
-                               "prompt": PROMPT, "recorded": args.recorded}
-    per_token = measure(weights, tokenizer.encode(PROMPT), args.tokens, args.recorded)
+                               "prompt": PROMPT, "recorded": args.recorded,
+                               "components": args.components}
+    per_token = measure(weights, tokenizer.encode(PROMPT), args.tokens, args.recorded,
+                        args.components)
     results["new_tokens"] = per_token
-    results["mean"] = {key: float(np.mean([t[key] for t in per_token])) for key in per_token[0]}
-    mean = results["mean"]
+    keys = ("seconds", "loop_cpu_seconds", "workers_cpu_seconds", "loop_idle_seconds")
+    results["mean"] = mean = {key: float(np.mean([t[key] for t in per_token])) for key in keys}
     print(f"{len(per_token)} new tokens ({'recorded' if args.recorded else 'as local runs'}): "
           f"{reporting.span([t['seconds'] for t in per_token], '.2f')} s, mean "
           f"{mean['seconds']:.2f} s; event loop CPU {mean['loop_cpu_seconds']:.2f} s, worker "
           f"threads' CPU {mean['workers_cpu_seconds']:.2f} s, loop idle "
           f"{mean['loop_idle_seconds']:.2f} s per token")
+    if args.components:
+        names = {name for t in per_token for name in t["loop_seconds_by_component"]}
+        by_component = {name: float(np.mean([t["loop_seconds_by_component"].get(name, 0.0)
+                                             for t in per_token])) for name in names}
+        mean["loop_seconds_by_component"] = dict(
+            sorted(by_component.items(), key=lambda item: -item[1]))
+        total = sum(by_component.values())
+        print(f"the loop's task steps per token, by component ({total:.2f} s in all):")
+        for name, seconds in mean["loop_seconds_by_component"].items():
+            print(f"  {name:<36} {seconds * 1e3:8.1f} ms  {100 * seconds / total:5.1f}%")
     reporting.write(Path(args.out), results)
 
 

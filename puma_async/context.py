@@ -39,6 +39,7 @@ protocol author reads one file.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import hashlib
@@ -172,6 +173,11 @@ class Context:
     @property
     def scope_name(self) -> str:
         return self._scope_name
+
+    @property
+    def phase_name(self) -> str:
+        """The phase this step's traffic is attributed to (:meth:`phase`)."""
+        return self._phase
 
     @property
     def step_name(self) -> str:
@@ -484,11 +490,19 @@ class Context:
         ).digest()
 
 
+CURRENT_STEP: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+    "puma_async_current_step", default=None)
+"""The step whose scope the running Trio task entered last (:meth:`Context.scope`; tasks a
+gather spawns start with their parent's): what :class:`~puma_async.scopetime.ScopeTimer`
+reads to attribute the event loop's time to scopes, at no cost to code that does not look
+(a set and a reset per scope entered)."""
+
+
 class _Scope:
     """:meth:`Context.scope`'s context manager (a class: a third of a generator-based one's
     cost, and every protocol call enters one)."""
 
-    __slots__ = ("_ctx", "_name", "_outer", "_start", "_started")
+    __slots__ = ("_ctx", "_name", "_outer", "_start", "_started", "_token")
 
     def __init__(self, ctx: Context, name: str) -> None:
         self._ctx, self._name = ctx, name
@@ -498,9 +512,11 @@ class _Scope:
         self._outer = ctx._scope
         ctx._set_scope((*self._outer, *self._name.split(".")))
         self._start, self._started = ctx.clock, time.perf_counter()
+        self._token = CURRENT_STEP.set(ctx)
 
     def __exit__(self, *exc: object) -> None:
         ctx = self._ctx
+        CURRENT_STEP.reset(self._token)
         ctx.runtime.stats.scope_exit(
             ctx._phase, ctx._scope_name, ctx.frontier - self._start,
             time.perf_counter() - self._started,
@@ -539,6 +555,6 @@ async def _run_child(parent: Context, child: Context, name: str, body: Awaitable
 
 
 __all__ = [
-    "DEFAULT_PHASE", "ENCODE_OFFLOAD_BYTES", "OFFLINE_PHASE", "ArraySpec", "Context",
-    "MessageId", "Program", "Step", "protocol",
+    "CURRENT_STEP", "DEFAULT_PHASE", "ENCODE_OFFLOAD_BYTES", "OFFLINE_PHASE", "ArraySpec",
+    "Context", "MessageId", "Program", "Step", "protocol",
 ]

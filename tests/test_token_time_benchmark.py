@@ -18,6 +18,7 @@ def test_the_token_time_benchmark_runs_on_the_tiny_model(benchmark_script, tmp_p
     args = ["--tiny", "--tokens", "3", *(["--recorded"] if recorded else [])]
     results, stdout = benchmark_script.run(tmp_path, "token_time.py", *args)
     assert results["recorded"] is recorded and results["model"] == "tiny"
+    assert results["components"] is False
     tokens = results["new_tokens"]
     assert len(tokens) == 3 and all(set(token) == KEYS for token in tokens)
     for token in tokens:  # every token runs Python on the loop's thread and waits for I/O
@@ -30,3 +31,19 @@ def test_the_token_time_benchmark_runs_on_the_tiny_model(benchmark_script, tmp_p
 def test_a_token_count_below_one_is_refused(benchmark_script, tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="--tokens must be at least 1"):
         benchmark_script.run(tmp_path, "token_time.py", "--tiny", "--tokens", "0")
+
+
+def test_components_name_the_layer_rows_of_the_llama_tables(benchmark_script,
+                                                            tmp_path: Path) -> None:
+    """``--components``: per token, the loop's seconds by the llama tables' rows (layer
+    components in any layer, the pass's own scopes, offline work apart)."""
+    results, stdout = benchmark_script.run(tmp_path, "token_time.py", "--tiny", "--tokens",
+                                           "2", "--components")
+    assert results["components"] is True
+    for token in results["new_tokens"]:
+        spent = token["loop_seconds_by_component"]
+        assert {"attn.norm", "attn.softmax.neg_exp", "mlp.silu", "mlp.down", "head",
+                "attn.norm (offline)"} <= set(spent)
+        assert not any(name.startswith(("layer", "p0")) for name in spent)
+        assert all(seconds >= 0 for seconds in spent.values())
+    assert all(name in stdout for name in results["mean"]["loop_seconds_by_component"])
