@@ -19,8 +19,8 @@ instrument on those waits only: no per-step cost). Per new token it writes:
 ``--components`` also times every task step (:class:`~puma_async.scopetime.ScopeTimer`) and
 writes, per component of a layer (its scope with the pass and the layer left out:
 ``attn.norm``, ``mlp.silu``, ...; offline work apart), the loop's seconds per token: which
-protocols' Python a token is made of. Timing every step slows the loop (about a microsecond
-per step), so the other figures of such a run are a little high.
+protocols' Python a token is made of. Timing every step slows the loop a little (two clock
+readings and a dictionary update per step), so the other figures of such a run are high.
 
 ``--recorded`` runs the session as ``benchmarks/llama.py``'s accounting run does (every
 message recorded, a step timer on every task step), which shows what that instrumentation

@@ -7,7 +7,7 @@ was in when the step ended (:data:`~puma_async.context.CURRENT_STEP`: the step w
 :meth:`~puma_async.context.Context.scope` it entered last), so that the time a component
 costs can be read beside its bytes and rounds. A step that leaves one scope and enters another
 counts wholly to the second; steps outside any scope (the runtime's own tasks) count to
-``("", "")``. Timing every step costs the loop about a microsecond per step.
+``("", "")``. Timing costs the loop two clock readings and a dictionary update per step.
 """
 
 from __future__ import annotations
