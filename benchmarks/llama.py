@@ -16,7 +16,7 @@ its own; all five roles in one process, in-memory transport, no emulated latency
 
 Each part runs its session twice: recorded, for the accounting and the stalls below, then as
 ``python -m puma_async.local`` runs it (no message records, no instrument: together they cost
-a SmolLM2 token 0.08-0.14 s of its ~1.6 s, ``benchmarks/token_time.py`` against its
+a SmolLM2 token 0.12-0.13 s of its ~1.6 s, ``benchmarks/token_time.py`` against its
 ``--recorded``), for every time and event-loop CPU figure.
 
 Both parts also account each pass (:mod:`puma_async.session.accounting`): online and offline
@@ -113,7 +113,7 @@ class PassClock:
 class LoopStalls(PassClock):
     """:class:`PassClock` in a run that records every message (for the accounting) and the
     event loop's longest task step and scheduler batch per phase: set-up, prompt pass, new
-    token. Both cost the loop time (0.08-0.14 s of a SmolLM2 token's ~1.6 s: module
+    token. Both cost the loop time (0.12-0.13 s of a SmolLM2 token's ~1.6 s: module
     docstring), so passes are timed in a run of their own (:func:`measured_runs`)."""
 
     def __init__(self) -> None:
