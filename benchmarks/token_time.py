@@ -6,14 +6,15 @@ All five roles share one event loop (one thread): a token's seconds are that thr
 else to run, for worker threads (the large ring products, which use the other core). This
 script runs one SmolLM2 session as ``python -m puma_async.local`` runs it ("The capital of
 France is", balanced, greedy; each measured token makes the next one's offline material, as
-all but a session's last do) and, between consecutive new tokens, reads every thread's CPU
-time from ``/proc/self/task`` (Linux) and the loop's time in its waits for I/O (a Trio
-instrument on those waits only: no per-step cost). Per new token it writes:
+all but a session's last do) and, between consecutive new tokens, reads the loop thread's CPU
+time (``time.thread_time`` in the loop's thread), the whole process's (``time.process_time``)
+and the loop's time in its waits for I/O (a Trio instrument on those waits only: no per-step
+cost). Per new token it writes:
 
 - ``seconds``: the client's wall time of the token;
 - ``loop_cpu_seconds``: the event loop thread's CPU;
-- ``workers_cpu_seconds``: every other thread's CPU (ring products, PRG draws and other
-  large local steps in worker threads, Trio's thread pool);
+- ``workers_cpu_seconds``: the process's CPU less the loop thread's (ring products, PRG draws
+  and other large local steps in worker threads, Trio's thread pool);
 - ``loop_idle_seconds``: the loop's time blocked in waits for I/O (nothing ready to run).
 
 ``--components`` also times every task step (:class:`~puma_async.scopetime.ScopeTimer`) and
@@ -34,9 +35,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import re
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -53,24 +52,13 @@ from puma_async.scopetime import ScopeTimer
 from puma_async.session import Progress, in_process_settings, run_session
 
 PROMPT = "The capital of France is"
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu(loop_thread: int) -> tuple[float, float]:
-    """CPU seconds so far of the loop's thread and of every other thread of this process."""
-    loop = others = 0.0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # the thread ended since the listing
-            continue
-        seconds = (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
-        if int(tid) == loop_thread:
-            loop += seconds
-        else:
-            others += seconds
-    return loop, others
+def thread_cpu() -> tuple[float, float]:
+    """CPU seconds so far of the calling thread (the loop's, from ``progress``) and of every
+    other thread of this process, ended ones included."""
+    loop = time.thread_time()
+    return loop, time.process_time() - loop
 
 
 class IdleClock(trio.abc.Instrument):
@@ -108,14 +96,14 @@ def measure(weights: Any, prompt: list[int], tokens: int, recorded: bool, compon
             ) -> list[dict[str, Any]]:
     """One session; per new token its seconds and the split above (and with ``components``
     the loop's seconds per component)."""
-    idle, loop_thread = IdleClock(), threading.get_native_id()
+    idle = IdleClock()
     scopes = ScopeTimer() if components else None
     marks: list[tuple[float, float, float, float, Counter[tuple[str, str]]]] = []
 
     def progress(event: Progress) -> None:  # runs in the loop's thread
         if event.kind == "token":
             by_scope = Counter(scopes.seconds) if scopes is not None else Counter()
-            marks.append((time.perf_counter(), *thread_cpu(loop_thread), idle.idle, by_scope))
+            marks.append((time.perf_counter(), *thread_cpu(), idle.idle, by_scope))
 
     instruments: list[trio.abc.Instrument] = [idle] if scopes is None else [idle, scopes]
     options: dict[str, Any] = {"instruments": instruments}
