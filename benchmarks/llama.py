@@ -260,8 +260,11 @@ def run_block7b(tradeoff: str) -> dict[str, Any]:
     runs = measured_runs(weights, [prompt], 1, tradeoff)
     result = runs.accounted
     block = [result.stats[p].totals(phase="online", scope="p0.t0.layer0") for p in PARTIES]
-    block_offline = [result.stats[p].totals(phase="offline", scope="p0.t0.layer0")
-                     for p in PARTIES]
+    # the block's offline material: its own (SiLU's) and what the pass made at its start for
+    # its one layer (scope tuples: the norms', reciprocal's, exponential's and maximum's,
+    # with the head norm's few kB, which are counted here and not in the head's)
+    block_offline = [result.stats[p].totals(phase="offline", scope=scope)
+                     for p in PARTIES for scope in ("p0.t0.layer0", "p0.t0.tuples")]
     forward = runs.figures(0, 0, config.n_layers)
     head = [result.stats[p].totals(scope="p0.t0.head") for p in PARTIES]  # online + offline
     return {
