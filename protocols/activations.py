@@ -124,13 +124,14 @@ from . import ring
 from .arith import dot_fxp, mul, mul_fxp
 from .compare import to_arith
 from .evaluators import (
+    EvaluatorCompare,
     SelectedRows,
     compare_for_evaluators,
     exchange_rows,
     selected_dot,
     selected_horner,
 )
-from .fastcmp import bounded_bits, compare_thresholds
+from .fastcmp import CompareMaterial, CompareSpec, bounded_bits, compare_thresholds
 from .fixedpoint import fixed_point
 from .offload import offload
 from .polynomial import Term, linear_forms, piecewise, powers, zeros_like
@@ -311,7 +312,8 @@ async def evaluate_piecewise(ctx: Context, x: AShare, spec: PiecewisePolynomial,
 
 async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
                          bound: float | None = None, selection: Selection = "opened",
-                         horner: bool = False) -> AShare:
+                         horner: bool = False,
+                         pre: CompareMaterial | EvaluatorCompare | None = None) -> AShare:
     """spec's polynomial of each element of x (fixed point); exact 0 below, x above if
     ``spec.identity_above`` (from the last threshold plus ``spec.slack`` on: the comparisons
     drop x's bits below the slack, :meth:`TablePolynomial.dropped_bits`, so within it x may
@@ -334,7 +336,9 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     identity above); else as ``"opened"``. There, ``horner``: the powers only up to v^h, h
     = ceil(d / 2), and the dot product as A + v^h B (:func:`.evaluators.selected_horner`):
     for degree 4, v^3 and v^4 fewer (87 bytes per element) for B's truncation (43.5), 2
-    rounds more.
+    rounds more. ``pre``: the comparisons' material, made ahead for the selection this call
+    makes (:func:`table_compare_spec`; else a ValueError); None: made beside the
+    comparisons' leaves (phase ``offline``, no round of its own).
 
     Cost: max(comparison (4, 3 on one tree level), powers) + dot product (2) rounds, 6 rounds
     up to degree 4 and 8 up to degree 8; selected by the evaluators max(comparison + 1,
@@ -346,22 +350,26 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     role, m, d, frac = ctx.role, len(spec.breakpoints), spec.degree, spec.power_frac
     shift = frac - f - (int(spec.scale).bit_length() - 1)
     assert spec.scale == 2 ** (int(spec.scale).bit_length() - 1) and shift >= 0
-    thresholds = fixed_point(ctx).encode(spec.breakpoints)
-    chain = bounded_bits(None if bound is None else bound + spec.slack, thresholds, f)
-    room = 63 + f - chain - frac  # |x| 2^(room + frac) <= 2^62 wherever the chain is exact
+    thresholds, chain, drop = _comparisons(ctx, spec, bound)
+    room = _room(ctx, spec, chain)
     in_table = spec.identity_above and room >= MIN_ROW_FRAC
     coefficient_frac = min(spec.coefficient_frac, room) if in_table else spec.coefficient_frac
     row_steps = spec.steps(coefficient_frac, in_table)
     bits = coefficient_frac + frac - f
-    drop = min(spec.dropped_bits(f), chain - 2)
     by_evaluators = selection == "evaluators" and (in_table or not spec.identity_above)
+    if pre is not None and isinstance(pre, EvaluatorCompare) != by_evaluators:
+        raise ValueError("comparisons' material made for the other selection (opened to all "
+                         "three or to the evaluators: table_compare_spec)")
     top = (d + 1) // 2 if by_evaluators and horner else d  # the highest power made
 
     async def compared(c: Context) -> AShare | SelectedRows:
         if by_evaluators:  # the rows' exchange needs the bits only: beside the powers
-            bits_ = await compare_for_evaluators(c, x, thresholds, bits=chain, drop=drop)
+            assert pre is None or isinstance(pre, EvaluatorCompare)
+            bits_ = await compare_for_evaluators(c, x, thresholds, bits=chain, drop=drop,
+                                                 pre=pre)
             return await exchange_rows(c, bits_, row_steps)
-        return await _below(c, x, thresholds, chain, drop)
+        assert pre is None or isinstance(pre, CompareMaterial)
+        return await _below(c, x, thresholds, chain, drop, pre)
 
     below, pw = await ctx.gather(
         compared,
@@ -397,12 +405,41 @@ def _table_terms(party: int, below: AShare, row_steps: RingArray, pw: dict[int, 
     return steps, coefficients, basis
 
 
-async def _below(ctx: Context, x: AShare, thresholds: RingArray, bits: int, drop: int
-                 ) -> AShare:
+async def _below(ctx: Context, x: AShare, thresholds: RingArray, bits: int, drop: int,
+                 pre: CompareMaterial | None) -> AShare:
     """[x < t_k] for every threshold, (*x, m), ignoring ``drop`` low bits: one batch sharing
-    its leaves (4 rounds)."""
+    its leaves (4 rounds; ``pre``: its material made ahead, or None)."""
     return await to_arith(ctx, await compare_thresholds(ctx, x, thresholds, bits=bits,
-                                                        drop=drop))
+                                                        drop=drop, pre=pre))
+
+
+def _comparisons(ctx: Context, spec: TablePolynomial, bound: float | None
+                 ) -> tuple[RingArray, int, int]:
+    """:func:`evaluate_table`'s thresholds (ring values), its comparisons' chain (bits) and
+    the low bits they drop."""
+    f = fixed_point(ctx).frac_bits
+    thresholds = fixed_point(ctx).encode(spec.breakpoints)
+    chain = bounded_bits(None if bound is None else bound + spec.slack, thresholds, f)
+    return thresholds, chain, min(spec.dropped_bits(f), chain - 2)
+
+
+def _room(ctx: Context, spec: TablePolynomial, chain: int) -> int:
+    """Fractional bits of the table's coefficients with x's in range: |x| 2^(room + frac)
+    <= 2^62 wherever the chain is exact."""
+    return 63 + fixed_point(ctx).frac_bits - chain - spec.power_frac
+
+
+def table_compare_spec(ctx: Context, size: int, spec: TablePolynomial,
+                       bound: float | None = None, selection: Selection = "opened"
+                       ) -> tuple[CompareSpec, bool]:
+    """What the comparisons' material of :func:`evaluate_table` on ``size`` elements is for
+    (public), and whether it is the evaluators' (their selection: make it with
+    :func:`.evaluators.prepare_evaluator_compare`) or not (:func:`.fastcmp.prepare_compare`;
+    a pass's all at once: :func:`.fastcmp.prepare_compare_batches`); pass it as ``pre``."""
+    thresholds, chain, drop = _comparisons(ctx, spec, bound)
+    in_table = spec.identity_above and _room(ctx, spec, chain) >= MIN_ROW_FRAC
+    by_evaluators = selection == "evaluators" and (in_table or not spec.identity_above)
+    return CompareSpec(size, thresholds.size, "less", chain, drop=drop), by_evaluators
 
 
 @protocol
@@ -418,7 +455,8 @@ async def gelu(ctx: Context, x: AShare, method: Method = "accurate") -> AShare:
 @protocol
 async def silu(ctx: Context, x: AShare, method: Method = "accurate",
                bound: float | None = None, selection: Selection = "evaluators",
-               horner: bool = False) -> AShare:
+               horner: bool = False,
+               pre: CompareMaterial | EvaluatorCompare | None = None) -> AShare:
     """SiLU(x) = x sigmoid(x). Max error 1.8e-4, 2.9e-5 on [-3, 3] ("accurate"), or 0.0719
     ("puma", SPU's LLaMA).
 
@@ -429,6 +467,9 @@ async def silu(ctx: Context, x: AShare, method: Method = "accurate",
     fact while x - t and x - t - 2^-8 lie in [-2^(L-18), 2^(L-18)) for every threshold t),
     and *garbage* beyond (an arbitrary row of the table: the bound is the caller's
     precondition, as a comparison's own range is). None: the full chains (64 bits, less 10).
+    ``pre`` ("accurate" only): the comparisons' material made ahead
+    (:func:`table_compare_spec` of :data:`SILU_ACCURATE` with this call's bound and
+    selection), or None: made beside the comparisons.
 
     Cost: "accurate" 6 rounds at any size, 294 bytes per element online and 260 offline
     (bound 2^8: 7 rounds, 270.88 online and 72 offline: the identity is a row of the
@@ -441,12 +482,14 @@ async def silu(ctx: Context, x: AShare, method: Method = "accurate",
     """
     if method == "accurate":
         return await evaluate_table(ctx, x, SILU_ACCURATE, bound, selection=selection,
-                                    horner=horner)
+                                    horner=horner, pre=pre)
+    if pre is not None:
+        raise ValueError("comparisons' material made ahead serves the accurate SiLU only")
     return await evaluate_piecewise(ctx, x, SILU_PUMA, bound)
 
 
 __all__ = [
     "APPROXIMATIONS", "GELU_ACCURATE", "GELU_PUMA", "SILU_ACCURATE", "SILU_PUMA", "Method",
     "PiecewisePolynomial", "Selection", "TablePolynomial", "evaluate_piecewise", "evaluate_table",
-    "gelu", "piece_values", "silu",
+    "gelu", "piece_values", "silu", "table_compare_spec",
 ]

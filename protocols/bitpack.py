@@ -18,6 +18,7 @@ where bit planes built with numpy need a pass per bit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -160,12 +161,12 @@ _RUNS_SIGNATURE = types.void(
 
 @njit(_RUNS_SIGNATURE, nogil=True, cache=True)
 def _runs_kernel(  # pragma: no cover (compiled)
-    rows: RingArray, n: int, of: np.ndarray, out: RingArray
+    rows: RingArray, n: int, starts: np.ndarray, out: RingArray
 ) -> None:
     for r in range(rows.shape[0]):
         src, dst = rows[r], out[r]
-        for t in range(of.shape[0]):
-            s, d = of[t] * n, t * n
+        for t in range(starts.shape[0]):
+            s, d = starts[t], t * n
             i = 0
             while i < n:  # up to 64 bits at a time, up to the next destination word
                 db = (d + i) & 63
@@ -180,14 +181,128 @@ def _runs_kernel(  # pragma: no cover (compiled)
                 i += take
 
 
+_BITS_SIGNATURE = types.void(
+    types.Array(types.uint64, 2, "C", readonly=True),
+    types.Array(types.int64, 1, "C", readonly=True), types.Array(types.uint64, 2, "C"),
+)
+
+
+@njit(_BITS_SIGNATURE, nogil=True, cache=True)
+def _bits_kernel(  # pragma: no cover (compiled)
+    rows: RingArray, starts: np.ndarray, out: RingArray
+) -> None:
+    count = starts.shape[0]
+    for r in range(rows.shape[0]):
+        src, dst = rows[r], out[r]
+        for w in range(dst.shape[0]):  # each destination word gathered in a register
+            word = np.uint64(0)
+            for b in range(min(64, count - 64 * w)):
+                s = starts[64 * w + b]
+                word |= ((src[s >> 6] >> np.uint64(s & 63)) & np.uint64(1)) << np.uint64(b)
+            dst[w] = word
+
+
+def take_bit_runs(rows: RingArray, n: int, starts: npt.NDArray[np.integer]) -> RingArray:
+    """Packed rows -> rows of the runs of n bits that start at bits ``starts`` (in that
+    order), packed: (R, W) -> (R, packed_words(starts.size * n)), run t of an output row
+    being bits [starts[t], starts[t] + n) of its input row (all within the row's W words);
+    the padding bits are 0 (as :func:`pack_bits`). Runs of one bit (a bit matrix's column)
+    take a kernel of their own: five times faster than moving them as runs."""
+    out = np.zeros((rows.shape[0], packed_words(starts.size * n)), RING_DTYPE)
+    rows = np.ascontiguousarray(rows, RING_DTYPE)
+    starts = np.ascontiguousarray(starts, np.int64)
+    if n == 1:
+        _bits_kernel(rows, starts, out)
+    else:
+        _runs_kernel(rows, n, starts, out)
+    return out
+
+
 def gather_bit_runs(rows: RingArray, n: int, of: npt.NDArray[np.integer]) -> RingArray:
     """Packed rows holding runs of n bits -> rows of the runs ``of`` (in that order), packed:
     (R, >= packed_words(values * n)) -> (R, packed_words(of.size * n)), run t of an output
     row being run of[t] of its input row; the padding bits are 0 (as :func:`pack_bits`)."""
-    out = np.zeros((rows.shape[0], packed_words(of.size * n)), RING_DTYPE)
-    _runs_kernel(np.ascontiguousarray(rows, RING_DTYPE), n,
-                 np.ascontiguousarray(of, np.int64), out)
-    return out
+    return take_bit_runs(rows, n, np.asarray(of, np.int64) * n)
+
+
+_SPLIT_SIGNATURE = types.void(
+    types.Array(types.uint64, 2, "C", readonly=True), types.int64, types.int64,
+    types.Array(types.int64, 2, "C", readonly=True), types.Array(types.uint64, 1, "C"),
+)
+
+
+@njit(_SPLIT_SIGNATURE, nogil=True, cache=True)
+def _split_kernel(  # pragma: no cover (compiled)
+    rows: RingArray, m: int, c: int, pieces: np.ndarray, out: RingArray
+) -> None:
+    for p in range(pieces.shape[0]):
+        start, n, words, offset, spare = (pieces[p, 0], pieces[p, 1], pieces[p, 2],
+                                          pieces[p, 3], pieces[p, 4])
+        for r in range(rows.shape[0]):
+            src, base = rows[r], offset + r * words
+            if n == 1:  # one column: each destination word gathered in a register
+                for w in range(words):
+                    word = np.uint64(0)
+                    for b in range(min(64, m - 64 * w)):
+                        s = (64 * w + b) * c + start
+                        word |= ((src[s >> 6] >> np.uint64(s & 63)) & np.uint64(1)
+                                 ) << np.uint64(b)
+                    out[base + w] = word
+            else:
+                for i in range(m):  # matrix row i: bits [i c + start, + n) -> [i n, + n)
+                    s, d, k = i * c + start, i * n, 0
+                    while k < n:  # up to 64 bits at a time, up to the next destination word
+                        db = (d + k) & 63
+                        take = min(64 - db, n - k)
+                        sw, sb = (s + k) >> 6, (s + k) & 63
+                        v = src[sw] >> np.uint64(sb)
+                        if sb + take > 64:
+                            v |= src[sw + 1] << np.uint64(64 - sb)
+                        if take < 64:
+                            v &= (np.uint64(1) << np.uint64(take)) - np.uint64(1)
+                        out[base + ((d + k) >> 6)] |= v << np.uint64(db)
+                        k += take
+            if spare >= 0:  # padding bit k: the matrix's bit spare + k, column by column
+                for k in range(64 * words - m * n):
+                    g = spare + k
+                    s = (g % m) * c + g // m
+                    d = m * n + k
+                    out[base + (d >> 6)] |= ((src[s >> 6] >> np.uint64(s & 63))
+                                             & np.uint64(1)) << np.uint64(d & 63)
+
+
+def padding_bits(m: int, n: int) -> int:
+    """The unused bits of the last word of n columns of an m-row bit matrix, packed by
+    :func:`split_bit_columns`."""
+    return WORD_BITS * packed_words(m * n) - m * n
+
+
+def split_bit_columns(rows: RingArray, shape: tuple[int, int],
+                      bounds: Sequence[tuple[int, int, int]]) -> list[RingArray]:
+    """Each row a packed bit matrix of ``shape`` (m, c), row by row (bit i c + j: matrix
+    row i, column j, as :meth:`.fastcmp.Part.words` lays out a part's elements) -> for each
+    (start, stop, spare) of ``bounds``, the matrices' columns [start, stop), packed the same
+    way: (R, >= packed_words(m c)) -> (R, packed_words(m (stop - start))) each. The
+    :func:`padding_bits` of the last word are the matrix's bits from ``spare`` on, counted
+    column by column (bit g: row g % m, column g // m; spare < 0: zeros): a slice of random
+    masks then has random padding, as the masks drawn for it alone had. One kernel call for
+    all pieces (a pass's material is sliced into hundreds: per call, numpy's and numba's
+    overhead would be most of the time); the pieces are views of one buffer."""
+    m, c = shape
+    pieces = np.zeros((len(bounds), 5), np.int64)
+    offset = 0
+    for p, (start, stop, spare) in enumerate(bounds):
+        if not 0 <= start <= stop <= c:
+            raise ValueError(f"columns [{start}, {stop}) of a matrix of {c} columns")
+        if spare >= 0 and spare + padding_bits(m, stop - start) > m * c:
+            raise ValueError(f"padding bits from {spare} beyond a matrix of {m} x {c}")
+        words = packed_words(m * (stop - start))
+        pieces[p] = start, stop - start, words, offset, spare
+        offset += rows.shape[0] * words
+    out = np.zeros(offset, RING_DTYPE)
+    _split_kernel(np.ascontiguousarray(rows, RING_DTYPE), m, c, pieces, out)
+    return [out[o : o + rows.shape[0] * w].reshape(rows.shape[0], w)
+            for _, _, w, o, _ in pieces.tolist()]
 
 
 def packed_size(count: int, bits: int) -> int:
@@ -221,5 +336,6 @@ def unpack_low_bits(packed: np.ndarray, bits: int, count: int) -> RingArray:
 
 __all__ = [
     "MAX_BITS", "WORD_BITS", "bit_slices", "gather_bit_runs", "pack_bits", "pack_low_bits",
-    "packed_size", "packed_words", "unpack_bits", "unpack_low_bits", "unpack_rows_into",
+    "packed_size", "packed_words", "padding_bits", "split_bit_columns", "take_bit_runs",
+    "unpack_bits", "unpack_low_bits", "unpack_rows_into",
 ]

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -59,8 +60,16 @@ from puma_async.context import OFFLINE_PHASE, ArraySpec, Context, Step
 
 from . import ring
 from .arith import finish_product, mul_local
-from .bitpack import unpack_rows_into
-from .fastcmp import Part, threshold_halves
+from .bitpack import split_bit_columns, unpack_rows_into
+from .fastcmp import (
+    CompareSpec,
+    Part,
+    Piece,
+    TreeMaterial,
+    prepare_trees,
+    split_trees,
+    threshold_halves,
+)
 from .offload import offload
 from .prg import Prg
 from .randomness import key_prg
@@ -77,6 +86,48 @@ class EvaluatorMaterial:
 
     pads: RingArray | None = None
     shares: RingArray | None = None
+
+    def split(self, bounds: Sequence[Piece]) -> list[EvaluatorMaterial]:
+        """The material of elements [start, stop) of a part, for each (start, stop, spare)
+        of ``bounds`` (:meth:`EvaluatorCompare.split`)."""
+        if self.pads is None or self.shares is None:
+            return [self] * len(bounds)
+        pads = split_bit_columns(self.pads.reshape(1, -1), self.shares.shape, bounds)
+        return [EvaluatorMaterial(p.reshape(-1), self.shares[:, start:stop])
+                for p, (start, stop, _) in zip(pads, bounds, strict=True)]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorCompare:
+    """The offline material of :func:`compare_for_evaluators` made ahead
+    (:func:`prepare_evaluator_compare`): the comparisons' trees and, per part, the bits'
+    pads and shares."""
+
+    spec: CompareSpec
+    trees: tuple[TreeMaterial, ...]
+    evaluators: tuple[EvaluatorMaterial, ...]
+
+    def split(self, bounds: Sequence[Piece]) -> list[EvaluatorCompare]:
+        """The material of elements [start, stop) for each (start, stop, spare) of
+        ``bounds``, of a batch in one part, as :meth:`.fastcmp.CompareMaterial.split` (the
+        pads' padding from the spare elements too; :func:`.fastcmp.split_trees`)."""
+        pieces = split_trees(self.spec, self.trees, bounds)
+        per_part = [m.split(bounds) for m in self.evaluators]
+        return [EvaluatorCompare(piece, trees, tuple(m[i] for m in per_part[: len(trees)]))
+                for i, (piece, trees) in enumerate(pieces)]
+
+
+async def prepare_evaluator_compare(ctx: Context, spec: CompareSpec) -> EvaluatorCompare:
+    """:func:`compare_for_evaluators`' material for ``spec`` (public parameters only; its
+    comparisons' trees and the bits' pads and shares, step 1): phase ``offline``, 1 round.
+    Make a pass's all at once with :func:`.fastcmp.prepare_compare_batches` (its
+    ``prepare``)."""
+    with ctx.phase(OFFLINE_PHASE):
+        trees, *evaluators = await ctx.gather(
+            lambda c: prepare_trees(c, spec.plan.tree, spec.parts, spec.thresholds),
+            *(functools.partial(prepare_evaluator_bits, rows=spec.thresholds, part=part)
+              for part in spec.parts))
+    return EvaluatorCompare(spec, trees, tuple(evaluators))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,17 +171,21 @@ def _dealt(k1: Prg, k2: Prg, labels: tuple[bytes, bytes, bytes], words: tuple[in
 
 
 async def compare_for_evaluators(
-    ctx: Context, x: AShare, thresholds: RingArray, *, bits: int, drop: int = 0
+    ctx: Context, x: AShare, thresholds: RingArray, *, bits: int, drop: int = 0,
+    pre: EvaluatorCompare | None = None,
 ) -> EvaluatorBits:
     """[x < t] for every element of x and each public threshold t (ring values, (m,)),
     opened to the evaluators (steps 1 and 2): the comparisons of
     :func:`.fastcmp.compare_thresholds` (3 rounds, exact within ``bits``, ignoring ``drop``
-    low bits), their material made beside the leaves (phase ``offline``), then the opening
-    (1 round)."""
+    low bits), their material made ahead (``pre``: :func:`prepare_evaluator_compare` for
+    this call's :class:`.fastcmp.CompareSpec`) or beside the leaves (phase ``offline``),
+    then the opening (1 round)."""
     rows = thresholds.size
 
     def material(parts: tuple[Part, ...]) -> Step[tuple[EvaluatorMaterial, ...]]:
         async def step(c: Context) -> tuple[EvaluatorMaterial, ...]:
+            if pre is not None:
+                return pre.evaluators
             with c.phase(OFFLINE_PHASE):
                 return tuple(await c.gather(*(
                     functools.partial(prepare_evaluator_bits, rows=rows, part=part)
@@ -138,7 +193,7 @@ async def compare_for_evaluators(
         return step
 
     made, halves, parts, shape = await threshold_halves(ctx, x, thresholds, material, bits=bits,
-                                                       drop=drop)
+                                                       drop=drop, pre=pre)
     shares = await ctx.gather(*(
         functools.partial(open_to_evaluators, part=part, half=half, material=m)
         for part, half, m in zip(parts, halves, made, strict=True)))
@@ -308,7 +363,7 @@ def _evaluator_share(rows: RingArray, got: RingArray, powers: AShare, first: boo
 
 
 __all__ = [
-    "EvaluatorBits", "EvaluatorMaterial", "SelectedRows", "compare_for_evaluators",
-    "exchange_rows", "open_to_evaluators", "prepare_evaluator_bits", "selected_dot",
-    "selected_horner",
+    "EvaluatorBits", "EvaluatorCompare", "EvaluatorMaterial", "SelectedRows",
+    "compare_for_evaluators", "exchange_rows", "open_to_evaluators", "prepare_evaluator_bits",
+    "prepare_evaluator_compare", "selected_dot", "selected_horner",
 ]

@@ -49,6 +49,15 @@ elements (rows, for :func:`first_maximum`) on, the elements are cut into three p
 S = P_2, P_0, P_1 (the truncation's dealers of the same blocks); shorter arrays are one part
 with S = P_2.
 
+**Batches of material.** Every mask, product and random bit of the offline material belongs
+to one element (and threshold) and is drawn independently of every other's, so material
+made for a batch of n elements in one part, sliced to elements [a, b)
+(:meth:`CompareMaterial.split`, :meth:`MaximumMaterial.split`: the packed bits move, nothing
+is sent), is distributed exactly as material made for those elements alone, with the same
+roles. :func:`prepare_compare_batches` and :func:`prepare_maximum_batches` make a pass's
+dozens of small batches in one preparation per kind (below the rotation's threshold), which
+costs the protocol steps of one.
+
 **Costs** per element and threshold, all parties together (bytes; packed bits travel in
 64-bit words, so these are exact for multiples of 64 elements), declared in :mod:`.costs`:
 
@@ -66,7 +75,7 @@ L bits has ceil(L / 4) leaves (15 monomial bits per 4-bit block): 4 rounds for L
 fan-in 4, 3 rounds for L <= 16. Exact: no probabilistic step; the bounded comparison within
 its bound.
 
-One module of about 630 lines: the online steps and the dealer's offline material
+One module (about 1,050 lines): the online steps and the dealer's offline material
 (``prepare_*``) must agree on every mask's layout, part and key, so they stay side by side;
 the local bit algebra they share is :mod:`.carrytree`.
 """
@@ -76,8 +85,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -90,6 +99,8 @@ from .bitpack import (
     gather_bit_runs,
     pack_bits,
     packed_words,
+    padding_bits,
+    split_bit_columns,
     unpack_bits,
     unpack_rows_into,
 )
@@ -159,6 +170,17 @@ class TreeMaterial:
     alphas: tuple[RingArray, ...] = ()
     products: tuple[RingArray, ...] = ()
 
+    def split(self, shape: tuple[int, int], bounds: Sequence[Piece]) -> list[TreeMaterial]:
+        """The masks of elements [start, stop) for each (start, stop, spare) of ``bounds``
+        (the padding from the spare elements: :func:`.bitpack.split_bit_columns`), of a part
+        whose rows are packed bit matrices of ``shape`` (rows of bits per element,
+        elements): :meth:`CompareMaterial.split`."""
+        def cut(arrays: tuple[RingArray, ...]) -> list[tuple[RingArray, ...]]:
+            per_array = [split_bit_columns(a, shape, bounds) for a in arrays]
+            return [tuple(pieces[p] for pieces in per_array) for p in range(len(bounds))]
+        return [TreeMaterial(a, b) for a, b in zip(cut(self.alphas), cut(self.products),
+                                                   strict=True)]
+
 
 @dataclasses.dataclass(frozen=True)
 class RandomBits:
@@ -167,6 +189,18 @@ class RandomBits:
 
     packed: tuple[BShare, ...]
     arith: AShare
+
+    def split(self, bounds: Sequence[Piece]) -> list[RandomBits]:
+        """The bits of elements [start, stop) for each (start, stop, spare) of ``bounds``, of
+        bits made in one part (:meth:`CompareMaterial.split`; a piece of no elements has no
+        part)."""
+        shape = self.arith.shape
+        halves = [[split_bit_columns(h.reshape(1, -1), shape, bounds)
+                   for h in (p.first, p.second)] for p in self.packed]
+        return [RandomBits(tuple(BShare(first[i].reshape(-1), second[i].reshape(-1))
+                                 for first, second in halves) if stop > start else (),
+                           self.arith[:, start:stop])
+                for i, (start, stop, _) in enumerate(bounds)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +242,60 @@ class CompareMaterial:
     trees: tuple[TreeMaterial, ...]
     bits: RandomBits
 
+    def split(self, bounds: Sequence[Piece]) -> list[CompareMaterial]:
+        """The material of elements [start, stop) for each (start, stop, spare) of
+        ``bounds`` (whole rows of ``spec.unit``): a batch's slices serve smaller batches, as
+        :meth:`.trunc1.Trunc1Material.take` does. Only for a batch in one part (fewer than
+        :data:`.trunc.ROTATE_MIN_ELEMENTS` elements), whose slices have its roles (S = P_2):
+        each element's masks and bits are drawn independently of the others', so a slice is
+        distributed as material made for it alone. That includes the padding bits of each
+        packed row's last word, which travel masked by them: they are the batch's bits from
+        ``spare`` on (:func:`.bitpack.split_bit_columns`: bits of spare elements that no
+        slice uses as data, :func:`_compare_layout`; spare < 0: zeros, for tests), as the
+        padding of material made alone comes from its masks' streams. Local: packed bits
+        move, nothing is sent (:func:`split_trees`; one kernel call per array for all the
+        pieces)."""
+        pieces = split_trees(self.spec, self.trees, bounds)
+        return [CompareMaterial(piece, trees, bits) for (piece, trees), bits
+                in zip(pieces, self.bits.split(bounds), strict=True)]
+
+
+Piece = tuple[int, int, int]
+"""A slice of a batch of material: its elements [start, stop) and the first of the batch's
+bits, counted column by column, that pad its packed rows (bits of elements no slice uses as
+data; < 0: zeros): :func:`.bitpack.split_bit_columns`."""
+
+
+def split_trees(spec: CompareSpec, trees: tuple[TreeMaterial, ...], bounds: Sequence[Piece]
+                ) -> list[tuple[CompareSpec, tuple[TreeMaterial, ...]]]:
+    """For each (start, stop, spare) of ``bounds``: the spec and the trees' masks of
+    elements [start, stop) of material for ``spec`` in one part (:meth:`CompareMaterial.split`;
+    ValueError for material in several parts or a slice that is not whole rows of
+    ``spec.unit``). No elements: no part, no tree, as :func:`prepare_compare` makes them."""
+    if len(spec.parts) > 1:
+        raise ValueError(f"material in {len(spec.parts)} parts cannot be sliced")
+    for start, stop, _ in bounds:
+        if not (0 <= start <= stop <= spec.size and start % spec.unit == 0
+                and stop % spec.unit == 0):
+            raise ValueError(f"elements [{start}, {stop}) of a batch of {spec.size} in rows "
+                             f"of {spec.unit}")
+    shape = (spec.thresholds, spec.size)
+    per_tree = [tree.split(shape, bounds) for tree in trees]
+    return [(dataclasses.replace(spec, size=stop - start),
+             tuple(pieces[i] for pieces in per_tree) if stop > start else ())
+            for i, (start, stop, _) in enumerate(bounds)]
+
+
+class MadeTrees(Protocol):
+    """Material made ahead that holds the comparisons' trees (:class:`CompareMaterial`,
+    :class:`.evaluators.EvaluatorCompare`): what :func:`threshold_halves` reads."""
+
+    @property
+    def spec(self) -> CompareSpec: ...
+
+    @property
+    def trees(self) -> tuple[TreeMaterial, ...]: ...
+
 
 @dataclasses.dataclass(frozen=True)
 class MaximumSpec:
@@ -242,6 +330,36 @@ class MaximumMaterial:
     pairs: tuple[TreeMaterial, ...]
     wins: tuple[TreeMaterial, ...]
     bits: RandomBits
+
+    def split(self, bounds: Sequence[Piece]) -> list[MaximumMaterial]:
+        """The material of rows [start, stop) for each (start, stop, spare) of ``bounds``
+        (spare rows: :func:`spare_rows`), as :meth:`CompareMaterial.split` (a batch in one
+        part only: fewer than :data:`.trunc.ROTATE_MIN_ELEMENTS` pairs)."""
+        spec, m = self.spec, self.spec.entries
+        if len(spec.parts) > 1:
+            raise ValueError(f"material in {len(spec.parts)} parts cannot be sliced")
+        for start, stop, _ in bounds:
+            if not 0 <= start <= stop <= spec.rows:
+                raise ValueError(f"rows [{start}, {stop}) of a batch of {spec.rows}")
+
+        def scaled(k: int) -> list[Piece]:
+            return [(a * k, b * k, sp * k if sp >= 0 else -1) for a, b, sp in bounds]
+
+        per_row = spec.pairs.unit
+        pairs = [t.split((1, spec.rows * per_row), scaled(per_row)) for t in self.pairs]
+        wins = [t.split((1, spec.rows * m), scaled(m)) for t in self.wins]
+        bits = self.bits.split(scaled(m))
+        return [MaximumMaterial(dataclasses.replace(spec, rows=stop - start),
+                                tuple(p[i] for p in pairs) if stop > start else (),
+                                tuple(w[i] for w in wins) if stop > start else (), bits[i])
+                for i, (start, stop, _) in enumerate(bounds)]
+
+
+def spare_rows(spec: MaximumSpec) -> int:
+    """Rows whose bits pad the packed rows of a slice of ``spec.rows`` rows
+    (:meth:`MaximumMaterial.split`: its pairs' and its entries' arrays)."""
+    return max(-(-padding_bits(1, spec.rows * k) // k)
+               for k in (spec.pairs.unit, spec.entries))
 
 
 async def _prepare_tree(
@@ -301,7 +419,7 @@ def _deal_levels(levels: list[tuple[Compiled, bytes, bytes, bytes]],
                                                                   strict=True)])
 
 
-async def _prepare_trees(
+async def prepare_trees(
     ctx: Context, tree: tuple[Level, ...], parts: tuple[Part, ...], rows: int
 ) -> tuple[TreeMaterial, ...]:
     """:func:`_prepare_tree` for every part, ``rows`` packed rows per part."""
@@ -354,18 +472,111 @@ async def prepare_compare(ctx: Context, spec: CompareSpec) -> CompareMaterial:
     element and threshold: the dealt products (12 for a 63-bit chain) + 24."""
     parts = spec.parts
     trees, bits = await ctx.gather(
-        lambda c: _prepare_trees(c, spec.plan.tree, parts, spec.thresholds),
+        lambda c: prepare_trees(c, spec.plan.tree, parts, spec.thresholds),
         lambda c: prepare_random_bits(c, spec.thresholds, parts),
     )
     return CompareMaterial(spec, trees, bits)
+
+
+async def prepare_compare_batches(
+    ctx: Context, specs: Sequence[CompareSpec],
+    prepare: Callable[[Context, CompareSpec], Awaitable[SliceableT]] = prepare_compare,
+) -> list[SliceableT]:
+    """The material of every spec, made in one ``prepare`` (:func:`prepare_compare`, or
+    :func:`.evaluators.prepare_evaluator_compare`) per batch of specs equal but for their
+    sizes (fewer than :data:`.trunc.ROTATE_MIN_ELEMENTS` elements together: one part) and
+    sliced (the material's ``split``, :meth:`CompareMaterial.split`); a spec as large alone
+    gets its own. A preparation costs the same few protocol steps whatever its size, so a
+    pass's dozens of small batches cost as much local time as a handful. Cost: 2 rounds (1
+    for the evaluators'); the bytes of the specs' elements (and fewer messages)."""
+    return await _in_batches(ctx, specs, prepare, lambda s, n: dataclasses.replace(s, size=n),
+                             lambda s: 1, _compare_layout)
+
+
+async def prepare_maximum_batches(ctx: Context, specs: Sequence[MaximumSpec]
+                                  ) -> list[MaximumMaterial]:
+    """:func:`prepare_compare_batches` for :func:`first_maximum`'s material (batches of
+    fewer than :data:`.trunc.ROTATE_MIN_ELEMENTS` pairs; :meth:`MaximumMaterial.split`).
+    Cost: 2 rounds."""
+    return await _in_batches(ctx, specs, prepare_maximum,
+                             lambda s, n: dataclasses.replace(s, rows=n),
+                             lambda s: s.pairs.unit, _maximum_layout)
+
+
+class Sliceable(Protocol):
+    """Offline material a batch's slices of which serve smaller batches."""
+
+    def split(self, bounds: Sequence[Piece]) -> list[Any]: ...
+
+
+SpecT = TypeVar("SpecT", CompareSpec, MaximumSpec)
+SliceableT = TypeVar("SliceableT", bound=Sliceable)
+
+
+def _compare_layout(specs: Sequence[CompareSpec]) -> tuple[int, list[Piece]]:
+    """A batch's elements (its size) and its slices: the specs' elements side by side, then
+    the spare elements whose bits pad the slices' packed rows, a pool they share (each
+    slice its own bits of it): about as many masks as the slices' own last words hold."""
+    thresholds, unit = specs[0].thresholds, specs[0].unit
+    data = sum(spec.size for spec in specs)
+    pads = [padding_bits(thresholds, spec.size) for spec in specs]
+    pool = -(-sum(pads) // thresholds) if thresholds else 0
+    pieces: list[Piece] = []
+    start, spare = 0, data * thresholds  # the pool's first bit, counted column by column
+    for spec, pad in zip(specs, pads, strict=True):
+        pieces.append((start, start + spec.size, spare if pad else -1))
+        start, spare = start + spec.size, spare + pad
+    return data + -(-pool // unit) * unit, pieces
+
+
+def _maximum_layout(specs: Sequence[MaximumSpec]) -> tuple[int, list[Piece]]:
+    """A batch's rows and its slices: each spec's rows, then its :func:`spare_rows`."""
+    pieces: list[Piece] = []
+    start = 0
+    for spec in specs:
+        stop, extra = start + spec.rows, spare_rows(spec)
+        pieces.append((start, stop, stop if extra else -1))
+        start = stop + extra
+    return start, pieces
+
+
+async def _in_batches(
+    ctx: Context, specs: Sequence[SpecT],
+    prepare: Callable[[Context, SpecT], Awaitable[SliceableT]],
+    resized: Callable[[SpecT, int], SpecT], elements: Callable[[SpecT], int],
+    layout: Callable[[Sequence[SpecT]], tuple[int, list[Piece]]],
+) -> list[SliceableT]:
+    """Each spec's material, from one preparation per batch of specs equal but for their
+    size (laid out by ``layout``: its size, the slices and their padding's spare bits; a
+    batch's size x ``elements`` stays below :data:`.trunc.ROTATE_MIN_ELEMENTS`), split by
+    the materials' ``split``; a spec as large alone keeps its own."""
+    batches: list[list[int]] = []
+    open_batch: dict[SpecT, list[int]] = {}
+    for i, spec in enumerate(specs):
+        key = resized(spec, 0)
+        batch = open_batch.get(key)
+        if batch is None or layout([specs[j] for j in (*batch, i)])[0] * elements(
+                spec) >= ROTATE_MIN_ELEMENTS:
+            batch = open_batch[key] = []
+            batches.append(batch)
+        batch.append(i)
+    laid = [layout([specs[i] for i in batch]) for batch in batches]
+    made = await ctx.gather(*(functools.partial(prepare, spec=specs[batch[0]] if len(batch) == 1
+                                                else resized(specs[batch[0]], size))
+                              for batch, (size, _) in zip(batches, laid, strict=True)))
+    out: dict[int, SliceableT] = {}
+    for batch, (_, pieces), material in zip(batches, laid, made, strict=True):
+        out.update(zip(batch, [material] if len(batch) == 1 else material.split(pieces),
+                       strict=True))
+    return [out[i] for i in range(len(specs))]
 
 
 async def prepare_maximum(ctx: Context, spec: MaximumSpec) -> MaximumMaterial:
     """The offline material of :func:`first_maximum` (public parameters only): the pairs'
     dealt products, the AND tree's, and a random bit per entry. Cost: 2 rounds."""
     pairs, wins, bits = await ctx.gather(
-        lambda c: _prepare_trees(c, spec.pairs.plan.tree, spec.pairs.parts, 1),
-        lambda c: _prepare_trees(c, and_tree(spec.entries - 1), spec.parts, 1),
+        lambda c: prepare_trees(c, spec.pairs.plan.tree, spec.pairs.parts, 1),
+        lambda c: prepare_trees(c, and_tree(spec.entries - 1), spec.parts, 1),
         lambda c: prepare_random_bits(c, 1, spec.parts),
     )
     return MaximumMaterial(spec, pairs, wins, bits)
@@ -652,7 +863,7 @@ async def threshold_halves(
     bits: int = 64,
     drop: int = 0,
     levels: int | None = None,
-    pre: CompareMaterial | None = None,
+    pre: MadeTrees | None = None,
 ) -> tuple[T, tuple[RingArray | None, ...], tuple[Part, ...], tuple[int, ...]]:
     """The leaves and trees of :func:`compare_thresholds` (3 rounds), beside the step that
     ``material`` makes for the parts (the bits' opening material: a child step before the
@@ -900,8 +1111,10 @@ def _opened_bits(masked: MaskedBits, opened: list[RingArray]) -> RingArray:
 
 
 __all__ = [
-    "CompareMaterial", "CompareSpec", "MaskedBits", "MaximumMaterial", "MaximumSpec", "Part",
-    "RandomBits", "TreeMaterial", "bounded_bits", "carry_halves", "compare_thresholds",
-    "first_maximum", "maximum_after_leaves", "maximum_leaves", "open_masked", "prepare_compare",
-    "prepare_maximum", "prepare_random_bits", "summands", "threshold_halves",
+    "CompareMaterial", "CompareSpec", "MadeTrees", "MaskedBits", "MaximumMaterial", "MaximumSpec",
+    "Part", "Piece", "RandomBits", "TreeMaterial", "bounded_bits", "carry_halves",
+    "compare_thresholds", "first_maximum", "maximum_after_leaves", "maximum_leaves", "open_masked",
+    "prepare_compare", "prepare_compare_batches", "prepare_maximum", "prepare_maximum_batches",
+    "prepare_random_bits", "prepare_trees", "spare_rows", "split_trees",
+    "summands", "threshold_halves",
 ]

@@ -54,8 +54,10 @@ only): RMSNorm (given its wide copy) and a local product: the logits are not tru
 client gets their 3-out-of-3 shares' bits [f, 64) (:func:`lm_head`, ``io.reveal_product_to``).
 Offline: every TP1 tuple of the pass (per layer the two norms' and the softmax reciprocal's,
 and the head norm's), one preparation per truncation width for all of them, and those
-components' comparisons' material (the norms' with the products of two of its random bits)
-are made ahead (:func:`prepare_tuples`: scope ``tuples`` and each component's): a new
+components' comparisons' material (the norms' with the products of two of its random bits),
+with the softmax exponential's comparisons' material and its maximum's first step's, one
+preparation per kind of comparison, are made ahead (:func:`prepare_tuples`: scope
+``tuples``): a new
 token's during the pass before (``session.programs``), the prompt pass's at its start,
 beside the embedding (its first norm waits 2 latencies for them). So no online round waits
 on an offline one made inline after it: a 2-layer SmolLM2-shaped new token's longest chain
@@ -87,20 +89,21 @@ shapes, and a reader checks them against the LLaMA architecture in one place.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.context import Context
+from puma_async.context import OFFLINE_PHASE, Context
 from puma_async.errors import ContextLengthError
 from puma_async.model.config import LlamaConfig
 from puma_async.model.rope import rope_tables
 from puma_async.model.weights import LlamaWeights
 from puma_async.workers import in_thread
 
-from .activations import silu
+from .activations import SILU_ACCURATE, Selection, silu, table_compare_spec
 from .arith import (
     finish_product_wide,
     matmul_fxp,
@@ -109,6 +112,14 @@ from .arith import (
     product_share,
     stack_left,
     stacked_share,
+)
+from .evaluators import EvaluatorCompare, prepare_evaluator_compare
+from .exp import neg_exp_compare_spec
+from .fastcmp import (
+    CompareMaterial,
+    MaximumMaterial,
+    prepare_compare_batches,
+    prepare_maximum_batches,
 )
 from .fixedpoint import FixedPoint, fixed_point
 from .norms import MAX_ABS, rms_norm, rms_norm_tuples, rms_rsqrt, wide_shift
@@ -123,6 +134,7 @@ from .softmax import (
     matmul_max,
     normalise_after,
     probabilities,
+    product_maximum_spec,
     row_reciprocals,
     row_reciprocals_tuples,
     scale_rows,
@@ -147,7 +159,7 @@ and ``attn.qkv`` and ``attn.rope`` follow it (:func:`normalised_qkv`)."""
 
 def forward_scopes(n_layers: int) -> tuple[str, ...]:
     """Every scope :func:`forward` sends in, nested ones before none: ``embed``, ``tuples``
-    (the pass's TP1 tuples, offline: :func:`prepare_tuples`), each layer's
+    (the pass's offline material made at its start: :func:`prepare_tuples`), each layer's
     :data:`COMPONENTS` (``layer0.attn.norm``, ...), ``head``. Each message of a pass is in
     exactly one of them (the longest that contains its scope)."""
     layers = tuple(f"layer{i}.{c}" for i in range(n_layers) for c in COMPONENTS)
@@ -292,10 +304,10 @@ def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
     about 4 MB per row for about 300 rounds per pass (the norm first would add 90 rounds
     for 0.5 MB per row: not taken). Measured (``benchmarks/llama.py --tradeoff``, online +
     offline, all parties): a new SmolLM2 token after 5 prompt tokens balanced 1,271 rounds
-    and 35.9 MB, fewer-rounds 1,211 and 39.1, fewer-bytes 1,636 and 31.3; the 5-token
-    prompt pass 1,636 rounds and 149.4 MB, fewer-rounds 1,273 and 186.1, fewer-bytes 1,726
+    and 35.8 MB, fewer-rounds 1,211 and 39.1, fewer-bytes 1,636 and 31.2; the 5-token
+    prompt pass 1,636 rounds and 149.3 MB, fewer-rounds 1,273 and 186.0, fewer-bytes 1,726
     and 146.9; a 7B-shape block of 8 tokens (a prompt pass) balanced 58 rounds and 54.8 MB,
-    fewer-rounds 42 and 67.7, fewer-bytes 58 and 54.8."""
+    fewer-rounds 42 and 68.5, fewer-bytes 58 and 54.8."""
     if tradeoff not in TRADEOFFS:
         raise ValueError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, got {tradeoff!r}")
     if tradeoff == "fewer-rounds":
@@ -762,10 +774,12 @@ async def attention(
     keep = causal_mask(start, n, total, rep)
     # (groups, rep n, total): the maximum starts in the scores' first round
     scores, top = await matmul_max(ctx, q, keys.transpose(0, 2, 1), keep,
-                                   product_scope="scores", max_scope="softmax.max_along")
+                                   product_scope="scores", max_scope="softmax.max_along",
+                                   pre=None if pre is None else pre.maximum)
     probe(ctx, f"{name}.scores", scores.reshape(groups, rep, n, total))
     out = await attend(ctx, scores, values, keep, n, name, top,
-                       None if pre is None else pre.reciprocal)
+                       None if pre is None else pre.reciprocal,
+                       None if pre is None else pre.neg_exp)
     out = out.reshape(groups, rep, n, d).transpose(2, 0, 1, 3).reshape(n, heads * d)
     probe(ctx, f"{name}.attn_out", out)
     with ctx.scope("o"):
@@ -777,9 +791,11 @@ async def attention(
 async def attend(
     ctx: Context, scores: AShare, values: AShare, keep: npt.NDArray[np.bool_], n: int, name: str,
     top: AShare | None = None, pre: SegmentMaterial | None = None,
+    exp_pre: CompareMaterial | None = None,
 ) -> AShare:
     """softmax(scores) @ values per key/value group, (groups, rep n, T) @ (groups, T, d);
-    ``pre``: the reciprocal's TP1 tuples (:func:`prepare_tuples`).
+    ``pre``: the reciprocal's TP1 tuples, ``exp_pre``: the exponential's comparisons'
+    material (:func:`prepare_tuples`; None: made inline).
 
     Scopes ``softmax`` (its maximum, exponential and reciprocal in theirs, and the product
     by 1/sum) and ``pv``. For one new row, or when it costs no more bytes
@@ -787,7 +803,7 @@ async def attend(
     (e @ V) x r, with e @ V beside the reciprocal (2 rounds fewer); else (e x r) @ V.
     """
     with ctx.scope("softmax"):
-        e = await exp_rows(ctx, scores, keep, top)
+        e = await exp_rows(ctx, scores, keep, top, exp_pre)
     groups, _, total = scores.shape
     probe(ctx, f"{name}.exp", e.reshape(groups, -1, n, total))
 
@@ -807,6 +823,10 @@ async def attend(
         probs = await probabilities(ctx, e, keep, pre)
     return await product(ctx, probs)
 
+
+SILU_SELECTION: Selection = "evaluators"
+"""Who selects SiLU's table rows: its comparisons' bits are opened to their evaluators only
+(:mod:`.evaluators`: 66 bytes per element fewer than to all three)."""
 
 GATE_UP_RHO_FRAC = 30
 """Fractional bits of the MLP norm's rho where it scales the gate/up product
@@ -856,10 +876,12 @@ async def normalised_gate_up(
 async def mlp(
     ctx: Context, config: LlamaConfig, plan: LayerPlan, layer: SecureLayer, stream: Stream,
     index: int, pre: SegmentMaterial | None = None,
+    silu_pre: CompareMaterial | EvaluatorCompare | None = None,
 ) -> Stream:
     """The stream x plus SwiGLU (silu(h W_gate) * h W_up) W_down of h = RMSNorm(x); gate and
     up in one product, the norm's rho before or after it (:func:`normalised_gate_up`, by
-    ``plan``; ``pre``: the norm's TP1 tuples, :func:`prepare_tuples`).
+    ``plan``; ``pre``: the norm's TP1 tuples, ``silu_pre``: SiLU's comparisons' material,
+    :func:`prepare_tuples`; None: made inline).
     SiLU's comparisons are as long as the layer's certified gate bound needs, if declared
     (less the table's slack bits), and their bits opened to their evaluators only
     (:mod:`.evaluators`: 66 bytes per element fewer than to all three). The selected rows'
@@ -876,7 +898,7 @@ async def mlp(
     gate = gate_up.map(lambda a: np.ascontiguousarray(a[..., :f]))
     up = gate_up.map(lambda a: np.ascontiguousarray(a[..., f:]))
     activated = await silu(ctx, gate, bound=config.gate_bound(index),  # its scope
-                           selection="evaluators", horner=plan.silu_horner)
+                           selection=SILU_SELECTION, horner=plan.silu_horner, pre=silu_pre)
     probe(ctx, f"{name}.silu", activated)
     with ctx.scope("silu_up"):
         product = await mul_fxp(ctx, activated, up)
@@ -899,7 +921,7 @@ async def decoder_layer(
     probe(ctx, f"layer{index}.attn_residual", after.x)
     with ctx.scope("mlp"):
         x = await mlp(ctx, config, plan, layer, after, index,
-                      None if pre is None else pre.mlp_norm)
+                      None if pre is None else pre.mlp_norm, None if pre is None else pre.silu)
     probe(ctx, f"layer{index}.residual", x.x)
     return x
 
@@ -908,11 +930,16 @@ async def decoder_layer(
 class LayerTuples:
     """A layer's offline material (:func:`prepare_tuples`: TP1 tuples and comparisons'):
     the attention norm's (rho at :data:`QKV_RHO_FRAC`, or as the MLP's where it scales the
-    input: :class:`LayerPlan`), the softmax reciprocal's, the MLP norm's."""
+    input: :class:`LayerPlan`), the softmax reciprocal's, the MLP norm's, and the
+    comparisons' material of the softmax's exponential, of its maximum's first step and of
+    SiLU (its evaluators', where they select: :func:`.activations.table_compare_spec`)."""
 
     attn_norm: SegmentMaterial
     reciprocal: SegmentMaterial
     mlp_norm: SegmentMaterial
+    neg_exp: CompareMaterial
+    maximum: MaximumMaterial
+    silu: CompareMaterial | EvaluatorCompare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -934,11 +961,14 @@ async def prepare_tuples(
     """Every TP1 tuple of a pass over ``rows`` new rows and ``keys`` cached + new positions
     (the head's norm on ``head_rows``; none where ``plan.candidate_tuples`` is False: the
     segments' candidates then truncate in 2 rounds each), and the comparisons' material of
-    its norms and reciprocals, public parameters only: phase ``offline``, 4 rounds. The TP1
-    tuples in one preparation per truncation width for the whole pass
-    (:func:`.segments.prepare_segment_batches`: its local time does not grow with the
-    number of norms), in scope ``tuples``; each norm's and reciprocal's comparisons' material
-    (:func:`.segments.prepare_selection`) in that component's scope. Made during the pass
+    its norms, its softmax reciprocals, exponentials and maxima (the first step's:
+    :func:`.softmax.product_maximum_spec`), public parameters only: phase ``offline``, 4
+    rounds, all in scope ``tuples``. The TP1 tuples in one preparation per truncation width
+    for the whole pass, the comparisons' material in one per kind of comparison (below
+    :data:`.trunc.ROTATE_MIN_ELEMENTS` elements each), sliced
+    (:func:`.segments.prepare_segment_batches`, :func:`.fastcmp.prepare_compare_batches`,
+    :func:`.fastcmp.prepare_maximum_batches`: their protocol steps do not grow with the
+    number of layers, only the slicing does). Made during the pass
     before (the session's passes after a prompt's first: 1 row, one position more), or at
     the pass's start beside the embedding (:func:`forward`). ``plan``: the model's, taken for
     ``rows`` here (:meth:`LayerPlan.for_rows`)."""
@@ -948,14 +978,38 @@ async def prepare_tuples(
     layer = [rms_norm_tuples(ctx, shape, eps=eps, frac_bits=attn_rho),
              row_reciprocals_tuples(ctx, config.n_heads * rows, keys),
              rms_norm_tuples(ctx, shape, eps=eps, frac_bits=mlp_rho)]
-    scopes = [f"layer{i}.{c}" for i in range(config.n_layers)
-              for c in ("attn.norm", "attn.softmax.reciprocal", "mlp.norm")]
-    got = await prepare_segment_batches(
-        ctx, [*layer * config.n_layers, rms_norm_tuples(ctx, (head_rows, config.hidden), eps=eps)],
-        scopes=[*scopes, "head"], tuples_scope="tuples", tuples=plan.candidate_tuples)
+    scores = config.n_heads * rows * keys
+    exp_spec = neg_exp_compare_spec(ctx, scores)
+    max_spec = product_maximum_spec(scores, keys, fixed_point(ctx).frac_bits)
+    silu = [table_compare_spec(ctx, rows * config.ffn, SILU_ACCURATE, config.gate_bound(i),
+                               SILU_SELECTION) for i in range(config.n_layers)]
+    by_evaluators = [i for i, (_, ev) in enumerate(silu) if ev]
+    opened = [i for i, (_, ev) in enumerate(silu) if not ev]
+    with ctx.scope("tuples"):
+        got, exps, maxima, silu_ev, silu_opened = await ctx.gather(
+            lambda c: prepare_segment_batches(c, [
+                *layer * config.n_layers,
+                rms_norm_tuples(ctx, (head_rows, config.hidden), eps=eps)],
+                tuples=plan.candidate_tuples),
+            lambda c: _offline(c, prepare_compare_batches, [exp_spec] * config.n_layers),
+            lambda c: _offline(c, prepare_maximum_batches, [max_spec] * config.n_layers),
+            lambda c: _offline(c, functools.partial(prepare_compare_batches,
+                                                    prepare=prepare_evaluator_compare),
+                               [silu[i][0] for i in by_evaluators]),
+            lambda c: _offline(c, prepare_compare_batches, [silu[i][0] for i in opened]))
+    silu_made = dict(zip([*by_evaluators, *opened], [*silu_ev, *silu_opened], strict=True))
     return PassTuples(rows, keys, head_rows,
-                      tuple(LayerTuples(*got[3 * i : 3 * i + 3]) for i in range(config.n_layers)),
+                      tuple(LayerTuples(*got[3 * i : 3 * i + 3], exps[i], maxima[i],
+                                        silu_made[i]) for i in range(config.n_layers)),
                       got[-1])
+
+
+async def _offline(ctx: Context, prepare: Callable[[Context, list[Any]], Awaitable[list[Any]]],
+                   specs: list[Any]) -> list[Any]:
+    """``prepare(ctx, specs)`` (a batched preparation of :mod:`.fastcmp`) in phase
+    ``offline``."""
+    with ctx.phase(OFFLINE_PHASE):
+        return await prepare(ctx, specs)
 
 
 async def forward(

@@ -78,12 +78,11 @@ and within that + 1.25 units everywhere (tests/test_nonlinear_reciprocal.py).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fractions
 import functools
 import math
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -100,7 +99,7 @@ from .fastcmp import (
     MaskedBits,
     compare_thresholds,
     open_masked,
-    prepare_compare,
+    prepare_compare_batches,
 )
 from .offload import offload
 from .polynomial import HEADROOM_BITS
@@ -384,62 +383,52 @@ def segment_specs(plan: SegmentPlan, rows: int) -> tuple[Trunc1Spec | None, Trun
             Trunc1Spec(candidates, DOT_BITS))
 
 
-async def prepare_selection(
-    ctx: Context, plan: SegmentPlan, rows: int
-) -> tuple[CompareMaterial, AShare | None]:
-    """The comparisons' material of :func:`segmented_power` on ``rows`` rows
-    (:func:`.fastcmp.prepare_compare`: 2 rounds) and, with two ranges, r_a r_i from their
-    random bits (1 round more): phase ``offline``, 2 or 3 rounds."""
+async def prepare_selections(
+    ctx: Context, requests: Sequence[tuple[SegmentPlan, int]]
+) -> list[tuple[CompareMaterial, AShare | None]]:
+    """The comparisons' material of :func:`segmented_power` for each (plan, rows) request
+    (:func:`.fastcmp.prepare_compare_batches`: one preparation per kind of comparison, 2
+    rounds) and, with two ranges, r_a r_i from their random bits (1 round more, one product
+    per kind of switch): phase ``offline``, 2 or 3 rounds."""
     with ctx.phase(OFFLINE_PHASE):
-        material = await prepare_compare(
-            ctx, CompareSpec(rows, plan.thresholds.size, "less", plan.bits))
-        if len(plan.candidates) == 1:
-            return material, None
-        r = material.bits.arith.map(lambda a: np.ascontiguousarray(a.T))  # (rows, thresholds)
-        return material, await _switch_pairs(ctx, r, plan.candidates[0].stop
-                                             - plan.candidates[0].start - 1)
+        materials = await prepare_compare_batches(ctx, [
+            CompareSpec(rows, plan.thresholds.size, "less", plan.bits) for plan, rows in requests])
+        switched: dict[tuple[int, int], list[int]] = {}
+        for i, (plan, _) in enumerate(requests):
+            if len(plan.candidates) > 1:
+                n = plan.candidates[0].stop - plan.candidates[0].start - 1
+                switched.setdefault((plan.thresholds.size, n), []).append(i)
+        made = await ctx.gather(*(functools.partial(_switch_pairs, r=concatenate(
+            [materials[i].bits.arith.map(np.transpose) for i in group]), n=n)
+            for (_, n), group in switched.items()))  # r: (rows, thresholds) per request
+    pairs: dict[int, AShare] = {}
+    for group, products in zip(switched.values(), made, strict=True):
+        start = 0
+        for i in group:
+            pairs[i] = products[start : start + requests[i][1]]
+            start += requests[i][1]
+    return [(materials[i], pairs.get(i)) for i in range(len(requests))]
 
 
 async def prepare_segment_batches(
-    ctx: Context, requests: Sequence[tuple[SegmentPlan, int]], *,
-    scopes: Sequence[str] | None = None, tuples_scope: str | None = None, tuples: bool = True,
+    ctx: Context, requests: Sequence[tuple[SegmentPlan, int]], *, tuples: bool = True,
 ) -> list[SegmentMaterial]:
     """The offline material of :func:`segmented_power` for each (plan, rows) request (public
     parameters only; phase ``offline``, 4 rounds): the TP1 tuples in one preparation per
-    truncation width for all of them (:func:`.trunc1.prepare_trunc1_batches`; in scope
-    ``tuples_scope`` if given), beside each request's comparisons' material
-    (:func:`prepare_selection`; in scope ``scopes[i]`` if given). Start it early, beside
-    earlier work, and pass each as ``pre``: then no online round of the power waits on an
-    offline one. ``tuples=False``: no TP1 tuples (the material's ``one_round`` False: the
-    power then truncates its candidates in 2 rounds each, 3 rounds more on the wide plan,
-    1 more on the direct one, and about 100-130 bytes per truncation fewer offline)."""
+    truncation width for all of them (:func:`.trunc1.prepare_trunc1_batches`), beside the
+    comparisons' material in one preparation per kind of comparison
+    (:func:`prepare_selections`). A preparation costs the same few protocol steps whatever
+    its size, so a pass's 91 selections cost as much local time as two. Start it early,
+    beside earlier work, and pass each as ``pre``: then no online round of the power waits
+    on an offline one. ``tuples=False``: no TP1 tuples (the material's ``one_round`` False:
+    the power then truncates its candidates in 2 rounds each, 3 rounds more on the wide
+    plan, 1 more on the direct one, and about 100-130 bytes per truncation fewer offline)."""
     specs = [spec for plan, rows in requests for spec in segment_specs(plan, rows)
              ] if tuples else [None] * (3 * len(requests))
-
-    async def made(c: Context) -> list[Trunc1Material | None]:
-        with _maybe_scope(c, tuples_scope):
-            return await prepare_trunc1_batches(c, specs)
-
-    def selection(i: int) -> Callable[[Context], Awaitable[tuple[CompareMaterial,
-                                                                  AShare | None]]]:
-        async def step(c: Context) -> tuple[CompareMaterial, AShare | None]:
-            with _maybe_scope(c, None if scopes is None else scopes[i]):
-                return await prepare_selection(c, *requests[i])
-        return step
-
-    got, *selections = await ctx.gather(made, *map(selection, range(len(requests))))
+    got, selections = await ctx.gather(lambda c: prepare_trunc1_batches(c, specs),
+                                       lambda c: prepare_selections(c, requests))
     return [SegmentMaterial(*got[3 * i : 3 * i + 3], *selections[i])
             for i in range(len(requests))]
-
-
-@contextlib.contextmanager
-def _maybe_scope(ctx: Context, name: str | None) -> Iterator[None]:
-    """:meth:`Context.scope` ``name``, or nothing when None."""
-    if name is None:
-        yield
-    else:
-        with ctx.scope(name):
-            yield
 
 
 async def prepare_segments(ctx: Context, plan: SegmentPlan, rows: int, tuples: bool = True
@@ -558,7 +547,5 @@ async def _candidates_from_t(
 __all__ = [
     "DIRECT_MAX_FRAC", "DOT_BITS", "EXTENSION", "SEGMENT_FRAC", "Exponents", "SegmentMaterial",
     "SegmentPlan", "Segments", "plan_segments", "prepare_segment_batches", "prepare_segments",
-    "prepare_selection",
-    "segment_candidates", "segment_specs",
-    "segmented_power",
+    "prepare_selections", "segment_candidates", "segment_specs", "segmented_power",
 ]

@@ -44,7 +44,9 @@ from .arith import mul_fxp, product_share, stack_left, stack_right
 from .compare import sign_times
 from .exp import neg_exp
 from .fastcmp import (
+    CompareMaterial,
     MaskedBits,
+    MaximumMaterial,
     MaximumSpec,
     first_maximum,
     maximum_after_leaves,
@@ -115,9 +117,18 @@ def _groups(m: int) -> tuple[int, npt.NDArray[np.intp]]:
     return GROUP, np.minimum(np.arange(groups * GROUP), m - 1)
 
 
+def product_maximum_spec(size: int, m: int, bits: int) -> MaximumSpec:
+    """The first step's :class:`.fastcmp.MaximumSpec` of :func:`max_of_product` (and
+    :func:`matmul_max`) on a product of ``size`` entries in rows of m, truncated by ``bits``:
+    make its material ahead (:func:`.fastcmp.prepare_maximum_batches`) and pass it as
+    ``pre``."""
+    width, columns = _groups(m)
+    return MaximumSpec(size // m * (columns.size // width), width, bits=64 - bits)
+
+
 async def max_of_product(
     ctx: Context, z: RingArray, bits: int, keep: npt.NDArray[np.bool_] | None, *,
-    product_scope: str, max_scope: str,
+    product_scope: str, max_scope: str, pre: MaximumMaterial | None = None,
 ) -> tuple[AShare, AShare]:
     """x = z truncated by ``bits`` (z: this party's 3-out-of-3 shares of a product, masked
     by a zero-sharing; :func:`.trunc.open_product`) and x's maximum along the last axis over
@@ -132,14 +143,15 @@ async def max_of_product(
     together 5 rounds after the product (rows of up to 9; 6 up to 17): the leaves beside the
     truncation's first round, the tree's first level beside its second; 2 fewer than
     :func:`.arith.finish_product` then :func:`max_along`, for the same bytes. Longer rows: the
-    first step of groups this way, then :func:`max_along` on the group maxima.
+    first step of groups this way, then :func:`max_along` on the group maxima. ``pre``: the
+    first step's material (:func:`product_maximum_spec`), or None: made beside its leaves.
     """
     _check_kept(keep)
     m = z.shape[-1]
     rows = z.size // m
     width, columns = _groups(m)
     per_row = columns.size // width
-    spec = MaximumSpec(rows * per_row, width, bits=64 - bits)
+    spec = product_maximum_spec(z.size, m, bits)
     # the truncation's blocks: the elements of the compared rows of each part of spec
     cuts = [(p.lo // width // per_row) * m + min(p.lo // width % per_row * width, m)
             for p in spec.parts] + [z.size]
@@ -173,7 +185,7 @@ async def max_of_product(
     async def wins(c: Context) -> MaskedBits:
         with c.scope(max_scope):
             own = await offload(entries, first.summands, size=z.size)
-            return await maximum_after_leaves(c, spec, sent, own)
+            return await maximum_after_leaves(c, spec, sent, own, pre)
 
     x, won = await ctx.gather(close, wins)
     with ctx.scope(max_scope):
@@ -195,15 +207,16 @@ async def max_of_product(
 async def matmul_max(
     ctx: Context, x: AShare, y: AShare, mask: npt.ArrayLike | None = None, *,
     bits: int | None = None, product_scope: str = "product", max_scope: str = "max",
+    pre: MaximumMaterial | None = None,
 ) -> tuple[AShare, AShare]:
     """s = x @ y truncated by ``bits`` (default frac_bits) and s's maximum along its last axis
     over the ``mask`` entries (None: all), by :func:`max_of_product` (the attention's scores
-    and their maximum). Rounds: 5 for rows of up to 9 (2 fewer than
+    and their maximum; ``pre``: its material). Rounds: 5 for rows of up to 9 (2 fewer than
     :func:`.arith.matmul_fxp` then :func:`max_along`), 6 up to 17."""
     z = await product_share(ctx, stack_left(x), stack_right(y))
     keep = _keep(mask, z.shape)
     return await max_of_product(ctx, z, resolve_bits(ctx, bits), keep,
-                                product_scope=product_scope, max_scope=max_scope)
+                                product_scope=product_scope, max_scope=max_scope, pre=pre)
 
 
 def _fill(a: RingArray, keep: npt.NDArray[np.bool_]) -> RingArray:
@@ -235,19 +248,21 @@ def _check_kept(keep: npt.NDArray[np.bool_] | None) -> None:
 
 
 async def exp_rows(
-    ctx: Context, x: AShare, mask: npt.ArrayLike | None = None, top: AShare | None = None
+    ctx: Context, x: AShare, mask: npt.ArrayLike | None = None, top: AShare | None = None,
+    pre: CompareMaterial | None = None,
 ) -> AShare:
     """e = exp(x - max x) along the last axis (the maximum over the kept entries), exactly 0
     where ``mask`` is False: softmax's numerators, in [0, 1] at f bits, the row's first
     maximum exactly 1 up to negExp's error. :func:`max_along` (unless ``top`` gives it:
-    :func:`max_of_product`) then :func:`.exp.neg_exp`."""
+    :func:`max_of_product`) then :func:`.exp.neg_exp` (``pre``: its comparisons' material,
+    :func:`.exp.neg_exp_compare_spec` of x's size)."""
     keep = _keep(mask, x.shape)
     _check_kept(keep)
     if top is None:
         top = await max_along(ctx, x if keep is None else await offload(
             lambda: x.map(lambda a: _fill(a, keep)), size=x.size))
     e = await neg_exp(ctx, await offload(lambda: x - repeat_last(top, x.shape[-1]),
-                                         size=x.size))
+                                         size=x.size), pre)
     return e if keep is None else await offload(e.scale, keep.astype(np.uint64), size=x.size)
 
 
@@ -319,6 +334,6 @@ def normalise_after(new_rows: int, keys: int, width: int) -> bool:
 
 __all__ = [
     "ALL_PAIRS_MAX", "RECIPROCAL_FRAC", "exp_rows", "matmul_max", "max_along", "max_of_product",
-    "normalise_after",
-    "probabilities", "row_reciprocals", "row_reciprocals_tuples", "scale_rows", "softmax",
+    "normalise_after", "probabilities", "product_maximum_spec", "row_reciprocals",
+    "row_reciprocals_tuples", "scale_rows", "softmax",
 ]

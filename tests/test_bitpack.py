@@ -13,6 +13,8 @@ from puma_async.protocols.bitpack import (
     pack_low_bits,
     packed_size,
     packed_words,
+    padding_bits,
+    split_bit_columns,
     unpack_bits,
     unpack_low_bits,
     unpack_rows_into,
@@ -78,6 +80,45 @@ def test_gather_bit_runs_matches_moving_unpacked_bits(
     padded[:, : moved.shape[1]] = moved
     expected = np.packbits(padded, axis=-1, bitorder="little").view("<u8")
     np.testing.assert_array_equal(gather_bit_runs(packed, n, of), expected)
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 4), st.integers(1, 160), st.integers(1, 90), st.data(),
+       st.integers(0, 2**32))
+def test_split_bit_columns_matches_slicing_the_unpacked_matrix(
+    rows: int, m: int, c: int, data: st.DataObject, seed: int
+) -> None:
+    """Columns of packed bit matrices, several pieces in one call (of one column, many,
+    none; overlapping or not), matrices across word boundaries; the padding bits are the
+    matrix's bits from the piece's ``spare`` on, column by column, or 0 without."""
+    pairs = data.draw(st.lists(st.tuples(st.integers(0, c), st.integers(0, c)).map(sorted),
+                               min_size=1, max_size=5))
+    bounds = []
+    for start, stop in pairs:
+        room = m * c - padding_bits(m, stop - start)
+        bounds.append((start, stop, data.draw(st.integers(-1, room)) if room >= 0 else -1))
+    packed = np.random.default_rng(seed).integers(
+        0, 2**64, (rows, packed_words(m * c)), dtype=np.uint64, endpoint=False)
+    bits = np.unpackbits(packed.view(np.uint8), axis=-1, bitorder="little")[:, : m * c]
+    matrix = bits.reshape(rows, m, c)
+    got = split_bit_columns(packed, (m, c), bounds)
+    assert len(got) == len(bounds)
+    for (start, stop, spare), piece in zip(bounds, got, strict=True):
+        taken = matrix[:, :, start:stop].reshape(rows, -1)
+        padded = np.zeros((rows, 64 * packed_words(taken.shape[1])), np.uint8)
+        padded[:, : taken.shape[1]] = taken
+        if spare >= 0:  # bit g: row g % m, column g // m
+            fill = matrix.transpose(0, 2, 1).reshape(rows, -1)[:, spare:]
+            padded[:, taken.shape[1] :] = fill[:, : padded.shape[1] - taken.shape[1]]
+        expected = np.packbits(padded, axis=-1, bitorder="little").view("<u8")
+        np.testing.assert_array_equal(piece, expected)
+
+
+def test_split_bit_columns_refuses_columns_outside_the_matrix() -> None:
+    with pytest.raises(ValueError, match=r"columns \[2, 5\) of a matrix of 4 columns"):
+        split_bit_columns(np.zeros((1, 1), np.uint64), (3, 4), [(0, 1, -1), (2, 5, -1)])
+    with pytest.raises(ValueError, match="padding bits from 3 beyond a matrix of 3 x 4"):
+        split_bit_columns(np.zeros((1, 1), np.uint64), (3, 4), [(0, 1, 3)])
 
 
 @settings(max_examples=200)

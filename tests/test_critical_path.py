@@ -222,14 +222,13 @@ def test_components_sum_to_the_pass(session: SessionResult, step: int) -> None:
 def test_a_new_tokens_material_is_made_during_the_pass_before(
     session: SessionResult, step: int
 ) -> None:
-    """A new token's prepared offline material (its TP1 tuples, scope ``tuples``, and the
+    """A new token's prepared offline material (scope ``tuples``: the TP1 tuples and the
     comparisons' material of :data:`TUPLES_AHEAD` and the head) is made beside the pass
     before (``session.programs``, ``llama.prepare_tuples``): on every link it all left
     before the pass's first online message, so no online round of the pass waits on it (the
     prompt pass makes its own beside the embedding)."""
     scope = pass_scope(0, step)
-    ahead = ("tuples", "head", *(f"layer{i}.{c}" for i in range(CONFIG.n_layers)
-                                 for c in TUPLES_AHEAD))
+    ahead = ("tuples",)
 
     def prepared(m: MessageRecord) -> bool:
         return m.phase == OFFLINE_PHASE and any(
@@ -280,13 +279,13 @@ standalone rms_norm's own truncation) comes from the product that makes the resi
 DEFERRED = {"attn.norm": 2}
 """Rounds of a component's op done in the next component: the attention norm's product x rho
 becomes the product of x W'qkv by rho (``protocols.llama.normalised_qkv``)."""
-TUPLES_AHEAD = {"attn.norm": PREPARED + 1, "attn.softmax.reciprocal": PREPARED,
-                "mlp.norm": PREPARED + 1}
+TUPLES_AHEAD = ("attn.norm", "attn.softmax.max_along", "attn.softmax.neg_exp",
+                "attn.softmax.reciprocal", "mlp.norm", "mlp.silu")
 """Components whose offline material the pass makes at its start
-(``protocols.llama.prepare_tuples``): their TP1 tuples (4 offline rounds) in scope ``tuples``,
-their comparisons' material in their own scope, whose offline depth is that material's
-(:data:`.costs.PREPARED`; the norms' one more: the products of two of its random bits,
-``protocols.segments.prepare_selection``)."""
+(``protocols.llama.prepare_tuples``), all of it in scope ``tuples``: their TP1 tuples (4
+offline rounds) and their comparisons' material, one preparation per kind of comparison
+(:data:`.costs.PREPARED` rounds; the norms' one more: the products of two of its random
+bits, ``protocols.segments.prepare_selections``); none in their own scope."""
 BESIDE = {"attn.rope", "attn.pv"}
 """Components off the critical path: RoPE rotates x W'qkv beside the attention norm's rsqrt
 (``protocols.llama.normalised_qkv``), and a new token's e @ V runs beside the softmax's
@@ -310,12 +309,13 @@ def test_layer_rounds_are_the_declared_costs(session: SessionResult) -> None:
                   - OVERLAPS.get(c, 0) - AHEAD.get(c, 0) - WIDE.get(c, 0)
                   - DEFERRED.get(c, 0)
                   for c, ops in DECLARED.items()}
-        offline = {c: TUPLES_AHEAD.get(c) or max(declared(op, "offline") for op in ops)
+        offline = {c: 0 if c in TUPLES_AHEAD else max(declared(op, "offline") for op in ops)
                    for c, ops in DECLARED.items()}
         assert {c: rows[c]["online"]["rounds"][i] for c in COMPONENTS} == online, i
         assert {c: rows[c]["offline"]["rounds"][i] for c in COMPONENTS} == offline, i
     assert rows["tuples"]["online"]["rounds"] == [0]
-    assert rows["tuples"]["offline"]["rounds"] == [declared("truncate1", "offline")]
+    assert rows["tuples"]["offline"]["rounds"] == [max(declared("truncate1", "offline"),
+                                                       PREPARED + 1)]
     softmax = [c for c in COMPONENTS if c.startswith("attn.softmax")]
     assert sum(declared(DECLARED[c][0], "online") - OVERLAPS.get(c, 0) * (c != softmax[0])
                for c in softmax) == cost("softmax (rows of 8)").cases[0].online.rounds  # small

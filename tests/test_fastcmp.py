@@ -20,7 +20,7 @@ from puma_async.protocols.carrytree import boundary_plan, comparison_plan
 from puma_async.protocols.compare import to_arith
 from puma_async.protocols.randomness import setup_keys, zero_share
 from puma_async.protocols.ring import RING_DTYPE
-from puma_async.protocols.shares import AShare, public_share
+from puma_async.protocols.shares import AShare, concatenate, public_share
 from puma_async.roles import CLIENT, PARTIES
 from puma_async.runner import run_local
 
@@ -335,6 +335,154 @@ def test_material_prepared_ahead_gives_the_same_results() -> None:
     assert np.array_equal(_signed(ev.outputs[0]), (x[:, None] < t).astype(np.int64))
     with pytest.raises(Exception, match="material prepared for"):
         evaluate(lambda ctx, a: _mismatched(ctx, a, t), x)
+
+
+@SLOW
+@given(st.lists(st.integers(0, 70), min_size=1, max_size=4), st.integers(1, 4),
+       st.sampled_from([64, 42, 9]), st.integers(0, 2**32))
+def test_slices_of_one_batch_of_material_serve_smaller_batches(
+    sizes: list[int], thresholds: int, bits: int, seed: int
+) -> None:
+    """One batch of material for all ``sizes`` (fewer than 64 elements or more: a slice's
+    packed rows cross words), sliced (:meth:`CompareMaterial.split`): each slice gives its
+    own comparisons the same results as material made for them alone, bounded chains too."""
+    rng = np.random.default_rng(seed)
+    bound = 2 ** (bits - 2)
+    x = rng.integers(-bound, bound, sum(sizes))
+    t = rng.integers(-bound, bound, thresholds)
+
+    async def sliced(ctx: Context, a: AShare) -> AShare:
+        batch = await fastcmp.prepare_compare(ctx, fastcmp.CompareSpec(a.size, t.size,
+                                                                       bits=bits))
+        pieces = batch.split([(start - size, start, -1)
+                              for start, size in zip(np.cumsum(sizes), sizes, strict=True)])
+        _assert_pieces_tile(batch, pieces)
+        out, start = [], 0
+        for size, pre in zip(sizes, pieces, strict=True):
+            out.append(await to_arith(ctx, await fastcmp.compare_thresholds(
+                ctx, a[start : start + size], t, bits=bits, pre=pre)))
+            start += size
+        return concatenate(out)
+
+    got = evaluate(sliced, x).outputs[0]
+    assert np.array_equal(_signed(got), (x[:, None] < t).astype(np.int64))
+
+
+def _assert_pieces_tile(batch: fastcmp.CompareMaterial,
+                        pieces: list[fastcmp.CompareMaterial]) -> None:
+    """Every packed array of the pieces, its bit matrices' columns side by side, is the
+    batch's: each element's masks and bits serve exactly one piece (a mask used twice would
+    still compare correctly, and leak)."""
+    def arrays(m: fastcmp.CompareMaterial) -> list[np.ndarray]:
+        return [a for tree in m.trees for a in (*tree.alphas, *tree.products)]
+
+    _assert_tiles(arrays(batch), [arrays(p) for p in pieces], batch.spec.thresholds,
+                  [p.spec.size for p in pieces])
+    _assert_bits_tile(batch.bits, [p.bits for p in pieces])
+
+
+def _assert_bits_tile(batch: fastcmp.RandomBits, pieces: list[fastcmp.RandomBits]) -> None:
+    rows = batch.arith.shape[0]
+    _assert_tiles([h for p in batch.packed for h in (p.first, p.second)],
+                  [[h for p in piece.packed for h in (p.first, p.second)] for piece in pieces],
+                  rows, [piece.arith.shape[1] for piece in pieces])
+    for h in ("first", "second"):
+        assert np.array_equal(np.concatenate([getattr(p.arith, h) for p in pieces], -1),
+                              getattr(batch.arith, h))
+
+
+def _assert_tiles(whole: list[np.ndarray], pieces: list[list[np.ndarray]], rows: int,
+                  sizes: list[int]) -> None:
+    """Each array of ``whole`` (packed bit matrices of ``rows`` rows, sum(sizes) columns) is
+    the pieces' arrays' matrices side by side."""
+    def columns(a: np.ndarray, size: int) -> np.ndarray:
+        bits = np.unpackbits(np.ascontiguousarray(a, "<u8").view(np.uint8), axis=-1,
+                             bitorder="little")
+        return bits[..., : rows * size].reshape(*a.shape[:-1], rows, size)
+
+    kept = [(arrays, size) for arrays, size in zip(pieces, sizes, strict=True) if size]
+    for k, array in enumerate(whole):
+        joined = np.concatenate([columns(arrays[k], size) for arrays, size in kept], axis=-1)
+        assert np.array_equal(joined, columns(array, sum(sizes))), k
+
+
+@SLOW
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=4), st.integers(2, 9),
+       st.integers(0, 2**32))
+def test_maximum_batches_are_sliced_by_rows(sizes: list[int], entries: int, seed: int
+                                            ) -> None:
+    """Rows of several :func:`first_maximum` calls given slices of one batch
+    (:func:`prepare_maximum_batches`, a larger spec between them alone): each marks its
+    rows' first maxima, and the slices' packed masks tile the batch's."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-5, 5, (sum(sizes), entries))  # ties: the first maximum must win
+    specs = [fastcmp.MaximumSpec(n, entries) for n in sizes]
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        made = await fastcmp.prepare_maximum_batches(
+            ctx, [*specs[:1], fastcmp.MaximumSpec(3000, 5), *specs[1:]])
+        del made[1]
+        batch = await fastcmp.prepare_maximum(ctx, fastcmp.MaximumSpec(sum(sizes), entries))
+        rows = batch.split([(stop - n, stop, -1) for stop, n in zip(np.cumsum(sizes), sizes,
+                                                                    strict=True)])
+        for name, per_row in (("pairs", entries * (entries - 1) // 2), ("wins", entries)):
+            def arrays(m: fastcmp.MaximumMaterial, name: str = name) -> list[np.ndarray]:
+                return [a for tree in getattr(m, name) for a in (*tree.alphas, *tree.products)]
+            _assert_tiles(arrays(batch), [arrays(p) for p in rows], 1,
+                          [n * per_row for n in sizes])
+        _assert_bits_tile(batch.bits, [p.bits for p in rows])
+        out, start = [], 0
+        for n, pre in zip(sizes, made, strict=True):
+            bits = await fastcmp.first_maximum(ctx, a[start : start + n], pre=pre)
+            out.append(await to_arith(ctx, bits))
+            start += n
+        return concatenate(out)
+
+    got = _signed(evaluate(fn, x).outputs[0]).reshape(x.shape)
+    first = np.zeros_like(x)
+    first[np.arange(len(x)), np.argmax(x, axis=1)] = 1
+    assert np.array_equal(got, first)
+
+
+def test_batched_slices_pad_their_rows_with_masks_no_slice_uses() -> None:
+    """:func:`prepare_compare_batches`' slices of 1 element x 5 thresholds: the 59 padding
+    bits of every packed row are masks too (a zero padding would leave the padding of the
+    messages they mask readable: ``tests/test_privacy.py``), each slice's from its own spare
+    elements, which no slice uses as data."""
+    spec = fastcmp.CompareSpec(1, 5)
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        pieces = await fastcmp.prepare_compare_batches(ctx, [spec] * 3)
+        rows = [[a for tree in p.trees for a in (*tree.alphas, *tree.products)]
+                + [h.reshape(1, -1) for b in p.bits.packed for h in (b.first, b.second)]
+                for p in pieces]
+        for arrays in rows:
+            for array in arrays:
+                assert (array >> np.uint64(5)).any()  # 2^-59 per row to fail by chance
+        assert len({array.tobytes() for arrays in rows for array in arrays}) == sum(
+            len(arrays) for arrays in rows)
+        return a
+
+    evaluate(fn, np.zeros(1, np.int64))
+
+
+def test_only_material_in_one_part_slices_and_only_whole_rows() -> None:
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        rotated = await fastcmp.prepare_compare(ctx, fastcmp.CompareSpec(13000))
+        with pytest.raises(ValueError, match="material in 3 parts cannot be sliced"):
+            rotated.split([(0, 10, -1)])
+        big = await fastcmp.prepare_maximum(ctx, fastcmp.MaximumSpec(3000, 5))
+        with pytest.raises(ValueError, match="material in 3 parts cannot be sliced"):
+            big.split([(0, 10, -1)])
+        pairs = await fastcmp.prepare_maximum(ctx, fastcmp.MaximumSpec(3, 4))
+        with pytest.raises(ValueError, match=r"rows \[2, 4\) of a batch of 3"):
+            pairs.split([(0, 1, -1), (2, 4, -1)])
+        with pytest.raises(ValueError, match=r"elements \[1, 6\) of a batch of 18 in rows of 6"):
+            fastcmp.CompareMaterial(pairs.spec.pairs, pairs.pairs, pairs.bits).split(
+                [(1, 6, -1)])
+        return a
+
+    evaluate(fn, np.zeros(1, np.int64))
 
 
 async def _mismatched(ctx: Context, a: AShare, t: np.ndarray) -> AShare:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from puma_async.context import Context
+from puma_async.errors import RunFailedError
 from puma_async.protocols.activations import (
     APPROXIMATIONS,
     MIN_ROW_FRAC,
@@ -19,12 +21,14 @@ from puma_async.protocols.activations import (
     gelu,
     piece_values,
     silu,
+    table_compare_spec,
 )
 from puma_async.protocols.compare import is_negative
+from puma_async.protocols.evaluators import EvaluatorCompare, prepare_evaluator_compare
 from puma_async.protocols.exp import NEG_EXP
-from puma_async.protocols.fastcmp import bounded_bits
+from puma_async.protocols.fastcmp import bounded_bits, prepare_compare
 from puma_async.protocols.fixedpoint import FixedPoint
-from puma_async.protocols.shares import AShare, stack
+from puma_async.protocols.shares import AShare, concatenate, stack
 
 _erf = np.vectorize(math.erf)
 EXACT = {
@@ -217,3 +221,70 @@ def test_bounded_silu_is_garbage_only_outside_its_exact_region(fxp) -> None:
     for outside in (edge + slack, -edge - 2**-18, 1000.0, -1000.0):
         got, _ = fxp.run(_bounded_silu(256), np.array([outside]))
         assert abs(got[0] - EXACT["silu"](np.array([outside]))[0]) > 1.0, outside
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.floats(-11.5, 11.5),
+                                   st.sampled_from(SILU_ACCURATE.breakpoints)),
+                         min_size=1, max_size=40), min_size=1, max_size=3),
+       st.sampled_from([128, 256, 1024]), st.sampled_from(["evaluators", "opened"]))
+def test_silu_given_slices_of_one_batch_of_material(fxp, rows: list[list[float]], bound: int,
+                                                    selection: Selection) -> None:
+    """Several SiLUs given slices of one batch of their comparisons' material, made for the
+    selection each makes (:func:`.activations.table_compare_spec`: the evaluators' with
+    :func:`.evaluators.prepare_evaluator_compare`; a bound of 2^10 leaves the identity no
+    room in the table, so its bits are opened to all three), as a pass's layers get theirs:
+    the documented error, and no offline message of their own; the slices' packed pads
+    tile the batch's."""
+    x = np.concatenate([np.array(r) for r in rows])
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        made = []
+        for r in rows:
+            spec, by_evaluators = table_compare_spec(ctx, len(r), SILU_ACCURATE, bound,
+                                                     selection)
+            made.append((spec, by_evaluators))
+        prepare = prepare_evaluator_compare if made[0][1] else prepare_compare
+        batch = await prepare(ctx, dataclasses.replace(made[0][0], size=x.size))
+        stops = np.cumsum([len(r) for r in rows]).tolist()
+        pieces = batch.split([(a, b, -1) for a, b in zip([0, *stops[:-1]], stops, strict=True)])
+        out, start = [], 0
+        for r, pre in zip(rows, pieces, strict=True):
+            if made[0][1]:
+                _assert_pads_tile(batch, pre, start)
+            with ctx.scope("online"):
+                out.append(await silu(ctx, a[start : start + len(r)], bound=bound,
+                                      selection=selection, pre=pre))
+            start += len(r)
+        return concatenate(out)
+
+    got, ev = fxp.run(fn, x)
+    assert np.max(np.abs(got - EXACT["silu"](fxp.quantised(x)))) <= MAX_ERROR["silu", "accurate"]
+    assert all(ev.stats[p].totals(phase="offline", scope="op.online").messages_sent == 0
+               for p in range(3))
+
+
+def _assert_pads_tile(batch: EvaluatorCompare, piece: EvaluatorCompare, start: int) -> None:
+    """The piece's pads and shares are the batch's columns from ``start`` on."""
+    for whole, part in zip(batch.evaluators, piece.evaluators, strict=True):
+        if whole.shares is None:
+            assert part.shares is None and part.pads is None
+            continue
+        rows, size = part.shares.shape
+        np.testing.assert_array_equal(part.shares, whole.shares[:, start : start + size])
+        bits = np.unpackbits(whole.pads.view(np.uint8), bitorder="little")
+        mine = np.unpackbits(part.pads.view(np.uint8), bitorder="little")[: rows * size]
+        wide = bits[: rows * whole.shares.shape[1]].reshape(rows, -1)
+        np.testing.assert_array_equal(mine.reshape(rows, size),
+                                      wide[:, start : start + size])
+
+
+def test_silu_refuses_material_for_the_other_selection(fxp) -> None:
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        spec, by_evaluators = table_compare_spec(ctx, a.size, SILU_ACCURATE, 128, "evaluators")
+        assert by_evaluators
+        return await silu(ctx, a, bound=128, selection="opened",
+                          pre=await prepare_evaluator_compare(ctx, spec))
+
+    with pytest.raises(RunFailedError, match="made for the other selection"):
+        fxp.run(fn, np.zeros(5))

@@ -13,7 +13,8 @@ from puma_async.context import Context
 from puma_async.errors import RunFailedError
 from puma_async.protocols.norms import MAX_ABS, layer_norm, rms_norm, rms_norm_tuples, wide_shift
 from puma_async.protocols.segments import prepare_segment_batches
-from puma_async.protocols.shares import AShare
+from puma_async.protocols.shares import AShare, concatenate
+from puma_async.protocols.softmax import row_reciprocals_tuples
 
 EPS = 1e-5
 REL = 2e-5  # documented relative error of the row's rsqrt (the wide path's bound, LayerNorm)
@@ -142,6 +143,37 @@ def test_rms_norm_with_tuples_made_ahead(fxp, tuples: bool, rounds: int,
     assert max(ev.cost(p).rounds for p in range(3)) == rounds
     offline = sum(ev.stats[p].totals(phase="offline").bytes_sent for p in range(3)) / len(x)
     assert offline_per_row[0] < offline < offline_per_row[1], offline
+
+
+BATCH_MESSAGES = [21, 21, 20]
+"""Offline messages per party of one norm's and one reciprocal's material (TP1 tuples of
+three widths, two selections): as many for any number of norms."""
+
+
+@pytest.mark.parametrize("rows", [(13,), (1, 1, 1, 10), (4, 1, 8)])
+def test_norms_given_slices_of_one_batch_of_material(fxp, rows: tuple[int, ...]) -> None:
+    """A pass's norms get their rsqrt's comparisons' material from one preparation, sliced
+    (:func:`.segments.prepare_segment_batches`, a reciprocal's request between theirs, as
+    :func:`.llama.prepare_tuples` asks): the same bounds for every norm, and the
+    preparation's messages do not grow with the number of norms."""
+    x = _rows(np.random.default_rng(9), sum(rows), 576)
+
+    async def fn(ctx: Context, a: AShare) -> AShare:
+        requests = [rms_norm_tuples(ctx, (n, 576), eps=EPS) for n in rows]
+        requests.insert(1, row_reciprocals_tuples(ctx, 9, 6))
+        made = await prepare_segment_batches(ctx, requests)
+        del made[1]
+        out, start = [], 0
+        for n, pre in zip(rows, made, strict=True):
+            out.append(await rms_norm(ctx, a[start : start + n], eps=EPS, pre=pre))
+            start += n
+        return concatenate(out)
+
+    got, ev = fxp.run(fn, x)
+    want, inv = _rms(fxp, x, np.ones(576))
+    assert np.all(np.abs(got - want) <= _tolerance(fxp, want, inv, np.ones(576), centred=False))
+    messages = [ev.stats[p].totals(phase="offline").messages_sent for p in range(3)]
+    assert messages == BATCH_MESSAGES
 
 
 @settings(max_examples=4, deadline=None)

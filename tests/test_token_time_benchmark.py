@@ -36,14 +36,17 @@ def test_a_token_count_below_one_is_refused(benchmark_script, tmp_path: Path) ->
 def test_components_name_the_layer_rows_of_the_llama_tables(benchmark_script,
                                                             tmp_path: Path) -> None:
     """``--components``: per token, the loop's seconds by the llama tables' rows (layer
-    components in any layer, the pass's own scopes, offline work apart)."""
+    components in any layer, the pass's own scopes, offline work apart: the next pass's
+    material, all in scope ``tuples``, and none in a layer's components)."""
     results, stdout = benchmark_script.run(tmp_path, "token_time.py", "--tiny", "--tokens",
                                            "2", "--components")
     assert results["components"] is True
     for token in results["new_tokens"]:
         spent = token["loop_seconds_by_component"]
         assert {"attn.norm", "attn.softmax.neg_exp", "mlp.silu", "mlp.down", "head",
-                "attn.norm (offline)"} <= set(spent)
+                "tuples (offline)"} <= set(spent)
+        assert not any(name.endswith("(offline)") for name in spent
+                       if name != "tuples (offline)")
         assert not any(name.startswith(("layer", "p0")) for name in spent)
         assert all(seconds >= 0 for seconds in spent.values())
     assert all(name in stdout for name in results["mean"]["loop_seconds_by_component"])

@@ -46,7 +46,8 @@ def pass_scope(prompt: int, step: int) -> str:
 
 def component_rows(n_layers: int) -> dict[str, tuple[str, ...]]:
     """Each row of a component table and the scopes it covers: ``io``, ``embed``, ``tuples``
-    (the pass's TP1 tuples, offline), one per layer component (its scope in every layer, in
+    (the pass's offline material made ahead: TP1 tuples and comparisons' material), one per
+    layer component (its scope in every layer, in
     layer order) and ``head``."""
     rows: dict[str, tuple[str, ...]] = {IO: (IO,), "embed": ("embed",), "tuples": ("tuples",)}
     for name in COMPONENTS:
