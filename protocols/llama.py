@@ -304,9 +304,9 @@ def layer_plan(config: LlamaConfig, tradeoff: str = "balanced") -> LayerPlan:
     about 4 MB per row for about 300 rounds per pass (the norm first would add 90 rounds
     for 0.5 MB per row: not taken). Measured (``benchmarks/llama.py --tradeoff``, online +
     offline, all parties): a new SmolLM2 token after 5 prompt tokens balanced 1,271 rounds
-    and 35.8 MB, fewer-rounds 1,211 and 39.1, fewer-bytes 1,636 and 31.2; the 5-token
-    prompt pass 1,636 rounds and 149.3 MB, fewer-rounds 1,273 and 186.0, fewer-bytes 1,726
-    and 146.9; a 7B-shape block of 8 tokens (a prompt pass) balanced 58 rounds and 54.8 MB,
+    and 36.0 MB, fewer-rounds 1,211 and 39.3, fewer-bytes 1,636 and 31.4; the 5-token
+    prompt pass 1,636 rounds and 149.5 MB, fewer-rounds 1,273 and 186.2, fewer-bytes 1,726
+    and 147.0; a 7B-shape block of 8 tokens (a prompt pass) balanced 58 rounds and 54.8 MB,
     fewer-rounds 42 and 68.5, fewer-bytes 58 and 54.8."""
     if tradeoff not in TRADEOFFS:
         raise ValueError(f"tradeoff must be one of {', '.join(TRADEOFFS)}, got {tradeoff!r}")
