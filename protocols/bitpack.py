@@ -159,26 +159,31 @@ _RUNS_SIGNATURE = types.void(
 )
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _copy_run(src: RingArray, s: int, n: int, dst: RingArray, d: int
+              ) -> None:  # pragma: no cover (compiled)
+    """Bits [s, s + n) of ``src`` OR-ed into bits [d, d + n) of ``dst`` (zeros there)."""
+    k = 0
+    while k < n:  # up to 64 bits at a time, up to the next destination word
+        db = (d + k) & 63
+        take = min(64 - db, n - k)
+        sw, sb = (s + k) >> 6, (s + k) & 63
+        v = src[sw] >> np.uint64(sb)
+        if sb + take > 64:
+            v |= src[sw + 1] << np.uint64(64 - sb)
+        if take < 64:
+            v &= (np.uint64(1) << np.uint64(take)) - np.uint64(1)
+        dst[(d + k) >> 6] |= v << np.uint64(db)
+        k += take
+
+
 @njit(_RUNS_SIGNATURE, nogil=True, cache=True)
 def _runs_kernel(  # pragma: no cover (compiled)
     rows: RingArray, n: int, starts: np.ndarray, out: RingArray
 ) -> None:
     for r in range(rows.shape[0]):
-        src, dst = rows[r], out[r]
         for t in range(starts.shape[0]):
-            s, d = starts[t], t * n
-            i = 0
-            while i < n:  # up to 64 bits at a time, up to the next destination word
-                db = (d + i) & 63
-                take = min(64 - db, n - i)
-                sw, sb = (s + i) >> 6, (s + i) & 63
-                v = src[sw] >> np.uint64(sb)
-                if sb + take > 64:
-                    v |= src[sw + 1] << np.uint64(64 - sb)
-                if take < 64:
-                    v &= (np.uint64(1) << np.uint64(take)) - np.uint64(1)
-                dst[(d + i) >> 6] |= v << np.uint64(db)
-                i += take
+            _copy_run(rows[r], starts[t], n, out[r], t * n)
 
 
 _BITS_SIGNATURE = types.void(
@@ -250,18 +255,7 @@ def _split_kernel(  # pragma: no cover (compiled)
                     out[base + w] = word
             else:
                 for i in range(m):  # matrix row i: bits [i c + start, + n) -> [i n, + n)
-                    s, d, k = i * c + start, i * n, 0
-                    while k < n:  # up to 64 bits at a time, up to the next destination word
-                        db = (d + k) & 63
-                        take = min(64 - db, n - k)
-                        sw, sb = (s + k) >> 6, (s + k) & 63
-                        v = src[sw] >> np.uint64(sb)
-                        if sb + take > 64:
-                            v |= src[sw + 1] << np.uint64(64 - sb)
-                        if take < 64:
-                            v &= (np.uint64(1) << np.uint64(take)) - np.uint64(1)
-                        out[base + ((d + k) >> 6)] |= v << np.uint64(db)
-                        k += take
+                    _copy_run(src, i * c + start, n, out, 64 * base + i * n)
             if spare >= 0:  # padding bit k: the matrix's bit spare + k, column by column
                 for k in range(64 * words - m * n):
                     g = spare + k
