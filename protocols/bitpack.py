@@ -160,6 +160,12 @@ _RUNS_SIGNATURE = types.void(
 
 
 @njit(nogil=True, cache=True, inline="always")
+def _bit(src: RingArray, s: int) -> np.uint64:  # pragma: no cover (compiled)
+    """Bit s of the packed row ``src``, as 0 or 1."""
+    return (src[s >> 6] >> np.uint64(s & 63)) & np.uint64(1)
+
+
+@njit(nogil=True, cache=True, inline="always")
 def _copy_run(src: RingArray, s: int, n: int, dst: RingArray, d: int
               ) -> None:  # pragma: no cover (compiled)
     """Bits [s, s + n) of ``src`` OR-ed into bits [d, d + n) of ``dst`` (zeros there)."""
@@ -202,32 +208,24 @@ def _bits_kernel(  # pragma: no cover (compiled)
         for w in range(dst.shape[0]):  # each destination word gathered in a register
             word = np.uint64(0)
             for b in range(min(64, count - 64 * w)):
-                s = starts[64 * w + b]
-                word |= ((src[s >> 6] >> np.uint64(s & 63)) & np.uint64(1)) << np.uint64(b)
+                word |= _bit(src, starts[64 * w + b]) << np.uint64(b)
             dst[w] = word
-
-
-def take_bit_runs(rows: RingArray, n: int, starts: npt.NDArray[np.integer]) -> RingArray:
-    """Packed rows -> rows of the runs of n bits that start at bits ``starts`` (in that
-    order), packed: (R, W) -> (R, packed_words(starts.size * n)), run t of an output row
-    being bits [starts[t], starts[t] + n) of its input row (all within the row's W words);
-    the padding bits are 0 (as :func:`pack_bits`). Runs of one bit (a bit matrix's column)
-    take a kernel of their own: five times faster than moving them as runs."""
-    out = np.zeros((rows.shape[0], packed_words(starts.size * n)), RING_DTYPE)
-    rows = np.ascontiguousarray(rows, RING_DTYPE)
-    starts = np.ascontiguousarray(starts, np.int64)
-    if n == 1:
-        _bits_kernel(rows, starts, out)
-    else:
-        _runs_kernel(rows, n, starts, out)
-    return out
 
 
 def gather_bit_runs(rows: RingArray, n: int, of: npt.NDArray[np.integer]) -> RingArray:
     """Packed rows holding runs of n bits -> rows of the runs ``of`` (in that order), packed:
     (R, >= packed_words(values * n)) -> (R, packed_words(of.size * n)), run t of an output
-    row being run of[t] of its input row; the padding bits are 0 (as :func:`pack_bits`)."""
-    return take_bit_runs(rows, n, np.asarray(of, np.int64) * n)
+    row being run of[t] of its input row; the padding bits are 0 (as :func:`pack_bits`).
+    Runs of one bit take a kernel of their own: five times faster than moving them as
+    runs."""
+    out = np.zeros((rows.shape[0], packed_words(of.size * n)), RING_DTYPE)
+    rows = np.ascontiguousarray(rows, RING_DTYPE)
+    starts = np.ascontiguousarray(np.asarray(of, np.int64) * n)
+    if n == 1:
+        _bits_kernel(rows, starts, out)
+    else:
+        _runs_kernel(rows, n, starts, out)
+    return out
 
 
 _SPLIT_SIGNATURE = types.void(
@@ -249,20 +247,15 @@ def _split_kernel(  # pragma: no cover (compiled)
                 for w in range(words):
                     word = np.uint64(0)
                     for b in range(min(64, m - 64 * w)):
-                        s = (64 * w + b) * c + start
-                        word |= ((src[s >> 6] >> np.uint64(s & 63)) & np.uint64(1)
-                                 ) << np.uint64(b)
+                        word |= _bit(src, (64 * w + b) * c + start) << np.uint64(b)
                     out[base + w] = word
             else:
                 for i in range(m):  # matrix row i: bits [i c + start, + n) -> [i n, + n)
                     _copy_run(src, i * c + start, n, out, 64 * base + i * n)
             if spare >= 0:  # padding bit k: the matrix's bit spare + k, column by column
                 for k in range(64 * words - m * n):
-                    g = spare + k
-                    s = (g % m) * c + g // m
-                    d = m * n + k
-                    out[base + (d >> 6)] |= ((src[s >> 6] >> np.uint64(s & 63))
-                                             & np.uint64(1)) << np.uint64(d & 63)
+                    g, d = spare + k, m * n + k
+                    out[base + (d >> 6)] |= _bit(src, (g % m) * c + g // m) << np.uint64(d & 63)
 
 
 def padding_bits(m: int, n: int) -> int:
@@ -330,6 +323,6 @@ def unpack_low_bits(packed: np.ndarray, bits: int, count: int) -> RingArray:
 
 __all__ = [
     "MAX_BITS", "WORD_BITS", "bit_slices", "gather_bit_runs", "pack_bits", "pack_low_bits",
-    "packed_size", "packed_words", "padding_bits", "split_bit_columns", "take_bit_runs",
-    "unpack_bits", "unpack_low_bits", "unpack_rows_into",
+    "packed_size", "packed_words", "padding_bits", "split_bit_columns", "unpack_bits",
+    "unpack_low_bits", "unpack_rows_into",
 ]
