@@ -114,7 +114,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -350,13 +350,11 @@ async def evaluate_table(ctx: Context, x: AShare, spec: TablePolynomial,
     role, m, d, frac = ctx.role, len(spec.breakpoints), spec.degree, spec.power_frac
     shift = frac - f - (int(spec.scale).bit_length() - 1)
     assert spec.scale == 2 ** (int(spec.scale).bit_length() - 1) and shift >= 0
-    thresholds, chain, drop = _comparisons(ctx, spec, bound)
-    room = _room(ctx, spec, chain)
-    in_table = spec.identity_above and room >= MIN_ROW_FRAC
+    thresholds, chain, drop, room, in_table, by_evaluators = _comparisons(ctx, spec, bound,
+                                                                          selection)
     coefficient_frac = min(spec.coefficient_frac, room) if in_table else spec.coefficient_frac
     row_steps = spec.steps(coefficient_frac, in_table)
     bits = coefficient_frac + frac - f
-    by_evaluators = selection == "evaluators" and (in_table or not spec.identity_above)
     if pre is not None and isinstance(pre, EvaluatorCompare) != by_evaluators:
         raise ValueError("comparisons' material made for the other selection (opened to all "
                          "three or to the evaluators: table_compare_spec)")
@@ -413,20 +411,35 @@ async def _below(ctx: Context, x: AShare, thresholds: RingArray, bits: int, drop
                                                         drop=drop, pre=pre))
 
 
-def _comparisons(ctx: Context, spec: TablePolynomial, bound: float | None
-                 ) -> tuple[RingArray, int, int]:
-    """:func:`evaluate_table`'s thresholds (ring values), its comparisons' chain (bits) and
-    the low bits they drop."""
+class _Comparisons(NamedTuple):
+    """How :func:`evaluate_table` compares and selects (public: from the table, the bound and
+    the selection asked for)."""
+
+    thresholds: RingArray
+    chain: int
+    """The comparisons' bits (:func:`.fastcmp.bounded_bits`)."""
+    drop: int
+    """The low bits they ignore (:meth:`TablePolynomial.dropped_bits`)."""
+    room: int
+    """Fractional bits the coefficients can have: |x| 2^(room + frac) <= 2^62 wherever the
+    chain is exact."""
+    in_table: bool
+    """Whether the identity above the last threshold is a row of the table."""
+    by_evaluators: bool
+    """Whether the comparisons' bits are opened to their evaluators only."""
+
+
+def _comparisons(ctx: Context, spec: TablePolynomial, bound: float | None,
+                 selection: Selection) -> _Comparisons:
+    """:func:`evaluate_table`'s comparisons and selection (:class:`_Comparisons`)."""
     f = fixed_point(ctx).frac_bits
     thresholds = fixed_point(ctx).encode(spec.breakpoints)
     chain = bounded_bits(None if bound is None else bound + spec.slack, thresholds, f)
-    return thresholds, chain, min(spec.dropped_bits(f), chain - 2)
-
-
-def _room(ctx: Context, spec: TablePolynomial, chain: int) -> int:
-    """Fractional bits of the table's coefficients with x's in range: |x| 2^(room + frac)
-    <= 2^62 wherever the chain is exact."""
-    return 63 + fixed_point(ctx).frac_bits - chain - spec.power_frac
+    room = 63 + f - chain - spec.power_frac
+    in_table = spec.identity_above and room >= MIN_ROW_FRAC
+    return _Comparisons(thresholds, chain, min(spec.dropped_bits(f), chain - 2), room,
+                        in_table, selection == "evaluators" and (
+                            in_table or not spec.identity_above))
 
 
 def table_compare_spec(ctx: Context, size: int, spec: TablePolynomial,
@@ -436,10 +449,9 @@ def table_compare_spec(ctx: Context, size: int, spec: TablePolynomial,
     (public), and whether it is the evaluators' (their selection: make it with
     :func:`.evaluators.prepare_evaluator_compare`) or not (:func:`.fastcmp.prepare_compare`;
     a pass's all at once: :func:`.fastcmp.prepare_compare_batches`); pass it as ``pre``."""
-    thresholds, chain, drop = _comparisons(ctx, spec, bound)
-    in_table = spec.identity_above and _room(ctx, spec, chain) >= MIN_ROW_FRAC
-    by_evaluators = selection == "evaluators" and (in_table or not spec.identity_above)
-    return CompareSpec(size, thresholds.size, "less", chain, drop=drop), by_evaluators
+    plan = _comparisons(ctx, spec, bound, selection)
+    return (CompareSpec(size, plan.thresholds.size, "less", plan.chain, drop=plan.drop),
+            plan.by_evaluators)
 
 
 @protocol
