@@ -55,9 +55,9 @@ client gets their 3-out-of-3 shares' bits [f, 64) (:func:`lm_head`, ``io.reveal_
 Offline: every TP1 tuple of the pass (per layer the two norms' and the softmax reciprocal's,
 and the head norm's), one preparation per truncation width for all of them, and those
 components' comparisons' material (the norms' with the products of two of its random bits),
-with the softmax exponential's comparisons' material and its maximum's first step's, one
-preparation per kind of comparison, are made ahead (:func:`prepare_tuples`: scope
-``tuples``): a new
+with the comparisons' material of the softmax's exponential, of its maximum's first step and
+of SiLU, one preparation per kind of comparison, are made ahead (:func:`prepare_tuples`:
+scope ``tuples``): a new
 token's during the pass before (``session.programs``), the prompt pass's at its start,
 beside the embedding (its first norm waits 2 latencies for them). So no online round waits
 on an offline one made inline after it: a 2-layer SmolLM2-shaped new token's longest chain
