@@ -56,7 +56,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from puma_async.context import OFFLINE_PHASE, ArraySpec, Context, Step
+from puma_async.context import OFFLINE_PHASE, ArraySpec, Context, Ready, Step
 
 from . import ring
 from .arith import finish_product, mul_local
@@ -183,9 +183,10 @@ async def compare_for_evaluators(
     rows = thresholds.size
 
     def material(parts: tuple[Part, ...]) -> Step[tuple[EvaluatorMaterial, ...]]:
+        if pre is not None:
+            return Ready(pre.evaluators)
+
         async def step(c: Context) -> tuple[EvaluatorMaterial, ...]:
-            if pre is not None:
-                return pre.evaluators
             with c.phase(OFFLINE_PHASE):
                 return tuple(await c.gather(*(
                     functools.partial(prepare_evaluator_bits, rows=rows, part=part)

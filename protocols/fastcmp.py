@@ -91,7 +91,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.context import ArraySpec, Context, Step
+from puma_async.context import ArraySpec, Context, Ready, Step
 
 from .bitpack import (
     WORD_BITS,
@@ -838,12 +838,10 @@ async def compare_thresholds(
     Cost: 3 rounds (4 with :func:`open_masked`); bytes: module docstring.
     """
     def random_bits(parts: tuple[Part, ...]) -> Step[RandomBits]:
-        async def step(c: Context) -> RandomBits:
-            if pre is not None:
-                return pre.bits
-            return await _offline(c, functools.partial(prepare_random_bits, rows=rows,
-                                                       parts=parts))
-        return step
+        if pre is not None:
+            return Ready(pre.bits)
+        return functools.partial(_offline, step=functools.partial(
+            prepare_random_bits, rows=rows, parts=parts))
 
     rows = np.asarray(thresholds).size
     rho, halves, parts, shape = await threshold_halves(
@@ -1027,12 +1025,8 @@ async def maximum_after_leaves(
     _check(pre, spec)
     diffs = await _offload_pair_differences(entries, spec.entries)
 
-    async def random_bits(c: Context) -> RandomBits:
-        if pre is not None:
-            return pre.bits
-        return await _offline(c, functools.partial(prepare_random_bits, rows=1,
-                                                   parts=spec.parts))
-
+    random_bits = Ready(pre.bits) if pre is not None else functools.partial(
+        _offline, step=functools.partial(prepare_random_bits, rows=1, parts=spec.parts))
     rho, *halves = await ctx.gather(random_bits, *(
         functools.partial(
             _maximum_part, spec=spec, pairs=pairs, entries=part, diffs=diffs, mono=mono,

@@ -67,12 +67,13 @@ a row with sigma = 0.001 (1/sigma = 300); 2 units for sigma >= 1.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.context import Context, protocol
+from puma_async.context import Context, Ready, protocol
 
 from . import ring
 from .arith import dot_share, mul_fxp
@@ -245,9 +246,8 @@ async def _rsqrt_rows(
             z = ring.add(z, eps_units.reshape(2, *[1] * (len(v.shape) - 1)))
         return z
 
-    async def made(c: Context) -> SegmentMaterial:
-        return pre if pre is not None else await prepare_segments(c, plan, v.size // n, tuples)
-
+    made = Ready(pre) if pre is not None else functools.partial(
+        prepare_segments, plan=plan, rows=v.size // n, tuples=tuples)
     material, z = await ctx.gather(made, sums)
     return await segmented_power(ctx, z, plan, material)
 

@@ -88,7 +88,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from puma_async.context import OFFLINE_PHASE, Context
+from puma_async.context import OFFLINE_PHASE, Context, Ready
 
 from . import ring
 from .arith import Rounds, dot_fxp, mul, square_fxp
@@ -476,9 +476,9 @@ async def segment_candidates(
         t = await trunc.additive(ctx, shares, w - f)
     else:
         exact = x[..., plan.octave_range].scale(plan.scales).add_public(role, neg(3 << w))
-        if plan.direct:
+        if plan.direct:  # (W = F: t_m is exact already)
             t, t2 = await ctx.gather(
-                lambda c: trunc.replicated(c, exact, w - f),
+                Ready(exact) if w == f else lambda c: trunc.replicated(c, exact, w - f),
                 lambda c: square_fxp(c, exact, bits=2 * w - f, **trunc.of("t2")))
             return await _candidates_from_t(ctx, plan, exact, t, w, trunc, t2)
         t = await trunc.replicated(ctx, exact, w - f)

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from puma_async import codec
-from puma_async.codec import Arrays, Envelope, Value
-from puma_async.context import ArraySpec, Context
+from puma_async.codec import Arrays, Envelope, StepPath, Value
+from puma_async.context import ArraySpec, Context, Ready
 from puma_async.errors import (
     PeerAbortedError,
     PeerDisconnectedError,
@@ -111,6 +111,42 @@ def test_gather_overlaps_rounds_and_sequential_does_not(spmd) -> None:
         result = spmd(program, latency=0.01, sequential=forced_sequential)
         assert all(s.max_round == rounds for s in result.stats.values())
         assert result.seconds == pytest.approx(0.01 * rounds, abs=1e-6)
+
+
+def test_ready_steps_take_their_child_paths_and_run_no_task(spmd) -> None:
+    """A Ready step gives its value and takes its child path, so the other steps have the
+    paths (and messages) they have beside a step that runs; with one step left to run, the
+    gather spawns no task. Rounds are the running steps'."""
+
+    async def exchange(ctx: Context) -> StepPath:
+        await ctx.send_arrays(next_party(ctx.role), np.zeros(1, np.uint64))
+        await ctx.recv_array(prev_party(ctx.role), ArraySpec.ring(1))
+        return ctx.path
+
+    async def quiet(ctx: Context) -> str:
+        return "made"
+
+    async def program(ctx: Context) -> list:
+        ran = await ctx.gather(quiet, exchange, exchange)
+        ready = await ctx.gather(Ready("made"), exchange, exchange)
+        before = len(spawned)
+        alone = await ctx.gather(exchange, Ready("made"))
+        assert len(spawned) == before  # no nursery, no task
+        return [ran, ready, alone]
+
+    spawned: list[trio.lowlevel.Task] = []
+
+    class Spawns(trio.abc.Instrument):
+        def task_spawned(self, task: trio.lowlevel.Task) -> None:
+            spawned.append(task)
+
+    result = spmd(program, instruments=[Spawns()])
+    for p in PARTIES:
+        ran, ready, alone = result.results[p]
+        assert ran[0] == ready[0] == alone[1] == "made"
+        # child indices: 0-2 for the first gather, 3 (the Ready step) to 5, then 6 and 7
+        assert [path[-1] for path in (*ran[1:], *ready[1:], alone[0])] == [1, 2, 4, 5, 6]
+        assert result.stats[p].max_round == 3  # one round per gather
 
 
 def test_emulated_bandwidth_serialises_frames(spmd) -> None:
