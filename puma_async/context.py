@@ -77,6 +77,8 @@ and other frames."""
 
 Step = Callable[["Context"], Awaitable[T]]
 """A protocol step: a coroutine function of its own :class:`Context` (``Step[AShare]``)."""
+Program = Step[Any]
+"""A role's whole program: the root step that :func:`~puma_async.runtime.run_party` runs."""
 
 
 class Ready:
@@ -91,8 +93,8 @@ class Ready:
 
     async def __call__(self, ctx: Context) -> Any:
         return self.value
-Program = Step[Any]
-"""A role's whole program: the root step that :func:`~puma_async.runtime.run_party` runs."""
+
+
 _RING_DTYPE = np.dtype(np.uint64)
 _THREE_ITEMS = b"\x93"  # msgpack's header of an array of three items
 
