@@ -58,7 +58,7 @@ total; below, the same total with the dealer's part from P_2 and the openers' fr
 
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, types
@@ -242,8 +242,7 @@ def _packed(bits: int, n: int) -> ArraySpec:
     return ArraySpec.of(np.uint8, packed_size(n, bits))
 
 
-@dataclasses.dataclass(frozen=True)
-class Opened:
+class Opened(NamedTuple):
     """:func:`truncate_additive` after its first round (:func:`open_product`).
 
     ``size``: the elements (flat). ``summands`` (:func:`open_product`'s only; None for the
@@ -275,8 +274,7 @@ async def _truncate(
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class _Streams:
+class _Streams(NamedTuple):
     """One truncation's PRG streams at this party: as A (t_A, A's shares of G and m, and the
     product's mask u_A), as B (t_B and u_B) and as D (A's four streams, t_B and u_B). The
     masks are empty unless the truncation opens a product (:func:`_masked`)."""
