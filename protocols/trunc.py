@@ -171,23 +171,18 @@ def _bounds(n: int) -> list[slice]:
 
 def dealer_summands(z: RingArray, bits: int) -> RingArray:
     """G = 2^(63-f) m - (l >> f) for r' = -z = 2^63 m + l: the dealer's summand of the
-    result modulo 2^(64-f) (:class:`Opened`), local to the dealer."""
+    result modulo 2^(64-f) (:class:`Opened`), local to the dealer. Computed as
+    2^(64-f) m - (r' >> f) (2^63 m >> f = 2^(63-f) m; numpy shifts by 64 give 0, so f = 0
+    holds too); :func:`_deal` computes the same beside B's shares."""
     r = np.negative(z)
-    return _summands_of(r, r >> _SIXTY_THREE, bits)
-
-
-def _summands_of(r: RingArray, m: RingArray, bits: int) -> RingArray:
-    """:func:`dealer_summands` from r' = 2^63 m + l and its top bit m: 2^(63-f) m - (l >> f)
-    = 2^(64-f) m - (r' >> f) (as 2^63 m >> f = 2^(63-f) m; numpy shifts by 64 give 0, so
-    f = 0 holds too), in fewer passes."""
-    return (m << np.uint64(64 - bits)) - (r >> np.uint64(bits))
+    return ((r >> _SIXTY_THREE) << np.uint64(64 - bits)) - (r >> np.uint64(bits))
 
 
 # The dealer's and the openers' local steps: one numba pass each instead of 6-8 numpy calls
-# and their temporaries, the same results bit for bit (wrapping uint64 arithmetic; 1 <= f <=
-# MAX_TRUNC_BITS, so no shift reaches 64). Measured (this host, one thread): 600 elements
-# 12.0 -> 4.4 us (_deal) and 6.1 -> 4.7 us (opened_terms); 200,000 elements 4.5 -> 2.0 ms and
-# 2.9 -> 1.5 ms.
+# and their temporaries, the same results bit for bit (wrapping uint64 arithmetic; a shift
+# by 64, f = 0, gives 0 as numpy's does, where the hardware's would not). Measured (this
+# host, one thread): 600 elements 12.0 -> 4.4 us (_deal) and 6.1 -> 4.7 us (opened_terms);
+# 200,000 elements 4.5 -> 2.0 ms and 2.9 -> 1.5 ms.
 _IN = types.Array(types.uint64, 1, "A", readonly=True)
 _OUT = types.Array(types.uint64, 1, "C")
 
@@ -200,7 +195,7 @@ def _deal_kernel(z, g_a, h_a, bits, summands, h):  # pragma: no cover - compiled
         r = np.uint64(0) - z[i]
         m = r >> np.uint64(63)
         h[i] = (m - h_a[i]) & mask
-        summands[i] = (m << up) - (r >> down) - g_a[i]
+        summands[i] = (m << up if bits else np.uint64(0)) - (r >> down) - g_a[i]
 
 
 def _deal(
@@ -220,7 +215,7 @@ def _opened_kernel(c, g, h, t, bits, public, send):  # pragma: no cover - compil
     for i in range(c.size):
         v = c[i] + half
         public[i] = (v >> down) - offset
-        send[i] = g[i] - (v >> np.uint64(63)) * (h[i] << up) - t[i]
+        send[i] = g[i] - (v >> np.uint64(63)) * (h[i] << up if bits else np.uint64(0)) - t[i]
 
 
 def opened_terms(
@@ -230,7 +225,7 @@ def opened_terms(
     s - t, s = g - c_m 2^(64-f) h for shares g of G and h of m (step 3; also :mod:`.trunc1`):
     of h only the low f bits count. The public part ((c mod 2^63) >> f) + 2^(63-f) c_m -
     2^(62-f) is (c >> f) - 2^(62-f): 2^63 c_m >> f = 2^(63-f) c_m exactly. Flat arrays
-    (``t`` may be a scalar); 1 <= bits <= 62."""
+    (``t`` may be a scalar); 0 <= bits <= 62."""
     public, send = np.empty(c.size, RING_DTYPE), np.empty(c.size, RING_DTYPE)
     _opened_kernel(c, g, h, t if t.shape == c.shape else np.broadcast_to(t, c.shape), bits,
                    public, send)
