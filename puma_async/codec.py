@@ -617,13 +617,6 @@ def _read_envelope(buf: Buffer, pos: int, session: bytes | None) -> tuple[Envelo
         pos += 1
     else:
         receiver, pos = _read_uint(buf, pos, "envelope receiver")
-    return _read_addressed(buf, pos, sid, sender, receiver)
-
-
-def _read_addressed(buf: Buffer, pos: int, session: bytes, sender: int, receiver: int
-                    ) -> tuple[Envelope, int, int]:
-    """The rest of an envelope after its receiver (path, seq, round, message), as
-    :func:`_read_envelope`."""
     depth, pos = _read_array_header(buf, pos, "envelope step path", MAX_PATH_DEPTH)
     path = tuple(buf[pos:pos + depth])
     if len(path) == depth and (not path or max(path) < 0x80):
@@ -645,7 +638,7 @@ def _read_addressed(buf: Buffer, pos: int, session: bytes, sender: int, receiver
     else:
         rnd, pos = _read_uint(buf, pos, "envelope round")
     msg, pos, cost = _read_message(buf, pos)
-    env = Envelope(session, sender, receiver, path, seq, rnd, msg)
+    env = Envelope(sid, sender, receiver, path, seq, rnd, msg)
     return env, pos, cost + _ENVELOPE_COST + _PATH_ITEM_COST * depth
 
 
@@ -720,10 +713,6 @@ def _decode_frame(
     and where each one ends."""
     try:
         _check_size(data, max_bytes)
-        if type(data) is bytes and bounds is None and session is not None:
-            one = _one_envelope(data, session, sender, receiver)
-            if one is not None:
-                return one
         buf = _readonly(data)
         if buf and 0x91 <= buf[0] <= 0x9F:  # up to 15 envelopes: within any limit
             count, pos = buf[0] & 0x0F, 1
@@ -761,35 +750,6 @@ def _decode_frame(
     except (IndexError, struct.error):
         raise DecodeError("truncated frame", peer=sender) from None
     return envelopes
-
-
-@functools.lru_cache(maxsize=256)
-def _prefix(session: bytes, sender: int, receiver: int) -> bytes | None:
-    """The first bytes of every one-envelope frame of ``session`` from ``sender`` to
-    ``receiver`` (None if they are not single bytes: then no frame is read by prefix)."""
-    if not (0 <= sender < 0x80 and 0 <= receiver < 0x80 and len(session) < 0x100):
-        return None
-    return bytes([0x91, 0x98, VERSION, 0xC4, len(session)]) + session + bytes([sender, receiver])
-
-
-def _one_envelope(data: bytes, session: bytes, sender: int | None, receiver: int | None
-                  ) -> list[Envelope] | None:
-    """The usual frame: one envelope whose version, session, sender and receiver are the
-    expected ones, checked as one run of bytes (:func:`_prefix`) instead of field by field;
-    None for any other frame, which :func:`_decode_frame` reads in full. The rest is read and
-    checked as there, and malformed data raises as it does there."""
-    if sender is None or receiver is None:
-        return None
-    prefix = _prefix(session, sender, receiver)
-    if prefix is None or not data.startswith(prefix):
-        return None
-    env, pos, cost = _read_addressed(data, len(prefix), session, sender, receiver)
-    if pos != len(data):
-        raise DecodeError(f"{len(data) - pos} bytes after the last envelope")
-    if cost > DECODE_FLOOR_BYTES and cost > decode_budget(len(data)):
-        raise DecodeError(f"frame of {len(data)} bytes decodes to more than "
-                          f"{decode_budget(len(data))} bytes of objects")
-    return [env]
 
 
 def _raise_misaddressed(

@@ -301,44 +301,6 @@ def test_decoder_agrees_with_msgpack(envs: list[Envelope], as_bytearray: bool) -
             assert not any(array.flags.writeable for array in env.message.arrays)
 
 
-def _outcome(decode: Callable[[], list[Envelope]]) -> object:
-    """What a decode gives: its envelopes as plain structures, or its error's type and text."""
-    try:
-        return [as_plain(env) for env in decode()]
-    except (DecodeError, SessionMismatchError) as exc:
-        return type(exc), str(exc)
-
-
-@settings(max_examples=300)
-@given(any_envelopes.filter(lambda envs: len(envs) == 1), st.integers(0, 2**16),
-       st.integers(0, 255), st.sampled_from(["whole", "cut", "flip", "extra"]))
-def test_one_envelope_frames_read_by_prefix_as_in_full(
-    envs: list[Envelope], where: int, byte: int, change: str
-) -> None:
-    """decode_frame reads a frame of one envelope from the expected session, sender and
-    receiver by comparing its first bytes at once (codec._one_envelope): its envelopes, or
-    its error, are those of the field-by-field reading (split_frame's), also for the frame cut
-    short, with a byte changed (the prefix's too) or with a byte after it."""
-    frame = bytearray(codec.encode_frame(envs))
-    if change == "cut":
-        frame = frame[: where % len(frame)]
-    elif change == "flip":
-        frame[where % len(frame)] = byte
-    elif change == "extra":
-        frame.append(byte)
-    data = bytes(frame)
-    fast = _outcome(lambda: codec.decode_frame(data, session=SESSION, sender=0, receiver=1))
-    full = _outcome(lambda: codec._decode_frame(
-        data, SESSION, 0, 1, codec.DEFAULT_MAX_FRAME_BYTES, []))  # bounds: read in full
-    if isinstance(full, list):
-        assert isinstance(fast, list)
-        assert_plain_equal(fast, full)
-    else:
-        assert fast == full
-    if change == "whole":
-        assert_plain_equal(fast, [as_plain(envs[0])])
-
-
 def test_arrays_are_views_of_the_frame() -> None:
     big = np.arange(1 << 14, dtype=np.uint64)
     frame = bytearray(codec.encode_frame([Envelope(SESSION, 0, 1, (3,), 0, 1, Arrays((big,)))]))
