@@ -23,7 +23,9 @@ c_f and of a_63 ^ b_63 (the MSB comparison's top bit); the three bits c_f, c_63,
 opened against random bits (:func:`.fastcmp.open_masked`) and become arithmetic: c_f in the
 full ring, c_63 and m modulo 2^(f+1) only (below). S shares a' >> f (E2 gets (a' >> f) - R,
 R from k(S, E1)); b' >> f is the component E1, E2 hold. Then [G] = 2^(63-f) [m] - [l >> f],
-the G of :mod:`.trunc`, and the tuple is ([r], [G], [m]).
+the G of :mod:`.trunc`, and the tuple is ([r], [G], [m]), with
+this party's share of a fresh zero-sharing (PRG values only), which masks a 3-out-of-3 input
+online (below) without that step's two draws.
 
 *Small rings.* c_63 enters [l >> f], hence [G], as 2^(63-f) c_63; m enters [G] as
 2^(63-f) m and the output (below) as c_m 2^(64-f) m, nowhere else. A sharing of either bit
@@ -123,24 +125,33 @@ class Trunc1Spec:
 @dataclasses.dataclass(frozen=True)
 class Trunc1Material:
     """TP1 tuples (flat, ``spec.size``): [r] random, [G] = 2^(63-f) [m] - [l >> f], and [m]
-    modulo 2^(f+1) (the components' upper bits arbitrary: only 2^(63-f) [m] is used)."""
+    modulo 2^(f+1) (the components' upper bits arbitrary: only 2^(63-f) [m] is used); and
+    this party's share of a fresh zero-sharing, which masks a 3-out-of-3 input
+    (:func:`truncate1_additive`) as one drawn online would, without the online draws."""
 
     spec: Trunc1Spec
     r: AShare
     g: AShare
     m: AShare
+    zero: RingArray
 
     def take(self, start: int, stop: int) -> Trunc1Material:
         """The tuples of elements [start, stop): a batch's slice serves a smaller one."""
         return Trunc1Material(Trunc1Spec(stop - start, self.spec.bits), self.r[start:stop],
-                              self.g[start:stop], self.m[start:stop])
+                              self.g[start:stop], self.m[start:stop], self.zero[start:stop])
 
 
 async def prepare_trunc1(ctx: Context, spec: Trunc1Spec) -> Trunc1Material:
     """TP1 tuples for ``spec`` (public parameters only), in phase ``offline`` (its own round
     clock: start it early, e.g. in a ``gather`` beside earlier work, and pass the result as
     ``pre``). Cost: 4 rounds; 98.125 bytes per element for f = 18 (module docstring)."""
-    return await _derive(ctx, spec, await random_share(ctx, (spec.size,)))
+    return await _derive(ctx, spec, *await _draws(ctx, spec))
+
+
+async def _draws(ctx: Context, spec: Trunc1Spec) -> tuple[AShare, RingArray]:
+    """The tuples' PRG values: [r] and this party's share of a zero-sharing (no messages)."""
+    r = await random_share(ctx, (spec.size,))
+    return r, await masked_share(ctx, np.zeros(spec.size, RING_DTYPE))  # the sharing itself
 
 
 async def prepare_trunc1_batches(
@@ -168,8 +179,10 @@ async def prepare_trunc1_batches(
     return out
 
 
-async def _derive(ctx: Context, spec: Trunc1Spec, r: AShare) -> Trunc1Material:
-    """The tuple's [G] and [m] from [r] (module docstring), in phase ``offline``: 4 rounds."""
+async def _derive(ctx: Context, spec: Trunc1Spec, r: AShare, zero: RingArray
+                  ) -> Trunc1Material:
+    """The tuple's [G] and [m] from [r] (module docstring), in phase ``offline``: 4 rounds;
+    ``zero`` joins the tuple as it is."""
     parts, f = spec.parts, spec.bits
     with ctx.phase("offline"):
         rho, *pieces = await ctx.gather(
@@ -179,12 +192,12 @@ async def _derive(ctx: Context, spec: Trunc1Spec, r: AShare) -> Trunc1Material:
         shape = (spec.size, BITS_PER_ELEMENT)
         masked = MaskedBits(tuple(h for h, _ in pieces), parts, rho, shape)
         c = await open_masked(ctx, masked)
-    return await offload(_material, ctx.role, spec, r, c, masked.r_arith,
+    return await offload(_material, ctx.role, spec, r, zero, c, masked.r_arith,
                          [share for _, share in pieces], size=c.size)
 
 
-def _material(party: int, spec: Trunc1Spec, r: AShare, c: RingArray, rho: AShare,
-              low_parts: list[AShare]) -> Trunc1Material:
+def _material(party: int, spec: Trunc1Spec, r: AShare, zero: RingArray, c: RingArray,
+              rho: AShare, low_parts: list[AShare]) -> Trunc1Material:
     """The tuple from the opened c = bit ^ rho and the parts' [(a' >> f) + (b' >> f)]
     (:func:`_derive`'s local end)."""
     f = spec.bits
@@ -196,7 +209,7 @@ def _material(party: int, spec: Trunc1Spec, r: AShare, c: RingArray, rho: AShare
     low = (concatenate(low_parts) if low_parts
            else AShare(np.zeros(0, RING_DTYPE), np.zeros(0, RING_DTYPE)))
     shifted = low + c_f - c_63.scale(np.uint64(1 << (63 - f)))  # [l >> f]
-    return Trunc1Material(spec, r, m.scale(np.uint64(1 << (63 - f))) - shifted, m)
+    return Trunc1Material(spec, r, m.scale(np.uint64(1 << (63 - f))) - shifted, m, zero)
 
 
 async def _extract(
@@ -260,12 +273,11 @@ async def truncate1_additive(
     ctx: Context, z: RingArray, bits: int, *, pre: Trunc1Material | None = None
 ) -> AShare:
     """Replicated floor(z / 2^bits) + e from this party's 3-out-of-3 share z of a product
-    (unmasked, as for :func:`.trunc.truncate_additive`; masked here by a fresh zero-sharing),
-    sum in [-2^62, 2^62): 1 round, 48 bytes per element online (bits = 0: the plain reshare,
-    1 round, 24 bytes); offline as :func:`truncate1`."""
-    z = await masked_share(ctx, z)
+    (unmasked, as for :func:`.trunc.truncate_additive`; masked here by a fresh zero-sharing,
+    the tuples' own), sum in [-2^62, 2^62): 1 round, 48 bytes per element online (bits = 0:
+    the plain reshare, 1 round, 24 bytes); offline as :func:`truncate1`."""
     if bits == 0 and pre is None:
-        return await reshare(ctx, z)
+        return await reshare(ctx, await masked_share(ctx, z))
     return (await _truncate1(ctx, z.reshape(-1), bits, pre)).reshape(z.shape)
 
 
@@ -277,25 +289,27 @@ async def _truncate1(
     if pre is not None and pre.spec != spec:
         raise ValueError(f"TP1 tuples prepared for {pre.spec}, used for {spec}")
     if pre is None:  # the tuple's derivation beside the online round
-        r = await random_share(ctx, (spec.size,))
+        r, zero = await _draws(ctx, spec)
         material, c = await ctx.gather(
-            lambda c_: _derive(c_, spec, r), lambda c_: _open(c_, value, r))
+            lambda c_: _derive(c_, spec, r, zero), lambda c_: _open(c_, value, r, zero))
     else:
-        material, c = pre, await _open(ctx, value, pre.r)
+        material, c = pre, await _open(ctx, value, pre.r, pre.zero)
     g, m = material.g, material.m
     public, first = opened_terms(c, g.first, m.first, np.uint64(0), bits)
     _, second = opened_terms(c, g.second, m.second, np.uint64(0), bits)
     return AShare(first, second).add_public(ctx.role, public)
 
 
-async def _open(ctx: Context, value: AShare | RingArray, r: AShare) -> RingArray:
-    """c = value + r to all three parties: 1 round (module docstring)."""
+async def _open(ctx: Context, value: AShare | RingArray, r: AShare, zero: RingArray
+                ) -> RingArray:
+    """c = value + r to all three parties: 1 round (module docstring); a 3-out-of-3 value is
+    masked by ``zero``, this party's share of a fresh zero-sharing, before it leaves."""
     nxt, prv = next_party(ctx.role), prev_party(ctx.role)
     spec = ArraySpec.ring(r.size)
     if isinstance(value, AShare):
         await ctx.send_arrays(prv, value.second + r.second)
         return value.first + r.first + value.second + r.second + await ctx.recv_array(nxt, spec)
-    w = value + r.first
+    w = value + r.first + zero
     await ctx.send_arrays(nxt, w)
     await ctx.send_arrays(prv, w)
     return w + await ctx.recv_array(nxt, spec) + await ctx.recv_array(prv, spec)

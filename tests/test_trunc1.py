@@ -209,6 +209,44 @@ def test_tuples_prepared_before_any_input_exists() -> None:
     assert_floor_or_next(total, x.view(RING_DTYPE), 10)
 
 
+def test_a_product_share_leaves_masked_by_the_tuples_zero_sharing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With tuples made ahead, a 3-out-of-3 input is masked by the tuple's own zero-sharing
+    (no draw online): P_i sends w_i = z_i + r_i + alpha_i, where P_(i-1), which holds r_i,
+    would otherwise learn z_i. The alphas sum to zero, so the output is still right."""
+    from puma_async.protocols.randomness import setup_keys
+    from puma_async.protocols.trunc1 import truncate1_additive
+
+    x = np.arange(-64, 64, dtype=np.int64) * 4099
+    sent: dict[int, list[np.ndarray]] = {}
+    original = Context.send_arrays
+
+    async def send_arrays(self: Context, to: int, *arrays: np.ndarray) -> None:
+        if self.phase_name != "offline":
+            sent.setdefault(self.role, []).extend(a.copy() for a in arrays)
+        await original(self, to, *arrays)
+
+    async def program(ctx: Context) -> Any:
+        if ctx.role == CLIENT:
+            return None
+        await setup_keys(ctx)
+        pre = await prepare_trunc1(ctx, Trunc1Spec(x.size, 10))
+        z = x.view(RING_DTYPE) if ctx.role == 0 else np.zeros(x.size, RING_DTYPE)
+        monkeypatch.setattr(Context, "send_arrays", send_arrays)
+        out = await truncate1_additive(ctx, z, 10, pre=pre)
+        return out, z, pre.r.first, pre.zero
+
+    results = run_local({role: program for role in (*PARTIES, CLIENT)}).results
+    zeros = [results[p][3] for p in PARTIES]
+    assert not (zeros[0] + zeros[1] + zeros[2]).any() and all(z.any() for z in zeros)
+    for p in PARTIES:
+        _, z, r_own, zero = results[p]
+        assert all((w == z + r_own + zero).all() for w in sent[p])  # to both others
+    total = sum((results[p][0].first for p in PARTIES), np.zeros(x.size, RING_DTYPE))
+    assert_floor_or_next(total, x.view(RING_DTYPE), 10)
+
+
 @pytest.mark.parametrize("additive", [False, True])
 def test_a_schedule_without_overlap_gives_the_same_function(additive: bool) -> None:
     x = np.array(EDGES, np.int64).view(RING_DTYPE)
