@@ -227,8 +227,9 @@ def opened_terms(
     2^(62-f) is (c >> f) - 2^(62-f): 2^63 c_m >> f = 2^(63-f) c_m exactly. Flat arrays
     (``t`` may be a scalar); 0 <= bits <= 62."""
     public, send = np.empty(c.size, RING_DTYPE), np.empty(c.size, RING_DTYPE)
-    _opened_kernel(c, g, h, t if t.shape == c.shape else np.broadcast_to(t, c.shape), bits,
-                   public, send)
+    if t.shape != c.shape:  # a scalar: filled (np.broadcast_to costs several times more)
+        t = np.full(c.size, t, RING_DTYPE)
+    _opened_kernel(c, g, h, t, bits, public, send)
     return public, send
 
 
