@@ -58,7 +58,7 @@ def zeros_like(x: AShare) -> AShare:
 
 def repeat_last(share: AShare, n: int) -> AShare:
     """Repeat a share of shape s as shape (*s, n) (local)."""
-    return share.map(lambda a: np.ascontiguousarray(np.broadcast_to(a[..., None], (*a.shape, n))))
+    return share.map(lambda a: np.repeat(a[..., None], n, axis=-1))
 
 
 def _plan(degrees: Iterable[int]) -> list[list[tuple[int, int, int]]]:

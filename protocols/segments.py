@@ -342,7 +342,7 @@ async def _select_two(
 def _switch_bits(r: AShare, n: int) -> AShare:
     """The switch's random bit r_a (threshold n of the last axis) beside each of the first
     range's n thresholds."""
-    return r[..., n : n + 1].map(lambda a: np.broadcast_to(a, (*a.shape[:-1], n)))
+    return r[..., n : n + 1].map(lambda a: np.repeat(a, n, axis=-1))
 
 
 async def _switch_pairs(ctx: Context, r: AShare, n: int) -> AShare:
