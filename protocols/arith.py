@@ -29,6 +29,7 @@ per party. Costs are declared and tested in :mod:`.costs`.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -67,9 +68,11 @@ def _square_local(x: AShare) -> RingArray:
 
 def _matmul_work(a: AShare | RingArray, b: AShare | RingArray) -> int:
     """Multiply-adds of a @ b (broadcast batch included), scaled to offload's element units."""
-    m, k = np.shape(a)[-2:]
-    batch = np.broadcast_shapes(np.shape(a)[:-2], np.shape(b)[:-2])
-    return int(np.prod(batch, dtype=np.int64)) * m * k * np.shape(b)[-1] // MACS_PER_ELEMENT
+    shape_a, shape_b = np.shape(a), np.shape(b)
+    m, k = shape_a[-2:]
+    batch = (shape_a[:-2] if shape_a[:-2] == shape_b[:-2]
+             else np.broadcast_shapes(shape_a[:-2], shape_b[:-2]))
+    return math.prod(batch) * m * k * shape_b[-1] // MACS_PER_ELEMENT
 
 
 def stack_left(x: AShare) -> RingArray:
@@ -154,7 +157,7 @@ async def dot_share(ctx: Context, a: AShare, b: AShare) -> RingArray:
 
 def _dot_local(a: AShare, b: AShare) -> RingArray:
     """This party's additive share of sum_k a_k b_k (the products of :func:`.arith.mul`)."""
-    return np.sum(mul_local(a, b), axis=-1, dtype=np.uint64)
+    return np.add.reduce(mul_local(a, b), axis=-1, dtype=np.uint64)
 
 
 async def mul(ctx: Context, x: AShare, y: AShare) -> AShare:

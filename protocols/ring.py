@@ -43,10 +43,11 @@ def to_ring(x: Any) -> RingArray:
     if arr.dtype == object:
         flat = [operator.index(v) & _MASK for v in arr.ravel()]
         return np.array(flat, dtype=RING_DTYPE).reshape(arr.shape)
-    if not np.issubdtype(arr.dtype, np.integer):
+    kind = arr.dtype.kind  # "i" signed, "u" unsigned integers (np.issubdtype costs more)
+    if kind not in ("i", "u"):
         raise TypeError(f"to_ring needs integers, got dtype {arr.dtype}")
     if arr.dtype.itemsize < 8:
-        arr = arr.astype(np.int64 if np.issubdtype(arr.dtype, np.signedinteger) else np.uint64)
+        arr = arr.astype(np.int64 if kind == "i" else np.uint64)
     return arr.view(RING_DTYPE)
 
 

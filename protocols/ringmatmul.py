@@ -256,7 +256,8 @@ def ring_matmul(a: RingArray, b: RingArray, *, inline: bool = False) -> RingArra
         raise ValueError(f"ring_matmul needs operands with >= 2 dimensions: {a.shape}, {b.shape}")
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"ring_matmul shape mismatch: {a.shape} @ {b.shape}")
-    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    same = a.shape[:-2] == b.shape[:-2]  # the usual case, without numpy's broadcasting
+    batch = a.shape[:-2] if same else np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     m, k = a.shape[-2:]
     n = b.shape[-1]
     if b.ndim == 2:  # fold the batch of a into its rows
@@ -264,8 +265,8 @@ def ring_matmul(a: RingArray, b: RingArray, *, inline: bool = False) -> RingArra
         b3 = np.ascontiguousarray(b).reshape(1, k, n)
     else:
         count = math.prod(batch)
-        a3 = np.ascontiguousarray(np.broadcast_to(a, (*batch, m, k))).reshape(count, m, k)
-        b3 = np.ascontiguousarray(np.broadcast_to(b, (*batch, k, n))).reshape(count, k, n)
+        a3, b3 = (np.ascontiguousarray(x if same else np.broadcast_to(x, (*batch, *x.shape[-2:]))
+                                       ).reshape(count, *x.shape[-2:]) for x in (a, b))
     out = np.empty((a3.shape[0], a3.shape[1], n), RING_DTYPE)
     _matmul_batch(a3, b3, out, inline)
     return out.reshape((*batch, m, n))

@@ -79,7 +79,7 @@ class AShare(_SharePair):
         return AShare(ring.neg(self.first), ring.neg(self.second))
 
     def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> AShare:
-        return self.map(np.sum, axis=axis, dtype=RING_DTYPE, keepdims=keepdims)
+        return self.map(np.add.reduce, axis=axis, dtype=RING_DTYPE, keepdims=keepdims)
 
     def scale(self, k: Any) -> AShare:
         """Multiply by a public integer array or scalar (broadcasting), mod 2^64."""
