@@ -771,7 +771,8 @@ async def attention(
     total = keys.shape[1]
     start = total - n  # this layer's positions before the new rows
     q = qk[:, :heads].reshape(n, groups, rep, d).transpose(1, 2, 0, 3).reshape(groups, rep * n, d)
-    keep = causal_mask(start, n, total, rep)
+    mask = causal_mask(start, n, total, rep)
+    keep = None if mask.all() else mask  # a new token sees every key: nothing to mask
     # (groups, rep n, total): the maximum starts in the scores' first round
     scores, top = await matmul_max(ctx, q, keys.transpose(0, 2, 1), keep,
                                    product_scope="scores", max_scope="softmax.max_along",
@@ -789,13 +790,14 @@ async def attention(
 
 
 async def attend(
-    ctx: Context, scores: AShare, values: AShare, keep: npt.NDArray[np.bool_], n: int, name: str,
-    top: AShare | None = None, pre: SegmentMaterial | None = None,
+    ctx: Context, scores: AShare, values: AShare, keep: npt.NDArray[np.bool_] | None, n: int,
+    name: str, top: AShare | None = None, pre: SegmentMaterial | None = None,
     exp_pre: CompareMaterial | None = None,
 ) -> AShare:
     """softmax(scores) @ values per key/value group, (groups, rep n, T) @ (groups, T, d);
     ``pre``: the reciprocal's TP1 tuples, ``exp_pre``: the exponential's comparisons'
-    material (:func:`prepare_tuples`; None: made inline).
+    material (:func:`prepare_tuples`; None: made inline); ``keep``: the causal mask (None:
+    every entry kept, as for one new row).
 
     Scopes ``softmax`` (its maximum, exponential and reciprocal in theirs, and the product
     by 1/sum) and ``pv``. For one new row, or when it costs no more bytes
