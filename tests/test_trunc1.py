@@ -242,7 +242,8 @@ def test_a_product_share_leaves_masked_by_the_tuples_zero_sharing(
     assert not (zeros[0] + zeros[1] + zeros[2]).any() and all(z.any() for z in zeros)
     for p in PARTIES:
         _, z, r_own, zero = results[p]
-        assert all((w == z + r_own + zero).all() for w in sent[p])  # to both others
+        assert len(sent[p]) == 2  # w_i, to each of the others
+        assert all((w == z + r_own + zero).all() for w in sent[p])
     total = sum((results[p][0].first for p in PARTIES), np.zeros(x.size, RING_DTYPE))
     assert_floor_or_next(total, x.view(RING_DTYPE), 10)
 
