@@ -96,9 +96,12 @@ def key_prg(ctx: Context, j: int) -> Prg:
         raise ProtocolError(str(exc), step=ctx.step_name) from None
 
 
-def zero_share(ctx: Context, shape: tuple[int, ...]) -> RingArray:
-    """alpha_i with alpha_0 + alpha_1 + alpha_2 = 0 (3-out-of-3), fresh for this label."""
-    return _zero(party_keys(ctx), ctx.label(b"zero"), shape)
+async def zero_share(ctx: Context, shape: tuple[int, ...]) -> RingArray:
+    """alpha_i with alpha_0 + alpha_1 + alpha_2 = 0 (3-out-of-3), fresh for this label (drawn
+    in a worker thread when large, as :func:`random_share`: a long pass's TP1 tuples carry
+    one, :mod:`.trunc1`)."""
+    return await offload(_zero, party_keys(ctx), ctx.label(b"zero"), shape,
+                         size=math.prod(shape))
 
 
 def _zero(keys: PartyKeys, label: bytes, shape: tuple[int, ...]) -> RingArray:

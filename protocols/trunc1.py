@@ -95,7 +95,7 @@ from .bitpack import pack_bits, unpack_bits
 from .carrytree import boundary_plan
 from .fastcmp import CompareSpec, MaskedBits, Part, carry_halves, open_masked, prepare_random_bits
 from .offload import offload
-from .randomness import key_prg, masked_share, random_share
+from .randomness import key_prg, masked_share, random_share, zero_share
 from .ring import RING_DTYPE, RingArray, to_ring
 from .shares import AShare, concatenate, public_share
 from .trunc import MAX_TRUNC_BITS, opened_terms, reshare, resolve_bits
@@ -150,8 +150,7 @@ async def prepare_trunc1(ctx: Context, spec: Trunc1Spec) -> Trunc1Material:
 
 async def _draws(ctx: Context, spec: Trunc1Spec) -> tuple[AShare, RingArray]:
     """The tuples' PRG values: [r] and this party's share of a zero-sharing (no messages)."""
-    r = await random_share(ctx, (spec.size,))
-    return r, await masked_share(ctx, np.zeros(spec.size, RING_DTYPE))  # the sharing itself
+    return await random_share(ctx, (spec.size,)), await zero_share(ctx, (spec.size,))
 
 
 async def prepare_trunc1_batches(

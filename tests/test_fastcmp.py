@@ -162,7 +162,7 @@ def test_three_out_of_three_input_starts_in_its_resharing_round(n: int) -> None:
 
     async def fn(ctx: Context, a: AShare, additive: bool) -> AShare:
         z = mul_local(a, public_share(ctx.role, np.ones(a.shape, np.uint64)))
-        z = z + zero_share(ctx, z.shape)
+        z = z + await zero_share(ctx, z.shape)
         return await to_arith(ctx, await fastcmp.compare_thresholds(
             ctx, z if additive else a, t, of=of, bits=42))
 

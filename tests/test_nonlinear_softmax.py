@@ -214,7 +214,7 @@ def _product_max(keep: np.ndarray | None):
     leaves in the truncation's first round)."""
 
     async def fn(ctx: Context, a: AShare, b: AShare) -> list[AShare]:
-        z = mul_local(a, b) + zero_share(ctx, a.shape)
+        z = mul_local(a, b) + await zero_share(ctx, a.shape)
         x, top = await max_of_product(
             ctx, z, FRAC, None if keep is None else np.broadcast_to(keep, a.shape),
             product_scope="product", max_scope="max")

@@ -94,7 +94,7 @@ def test_randomness_is_consistent_and_reveals_correctly(spmd) -> None:
         opened = await reveal(ctx, x)
         to_p1 = await reveal_to_party(ctx, x, 1)
         return dict(
-            zero=zero_share(ctx, shape), zbits=zero_bits(ctx, shape), r=r, b=b,
+            zero=await zero_share(ctx, shape), zbits=zero_bits(ctx, shape), r=r, b=b,
             common=common_random(ctx, shape), opened=opened, to_p1=to_p1,
         )
 
