@@ -438,7 +438,10 @@ def _read_ndarray(buf: Buffer, pos: int) -> tuple[np.ndarray, int]:
     """The numpy array (ext type 1) at ``pos``, a view of ``buf`` (unless a byte order
     conversion needs a copy) checked against its header; the position after it."""
     byte = buf[pos]
-    if byte == 0xC7:  # ext 8, the usual header of a small array
+    if byte == 0xC8:  # ext 16: arrays of 31 to 8,190 words, most of a token's
+        size = buf[pos + 1] << 8 | buf[pos + 2]
+        pos += 3
+    elif byte == 0xC7:  # ext 8: smaller ones
         size = buf[pos + 1]
         pos += 2
     else:
@@ -584,8 +587,10 @@ def _read_envelope(buf: Buffer, pos: int, session: bytes | None) -> tuple[Envelo
     """The envelope at ``pos`` (its session is ``session``'s object when equal to it), the
     position after it and its decoded cost in bytes.
 
-    Positive fixints (one byte below 0x80) are read inline: they are nearly every integer of
-    an envelope, and this is the per-message hot path.
+    Positive fixints (one byte below 0x80) and the uint 8 and uint 16 of step path items,
+    sequence numbers and rounds are read inline: they are every integer of nearly every
+    envelope (in a new token's pass 98% of rounds and 57% of paths are past 127), and this
+    is the per-message hot path.
     """
     if buf[pos] != 0x98:
         raise DecodeError(f"envelope must be an 8-field array, not {_kind(buf[pos])}")
@@ -617,23 +622,42 @@ def _read_envelope(buf: Buffer, pos: int, session: bytes | None) -> tuple[Envelo
         pos += 1
     else:
         receiver, pos = _read_uint(buf, pos, "envelope receiver")
-    depth, pos = _read_array_header(buf, pos, "envelope step path", MAX_PATH_DEPTH)
+    byte = buf[pos]
+    if 0x90 <= byte <= 0x9F:
+        depth, pos = byte & 0x0F, pos + 1
+    else:
+        depth, pos = _read_array_header(buf, pos, "envelope step path", MAX_PATH_DEPTH)
     path = tuple(buf[pos:pos + depth])
     if len(path) == depth and (not path or max(path) < 0x80):
         pos += depth
-    else:
+    else:  # child indices of 128 and more: uint 8 or uint 16
         items = []
         for _ in range(depth):
-            index, pos = _read_uint(buf, pos, "envelope step path item")
-            items.append(index)
+            byte = buf[pos]
+            if byte < 0x80:
+                items.append(byte)
+                pos += 1
+            elif byte == 0xCC:
+                items.append(buf[pos + 1])
+                pos += 2
+            elif byte == 0xCD:
+                items.append(buf[pos + 1] << 8 | buf[pos + 2])
+                pos += 3
+            else:
+                index, pos = _read_uint(buf, pos, "envelope step path item")
+                items.append(index)
         path = tuple(items)
     seq = buf[pos]
     if seq < 0x80:
         pos += 1
+    elif seq == 0xCC:
+        seq, pos = buf[pos + 1], pos + 2
     else:
         seq, pos = _read_uint(buf, pos, "envelope seq")
     rnd = buf[pos]
-    if rnd < 0x80:
+    if rnd == 0xCD:  # a round past 127: nearly every message of a pass
+        rnd, pos = buf[pos + 1] << 8 | buf[pos + 2], pos + 3
+    elif rnd < 0x80:
         pos += 1
     else:
         rnd, pos = _read_uint(buf, pos, "envelope round")

@@ -133,9 +133,12 @@ def test_arbitrary_bytes_raise_only_decode_errors(data: bytes) -> None:
 
 
 def _frame() -> bytes:
-    arr = np.arange(10, dtype=np.uint64)
+    """Envelopes with every integer form the reader takes inline (fixint, uint 8 and 16)
+    and one it does not (uint 32), arrays with ext 8 and ext 16 headers."""
+    arr, long = np.arange(10, dtype=np.uint64), np.arange(40, dtype=np.uint64)
     return codec.encode_frame([
         Envelope(SESSION, 0, 1, (1, 2), 0, 1, Arrays((arr, arr))),
+        Envelope(SESSION, 0, 1, (1, 200, 300, 70_000), 130, 700, Arrays((long,))),
         Envelope(SESSION, 0, 1, (), 1, 1, Value([1, "x"])),
     ])
 
@@ -277,13 +280,16 @@ def assert_plain_equal(got: object, want: object) -> None:
         assert type(got) is type(want) and got == want
 
 
+envelope_integers = (  # fixint, uint 8 and uint 16 (read inline), anything
+    st.integers(0, 127) | st.integers(128, 255) | st.integers(256, 2**16 - 1)
+    | st.integers(0, 2**64 - 1))
 any_envelopes = st.lists(
     st.builds(
         lambda msg, path, seq, rnd: Envelope(SESSION, 0, 1, tuple(path), seq, rnd, msg),
         messages,
-        st.lists(st.integers(0, 127) | st.integers(0, 2**64 - 1), max_size=12),
-        st.integers(0, 2**64 - 1),
-        st.integers(0, 2**64 - 1),
+        st.lists(envelope_integers, max_size=12),
+        envelope_integers,
+        envelope_integers,
     ),
     min_size=0, max_size=4,
 )
