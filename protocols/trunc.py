@@ -299,10 +299,12 @@ def _split(stream: RingArray, sizes: tuple[int, ...]) -> list[RingArray]:
 
 
 async def _streams(ctx: Context, sizes: tuple[int, int, int], masks: bool) -> _Streams:
-    """Draw one truncation's streams (three fresh labels) for blocks of ``sizes`` elements
-    where this party is A, B and D; with ``masks``, one more word per element in A's and B's
-    streams for the product's masks. Two draws at D, one at A and one at B."""
-    me, nxt, prv = ctx.role, next_party(ctx.role), prev_party(ctx.role)
+    """Draw one truncation's streams for blocks of ``sizes`` elements where this party is A,
+    B and D; with ``masks``, one more word per element in A's and B's streams for the
+    product's masks. One draw per key: k_j's holders, P_j and P_(j-1), draw label j for
+    block j's A streams (P_j as A, P_(j-1) as D) followed by block j+1's B streams (P_(j-1)
+    as B, P_j as D), so both get the same words in the same places. Two draws per party."""
+    me, nxt = ctx.role, next_party(ctx.role)
     na, nb, nd = sizes
     ua, ub, ud = (na, nb, nd) if masks else (0, 0, 0)
     keys = party_keys(ctx)
@@ -313,12 +315,10 @@ async def _streams(ctx: Context, sizes: tuple[int, int, int], masks: bool) -> _S
         return _split(prg.ring(label, n), sizes) if n else [_EMPTY] * len(sizes)
 
     def draws() -> _Streams:
-        return _Streams(
-            *draw(keys.own, labels[me], (na, na, na, ua)),  # key k_me, shared with D
-            *draw(keys.next, labels[prv], (nb, ub)),  # key k_{me+1}: shared with D of block prv
-            *draw(keys.next, labels[nxt], (nd, nd, nd, ud)),  # as D: A's streams
-            *draw(keys.own, labels[nxt], (nd, ud)),  # as D: B's streams
-        )
+        t_a, g_a, h_a, u_a, dt_b, du_b = draw(keys.own, labels[me], (na, na, na, ua, nd, ud))
+        dt_a, dg_a, dh_a, du_a, t_b, u_b = draw(keys.next, labels[nxt],
+                                                (nd, nd, nd, ud, nb, ub))
+        return _Streams(t_a, g_a, h_a, u_a, t_b, u_b, dt_a, dg_a, dh_a, du_a, dt_b, du_b)
 
     return await offload(draws, size=3 * na + nb + 4 * nd + ua + ub + 2 * ud)
 
@@ -354,7 +354,7 @@ async def _open(
     :class:`Opened` per truncation."""
     me, nxt, prv = ctx.role, next_party(ctx.role), prev_party(ctx.role)
     ba, bb, bd = blocks[me], blocks[prv], blocks[nxt]  # where I am A, B, D
-    na, nb, nd = (s.stop - s.start for s in (ba, bb, bd))
+    na, nb, nd = ba.stop - ba.start, bb.stop - bb.start, bd.stop - bd.start
     streams = [await _streams(ctx, (na, nb, nd), mask)]
     if mask:
         a = b = dealt = await offload(_masked, dealt, (ba, bb, bd), streams[0], size=dealt.size)
@@ -431,7 +431,8 @@ async def _close(ctx: Context, *states: Opened) -> list[AShare]:
     j + 1; components j and j + 2 are t_A and t_B. Several truncations opened together
     (same blocks: :func:`_open`'s twin) swap theirs in one message each way."""
     nxt, prv = next_party(ctx.role), prev_party(ctx.role)
-    na, nb = (part.size for part in states[0].public)
+    pub_a, pub_b = states[0].public
+    na, nb = pub_a.size, pub_b.size
     if na:
         await ctx.send_arrays(nxt, *(state.brackets[0] for state in states))
     if nb:
