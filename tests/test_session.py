@@ -42,7 +42,12 @@ from puma_async.session.models import (
     client_tokenizer,
     owner_model,
 )
-from puma_async.session.programs import _frozen_heap, receive_rows, send_rows
+from puma_async.session.programs import (
+    PASS_GC_THRESHOLDS,
+    _frozen_heap,
+    receive_rows,
+    send_rows,
+)
 from puma_async.session.state import PassDone, Phase, SessionState, SessionStateError
 from puma_async.transports.base import Transport
 
@@ -406,14 +411,23 @@ def test_weights_are_received_into_their_stored_form(
 
 
 def test_the_heap_stays_frozen_until_the_last_party_in_the_process_is_done() -> None:
-    """``gc.freeze`` is the process's: with three parties in one process, the first to end
-    its passes must not unfreeze the heap the others' passes rely on."""
+    """``gc.freeze`` and the collector's thresholds are the process's: with three parties in
+    one process, the first to end its passes must not unfreeze the heap or restore the
+    thresholds the others' passes rely on; the last restores the caller's own."""
     assert gc.get_freeze_count() == 0
-    first, second = _frozen_heap(), _frozen_heap()
-    first.__enter__()
-    second.__enter__()
-    assert gc.get_freeze_count() > 0
-    first.__exit__(None, None, None)
-    assert gc.get_freeze_count() > 0  # the other party's passes still run
-    second.__exit__(None, None, None)
-    assert gc.get_freeze_count() == 0
+    outer = gc.get_threshold()
+    gc.set_threshold(900, 9, 8)  # whatever the embedding program chose
+    try:
+        first, second = _frozen_heap(), _frozen_heap()
+        first.__enter__()
+        second.__enter__()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == PASS_GC_THRESHOLDS
+        first.__exit__(None, None, None)
+        assert gc.get_freeze_count() > 0  # the other party's passes still run
+        assert gc.get_threshold() == PASS_GC_THRESHOLDS
+        second.__exit__(None, None, None)
+        assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == (900, 9, 8)
+    finally:
+        gc.set_threshold(*outer)

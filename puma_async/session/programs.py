@@ -179,6 +179,15 @@ def _no_progress(event: Progress) -> None:
 
 _FREEZE_LOCK = threading.Lock()
 _frozen_blocks = 0  # the _frozen_heap blocks open in this process (several roles in one)
+_outer_thresholds: tuple[int, int, int] | None = None  # the collector's, before the first
+
+PASS_GC_THRESHOLDS = (20_000, 20, 20)
+"""The cyclic collector's thresholds while passes run (:func:`_frozen_heap`; CPython's
+default is (700, 10, 10)). A new token allocates some 10^6 short-lived containers (envelopes,
+shares, tuples), nearly all freed by refcounting, yet at 700 the collector ran about 44
+young and 4 middle passes per token over whatever was alive then. Toggled token by token in
+one session (SmolLM2, balanced): 0.033 s less event-loop CPU per token, 0.037 s less wall
+time (two runs of 10 tokens each way; a null toggle moved 0.012 s)."""
 
 
 @contextlib.contextmanager
@@ -186,13 +195,17 @@ def _frozen_heap() -> Iterator[None]:
     """The objects alive now (after the set-up: the model's shares and everything else this
     process holds) out of the cyclic collector's passes until the block ends (``gc.freeze``,
     process-wide): its full collections, about one per new token, then skip them (30 layers
-    in one process: ~80 -> ~25 ms of collection per token). Refcounting still frees them;
-    cyclic garbage among them waits for the end of the block. The freeze is the process's,
-    so with several parties in one process (threads included) the heap is unfrozen
-    (``gc.unfreeze``) when the last of their blocks ends, not the first."""
-    global _frozen_blocks
+    in one process: ~80 -> ~25 ms of collection per token), and the collector's thresholds
+    raised to :data:`PASS_GC_THRESHOLDS`. Refcounting still frees them; cyclic garbage waits
+    for the end of the block or a rarer pass. Both are the process's, so with several
+    parties in one process (threads included) the heap is unfrozen (``gc.unfreeze``) and
+    the thresholds restored when the last of their blocks ends, not the first."""
+    global _frozen_blocks, _outer_thresholds
     with _FREEZE_LOCK:
         gc.freeze()
+        if not _frozen_blocks:
+            _outer_thresholds = gc.get_threshold()
+            gc.set_threshold(*PASS_GC_THRESHOLDS)
         _frozen_blocks += 1
     try:
         yield
@@ -201,6 +214,9 @@ def _frozen_heap() -> Iterator[None]:
             _frozen_blocks -= 1
             if not _frozen_blocks:
                 gc.unfreeze()
+                assert _outer_thresholds is not None
+                gc.set_threshold(*_outer_thresholds)
+                _outer_thresholds = None
 
 
 # ----------------------------------------------------------------------------- programs
