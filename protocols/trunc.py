@@ -366,28 +366,34 @@ async def _open(
         specs.append((twin_bits, s.second, s.first,
                       await offload(_sum, dealt, s.first, s.second, size=dealt.size)))
         streams.append(await _streams(ctx, (na, nb, nd), False))
-    # A message whose blocks are all empty is not sent (all parties know the sizes).
+    # A message leaves out the arrays of empty blocks, and one with none left is not sent
+    # (all parties know the sizes: a new token's arrays are one block, so each party plays
+    # one role, :func:`_bounds`).
     if exchange and na:
         await ctx.send_arrays(nxt, a[ba])
     if (exchange and nb) or nd:
         deals = []
-        for (f, _, _, value), st in zip(specs, streams, strict=True):
-            deals += await offload(_deal, value[bd], st.dg_a, st.dh_a, f, size=nd)
-        await ctx.send_arrays(prv, *([b[bb]] if exchange else []), *deals)
+        if nd:
+            for (f, _, _, value), st in zip(specs, streams, strict=True):
+                deals += await offload(_deal, value[bd], st.dg_a, st.dh_a, f, size=nd)
+        await ctx.send_arrays(prv, *([b[bb]] if exchange and nb else []), *deals)
     c_a, c_b = a[ba], b[bb]
     from_dealer = [(_EMPTY, _EMPTY)] * len(specs)
-    if (exchange and na) or nb:  # from my next party: B of my A block, dealer of my B block
+    swapped = exchange and na
+    if swapped or nb:  # from my next party: B of my A block, dealer of my B block
+        dealt_specs = [spec for f, *_ in specs
+                       for spec in (ArraySpec.ring(nb), _packed(f, nb))] if nb else []
         from_next = await ctx.recv_arrays(
-            nxt, *([ArraySpec.ring(na)] if exchange else []),
-            *(spec for f, *_ in specs for spec in (ArraySpec.ring(nb), _packed(f, nb))),
-        )
-        if exchange:
+            nxt, *([ArraySpec.ring(na)] if swapped else []), *dealt_specs)
+        if swapped:
             c_a = await offload(np.add, c_a, from_next[0], size=na)
-        dealt_b = from_next[1:] if exchange else from_next
-        from_dealer = [
-            (dealt_b[2 * i], await offload(unpack_low_bits, dealt_b[2 * i + 1], f, nb, size=nb))
-            for i, (f, *_) in enumerate(specs)
-        ]
+        dealt_b = from_next[1:] if swapped else from_next
+        if nb:
+            from_dealer = [
+                (dealt_b[2 * i],
+                 await offload(unpack_low_bits, dealt_b[2 * i + 1], f, nb, size=nb))
+                for i, (f, *_) in enumerate(specs)
+            ]
     if exchange and nb:
         z_a = await ctx.recv_array(prv, ArraySpec.ring(nb))
         c_b = await offload(np.add, c_b, z_a, size=nb)

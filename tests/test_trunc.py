@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from puma_async.context import Context
 from puma_async.evaluate import Evaluation
 from puma_async.protocols.arith import mul, mul_fxp
-from puma_async.protocols.bitpack import pack_low_bits
+from puma_async.protocols.bitpack import pack_low_bits, packed_size
 from puma_async.protocols.fixedpoint import FixedPoint, fixed_point
 from puma_async.protocols.shares import AShare
 from puma_async.protocols.trunc import (
@@ -232,3 +232,37 @@ def test_local_kernels_equal_their_numpy_formulas(seed: int, n: int, bits: int,
         np.testing.assert_array_equal(dealt[0], summands)
         np.testing.assert_array_equal(dealt[1], pack_low_bits((m - h) & np.uint64(
             (1 << bits) - 1), bits))
+
+
+@pytest.mark.parametrize("n", [5, ROTATE_MIN_ELEMENTS])
+def test_no_array_of_an_empty_block_travels(evaluate, monkeypatch: pytest.MonkeyPatch,
+                                            n: int) -> None:
+    """A truncated product below :data:`ROTATE_MIN_ELEMENTS` is one block (openers P_0, P_1,
+    dealer P_2): no party sends an empty array for the roles it does not play, and each
+    sends only what its roles need (the swap, the dealer's shares, the brackets). From it on,
+    three blocks: every party plays every role."""
+    sent: dict[int, list[tuple[int, ...]]] = {}
+    original = Context.send_arrays
+
+    async def send_arrays(self: Context, to: int, *arrays: np.ndarray) -> None:
+        if self.scope_name.startswith("op"):
+            sent.setdefault(self.role, []).append(tuple(a.size for a in arrays))
+        await original(self, to, *arrays)
+
+    monkeypatch.setattr(Context, "send_arrays", send_arrays)
+    x = spread(np.random.default_rng(1), n, 40).view(np.uint64)
+    y = np.ones(n, np.uint64)
+
+    async def fn(ctx: Context, a: AShare, b: AShare) -> AShare:
+        z = (a.first + a.second) * b.first + a.first * b.second  # x * y, 3-out-of-3
+        return await truncate_additive(ctx, z, 8)
+
+    e = evaluate(fn, x, y)
+    assert_within_ulp(e.outputs[0], x, 8)
+    assert all(size for sizes in sent.values() for message in sizes for size in message)
+    if n < ROTATE_MIN_ELEMENTS:
+        assert sent[0] == [(n,), (n,)]  # A: its swap to B, its bracket to B
+        assert sent[1] == [(n,), (n,)]  # B: its swap to A, its bracket to A
+        assert sent[2] == [(n, packed_size(n, 8))]  # D: B's shares of G and of m
+    else:
+        assert all(len(sent[p]) == 4 for p in range(3))
