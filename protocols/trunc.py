@@ -328,11 +328,14 @@ def _masked(z: RingArray, blocks: tuple[slice, slice, slice], st: _Streams) -> R
     A, + u_B where it is B, - u_A - u_B where it deals (a zero-sharing, module docstring)."""
     ba, bb, bd = blocks
     out = np.empty_like(z)
-    np.add(z[ba], st.u_a, out=out[ba])
-    np.add(z[bb], st.u_b, out=out[bb])
-    part = out[bd]
-    np.subtract(z[bd], st.du_a, out=part)
-    part -= st.du_b
+    if st.u_a.size:  # (a new token's one block: one role per party, the others empty)
+        np.add(z[ba], st.u_a, out=out[ba])
+    if st.u_b.size:
+        np.add(z[bb], st.u_b, out=out[bb])
+    if st.du_a.size:
+        part = out[bd]
+        np.subtract(z[bd], st.du_a, out=part)
+        part -= st.du_b
     return out
 
 
@@ -465,7 +468,8 @@ def _closed(state: Opened, other_a: RingArray, other_b: RingArray) -> AShare:
         part, second[bb] = first[bb], t_b
         np.add(pub_b, send_b, out=part)
         part += other_b
-    first[bd], second[bd] = dt_b, state.dealt
+    if dt_b.size:
+        first[bd], second[bd] = dt_b, state.dealt
     return AShare(first, second)
 
 
