@@ -303,7 +303,8 @@ async def _streams(ctx: Context, sizes: tuple[int, int, int], masks: bool) -> _S
     B and D; with ``masks``, one more word per element in A's and B's streams for the
     product's masks. One draw per key: k_j's holders, P_j and P_(j-1), draw label j for
     block j's A streams (P_j as A, P_(j-1) as D) followed by block j+1's B streams (P_(j-1)
-    as B, P_j as D), so both get the same words in the same places. Two draws per party."""
+    as B, P_j as D), so both get the same words in the same places: at most two draws per
+    party, one where its roles leave a key's blocks empty (a new token's one block)."""
     me, nxt = ctx.role, next_party(ctx.role)
     na, nb, nd = sizes
     ua, ub, ud = (na, nb, nd) if masks else (0, 0, 0)
@@ -390,8 +391,8 @@ async def _open(
             nxt, *([ArraySpec.ring(na)] if swapped else []), *dealt_specs)
         if swapped:
             c_a = await offload(np.add, c_a, from_next[0], size=na)
-        dealt_b = from_next[1:] if swapped else from_next
         if nb:
+            dealt_b = from_next[1:] if swapped else from_next
             from_dealer = [
                 (dealt_b[2 * i],
                  await offload(unpack_low_bits, dealt_b[2 * i + 1], f, nb, size=nb))
