@@ -41,7 +41,7 @@ from .fixedpoint import fixed_point
 from .offload import offload
 from .randomness import masked_share
 from .ring import RingArray, to_ring
-from .ringmatmul import ring_matmul
+from .ringmatmul import batch_shape, ring_matmul
 from .shares import AShare
 from .trunc import resolve_bits, truncate, truncate_additive, truncate_additive_twin
 from .trunc1 import Trunc1Material, truncate1_additive
@@ -70,9 +70,7 @@ def _matmul_work(a: AShare | RingArray, b: AShare | RingArray) -> int:
     """Multiply-adds of a @ b (broadcast batch included), scaled to offload's element units."""
     shape_a, shape_b = np.shape(a), np.shape(b)
     m, k = shape_a[-2:]
-    batch = (shape_a[:-2] if shape_a[:-2] == shape_b[:-2]
-             else np.broadcast_shapes(shape_a[:-2], shape_b[:-2]))
-    return math.prod(batch) * m * k * shape_b[-1] // MACS_PER_ELEMENT
+    return math.prod(batch_shape(shape_a, shape_b)) * m * k * shape_b[-1] // MACS_PER_ELEMENT
 
 
 def stack_left(x: AShare) -> RingArray:

@@ -237,6 +237,14 @@ def _each(a: RingArray, b: RingArray, out: RingArray, lo: int, hi: int) -> None:
         _kernel(a[t], b[t], out[t], 0, b.shape[2])
 
 
+def batch_shape(shape_a: tuple[int, ...], shape_b: tuple[int, ...]) -> tuple[int, ...]:
+    """The batch shape of a product of operands of shapes (..., m, k) and (..., k, n): their
+    leading dimensions broadcast (equal ones, the usual case, without numpy's broadcasting)."""
+    if shape_a[:-2] == shape_b[:-2]:
+        return shape_a[:-2]
+    return np.broadcast_shapes(shape_a[:-2], shape_b[:-2])
+
+
 def ring_matmul(a: RingArray, b: RingArray, *, inline: bool = False) -> RingArray:
     """a @ b mod 2^64 for uint64 arrays (..., m, k) @ (..., k, n), numpy broadcasting.
     ``inline``: in the calling thread only, not on the pool (background work, which must not
@@ -256,8 +264,7 @@ def ring_matmul(a: RingArray, b: RingArray, *, inline: bool = False) -> RingArra
         raise ValueError(f"ring_matmul needs operands with >= 2 dimensions: {a.shape}, {b.shape}")
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"ring_matmul shape mismatch: {a.shape} @ {b.shape}")
-    same = a.shape[:-2] == b.shape[:-2]  # the usual case, without numpy's broadcasting
-    batch = a.shape[:-2] if same else np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    batch = batch_shape(a.shape, b.shape)
     m, k = a.shape[-2:]
     n = b.shape[-1]
     if b.ndim == 2:  # fold the batch of a into its rows
@@ -265,7 +272,8 @@ def ring_matmul(a: RingArray, b: RingArray, *, inline: bool = False) -> RingArra
         b3 = np.ascontiguousarray(b).reshape(1, k, n)
     else:
         count = math.prod(batch)
-        a3, b3 = (np.ascontiguousarray(x if same else np.broadcast_to(x, (*batch, *x.shape[-2:]))
+        a3, b3 = (np.ascontiguousarray(x if x.shape[:-2] == batch
+                                       else np.broadcast_to(x, (*batch, *x.shape[-2:]))
                                        ).reshape(count, *x.shape[-2:]) for x in (a, b))
     out = np.empty((a3.shape[0], a3.shape[1], n), RING_DTYPE)
     _matmul_batch(a3, b3, out, inline)
