@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from puma_async.context import Context
+from puma_async.protocols import arith
 from puma_async.protocols.arith import (
     finish_product_wide,
     matmul,
@@ -271,3 +275,27 @@ def test_matmul_fxp_cost_and_public_needs_one_secret(evaluate) -> None:
 
     with pytest.raises(Exception, match="one secret"):
         evaluate(bad, x, y)
+
+
+@pytest.mark.parametrize(("left", "right", "in_thread"), [
+    ((1, 1152), (1152, 576), True),  # a new token's output projection: a 5.3 MB weight read
+    ((1, 1152), (1152, 3072), True),
+    ((3, 3, 128), (3, 128, 7), False),  # a new token's attention scores: kept on the loop
+])
+def test_weight_sized_products_leave_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch, left: tuple[int, ...], right: tuple[int, ...],
+    in_thread: bool,
+) -> None:
+    """A product whose right operand is large runs in a worker thread even when its
+    multiply-adds are few (one row of a): it reads all of b, which for a weight is not in
+    cache."""
+    ran_in: list[threading.Thread] = []
+
+    def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ran_in.append(threading.current_thread())
+        return np.zeros((*a.shape[:-1], b.shape[-1]), np.uint64)
+
+    monkeypatch.setattr(arith, "ring_matmul", product)
+    a, b = np.zeros(left, np.uint64), np.zeros(right, np.uint64)
+    trio.run(stacked_share, a, b)
+    assert (ran_in[0] is not threading.main_thread()) == in_thread
