@@ -23,12 +23,19 @@ writes, per component of a layer (its scope with the pass and the layer left out
 protocols' Python a token is made of. Timing every step slows the loop a little (two clock
 readings and a dictionary update per step), so the other figures of such a run are high.
 
+``--timeline`` also records when the loop works and when it waits: per new token, in windows of
+20 ms from its start (the first 160 ms) and to its end (the last 100 ms), and over the rest,
+the loop's seconds in online steps, in offline steps (the next pass's material) and idle
+(blocked: waiting for worker threads). It shows where a token waits: for the new row's
+embedding at its start (P_1's and P_2's products on arrival, beside the offline material's
+steps), for each layer's weight products, and for the head's product at its end.
+
 ``--recorded`` runs the session as ``benchmarks/llama.py``'s accounting run does (every
 message recorded, a step timer on every task step), which shows what that instrumentation
 costs a token. ``--tiny``: the tiny model (random weights), to check the script itself.
 
-    python benchmarks/token_time.py [--tokens N] [--components] [--recorded] [--tiny]
-                                    [--out PATH]
+    python benchmarks/token_time.py [--tokens N] [--components] [--timeline] [--recorded]
+                                    [--tiny] [--out PATH]
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import numpy as np
 import reporting
 import trio
 
-from puma_async.context import OFFLINE_PHASE
+from puma_async.context import CURRENT_STEP, OFFLINE_PHASE
 from puma_async.liveness import StepTimer
 from puma_async.protocols.llama import COMPONENTS
 from puma_async.scopetime import ScopeTimer
@@ -75,6 +82,62 @@ class IdleClock(trio.abc.Instrument):
         self.idle += time.perf_counter() - self._started
 
 
+class Timeline(trio.abc.Instrument):
+    """Every task step's (start, end, offline?) and every wait for I/O's (start, end)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, float, bool]] = []
+        self.waits: list[tuple[float, float]] = []
+        self._started = 0.0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._started = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        step = task.context.get(CURRENT_STEP)
+        offline = step is not None and step.phase_name == OFFLINE_PHASE
+        self.steps.append((self._started, time.perf_counter(), offline))
+
+    def before_io_wait(self, timeout: float) -> None:
+        self._started = time.perf_counter()
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.waits.append((self._started, time.perf_counter()))
+
+    def split(self, start: float, end: float) -> tuple[float, float, float]:
+        """The loop's seconds in [start, end): online steps, offline steps, idle."""
+        online = offline = idle = 0.0
+        for lo, hi, is_offline in self.steps:
+            if hi > start and lo < end:
+                took = min(hi, end) - max(lo, start)
+                if is_offline:
+                    offline += took
+                else:
+                    online += took
+        for lo, hi in self.waits:
+            if hi > start and lo < end:
+                idle += min(hi, end) - max(lo, start)
+        return online, offline, idle
+
+
+WINDOW = 0.02
+HEAD_WINDOWS, TAIL_WINDOWS = 8, 5  # the first 160 ms and the last 100 ms of a token
+
+
+def token_timeline(timeline: Timeline, start: float, end: float) -> dict[str, Any]:
+    """A token's loop time (online, offline, idle) in :data:`WINDOW` s windows from its start
+    and to its end, and over the rest (``between``)."""
+    head_end = min(end, start + HEAD_WINDOWS * WINDOW)
+    tail_start = max(head_end, end - TAIL_WINDOWS * WINDOW)
+    return {
+        "from_start": [timeline.split(start + i * WINDOW, min(end, start + (i + 1) * WINDOW))
+                       for i in range(HEAD_WINDOWS)],
+        "to_end": [timeline.split(max(start, end - (i + 1) * WINDOW), end - i * WINDOW)
+                   for i in reversed(range(TAIL_WINDOWS))],
+        "between": timeline.split(head_end, tail_start),
+    }
+
+
 def component(phase: str, scope: str) -> str:
     """The row of ``benchmarks/llama.py``'s component tables a scope belongs to (the longest
     of :data:`~puma_async.protocols.llama.COMPONENTS` that contains it, in any layer; else
@@ -92,12 +155,13 @@ def component(phase: str, scope: str) -> str:
     return f"{name} (offline)" if phase == OFFLINE_PHASE else name
 
 
-def measure(weights: Any, prompt: list[int], tokens: int, recorded: bool, components: bool
-            ) -> list[dict[str, Any]]:
+def measure(weights: Any, prompt: list[int], tokens: int, recorded: bool, components: bool,
+            timeline: bool = False) -> list[dict[str, Any]]:
     """One session; per new token its seconds and the split above (and with ``components``
-    the loop's seconds per component)."""
+    the loop's seconds per component, with ``timeline`` :func:`token_timeline`)."""
     idle = IdleClock()
     scopes = ScopeTimer() if components else None
+    steps = Timeline() if timeline else None
     marks: list[tuple[float, float, float, float, Counter[tuple[str, str]]]] = []
 
     def progress(event: Progress) -> None:  # runs in the loop's thread
@@ -105,7 +169,8 @@ def measure(weights: Any, prompt: list[int], tokens: int, recorded: bool, compon
             by_scope = Counter(scopes.seconds) if scopes is not None else Counter()
             marks.append((time.perf_counter(), *thread_cpu(), idle.idle, by_scope))
 
-    instruments: list[trio.abc.Instrument] = [idle] if scopes is None else [idle, scopes]
+    instruments: list[trio.abc.Instrument] = [
+        i for i in (idle, scopes, steps) if i is not None]
     options: dict[str, Any] = {"instruments": instruments}
     if recorded:
         options = {"instruments": [*instruments, StepTimer()], "record_messages": True}
@@ -123,6 +188,8 @@ def measure(weights: Any, prompt: list[int], tokens: int, recorded: bool, compon
             for (phase, scope), seconds in (b[4] - a[4]).items():
                 spent[component(phase, scope)] += seconds
             figures["loop_seconds_by_component"] = dict(spent.most_common())
+        if steps is not None:
+            figures["timeline"] = token_timeline(steps, a[0], b[0])
         per_token.append(figures)
     return per_token
 
@@ -132,6 +199,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8, help="new tokens measured (default 8)")
     parser.add_argument("--components", action="store_true",
                         help="also the loop's seconds per component (times every task step)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="also the loop's online, offline and idle time in 20 ms windows "
+                             "at each token's start and end")
     parser.add_argument("--recorded", action="store_true",
                         help="record every message and time every task step (llama.py's "
                              "accounting run)")
@@ -152,9 +222,9 @@ def main() -> None:
     results: dict[str, Any] = {"machine": reporting.machine(),
                                "model": "tiny" if args.tiny else "smollm2",
                                "prompt": PROMPT, "recorded": args.recorded,
-                               "components": args.components}
+                               "components": args.components, "timeline": args.timeline}
     per_token = measure(weights, tokenizer.encode(PROMPT), args.tokens, args.recorded,
-                        args.components)
+                        args.components, args.timeline)
     results["new_tokens"] = per_token
     keys = ("seconds", "loop_cpu_seconds", "workers_cpu_seconds", "loop_idle_seconds")
     results["mean"] = mean = {key: float(np.mean([t[key] for t in per_token])) for key in keys}
@@ -173,6 +243,17 @@ def main() -> None:
         print(f"the loop's task steps per token, by component ({total:.2f} s in all):")
         for name, seconds in mean["loop_seconds_by_component"].items():
             print(f"  {name:<36} {seconds * 1e3:8.1f} ms  {100 * seconds / total:5.1f}%")
+    if args.timeline:
+        mean["timeline"] = timeline = {
+            key: np.mean([t["timeline"][key] for t in per_token], axis=0).tolist()
+            for key in ("from_start", "to_end", "between")}
+        print("the loop per 20 ms window (mean over the tokens), ms online / offline / idle:")
+        for name, rows, first in (("from start", timeline["from_start"], 0),
+                                  ("to end", timeline["to_end"], -TAIL_WINDOWS)):
+            for i, row in enumerate(rows):
+                at = (first + i) * WINDOW * 1e3
+                print(f"  {name} {at:+5.0f} ms: " + " / ".join(f"{v * 1e3:5.1f}" for v in row))
+        print("  between: " + " / ".join(f"{v * 1e3:6.1f}" for v in timeline["between"]))
     reporting.write(Path(args.out), results)
 
 

@@ -50,3 +50,23 @@ def test_components_name_the_layer_rows_of_the_llama_tables(benchmark_script,
         assert not any(name.startswith(("layer", "p0")) for name in spent)
         assert all(seconds >= 0 for seconds in spent.values())
     assert all(name in stdout for name in results["mean"]["loop_seconds_by_component"])
+
+
+def test_the_timeline_splits_each_token_into_windows(benchmark_script, tmp_path: Path) -> None:
+    """``--timeline``: per token, 8 windows from its start and 5 to its end, each the loop's
+    online, offline and idle seconds, none above the window's 20 ms, and the rest between; each
+    token makes the next pass's material (offline steps)."""
+    results, stdout = benchmark_script.run(tmp_path, "token_time.py", "--tiny", "--tokens",
+                                           "2", "--timeline")
+    assert results["timeline"] is True
+    for token in results["new_tokens"]:
+        timeline = token["timeline"]
+        assert len(timeline["from_start"]) == 8 and len(timeline["to_end"]) == 5
+        for window in [*timeline["from_start"], *timeline["to_end"]]:
+            assert len(window) == 3 and all(v >= 0 for v in window)
+            assert sum(window) <= 0.02 + 1e-6
+        assert len(timeline["between"]) == 3
+        windows = [*timeline["from_start"], *timeline["to_end"], timeline["between"]]
+        assert sum(window[1] for window in windows) > 0
+    assert set(results["mean"]["timeline"]) == {"from_start", "to_end", "between"}
+    assert "from start" in stdout and "to end" in stdout
