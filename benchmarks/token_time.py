@@ -41,6 +41,7 @@ costs a token. ``--tiny``: the tiny model (random weights), to check the script 
 from __future__ import annotations
 
 import argparse
+import bisect
 import itertools
 import re
 import time
@@ -104,6 +105,15 @@ class Timeline(trio.abc.Instrument):
     def after_io_wait(self, timeout: float) -> None:
         self.waits.append((self._started, time.perf_counter()))
 
+    def within(self, start: float, end: float) -> Timeline:
+        """The steps and waits that overlap [start, end) (both lists are in time order, and
+        at most one of each began before ``start`` and runs on into it)."""
+        part = Timeline()
+        for mine, theirs in ((self.steps, part.steps), (self.waits, part.waits)):
+            first = max(0, bisect.bisect_left(mine, (start,)) - 1)
+            theirs.extend(mine[first:bisect.bisect_left(mine, (end,), lo=first)])
+        return part
+
     def split(self, start: float, end: float) -> tuple[float, float, float]:
         """The loop's seconds in [start, end): online steps, offline steps, idle."""
         online = offline = idle = 0.0
@@ -126,13 +136,18 @@ HEAD_WINDOWS, TAIL_WINDOWS = 8, 5  # the first 160 ms and the last 100 ms of a t
 
 def token_timeline(timeline: Timeline, start: float, end: float) -> dict[str, Any]:
     """A token's loop time (online, offline, idle) in :data:`WINDOW` s windows from its start
-    and to its end, and over the rest (``between``)."""
+    and to its end, and over the rest (``between``); in a token shorter than the windows they
+    overlap, and those past its other end are empty."""
+    timeline = timeline.within(start, end)
     head_end = min(end, start + HEAD_WINDOWS * WINDOW)
     tail_start = max(head_end, end - TAIL_WINDOWS * WINDOW)
+    def at(offset: float) -> float:  # a window's edge, within the token
+        return min(end, max(start, offset))
+
     return {
-        "from_start": [timeline.split(start + i * WINDOW, min(end, start + (i + 1) * WINDOW))
+        "from_start": [timeline.split(at(start + i * WINDOW), at(start + (i + 1) * WINDOW))
                        for i in range(HEAD_WINDOWS)],
-        "to_end": [timeline.split(max(start, end - (i + 1) * WINDOW), end - i * WINDOW)
+        "to_end": [timeline.split(at(end - (i + 1) * WINDOW), at(end - i * WINDOW))
                    for i in reversed(range(TAIL_WINDOWS))],
         "between": timeline.split(head_end, tail_start),
     }
