@@ -70,25 +70,36 @@ def thread_cpu() -> tuple[float, float]:
 
 
 class IdleClock(trio.abc.Instrument):
-    """The event loop's total time in its waits for I/O."""
+    """The event loop's total time in its waits for I/O; with ``keep``, also each wait's
+    (start, end), in time order (``waits``: a :class:`Timeline`'s)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = False) -> None:
         self.idle = 0.0
+        self.waits: list[tuple[float, float]] | None = [] if keep else None
         self._started = 0.0
 
     def before_io_wait(self, timeout: float) -> None:
         self._started = time.perf_counter()
 
     def after_io_wait(self, timeout: float) -> None:
-        self.idle += time.perf_counter() - self._started
+        now = time.perf_counter()
+        self.idle += now - self._started
+        if self.waits is not None:
+            self.waits.append((self._started, now))
+
+
+def _overlap(lo: float, hi: float, start: float, end: float) -> float:
+    """The seconds [lo, hi) and [start, end) share."""
+    return max(0.0, min(hi, end) - max(lo, start))
 
 
 class Timeline(trio.abc.Instrument):
-    """Every task step's (start, end, offline?) and every wait for I/O's (start, end)."""
+    """Every task step's (start, end, offline?), beside ``waits``, the loop's waits for I/O
+    (an :class:`IdleClock`'s, kept)."""
 
-    def __init__(self) -> None:
+    def __init__(self, waits: list[tuple[float, float]]) -> None:
         self.steps: list[tuple[float, float, bool]] = []
-        self.waits: list[tuple[float, float]] = []
+        self.waits = waits
         self._started = 0.0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
@@ -99,16 +110,10 @@ class Timeline(trio.abc.Instrument):
         offline = step is not None and step.phase_name == OFFLINE_PHASE
         self.steps.append((self._started, time.perf_counter(), offline))
 
-    def before_io_wait(self, timeout: float) -> None:
-        self._started = time.perf_counter()
-
-    def after_io_wait(self, timeout: float) -> None:
-        self.waits.append((self._started, time.perf_counter()))
-
     def within(self, start: float, end: float) -> Timeline:
         """The steps and waits that overlap [start, end) (both lists are in time order, and
         at most one of each began before ``start`` and runs on into it)."""
-        part = Timeline()
+        part = Timeline([])
         for mine, theirs in ((self.steps, part.steps), (self.waits, part.waits)):
             first = max(0, bisect.bisect_left(mine, (start,)) - 1)
             theirs.extend(mine[first:bisect.bisect_left(mine, (end,), lo=first)])
@@ -116,18 +121,13 @@ class Timeline(trio.abc.Instrument):
 
     def split(self, start: float, end: float) -> tuple[float, float, float]:
         """The loop's seconds in [start, end): online steps, offline steps, idle."""
-        online = offline = idle = 0.0
+        online = offline = 0.0
         for lo, hi, is_offline in self.steps:
-            if hi > start and lo < end:
-                took = min(hi, end) - max(lo, start)
-                if is_offline:
-                    offline += took
-                else:
-                    online += took
-        for lo, hi in self.waits:
-            if hi > start and lo < end:
-                idle += min(hi, end) - max(lo, start)
-        return online, offline, idle
+            if is_offline:
+                offline += _overlap(lo, hi, start, end)
+            else:
+                online += _overlap(lo, hi, start, end)
+        return online, offline, sum(_overlap(lo, hi, start, end) for lo, hi in self.waits)
 
 
 WINDOW = 0.02
@@ -174,9 +174,9 @@ def measure(weights: Any, prompt: list[int], tokens: int, recorded: bool, compon
             timeline: bool = False) -> list[dict[str, Any]]:
     """One session; per new token its seconds and the split above (and with ``components``
     the loop's seconds per component, with ``timeline`` :func:`token_timeline`)."""
-    idle = IdleClock()
+    idle = IdleClock(keep=timeline)
     scopes = ScopeTimer() if components else None
-    steps = Timeline() if timeline else None
+    steps = Timeline(idle.waits) if idle.waits is not None else None
     marks: list[tuple[float, float, float, float, Counter[tuple[str, str]]]] = []
 
     def progress(event: Progress) -> None:  # runs in the loop's thread
