@@ -489,8 +489,7 @@ async def prepare_compare_batches(
     gets its own. A preparation costs the same few protocol steps whatever its size, so a
     pass's dozens of small batches cost as much local time as a handful. Cost: 2 rounds (1
     for the evaluators'); the bytes of the specs' elements (and fewer messages)."""
-    return await _in_batches(ctx, specs, prepare, lambda s, n: dataclasses.replace(s, size=n),
-                             lambda s: 1, _compare_layout)
+    return await _in_batches(ctx, specs, prepare, _COMPARE_BATCHES)
 
 
 async def prepare_maximum_batches(ctx: Context, specs: Sequence[MaximumSpec]
@@ -498,9 +497,7 @@ async def prepare_maximum_batches(ctx: Context, specs: Sequence[MaximumSpec]
     """:func:`prepare_compare_batches` for :func:`first_maximum`'s material (batches of
     fewer than :data:`.trunc.ROTATE_MIN_ELEMENTS` pairs; :meth:`MaximumMaterial.split`).
     Cost: 2 rounds."""
-    return await _in_batches(ctx, specs, prepare_maximum,
-                             lambda s, n: dataclasses.replace(s, rows=n),
-                             lambda s: s.pairs.unit, _maximum_layout)
+    return await _in_batches(ctx, specs, prepare_maximum, _MAXIMUM_BATCHES)
 
 
 class Sliceable(Protocol):
@@ -540,34 +537,67 @@ def _maximum_layout(specs: Sequence[MaximumSpec]) -> tuple[int, list[Piece]]:
     return start, pieces
 
 
-async def _in_batches(
-    ctx: Context, specs: Sequence[SpecT],
-    prepare: Callable[[Context, SpecT], Awaitable[SliceableT]],
-    resized: Callable[[SpecT, int], SpecT], elements: Callable[[SpecT], int],
-    layout: Callable[[Sequence[SpecT]], tuple[int, list[Piece]]],
-) -> list[SliceableT]:
-    """Each spec's material, from one preparation per batch of specs equal but for their
-    size (laid out by ``layout``: its size, the slices and their padding's spare bits; a
-    batch's size x ``elements`` stays below :data:`.trunc.ROTATE_MIN_ELEMENTS`), split by
-    the materials' ``split``; a spec as large alone keeps its own."""
+@dataclasses.dataclass(frozen=True)
+class _Batching:
+    """How specs of one kind share preparations: ``resized(spec, n)`` is the spec for n
+    elements (rows), ``elements(spec)`` the elements per unit of that size, ``layout`` a
+    batch's size and slices (:func:`_compare_layout`, :func:`_maximum_layout`)."""
+
+    resized: Callable[[Any, int], Any]
+    elements: Callable[[Any], int]
+    layout: Callable[[Sequence[Any]], tuple[int, list[Piece]]]
+
+
+_COMPARE_BATCHES = _Batching(lambda s, n: dataclasses.replace(s, size=n), lambda s: 1,
+                             _compare_layout)
+_MAXIMUM_BATCHES = _Batching(lambda s, n: dataclasses.replace(s, rows=n),
+                             lambda s: s.pairs.unit, _maximum_layout)
+
+_Batch = tuple[tuple[int, ...], Any, tuple[Piece, ...]]
+"""One preparation of :func:`_in_batches`: the indices of the specs it serves, the spec it is
+made for, and each served spec's slice of it (none when it serves one spec whole)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_plan(specs: tuple[Any, ...], batching: _Batching) -> tuple[_Batch, ...]:
+    """The preparations of :func:`_in_batches` for ``specs``: a spec joins the last one of
+    specs equal to it but for their size while its size x ``elements`` stays below
+    :data:`.trunc.ROTATE_MIN_ELEMENTS`, else starts one (a spec as large alone is prepared
+    whole). Public, so every party computes the same plan, and cached: the three parties of
+    one process and a session's passes of one shape ask for the same specs, and the greedy
+    grouping lays a batch out again for every spec it admits (a pass's 30 layers: 465
+    layouts per kind)."""
     batches: list[list[int]] = []
-    open_batch: dict[SpecT, list[int]] = {}
+    open_batch: dict[Any, list[int]] = {}
     for i, spec in enumerate(specs):
-        key = resized(spec, 0)
+        key = batching.resized(spec, 0)
         batch = open_batch.get(key)
-        if batch is None or layout([specs[j] for j in (*batch, i)])[0] * elements(
-                spec) >= ROTATE_MIN_ELEMENTS:
+        if batch is None or batching.layout([specs[j] for j in (*batch, i)])[0] * \
+                batching.elements(spec) >= ROTATE_MIN_ELEMENTS:
             batch = open_batch[key] = []
             batches.append(batch)
         batch.append(i)
-    laid = [layout([specs[i] for i in batch]) for batch in batches]
-    made = await ctx.gather(*(functools.partial(prepare, spec=specs[batch[0]] if len(batch) == 1
-                                                else resized(specs[batch[0]], size))
-                              for batch, (size, _) in zip(batches, laid, strict=True)))
+    plan = []
+    for batch in batches:
+        if len(batch) == 1:
+            plan.append((tuple(batch), specs[batch[0]], ()))
+            continue
+        size, pieces = batching.layout([specs[i] for i in batch])
+        plan.append((tuple(batch), batching.resized(specs[batch[0]], size), tuple(pieces)))
+    return tuple(plan)
+
+
+async def _in_batches(
+    ctx: Context, specs: Sequence[SpecT],
+    prepare: Callable[[Context, SpecT], Awaitable[SliceableT]], batching: _Batching,
+) -> list[SliceableT]:
+    """Each spec's material, from the preparations of :func:`_batch_plan`, each split by the
+    material's ``split`` among the specs it serves."""
+    plan = _batch_plan(tuple(specs), batching)
+    made = await ctx.gather(*(functools.partial(prepare, spec=spec) for _, spec, _ in plan))
     out: dict[int, SliceableT] = {}
-    for batch, (_, pieces), material in zip(batches, laid, made, strict=True):
-        out.update(zip(batch, [material] if len(batch) == 1 else material.split(pieces),
-                       strict=True))
+    for (batch, _, pieces), material in zip(plan, made, strict=True):
+        out.update(zip(batch, material.split(pieces) if pieces else [material], strict=True))
     return [out[i] for i in range(len(specs))]
 
 

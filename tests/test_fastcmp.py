@@ -21,6 +21,7 @@ from puma_async.protocols.compare import to_arith
 from puma_async.protocols.randomness import setup_keys, zero_share
 from puma_async.protocols.ring import RING_DTYPE
 from puma_async.protocols.shares import AShare, concatenate, public_share
+from puma_async.protocols.trunc import ROTATE_MIN_ELEMENTS
 from puma_async.roles import CLIENT, PARTIES
 from puma_async.runner import run_local
 
@@ -442,6 +443,22 @@ def test_maximum_batches_are_sliced_by_rows(sizes: list[int], entries: int, seed
     first = np.zeros_like(x)
     first[np.arange(len(x)), np.argmax(x, axis=1)] = 1
     assert np.array_equal(got, first)
+
+
+def test_a_batch_plan_is_public_and_made_once_per_list_of_specs() -> None:
+    """:func:`fastcmp._batch_plan`: a spec joins the last preparation of specs equal to it
+    but for their size, laid side by side, while that stays below
+    :data:`.trunc.ROTATE_MIN_ELEMENTS` elements (a spec as large alone is prepared whole,
+    and the next small one starts afresh); the plan depends on the specs only, so the three
+    parties of one process and every pass of one shape get the same object, made once."""
+    small, large = fastcmp.CompareSpec(3, 2), fastcmp.CompareSpec(ROTATE_MIN_ELEMENTS, 2)
+    specs = (small, dataclasses.replace(small, size=5), large, small)
+    plan = fastcmp._batch_plan(specs, fastcmp._COMPARE_BATCHES)
+    (indices, spec, pieces), *alone = plan
+    assert indices == (0, 1) and alone == [((2,), large, ()), ((3,), small, ())]
+    assert [(start, stop) for start, stop, _ in pieces] == [(0, 3), (3, 8)]
+    assert spec == dataclasses.replace(small, size=spec.size) and spec.size >= 8
+    assert fastcmp._batch_plan(tuple(specs), fastcmp._COMPARE_BATCHES) is plan
 
 
 def test_batched_slices_pad_their_rows_with_masks_no_slice_uses() -> None:
