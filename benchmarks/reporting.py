@@ -39,11 +39,45 @@ def python_loop_seconds() -> float:
     return min(runs)
 
 
+MEMORY_PROBE_BYTES = 256 << 20
+"""Bytes of each weight-like matrix :func:`memory_read_gbps` reads: past what this host's
+caches keep for one process (it reads three in turn)."""
+
+
+def memory_read_gbps() -> float | None:
+    """GB/s at which a one-row ring product (:func:`~puma_async.protocols.ringmatmul.
+    ring_matmul`, its worker threads) reads a cold 256 MiB matrix, best of 3: how fast this
+    host's memory is right now. A new token's weight products read about 7.8 GB of shares
+    (SmolLM2, three parties), memory-bound; the host's memory speed moves from hour to hour
+    independently of its Python speed (10-20% between two days of one host). None
+    where the kernel's numba is not installed (``benchmarks/measure_spu.py``'s environment)."""
+    import numpy as np
+
+    try:
+        from puma_async.protocols.ringmatmul import ring_matmul
+    except ImportError:
+        return None
+
+    cols = 2048
+    rows = MEMORY_PROBE_BYTES // (8 * cols)
+    matrices = [np.full((rows, cols), k + 1, dtype=np.uint64) for k in range(3)]  # pages made
+    x = np.ones((1, rows), dtype=np.uint64)
+    ring_matmul(x[:, :64], matrices[0][:64])  # compiled, threads started; nothing big read
+    runs = []
+    for matrix in matrices:
+        start = time.perf_counter()
+        ring_matmul(x, matrix)
+        runs.append(time.perf_counter() - start)
+    return MEMORY_PROBE_BYTES / min(runs) / 1e9
+
+
 def machine() -> dict[str, Any]:
-    """The host's facts and its speed now (printed too, so a slow run explains itself)."""
-    speed = python_loop_seconds()
+    """The host's facts and its speeds now (printed too, so a slow run explains itself)."""
+    speed, memory = python_loop_seconds(), memory_read_gbps()
     print(f"machine speed: a 10^7-step Python loop takes {speed:.2f} s (quiet: "
-          f"~{QUIET_LOOP_SECONDS} s; slower means a busy host and proportionally slower figures)")
+          f"~{QUIET_LOOP_SECONDS} s; slower means a busy host and proportionally slower figures); "
+          + (f"a one-row ring product reads {memory:.1f} GB/s of a cold matrix"
+             if memory is not None else "no memory check (the ring kernel needs numba)"))
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -51,6 +85,7 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load_average_at_start": os.getloadavg(),
         "python_loop_1e7_seconds": speed,
+        "memory_read_gbps": memory,
     }
 
 

@@ -70,9 +70,13 @@ def _seconds(seconds: float) -> str:
 def _run_line(command: str, source: str, machine: Data, extra: str = "") -> str:
     """The line above a table: what produced it, on how busy a machine."""
     load = machine.get("load_average_at_start", [None])[0]
+    memory = machine.get("memory_read_gbps")  # recorded from stop 36 on
+    memory_check = (f", memory check {memory:.0f} GB/s (a one-row ring product's reads of a "
+                    f"cold matrix)" if memory is not None else "")
     return (f"`{command}` -> `benchmarks/results/{source}`: one run, Python-loop check "
             f"{machine['python_loop_1e7_seconds']:.2f} s (quiet: 0.36 s; slower means a busy "
-            f"host and proportionally slower times), load average {load:.1f} at start{extra}.")
+            f"host and proportionally slower times){memory_check}, load average {load:.1f} at "
+            f"start{extra}.")
 
 
 # ----------------------------------------------------------------------------- renderers

@@ -213,8 +213,15 @@ def test_spu_figures_come_from_spu_json(tables: ModuleType, tmp_path: Path) -> N
     (tmp_path / "ops.json").write_text(json.dumps(
         {"machine": machine, "gelu_128x3072": op, "softmax_12x128x128": op}))
     body = tables.render("ops", tmp_path).splitlines()
+    assert "memory check" not in body[0]  # a JSON from before stop 36 has none
     assert body[0].endswith("; the SPU column: `python benchmarks/measure_spu.py` -> "
                             "`benchmarks/results/spu.json`, 2026-12-06, load average "
                             "2.5 at its runs' starts.")
     assert body[4].endswith("| 2 s, 300 MB, 60 messages per party (max) |")
     assert body[5].endswith("| 0.01 |  |")  # no SPU op beside softmax in this spu.json
+    machine["memory_read_gbps"] = 23.4
+    (tmp_path / "ops.json").write_text(json.dumps(
+        {"machine": machine, "gelu_128x3072": op, "softmax_12x128x128": op}))
+    assert ("host and proportionally slower times), memory check 23 GB/s (a one-row ring "
+            "product's reads of a cold matrix), load average 1.0 at start"
+            in tables.render("ops", tmp_path).splitlines()[0])

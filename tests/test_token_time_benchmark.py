@@ -26,6 +26,9 @@ def test_the_token_time_benchmark_runs_on_the_tiny_model(benchmark_script, tmp_p
         assert token["loop_cpu_seconds"] >= 0 and token["workers_cpu_seconds"] >= 0
     assert set(results["mean"]) == KEYS
     assert "3 new tokens" in stdout and "event loop CPU" in stdout
+    # the host's speeds beside the figures: its Python and its memory (a token's products)
+    assert results["machine"]["python_loop_1e7_seconds"] > 0
+    assert results["machine"]["memory_read_gbps"] > 0 and "GB/s of a cold matrix" in stdout
 
 
 def test_a_token_count_below_one_is_refused(benchmark_script, tmp_path: Path) -> None:
