@@ -60,7 +60,7 @@ def memory_read_gbps() -> float | None:
 
     cols = 2048
     rows = MEMORY_PROBE_BYTES // (8 * cols)
-    matrices = [np.full((rows, cols), k + 1, dtype=np.uint64) for k in range(3)]  # pages made
+    matrices = [np.full((rows, cols), k + 1, dtype=np.uint64) for k in range(3)]  # real pages
     x = np.ones((1, rows), dtype=np.uint64)
     ring_matmul(x[:, :64], matrices[0][:64])  # compiled, threads started; nothing big read
     runs = []
