@@ -940,7 +940,7 @@ class LayerTuples:
     reciprocal: SegmentMaterial
     mlp_norm: SegmentMaterial
     neg_exp: CompareMaterial
-    maximum: MaximumMaterial
+    maximum: MaximumMaterial | None
     silu: CompareMaterial | EvaluatorCompare
 
 
@@ -964,7 +964,8 @@ async def prepare_tuples(
     (the head's norm on ``head_rows``; none where ``plan.candidate_tuples`` is False: the
     segments' candidates then truncate in 2 rounds each), and the comparisons' material of
     its norms, its softmax reciprocals, exponentials and maxima (the first step's:
-    :func:`.softmax.product_maximum_spec`), public parameters only: phase ``offline``, 4
+    :func:`.softmax.product_maximum_spec`; none for one key, its own maximum), public
+    parameters only: phase ``offline``, 4
     rounds, all in scope ``tuples``. The TP1 tuples in one preparation per truncation width
     for the whole pass, the comparisons' material in one per kind of comparison (below
     :data:`.trunc.ROTATE_MIN_ELEMENTS` elements each), sliced
@@ -982,7 +983,9 @@ async def prepare_tuples(
              rms_norm_tuples(ctx, shape, eps=eps, frac_bits=mlp_rho)]
     scores = config.n_heads * rows * keys
     exp_spec = neg_exp_compare_spec(ctx, scores)
-    max_spec = product_maximum_spec(scores, keys, fixed_point(ctx).frac_bits)
+    # one key (a one-position prompt's pass) is its own maximum: no material
+    max_specs = [product_maximum_spec(scores, keys, fixed_point(ctx).frac_bits)
+                 ] * config.n_layers if keys > 1 else []
     silu = [table_compare_spec(ctx, rows * config.ffn, SILU_ACCURATE, config.gate_bound(i),
                                SILU_SELECTION) for i in range(config.n_layers)]
     by_evaluators = [i for i, (_, ev) in enumerate(silu) if ev]
@@ -994,15 +997,16 @@ async def prepare_tuples(
                 rms_norm_tuples(ctx, (head_rows, config.hidden), eps=eps)],
                 tuples=plan.candidate_tuples),
             lambda c: _offline(c, prepare_compare_batches, [exp_spec] * config.n_layers),
-            lambda c: _offline(c, prepare_maximum_batches, [max_spec] * config.n_layers),
+            lambda c: _offline(c, prepare_maximum_batches, max_specs),
             lambda c: _offline(c, functools.partial(prepare_compare_batches,
                                                     prepare=prepare_evaluator_compare),
                                [silu[i][0] for i in by_evaluators]),
             lambda c: _offline(c, prepare_compare_batches, [silu[i][0] for i in opened]))
     silu_made = dict(zip([*by_evaluators, *opened], [*silu_ev, *silu_opened], strict=True))
     return PassTuples(rows, keys, head_rows,
-                      tuple(LayerTuples(*got[3 * i : 3 * i + 3], exps[i], maxima[i],
-                                        silu_made[i]) for i in range(config.n_layers)),
+                      tuple(LayerTuples(*got[3 * i : 3 * i + 3], exps[i],
+                                        maxima[i] if maxima else None, silu_made[i])
+                            for i in range(config.n_layers)),
                       got[-1])
 
 

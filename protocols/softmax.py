@@ -119,9 +119,9 @@ def _groups(m: int) -> tuple[int, npt.NDArray[np.intp]]:
 
 def product_maximum_spec(size: int, m: int, bits: int) -> MaximumSpec:
     """The first step's :class:`.fastcmp.MaximumSpec` of :func:`max_of_product` (and
-    :func:`matmul_max`) on a product of ``size`` entries in rows of m, truncated by ``bits``:
-    make its material ahead (:func:`.fastcmp.prepare_maximum_batches`) and pass it as
-    ``pre``."""
+    :func:`matmul_max`) on a product of ``size`` entries in rows of m > 1, truncated by
+    ``bits``: make its material ahead (:func:`.fastcmp.prepare_maximum_batches`) and pass it
+    as ``pre`` (rows of one entry need none: they are their own maxima)."""
     width, columns = _groups(m)
     return MaximumSpec(size // m * (columns.size // width), width, bits=64 - bits)
 
@@ -145,9 +145,15 @@ async def max_of_product(
     :func:`.arith.finish_product` then :func:`max_along`, for the same bytes. Longer rows: the
     first step of groups this way, then :func:`max_along` on the group maxima. ``pre``: the
     first step's material (:func:`product_maximum_spec`), or None: made beside its leaves.
+    Rows of one entry: the product alone (2 rounds), its entries their own maxima.
     """
     _check_kept(keep)
     m = z.shape[-1]
+    if m == 1:  # rows of one entry (a one-position prompt's pass): it is their maximum
+        with ctx.scope(product_scope):
+            x = (await close_product(ctx, await open_product(ctx, z.reshape(-1), bits))
+                 ).reshape(z.shape)
+        return x, x[..., 0]
     rows = z.size // m
     width, columns = _groups(m)
     per_row = columns.size // width

@@ -117,6 +117,17 @@ def test_all_positions_logits_match_plaintext() -> None:
         assert generated.tokens == greedy_generate(WEIGHTS, prompt, NEW)
 
 
+def test_a_one_token_prompt() -> None:
+    """A prompt of one token: its pass has one key per query, its own softmax maximum (this
+    failed in the maximum's material, whose pairs per row were 0)."""
+    result = run_session(WEIGHTS, [[7]], max_new_tokens=NEW)
+    assert result.prompts[0].tokens == greedy_generate(WEIGHTS, [7], NEW)
+    errors = [np.abs(r.logits - ref).max() for r, ref in zip(
+        result.prompts[0].records, _reference_logits([7], result.prompts[0].tokens),
+        strict=True)]
+    assert max(errors) < LOGIT_BOUND, errors
+
+
 def test_default_reveals_the_last_logits_only(session) -> None:
     assert all(r.all_logits is None and r.logits.shape == (CONFIG.vocab,)
                for prompt in session.prompts for r in prompt.records)
