@@ -124,7 +124,7 @@ class LoopStalls(PassClock):
     def progress(self, event: Progress) -> None:
         super().progress(event)
         phase = ("setup" if event.kind == "setup" else
-                 "prompt_pass" if event.step == 0 else "new_token")
+                 "prompt_pass" if event.kind == "prefill" or event.step == 0 else "new_token")
         longest = self.phases.setdefault(phase, dict.fromkeys(
             ("longest_step_seconds", "longest_batch_seconds", "longest_late_wake_seconds"), 0.0
         ))

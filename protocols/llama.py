@@ -948,24 +948,24 @@ class LayerTuples:
 class PassTuples:
     """A pass's offline material (:func:`prepare_tuples`): its TP1 tuples and comparisons'
     material per layer and the head norm's, for ``rows`` new rows at ``keys`` cached + new
-    positions with the head on ``head_rows``."""
+    positions with the head on ``head_rows`` (0: a pass without a head, ``head`` None)."""
 
     rows: int
     keys: int
     head_rows: int
     layers: tuple[LayerTuples, ...]
-    head: SegmentMaterial
+    head: SegmentMaterial | None
 
 
 async def prepare_tuples(
     ctx: Context, config: LlamaConfig, plan: LayerPlan, rows: int, keys: int, head_rows: int
 ) -> PassTuples:
     """Every TP1 tuple of a pass over ``rows`` new rows and ``keys`` cached + new positions
-    (the head's norm on ``head_rows``; none where ``plan.candidate_tuples`` is False: the
-    segments' candidates then truncate in 2 rounds each), and the comparisons' material of
-    its norms, its softmax reciprocals, exponentials and maxima (the first step's:
-    :func:`.softmax.product_maximum_spec`; none for one key, its own maximum), public
-    parameters only: phase ``offline``, 4
+    (the head's norm on ``head_rows``, none for 0; no TP1 tuple where
+    ``plan.candidate_tuples`` is False: the segments' candidates then truncate in 2 rounds
+    each), and the comparisons' material of its norms, its softmax reciprocals,
+    exponentials and maxima (the first step's: :func:`.softmax.product_maximum_spec`; none
+    for one key, its own maximum), public parameters only: phase ``offline``, 4
     rounds, all in scope ``tuples``. The TP1 tuples in one preparation per truncation width
     for the whole pass, the comparisons' material in one per kind of comparison (below
     :data:`.trunc.ROTATE_MIN_ELEMENTS` elements each), sliced
@@ -990,12 +990,11 @@ async def prepare_tuples(
                                SILU_SELECTION) for i in range(config.n_layers)]
     by_evaluators = [i for i, (_, ev) in enumerate(silu) if ev]
     opened = [i for i, (_, ev) in enumerate(silu) if not ev]
+    head = [rms_norm_tuples(ctx, (head_rows, config.hidden), eps=eps)] if head_rows else []
     with ctx.scope("tuples"):
         got, exps, maxima, silu_ev, silu_opened = await ctx.gather(
-            lambda c: prepare_segment_batches(c, [
-                *layer * config.n_layers,
-                rms_norm_tuples(ctx, (head_rows, config.hidden), eps=eps)],
-                tuples=plan.candidate_tuples),
+            lambda c: prepare_segment_batches(c, [*layer * config.n_layers, *head],
+                                              tuples=plan.candidate_tuples),
             lambda c: _offline(c, prepare_compare_batches, [exp_spec] * config.n_layers),
             lambda c: _offline(c, prepare_maximum_batches, max_specs),
             lambda c: _offline(c, functools.partial(prepare_compare_batches,
@@ -1007,7 +1006,7 @@ async def prepare_tuples(
                       tuple(LayerTuples(*got[3 * i : 3 * i + 3], exps[i],
                                         maxima[i] if maxima else None, silu_made[i])
                             for i in range(config.n_layers)),
-                      got[-1])
+                      got[-1] if head else None)
 
 
 async def _offline(ctx: Context, prepare: Callable[[Context, list[Any]], Awaitable[list[Any]]],
@@ -1021,11 +1020,12 @@ async def _offline(ctx: Context, prepare: Callable[[Context, list[Any]], Awaitab
 async def forward(
     ctx: Context, model: SecureModel, one_hot: AShare, cache: SecureKVCache, *,
     all_positions: bool = False, pre: PassTuples | None = None,
-    embedded: EmbedAhead | None = None,
-) -> ProductShare:
+    embedded: EmbedAhead | None = None, head: bool = True,
+) -> ProductShare | None:
     """Logits (1, vocab) at the last of n new tokens (one-hot rows (n, vocab)), or (n, vocab)
     at every one of them if ``all_positions``: this party's 3-out-of-3 share of them,
-    untruncated, for the client (:func:`lm_head`).
+    untruncated, for the client (:func:`lm_head`); without ``head``, None (a pass that only
+    extends the cache: a long prompt's first positions).
 
     ``all_positions`` runs the final norm and the head on n rows instead of 1 (the head's
     product is local: no more messages or rounds, only its n x vocab shares to reveal). The
@@ -1049,7 +1049,7 @@ async def forward(
         with c.scope("embed"):
             return await embed_tokens(c, model, one_hot, embedded)
 
-    head_rows = n if all_positions else 1
+    head_rows = n if all_positions else 1 if head else 0
     if pre is None:
         x, pre = await ctx.gather(
             embed, lambda c: prepare_tuples(c, config, plan, n, start + n, head_rows))
@@ -1062,6 +1062,8 @@ async def forward(
         with ctx.scope(f"layer{i}"):
             x = await decoder_layer(ctx, config, plan, layer, x, rope, cache, i,
                                     pre.layers[i])
+    if not head:
+        return None
     with ctx.scope("head"):
         rows = x if all_positions else x.rows(slice(n - 1, None))
         normed = await rms_norm(ctx, rows.x, model.final_norm, eps=config.rms_eps,

@@ -79,14 +79,24 @@ class ShareCollector:
 
     def take(self) -> dict[str, F64]:
         """The values completed since the last call, by point (a point probed twice in that
-        time raises ValueError: take after every pass)."""
-        out: dict[str, F64] = {}
+        time raises ValueError: take after every pass, or :meth:`take_passes`)."""
+        passes = self.take_passes()
+        if len(passes) > 1:
+            raise ValueError(f"probe point {next(iter(passes[1]))!r} completed twice since "
+                             f"the last take")
+        return passes[0] if passes else {}
+
+    def take_passes(self) -> list[dict[str, F64]]:
+        """The values completed since the last call, by pass (a new one wherever a point
+        comes again: every point of a pass completes before any of the next, since each
+        party gives all its shares of a pass before any of the next), by point."""
+        passes: list[dict[str, F64]] = []
         for point, value in self._complete:
-            if point in out:
-                raise ValueError(f"probe point {point!r} completed twice since the last take")
-            out[point] = self.fixed_point.decode(value)
+            if not passes or point in passes[-1]:
+                passes.append({})
+            passes[-1][point] = self.fixed_point.decode(value)
         self._complete.clear()
-        return out
+        return passes
 
 
 # ----------------------------------------------------------------------------- profile
@@ -191,11 +201,11 @@ class SessionComparison:
     Use with ``run_session(weights, prompts, options, progress=comparison, probe=collector)``
     (``comparison = SessionComparison(weights64, prompts, collector)``), then
     :meth:`wait`. After each pass it takes the pass's probed values and hands them to one
-    worker thread, which runs the reference on the same tokens (the prompt, then each token
-    the secure run chose), in order, and adds the pass to :attr:`profile` and its next-token
-    metrics (:func:`token_metrics`, plus the token) to :attr:`positions` (one list per
-    prompt). The float64 forward stays off the event loop, so the in-process roles are not
-    stalled while it runs.
+    worker thread, which runs the reference on the same tokens (the prompt, in its passes,
+    then each token the secure run chose), in order, and adds the pass to :attr:`profile`
+    and, after a pass that ends with a token, its next-token metrics (:func:`token_metrics`,
+    plus the token) to :attr:`positions` (one list per prompt). The float64 forward stays
+    off the event loop, so the in-process roles are not stalled while it runs.
     """
 
     def __init__(self, weights: LlamaWeights, prompts: Sequence[Sequence[int]],
@@ -205,13 +215,17 @@ class SessionComparison:
         self.positions: list[list[dict[str, Any]]] = []
         self._cache = KVCache.empty(weights.config)
         self._last_token = -1
+        self._prefills: list[int] = []  # the positions of the prompt's Prefill passes so far
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="reference")
         self._pending: list[Future[None]] = []
 
     def __call__(self, event: Progress) -> None:
-        if event.kind == "token":
-            self._pending.append(self._worker.submit(self._compare, event,
-                                                     self.collector.take()))
+        if event.kind == "prefill":  # its values are taken with the prompt's Run's (the
+            self._prefills.append(event.positions)  # client does not wait for its end)
+        elif event.kind == "token":
+            prefills, self._prefills = self._prefills, []
+            self._pending.append(self._worker.submit(self._compare, event, prefills,
+                                                     self.collector.take_passes()))
 
     def wait(self) -> None:
         """Finish every comparison handed over so far (re-raising the first failure);
@@ -220,19 +234,33 @@ class SessionComparison:
         for future in pending:
             future.result()
 
-    def _compare(self, event: Progress, secure: dict[str, F64]) -> None:
+    def _compare(self, event: Progress, prefills: list[int], passes: list[dict[str, F64]]
+                 ) -> None:
+        if len(passes) != len(prefills) + 1:
+            raise ValueError(f"{len(passes)} passes' probed values for {len(prefills) + 1} "
+                             f"passes")
         if event.step == 0:
             self._cache = KVCache.empty(self.weights.config)
             self.positions.append([])
-            tokens = list(self.prompts[event.prompt])
+            prompt, fed = self.prompts[event.prompt], 0
+            for positions, secure in zip(prefills, passes, strict=False):
+                self._add(prompt[fed : fed + positions], secure)
+                fed += positions
+            tokens = list(prompt[fed:])
         else:
             tokens = [self._last_token]
-        reference: dict[str, F64] = {}
-        forward(self.weights, tokens, self._cache, probe=reference.__setitem__)
-        self.profile.add(secure, reference)
-        metrics = token_metrics(reference["logits"][-1], secure["logits"][0])
+        reference = self._add(tokens, passes[-1])
+        metrics = token_metrics(reference["logits"][-1], passes[-1]["logits"][0])
         self.positions[-1].append({"token": event.token, **metrics})
         self._last_token = event.token
+
+    def _add(self, tokens: Sequence[int], secure: dict[str, F64]) -> dict[str, F64]:
+        """The reference's values of a pass over ``tokens`` (its cache extended), compared
+        with the secure pass's into :attr:`profile`."""
+        reference: dict[str, F64] = {}
+        forward(self.weights, list(tokens), self._cache, probe=reference.__setitem__)
+        self.profile.add(secure, reference)
+        return reference
 
 
 def perplexity(logits: F64, targets: npt.ArrayLike) -> float:

@@ -18,6 +18,8 @@ relative to the file itself::
                                   # the client (more about the model: the owner's consent)
     tradeoff = "balanced"         # optional: "fewer-rounds" (high latency between the parties)
                                   # or "fewer-bytes" (low bandwidth): the layers' protocols
+    max_pass_positions = 64       # optional: positions per pass at most (a pass's memory grows
+                                  # with them; longer prompts run in several passes)
     heartbeat_interval = 1.0      # a heartbeat to a peer we sent nothing for this many seconds
     dead_after = 10.0             # a peer silent this long (seconds) is dead; >= 2 x the interval
     connect_timeout = 600.0       # how long to wait for the peers to come up (seconds)
@@ -35,9 +37,9 @@ relative to the file itself::
     # cert = "..."  key = "..."   # optional: override the pki paths of this role
 
 Everything that must agree between the roles (cluster name, session id, model and
-architecture, model seed and hash, token budget, context, frame limit, prompt logits, tradeoff,
-liveness, the set of roles) is hashed into the **configuration digest** that the TCP
-handshake compares before any secret moves
+architecture, model seed and hash, token budget, context, positions per pass, frame limit,
+prompt logits, tradeoff, liveness, the set of roles) is hashed into the **configuration
+digest** that the TCP handshake compares before any secret moves
 (:meth:`~puma_async.session.settings.SessionSettings.config_digest`). Timeouts and hosts
 are local. A cluster file never holds a prompt: prompts exist only in the client
 process (its command line, a file or stdin), so a file with one is refused.
@@ -69,13 +71,14 @@ from puma_async.session.models import (
     model_table,
     toml_value,
 )
-from puma_async.session.settings import SessionSettings
+from puma_async.session.settings import DEFAULT_PASS_POSITIONS, SessionSettings
 from puma_async.transports.tls import TlsConfig
 
 _ROLE_IDS = {role_name(r).lower(): r for r in ALL_ROLES}
 _SESSION_KEYS = {
     "id", "model", "model_seed", "model_sha256", "max_new_tokens", "context", "reveal_logits",
-    "tradeoff", "heartbeat_interval", "dead_after", "connect_timeout", "handshake_timeout",
+    "tradeoff", "max_pass_positions", "heartbeat_interval", "dead_after", "connect_timeout",
+    "handshake_timeout",
 }
 PROMPT_REFUSED = (
     "a cluster file is copied to every machine, so it holds no prompt: prompts belong to the "
@@ -216,6 +219,8 @@ def _settings(data: Mapping[str, Any], where: str) -> SessionSettings:
             context=context or None,
             reveal_logits=_get(session, "reveal_logits", str, swhere, "last"),
             tradeoff=_get(session, "tradeoff", str, swhere, "balanced"),
+            max_pass_positions=_get(session, "max_pass_positions", int, swhere,
+                                    DEFAULT_PASS_POSITIONS),
             heartbeat_interval=float(_get(session, "heartbeat_interval", (int, float), swhere,
                                           DEFAULT_LIVENESS.heartbeat_interval)),
             dead_after=float(_get(session, "dead_after", (int, float), swhere,
@@ -302,6 +307,7 @@ def write_cluster(
         f"model_seed = {settings.model_seed}", f"max_new_tokens = {settings.max_new_tokens}",
         f"context = {settings.positions}", f"reveal_logits = {toml_value(settings.reveal_logits)}",
         f"tradeoff = {toml_value(settings.tradeoff)}",
+        f"max_pass_positions = {settings.max_pass_positions}",
         f"heartbeat_interval = {settings.heartbeat_interval!r}",
         f"dead_after = {settings.dead_after!r}",
         f"connect_timeout = {settings.connect_timeout!r}",

@@ -64,6 +64,7 @@ from puma_async.session.recording import (
     role_entropy,
 )
 from puma_async.session.report import format_text, prompt_entries
+from puma_async.session.settings import DEFAULT_PASS_POSITIONS
 
 PROG = "python -m puma_async.local"
 DEFAULT_PROMPT = "The capital of France is"
@@ -152,6 +153,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "'fewer-rounds' for high latency between parties, 'fewer-bytes' "
                              "for low bandwidth (default: balanced, which takes the fewer "
                              "bytes in prompt passes)")
+    parser.add_argument("--max-pass-positions", type=int, default=DEFAULT_PASS_POSITIONS,
+                        metavar="N",
+                        help="positions one pass covers at most: a longer prompt runs in "
+                             "passes of N (memory grows with a pass's positions; default "
+                             f"{DEFAULT_PASS_POSITIONS})")
     parser.add_argument("--compare", action="store_true", help="also run the plaintext model")
     parser.add_argument("--json", action="store_true", help="print JSON results on stdout")
     parser.add_argument("--record", metavar="DIR",
@@ -192,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         source = resolve_model(args.model)
         settings = in_process_settings(source.architecture, args.max_new_tokens,
-                                       model=source.name, tradeoff=args.tradeoff)
+                                       model=source.name, tradeoff=args.tradeoff,
+                                       max_pass_positions=args.max_pass_positions)
         tokenizer = source.load_tokenizer()
         check_tokenizer(tokenizer, settings.config, source.name)
         options = with_eos(options, tokenizer)
@@ -206,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         def progress(event: Progress) -> None:
             if event.kind == "setup":
                 say(f"setup done in {event.seconds:.1f} s")
+                return
+            if event.kind == "prefill":
+                say(f"prompt {event.prompt}: {event.span} sent (a pass of their own)")
                 return
             text = repr(tokenizer.decode([event.token]))
             note = " (after EOS: discarded)" if event.discarded else ""

@@ -141,6 +141,9 @@ def _client_progress(tokenizer: Tokenizer) -> Any:
         if event.kind == "setup":
             say(CLIENT, f"set-up done in {event.seconds:.1f} s")
             return
+        if event.kind == "prefill":
+            say(CLIENT, f"prompt {event.prompt}: {event.span} sent (a pass of their own)")
+            return
         what = "prompt pass" if event.step == 0 else f"token {event.step}"
         note = " (after EOS: discarded)" if event.discarded else ""
         say(CLIENT, f"prompt {event.prompt}: {what} {event.seconds:.2f} s -> "
@@ -153,6 +156,8 @@ def _party_progress(role: int) -> Any:
     def progress(event: Progress) -> None:
         if event.kind == "setup":
             say(role, f"set-up done in {event.seconds:.1f} s (weight shares stored)")
+        elif event.kind == "prefill":
+            say(role, f"prompt {event.prompt}: {event.span} done in {event.seconds:.2f} s")
         else:
             say(role, f"prompt {event.prompt}: pass {event.step} done in {event.seconds:.2f} s")
 

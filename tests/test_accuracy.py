@@ -27,7 +27,7 @@ from puma_async.model import KVCache, forward, random_weights, tiny_config
 from puma_async.protocols.llama import PROBE_POINTS
 from puma_async.protocols.shares import AShare
 from puma_async.roles import PARTIES
-from puma_async.session import GenerationOptions, Progress, run_session
+from puma_async.session import GenerationOptions, Progress, in_process_settings, run_session
 
 CONFIG = dataclasses.replace(tiny_config(), n_layers=2)
 WEIGHTS = random_weights(CONFIG, seed=5)
@@ -100,6 +100,26 @@ def test_session_comparison_follows_the_secure_tokens() -> None:
         assert [p["token"] for p in positions] == secure.tokens
         assert all(p["top1_equal"] and p["max_logit_error"] < 0.002 for p in positions)
     assert list(comparison.profile.summary()) == POINTS
+
+
+def test_session_comparison_follows_prefill_passes() -> None:
+    """Prompts longer than a pass (at most 2 positions per pass): the reference runs the same
+    passes (each prompt's first positions, then the rest and the tokens), every point of every
+    pass lies close to it, and the tokens are compared as without Prefill passes."""
+    prompts = [PROMPT, [9, 8, 7]]
+    collector = ShareCollector()
+    comparison = SessionComparison(WEIGHTS, prompts, collector)
+    settings = in_process_settings(CONFIG, NEW, max_pass_positions=2)
+    result = run_session(WEIGHTS, prompts, GenerationOptions(), settings=settings,
+                         progress=comparison, probe=collector)
+    comparison.wait()
+    assert [len(p) for p in comparison.positions] == [NEW, NEW]
+    for positions, secure in zip(comparison.positions, result.prompts, strict=True):
+        assert [p["token"] for p in positions] == secure.tokens
+        assert all(p["top1_equal"] and p["max_logit_error"] < 0.002 for p in positions)
+    summary = comparison.profile.summary()
+    assert list(summary) == POINTS
+    assert all(figures["max_error"] < 0.002 for figures in summary.values())
 
 
 def test_probe_is_installed_in_every_computing_party() -> None:

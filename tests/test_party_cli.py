@@ -58,7 +58,8 @@ def test_digest_covers_the_public_settings_only() -> None:
     for change in ({"max_new_tokens": 3}, {"context": 32}, {"model_seed": 1},
                    {"input_block_bytes": 4096}, {"session_id": "other"},
                    {"heartbeat_interval": 2.0}, {"dead_after": 20.0},
-                   {"reveal_logits": "all"}, {"tradeoff": "fewer-rounds"}):
+                   {"reveal_logits": "all"}, {"tradeoff": "fewer-rounds"},
+                   {"max_pass_positions": 8}):
         assert dataclasses.replace(SETTINGS, **change).config_digest("c", ALL_ROLES) != digest
     other = dataclasses.replace(tiny_config(), rope_theta=5000.0)
     assert SessionSettings("cli-test", model="mine", architecture=other, max_new_tokens=2
@@ -100,6 +101,15 @@ def test_tradeoff_in_the_cluster_file(tmp_path: Path) -> None:
     assert parse_cluster(text, path).settings.tradeoff == "balanced"
 
 
+def test_max_pass_positions_in_the_cluster_file(tmp_path: Path) -> None:
+    settings = dataclasses.replace(SETTINGS, max_pass_positions=16)
+    path = write_cluster(tmp_path / "c.toml", name="x", settings=settings,
+                         addresses={r: ("127.0.0.1", 7000 + r) for r in ALL_ROLES})
+    assert load_cluster(path).settings == settings
+    text = path.read_text().replace("max_pass_positions = 16", "")
+    assert parse_cluster(text, path).settings.max_pass_positions == 64
+
+
 def test_model_table_round_trip(tmp_path: Path) -> None:
     """An exported [model] table describes the architecture in the cluster file."""
     config = dataclasses.replace(tiny_config(), n_layers=3, rms_eps=9.999999747378752e-06,
@@ -124,6 +134,8 @@ def test_model_table_round_trip(tmp_path: Path) -> None:
     (HEAD + "tradeoff = 'speed'\n",
      "tradeoff must be one of balanced, fewer-rounds, fewer-bytes, got 'speed'"),
     (HEAD + "max_new_tokens = 64\n", "context must be above max_new_tokens"),
+    (HEAD + "max_pass_positions = 0\n", "max_pass_positions must be >= 1, got 0"),
+    (HEAD + "max_pass_positions = 'all'\n", "'max_pass_positions' must be a int"),
     (HEAD + "context = 65\n", "at most the model's context length 64"),
     (HEAD + "[roles.P0]\nport = 'a'\n", "must be a int"),
     (HEAD + "heartbeat_interval = 0\n", "heartbeat_interval must be a positive number"),

@@ -63,7 +63,9 @@ from puma_async.session import (
     pick_token,
     run_session,
 )
+from puma_async.session.accounting import prompt_scopes
 from puma_async.session.models import SMOLLM2_ARCHITECTURE
+from puma_async.session.state import prompt_passes
 
 LOGIT_BOUND = 0.002
 UNBOUNDED = dataclasses.replace(tiny_config(), n_layers=3)  # >= 3 layers: masks of inner layers
@@ -115,6 +117,39 @@ def test_all_positions_logits_match_plaintext() -> None:
         assert all(r.all_logits is not None and r.all_logits.shape == (1, CONFIG.vocab)
                    for r in generated.records[1:])
         assert generated.tokens == greedy_generate(WEIGHTS, prompt, NEW)
+
+
+@pytest.mark.parametrize(("reveal", "per_pass"), [("last", 1), ("last", 4), ("all", 3)])
+def test_a_prompt_longer_than_a_pass_runs_in_prefill_passes(reveal: str, per_pass: int) -> None:
+    """A prompt of 10 positions with at most ``per_pass`` per pass: Prefill passes of its
+    first positions (scopes ``p0.prefill{start}``, as ``prompt_passes`` cuts them: 4, 2, 2
+    and 1 for per_pass 4, then the Run of the last one); the tokens are plaintext's greedy
+    ones and the logits within the bound, every position's where the session reveals them.
+    With one position per pass the first pass has a single key (its softmax maximum is the
+    entry itself)."""
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    settings = in_process_settings(CONFIG, NEW, reveal_logits=reveal,
+                                   max_pass_positions=per_pass)
+    result = run_session(WEIGHTS, [prompt], settings=settings)
+    generated = result.prompts[0]
+    assert generated.tokens == greedy_generate(WEIGHTS, prompt, NEW)
+    errors = [np.abs(r.logits - ref).max() for r, ref in zip(
+        generated.records, _reference_logits(prompt, generated.tokens), strict=True)]
+    assert max(errors) < LOGIT_BOUND, errors
+    sizes = prompt_passes(len(prompt), per_pass)
+    starts = np.cumsum([0, *sizes[:-2]]) if len(sizes) > 1 else []
+    scopes = prompt_scopes(result.stats[0], 0)
+    assert scopes == [*(f"p0.prefill{s}" for s in starts), "p0.t0"]
+    each = [result.stats[0].totals(phase="online", scope=s) for s in scopes]
+    prompt_cost = result.step_cost(0, 0, 0)  # the prompt's passes together
+    assert prompt_cost.rounds == sum(t.rounds for t in each) > each[-1].rounds
+    assert prompt_cost.bytes_sent == sum(t.bytes_sent for t in each)
+    first = generated.records[0]
+    if reveal == "all":
+        assert first.all_logits is not None and first.all_logits.shape == (10, CONFIG.vocab)
+        assert np.abs(first.all_logits - forward(WEIGHTS, prompt)).max() < LOGIT_BOUND
+    else:
+        assert first.all_logits is None
 
 
 def test_a_one_token_prompt() -> None:

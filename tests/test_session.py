@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 
 from puma_async import context, pieces
 from puma_async.codec import decode_message, encode_message, packb
-from puma_async.errors import DecodeError, ModelFileError, SettingsError
+from puma_async.errors import (
+    DecodeError,
+    ModelFileError,
+    ProtocolError,
+    RunFailedError,
+    SettingsError,
+)
 from puma_async.model import (
     LlamaConfig,
     TinyTokenizer,
@@ -31,10 +37,11 @@ from puma_async.protocols.arith import stack_right
 from puma_async.protocols.llama import LayerPlan, SecureWeight, layer_plan, stored_form
 from puma_async.protocols.randomness import setup_input_seeds
 from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES
+from puma_async.runner import run_local
 from puma_async.session import GenerationOptions, SessionSettings, in_process_settings, run_session
 from puma_async.session.factory import build_program
 from puma_async.session.frames import ELEMENT_BYTES, FRAME_SLACK, row_blocks
-from puma_async.session.messages import End, NextPrompt, Ready, Run
+from puma_async.session.messages import End, NextPrompt, Prefill, Ready, Run
 from puma_async.session.models import (
     SMOLLM2,
     SMOLLM2_ARCHITECTURE,
@@ -48,7 +55,15 @@ from puma_async.session.programs import (
     receive_rows,
     send_rows,
 )
-from puma_async.session.state import PassDone, Phase, SessionState, SessionStateError
+from puma_async.session.settings import DEFAULT_PASS_POSITIONS
+from puma_async.session.state import (
+    PassDone,
+    Phase,
+    SessionState,
+    SessionStateError,
+    fits_one_pass,
+    prompt_passes,
+)
 from puma_async.transports.base import Transport
 
 # ----------------------------------------------------------------------------- state
@@ -74,6 +89,22 @@ def test_a_whole_conversation() -> None:
     assert state.phase is Phase.END
 
 
+def test_a_long_prompt_in_prefill_passes() -> None:
+    """Prefill passes of a prompt's first positions, then its Run: the passes count Runs
+    only, the positions all of them; a new prompt may start with Prefill again."""
+    state = SessionState(context=20, max_new_tokens=3, max_pass_positions=4)
+    state.handle(Ready())
+    for positions in (4, 2):  # 4 x 4 and 2 x 6 query-key pairs
+        state.handle(Prefill(positions))
+        state.handle(PassDone())
+    run_prompt(state, 1, 3)
+    assert (state.prompt, state.passes, state.positions) == (0, 3, 9)
+    state.handle(NextPrompt())
+    state.handle(Prefill(1))
+    state.handle(PassDone())
+    assert (state.prompt, state.passes, state.positions) == (1, 0, 1)
+
+
 @pytest.mark.parametrize(("before", "event", "message"), [
     ([], Run(1), "Run is not allowed in phase setup"),
     ([Ready(), Run(1)], Run(1), "Run is not allowed in phase run"),
@@ -86,6 +117,11 @@ def test_a_whole_conversation() -> None:
     ([Ready(), Run(1), PassDone(), Run(1), PassDone(), Run(1), PassDone()], Run(1),
      "pass 4 of a prompt exceeds max_new_tokens 3"),
     ([Ready(), Run(1), PassDone(), End()], Run(1), "Run is not allowed in phase end"),
+    ([Ready(), Prefill(4)], Prefill(1), "Prefill is not allowed in phase run"),
+    ([Ready(), Run(2), PassDone()], Prefill(1), "Prefill after the prompt's first pass"),
+    ([Ready(), Prefill(4), PassDone(), Prefill(4), PassDone()], Run(3),
+     "8 + 3 positions exceed the session's context of 10"),
+    ([Ready(), Prefill(4), PassDone()], End(), "before the prompt's first pass"),
 ])
 def test_refused_events_change_nothing(before: list, event: object, message: str) -> None:
     state = SessionState(context=10, max_new_tokens=3)
@@ -97,10 +133,46 @@ def test_refused_events_change_nothing(before: list, event: object, message: str
     assert vars(state) == snapshot
 
 
+@pytest.mark.parametrize(("before", "event", "message"), [
+    ([], Run(5), "a pass of 5 positions after 0 exceeds"),
+    ([], Prefill(5), "a pass of 5 positions after 0 exceeds"),
+    ([Prefill(4), PassDone()], Prefill(3), "a pass of 3 positions after 4 exceeds"),
+    ([Prefill(4), PassDone(), Prefill(2), PassDone(), Prefill(1), PassDone()], Run(2),
+     "a pass of 2 positions after 7 exceeds the session's 4 positions or 16 query-key pairs"),
+])
+def test_no_pass_is_larger_than_the_sessions_bound(before: list, event: object,
+                                                   message: str) -> None:
+    """At most 4 positions and 16 query-key pairs per pass (a pass of one position always
+    fits: a token's)."""
+    state = SessionState(context=30, max_new_tokens=3, max_pass_positions=4)
+    state.handle(Ready())
+    for e in before:
+        state.handle(e)
+    snapshot = dict(vars(state))
+    with pytest.raises(SessionStateError, match=re.escape(message)):
+        state.handle(event)  # type: ignore[arg-type]
+    assert vars(state) == snapshot
+    for _ in range(30 - state.positions):  # one position at a time: always
+        state.handle(Prefill(1))
+        state.handle(PassDone())
+
+
+@given(st.integers(1, 600), st.integers(1, 80))
+@settings(max_examples=200, deadline=None)
+def test_a_prompts_passes_each_take_the_most_that_fits(length: int, per_pass: int) -> None:
+    sizes = prompt_passes(length, per_pass)
+    assert sum(sizes) == length and min(sizes) >= 1
+    start = 0
+    for i, size in enumerate(sizes):
+        assert fits_one_pass(start, size, per_pass)
+        assert i == len(sizes) - 1 or not fits_one_pass(start, size + 1, per_pass)
+        start += size
+
+
 # ----------------------------------------------------------------------------- messages
 
 
-@pytest.mark.parametrize("message", [Ready(), Run(5), NextPrompt(), End()])
+@pytest.mark.parametrize("message", [Ready(), Run(5), Prefill(64), NextPrompt(), End()])
 def test_messages_round_trip(message: object) -> None:
     assert decode_message(encode_message(message)) == message  # type: ignore[arg-type]
 
@@ -108,13 +180,14 @@ def test_messages_round_trip(message: object) -> None:
 @given(st.one_of(st.integers(-(1 << 63), (1 << 64) - 1), st.text(max_size=3), st.booleans(),
                  st.none(), st.binary(max_size=3), st.floats(allow_nan=False)))
 @settings(max_examples=60, deadline=None)
-def test_run_refuses_what_is_not_a_position_count(value: object) -> None:
-    data = packb([Run.TAG, value])
-    if type(value) is int and 1 <= value <= 1 << 31:
-        assert decode_message(data) == Run(value)
-    else:
-        with pytest.raises(DecodeError, match="Run: positions"):
-            decode_message(data)
+def test_passes_refuse_what_is_not_a_position_count(value: object) -> None:
+    for kind in (Run, Prefill):
+        data = packb([kind.TAG, value])
+        if type(value) is int and 1 <= value <= 1 << 31:
+            assert decode_message(data) == kind(value)
+        else:
+            with pytest.raises(DecodeError, match=f"{kind.__name__}: positions"):
+                decode_message(data)
 
 
 def test_fieldless_messages_refuse_fields() -> None:
@@ -249,6 +322,38 @@ def test_all_positions_logits_stay_within_the_frame_limit() -> None:
                              settings=settings, wrap_transport=frame_spy(sizes))
     assert result.prompts[0].records[0].all_logits.shape == (23, config.vocab)
     assert max(sizes) <= (64 << 10) + 4096
+
+
+def test_max_pass_positions_setting() -> None:
+    """The positions one pass covers at most: 64 by default, agreed by every role (in the
+    configuration digest and the cluster file), at least 1."""
+    settings = SessionSettings("s")
+    assert settings.max_pass_positions == DEFAULT_PASS_POSITIONS == 64
+    assert SessionSettings.from_dict(SessionSettings("s", max_pass_positions=8).to_dict()
+                                     ).max_pass_positions == 8
+    assert settings.config_digest("c", (0,)) != dataclasses.replace(
+        settings, max_pass_positions=8).config_digest("c", (0,))
+    with pytest.raises(SettingsError, match="max_pass_positions must be >= 1, got 0"):
+        SessionSettings("s", max_pass_positions=0)
+
+
+def test_parties_refuse_a_pass_above_the_sessions_positions_per_pass() -> None:
+    """A client that sends a prompt of 6 positions in one pass to parties that take at most
+    4 (its settings say 8): every party refuses the Run before receiving a row, naming the
+    client, and the session fails instead of running a pass larger than agreed."""
+    config = tiny_config()
+    agreed = in_process_settings(config, 2, max_pass_positions=4)
+    programs = {role: build_program(agreed, role) for role in PARTIES}
+    programs[MODEL_OWNER] = build_program(agreed, MODEL_OWNER, weights=random_weights(config))
+    programs[CLIENT] = build_program(dataclasses.replace(agreed, max_pass_positions=8),
+                                     CLIENT, prompts=[[1, 2, 3, 4, 5, 6]])
+    with pytest.raises(RunFailedError) as failed:
+        run_local(programs, session=agreed.session, liveness=agreed.liveness)
+    for party in PARTIES:
+        error = failed.value.errors[party]
+        assert isinstance(error, ProtocolError) and error.peer == CLIENT
+        assert "bad command from the client: a pass of 6 positions after 0 exceeds the " \
+               "session's 4 positions" in str(error)
 
 
 def test_reveal_logits_setting() -> None:

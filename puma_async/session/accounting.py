@@ -1,9 +1,10 @@
 """One pass's cost as the benchmarks report it: online and offline, per component of a layer.
 
 A pass (the prompt pass or one new token) is the session's scope ``p{prompt}.t{step}``
-(:mod:`.programs`): its ``io`` (the client's one-hot rows in, the logits out) and the scopes
-of :func:`~puma_async.protocols.llama.forward_scopes` (``embed``, ``layer{i}.attn.norm``, ...,
-``head``). Every message of the pass is in exactly one of them, so:
+(:mod:`.programs`; a long prompt's Prefill passes come before its pass 0, in scopes of their
+own: :func:`prompt_scopes`): its ``io`` (the client's one-hot rows in, the logits out) and
+the scopes of :func:`~puma_async.protocols.llama.forward_scopes` (``embed``,
+``layer{i}.attn.norm``, ..., ``head``). Every message of the pass is in exactly one of them, so:
 
 - *online rounds* per component come from the critical path (:mod:`puma_async.critical_path`)
   and sum exactly to the pass's rounds;
@@ -42,6 +43,21 @@ IO = "io"
 def pass_scope(prompt: int, step: int) -> str:
     """The scope of prompt ``prompt``'s pass ``step`` (0: the prompt pass)."""
     return f"p{prompt}.t{step}"
+
+
+def prefill_scope(prompt: int, start: int) -> str:
+    """The scope of prompt ``prompt``'s Prefill pass from position ``start`` (a prompt
+    longer than a pass: its first positions, before its pass 0)."""
+    return f"p{prompt}.prefill{start}"
+
+
+def prompt_scopes(stats: PartyStats, prompt: int) -> list[str]:
+    """The scopes of prompt ``prompt``'s passes up to its first token, in order: its Prefill
+    passes (if any), then its pass 0."""
+    prefix = prefill_scope(prompt, 0)[:-1]
+    starts = sorted(int(s[len(prefix):]) for s in stats.scopes()
+                    if s.startswith(prefix) and s[len(prefix):].isdigit())
+    return [*(prefill_scope(prompt, start) for start in starts), pass_scope(prompt, 0)]
 
 
 def component_rows(n_layers: int) -> dict[str, tuple[str, ...]]:
@@ -100,4 +116,6 @@ def account_pass(stats: Mapping[int, PartyStats], scope: str, n_layers: int) -> 
     }
 
 
-__all__ = ["IO", "account_pass", "component_rows", "pass_scope"]
+__all__ = [
+    "IO", "account_pass", "component_rows", "pass_scope", "prefill_scope", "prompt_scopes",
+]

@@ -41,7 +41,11 @@ class GenerationOptions:
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
-    """A client-side progress event: ``kind`` is 'setup' (done) or 'token' (one pass)."""
+    """A progress event: ``kind`` is 'setup' (done), 'token' (one pass: ``step`` 0 is the
+    prompt's) or 'prefill' (a pass of a long prompt's ``positions`` first positions from
+    position ``step``: ``programs``' Prefill, no token; at the client, ``seconds`` is the
+    time to send it, since nothing comes back from such a pass: the prompt's first token's
+    ``seconds`` count from the first)."""
 
     kind: str
     seconds: float
@@ -49,6 +53,12 @@ class Progress:
     step: int = -1
     token: int = -1
     discarded: bool = False
+    positions: int = 0
+
+    @property
+    def span(self) -> str:
+        """A prefill pass's positions, as its progress lines name them."""
+        return f"positions {self.step}-{self.step + self.positions - 1}"
 
 
 ProgressFn = Callable[[Progress], None]

@@ -19,6 +19,7 @@ from puma_async.model.weights import LlamaWeights
 from puma_async.protocols.llama import LayerProbe, Probe
 from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES
 from puma_async.runner import run_local, run_threaded
+from puma_async.session.accounting import pass_scope, prompt_scopes
 from puma_async.session.factory import build_program
 from puma_async.session.generation import GenerationOptions, ProgressFn, PromptResult
 from puma_async.session.programs import ClientResult
@@ -38,8 +39,13 @@ class SessionResult:
     seconds: float
 
     def step_cost(self, prompt: int, step: int, party: int) -> Totals:
-        """Bytes, messages and rounds of one pass (0 = prompt pass) at one party."""
-        return self.stats[party].totals(phase="online", scope=f"p{prompt}.t{step}")
+        """Bytes, messages and rounds of one pass at one party; step 0: the prompt's passes
+        up to its first token (its Prefill passes too, whose rounds follow each other)."""
+        stats = self.stats[party]
+        scopes = prompt_scopes(stats, prompt) if step == 0 else [pass_scope(prompt, step)]
+        each = [stats.totals(phase="online", scope=scope) for scope in scopes]
+        return Totals(*(sum(getattr(t, field.name) for t in each)
+                        for field in dataclasses.fields(Totals)))
 
     def setup_cost(self, party: int) -> Totals:
         """Bytes, messages and rounds of the set-up at one party (weights included)."""

@@ -7,6 +7,8 @@ now (and within the session's bounds) is :mod:`.state`'s decision.
 
 - :class:`Ready` (party -> client): the party has stored its weight shares.
 - :class:`Run` (client -> parties): a forward pass over ``positions`` new positions follows.
+- :class:`Prefill` (client -> parties): a pass over ``positions`` of a long prompt's first
+  positions follows, which only fills the KV cache (the prompt's :class:`Run` comes after).
 - :class:`NextPrompt` (client -> parties): the current prompt is over; drop the KV cache.
 - :class:`End` (client -> parties): the session is over.
 """
@@ -20,6 +22,14 @@ from puma_async.errors import DecodeError
 
 MAX_POSITIONS = 1 << 31
 """Wire bound of :attr:`Run.positions` (the session's context is the real bound)."""
+
+
+def _positions(cls: type, fields: list[Any]) -> int:
+    """The one field of a pass's command: its positions, an integer in 1..MAX_POSITIONS."""
+    (positions,) = fields
+    if type(positions) is not int or not 1 <= positions <= MAX_POSITIONS:
+        raise DecodeError(f"{cls.__name__}: positions must be an integer in 1..{MAX_POSITIONS}")
+    return positions
 
 
 @message
@@ -42,10 +52,22 @@ class Run(Message):
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Run:
-        (positions,) = fields
-        if type(positions) is not int or not 1 <= positions <= MAX_POSITIONS:
-            raise DecodeError(f"Run: positions must be an integer in 1..{MAX_POSITIONS}")
-        return cls(positions)
+        return cls(_positions(cls, fields))
+
+
+@message
+class Prefill(Message):
+    """The client's command: a pass over the next ``positions`` (>= 1) of a prompt longer
+    than one pass may cover (``SessionSettings.max_pass_positions``), before the prompt's
+    :class:`Run` of its last positions: it fills the KV cache and reveals nothing (the
+    logits of its positions too where the session reveals every position's)."""
+
+    TAG: ClassVar[int] = 20
+    positions: int
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Prefill:
+        return cls(_positions(cls, fields))
 
 
 @message
@@ -70,6 +92,8 @@ class End(Message):
         return cls()  # the codec has checked that there are no fields
 
 
-Command = Run | NextPrompt | End
+Command = Run | Prefill | NextPrompt | End
 
-__all__ = ["MAX_POSITIONS", "Command", "End", "NextPrompt", "Ready", "Run"]
+__all__ = [
+    "MAX_POSITIONS", "Command", "End", "NextPrompt", "Prefill", "Ready", "Run",
+]

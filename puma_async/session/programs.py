@@ -18,6 +18,10 @@ One session = one architecture, one set of weight shares and any number of promp
    decodes at f fractional bits (floor(z / 2^f) - e, e in {0, 1, 2}); it picks the next
    token itself from the last (greedy, or sampled from its own seeded generator:
    client-side randomness, not a protocol secret).
+   A prompt longer than the session's ``max_pass_positions`` comes in passes of at most
+   that many positions: :class:`Prefill` passes of its first positions, which only extend
+   the KV cache (no head; its logits only where every position's are revealed), then the
+   :class:`Run` of the rest, so that a pass's memory stays bounded whatever the prompt.
    The parties keep a secret-shared KV cache, so each new token costs one position. Every
    prompt runs ``max_new_tokens`` passes unless the client stops at EOS (revealing the
    length: :mod:`.generation`); :class:`NextPrompt` drops the cache, :class:`End` ends.
@@ -30,9 +34,9 @@ One session = one architecture, one set of weight shares and any number of promp
 Every command goes through a :class:`~.state.SessionState` on both sides. The parties see
 shapes, positions and the number of passes (public by the threat model), never a weight,
 token, activation or logit. Traffic of prompt p's pass t (t = 0: the prompt pass) is in scope
-``p{p}.t{t}`` of phase ``online``, with sub-scopes ``io``, ``embed``, ``layer{i}.attn``,
-``layer{i}.mlp`` and ``head`` (its offline material too, even when the pass before made
-it).
+``p{p}.t{t}`` of phase ``online`` (a Prefill pass's from position s: ``p{p}.prefill{s}``),
+with sub-scopes ``io``, ``embed``, ``layer{i}.attn``, ``layer{i}.mlp`` and ``head`` (its
+offline material too, even when the pass before made it).
 
 Parties get the architecture only, the owner alone gets weights and the client alone gets
 prompts: :mod:`.factory` builds one role's program from what that role may hold.
@@ -74,6 +78,7 @@ from puma_async.protocols.randomness import setup_input_seeds, setup_keys
 from puma_async.protocols.ring import RingArray
 from puma_async.protocols.shares import AShare, ProductShare
 from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES
+from puma_async.session.accounting import pass_scope, prefill_scope
 from puma_async.session.frames import row_blocks
 from puma_async.session.generation import (
     GenerationOptions,
@@ -85,9 +90,14 @@ from puma_async.session.generation import (
     one_hot,
     pick_token,
 )
-from puma_async.session.messages import Command, End, NextPrompt, Ready, Run
+from puma_async.session.messages import Command, End, NextPrompt, Prefill, Ready, Run
 from puma_async.session.settings import SessionSettings
-from puma_async.session.state import PassDone, SessionState, SessionStateError
+from puma_async.session.state import (
+    PassDone,
+    SessionState,
+    SessionStateError,
+    prompt_passes,
+)
 from puma_async.workers import in_thread
 
 ClientResult = tuple[tuple[PromptResult, ...], float]
@@ -156,7 +166,7 @@ async def reveal_rows(ctx: Context, z: ProductShare | None, role: int,
 async def _command(ctx: Context, state: SessionState) -> Command:
     """The client's next command, checked against the session's state."""
     msg = await ctx.recv(CLIENT)
-    if not isinstance(msg, Run | NextPrompt | End):
+    if not isinstance(msg, Run | Prefill | NextPrompt | End):
         raise ProtocolError(f"expected a command from the client, got {type(msg).__name__}",
                             peer=CLIENT, step=ctx.step_name)
     try:
@@ -250,7 +260,8 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
             del stored
         ctx.join([setup])
         online = ctx.child()
-        state = SessionState(settings.positions, settings.max_new_tokens)
+        state = SessionState(settings.positions, settings.max_new_tokens,
+                             settings.max_pass_positions)
         state.handle(Ready())
         await online.send(CLIENT, Ready())
         report(Progress("setup", time.perf_counter() - started))
@@ -279,34 +290,43 @@ def party_program(settings: SessionSettings, progress: ProgressFn | None = None)
                     cache, ahead = SecureKVCache.empty(config), None
                     continue
                 t0, step, pre = time.perf_counter(), state.passes - 1, ahead
+                prefill = isinstance(command, Prefill)  # a long prompt's first positions
+                start = state.positions - command.positions
                 made_ahead = embedded if embedded is not None and command.positions == 1 and (
                     embedded.label == online.next_label(b"input")) else None
                 # a next pass of this prompt would have 1 row at one position more: its material
                 # is made beside this pass's forward (offline), in the next pass's scope, and P0's
                 # embedding product from the input seeds (the row's label is this step's next)
                 ahead, embedded = None, None
-                more = state.passes < state.max_new_tokens and state.positions < state.context
-                with online.scope(f"p{state.prompt}.t{step}"):
+                more = not prefill and state.passes < state.max_new_tokens and (
+                    state.positions < state.context)
+                scope = prefill_scope(state.prompt, start) if prefill else (
+                    pass_scope(state.prompt, step))
+                with online.scope(scope):
                     with online.scope("io"):
                         tokens = await receive_rows(
                             online, CLIENT, (command.positions, config.vocab), blocks)
                     steps = [functools.partial(forward, model=model, one_hot=tokens, cache=cache,
                                                all_positions=all_positions, pre=pre,
-                                               embedded=made_ahead)]
+                                               embedded=made_ahead,
+                                               head=all_positions or not prefill)]
                     children = [online.child()]
                     if more:
                         inputs = input_ahead(online, CLIENT, (1, config.vocab)
                                              ) if ctx.role == 0 else None
                         steps.append(functools.partial(prepare_next, keys=state.positions + 1,
                                                        inputs=inputs))
-                        children.append(online.child(f"p{state.prompt}.t{step + 1}"))
+                        children.append(online.child(pass_scope(state.prompt, step + 1)))
                     logits, *made = await online.run_children(children, steps)
                     ahead, embedded = made[0] if made else (None, None)
-                    with online.scope("io"):
-                        await reveal_rows(online, logits, CLIENT, logits.shape, logits.frac_bits,
-                                          blocks)
+                    if logits is not None:
+                        with online.scope("io"):
+                            await reveal_rows(online, logits, CLIENT, logits.shape,
+                                              logits.frac_bits, blocks)
                 state.handle(PassDone())
-                report(Progress("token", time.perf_counter() - t0, state.prompt, step))
+                report(Progress("prefill", time.perf_counter() - t0, state.prompt, start,
+                                positions=command.positions) if prefill else
+                       Progress("token", time.perf_counter() - t0, state.prompt, step))
 
     return program
 
@@ -349,7 +369,8 @@ def client_program(
         with setup.phase("setup"):
             await setup_input_seeds(setup, CLIENT)
         online = ctx.child()
-        state = SessionState(settings.positions, settings.max_new_tokens)
+        state = SessionState(settings.positions, settings.max_new_tokens,
+                             settings.max_pass_positions)
         for party in PARTIES:  # the set-up ends when every party has stored its weights
             await online.recv_message(party, Ready)
         state.handle(Ready())
@@ -358,32 +379,50 @@ def client_program(
         head_bits = head_format(online).frac_bits  # the head's product at 2f
         fx = fixed_point(online)  # the logits as opened: at f (io.reveal_product_to)
         rng = np.random.default_rng(options.seed)
+        async def run_pass(command: Run | Prefill, tokens: list[int]) -> np.ndarray | None:
+            """One pass over ``tokens``: the command, their one-hot rows, then the logits
+            the parties reveal (of its last position, of every one where the session
+            reveals all; none for a Prefill that reveals nothing)."""
+            await _tell_parties(online, state, command)
+            await send_rows(online, CLIENT, (len(tokens), config.vocab),
+                            settings.input_block_bytes,
+                            lambda rows: one_hot(tokens[rows], config.vocab))
+            opened = None
+            if all_positions or isinstance(command, Run):
+                rows = len(tokens) if all_positions else 1
+                opened = await reveal_rows(online, None, CLIENT, (rows, config.vocab),
+                                           head_bits, settings.input_block_bytes)
+                assert opened is not None
+            state.handle(PassDone())
+            return None if opened is None else fx.decode(opened)
+
         results = []
         for p, ids in enumerate(checked):
             if p:
                 await _tell_parties(online, state, NextPrompt())
             records: list[TokenRecord] = []
-            pending, ended = ids, False
+            t0, ended, seen, start = time.perf_counter(), False, [], 0
+            *first, _ = prompt_passes(len(ids), settings.max_pass_positions)
+            for size in first:  # a long prompt's first positions
+                chunk_t0, chunk = time.perf_counter(), ids[start : start + size]
+                revealed = await run_pass(Prefill(size), chunk)
+                seen += [] if revealed is None else [revealed]
+                report(Progress("prefill", time.perf_counter() - chunk_t0, p, start,
+                                positions=size))
+                start += size
+            pending = ids[start:]
             while True:
-                t0 = time.perf_counter()
-                await _tell_parties(online, state, Run(len(pending)))
-                await send_rows(online, CLIENT, (len(pending), config.vocab),
-                                settings.input_block_bytes,
-                                lambda rows, pending=pending: one_hot(pending[rows], config.vocab))
-                rows = len(pending) if all_positions else 1
-                opened = await reveal_rows(online, None, CLIENT, (rows, config.vocab),
-                                           head_bits, settings.input_block_bytes)
-                assert opened is not None
-                state.handle(PassDone())
-                logits = fx.decode(opened)
+                logits = await run_pass(Run(len(pending)), pending)
+                assert logits is not None
                 token = pick_token(logits[-1], options.temperature, rng)
                 records.append(TokenRecord(token, time.perf_counter() - t0, logits[-1], ended,
-                                           logits if all_positions else None))
+                                           np.concatenate([*seen, logits])
+                                           if all_positions else None))
                 report(Progress("token", records[-1].seconds, p, len(records) - 1, token, ended))
-                ended = ended or token == options.eos_id
+                ended, seen = ended or token == options.eos_id, []
                 if len(records) == settings.max_new_tokens or (ended and options.stop_at_eos):
                     break
-                pending = [token]
+                pending, t0 = [token], time.perf_counter()
             results.append(PromptResult(tuple(ids), tuple(records)))
         await _tell_parties(online, state, End())
         return tuple(results), setup_seconds

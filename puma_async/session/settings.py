@@ -5,11 +5,13 @@ Everything the roles must agree on is public: the session id, the model's name a
 architecture (a preset, :data:`~.models.PRESETS`, or the table the model owner exported),
 the tiny model's weight seed (public: tiny weights are test data), the model file's SHA-256
 if given (the owner checks its file against it), the token budget per prompt, the context
-(positions per prompt), the largest frame (:mod:`.frames`: the piece size plus slack),
-which logits the client receives (:data:`REVEAL_LOGITS`: the model owner consents to it),
-which protocols trade rounds for bytes (:data:`~puma_async.protocols.llama.TRADEOFFS`), and
-the liveness settings (:class:`~puma_async.liveness.Liveness`: a role whose heartbeat
-interval exceeded a peer's ``dead_after`` would be declared dead by it). These go into the
+(positions per prompt), the most positions one pass covers (longer prompts come in passes
+of their first positions: :data:`DEFAULT_PASS_POSITIONS`), the largest frame
+(:mod:`.frames`: the piece size plus slack), which logits the client receives
+(:data:`REVEAL_LOGITS`: the model owner consents to it), which protocols trade rounds for
+bytes (:data:`~puma_async.protocols.llama.TRADEOFFS`), and the liveness settings
+(:class:`~puma_async.liveness.Liveness`: a role whose heartbeat interval exceeded a peer's
+``dead_after`` would be declared dead by it). These go into the
 :meth:`SessionSettings.config_digest` that the TCP handshake compares before any secret
 moves, with the version of the message format (:data:`puma_async.codec.VERSION`: the
 handshake is the transport's own and names no message). Timeouts are local and left out;
@@ -32,7 +34,7 @@ from puma_async.protocols.llama import LayerPlan, layer_plan
 from puma_async.session.frames import ELEMENT_BYTES, INPUT_BLOCK_BYTES, max_frame_bytes
 from puma_async.session.models import PRESETS, TINY, preset_architecture
 
-DIGEST_VERSION = 13
+DIGEST_VERSION = 14
 """Bumped whenever what the digested settings imply changes: 5, the weight plan (the norms'
 gains folded into the QKV and gate/up matrices, ``protocols.llama.weight_plan``); 6, the
 architecture's certified gate bounds (``LlamaConfig.gate_bounds``: SiLU's comparison chains);
@@ -50,7 +52,8 @@ and truncates the norms' and reciprocals' candidates in 2 rounds without TP1 tup
 in passes over more than one row (``LayerPlan.prompt``: a prompt pass's other messages); 13,
 a 2-round truncated product masks its shares with the truncation's own streams
 (``protocols.trunc``: other PRG labels, and masks that cancel only between parties that agree
-on it)."""
+on it); 14, passes of at most ``max_pass_positions`` positions (a longer prompt's first
+positions in ``Prefill`` passes: other messages)."""
 REVEAL_LOGITS = ("last", "all")
 """What a prompt pass reveals to the client: the logits of its last position (enough to
 choose the next token), or of every position (teacher-forced perplexity of a text in one
@@ -60,6 +63,15 @@ extracting it), so it is a digested setting the model owner must agree to."""
 DEFAULT_CONTEXT = 512
 """Positions per prompt when none is set (at most the model's own context): the context
 bounds the KV cache and every pass's arrays, so it is not the model's 8k by default."""
+DEFAULT_PASS_POSITIONS = 64
+"""N, the most positions one pass covers when none is set (and N^2 its query-key pairs, past
+one position: ``state.fits_one_pass``). A pass's memory grows with both (every layer's
+offline material is made at its start): with all roles in one process, SmolLM2's session
+peaked at 9.9 GiB for a 64-token prompt in one pass and 16.2 GiB for 128
+(``benchmarks/long_prompt.py``), so a prompt of a few hundred tokens in one pass no longer
+fit a 24 GB host; in passes of N = 64, 9.8 GiB for 200. A longer prompt runs as ``Prefill``
+passes of its first positions, each extending the KV cache, then the ``Run`` of its last
+ones (``state.prompt_passes``)."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -76,6 +88,9 @@ class SessionSettings:
     consent, and costs a head of n rows instead of 1 per prompt of n tokens).
     ``tradeoff``: "balanced" (default), "fewer-rounds" or "fewer-bytes", which protocols the
     layers take where two trade rounds for bytes (:attr:`plan`).
+    ``max_pass_positions``: the most positions one pass covers (every role holds the others
+    to it: :class:`~.state.SessionState`); a longer prompt runs in passes of at most this
+    many (:data:`DEFAULT_PASS_POSITIONS`).
     ``heartbeat_interval`` and ``dead_after``: every role's :attr:`liveness`. Raises
     :class:`SettingsError` naming a bad setting.
     """
@@ -90,6 +105,7 @@ class SessionSettings:
     input_block_bytes: int = INPUT_BLOCK_BYTES
     reveal_logits: str = "last"
     tradeoff: str = "balanced"
+    max_pass_positions: int = DEFAULT_PASS_POSITIONS
     heartbeat_interval: float = DEFAULT_LIVENESS.heartbeat_interval
     dead_after: float = DEFAULT_LIVENESS.dead_after
     connect_timeout: float = 600.0
@@ -112,6 +128,8 @@ class SessionSettings:
                 f"context must be above max_new_tokens ({self.max_new_tokens}) and at most "
                 f"the model's context length {config.context_length}, got {self.positions}"
             )
+        if self.max_pass_positions < 1:
+            raise SettingsError(f"max_pass_positions must be >= 1, got {self.max_pass_positions}")
         if self.input_block_bytes < ELEMENT_BYTES:
             raise SettingsError(f"input_block_bytes must be >= {ELEMENT_BYTES}, "
                                 f"got {self.input_block_bytes}")
@@ -176,7 +194,7 @@ class SessionSettings:
             "model_sha256": self.model_sha256, "max_new_tokens": self.max_new_tokens,
             "context": self.positions, "max_frame_bytes": self.max_frame_bytes,
             "input_block_bytes": self.input_block_bytes, "reveal_logits": self.reveal_logits,
-            "tradeoff": self.tradeoff,
+            "tradeoff": self.tradeoff, "max_pass_positions": self.max_pass_positions,
             "heartbeat_interval": float(self.heartbeat_interval),
             "dead_after": float(self.dead_after),
         }
@@ -204,4 +222,7 @@ class SessionSettings:
             raise SettingsError(f"bad session settings: {exc}") from None
 
 
-__all__ = ["DEFAULT_CONTEXT", "DIGEST_VERSION", "REVEAL_LOGITS", "SessionSettings"]
+__all__ = [
+    "DEFAULT_CONTEXT", "DEFAULT_PASS_POSITIONS", "DIGEST_VERSION", "REVEAL_LOGITS",
+    "SessionSettings",
+]
