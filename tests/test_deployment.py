@@ -43,9 +43,13 @@ def run_five(processes, cluster: Path, client_args: list[str],
     return {role: processes.finish(proc) for role, proc in procs.items()}
 
 
-def test_five_sealed_processes_equal_local(processes, tmp_path: Path,
+@pytest.mark.parametrize("per_pass", [64, 4])
+def test_five_sealed_processes_equal_local(processes, tmp_path: Path, per_pass: int,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    cluster = processes.make_cluster(tmp_path, SETTINGS)
+    """With 4 positions per pass, the prompt's 11 run as Prefill passes of 4, 2, 2, 1 and 1,
+    then its Run of 1, over TCP as in one process."""
+    cluster = processes.make_cluster(
+        tmp_path, dataclasses.replace(SETTINGS, max_pass_positions=per_pass))
     output = tmp_path / "client.json"
     results = run_five(processes, cluster,
                        ["--prompt", PROMPT, "--json", "--output-json", str(output)])
@@ -60,7 +64,8 @@ def test_five_sealed_processes_equal_local(processes, tmp_path: Path,
 
     capsys.readouterr()
     assert local.main(["--model", "tiny", "--prompt", PROMPT, "--max-new-tokens", "3",
-                       "--json", "--entropy", processes.entropy]) == 0
+                       "--max-pass-positions", str(per_pass), "--json",
+                       "--entropy", processes.entropy]) == 0
     (mine,) = json.loads(capsys.readouterr().out)["prompts"]
     (theirs,) = remote["prompts"]
     assert theirs["generated_ids"] == mine["generated_ids"] and theirs["text"] == mine["text"]

@@ -67,9 +67,9 @@ DEFAULT_PASS_POSITIONS = 64
 """N, the most positions one pass covers when none is set (and N^2 its query-key pairs, past
 one position: ``state.fits_one_pass``). A pass's memory grows with both (every layer's
 offline material is made at its start): with all roles in one process, SmolLM2's session
-peaked at 9.9 GiB for a 64-token prompt in one pass and 16.2 GiB for 128
+peaked at 9.8 GiB for a 64-token prompt in one pass and 16.2 GiB for 128
 (``benchmarks/long_prompt.py``), so a prompt of a few hundred tokens in one pass no longer
-fit a 24 GB host; in passes of N = 64, 9.8 GiB for 200. A longer prompt runs as ``Prefill``
+fit a 24 GB host; in passes of N = 64, 9.9 GiB for 200. A longer prompt runs as ``Prefill``
 passes of its first positions, each extending the KV cache, then the ``Run`` of its last
 ones (``state.prompt_passes``)."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
