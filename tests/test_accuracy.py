@@ -88,28 +88,15 @@ def test_secure_points_are_close_to_the_reference(probed) -> None:
     assert "silu_up" in table.splitlines()[0]
 
 
-def test_session_comparison_follows_the_secure_tokens() -> None:
-    prompts = [PROMPT, [9, 8]]
-    collector = ShareCollector()
-    comparison = SessionComparison(WEIGHTS, prompts, collector)
-    result = run_session(WEIGHTS, prompts, GenerationOptions(), max_new_tokens=NEW,
-                         progress=comparison, probe=collector)
-    comparison.wait()
-    assert [len(p) for p in comparison.positions] == [NEW, NEW]
-    for positions, secure in zip(comparison.positions, result.prompts, strict=True):
-        assert [p["token"] for p in positions] == secure.tokens
-        assert all(p["top1_equal"] and p["max_logit_error"] < 0.002 for p in positions)
-    assert list(comparison.profile.summary()) == POINTS
-
-
-def test_session_comparison_follows_prefill_passes() -> None:
-    """Prompts longer than a pass (at most 2 positions per pass): the reference runs the same
-    passes (each prompt's first positions, then the rest and the tokens), every point of every
-    pass lies close to it, and the tokens are compared as without Prefill passes."""
+@pytest.mark.parametrize("per_pass", [64, 2])
+def test_session_comparison_follows_the_secure_tokens(per_pass: int) -> None:
+    """The reference follows the secure run's tokens; with at most 2 positions per pass,
+    also its passes (each prompt's first positions in Prefill passes, then the rest and the
+    tokens), every point of every pass close to it."""
     prompts = [PROMPT, [9, 8, 7]]
     collector = ShareCollector()
     comparison = SessionComparison(WEIGHTS, prompts, collector)
-    settings = in_process_settings(CONFIG, NEW, max_pass_positions=2)
+    settings = in_process_settings(CONFIG, NEW, max_pass_positions=per_pass)
     result = run_session(WEIGHTS, prompts, GenerationOptions(), settings=settings,
                          progress=comparison, probe=collector)
     comparison.wait()

@@ -459,6 +459,25 @@ def test_cli_context_length_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert "context length" in capsys.readouterr().err
 
 
+def test_cli_max_pass_positions(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--max-pass-positions 3``: the prompt of 11 in passes of 3 and then 1 (3 x 4 pairs
+    would exceed 9), each named on stderr, the tokens plaintext's; the prompt's step counts
+    the rounds of all its passes; 0 is a one-line error."""
+    assert main(["--model", "tiny", "--prompt", "hello world", "--max-new-tokens", "2",
+                 "--max-pass-positions", "3", "--compare", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "prompt 0: positions 0-2 sent (a pass of their own)" in err
+    assert "prompt 0: position 9 sent" in err and "position 10 sent" not in err
+    (prompt,) = json.loads(out)["prompts"]
+    assert prompt["generated_ids"] == prompt["plaintext_ids"]
+    assert main(["--model", "tiny", "--prompt", "hello world", "--max-new-tokens", "2",
+                 "--json"]) == 0
+    (whole,) = json.loads(capsys.readouterr().out)["prompts"]
+    assert prompt["steps"][0]["rounds"] > 5 * whole["steps"][0]["rounds"]
+    assert main(["--model", "tiny", "--max-pass-positions", "0"]) == 2
+    assert "max_pass_positions must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_cli_tradeoff(capsys: pytest.CaptureFixture[str]) -> None:
     """``--tradeoff fewer-bytes``: the same tokens as the plaintext model; per new token 11
     rounds more per layer at this width and 3 in the head, in the prompt pass 3 per layer

@@ -124,7 +124,11 @@ def test_a_long_prompt_in_prefill_passes() -> None:
     ([Ready(), Prefill(4), PassDone()], End(), "before the prompt's first pass"),
 ])
 def test_refused_events_change_nothing(before: list, event: object, message: str) -> None:
-    state = SessionState(context=10, max_new_tokens=3)
+    assert_refused(SessionState(context=10, max_new_tokens=3), before, event, message)
+
+
+def assert_refused(state: SessionState, before: list, event: object, message: str) -> None:
+    """After the ``before`` events, ``event`` raises ``message`` and changes nothing."""
     for e in before:
         state.handle(e)
     snapshot = dict(vars(state))
@@ -145,13 +149,7 @@ def test_no_pass_is_larger_than_the_sessions_bound(before: list, event: object,
     """At most 4 positions and 16 query-key pairs per pass (a pass of one position always
     fits: a token's)."""
     state = SessionState(context=30, max_new_tokens=3, max_pass_positions=4)
-    state.handle(Ready())
-    for e in before:
-        state.handle(e)
-    snapshot = dict(vars(state))
-    with pytest.raises(SessionStateError, match=re.escape(message)):
-        state.handle(event)  # type: ignore[arg-type]
-    assert vars(state) == snapshot
+    assert_refused(state, [Ready(), *before], event, message)
     for _ in range(30 - state.positions):  # one position at a time: always
         state.handle(Prefill(1))
         state.handle(PassDone())

@@ -58,6 +58,8 @@ class Progress:
     @property
     def span(self) -> str:
         """A prefill pass's positions, as its progress lines name them."""
+        if self.positions == 1:
+            return f"position {self.step}"
         return f"positions {self.step}-{self.step + self.positions - 1}"
 
 
