@@ -18,10 +18,12 @@ One session = one architecture, one set of weight shares and any number of promp
    decodes at f fractional bits (floor(z / 2^f) - e, e in {0, 1, 2}); it picks the next
    token itself from the last (greedy, or sampled from its own seeded generator:
    client-side randomness, not a protocol secret).
-   A prompt longer than the session's ``max_pass_positions`` comes in passes of at most
-   that many positions: :class:`Prefill` passes of its first positions, which only extend
-   the KV cache (no head; its logits only where every position's are revealed), then the
-   :class:`Run` of the rest, so that a pass's memory stays bounded whatever the prompt.
+   A prompt too long for one pass (:func:`.state.fits_one_pass`: the session's
+   ``max_pass_positions`` N positions and N^2 query-key pairs) comes in passes
+   (:func:`.state.prompt_passes`): :class:`Prefill` passes of its first positions, which
+   only extend the KV cache (no head; their logits only where every position's are
+   revealed), then the :class:`Run` of the rest, so that a pass's memory stays bounded
+   whatever the prompt.
    The parties keep a secret-shared KV cache, so each new token costs one position. Every
    prompt runs ``max_new_tokens`` passes unless the client stops at EOS (revealing the
    length: :mod:`.generation`); :class:`NextPrompt` drops the cache, :class:`End` ends.
@@ -379,6 +381,7 @@ def client_program(
         head_bits = head_format(online).frac_bits  # the head's product at 2f
         fx = fixed_point(online)  # the logits as opened: at f (io.reveal_product_to)
         rng = np.random.default_rng(options.seed)
+
         async def run_pass(command: Run | Prefill, tokens: list[int]) -> np.ndarray | None:
             """One pass over ``tokens``: the command, their one-hot rows, then the logits
             the parties reveal (of its last position, of every one where the session
