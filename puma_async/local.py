@@ -155,9 +155,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "bytes in prompt passes)")
     parser.add_argument("--max-pass-positions", type=int, default=DEFAULT_PASS_POSITIONS,
                         metavar="N",
-                        help="positions one pass covers at most: a longer prompt runs in "
-                             "passes of N (memory grows with a pass's positions; default "
-                             f"{DEFAULT_PASS_POSITIONS})")
+                        help="positions one pass covers at most (and N^2 query-key pairs): "
+                             "a longer prompt runs in several passes (a pass's memory grows "
+                             f"with both; default {DEFAULT_PASS_POSITIONS})")
     parser.add_argument("--compare", action="store_true", help="also run the plaintext model")
     parser.add_argument("--json", action="store_true", help="print JSON results on stdout")
     parser.add_argument("--record", metavar="DIR",
