@@ -26,6 +26,8 @@ from typing import Any
 
 import reporting
 
+from puma_async.session.settings import DEFAULT_PASS_POSITIONS
+
 TEXT = Path(__file__).resolve().parent / "prompts" / "pride-and-prejudice-ch1.txt"
 
 
@@ -72,18 +74,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="5,64,200",
                         help="prompt lengths in tokens, comma-separated (default 5,64,200)")
-    parser.add_argument("--per-pass", type=int, default=None,
-                        help="positions per pass (default: the session's default; 0: one "
-                             "pass per prompt)")
+    parser.add_argument("--per-pass", type=int, default=DEFAULT_PASS_POSITIONS,
+                        help=f"positions per pass (default {DEFAULT_PASS_POSITIONS}, the "
+                             "session's; 0: one pass per prompt)")
     parser.add_argument("--tokens", type=int, default=2, help="new tokens after each prompt")
     parser.add_argument("--tiny", action="store_true", help="the tiny model, random weights")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one length, JSON out
     reporting.add_out_argument(parser, "long_prompt")
     args = parser.parse_args()
-    if args.per_pass is None:
-        from puma_async.session.settings import DEFAULT_PASS_POSITIONS
-
-        args.per_pass = DEFAULT_PASS_POSITIONS
     if args.child is not None:
         print(json.dumps(measure(args.child, args.per_pass, args.tokens, args.tiny)))
         return
