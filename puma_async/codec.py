@@ -689,10 +689,42 @@ def encode_frame(envelopes: Sequence[Envelope]) -> bytes:
     pack = _packer().pack
     parts: list[bytes | np.ndarray] = [_array_header(len(envelopes))]
     for env in envelopes:
-        # the envelope's fields with a placeholder nil for the message, which replaces it
-        parts.append(pack([VERSION, *env[:6], None])[:-1])
+        parts.append(_envelope_head(pack, env))
         parts += _message_parts(env.message)
     return b"".join(parts)
+
+
+def _envelope_head(pack: Any, env: Envelope) -> bytes:
+    """An envelope's encoding up to its message: its fields with a placeholder nil for the
+    message, which the message's encoding replaces."""
+    return pack([VERSION, *env[:6], None])[:-1]  # type: ignore[no-any-return]
+
+
+def detached(env: Envelope) -> tuple[Envelope, int]:
+    """``env`` (of an :class:`Arrays` message) as its receiver decodes it from
+    :func:`encode_frame` ``([env])``, without that frame, and the frame's size in bytes.
+
+    For a peer in the same process (:meth:`.Transport.takes_decoded`): the same values and the
+    same accounting as a frame, without encoding and decoding one. Each array becomes a
+    read-only C-contiguous copy in its wire dtype (so later changes to the sender's arrays do
+    not matter, as after encoding); the size is exact (the statistics count it); arrays the
+    encoder refuses (dtype, dimensions) raise the encoder's TypeError.
+    """
+    arrays = env.message.arrays  # type: ignore[attr-defined]
+    size = 3 + len(_envelope_head(_packer().pack, env)) + len(_array_header(len(arrays)))
+    copies = []
+    for array in arrays:
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"Arrays holds numpy arrays, not {type(array).__name__}")
+        code, data = _wire_data(array)
+        copy = data.astype(_DTYPES[code])  # (a copy; a converted 0-d array's data is 1-d)
+        if copy.shape != array.shape:
+            copy = copy.reshape(array.shape)
+        copy.setflags(write=False)
+        size += len(_ext_prefix(code, array.shape)) + copy.nbytes
+        copies.append(copy)
+    # (3: the frame's one-item array header and the message's [Arrays.TAG, ...] prefix)
+    return Envelope(*env[:6], Arrays(tuple(copies))), size
 
 
 def decode_budget(frame_bytes: int) -> int:
@@ -761,7 +793,7 @@ def _decode_frame(
                 or (sender is not None and env.sender != sender)
                 or (receiver is not None and env.receiver != receiver)
             ):
-                _raise_misaddressed(env, session, sender, receiver)
+                check_addressed(env, session, sender, receiver)
             envelopes.append(env)
             if bounds is not None:
                 bounds.append(pos)
@@ -776,9 +808,11 @@ def _decode_frame(
     return envelopes
 
 
-def _raise_misaddressed(
+def check_addressed(
     env: Envelope, session: bytes | None, sender: int | None, receiver: int | None
 ) -> None:
+    """Raise :class:`SessionMismatchError` (naming ``sender`` as the peer) if ``env``'s
+    session, sender or receiver is not the one given (None: not checked)."""
     for name, expected, got in (
         ("session", session, env.session),
         ("sender", sender, env.sender),

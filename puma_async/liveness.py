@@ -48,7 +48,7 @@ import trio
 
 from puma_async.errors import PeerDisconnectedError, ProtocolError
 from puma_async.roles import role_name
-from puma_async.transports.base import Target, Transport
+from puma_async.transports.base import DecodedTarget, Target, Transport
 
 HEARTBEAT = b""
 """The heartbeat frame: empty, which no runtime frame is."""
@@ -224,6 +224,22 @@ class LiveTransport(Transport):
             deliver(peer, frame)
 
         return self.inner.push_to(on_frame, fail)
+
+    def push_decoded_to(self, deliver: DecodedTarget) -> bool:
+        heard = self._heard.add
+
+        def on_item(peer: int, item: object) -> None:
+            heard(peer)
+            deliver(peer, item)
+
+        return self.inner.push_decoded_to(on_item)
+
+    def takes_decoded(self, peer: int) -> bool:
+        return self.inner.takes_decoded(peer)
+
+    def hand_over_decoded(self, peer: int, item: object) -> None:
+        self.inner.hand_over_decoded(peer, item)
+        self._sent.add(peer)
 
     async def receive(self) -> tuple[int, bytes | None]:
         while True:

@@ -27,7 +27,7 @@ import structlog
 import trio
 
 from puma_async import codec, logs
-from puma_async.codec import Abort, Envelope, StepPath, format_path
+from puma_async.codec import Abort, Arrays, Envelope, StepPath, format_path
 from puma_async.context import Context, Step
 from puma_async.diagnosis import OutboxStatistics, RuntimeStatistics
 from puma_async.errors import PeerAbortedError, PeerDisconnectedError, ProtocolError
@@ -113,9 +113,17 @@ class PartyRuntime:
     # -- I/O tasks ---------------------------------------------------------------------
 
     def enqueue(self, env: Envelope) -> None:
-        """Send an envelope as a frame of its own (:meth:`enqueue_frame`). Encodes it now, so
-        later changes to the message's arrays do not matter."""
-        self.enqueue_frame(env.receiver, codec.encode_frame([env]), env.path, env.seq)
+        """Send an envelope: an array message to a peer in this event loop that takes it
+        decoded, as that peer would decode it (:func:`.codec.detached`: copies of its arrays,
+        its frame's exact size counted), else as a frame of its own (:meth:`enqueue_frame`).
+        Either way now, so later changes to the message's arrays do not matter."""
+        peer = env.receiver
+        if type(env.message) is Arrays and self.transport.takes_decoded(peer):
+            item, size = codec.detached(env)
+            self.stats.frame_sent(peer, size, ((peer, env.path, env.seq),))
+            self.transport.hand_over_decoded(peer, item)
+            return
+        self.enqueue_frame(peer, codec.encode_frame([env]), env.path, env.seq)
 
     def enqueue_frame(self, peer: int, frame: bytes, path: StepPath, seq: int) -> None:
         """Send an encoded frame of one envelope (``path``, ``seq``): at once on an immediate
@@ -218,6 +226,19 @@ class PartyRuntime:
         except ProtocolError as exc:
             self.fail(exc)
 
+    def on_decoded(self, peer: int, env: object) -> None:
+        """File one envelope that ``peer``, in this event loop, handed over decoded
+        (:meth:`enqueue`): :meth:`on_frame` without the decoding, so with its checks of the
+        session and addresses (and of duplicates, the mailbox's)."""
+        if self.reader_done.is_set():
+            return
+        assert isinstance(env, Envelope)
+        try:
+            codec.check_addressed(env, self.session, peer, self.role)
+            self.mailbox.deliver(env)
+        except ProtocolError as exc:
+            self.fail(exc)
+
     def fail(self, error: ProtocolError) -> None:
         """The session is over: every pending and future receive raises ``error``.
 
@@ -288,6 +309,8 @@ async def open_party(
             nursery.start_soon(live.watch, runtime.fail)
         if not runtime.transport.push_to(runtime.on_frame, runtime.fail):
             nursery.start_soon(runtime.read_frames)
+        else:  # frames are pushed: peers in this loop may hand over decoded messages too
+            runtime.transport.push_decoded_to(runtime.on_decoded)
         writers_done = trio.Event()
 
         async def run_writers() -> None:

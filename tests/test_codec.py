@@ -307,6 +307,51 @@ def test_decoder_agrees_with_msgpack(envs: list[Envelope], as_bytearray: bool) -
             assert not any(array.flags.writeable for array in env.message.arrays)
 
 
+array_envelopes = st.builds(
+    lambda arrays, session, path, seq, rnd: Envelope(session, 2, 0, tuple(path), seq, rnd,
+                                                     Arrays(tuple(arrays))),
+    st.lists(arrays | st.sampled_from([  # made afresh: the test writes to them
+        lambda: np.array(7, dtype=">u8"), lambda: np.arange(6, dtype=">i4").reshape(2, 3),
+        lambda: np.arange(24, dtype=np.uint64).reshape(4, 6)[::2, 1::2],
+    ]).map(lambda make: make()), max_size=20),
+    st.binary(min_size=0, max_size=300),
+    st.lists(envelope_integers, max_size=codec.MAX_PATH_DEPTH),
+    envelope_integers,
+    envelope_integers,
+)
+
+
+@settings(max_examples=300)
+@given(array_envelopes)
+def test_a_detached_envelope_is_what_its_frame_decodes_to(env: Envelope) -> None:
+    """What a peer in the same loop is handed instead of a frame (:func:`codec.detached`):
+    the envelope its frame decodes to (each array's dtype, shape and values, read-only; the
+    big-endian and non-contiguous ones converted alike) and that frame's exact size (with
+    sessions, paths, sequence numbers, rounds and array counts across msgpack's size
+    classes), in copies the sender's later writes do not reach."""
+    frame = codec.encode_frame([env])
+    (decoded,) = codec.decode_frame(frame)
+    got, size = codec.detached(env)
+    assert size == len(frame)
+    assert got[:6] == decoded[:6]
+    assert_messages_equal(got.message, decoded.message)
+    for array, copy in zip(env.message.arrays, got.message.arrays, strict=True):
+        if array.size and array.dtype.kind in "iu" and array.flags.writeable:
+            array.flat[0] ^= 1  # the sender's array changes; the handed-over copy does not
+            assert copy.flat[0] != array.flat[0]
+
+
+def test_detaching_refuses_what_encoding_refuses() -> None:
+    for arrays, match in (((np.zeros(2, dtype=np.complex128),), "whitelist"),
+                          ((np.zeros((1,) * (codec.MAX_NDIM + 1)),), "dimensions"),
+                          (([1, 2],), "numpy arrays, not list")):
+        env = Envelope(SESSION, 0, 1, (), 0, 0, Arrays(arrays))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=match):
+            codec.encode_frame([env])
+        with pytest.raises(TypeError, match=match):
+            codec.detached(env)
+
+
 def test_arrays_are_views_of_the_frame() -> None:
     big = np.arange(1 << 14, dtype=np.uint64)
     frame = bytearray(codec.encode_frame([Envelope(SESSION, 0, 1, (3,), 0, 1, Arrays((big,)))]))

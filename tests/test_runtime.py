@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -21,11 +22,12 @@ from puma_async.errors import (
     PeerDisconnectedError,
     ProtocolError,
     RunFailedError,
+    SessionMismatchError,
 )
 from puma_async.roles import PARTIES, next_party, prev_party
 from puma_async.runner import run_local, run_threaded
 from puma_async.transports.base import Transport
-from puma_async.transports.memory import OnTimeClock
+from puma_async.transports.memory import OnTimeClock, open_memory_network
 
 
 @pytest.mark.parametrize("hops", [1, 2, 3, 7])
@@ -477,3 +479,110 @@ def test_ready_envelopes_are_coalesced_up_to_the_frame_cap(spmd) -> None:
     assert dict(stats.frames_sent) == {1: 1, 2: 3}
     # The in-process transport hands each frame over from the sending step itself.
     assert dict(spmd(program).stats[0].frames_sent) == {1: 10, 2: 3}
+
+
+class _FramesOnly(Transport):
+    """``inner`` as it is but for decoded messages: every message travels as a frame."""
+
+    def __init__(self, inner: Transport):
+        self.inner, self.role, self.peers = inner, inner.role, inner.peers
+        self.immediate = inner.immediate
+
+    async def send(self, peer: int, frame: bytes) -> None:
+        await self.inner.send(peer, frame)
+
+    def send_immediately(self, peer: int, frame: bytes) -> None:
+        self.inner.send_immediately(peer, frame)
+
+    def push_to(self, deliver, fail) -> bool:  # type: ignore[no-untyped-def]
+        return self.inner.push_to(deliver, fail)
+
+    async def receive(self):  # type: ignore[no-untyped-def]
+        return await self.inner.receive()
+
+    async def close_peer(self, peer: int) -> None:
+        await self.inner.close_peer(peer)
+
+
+async def _swap_arrays(ctx: Context) -> tuple[list, int, int]:
+    """A Value to each peer (once both have come, every party has started: a message to a
+    party not yet started waits as a frame), then arrays to the next party, in a scope; the
+    arrays are overwritten once sent (the peer's must not change)."""
+    for peer in (next_party(ctx.role), prev_party(ctx.role)):
+        await ctx.send(peer, Value(ctx.role))
+    value = (await ctx.recv(prev_party(ctx.role))).value
+    await ctx.recv(next_party(ctx.role))
+    x = np.arange(6, dtype=np.uint64).reshape(2, 3) + 10 * ctx.role
+    with ctx.scope("swap"):
+        await ctx.send_arrays(next_party(ctx.role), x, np.int32(ctx.role))
+        x[:] = 0
+        got, role = await ctx.recv_arrays(prev_party(ctx.role), ArraySpec.ring((2, 3)),
+                                          ArraySpec.of(np.int32, ()))
+    assert not got.flags.writeable
+    return got.tolist(), int(role), value
+
+
+def test_parties_of_one_loop_hand_over_array_messages_decoded(spmd) -> None:
+    """In one event loop an array message is handed to its peer decoded (no frame encoded
+    or decoded; other messages still go as frames), with the results, traffic, rounds and
+    wire bytes and frames that frames give, read-only arrays and copies the sender's later
+    writes do not reach."""
+    with mock.patch.object(codec, "encode_frame", wraps=codec.encode_frame) as encode:
+        direct = spmd(_swap_arrays)
+    encoded = {type(env.message) for call in encode.call_args_list for env in call.args[0]}
+    assert Value in encoded and Arrays not in encoded
+    framed = spmd(_swap_arrays, wrap_transport=_FramesOnly)
+    assert direct.results == framed.results
+    assert direct.results[1] == ([[0, 1, 2], [3, 4, 5]], 0, 0)
+    for role in PARTIES:
+        a, b = direct.stats[role], framed.stats[role]
+        assert (a.traffic, a.max_round, a.wire_bytes_sent, a.frames_sent) == (
+            b.traffic, b.max_round, b.wire_bytes_sent, b.frames_sent)
+        assert [e.rounds for e in a.scope_rounds] == [e.rounds for e in b.scope_rounds]
+
+
+def test_a_decoded_envelope_of_another_session_fails_the_session(spmd) -> None:
+    """What a frame's decoding checks, a decoded hand-over checks too: an envelope of
+    another session (or misaddressed) fails the receiver with SessionMismatchError naming
+    the peer, as the frame would."""
+    async def program(ctx: Context) -> None:
+        if ctx.role == 1:
+            ctx.runtime.on_decoded(0, Envelope(b"another session", 0, 1, (), 0, 1,
+                                               Arrays((np.zeros(1, np.uint64),))))
+            await ctx.recv(0)
+
+    with pytest.raises(RunFailedError) as info:
+        spmd(program)
+    error = info.value.errors[1]
+    assert isinstance(error, SessionMismatchError) and error.peer == 0
+    assert "envelope session" in str(error)
+
+
+async def test_only_direct_links_take_decoded_messages_in_order() -> None:
+    """A memory link hands a decoded message over once its receiver takes them, after the
+    frames sent before it (in order); an emulated link never does (its frames are timed by
+    their size); a frozen link drops them as it drops frames; a closed one refuses them."""
+    got: list[tuple[int, object]] = []
+    async with open_memory_network([0, 1]) as network:
+        sender, receiver = network.endpoint(0), network.endpoint(1)
+        assert not sender.takes_decoded(1)  # the receiver has not asked for them
+        sender.send_immediately(1, b"first")
+        assert receiver.push_to(lambda peer, frame: got.append((peer, frame)), None)
+        assert receiver.push_decoded_to(lambda peer, item: got.append((peer, item)))
+        assert sender.takes_decoded(1) and not sender.takes_decoded(5)
+        sender.hand_over_decoded(1, "second")
+        sender.send_immediately(1, b"third")
+        assert got == [(0, b"first"), (0, "second"), (0, b"third")]
+        network.freeze(0)
+        sender.hand_over_decoded(1, "dropped")
+        assert got[-1] == (0, b"third")
+    async with open_memory_network([0, 1]) as network:
+        sender, receiver = network.endpoint(0), network.endpoint(1)
+        receiver.push_to(lambda peer, frame: None, None)
+        receiver.push_decoded_to(lambda peer, item: None)
+        await sender.close_peer(1)
+        with pytest.raises(PeerDisconnectedError, match="closed"):
+            sender.hand_over_decoded(1, "late")
+    async with open_memory_network([0, 1], latency=0.01) as network:
+        network.endpoint(1).push_decoded_to(lambda peer, item: None)
+        assert not network.endpoint(0).takes_decoded(1)

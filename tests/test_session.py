@@ -234,7 +234,8 @@ def test_row_blocks_cover_the_rows_within_the_block_size() -> None:
 
 
 def frame_spy(sizes: list[int]) -> Callable[[Transport], Transport]:
-    """A transport wrapper recording the size of every frame the role sends."""
+    """A transport wrapper recording the size of every frame the role sends (all of its
+    messages as frames: none handed over decoded)."""
 
     def wrap(transport: Transport) -> Transport:
         send = transport.send_immediately
@@ -244,6 +245,7 @@ def frame_spy(sizes: list[int]) -> Callable[[Transport], Transport]:
             send(peer, frame)
 
         transport.send_immediately = spy  # type: ignore[method-assign]
+        transport.takes_decoded = lambda peer: False  # type: ignore[method-assign]
         return transport
 
     return wrap

@@ -2,7 +2,10 @@
 
 A transport moves opaque frames (``bytes``) between roles. It knows nothing of protocols,
 messages or step paths: the party runtime encodes frames and runs one writer task per peer,
-so ``send`` is only ever called by one task per peer at a time.
+so ``send`` is only ever called by one task per peer at a time. Where two roles share one
+event loop, a transport may also hand over the runtime's decoded messages as they are
+(:meth:`Transport.takes_decoded`), opaque objects to it as frames are: the encoding and
+decoding of a frame are then skipped, not its checks or its accounting (the runtime's).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ the transport and the runtime; in-process runs use this one."""
 Target = Callable[[int, bytes | None], None]
 """Where a role's incoming frames go: ``target(sender, frame)``, frame None when the sender
 has finished."""
+DecodedTarget = Callable[[int, object], None]
+"""Where a role's incoming decoded messages go: ``target(sender, item)``."""
 
 
 class Transport(abc.ABC):
@@ -54,6 +59,22 @@ class Transport(abc.ABC):
         which saves a task hop per frame; True if it will, False if the caller must keep
         receiving."""
         return False
+
+    def push_decoded_to(self, deliver: DecodedTarget) -> bool:
+        """Let peers in this event loop hand this role their messages decoded: call
+        ``deliver(peer, item)`` for each (called after :meth:`push_to` returned True, so
+        frames and items from a peer arrive in the order sent); True if the transport will."""
+        return False
+
+    def takes_decoded(self, peer: int) -> bool:
+        """True if a message for ``peer`` may go decoded (:meth:`hand_over_decoded`): the
+        peer shares this event loop, took :meth:`push_decoded_to`, and nothing between us
+        reads frames (no emulated link, no recording); else it must be sent as a frame."""
+        return False
+
+    def hand_over_decoded(self, peer: int, item: object) -> None:
+        """Hand one decoded message to ``peer`` at once (only where :meth:`takes_decoded`)."""
+        raise NotImplementedError(f"{type(self).__name__} hands over frames only")
 
     @abc.abstractmethod
     async def receive(self) -> tuple[int, bytes | None]:
