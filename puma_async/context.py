@@ -234,8 +234,9 @@ class Context:
 
         The message is encoded before this returns (so later changes to its arrays do not
         matter; a large one in a worker thread, :data:`ENCODE_OFFLOAD_BYTES`), then handed to
-        an in-process peer at once, or queued for the peer's writer task. It never waits for
-        the peer.
+        an in-process peer at once, or queued for the peer's writer task; an array message
+        for a peer in this event loop is handed over decoded instead, its arrays copied
+        (:meth:`~puma_async.runtime.PartyRuntime.enqueue`). It never waits for the peer.
         """
         nbytes = codec.message_nbytes(message)
         await self._enqueue(self._stamp(to, message, nbytes), nbytes)

@@ -9,9 +9,9 @@ to a millisecond later).
 
 Direct links also take decoded messages (:meth:`~.base.Transport.takes_decoded`): the party
 runtime hands an array message to a peer in this loop as the peer would decode it, with its
-exact frame size counted (:func:`puma_async.codec.detached`), and no frame is made. Measured
-(``benchmarks/token_time.py``, SmolLM2, all roles in one process): the encoding and decoding
-of a new token's ~6,200 small frames were about a tenth of the event loop's CPU.
+exact frame size counted (:func:`puma_async.codec.detached`), and no frame is made: a new
+SmolLM2 token's ~6,100 array messages in one process cost 0.05-0.10 s less of the event
+loop's CPU (of ~1 s) that way (``python benchmarks/token_time.py``, README).
 
 :meth:`MemoryNetwork.freeze` is a test hook: a role that stops dead without closing its links
 (a frozen or unplugged machine), which only the peers' liveness watchdogs can notice.
