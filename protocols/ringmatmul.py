@@ -40,17 +40,30 @@ Threads: each call is cut into blocks run on one process-wide pool of
 and the partial products are added; blocks of columns read every row in strided pieces: a
 new token's embedding (2, 49152) @ (49152, 1152), two parties at once on two cores, best of
 7 84 -> 63 ms, median 92 -> 80 ms); else of the output columns. One call thus uses every
-core, and concurrent calls (three parties in one process, each in a worker thread) queue
-on the same workers instead of oversubscribing the cores. Nothing here touches BLAS or its
-threads. Small products (< 2^20 multiply-adds) run inline in the calling thread.
+core, and concurrent calls queue on the same workers instead of oversubscribing the cores.
+Nothing here touches BLAS or its threads. Small products (< 2^20 multiply-adds) run inline
+in the calling thread.
+
+Where several callers make their products at the same time (all three parties in one
+process: :func:`puma_async.runner.run_local`), :func:`shared_by` says how many: a product
+is then cut into cores // callers blocks, and with no more cores than callers it runs whole
+in its caller's thread. A new token's products come three at once, one per party, and
+cutting each in two for the pool cost more than it gained: the hand-over to the pool and
+back for each of the ~360 weight products, and two blocks per product queued behind the
+other parties'. Three parties' (1, 1152) @ (1152, {960, 576, 3072}) and (1, 3072) @
+(3072, 576) products, ten layers of distinct cold matrices, one thread per party: 92 ms on
+the pool, 82 ms whole in each thread. A SmolLM2 token in one process (three alternating
+rounds of ``benchmarks/token_time.py --tokens 8``): means 1.19-1.22 s against 1.29-1.32 s,
+the loop idle 0.31-0.33 s against 0.36 s, the workers' CPU 0.68 s against 0.73-0.75 s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
@@ -185,6 +198,25 @@ def _pool() -> ThreadPoolExecutor:
         return _pools[pid]
 
 
+_callers = 1
+"""How many callers make products at the same time in this process (:func:`shared_by`)."""
+
+
+@contextlib.contextmanager
+def shared_by(callers: int) -> Iterator[None]:
+    """Within the block, ``callers`` callers (threads) make their products at the same time:
+    each product is cut into at most cores // callers blocks for the pool, and runs whole in
+    its caller's thread where that is one (module docstring). Restores the count before."""
+    global _callers
+    if callers < 1:
+        raise ValueError(f"products need at least one caller, got {callers}")
+    before, _callers = _callers, callers
+    try:
+        yield
+    finally:
+        _callers = before
+
+
 def _cut(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
     """[0, n) cut into at most ``parts`` nearly equal blocks, boundaries multiples of align."""
     step = max(align, -(-n // (parts * align)) * align)
@@ -193,10 +225,12 @@ def _cut(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
 
 def _matmul_batch(a: RingArray, b: RingArray, out: RingArray, inline: bool = False) -> None:
     """out[t] = a[t] @ b[t] for C-contiguous (T, m, k), (T, k, n), (T, m, n) uint64 arrays
-    (``inline``: all in the calling thread)."""
+    (``inline``: all in the calling thread; else in up to cores // :func:`shared_by`'s
+    callers blocks)."""
     count, m, k = a.shape
     n = b.shape[2]
-    parts = _workers() if count * m * k * n >= _PARALLEL_MIN_WORK and not inline else 1
+    parts = (max(1, _workers() // _callers)
+             if count * m * k * n >= _PARALLEL_MIN_WORK and not inline else 1)
     tasks: list[Callable[[], None]] = []
     if count == 1 and parts > 1 and m < PANEL_MIN_ROWS and k >= parts:
         _sum_of_row_blocks(a[0], b[0], out[0], parts)

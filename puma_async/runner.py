@@ -21,6 +21,8 @@ from puma_async.codec import DEFAULT_MAX_FRAME_BYTES
 from puma_async.context import Program
 from puma_async.errors import RunFailedError
 from puma_async.liveness import DEFAULT_LIVENESS, Liveness
+from puma_async.protocols.ringmatmul import shared_by
+from puma_async.roles import PARTIES
 from puma_async.runtime import PartyOptions, TransportWrapper, run_party
 from puma_async.stats import PartyStats
 from puma_async.transports.base import Transport
@@ -143,10 +145,11 @@ def run_threaded(
         threading.Thread(target=run_in_thread, args=(role,), name=f"puma-role-{role}")
         for role in programs
     ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with shared_by(_computing(programs)):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     return roles.outcome()
 
 
@@ -167,8 +170,17 @@ def run_local(
     round overlapping: every ``gather`` runs its steps one by one), ``record_messages`` (every
     role keeps a record of each message it sends, for :mod:`puma_async.critical_path`).
     Emulated links run on :class:`~puma_async.transports.memory.OnTimeClock` unless given
-    another clock.
+    another clock. The computing parties' ring products come three at once: each runs whole
+    in its caller's worker thread where the cores are no more than the parties
+    (:func:`~puma_async.protocols.ringmatmul.shared_by`).
     """
     if clock is None and (options.get("latency", 0.0) > 0 or options.get("bandwidth", 0.0) > 0):
         clock = OnTimeClock()
-    return trio.run(lambda: run_roles(programs, **options), clock=clock, instruments=instruments)
+    with shared_by(_computing(programs)):
+        return trio.run(lambda: run_roles(programs, **options), clock=clock,
+                        instruments=instruments)
+
+
+def _computing(programs: Mapping[int, Program]) -> int:
+    """How many of the roles run are computing parties (their products come at once)."""
+    return max(1, sum(role in PARTIES for role in programs))

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from puma_async.protocols.ringmatmul import PANEL_MIN_ROWS, ring_matmul
+from puma_async.protocols import ringmatmul
+from puma_async.protocols.ringmatmul import PANEL_MIN_ROWS, ring_matmul, shared_by
 
 MOD = 2**64
 SPECIAL = [0, 1, 2**21, 2**63 - 1, 2**63, 2**64 - 1]
@@ -88,6 +89,56 @@ def test_parallel_cuts(m: int, k: int, n: int) -> None:
     rows = [0, m // 2, m - 1]
     sub = a[rows].astype(object) @ b.astype(object) % MOD
     assert (got[rows] == sub.astype(np.uint64)).all()
+
+
+class _PoolSpy:
+    """Stands in for the kernel pool: runs each block at once and counts the blocks."""
+
+    def __init__(self) -> None:
+        self.blocks = 0
+
+    def submit(self, fn, *args):  # type: ignore[no-untyped-def]
+        self.blocks += 1
+        pool = ThreadPoolExecutor(1)
+        try:
+            return pool.submit(fn, *args)
+        finally:
+            pool.shutdown(wait=False)
+
+
+@pytest.mark.parametrize(("cores", "callers", "blocks"),
+                         [(4, 1, 4), (4, 2, 2), (4, 3, 0), (2, 3, 0), (2, 2, 0), (2, 1, 2)])
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 1200, 1000), (20, 300, 200)])  # rows, columns
+def test_products_shared_by_callers_are_cut_for_them(
+    monkeypatch: pytest.MonkeyPatch, cores: int, callers: int, blocks: int, m: int, k: int,
+    n: int,
+) -> None:
+    """With ``shared_by(callers)`` a product goes to the pool in cores // callers blocks, or,
+    where that is one, whole in the calling thread (no pool at all); exact either way."""
+    rng = np.random.default_rng(cores * 10 + callers)
+    a = rng.integers(0, MOD, (m, k), dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, MOD, (k, n), dtype=np.uint64, endpoint=False)
+    want = ring_matmul(a, b, inline=True)
+    spy = _PoolSpy()
+    monkeypatch.setattr(ringmatmul, "_workers", lambda: cores)
+    monkeypatch.setattr(ringmatmul, "_pool", lambda: spy)
+    with shared_by(callers):
+        got = ring_matmul(a, b)
+    assert (got == want).all()
+    assert spy.blocks == blocks
+    assert ringmatmul._callers == 1  # restored
+
+
+def test_shared_by_refuses_no_callers_and_restores_on_failure() -> None:
+    with pytest.raises(ValueError, match="at least one caller"), shared_by(0):
+        pass
+    with pytest.raises(RuntimeError, match="inside"), shared_by(3):
+        assert ringmatmul._callers == 3
+        with shared_by(2):
+            assert ringmatmul._callers == 2
+        assert ringmatmul._callers == 3
+        raise RuntimeError("inside")
+    assert ringmatmul._callers == 1
 
 
 @settings(deadline=None, max_examples=25)

@@ -24,7 +24,8 @@ from puma_async.errors import (
     RunFailedError,
     SessionMismatchError,
 )
-from puma_async.roles import PARTIES, next_party, prev_party
+from puma_async.protocols import ringmatmul
+from puma_async.roles import CLIENT, MODEL_OWNER, PARTIES, next_party, prev_party
 from puma_async.runner import run_local, run_threaded
 from puma_async.transports.base import Transport
 from puma_async.transports.memory import OnTimeClock, open_memory_network
@@ -182,6 +183,21 @@ def test_emulated_links_run_on_the_on_time_clock(options, expected) -> None:
 
     run_local({role: program for role in PARTIES}, **options)
     assert (type(clocks[0]) is expected) if expected else not isinstance(clocks[0], OnTimeClock)
+
+
+@pytest.mark.parametrize("runner", [run_local, run_threaded])
+@pytest.mark.parametrize(("roles", "callers"),
+                         [(PARTIES, 3), ((*PARTIES, MODEL_OWNER, CLIENT), 3), ((0,), 1),
+                          ((MODEL_OWNER, CLIENT), 1)])
+def test_the_parties_of_one_process_share_its_ring_products(runner, roles, callers) -> None:
+    """Every computing party run in this process makes its products at the same time as the
+    others (:func:`~puma_async.protocols.ringmatmul.shared_by`), for the run only."""
+    async def program(ctx: Context) -> int:
+        return ringmatmul._callers
+
+    results = runner(dict.fromkeys(roles, program)).results
+    assert results == dict.fromkeys(roles, callers)
+    assert ringmatmul._callers == 1
 
 
 def test_a_role_alone_finishes() -> None:
