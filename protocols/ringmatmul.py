@@ -52,9 +52,11 @@ cutting each in two for the pool cost more than it gained: the hand-over to the 
 back for each of the ~360 weight products, and two blocks per product queued behind the
 other parties'. Three parties' (1, 1152) @ (1152, {960, 576, 3072}) and (1, 3072) @
 (3072, 576) products, ten layers of distinct cold matrices, one thread per party: 92 ms on
-the pool, 82 ms whole in each thread. A SmolLM2 token in one process (three alternating
-rounds of ``benchmarks/token_time.py --tokens 8``): means 1.19-1.22 s against 1.29-1.32 s,
-the loop idle 0.31-0.33 s against 0.36 s, the workers' CPU 0.68 s against 0.73-0.75 s.
+the pool, 82 ms whole in each thread (one party alone: 40-47 ms on the pool, 52-54 ms
+whole, so a party alone in its process keeps the pool). A SmolLM2 token in one process
+(four alternating pairs of ``benchmarks/token_time.py --tokens 8``): means 1.18-1.21 s
+against 1.26-1.31 s, the loop idle 0.32-0.33 s against 0.36 s, the workers' CPU 0.68 s
+against 0.73-0.74 s.
 """
 
 from __future__ import annotations

@@ -127,9 +127,10 @@ def run_threaded(
     """Run each role in its own thread and event loop (:mod:`~puma_async.transports.threads`).
 
     Same results as :func:`run_local`, but the parties' numpy work (which releases the GIL)
-    runs on several cores at once. No emulated latency; options as for :func:`run_local`,
-    and ``role_instruments`` (role -> Trio instruments of that role's own loop, e.g. a
-    :class:`~puma_async.liveness.StepTimer` each: what delays one party's heartbeats).
+    runs on several cores at once; ring products are cut as in :func:`run_local`. No
+    emulated latency; options as for :func:`run_local`, and ``role_instruments`` (role ->
+    Trio instruments of that role's own loop, e.g. a :class:`~puma_async.liveness.StepTimer`
+    each: what delays one party's heartbeats).
     """
     roles = _roles(programs, session, liveness, wrap_transport, entropy, sequential,
                    max_frame_bytes, record_messages)
@@ -170,9 +171,9 @@ def run_local(
     round overlapping: every ``gather`` runs its steps one by one), ``record_messages`` (every
     role keeps a record of each message it sends, for :mod:`puma_async.critical_path`).
     Emulated links run on :class:`~puma_async.transports.memory.OnTimeClock` unless given
-    another clock. The computing parties' ring products come three at once: each runs whole
-    in its caller's worker thread where the cores are no more than the parties
-    (:func:`~puma_async.protocols.ringmatmul.shared_by`).
+    another clock. The computing parties run make their ring products at the same time, so
+    each product is cut into cores // parties blocks (on two cores: whole in its party's
+    worker thread; :func:`~puma_async.protocols.ringmatmul.shared_by`).
     """
     if clock is None and (options.get("latency", 0.0) > 0 or options.get("bandwidth", 0.0) > 0):
         clock = OnTimeClock()
